@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Installs everything this project needs on a Debian 12 machine. Idempotent: a second
+# run changes nothing and takes a few seconds.
+#
+#   scripts/setup.sh            as root: apt packages, DPDK driver-SDK headers, hugepages
+#                               as a user: only the steps that need no root (headers, checks)
+#
+# What it does, in order:
+#   1. apt packages: DPDK 22.11 (dpdk, dpdk-dev, libdpdk-dev), clang/libclang for bindgen,
+#      libpcap, iproute2/ping/tcpdump for the end-to-end tests, meson/ninja for the meson build.
+#   2. The DPDK driver-SDK headers (bus_driver.h, dev_driver.h, ethdev_driver.h) that Debian
+#      does not ship: the Debian source package of exactly the installed DPDK version is
+#      fetched (a deb-src entry is added for it), unpacked with its Debian patches applied,
+#      and only those headers are kept in .sdk/dpdk-<version>/include. Nothing from DPDK
+#      is committed to this repository.
+#   3. Hugepages: as root, if no 2 MiB hugepage is free, reserve some (HUGEPAGES, default 512
+#      = 1 GiB). Everything also works without hugepages; the proxy then uses normal pages.
+#   4. Rust: checks that cargo is on PATH (the toolchain is not installed by this script).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+sdk_root="${DPDK_SDK_ROOT:-$repo/.sdk}"
+want_hugepages="${HUGEPAGES:-512}"
+
+log() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+apt_packages=(
+    dpdk dpdk-dev libdpdk-dev pkg-config
+    clang libclang-dev
+    libpcap-dev tcpdump iproute2 iputils-ping procps
+    meson ninja-build python3-pyelftools
+    dpkg-dev xz-utils ca-certificates
+)
+
+missing_packages() {
+    local p
+    for p in "${apt_packages[@]}"; do
+        dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || echo "$p"
+    done
+}
+
+install_packages() {
+    local missing
+    missing=$(missing_packages)
+    if [ -z "$missing" ]; then
+        log "apt packages: all present"
+        return
+    fi
+    is_root || die "missing packages ($(echo $missing)); run this script as root or install them"
+    log "apt packages: installing $(echo $missing)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    # shellcheck disable=SC2086
+    apt-get install -y -q --no-install-recommends $missing >/dev/null
+}
+
+# Adds a deb-src twin of every enabled Debian "deb" entry so `apt-get source dpdk` works.
+ensure_deb_src() {
+    if apt-cache showsrc dpdk 2>/dev/null | grep -q '^Package: dpdk'; then
+        return
+    fi
+    is_root || die "no deb-src entry for dpdk; run this script as root once"
+    local list
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+        # deb822 format (Debian 12 default): copy each "Types: deb" stanza as deb-src.
+        list=/etc/apt/sources.list.d/dpdk-shm-deb-src.sources
+        awk 'BEGIN { RS = ""; ORS = "\n\n" }
+             /(^|\n)Types:[ \t]*deb[ \t]*(\n|$)/ { sub(/Types:[ \t]*deb/, "Types: deb-src"); print }' \
+            /etc/apt/sources.list.d/debian.sources > "$list.tmp"
+    else
+        list=/etc/apt/sources.list.d/dpdk-shm-deb-src.list
+        grep -hE '^deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+            | sed 's/^deb /deb-src /' > "$list.tmp" || true
+    fi
+    [ -s "$list.tmp" ] || { rm -f "$list.tmp"; die "could not derive a deb-src entry from the apt configuration"; }
+    mv "$list.tmp" "$list"
+    log "apt: added deb-src entries in $list"
+    apt-get update -q >/dev/null
+}
+
+install_sdk_headers() {
+    local src_version upstream dest headers
+    src_version=$(dpkg-query -W -f='${source:Version}' libdpdk-dev)
+    upstream=$(pkg-config --modversion libdpdk)
+    dest="$sdk_root/dpdk-$upstream/include"
+    headers=(lib/eal/include/bus_driver.h lib/eal/include/dev_driver.h lib/ethdev/ethdev_driver.h)
+    if [ -f "$dest/bus_driver.h" ] && [ -f "$dest/dev_driver.h" ] && [ -f "$dest/ethdev_driver.h" ] \
+        && [ "$(cat "$dest/../SOURCE_VERSION" 2>/dev/null)" = "$src_version" ]; then
+        log "driver-SDK headers: present in $dest"
+        return
+    fi
+    ensure_deb_src
+    local work
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' RETURN
+    log "driver-SDK headers: fetching Debian source package dpdk=$src_version"
+    (cd "$work" && apt-get source --download-only -q "dpdk=$src_version" >/dev/null 2>"$work/apt.err") \
+        || die "apt-get source dpdk=$src_version failed: $(tail -1 "$work/apt.err")"
+    # Unpack with the Debian patches applied, then keep only what the build needs.
+    (cd "$work" && dpkg-source --no-check -x ./*.dsc tree >/dev/null) \
+        || die "dpkg-source could not unpack the DPDK source package"
+    mkdir -p "$dest"
+    local h
+    for h in "${headers[@]}"; do
+        [ -f "$work/tree/$h" ] || die "the source package has no $h"
+        install -m 0644 "$work/tree/$h" "$dest/"
+    done
+    echo "$src_version" > "$dest/../SOURCE_VERSION"
+    log "driver-SDK headers: installed ${headers[*]##*/} into $dest"
+}
+
+reserve_hugepages() {
+    local free_pages path=/proc/sys/vm/nr_hugepages
+    free_pages=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
+    if [ "${free_pages:-0}" -gt 0 ]; then
+        log "hugepages: $free_pages free"
+        return
+    fi
+    if ! is_root || [ "$want_hugepages" -eq 0 ]; then
+        log "hugepages: none free (not root or HUGEPAGES=0); the proxy will use normal pages"
+        return
+    fi
+    local current
+    current=$(cat "$path")
+    echo $((current + want_hugepages)) > "$path" 2>/dev/null || true
+    free_pages=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
+    log "hugepages: reserved, $free_pages x 2 MiB free now"
+}
+
+check_rust() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        [ -x "$HOME/.cargo/bin/cargo" ] || die "cargo not found; install Rust (https://rustup.rs) first"
+    fi
+    log "rust: $(PATH="$HOME/.cargo/bin:$PATH" cargo --version)"
+}
+
+install_packages
+install_sdk_headers
+reserve_hugepages
+check_rust
+log "done"
