@@ -112,6 +112,21 @@ install_sdk_headers() {
     log "driver-SDK headers: installed ${headers[*]##*/} into $dest"
 }
 
+# DPDK's own hugepage memory (the proxy's, when it runs without --no-huge) needs a
+# hugetlbfs mount; the memfd regions handed to guests do not.
+mount_hugetlbfs() {
+    if grep -q ' hugetlbfs ' /proc/mounts; then
+        return
+    fi
+    is_root || { log "hugetlbfs: not mounted (not root); run DPDK apps with --no-huge"; return; }
+    mkdir -p /dev/hugepages
+    if mount -t hugetlbfs nodev /dev/hugepages 2>/dev/null; then
+        log "hugetlbfs: mounted on /dev/hugepages"
+    else
+        log "hugetlbfs: could not mount /dev/hugepages; run DPDK apps with --no-huge"
+    fi
+}
+
 reserve_hugepages() {
     local free_pages path=/proc/sys/vm/nr_hugepages
     free_pages=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
@@ -140,5 +155,6 @@ check_rust() {
 install_packages
 install_sdk_headers
 reserve_hugepages
+mount_hugetlbfs
 check_rust
 log "done"

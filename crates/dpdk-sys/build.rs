@@ -103,6 +103,8 @@ fn main() {
         .generate_comments(false)
         .prepend_enum_name(false)
         .default_enum_style(bindgen::EnumVariation::Consts)
+        // Flag macros such as RTE_ETH_RX_OFFLOAD_SCATTER are RTE_BIT64(n): let clang evaluate them.
+        .clang_macro_fallback()
         .wrap_static_fns(true)
         .wrap_static_fns_path(&static_wrappers)
         .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()))

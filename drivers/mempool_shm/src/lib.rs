@@ -1,1 +1,408 @@
-// placeholder
+//! `librte_mempool_shm.so`: mempool ops `shm`, which place a packet-mbuf pool inside the
+//! shared region of a `sock:` device, so that the proxy and this process can both
+//! allocate and free the same mbufs.
+//!
+//! A pool is `[free ring][objects]` in the region's heap. The free ring holds the offsets
+//! of free mbufs (see `shm_contract::mpmc`); the proxy takes buffers from it for NIC rx
+//! and gives buffers back to it after NIC tx. Only pktmbuf pools can live there: the
+//! proxy treats every object as an mbuf with a data room.
+//!
+//! The bus makes `shm` the platform mempool ops once it has probed a device, so
+//! `rte_pktmbuf_pool_create` in an unmodified application lands here.
+
+use std::ffi::{c_int, c_uint, c_void};
+use std::sync::{Arc, Weak};
+
+use dpdk_sys as sys;
+use shm_contract::{FreeRing, FreeRingError, Message, PoolAdd, PoolLayout};
+use shm_driver_common::bus::ShmBus;
+use shm_driver_common::device::ShmDevice;
+use shm_driver_common::ffi::{guard, str_from_c};
+use shm_driver_common::log::{LogType, INFO};
+use shm_driver_common::plugin_constructor;
+use shm_driver_common::session::{Region, RegionPool};
+
+static LOG: LogType = LogType::new("mempool.shm", "mempool_shm");
+
+pub const OPS_NAME: &[u8] = b"shm";
+
+/// The guest's own threads may race each other and the proxy on the free ring; they are
+/// cooperative, so give them plenty of retries before reporting contention.
+const GUEST_RETRIES: u32 = 1 << 16;
+/// Objects converted per ring operation; a stack array, so no allocation on the hot path.
+const CHUNK: usize = 64;
+
+fn init() {
+    LOG.register(INFO);
+    let mut ops = sys::rte_mempool_ops {
+        alloc: Some(pool_alloc),
+        free: Some(pool_free),
+        enqueue: Some(pool_enqueue),
+        dequeue: Some(pool_dequeue),
+        get_count: Some(pool_get_count),
+        calc_mem_size: Some(pool_calc_mem_size),
+        populate: Some(pool_populate),
+        ..Default::default()
+    };
+    for (dst, src) in ops.name.iter_mut().zip(OPS_NAME) {
+        *dst = *src as std::ffi::c_char;
+    }
+    // SAFETY: DPDK copies the ops into its table; `ops` may go away afterwards.
+    let rc = unsafe { sys::rte_mempool_register_ops(&ops) };
+    if rc < 0 {
+        LOG.error(format_args!(
+            "cannot register mempool ops 'shm' ({}): the ops table is full or the name is taken",
+            shm_driver_common::errno_text(-rc)
+        ));
+    }
+}
+plugin_constructor!(MEMPOOL_SHM_CONSTRUCTOR, init);
+
+/// One pool in a region. Lives behind `rte_mempool.pool_data` from `alloc` to `free`.
+/// Immutable after `alloc` except for `populated`, so the hot path takes no lock.
+struct GuestPool {
+    region: Arc<Region>,
+    device: Weak<ShmDevice>,
+    /// Name of the device, for messages after it is gone.
+    device_name: String,
+    id: u32,
+    /// Where the pool's bytes start in the heap (to give them back).
+    heap_offset: u64,
+    ring: FreeRing<'static>,
+    layout: PoolLayout,
+    base: *mut u8,
+    /// Objects placed so far by `populate`.
+    populated: std::sync::atomic::AtomicU32,
+    name: String,
+}
+
+// SAFETY: `base` points into the region kept alive by `region`; everything else is Sync.
+unsafe impl Send for GuestPool {}
+// SAFETY: as above; the ring and layout are views with atomic access only.
+unsafe impl Sync for GuestPool {}
+
+impl GuestPool {
+    #[inline]
+    fn offset_of(&self, obj: *mut c_void) -> u32 {
+        (obj as usize).wrapping_sub(self.base as usize) as u32
+    }
+
+    #[inline]
+    fn object_at(&self, offset: u32) -> *mut c_void {
+        // SAFETY (for callers): the offset was validated by `layout.buffer_index`.
+        self.base.wrapping_add(offset as usize) as *mut c_void
+    }
+}
+
+/// The pool state of a mempool that uses our ops.
+///
+/// # Safety
+/// `mp` is a live mempool whose ops are ours and whose `alloc` succeeded.
+unsafe fn guest_pool<'a>(mp: *const sys::rte_mempool) -> Option<&'a GuestPool> {
+    // SAFETY: pool_data is null or the Box that `pool_alloc` stored.
+    unsafe { ((*mp).__bindgen_anon_1.pool_data as *const GuestPool).as_ref() }
+}
+
+fn mempool_name(mp: *const sys::rte_mempool) -> String {
+    // SAFETY: the name is a NUL-terminated array inside the live mempool.
+    unsafe { str_from_c((*mp).name.as_ptr()) }.map(|s| s.into_owned()).unwrap_or_default()
+}
+
+/// Which device's region a new pool goes to: the one named by `pool_config` (the net
+/// driver's internal pools), else the first attached device with room.
+fn choose_device(bus: &ShmBus, mp: *const sys::rte_mempool, bytes: u64) -> Result<Arc<ShmDevice>, String> {
+    // SAFETY: reading a plain field of a live mempool.
+    let config = unsafe { (*mp).pool_config };
+    if !config.is_null() {
+        return bus.device_by_ptr(config).ok_or_else(|| "pool_config does not name a sock: device".to_string());
+    }
+    let attached: Vec<Arc<ShmDevice>> = bus.devices().into_iter().filter(|d| d.session().is_some()).collect();
+    if attached.is_empty() {
+        return Err("no sock: device is attached, so there is no shared region to place it in".into());
+    }
+    for dev in &attached {
+        if let Some(session) = dev.session() {
+            if session.region.heap_largest_free(4096) >= bytes {
+                return Ok(dev.clone());
+            }
+        }
+    }
+    let dev = &attached[0];
+    let region = dev.session().map(|s| s.region.clone());
+    let (size, free) = region.map(|r| (r.len() as u64, r.heap_largest_free(4096))).unwrap_or((0, 0));
+    Err(format!(
+        "it needs {} MiB but the region of sock:{} ({} MiB) has {} MiB free; \
+         ask for a smaller pool (testpmd: --total-num-mbufs=N) or a larger region (devarg region_size=..., capped by the proxy)",
+        bytes.div_ceil(1 << 20),
+        dev.name(),
+        size >> 20,
+        free >> 20
+    ))
+}
+
+unsafe extern "C" fn pool_alloc(mp: *mut sys::rte_mempool) -> c_int {
+    guard(&LOG, "alloc", -libc::EINVAL, || {
+        let name = mempool_name(mp);
+        match alloc(mp, &name) {
+            Ok(pool) => {
+                // SAFETY: mp is live; pool_data is ours to set in alloc.
+                unsafe { (*mp).__bindgen_anon_1.pool_data = Box::into_raw(Box::new(pool)) as *mut c_void };
+                0
+            }
+            Err(why) => {
+                LOG.error(format_args!("pool '{name}' cannot live in shared memory: {why}"));
+                -libc::ENOMEM
+            }
+        }
+    })
+}
+
+fn alloc(mp: *mut sys::rte_mempool, name: &str) -> Result<GuestPool, String> {
+    let bus = ShmBus::find().map_err(|e| e.to_string())?;
+    // SAFETY: mp is a live mempool being populated; these are plain fields, and the
+    // private area is a pktmbuf pool's when private_data_size says so.
+    let (count, header, elt, trailer, data_room, priv_size) = unsafe {
+        let m = &*mp;
+        if (m.private_data_size as usize) < std::mem::size_of::<sys::rte_pktmbuf_pool_private>() {
+            return Err("not a packet mbuf pool (only rte_pktmbuf pools can be shared with the proxy)".into());
+        }
+        (
+            m.size,
+            m.header_size,
+            m.elt_size,
+            m.trailer_size,
+            sys::rte_pktmbuf_data_room_size(mp),
+            sys::rte_pktmbuf_priv_size(mp),
+        )
+    };
+    let mbuf_size = std::mem::size_of::<sys::rte_mbuf>() as u32 + priv_size as u32;
+    if elt != mbuf_size + data_room as u32 {
+        return Err(format!(
+            "its elements ({elt} bytes) are not mbufs of {mbuf_size} + {data_room} bytes (only rte_pktmbuf pools can be shared)"
+        ));
+    }
+    let stride = header + elt + trailer;
+    let ring_entries = count.max(1).checked_next_power_of_two().ok_or("too many objects")?;
+    let ring_bytes = FreeRing::bytes_for(ring_entries);
+    let objects_start = ring_bytes.next_multiple_of(64);
+    let bytes = objects_start + count as u64 * stride as u64;
+    let device = choose_device(bus, mp, bytes)?;
+    let session = device.session().ok_or("its device is not attached to a proxy")?;
+    let region = session.region.clone();
+    let id = region.free_pool_id().ok_or("the region already holds the most pools it can")?;
+    let heap_offset = region.heap_alloc(bytes, 4096).ok_or_else(|| {
+        format!(
+            "it needs {} MiB but the region of sock:{} has {} MiB free; ask for a smaller pool \
+             (testpmd: --total-num-mbufs=N) or a larger region (devarg region_size=...)",
+            bytes.div_ceil(1 << 20),
+            device.name(),
+            region.heap_largest_free(4096) >> 20
+        )
+    })?;
+    let release = |why: String| {
+        region.heap_free(heap_offset);
+        why
+    };
+    let request = PoolAdd {
+        pool_id: id,
+        ring_offset: heap_offset as u32,
+        ring_entries,
+        first_mbuf_offset: (heap_offset + objects_start) as u32 + header,
+        stride,
+        count,
+        mbuf_size: mbuf_size as u16,
+        data_room,
+    };
+    // The same validation the proxy applies: if it fails here, it is our bug.
+    let layout = request
+        .validate(&region.layout, &region.pool_layouts())
+        .map_err(|e| release(format!("its layout is invalid: {e}")))?;
+    // SAFETY: the Arc<Region> stored in the pool keeps the mapping alive for the view.
+    let mem = unsafe { region.mem_static() };
+    let ring = FreeRing::init(&mem, heap_offset as u32, ring_entries).map_err(|e| release(format!("free ring: {e}")))?;
+    region.add_pool(RegionPool { id, layout: layout.clone(), mempool: mp as usize });
+    Ok(GuestPool {
+        base: region.base(),
+        region,
+        device: Arc::downgrade(&device),
+        device_name: device.name().to_string(),
+        id,
+        heap_offset,
+        ring,
+        layout,
+        populated: std::sync::atomic::AtomicU32::new(0),
+        name: name.to_string(),
+    })
+}
+
+unsafe extern "C" fn pool_free(mp: *mut sys::rte_mempool) {
+    guard(&LOG, "free", (), || {
+        // SAFETY: mp is live and its pool_data is the Box from alloc, taken back once here.
+        let pool = unsafe {
+            let data = (*mp).__bindgen_anon_1.pool_data as *mut GuestPool;
+            if data.is_null() {
+                return;
+            }
+            (*mp).__bindgen_anon_1.pool_data = std::ptr::null_mut();
+            Box::from_raw(data)
+        };
+        if let Some(session) = pool.device.upgrade().and_then(|d| d.session()) {
+            if session.is_alive() {
+                if let Err(e) = session.transact(&Message::PoolDel { pool_id: pool.id }) {
+                    LOG.warning(format_args!("sock:{}: pool '{}': the proxy did not release it: {e}", pool.device_name, pool.name));
+                }
+            }
+        }
+        pool.region.remove_pool(pool.id);
+        pool.region.heap_free(pool.heap_offset);
+    })
+}
+
+/// DPDK reserves a memzone of this size from the application's heap for every chunk;
+/// the objects are placed in the shared region instead, so ask for a token amount.
+unsafe extern "C" fn pool_calc_mem_size(
+    _mp: *const sys::rte_mempool,
+    _obj_num: u32,
+    _pg_shift: u32,
+    min_chunk_size: *mut usize,
+    align: *mut usize,
+) -> isize {
+    // SAFETY: DPDK passes valid out-pointers.
+    unsafe {
+        *min_chunk_size = 64;
+        *align = 64;
+    }
+    64
+}
+
+/// Places the objects densely in the pool's part of the region (ignoring the token
+/// memory DPDK reserved), hands each to DPDK (which enqueues it), then announces the pool
+/// to the proxy.
+unsafe extern "C" fn pool_populate(
+    mp: *mut sys::rte_mempool,
+    max_objs: c_uint,
+    _vaddr: *mut c_void,
+    _iova: sys::rte_iova_t,
+    _len: usize,
+    obj_cb: sys::rte_mempool_populate_obj_cb_t,
+    obj_cb_arg: *mut c_void,
+) -> c_int {
+    guard(&LOG, "populate", -libc::EINVAL, || {
+        // SAFETY: called on a pool whose alloc succeeded.
+        let Some(pool) = (unsafe { guest_pool(mp) }) else { return -libc::EINVAL };
+        let done = pool.populated.load(std::sync::atomic::Ordering::Relaxed);
+        let todo = (pool.layout.count() - done).min(max_objs);
+        // SAFETY: plain EAL query.
+        let iova_is_va = unsafe { sys::rte_eal_iova_mode() } == sys::RTE_IOVA_VA;
+        for i in done..done + todo {
+            let obj = pool.object_at(pool.layout.buffer_offset(i));
+            let iova = if iova_is_va { obj as u64 } else { u64::MAX /* RTE_BAD_IOVA */ };
+            if let Some(cb) = obj_cb {
+                // SAFETY: DPDK's callback for an object that lies inside the region, with room
+                // for the object header before it (the layout reserves header_size bytes).
+                unsafe { cb(mp, obj_cb_arg, obj, iova) };
+            }
+        }
+        let populated = done + todo;
+        pool.populated.store(populated, std::sync::atomic::Ordering::Relaxed);
+        if populated == pool.layout.count() {
+            if let Err(why) = announce(pool) {
+                LOG.error(format_args!("sock:{}: pool '{}': {why}", pool.device_name, pool.name));
+                return -libc::EIO;
+            }
+        }
+        todo as c_int
+    })
+}
+
+fn announce(pool: &GuestPool) -> Result<(), String> {
+    let session = pool.device.upgrade().and_then(|d| d.session()).ok_or("the device is gone")?;
+    let request = Message::PoolAdd(pool.layout.to_pool_add());
+    match session.transact(&request) {
+        Ok(Message::PoolAck { pool_id }) if pool_id == pool.id => {
+            LOG.info(format_args!(
+                "sock:{}: pool '{}' ({} mbufs of {} bytes data room) placed in the shared region",
+                pool.device_name,
+                pool.name,
+                pool.layout.count(),
+                pool.layout.data_room()
+            ));
+            Ok(())
+        }
+        Ok(other) => Err(format!("the proxy answered {} to the pool announcement", other.kind())),
+        Err(e) => Err(format!("the proxy did not accept the pool: {e}")),
+    }
+}
+
+unsafe extern "C" fn pool_enqueue(mp: *mut sys::rte_mempool, objs: *const *mut c_void, n: c_uint) -> c_int {
+    guard(&LOG, "enqueue", -libc::ENOBUFS, || {
+        // SAFETY: called on a pool whose alloc succeeded; DPDK passes n valid object pointers.
+        let (pool, objs) = unsafe {
+            let Some(pool) = guest_pool(mp) else { return -libc::EINVAL };
+            (pool, std::slice::from_raw_parts(objs, n as usize))
+        };
+        let mut offsets = [0u32; CHUNK];
+        for chunk in objs.chunks(CHUNK) {
+            for (dst, obj) in offsets.iter_mut().zip(chunk) {
+                *dst = pool.offset_of(*obj);
+            }
+            if pool.ring.enqueue_bulk(&offsets[..chunk.len()], GUEST_RETRIES).is_err() {
+                // The ring holds every object of the pool, so this means corruption.
+                LOG.error(format_args!("pool '{}': free ring refused {} objects", pool.name, chunk.len()));
+                return -libc::ENOBUFS;
+            }
+        }
+        0
+    })
+}
+
+unsafe extern "C" fn pool_dequeue(mp: *mut sys::rte_mempool, objs: *mut *mut c_void, n: c_uint) -> c_int {
+    guard(&LOG, "dequeue", -libc::ENOENT, || {
+        // SAFETY: called on a pool whose alloc succeeded; DPDK passes room for n pointers.
+        let (pool, objs) = unsafe {
+            let Some(pool) = guest_pool(mp) else { return -libc::EINVAL };
+            (pool, std::slice::from_raw_parts_mut(objs, n as usize))
+        };
+        let mut offsets = [0u32; CHUNK];
+        let mut taken = 0;
+        while taken < objs.len() {
+            let want = (objs.len() - taken).min(CHUNK);
+            let chunk = &mut offsets[..want];
+            if let Err(e) = pool.ring.dequeue_bulk(chunk, GUEST_RETRIES) {
+                // All or nothing: give back what this call already took.
+                undo_dequeue(pool, &objs[..taken]);
+                return if e == FreeRingError::Empty { -libc::ENOENT } else { -libc::ENOBUFS };
+            }
+            for (i, &offset) in chunk.iter().enumerate() {
+                // The proxy writes this ring too: never turn a value into a pointer unchecked.
+                if pool.layout.buffer_index(offset).is_none() {
+                    LOG.error(format_args!("pool '{}': dropped invalid offset {offset:#x} from the free ring", pool.name));
+                    let good: Vec<u32> = chunk[..i].iter().chain(&chunk[i + 1..]).copied().collect();
+                    let _ = pool.ring.enqueue_bulk(&good, GUEST_RETRIES);
+                    undo_dequeue(pool, &objs[..taken]);
+                    return -libc::ENOENT;
+                }
+                objs[taken + i] = pool.object_at(offset);
+            }
+            taken += want;
+        }
+        0
+    })
+}
+
+fn undo_dequeue(pool: &GuestPool, objs: &[*mut c_void]) {
+    let mut offsets = [0u32; CHUNK];
+    for chunk in objs.chunks(CHUNK) {
+        for (dst, obj) in offsets.iter_mut().zip(chunk) {
+            *dst = pool.offset_of(*obj);
+        }
+        let _ = pool.ring.enqueue_bulk(&offsets[..chunk.len()], GUEST_RETRIES);
+    }
+}
+
+unsafe extern "C" fn pool_get_count(mp: *const sys::rte_mempool) -> c_uint {
+    guard(&LOG, "get_count", 0, || {
+        // SAFETY: called on a pool whose alloc succeeded.
+        unsafe { guest_pool(mp) }.map_or(0, |pool| pool.ring.count())
+    })
+}

@@ -1,0 +1,200 @@
+//! Device arguments of a `sock:` device: `-a sock:/run/io/sock,region_size=64M,rx_ring=1024`.
+//! Parsed here, in safe Rust, so that every malformed value gets its own clear message.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Keys users may give, with their meaning; printed in the error for an unknown key.
+pub const KNOWN_KEYS: &[(&str, &str)] = &[
+    ("region_size", "size of the shared region to ask the proxy for (K/M/G suffixes; default: the proxy's default)"),
+    ("rx_ring", "rx descriptor ring entries, a power of two in 64..=65536 (default 1024)"),
+    ("tx_ring", "tx descriptor ring entries, a power of two in 64..=65536 (default 1024)"),
+    ("reconnect", "1 (default) reconnects by itself when the proxy comes back; 0 stays down"),
+    ("timeout_ms", "how long to wait for each answer of the proxy, in ms (default 5000)"),
+];
+
+pub const DEFAULT_RING_ENTRIES: u32 = 1024;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevArgs {
+    /// 0 lets the proxy choose.
+    pub region_size: u64,
+    pub rx_ring: u32,
+    pub tx_ring: u32,
+    pub reconnect: bool,
+    pub timeout: Duration,
+}
+
+impl Default for DevArgs {
+    fn default() -> Self {
+        DevArgs {
+            region_size: 0,
+            rx_ring: DEFAULT_RING_ENTRIES,
+            tx_ring: DEFAULT_RING_ENTRIES,
+            reconnect: true,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DevArgsError {
+    UnknownKey(String),
+    MissingValue(String),
+    Duplicate(String),
+    BadValue { key: String, value: String, why: &'static str },
+}
+
+impl fmt::Display for DevArgsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DevArgsError::UnknownKey(key) => {
+                let known: Vec<&str> = KNOWN_KEYS.iter().map(|(k, _)| *k).collect();
+                write!(f, "unknown device argument '{key}' (known: {})", known.join(", "))
+            }
+            DevArgsError::MissingValue(key) => write!(f, "device argument '{key}' needs a value ('{key}=...')"),
+            DevArgsError::Duplicate(key) => write!(f, "device argument '{key}' is given twice"),
+            DevArgsError::BadValue { key, value, why } => write!(f, "device argument {key}='{value}': {why}"),
+        }
+    }
+}
+
+impl std::error::Error for DevArgsError {}
+
+impl DevArgs {
+    /// Parses the part after the device name (after the first comma); empty is fine.
+    pub fn parse(text: &str) -> Result<DevArgs, DevArgsError> {
+        let mut args = DevArgs::default();
+        let mut seen: Vec<&str> = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = match item.split_once('=') {
+                Some((k, v)) => (k.trim(), v.trim()),
+                None => return Err(DevArgsError::MissingValue(item.to_string())),
+            };
+            if !KNOWN_KEYS.iter().any(|(k, _)| *k == key) {
+                return Err(DevArgsError::UnknownKey(key.to_string()));
+            }
+            if seen.contains(&key) {
+                return Err(DevArgsError::Duplicate(key.to_string()));
+            }
+            seen.push(key);
+            let bad = |why| DevArgsError::BadValue { key: key.to_string(), value: value.to_string(), why };
+            match key {
+                "region_size" => args.region_size = parse_size(value).ok_or_else(|| bad("expected a size such as 64M or 1G"))?,
+                "rx_ring" => args.rx_ring = parse_ring(value).ok_or_else(|| bad("expected a power of two in 64..=65536"))?,
+                "tx_ring" => args.tx_ring = parse_ring(value).ok_or_else(|| bad("expected a power of two in 64..=65536"))?,
+                "reconnect" => {
+                    args.reconnect = match value {
+                        "1" | "yes" | "true" | "on" => true,
+                        "0" | "no" | "false" | "off" => false,
+                        _ => return Err(bad("expected 0 or 1")),
+                    }
+                }
+                "timeout_ms" => {
+                    let ms: u64 = value.parse().ok().filter(|ms| (1..=600_000).contains(ms)).ok_or_else(|| bad("expected milliseconds in 1..=600000"))?;
+                    args.timeout = Duration::from_millis(ms);
+                }
+                _ => unreachable!("every known key is handled"),
+            }
+        }
+        Ok(args)
+    }
+}
+
+/// `4096`, `64K`, `64M`, `1G` (binary multiples; an optional trailing `B` or `iB`).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let lower = text.to_ascii_lowercase();
+    let digits_end = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    if digits_end == 0 {
+        return None;
+    }
+    let number: u64 = lower[..digits_end].parse().ok()?;
+    let shift = match lower[digits_end..].trim_end_matches("ib").trim_end_matches('b') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        _ => return None,
+    };
+    number.checked_mul(1u64 << shift).filter(|&n| n > 0)
+}
+
+fn parse_ring(text: &str) -> Option<u32> {
+    let n: u32 = text.parse().ok()?;
+    (n.is_power_of_two() && (64..=65536).contains(&n)).then_some(n)
+}
+
+/// Splits `"/run/io/sock,rx_ring=512"` into the device name and its arguments.
+pub fn split_name(full: &str) -> (&str, &str) {
+    match full.split_once(',') {
+        Some((name, args)) => (name, args),
+        None => (full, ""),
+    }
+}
+
+/// A socket path is claimed by the `sock` bus when it looks like a path, so that the bus
+/// never steals names of other buses (EAL asks every bus about every device name).
+pub fn looks_like_socket_path(name: &str) -> bool {
+    name.starts_with('/') || name.starts_with("./") || name.starts_with("../")
+}
+
+/// EAL keeps device names in 64-byte arrays: longer names must be refused, not cut.
+pub const MAX_NAME_LEN: usize = 63;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_gives_defaults() {
+        assert_eq!(DevArgs::parse("").unwrap(), DevArgs::default());
+        assert_eq!(DevArgs::parse(" , ").unwrap(), DevArgs::default());
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let a = DevArgs::parse("region_size=64M,rx_ring=512,tx_ring=2048,reconnect=0,timeout_ms=100").unwrap();
+        assert_eq!(a.region_size, 64 << 20);
+        assert_eq!((a.rx_ring, a.tx_ring), (512, 2048));
+        assert!(!a.reconnect);
+        assert_eq!(a.timeout, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn malformed_arguments_have_clear_errors() {
+        let err = DevArgs::parse("ring=5").unwrap_err();
+        assert!(err.to_string().contains("unknown device argument 'ring'"), "{err}");
+        assert!(err.to_string().contains("rx_ring"), "lists the known keys: {err}");
+        assert_eq!(DevArgs::parse("rx_ring").unwrap_err(), DevArgsError::MissingValue("rx_ring".into()));
+        assert!(matches!(DevArgs::parse("rx_ring=100"), Err(DevArgsError::BadValue { .. })));
+        assert!(matches!(DevArgs::parse("rx_ring=32"), Err(DevArgsError::BadValue { .. })));
+        assert!(matches!(DevArgs::parse("region_size=lots"), Err(DevArgsError::BadValue { .. })));
+        assert!(matches!(DevArgs::parse("reconnect=maybe"), Err(DevArgsError::BadValue { .. })));
+        assert!(matches!(DevArgs::parse("timeout_ms=0"), Err(DevArgsError::BadValue { .. })));
+        assert_eq!(DevArgs::parse("rx_ring=64,rx_ring=64").unwrap_err(), DevArgsError::Duplicate("rx_ring".into()));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("0"), None);
+        assert_eq!(parse_size("M"), None);
+        assert_eq!(parse_size("12T"), None);
+        assert_eq!(parse_size("99999999999999999999G"), None);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(split_name("/a/b,rx_ring=64"), ("/a/b", "rx_ring=64"));
+        assert_eq!(split_name("/a/b"), ("/a/b", ""));
+        assert!(looks_like_socket_path("/tmp/s"));
+        assert!(looks_like_socket_path("./s"));
+        assert!(!looks_like_socket_path("0000:00:01.0"));
+        assert!(!looks_like_socket_path("net_null0"));
+    }
+}

@@ -1,0 +1,585 @@
+//! A device's session with its proxy: the control socket, the handshake, the mapped
+//! region, and the watch on the socket that tells the driver when the proxy goes away.
+
+use std::ffi::{c_void, CStr};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use dpdk_sys as sys;
+use shm_contract::mem::{check_region_fd, Mapping};
+use shm_contract::proto::transport::{recv_message, send_message, TransportError};
+use shm_contract::layout::RegionFlags;
+use shm_contract::proto::{Hello, PROTOCOL_VERSION_MIN};
+use shm_contract::{Message, PoolLayout, RefuseCode, RegionLayout, SharedMem, PROTOCOL_VERSION};
+
+use crate::bus::{lock, DeviceEvent};
+use crate::device::ShmDevice;
+use crate::heap::HeapAllocator;
+use crate::log::LogType;
+
+/// What the proxy told us about the NIC queue we are attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyInfo {
+    pub protocol_version: u16,
+    pub port_id: u16,
+    pub queue_id: u16,
+    pub mac: [u8; 6],
+    pub mtu: u16,
+    pub max_rx_frame: u32,
+    pub link_up: bool,
+    pub link_speed_mbps: u32,
+}
+
+/// The shared region, mapped. Outlives the session that brought it: mempools placed in it
+/// keep it alive (an application may keep using its pool after a port is detached).
+pub struct Region {
+    mapping: Mapping,
+    pub layout: RegionLayout,
+    pub hugepages: bool,
+    heap: Mutex<HeapAllocator>,
+    /// Pools placed in this region, by id (the proxy knows pools by id).
+    pools: Mutex<Vec<RegionPool>>,
+}
+
+/// A pool placed in a region: its validated layout and the mempool that owns it.
+#[derive(Clone)]
+pub struct RegionPool {
+    pub id: u32,
+    pub layout: PoolLayout,
+    /// The `rte_mempool` in this process, as an address (only compared, never followed here).
+    pub mempool: usize,
+}
+
+impl Region {
+    pub fn mem(&self) -> SharedMem<'_> {
+        self.mapping.mem()
+    }
+
+    /// The region as a `'static` view, for data-path objects that also hold an
+    /// `Arc<Region>` keeping the mapping alive.
+    ///
+    /// # Safety
+    /// The caller keeps an `Arc<Region>` for as long as it uses the returned view.
+    pub unsafe fn mem_static(&self) -> SharedMem<'static> {
+        // SAFETY: the mapping is valid for its whole length until `self` drops, which the
+        // caller prevents by holding an Arc.
+        unsafe { SharedMem::from_raw(self.mapping.as_ptr(), self.mapping.len()) }
+    }
+
+    pub fn base(&self) -> *mut u8 {
+        self.mapping.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.mapping.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mapping.len() == 0
+    }
+
+    /// Whether `ptr` points inside the region.
+    #[inline]
+    pub fn contains(&self, ptr: *const u8) -> bool {
+        let base = self.mapping.as_ptr() as usize;
+        (ptr as usize).wrapping_sub(base) < self.mapping.len()
+    }
+
+    pub fn heap_alloc(&self, len: u64, align: u64) -> Option<u64> {
+        lock(&self.heap).alloc(len, align)
+    }
+
+    pub fn heap_free(&self, offset: u64) {
+        lock(&self.heap).free(offset)
+    }
+
+    pub fn heap_largest_free(&self, align: u64) -> u64 {
+        lock(&self.heap).largest_free(align)
+    }
+
+    /// A pool id not used by another live pool of this region.
+    pub fn free_pool_id(&self) -> Option<u32> {
+        let pools = lock(&self.pools);
+        (0..shm_contract::pool::MAX_POOLS as u32).find(|id| pools.iter().all(|p| p.id != *id))
+    }
+
+    /// The layouts of the other pools, which a new pool must not overlap.
+    pub fn pool_layouts(&self) -> Vec<PoolLayout> {
+        lock(&self.pools).iter().map(|p| p.layout.clone()).collect()
+    }
+
+    pub fn add_pool(&self, pool: RegionPool) {
+        lock(&self.pools).push(pool);
+    }
+
+    pub fn remove_pool(&self, id: u32) {
+        lock(&self.pools).retain(|p| p.id != id);
+    }
+
+    /// The pool of this region owned by `mempool`, if any.
+    pub fn pool_of_mempool(&self, mempool: usize) -> Option<RegionPool> {
+        lock(&self.pools).iter().find(|p| p.mempool == mempool).cloned()
+    }
+}
+
+#[derive(Debug)]
+pub enum SessionError {
+    Connect(io::Error),
+    Refused { code: RefuseCode, reason: String },
+    Transport(TransportError),
+    Protocol(String),
+    Region(String),
+    ProxyGone,
+    Timeout,
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Connect(e) if e.kind() == io::ErrorKind::NotFound => {
+                write!(f, "cannot connect: no socket at this path (is dpdk-io-proxy running and serving it?)")
+            }
+            SessionError::Connect(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                write!(f, "cannot connect: connection refused (the socket exists but no proxy listens on it)")
+            }
+            SessionError::Connect(e) => write!(f, "cannot connect: {e}"),
+            SessionError::Refused { code, reason } => write!(f, "the proxy refused us ({code:?}): {reason}"),
+            SessionError::Transport(e) => write!(f, "control channel: {e}"),
+            SessionError::Protocol(what) => write!(f, "protocol error: {what}"),
+            SessionError::Region(what) => write!(f, "shared region unusable: {what}"),
+            SessionError::ProxyGone => write!(f, "the proxy closed the connection"),
+            SessionError::Timeout => write!(f, "the proxy did not answer in time"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+impl From<TransportError> for SessionError {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::Closed => SessionError::ProxyGone,
+            TransportError::Timeout => SessionError::Timeout,
+            other => SessionError::Transport(other),
+        }
+    }
+}
+
+pub struct Session {
+    socket: OwnedFd,
+    /// Held for a whole request/response exchange, so replies are never interleaved.
+    control: Mutex<()>,
+    next_request: AtomicU32,
+    pub region: Arc<Region>,
+    pub proxy: ProxyInfo,
+    alive: AtomicBool,
+    link_up: AtomicBool,
+    link_speed: AtomicU32,
+    timeout: Duration,
+    device: Weak<ShmDevice>,
+    device_name: String,
+    watch: Mutex<Option<SocketWatch>>,
+    log: &'static LogType,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").field("device", &self.device_name).field("proxy", &self.proxy).finish()
+    }
+}
+
+impl Session {
+    /// Connects to the device's socket, performs the handshake, maps the region, and
+    /// starts watching the socket.
+    pub fn open(dev: &Arc<ShmDevice>, log: &'static LogType) -> Result<Arc<Session>, SessionError> {
+        let socket = connect_seqpacket(dev.name()).map_err(SessionError::Connect)?;
+        let hello = Message::Hello(Hello {
+            version_min: PROTOCOL_VERSION_MIN,
+            version_max: PROTOCOL_VERSION,
+            flags: 0,
+            region_size: dev.args.region_size,
+            rx_ring_entries: dev.args.rx_ring,
+            tx_ring_entries: dev.args.tx_ring,
+            app_name: program_name(),
+        });
+        send_message(socket.as_fd(), &hello, 1, &[])?;
+        let (reply, _, mut fds) = recv_message(socket.as_fd(), Some(dev.args.timeout))?;
+        let (proxy, region_size, hugepages) = match reply {
+            Message::Welcome(w) => (
+                ProxyInfo {
+                    protocol_version: w.version,
+                    port_id: w.port_id,
+                    queue_id: w.queue_id,
+                    mac: w.mac,
+                    mtu: w.mtu,
+                    max_rx_frame: w.max_rx_frame,
+                    link_up: w.link_up,
+                    link_speed_mbps: w.link_speed_mbps,
+                },
+                w.region_size,
+                w.flags.contains(RegionFlags::HUGEPAGES),
+            ),
+            Message::Refuse { code, reason } => return Err(SessionError::Refused { code, reason }),
+            other => return Err(SessionError::Protocol(format!("expected Welcome, got {}", other.kind()))),
+        };
+        if fds.len() != 1 {
+            return Err(SessionError::Protocol(format!("Welcome carried {} file descriptors, expected 1", fds.len())));
+        }
+        let memfd = fds.remove(0);
+        let region = map_region(memfd.as_fd(), region_size, hugepages)?;
+        log.info(format_args!(
+            "sock:{}: attached to proxy port {} queue {}: region {} MiB on {}, protocol {}",
+            dev.name(),
+            proxy.port_id,
+            proxy.queue_id,
+            region_size >> 20,
+            if hugepages { format!("{} KiB hugepages", region.layout.page_size() >> 10) } else { "normal 4 KiB pages".into() },
+            proxy.protocol_version
+        ));
+        drop(memfd);
+        let session = Arc::new(Session {
+            socket,
+            control: Mutex::new(()),
+            next_request: AtomicU32::new(2),
+            link_up: AtomicBool::new(proxy.link_up),
+            link_speed: AtomicU32::new(proxy.link_speed_mbps),
+            proxy,
+            region: Arc::new(region),
+            alive: AtomicBool::new(true),
+            timeout: dev.args.timeout,
+            device: Arc::downgrade(dev),
+            device_name: dev.name().to_string(),
+            watch: Mutex::new(None),
+            log,
+        });
+        match SocketWatch::start(&session) {
+            Ok(watch) => *lock(&session.watch) = Some(watch),
+            Err(e) => log.warning(format_args!(
+                "sock:{}: cannot watch the control socket ({e}); a dead proxy will only be noticed on the next request",
+                dev.name()
+            )),
+        }
+        Ok(session)
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    pub fn link(&self) -> (bool, u32) {
+        (self.is_alive() && self.link_up.load(Ordering::Relaxed), self.link_speed.load(Ordering::Relaxed))
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    /// Sends `request` and waits for its answer, handling unsolicited messages that arrive
+    /// meanwhile. A `Refuse` answer becomes `SessionError::Refused`.
+    pub fn transact(&self, request: &Message) -> Result<Message, SessionError> {
+        if !self.is_alive() {
+            return Err(SessionError::ProxyGone);
+        }
+        let _exchange = lock(&self.control);
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        send_message(self.socket.as_fd(), request, id, &[]).map_err(|e| self.fail(e.into()))?;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SessionError::Timeout);
+            }
+            let (reply, reply_id, _fds) = recv_message(self.socket.as_fd(), Some(left)).map_err(|e| self.fail(e.into()))?;
+            if self.handle_unsolicited(&reply) {
+                continue;
+            }
+            if reply_id != id {
+                self.log.warning(format_args!(
+                    "sock:{}: ignoring a stale {} answer (request {reply_id}, waiting for {id})",
+                    self.device_name,
+                    reply.kind()
+                ));
+                continue;
+            }
+            return match reply {
+                Message::Refuse { code, reason } => Err(SessionError::Refused { code, reason }),
+                other => Ok(other),
+            };
+        }
+    }
+
+    /// Messages the proxy sends on its own. Returns whether `msg` was one.
+    fn handle_unsolicited(&self, msg: &Message) -> bool {
+        match *msg {
+            Message::LinkStatus { up, speed_mbps } => {
+                self.link_up.store(up, Ordering::Relaxed);
+                self.link_speed.store(speed_mbps, Ordering::Relaxed);
+                self.notify(DeviceEvent::Link { up, speed_mbps });
+                true
+            }
+            Message::Goodbye => {
+                self.mark_lost();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn fail(&self, e: SessionError) -> SessionError {
+        if matches!(e, SessionError::ProxyGone | SessionError::Transport(_)) {
+            self.mark_lost();
+        }
+        e
+    }
+
+    fn mark_lost(&self) {
+        if self.alive.swap(false, Ordering::AcqRel) {
+            self.log.warning(format_args!("sock:{}: proxy connection lost; link down", self.device_name));
+            self.notify(DeviceEvent::ProxyLost);
+        }
+    }
+
+    fn notify(&self, event: DeviceEvent) {
+        let Some(dev) = self.device.upgrade() else { return };
+        if let Some(driver) = dev.driver() {
+            (driver.event)(&dev, event);
+        }
+    }
+
+    /// Ends the session: says goodbye if the proxy is still there, stops watching the
+    /// socket. The region stays mapped while anything (a mempool) still holds it.
+    pub fn close(&self) {
+        if let Some(watch) = lock(&self.watch).take() {
+            watch.stop();
+        }
+        if self.alive.swap(false, Ordering::AcqRel) {
+            let _exchange = lock(&self.control);
+            let _ = send_message(self.socket.as_fd(), &Message::Goodbye, 0, &[]);
+        }
+        // SAFETY: shutdown on our own open socket; wakes anything blocked on it.
+        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+
+    /// Called from the EAL interrupt thread when the socket is readable or hung up.
+    fn on_socket_event(&self) {
+        // Wait for any request in flight: its owner reads its own answer.
+        let _exchange = lock(&self.control);
+        loop {
+            match recv_message(self.socket.as_fd(), Some(Duration::ZERO)) {
+                Ok((msg, _, _)) => {
+                    if !self.handle_unsolicited(&msg) {
+                        self.log.debug(format_args!(
+                            "sock:{}: ignoring unexpected {} from the proxy",
+                            self.device_name,
+                            msg.kind()
+                        ));
+                    }
+                }
+                Err(TransportError::Timeout) => return,
+                Err(_) => {
+                    self.mark_lost();
+                    self.stop_watch_from_callback();
+                    return;
+                }
+            }
+            if !self.is_alive() {
+                self.stop_watch_from_callback();
+                return;
+            }
+        }
+    }
+
+    /// EAL's epoll is level-triggered: a hung-up socket must stop being watched, or the
+    /// interrupt thread would spin on it. Inside the callback only the deferred API works.
+    fn stop_watch_from_callback(&self) {
+        if let Some(watch) = lock(&self.watch).take() {
+            watch.stop_deferred();
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(watch) = lock(&self.watch).take() {
+            watch.stop();
+        }
+    }
+}
+
+fn connect_seqpacket(path: &str) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_un is plain old data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"));
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_un of `len` bytes.
+    let rc = unsafe { libc::connect(socket.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+fn map_region(memfd: BorrowedFd<'_>, region_size: u64, hugepages: bool) -> Result<Region, SessionError> {
+    check_region_fd(memfd, region_size).map_err(|e| SessionError::Region(e.to_string()))?;
+    let len = usize::try_from(region_size).map_err(|_| SessionError::Region("too large for this machine".into()))?;
+    let mapping = Mapping::map(memfd, len).map_err(|e| SessionError::Region(format!("mmap: {e}")))?;
+    let layout = RegionLayout::read_header(&mapping.mem()).map_err(|e| SessionError::Region(e.to_string()))?;
+    let heap = HeapAllocator::new(layout.heap().offset as u64, layout.heap().size as u64);
+    Ok(Region { mapping, layout, hugepages, heap: Mutex::new(heap), pools: Mutex::new(Vec::new()) })
+}
+
+fn program_name() -> String {
+    std::fs::read_to_string("/proc/self/comm").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Makes the platform mempool ops our shared-memory ops, so that packet pools created
+/// after a `sock:` device is probed live in its region. Done only when a device is really
+/// probed: a plugin auto-loaded into an unrelated application changes nothing.
+pub fn use_shared_mempool_ops(log: &LogType) {
+    const OPS: &CStr = c"shm";
+    // SAFETY: reads the name of the current platform ops, a static C string or null.
+    let current = unsafe { crate::ffi::str_from_c(sys::rte_mbuf_platform_mempool_ops()) };
+    if current.as_deref() == Some("shm") {
+        return;
+    }
+    if !mempool_ops_registered("shm") {
+        log.warning(format_args!(
+            "mempool ops 'shm' not registered (librte_mempool_shm.so not loaded): packet buffers \
+             will be private and every transmitted packet copied"
+        ));
+        return;
+    }
+    // SAFETY: valid C string; DPDK keeps its own copy.
+    let rc = unsafe { sys::rte_mbuf_set_platform_mempool_ops(OPS.as_ptr()) };
+    if rc != 0 {
+        log.warning(format_args!(
+            "cannot make 'shm' the platform mempool ops ({}); pools will use {:?}",
+            crate::errno_text(-rc),
+            current
+        ));
+    }
+}
+
+fn mempool_ops_registered(name: &str) -> bool {
+    // SAFETY: the ops table is a process-wide array; entries below num_ops are initialised
+    // and their names are NUL-terminated arrays.
+    unsafe {
+        let table = std::ptr::addr_of!(sys::rte_mempool_ops_table);
+        let count = ((*table).num_ops as usize).min((*table).ops.len());
+        (0..count).any(|i| crate::ffi::str_from_c((*table).ops[i].name.as_ptr()).as_deref() == Some(name))
+    }
+}
+
+/// Registration of the control socket with EAL's interrupt thread.
+struct SocketWatch {
+    handle: *mut sys::rte_intr_handle,
+    /// One strong reference to the session, owned by the registration.
+    arg: *const Session,
+}
+
+// SAFETY: the handle and the leaked Arc are only used to unregister, from any thread.
+unsafe impl Send for SocketWatch {}
+
+impl SocketWatch {
+    fn start(session: &Arc<Session>) -> Result<SocketWatch, String> {
+        // SAFETY: plain EAL calls on a fresh handle; the fd stays open while registered
+        // because the registration owns a reference to the session that owns the fd.
+        unsafe {
+            let handle = sys::rte_intr_instance_alloc(sys::RTE_INTR_INSTANCE_F_PRIVATE);
+            if handle.is_null() {
+                return Err("no memory for an interrupt handle".into());
+            }
+            if sys::rte_intr_fd_set(handle, session.socket.as_raw_fd()) != 0
+                || sys::rte_intr_type_set(handle, sys::RTE_INTR_HANDLE_EXT) != 0
+            {
+                sys::rte_intr_instance_free(handle);
+                return Err("cannot set up the interrupt handle".into());
+            }
+            let arg = Arc::into_raw(session.clone());
+            let rc = sys::rte_intr_callback_register(handle, Some(socket_event_trampoline), arg as *mut c_void);
+            if rc != 0 {
+                drop(Arc::from_raw(arg));
+                sys::rte_intr_instance_free(handle);
+                return Err(crate::errno_text(-rc));
+            }
+            Ok(SocketWatch { handle, arg })
+        }
+    }
+
+    fn stop(self) {
+        // SAFETY: unregisters what `start` registered; EAL returns -EAGAIN while the callback
+        // runs, so retry briefly. From inside the callback itself, defer to the pending API.
+        unsafe {
+            for _ in 0..1000 {
+                let rc = sys::rte_intr_callback_unregister(self.handle, Some(socket_event_trampoline), self.arg as *mut c_void);
+                if rc != -libc::EAGAIN {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            sys::rte_intr_instance_free(self.handle);
+            drop(Arc::from_raw(self.arg));
+        }
+    }
+}
+
+impl SocketWatch {
+    fn stop_deferred(self) {
+        // SAFETY: called from inside our own callback; EAL removes the registration after the
+        // callback returns and then calls `release_after_unregister` with the same argument.
+        let rc = unsafe {
+            sys::rte_intr_callback_unregister_pending(
+                self.handle,
+                Some(socket_event_trampoline),
+                self.arg as *mut c_void,
+                Some(release_after_unregister),
+            )
+        };
+        if rc < 0 {
+            // Not registered any more: release now.
+            // SAFETY: nothing else refers to the handle or the reference.
+            unsafe {
+                sys::rte_intr_instance_free(self.handle);
+                drop(Arc::from_raw(self.arg));
+            }
+        }
+        std::mem::forget(self);
+    }
+}
+
+unsafe extern "C" fn release_after_unregister(handle: *mut sys::rte_intr_handle, arg: *mut c_void) {
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: EAL calls this once, after removing the registration that owned `arg`.
+        unsafe {
+            sys::rte_intr_instance_free(handle);
+            drop(Arc::from_raw(arg as *const Session));
+        }
+    });
+}
+
+unsafe extern "C" fn socket_event_trampoline(arg: *mut c_void) {
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: `arg` is the session reference owned by the registration, alive until
+        // unregistration, which waits for this callback to return.
+        let session = unsafe { &*(arg as *const Session) };
+        session.on_socket_event();
+    });
+}

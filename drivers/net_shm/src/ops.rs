@@ -1,0 +1,487 @@
+//! `eth_dev_ops`: the ethdev control path, called by the application's threads (and the
+//! interrupt thread for link events). Each entry point catches panics.
+
+use std::ffi::{c_int, c_uint, c_void, CString};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use dpdk_sys as sys;
+use shm_contract::{DescConsumer, DescProducer, Message};
+use shm_driver_common::bus::lock;
+use shm_driver_common::errno_text;
+use shm_driver_common::ffi::guard;
+use shm_driver_common::session::{Region, Session};
+
+use crate::rxtx::{OwnedMempool, RxQueue, TxQueue, MAX_SEGS};
+use crate::xstats::{Snapshot, XSTAT_NAMES};
+use crate::{Port, LOG};
+
+struct Ops(sys::eth_dev_ops);
+// SAFETY: a table of function pointers, immutable once built.
+unsafe impl Sync for Ops {}
+unsafe impl Send for Ops {}
+
+static OPS: OnceLock<Ops> = OnceLock::new();
+
+pub(crate) fn dev_ops() -> *const sys::eth_dev_ops {
+    &OPS.get_or_init(|| {
+        Ops(sys::eth_dev_ops {
+            dev_configure: Some(dev_configure),
+            dev_start: Some(dev_start),
+            dev_stop: Some(dev_stop),
+            dev_close: Some(dev_close),
+            dev_infos_get: Some(dev_infos_get),
+            link_update: Some(link_update),
+            stats_get: Some(stats_get),
+            stats_reset: Some(stats_reset),
+            xstats_get: Some(xstats_get),
+            xstats_get_names: Some(xstats_get_names),
+            xstats_reset: Some(stats_reset),
+            rx_queue_setup: Some(rx_queue_setup),
+            tx_queue_setup: Some(tx_queue_setup),
+            rx_queue_release: Some(rx_queue_release),
+            tx_queue_release: Some(tx_queue_release),
+            promiscuous_enable: Some(accept),
+            promiscuous_disable: Some(accept),
+            allmulticast_enable: Some(accept),
+            allmulticast_disable: Some(accept),
+            mtu_set: Some(mtu_set),
+            mac_addr_set: Some(mac_addr_set),
+            ..Default::default()
+        })
+    })
+    .0
+}
+
+/// Runs `body` with our port, for an ethdev callback returning an errno code.
+fn with_port(entry: &str, dev: *mut sys::rte_eth_dev, body: impl FnOnce(&Port) -> c_int) -> c_int {
+    guard(&LOG, entry, -libc::EIO, || {
+        // SAFETY: ethdev calls our ops only for ethdevs we created.
+        match unsafe { Port::of(dev) } {
+            Some(port) => body(port),
+            None => -libc::ENODEV,
+        }
+    })
+}
+
+pub(crate) unsafe extern "C" fn rx_burst(q: *mut c_void, pkts: *mut *mut sys::rte_mbuf, n: u16) -> u16 {
+    guard(&LOG, "rx_burst", 0, || {
+        // SAFETY: `q` is the RxQueue that rx_queue_setup stored; its Arc lives in the port
+        // state until release, which DPDK never does while a burst runs.
+        unsafe { (*(q as *const RxQueue)).burst(pkts, n) }
+    })
+}
+
+pub(crate) unsafe extern "C" fn tx_burst(q: *mut c_void, pkts: *mut *mut sys::rte_mbuf, n: u16) -> u16 {
+    guard(&LOG, "tx_burst", 0, || {
+        // SAFETY: as for rx_burst, with the TxQueue of tx_queue_setup.
+        unsafe { (*(q as *const TxQueue)).burst(pkts, n) }
+    })
+}
+
+unsafe extern "C" fn dev_configure(dev: *mut sys::rte_eth_dev) -> c_int {
+    with_port("dev_configure", dev, |_| 0)
+}
+
+unsafe extern "C" fn dev_infos_get(dev: *mut sys::rte_eth_dev, info: *mut sys::rte_eth_dev_info) -> c_int {
+    with_port("dev_infos_get", dev, |port| {
+        let (max_frame, rx_entries, tx_entries) = match port.session() {
+            Some(s) => (s.proxy.max_rx_frame, s.region.layout.rx_ring().entries, s.region.layout.tx_ring().entries),
+            None => (1518, 1024, 1024),
+        };
+        let overhead = (sys::RTE_ETHER_HDR_LEN + sys::RTE_ETHER_CRC_LEN) as u32;
+        // SAFETY: ethdev passes a zeroed dev_info to fill.
+        let info = unsafe { &mut *info };
+        info.max_rx_queues = 1;
+        info.max_tx_queues = 1;
+        info.max_mac_addrs = 1;
+        info.min_rx_bufsize = 64;
+        info.max_rx_pktlen = max_frame;
+        info.min_mtu = sys::RTE_ETHER_MIN_MTU as u16;
+        info.max_mtu = max_frame.saturating_sub(overhead).min(u16::MAX as u32) as u16;
+        info.rx_offload_capa = (sys::RTE_ETH_RX_OFFLOAD_SCATTER | sys::RTE_ETH_RX_OFFLOAD_RSS_HASH) as u64;
+        info.tx_offload_capa = sys::RTE_ETH_TX_OFFLOAD_MULTI_SEGS as u64;
+        info.rx_desc_lim.nb_max = rx_entries as u16;
+        info.rx_desc_lim.nb_min = 1;
+        info.rx_desc_lim.nb_align = 1;
+        info.tx_desc_lim.nb_max = tx_entries as u16;
+        info.tx_desc_lim.nb_min = 1;
+        info.tx_desc_lim.nb_align = 1;
+        info.tx_desc_lim.nb_seg_max = MAX_SEGS as u16;
+        info.tx_desc_lim.nb_mtu_seg_max = MAX_SEGS as u16;
+        info.default_rxportconf.burst_size = 32;
+        info.default_txportconf.burst_size = 32;
+        info.default_rxportconf.ring_size = rx_entries as u16;
+        info.default_txportconf.ring_size = tx_entries as u16;
+        info.speed_capa = sys::RTE_ETH_LINK_SPEED_FIXED;
+        0
+    })
+}
+
+unsafe extern "C" fn link_update(dev: *mut sys::rte_eth_dev, _wait: c_int) -> c_int {
+    with_port("link_update", dev, |port| {
+        // ethdev wants 0 when the link changed, -1 when not.
+        if port.update_link() {
+            0
+        } else {
+            -1
+        }
+    })
+}
+
+unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
+    with_port("dev_start", dev, |port| {
+        let mut state = lock(&port.state);
+        let Some(session) = state.session.clone().filter(|s| s.is_alive()) else {
+            LOG.error(format_args!("port {}: cannot start: not connected to the proxy", port.port_id));
+            return -libc::ENOTCONN;
+        };
+        let (Some(rxq), Some(txq)) = (state.rxq.clone(), state.txq.clone()) else {
+            LOG.error(format_args!("port {}: cannot start: set up one rx and one tx queue first", port.port_id));
+            return -libc::EINVAL;
+        };
+        // Both sides start the rings from index 0 on every queue start; the proxy is not
+        // polling yet, and our queues are stopped.
+        // SAFETY: the queues are stopped (not active, no burst runs before start returns).
+        unsafe {
+            rxq.reset();
+            txq.reset();
+        }
+        txq.copy_pool.store(rxq.mempool, Ordering::Relaxed);
+        match session.transact(&Message::QueueStart { rx_pool_id: rxq.pool_id }) {
+            Ok(Message::QueueStarted) => {}
+            Ok(other) => {
+                LOG.error(format_args!("port {}: the proxy answered {} to QueueStart", port.port_id, other.kind()));
+                return -libc::EPROTO;
+            }
+            Err(e) => {
+                LOG.error(format_args!("port {}: cannot start: {e}", port.port_id));
+                return -libc::EIO;
+            }
+        }
+        rxq.active.store(true, Ordering::Relaxed);
+        txq.active.store(true, Ordering::Relaxed);
+        // SAFETY: our ethdev's data; queue 0 exists (checked above).
+        unsafe {
+            let data = &mut *(*dev).data;
+            *data.rx_queue_state.as_mut_ptr() = sys::RTE_ETH_QUEUE_STATE_STARTED as u8;
+            *data.tx_queue_state.as_mut_ptr() = sys::RTE_ETH_QUEUE_STATE_STARTED as u8;
+        }
+        state.started = true;
+        drop(state);
+        port.update_link();
+        0
+    })
+}
+
+unsafe extern "C" fn dev_stop(dev: *mut sys::rte_eth_dev) -> c_int {
+    with_port("dev_stop", dev, |port| stop(port, dev))
+}
+
+fn stop(port: &Port, dev: *mut sys::rte_eth_dev) -> c_int {
+    let mut state = lock(&port.state);
+    if !state.started {
+        return 0;
+    }
+    for q in [state.rxq.as_ref().map(|q| &q.active), state.txq.as_ref().map(|q| &q.active)].into_iter().flatten() {
+        q.store(false, Ordering::Relaxed);
+    }
+    let mut proxy_stopped = false;
+    if let Some(session) = state.session.clone().filter(|s| s.is_alive()) {
+        match session.transact(&Message::QueueStop) {
+            Ok(Message::QueueStopped) => proxy_stopped = true,
+            Ok(other) => LOG.warning(format_args!("port {}: the proxy answered {} to QueueStop", port.port_id, other.kind())),
+            Err(e) => LOG.warning(format_args!("port {}: stopping the proxy's queue: {e}", port.port_id)),
+        }
+    }
+    if let Some(rxq) = &state.rxq {
+        if proxy_stopped || state.session.as_ref().is_none_or(|s| !s.is_alive()) {
+            // SAFETY: our queue is stopped and the proxy no longer produces.
+            let freed = unsafe { rxq.drain() };
+            if freed > 0 {
+                LOG.debug(format_args!("port {}: freed {freed} packets left in the rx ring", port.port_id));
+            }
+        }
+    }
+    // SAFETY: our ethdev's data; queue 0 exists when the port was started.
+    unsafe {
+        let data = &mut *(*dev).data;
+        *data.rx_queue_state.as_mut_ptr() = sys::RTE_ETH_QUEUE_STATE_STOPPED as u8;
+        *data.tx_queue_state.as_mut_ptr() = sys::RTE_ETH_QUEUE_STATE_STOPPED as u8;
+    }
+    state.started = false;
+    drop(state);
+    port.update_link();
+    0
+}
+
+unsafe extern "C" fn dev_close(dev: *mut sys::rte_eth_dev) -> c_int {
+    guard(&LOG, "dev_close", -libc::EIO, || {
+        // SAFETY: ethdev calls our ops only for ethdevs we created; process_private is null
+        // or the reference stored at probe, which we take back here exactly once.
+        let port = unsafe {
+            let ptr = (*dev).process_private as *const Port;
+            if ptr.is_null() {
+                return 0;
+            }
+            (*dev).process_private = std::ptr::null_mut();
+            Arc::from_raw(ptr)
+        };
+        stop(&port, dev);
+        {
+            let mut state = lock(&port.state);
+            // SAFETY: our ethdev's queue arrays; DPDK frees the arrays, we free the queues.
+            unsafe {
+                let data = &mut *(*dev).data;
+                if !data.rx_queues.is_null() && data.nb_rx_queues > 0 {
+                    *data.rx_queues = std::ptr::null_mut();
+                }
+                if !data.tx_queues.is_null() && data.nb_tx_queues > 0 {
+                    *data.tx_queues = std::ptr::null_mut();
+                }
+            }
+            state.rxq = None;
+            state.txq = None;
+            state.session = None;
+        }
+        if let Some(device) = port.device.upgrade() {
+            device.set_driver_data(None);
+        }
+        LOG.info(format_args!("sock:{}: port {} closed", port.name, port.port_id));
+        0
+    })
+}
+
+unsafe extern "C" fn rx_queue_setup(
+    dev: *mut sys::rte_eth_dev,
+    queue: u16,
+    nb_desc: u16,
+    socket: c_uint,
+    _conf: *const sys::rte_eth_rxconf,
+    mp: *mut sys::rte_mempool,
+) -> c_int {
+    with_port("rx_queue_setup", dev, |port| {
+        if queue != 0 {
+            return -libc::EINVAL;
+        }
+        let mut state = lock(&port.state);
+        let Some(session) = state.session.clone() else { return -libc::ENOTCONN };
+        let region = session.region.clone();
+        let (pool, mempool, own) = match region.pool_of_mempool(mp as usize) {
+            Some(pool) => (pool, mp, None),
+            None => match internal_pool(port, &session, mp, nb_desc, socket) {
+                Ok((pool, owned)) => (pool, owned.0, Some(owned)),
+                Err(e) => {
+                    LOG.error(format_args!("port {}: rx queue: {e}", port.port_id));
+                    return -libc::ENOMEM;
+                }
+            },
+        };
+        // SAFETY: the queue keeps an Arc<Region>, so the view stays valid.
+        let mem = unsafe { region.mem_static() };
+        let ring = match DescConsumer::new(&mem, region.layout.rx_ring()) {
+            Ok(r) => r,
+            Err(e) => {
+                LOG.error(format_args!("port {}: rx ring: {e}", port.port_id));
+                return -libc::EINVAL;
+            }
+        };
+        let area = region.layout.rx_ring();
+        let rxq = Arc::new(RxQueue::new(region, area, ring, pool.layout, pool.id, mempool, own, port.port_id));
+        // SAFETY: our ethdev's rx queue array has nb_rx_queues >= 1 entries.
+        unsafe { *(*(*dev).data).rx_queues = Arc::as_ptr(&rxq) as *mut c_void };
+        state.rxq = Some(rxq);
+        0
+    })
+}
+
+/// A pool in this port's region for rx, when the application's pool lives elsewhere
+/// (another device's region, or private memory). Rx stays zero-copy into it.
+fn internal_pool(
+    port: &Port,
+    session: &Arc<Session>,
+    app_pool: *mut sys::rte_mempool,
+    nb_desc: u16,
+    socket: c_uint,
+) -> Result<(shm_driver_common::session::RegionPool, OwnedMempool), String> {
+    let device = port.device.upgrade().ok_or("device gone")?;
+    // SAFETY: the application's pool is a live pktmbuf pool (ethdev checked it).
+    let data_room = unsafe { sys::rte_pktmbuf_data_room_size(app_pool) };
+    let count = (session.region.layout.rx_ring().entries * 2 + nb_desc as u32 + 1024).max(2048);
+    let name = CString::new(format!("shm_rx_{}", port.port_id)).map_err(|_| "bad name")?;
+    // SAFETY: standard pktmbuf pool construction, with our ops and our device as the ops'
+    // pool_config so that the pool lands in this port's region.
+    unsafe {
+        let mp = sys::rte_mempool_create_empty(
+            name.as_ptr(),
+            count,
+            std::mem::size_of::<sys::rte_mbuf>() as u32 + data_room as u32,
+            256,
+            std::mem::size_of::<sys::rte_pktmbuf_pool_private>() as u32,
+            socket as i32,
+            0,
+        );
+        if mp.is_null() {
+            return Err(format!("cannot create pool {:?}: {}", name, errno_text(sys::dpdk_sys_errno())));
+        }
+        let owned = OwnedMempool(mp);
+        if sys::rte_mempool_set_ops_byname(mp, c"shm".as_ptr(), device.rte_ptr() as *mut c_void) != 0 {
+            return Err("mempool ops 'shm' not registered (load librte_mempool_shm.so)".into());
+        }
+        let mut private = sys::rte_pktmbuf_pool_private { mbuf_data_room_size: data_room, mbuf_priv_size: 0, flags: 0 };
+        sys::rte_pktmbuf_pool_init(mp, &mut private as *mut _ as *mut c_void);
+        if sys::rte_mempool_populate_default(mp) < 0 {
+            return Err(format!("cannot place {count} mbufs in the region of sock:{}", port.name));
+        }
+        sys::rte_mempool_obj_iter(mp, Some(sys::rte_pktmbuf_init), std::ptr::null_mut());
+        let pool = session.region.pool_of_mempool(mp as usize).ok_or("the new pool is not in the region")?;
+        LOG.notice(format_args!(
+            "port {}: the application's rx pool is not in this port's shared region; \
+             receiving into an internal pool of {count} mbufs there (still zero-copy)",
+            port.port_id
+        ));
+        Ok((pool, owned))
+    }
+}
+
+unsafe extern "C" fn tx_queue_setup(
+    dev: *mut sys::rte_eth_dev,
+    queue: u16,
+    _nb_desc: u16,
+    _socket: c_uint,
+    _conf: *const sys::rte_eth_txconf,
+) -> c_int {
+    with_port("tx_queue_setup", dev, |port| {
+        if queue != 0 {
+            return -libc::EINVAL;
+        }
+        let mut state = lock(&port.state);
+        let Some(session) = state.session.clone() else { return -libc::ENOTCONN };
+        let region: Arc<Region> = session.region.clone();
+        // SAFETY: the queue keeps an Arc<Region>.
+        let mem = unsafe { region.mem_static() };
+        let ring = match DescProducer::new(&mem, region.layout.tx_ring()) {
+            Ok(r) => r,
+            Err(e) => {
+                LOG.error(format_args!("port {}: tx ring: {e}", port.port_id));
+                return -libc::EINVAL;
+            }
+        };
+        let area = region.layout.tx_ring();
+        let txq = Arc::new(TxQueue::new(region, area, ring));
+        // SAFETY: our ethdev's tx queue array has nb_tx_queues >= 1 entries.
+        unsafe { *(*(*dev).data).tx_queues = Arc::as_ptr(&txq) as *mut c_void };
+        state.txq = Some(txq);
+        0
+    })
+}
+
+unsafe extern "C" fn rx_queue_release(dev: *mut sys::rte_eth_dev, queue: u16) {
+    with_port("rx_queue_release", dev, |port| {
+        if queue == 0 {
+            lock(&port.state).rxq = None;
+        }
+        0
+    });
+}
+
+unsafe extern "C" fn tx_queue_release(dev: *mut sys::rte_eth_dev, queue: u16) {
+    with_port("tx_queue_release", dev, |port| {
+        if queue == 0 {
+            lock(&port.state).txq = None;
+        }
+        0
+    });
+}
+
+fn snapshot(port: &Port) -> (Snapshot, Snapshot) {
+    let state = lock(&port.state);
+    let now = Snapshot::read(state.rxq.as_deref(), state.txq.as_deref(), port.link_down_events.load(Ordering::Relaxed));
+    (now, state.stats_base)
+}
+
+unsafe extern "C" fn stats_get(dev: *mut sys::rte_eth_dev, stats: *mut sys::rte_eth_stats) -> c_int {
+    with_port("stats_get", dev, |port| {
+        let (now, base) = snapshot(port);
+        let s = now.since(&base);
+        // SAFETY: ethdev passes a zeroed stats struct to fill.
+        let out = unsafe { &mut *stats };
+        out.ipackets = s.rx_packets;
+        out.ibytes = s.rx_bytes;
+        out.ierrors = s.rx_invalid;
+        out.opackets = s.tx_packets;
+        out.obytes = s.tx_bytes;
+        out.oerrors = s.tx_dropped;
+        out.q_ipackets[0] = s.rx_packets;
+        out.q_ibytes[0] = s.rx_bytes;
+        out.q_errors[0] = s.rx_invalid;
+        out.q_opackets[0] = s.tx_packets;
+        out.q_obytes[0] = s.tx_bytes;
+        0
+    })
+}
+
+unsafe extern "C" fn stats_reset(dev: *mut sys::rte_eth_dev) -> c_int {
+    with_port("stats_reset", dev, |port| {
+        let (now, _) = snapshot(port);
+        lock(&port.state).stats_base = now;
+        0
+    })
+}
+
+unsafe extern "C" fn xstats_get_names(dev: *mut sys::rte_eth_dev, names: *mut sys::rte_eth_xstat_name, size: c_uint) -> c_int {
+    with_port("xstats_get_names", dev, |_| {
+        if names.is_null() || (size as usize) < XSTAT_NAMES.len() {
+            return XSTAT_NAMES.len() as c_int;
+        }
+        for (i, name) in XSTAT_NAMES.iter().enumerate() {
+            // SAFETY: ethdev gives room for `size` names of 64 bytes; names are shorter.
+            unsafe {
+                let dst = &mut (*names.add(i)).name;
+                dst.fill(0);
+                for (d, s) in dst.iter_mut().zip(name.bytes()) {
+                    *d = s as std::ffi::c_char;
+                }
+            }
+        }
+        XSTAT_NAMES.len() as c_int
+    })
+}
+
+unsafe extern "C" fn xstats_get(dev: *mut sys::rte_eth_dev, xstats: *mut sys::rte_eth_xstat, n: c_uint) -> c_int {
+    with_port("xstats_get", dev, |port| {
+        if xstats.is_null() || (n as usize) < XSTAT_NAMES.len() {
+            return XSTAT_NAMES.len() as c_int;
+        }
+        let (now, base) = snapshot(port);
+        for (i, value) in now.since(&base).xstats().iter().enumerate() {
+            // SAFETY: ethdev gives room for `n` entries.
+            unsafe {
+                (*xstats.add(i)).id = i as u64;
+                (*xstats.add(i)).value = *value;
+            }
+        }
+        XSTAT_NAMES.len() as c_int
+    })
+}
+
+/// Filtering is the proxy's NIC's business; these modes are accepted as they are.
+unsafe extern "C" fn accept(dev: *mut sys::rte_eth_dev) -> c_int {
+    with_port("rx mode", dev, |_| 0)
+}
+
+unsafe extern "C" fn mtu_set(dev: *mut sys::rte_eth_dev, mtu: u16) -> c_int {
+    with_port("mtu_set", dev, |port| {
+        let max_frame = port.session().map_or(1518, |s| s.proxy.max_rx_frame);
+        let overhead = sys::RTE_ETHER_HDR_LEN + sys::RTE_ETHER_CRC_LEN;
+        if mtu as u32 + overhead > max_frame {
+            LOG.error(format_args!("port {}: MTU {mtu} exceeds the proxy's largest frame ({max_frame})", port.port_id));
+            return -libc::EINVAL;
+        }
+        0
+    })
+}
+
+unsafe extern "C" fn mac_addr_set(dev: *mut sys::rte_eth_dev, _addr: *mut sys::rte_ether_addr) -> c_int {
+    with_port("mac_addr_set", dev, |_| 0)
+}

@@ -1,0 +1,486 @@
+//! The data path: rx and tx bursts over the descriptor rings in the shared region.
+//!
+//! rx: the proxy publishes one descriptor per segment of each received packet; the
+//! descriptor names a buffer of one of our pools by offset. We fill our own mbuf header
+//! for it (exactly what a NIC PMD does from a NIC descriptor); the proxy never writes
+//! our headers, so every pointer we follow was written by this process.
+//!
+//! tx: an mbuf whose header lies in this port's region (direct, not shared) is handed
+//! over as-is: its offset and lengths go into the tx ring and the proxy returns the
+//! buffer to the pool's free ring after the NIC sent it. Any other mbuf is first copied
+//! into a region mbuf, and counted.
+//!
+//! No allocation, no syscall and no lock here; a queue is polled by one thread at a time
+//! (DPDK's rule), and the counters are single-writer atomics read by the stats callbacks.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use dpdk_sys as sys;
+use shm_contract::layout::RingArea;
+use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, PoolLayout};
+use shm_driver_common::session::Region;
+
+/// Packets of at most this many segments are accepted from the proxy.
+pub const MAX_SEGS: u32 = 64;
+/// Bursts larger than this are cut (the ring would be the limit anyway).
+const MAX_BURST_DESCS: u32 = 512;
+
+/// Counters of one queue: written by its polling thread only (load + store), read by
+/// the stats callbacks.
+#[derive(Default)]
+pub struct QueueStats {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    /// rx: descriptors the proxy got wrong; tx: packets dropped (no buffer to copy into).
+    pub errors: AtomicU64,
+    /// tx: packets copied into the region because their mbuf was not in it.
+    pub copies: AtomicU64,
+    /// tx: bursts cut short because the ring was full.
+    pub ring_full: AtomicU64,
+}
+
+#[inline]
+fn bump(counter: &AtomicU64, by: u64) {
+    // Single writer: a plain load and store, no locked instruction on the hot path.
+    counter.store(counter.load(Relaxed).wrapping_add(by), Relaxed);
+}
+
+pub struct RxQueue {
+    ring: UnsafeCell<DescConsumer<'static>>,
+    area: RingArea,
+    /// Keeps the mapping alive for `ring` and `base`.
+    region: Arc<Region>,
+    base: *mut u8,
+    /// The pool the proxy fills NIC rx from: every offset it sends must be one of its mbufs.
+    pool: PoolLayout,
+    pub pool_id: u32,
+    /// A pool this queue created because the application's pool is not in the region;
+    /// held only so that it is freed with the queue.
+    _own_mempool: Option<OwnedMempool>,
+    pub mempool: *mut sys::rte_mempool,
+    port_id: u16,
+    pub active: AtomicBool,
+    pub stats: QueueStats,
+}
+
+// SAFETY: the raw pointers point into the region (kept alive by `region`) or at a mempool
+// that outlives the queue; the ring state is touched only by the one polling thread or by
+// the control path while the queue is stopped (DPDK's threading rules for queues).
+unsafe impl Send for RxQueue {}
+// SAFETY: as above.
+unsafe impl Sync for RxQueue {}
+
+impl RxQueue {
+    pub fn new(
+        region: Arc<Region>,
+        area: RingArea,
+        ring: DescConsumer<'static>,
+        pool: PoolLayout,
+        pool_id: u32,
+        mempool: *mut sys::rte_mempool,
+        own_mempool: Option<OwnedMempool>,
+        port_id: u16,
+    ) -> RxQueue {
+        RxQueue {
+            ring: UnsafeCell::new(ring),
+            area,
+            base: region.base(),
+            region,
+            pool,
+            pool_id,
+            _own_mempool: own_mempool,
+            mempool,
+            port_id,
+            active: AtomicBool::new(false),
+            stats: QueueStats::default(),
+        }
+    }
+
+    /// Exclusive access to the ring state.
+    ///
+    /// # Safety
+    /// Only the thread that polls this queue, or the control path while the queue is stopped.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn ring(&self) -> &mut DescConsumer<'static> {
+        // SAFETY: per the contract above there is one user at a time.
+        unsafe { &mut *self.ring.get() }
+    }
+
+    /// Starts the ring from index 0, as both sides do on every queue start (the proxy
+    /// zeroes the shared indices when it accepts `QueueStart`).
+    ///
+    /// # Safety
+    /// The queue is stopped and the proxy is not producing.
+    pub unsafe fn reset(&self) {
+        // SAFETY: the region outlives self; per the contract nobody else uses the ring state.
+        unsafe {
+            let mem = self.region.mem_static();
+            if let Ok(fresh) = DescConsumer::new(&mem, self.area) {
+                *self.ring() = fresh;
+            }
+        }
+    }
+
+    /// The mbuf a descriptor names, after checking it really is one of the rx pool's.
+    #[inline]
+    fn mbuf_of(&self, d: &Desc) -> Option<*mut sys::rte_mbuf> {
+        self.pool.buffer_index(d.offset)?;
+        if d.data_off as u32 + d.data_len as u32 > self.pool.data_room() as u32 {
+            return None;
+        }
+        Some(self.base.wrapping_add(d.offset as usize) as *mut sys::rte_mbuf)
+    }
+
+    /// # Safety
+    /// `pkts` has room for `n` pointers; called by the queue's polling thread.
+    pub unsafe fn burst(&self, pkts: *mut *mut sys::rte_mbuf, n: u16) -> u16 {
+        if n == 0 || !self.active.load(Relaxed) {
+            return 0;
+        }
+        // SAFETY: we are the polling thread.
+        let ring = unsafe { self.ring() };
+        let Ok(avail) = ring.available(MAX_BURST_DESCS) else {
+            // The proxy's index is impossible: stop trusting this ring until restarted.
+            self.active.store(false, Relaxed);
+            bump(&self.stats.errors, 1);
+            return 0;
+        };
+        let avail = avail.min(MAX_BURST_DESCS);
+        let mut used = 0u32;
+        let mut out = 0usize;
+        let mut bytes = 0u64;
+        let mut errors = 0u64;
+        while out < n as usize && used < avail {
+            // One packet: its first descriptor and every NEXT one after it.
+            let first = used;
+            let mut head: *mut sys::rte_mbuf = std::ptr::null_mut();
+            let mut prev: *mut sys::rte_mbuf = std::ptr::null_mut();
+            let mut pkt_len = 0u32;
+            let mut segs = 0u32;
+            let mut bad = false;
+            loop {
+                if used >= avail {
+                    // The proxy publishes whole packets; a cut one means a broken producer.
+                    // Leave it for the next burst rather than guess.
+                    used = first;
+                    break;
+                }
+                let d = ring.read(used);
+                used += 1;
+                segs += 1;
+                match self.mbuf_of(&d) {
+                    Some(m) if !bad && segs <= MAX_SEGS => {
+                        // SAFETY: `m` is an mbuf of our rx pool inside the mapped region,
+                        // owned by this process now that the proxy passed it to us; we
+                        // write our own header fields as a NIC PMD does.
+                        unsafe { fill_rx_mbuf(m, &d, self.port_id) };
+                        pkt_len += d.data_len as u32;
+                        if head.is_null() {
+                            head = m;
+                        } else {
+                            // SAFETY: prev is a valid mbuf of this packet.
+                            unsafe { (*prev).next = m };
+                        }
+                        prev = m;
+                    }
+                    Some(m) => {
+                        // Part of a packet already judged bad (or too long): give it back.
+                        bad = true;
+                        // SAFETY: a valid mbuf of our pool, with our own consistent header.
+                        unsafe { drop_mbuf(m) };
+                    }
+                    None => bad = true,
+                }
+                if !d.flags.contains(DescFlags::NEXT) {
+                    break;
+                }
+            }
+            if used == first {
+                break;
+            }
+            if bad || head.is_null() {
+                errors += 1;
+                if !head.is_null() {
+                    // SAFETY: a chain of our own valid mbufs.
+                    unsafe { sys::rte_pktmbuf_free(head) };
+                }
+                continue;
+            }
+            // SAFETY: head is a valid mbuf filled above.
+            unsafe {
+                (*head).pkt_len = pkt_len;
+                (*head).nb_segs = segs as u16;
+                *pkts.add(out) = head;
+            }
+            bytes += pkt_len as u64;
+            out += 1;
+        }
+        ring.release(used);
+        if out > 0 {
+            bump(&self.stats.packets, out as u64);
+            bump(&self.stats.bytes, bytes);
+        }
+        if errors > 0 {
+            bump(&self.stats.errors, errors);
+        }
+        out as u16
+    }
+
+    /// Frees every packet still waiting in the ring (queue stopped, proxy not producing).
+    ///
+    /// # Safety
+    /// The queue is stopped; the proxy has acknowledged that it stopped producing.
+    pub unsafe fn drain(&self) -> u32 {
+        let mut freed = 0;
+        // SAFETY: per the contract, nobody else uses the ring.
+        let ring = unsafe { self.ring() };
+        let Ok(avail) = ring.available(u32::MAX) else { return 0 };
+        for i in 0..avail {
+            if let Some(m) = self.mbuf_of(&ring.read(i)) {
+                // SAFETY: a valid mbuf of our pool that was in flight to us.
+                unsafe { drop_mbuf(m) };
+                freed += 1;
+            }
+        }
+        ring.release(avail);
+        freed
+    }
+}
+
+/// Fills the fields a NIC PMD fills on rx. Pool, buffer address and IOVA were set by our
+/// own `rte_pktmbuf_init` and are never written by the proxy.
+///
+/// # Safety
+/// `m` is a valid mbuf owned by the caller.
+#[inline]
+unsafe fn fill_rx_mbuf(m: *mut sys::rte_mbuf, d: &Desc, port: u16) {
+    let mut ol_flags = 0u64;
+    if d.flags.contains(DescFlags::RSS_HASH) {
+        ol_flags |= sys::RTE_MBUF_F_RX_RSS_HASH as u64;
+    }
+    if d.flags.contains(DescFlags::VLAN) {
+        ol_flags |= (sys::RTE_MBUF_F_RX_VLAN | sys::RTE_MBUF_F_RX_VLAN_STRIPPED) as u64;
+    }
+    // SAFETY: per the contract.
+    unsafe {
+        (*m).data_off = d.data_off;
+        (*m).refcnt = 1;
+        (*m).nb_segs = 1;
+        (*m).port = port;
+        (*m).ol_flags = ol_flags;
+        (*m).__bindgen_anon_1.packet_type = 0;
+        (*m).pkt_len = d.data_len as u32;
+        (*m).data_len = d.data_len;
+        (*m).vlan_tci = d.vlan_tci;
+        (*m).__bindgen_anon_2.hash.rss = d.rss_hash;
+        (*m).next = std::ptr::null_mut();
+    }
+}
+
+/// Returns one mbuf of ours to its pool with a consistent header.
+///
+/// # Safety
+/// `m` is a valid mbuf of one of our pools that nobody else holds.
+unsafe fn drop_mbuf(m: *mut sys::rte_mbuf) {
+    // SAFETY: per the contract.
+    unsafe {
+        (*m).next = std::ptr::null_mut();
+        (*m).nb_segs = 1;
+        (*m).refcnt = 1;
+        sys::rte_pktmbuf_free_seg(m);
+    }
+}
+
+pub struct TxQueue {
+    ring: UnsafeCell<DescProducer<'static>>,
+    area: RingArea,
+    region: Arc<Region>,
+    base: *mut u8,
+    /// Where copies of foreign mbufs are allocated (the port's rx pool, in the region).
+    pub copy_pool: std::sync::atomic::AtomicPtr<sys::rte_mempool>,
+    pub active: AtomicBool,
+    pub stats: QueueStats,
+}
+
+// SAFETY: as for RxQueue.
+unsafe impl Send for TxQueue {}
+// SAFETY: as for RxQueue.
+unsafe impl Sync for TxQueue {}
+
+impl TxQueue {
+    pub fn new(region: Arc<Region>, area: RingArea, ring: DescProducer<'static>) -> TxQueue {
+        TxQueue {
+            ring: UnsafeCell::new(ring),
+            area,
+            base: region.base(),
+            region,
+            copy_pool: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+            active: AtomicBool::new(false),
+            stats: QueueStats::default(),
+        }
+    }
+
+    /// # Safety
+    /// Only the polling thread, or the control path while the queue is stopped.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn ring(&self) -> &mut DescProducer<'static> {
+        // SAFETY: per the contract above there is one user at a time.
+        unsafe { &mut *self.ring.get() }
+    }
+
+    /// Starts the ring from index 0 (see [`RxQueue::reset`]).
+    ///
+    /// # Safety
+    /// The queue is stopped and the proxy is not consuming.
+    pub unsafe fn reset(&self) {
+        // SAFETY: as for RxQueue::reset.
+        unsafe {
+            let mem = self.region.mem_static();
+            if let Ok(fresh) = DescProducer::new(&mem, self.area) {
+                *self.ring() = fresh;
+            }
+        }
+    }
+
+    /// Whether every segment of `m` can be handed to the proxy as it is: its header lies
+    /// in this port's region (so it is one of our pool's mbufs), and it is direct and
+    /// not shared (the proxy will recycle the buffer once sent).
+    #[inline]
+    fn zero_copy_ok(&self, mut m: *mut sys::rte_mbuf) -> bool {
+        let indirect = (sys::RTE_MBUF_F_INDIRECT | sys::RTE_MBUF_F_EXTERNAL) as u64;
+        while !m.is_null() {
+            if !self.region.contains(m as *const u8) {
+                return false;
+            }
+            // SAFETY: m is a valid mbuf of the application's packet.
+            unsafe {
+                if (*m).ol_flags & indirect != 0 || (*m).refcnt != 1 {
+                    return false;
+                }
+                m = (*m).next;
+            }
+        }
+        true
+    }
+
+    /// # Safety
+    /// `pkts` holds `n` valid mbufs owned by the caller; called by the polling thread.
+    pub unsafe fn burst(&self, pkts: *mut *mut sys::rte_mbuf, n: u16) -> u16 {
+        if n == 0 || !self.active.load(Relaxed) {
+            return 0;
+        }
+        // SAFETY: we are the polling thread.
+        let ring = unsafe { self.ring() };
+        let Ok(mut free) = ring.free_slots(MAX_BURST_DESCS) else {
+            self.active.store(false, Relaxed);
+            return 0;
+        };
+        let mut slot = 0u32;
+        let mut sent = 0usize;
+        let mut bytes = 0u64;
+        let mut copies = 0u64;
+        let mut dropped = 0u64;
+        while sent < n as usize {
+            // SAFETY: the caller gave us n valid mbufs.
+            let mut m = unsafe { *pkts.add(sent) };
+            // SAFETY: valid mbuf.
+            let segs = unsafe { (*m).nb_segs } as u32;
+            if segs > free - slot {
+                // Try once to see more room (the proxy may have consumed meanwhile).
+                free = match ring.free_slots(MAX_BURST_DESCS) {
+                    Ok(f) => f,
+                    Err(_) => break,
+                };
+                if segs > free - slot {
+                    bump(&self.stats.ring_full, 1);
+                    break;
+                }
+            }
+            if !self.zero_copy_ok(m) {
+                let pool = self.copy_pool.load(Relaxed);
+                // SAFETY: m is the caller's valid mbuf; pool is a live pktmbuf pool or null.
+                let copy = if pool.is_null() { std::ptr::null_mut() } else { unsafe { sys::rte_pktmbuf_copy(m, pool, 0, u32::MAX) } };
+                // The application handed us the packet: it is ours to free either way.
+                // SAFETY: valid mbuf owned by us now.
+                unsafe { sys::rte_pktmbuf_free(m) };
+                sent += 1;
+                if copy.is_null() || !self.zero_copy_ok(copy) || unsafe { (*copy).nb_segs } as u32 > free - slot {
+                    if !copy.is_null() {
+                        // SAFETY: our own fresh copy.
+                        unsafe { sys::rte_pktmbuf_free(copy) };
+                    }
+                    dropped += 1;
+                    continue;
+                }
+                copies += 1;
+                m = copy;
+            } else {
+                sent += 1;
+            }
+            // SAFETY: m (and its chain) is a valid region mbuf we now hand to the proxy.
+            unsafe {
+                bytes += (*m).pkt_len as u64;
+                let vlan = (*m).ol_flags & sys::RTE_MBUF_F_TX_VLAN as u64 != 0;
+                let mut seg = m;
+                while !seg.is_null() {
+                    let next = (*seg).next;
+                    let mut flags = DescFlags::empty();
+                    if !next.is_null() {
+                        flags = flags | DescFlags::NEXT;
+                    }
+                    if vlan {
+                        flags = flags | DescFlags::VLAN;
+                    }
+                    ring.write(
+                        slot,
+                        &Desc {
+                            offset: (seg as usize - self.base as usize) as u32,
+                            data_off: (*seg).data_off,
+                            data_len: (*seg).data_len,
+                            flags,
+                            vlan_tci: (*m).vlan_tci,
+                            rss_hash: 0,
+                        },
+                    );
+                    slot += 1;
+                    // Keep the pool's invariant for when the proxy frees it back:
+                    // next is null and nb_segs 1 for a free mbuf.
+                    if !next.is_null() || seg != m {
+                        (*seg).next = std::ptr::null_mut();
+                        (*seg).nb_segs = 1;
+                    }
+                    seg = next;
+                }
+            }
+        }
+        if slot > 0 {
+            ring.publish(slot);
+        }
+        bump(&self.stats.packets, (sent as u64).saturating_sub(dropped));
+        bump(&self.stats.bytes, bytes);
+        if copies > 0 {
+            bump(&self.stats.copies, copies);
+        }
+        if dropped > 0 {
+            bump(&self.stats.errors, dropped);
+        }
+        sent as u16
+    }
+}
+
+/// A pool this driver created (in the port's region) and must free.
+pub struct OwnedMempool(pub *mut sys::rte_mempool);
+
+// SAFETY: a mempool pointer; freed once, by the owner, on the control path.
+unsafe impl Send for OwnedMempool {}
+// SAFETY: as above.
+unsafe impl Sync for OwnedMempool {}
+
+impl Drop for OwnedMempool {
+    fn drop(&mut self) {
+        // SAFETY: created by us, no queue uses it any more.
+        unsafe { sys::rte_mempool_free(self.0) };
+    }
+}
