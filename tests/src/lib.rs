@@ -1,1 +1,344 @@
-// end-to-end tests live in tests/tests/
+//! Harness for the end-to-end tests in `tests/tests/`: real processes only (the
+//! `dpdk-io-proxy` binary, Debian's unmodified `/usr/bin/dpdk-testpmd`, the kernel's
+//! `ping` in a network namespace), started in their own process group, bounded in time
+//! and ended by the harness even when a test fails.
+//!
+//! Plugins are loaded as bare file names through `LD_LIBRARY_PATH`: EAL refuses `-d` with
+//! a path under a world-writable directory, and a checkout may sit under one.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const PLUGINS: [&str; 3] = ["librte_bus_shm.so", "librte_mempool_shm.so", "librte_net_shm.so"];
+pub const TESTPMD: &str = "/usr/bin/dpdk-testpmd";
+
+/// The cargo target directory these tests were built into (`target/<profile>`).
+pub fn build_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SHM_BUILD_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test-binary>
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+}
+
+pub fn proxy_binary() -> PathBuf {
+    let path = build_dir().join("dpdk-io-proxy");
+    assert!(path.exists(), "{} is not built: run `cargo build --release --workspace` first", path.display());
+    path
+}
+
+pub fn plugin_dir() -> PathBuf {
+    let dir = build_dir();
+    for p in PLUGINS {
+        assert!(dir.join(p).exists(), "{} is not built: run `cargo build --release --workspace` first", dir.join(p).display());
+    }
+    dir
+}
+
+/// `-d` arguments for the three plugins (bare names, found through LD_LIBRARY_PATH).
+pub fn plugin_args() -> Vec<String> {
+    PLUGINS.iter().flat_map(|p| ["-d".to_string(), p.to_string()]).collect()
+}
+
+/// A fresh private directory for one test's sockets and files. Not under a world-writable
+/// directory only matters for plugins, which are not put here.
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(test: &str) -> Scratch {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let base = std::env::var_os("SHM_TEST_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("shm-e2e-{}-{}-{}", test, std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A file prefix unique to this scratch, for DPDK's runtime files.
+    pub fn prefix(&self, role: &str) -> String {
+        format!("{}-{}", self.dir.file_name().unwrap().to_string_lossy(), role)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::env::var_os("SHM_KEEP_SCRATCH").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Output collected from a child's stdout and stderr, line by line, as it comes.
+#[derive(Clone, Default)]
+pub struct Output(Arc<Mutex<String>>);
+
+impl Output {
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn push(&self, line: &str) {
+        let mut text = self.0.lock().unwrap();
+        text.push_str(line);
+        text.push('\n');
+    }
+
+    /// Waits until `pred` holds for the output so far, or fails after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.text()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("timed out after {timeout:?} waiting for {what}"));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_contains(&self, needle: &str, timeout: Duration) -> Result<(), String> {
+        self.wait_for(&format!("'{needle}'"), timeout, |t| t.contains(needle))
+    }
+}
+
+/// A child process in its own process group, killed (the whole group) on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pub out: Output,
+    readers: Vec<thread::JoinHandle<()>>,
+    echo: bool,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // Own process group: ending the test ends everything it started, by pid.
+        cmd.process_group(0);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let out = Output::default();
+        let echo = std::env::var_os("SHM_TEST_ECHO").is_some();
+        let mut readers = Vec::new();
+        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)]
+            .into_iter()
+            .flatten()
+        {
+            let out = out.clone();
+            let tag = name.to_string();
+            readers.push(thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if echo {
+                        eprintln!("[{tag}] {line}");
+                    }
+                    out.push(&line);
+                }
+            }));
+        }
+        let stdin = child.stdin.take();
+        Proc { name: name.to_string(), child, stdin, out, readers, echo }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends one line to the process's standard input.
+    pub fn send(&mut self, line: &str) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = writeln!(stdin, "{line}");
+            let _ = stdin.flush();
+        }
+    }
+
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit; kills its group after `timeout`. Returns the exit
+    /// code (None when killed by a signal) and the whole output.
+    pub fn wait(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => break None,
+            }
+        };
+        let code = match status {
+            Some(s) => s.code(),
+            None => {
+                self.kill_group();
+                let _ = self.child.wait();
+                None
+            }
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        if self.echo {
+            eprintln!("[{}] exited: {code:?}", self.name);
+        }
+        (code, self.out.text())
+    }
+
+    /// SIGINT, then wait for a clean exit.
+    pub fn interrupt(self, timeout: Duration) -> (Option<i32>, String) {
+        self.signal(libc::SIGINT);
+        self.wait(timeout)
+    }
+
+    pub fn kill_group(&self) {
+        // SAFETY: kill(2) of the process group we created for this child.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill_group();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// CPUs for the two sides: the proxy on the first, the guest on the second (the machines
+/// here have two cores; a polling process burns one).
+pub fn cpus() -> (usize, usize) {
+    let n = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (0, if n > 1 { 1 } else { 0 })
+}
+
+/// The IO proxy with a command file.
+pub struct ProxyConfig {
+    pub eal: Vec<String>,
+    pub commands: Vec<String>,
+    pub extra: Vec<String>,
+}
+
+pub fn start_proxy(scratch: &Scratch, cfg: &ProxyConfig) -> Proc {
+    let cmds = scratch.path("dpdk-io-proxy.cmds");
+    fs::write(&cmds, cfg.commands.join("\n") + "\n").unwrap();
+    let (cpu, _) = cpus();
+    let mut cmd = Command::new(proxy_binary());
+    cmd.args(["--lcores", &format!("0@{cpu},1@{cpu}"), "--file-prefix", &scratch.prefix("proxy"), "--no-pci"]);
+    cmd.args(&cfg.eal);
+    cmd.arg("--");
+    cmd.arg("--cmds").arg(&cmds);
+    cmd.args(&cfg.extra);
+    cmd.current_dir(&scratch.dir);
+    Proc::spawn("proxy", cmd)
+}
+
+/// An unmodified testpmd guest on one socket.
+pub struct GuestConfig<'a> {
+    pub socket: &'a Path,
+    pub devargs: &'a str,
+    pub memory_mb: u32,
+    pub testpmd_args: Vec<String>,
+    pub name: &'a str,
+}
+
+pub fn start_testpmd(scratch: &Scratch, g: &GuestConfig<'_>) -> Proc {
+    let (_, cpu) = cpus();
+    let mut cmd = Command::new(TESTPMD);
+    let dev = if g.devargs.is_empty() {
+        format!("sock:{}", g.socket.display())
+    } else {
+        format!("sock:{},{}", g.socket.display(), g.devargs)
+    };
+    cmd.args(["--lcores", &format!("0@{cpu},1@{cpu}"), "--no-huge", "-m", &g.memory_mb.to_string(), "--no-pci"]);
+    cmd.args(["--file-prefix", &scratch.prefix(g.name)]);
+    cmd.args(plugin_args());
+    cmd.args(["-a", &dev]);
+    cmd.arg("--");
+    cmd.args(&g.testpmd_args);
+    cmd.env("LD_LIBRARY_PATH", plugin_dir());
+    cmd.current_dir(&scratch.dir);
+    Proc::spawn(g.name, cmd)
+}
+
+/// Numbers from testpmd's "Forward statistics for port N" block at exit.
+pub fn testpmd_port_stats(output: &str, port: u16) -> HashMap<String, u64> {
+    let mut stats = HashMap::new();
+    let header = format!("Forward statistics for port {port}");
+    let Some(start) = output.rfind(&header) else { return stats };
+    for line in output[start..].lines().skip(1).take(6) {
+        let mut words = line.split_whitespace().peekable();
+        while let Some(word) = words.next() {
+            if let Some(key) = word.strip_suffix(':') {
+                if let Some(value) = words.peek().and_then(|v| v.parse::<u64>().ok()) {
+                    stats.insert(key.to_string(), value);
+                    words.next();
+                }
+            }
+        }
+    }
+    stats
+}
+
+/// Runs a short command to completion (setup steps: ip, ping), failing the test on error.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd} {args:?} failed: {text}");
+    text
+}
+
+/// Whether this process may do what the tap/netns tests need.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_testpmd_forward_statistics() {
+        let out = "\n  ---------------------- Forward statistics for port 0  ----------------------\n  RX-packets: 1234           RX-dropped: 0             RX-total: 1234\n  TX-packets: 1200           TX-dropped: 34            TX-total: 1234\n  ----------------------------------------------------------------------------\n";
+        let s = testpmd_port_stats(out, 0);
+        assert_eq!(s["RX-packets"], 1234);
+        assert_eq!(s["TX-dropped"], 34);
+        assert_eq!(s["TX-total"], 1234);
+        assert!(testpmd_port_stats(out, 1).is_empty());
+    }
+
+    #[test]
+    fn scratch_is_unique_and_cleaned() {
+        let a = Scratch::new("unit");
+        let b = Scratch::new("unit");
+        assert_ne!(a.dir, b.dir);
+        let dir = a.dir.clone();
+        drop(a);
+        assert!(!dir.exists());
+    }
+}

@@ -276,8 +276,8 @@ unsafe extern "C" fn pool_calc_mem_size(
 }
 
 /// Places the objects densely in the pool's part of the region (ignoring the token
-/// memory DPDK reserved), hands each to DPDK (which enqueues it), then announces the pool
-/// to the proxy.
+/// memory DPDK reserved), hands each to DPDK's callback (which links it into the pool's
+/// object list), puts them all in the free ring, then announces the pool to the proxy.
 unsafe extern "C" fn pool_populate(
     mp: *mut sys::rte_mempool,
     max_objs: c_uint,
@@ -302,6 +302,20 @@ unsafe extern "C" fn pool_populate(
                 // for the object header before it (the layout reserves header_size bytes).
                 unsafe { cb(mp, obj_cb_arg, obj, iova) };
             }
+        }
+        // A custom populate enqueues what it placed (DPDK's own helper does the same).
+        let mut offsets = [0u32; CHUNK];
+        let mut next = done;
+        while next < done + todo {
+            let n = (done + todo - next).min(CHUNK as u32);
+            for (k, dst) in offsets[..n as usize].iter_mut().enumerate() {
+                *dst = pool.layout.buffer_offset(next + k as u32);
+            }
+            if let Err(e) = pool.ring.enqueue_bulk(&offsets[..n as usize], GUEST_RETRIES) {
+                LOG.error(format_args!("pool '{}': cannot fill the free ring: {e}", pool.name));
+                return -libc::ENOBUFS;
+            }
+            next += n;
         }
         let populated = done + todo;
         pool.populated.store(populated, std::sync::atomic::Ordering::Relaxed);
