@@ -1,0 +1,709 @@
+//! Shared memory: a checked view of a mapping, owned mappings, and the sealed
+//! memfd that backs a region.
+//!
+//! Memory that another process writes is never reached through a Rust reference
+//! to a non-atomic type: [`SharedMem`] hands out `&AtomicU32`/`&AtomicU64`
+//! (which may legitimately change under us) and copies bytes in and out with
+//! volatile accesses, after which the copy is validated.
+
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use crate::layout::MAX_REGION_SIZE;
+
+/// A bounds or alignment violation when reaching into a [`SharedMem`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemError {
+    /// `[offset, offset + size)` does not fit in the `len` bytes of the mapping.
+    OutOfBounds {
+        /// Requested start.
+        offset: usize,
+        /// Requested size in bytes.
+        size: usize,
+        /// Size of the mapping.
+        len: usize,
+    },
+    /// The address `base + offset` is not aligned to `align` bytes.
+    Misaligned {
+        /// Requested start.
+        offset: usize,
+        /// Required alignment.
+        align: usize,
+    },
+}
+
+impl fmt::Display for MemError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            MemError::OutOfBounds { offset, size, len } => write!(
+                f,
+                "shared memory: {size} bytes at offset {offset} exceed the {len}-byte mapping"
+            ),
+            MemError::Misaligned { offset, align } => write!(
+                f,
+                "shared memory: offset {offset} is not {align}-byte aligned"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for MemError {}
+
+/// A non-owning view of `len` bytes of shared memory starting at `base`.
+///
+/// It is `Copy`: copies are views of the same memory. Every accessor checks
+/// bounds and alignment and returns a [`MemError`] instead of panicking; the
+/// lifetime `'a` is the lifetime of the mapping it views.
+#[derive(Clone, Copy)]
+pub struct SharedMem<'a> {
+    // INVARIANT: `base..base + len` is readable and writable memory for `'a`,
+    // accessed in this process only through atomics and volatile copies
+    // (promised by the caller of `from_raw`).
+    base: *mut u8,
+    len: usize,
+    _mapping: PhantomData<&'a [AtomicU64]>,
+}
+
+// SAFETY: a `SharedMem` is a pointer and a length; everything it gives access to
+// is atomics or volatile copies, which any thread may perform concurrently.
+unsafe impl Send for SharedMem<'_> {}
+// SAFETY: as above: shared access from several threads goes through atomics or
+// volatile copies only.
+unsafe impl Sync for SharedMem<'_> {}
+
+impl fmt::Debug for SharedMem<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedMem")
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<'a> SharedMem<'a> {
+    /// Makes a view of `len` bytes at `base`.
+    ///
+    /// # Safety
+    ///
+    /// * `base..base + len` must be valid for reads and writes for the whole of
+    ///   `'a` (a live mapping, an allocation that outlives the view), and must not
+    ///   be unmapped or freed while this view, a copy of it, or anything obtained
+    ///   from it (atomics, ring views, status block) is still in use.
+    /// * Within this process, that memory must be accessed only through atomics
+    ///   or volatile accesses (never through `&`/`&mut` to plain data) while the
+    ///   view is in use. Other processes may write it arbitrarily: that is what
+    ///   the checked accessors are for.
+    /// * If `len > 0`, `base` must not be null.
+    #[inline]
+    pub unsafe fn from_raw(base: *mut u8, len: usize) -> SharedMem<'a> {
+        SharedMem {
+            base,
+            len,
+            _mapping: PhantomData,
+        }
+    }
+
+    /// The first byte of the view.
+    #[inline]
+    pub fn base(&self) -> *mut u8 {
+        self.base
+    }
+
+    /// The size of the view in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the view is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Checks that `[offset, offset + size)` is inside the view and that
+    /// `base + offset` is `align`-aligned; returns that address.
+    #[inline]
+    fn checked_ptr(&self, offset: usize, size: usize, align: usize) -> Result<*mut u8, MemError> {
+        let fits = offset
+            .checked_add(size)
+            .is_some_and(|end| end <= self.len);
+        if !fits {
+            return Err(MemError::OutOfBounds {
+                offset,
+                size,
+                len: self.len,
+            });
+        }
+        // `wrapping_add` keeps this free of pointer-arithmetic preconditions; the
+        // bounds check above makes it an in-bounds address anyway.
+        let ptr = self.base.wrapping_add(offset);
+        if (ptr as usize) % align != 0 {
+            return Err(MemError::Misaligned { offset, align });
+        }
+        Ok(ptr)
+    }
+
+    /// The `AtomicU32` at `offset` (must be in bounds and 4-byte aligned).
+    #[inline]
+    pub fn atomic_u32(&self, offset: usize) -> Result<&'a AtomicU32, MemError> {
+        let ptr = self.checked_ptr(offset, 4, std::mem::align_of::<AtomicU32>())?;
+        // SAFETY: the pointer is in bounds and aligned (checked above), the memory
+        // is valid for `'a` and only ever accessed atomically or volatilely in this
+        // process (contract of `from_raw`); `AtomicU32` has the layout of `u32` and
+        // every bit pattern is valid.
+        Ok(unsafe { &*ptr.cast::<AtomicU32>() })
+    }
+
+    /// The `AtomicU64` at `offset` (must be in bounds and 8-byte aligned).
+    #[inline]
+    pub fn atomic_u64(&self, offset: usize) -> Result<&'a AtomicU64, MemError> {
+        let ptr = self.checked_ptr(offset, 8, std::mem::align_of::<AtomicU64>())?;
+        // SAFETY: as in `atomic_u32`: in bounds, aligned, valid for `'a`, accessed
+        // only atomically; every bit pattern is a valid `AtomicU64`.
+        Ok(unsafe { &*ptr.cast::<AtomicU64>() })
+    }
+
+    /// `count` consecutive `AtomicU64`s starting at `offset`.
+    #[inline]
+    pub fn atomic_u64_slice(&self, offset: usize, count: usize) -> Result<&'a [AtomicU64], MemError> {
+        let size = count.checked_mul(8).ok_or(MemError::OutOfBounds {
+            offset,
+            size: usize::MAX,
+            len: self.len,
+        })?;
+        let ptr = self.checked_ptr(offset, size, std::mem::align_of::<AtomicU64>())?;
+        if count == 0 {
+            return Ok(&[]);
+        }
+        // SAFETY: `count * 8` bytes from the aligned, non-null (len > 0 because
+        // size > 0 fits) pointer are in bounds and valid for `'a`; they are only
+        // accessed atomically; `count * 8 <= len <= isize::MAX` for any real
+        // allocation or mapping.
+        Ok(unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), count) })
+    }
+
+    /// Copies `dst.len()` bytes from `offset` into `dst`, one volatile byte load
+    /// each, so every byte is read exactly once and the copy can be validated
+    /// without the memory changing behind the check.
+    pub fn read_bytes(&self, offset: usize, dst: &mut [u8]) -> Result<(), MemError> {
+        let ptr = self.checked_ptr(offset, dst.len(), 1)?;
+        for (i, byte) in dst.iter_mut().enumerate() {
+            // SAFETY: `ptr + i` is inside the checked range, valid for reads;
+            // volatile because another process may write this memory.
+            *byte = unsafe { ptr.add(i).read_volatile() };
+        }
+        Ok(())
+    }
+
+    /// Copies `src` to `offset`, one volatile byte store each.
+    pub fn write_bytes(&self, offset: usize, src: &[u8]) -> Result<(), MemError> {
+        let ptr = self.checked_ptr(offset, src.len(), 1)?;
+        for (i, byte) in src.iter().enumerate() {
+            // SAFETY: `ptr + i` is inside the checked range, valid for writes;
+            // volatile because another process may read this memory.
+            unsafe { ptr.add(i).write_volatile(*byte) };
+        }
+        Ok(())
+    }
+}
+
+/// A zeroed, 4096-byte aligned heap allocation viewed as shared memory.
+///
+/// For tests, fuzzing and tools that need a [`SharedMem`] without a memfd.
+pub struct HeapMem {
+    // INVARIANT: `ptr` was returned by `alloc_zeroed(layout)` and is freed only
+    // in `Drop`; `layout.size() >= 1`; `len <= layout.size()`.
+    ptr: NonNull<u8>,
+    len: usize,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: the allocation is owned and only reached through `SharedMem` views
+// (atomics and volatile copies), which are thread-safe.
+unsafe impl Send for HeapMem {}
+// SAFETY: as above.
+unsafe impl Sync for HeapMem {}
+
+impl HeapMem {
+    /// Alignment of the allocation (one normal page).
+    pub const ALIGN: usize = 4096;
+
+    /// Allocates `len` zeroed bytes (aborts on allocation failure, like `Vec`).
+    pub fn new(len: usize) -> HeapMem {
+        let layout = match std::alloc::Layout::from_size_align(len.max(1), Self::ALIGN) {
+            Ok(layout) => layout,
+            Err(_) => std::alloc::handle_alloc_error(std::alloc::Layout::new::<u8>()),
+        };
+        // SAFETY: `layout` has a non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        HeapMem { ptr, len, layout }
+    }
+
+    /// A view of the allocation.
+    pub fn mem(&self) -> SharedMem<'_> {
+        // SAFETY: the allocation is valid for `len` bytes for as long as `self`
+        // is borrowed, and this type never hands out non-atomic references to it.
+        unsafe { SharedMem::from_raw(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the allocation is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for HeapMem {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from `alloc_zeroed(self.layout)` and is freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// An owned `MAP_SHARED`, read/write mapping of a file descriptor, unmapped on drop.
+pub struct Mapping {
+    // INVARIANT: `base..base + len` is a live mapping created by `mmap` in `map`,
+    // unmapped only in `Drop`; `len > 0`.
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is process-wide; it is only reached through `SharedMem`
+// views (atomics, volatile copies).
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mapping")
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Mapping {
+    /// Maps the first `len` bytes of `fd` shared and read/write.
+    ///
+    /// `len` must be non-zero (and, for hugetlb memory, a hugepage multiple).
+    pub fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot map 0 bytes"));
+        }
+        // SAFETY: plain mmap syscall with a null hint; the result is checked.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(raw.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+        Ok(Mapping { base, len })
+    }
+
+    /// A view of the whole mapping, borrowed from it.
+    pub fn mem(&self) -> SharedMem<'_> {
+        // SAFETY: the mapping lives as long as `self` is borrowed, and this type
+        // hands out nothing but `SharedMem` views.
+        unsafe { SharedMem::from_raw(self.base.as_ptr(), self.len) }
+    }
+
+    /// First byte of the mapping.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    /// Size of the mapping in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a mapping is never empty.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `base..base + len` is the mapping created in `map`, unmapped once.
+        // A failure can only mean a bad argument, which the invariant excludes.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// What backs a region memfd created by [`create_region_memfd`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionBacking {
+    /// True for hugetlb memory.
+    pub hugepages: bool,
+    /// The page size of the backing (the hugepage size for hugetlb).
+    pub page_size: u64,
+    /// The size of the memfd: the requested size rounded up to `page_size`.
+    pub size: u64,
+}
+
+/// The seals every region memfd carries: it can never shrink (a peer's access
+/// beyond the end would fault) nor grow, and no seal can be added or removed.
+pub const REGION_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// Creates the memfd that backs a region: hugetlb if `try_hugepages` and the
+/// system can reserve them, normal shared memory otherwise; sized to a page
+/// multiple, fully preallocated (so no later fault can `SIGBUS`), and sealed
+/// with [`REGION_SEALS`].
+pub fn create_region_memfd(
+    name: &str,
+    size: u64,
+    try_hugepages: bool,
+) -> io::Result<(OwnedFd, RegionBacking)> {
+    let cname = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "memfd name contains a NUL byte"))?;
+    if size == 0 || size > MAX_REGION_SIZE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("region size {size} not in 1..={MAX_REGION_SIZE}"),
+        ));
+    }
+    if try_hugepages {
+        if let Some(hugepage) = default_hugepage_size() {
+            if let Some(rounded) = round_up(size, hugepage).filter(|&s| s <= MAX_REGION_SIZE) {
+                // Any failure (no hugepages reserved, no sealing support on this
+                // kernel, a different hugepage size than meminfo said) falls back
+                // to normal pages: the fd is dropped, i.e. closed.
+                if let Ok(fd) = create_sealed_memfd(&cname, rounded, libc::MFD_HUGETLB) {
+                    if fd_block_size(fd.as_fd()).ok() == Some(hugepage) {
+                        return Ok((
+                            fd,
+                            RegionBacking {
+                                hugepages: true,
+                                page_size: hugepage,
+                                size: rounded,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let page = normal_page_size();
+    let rounded = round_up(size, page)
+        .filter(|&s| s <= MAX_REGION_SIZE)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region size too large"))?;
+    let fd = create_sealed_memfd(&cname, rounded, 0)?;
+    Ok((
+        fd,
+        RegionBacking {
+            hugepages: false,
+            page_size: page,
+            size: rounded,
+        },
+    ))
+}
+
+fn round_up(value: u64, align: u64) -> Option<u64> {
+    value.checked_add(align - 1).map(|v| v / align * align)
+}
+
+fn normal_page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if page > 0 {
+        page as u64
+    } else {
+        4096
+    }
+}
+
+/// The default hugepage size from `/proc/meminfo` (what `MFD_HUGETLB` without
+/// a size flag uses), or `None` if the system has none.
+fn default_hugepage_size() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_hugepage_size(&meminfo)
+}
+
+fn parse_hugepage_size(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("Hugepagesize:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let value: u64 = words.next()?.parse().ok()?;
+    let unit = match words.next() {
+        Some("kB") => 1024,
+        Some("MB") => 1024 * 1024,
+        Some("GB") => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    value.checked_mul(unit).filter(|s| s.is_power_of_two())
+}
+
+fn fd_block_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let st = fstat(fd)?;
+    Ok(st.st_blksize as u64)
+}
+
+fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a valid out-pointer for one `struct stat`.
+    let rc = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so it filled the whole struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+fn create_sealed_memfd(name: &CString, size: u64, extra_flags: libc::c_uint) -> io::Result<OwnedFd> {
+    let flags = extra_flags | libc::MFD_ALLOW_SEALING | libc::MFD_CLOEXEC;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let len = libc::off_t::try_from(size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region size too large"))?;
+    // SAFETY: plain syscall on a descriptor we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    loop {
+        // SAFETY: plain syscall on a descriptor we own. Preallocating every page
+        // now means no access to the region can fault for lack of memory later.
+        let rc = unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, len) };
+        if rc == 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    // SAFETY: plain fcntl on a descriptor we own.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, REGION_SEALS) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Why a received region fd is not acceptable.
+#[derive(Debug)]
+pub enum RegionFdError {
+    /// `fstat` failed.
+    Stat(io::Error),
+    /// The descriptor is not a regular file (memfd).
+    NotRegularFile,
+    /// The file size is not the announced region size.
+    SizeMismatch {
+        /// Size announced by the peer.
+        expected: u64,
+        /// Size of the file.
+        actual: u64,
+    },
+    /// `F_GET_SEALS` failed (the file does not support sealing: not a memfd).
+    Seals(io::Error),
+    /// The file can still shrink or grow.
+    MissingSeals {
+        /// The seals the file carries.
+        seals: u32,
+    },
+}
+
+impl fmt::Display for RegionFdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegionFdError::Stat(e) => write!(f, "region fd: fstat failed: {e}"),
+            RegionFdError::NotRegularFile => write!(f, "region fd: not a regular file"),
+            RegionFdError::SizeMismatch { expected, actual } => write!(
+                f,
+                "region fd: size is {actual} bytes, the peer announced {expected}"
+            ),
+            RegionFdError::Seals(e) => write!(f, "region fd: cannot read seals (not a memfd?): {e}"),
+            RegionFdError::MissingSeals { seals } => write!(
+                f,
+                "region fd: seals {seals:#x} lack F_SEAL_SHRINK|F_SEAL_GROW, the file could be truncated under us"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RegionFdError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RegionFdError::Stat(e) | RegionFdError::Seals(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a received region fd before mapping it: a regular file of exactly
+/// `expected_len` bytes that can neither shrink nor grow (so the mapping can
+/// never fault because the peer truncated the file).
+pub fn check_region_fd(fd: BorrowedFd<'_>, expected_len: u64) -> Result<(), RegionFdError> {
+    let st = fstat(fd).map_err(RegionFdError::Stat)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(RegionFdError::NotRegularFile);
+    }
+    let actual = u64::try_from(st.st_size).unwrap_or(0);
+    if actual != expected_len {
+        return Err(RegionFdError::SizeMismatch {
+            expected: expected_len,
+            actual,
+        });
+    }
+    // SAFETY: plain fcntl on a borrowed descriptor.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(RegionFdError::Seals(io::Error::last_os_error()));
+    }
+    let required = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    if seals & required != required {
+        return Err(RegionFdError::MissingSeals { seals: seals as u32 });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn accessors_check_bounds_and_alignment() {
+        let heap = HeapMem::new(64);
+        let mem = heap.mem();
+        assert_eq!(mem.len(), 64);
+        assert!(!mem.is_empty());
+        assert!(mem.atomic_u32(60).is_ok());
+        assert_eq!(
+            mem.atomic_u32(61).unwrap_err(),
+            MemError::OutOfBounds { offset: 61, size: 4, len: 64 }
+        );
+        assert_eq!(mem.atomic_u32(2).unwrap_err(), MemError::Misaligned { offset: 2, align: 4 });
+        assert!(mem.atomic_u64(56).is_ok());
+        assert_eq!(mem.atomic_u64(4).unwrap_err(), MemError::Misaligned { offset: 4, align: 8 });
+        assert!(matches!(mem.atomic_u64(usize::MAX), Err(MemError::OutOfBounds { .. })));
+        assert_eq!(mem.atomic_u64_slice(0, 8).unwrap().len(), 8);
+        assert!(matches!(mem.atomic_u64_slice(8, 8), Err(MemError::OutOfBounds { .. })));
+        assert!(matches!(mem.atomic_u64_slice(0, usize::MAX), Err(MemError::OutOfBounds { .. })));
+        assert_eq!(mem.atomic_u64_slice(64, 0).unwrap().len(), 0);
+        let mut buf = [0u8; 8];
+        assert!(mem.read_bytes(57, &mut buf).is_err());
+        assert!(mem.write_bytes(57, &buf).is_err());
+        assert!(MemError::Misaligned { offset: 1, align: 8 }.to_string().contains("aligned"));
+    }
+
+    #[test]
+    fn bytes_and_atomics_see_the_same_memory() {
+        let heap = HeapMem::new(4096);
+        let mem = heap.mem();
+        mem.write_bytes(8, &0x1122_3344_5566_7788u64.to_le_bytes()).unwrap();
+        assert_eq!(mem.atomic_u64(8).unwrap().load(Ordering::Relaxed), 0x1122_3344_5566_7788);
+        mem.atomic_u32(16).unwrap().store(0xdead_beef, Ordering::Relaxed);
+        let mut buf = [0u8; 4];
+        mem.read_bytes(16, &mut buf).unwrap();
+        assert_eq!(u32::from_le_bytes(buf), 0xdead_beef);
+    }
+
+    #[test]
+    fn empty_view_is_harmless() {
+        let heap = HeapMem::new(0);
+        let mem = heap.mem();
+        assert!(mem.is_empty());
+        assert!(mem.atomic_u32(0).is_err());
+        assert_eq!(mem.atomic_u64_slice(0, 0).unwrap().len(), 0);
+        mem.read_bytes(0, &mut []).unwrap();
+    }
+
+    #[test]
+    fn parses_meminfo_hugepage_size() {
+        assert_eq!(parse_hugepage_size("MemTotal: 1 kB\nHugepagesize:    2048 kB\n"), Some(2 << 20));
+        assert_eq!(parse_hugepage_size("Hugepagesize: 1 GB\n"), Some(1 << 30));
+        assert_eq!(parse_hugepage_size("Hugepagesize: 3 kB\n"), None);
+        assert_eq!(parse_hugepage_size("Hugepagesize: x kB\n"), None);
+        assert_eq!(parse_hugepage_size("MemTotal: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn region_memfd_is_sealed_preallocated_and_mappable() {
+        let (fd, backing) = create_region_memfd("shm-contract-test", 100_000, false).unwrap();
+        assert!(!backing.hugepages);
+        assert_eq!(backing.size % backing.page_size, 0);
+        assert!(backing.size >= 100_000);
+        check_region_fd(fd.as_fd(), backing.size).unwrap();
+        assert!(matches!(
+            check_region_fd(fd.as_fd(), backing.size + 1),
+            Err(RegionFdError::SizeMismatch { .. })
+        ));
+        // Sealed: cannot shrink, cannot grow.
+        // SAFETY: plain syscall on a descriptor we own.
+        assert_ne!(unsafe { libc::ftruncate(fd.as_raw_fd(), 4096) }, 0);
+        // SAFETY: as above.
+        assert_ne!(unsafe { libc::ftruncate(fd.as_raw_fd(), 1 << 30) }, 0);
+        let map = Mapping::map(fd.as_fd(), backing.size as usize).unwrap();
+        assert_eq!(map.len(), backing.size as usize);
+        assert!(!map.is_empty());
+        let mem = map.mem();
+        mem.atomic_u64(backing.size as usize - 8).unwrap().store(7, Ordering::Relaxed);
+        let map2 = Mapping::map(fd.as_fd(), backing.size as usize).unwrap();
+        assert_eq!(map2.mem().atomic_u64(backing.size as usize - 8).unwrap().load(Ordering::Relaxed), 7);
+        assert!(format!("{map:?}").contains("Mapping"));
+    }
+
+    #[test]
+    fn hugepage_request_always_yields_a_usable_region() {
+        // Whether or not this machine has hugepages reserved, the call succeeds
+        // and says what it got.
+        let (fd, backing) = create_region_memfd("shm-contract-huge", 1 << 20, true).unwrap();
+        assert_eq!(backing.size % backing.page_size, 0);
+        check_region_fd(fd.as_fd(), backing.size).unwrap();
+    }
+
+    #[test]
+    fn bad_memfd_arguments_are_rejected() {
+        assert!(create_region_memfd("a\0b", 4096, false).is_err());
+        assert!(create_region_memfd("a", 0, false).is_err());
+        assert!(create_region_memfd("a", MAX_REGION_SIZE + 1, false).is_err());
+        let heap_fd = std::fs::File::open("/proc/self/exe").unwrap();
+        let len = heap_fd.metadata().unwrap().len();
+        assert!(matches!(check_region_fd(heap_fd.as_fd(), len), Err(RegionFdError::Seals(_))));
+        let dir = std::fs::File::open("/").unwrap();
+        assert!(matches!(check_region_fd(dir.as_fd(), 0), Err(RegionFdError::NotRegularFile)));
+        assert!(Mapping::map(heap_fd.as_fd(), 0).is_err());
+    }
+
+    #[test]
+    fn unsealed_memfd_is_rejected() {
+        let name = CString::new("unsealed").unwrap();
+        // SAFETY: valid NUL-terminated name.
+        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(raw >= 0);
+        // SAFETY: fresh descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: plain syscall on a descriptor we own.
+        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), 8192) }, 0);
+        let err = check_region_fd(fd.as_fd(), 8192).unwrap_err();
+        assert!(matches!(err, RegionFdError::MissingSeals { .. }), "{err}");
+        assert!(err.to_string().contains("F_SEAL_SHRINK"));
+    }
+}

@@ -1,0 +1,425 @@
+//! Sending and receiving control messages over a `SOCK_SEQPACKET` unix socket,
+//! with file descriptors as `SCM_RIGHTS`.
+//!
+//! Received descriptors are wrapped in [`OwnedFd`] the moment they arrive, so
+//! every error path closes them; they are received with `MSG_CMSG_CLOEXEC`. At
+//! most [`MAX_FDS`] descriptors travel with one message: the control buffer has
+//! room for exactly that many, so the kernel discards any extra and reports
+//! `MSG_CTRUNC`, which is an error here.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use super::{decode, encode, DecodeError, EncodeError, Message, MAX_MESSAGE};
+
+/// Most descriptors one message may carry.
+pub const MAX_FDS: usize = 4;
+
+const FD_SIZE: usize = std::mem::size_of::<RawFd>();
+
+/// A failure to exchange a message.
+#[derive(Debug)]
+pub enum TransportError {
+    /// A system call failed.
+    Io(io::Error),
+    /// The peer closed the connection.
+    Closed,
+    /// Nothing arrived in time.
+    Timeout,
+    /// The datagram was longer than [`MAX_MESSAGE`].
+    Truncated,
+    /// More descriptors arrived than [`MAX_FDS`] (the extra ones were closed).
+    ControlTruncated,
+    /// More than [`MAX_FDS`] descriptors to send.
+    TooManyFds {
+        /// How many.
+        count: usize,
+    },
+    /// The message cannot be encoded.
+    Encode(EncodeError),
+    /// The datagram is not a valid message.
+    Decode(DecodeError),
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportError::Io(e) => write!(f, "control socket: {e}"),
+            TransportError::Closed => write!(f, "control socket: closed by the peer"),
+            TransportError::Timeout => write!(f, "control socket: timed out"),
+            TransportError::Truncated => write!(f, "control socket: datagram longer than {MAX_MESSAGE} bytes"),
+            TransportError::ControlTruncated => {
+                write!(f, "control socket: more than {MAX_FDS} descriptors with one message")
+            }
+            TransportError::TooManyFds { count } => {
+                write!(f, "control socket: {count} descriptors to send, at most {MAX_FDS}")
+            }
+            TransportError::Encode(e) => write!(f, "{e}"),
+            TransportError::Decode(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TransportError::Io(e) => Some(e),
+            TransportError::Encode(e) => Some(e),
+            TransportError::Decode(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for TransportError {
+    fn from(e: io::Error) -> Self {
+        TransportError::Io(e)
+    }
+}
+
+impl From<EncodeError> for TransportError {
+    fn from(e: EncodeError) -> Self {
+        TransportError::Encode(e)
+    }
+}
+
+impl From<DecodeError> for TransportError {
+    fn from(e: DecodeError) -> Self {
+        TransportError::Decode(e)
+    }
+}
+
+/// Control-message buffer, aligned for `cmsghdr`, with room for more than
+/// `MAX_FDS` descriptors (tests use that to send too many).
+#[repr(C, align(8))]
+struct CmsgBuf([u8; 128]);
+
+fn cmsg_space(fds: usize) -> usize {
+    // SAFETY: CMSG_SPACE is pure arithmetic.
+    unsafe { libc::CMSG_SPACE((fds * FD_SIZE) as libc::c_uint) as usize }
+}
+
+/// Sends one message, with `fds` attached as `SCM_RIGHTS`.
+pub fn send_message(
+    fd: BorrowedFd<'_>,
+    msg: &Message,
+    request_id: u32,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), TransportError> {
+    if fds.len() > MAX_FDS {
+        return Err(TransportError::TooManyFds { count: fds.len() });
+    }
+    let mut buf = [0u8; MAX_MESSAGE];
+    let len = encode(msg, request_id, &mut buf)?;
+    send_datagram(fd, &buf[..len], fds)
+}
+
+fn send_datagram(fd: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), TransportError> {
+    let mut cmsg = CmsgBuf([0; 128]);
+    let space = cmsg_space(fds.len());
+    if space > cmsg.0.len() {
+        return Err(TransportError::TooManyFds { count: fds.len() });
+    }
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: `msghdr` is plain data; all-zero is a valid (empty) value.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    if !fds.is_empty() {
+        hdr.msg_control = cmsg.0.as_mut_ptr().cast();
+        hdr.msg_controllen = space as _;
+        // SAFETY: `hdr.msg_control` points at `space` bytes of an aligned buffer,
+        // enough for one header and `fds.len()` descriptors; CMSG_FIRSTHDR and
+        // CMSG_DATA stay inside it, and the descriptors are copied bytewise.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&hdr);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN((fds.len() * FD_SIZE) as libc::c_uint) as _;
+            let data = libc::CMSG_DATA(c);
+            for (i, f) in fds.iter().enumerate() {
+                data.add(i * FD_SIZE).cast::<RawFd>().write_unaligned(f.as_raw_fd());
+            }
+        }
+    }
+    loop {
+        // SAFETY: `hdr` points at the live iovec and control buffer above; the
+        // kernel only reads them. MSG_NOSIGNAL: a closed peer is an error, not
+        // a SIGPIPE.
+        let rc = unsafe { libc::sendmsg(fd.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL) };
+        if rc >= 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EPIPE) | Some(libc::ECONNRESET) => return Err(TransportError::Closed),
+            _ => return Err(TransportError::Io(err)),
+        }
+    }
+}
+
+/// Waits until `fd` is readable or `deadline` passes.
+fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> Result<(), TransportError> {
+    loop {
+        let timeout_ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up so we never wake a hair early and spin.
+                let ms = left.as_nanos().div_ceil(1_000_000);
+                libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+            }
+        };
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if rc > 0 {
+            if pfd.revents & libc::POLLNVAL != 0 {
+                return Err(TransportError::Io(io::Error::from_raw_os_error(libc::EBADF)));
+            }
+            // POLLIN, or POLLHUP/POLLERR: recvmsg will say which.
+            return Ok(());
+        }
+        if rc == 0 {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(TransportError::Timeout);
+            }
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(TransportError::Io(err));
+        }
+    }
+}
+
+/// Takes ownership of every descriptor in the control messages of `hdr`.
+///
+/// # Safety
+///
+/// `hdr` must describe a control buffer just filled by a successful `recvmsg`.
+unsafe fn take_fds(hdr: &libc::msghdr) -> Vec<OwnedFd> {
+    let mut fds = Vec::new();
+    // SAFETY: walking the control buffer the kernel filled, with the libc
+    // macros that bound every header by `msg_controllen`.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(hdr) };
+    while !c.is_null() {
+        // SAFETY: `c` is a header inside the filled control buffer.
+        let (level, kind, len) = unsafe { ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len as usize) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN is pure arithmetic.
+            let header = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = len.saturating_sub(header) / FD_SIZE;
+            // SAFETY: the kernel wrote `count` descriptors after the header.
+            let data = unsafe { libc::CMSG_DATA(c) };
+            for i in 0..count {
+                // SAFETY: inside this cmsg's data, which may be unaligned.
+                let raw = unsafe { data.add(i * FD_SIZE).cast::<RawFd>().read_unaligned() };
+                if raw >= 0 {
+                    // SAFETY: the kernel just installed this descriptor for us;
+                    // nothing else owns it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                }
+            }
+        }
+        // SAFETY: as above; CMSG_NXTHDR returns null past the end.
+        c = unsafe { libc::CMSG_NXTHDR(hdr, c) };
+    }
+    fds
+}
+
+/// Receives one message and the descriptors that came with it, waiting at most
+/// `timeout` (forever if `None`).
+pub fn recv_message(
+    fd: BorrowedFd<'_>,
+    timeout: Option<Duration>,
+) -> Result<(Message, u32, Vec<OwnedFd>), TransportError> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        wait_readable(fd, deadline)?;
+        let mut buf = [0u8; MAX_MESSAGE];
+        let mut cmsg = CmsgBuf([0; 128]);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: `msghdr` is plain data; all-zero is a valid (empty) value.
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cmsg.0.as_mut_ptr().cast();
+        // Room for exactly MAX_FDS descriptors: the kernel drops any more.
+        hdr.msg_controllen = cmsg_space(MAX_FDS) as _;
+        // SAFETY: `hdr` points at live buffers of the sizes it states.
+        // MSG_DONTWAIT: poll said readable, but never block if that was stale.
+        let rc = unsafe {
+            libc::recvmsg(
+                fd.as_raw_fd(),
+                &mut hdr,
+                libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
+                Some(libc::ECONNRESET) => return Err(TransportError::Closed),
+                _ => return Err(TransportError::Io(err)),
+            }
+        }
+        // SAFETY: recvmsg succeeded and filled the control buffer.
+        let fds = unsafe { take_fds(&hdr) };
+        if hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Err(TransportError::ControlTruncated);
+        }
+        if hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            return Err(TransportError::Truncated);
+        }
+        if rc == 0 {
+            // End of file (a zero-length datagram is never a valid message either).
+            return Err(TransportError::Closed);
+        }
+        let (msg, request_id) = decode(&buf[..rc as usize])?;
+        return Ok((msg, request_id, fds));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::{check_region_fd, create_region_memfd, Mapping};
+    use crate::proto::{Welcome, PROTOCOL_VERSION};
+    use crate::RegionFlags;
+    use std::os::fd::AsFd;
+    use std::sync::atomic::Ordering;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors socketpair writes.
+        let rc = unsafe {
+            libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        // SAFETY: fresh descriptors owned by nobody else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    fn welcome(size: u64) -> Message {
+        Message::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            flags: RegionFlags::empty(),
+            region_size: size,
+            page_size: 4096,
+            port_id: 0,
+            queue_id: 1,
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+            max_rx_frame: 1518,
+            link_up: true,
+            link_speed_mbps: 10_000,
+        })
+    }
+
+    #[test]
+    fn message_with_memfd_round_trips() {
+        let (a, b) = pair();
+        let (memfd, backing) = create_region_memfd("transport-test", 1 << 20, false).unwrap();
+        let map = Mapping::map(memfd.as_fd(), backing.size as usize).unwrap();
+        map.mem().atomic_u64(64).unwrap().store(0xfeed, Ordering::SeqCst);
+        let msg = welcome(backing.size);
+        send_message(a.as_fd(), &msg, 42, &[memfd.as_fd()]).unwrap();
+        let (got, id, fds) = recv_message(b.as_fd(), Some(Duration::from_secs(5))).unwrap();
+        assert_eq!((got, id), (msg, 42));
+        assert_eq!(fds.len(), 1);
+        // Received close-on-exec.
+        // SAFETY: plain fcntl on a descriptor we own.
+        let flags = unsafe { libc::fcntl(fds[0].as_raw_fd(), libc::F_GETFD) };
+        assert!(flags & libc::FD_CLOEXEC != 0);
+        check_region_fd(fds[0].as_fd(), backing.size).unwrap();
+        let theirs = Mapping::map(fds[0].as_fd(), backing.size as usize).unwrap();
+        assert_eq!(theirs.mem().atomic_u64(64).unwrap().load(Ordering::SeqCst), 0xfeed);
+        // And back, without descriptors.
+        send_message(b.as_fd(), &Message::Goodbye, 43, &[]).unwrap();
+        let (got, id, fds) = recv_message(a.as_fd(), None).unwrap();
+        assert_eq!((got, id, fds.len()), (Message::Goodbye, 43, 0));
+    }
+
+    #[test]
+    fn timeout_and_close() {
+        let (a, b) = pair();
+        let start = Instant::now();
+        assert!(matches!(
+            recv_message(b.as_fd(), Some(Duration::from_millis(50))),
+            Err(TransportError::Timeout)
+        ));
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        assert!(matches!(recv_message(b.as_fd(), Some(Duration::ZERO)), Err(TransportError::Timeout)));
+        drop(a);
+        assert!(matches!(recv_message(b.as_fd(), Some(Duration::from_secs(5))), Err(TransportError::Closed)));
+        assert!(matches!(send_message(b.as_fd(), &Message::Goodbye, 0, &[]), Err(TransportError::Closed)));
+    }
+
+    #[test]
+    fn oversized_and_garbage_datagrams() {
+        let (a, b) = pair();
+        let big = vec![0u8; MAX_MESSAGE + 1];
+        send_datagram(a.as_fd(), &big, &[]).unwrap();
+        assert!(matches!(recv_message(b.as_fd(), Some(Duration::from_secs(5))), Err(TransportError::Truncated)));
+        send_datagram(a.as_fd(), b"garbage garbage garbage", &[]).unwrap();
+        assert!(matches!(
+            recv_message(b.as_fd(), Some(Duration::from_secs(5))),
+            Err(TransportError::Decode(DecodeError::BadMagic { .. }))
+        ));
+        // The connection is still usable after both.
+        send_message(a.as_fd(), &Message::QueueStop, 9, &[]).unwrap();
+        assert!(matches!(recv_message(b.as_fd(), None), Ok((Message::QueueStop, 9, _))));
+    }
+
+    #[test]
+    fn too_many_descriptors() {
+        let (a, b) = pair();
+        let five = [a.as_fd(), a.as_fd(), a.as_fd(), a.as_fd(), a.as_fd()];
+        assert!(matches!(
+            send_message(a.as_fd(), &Message::Goodbye, 0, &five),
+            Err(TransportError::TooManyFds { count: 5 })
+        ));
+        // A peer that sends more anyway: refused, the extra ones never installed.
+        let mut buf = [0u8; MAX_MESSAGE];
+        let len = encode(&Message::Goodbye, 0, &mut buf).unwrap();
+        send_datagram(a.as_fd(), &buf[..len], &five).unwrap();
+        assert!(matches!(
+            recv_message(b.as_fd(), Some(Duration::from_secs(5))),
+            Err(TransportError::ControlTruncated)
+        ));
+        // Exactly MAX_FDS is fine.
+        send_datagram(a.as_fd(), &buf[..len], &five[..4]).unwrap();
+        let (_, _, fds) = recv_message(b.as_fd(), Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(fds.len(), 4);
+    }
+
+    #[test]
+    fn errors_display() {
+        for e in [
+            TransportError::Io(io::Error::from_raw_os_error(libc::EBADF)),
+            TransportError::Closed,
+            TransportError::Timeout,
+            TransportError::Truncated,
+            TransportError::ControlTruncated,
+            TransportError::TooManyFds { count: 5 },
+            TransportError::Encode(EncodeError::StringHasNul { field: "x" }),
+            TransportError::Decode(DecodeError::TooShort { len: 0 }),
+        ] {
+            assert!(!e.to_string().is_empty());
+        }
+    }
+}
