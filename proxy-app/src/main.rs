@@ -1,1 +1,256 @@
-fn main() {}
+//! `dpdk-io-proxy`: owns the NIC ports and hands each NIC queue, through a unix socket,
+//! to a guest DPDK application that sends and receives without copies (see README.md
+//! and docs/architecture.md).
+//!
+//! Threads: the EAL main lcore runs the data loop (`datapath`); a control thread serves
+//! the sockets and stdin (`control`).
+
+mod cmds;
+mod control;
+mod datapath;
+mod nic;
+mod region;
+mod shadow;
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use control::{Control, Options, QUIT_SIGNAL};
+use datapath::Plane;
+
+#[macro_export]
+macro_rules! log_info {
+    ($($arg:tt)*) => { eprintln!("IO_PROXY: {}", format_args!($($arg)*)) };
+}
+
+#[macro_export]
+macro_rules! log_warn {
+    ($($arg:tt)*) => { eprintln!("IO_PROXY: warning: {}", format_args!($($arg)*)) };
+}
+
+const DEFAULT_CMDS: &str = "dpdk-io-proxy.cmds";
+
+fn usage() -> String {
+    format!(
+        "\
+usage: dpdk-io-proxy [EAL options] -- [options]
+       dpdk-io-proxy <lcore>          (RFC style: EAL -l <lcore>, commands from ./{DEFAULT_CMDS})
+
+Owns the NIC ports and serves each configured NIC queue on a unix socket. A guest DPDK
+application attaches with:
+  dpdk-testpmd --no-huge -m 32 -d librte_bus_shm.so -d librte_mempool_shm.so \\
+               -d librte_net_shm.so -a sock:<socket path> -- ...
+
+options:
+  --cmds FILE              startup commands (default: ./{DEFAULT_CMDS} if it exists)
+  --region-size SIZE       shared region per guest when the guest asks for none
+                           (default 512M; K/M/G suffixes)
+  --max-region-size SIZE   the largest region a guest may ask for (default 2G)
+  --no-hugepages           back regions with normal pages even if hugepages are free
+  --socket-mode OCTAL      permissions of the socket files (default 0660)
+  --queues N               configure at least N queues on every port used
+  --mtu N                  set this MTU on every port used (e.g. 9000 for jumbo frames)
+  --stats-period SECS      print the counters every SECS seconds
+  -h, --help               this text
+
+{}
+
+The data path runs on the EAL main lcore; pin it with -l/--lcores. Stop with 'quit' on
+stdin, SIGINT or SIGTERM: guests are told goodbye and every port is closed.",
+        cmds::HELP
+    )
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, mult) = match s.chars().last()? {
+        'k' | 'K' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' | 'M' => (&s[..s.len() - 1], 1 << 20),
+        'g' | 'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+struct AppArgs {
+    opts: Options,
+    cmds: Option<String>,
+}
+
+fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
+    let mut opts = Options {
+        region_size: 512 << 20,
+        max_region_size: 2 << 30,
+        try_hugepages: true,
+        socket_mode: 0o660,
+        mtu: None,
+        queues: None,
+        stats_period: None,
+    };
+    let mut cmds = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--cmds" => cmds = Some(value("--cmds")?),
+            "--region-size" => {
+                opts.region_size = parse_size(&value(a)?).ok_or("--region-size: expected a size such as 256M")?
+            }
+            "--max-region-size" => {
+                opts.max_region_size = parse_size(&value(a)?).ok_or("--max-region-size: expected a size such as 2G")?
+            }
+            "--no-hugepages" => opts.try_hugepages = false,
+            "--socket-mode" => {
+                opts.socket_mode =
+                    u32::from_str_radix(&value(a)?, 8).map_err(|_| "--socket-mode: expected an octal mode like 0660")?
+            }
+            "--queues" => opts.queues = Some(value(a)?.parse().map_err(|_| "--queues: expected a number")?),
+            "--mtu" => opts.mtu = Some(value(a)?.parse().map_err(|_| "--mtu: expected a number")?),
+            "--stats-period" => {
+                let secs: u64 = value(a)?.parse().map_err(|_| "--stats-period: expected seconds")?;
+                opts.stats_period = Some(Duration::from_secs(secs.max(1)));
+            }
+            other => return Err(format!("unknown option '{other}' (see --help)")),
+        }
+    }
+    if opts.region_size > opts.max_region_size {
+        opts.max_region_size = opts.region_size;
+    }
+    Ok(AppArgs { opts, cmds })
+}
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    QUIT_SIGNAL.store(true, Ordering::Relaxed);
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let prog = argv.first().cloned().unwrap_or_else(|| "dpdk-io-proxy".into());
+    // RFC style: a single lcore number.
+    let rfc_lcore = (argv.len() == 2 && argv[1].parse::<u32>().is_ok()).then(|| argv[1].clone());
+    let (eal_args, app_args): (Vec<String>, Vec<String>) = match &rfc_lcore {
+        Some(lcore) => (vec![prog.clone(), "-l".into(), lcore.clone()], Vec::new()),
+        None => match argv.iter().position(|a| a == "--") {
+            Some(i) => (argv[..i].to_vec(), argv[i + 1..].to_vec()),
+            None => (argv.clone(), Vec::new()),
+        },
+    };
+    let wants_help = |a: &String| a == "-h" || a == "--help";
+    if eal_args.iter().skip(1).any(wants_help) || app_args.iter().any(wants_help) {
+        println!("{}", usage());
+        return ExitCode::SUCCESS;
+    }
+    let app = match parse_app_args(&app_args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("dpdk-io-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cmds_path = app.cmds.clone().or_else(|| std::path::Path::new(DEFAULT_CMDS).exists().then(|| DEFAULT_CMDS.to_string()));
+    let startup = match &cmds_path {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => match cmds::parse_file(&text, path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("dpdk-io-proxy: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            Err(e) => {
+                eprintln!("dpdk-io-proxy: cannot read {path}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            if rfc_lcore.is_some() {
+                eprintln!("dpdk-io-proxy: no ./{DEFAULT_CMDS} here; sockets can be added on stdin (try 'help')");
+            }
+            Vec::new()
+        }
+    };
+
+    if let Err(e) = shadow::register_ops() {
+        eprintln!("dpdk-io-proxy: {e}");
+        return ExitCode::FAILURE;
+    }
+    let (eal, _) = match dpdk::Eal::init(&eal_args) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("dpdk-io-proxy: cannot initialise EAL: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // SAFETY: installs a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let plane = Arc::new(Plane::new());
+    let mut control = match Control::new(app.opts, eal.iova_is_va(), plane.clone(), startup) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dpdk-io-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log_info!("ready; data path on lcore {}; type 'help' for commands", eal.main_lcore());
+    let control_thread = std::thread::Builder::new().name("io-proxy-ctl".into()).spawn(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| control.run()));
+        if result.is_err() {
+            eprintln!("dpdk-io-proxy: the control thread panicked; stopping");
+        }
+        (control, result.is_ok())
+    });
+    let control_thread = match control_thread {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("dpdk-io-proxy: cannot start the control thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The data loop runs here until the control thread asks it to stop.
+    let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plane.run()));
+    if looped.is_err() {
+        plane.request_stop();
+        eprintln!("dpdk-io-proxy: the data loop panicked; stopping");
+    }
+    let ok = match control_thread.join() {
+        Ok((mut control, ok)) => {
+            control.close_ports();
+            ok
+        }
+        Err(_) => false,
+    };
+    drop(eal);
+    if ok && looped.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("2g"), Some(2 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn app_args() {
+        let a = parse_app_args(&["--cmds".into(), "f".into(), "--no-hugepages".into(), "--mtu".into(), "9000".into()]).unwrap();
+        assert_eq!(a.cmds.as_deref(), Some("f"));
+        assert!(!a.opts.try_hugepages);
+        assert_eq!(a.opts.mtu, Some(9000));
+        assert!(parse_app_args(&["--bogus".into()]).unwrap_err().contains("unknown option"));
+        assert!(parse_app_args(&["--cmds".into()]).unwrap_err().contains("needs a value"));
+    }
+}

@@ -183,6 +183,9 @@ pub struct Session {
     device: Weak<ShmDevice>,
     device_name: String,
     watch: Mutex<Option<SocketWatch>>,
+    /// Our interrupt handle while a deferred unregistration is pending; freed by
+    /// `release_after_unregister` (EAL passes that callback its own copy of the handle).
+    deferred_handle: std::sync::atomic::AtomicPtr<sys::rte_intr_handle>,
     log: &'static LogType,
 }
 
@@ -254,6 +257,7 @@ impl Session {
             device: Arc::downgrade(dev),
             device_name: dev.name().to_string(),
             watch: Mutex::new(None),
+            deferred_handle: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
             log,
         });
         match SocketWatch::start(&session) {
@@ -543,6 +547,8 @@ impl SocketWatch {
 
 impl SocketWatch {
     fn stop_deferred(self) {
+        // SAFETY: arg is the registration's live session reference.
+        unsafe { (*self.arg).deferred_handle.store(self.handle, Ordering::Release) };
         // SAFETY: called from inside our own callback; EAL removes the registration after the
         // callback returns and then calls `release_after_unregister` with the same argument.
         let rc = unsafe {
@@ -557,6 +563,7 @@ impl SocketWatch {
             // Not registered any more: release now.
             // SAFETY: nothing else refers to the handle or the reference.
             unsafe {
+                (*self.arg).deferred_handle.store(std::ptr::null_mut(), Ordering::Release);
                 sys::rte_intr_instance_free(self.handle);
                 drop(Arc::from_raw(self.arg));
             }
@@ -565,12 +572,18 @@ impl SocketWatch {
     }
 }
 
-unsafe extern "C" fn release_after_unregister(handle: *mut sys::rte_intr_handle, arg: *mut c_void) {
+unsafe extern "C" fn release_after_unregister(_eal_copy: *mut sys::rte_intr_handle, arg: *mut c_void) {
     let _ = std::panic::catch_unwind(|| {
         // SAFETY: EAL calls this once, after removing the registration that owned `arg`.
+        // The handle it passes is EAL's own copy, which EAL frees itself; ours was parked
+        // in the session by `stop_deferred`.
         unsafe {
-            sys::rte_intr_instance_free(handle);
-            drop(Arc::from_raw(arg as *const Session));
+            let session = Arc::from_raw(arg as *const Session);
+            let ours = session.deferred_handle.swap(std::ptr::null_mut(), Ordering::AcqRel);
+            if !ours.is_null() {
+                sys::rte_intr_instance_free(ours);
+            }
+            drop(session);
         }
     });
 }

@@ -1,0 +1,925 @@
+//! The control thread: unix sockets, guests' handshakes and requests, commands on stdin,
+//! link watching, NIC queue switching, and teardown. Everything slow lives here; the
+//! data loop only sees what this thread publishes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dpdk::{sys, Port};
+use shm_contract::proto::transport::{recv_message, send_message, TransportError};
+use shm_contract::proto::{negotiate, Hello, Welcome, PROTOCOL_VERSION_MIN};
+use shm_contract::{DescRing, Message, PoolAdd, PoolLayout, RefuseCode, PROTOCOL_VERSION};
+
+use crate::cmds::{self, Command};
+use crate::datapath::{DataQueue, Invalid, Plane, SocketStats};
+use crate::nic::NicPort;
+use crate::region::{GuestRegion, RegionRequest};
+use crate::shadow::ShadowPool;
+use crate::{log_info, log_warn};
+
+/// Set by SIGINT/SIGTERM.
+pub static QUIT_SIGNAL: AtomicBool = AtomicBool::new(false);
+
+/// Settings from the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub region_size: u64,
+    pub max_region_size: u64,
+    pub try_hugepages: bool,
+    pub socket_mode: u32,
+    pub mtu: Option<u16>,
+    pub queues: Option<u16>,
+    pub stats_period: Option<Duration>,
+}
+
+/// A guest must say Hello this soon after connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most one "invalid input" line per guest this often.
+const INVALID_LOG_PERIOD: Duration = Duration::from_secs(10);
+const DEFAULT_RING_ENTRIES: u32 = 1024;
+
+struct Endpoint {
+    path: PathBuf,
+    port: u16,
+    queue: u16,
+    listener: OwnedFd,
+    /// The directory the proxy made for the socket, removed with it.
+    created_dir: Option<PathBuf>,
+    conn: Option<Conn>,
+    stats: Arc<SocketStats>,
+    guests_served: u64,
+}
+
+struct Conn {
+    fd: OwnedFd,
+    since: Instant,
+    pid: i32,
+    guest: Option<Guest>,
+}
+
+struct Guest {
+    app: String,
+    region: Arc<GuestRegion>,
+    pools: Vec<(u32, ShadowPool)>,
+    queue: Option<Arc<DataQueue>>,
+    invalid_reported: u64,
+    last_invalid_log: Option<Instant>,
+}
+
+impl Guest {
+    fn invalid_total(&self, stats: &SocketStats) -> u64 {
+        stats.invalid.load(Ordering::Relaxed)
+            + self.pools.iter().map(|(_, p)| p.ctx.invalid.load(Ordering::Relaxed)).sum::<u64>()
+    }
+}
+
+pub struct Control {
+    opts: Options,
+    iova_is_va: bool,
+    plane: Arc<Plane>,
+    ports: BTreeMap<u16, NicPort>,
+    endpoints: Vec<Endpoint>,
+    paused_ports: BTreeSet<u16>,
+    quit: bool,
+    stdin_open: bool,
+    pool_serial: u32,
+    last_link_check: Instant,
+    last_stats: Instant,
+}
+
+impl Control {
+    /// Sets up the ports the startup commands need, then their sockets.
+    pub fn new(opts: Options, iova_is_va: bool, plane: Arc<Plane>, startup: Vec<Command>) -> Result<Control, String> {
+        let mut ctl = Control {
+            opts,
+            iova_is_va,
+            plane,
+            ports: BTreeMap::new(),
+            endpoints: Vec::new(),
+            paused_ports: BTreeSet::new(),
+            quit: false,
+            stdin_open: true,
+            pool_serial: 0,
+            last_link_check: Instant::now(),
+            last_stats: Instant::now(),
+        };
+        let mut wanted: BTreeMap<u16, u16> = BTreeMap::new();
+        for cmd in &startup {
+            if let Command::Socket { port, queue, .. } = cmd {
+                let q = wanted.entry(*port).or_insert(0);
+                *q = (*q).max(queue + 1);
+            }
+        }
+        for (&port, &queues) in &wanted {
+            ctl.setup_port(port, queues)?;
+        }
+        for cmd in startup {
+            match cmd {
+                Command::Socket { path, port, queue } => ctl.add_socket(&path, port, queue)?,
+                other => ctl.execute(other, &mut std::io::stdout()),
+            }
+        }
+        ctl.publish();
+        Ok(ctl)
+    }
+
+    fn setup_port(&mut self, port: u16, queues: u16) -> Result<(), String> {
+        let p = Port(port);
+        if !p.is_valid() {
+            let have: Vec<String> = Port::all().iter().map(|p| format!("{} ({})", p.0, p.name())).collect();
+            return Err(format!(
+                "port {port} does not exist; probed ports: {}",
+                if have.is_empty() { "none (add --vdev or allow a NIC)".into() } else { have.join(", ") }
+            ));
+        }
+        let queues = queues.max(self.opts.queues.unwrap_or(1));
+        let nic = NicPort::setup(p, queues, self.opts.mtu)?;
+        log_info!(
+            "port {port} ({}): {queues} queue(s), MAC {}, MTU {}, link {}",
+            nic.name,
+            mac_text(&nic.mac),
+            nic.mtu,
+            link_text(nic.link)
+        );
+        self.ports.insert(port, nic);
+        Ok(())
+    }
+
+    fn add_socket(&mut self, path: &Path, port: u16, queue: u16) -> Result<(), String> {
+        if self.endpoints.iter().any(|e| e.path == path) {
+            return Err(format!("{} is already served", path.display()));
+        }
+        if let Some(other) = self.endpoints.iter().find(|e| e.port == port && e.queue == queue) {
+            return Err(format!("port {port} queue {queue} is already served by {}", other.path.display()));
+        }
+        if !self.ports.contains_key(&port) {
+            self.setup_port(port, queue + 1)?;
+        }
+        let nic = &self.ports[&port];
+        if queue >= nic.queues {
+            return Err(format!(
+                "port {port} was configured with {} queue(s) at startup; queue {queue} needs a restart \
+                 (name it in the startup commands, or use --queues)",
+                nic.queues
+            ));
+        }
+        let (listener, created_dir) = listen(path, self.opts.socket_mode)?;
+        log_info!("serving port {port} queue {queue} on {}", path.display());
+        self.endpoints.push(Endpoint {
+            path: path.to_path_buf(),
+            port,
+            queue,
+            listener,
+            created_dir,
+            conn: None,
+            stats: Arc::new(SocketStats::default()),
+            guests_served: 0,
+        });
+        Ok(())
+    }
+
+    /// Rebuilds what the data loop polls from the current state.
+    fn publish(&self) {
+        let mut active = Vec::new();
+        let mut busy = BTreeSet::new();
+        for ep in &self.endpoints {
+            if let Some(q) = ep.conn.as_ref().and_then(|c| c.guest.as_ref()).and_then(|g| g.queue.as_ref()) {
+                if !self.paused_ports.contains(&ep.port) {
+                    active.push(q.clone());
+                }
+                busy.insert((ep.port, ep.queue));
+            }
+        }
+        let mut idle = Vec::new();
+        for (&port, nic) in &self.ports {
+            if self.paused_ports.contains(&port) || !nic.started {
+                continue;
+            }
+            for q in 0..nic.queues {
+                if !busy.contains(&(port, q)) {
+                    idle.push((port, q));
+                }
+            }
+        }
+        self.plane.publish(active, idle);
+    }
+
+    /// Points NIC rx queue (port, queue) at `pool`, pausing the port when the device
+    /// cannot switch a queue while running.
+    fn switch_rx_pool(&mut self, port: u16, queue: u16, pool: *mut sys::rte_mempool) -> Result<(), String> {
+        let runtime = self.ports.get(&port).map(|n| n.runtime_rx_setup).ok_or("no such port")?;
+        if runtime {
+            // Only this queue must be left alone meanwhile: the caller has already taken
+            // it out of the published configuration.
+            // SAFETY: the caller keeps `pool` alive while the queue uses it.
+            return unsafe { self.ports[&port].setup_rx_queue(queue, pool) };
+        }
+        self.paused_ports.insert(port);
+        self.publish();
+        let nic = self.ports.get_mut(&port).ok_or("no such port")?;
+        let result = nic.stop().and_then(|_| {
+            // SAFETY: as above.
+            unsafe { nic.setup_rx_queue(queue, pool) }
+        });
+        let restarted = nic.start();
+        self.paused_ports.remove(&port);
+        self.publish();
+        result.and(restarted)
+    }
+
+    /// The control loop; returns when asked to quit.
+    pub fn run(&mut self) {
+        let stdin_fd = std::io::stdin().as_raw_fd();
+        let mut stdin = std::io::stdin().lock();
+        let mut line = String::new();
+        while !self.quit && !QUIT_SIGNAL.load(Ordering::Relaxed) {
+            let mut fds: Vec<libc::pollfd> = Vec::new();
+            let mut owners: Vec<(usize, bool)> = Vec::new(); // (endpoint, is_conn)
+            if self.stdin_open {
+                fds.push(pollfd(stdin_fd));
+                owners.push((usize::MAX, false));
+            }
+            for (i, ep) in self.endpoints.iter().enumerate() {
+                fds.push(pollfd(ep.listener.as_raw_fd()));
+                owners.push((i, false));
+                if let Some(c) = &ep.conn {
+                    fds.push(pollfd(c.fd.as_raw_fd()));
+                    owners.push((i, true));
+                }
+            }
+            // SAFETY: fds is a valid array of pollfd of the given length.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+            if n > 0 {
+                for (pfd, &(idx, is_conn)) in fds.iter().zip(&owners) {
+                    if pfd.revents == 0 {
+                        continue;
+                    }
+                    if idx == usize::MAX {
+                        line.clear();
+                        match stdin.read_line(&mut line) {
+                            Ok(0) | Err(_) => self.stdin_open = false,
+                            Ok(_) => self.command_line(&line),
+                        }
+                    } else if idx < self.endpoints.len() {
+                        if is_conn {
+                            self.service_conn(idx);
+                        } else {
+                            self.accept(idx);
+                        }
+                    }
+                }
+            }
+            self.housekeeping();
+        }
+        self.shutdown();
+    }
+
+    fn command_line(&mut self, line: &str) {
+        let mut out = std::io::stdout();
+        match cmds::parse(line) {
+            Ok(Some(cmd)) => self.execute(cmd, &mut out),
+            Ok(None) => {}
+            Err(e) => {
+                let _ = writeln!(out, "error: {e}");
+            }
+        }
+        let _ = out.flush();
+    }
+
+    fn execute(&mut self, cmd: Command, out: &mut dyn Write) {
+        match cmd {
+            Command::Socket { path, port, queue } => {
+                if let Err(e) = self.add_socket(&path, port, queue) {
+                    let _ = writeln!(out, "error: {e}");
+                } else {
+                    self.publish();
+                    let _ = writeln!(out, "ok: serving port {port} queue {queue} on {}", path.display());
+                }
+            }
+            Command::Remove { path } => match self.endpoints.iter().position(|e| e.path == path) {
+                Some(i) => {
+                    self.disconnect(i, "the socket was removed", true);
+                    let ep = self.endpoints.remove(i);
+                    remove_socket(&ep);
+                    self.publish();
+                    let _ = writeln!(out, "ok: removed {}", path.display());
+                }
+                None => {
+                    let _ = writeln!(out, "error: {} is not served", path.display());
+                }
+            },
+            Command::ShowStats => {
+                let _ = write!(out, "{}", self.stats_text());
+            }
+            Command::ShowSockets => {
+                for ep in &self.endpoints {
+                    let guest = match &ep.conn {
+                        Some(Conn { guest: Some(g), pid, .. }) => format!(
+                            "guest '{}' pid {pid}, region {} MiB on {}, queue {}",
+                            g.app,
+                            g.region.len() >> 20,
+                            if g.region.hugepages { "hugepages" } else { "4 KiB pages" },
+                            if g.queue.is_some() { "started" } else { "stopped" }
+                        ),
+                        Some(_) => "connecting".into(),
+                        None => "no guest".into(),
+                    };
+                    let _ = writeln!(out, "{} port {} queue {}: {guest}", ep.path.display(), ep.port, ep.queue);
+                }
+                if self.endpoints.is_empty() {
+                    let _ = writeln!(out, "no sockets");
+                }
+            }
+            Command::Help => {
+                let _ = writeln!(out, "{}", cmds::HELP);
+            }
+            Command::Quit => self.quit = true,
+        }
+    }
+
+    /// One line per socket and per port, `key=value` pairs.
+    pub fn stats_text(&self) -> String {
+        let mut s = String::new();
+        for ep in &self.endpoints {
+            let st = &ep.stats;
+            let guest = ep.conn.as_ref().and_then(|c| c.guest.as_ref());
+            let pool_invalid: u64 =
+                guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.ctx.invalid.load(Ordering::Relaxed)).sum());
+            let ld = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            s += &format!(
+                "socket={} port={} queue={} guest={} guests_served={} rx_packets={} rx_bytes={} rx_dropped={} \
+                 tx_packets={} tx_bytes={} tx_dropped={} copies={} invalid={}\n",
+                ep.path.display(),
+                ep.port,
+                ep.queue,
+                guest.map_or("-".to_string(), |g| g.app.clone()),
+                ep.guests_served,
+                ld(&st.rx_packets),
+                ld(&st.rx_bytes),
+                ld(&st.rx_dropped),
+                ld(&st.tx_packets),
+                ld(&st.tx_bytes),
+                ld(&st.tx_dropped),
+                ld(&st.copies),
+                ld(&st.invalid) + pool_invalid,
+            );
+        }
+        for (&port, nic) in &self.ports {
+            if let Ok(ps) = nic.port.stats() {
+                s += &format!(
+                    "port={port} name={} link={} ipackets={} opackets={} ibytes={} obytes={} imissed={} ierrors={} oerrors={} rx_nombuf={}\n",
+                    nic.name,
+                    if nic.link.up { "up" } else { "down" },
+                    ps.ipackets,
+                    ps.opackets,
+                    ps.ibytes,
+                    ps.obytes,
+                    ps.imissed,
+                    ps.ierrors,
+                    ps.oerrors,
+                    ps.rx_nombuf
+                );
+            }
+        }
+        s += &format!("unclaimed={}\n", self.plane.unclaimed.load(Ordering::Relaxed));
+        s
+    }
+
+    fn accept(&mut self, idx: usize) {
+        let ep = &mut self.endpoints[idx];
+        // SAFETY: accept4 on our listening socket; the new fd is owned right away.
+        let fd = unsafe {
+            libc::accept4(ep.listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+        };
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let pid = peer_pid(fd.as_raw_fd());
+        if let Some(current) = &ep.conn {
+            let who = current.guest.as_ref().map_or("a connecting guest".to_string(), |g| format!("guest '{}'", g.app));
+            let reason = format!("{} is busy: {who} (pid {}) holds it", ep.path.display(), current.pid);
+            let _ = send_message(fd.as_fd(), &Message::refuse(RefuseCode::Busy, &reason), 0, &[]);
+            log_warn!("{}: refused a second guest (pid {pid}): busy", ep.path.display());
+            return;
+        }
+        ep.conn = Some(Conn { fd, since: Instant::now(), pid, guest: None });
+    }
+
+    /// Reads and answers everything the guest sent.
+    fn service_conn(&mut self, idx: usize) {
+        loop {
+            let Some(conn) = self.endpoints[idx].conn.as_ref() else { return };
+            let received = recv_message(conn.fd.as_fd(), Some(Duration::ZERO));
+            let (msg, id) = match received {
+                Ok((msg, id, _fds)) => (msg, id),
+                Err(TransportError::Timeout) => return,
+                Err(TransportError::Closed) => {
+                    self.disconnect(idx, "the guest closed the connection", false);
+                    return;
+                }
+                Err(e @ (TransportError::Decode(_) | TransportError::Truncated { .. } | TransportError::TooManyFds { .. })) => {
+                    let reason = format!("malformed message: {e}");
+                    self.reply(idx, &Message::refuse(RefuseCode::BadRequest, &reason), 0);
+                    log_warn!("{}: {reason}", self.endpoints[idx].path.display());
+                    continue;
+                }
+                Err(e) => {
+                    self.disconnect(idx, &format!("control socket error: {e}"), false);
+                    return;
+                }
+            };
+            self.handle(idx, msg, id);
+        }
+    }
+
+    fn reply(&self, idx: usize, msg: &Message, id: u32) {
+        if let Some(conn) = &self.endpoints[idx].conn {
+            if let Err(e) = send_message(conn.fd.as_fd(), msg, id, &[]) {
+                log_warn!("{}: cannot answer the guest: {e}", self.endpoints[idx].path.display());
+            }
+        }
+    }
+
+    fn has_guest(&self, idx: usize) -> bool {
+        self.endpoints[idx].conn.as_ref().is_some_and(|c| c.guest.is_some())
+    }
+
+    fn guest_mut(&mut self, idx: usize) -> Option<&mut Guest> {
+        self.endpoints[idx].conn.as_mut().and_then(|c| c.guest.as_mut())
+    }
+
+    fn handle(&mut self, idx: usize, msg: Message, id: u32) {
+        let path = self.endpoints[idx].path.display().to_string();
+        match msg {
+            Message::Hello(hello) if !self.has_guest(idx) => self.hello(idx, hello, id),
+            Message::Goodbye => self.disconnect(idx, "the guest said goodbye", false),
+            _ if !self.has_guest(idx) => {
+                let reason = format!("expected Hello first, got {}", msg.kind());
+                self.reply(idx, &Message::refuse(RefuseCode::BadRequest, &reason), id);
+                self.disconnect(idx, &reason, false);
+            }
+            Message::PoolAdd(add) => {
+                let answer = match self.pool_add(idx, &add) {
+                    Ok(()) => Message::PoolAck { pool_id: add.pool_id },
+                    Err(reason) => {
+                        log_warn!("{path}: pool {} refused: {reason}", add.pool_id);
+                        Message::refuse(RefuseCode::BadRequest, &reason)
+                    }
+                };
+                self.reply(idx, &answer, id);
+            }
+            Message::PoolDel { pool_id } => {
+                let answer = match self.pool_del(idx, pool_id) {
+                    Ok(()) => Message::PoolAck { pool_id },
+                    Err(reason) => Message::refuse(RefuseCode::BadRequest, &reason),
+                };
+                self.reply(idx, &answer, id);
+            }
+            Message::QueueStart { rx_pool_id } => {
+                let answer = match self.queue_start(idx, rx_pool_id) {
+                    Ok(()) => Message::QueueStarted,
+                    Err((code, reason)) => {
+                        log_warn!("{path}: cannot start the queue: {reason}");
+                        Message::refuse(code, &reason)
+                    }
+                };
+                self.reply(idx, &answer, id);
+            }
+            Message::QueueStop => {
+                self.queue_stop(idx);
+                self.reply(idx, &Message::QueueStopped, id);
+            }
+            other => {
+                let reason = format!("unexpected {} from a guest", other.kind());
+                self.reply(idx, &Message::refuse(RefuseCode::BadRequest, &reason), id);
+            }
+        }
+    }
+
+    fn hello(&mut self, idx: usize, hello: Hello, id: u32) {
+        let ep = &self.endpoints[idx];
+        let path = ep.path.display().to_string();
+        let refuse = |ctl: &mut Control, code: RefuseCode, reason: String| {
+            log_warn!("{path}: refused guest '{}': {reason}", hello.app_name);
+            ctl.reply(idx, &Message::refuse(code, &reason), id);
+            ctl.endpoints[idx].conn = None;
+        };
+        let version = match negotiate(hello.version_min, hello.version_max) {
+            Ok(v) => v,
+            Err(_) => {
+                let reason = format!(
+                    "no common protocol version: the proxy speaks {PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION}, \
+                     the guest {}..={}",
+                    hello.version_min, hello.version_max
+                );
+                return refuse(self, RefuseCode::VersionMismatch, reason);
+            }
+        };
+        let size = if hello.region_size == 0 { self.opts.region_size } else { hello.region_size };
+        if size > self.opts.max_region_size {
+            let reason = format!(
+                "region of {} MiB asked; this proxy allows at most {} MiB (--max-region-size)",
+                size >> 20,
+                self.opts.max_region_size >> 20
+            );
+            return refuse(self, RefuseCode::TooLarge, reason);
+        }
+        let or_default = |n: u32| if n == 0 { DEFAULT_RING_ENTRIES } else { n };
+        let req = RegionRequest {
+            size,
+            rx_entries: or_default(hello.rx_ring_entries),
+            tx_entries: or_default(hello.tx_ring_entries),
+            try_hugepages: self.opts.try_hugepages,
+        };
+        let (port, queue) = (ep.port, ep.queue);
+        let name = format!("dpdk-io-proxy:{path}");
+        let mut region = match GuestRegion::create(&name, &req, self.iova_is_va) {
+            Ok(r) => r,
+            Err(reason) => return refuse(self, RefuseCode::BadRequest, reason),
+        };
+        let nic = &self.ports[&port];
+        if let Err(e) = region.register_dma(nic.device) {
+            log_warn!("{path}: {e}; a NIC that DMAs by IOVA cannot reach this guest's buffers");
+        }
+        if let Some(status) = region.status() {
+            status.link_up().store(nic.link.up as u32, Ordering::Release);
+            status.link_speed_mbps().store(nic.link.speed_mbps, Ordering::Release);
+        }
+        let welcome = Message::Welcome(Welcome {
+            version,
+            flags: region.layout.flags(),
+            region_size: region.layout.region_size(),
+            page_size: region.layout.page_size(),
+            port_id: port,
+            queue_id: queue,
+            mac: nic.mac,
+            mtu: nic.mtu,
+            max_rx_frame: nic.max_rx_frame,
+            link_up: nic.link.up,
+            link_speed_mbps: nic.link.speed_mbps,
+        });
+        let conn = self.endpoints[idx].conn.as_ref().expect("connection present");
+        if let Err(e) = send_message(conn.fd.as_fd(), &welcome, id, &[region.memfd.as_fd()]) {
+            log_warn!("{path}: cannot send Welcome: {e}");
+            self.endpoints[idx].conn = None;
+            return;
+        }
+        log_info!(
+            "{path}: guest '{}' (pid {}) attached to port {port} queue {queue}: region {} MiB on {}",
+            hello.app_name,
+            conn.pid,
+            region.len() >> 20,
+            if region.hugepages { format!("{} KiB hugepages", region.layout.page_size() >> 10) } else { "4 KiB pages".into() }
+        );
+        let ep = &mut self.endpoints[idx];
+        ep.guests_served += 1;
+        if let Some(conn) = ep.conn.as_mut() {
+            conn.guest = Some(Guest {
+                app: hello.app_name,
+                region: Arc::new(region),
+                pools: Vec::new(),
+                queue: None,
+                invalid_reported: 0,
+                last_invalid_log: None,
+            });
+        }
+    }
+
+    fn pool_add(&mut self, idx: usize, add: &PoolAdd) -> Result<(), String> {
+        self.pool_serial += 1;
+        let serial = self.pool_serial;
+        let socket = self.ports[&self.endpoints[idx].port].socket;
+        let guest = self.guest_mut(idx).ok_or("no guest")?;
+        if guest.pools.iter().any(|(id, _)| *id == add.pool_id) {
+            return Err(format!("pool id {} is already in use", add.pool_id));
+        }
+        let others: Vec<PoolLayout> = guest.pools.iter().map(|(_, p)| p.ctx.layout).collect();
+        let layout = add.validate(&guest.region.layout, &others).map_err(|e| e.to_string())?;
+        let pool = ShadowPool::new(&guest.region, layout, &format!("iop_sh{serial}"), socket)?;
+        if let Some(q) = &guest.queue {
+            q.set_pool(add.pool_id, Some((&pool.ctx, pool.mempool())));
+        }
+        guest.pools.push((add.pool_id, pool));
+        Ok(())
+    }
+
+    fn pool_del(&mut self, idx: usize, pool_id: u32) -> Result<(), String> {
+        let guest = self.guest_mut(idx).ok_or("no guest")?;
+        let Some(pos) = guest.pools.iter().position(|(id, _)| *id == pool_id) else {
+            return Err(format!("no pool {pool_id}"));
+        };
+        if let Some(q) = &guest.queue {
+            if std::ptr::eq(guest.pools[pos].1.mempool(), q.rx_mempool()) {
+                return Err(format!("pool {pool_id} feeds the running queue; stop the port first"));
+            }
+            q.set_pool(pool_id, None);
+        }
+        let had_queue = guest.queue.is_some();
+        let (_, pool) = guest.pools.remove(pos);
+        if had_queue {
+            // Make sure the loop no longer looks at the pool before freeing it.
+            self.publish();
+        }
+        drop(pool);
+        Ok(())
+    }
+
+    fn queue_start(&mut self, idx: usize, rx_pool_id: u32) -> Result<(), (RefuseCode, String)> {
+        let (port, queue) = (self.endpoints[idx].port, self.endpoints[idx].queue);
+        let stats = self.endpoints[idx].stats.clone();
+        let bad = |s: String| (RefuseCode::BadRequest, s);
+        let guest = self.guest_mut(idx).ok_or_else(|| bad("no guest".into()))?;
+        if guest.queue.is_some() {
+            return Err(bad("the queue is already started".into()));
+        }
+        let (ctx, mempool) = guest
+            .pools
+            .iter()
+            .find(|(id, _)| *id == rx_pool_id)
+            .map(|(_, p)| (p.ctx.clone(), p.mempool()))
+            .ok_or_else(|| bad(format!("no pool {rx_pool_id} was announced")))?;
+        // Both sides start the rings from index 0 at every queue start.
+        let mem = guest.region.mem();
+        DescRing::init(&mem, guest.region.layout.rx_ring()).map_err(|e| bad(e.to_string()))?;
+        DescRing::init(&mem, guest.region.layout.tx_ring()).map_err(|e| bad(e.to_string()))?;
+        let q = DataQueue::new(&guest.region, port, queue, ctx, mempool, stats).map_err(bad)?;
+        for (id, p) in &guest.pools {
+            q.set_pool(*id, Some((&p.ctx, p.mempool())));
+        }
+        let q = Arc::new(q);
+        if let Err(e) = self.switch_rx_pool(port, queue, mempool) {
+            let parking = self.ports[&port].parking_pool();
+            let _ = self.switch_rx_pool(port, queue, parking);
+            return Err((RefuseCode::Internal, e));
+        }
+        if let Some(g) = self.guest_mut(idx) {
+            g.queue = Some(q);
+        }
+        self.publish();
+        log_info!("{}: queue started", self.endpoints[idx].path.display());
+        Ok(())
+    }
+
+    /// Stops the guest's queue: no more polling, NIC queue back on the parking pool
+    /// (which frees every guest buffer the NIC held), unsent tx buffers returned.
+    fn queue_stop(&mut self, idx: usize) {
+        let (port, queue) = (self.endpoints[idx].port, self.endpoints[idx].queue);
+        let Some(q) = self.guest_mut(idx).and_then(|g| g.queue.take()) else { return };
+        self.publish();
+        let parking = self.ports[&port].parking_pool();
+        if let Err(e) = self.switch_rx_pool(port, queue, parking) {
+            log_warn!("{}: {e}", self.endpoints[idx].path.display());
+        }
+        let _ = Port(port).tx_done_cleanup(queue);
+        // SAFETY: the queue is out of the published configuration.
+        let returned = unsafe { q.return_unsent() };
+        if returned > 0 {
+            log_info!("{}: returned {returned} unsent tx buffers to the guest", self.endpoints[idx].path.display());
+        }
+    }
+
+    /// Ends the connection on `idx` and reclaims everything of its guest.
+    fn disconnect(&mut self, idx: usize, reason: &str, say_goodbye: bool) {
+        if self.endpoints[idx].conn.is_none() {
+            return;
+        }
+        self.queue_stop(idx);
+        let ep = &mut self.endpoints[idx];
+        let Some(conn) = ep.conn.take() else { return };
+        if say_goodbye {
+            let _ = send_message(conn.fd.as_fd(), &Message::Goodbye, 0, &[]);
+        }
+        if let Some(guest) = conn.guest {
+            let st = &ep.stats;
+            log_info!(
+                "{}: guest '{}' (pid {}) detached: {reason}; rx {} tx {} packets so far, {} invalid",
+                ep.path.display(),
+                guest.app,
+                conn.pid,
+                st.rx_packets.load(Ordering::Relaxed),
+                st.tx_packets.load(Ordering::Relaxed),
+                guest.invalid_total(st)
+            );
+            // Pools (their mempools) go first, then the region is unmapped with the
+            // last reference.
+            drop(guest.pools);
+            drop(guest.region);
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        for idx in 0..self.endpoints.len() {
+            let ep = &self.endpoints[idx];
+            let Some(conn) = &ep.conn else { continue };
+            let Some(guest) = &conn.guest else {
+                if now.duration_since(conn.since) > HELLO_TIMEOUT {
+                    self.disconnect(idx, "no Hello within 5 s", false);
+                }
+                continue;
+            };
+            let broken = guest.queue.as_ref().is_some_and(|q| q.broken.load(Ordering::Acquire));
+            let total = guest.invalid_total(&ep.stats);
+            if total > guest.invalid_reported
+                && guest.last_invalid_log.is_none_or(|t| now.duration_since(t) >= INVALID_LOG_PERIOD)
+            {
+                let first = guest
+                    .queue
+                    .as_ref()
+                    .and_then(|q| Invalid::from_u32(q.first_invalid.load(Ordering::Relaxed)))
+                    .map_or("a free-ring entry named no buffer of its pool, or one the proxy held", |k| k.describe());
+                log_warn!(
+                    "{}: guest '{}': {} invalid descriptors/buffers dropped so far (first: {first})",
+                    ep.path.display(),
+                    guest.app,
+                    total
+                );
+                if let Some(g) = self.guest_mut(idx) {
+                    g.invalid_reported = total;
+                    g.last_invalid_log = Some(now);
+                }
+            }
+            if broken {
+                let reason = "the guest corrupted a ring index";
+                self.reply(idx, &Message::refuse(RefuseCode::BadRequest, reason), 0);
+                self.disconnect(idx, reason, false);
+            }
+        }
+        if now.duration_since(self.last_link_check) >= Duration::from_millis(500) {
+            self.last_link_check = now;
+            self.check_links();
+        }
+        if let Some(period) = self.opts.stats_period {
+            if now.duration_since(self.last_stats) >= period {
+                self.last_stats = now;
+                print!("{}", self.stats_text());
+                let _ = std::io::stdout().flush();
+            }
+        }
+    }
+
+    fn check_links(&mut self) {
+        let mut changed = Vec::new();
+        for (&port, nic) in self.ports.iter_mut() {
+            if !nic.started {
+                continue;
+            }
+            let link = nic.port.link();
+            if link != nic.link {
+                nic.link = link;
+                log_info!("port {port} ({}): link {}", nic.name, link_text(link));
+                changed.push((port, link));
+            }
+        }
+        for (port, link) in changed {
+            for idx in 0..self.endpoints.len() {
+                if self.endpoints[idx].port != port {
+                    continue;
+                }
+                if let Some(g) = self.endpoints[idx].conn.as_ref().and_then(|c| c.guest.as_ref()) {
+                    if let Some(status) = g.region.status() {
+                        status.link_up().store(link.up as u32, Ordering::Release);
+                        status.link_speed_mbps().store(link.speed_mbps, Ordering::Release);
+                    }
+                    self.reply(idx, &Message::LinkStatus { up: link.up, speed_mbps: link.speed_mbps }, 0);
+                }
+            }
+        }
+    }
+
+    /// Says goodbye to every guest, removes the sockets, stops the loop, closes ports.
+    fn shutdown(&mut self) {
+        for idx in 0..self.endpoints.len() {
+            self.disconnect(idx, "the proxy is shutting down", true);
+        }
+        for ep in &self.endpoints {
+            remove_socket(ep);
+        }
+        self.plane.publish(Vec::new(), Vec::new());
+        self.plane.request_stop();
+        let text = self.stats_text();
+        println!("final stats:\n{text}");
+        let _ = std::io::stdout().flush();
+    }
+
+    /// Closes every port; call after the data loop has returned.
+    pub fn close_ports(&mut self) {
+        for (_, nic) in std::mem::take(&mut self.ports) {
+            nic.close();
+        }
+    }
+}
+
+fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
+}
+
+fn peer_pid(fd: RawFd) -> i32 {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred is a valid ucred buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut libc::c_void, &mut len)
+    };
+    if rc == 0 {
+        cred.pid
+    } else {
+        -1
+    }
+}
+
+fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn link_text(link: dpdk::Link) -> String {
+    if link.up {
+        format!("up {} Mbps", link.speed_mbps)
+    } else {
+        "down".into()
+    }
+}
+
+/// Creates the listening socket at `path`, making its directory if needed. A stale
+/// socket file (no one listening) is replaced; a live one is an error.
+fn listen(path: &Path, mode: u32) -> Result<(OwnedFd, Option<PathBuf>), String> {
+    let shown = path.display();
+    let mut created_dir = None;
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            created_dir = Some(dir.to_path_buf());
+        }
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(format!("{shown} exists and is not a socket"));
+        }
+        if seqpacket_connects(path) {
+            return Err(format!("{shown} is served by another process"));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket {shown}: {e}"))?;
+    }
+    let addr = sockaddr(path)?;
+    // SAFETY: socket/bind/listen/chmod on a descriptor we own; addr is a valid sockaddr_un.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0);
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        if libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(format!("cannot bind {shown}: {}", std::io::Error::last_os_error()));
+        }
+        if libc::listen(fd.as_raw_fd(), 8) != 0 {
+            return Err(format!("cannot listen on {shown}: {}", std::io::Error::last_os_error()));
+        }
+        let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "NUL in path")?;
+        libc::chmod(cpath.as_ptr(), mode as libc::mode_t);
+        Ok((fd, created_dir))
+    }
+}
+
+fn sockaddr(path: &Path) -> Result<libc::sockaddr_un, String> {
+    // SAFETY: sockaddr_un is plain data; zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_encoded_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(format!("socket path {} is too long", path.display()));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    Ok(addr)
+}
+
+fn seqpacket_connects(path: &Path) -> bool {
+    let Ok(addr) = sockaddr(path) else { return false };
+    // SAFETY: a probe connect on a fresh socket that is closed right after.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        libc::connect(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) == 0
+    }
+}
+
+fn remove_socket(ep: &Endpoint) {
+    let _ = std::fs::remove_file(&ep.path);
+    if let Some(dir) = &ep.created_dir {
+        let _ = std::fs::remove_dir(dir);
+    }
+}

@@ -1,0 +1,150 @@
+//! The proxy's NIC ports: configured once with as many queues as the commands name, each
+//! rx queue first fed from a small private "parking" pool until a guest takes it over.
+
+use dpdk::{sys, Link, PktPool, Port};
+
+/// Descriptors per NIC queue asked for (adjusted to the device's limits).
+const NB_DESC: u16 = 1024;
+
+pub struct NicPort {
+    pub port: Port,
+    pub name: String,
+    pub queues: u16,
+    rx_desc: u16,
+    pub mac: [u8; 6],
+    pub mtu: u16,
+    pub max_rx_frame: u32,
+    pub socket: i32,
+    pub device: *mut sys::rte_device,
+    /// The device can set up an rx queue while the port runs; otherwise a pool switch
+    /// stops and restarts the whole port.
+    pub runtime_rx_setup: bool,
+    /// Feeds rx queues that no guest has taken.
+    parking: PktPool,
+    pub link: Link,
+    pub started: bool,
+}
+
+// SAFETY: the device pointer is only passed back to DPDK from the control thread.
+unsafe impl Send for NicPort {}
+
+impl NicPort {
+    /// Configures `port` with `queues` rx and tx queues and starts it.
+    pub fn setup(port: Port, queues: u16, mtu: Option<u16>) -> Result<NicPort, String> {
+        let name = port.name();
+        let err = |e: dpdk::Error| format!("port {} ({name}): {e}", port.0);
+        let info = port.info().map_err(err)?;
+        if queues > info.max_rx_queues || queues > info.max_tx_queues {
+            return Err(format!(
+                "port {} ({name}) has at most {} rx and {} tx queues; the commands name {queues}",
+                port.0, info.max_rx_queues, info.max_tx_queues
+            ));
+        }
+        // SAFETY: rte_eth_conf is plain data; all-zero is the default configuration.
+        let mut conf: sys::rte_eth_conf = unsafe { std::mem::zeroed() };
+        if queues > 1 && info.flow_type_rss_offloads != 0 {
+            // Spread traffic over the guests' queues by RSS, as the RFC's demo does.
+            conf.rxmode.mq_mode = sys::RTE_ETH_MQ_RX_RSS;
+            conf.rx_adv_conf.rss_conf.rss_hf = (sys::RTE_ETH_RSS_IP as u64
+                | sys::RTE_ETH_RSS_TCP as u64
+                | sys::RTE_ETH_RSS_UDP as u64)
+                & info.flow_type_rss_offloads;
+        }
+        if info.rx_offload_capa & sys::RTE_ETH_RX_OFFLOAD_SCATTER as u64 != 0 {
+            // Jumbo frames arrive as chains of guest buffers.
+            conf.rxmode.offloads |= sys::RTE_ETH_RX_OFFLOAD_SCATTER as u64;
+        }
+        if info.tx_offload_capa & sys::RTE_ETH_TX_OFFLOAD_MULTI_SEGS as u64 != 0 {
+            conf.txmode.offloads |= sys::RTE_ETH_TX_OFFLOAD_MULTI_SEGS as u64;
+        }
+        port.configure(queues, queues, &conf).map_err(err)?;
+        if let Some(mtu) = mtu {
+            port.set_mtu(mtu).map_err(|e| format!("port {} ({name}): cannot set MTU {mtu}: {e}", port.0))?;
+        }
+        let (rx_desc, tx_desc) = port.adjust_desc(NB_DESC, NB_DESC).map_err(err)?;
+        let socket = port.socket_id();
+        let parking = PktPool::new(
+            &format!("iop_park{}", port.0),
+            (rx_desc as u32 * queues as u32 + 1024).next_power_of_two() - 1,
+            0,
+            sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16,
+            socket,
+        )
+        .map_err(err)?;
+        for q in 0..queues {
+            // SAFETY: the parking pool lives as long as this NicPort, which closes the
+            // port before dropping it.
+            unsafe { port.rx_queue_setup(q, rx_desc, None, parking.as_ptr()) }.map_err(err)?;
+            port.tx_queue_setup(q, tx_desc).map_err(err)?;
+        }
+        port.start().map_err(err)?;
+        if let Err(e) = port.promiscuous_enable() {
+            // Virtual devices often cannot; guests still get what the port receives.
+            let _ = e;
+        }
+        let mtu_now = port.mtu().unwrap_or(1500);
+        let mac = port.mac().map_err(err)?;
+        Ok(NicPort {
+            port,
+            name: name.clone(),
+            queues,
+            rx_desc,
+            mac,
+            mtu: mtu_now,
+            max_rx_frame: info.max_rx_pktlen,
+            socket,
+            device: info.device,
+            runtime_rx_setup: info.dev_capa & sys::RTE_ETH_DEV_CAPA_RUNTIME_RX_QUEUE_SETUP as u64 != 0,
+            parking,
+            link: port.link(),
+            started: true,
+        })
+    }
+
+    pub fn parking_pool(&self) -> *mut sys::rte_mempool {
+        self.parking.as_ptr()
+    }
+
+    /// Sets rx queue `queue` up with `pool`. The port must not be polled meanwhile (for a
+    /// device without runtime setup the caller has paused the whole port and stopped it).
+    ///
+    /// # Safety
+    /// `pool` outlives its use by the queue (until the next switch or the port's close).
+    pub unsafe fn setup_rx_queue(&self, queue: u16, pool: *mut sys::rte_mempool) -> Result<(), String> {
+        let err = |e: dpdk::Error| format!("port {} ({}) queue {queue}: {e}", self.port.0, self.name);
+        if self.runtime_rx_setup && self.started {
+            // Stop may be unsupported while setup is; either way setup decides.
+            let _ = self.port.rx_queue_stop(queue);
+            // SAFETY: per this function's contract.
+            unsafe { self.port.rx_queue_setup(queue, self.rx_desc, None, pool) }.map_err(err)?;
+            self.port.rx_queue_start(queue).map_err(err)?;
+        } else {
+            // SAFETY: per this function's contract.
+            unsafe { self.port.rx_queue_setup(queue, self.rx_desc, None, pool) }.map_err(err)?;
+        }
+        Ok(())
+    }
+
+    pub fn stop(&mut self) -> Result<(), String> {
+        if self.started {
+            self.port.stop().map_err(|e| format!("port {} ({}): {e}", self.port.0, self.name))?;
+            self.started = false;
+        }
+        Ok(())
+    }
+
+    pub fn start(&mut self) -> Result<(), String> {
+        if !self.started {
+            self.port.start().map_err(|e| format!("port {} ({}): {e}", self.port.0, self.name))?;
+            self.started = true;
+        }
+        Ok(())
+    }
+
+    /// Stops and closes the port (capture files are flushed, tap devices removed).
+    pub fn close(mut self) {
+        let _ = self.stop();
+        let _ = self.port.close();
+        // The parking pool drops after the port is closed.
+    }
+}

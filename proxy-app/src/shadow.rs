@@ -1,0 +1,418 @@
+//! Shadow mbufs: the proxy's own `rte_mbuf` headers for the buffers of a guest's pool.
+//!
+//! A guest pool is `[free ring][mbuf, data room][mbuf, data room]...` inside the guest's
+//! region. The guest writes those mbuf headers; the proxy never reads or writes them
+//! (their pointers are the guest's, and a hostile guest could change them at any time).
+//! Instead, for every guest buffer the proxy keeps a *shadow* mbuf in its own memory
+//! whose `buf_addr` points at that buffer's data room in the proxy's mapping of the
+//! region. NIC drivers only ever see shadows.
+//!
+//! The shadows form a DPDK mempool with the ops [`OPS_NAME`]: taking a shadow
+//! (`dequeue`) takes a buffer offset from the guest's free ring, and returning a shadow
+//! (`enqueue`, e.g. after the NIC sent it) gives the offset back to the guest's free
+//! ring. A NIC rx queue set up with this mempool therefore receives straight into the
+//! guest's buffers.
+//!
+//! Every offset read from the free ring is validated ([`PoolLayout::buffer_index`]), and
+//! each shadow carries an ownership mark (guest or proxy) so that an offset the guest
+//! frees twice, or hands over while the proxy still holds it, is refused and counted.
+
+use std::ffi::{c_int, c_uint, c_void, CStr, CString};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use dpdk::sys;
+use shm_contract::{FreeRing, PoolLayout};
+
+use crate::region::GuestRegion;
+
+/// Name of the proxy's mempool ops.
+pub const OPS_NAME: &CStr = c"shm_proxy";
+
+/// Objects moved per free-ring operation: a stack array, no allocation on the hot path.
+const CHUNK: usize = 64;
+/// Retries on a contended free ring. The guest's threads share it; a hostile guest can
+/// only make our operation fail, which is counted, never make us spin forever.
+const RING_RETRIES: u32 = 256;
+
+/// Ownership marks of a shadow.
+const OWNER_GUEST: u8 = 0;
+const OWNER_PROXY: u8 = 1;
+
+/// What the proxy keeps behind each shadow mbuf (its private area).
+#[repr(C)]
+struct ShadowPriv {
+    /// Index of the guest buffer in its pool.
+    index: u32,
+    /// [`OWNER_GUEST`] or [`OWNER_PROXY`]. Touched by the data lcore, or by the control
+    /// thread while no lcore uses the pool.
+    owner: u8,
+    _pad: [u8; 3],
+}
+
+/// Size of the private area of a shadow (a multiple of RTE_MBUF_PRIV_ALIGN).
+const PRIV_SIZE: u16 = 8;
+const _: () = assert!(std::mem::size_of::<ShadowPriv>() == PRIV_SIZE as usize);
+
+/// The state the mempool ops need; lives behind `rte_mempool.pool_data`.
+pub struct ShadowCtx {
+    pub layout: PoolLayout,
+    ring: FreeRing<'static>,
+    /// Shadow address of each guest buffer, by index; set once after populate.
+    shadows: OnceLock<Box<[usize]>>,
+    /// While DPDK populates the mempool it "enqueues" every new object: those buffers
+    /// already sit in the guest's free ring, so such enqueues are ignored.
+    populating: AtomicBool,
+    /// Offsets from the free ring that were not buffers of this pool, or buffers the
+    /// proxy already held: the guest's fault; the value is dropped.
+    pub invalid: AtomicU64,
+    /// Buffers that could not be returned to the free ring (it was full or corrupted).
+    pub lost: AtomicU64,
+}
+
+impl ShadowCtx {
+    /// The shadow of guest buffer `offset` (the offset of its `rte_mbuf` in the region),
+    /// or `None` if `offset` is not exactly a buffer of this pool.
+    #[inline]
+    pub fn shadow_of(&self, offset: u32) -> Option<*mut sys::rte_mbuf> {
+        let idx = self.layout.buffer_index(offset)?;
+        let shadows = self.shadows.get()?;
+        shadows.get(idx as usize).map(|&a| a as *mut sys::rte_mbuf)
+    }
+
+    /// Region offset of the guest buffer behind a shadow of this pool.
+    ///
+    /// # Safety
+    /// `m` is a shadow of this pool.
+    #[inline]
+    pub unsafe fn offset_of(&self, m: *const sys::rte_mbuf) -> u32 {
+        // SAFETY: per the contract, m has our private area.
+        let idx = unsafe { (*shadow_priv(m)).index };
+        self.layout.buffer_offset(idx)
+    }
+
+    /// Marks a shadow as held by the proxy. Returns false (and counts) if it already was.
+    ///
+    /// # Safety
+    /// `m` is a shadow of this pool; the caller is the pool's only user right now.
+    #[inline]
+    pub unsafe fn claim(&self, m: *mut sys::rte_mbuf) -> bool {
+        // SAFETY: per the contract.
+        let p = unsafe { &mut *shadow_priv(m) };
+        if p.owner != OWNER_GUEST {
+            return false;
+        }
+        p.owner = OWNER_PROXY;
+        true
+    }
+
+    /// Marks a shadow as handed to the guest (its buffer now belongs to the guest).
+    ///
+    /// # Safety
+    /// As for [`claim`](Self::claim).
+    #[inline]
+    pub unsafe fn release_to_guest(&self, m: *mut sys::rte_mbuf) {
+        // SAFETY: per the contract.
+        unsafe { (*shadow_priv(m)).owner = OWNER_GUEST };
+    }
+
+    /// Gives buffers back to the guest's free ring.
+    fn give_back(&self, offsets: &[u32]) {
+        if self.ring.enqueue_bulk(offsets, RING_RETRIES).is_err() {
+            self.lost.fetch_add(offsets.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns a buffer the guest handed over but the proxy will not use (a queue stop
+    /// found it still in the tx ring).
+    pub fn return_offset(&self, offset: u32) {
+        self.give_back(&[offset]);
+    }
+}
+
+/// Undoes a claim made by [`ShadowCtx::claim`] when the buffer was not used after all.
+///
+/// # Safety
+/// `m` is a shadow the caller claimed and still holds exclusively.
+#[inline]
+pub unsafe fn unclaim(m: *mut sys::rte_mbuf) {
+    // SAFETY: per the contract.
+    unsafe { (*shadow_priv(m)).owner = OWNER_GUEST };
+}
+
+#[inline]
+fn shadow_priv(m: *const sys::rte_mbuf) -> *mut ShadowPriv {
+    (m as *mut u8).wrapping_add(std::mem::size_of::<sys::rte_mbuf>()) as *mut ShadowPriv
+}
+
+/// A guest pool as the proxy sees it: the validated layout, the free ring, and the
+/// mempool of shadows. Dropping it frees the mempool; its owner makes sure no NIC queue
+/// uses it any more.
+pub struct ShadowPool {
+    pub ctx: Arc<ShadowCtx>,
+    mp: *mut sys::rte_mempool,
+    /// Keeps the mapping that `ctx.ring` and the shadows' `buf_addr` point into.
+    _region: Arc<GuestRegion>,
+}
+
+// SAFETY: the mempool is used under DPDK's rules (the data lcore, or the control thread
+// while the pool is not in any queue); everything else is Sync.
+unsafe impl Send for ShadowPool {}
+// SAFETY: as above.
+unsafe impl Sync for ShadowPool {}
+
+impl ShadowPool {
+    /// Makes the shadows of a validated guest pool.
+    pub fn new(region: &Arc<GuestRegion>, layout: PoolLayout, name: &str, socket: i32) -> Result<ShadowPool, String> {
+        // SAFETY: `_region` below keeps the mapping alive as long as the ring view.
+        let mem = unsafe { region.mem_static() };
+        let ring = FreeRing::new(&mem, layout.ring_offset(), layout.ring_entries()).map_err(|e| format!("free ring: {e}"))?;
+        let ctx = Arc::new(ShadowCtx {
+            layout,
+            ring,
+            shadows: OnceLock::new(),
+            populating: AtomicBool::new(true),
+            invalid: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+        });
+        let cname = CString::new(name).map_err(|_| "bad pool name".to_string())?;
+        let elt_size = std::mem::size_of::<sys::rte_mbuf>() as c_uint + PRIV_SIZE as c_uint;
+        // A per-lcore cache batches the data loop's free-ring operations; the loop
+        // flushes it whenever it lets go of a queue.
+        let cache = match layout.count() {
+            n if n >= 1024 => 256,
+            n if n >= 128 => 32,
+            _ => 0,
+        };
+        // SAFETY: plain mempool creation; every error path frees what was made.
+        unsafe {
+            let mp = sys::rte_mempool_create_empty(
+                cname.as_ptr(),
+                layout.count(),
+                elt_size,
+                cache,
+                std::mem::size_of::<sys::rte_pktmbuf_pool_private>() as c_uint,
+                socket,
+                0,
+            );
+            if mp.is_null() {
+                return Err(format!("rte_mempool_create_empty: {}", dpdk::errno_text(sys::dpdk_sys_errno())));
+            }
+            let pool = ShadowPool { ctx: ctx.clone(), mp, _region: region.clone() };
+            let rc = sys::rte_mempool_set_ops_byname(mp, OPS_NAME.as_ptr(), Arc::as_ptr(&ctx) as *mut c_void);
+            if rc != 0 {
+                return Err(format!("rte_mempool_set_ops_byname: {}", dpdk::errno_text(rc)));
+            }
+            // What rte_pktmbuf_pool_init would write: NIC drivers size their buffers from it.
+            let private = sys::rte_mempool_get_priv(mp) as *mut sys::rte_pktmbuf_pool_private;
+            (*private).mbuf_data_room_size = layout.data_room();
+            (*private).mbuf_priv_size = PRIV_SIZE;
+            (*private).flags = 0;
+            let placed = sys::rte_mempool_populate_default(mp);
+            if placed < 0 || placed as u32 != layout.count() {
+                return Err(format!("rte_mempool_populate_default placed {placed} of {} shadows", layout.count()));
+            }
+            let mut init = ShadowInit { ctx: &ctx, region, shadows: vec![0; layout.count() as usize], mp };
+            sys::rte_mempool_obj_iter(mp, Some(init_shadow), &mut init as *mut ShadowInit as *mut c_void);
+            let shadows = std::mem::take(&mut init.shadows);
+            if shadows.iter().any(|&a| a == 0) {
+                return Err("not every shadow was initialised".into());
+            }
+            let _ = ctx.shadows.set(shadows.into_boxed_slice());
+            ctx.populating.store(false, Ordering::Release);
+            Ok(pool)
+        }
+    }
+
+    pub fn mempool(&self) -> *mut sys::rte_mempool {
+        self.mp
+    }
+}
+
+impl Drop for ShadowPool {
+    fn drop(&mut self) {
+        // SAFETY: created in `new`; no queue uses it any more (owner's contract).
+        unsafe { sys::rte_mempool_free(self.mp) };
+    }
+}
+
+struct ShadowInit<'a> {
+    ctx: &'a ShadowCtx,
+    region: &'a GuestRegion,
+    shadows: Vec<usize>,
+    mp: *mut sys::rte_mempool,
+}
+
+unsafe extern "C" fn init_shadow(_mp: *mut sys::rte_mempool, opaque: *mut c_void, obj: *mut c_void, idx: c_uint) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: opaque is the ShadowInit that `ShadowPool::new` passes; obj is one of
+        // the mempool's objects, `elt_size` bytes of this process's memory.
+        unsafe {
+            let init = &mut *(opaque as *mut ShadowInit);
+            let layout = &init.ctx.layout;
+            if idx >= layout.count() {
+                return;
+            }
+            let m = obj as *mut sys::rte_mbuf;
+            std::ptr::write_bytes(obj as *mut u8, 0, std::mem::size_of::<sys::rte_mbuf>() + PRIV_SIZE as usize);
+            let data = init.region.base().wrapping_add(layout.data_offset(idx) as usize);
+            (*m).buf_addr = data as *mut c_void;
+            (*m).buf_iova = init.region.iova_of(data);
+            (*m).buf_len = layout.data_room();
+            (*m).data_off = (sys::RTE_PKTMBUF_HEADROOM as u16).min(layout.data_room());
+            (*m).refcnt = 1;
+            (*m).nb_segs = 1;
+            (*m).port = sys::RTE_MBUF_PORT_INVALID as u16;
+            (*m).pool = init.mp;
+            (*m).priv_size = PRIV_SIZE;
+            (*m).next = std::ptr::null_mut();
+            let p = &mut *shadow_priv(m);
+            p.index = idx;
+            p.owner = OWNER_GUEST;
+            init.shadows[idx as usize] = m as usize;
+        }
+    }));
+}
+
+/// The ops state of a mempool that uses our ops.
+///
+/// # Safety
+/// `mp` is a live mempool whose ops are ours.
+unsafe fn ctx<'a>(mp: *const sys::rte_mempool) -> Option<&'a ShadowCtx> {
+    // SAFETY: pool_data is the ShadowCtx that `ShadowPool::new` passed as pool_config
+    // (copied by `pool_alloc`), kept alive by the ShadowPool that owns the mempool.
+    unsafe { ((*mp).__bindgen_anon_1.pool_data as *const ShadowCtx).as_ref() }
+}
+
+/// Registers the ops; once per process, before any shadow pool is made.
+pub fn register_ops() -> Result<(), String> {
+    let mut ops = sys::rte_mempool_ops {
+        alloc: Some(pool_alloc),
+        free: Some(pool_free),
+        enqueue: Some(pool_enqueue),
+        dequeue: Some(pool_dequeue),
+        get_count: Some(pool_get_count),
+        ..Default::default()
+    };
+    for (dst, src) in ops.name.iter_mut().zip(OPS_NAME.to_bytes()) {
+        *dst = *src as std::ffi::c_char;
+    }
+    // SAFETY: DPDK copies the ops into its table.
+    let rc = unsafe { sys::rte_mempool_register_ops(&ops) };
+    if rc < 0 {
+        return Err(format!("rte_mempool_register_ops: {} (the ops table is full)", dpdk::errno_text(rc)));
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn pool_alloc(mp: *mut sys::rte_mempool) -> c_int {
+    std::panic::catch_unwind(|| {
+        // SAFETY: mp is being created; pool_config is what set_ops_byname stored.
+        unsafe { (*mp).__bindgen_anon_1.pool_data = (*mp).pool_config };
+        0
+    })
+    .unwrap_or(-libc::EINVAL)
+}
+
+unsafe extern "C" fn pool_free(_mp: *mut sys::rte_mempool) {
+    // The ShadowCtx is owned by the ShadowPool, not by the mempool.
+}
+
+unsafe extern "C" fn pool_get_count(mp: *const sys::rte_mempool) -> c_uint {
+    std::panic::catch_unwind(|| {
+        // SAFETY: mp is a live mempool with our ops.
+        unsafe { ctx(mp) }.map_or(0, |c| c.ring.count().min(c.layout.count()))
+    })
+    .unwrap_or(0)
+}
+
+unsafe extern "C" fn pool_enqueue(mp: *mut sys::rte_mempool, objs: *const *mut c_void, n: c_uint) -> c_int {
+    std::panic::catch_unwind(|| {
+        // SAFETY: mp is live with our ops; objs holds n shadows of this pool that the
+        // caller gives back.
+        unsafe {
+            let Some(ctx) = ctx(mp) else { return -libc::EINVAL };
+            if ctx.populating.load(Ordering::Acquire) {
+                return 0;
+            }
+            let objs = std::slice::from_raw_parts(objs, n as usize);
+            let mut offsets = [0u32; CHUNK];
+            for chunk in objs.chunks(CHUNK) {
+                let mut k = 0;
+                for &obj in chunk {
+                    let m = obj as *mut sys::rte_mbuf;
+                    let p = &mut *shadow_priv(m);
+                    if p.owner != OWNER_PROXY {
+                        // Freed twice inside this process: a driver bug; never give the
+                        // guest the same buffer twice.
+                        ctx.invalid.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    p.owner = OWNER_GUEST;
+                    offsets[k] = ctx.layout.buffer_offset(p.index);
+                    k += 1;
+                }
+                if k > 0 {
+                    ctx.give_back(&offsets[..k]);
+                }
+            }
+            0
+        }
+    })
+    .unwrap_or(-libc::EINVAL)
+}
+
+unsafe extern "C" fn pool_dequeue(mp: *mut sys::rte_mempool, objs: *mut *mut c_void, n: c_uint) -> c_int {
+    std::panic::catch_unwind(|| {
+        // SAFETY: mp is live with our ops; objs has room for n pointers.
+        unsafe {
+            let Some(ctx) = ctx(mp) else { return -libc::EINVAL };
+            let Some(shadows) = ctx.shadows.get() else { return -libc::ENOBUFS };
+            let out = std::slice::from_raw_parts_mut(objs, n as usize);
+            let mut got = 0usize;
+            let mut offsets = [0u32; CHUNK];
+            while got < out.len() {
+                let want = (out.len() - got).min(CHUNK);
+                if ctx.ring.dequeue_bulk(&mut offsets[..want], RING_RETRIES).is_err() {
+                    // All or nothing: give back what this call took.
+                    undo_dequeue(ctx, &out[..got]);
+                    return -libc::ENOBUFS;
+                }
+                for &off in &offsets[..want] {
+                    let shadow = ctx.layout.buffer_index(off).and_then(|i| shadows.get(i as usize));
+                    let Some(&shadow) = shadow else {
+                        ctx.invalid.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let m = shadow as *mut sys::rte_mbuf;
+                    if !ctx.claim(m) {
+                        // The guest freed a buffer the proxy holds: ignore the duplicate.
+                        ctx.invalid.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    out[got] = m as *mut c_void;
+                    got += 1;
+                }
+            }
+            0
+        }
+    })
+    .unwrap_or(-libc::EINVAL)
+}
+
+/// # Safety
+/// `objs` are shadows of `ctx`'s pool that the proxy claimed in this dequeue.
+unsafe fn undo_dequeue(ctx: &ShadowCtx, objs: &[*mut c_void]) {
+    let mut offsets = [0u32; CHUNK];
+    for chunk in objs.chunks(CHUNK) {
+        for (slot, &obj) in offsets.iter_mut().zip(chunk) {
+            let m = obj as *mut sys::rte_mbuf;
+            // SAFETY: per the contract.
+            unsafe {
+                ctx.release_to_guest(m);
+                *slot = ctx.offset_of(m);
+            }
+        }
+        ctx.give_back(&offsets[..chunk.len()]);
+    }
+}
