@@ -188,11 +188,14 @@ impl Control {
         let mut active = Vec::new();
         let mut busy = BTreeSet::new();
         for ep in &self.endpoints {
-            if let Some(q) = ep.conn.as_ref().and_then(|c| c.guest.as_ref()).and_then(|g| g.queue.as_ref()) {
+            let Some(guest) = ep.conn.as_ref().and_then(|c| c.guest.as_ref()) else { continue };
+            // A guest's NIC queue is never drained as idle, even while its queue is
+            // stopped: what arrives waits in the NIC for the guest.
+            busy.insert((ep.port, ep.queue));
+            if let Some(q) = &guest.queue {
                 if !self.paused_ports.contains(&ep.port) {
                     active.push(q.clone());
                 }
-                busy.insert((ep.port, ep.queue));
             }
         }
         let mut idle = Vec::new();
@@ -353,7 +356,7 @@ impl Control {
             let ld = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
             s += &format!(
                 "socket={} port={} queue={} guest={} guests_served={} rx_packets={} rx_bytes={} rx_dropped={} \
-                 tx_packets={} tx_bytes={} tx_dropped={} copies={} invalid={}\n",
+                 tx_packets={} tx_bytes={} tx_dropped={} tx_returned={} copies={} invalid={}\n",
                 ep.path.display(),
                 ep.port,
                 ep.queue,
@@ -365,6 +368,7 @@ impl Control {
                 ld(&st.tx_packets),
                 ld(&st.tx_bytes),
                 ld(&st.tx_dropped),
+                ld(&st.tx_returned),
                 ld(&st.copies),
                 ld(&st.invalid) + pool_invalid,
             );
@@ -673,16 +677,21 @@ impl Control {
         let (port, queue) = (self.endpoints[idx].port, self.endpoints[idx].queue);
         let Some(q) = self.guest_mut(idx).and_then(|g| g.queue.take()) else { return };
         self.publish();
-        let parking = self.ports[&port].parking_pool();
-        if let Err(e) = self.switch_rx_pool(port, queue, parking) {
-            log_warn!("{}: {e}", self.endpoints[idx].path.display());
+        if let Some(nic) = self.ports.get(&port) {
+            let parking = nic.parking_pool();
+            if let Err(e) = self.switch_rx_pool(port, queue, parking) {
+                log_warn!("{}: {e}", self.endpoints[idx].path.display());
+            }
+            let _ = Port(port).tx_done_cleanup(queue);
         }
-        let _ = Port(port).tx_done_cleanup(queue);
         // SAFETY: the queue is out of the published configuration.
         let returned = unsafe { q.return_unsent() };
-        if returned > 0 {
-            log_info!("{}: returned {returned} unsent tx buffers to the guest", self.endpoints[idx].path.display());
-        }
+        let st = &self.endpoints[idx].stats;
+        st.tx_returned.store(st.tx_returned.load(Ordering::Relaxed) + returned as u64, Ordering::Relaxed);
+        log_info!(
+            "{}: queue stopped ({returned} unsent tx buffers returned to the guest)",
+            self.endpoints[idx].path.display()
+        );
     }
 
     /// Ends the connection on `idx` and reclaims everything of its guest.
@@ -794,17 +803,22 @@ impl Control {
         }
     }
 
-    /// Says goodbye to every guest, removes the sockets, stops the loop, closes ports.
+    /// Stops the loop, closes the ports (which flushes capture files and frees every guest
+    /// buffer the NICs held, back into the guests' rings), then says goodbye to every
+    /// guest and removes the sockets. Queues are not switched back to parking pools first:
+    /// with some devices that restarts the port (and reopens its capture files).
     fn shutdown(&mut self) {
+        self.plane.publish(Vec::new(), Vec::new());
+        self.plane.request_stop();
+        self.plane.wait_stopped();
+        let text = self.stats_text();
+        self.close_ports();
         for idx in 0..self.endpoints.len() {
             self.disconnect(idx, "the proxy is shutting down", true);
         }
         for ep in &self.endpoints {
             remove_socket(ep);
         }
-        self.plane.publish(Vec::new(), Vec::new());
-        self.plane.request_stop();
-        let text = self.stats_text();
         println!("final stats:\n{text}");
         let _ = std::io::stdout().flush();
     }

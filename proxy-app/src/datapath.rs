@@ -21,6 +21,9 @@ use crate::shadow::ShadowCtx;
 pub const BURST: usize = 32;
 /// Longest packet chain accepted from a guest (and handed to it).
 pub const MAX_SEGS: u32 = 64;
+/// Ring slots assumed per received packet when the guest's rx ring is nearly full.
+const RX_SEGS_ASSUMED: u32 = 8;
+const RX_ROOM_FOR_BURST: u32 = BURST as u32 * RX_SEGS_ASSUMED;
 /// Descriptors looked at per tx poll: enough for a burst of the longest packets.
 const TX_DESC_WINDOW: u32 = BURST as u32 * MAX_SEGS;
 
@@ -41,6 +44,9 @@ pub struct SocketStats {
     pub tx_bytes: AtomicU64,
     /// Guest to NIC: dropped because the NIC tx queue was full.
     pub tx_dropped: AtomicU64,
+    /// Guest to NIC: packets still in the tx ring when the queue stopped, whose buffers
+    /// went back to the guest's free ring unsent.
+    pub tx_returned: AtomicU64,
     /// Descriptors or indices from the guest that failed validation (packet dropped).
     pub invalid: AtomicU64,
 }
@@ -201,13 +207,21 @@ impl DataQueue {
         }
         // Take from the NIC only what the guest has room for: the rest waits in the NIC
         // (which counts it as missed when full) instead of costing buffers here.
+        // A full burst needs room for chains too (a 9000-byte frame is about 5 buffers).
         // SAFETY: only the data loop touches the ring state.
-        let room = unsafe { &mut *self.rx_ring.get() }.free_slots(BURST as u32).map_or(BURST as u32, |f| f.min(BURST as u32));
-        let n = if room == 0 {
+        let room = match unsafe { &mut *self.rx_ring.get() }.free_slots(RX_ROOM_FOR_BURST) {
+            Ok(room) => room,
+            Err(_) => {
+                self.break_ring();
+                return;
+            }
+        };
+        let want = if room >= RX_ROOM_FOR_BURST { BURST as u32 } else { room / RX_SEGS_ASSUMED };
+        let n = if want == 0 {
             0
         } else {
             // SAFETY: the data loop owns the NIC queue; pkts has room for BURST.
-            unsafe { sys::rte_eth_rx_burst(self.port, self.queue, pkts.as_mut_ptr(), room as u16) as usize }
+            unsafe { sys::rte_eth_rx_burst(self.port, self.queue, pkts.as_mut_ptr(), want as u16) as usize }
         };
         if n > 0 {
             // SAFETY: the NIC gave us n packets.
@@ -585,6 +599,14 @@ impl Plane {
 
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Release);
+    }
+
+    /// Waits (bounded) until the loop has returned after `request_stop`.
+    pub fn wait_stopped(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.running.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
 
     /// The polling loop; returns after `request_stop`.

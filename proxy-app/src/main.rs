@@ -74,6 +74,7 @@ fn parse_size(s: &str) -> Option<u64> {
     digits.parse::<u64>().ok()?.checked_mul(mult)
 }
 
+#[derive(Debug)]
 struct AppArgs {
     opts: Options,
     cmds: Option<String>,

@@ -237,18 +237,29 @@ pub fn cpus() -> (usize, usize) {
 }
 
 /// The IO proxy with a command file.
+#[derive(Default)]
 pub struct ProxyConfig {
     pub eal: Vec<String>,
     pub commands: Vec<String>,
     pub extra: Vec<String>,
+    /// Run the proxy inside this network namespace (its tap devices appear there).
+    pub netns: Option<String>,
 }
 
 pub fn start_proxy(scratch: &Scratch, cfg: &ProxyConfig) -> Proc {
     let cmds = scratch.path("dpdk-io-proxy.cmds");
     fs::write(&cmds, cfg.commands.join("\n") + "\n").unwrap();
     let (cpu, _) = cpus();
-    let mut cmd = Command::new(proxy_binary());
-    cmd.args(["--lcores", &format!("0@{cpu},1@{cpu}"), "--file-prefix", &scratch.prefix("proxy"), "--no-pci"]);
+    let mut cmd = match &cfg.netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(proxy_binary());
+            c
+        }
+        None => Command::new(proxy_binary()),
+    };
+    // The data path runs on the main lcore; the control thread shares its CPU.
+    cmd.args(["--lcores", &format!("0@{cpu}"), "--file-prefix", &scratch.prefix("proxy"), "--no-pci"]);
     cmd.args(&cfg.eal);
     cmd.arg("--");
     cmd.arg("--cmds").arg(&cmds);
@@ -304,6 +315,27 @@ pub fn testpmd_port_stats(output: &str, port: u16) -> HashMap<String, u64> {
     stats
 }
 
+/// The proxy's `key=value` counter lines: the last line for `socket=<path>`.
+pub fn proxy_socket_stats(output: &str, socket: &Path) -> HashMap<String, String> {
+    let key = format!("socket={} ", socket.display());
+    output
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(&key))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A numeric counter from [`proxy_socket_stats`] (0 when absent).
+pub fn counter(stats: &HashMap<String, String>, key: &str) -> u64 {
+    stats.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 /// Runs a short command to completion (setup steps: ip, ping), failing the test on error.
 pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
@@ -317,6 +349,8 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+pub mod pcap;
 
 #[cfg(test)]
 mod tests {

@@ -1,3 +1,4 @@
+#![cfg_attr(test, allow(dead_code))]
 //! `librte_bus_shm.so`: the DPDK bus `sock`.
 //!
 //! `-a sock:/run/io/sock[,args]` (or `port attach sock:/run/io/sock` at run time) creates a

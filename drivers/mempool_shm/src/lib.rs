@@ -1,3 +1,4 @@
+#![cfg_attr(test, allow(dead_code))]
 //! `librte_mempool_shm.so`: mempool ops `shm`, which place a packet-mbuf pool inside the
 //! shared region of a `sock:` device, so that the proxy and this process can both
 //! allocate and free the same mbufs.

@@ -1,3 +1,4 @@
+#![cfg_attr(test, allow(dead_code))]
 //! `librte_net_shm.so`: the ethdev of a `sock:` device.
 //!
 //! The bus probes a device once it is connected to its proxy; this driver then creates

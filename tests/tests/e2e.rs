@@ -1,0 +1,293 @@
+//! End to end, with real parts only: the proxy owning a DPDK virtual NIC (net_pcap,
+//! net_tap in a network namespace, net_null), Debian's unmodified dpdk-testpmd as the
+//! guest loading our three plugins, real memfds and unix sockets.
+//!
+//! Run one at a time (`--test-threads=1`): each pins the proxy and the guest(s) to the
+//! machine's two CPUs.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e_tests::*;
+
+/// A small deterministic generator for packet sizes and payloads.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn macswapped(p: &[u8]) -> Vec<u8> {
+    let mut q = p.to_vec();
+    q[0..6].copy_from_slice(&p[6..12]);
+    q[6..12].copy_from_slice(&p[0..6]);
+    q
+}
+
+fn guest(scratch: &Scratch, socket: &Path, name: &str, args: &[&str]) -> Proc {
+    start_testpmd(
+        scratch,
+        &GuestConfig {
+            socket,
+            devargs: "",
+            memory_mb: 32,
+            testpmd_args: args.iter().map(|s| s.to_string()).collect(),
+            name,
+        },
+    )
+}
+
+fn wait_or_dump(p: &Proc, needle: &str, secs: u64) {
+    if let Err(e) = p.out.wait_contains(needle, Duration::from_secs(secs)) {
+        panic!("{}: {e}\n--- {} output ---\n{}", p.name, p.name, p.out.text());
+    }
+}
+
+fn proxy_stats(proxy: &Proc, socket: &Path) -> std::collections::HashMap<String, String> {
+    proxy_socket_stats(&proxy.out.text(), socket)
+}
+
+#[test]
+fn pcap_macswap_is_byte_for_byte() {
+    let s = Scratch::new("pcap");
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut sizes: Vec<usize> = vec![60, 61, 64, 127, 128, 1500, 1514, 1518, 2048, 2176, 4096, 8000, 9000];
+    sizes.extend((0..300).map(|_| 60 + rng.below(9000 - 60 + 1) as usize));
+    let packets: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let mut p: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            p[0..6].copy_from_slice(&[0x02, 0, 0, 0, (i >> 8) as u8, i as u8]);
+            p[6..12].copy_from_slice(&[0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]);
+            p[12..14].copy_from_slice(&[0x88, 0xb5]);
+            p
+        })
+        .collect();
+    let input = s.path("in.pcap");
+    let output = s.path("out.pcap");
+    pcap::write(&input, &packets);
+    let sock = s.path("q0/sock");
+    let mut proxy = start_proxy(
+        &s,
+        &ProxyConfig {
+            eal: vec!["--vdev".into(), format!("net_pcap0,rx_pcap={},tx_pcap={}", input.display(), output.display())],
+            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
+            extra: vec!["--stats-period".into(), "1".into()],
+            netns: None,
+        },
+    );
+    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    // --no-flush-rx: testpmd otherwise drops whatever arrived before forwarding starts,
+    // and the capture is replayed the moment the guest's queue starts.
+    let g = guest(
+        &s,
+        &sock,
+        "guest",
+        &["--forward-mode=macswap", "--total-num-mbufs=4096", "--no-flush-rx", "--stats-period", "1"],
+    );
+    wait_or_dump(&proxy, "queue started", 30);
+    let n = packets.len() as u64;
+    let done = proxy.out.wait_for("every packet forwarded", Duration::from_secs(30), |t| {
+        counter(&proxy_socket_stats(t, &sock), "tx_packets") >= n
+    });
+    let stats = proxy_stats(&proxy, &sock);
+    proxy.send("quit");
+    let (code, out) = proxy.wait(Duration::from_secs(20));
+    let (_, gout) = g.interrupt(Duration::from_secs(20));
+    done.unwrap_or_else(|e| panic!("{e}\n--- proxy ---\n{out}\n--- guest ---\n{gout}"));
+    assert_eq!(code, Some(0), "proxy exit\n{out}");
+    assert_eq!(counter(&stats, "copies"), 0, "{stats:?}");
+    assert_eq!(counter(&stats, "invalid"), 0, "{stats:?}");
+    assert_eq!(counter(&stats, "rx_dropped"), 0, "{stats:?}");
+    let got = pcap::read(&output).unwrap();
+    assert_eq!(got.len(), packets.len(), "packets out vs in\n{out}");
+    for (i, (sent, back)) in packets.iter().zip(&got).enumerate() {
+        assert!(
+            *back == macswapped(sent),
+            "packet {i} ({} bytes in, {} out) differs from its input with MACs swapped",
+            sent.len(),
+            back.len()
+        );
+    }
+    assert!(gout.contains("placed in the shared region"), "the guest pool must live in shared memory\n{gout}");
+}
+
+/// Deletes a network namespace when dropped.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
+#[test]
+fn tap_ping_is_answered_by_an_icmpecho_guest() {
+    assert!(is_root(), "this test needs root for a network namespace and a tap device (CI runs as root)");
+    let s = Scratch::new("tap");
+    let ns = Netns(format!("iop-e2e-{}", std::process::id()));
+    run("ip", &["netns", "add", &ns.0]);
+    let sock = s.path("q0/sock");
+    let tap = format!("ioptap{}", std::process::id() % 10000);
+    let mut proxy = start_proxy(
+        &s,
+        &ProxyConfig {
+            eal: vec!["--vdev".into(), format!("net_tap0,iface={tap}")],
+            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
+            extra: vec![],
+            netns: Some(ns.0.clone()),
+        },
+    );
+    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    run("ip", &["-n", &ns.0, "addr", "add", "10.203.0.1/24", "dev", &tap]);
+    run("ip", &["-n", &ns.0, "link", "set", &tap, "up"]);
+    let g = guest(&s, &sock, "guest", &["--forward-mode=icmpecho", "--total-num-mbufs=2048", "--stats-period", "1"]);
+    wait_or_dump(&proxy, "queue started", 30);
+    // The queue switch restarts the tap port; let the kernel see its link again.
+    std::thread::sleep(Duration::from_secs(1));
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.0, "ping", "-c", "100", "-i", "0.01", "-W", "2", "10.203.0.2"])
+        .output()
+        .expect("ping");
+    let ping = String::from_utf8_lossy(&out.stdout).into_owned();
+    proxy.send("show stats");
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.send("quit");
+    let (code, pout) = proxy.wait(Duration::from_secs(20));
+    let (_, gout) = g.interrupt(Duration::from_secs(20));
+    assert!(
+        ping.contains("100 packets transmitted, 100 received"),
+        "ping:\n{ping}\n--- proxy ---\n{pout}\n--- guest ---\n{gout}"
+    );
+    assert_eq!(code, Some(0), "{pout}");
+    let stats = proxy_socket_stats(&pout, &sock);
+    assert!(counter(&stats, "tx_packets") >= 100, "{stats:?}");
+    assert_eq!(counter(&stats, "copies"), 0, "{stats:?}");
+}
+
+#[test]
+fn two_guests_share_a_null_port_and_counters_agree() {
+    let s = Scratch::new("null2");
+    let socks = [s.path("q0/sock"), s.path("q1/sock")];
+    let mut proxy = start_proxy(
+        &s,
+        &ProxyConfig {
+            eal: vec!["--vdev".into(), "net_null0".into()],
+            commands: socks.iter().enumerate().map(|(q, p)| format!("socket {} port 0 queue {q}", p.display())).collect(),
+            extra: vec![],
+            netns: None,
+        },
+    );
+    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    let mut guests: Vec<Proc> = socks
+        .iter()
+        .enumerate()
+        .map(|(i, p)| guest(&s, p, &format!("guest{i}"), &["-i", "--forward-mode=macswap", "--total-num-mbufs=8192"]))
+        .collect();
+    for g in &guests {
+        // The prompt has no newline; the link check is the last line before it.
+        wait_or_dump(g, "Checking link statuses", 30);
+    }
+    proxy.out.wait_for("two queues started", Duration::from_secs(30), |t| t.matches("queue started").count() >= 2).unwrap();
+    for g in guests.iter_mut() {
+        g.send("start");
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    for g in guests.iter_mut() {
+        g.send("stop");
+        g.send("show port xstats 0");
+        g.send("port stop 0");
+    }
+    for g in &guests {
+        wait_or_dump(g, "tx_copied_packets", 20);
+    }
+    proxy.out.wait_for("both queues stopped", Duration::from_secs(20), |t| t.matches("queue stopped").count() >= 2).unwrap();
+    // Both guests' ports are stopped: the proxy's counters are final.
+    proxy.send("show stats");
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, mut g) in guests.into_iter().enumerate() {
+        g.send("quit");
+        let (_, gout) = g.wait(Duration::from_secs(20));
+        let fwd = testpmd_port_stats(&gout, 0);
+        let stats = proxy_stats(&proxy, &socks[i]);
+        let rx = fwd.get("RX-packets").copied().unwrap_or(0);
+        let tx = fwd.get("TX-packets").copied().unwrap_or(0);
+        assert!(rx > 100_000, "guest {i} forwarded only {rx} packets\n{gout}");
+        let proxy_tx = counter(&stats, "tx_packets") + counter(&stats, "tx_dropped") + counter(&stats, "tx_returned");
+        assert_eq!(tx, proxy_tx, "guest {i} sent {tx}; proxy took {proxy_tx} ({stats:?})");
+        let proxy_rx = counter(&stats, "rx_packets");
+        assert!(rx <= proxy_rx && proxy_rx - rx <= 1024, "guest {i} received {rx}, proxy delivered {proxy_rx}");
+        assert_eq!(counter(&stats, "copies"), 0, "{stats:?}");
+        assert_eq!(counter(&stats, "invalid"), 0, "{stats:?}");
+        let copies_line = gout.lines().find(|l| l.contains("tx_copied_packets:")).unwrap_or("");
+        assert!(copies_line.trim().ends_with(": 0"), "guest {i} copied: '{copies_line}'\n{gout}");
+    }
+    proxy.send("quit");
+    let (code, out) = proxy.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[test]
+fn a_killed_guest_is_reclaimed_and_the_next_one_served() {
+    let s = Scratch::new("kill");
+    let sock = s.path("q0/sock");
+    let mut proxy = start_proxy(
+        &s,
+        &ProxyConfig {
+            eal: vec!["--vdev".into(), "net_null0".into()],
+            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
+            extra: vec!["--stats-period".into(), "1".into()],
+            netns: None,
+        },
+    );
+    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    let first = guest(&s, &sock, "first", &["--forward-mode=macswap", "--total-num-mbufs=8192", "--stats-period", "1"]);
+    wait_or_dump(&proxy, "queue started", 30);
+    std::thread::sleep(Duration::from_secs(2));
+    let killed = Instant::now();
+    first.kill_group();
+    let (_, _) = first.wait(Duration::from_secs(10));
+    wait_or_dump(&proxy, "detached", 10);
+    let noticed = killed.elapsed();
+    assert!(noticed < Duration::from_secs(3), "the proxy took {noticed:?} to notice");
+    let second = guest(&s, &sock, "second", &["--forward-mode=macswap", "--total-num-mbufs=8192", "--stats-period", "1"]);
+    proxy.out.wait_for("second queue start", Duration::from_secs(30), |t| t.matches("queue started").count() >= 2).unwrap();
+    let before = counter(&proxy_stats(&proxy, &sock), "rx_packets");
+    std::thread::sleep(Duration::from_secs(3));
+    let after = proxy_stats(&proxy, &sock);
+    assert_eq!(counter(&after, "guests_served"), 2, "{after:?}");
+    assert!(counter(&after, "rx_packets") > before + 10_000, "no traffic to the second guest: {after:?}");
+    let (_, gout) = second.interrupt(Duration::from_secs(20));
+    let fwd = testpmd_port_stats(&gout, 0);
+    assert!(fwd.get("TX-packets").copied().unwrap_or(0) > 10_000, "{gout}");
+    proxy.send("quit");
+    let (code, out) = proxy.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(counter(&proxy_socket_stats(&out, &sock), "invalid"), 0);
+}
+
+#[test]
+fn a_guest_with_a_wrong_socket_path_says_why_and_keeps_its_other_ports() {
+    let s = Scratch::new("badpath");
+    let missing = s.path("nobody/sock");
+    let mut cmd = std::process::Command::new(TESTPMD);
+    cmd.args(["--lcores", "0@1,1@1", "--no-huge", "-m", "32", "--no-pci", "--file-prefix", &s.prefix("g")]);
+    cmd.args(plugin_args());
+    cmd.args(["-a", &format!("sock:{}", missing.display()), "--vdev", "net_null0"]);
+    cmd.args(["--", "--stats-period", "1", "--total-num-mbufs=2048"]);
+    cmd.env("LD_LIBRARY_PATH", plugin_dir());
+    let g = Proc::spawn("guest", cmd);
+    g.out.wait_contains("Rx-pps", Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", g.out.text()));
+    let (_, out) = g.interrupt(Duration::from_secs(20));
+    assert!(out.contains(&format!("sock:{}", missing.display())) && out.contains("no socket at this path"), "{out}");
+    assert!(out.contains("Port 0: "), "the null port must still come up\n{out}");
+}
