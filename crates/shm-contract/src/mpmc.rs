@@ -239,7 +239,16 @@ impl<'a> FreeRing<'a> {
                         Err(current) => pos = current,
                     }
                 }
-                Range::Blocked => return Err(FreeRingError::Full),
+                Range::Blocked => {
+                    // A cell still holds last lap's value. Full only if that value is
+                    // unclaimed; if a consumer already moved deq_pos past it, it is
+                    // between its CAS and its store: retry.
+                    let deq = self.deq_pos.load(Acquire);
+                    if pos.wrapping_add(n).wrapping_sub(deq) > self.entries() {
+                        return Err(FreeRingError::Full);
+                    }
+                    pos = self.enq_pos.load(Relaxed);
+                }
                 Range::Stale => pos = self.enq_pos.load(Relaxed),
             }
             if retries >= max_retries {
@@ -299,7 +308,16 @@ impl<'a> FreeRing<'a> {
                         Err(current) => pos = current,
                     }
                 }
-                Range::Blocked => return Err(FreeRingError::Empty),
+                Range::Blocked => {
+                    // A cell is not written yet. Empty only if no producer claimed it;
+                    // if enq_pos is past it, that producer is between its CAS and its
+                    // store: retry.
+                    let enq = self.enq_pos.load(Acquire);
+                    if enq.wrapping_sub(pos) < n || enq.wrapping_sub(pos) > self.entries() {
+                        return Err(FreeRingError::Empty);
+                    }
+                    pos = self.deq_pos.load(Relaxed);
+                }
                 Range::Stale => pos = self.deq_pos.load(Relaxed),
             }
             if retries >= max_retries {
