@@ -324,35 +324,36 @@ impl DataQueue {
     /// Data loop only.
     #[inline]
     unsafe fn claim(&self, d: &Desc) -> Result<*mut sys::rte_mbuf, Invalid> {
-        for cell in &self.pools {
-            let ctx = cell.load(Ordering::Acquire);
-            if ctx.is_null() {
-                continue;
-            }
-            // SAFETY: a published pool outlives the queue (set_pool's contract).
-            let ctx = unsafe { &*ctx };
-            let Some(m) = ctx.shadow_of(d.offset) else { continue };
-            if d.data_off as u32 + d.data_len as u32 > ctx.layout.data_room() as u32 {
-                return Err(Invalid::Length);
-            }
-            // SAFETY: m is a shadow of ctx's pool; the data loop is its only user.
-            unsafe {
-                if !ctx.claim(m) {
-                    return Err(Invalid::Duplicate);
-                }
-                (*m).data_off = d.data_off;
-                (*m).data_len = d.data_len;
-                (*m).pkt_len = d.data_len as u32;
-                (*m).nb_segs = 1;
-                (*m).next = std::ptr::null_mut();
-                (*m).ol_flags = 0;
-                (*m).port = self.port;
-                (*m).__bindgen_anon_1.packet_type = 0;
-                (*m).__bindgen_anon_3.tx_offload = 0;
-            }
-            return Ok(m);
+        let Some((ctx, m)) = self.find_shadow(d.offset) else { return Err(Invalid::Offset) };
+        if d.data_off as u32 + d.data_len as u32 > ctx.layout.data_room() as u32 {
+            return Err(Invalid::Length);
         }
-        Err(Invalid::Offset)
+        // SAFETY: m is a shadow of ctx's pool; the data loop is its only user.
+        unsafe {
+            if !ctx.claim(m) {
+                return Err(Invalid::Duplicate);
+            }
+            (*m).data_off = d.data_off;
+            (*m).data_len = d.data_len;
+            (*m).pkt_len = d.data_len as u32;
+            (*m).nb_segs = 1;
+            (*m).next = std::ptr::null_mut();
+            (*m).ol_flags = 0;
+            (*m).port = self.port;
+            (*m).__bindgen_anon_1.packet_type = 0;
+            (*m).__bindgen_anon_3.tx_offload = 0;
+        }
+        Ok(m)
+    }
+
+    /// The pool and shadow of the guest buffer whose mbuf is at `offset`, if it is one.
+    #[inline]
+    fn find_shadow(&self, offset: u32) -> Option<(&ShadowCtx, *mut sys::rte_mbuf)> {
+        self.pools.iter().find_map(|cell| {
+            // SAFETY: a published pool outlives the queue (set_pool's contract).
+            let ctx = unsafe { cell.load(Ordering::Acquire).as_ref() }?;
+            ctx.shadow_of(offset).map(|m| (ctx, m))
+        })
     }
 
     /// Takes the guest's published packets, validated, and sends them.
@@ -475,24 +476,23 @@ impl DataQueue {
         // SAFETY: per the contract nobody else uses the ring state.
         let ring = unsafe { &mut *self.tx_ring.get() };
         let Ok(avail) = ring.available(u32::MAX) else { return 0 };
+        // Claim first, then give back what was claimed: an offset the guest listed twice
+        // is claimed once, so it is returned once.
+        for i in 0..avail {
+            if let Some((ctx, m)) = self.find_shadow(ring.read(i).offset) {
+                // SAFETY: m is a shadow of ctx; nobody else uses it now. A failed claim
+                // is a buffer the proxy holds or a duplicate: left alone.
+                unsafe { ctx.claim(m) };
+            }
+        }
         let mut returned = 0;
         for i in 0..avail {
-            let d = ring.read(i);
-            for cell in &self.pools {
-                let ctx = cell.load(Ordering::Acquire);
-                // SAFETY: published pools outlive the queue.
-                if let Some(ctx) = unsafe { ctx.as_ref() } {
-                    if let Some(m) = ctx.shadow_of(d.offset) {
-                        // Only buffers the guest really handed over (not held by us).
-                        // SAFETY: m is a shadow of ctx; nobody else uses it now.
-                        if unsafe { ctx.claim(m) } {
-                            // SAFETY: claimed just now.
-                            unsafe { ctx.release_to_guest(m) };
-                            ctx.return_offset(d.offset);
-                            returned += 1;
-                        }
-                        break;
-                    }
+            let offset = ring.read(i).offset;
+            if let Some((ctx, m)) = self.find_shadow(offset) {
+                // SAFETY: as above.
+                if unsafe { ctx.unclaim_if_held(m) } {
+                    ctx.return_offset(offset);
+                    returned += 1;
                 }
             }
         }

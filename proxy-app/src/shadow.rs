@@ -106,6 +106,22 @@ impl ShadowCtx {
         true
     }
 
+    /// Gives a claimed shadow back to the guest's side. Returns false if the proxy did
+    /// not hold it.
+    ///
+    /// # Safety
+    /// As for [`claim`](Self::claim).
+    #[inline]
+    pub unsafe fn unclaim_if_held(&self, m: *mut sys::rte_mbuf) -> bool {
+        // SAFETY: per the contract.
+        let p = unsafe { &mut *shadow_priv(m) };
+        if p.owner != OWNER_PROXY {
+            return false;
+        }
+        p.owner = OWNER_GUEST;
+        true
+    }
+
     /// Marks a shadow as handed to the guest (its buffer now belongs to the guest).
     ///
     /// # Safety
