@@ -1,88 +1,140 @@
 #!/usr/bin/env bash
-# Packet forwarding throughput of one guest core, for several ways of getting packets
-# into a DPDK application, side by side in one run. A report, not a test: nothing here
-# asserts a number.
+# Throughput, latency and memory of one guest core fed by another process, for several
+# ways of connecting the two, side by side in one run (docs/benchmarks.md). A report,
+# not a test: nothing here asserts a number.
 #
-#   scripts/bench.sh                          every scenario, 64-byte packets, 10 s each
-#   scripts/bench.sh --seconds 5 --sizes 64,1500 --only memif-copy,shm-proxy
+#   scripts/bench.sh                      the full run: every contender, 64 512 1518 9000 B,
+#                                         3 repetitions, latency, docs/benchmarks.md updated
+#   scripts/bench.sh --seconds 2 --reps 1 --sizes 64,1518 --no-docs     a smoke run
 #
 # Options:
-#   --seconds N      measured seconds per scenario and size (default 10)
-#   --warmup N       seconds of traffic dropped before measuring (default 2)
-#   --sizes A,B,...  packet sizes in bytes (default 64)
-#   --only A,B,...   scenarios to run (default all): same-process memif-copy memif-zc
-#                    vhost-user shm-proxy
-#   --out DIR        results and logs (default bench-out; results.csv, logs/)
-#   --wait-idle N    before each scenario, wait up to N s for CPUs 0 and 1 to be quiet
-#                    (default 0: do not wait; the other% column shows interference)
+#   --seconds N        measured seconds per throughput point (default 10)
+#   --warmup N         seconds of traffic dropped before measuring (default 2)
+#   --reps N           repetitions of every point (default 3); contenders alternate
+#                      (A B C A B C ...) so that drift hits all of them alike
+#   --sizes A,B,...    frame sizes in bytes, 60..9000 (default 64,512,1518,9000)
+#   --only A,B,...     contenders (default all): limit ours memif-copy memif-zc vhost-user
+#                      (old names: same-process = limit, shm-proxy = ours)
+#   --latency LIST     latency contenders (default ours,memif-copy; 'none' to skip)
+#   --lat-rates LIST   offered rates (default 100k,max,90%): packets per second (k/M
+#                      suffix); max: as fast as the probe can (saturation); N%: N % of
+#                      the rate that contender's 'max' run achieved in this repetition
+#                      (else of its 64-byte throughput in this run)
+#   --lat-seconds N    measured seconds per latency point (default: --seconds)
+#   --host-cpu N       CPU of the host side: NIC emulation, proxy, memif/vhost peer (default 0)
+#   --guest-cpu N      CPU of the guest testpmd (default 1)
+#   --out DIR          results and logs (default bench-out)
+#   --no-docs          do not rewrite the results section of docs/benchmarks.md
+#   --wait-idle N      before each run, wait up to N s for both CPUs to be quiet
+#                      (default 0: do not wait; the other% column shows interference)
 #
-# Every scenario has the same shape: a "host" process on CPU 0 that plays the NIC
+# Every throughput run has the same shape: a host process on --host-cpu plays the NIC
 # (net_null, copy=0: it makes and swallows packets without touching their bytes, like a
-# NIC's DMA), and a guest dpdk-testpmd on CPU 1 in macswap mode that receives every
-# packet, swaps its MAC addresses and sends it back. The guest's core is the thing
-# measured. The host polls as fast as it can and drops what the guest cannot take.
-#
-# Measurement (the same for every scenario): the guest runs non-interactively with
-# --stats-period 1 and prints its port's "Rx-pps:"/"Tx-pps:" once a second. Samples
-# before the first one with traffic are ignored (start-up, link coming up), then
-# --warmup samples are dropped, then the next --seconds samples are kept; the table
-# shows their median (and the min..max of rx, since this kind of machine is noisy).
-# Ratios compare the guest's forwarded packets (tx Mpps) with the baselines at the same
-# size. Memory: the guest's peak resident set (VmHWM) just before it is stopped, and,
-# separately, the hugepages it holds (hugetlb pages are not counted in VmHWM).
+# NIC's DMA) and a guest dpdk-testpmd on --guest-cpu forwards in macswap mode. The
+# guest prints its per-second rates; the median of the window after warm-up is one
+# sample; the table shows the median of the repetitions and their min..max.
+# Latency: a probe on the host side sends timestamped 64-byte frames at a fixed rate
+# through the guest and back (dpdk-io-proxy --bench-latency; dpdk-latency-probe with a
+# memif server) and reports p50/p99/p99.9 round-trip times.
 #
 # Process hygiene: every process is started with setsid (its own process group),
 # bounded by timeout, with its own --file-prefix, and is stopped by its own process
-# group only. Its hugepage files and runtime directory (named by that unique prefix)
-# are removed afterwards.
+# group only. Its hugepage files and runtime directory are removed afterwards.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
 TESTPMD=${TESTPMD:-dpdk-testpmd}
+PYTHON=${PYTHON:-/usr/bin/python3}
 HOST_CPU=0
 GUEST_CPU=1
-ALL_SCENARIOS=(same-process memif-copy memif-zc vhost-user shm-proxy)
+ALL_CONTENDERS=(limit ours memif-copy memif-zc vhost-user)
+LAT_CONTENDERS=(ours memif-copy memif-zc)
+# Frames longer than a default mbuf's data room (2048 B) need chains or bigger buffers.
+DATA_ROOM=2048
+JUMBO_MBUF=9344 # 9216 B of data + 128 B headroom
 
 seconds=10
 warmup=2
-sizes=64
-only=$(IFS=,; echo "${ALL_SCENARIOS[*]}")
-out=bench-out
+reps=3
+sizes=64,512,1518,9000
+only=$(IFS=,; echo "${ALL_CONTENDERS[*]}")
+latency=ours,memif-copy
+lat_rates=100k,max,90%
+lat_seconds=""
+out="bench-out"
 wait_idle=0
+docs=yes
 
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 2; }
 say() { printf 'bench: %s\n' "$*" >&2; }
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
+canonical() {   # old scenario names keep working
+    case $1 in same-process) echo limit ;; shm-proxy) echo ours ;; *) echo "$1" ;; esac
+}
+
 parse_args() {
+    local all=("$@")
     while [ $# -gt 0 ]; do
         case "$1" in
             --seconds) seconds=${2:?}; shift 2 ;;
             --warmup) warmup=${2:?}; shift 2 ;;
+            --reps) reps=${2:?}; shift 2 ;;
             --sizes) sizes=${2:?}; shift 2 ;;
             --only) only=${2:?}; shift 2 ;;
+            --latency) latency=${2:?}; shift 2 ;;
+            --lat-rates) lat_rates=${2:?}; shift 2 ;;
+            --lat-seconds) lat_seconds=${2:?}; shift 2 ;;
+            --host-cpu) HOST_CPU=${2:?}; shift 2 ;;
+            --guest-cpu) GUEST_CPU=${2:?}; shift 2 ;;
             --out) out=${2:?}; shift 2 ;;
+            --no-docs) docs=no; shift ;;
             --wait-idle) wait_idle=${2:?}; shift 2 ;;
             -h|--help) usage; exit 0 ;;
             *) die "unknown argument '$1' (see --help)" ;;
         esac
     done
-    [[ $seconds =~ ^[1-9][0-9]*$ ]] || die "--seconds wants a positive integer"
-    [[ $warmup =~ ^[0-9]+$ ]] || die "--warmup wants an integer"
-    [[ $wait_idle =~ ^[0-9]+$ ]] || die "--wait-idle wants an integer"
-    [[ $sizes =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--sizes wants a list like 64,1500"
-    local s known
+    command_line="scripts/bench.sh${all[*]:+ ${all[*]}}"
+    [ -n "$lat_seconds" ] || lat_seconds=$seconds
+    local n
+    for n in seconds reps lat_seconds; do
+        [[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "--${n/_/-} wants a positive integer"
+    done
+    for n in warmup wait_idle HOST_CPU GUEST_CPU; do
+        [[ ${!n} =~ ^[0-9]+$ ]] || die "$n wants an integer"
+    done
+    [ "$HOST_CPU" != "$GUEST_CPU" ] || die "--host-cpu and --guest-cpu must differ"
+    [[ $sizes =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--sizes wants a list like 64,1518"
+    local s k known list=()
     for s in ${only//,/ }; do
+        s=$(canonical "$s")
         known=no
-        for k in "${ALL_SCENARIOS[@]}"; do [ "$s" = "$k" ] && known=yes; done
-        [ $known = yes ] || die "unknown scenario '$s' (known: ${ALL_SCENARIOS[*]})"
+        for k in "${ALL_CONTENDERS[@]}"; do [ "$s" = "$k" ] && known=yes; done
+        [ $known = yes ] || die "unknown contender '$s' (known: ${ALL_CONTENDERS[*]})"
+        list+=("$s")
+    done
+    only=$(IFS=,; echo "${list[*]}")
+    list=()
+    if [ "$latency" != none ]; then
+        for s in ${latency//,/ }; do
+            s=$(canonical "$s")
+            known=no
+            for k in "${LAT_CONTENDERS[@]}"; do [ "$s" = "$k" ] && known=yes; done
+            [ $known = yes ] || die "no latency mode for '$s' (known: ${LAT_CONTENDERS[*]})"
+            list+=("$s")
+        done
+    fi
+    latency=$(IFS=,; echo "${list[*]}")
+    for s in ${lat_rates//,/ }; do
+        [[ $s =~ ^[0-9]+(\.[0-9]+)?[kKmM]?$ || $s =~ ^[1-9][0-9]?%$ || $s = max ]] \
+            || die "--lat-rates: '$s' is not a rate (100k, 2M), max nor a percentage (90%)"
     done
     for s in ${sizes//,/ }; do
-        # 60 is the shortest Ethernet frame without FCS; testpmd's mbufs hold 2048 bytes.
-        { [ "$s" -ge 60 ] && [ "$s" -le 2048 ]; } || die "packet size $s not in 60..2048"
+        # 60: the shortest Ethernet frame without FCS; 9000: jumbo frames.
+        { [ "$s" -ge 60 ] && [ "$s" -le 9000 ]; } || die "packet size $s not in 60..9000"
     done
 }
 
@@ -181,83 +233,126 @@ wait_for() {
 }
 
 host_forwarding() { [ -S "$1" ] && grep -q 'start packet forwarding' "$2"; }
+probe_sending() { [ -S "$1" ] && grep -q 'started; sending' "$2"; }
 
 # --------------------------------------------------------------------------------------
-# Scenarios. Each scenario_X SIZE sets:
-#   host_cmd   the host side (empty: none), started first, pinned on CPU 0
+# Contenders. Each contender_X SIZE [latency SPEC] sets:
+#   host_cmd   the host side (empty: none), started first, pinned on --host-cpu
 #   host_ready a command that succeeds once the guest may start (e.g. its socket is up)
-#   guest_cmd  the guest testpmd, pinned on CPU 1, printing stats every second
+#   guest_cmd  the guest testpmd, pinned on --guest-cpu, printing stats every second
+#   nports     the guest's ports (their rates are added up)
+#   segs       how the guest holds SIZE: "1" or "chain" (multi-segment)
 #   skip       a reason not to run (e.g. not built); empty to run
-# They only build command lines; run_scenario starts and measures them.
+# With "latency SPEC" the host side is the latency probe instead of net_null.
+# They only build command lines; run_throughput / run_latency start and measure them.
 
-# The guest's testpmd: main lcore and forwarding lcore both on CPU 1 (the main lcore
-# sleeps while printing stats). The same pool size for every guest, so the memory
-# column compares like with like.
-guest_testpmd() {   # guest_testpmd PREFIX EAL-ARGS...
-    local prefix=$1
-    shift
+# The guest's testpmd: main lcore and forwarding lcore both on the guest CPU (the main
+# lcore sleeps while printing stats). The same pool size for every guest, so the
+# memory columns compare like with like. Frames above DATA_ROOM (JUMBO): "big", one
+# 9 KiB buffer (the port cannot chain); "scatter", chains of default mbufs with the
+# port's scatter offload and MTU raised; "chain", chains the port makes unasked (memif:
+# no scatter offload, no MTU above 1500, chains all the same).
+guest_testpmd() {   # guest_testpmd PREFIX SIZE JUMBO EAL-ARGS...
+    local prefix=$1 size=$2 jumbo=$3
+    shift 3
     started_prefixes+=("$prefix")
+    local app=(--forward-mode=macswap --total-num-mbufs=8192 --stats-period 1)
+    segs=1
+    if [ "$size" -gt "$DATA_ROOM" ]; then
+        case $jumbo in
+            big) app+=(--mbuf-size="$JUMBO_MBUF" --max-pkt-len="$size") ;;
+            scatter) app+=(--max-pkt-len="$size" --enable-scatter); segs=chain ;;
+            chain) segs=chain ;;
+        esac
+    fi
     guest_cmd=(taskset -c "$GUEST_CPU" "$TESTPMD" --lcores "0@$GUEST_CPU,1@$GUEST_CPU" --no-pci
-        --file-prefix "$prefix" "$@"
-        -- --forward-mode=macswap --total-num-mbufs=8192 --stats-period 1)
+        --file-prefix "$prefix" "$@" -- "${app[@]}")
 }
 
 # The host's testpmd: io forwarding between port 0 (net_null, the packet source and
-# sink) and port 1 (the IPC port the guest attaches to), both lcores on CPU 0.
-host_testpmd() {    # host_testpmd PREFIX SIZE IPC-VDEV
+# sink) and port 1 (the IPC port the guest attaches to), both lcores on the host CPU.
+# net_null cannot make chains: above DATA_ROOM its frames sit in one big mbuf (and
+# MTU-OPTS, e.g. --max-pkt-len, where the IPC port accepts them).
+host_testpmd() {    # host_testpmd PREFIX SIZE IPC-VDEV [MTU-OPTS...]
     local prefix=$1 size=$2 vdev=$3
+    shift 3
     started_prefixes+=("$prefix")
+    local big=()
+    [ "$size" -le "$DATA_ROOM" ] || big=(--mbuf-size="$JUMBO_MBUF" "$@")
     host_cmd=(taskset -c "$HOST_CPU" "$TESTPMD" --lcores "0@$HOST_CPU,1@$HOST_CPU" --no-pci
         --file-prefix "$prefix" --vdev "net_null0,copy=0,size=$size" --vdev "$vdev"
-        -- --forward-mode=io --total-num-mbufs=16384 --stats-period 1)
+        -- --forward-mode=io --total-num-mbufs=16384 --stats-period 1 "${big[@]}")
 }
 
-# Upper bound: what one guest core reaches with no IPC at all. One testpmd, one
-# net_null port that produces and swallows packets for free (copy=0), macswap on CPU 1;
-# on hugepages, as the best case. Nothing real can beat it.
-scenario_same-process() {
+# The latency probe as the host side: dpdk-latency-probe owning the IPC port.
+host_probe() {      # host_probe PREFIX IPC-VDEV SPEC
+    local prefix=$1 vdev=$2 spec=$3 bin=target/release/dpdk-latency-probe
+    [ -x "$bin" ] || { skip="dpdk-latency-probe not built, skipped"; return; }
+    started_prefixes+=("$prefix")
+    host_cmd=(taskset -c "$HOST_CPU" "$bin" --lcores "0@$HOST_CPU" --no-pci
+        --file-prefix "$prefix" --vdev "$vdev" -- "$spec")
+}
+
+# The limit: what one core reaches with no IPC at all. One testpmd, two net_null ports
+# (copy=0: packets made and swallowed for free) forwarded into each other in macswap
+# mode by one lcore on the guest CPU, on hugepages. Nothing real can beat it.
+contender_limit() {
     local size=$1
+    [ "${2:-}" != latency ] || { skip="no latency mode"; return; }
     host_cmd=()
     host_ready=(true)
-    guest_testpmd "$run_id-sp-$size-g" --vdev "net_null0,copy=0,size=$size"
+    guest_testpmd "$run_id-limit-$size-g$rep" "$size" big \
+        --vdev "net_null0,copy=0,size=$size" --vdev "net_null1,copy=0,size=$size"
+    nports=2
+    segs=1
 }
 
 # memif: the host is the server (it owns the shared regions and must be up before the
 # client connects); the guest is the client. Socket on the file system
 # (socket-abstract=no) so it lives in our private directory. Both on hugepages.
-memif_scenario() {  # memif_scenario NAME SIZE CLIENT-EXTRA
-    local name=$1 size=$2 extra=$3 sock="$tmp/$1-$2/memif.sock"
+memif_contender() {  # memif_contender NAME SIZE CLIENT-EXTRA [latency SPEC]
+    local name=$1 size=$2 extra=$3 sock="$tmp/$1-$2-$rep${4:+-lat}/memif.sock"
     mkdir -p "$(dirname "$sock")"
-    host_testpmd "$run_id-$name-$size-h" "$size" \
-        "net_memif0,role=server,socket=$sock,socket-abstract=no"
-    host_ready=(host_forwarding "$sock" "$host_log")
+    local vdev="net_memif0,role=server,socket=$sock,socket-abstract=no"
+    if [ "${4:-}" = latency ]; then
+        host_probe "$run_id-$name-lat-h$rep" "$vdev" "$5"
+        host_ready=(probe_sending "$sock" "$host_log")
+    else
+        host_testpmd "$run_id-$name-$size-h$rep" "$size" "$vdev"
+        host_ready=(host_forwarding "$sock" "$host_log")
+    fi
     # --single-file-segments: zero-copy refuses multi-file segments ("Zero-copy doesn't
     # support multi-file segments"); memif-copy gets it too, so the two rows differ in
     # zero-copy only.
-    guest_testpmd "$run_id-$name-$size-g" --single-file-segments \
+    guest_testpmd "$run_id-$name-$size-g$rep" "$size" chain --single-file-segments \
         --vdev "net_memif0,role=client,socket=$sock,socket-abstract=no$extra"
+    nports=1
 }
-scenario_memif-copy() { memif_scenario memif-copy "$1" ""; }
+contender_memif-copy() { memif_contender memif-copy "$1" "" "${@:2}"; }
 # zero-copy=yes: the client's own mbufs are the shared buffers (the server still copies).
-scenario_memif-zc() { memif_scenario memif-zc "$1" ",zero-copy=yes"; }
+contender_memif-zc() { memif_contender memif-zc "$1" ",zero-copy=yes" "${@:2}"; }
 
 # vhost-user: the host's net_vhost is the backend (creates the socket), the guest is
 # virtio-user. virtio-user shares its memory with the backend by file descriptor, which
 # on hugepages needs --single-file-segments.
-scenario_vhost-user() {
-    local size=$1 sock="$tmp/vhost-$1/vhost.sock"
+contender_vhost-user() {
+    local size=$1 sock="$tmp/vhost-$1-$rep/vhost.sock"
+    [ "${2:-}" != latency ] || { skip="no latency mode"; return; }
     mkdir -p "$(dirname "$sock")"
-    host_testpmd "$run_id-vhost-$size-h" "$size" "net_vhost0,iface=$sock,queues=1"
+    host_testpmd "$run_id-vhost-$size-h$rep" "$size" "net_vhost0,iface=$sock,queues=1" --max-pkt-len="$size"
     host_ready=(host_forwarding "$sock" "$host_log")
-    guest_testpmd "$run_id-vhost-$size-g" --single-file-segments \
+    guest_testpmd "$run_id-vhost-$size-g$rep" "$size" scatter --single-file-segments \
         --vdev "virtio_user0,path=$sock,queues=1"
+    nports=1
 }
 
-# Our product: dpdk-io-proxy owns a net_null port and serves its queue 0 on a socket; an
-# unmodified testpmd gets it through the three plugins, without hugepages.
+# Ours: dpdk-io-proxy owns a net_null port and serves its queue 0 on a socket; an
+# unmodified testpmd gets it through the three plugins, without hugepages. net_null
+# cannot chain, so above DATA_ROOM the guest's pool has 9 KiB buffers (and a region to
+# match). Latency: --bench-latency makes the NIC a ring pair to the probe instead.
 # The proxy's command line may still change: adjust it here only.
-scenario_shm-proxy() {
-    local size=$1 dir="$tmp/shm-$1" rel=target/release
+contender_ours() {
+    local size=$1 dir="$tmp/ours-$1-$rep${2:+-lat}" rel=target/release
     local sock="$dir/sock0/sock" f
     for f in "$rel/dpdk-io-proxy" "$rel/librte_bus_shm.so" "$rel/librte_mempool_shm.so" \
         "$rel/librte_net_shm.so"; do
@@ -265,45 +360,50 @@ scenario_shm-proxy() {
     done
     mkdir -p "$dir/sock0"
     echo "socket $sock port 0 queue 0" > "$dir/proxy.cmds"
-    local hp="$run_id-shm-$size-h"
+    local hp="$run_id-ours-$size-h$rep" nic=(--vdev "net_null0,copy=0,size=$size") bench=()
+    if [ "${2:-}" = latency ]; then
+        hp="$run_id-ours-lat-h$rep"
+        nic=()
+        bench=(--bench-latency "$3")
+    fi
     started_prefixes+=("$hp")
     host_cmd=(taskset -c "$HOST_CPU" "$rel/dpdk-io-proxy" --lcores "0@$HOST_CPU"
-        --file-prefix "$hp" --no-pci --vdev "net_null0,copy=0,size=$size"
-        -- --cmds "$dir/proxy.cmds")
+        --file-prefix "$hp" --no-pci "${nic[@]}" -- --cmds "$dir/proxy.cmds" "${bench[@]}")
     host_ready=(test -S "$sock")
+    # region_size: 8192 mbufs need about 20 MiB (of 2 KiB) or 78 MiB (of 9 KiB); the
+    # proxy's default region (512M) would otherwise fill the memory column.
+    local region=32M
+    [ "$size" -le "$DATA_ROOM" ] || region=128M
     # Bare plugin names + LD_LIBRARY_PATH: EAL refuses -d with a path under a
     # world-writable directory. `env` execs, so testpmd stays timeout's direct child.
-    # region_size=32M: 8192 mbufs need about 20 MiB; the proxy's default region (512M)
-    # would otherwise fill the memory column.
-    guest_testpmd "$run_id-shm-$size-g" --no-huge -m 32 \
-        -d librte_bus_shm.so -d librte_mempool_shm.so -d librte_net_shm.so -a "sock:$sock,region_size=32M"
+    guest_testpmd "$run_id-ours-$size-g$rep" "$size" big --no-huge -m 32 \
+        -d librte_bus_shm.so -d librte_mempool_shm.so -d librte_net_shm.so -a "sock:$sock,region_size=$region"
     guest_cmd=(env "LD_LIBRARY_PATH=$repo/$rel" "${guest_cmd[@]}")
+    nports=1
 }
 
 # --------------------------------------------------------------------------------------
 # Measurement
 
-# samples LOG: one line "rx_pps tx_pps" per stats period of the guest (one port).
+# samples LOG NPORTS: one line "rx_pps tx_pps" per stats period of the guest, its ports
+# added up.
 samples() {
-    awk '/Rx-pps:/ { rx = $2 } /Tx-pps:/ { print rx, $2 }' "$1" 2>/dev/null
+    awk -v n="$2" '/Rx-pps:/ { rx += $2 } /Tx-pps:/ { tx += $2; if (++k == n) { print rx, tx; rx = tx = k = 0 } }' "$1" 2>/dev/null
 }
 
-# measured LOG: the samples of the measurement window (see the header).
+# measured LOG NPORTS: the samples of the measurement window (see the header).
 measured() {
-    samples "$1" | awk -v warm="$warmup" -v n="$seconds" '
+    samples "$1" "$2" | awk -v warm="$warmup" -v n="$seconds" '
         !started && ($1 > 0 || $2 > 0) { started = 1 }
         started { i++; if (i > warm && i <= warm + n) print }'
 }
 
-have_all_samples() { [ "$(measured "$1" | wc -l)" -ge "$seconds" ]; }
-
 guest_printing() { grep -q -E 'Rx-pps:|packet forwarding - ports=0 ' "$1"; }
 
-# Interference. This kind of machine is shared and small: anything else that runs on
-# CPU 0 or 1 during a measurement (a build, a test, the hypervisor taking the vCPU:
-# "steal") lowers the numbers. cpu_snapshot HOST-PID GUEST-PID prints
-# "nanoseconds busy-jiffies steal-jiffies our-jiffies" for CPUs 0 and 1, where ours is
-# the CPU time of our two DPDK processes (all their threads).
+# Interference. Anything else that runs on the two CPUs during a measurement (a build,
+# a test, the hypervisor taking the vCPU: "steal") lowers the numbers.
+# cpu_snapshot HOST-PID GUEST-PID prints "nanoseconds busy-jiffies steal-jiffies
+# our-jiffies" for the two CPUs, where ours is the CPU time of our two DPDK processes.
 cpu_snapshot() {
     local ours=0 wrapper dpdk
     for wrapper in "$@"; do
@@ -316,7 +416,7 @@ cpu_snapshot() {
         "$ours"
 }
 
-# other_cpu_percent BEFORE AFTER: the share of CPUs 0 and 1 that went to something
+# other_cpu_percent BEFORE AFTER: the share of the two CPUs that went to something
 # other than our two processes between the two snapshots, in percent.
 other_cpu_percent() {
     awk -v hz="$(getconf CLK_TCK)" -v b="$1" -v a="$2" 'BEGIN {
@@ -328,8 +428,6 @@ other_cpu_percent() {
     }'
 }
 
-# cpus_busy_percent: how busy CPUs 0 and 1 are over the next second (nothing of ours
-# runs between scenarios, so this is all someone else's work).
 cpus_busy_percent() {
     local a b
     a=$(cpu_snapshot)
@@ -352,42 +450,45 @@ wait_until_idle() {
     done
 }
 
-# A testpmd whose device failed to probe still starts and forwards on zero ports
-# ("ports=0") until stopped: treat that as not started instead of waiting for traffic.
-no_ports() { grep -q 'packet forwarding - ports=0 ' "$1"; }
-guest_done() { have_all_samples "$1" || no_ports "$1"; }
+# The forwarding lcore's thread of a testpmd (lcore 1: "rte-worker-1") and its CPU
+# time in clock ticks: the guest's cycles per packet are that time times the clock,
+# over the packets forwarded meanwhile.
+worker_ticks() {    # worker_ticks DPDK-PID
+    local t
+    for t in /proc/"$1"/task/*; do
+        if [ "$(cat "$t/comm" 2>/dev/null)" = rte-worker-1 ]; then
+            awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "$t/stat" 2>/dev/null && return 0
+        fi
+    done
+    echo 0
+}
 
-# summary LOG: "rx_median tx_median rx_min rx_max count" in Mpps.
-summary() {
-    measured "$1" | awk '
-        function median(a, n,   i, j, t) {
-            for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
-            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+cpu_mhz() { awk -F: '/^cpu MHz/ { printf "%.0f", $2; exit }' /proc/cpuinfo; }
+
+# guest_memory DPDK-PID: "rss_private_kib shared_kib huge_kib anon_kib" from smaps: the
+# guest's resident memory outside the memory it shares with the host (libraries
+# included); the size of that shared memory (our region, memif's regions; for the peers
+# that share the guest's hugepages, those too: memif zero-copy, virtio-user); the
+# hugepages it holds; its anonymous memory (heap, and EAL memory without hugepages).
+guest_memory() {    # guest_memory PID CONTENDER
+    awk -v who="$2" '
+        /^[0-9a-f]+-[0-9a-f]+ / {
+            path = ""; for (i = 6; i <= NF; i++) path = path " " $i
+            shared = (path ~ /memfd:dpdk-io-proxy/ || path ~ /memfd:memif_region/)
+            huge = 0
+            next
         }
-        { n++; rx[n] = $1; tx[n] = $2; if (n == 1 || $1 < lo) lo = $1; if ($1 > hi) hi = $1 }
+        /^Size:/ { if (shared) shared_kb += $2 }
+        /^Rss:/ { rss += $2; if (shared) shared_rss += $2 }
+        /^(Shared|Private)_Hugetlb:/ { if (!shared) hugetlb += $2 }
+        /^Anonymous:/ { if (!shared) anon += $2 }
         END {
-            if (n == 0) exit 1
-            printf "%.2f %.2f %.2f %.2f %d\n", median(rx, n) / 1e6, median(tx, n) / 1e6, lo / 1e6, hi / 1e6, n
-        }'
+            if (who == "memif-zc" || who == "vhost-user") shared_kb += hugetlb
+            printf "%d %d %d %d\n", rss - shared_rss, shared_kb, hugetlb, anon
+        }' "/proc/$1/smaps" 2>/dev/null || echo "0 0 0 0"
 }
 
-# status_kib PID FIELD: a /proc/PID/status field in KiB (0 if absent).
-status_kib() { awk -v f="$2:" '$1 == f { print $2; found = 1 } END { if (!found) print 0 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-
-failures=()
-declare -A skip_reason=()
-results=()   # "scenario size status rx tx rxmin rxmax n hwm_mib huge_mib other%" (status: ok|skip|fail)
-
-fail_with_log() {   # fail_with_log SCENARIO SIZE WHAT LOG
-    local name=$1 size=$2 what=$3 log=$4
-    failures+=("$name/$size: $what")
-    results+=("$name $size fail - - - - - - - -")
-    {
-        printf '\nbench: %s (%s bytes): %s\n' "$name" "$size" "$what"
-        printf 'bench: last lines of %s (periodic statistics left out):\n' "$log"
-        log_tail "$log" 15
-    } >&2
-}
+no_ports() { grep -q 'packet forwarding - ports=0 ' "$1"; }
 
 # log_tail LOG N: the last N lines of a DPDK log without testpmd's periodic statistics
 # blocks, which would otherwise hide the error that matters.
@@ -397,158 +498,254 @@ log_tail() {
         | tail -n "$2" | sed 's/^/    /'
 }
 
-run_scenario() {    # run_scenario NAME SIZE
-    local name=$1 size=$2
-    local logs="$out/logs"
-    host_log="$logs/$name-$size-host.log"
-    local guest_log="$logs/$name-$size-guest.log"
-    host_cmd=() host_ready=(true) guest_cmd=() skip=""
-    "scenario_$name" "$size"
-    if [ -n "$skip" ]; then
-        say "$name ($size bytes): $skip"
-        skip_reason[$name]=$skip
-        results+=("$name $size skip - - - - - - - -")
-        return
-    fi
-    wait_until_idle
-    say "$name ($size bytes): running (${warmup}+${seconds} s)"
-    rm -f "$host_log" "$guest_log"
+failures=()
+raw=""   # $out/raw.jsonl: one JSON object per run
 
-    # Safety bounds only (start-up waits + warm-up + measurement + slack); the script
-    # stops both itself as soon as it has its samples.
-    local guest_limit=$((warmup + seconds + 70)) host_pid="" guest_pid=""
+record() { printf '%s\n' "$1" >> "$raw"; }
+
+fail_with_log() {   # fail_with_log KIND NAME SIZE WHAT LOG [EXTRA-JSON]
+    local kind=$1 name=$2 size=$3 what=$4 log=$5
+    failures+=("$kind $name/$size rep $rep: $what")
+    record "{\"kind\":\"$kind\",\"contender\":\"$name\",\"size\":$size,\"rep\":$rep,\"status\":\"fail\",\"why\":\"${what//\"/}\"${6:-}}"
+    {
+        printf '\nbench: %s %s (%s bytes, rep %s): %s\n' "$kind" "$name" "$size" "$rep" "$what"
+        printf 'bench: last lines of %s (periodic statistics left out):\n' "$log"
+        log_tail "$log" 15
+    } >&2
+}
+
+# start_pair NAME SIZE KIND: starts the host side (if any) and the guest; sets
+# host_pid/guest_pid. Returns 1 (after recording the failure) if the host side did not
+# come up.
+start_pair() {
+    local name=$1 size=$2 kind=$3
+    host_pid="" guest_pid=""
     if [ ${#host_cmd[@]} -gt 0 ]; then
-        start_bg host_pid "$host_log" $((guest_limit + 40)) "${host_cmd[@]}"
+        start_bg host_pid "$host_log" "$host_limit" "${host_cmd[@]}"
         if ! wait_for 30 "$host_pid" "${host_ready[@]}"; then
             local why="exited during start-up"
             alive "$host_pid" && why="not ready after 30 s"
-            fail_with_log "$name" "$size" "host side did not come up ($why)" "$host_log"
+            fail_with_log "$kind" "$name" "$size" "host side did not come up ($why)" "$host_log"
             stop_group "$host_pid" "$name host"
-            return
+            return 1
         fi
     fi
-
     start_bg guest_pid "$guest_log" "$guest_limit" "${guest_cmd[@]}"
-    # Start-up (30 s of slack), then warm-up and the measured seconds.
-    local ok=yes before=""
-    if wait_for 30 "$guest_pid" guest_printing "$guest_log"; then
-        before=$(cpu_snapshot "$host_pid" "$guest_pid")
-    fi
-    if [ -z "$before" ] || ! poll_interval=1 wait_for $((warmup + seconds + 30)) "$guest_pid" guest_done "$guest_log" \
-        || no_ports "$guest_log"; then
-        ok=no
-    fi
-    local other=-
-    [ $ok = no ] || other=$(other_cpu_percent "$before" "$(cpu_snapshot "$host_pid" "$guest_pid")")
+}
 
-    # Peak memory while it still runs (VmHWM is a high-water mark).
-    local dpdk hwm=0 huge=0
-    if dpdk=$(dpdk_pid_of "$guest_pid"); then
-        hwm=$(status_kib "$dpdk" VmHWM)
-        huge=$(status_kib "$dpdk" HugetlbPages)
-    fi
-    local host_alive=yes
-    [ -z "$host_pid" ] || alive "$host_pid" || host_alive=no
-
-    stop_group "$guest_pid" "$name guest"
-    [ -z "$host_pid" ] || stop_group "$host_pid" "$name host"
+stop_pair() {
+    stop_group "$guest_pid" "$1 guest"
+    [ -z "$host_pid" ] || stop_group "$host_pid" "$1 host"
     # Free this run's hugepages now, not at exit: a sweep would otherwise run out.
     local p
     for p in "${started_prefixes[@]}"; do remove_prefix_files "$p"; done
+}
+
+run_throughput() {  # run_throughput NAME SIZE
+    local name=$1 size=$2
+    host_log="$out/logs/$name-$size-r$rep-host.log"
+    guest_log="$out/logs/$name-$size-r$rep-guest.log"
+    host_cmd=() host_ready=(true) guest_cmd=() skip="" nports=1 segs=1
+    "contender_$name" "$size"
+    if [ -n "$skip" ]; then
+        say "$name ($size B, rep $rep): $skip"
+        record "{\"kind\":\"tp\",\"contender\":\"$name\",\"size\":$size,\"rep\":$rep,\"status\":\"skip\",\"why\":\"$skip\"}"
+        return
+    fi
+    wait_until_idle
+    say "$name ($size B, rep $rep/$reps): ${warmup}+${seconds} s"
+    rm -f "$host_log" "$guest_log"
+    # Safety bounds only; the script stops both as soon as it has its samples.
+    guest_limit=$((warmup + seconds + 70)) host_limit=$((warmup + seconds + 110))
+    start_pair "$name" "$size" tp || return 0
+
+    # Start-up (30 s of slack), then warm-up and the measured seconds, polled once a
+    # second. The guest's CPU time is read when the window starts and ends.
+    local ok=no before="" after="" t0="" c0="" t1="" c1="" dpdk="" n
+    local deadline=$((SECONDS + 30 + warmup + seconds + 30))
+    if wait_for 30 "$guest_pid" guest_printing "$guest_log" && ! no_ports "$guest_log"; then
+        before=$(cpu_snapshot "$host_pid" "$guest_pid")
+        dpdk=$(dpdk_pid_of "$guest_pid") || dpdk=""
+        while alive "$guest_pid" && [ $SECONDS -lt $deadline ]; do
+            n=$(measured "$guest_log" "$nports" | wc -l)
+            if [ "$n" -ge 1 ] && [ -z "$t0" ] && [ -n "$dpdk" ]; then
+                t0=$(date +%s%N) c0=$(worker_ticks "$dpdk")
+            fi
+            if [ "$n" -ge "$seconds" ]; then
+                [ -z "$dpdk" ] || { t1=$(date +%s%N) c1=$(worker_ticks "$dpdk"); }
+                ok=yes
+                break
+            fi
+            sleep 1
+        done
+        after=$(cpu_snapshot "$host_pid" "$guest_pid")
+    fi
+    local mem="0 0 0 0" host_alive=yes
+    [ -z "$dpdk" ] || mem=$(guest_memory "$dpdk" "$name")
+    [ -z "$host_pid" ] || alive "$host_pid" || host_alive=no
+    stop_pair "$name"
 
     if [ $ok = no ]; then
-        if [ "$(samples "$guest_log" | awk '$1 > 0 || $2 > 0' | wc -l)" -eq 0 ]; then
-            if no_ports "$guest_log"; then
-                fail_with_log "$name" "$size" "guest did not start: its device failed to probe" "$guest_log"
-            elif ! grep -q 'Rx-pps:' "$guest_log"; then
-                fail_with_log "$name" "$size" "guest did not start" "$guest_log"
-            else
-                fail_with_log "$name" "$size" "guest ran but received no packets" "$guest_log"
-            fi
+        if no_ports "$guest_log"; then
+            fail_with_log tp "$name" "$size" "guest did not start: its device failed to probe" "$guest_log"
+        elif ! grep -q 'Rx-pps:' "$guest_log"; then
+            fail_with_log tp "$name" "$size" "guest did not start" "$guest_log"
+        elif [ "$(samples "$guest_log" "$nports" | awk '$1 > 0 || $2 > 0' | wc -l)" -eq 0 ]; then
+            fail_with_log tp "$name" "$size" "guest ran but received no packets" "$guest_log"
         else
-            fail_with_log "$name" "$size" "guest stopped before $seconds measured seconds" "$guest_log"
+            fail_with_log tp "$name" "$size" "guest stopped before $seconds measured seconds" "$guest_log"
         fi
         [ -z "$host_pid" ] || { printf 'bench: host log:\n' >&2; log_tail "$host_log" 8 >&2; }
         return
     fi
     if [ $host_alive = no ]; then
-        fail_with_log "$name" "$size" "host side exited during the measurement" "$host_log"
+        fail_with_log tp "$name" "$size" "host side exited during the measurement" "$host_log"
         return
     fi
-    results+=("$name $size ok $(summary "$guest_log") $((hwm / 1024)) $((huge / 1024)) $other")
+    local other busy=null stats
+    other=$(other_cpu_percent "$before" "$after")
+    if [ -n "$t0" ] && [ -n "$t1" ] && [ "$t1" -gt "$t0" ]; then
+        busy=$(awk -v c="$((c1 - c0))" -v hz="$(getconf CLK_TCK)" -v ns="$((t1 - t0))" \
+            'BEGIN { printf "%.3f", (c / hz) / (ns / 1e9) }')
+    fi
+    # rx tx (medians, pps) min max of tx, and the count of samples.
+    stats=$(measured "$guest_log" "$nports" | awk '
+        function median(a, n,   i, j, t) {
+            for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        { n++; rx[n] = $1; tx[n] = $2; if (n == 1 || $2 < lo) lo = $2; if ($2 > hi) hi = $2 }
+        END { printf "%d %d %d %d %d\n", median(rx, n), median(tx, n), lo, hi, n }')
+    # shellcheck disable=SC2086 # space-separated fields
+    set -- $stats $mem
+    record "{\"kind\":\"tp\",\"contender\":\"$name\",\"size\":$size,\"rep\":$rep,\"status\":\"ok\",\"segs\":\"$segs\",\"rx_pps\":$1,\"tx_pps\":$2,\"tx_min_pps\":$3,\"tx_max_pps\":$4,\"samples\":$5,\"guest_busy\":$busy,\"cpu_mhz\":$(cpu_mhz),\"rss_private_kib\":$6,\"shared_kib\":$7,\"huge_kib\":$8,\"anon_kib\":$9,\"other_pct\":$other}"
+}
+
+# The offered rate of a --lat-rates item for NAME, in packets per second ("max" for the
+# probe's own limit): absolute, or a share of what NAME's "max" latency run achieved
+# in this repetition (the probe's path can be slower than the throughput runs' net_null
+# path), else of NAME's 64-byte throughput in this run. Empty if unknown.
+resolve_rate() {    # resolve_rate ITEM NAME
+    local item=$1 name=$2
+    case $item in
+        max) echo max ;;
+        *%)
+            [ -s "$raw" ] || return 0
+            "$PYTHON" - "$raw" "$name" "${item%\%}" "$rep" <<'EOF'
+import json, statistics, sys
+raw, name, pct, rep = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+rows = [json.loads(l) for l in open(raw) if l.strip()]
+ok = [r for r in rows if r["status"] == "ok" and r["contender"] == name]
+base = [r["achieved_pps"] for r in ok if r["kind"] == "lat" and r["rate_item"] == "max" and r["rep"] == rep]
+base = base or [r["tx_pps"] for r in ok if r["kind"] == "tp" and r["size"] == 64]
+if base:
+    print(int(statistics.median(base) * pct / 100))
+EOF
+            ;;
+        *[kK]) awk -v r="${item%[kK]}" 'BEGIN { printf "%d", r * 1e3 }' ;;
+        *[mM]) awk -v r="${item%[mM]}" 'BEGIN { printf "%d", r * 1e6 }' ;;
+        *) printf '%d' "$item" ;;
+    esac
+}
+
+run_latency() {     # run_latency NAME RATE-ITEM
+    local name=$1 item=$2 size=64 rate
+    rate=$(resolve_rate "$item" "$name")
+    host_log="$out/logs/lat-$name-$item-r$rep-host.log"
+    guest_log="$out/logs/lat-$name-$item-r$rep-guest.log"
+    host_log=${host_log//%/pct} guest_log=${guest_log//%/pct}
+    if [ -z "$rate" ] || { [ "$rate" != max ] && [ "$rate" -lt 1 ]; }; then
+        say "latency $name at $item: no 'max' run nor 64-byte throughput of $name to take $item of; skipped"
+        record "{\"kind\":\"lat\",\"contender\":\"$name\",\"size\":$size,\"rep\":$rep,\"rate_item\":\"$item\",\"status\":\"skip\",\"why\":\"nothing to take $item of\"}"
+        return
+    fi
+    local spec="$rate,size=$size,warmup=$warmup,seconds=$lat_seconds"
+    host_cmd=() host_ready=(true) guest_cmd=() skip="" nports=1
+    "contender_$name" "$size" latency "$spec"
+    if [ -n "$skip" ]; then
+        say "latency $name: $skip"
+        record "{\"kind\":\"lat\",\"contender\":\"$name\",\"size\":$size,\"rep\":$rep,\"rate_item\":\"$item\",\"status\":\"skip\",\"why\":\"$skip\"}"
+        return
+    fi
+    wait_until_idle
+    say "latency $name at $rate pps ($item, rep $rep/$reps): ${warmup}+${lat_seconds} s"
+    rm -f "$host_log" "$guest_log"
+    guest_limit=$((warmup + lat_seconds + 70)) host_limit=$((warmup + lat_seconds + 110))
+    start_pair "$name" "$size" lat || return 0
+    local line=""
+    # The probe starts its clock at the first reply: start-up, warm-up, window, grace.
+    if poll_interval=1 wait_for $((30 + warmup + lat_seconds + 10)) "$host_pid" grep -q '^LATENCY ' "$host_log"; then
+        line=$(grep -a -m1 '^LATENCY ' "$host_log")
+    fi
+    stop_pair "$name"
+    if [ -z "$line" ]; then
+        fail_with_log lat "$name" "$size" "no LATENCY line from the probe" "$host_log" ",\"rate_item\":\"$item\""
+        printf 'bench: guest log:\n' >&2
+        log_tail "$guest_log" 8 >&2
+        return
+    fi
+    # "LATENCY k=v k=v ..." to JSON ("-": no value).
+    local json
+    json=$(printf '%s\n' "${line#LATENCY }" | tr ' ' '\n' | awk -F= '
+        NF == 2 { v = ($2 == "-") ? "null" : $2; printf ",\"%s\":%s", $1, v }')
+    record "{\"kind\":\"lat\",\"contender\":\"$name\",\"size\":$size,\"rep\":$rep,\"rate_item\":\"$item\",\"status\":\"ok\"$json}"
 }
 
 # --------------------------------------------------------------------------------------
-# Report
 
-# baseline NAME SIZE: the tx Mpps of that scenario at that size if it ran, else nothing.
-baseline() {
-    local want_name=$1 want_size=$2 r
-    for r in "${results[@]}"; do
-        # shellcheck disable=SC2086 # a result is a space-separated record
-        set -- $r
-        if [ "$1" = "$want_name" ] && [ "$2" = "$want_size" ] && [ "$3" = ok ]; then
-            echo "$5"
-            return
-        fi
-    done
-}
-
-ratio() { [ -n "$2" ] && [ "$1" != - ] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }' || echo -; }
-
-row() { printf '%-13s %5s %8s %8s %13s %9s %8s %10s %9s %7s\n' "$@"; }
-
-report() {
-    local csv="$out/results.csv" r
-    echo "scenario,size_bytes,status,guest_rx_mpps,guest_tx_mpps,rx_min_mpps,rx_max_mpps,samples,ratio_vs_memif_copy,ratio_vs_same_process,guest_vmhwm_mib,guest_hugetlb_mib,other_cpu_percent" > "$csv"
-    printf '\n'
-    row scenario size "rx Mpps" "tx Mpps" "rx min..max" "vs memif" "vs same" "VmHWM MiB" "huge MiB" "other%"
-    local noisy=no
-    for r in "${results[@]}"; do
-        # shellcheck disable=SC2086 # a result is a space-separated record
-        set -- $r
-        local name=$1 size=$2 st=$3 rx=$4 tx=$5 lo=$6 hi=$7 n=$8 hwm=$9 huge=${10} other=${11}
-        case $st in
-            skip) printf '%-13s %5s %s\n' "$name" "$size" "$name: ${skip_reason[$name]}"
-                  echo "$name,$size,skipped,,,,,,,,,," >> "$csv"; continue ;;
-            fail) printf '%-13s %5s %s\n' "$name" "$size" "FAILED (see above and $out/logs)"
-                  echo "$name,$size,failed,,,,,,,,,," >> "$csv"; continue ;;
-        esac
-        local vm vs
-        vm=$(ratio "$tx" "$(baseline memif-copy "$size")")
-        vs=$(ratio "$tx" "$(baseline same-process "$size")")
-        row "$name" "$size" "$rx" "$tx" "$lo..$hi" "$vm" "$vs" "$hwm" "$huge" "$other"
-        echo "$name,$size,ok,$rx,$tx,$lo,$hi,$n,${vm/-/},${vs/-/},$hwm,$huge,$other" >> "$csv"
-        [ "$other" -lt 5 ] || noisy=yes
-    done
-    printf '\n(median of %s one-second samples after %s s of warm-up; ratios are of tx Mpps;\n' "$seconds" "$warmup"
-    printf ' VmHWM: guest peak resident memory, hugepages not included; huge: hugepages it held;\n'
-    printf ' other%%: share of CPUs %s and %s used by anything else during the run)\n' "$HOST_CPU" "$GUEST_CPU"
-    [ $noisy = no ] || printf 'warning: other work ran on the benchmark CPUs (other%% >= 5); those rows are low and noisy\n'
-    printf 'CSV: %s   logs: %s/logs\n' "$csv" "$out"
-}
+count_items() { local IFS=,; set -- $1; echo $#; }
 
 main() {
     parse_args "$@"
     command -v "$TESTPMD" > /dev/null || die "$TESTPMD not found (scripts/setup.sh installs DPDK)"
     [ "$(id -u)" -eq 0 ] || die "run as root: the peers need hugepages"
-    [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (host side on CPU $HOST_CPU, guest on CPU $GUEST_CPU)"
+    local ncpu
+    ncpu=$(nproc)
+    { [ "$HOST_CPU" -lt "$ncpu" ] && [ "$GUEST_CPU" -lt "$ncpu" ]; } \
+        || die "needs CPUs $HOST_CPU and $GUEST_CPU (this machine has $ncpu)"
     mkdir -p "$out/logs"
+    raw="$out/raw.jsonl"
+    : > "$raw"
     tmp=$(mktemp -d /tmp/dpdk-bench.XXXXXX)
     trap cleanup EXIT
     trap 'exit 130' INT TERM
 
-    local name size
-    for size in ${sizes//,/ }; do
-        for name in "${ALL_SCENARIOS[@]}"; do
-            [[ ",$only," == *",$name,"* ]] || continue
-            run_scenario "$name" "$size"
+    # Expected duration: measured time plus what start-up and stopping took on a
+    # 2-vCPU VM (about 6 s per throughput run, 8 s per latency run).
+    local n_tp n_lat est
+    n_tp=$(($(count_items "$only") * $(count_items "$sizes") * reps))
+    n_lat=0
+    [ -z "$latency" ] || n_lat=$(($(count_items "$latency") * $(count_items "$lat_rates") * reps))
+    est=$((n_tp * (warmup + seconds + 6) + n_lat * (warmup + lat_seconds + 8)))
+    say "$n_tp throughput runs ($only; sizes $sizes; $reps rep(s)), $n_lat latency runs (${latency:-none}; rates $lat_rates)"
+    say "expected duration: about $((est / 60)) min $((est % 60)) s (host CPU $HOST_CPU, guest CPU $GUEST_CPU)"
+    local started=$SECONDS name size item
+    # Repetitions outermost, contenders innermost: A B C A B C, so slow drift (another
+    # tenant, thermal state) is spread over all contenders instead of hitting one.
+    for rep in $(seq "$reps"); do
+        for size in ${sizes//,/ }; do
+            for name in ${only//,/ }; do
+                run_throughput "$name" "$size"
+            done
         done
     done
+    if [ -n "$latency" ]; then
+        for rep in $(seq "$reps"); do
+            for item in ${lat_rates//,/ }; do
+                for name in ${latency//,/ }; do
+                    run_latency "$name" "$item"
+                done
+            done
+        done
+    fi
+    say "ran for $(((SECONDS - started) / 60)) min $(((SECONDS - started) % 60)) s"
 
-    report
+    local report_args=(--raw "$raw" --out "$out" --command "$command_line" --host-cpu "$HOST_CPU"
+        --guest-cpu "$GUEST_CPU" --seconds "$seconds" --warmup "$warmup" --lat-seconds "$lat_seconds")
+    [ "$docs" = no ] || report_args+=(--docs "$repo/docs/benchmarks.md")
+    "$PYTHON" "$repo/scripts/bench-report.py" "${report_args[@]}" || say "the report failed (raw results: $raw)"
     if [ ${#failures[@]} -gt 0 ]; then
-        printf '\nbench: %d scenario run(s) failed:\n' "${#failures[@]}" >&2
+        printf '\nbench: %d run(s) failed:\n' "${#failures[@]}" >&2
         printf '    %s\n' "${failures[@]}" >&2
         exit 1
     fi

@@ -7,7 +7,8 @@
 #
 # What it does, in order:
 #   1. apt packages: DPDK 22.11 (dpdk, dpdk-dev, libdpdk-dev), clang/libclang for bindgen,
-#      libpcap, iproute2/ping/tcpdump for the end-to-end tests, meson/ninja for the meson build.
+#      libpcap, iproute2/ping/tcpdump for the end-to-end tests, meson/ninja for the meson build,
+#      cbindgen for the C header of the plugins' API (rte_pmd_shm.h).
 #   2. The DPDK driver-SDK headers (bus_driver.h, dev_driver.h, ethdev_driver.h) that Debian
 #      does not ship: the Debian source package of exactly the installed DPDK version is
 #      fetched (a deb-src entry is added for it), unpacked with its Debian patches applied,
@@ -16,6 +17,10 @@
 #   3. Hugepages: as root, if no 2 MiB hugepage is free, reserve some (HUGEPAGES, default 512
 #      = 1 GiB). Everything also works without hugepages; the proxy then uses normal pages.
 #   4. Rust: checks that cargo is on PATH (the toolchain is not installed by this script).
+#   5. Fuzzing (optional; scripts/test.sh skips the fuzz runs without it): cargo-fuzz from
+#      crates.io, and rustup's nightly toolchain for cargo-fuzz's sanitizer flags. When
+#      rustup cannot get a nightly, stable runs cargo-fuzz with RUSTC_BOOTSTRAP=1 instead.
+#      SKIP_FUZZ_TOOLS=1 leaves both alone.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,7 +36,7 @@ apt_packages=(
     dpdk dpdk-dev libdpdk-dev pkg-config
     clang libclang-dev
     libpcap-dev tcpdump iproute2 iputils-ping procps
-    meson ninja-build python3-pyelftools
+    meson ninja-build python3-pyelftools cbindgen
     dpkg-dev xz-utils ca-certificates
 )
 
@@ -152,9 +157,50 @@ check_rust() {
     log "rust: $(PATH="$HOME/.cargo/bin:$PATH" cargo --version)"
 }
 
+# Unprivileged users for the access-control e2e test (tests/tests/access.rs): a guest
+# user and one that must be kept out. The test creates them too when missing.
+create_test_users() {
+    for u in shmguest shmother; do
+        if ! id -u "$u" >/dev/null 2>&1; then
+            useradd --system --no-create-home --user-group --shell /usr/sbin/nologin "$u"
+            log "created system user $u"
+        fi
+    done
+}
+
+install_fuzz_tools() {
+    export PATH="$HOME/.cargo/bin:$PATH"
+    if [ "${SKIP_FUZZ_TOOLS:-0}" = 1 ]; then
+        log "fuzz tools: skipped (SKIP_FUZZ_TOOLS=1)"
+        return
+    fi
+    if command -v rustup >/dev/null 2>&1 && ! rustup toolchain list | grep -q '^nightly'; then
+        if rustup toolchain install nightly --profile minimal >/dev/null 2>&1; then
+            log "fuzz tools: installed the nightly toolchain"
+        else
+            log "fuzz tools: rustup could not install a nightly toolchain; fuzzing will use stable with RUSTC_BOOTSTRAP=1"
+        fi
+    fi
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        if cargo install cargo-fuzz --locked >/dev/null 2>&1; then
+            log "fuzz tools: installed $(cargo fuzz --version)"
+        else
+            log "fuzz tools: cargo-fuzz could not be installed from crates.io; scripts/test.sh will skip fuzzing"
+            return
+        fi
+    fi
+    local nightly=no
+    if command -v rustup >/dev/null 2>&1 && rustup toolchain list | grep -q '^nightly'; then
+        nightly=yes
+    fi
+    log "fuzz tools: $(cargo fuzz --version), nightly toolchain: $nightly"
+}
+
 install_packages
+create_test_users
 install_sdk_headers
 reserve_hugepages
 mount_hugetlbfs
 check_rust
+install_fuzz_tools
 log "done"

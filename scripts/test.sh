@@ -3,7 +3,8 @@
 # release binaries the end-to-end tests start, then runs every unit, integration and
 # end-to-end test, and the loom model checks of the shared rings.
 #
-#   scripts/test.sh              everything
+#   scripts/test.sh              everything, then each cargo-fuzz target for FUZZ_SECONDS
+#                                (default 30; 0 skips fuzzing)
 #   scripts/test.sh -- FILTER    only tests whose name contains FILTER (cargo test syntax)
 #
 # The end-to-end tests start real DPDK processes that poll a CPU each: they run one at a
@@ -35,6 +36,41 @@ if [ ${#filter[@]} -eq 0 ]; then
     # A separate target dir: --cfg loom changes every crate's flags.
     RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$repo/target/loom" \
         cargo test --release -p shm-contract --lib -- --test-threads=1 loom
+fi
+
+# Each fuzz target of crates/shm-contract/fuzz for a bounded time (libFuzzer, with the
+# sanitizers cargo-fuzz turns on). A crash fails the run; libFuzzer keeps the input in
+# crates/shm-contract/fuzz/artifacts/<target>/ (make it a regression test, then fix).
+fuzz_seconds="${FUZZ_SECONDS:-30}"
+if [ ${#filter[@]} -eq 0 ] && [ "$fuzz_seconds" != 0 ]; then
+    step "fuzzing (${fuzz_seconds} s per target)"
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        echo "cargo-fuzz is not installed (scripts/setup.sh installs it): fuzzing skipped"
+    else
+        fuzz=(cargo fuzz)
+        if command -v rustup >/dev/null 2>&1 && rustup toolchain list | grep -q '^nightly'; then
+            fuzz=(cargo +nightly fuzz)
+        else
+            # cargo-fuzz needs -Z flags: let stable accept them.
+            export RUSTC_BOOTSTRAP=1
+        fi
+        (
+            cd crates/shm-contract/fuzz
+            for target in $("${fuzz[@]}" list); do
+                log="$repo/target/fuzz-$target.log"
+                mkdir -p "$repo/target"
+                echo "--- $target"
+                if ! "${fuzz[@]}" run "$target" -- -max_total_time="$fuzz_seconds" -print_final_stats=1 \
+                        >"$log" 2>&1; then
+                    tail -40 "$log"
+                    echo "fuzz target $target failed; its input is in crates/shm-contract/fuzz/artifacts/$target/"
+                    exit 1
+                fi
+                runs=$(awk '/stat::number_of_executed_units:/ {print $2}' "$log" | tail -1)
+                echo "$target: ${runs:-?} executions in ${fuzz_seconds} s"
+            done
+        )
+    fi
 fi
 
 step "all tests passed"

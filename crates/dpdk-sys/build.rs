@@ -79,7 +79,15 @@ fn main() {
     }
 
     let static_wrappers = out_dir.join("static_wrappers");
-    let bindings = bindgen::Builder::default()
+    let mut builder = bindgen::Builder::default();
+    // DPDK's headers: under .../dpdk/ when installed; in a DPDK source tree (its
+    // uninstalled libdpdk.pc) wherever pkg-config's include paths say.
+    for path in &dpdk.include_paths {
+        if !["/usr/include", "/usr/local/include"].iter().any(|p| path == Path::new(p)) {
+            builder = builder.allowlist_file(format!(r"{}/.*\.h", regex_escape(&path.display().to_string())));
+        }
+    }
+    let bindings = builder
         .header(manifest_dir.join("csrc/wrapper.h").display().to_string())
         .clang_args(&clang_args)
         .allowlist_file(r".*/dpdk/.*\.h")
@@ -105,6 +113,11 @@ fn main() {
         .default_enum_style(bindgen::EnumVariation::Consts)
         // Flag macros such as RTE_ETH_RX_OFFLOAD_SCATTER are RTE_BIT64(n): let clang evaluate them.
         .clang_macro_fallback()
+        // Its temporary files (a .c file, a precompiled wrapper.h) go next to wrapper.h and
+        // into the working directory by default, shared by every build of this crate that
+        // runs at the same time (release, test, clippy, a DPDK tree's build): they race and
+        // macros go missing. Per build, in OUT_DIR.
+        .clang_macro_fallback_build_dir(&out_dir)
         .wrap_static_fns(true)
         .wrap_static_fns_path(&static_wrappers)
         .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()))
@@ -137,9 +150,15 @@ fn main() {
     }
     build.compile("dpdk_sys_glue");
 
-    let lib_dirs = pkg_config::get_variable("libdpdk", "libdir")
-        .map(|d| vec![PathBuf::from(d)])
-        .unwrap_or_else(|_| dpdk.link_paths.clone());
+    // The -L paths of `pkg-config --libs` (none for a system DPDK; the build tree's for a
+    // DPDK source tree's uninstalled libdpdk.pc, whose `libdir` names a directory that
+    // exists only once installed), then `libdir` if it exists.
+    let mut lib_dirs = dpdk.link_paths.clone();
+    if let Ok(dir) = pkg_config::get_variable("libdpdk", "libdir").map(PathBuf::from) {
+        if dir.is_dir() && !lib_dirs.contains(&dir) {
+            lib_dirs.push(dir);
+        }
+    }
     for dir in &lib_dirs {
         println!("cargo:rustc-link-search=native={}", dir.display());
     }

@@ -3,7 +3,7 @@
 //! data loop only sees what this thread publishes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use dpdk::{sys, Port};
 use shm_contract::proto::transport::{recv_message, send_message, TransportError};
-use shm_contract::proto::{negotiate, Hello, Welcome, PROTOCOL_VERSION_MIN};
+use shm_contract::proto::{negotiate, Hello, Welcome, HELLO_FLAG_REATTACH, PROTOCOL_VERSION_MIN};
 use shm_contract::{DescRing, Message, PoolAdd, PoolLayout, RefuseCode, PROTOCOL_VERSION};
 
-use crate::cmds::{self, Command};
+use crate::access::{self, Access};
+use crate::cmds::{self, Command, SocketAccess};
 use crate::datapath::{DataQueue, Invalid, Plane, SocketStats};
 use crate::nic::NicPort;
 use crate::region::{GuestRegion, RegionRequest};
@@ -31,7 +32,8 @@ pub struct Options {
     pub region_size: u64,
     pub max_region_size: u64,
     pub try_hugepages: bool,
-    pub socket_mode: u32,
+    /// Owner, group and mode of sockets and their directories; who may connect.
+    pub access: Access,
     pub mtu: Option<u16>,
     pub queues: Option<u16>,
     pub stats_period: Option<Duration>,
@@ -41,18 +43,52 @@ pub struct Options {
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most one "invalid input" line per guest this often.
 const INVALID_LOG_PERIOD: Duration = Duration::from_secs(10);
+/// Warnings about a socket's misbehaving peers (refused handshakes, malformed messages,
+/// refused requests): at most `PEER_LOG_BURST` per `PEER_LOG_PERIOD` per socket; the
+/// counters (`refused`, `bad_requests`) count every one.
+const PEER_LOG_PERIOD: Duration = Duration::from_secs(10);
+const PEER_LOG_BURST: u32 = 5;
+
+/// The rate limit of one socket's peer warnings.
+#[derive(Default)]
+struct LogLimit {
+    window: Option<Instant>,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// Whether a line may go out at `now`, and how many were held back before it.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self.window.is_none_or(|t| now.duration_since(t) >= PEER_LOG_PERIOD) {
+            self.window = Some(now);
+            self.lines = 0;
+        }
+        if self.lines < PEER_LOG_BURST {
+            self.lines += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
 const DEFAULT_RING_ENTRIES: u32 = 1024;
 
 struct Endpoint {
+    /// Who may connect (checked at accept), and the socket file's owner/group/mode.
+    access: Access,
     path: PathBuf,
     port: u16,
     queue: u16,
     listener: OwnedFd,
-    /// The directory the proxy made for the socket, removed with it.
+    /// The topmost directory the proxy made for the socket; it and the ones below it
+    /// (when empty) are removed with the socket.
     created_dir: Option<PathBuf>,
     conn: Option<Conn>,
     stats: Arc<SocketStats>,
     guests_served: u64,
+    peer_log: LogLimit,
 }
 
 struct Conn {
@@ -60,6 +96,9 @@ struct Conn {
     since: Instant,
     pid: i32,
     guest: Option<Guest>,
+    /// An answer could not be sent (the guest does not read its socket): the
+    /// connection is shut down and detached at the next look at it.
+    unanswerable: std::cell::Cell<bool>,
 }
 
 struct Guest {
@@ -93,8 +132,17 @@ pub struct Control {
 }
 
 impl Control {
-    /// Sets up the ports the startup commands need, then their sockets.
-    pub fn new(opts: Options, iova_is_va: bool, plane: Arc<Plane>, startup: Vec<Command>) -> Result<Control, String> {
+    /// Sets up the ports the startup commands need, then their sockets. `startup` holds
+    /// each command with its line in `source`. An error names the line, and the sockets
+    /// made before it are removed again: the proxy refuses to start rather than serve
+    /// half of its configuration.
+    pub fn new(
+        opts: Options,
+        iova_is_va: bool,
+        plane: Arc<Plane>,
+        startup: Vec<(usize, Command)>,
+        source: &str,
+    ) -> Result<Control, String> {
         let mut ctl = Control {
             opts,
             iova_is_va,
@@ -108,20 +156,35 @@ impl Control {
             last_link_check: Instant::now(),
             last_stats: Instant::now(),
         };
+        // Every port gets as many queues as the whole file names for it, before its
+        // first socket is made.
         let mut wanted: BTreeMap<u16, u16> = BTreeMap::new();
-        for cmd in &startup {
+        for (_, cmd) in &startup {
             if let Command::Socket { port, queue, .. } = cmd {
                 let q = wanted.entry(*port).or_insert(0);
                 *q = (*q).max(queue + 1);
             }
         }
-        for (&port, &queues) in &wanted {
-            ctl.setup_port(port, queues)?;
-        }
-        for cmd in startup {
-            match cmd {
-                Command::Socket { path, port, queue } => ctl.add_socket(&path, port, queue)?,
-                other => ctl.execute(other, &mut std::io::stdout()),
+        for (line, cmd) in startup {
+            let done = match cmd {
+                Command::Socket { path, port, queue, access } => {
+                    let ports_ok = match wanted.remove(&port) {
+                        Some(queues) if !ctl.ports.contains_key(&port) => ctl.setup_port(port, queues),
+                        _ => Ok(()),
+                    };
+                    ports_ok.and_then(|_| ctl.add_socket(&path, port, queue, &access))
+                }
+                other => {
+                    ctl.execute(other, &mut std::io::stdout());
+                    Ok(())
+                }
+            };
+            if let Err(e) = done {
+                for ep in &ctl.endpoints {
+                    remove_socket(ep);
+                }
+                ctl.close_ports();
+                return Err(format!("{source}:{line}: {e}"));
             }
         }
         ctl.publish();
@@ -150,7 +213,8 @@ impl Control {
         Ok(())
     }
 
-    fn add_socket(&mut self, path: &Path, port: u16, queue: u16) -> Result<(), String> {
+    fn add_socket(&mut self, path: &Path, port: u16, queue: u16, overrides: &SocketAccess) -> Result<(), String> {
+        let access = self.opts.access.with(overrides)?;
         if self.endpoints.iter().any(|e| e.path == path) {
             return Err(format!("{} is already served", path.display()));
         }
@@ -168,9 +232,10 @@ impl Control {
                 nic.queues
             ));
         }
-        let (listener, created_dir) = listen(path, self.opts.socket_mode)?;
-        log_info!("serving port {port} queue {queue} on {}", path.display());
+        let (listener, created_dir) = listen(path, &access)?;
+        log_info!("serving port {port} queue {queue} on {} ({})", path.display(), access.describe());
         self.endpoints.push(Endpoint {
+            access,
             path: path.to_path_buf(),
             port,
             queue,
@@ -179,6 +244,7 @@ impl Control {
             conn: None,
             stats: Arc::new(SocketStats::default()),
             guests_served: 0,
+            peer_log: LogLimit::default(),
         });
         Ok(())
     }
@@ -238,8 +304,9 @@ impl Control {
     /// The control loop; returns when asked to quit.
     pub fn run(&mut self) {
         let stdin_fd = std::io::stdin().as_raw_fd();
-        let mut stdin = std::io::stdin().lock();
-        let mut line = String::new();
+        // Our own line buffer over the raw fd: a buffered reader would keep a second line
+        // that arrived in the same read where poll(2) cannot see it ("show stats\nquit\n").
+        let mut pending: Vec<u8> = Vec::new();
         while !self.quit && !QUIT_SIGNAL.load(Ordering::Relaxed) {
             let mut fds: Vec<libc::pollfd> = Vec::new();
             let mut owners: Vec<(usize, bool)> = Vec::new(); // (endpoint, is_conn)
@@ -263,10 +330,24 @@ impl Control {
                         continue;
                     }
                     if idx == usize::MAX {
-                        line.clear();
-                        match stdin.read_line(&mut line) {
-                            Ok(0) | Err(_) => self.stdin_open = false,
-                            Ok(_) => self.command_line(&line),
+                        let mut chunk = [0u8; 4096];
+                        // SAFETY: read(2) into a local buffer of the given length.
+                        let n = unsafe { libc::read(stdin_fd, chunk.as_mut_ptr().cast(), chunk.len()) };
+                        if n > 0 {
+                            pending.extend_from_slice(&chunk[..n as usize]);
+                        } else if n == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                            // End of input: a last line without a newline still counts.
+                            self.stdin_open = false;
+                            if !pending.is_empty() {
+                                pending.push(b'\n');
+                            }
+                        }
+                        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                            let line: Vec<u8> = pending.drain(..=end).collect();
+                            self.command_line(&String::from_utf8_lossy(&line));
+                            if self.quit {
+                                break;
+                            }
                         }
                     } else if idx < self.endpoints.len() {
                         if is_conn {
@@ -296,8 +377,8 @@ impl Control {
 
     fn execute(&mut self, cmd: Command, out: &mut dyn Write) {
         match cmd {
-            Command::Socket { path, port, queue } => {
-                if let Err(e) = self.add_socket(&path, port, queue) {
+            Command::Socket { path, port, queue, access } => {
+                if let Err(e) = self.add_socket(&path, port, queue, &access) {
                     let _ = writeln!(out, "error: {e}");
                 } else {
                     self.publish();
@@ -332,7 +413,7 @@ impl Control {
                         Some(_) => "connecting".into(),
                         None => "no guest".into(),
                     };
-                    let _ = writeln!(out, "{} port {} queue {}: {guest}", ep.path.display(), ep.port, ep.queue);
+                    let _ = writeln!(out, "{} port {} queue {}: {guest}; {}", ep.path.display(), ep.port, ep.queue, ep.access.describe());
                 }
                 if self.endpoints.is_empty() {
                     let _ = writeln!(out, "no sockets");
@@ -343,6 +424,42 @@ impl Control {
             }
             Command::Quit => self.quit = true,
         }
+    }
+
+    /// What the telemetry commands show (telemetry.rs), taken on this thread.
+    fn telemetry_views(&self) -> Vec<crate::telemetry::SocketView> {
+        use crate::telemetry::{ConnView, GuestView, RingFill, SocketView};
+        let now = Instant::now();
+        let view_guest = |g: &Guest| {
+            let mem = g.region.mem();
+            GuestView {
+                app: g.app.clone(),
+                region_size: g.region.len() as u64,
+                hugepages: g.region.hugepages,
+                pools: g.pools.len(),
+                queue_started: g.queue.is_some(),
+                rx_ring: RingFill::read(&mem, g.region.layout.rx_ring()),
+                tx_ring: RingFill::read(&mem, g.region.layout.tx_ring()),
+            }
+        };
+        self.endpoints
+            .iter()
+            .map(|ep| SocketView {
+                path: ep.path.display().to_string(),
+                port: ep.port,
+                queue: ep.queue,
+                guests_served: ep.guests_served,
+                stats: ep.stats.clone(),
+                pool_invalid: ep.conn.as_ref().and_then(|c| c.guest.as_ref()).map_or(0, |g| {
+                    g.pools.iter().map(|(_, p)| p.ctx.invalid.load(Ordering::Relaxed)).sum()
+                }),
+                conn: ep.conn.as_ref().map(|c| ConnView {
+                    pid: c.pid,
+                    connected_for: now.duration_since(c.since),
+                    guest: c.guest.as_ref().map(view_guest),
+                }),
+            })
+            .collect()
     }
 
     /// One line per socket and per port, `key=value` pairs.
@@ -356,7 +473,8 @@ impl Control {
             let ld = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
             s += &format!(
                 "socket={} port={} queue={} guest={} guests_served={} rx_packets={} rx_bytes={} rx_dropped={} \
-                 tx_packets={} tx_bytes={} tx_dropped={} tx_returned={} copies={} invalid={}\n",
+                 tx_packets={} tx_bytes={} tx_dropped={} tx_returned={} copies={} invalid={} refused={} bad_requests={} \
+                 pools={} pool_buffers={} free_ring={} shadow_in_use={}\n",
                 ep.path.display(),
                 ep.port,
                 ep.queue,
@@ -371,12 +489,18 @@ impl Control {
                 ld(&st.tx_returned),
                 ld(&st.copies),
                 ld(&st.invalid) + pool_invalid,
+                ld(&st.refused),
+                ld(&st.bad_requests),
+                guest.map_or(0, |g| g.pools.len()),
+                guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.ctx.layout.count() as u64).sum::<u64>()),
+                guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.free_ring_count() as u64).sum::<u64>()),
+                guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.in_use() as u64).sum::<u64>()),
             );
         }
         for (&port, nic) in &self.ports {
             if let Ok(ps) = nic.port.stats() {
                 s += &format!(
-                    "port={port} name={} link={} ipackets={} opackets={} ibytes={} obytes={} imissed={} ierrors={} oerrors={} rx_nombuf={}\n",
+                    "port={port} name={} link={} ipackets={} opackets={} ibytes={} obytes={} imissed={} ierrors={} oerrors={} rx_nombuf={} parking_in_use={}\n",
                     nic.name,
                     if nic.link.up { "up" } else { "down" },
                     ps.ipackets,
@@ -386,11 +510,15 @@ impl Control {
                     ps.imissed,
                     ps.ierrors,
                     ps.oerrors,
-                    ps.rx_nombuf
+                    ps.rx_nombuf,
+                    // SAFETY: the parking pool lives as long as the port entry.
+                    unsafe { sys::rte_mempool_in_use_count(nic.parking_pool()) }
                 );
             }
         }
-        s += &format!("unclaimed={}\n", self.plane.unclaimed.load(Ordering::Relaxed));
+        // Every mempool of the process (parking pools, one shadow pool per guest pool):
+        // back to its baseline whenever the guests are gone, or something leaked.
+        s += &format!("unclaimed={} mempools={}\n", self.plane.unclaimed.load(Ordering::Relaxed), mempool_count());
         s
     }
 
@@ -398,40 +526,82 @@ impl Control {
         let ep = &mut self.endpoints[idx];
         // SAFETY: accept4 on our listening socket; the new fd is owned right away.
         let fd = unsafe {
-            libc::accept4(ep.listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+            // Non-blocking: a guest that does not read its socket must never block this
+            // thread in a send (see `reply`).
+            libc::accept4(
+                ep.listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            )
         };
         if fd < 0 {
             return;
         }
         // SAFETY: a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let pid = peer_pid(fd.as_raw_fd());
+        let cred = access::peer_cred(fd.as_raw_fd());
+        let pid = cred.as_ref().map_or(-1, |c| c.pid);
+        let allowed = cred.as_ref().map(|c| ep.access.admits(c));
+        if allowed != Some(true) && (ep.access.has_allowlist() || allowed.is_none()) {
+            let (uid, gid) = cred.as_ref().map_or((u32::MAX, u32::MAX), |c| (c.uid, c.gid));
+            let reason = format!("{}: uid {uid} gid {gid} is not allowed on this socket", ep.path.display());
+            // Read what the peer already sent (its Hello): closing a socket with unread
+            // data makes the peer's next read fail with ECONNRESET instead of showing it
+            // the reason.
+            let drain = || (0..8).take_while(|_| recv_message(fd.as_fd(), Some(Duration::ZERO)).is_ok()).count();
+            drain();
+            let _ = send_message(fd.as_fd(), &Message::refuse(RefuseCode::NotAllowed, &reason), 0, &[]);
+            drain();
+            bump(&ep.stats.refused);
+            self.warn_peer(idx, &format!("refused a peer (pid {pid} uid {uid} gid {gid}): not in the allowlist"));
+            return;
+        }
         if let Some(current) = &ep.conn {
             let who = current.guest.as_ref().map_or("a connecting guest".to_string(), |g| format!("guest '{}'", g.app));
             let reason = format!("{} is busy: {who} (pid {}) holds it", ep.path.display(), current.pid);
             let _ = send_message(fd.as_fd(), &Message::refuse(RefuseCode::Busy, &reason), 0, &[]);
-            log_warn!("{}: refused a second guest (pid {pid}): busy", ep.path.display());
+            bump(&ep.stats.refused);
+            self.warn_peer(idx, &format!("refused a second guest (pid {pid}): busy"));
             return;
         }
-        ep.conn = Some(Conn { fd, since: Instant::now(), pid, guest: None });
+        ep.conn = Some(Conn { fd, since: Instant::now(), pid, guest: None, unanswerable: Default::default() });
     }
 
     /// Reads and answers everything the guest sent.
     fn service_conn(&mut self, idx: usize) {
         loop {
             let Some(conn) = self.endpoints[idx].conn.as_ref() else { return };
+            if conn.unanswerable.get() {
+                bump(&self.endpoints[idx].stats.bad_requests);
+                self.disconnect(idx, "the guest does not read its socket", false);
+                return;
+            }
             let received = recv_message(conn.fd.as_fd(), Some(Duration::ZERO));
-            let (msg, id) = match received {
-                Ok((msg, id, _fds)) => (msg, id),
+            let (msg, id, fds) = match received {
+                Ok((msg, id, fds)) => (msg, id, fds),
                 Err(TransportError::Timeout) => return,
                 Err(TransportError::Closed) => {
+                    if !self.has_guest(idx) {
+                        // Gone before its Hello (a probe, or a connection flood).
+                        bump(&self.endpoints[idx].stats.refused);
+                        self.warn_peer(idx, "a connection closed before its Hello");
+                    }
                     self.disconnect(idx, "the guest closed the connection", false);
                     return;
                 }
                 Err(e @ (TransportError::Decode(_) | TransportError::Truncated { .. } | TransportError::TooManyFds { .. })) => {
                     let reason = format!("malformed message: {e}");
                     self.reply(idx, &Message::refuse(RefuseCode::BadRequest, &reason), 0);
-                    log_warn!("{}: {reason}", self.endpoints[idx].path.display());
+                    bump(&self.endpoints[idx].stats.bad_requests);
+                    if !self.has_guest(idx) {
+                        // Not even a handshake: nothing to keep this connection for.
+                        bump(&self.endpoints[idx].stats.refused);
+                        self.warn_peer(idx, &format!("{reason} before Hello; disconnected"));
+                        self.disconnect(idx, &reason, false);
+                        return;
+                    }
+                    self.warn_peer(idx, &reason);
                     continue;
                 }
                 Err(e) => {
@@ -439,15 +609,33 @@ impl Control {
                     return;
                 }
             };
-            self.handle(idx, msg, id);
+            self.handle(idx, msg, id, fds);
         }
     }
 
     fn reply(&self, idx: usize, msg: &Message, id: u32) {
         if let Some(conn) = &self.endpoints[idx].conn {
-            if let Err(e) = send_message(conn.fd.as_fd(), msg, id, &[]) {
-                log_warn!("{}: cannot answer the guest: {e}", self.endpoints[idx].path.display());
+            if conn.unanswerable.get() {
+                return;
             }
+            if let Err(e) = send_message(conn.fd.as_fd(), msg, id, &[]) {
+                // The socket is non-blocking: a full socket is a guest that does not read
+                // its answers. No further answer is attempted; the connection is shut down
+                // (so its poll wakes up) and detached by `service_conn`/`housekeeping`.
+                log_warn!("{}: cannot answer the guest ({e}); closing its connection", self.endpoints[idx].path.display());
+                conn.unanswerable.set(true);
+                // SAFETY: shutdown(2) of a descriptor we own; it stays open until dropped.
+                unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
+            }
+        }
+    }
+
+    /// A rate-limited warning about the peer of socket `idx`.
+    fn warn_peer(&mut self, idx: usize, text: &str) {
+        let ep = &mut self.endpoints[idx];
+        if let Some(held) = ep.peer_log.admit(Instant::now()) {
+            let more = if held > 0 { format!(" ({held} similar lines suppressed)") } else { String::new() };
+            log_warn!("{}: {text}{more}", ep.path.display());
         }
     }
 
@@ -459,21 +647,25 @@ impl Control {
         self.endpoints[idx].conn.as_mut().and_then(|c| c.guest.as_mut())
     }
 
-    fn handle(&mut self, idx: usize, msg: Message, id: u32) {
-        let path = self.endpoints[idx].path.display().to_string();
+    /// `fds` came with the message: only a reattaching `Hello` carries one (its region);
+    /// any other descriptor is closed unread.
+    fn handle(&mut self, idx: usize, msg: Message, id: u32, fds: Vec<OwnedFd>) {
         match msg {
-            Message::Hello(hello) if !self.has_guest(idx) => self.hello(idx, hello, id),
+            Message::Hello(hello) if !self.has_guest(idx) => self.hello(idx, hello, id, fds),
             Message::Goodbye => self.disconnect(idx, "the guest said goodbye", false),
             _ if !self.has_guest(idx) => {
                 let reason = format!("expected Hello first, got {}", msg.kind());
                 self.reply(idx, &Message::refuse(RefuseCode::BadRequest, &reason), id);
+                bump(&self.endpoints[idx].stats.refused);
+                self.warn_peer(idx, &format!("{reason}; disconnected"));
                 self.disconnect(idx, &reason, false);
             }
             Message::PoolAdd(add) => {
                 let answer = match self.pool_add(idx, &add) {
                     Ok(()) => Message::PoolAck { pool_id: add.pool_id },
                     Err(reason) => {
-                        log_warn!("{path}: pool {} refused: {reason}", add.pool_id);
+                        bump(&self.endpoints[idx].stats.bad_requests);
+                        self.warn_peer(idx, &format!("pool {} refused: {reason}", add.pool_id));
                         Message::refuse(RefuseCode::BadRequest, &reason)
                     }
                 };
@@ -482,7 +674,10 @@ impl Control {
             Message::PoolDel { pool_id } => {
                 let answer = match self.pool_del(idx, pool_id) {
                     Ok(()) => Message::PoolAck { pool_id },
-                    Err(reason) => Message::refuse(RefuseCode::BadRequest, &reason),
+                    Err(reason) => {
+                        bump(&self.endpoints[idx].stats.bad_requests);
+                        Message::refuse(RefuseCode::BadRequest, &reason)
+                    }
                 };
                 self.reply(idx, &answer, id);
             }
@@ -490,7 +685,8 @@ impl Control {
                 let answer = match self.queue_start(idx, rx_pool_id) {
                     Ok(()) => Message::QueueStarted,
                     Err((code, reason)) => {
-                        log_warn!("{path}: cannot start the queue: {reason}");
+                        bump(&self.endpoints[idx].stats.bad_requests);
+                        self.warn_peer(idx, &format!("cannot start the queue: {reason}"));
                         Message::refuse(code, &reason)
                     }
                 };
@@ -502,16 +698,19 @@ impl Control {
             }
             other => {
                 let reason = format!("unexpected {} from a guest", other.kind());
+                bump(&self.endpoints[idx].stats.bad_requests);
+                self.warn_peer(idx, &reason);
                 self.reply(idx, &Message::refuse(RefuseCode::BadRequest, &reason), id);
             }
         }
     }
 
-    fn hello(&mut self, idx: usize, hello: Hello, id: u32) {
+    fn hello(&mut self, idx: usize, hello: Hello, id: u32, mut fds: Vec<OwnedFd>) {
         let ep = &self.endpoints[idx];
         let path = ep.path.display().to_string();
         let refuse = |ctl: &mut Control, code: RefuseCode, reason: String| {
-            log_warn!("{path}: refused guest '{}': {reason}", hello.app_name);
+            bump(&ctl.endpoints[idx].stats.refused);
+            ctl.warn_peer(idx, &format!("refused guest '{}': {reason}", hello.app_name));
             ctl.reply(idx, &Message::refuse(code, &reason), id);
             ctl.endpoints[idx].conn = None;
         };
@@ -544,7 +743,20 @@ impl Control {
         };
         let (port, queue) = (ep.port, ep.queue);
         let name = format!("dpdk-io-proxy:{path}");
-        let mut region = match GuestRegion::create(&name, &req, self.iova_is_va) {
+        let reattach = hello.flags & HELLO_FLAG_REATTACH != 0;
+        let made = if reattach {
+            // The guest's pools live in the region an earlier proxy gave it: it hands
+            // that memfd back, and it is checked and laid out again (GuestRegion::adopt).
+            if fds.len() != 1 || hello.region_size == 0 {
+                let reason = format!("a reattaching Hello must carry its region memfd and size (got {} fds)", fds.len());
+                return refuse(self, RefuseCode::BadRequest, reason);
+            }
+            GuestRegion::adopt(fds.remove(0), &req, self.iova_is_va).map_err(|e| format!("cannot adopt the guest's region: {e}"))
+        } else {
+            GuestRegion::create(&name, &req, self.iova_is_va)
+        };
+        drop(fds);
+        let mut region = match made {
             Ok(r) => r,
             Err(reason) => return refuse(self, RefuseCode::BadRequest, reason),
         };
@@ -570,15 +782,18 @@ impl Control {
             link_speed_mbps: nic.link.speed_mbps,
         });
         let conn = self.endpoints[idx].conn.as_ref().expect("connection present");
-        if let Err(e) = send_message(conn.fd.as_fd(), &welcome, id, &[region.memfd.as_fd()]) {
+        // A reattaching guest has its memfd mapped already.
+        let sent_fds = if reattach { Vec::new() } else { vec![region.memfd.as_fd()] };
+        if let Err(e) = send_message(conn.fd.as_fd(), &welcome, id, &sent_fds) {
             log_warn!("{path}: cannot send Welcome: {e}");
             self.endpoints[idx].conn = None;
             return;
         }
         log_info!(
-            "{path}: guest '{}' (pid {}) attached to port {port} queue {queue}: region {} MiB on {}",
+            "{path}: guest '{}' (pid {}) {} port {port} queue {queue}: region {} MiB on {}",
             hello.app_name,
             conn.pid,
+            if reattach { "reattached its region to" } else { "attached to" },
             region.len() >> 20,
             if region.hugepages { format!("{} KiB hugepages", region.layout.page_size() >> 10) } else { "4 KiB pages".into() }
         );
@@ -716,6 +931,10 @@ impl Control {
                 st.tx_packets.load(Ordering::Relaxed),
                 guest.invalid_total(st)
             );
+            // The pools' own counts of bad free-ring entries go with them: keep them in
+            // the socket's `invalid` (the data loop no longer writes it: queue stopped).
+            let pool_invalid: u64 = guest.pools.iter().map(|(_, p)| p.ctx.invalid.load(Ordering::Relaxed)).sum();
+            st.invalid.store(st.invalid.load(Ordering::Relaxed) + pool_invalid, Ordering::Relaxed);
             // Pools (their mempools) go first, then the region is unmapped with the
             // last reference.
             drop(guest.pools);
@@ -728,8 +947,15 @@ impl Control {
         for idx in 0..self.endpoints.len() {
             let ep = &self.endpoints[idx];
             let Some(conn) = &ep.conn else { continue };
+            if conn.unanswerable.get() {
+                // An answer from here (link news, a refusal) found its socket full.
+                self.disconnect(idx, "the guest does not read its socket", false);
+                continue;
+            }
             let Some(guest) = &conn.guest else {
                 if now.duration_since(conn.since) > HELLO_TIMEOUT {
+                    bump(&ep.stats.refused);
+                    self.warn_peer(idx, "no Hello within 5 s; disconnected");
                     self.disconnect(idx, "no Hello within 5 s", false);
                 }
                 continue;
@@ -765,6 +991,7 @@ impl Control {
             self.last_link_check = now;
             self.check_links();
         }
+        crate::telemetry::refresh(now, || self.telemetry_views());
         if let Some(period) = self.opts.stats_period {
             if now.duration_since(self.last_stats) >= period {
                 self.last_stats = now;
@@ -831,22 +1058,25 @@ impl Control {
     }
 }
 
-fn pollfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
+/// One more on a counter only this thread writes.
+fn bump(counter: &std::sync::atomic::AtomicU64) {
+    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
-fn peer_pid(fd: RawFd) -> i32 {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: cred is a valid ucred buffer of `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut libc::c_void, &mut len)
-    };
-    if rc == 0 {
-        cred.pid
-    } else {
-        -1
+/// How many mempools exist in this process.
+fn mempool_count() -> u32 {
+    unsafe extern "C" fn count(_mp: *mut sys::rte_mempool, arg: *mut std::ffi::c_void) {
+        // SAFETY: `arg` is the counter passed below, alive during the walk.
+        unsafe { *(arg as *mut u32) += 1 };
     }
+    let mut n = 0u32;
+    // SAFETY: the walk calls `count` synchronously with our counter.
+    unsafe { sys::rte_mempool_walk(Some(count), &mut n as *mut u32 as *mut std::ffi::c_void) };
+    n
+}
+
+fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
 }
 
 fn mac_text(mac: &[u8; 6]) -> String {
@@ -861,17 +1091,41 @@ fn link_text(link: dpdk::Link) -> String {
     }
 }
 
-/// Creates the listening socket at `path`, making its directory if needed. A stale
-/// socket file (no one listening) is replaced; a live one is an error.
-fn listen(path: &Path, mode: u32) -> Result<(OwnedFd, Option<PathBuf>), String> {
-    let shown = path.display();
+/// Creates the listening socket at `path` with the owner, group and mode of `access`,
+/// making its directory (with the same owner and group, `access.dir_mode`) if needed. A
+/// stale socket file (no one listening) is replaced; a live one is an error. On any
+/// error nothing is left behind: neither a socket file nor a directory made here.
+fn listen(path: &Path, access: &Access) -> Result<(OwnedFd, Option<PathBuf>), String> {
     let mut created_dir = None;
     if let Some(dir) = path.parent() {
         if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            created_dir = Some(dir.to_path_buf());
+            // The topmost missing directory, so that an error removes all of them.
+            let top = dir.ancestors().take_while(|d| !d.exists()).last().unwrap_or(dir).to_path_buf();
+            std::fs::create_dir_all(dir).map_err(|e| {
+                let _ = std::fs::remove_dir_all(&top);
+                format!("cannot create {}: {e}", dir.display())
+            })?;
+            created_dir = Some(top.clone());
+            let applied = access::apply(dir, access.owner, access.group, access.dir_mode);
+            if let Err(e) = applied {
+                let _ = std::fs::remove_dir_all(&top);
+                return Err(e);
+            }
+        } else if !dir.is_dir() {
+            return Err(format!("{} is not a directory", dir.display()));
         }
     }
+    let made = bind_listen(path, access);
+    if made.is_err() {
+        if let Some(top) = &created_dir {
+            let _ = std::fs::remove_dir_all(top);
+        }
+    }
+    made.map(|fd| (fd, created_dir))
+}
+
+fn bind_listen(path: &Path, access: &Access) -> Result<OwnedFd, String> {
+    let shown = path.display();
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {
@@ -894,12 +1148,16 @@ fn listen(path: &Path, mode: u32) -> Result<(OwnedFd, Option<PathBuf>), String> 
         if libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) != 0 {
             return Err(format!("cannot bind {shown}: {}", std::io::Error::last_os_error()));
         }
+        // From here on the file exists: remove it on any error.
+        let fail = |e: String| {
+            let _ = std::fs::remove_file(path);
+            e
+        };
         if libc::listen(fd.as_raw_fd(), 8) != 0 {
-            return Err(format!("cannot listen on {shown}: {}", std::io::Error::last_os_error()));
+            return Err(fail(format!("cannot listen on {shown}: {}", std::io::Error::last_os_error())));
         }
-        let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "NUL in path")?;
-        libc::chmod(cpath.as_ptr(), mode as libc::mode_t);
-        Ok((fd, created_dir))
+        access::apply(path, access.owner, access.group, access.mode).map_err(fail)?;
+        Ok(fd)
     }
 }
 
@@ -931,9 +1189,35 @@ fn seqpacket_connects(path: &Path) -> bool {
     }
 }
 
+/// Removes the socket file and the directories the proxy made for it (from the socket's
+/// up to the topmost one it made), as long as they are empty.
 fn remove_socket(ep: &Endpoint) {
     let _ = std::fs::remove_file(&ep.path);
-    if let Some(dir) = &ep.created_dir {
-        let _ = std::fs::remove_dir(dir);
+    if let Some(top) = &ep.created_dir {
+        for dir in ep.path.ancestors().skip(1) {
+            if std::fs::remove_dir(dir).is_err() || dir == top.as_path() {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_warnings_are_rate_limited() {
+        let mut limit = LogLimit::default();
+        let t0 = Instant::now();
+        for _ in 0..PEER_LOG_BURST {
+            assert_eq!(limit.admit(t0), Some(0));
+        }
+        for _ in 0..7 {
+            assert_eq!(limit.admit(t0 + Duration::from_secs(1)), None);
+        }
+        // A new period: the next line goes out and says how many were held back.
+        assert_eq!(limit.admit(t0 + PEER_LOG_PERIOD), Some(7));
+        assert_eq!(limit.admit(t0 + PEER_LOG_PERIOD), Some(0));
     }
 }

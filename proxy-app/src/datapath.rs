@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use dpdk::sys;
 use shm_contract::pool::MAX_POOLS;
+use shm_contract::tx::{take_packet, TxInvalid, TxPacket, TxSink};
 use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer};
 
 use crate::region::GuestRegion;
@@ -20,12 +21,10 @@ use crate::shadow::ShadowCtx;
 /// Packets per NIC burst.
 pub const BURST: usize = 32;
 /// Longest packet chain accepted from a guest (and handed to it).
-pub const MAX_SEGS: u32 = 64;
+pub const MAX_SEGS: u32 = shm_contract::tx::MAX_SEGS;
 /// Ring slots assumed per received packet when the guest's rx ring is nearly full.
 const RX_SEGS_ASSUMED: u32 = 8;
 const RX_ROOM_FOR_BURST: u32 = BURST as u32 * RX_SEGS_ASSUMED;
-/// Descriptors looked at per tx poll: enough for a burst of the longest packets.
-const TX_DESC_WINDOW: u32 = BURST as u32 * MAX_SEGS;
 
 /// Per-socket counters. Written by the data loop (single writer, plain load + store);
 /// read by the control thread.
@@ -49,6 +48,11 @@ pub struct SocketStats {
     pub tx_returned: AtomicU64,
     /// Descriptors or indices from the guest that failed validation (packet dropped).
     pub invalid: AtomicU64,
+    /// Control thread: connections refused or cut during the handshake (busy socket,
+    /// no common version, region too large, malformed or no Hello).
+    pub refused: AtomicU64,
+    /// Control thread: malformed messages and refused requests of a connected guest.
+    pub bad_requests: AtomicU64,
 }
 
 #[inline]
@@ -67,6 +71,17 @@ pub enum Invalid {
     Length = 3,
     Segments = 4,
     Duplicate = 5,
+}
+
+impl From<TxInvalid> for Invalid {
+    fn from(kind: TxInvalid) -> Invalid {
+        match kind {
+            TxInvalid::Offset => Invalid::Offset,
+            TxInvalid::Length => Invalid::Length,
+            TxInvalid::Segments => Invalid::Segments,
+            TxInvalid::Duplicate => Invalid::Duplicate,
+        }
+    }
 }
 
 impl Invalid {
@@ -238,7 +253,9 @@ impl DataQueue {
     unsafe fn to_guest(&self, pkts: &[*mut sys::rte_mbuf]) {
         // SAFETY: only the data loop touches the ring state.
         let ring = unsafe { &mut *self.rx_ring.get() };
-        let free = match ring.free_slots(u32::MAX) {
+        // poll() made sure of room for a burst; the guest's index is re-read below only
+        // when chains need more than the cached view shows.
+        let mut free = match ring.free_slots(pkts.len() as u32) {
             Ok(f) => f,
             Err(_) => {
                 // SAFETY: our packets; freeing returns their buffers to the guest's ring.
@@ -265,6 +282,9 @@ impl DataQueue {
                     m = copy;
                 }
                 let segs = (*m).nb_segs as u32;
+                if segs <= MAX_SEGS && segs > free - slot {
+                    free = ring.free_slots(u32::MAX).unwrap_or(free);
+                }
                 if segs > MAX_SEGS || segs > free - slot {
                     sys::rte_pktmbuf_free(m);
                     dropped += 1;
@@ -318,34 +338,6 @@ impl DataQueue {
         bump(&self.stats.copies, copies);
     }
 
-    /// The shadow of a tx descriptor's buffer, claimed and filled, after validation.
-    ///
-    /// # Safety
-    /// Data loop only.
-    #[inline]
-    unsafe fn claim(&self, d: &Desc) -> Result<*mut sys::rte_mbuf, Invalid> {
-        let Some((ctx, m)) = self.find_shadow(d.offset) else { return Err(Invalid::Offset) };
-        if d.data_off as u32 + d.data_len as u32 > ctx.layout.data_room() as u32 {
-            return Err(Invalid::Length);
-        }
-        // SAFETY: m is a shadow of ctx's pool; the data loop is its only user.
-        unsafe {
-            if !ctx.claim(m) {
-                return Err(Invalid::Duplicate);
-            }
-            (*m).data_off = d.data_off;
-            (*m).data_len = d.data_len;
-            (*m).pkt_len = d.data_len as u32;
-            (*m).nb_segs = 1;
-            (*m).next = std::ptr::null_mut();
-            (*m).ol_flags = 0;
-            (*m).port = self.port;
-            (*m).__bindgen_anon_1.packet_type = 0;
-            (*m).__bindgen_anon_3.tx_offload = 0;
-        }
-        Ok(m)
-    }
-
     /// The pool and shadow of the guest buffer whose mbuf is at `offset`, if it is one.
     #[inline]
     fn find_shadow(&self, offset: u32) -> Option<(&ShadowCtx, *mut sys::rte_mbuf)> {
@@ -363,7 +355,9 @@ impl DataQueue {
     unsafe fn to_nic(&self, pkts: &mut [*mut sys::rte_mbuf; BURST]) {
         // SAFETY: only the data loop touches the ring state.
         let ring = unsafe { &mut *self.tx_ring.get() };
-        let avail = match ring.available(TX_DESC_WINDOW) {
+        // The guest's producer index is re-read (a cache line the guest's core keeps
+        // writing) only when the cached view holds less than a burst.
+        let avail = match ring.available(BURST as u32) {
             Ok(0) => return,
             Ok(a) => a,
             Err(_) => {
@@ -374,76 +368,33 @@ impl DataQueue {
         let mut used = 0u32;
         let mut count = 0usize;
         let mut bytes = 0u64;
-        'packets: while count < BURST && used < avail {
-            let first = used;
-            let mut head: *mut sys::rte_mbuf = std::ptr::null_mut();
-            let mut tail: *mut sys::rte_mbuf = std::ptr::null_mut();
-            let mut segs = 0u32;
-            let mut pkt_len = 0u32;
-            let mut bad: Option<Invalid> = None;
-            let mut vlan: Option<u16> = None;
-            loop {
-                if used >= avail {
-                    // A chain cut by the window (or not fully published): retry it on
-                    // the next poll, from its first descriptor.
-                    if !head.is_null() {
-                        // SAFETY: the segments claimed so far; their descriptors stay in
-                        // the ring and are read again, so only the claim is undone.
-                        unsafe { unclaim_chain(head) };
-                    }
-                    used = first;
-                    break 'packets;
-                }
-                let d = ring.read(used);
-                used += 1;
-                segs += 1;
-                if segs > MAX_SEGS {
-                    bad.get_or_insert(Invalid::Segments);
-                    break;
-                }
-                if segs == 1 && d.flags.contains(DescFlags::VLAN) {
-                    vlan = Some(d.vlan_tci);
-                }
-                if bad.is_none() {
-                    // SAFETY: data loop.
-                    match unsafe { self.claim(&d) } {
-                        Ok(m) => {
-                            pkt_len += d.data_len as u32;
-                            if head.is_null() {
-                                head = m;
-                            } else {
-                                // SAFETY: tail is a segment of this chain.
-                                unsafe { (*tail).next = m };
-                            }
-                            tail = m;
+        // Invalid packets count against the burst too: however a guest fills its ring,
+        // one poll of it does at most BURST packets' worth of work, so it cannot starve
+        // the other guests' queues of the data loop's time.
+        let mut taken = 0usize;
+        let mut chain = TxChain { q: self, head: std::ptr::null_mut(), tail: std::ptr::null_mut() };
+        while taken < BURST && used < avail {
+            taken += 1;
+            match take_packet(|i| ring.read(i), &mut used, avail, &mut chain) {
+                TxPacket::Incomplete => break,
+                TxPacket::Invalid(kind) => self.invalid(kind.into(), 1),
+                TxPacket::Valid { segs, len, vlan } => {
+                    let head = std::mem::replace(&mut chain.head, std::ptr::null_mut());
+                    chain.tail = std::ptr::null_mut();
+                    // SAFETY: head is a valid chain of claimed shadows.
+                    unsafe {
+                        (*head).pkt_len = len;
+                        (*head).nb_segs = segs as u16;
+                        if let Some(tci) = vlan {
+                            (*head).ol_flags |= sys::RTE_MBUF_F_TX_VLAN as u64;
+                            (*head).vlan_tci = tci;
                         }
-                        Err(kind) => bad = Some(kind),
                     }
-                }
-                if !d.flags.contains(DescFlags::NEXT) {
-                    break;
-                }
-            }
-            if let Some(kind) = bad {
-                self.invalid(kind, 1);
-                if !head.is_null() {
-                    // SAFETY: our claimed chain: back to the guest's free ring.
-                    unsafe { sys::rte_pktmbuf_free(head) };
-                }
-                continue;
-            }
-            // SAFETY: head is a valid chain of claimed shadows.
-            unsafe {
-                (*head).pkt_len = pkt_len;
-                (*head).nb_segs = segs as u16;
-                if let Some(tci) = vlan {
-                    (*head).ol_flags |= sys::RTE_MBUF_F_TX_VLAN as u64;
-                    (*head).vlan_tci = tci;
+                    pkts[count] = head;
+                    count += 1;
+                    bytes += len as u64;
                 }
             }
-            pkts[count] = head;
-            count += 1;
-            bytes += pkt_len as u64;
         }
         ring.release(used);
         if count == 0 {
@@ -545,6 +496,71 @@ unsafe fn unclaim_chain(mut m: *mut sys::rte_mbuf) {
     }
 }
 
+/// The packet being assembled from a guest's tx descriptors: the shadows claimed so
+/// far, linked. The validation itself is `shm_contract::tx::take_packet`.
+struct TxChain<'q> {
+    q: &'q DataQueue,
+    head: *mut sys::rte_mbuf,
+    tail: *mut sys::rte_mbuf,
+}
+
+// Used only inside `DataQueue::to_nic`, by the data loop, the only user of the queue's
+// shadows while it is published.
+impl<'q> TxSink for TxChain<'q> {
+    type Seg = (&'q ShadowCtx, *mut sys::rte_mbuf);
+
+    #[inline]
+    fn find(&self, offset: u32) -> Option<(Self::Seg, u16)> {
+        self.q.find_shadow(offset).map(|(ctx, m)| ((ctx, m), ctx.layout.data_room()))
+    }
+
+    #[inline]
+    fn claim(&mut self, (ctx, m): Self::Seg, d: &Desc) -> bool {
+        // SAFETY: m is a shadow of ctx's pool; the data loop is its only user.
+        unsafe {
+            if !ctx.claim(m) {
+                return false;
+            }
+            (*m).data_off = d.data_off;
+            (*m).data_len = d.data_len;
+            (*m).pkt_len = d.data_len as u32;
+            (*m).nb_segs = 1;
+            (*m).next = std::ptr::null_mut();
+            (*m).ol_flags = 0;
+            (*m).port = self.q.port;
+            (*m).__bindgen_anon_1.packet_type = 0;
+            (*m).__bindgen_anon_3.tx_offload = 0;
+            if self.head.is_null() {
+                self.head = m;
+            } else {
+                // tail is a segment of this chain.
+                (*self.tail).next = m;
+            }
+        }
+        self.tail = m;
+        true
+    }
+
+    fn unclaim_packet(&mut self) {
+        if !self.head.is_null() {
+            // SAFETY: the segments claimed so far; their descriptors stay in the ring and
+            // are read again, so only the claim is undone.
+            unsafe { unclaim_chain(self.head) };
+        }
+        self.head = std::ptr::null_mut();
+        self.tail = std::ptr::null_mut();
+    }
+
+    fn drop_packet(&mut self) {
+        if !self.head.is_null() {
+            // SAFETY: our claimed chain: back to the guest's free ring.
+            unsafe { sys::rte_pktmbuf_free(self.head) };
+        }
+        self.head = std::ptr::null_mut();
+        self.tail = std::ptr::null_mut();
+    }
+}
+
 /// What the data loop polls.
 pub struct PlaneConfig {
     pub version: u64,
@@ -611,6 +627,12 @@ impl Plane {
 
     /// The polling loop; returns after `request_stop`.
     pub fn run(&self) {
+        self.run_with(|| ());
+    }
+
+    /// The polling loop, calling `extra` once per round: the latency probe of the
+    /// benchmark mode (`--bench-latency`) shares the data loop's lcore this way.
+    pub fn run_with(&self, mut extra: impl FnMut()) {
         // SeqCst with the swap in `publish`: either `publish` sees the loop running and
         // waits, or the loop's first load sees the new configuration.
         self.running.store(true, Ordering::SeqCst);
@@ -645,6 +667,7 @@ impl Plane {
                     bump(&self.unclaimed, n as u64);
                 }
             }
+            extra();
         }
         if !previous.is_null() {
             // SAFETY: as above.

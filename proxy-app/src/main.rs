@@ -5,12 +5,14 @@
 //! Threads: the EAL main lcore runs the data loop (`datapath`); a control thread serves
 //! the sockets and stdin (`control`).
 
+mod access;
 mod cmds;
 mod control;
 mod datapath;
 mod nic;
 mod region;
 mod shadow;
+mod telemetry;
 
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -49,10 +51,18 @@ options:
                            (default 512M; K/M/G suffixes)
   --max-region-size SIZE   the largest region a guest may ask for (default 2G)
   --no-hugepages           back regions with normal pages even if hugepages are free
-  --socket-mode OCTAL      permissions of the socket files (default 0660)
+  --socket-mode OCTAL      permissions of the socket files (default 0660; a directory
+                           the proxy makes for a socket gets the matching search bits, 0770)
+  --socket-owner USER      owner of the socket files and of the directories made for them
+  --socket-group GROUP     their group (e.g. the group of the guests' users)
+  --allow-uid USER[,..]    only these users may connect (checked with SO_PEERCRED)
+  --allow-gid GROUP[,..]   ... or members of these groups (primary or supplementary);
+                           without either, the file permissions decide. Refusals are
+                           logged with the peer's pid and uid. A socket line can
+                           override each of these (see 'socket' below)
   --queues N               configure at least N queues on every port used
   --mtu N                  set this MTU on every port used (e.g. 9000 for jumbo frames)
-  --stats-period SECS      print the counters every SECS seconds
+  --stats-period SECS      print the counters every SECS seconds (0: never)
   -h, --help               this text
 
 {}
@@ -78,6 +88,8 @@ fn parse_size(s: &str) -> Option<u64> {
 struct AppArgs {
     opts: Options,
     cmds: Option<String>,
+    /// Hidden benchmark mode (scripts/bench.sh): the NIC is a ring pair to a latency probe.
+    bench_latency: Option<bench::Spec>,
 }
 
 fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
@@ -85,12 +97,20 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
         region_size: 512 << 20,
         max_region_size: 2 << 30,
         try_hugepages: true,
-        socket_mode: 0o660,
+        access: access::Access {
+            owner: None,
+            group: None,
+            mode: 0o660,
+            dir_mode: access::Access::dir_mode_for(0o660),
+            allow_uids: Vec::new(),
+            allow_gids: Vec::new(),
+        },
         mtu: None,
         queues: None,
         stats_period: None,
     };
     let mut cmds = None;
+    let mut bench_latency = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
@@ -104,14 +124,30 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
             }
             "--no-hugepages" => opts.try_hugepages = false,
             "--socket-mode" => {
-                opts.socket_mode =
-                    u32::from_str_radix(&value(a)?, 8).map_err(|_| "--socket-mode: expected an octal mode like 0660")?
+                let mode = cmds::parse_mode(&value(a)?).map_err(|e| format!("--socket-mode: {e}"))?;
+                opts.access.mode = mode;
+                opts.access.dir_mode = access::Access::dir_mode_for(mode);
+            }
+            "--socket-owner" => opts.access.owner = Some(access::resolve_user(&value(a)?).map_err(|e| format!("--socket-owner: {e}"))?),
+            "--socket-group" => opts.access.group = Some(access::resolve_group(&value(a)?).map_err(|e| format!("--socket-group: {e}"))?),
+            "--allow-uid" => {
+                for u in value(a)?.split(',').filter(|u| !u.is_empty()) {
+                    opts.access.allow_uids.push(access::resolve_user(u).map_err(|e| format!("--allow-uid: {e}"))?);
+                }
+            }
+            "--allow-gid" => {
+                for g in value(a)?.split(',').filter(|g| !g.is_empty()) {
+                    opts.access.allow_gids.push(access::resolve_group(g).map_err(|e| format!("--allow-gid: {e}"))?);
+                }
             }
             "--queues" => opts.queues = Some(value(a)?.parse().map_err(|_| "--queues: expected a number")?),
             "--mtu" => opts.mtu = Some(value(a)?.parse().map_err(|_| "--mtu: expected a number")?),
             "--stats-period" => {
                 let secs: u64 = value(a)?.parse().map_err(|_| "--stats-period: expected seconds")?;
-                opts.stats_period = Some(Duration::from_secs(secs.max(1)));
+                opts.stats_period = (secs > 0).then(|| Duration::from_secs(secs));
+            }
+            "--bench-latency" => {
+                bench_latency = Some(bench::Spec::parse(&value(a)?).map_err(|e| format!("--bench-latency: {e}"))?)
             }
             other => return Err(format!("unknown option '{other}' (see --help)")),
         }
@@ -119,7 +155,7 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
     if opts.region_size > opts.max_region_size {
         opts.max_region_size = opts.region_size;
     }
-    Ok(AppArgs { opts, cmds })
+    Ok(AppArgs { opts, cmds, bench_latency })
 }
 
 extern "C" fn on_signal(_sig: libc::c_int) {
@@ -173,10 +209,6 @@ fn main() -> ExitCode {
         }
     };
 
-    if let Err(e) = shadow::register_ops() {
-        eprintln!("dpdk-io-proxy: {e}");
-        return ExitCode::FAILURE;
-    }
     let (eal, _) = match dpdk::Eal::init(&eal_args) {
         Ok(e) => e,
         Err(e) => {
@@ -184,19 +216,45 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // After EAL init, so after the drivers' mempool ops: a mempool names its ops by index
+    // in a per-process table, and secondary processes (dpdk-dumpcap) allocate from their
+    // pools in this process, so the table must start like theirs.
+    if let Err(e) = shadow::register_ops() {
+        eprintln!("dpdk-io-proxy: {e}");
+        return ExitCode::FAILURE;
+    }
     // SAFETY: installs a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    // Benchmark mode (docs/benchmarks.md, "Latency"): the probe is polled by the data loop
+    // on this lcore; its ring-pair NIC is made before the commands configure ports.
+    let mut probe = match app.bench_latency.clone() {
+        Some(spec) => match bench::ring_pair_probe(spec) {
+            Ok((nic, probe)) => {
+                log_info!("bench: port {} ({}) is a ring pair to the latency probe", nic.0, nic.name());
+                Some(probe)
+            }
+            Err(e) => {
+                eprintln!("dpdk-io-proxy: --bench-latency: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let plane = Arc::new(Plane::new());
-    let mut control = match Control::new(app.opts, eal.iova_is_va(), plane.clone(), startup) {
+    let source = cmds_path.clone().unwrap_or_default();
+    let mut control = match Control::new(app.opts, eal.iova_is_va(), plane.clone(), startup, &source) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dpdk-io-proxy: {e}");
             return ExitCode::FAILURE;
         }
     };
+    // dpdk-telemetry.py commands and dpdk-dumpcap (see telemetry.rs).
+    telemetry::register();
+    let capture = telemetry::Capture::init();
     log_info!("ready; data path on lcore {}; type 'help' for commands", eal.main_lcore());
     let control_thread = std::thread::Builder::new().name("io-proxy-ctl".into()).spawn(move || {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| control.run()));
@@ -213,7 +271,12 @@ fn main() -> ExitCode {
         }
     };
     // The data loop runs here until the control thread asks it to stop.
-    let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plane.run()));
+    let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match probe.as_mut() {
+        Some(p) => plane.run_with(|| {
+            p.poll();
+        }),
+        None => plane.run(),
+    }));
     if looped.is_err() {
         plane.request_stop();
         eprintln!("dpdk-io-proxy: the data loop panicked; stopping");
@@ -225,6 +288,13 @@ fn main() -> ExitCode {
         }
         Err(_) => false,
     };
+    if let Some(p) = probe.take() {
+        if !p.done() {
+            // Stopped before the window ended: what there is (complete=0).
+            println!("{}", p.report());
+        }
+    }
+    drop(capture);
     drop(eal);
     if ok && looped.is_ok() {
         ExitCode::SUCCESS
@@ -253,5 +323,10 @@ mod tests {
         assert_eq!(a.opts.mtu, Some(9000));
         assert!(parse_app_args(&["--bogus".into()]).unwrap_err().contains("unknown option"));
         assert!(parse_app_args(&["--cmds".into()]).unwrap_err().contains("needs a value"));
+        let a = parse_app_args(&["--socket-mode".into(), "0600".into(), "--allow-uid".into(), "0,12".into(), "--socket-group".into(), "0".into()]).unwrap();
+        assert_eq!((a.opts.access.mode, a.opts.access.dir_mode, a.opts.access.group), (0o600, 0o700, Some(0)));
+        assert_eq!(a.opts.access.allow_uids, vec![0, 12]);
+        assert!(parse_app_args(&["--socket-mode".into(), "rw".into()]).unwrap_err().starts_with("--socket-mode: mode must be octal"));
+        assert_eq!(parse_app_args(&["--allow-uid".into(), "nobody-here-x".into()]).unwrap_err(), "--allow-uid: no user 'nobody-here-x'");
     }
 }

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use dpdk::sys;
 use shm_contract::layout::StatusBlock;
-use shm_contract::mem::{create_region_memfd, Mapping};
+use shm_contract::mem::{create_region_memfd, inspect_region_fd, Mapping, RegionBacking};
 use shm_contract::{DescRing, RegionFlags, RegionLayout, SharedMem};
 
 /// What a guest asked for, already bounded by the proxy's limits.
@@ -37,6 +37,22 @@ impl GuestRegion {
     pub fn create(name: &str, req: &RegionRequest, iova_is_va: bool) -> Result<GuestRegion, String> {
         let (memfd, backing) =
             create_region_memfd(name, req.size, req.try_hugepages).map_err(|e| format!("cannot create the region memfd: {e}"))?;
+        Self::lay_out(memfd, backing, req, iova_is_va)
+    }
+
+    /// Takes over the region memfd of a reattaching guest (made by an earlier proxy,
+    /// still holding the guest's pools). The fd must be what `create` would have made:
+    /// exactly `req.size` bytes, sealed against shrinking and growing (so the guest can
+    /// never make an access of ours fault), with a page size that divides it. Nothing
+    /// in it is trusted: the header is written again from `req` and both descriptor
+    /// rings are zeroed, exactly as for a new region; pools come back through `PoolAdd`
+    /// and its validation.
+    pub fn adopt(memfd: OwnedFd, req: &RegionRequest, iova_is_va: bool) -> Result<GuestRegion, String> {
+        let backing = inspect_region_fd(memfd.as_fd(), req.size).map_err(|e| e.to_string())?;
+        Self::lay_out(memfd, backing, req, iova_is_va)
+    }
+
+    fn lay_out(memfd: OwnedFd, backing: RegionBacking, req: &RegionRequest, iova_is_va: bool) -> Result<GuestRegion, String> {
         let flags = if backing.hugepages { RegionFlags::HUGEPAGES } else { RegionFlags::empty() };
         let layout = RegionLayout::new(backing.size, backing.page_size, req.rx_entries, req.tx_entries, flags)
             .map_err(|e| format!("cannot lay out the region: {e}"))?;

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dpdk::sys;
-use shm_contract::{FreeRing, PoolLayout};
+use shm_contract::{FreeRing, FreeRingError, PoolLayout};
 
 use crate::region::GuestRegion;
 
@@ -243,6 +243,18 @@ impl ShadowPool {
     pub fn mempool(&self) -> *mut sys::rte_mempool {
         self.mp
     }
+
+    /// Buffers in the guest's free ring now (for `show stats`).
+    pub fn free_ring_count(&self) -> u32 {
+        self.ctx.ring.count().min(self.ctx.layout.count())
+    }
+
+    /// Buffers neither in the free ring nor in the proxy's pool cache: held by the guest,
+    /// in flight, or held by the proxy's NIC queue (for `show stats`).
+    pub fn in_use(&self) -> u32 {
+        // SAFETY: the mempool lives as long as self.
+        unsafe { sys::rte_mempool_in_use_count(self.mp) }
+    }
 }
 
 impl Drop for ShadowPool {
@@ -387,9 +399,23 @@ unsafe extern "C" fn pool_dequeue(mp: *mut sys::rte_mempool, objs: *mut *mut c_v
             let out = std::slice::from_raw_parts_mut(objs, n as usize);
             let mut got = 0usize;
             let mut offsets = [0u32; CHUNK];
+            // Invalid entries are skipped and dequeued again; a guest that keeps refilling
+            // its free ring with garbage must not keep the data loop in here, so the
+            // rounds are bounded (an honest ring needs exactly ceil(n / CHUNK)).
+            let mut rounds = out.len().div_ceil(CHUNK) + 2;
             while got < out.len() {
+                if rounds == 0 {
+                    undo_dequeue(ctx, &out[..got]);
+                    return -libc::ENOBUFS;
+                }
+                rounds -= 1;
                 let want = (out.len() - got).min(CHUNK);
-                if ctx.ring.dequeue_bulk(&mut offsets[..want], RING_RETRIES).is_err() {
+                if let Err(e) = ctx.ring.dequeue_bulk(&mut offsets[..want], RING_RETRIES) {
+                    if e == FreeRingError::Contended {
+                        // Hundreds of lost races or stale positions: in practice, positions
+                        // the guest rewrote. Counted with the guest's invalid input.
+                        ctx.invalid.fetch_add(1, Ordering::Relaxed);
+                    }
                     // All or nothing: give back what this call took.
                     undo_dequeue(ctx, &out[..got]);
                     return -libc::ENOBUFS;

@@ -279,7 +279,10 @@ pub struct GuestConfig<'a> {
 
 pub fn start_testpmd(scratch: &Scratch, g: &GuestConfig<'_>) -> Proc {
     let (_, cpu) = cpus();
-    let mut cmd = Command::new(TESTPMD);
+    // testpmd prints with stdio: on a pipe its output would come in 4 KiB blocks, and an
+    // interactive test waits for what a command printed. stdbuf execs testpmd (same pid).
+    let mut cmd = Command::new("stdbuf");
+    cmd.args(["-oL", TESTPMD]);
     let dev = if g.devargs.is_empty() {
         format!("sock:{}", g.socket.display())
     } else {
@@ -350,6 +353,7 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+pub mod hostile;
 pub mod pcap;
 
 #[cfg(test)]

@@ -30,6 +30,9 @@
 #include <rte_alarm.h>
 #include <rte_telemetry.h>
 #include <rte_pdump.h>
+/* Ring-backed ethdev pairs (rte_eth_from_rings): the latency probe of crates/bench.
+ * Declarations only; crates/bench links librte_net_ring. */
+#include <rte_eth_ring.h>
 /* Driver SDK (not installed by Debian; see scripts/setup.sh). */
 #include <bus_driver.h>
 #include <dev_driver.h>

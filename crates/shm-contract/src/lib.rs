@@ -12,6 +12,7 @@
 //! * [`pool`]: pool announcements and the proxy's validated view of a pool.
 //! * [`proto`]: the handshake messages and their transport over a
 //!   `SOCK_SEQPACKET` unix socket.
+//! * [`tx`]: the proxy's validation of a guest's tx descriptors into packets.
 //!
 //! Every value read from shared memory or from the socket is copied out (atomic
 //! loads or volatile copies) and validated before use; malformed input produces
@@ -35,6 +36,7 @@ pub mod mpmc;
 pub mod pool;
 pub mod proto;
 pub mod spsc;
+pub mod tx;
 
 mod sync;
 

@@ -527,6 +527,12 @@ pub enum RegionFdError {
         /// The seals the file carries.
         seals: u32,
     },
+    /// The file's page size is not a power of two at least the normal page size
+    /// that divides its size.
+    BadPageSize {
+        /// The file's block size.
+        page: u64,
+    },
 }
 
 impl fmt::Display for RegionFdError {
@@ -543,6 +549,9 @@ impl fmt::Display for RegionFdError {
                 f,
                 "region fd: seals {seals:#x} lack F_SEAL_SHRINK|F_SEAL_GROW, the file could be truncated under us"
             ),
+            RegionFdError::BadPageSize { page } => {
+                write!(f, "region fd: page size {page} does not fit the region (not a memfd region?)")
+            }
         }
     }
 }
@@ -583,10 +592,41 @@ pub fn check_region_fd(fd: BorrowedFd<'_>, expected_len: u64) -> Result<(), Regi
     Ok(())
 }
 
+/// Checks a region fd that a guest hands back on reattach (see
+/// [`HELLO_FLAG_REATTACH`](crate::proto::HELLO_FLAG_REATTACH)) and says what backs
+/// it: everything [`check_region_fd`] requires, plus a page size (the file's block
+/// size: the hugepage size for hugetlb, the normal page size otherwise) that divides
+/// the size. The contents are not trusted: the caller lays the region out again.
+pub fn inspect_region_fd(fd: BorrowedFd<'_>, expected_len: u64) -> Result<RegionBacking, RegionFdError> {
+    check_region_fd(fd, expected_len)?;
+    let page = fd_block_size(fd).map_err(RegionFdError::Stat)?;
+    let normal = normal_page_size();
+    if !page.is_power_of_two() || page < normal || expected_len % page != 0 || expected_len == 0 {
+        return Err(RegionFdError::BadPageSize { page });
+    }
+    Ok(RegionBacking { hugepages: page > normal, page_size: page, size: expected_len })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn a_region_fd_is_inspected_before_it_is_adopted() {
+        let (fd, backing) = create_region_memfd("inspect", 1 << 20, false).unwrap();
+        assert_eq!(inspect_region_fd(fd.as_fd(), backing.size).unwrap(), backing);
+        assert!(matches!(inspect_region_fd(fd.as_fd(), backing.size * 2), Err(RegionFdError::SizeMismatch { .. })));
+        // An unsealed memfd could be truncated under the proxy: refused.
+        // SAFETY: plain syscalls on a fresh descriptor we own.
+        let raw = unsafe { libc::memfd_create(c"unsealed".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+        assert!(raw >= 0);
+        // SAFETY: fresh descriptor.
+        let unsealed = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::ftruncate(unsealed.as_raw_fd(), 1 << 20) }, 0);
+        assert!(matches!(inspect_region_fd(unsealed.as_fd(), 1 << 20), Err(RegionFdError::MissingSeals { .. })));
+    }
 
     #[test]
     fn accessors_check_bounds_and_alignment() {

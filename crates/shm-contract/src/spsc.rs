@@ -274,6 +274,28 @@ impl<'a> DescProducer<'a> {
         self.prod.store(self.local_prod, Release);
     }
 
+    /// The descriptors we published that the consumer has not released, oldest
+    /// first, for a producer whose consumer died: those buffers were never taken
+    /// (a consumer releases a slot only after copying its descriptor out, and
+    /// takes ownership of a buffer only from a released copy), so they are still
+    /// the producer's. The shared consumer index is validated like any peer value.
+    /// Nothing is changed; the ring is re-initialised before it is used again.
+    pub fn unconsumed(&self, mut f: impl FnMut(Desc)) -> Result<u32, RingError> {
+        let cons = self.cons.load(Acquire);
+        let pending = self.local_prod.wrapping_sub(cons);
+        if pending > self.entries() {
+            return Err(RingError::Corrupt {
+                prod: self.local_prod,
+                cons,
+            });
+        }
+        for i in 0..pending {
+            let slot = (cons.wrapping_add(i) & self.mask) as usize * 2;
+            f(Desc::from_words(self.slots[slot].load(Relaxed), self.slots[slot + 1].load(Relaxed)));
+        }
+        Ok(pending)
+    }
+
     /// Writes and publishes as many of `descs` as fit; returns how many.
     #[inline]
     pub fn push_burst(&mut self, descs: &[Desc]) -> Result<usize, RingError> {
@@ -573,6 +595,31 @@ mod tests {
         assert!(p.push_burst(&[desc(0)]).is_err());
         cons.store(32, SeqCst);
         assert_eq!(p.free_slots(1).unwrap(), 32);
+    }
+
+    #[test]
+    fn unconsumed_lists_what_the_consumer_never_released() {
+        let (heap, area) = ring(64);
+        let mem = heap.mem();
+        let mut p = DescProducer::new(&mem, area).unwrap();
+        let mut c = DescConsumer::new(&mem, area).unwrap();
+        for round in 0..3u32 {
+            // Wrap around a few times so the window straddles the end of the slots.
+            let base = round * 50;
+            let sent: Vec<Desc> = (base..base + 50).map(desc).collect();
+            assert_eq!(p.push_burst(&sent).unwrap(), 50);
+            let mut out = [Desc::default(); 30];
+            assert_eq!(c.pop_burst(&mut out).unwrap(), 30);
+            let mut left = Vec::new();
+            assert_eq!(p.unconsumed(|d| left.push(d)).unwrap(), 20);
+            assert_eq!(left, sent[30..].to_vec());
+            let mut rest = [Desc::default(); 20];
+            assert_eq!(c.pop_burst(&mut rest).unwrap(), 20);
+            assert_eq!(p.unconsumed(|_| panic!("nothing left")).unwrap(), 0);
+        }
+        // A consumer index the producer never allowed is reported, not followed.
+        mem.atomic_u32(4096 + 128).unwrap().store(5000, SeqCst);
+        assert!(matches!(p.unconsumed(|_| {}), Err(RingError::Corrupt { .. })));
     }
 
     #[test]

@@ -47,6 +47,17 @@ static BUS: ShmBus = ShmBus::new(sys::rte_bus {
 
 fn init() {
     LOG.register(INFO);
+    // An application may load two copies of this plugin: one with `-d` and the one
+    // installed in DPDK's driver directory, which EAL loads into every application. The
+    // first copy loaded (the `-d` one: EAL loads those before the directory) serves; a
+    // second bus named "sock" would scan and probe the same devices again.
+    // SAFETY: plain lookup in EAL's bus list by a valid C string.
+    if !unsafe { sys::rte_bus_find_by_name(shm_driver_common::bus::BUS_NAME.as_ptr()) }.is_null() {
+        LOG.notice(format_args!(
+            "a 'sock' bus is already registered (another copy of librte_bus_shm.so was loaded first); this copy stays inactive"
+        ));
+        return;
+    }
     // SAFETY: BUS is a static, registered once, from the constructor, before EAL uses it.
     unsafe { BUS.register() };
 }
@@ -186,7 +197,15 @@ unsafe extern "C" fn bus_plug(rte: *mut sys::rte_device) -> c_int {
     guard(&LOG, "plug", -libc::EIO, || {
         let Some(dev) = BUS.device_by_rte(rte) else { return -libc::ENODEV };
         if dev.driver().is_some() {
-            return -libc::EEXIST;
+            if dev.has_driver_data() {
+                return -libc::EEXIST;
+            }
+            // The application closed the port (`port close`) and attaches it again: its
+            // session ended with the port, so this is a fresh probe with a fresh session.
+            dev.set_driver(None);
+            if let Some(old) = dev.set_session(None) {
+                old.close();
+            }
         }
         match probe_device(&dev) {
             Ok(()) => 0,

@@ -81,6 +81,10 @@ pub enum DeviceEvent {
     ProxyLost,
     /// A new session is up (reconnected): the driver may restart its queues.
     ProxyBack,
+    /// The proxy is gone and the device is about to hand its region to a new one, which
+    /// zeroes the rings: take back every buffer they still hold for us (from the
+    /// reconnect thread, once the application's bursts have seen the queues inactive).
+    Reclaim,
     /// The proxy reported a link change.
     Link { up: bool, speed_mbps: u32 },
 }
@@ -93,6 +97,10 @@ pub struct ShmBus {
     build_id: [u8; 16],
     drivers: Mutex<Vec<&'static ShmDriver>>,
     devices: Mutex<Vec<Arc<ShmDevice>>>,
+    /// Devices taken off the bus. EAL may still read a device's name after a failed plug
+    /// or an unplug returns (its error log does), so their memory is never freed; one
+    /// small entry per detach or failed attach.
+    retired: Mutex<Vec<Arc<ShmDevice>>>,
 }
 
 // SAFETY: EAL writes the rte_bus header (its list linkage) only while registering, before
@@ -132,6 +140,7 @@ impl ShmBus {
             build_id: build_id_bytes(),
             drivers: Mutex::new(Vec::new()),
             devices: Mutex::new(Vec::new()),
+            retired: Mutex::new(Vec::new()),
         }
     }
 
@@ -198,11 +207,16 @@ impl ShmBus {
         Ok(unsafe { &*bus })
     }
 
-    pub fn register_driver(&self, driver: &'static ShmDriver) {
+    /// Adds `driver` unless a driver of that name is registered already (a second copy
+    /// of the same plugin, loaded both with `-d` and from DPDK's driver directory): the
+    /// first one serves. Returns whether `driver` was added.
+    pub fn register_driver(&self, driver: &'static ShmDriver) -> bool {
         let mut drivers = lock(&self.drivers);
-        if !drivers.iter().any(|d| std::ptr::eq(*d, driver)) {
-            drivers.push(driver);
+        if drivers.iter().any(|d| std::ptr::eq(*d, driver) || d.name == driver.name) {
+            return false;
         }
+        drivers.push(driver);
+        true
     }
 
     pub fn unregister_driver(&self, driver: &'static ShmDriver) {
@@ -223,7 +237,10 @@ impl ShmBus {
     }
 
     pub fn remove_device(&self, device: &Arc<ShmDevice>) {
-        lock(&self.devices).retain(|d| !Arc::ptr_eq(d, device));
+        let mut devices = lock(&self.devices);
+        if let Some(at) = devices.iter().position(|d| Arc::ptr_eq(d, device)) {
+            lock(&self.retired).push(devices.remove(at));
+        }
     }
 
     pub fn device_by_name(&self, name: &str) -> Option<Arc<ShmDevice>> {

@@ -13,6 +13,10 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
     ("timeout_ms", "how long to wait for each answer of the proxy, in ms (default 5000)"),
 ];
 
+/// The keys in the form DPDK's `RTE_PMD_REGISTER_PARAM_STRING` uses, for the driver's
+/// PMD info (what `dpdk-pmdinfo.py` prints).
+pub const PARAM_STRING: &str = "region_size=<size> rx_ring=<int> tx_ring=<int> reconnect=0|1 timeout_ms=<int>";
+
 pub const DEFAULT_RING_ENTRIES: u32 = 1024;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
 
@@ -146,6 +150,14 @@ pub const MAX_NAME_LEN: usize = 63;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn param_string_lists_every_key() {
+        let listed: Vec<&str> = PARAM_STRING.split(' ').map(|kv| kv.split('=').next().unwrap()).collect();
+        let known: Vec<&str> = KNOWN_KEYS.iter().map(|(k, _)| *k).collect();
+        assert_eq!(listed, known);
+        assert!(!PARAM_STRING.contains('"') && !PARAM_STRING.contains('\\'), "embedded in JSON unescaped");
+    }
 
     #[test]
     fn empty_gives_defaults() {

@@ -94,6 +94,11 @@ impl ShmDevice {
         lock(&self.driver_data).clone().and_then(|d| d.downcast::<T>().ok())
     }
 
+    /// Whether the driver still has state for this device (a net port that is not closed).
+    pub fn has_driver_data(&self) -> bool {
+        lock(&self.driver_data).is_some()
+    }
+
     pub fn set_driver_data(&self, data: Option<Arc<dyn Any + Send + Sync>>) {
         *lock(&self.driver_data) = data;
     }

@@ -5,7 +5,7 @@ use std::ffi::{c_void, CStr};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use dpdk_sys as sys;
 use shm_contract::mem::{check_region_fd, Mapping};
 use shm_contract::proto::transport::{recv_message, send_message, TransportError};
 use shm_contract::layout::RegionFlags;
-use shm_contract::proto::{Hello, PROTOCOL_VERSION_MIN};
+use shm_contract::proto::{Hello, Welcome, HELLO_FLAG_REATTACH, PROTOCOL_VERSION_MIN};
 use shm_contract::{Message, PoolLayout, RefuseCode, RegionLayout, SharedMem, PROTOCOL_VERSION};
 
 use crate::bus::{lock, DeviceEvent};
@@ -38,6 +38,10 @@ pub struct ProxyInfo {
 /// keep it alive (an application may keep using its pool after a port is detached).
 pub struct Region {
     mapping: Mapping,
+    /// The memfd behind the mapping, kept so that the region can be handed to a new
+    /// proxy when the device reattaches (its pools' objects are in this mapping, and
+    /// the application holds pointers into it).
+    memfd: OwnedFd,
     pub layout: RegionLayout,
     pub hugepages: bool,
     heap: Mutex<HeapAllocator>,
@@ -120,6 +124,11 @@ impl Region {
         lock(&self.pools).retain(|p| p.id != id);
     }
 
+    /// Every pool placed in this region.
+    pub fn pools(&self) -> Vec<RegionPool> {
+        lock(&self.pools).clone()
+    }
+
     /// The pool of this region owned by `mempool`, if any.
     pub fn pool_of_mempool(&self, mempool: usize) -> Option<RegionPool> {
         lock(&self.pools).iter().find(|p| p.mempool == mempool).cloned()
@@ -170,7 +179,19 @@ impl From<TransportError> for SessionError {
 }
 
 pub struct Session {
-    socket: OwnedFd,
+    /// The control socket of the current connection; replaced when the device reattaches.
+    socket: Mutex<Arc<OwnedFd>>,
+    /// Ourselves, for the reconnect thread that a lost connection starts.
+    me: Weak<Session>,
+    /// Reattach by ourselves when the connection is lost (devarg `reconnect`).
+    reconnect: bool,
+    /// `close` was called: never reconnect again.
+    closed: AtomicBool,
+    /// A reconnect thread runs.
+    reconnecting: AtomicBool,
+    /// Successful reattachments so far.
+    pub reattached: AtomicU64,
+    hello: Hello,
     /// Held for a whole request/response exchange, so replies are never interleaved.
     control: Mutex<()>,
     next_request: AtomicU32,
@@ -200,7 +221,7 @@ impl Session {
     /// starts watching the socket.
     pub fn open(dev: &Arc<ShmDevice>, log: &'static LogType) -> Result<Arc<Session>, SessionError> {
         let socket = connect_seqpacket(dev.name()).map_err(SessionError::Connect)?;
-        let hello = Message::Hello(Hello {
+        let hello = Hello {
             version_min: PROTOCOL_VERSION_MIN,
             version_max: PROTOCOL_VERSION,
             flags: 0,
@@ -208,32 +229,15 @@ impl Session {
             rx_ring_entries: dev.args.rx_ring,
             tx_ring_entries: dev.args.tx_ring,
             app_name: program_name(),
-        });
-        send_message(socket.as_fd(), &hello, 1, &[])?;
-        let (reply, _, mut fds) = recv_message(socket.as_fd(), Some(dev.args.timeout))?;
-        let (proxy, region_size, hugepages) = match reply {
-            Message::Welcome(w) => (
-                ProxyInfo {
-                    protocol_version: w.version,
-                    port_id: w.port_id,
-                    queue_id: w.queue_id,
-                    mac: w.mac,
-                    mtu: w.mtu,
-                    max_rx_frame: w.max_rx_frame,
-                    link_up: w.link_up,
-                    link_speed_mbps: w.link_speed_mbps,
-                },
-                w.region_size,
-                w.flags.contains(RegionFlags::HUGEPAGES),
-            ),
-            Message::Refuse { code, reason } => return Err(SessionError::Refused { code, reason }),
-            other => return Err(SessionError::Protocol(format!("expected Welcome, got {}", other.kind()))),
         };
+        let (welcome, mut fds) = handshake(&socket, &hello, &[], dev.args.timeout)?;
+        let proxy = proxy_info(&welcome);
+        let (region_size, hugepages) = (welcome.region_size, welcome.flags.contains(RegionFlags::HUGEPAGES));
         if fds.len() != 1 {
             return Err(SessionError::Protocol(format!("Welcome carried {} file descriptors, expected 1", fds.len())));
         }
         let memfd = fds.remove(0);
-        let region = map_region(memfd.as_fd(), region_size, hugepages)?;
+        let region = map_region(memfd, region_size, hugepages)?;
         log.info(format_args!(
             "sock:{}: attached to proxy port {} queue {}: region {} MiB on {}, protocol {}",
             dev.name(),
@@ -243,9 +247,14 @@ impl Session {
             if hugepages { format!("{} KiB hugepages", region.layout.page_size() >> 10) } else { "normal 4 KiB pages".into() },
             proxy.protocol_version
         ));
-        drop(memfd);
-        let session = Arc::new(Session {
-            socket,
+        let session = Arc::new_cyclic(|me| Session {
+            socket: Mutex::new(Arc::new(socket)),
+            me: me.clone(),
+            reconnect: dev.args.reconnect,
+            closed: AtomicBool::new(false),
+            reconnecting: AtomicBool::new(false),
+            reattached: AtomicU64::new(0),
+            hello,
             control: Mutex::new(()),
             next_request: AtomicU32::new(2),
             link_up: AtomicBool::new(proxy.link_up),
@@ -260,14 +269,22 @@ impl Session {
             deferred_handle: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
             log,
         });
-        match SocketWatch::start(&session) {
-            Ok(watch) => *lock(&session.watch) = Some(watch),
-            Err(e) => log.warning(format_args!(
+        session.watch_socket();
+        Ok(session)
+    }
+
+    fn watch_socket(self: &Arc<Self>) {
+        match SocketWatch::start(self) {
+            Ok(watch) => *lock(&self.watch) = Some(watch),
+            Err(e) => self.log.warning(format_args!(
                 "sock:{}: cannot watch the control socket ({e}); a dead proxy will only be noticed on the next request",
-                dev.name()
+                self.device_name
             )),
         }
-        Ok(session)
+    }
+
+    fn socket(&self) -> Arc<OwnedFd> {
+        lock(&self.socket).clone()
     }
 
     pub fn is_alive(&self) -> bool {
@@ -289,15 +306,16 @@ impl Session {
             return Err(SessionError::ProxyGone);
         }
         let _exchange = lock(&self.control);
+        let socket = self.socket();
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        send_message(self.socket.as_fd(), request, id, &[]).map_err(|e| self.fail(e.into()))?;
+        send_message(socket.as_fd(), request, id, &[]).map_err(|e| self.fail(e.into()))?;
         let deadline = Instant::now() + self.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(SessionError::Timeout);
             }
-            let (reply, reply_id, _fds) = recv_message(self.socket.as_fd(), Some(left)).map_err(|e| self.fail(e.into()))?;
+            let (reply, reply_id, _fds) = recv_message(socket.as_fd(), Some(left)).map_err(|e| self.fail(e.into()))?;
             if self.handle_unsolicited(&reply) {
                 continue;
             }
@@ -342,9 +360,145 @@ impl Session {
 
     fn mark_lost(&self) {
         if self.alive.swap(false, Ordering::AcqRel) {
-            self.log.warning(format_args!("sock:{}: proxy connection lost; link down", self.device_name));
+            let again = self.reconnect && !self.closed.load(Ordering::Acquire);
+            self.log.warning(format_args!(
+                "sock:{}: proxy connection lost; link down{}",
+                self.device_name,
+                if again { "; reconnecting when the proxy is back" } else { "" }
+            ));
             self.notify(DeviceEvent::ProxyLost);
+            if again {
+                self.start_reconnect();
+            }
         }
+    }
+
+    /// Starts the thread that reattaches the device once a proxy serves its socket again.
+    fn start_reconnect(&self) {
+        let Some(me) = self.me.upgrade() else { return };
+        if self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let name = format!("shm-reconn-{}", self.proxy.queue_id);
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            // A panic must not take the application down: the device just stays down.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| me.reconnect_loop()));
+            me.reconnecting.store(false, Ordering::Release);
+        });
+        if let Err(e) = spawned {
+            self.reconnecting.store(false, Ordering::Release);
+            self.log.error(format_args!("sock:{}: cannot start the reconnect thread: {e}; the port stays down", self.device_name));
+        }
+    }
+
+    /// Retries until a proxy takes the region back, `close` is called, or the device is gone.
+    fn reconnect_loop(self: &Arc<Self>) {
+        // Let the application's threads leave any burst that began before the loss
+        // (they see the queues inactive), then take back what the rings still hold:
+        // the new proxy zeroes them.
+        std::thread::sleep(RECONNECT_PERIOD);
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        self.notify(DeviceEvent::Reclaim);
+        let mut last_complaint = String::new();
+        let mut attempts = 0u64;
+        while !self.closed.load(Ordering::Acquire) && self.device.strong_count() > 0 {
+            attempts += 1;
+            match self.reattach() {
+                Ok(()) => {
+                    let n = self.reattached.fetch_add(1, Ordering::Relaxed) + 1;
+                    self.log.notice(format_args!(
+                        "sock:{}: reattached to the proxy (attempt {attempts}, reattachment {n}); link {}",
+                        self.device_name,
+                        if self.link_up.load(Ordering::Relaxed) { "up" } else { "down" }
+                    ));
+                    self.notify(DeviceEvent::ProxyBack);
+                    return;
+                }
+                // No proxy yet: quietly try again.
+                Err(SessionError::Connect(e))
+                    if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) =>
+                {
+                    std::thread::sleep(RECONNECT_PERIOD)
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if text != last_complaint {
+                        self.log.warning(format_args!("sock:{}: cannot reattach yet: {text}; retrying", self.device_name));
+                        last_complaint = text;
+                    }
+                    std::thread::sleep(RECONNECT_PERIOD * 10);
+                }
+            }
+        }
+    }
+
+    /// One reattach attempt: a new connection, a `Hello` that hands our region back,
+    /// our pools announced again. Installs the connection only when all of it worked.
+    fn reattach(self: &Arc<Self>) -> Result<(), SessionError> {
+        let socket = connect_seqpacket(&self.device_name).map_err(SessionError::Connect)?;
+        let region = &self.region;
+        let hello = Hello {
+            flags: HELLO_FLAG_REATTACH,
+            region_size: region.len() as u64,
+            rx_ring_entries: region.layout.rx_ring().entries,
+            tx_ring_entries: region.layout.tx_ring().entries,
+            ..self.hello.clone()
+        };
+        let (welcome, fds) = handshake(&socket, &hello, &[region.memfd.as_fd()], self.timeout)?;
+        drop(fds);
+        if welcome.region_size != region.len() as u64 {
+            return Err(SessionError::Region(format!(
+                "the proxy took our region as {} bytes, it is {}",
+                welcome.region_size,
+                region.len()
+            )));
+        }
+        // The proxy wrote the header again: it must describe the layout our queues and
+        // pools already use.
+        let layout = RegionLayout::read_header(&region.mem()).map_err(|e| SessionError::Region(e.to_string()))?;
+        if layout != region.layout {
+            return Err(SessionError::Region("the proxy laid the region out differently than before".into()));
+        }
+        let info = proxy_info(&welcome);
+        if (info.mac, info.mtu, info.port_id, info.queue_id) != (self.proxy.mac, self.proxy.mtu, self.proxy.port_id, self.proxy.queue_id) {
+            self.log.warning(format_args!(
+                "sock:{}: the proxy now serves port {} queue {} (MAC {}, MTU {}); the ethdev keeps what it had",
+                self.device_name,
+                info.port_id,
+                info.queue_id,
+                info.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                info.mtu
+            ));
+        }
+        let mut id = 2;
+        for pool in region.pools() {
+            let msg = Message::PoolAdd(pool.layout.to_pool_add());
+            match exchange(&socket, &msg, id, self.timeout)? {
+                Message::PoolAck { pool_id } if pool_id == pool.id => {}
+                other => return Err(SessionError::Protocol(format!("expected PoolAck, got {}", other.kind()))),
+            }
+            id += 1;
+        }
+        // Install the new connection: the old watch (if the loss was seen by a request
+        // rather than by the watch) goes first, so it never looks at the new socket.
+        if let Some(watch) = lock(&self.watch).take() {
+            watch.stop();
+        }
+        {
+            let _exchange = lock(&self.control);
+            *lock(&self.socket) = Arc::new(socket);
+            self.next_request.store(id, Ordering::Relaxed);
+            self.link_up.store(welcome.link_up, Ordering::Relaxed);
+            self.link_speed.store(welcome.link_speed_mbps, Ordering::Relaxed);
+            if self.closed.load(Ordering::Acquire) {
+                return Err(SessionError::ProxyGone);
+            }
+            self.alive.store(true, Ordering::Release);
+        }
+        self.watch_socket();
+        Ok(())
     }
 
     fn notify(&self, event: DeviceEvent) {
@@ -357,23 +511,26 @@ impl Session {
     /// Ends the session: says goodbye if the proxy is still there, stops watching the
     /// socket. The region stays mapped while anything (a mempool) still holds it.
     pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         if let Some(watch) = lock(&self.watch).take() {
             watch.stop();
         }
+        let socket = self.socket();
         if self.alive.swap(false, Ordering::AcqRel) {
             let _exchange = lock(&self.control);
-            let _ = send_message(self.socket.as_fd(), &Message::Goodbye, 0, &[]);
+            let _ = send_message(socket.as_fd(), &Message::Goodbye, 0, &[]);
         }
         // SAFETY: shutdown on our own open socket; wakes anything blocked on it.
-        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_RDWR) };
     }
 
     /// Called from the EAL interrupt thread when the socket is readable or hung up.
     fn on_socket_event(&self) {
         // Wait for any request in flight: its owner reads its own answer.
         let _exchange = lock(&self.control);
+        let socket = self.socket();
         loop {
-            match recv_message(self.socket.as_fd(), Some(Duration::ZERO)) {
+            match recv_message(socket.as_fd(), Some(Duration::ZERO)) {
                 Ok((msg, _, _)) => {
                     if !self.handle_unsolicited(&msg) {
                         self.log.debug(format_args!(
@@ -441,13 +598,73 @@ fn connect_seqpacket(path: &str) -> io::Result<OwnedFd> {
     Ok(socket)
 }
 
-fn map_region(memfd: BorrowedFd<'_>, region_size: u64, hugepages: bool) -> Result<Region, SessionError> {
-    check_region_fd(memfd, region_size).map_err(|e| SessionError::Region(e.to_string()))?;
+fn map_region(memfd: OwnedFd, region_size: u64, hugepages: bool) -> Result<Region, SessionError> {
+    check_region_fd(memfd.as_fd(), region_size).map_err(|e| SessionError::Region(e.to_string()))?;
     let len = usize::try_from(region_size).map_err(|_| SessionError::Region("too large for this machine".into()))?;
-    let mapping = Mapping::map(memfd, len).map_err(|e| SessionError::Region(format!("mmap: {e}")))?;
+    let mapping = Mapping::map(memfd.as_fd(), len).map_err(|e| SessionError::Region(format!("mmap: {e}")))?;
     let layout = RegionLayout::read_header(&mapping.mem()).map_err(|e| SessionError::Region(e.to_string()))?;
     let heap = HeapAllocator::new(layout.heap().offset as u64, layout.heap().size as u64);
-    Ok(Region { mapping, layout, hugepages, heap: Mutex::new(heap), pools: Mutex::new(Vec::new()) })
+    Ok(Region { mapping, memfd, layout, hugepages, heap: Mutex::new(heap), pools: Mutex::new(Vec::new()) })
+}
+
+/// How often a lost device tries to reach its proxy again.
+const RECONNECT_PERIOD: Duration = Duration::from_millis(100);
+
+/// Sends `Hello` (with `fds`) and waits for `Welcome`; returns it with the descriptors
+/// that came with it.
+fn handshake(
+    socket: &OwnedFd,
+    hello: &Hello,
+    fds: &[BorrowedFd<'_>],
+    timeout: Duration,
+) -> Result<(Welcome, Vec<OwnedFd>), SessionError> {
+    if let Err(e) = send_message(socket.as_fd(), &Message::Hello(hello.clone()), 1, fds) {
+        // A proxy that refuses a peer on sight (not in its allowlist) answers and closes
+        // before our Hello: its reason is waiting to be read.
+        if let Ok((Message::Refuse { code, reason }, _, _)) = recv_message(socket.as_fd(), Some(Duration::ZERO)) {
+            return Err(SessionError::Refused { code, reason });
+        }
+        return Err(e.into());
+    }
+    let (reply, _, fds) = recv_message(socket.as_fd(), Some(timeout))?;
+    match reply {
+        Message::Welcome(w) => Ok((w, fds)),
+        Message::Refuse { code, reason } => Err(SessionError::Refused { code, reason }),
+        other => Err(SessionError::Protocol(format!("expected Welcome, got {}", other.kind()))),
+    }
+}
+
+/// One request and its answer on a connection nobody else uses yet (reattaching).
+/// A `LinkStatus` meanwhile is skipped: the Welcome's link state is refreshed by the next one.
+fn exchange(socket: &OwnedFd, msg: &Message, id: u32, timeout: Duration) -> Result<Message, SessionError> {
+    send_message(socket.as_fd(), msg, id, &[])?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(SessionError::Timeout);
+        }
+        let (reply, reply_id, _fds) = recv_message(socket.as_fd(), Some(left))?;
+        match reply {
+            Message::Refuse { code, reason } => return Err(SessionError::Refused { code, reason }),
+            Message::LinkStatus { .. } => continue,
+            other if reply_id == id => return Ok(other),
+            _ => continue,
+        }
+    }
+}
+
+fn proxy_info(w: &Welcome) -> ProxyInfo {
+    ProxyInfo {
+        protocol_version: w.version,
+        port_id: w.port_id,
+        queue_id: w.queue_id,
+        mac: w.mac,
+        mtu: w.mtu,
+        max_rx_frame: w.max_rx_frame,
+        link_up: w.link_up,
+        link_speed_mbps: w.link_speed_mbps,
+    }
 }
 
 fn program_name() -> String {
@@ -497,6 +714,10 @@ struct SocketWatch {
     handle: *mut sys::rte_intr_handle,
     /// One strong reference to the session, owned by the registration.
     arg: *const Session,
+    /// The callback exactly as registered. Each plugin links its own copy of this crate,
+    /// so `socket_event_trampoline` has one address per plugin; EAL unregisters by
+    /// address, and a session opened by the bus plugin may be closed by the net plugin.
+    callback: unsafe extern "C" fn(*mut c_void),
 }
 
 // SAFETY: the handle and the leaked Arc are only used to unregister, from any thread.
@@ -511,20 +732,22 @@ impl SocketWatch {
             if handle.is_null() {
                 return Err("no memory for an interrupt handle".into());
             }
-            if sys::rte_intr_fd_set(handle, session.socket.as_raw_fd()) != 0
+            // The socket is replaced only after this watch is stopped (`reattach`).
+            if sys::rte_intr_fd_set(handle, session.socket().as_raw_fd()) != 0
                 || sys::rte_intr_type_set(handle, sys::RTE_INTR_HANDLE_EXT) != 0
             {
                 sys::rte_intr_instance_free(handle);
                 return Err("cannot set up the interrupt handle".into());
             }
             let arg = Arc::into_raw(session.clone());
-            let rc = sys::rte_intr_callback_register(handle, Some(socket_event_trampoline), arg as *mut c_void);
+            let callback: unsafe extern "C" fn(*mut c_void) = socket_event_trampoline;
+            let rc = sys::rte_intr_callback_register(handle, Some(callback), arg as *mut c_void);
             if rc != 0 {
                 drop(Arc::from_raw(arg));
                 sys::rte_intr_instance_free(handle);
                 return Err(crate::errno_text(-rc));
             }
-            Ok(SocketWatch { handle, arg })
+            Ok(SocketWatch { handle, arg, callback })
         }
     }
 
@@ -532,15 +755,27 @@ impl SocketWatch {
         // SAFETY: unregisters what `start` registered; EAL returns -EAGAIN while the callback
         // runs, so retry briefly. From inside the callback itself, defer to the pending API.
         unsafe {
+            let mut rc = -libc::EAGAIN;
             for _ in 0..1000 {
-                let rc = sys::rte_intr_callback_unregister(self.handle, Some(socket_event_trampoline), self.arg as *mut c_void);
+                rc = sys::rte_intr_callback_unregister(self.handle, Some(self.callback), self.arg as *mut c_void);
                 if rc != -libc::EAGAIN {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
-            sys::rte_intr_instance_free(self.handle);
-            drop(Arc::from_raw(self.arg));
+            if rc > 0 {
+                sys::rte_intr_instance_free(self.handle);
+                drop(Arc::from_raw(self.arg));
+            } else {
+                // Still registered (a callback stuck for a second) or never matched: the
+                // registration keeps its session, and so the fd EAL polls, alive. Leaking
+                // one session beats EAL polling a closed (or reused) descriptor.
+                (*self.arg).log.warning(format_args!(
+                    "sock:{}: cannot unregister the control socket from EAL ({}); keeping it",
+                    (*self.arg).device_name,
+                    crate::errno_text(-rc)
+                ));
+            }
         }
     }
 }
@@ -554,7 +789,7 @@ impl SocketWatch {
         let rc = unsafe {
             sys::rte_intr_callback_unregister_pending(
                 self.handle,
-                Some(socket_event_trampoline),
+                Some(self.callback),
                 self.arg as *mut c_void,
                 Some(release_after_unregister),
             )

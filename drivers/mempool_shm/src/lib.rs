@@ -33,8 +33,31 @@ const GUEST_RETRIES: u32 = 1 << 16;
 /// Objects converted per ring operation; a stack array, so no allocation on the hot path.
 const CHUNK: usize = 64;
 
+/// Whether mempool ops named `shm` are registered already.
+fn ops_registered() -> bool {
+    // SAFETY: constructors run one at a time during EAL init (plugin loading), before any
+    // other thread registers ops; the table's names are NUL-terminated arrays and only the
+    // first `num_ops` entries are used.
+    unsafe {
+        let table = &*std::ptr::addr_of!(sys::rte_mempool_ops_table);
+        let n = (table.num_ops as usize).min(table.ops.len());
+        table.ops[..n].iter().any(|o| {
+            let name = std::ffi::CStr::from_ptr(o.name.as_ptr());
+            name.to_bytes() == OPS_NAME
+        })
+    }
+}
+
 fn init() {
     LOG.register(INFO);
+    // A second copy of this plugin (`-d` plus the one installed in DPDK's driver
+    // directory): the first one loaded serves, this one stays out of the way quietly.
+    if ops_registered() {
+        LOG.notice(format_args!(
+            "mempool ops 'shm' are already registered (another copy of librte_mempool_shm.so was loaded first); this copy stays inactive"
+        ));
+        return;
+    }
     let mut ops = sys::rte_mempool_ops {
         alloc: Some(pool_alloc),
         free: Some(pool_free),

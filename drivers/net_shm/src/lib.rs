@@ -6,6 +6,7 @@
 //! the proxy). Starting the port tells the proxy which pool to fill NIC rx from; the
 //! bursts in [`rxtx`] move descriptors over the rings in the shared region.
 
+mod capi;
 mod ops;
 mod rxtx;
 mod xstats;
@@ -19,16 +20,57 @@ use shm_driver_common::bus::{lock, DeviceEvent, ShmBus, ShmDriver};
 use shm_driver_common::device::ShmDevice;
 use shm_driver_common::log::{LogType, INFO};
 use shm_driver_common::plugin_constructor;
+use shm_contract::Message;
 use shm_driver_common::session::Session;
 
 pub(crate) static LOG: LogType = LogType::new("pmd.net.shm", "net_shm");
 
 static DRIVER: ShmDriver = ShmDriver::new(c"net_shm", probe, remove, on_event);
 
+/// The driver's name and device arguments where `dpdk-pmdinfo.py` looks for them: a
+/// `PMD_INFO_STRING= {json}` string in `.rodata`, what DPDK's buildtools/pmdinfogen
+/// makes of `RTE_PMD_REGISTER_PARAM_STRING` for a C driver.
+const PMD_INFO_TEXT: &str = concat!(
+    "PMD_INFO_STRING= {\"name\": \"net_shm\", \"params\": \"",
+    // The same as shm_driver_common::devargs::PARAM_STRING (concat! takes literals only;
+    // a unit test below keeps the two equal).
+    "region_size=<size> rx_ring=<int> tx_ring=<int> reconnect=0|1 timeout_ms=<int>",
+    "\", \"pci_ids\": []}"
+);
+
+/// `text` between two NULs: the tool takes a string from the byte after a non-printable
+/// one to the next NUL, and Rust packs its (unterminated) string literals side by side.
+const fn nul_delimited<const N: usize>(text: &str) -> [u8; N] {
+    let bytes = text.as_bytes();
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < bytes.len() {
+        out[i + 1] = bytes[i];
+        i += 1;
+    }
+    out
+}
+
+#[used]
+static PMD_INFO: [u8; PMD_INFO_TEXT.len() + 2] = nul_delimited(PMD_INFO_TEXT);
+
 fn init() {
     LOG.register(INFO);
+    // Keeps PMD_INFO through the linker's section garbage collection.
+    std::hint::black_box(&PMD_INFO);
     match ShmBus::find_or_load() {
-        Ok(bus) => bus.register_driver(&DRIVER),
+        Ok(bus) => {
+            if !bus.register_driver(&DRIVER) {
+                LOG.notice(format_args!(
+                    "a net_shm driver is already registered (another copy of librte_net_shm.so was loaded first); this copy stays inactive"
+                ));
+            }
+        }
+        // The bus of another copy (`-d` plus the installed plugins) serves, with its own
+        // net driver.
+        Err(e @ shm_driver_common::bus::BusLookupError::OtherBuild { .. }) => {
+            LOG.notice(format_args!("this copy of librte_net_shm.so stays inactive: {e}"))
+        }
         Err(e) => LOG.error(format_args!("cannot register the net_shm driver: {e}")),
     }
 }
@@ -141,6 +183,17 @@ fn probe(dev: &Arc<ShmDevice>) -> Result<(), String> {
     // SAFETY: the ethdev is fully set up.
     unsafe { sys::rte_eth_dev_probing_finish(eth_dev) };
     LOG.info(format_args!("sock:{}: ethdev port {port_id} created", dev.name()));
+    if let Some(session) = dev.session() {
+        LOG.debug(format_args!(
+            "port {port_id}: proxy port {} queue {}, rx ring {} / tx ring {} entries, MTU {}, max rx frame {}",
+            session.proxy.port_id,
+            session.proxy.queue_id,
+            session.region.layout.rx_ring().entries,
+            session.region.layout.tx_ring().entries,
+            session.proxy.mtu,
+            session.proxy.max_rx_frame
+        ));
+    }
     Ok(())
 }
 
@@ -166,17 +219,84 @@ fn remove(dev: &Arc<ShmDevice>) -> Result<(), String> {
 /// News about the proxy, from the EAL interrupt thread.
 fn on_event(dev: &Arc<ShmDevice>, event: DeviceEvent) {
     let Some(port) = dev.driver_data::<Port>() else { return };
-    if let DeviceEvent::ProxyLost = event {
-        let state = lock(&port.state);
-        for active in [state.rxq.as_ref().map(|q| &q.active), state.txq.as_ref().map(|q| &q.active)].into_iter().flatten() {
-            active.store(false, Ordering::Relaxed);
+    match event {
+        DeviceEvent::ProxyLost => {
+            let state = lock(&port.state);
+            for active in [state.rxq.as_ref().map(|q| &q.active), state.txq.as_ref().map(|q| &q.active)].into_iter().flatten() {
+                active.store(false, Ordering::Relaxed);
+            }
+            port.link_down_events.fetch_add(1, Ordering::Relaxed);
         }
-        port.link_down_events.fetch_add(1, Ordering::Relaxed);
+        DeviceEvent::Reclaim => reclaim(&port),
+        DeviceEvent::ProxyBack => restart_after_reattach(&port),
+        DeviceEvent::Link { .. } => {}
     }
     if port.update_link() {
         // SAFETY: our live ethdev; LSC callbacks are meant to run from the interrupt thread.
         unsafe {
             sys::rte_eth_dev_callback_process(port.eth_dev, sys::RTE_ETH_EVENT_INTR_LSC, std::ptr::null_mut());
         }
+    }
+}
+
+/// The proxy is gone: free what its rings still hold for us, before a new proxy zeroes
+/// them. Packets waiting in the rx ring were handed to us; packets in the tx ring that
+/// the proxy never took are still ours. Buffers the dead proxy itself held (in its NIC
+/// queues, its pool cache, in flight) cannot be told apart from the application's and
+/// stay out of the pool (see docs/architecture.md, "Reconnecting").
+fn reclaim(port: &Port) {
+    let state = lock(&port.state);
+    // SAFETY: the queues were made inactive when the proxy was lost (the reconnect thread
+    // waits before this event, so no burst that began earlier still runs), and the proxy
+    // neither produces nor consumes any more.
+    let (rx, tx) = unsafe {
+        (state.rxq.as_ref().map_or(0, |q| q.drain()), state.txq.as_ref().map_or(0, |q| q.reclaim_unsent()))
+    };
+    if rx + tx > 0 {
+        LOG.info(format_args!(
+            "port {}: took back {rx} received and {tx} unsent buffers from the lost proxy's rings",
+            port.port_id
+        ));
+    }
+}
+
+/// A new proxy took our region back: if the application had the port started, start
+/// the queue again (the rings restart from index 0 on both sides, as on every start).
+fn restart_after_reattach(port: &Port) {
+    let state = lock(&port.state);
+    let (Some(session), Some(rxq), Some(txq)) = (state.session.clone(), state.rxq.clone(), state.txq.clone()) else {
+        return;
+    };
+    if !state.started {
+        return;
+    }
+    // SAFETY: the queues are inactive since the loss, so no burst uses their ring state.
+    unsafe {
+        rxq.reset();
+        txq.reset();
+    }
+    match session.transact(&Message::QueueStart { rx_pool_id: rxq.pool_id }) {
+        Ok(Message::QueueStarted) => {
+            rxq.active.store(true, Ordering::Relaxed);
+            txq.active.store(true, Ordering::Relaxed);
+            LOG.info(format_args!("port {}: queue restarted after reattaching", port.port_id));
+        }
+        Ok(other) => LOG.error(format_args!("port {}: the proxy answered {} to QueueStart", port.port_id, other.kind())),
+        Err(e) => LOG.error(format_args!("port {}: cannot restart the queue after reattaching: {e}", port.port_id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pmd_info_names_the_driver_and_its_devargs() {
+        let info = &super::PMD_INFO;
+        assert_eq!((info[0], info[info.len() - 1]), (0, 0));
+        let text = std::str::from_utf8(&info[1..info.len() - 1]).unwrap();
+        let json = text.strip_prefix("PMD_INFO_STRING= ").unwrap();
+        let params = format!("\"params\": \"{}\"", shm_driver_common::devargs::PARAM_STRING);
+        assert!(json.contains("\"name\": \"net_shm\""), "{json}");
+        assert!(json.contains(&params), "{json}");
+        assert!(json.ends_with("\"pci_ids\": []}"), "{json}");
     }
 }

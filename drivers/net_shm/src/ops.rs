@@ -242,7 +242,11 @@ unsafe extern "C" fn dev_close(dev: *mut sys::rte_eth_dev) -> c_int {
             }
             state.rxq = None;
             state.txq = None;
-            state.session = None;
+            // A closed port ends its session now, not when the device is detached: the
+            // proxy frees the queue for the next guest (or for `port attach` again).
+            if let Some(session) = state.session.take() {
+                session.close();
+            }
         }
         if let Some(device) = port.device.upgrade() {
             device.set_driver_data(None);
@@ -394,7 +398,7 @@ unsafe extern "C" fn tx_queue_release(dev: *mut sys::rte_eth_dev, queue: u16) {
     });
 }
 
-fn snapshot(port: &Port) -> (Snapshot, Snapshot) {
+pub(crate) fn snapshot(port: &Port) -> (Snapshot, Snapshot) {
     let state = lock(&port.state);
     let now = Snapshot::read(state.rxq.as_deref(), state.txq.as_deref(), port.link_down_events.load(Ordering::Relaxed));
     (now, state.stats_base)

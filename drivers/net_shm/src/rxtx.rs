@@ -141,7 +141,9 @@ impl RxQueue {
         }
         // SAFETY: we are the polling thread.
         let ring = unsafe { self.ring() };
-        let Ok(avail) = ring.available(MAX_BURST_DESCS) else {
+        // The proxy's index (a cache line its core keeps writing) is re-read only when
+        // the cached view holds fewer descriptors than packets asked for.
+        let Ok(avail) = ring.available(n as u32) else {
             // The proxy's index is impossible: stop trusting this ring until restarted.
             self.active.store(false, Relaxed);
             bump(&self.stats.errors, 1);
@@ -330,6 +332,29 @@ impl TxQueue {
         unsafe { &mut *self.ring.get() }
     }
 
+    /// Frees the packets we published that a proxy which went away never took (see
+    /// `DescProducer::unconsumed`), then starts the ring over. Returns how many buffers.
+    ///
+    /// # Safety
+    /// The queue is inactive and no burst runs; the proxy is gone (not consuming).
+    pub unsafe fn reclaim_unsent(&self) -> u32 {
+        let pools = self.region.pools();
+        let mut freed = 0;
+        // SAFETY: per the contract, nobody else uses the ring state.
+        let ring = unsafe { self.ring() };
+        let _ = ring.unconsumed(|d| {
+            // Our own descriptors, but in shared memory: free only what names a buffer.
+            if pools.iter().any(|p| p.layout.buffer_index(d.offset).is_some()) {
+                // SAFETY: a segment of ours that the proxy never took; nobody else holds it.
+                unsafe { drop_mbuf(self.base.wrapping_add(d.offset as usize) as *mut sys::rte_mbuf) };
+                freed += 1;
+            }
+        });
+        // SAFETY: as above; a second call then finds nothing to free.
+        unsafe { self.reset() };
+        freed
+    }
+
     /// Starts the ring from index 0 (see [`RxQueue::reset`]).
     ///
     /// # Safety
@@ -373,7 +398,9 @@ impl TxQueue {
         }
         // SAFETY: we are the polling thread.
         let ring = unsafe { self.ring() };
-        let Ok(mut free) = ring.free_slots(MAX_BURST_DESCS) else {
+        // As for rx: the proxy's consumer index is re-read only when the cached room is
+        // short of one slot per packet (the loop below re-reads once when chains need more).
+        let Ok(mut free) = ring.free_slots(n as u32) else {
             self.active.store(false, Relaxed);
             return 0;
         };

@@ -33,13 +33,13 @@
 //! | ------ | ---- | ----- |
 //! | 0      | 2    | `version_min` (>= 1) |
 //! | 2      | 2    | `version_max` (>= `version_min`) |
-//! | 4      | 4    | `flags` (none defined in 1; ignored) |
+//! | 4      | 4    | `flags`: [`HELLO_FLAG_REATTACH`]; unknown bits are ignored |
 //! | 8      | 8    | `region_size` (0: the proxy's default) |
 //! | 16     | 4    | `rx_ring_entries` (0: default; else a power of two in 64..=65536) |
 //! | 20     | 4    | `tx_ring_entries` (same) |
 //! | 24     | 32   | `app_name` (UTF-8, NUL padded) |
 //!
-//! `Welcome` (proxy, 44 bytes, with the region memfd as `SCM_RIGHTS`):
+//! `Welcome` (proxy, 44 bytes, with the region memfd as `SCM_RIGHTS`, except in answer to a reattaching `Hello`):
 //!
 //! | offset | size | field |
 //! | ------ | ---- | ----- |
@@ -93,6 +93,16 @@ pub const MAX_MESSAGE: usize = 1024;
 pub const MAX_APP_NAME: usize = 32;
 /// Largest refusal reason, in bytes.
 pub const MAX_REASON: usize = 200;
+
+/// `Hello.flags` bit: the guest is reattaching after its proxy went away. Its
+/// region memfd (created by an earlier proxy, still mapped by the guest, whose
+/// mbuf pools live in it) travels with the `Hello` as `SCM_RIGHTS`, and
+/// `region_size` is its exact size. The proxy checks the fd (size, page size,
+/// `F_SEAL_SHRINK | F_SEAL_GROW`), lays the region out again from the sizes in
+/// the `Hello` (header rewritten, both descriptor rings zeroed: nothing in it is
+/// trusted) and answers `Welcome` without a descriptor; the guest checks that
+/// the layout is the one it has and announces its pools again with `PoolAdd`.
+pub const HELLO_FLAG_REATTACH: u32 = 1;
 
 /// The kind field of the header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -246,7 +256,7 @@ pub struct Hello {
     pub version_min: u16,
     /// Highest protocol major the guest speaks.
     pub version_max: u16,
-    /// Reserved (no flag defined in version 1).
+    /// [`HELLO_FLAG_REATTACH`] or 0.
     pub flags: u32,
     /// Requested region size, 0 for the proxy's default.
     pub region_size: u64,

@@ -1,0 +1,463 @@
+//! The latency probe: owns one ethdev port and, polled from a loop, sends packets at a
+//! fixed rate, each carrying a sequence number and the TSC at which it was sent, and
+//! computes the round-trip times of those that come back (a macswap guest swaps the
+//! MAC addresses and leaves the payload alone).
+//!
+//! Timing: the clock starts at the first reply (the guest may attach long after the
+//! probe starts). Packets sent during the next `warmup` seconds are not counted; those
+//! sent during the following `seconds` form the window; replies are collected for
+//! `grace` seconds more, then the probe is done and prints one `LATENCY ...` line.
+//! Open loop: packets are offered at the rate whatever comes back, and a packet the
+//! port does not take counts as offered and not sent (`tx_full`).
+
+use std::fmt;
+use std::time::Duration;
+
+use dpdk::{sys, PktPool, Port};
+
+use crate::hist::Histogram;
+
+pub const BURST: usize = 32;
+/// Ethertype of probe frames: IEEE local experimental.
+const ETHERTYPE: u16 = 0x88b5;
+const MAGIC: u64 = u64::from_le_bytes(*b"DPDKLAT1");
+/// Bytes of a probe frame that carry something: Ethernet header, magic, seq, tsc.
+const HEADER: usize = 14 + 24;
+/// The most packets the probe catches up with after it was held up (descheduled); the
+/// rest of the backlog is skipped (counted in `behind`), not sent as one huge burst.
+const MAX_BACKLOG: u64 = 1024;
+const POOL_MBUFS: u32 = 8191;
+const DESC: u16 = 1024;
+
+/// What to send and for how long. Text form (proxy `--bench-latency`, the probe
+/// binary): `RATE[,size=BYTES][,warmup=S][,seconds=S][,grace=S]`, RATE in packets per
+/// second with an optional k/M suffix, or `max` (as fast as the pool allows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    /// Packets per second offered; 0 means as fast as possible.
+    pub rate: f64,
+    pub size: u16,
+    pub warmup: Duration,
+    pub seconds: Duration,
+    pub grace: Duration,
+}
+
+impl Spec {
+    pub fn parse(text: &str) -> Result<Spec, String> {
+        let mut parts = text.split(',');
+        let rate_text = parts.next().unwrap_or("").trim();
+        let rate = parse_rate(rate_text).ok_or_else(|| format!("'{rate_text}': expected a rate such as 100k, 2.5M or max"))?;
+        let mut spec = Spec {
+            rate,
+            size: 64,
+            warmup: Duration::from_secs(2),
+            seconds: Duration::from_secs(10),
+            grace: Duration::from_millis(500),
+        };
+        for part in parts {
+            let (key, value) = part.split_once('=').ok_or_else(|| format!("'{part}': expected key=value"))?;
+            let secs = || {
+                value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s >= 0.0 && *s < 86_400.0)
+                    .map(Duration::from_secs_f64)
+                    .ok_or_else(|| format!("{key}: expected seconds, got '{value}'"))
+            };
+            match key {
+                "size" => {
+                    spec.size = value
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|s| (60..=2000).contains(s))
+                        .ok_or_else(|| format!("size: expected 60..2000 bytes, got '{value}'"))?
+                }
+                "warmup" => spec.warmup = secs()?,
+                "seconds" => spec.seconds = secs()?,
+                "grace" => spec.grace = secs()?,
+                _ => return Err(format!("unknown key '{key}' (size, warmup, seconds, grace)")),
+            }
+        }
+        if spec.seconds.is_zero() {
+            return Err("seconds must be more than 0".into());
+        }
+        Ok(spec)
+    }
+}
+
+fn parse_rate(text: &str) -> Option<f64> {
+    if text == "max" {
+        return Some(0.0);
+    }
+    let (digits, mult) = match text.chars().last()? {
+        'k' | 'K' => (&text[..text.len() - 1], 1e3),
+        'm' | 'M' => (&text[..text.len() - 1], 1e6),
+        _ => (text, 1.0),
+    };
+    let rate = digits.parse::<f64>().ok()? * mult;
+    (rate.is_finite() && rate >= 1.0).then_some(rate)
+}
+
+#[inline]
+fn tsc() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: rdtsc has no preconditions on x86_64.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // SAFETY: reads the cycle counter.
+        unsafe { sys::rte_rdtsc() }
+    }
+}
+
+/// The counters and percentiles of one run.
+pub struct Report {
+    pub spec: Spec,
+    pub complete: bool,
+    /// Packets the probe sent whose send time fell in the window.
+    pub sent: u64,
+    /// Of those, how many came back before the probe finished.
+    pub received: u64,
+    /// Offered in the window but not taken by the port.
+    pub tx_full: u64,
+    /// Skipped because the probe itself was held up (not offered at all).
+    pub behind: u64,
+    /// Frames that were not probe frames, or were sent before/after the window.
+    pub other: u64,
+    pub hist_ns: Histogram,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.spec.seconds.as_secs_f64();
+        let lost = self.sent.saturating_sub(self.received);
+        let q = |p: f64| self.hist_ns.quantile(p).map_or("-".to_string(), |v| v.to_string());
+        write!(
+            f,
+            "LATENCY complete={} rate_pps={:.0} size={} window_s={} sent={} received={} lost={} lost_pct={:.3} \
+             tx_full={} behind={} other={} achieved_pps={:.0} min_ns={} p50_ns={} p90_ns={} p99_ns={} p999_ns={} \
+             max_ns={} mean_ns={}",
+            self.complete as u8,
+            self.spec.rate,
+            self.spec.size,
+            secs,
+            self.sent,
+            self.received,
+            lost,
+            if self.sent > 0 { 100.0 * lost as f64 / self.sent as f64 } else { 0.0 },
+            self.tx_full,
+            self.behind,
+            self.other,
+            self.received as f64 / secs,
+            self.hist_ns.min().map_or("-".to_string(), |v| v.to_string()),
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999),
+            self.hist_ns.max().map_or("-".to_string(), |v| v.to_string()),
+            self.hist_ns.mean().map_or("-".to_string(), |v| v.to_string()),
+        )
+    }
+}
+
+/// The probe on one port. Not `Send`: it lives and is polled on one lcore.
+pub struct Probe {
+    port: Port,
+    // Dropped after the port is closed (see Drop).
+    pool: Option<PktPool>,
+    spec: Spec,
+    hz: f64,
+    ns_per_cycle: f64,
+    src: [u8; 6],
+    start: u64,
+    offered: u64,
+    seq: u64,
+    /// TSC bounds once the first reply is in: window start, window end, finish.
+    window: Option<(u64, u64, u64)>,
+    sent: u64,
+    received: u64,
+    tx_full: u64,
+    behind: u64,
+    other: u64,
+    hist: Histogram,
+    done: bool,
+    reported: bool,
+    pkts: [*mut sys::rte_mbuf; BURST],
+}
+
+impl Probe {
+    /// Configures `port` (one rx and one tx queue, its own mbuf pool) and starts it.
+    pub fn new(port: Port, spec: Spec) -> Result<Probe, String> {
+        let err = |e: dpdk::Error| format!("probe port {} ({}): {e}", port.0, port.name());
+        // SAFETY: rte_eth_conf is plain data; all zero is the default configuration.
+        let conf: sys::rte_eth_conf = unsafe { std::mem::zeroed() };
+        port.configure(1, 1, &conf).map_err(err)?;
+        let (rx_desc, tx_desc) = port.adjust_desc(DESC, DESC).map_err(err)?;
+        let pool = PktPool::new(
+            &format!("lat_probe{}", port.0),
+            POOL_MBUFS,
+            256,
+            sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16,
+            port.socket_id(),
+        )
+        .map_err(err)?;
+        // SAFETY: the pool outlives the queue: Drop closes the port before the pool goes.
+        unsafe { port.rx_queue_setup(0, rx_desc, None, pool.as_ptr()) }.map_err(err)?;
+        port.tx_queue_setup(0, tx_desc).map_err(err)?;
+        port.start().map_err(err)?;
+        let _ = port.promiscuous_enable();
+        // SAFETY: reads EAL's calibrated TSC frequency.
+        let hz = unsafe { sys::rte_get_tsc_hz() } as f64;
+        if hz <= 0.0 {
+            return Err("EAL knows no TSC frequency".into());
+        }
+        Ok(Probe {
+            port,
+            src: port.mac().unwrap_or([2, 0, 0, 0, 0, 1]),
+            pool: Some(pool),
+            spec,
+            hz,
+            ns_per_cycle: 1e9 / hz,
+            start: tsc(),
+            offered: 0,
+            seq: 0,
+            window: None,
+            sent: 0,
+            received: 0,
+            tx_full: 0,
+            behind: 0,
+            other: 0,
+            hist: Histogram::new(),
+            done: false,
+            reported: false,
+            pkts: [std::ptr::null_mut(); BURST],
+        })
+    }
+
+    pub fn port(&self) -> Port {
+        self.port
+    }
+
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    /// One round: receive what came back, then send what is due. Prints the report on
+    /// stdout once, when the probe finishes. Returns false once finished.
+    #[inline]
+    pub fn poll(&mut self) -> bool {
+        self.receive();
+        let now = tsc();
+        if self.done {
+            return false;
+        }
+        if let Some((_, _, finish)) = self.window {
+            if now >= finish {
+                self.done = true;
+                if !self.reported {
+                    self.reported = true;
+                    // Once per run, at the end: the only I/O the probe does.
+                    println!("{}", self.report());
+                }
+                return false;
+            }
+        }
+        self.send(now);
+        true
+    }
+
+    fn receive(&mut self) {
+        let mp = self.pkts.as_mut_ptr();
+        // SAFETY: the probe owns queue 0 of its port; pkts has room for BURST.
+        let n = unsafe { sys::rte_eth_rx_burst(self.port.0, 0, mp, BURST as u16) } as usize;
+        if n == 0 {
+            return;
+        }
+        // The arrival time: after the burst returned, so its own cost is not hidden.
+        let now = tsc();
+        for i in 0..n {
+            let m = self.pkts[i];
+            // SAFETY: a packet the port just returned; the probe frees it below. Its
+            // bytes were written by the guest: they are copied out, never referenced.
+            let fields = unsafe { read_probe_fields(m) };
+            // SAFETY: ours to free (for a shadow mbuf this returns the buffer to its guest).
+            unsafe { sys::rte_pktmbuf_free(m) };
+            let Some((_seq, sent_at)) = fields else {
+                self.other += 1;
+                continue;
+            };
+            let window = match self.window {
+                Some(w) => w,
+                None => {
+                    let start = now + (self.spec.warmup.as_secs_f64() * self.hz) as u64;
+                    let end = start + (self.spec.seconds.as_secs_f64() * self.hz) as u64;
+                    let w = (start, end, end + (self.spec.grace.as_secs_f64() * self.hz) as u64);
+                    self.window = Some(w);
+                    w
+                }
+            };
+            if sent_at >= window.0 && sent_at < window.1 && sent_at <= now {
+                self.received += 1;
+                self.hist.record(((now - sent_at) as f64 * self.ns_per_cycle) as u64);
+            } else {
+                self.other += 1;
+            }
+        }
+    }
+
+    fn send(&mut self, now: u64) {
+        let in_window = self.window.is_some_and(|(s, e, _)| now >= s && now < e);
+        let want = if self.spec.rate > 0.0 {
+            let due = ((now - self.start) as f64 / self.hz * self.spec.rate) as u64;
+            let mut backlog = due.saturating_sub(self.offered);
+            if backlog > MAX_BACKLOG {
+                if in_window {
+                    self.behind += backlog - MAX_BACKLOG;
+                }
+                self.offered += backlog - MAX_BACKLOG;
+                backlog = MAX_BACKLOG;
+            }
+            backlog.min(BURST as u64) as usize
+        } else {
+            BURST
+        };
+        if want == 0 {
+            return;
+        }
+        let Some(pool) = &self.pool else { return };
+        let mp = self.pkts.as_mut_ptr();
+        // SAFETY: pkts has room for BURST >= want pointers.
+        if unsafe { sys::rte_pktmbuf_alloc_bulk(pool.as_ptr(), mp, want as u32) } != 0 {
+            // Pool empty: everything is in flight or queued. Offered, not sent.
+            self.offered += want as u64;
+            if in_window {
+                self.tx_full += want as u64;
+            }
+            return;
+        }
+        // The send time: as close to the burst as the frames allow.
+        let stamp = tsc();
+        for i in 0..want {
+            // SAFETY: a freshly allocated mbuf of our pool, data room 2 KiB >= size.
+            unsafe { self.fill(self.pkts[i], stamp) };
+        }
+        // SAFETY: the probe owns tx queue 0; pkts[..want] are valid packets.
+        let took = unsafe { sys::rte_eth_tx_burst(self.port.0, 0, mp, want as u16) } as usize;
+        for i in took..want {
+            // SAFETY: not taken by the port: still ours.
+            unsafe { sys::rte_pktmbuf_free(self.pkts[i]) };
+        }
+        self.offered += want as u64;
+        if in_window {
+            self.sent += took as u64;
+            self.tx_full += (want - took) as u64;
+        }
+    }
+
+    /// Writes a probe frame of `spec.size` bytes into `m`.
+    ///
+    /// # Safety
+    /// `m` is an mbuf of the probe's pool, just allocated (empty).
+    unsafe fn fill(&mut self, m: *mut sys::rte_mbuf, now: u64) {
+        // SAFETY: the data room (2 KiB) holds `size` (<= 2000) bytes.
+        let data = unsafe { sys::rte_pktmbuf_append(m, self.spec.size) } as *mut u8;
+        if data.is_null() {
+            return;
+        }
+        let mut frame = [0u8; HEADER];
+        frame[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+        frame[6..12].copy_from_slice(&self.src);
+        frame[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
+        frame[14..22].copy_from_slice(&MAGIC.to_le_bytes());
+        frame[22..30].copy_from_slice(&self.seq.to_le_bytes());
+        frame[30..38].copy_from_slice(&now.to_le_bytes());
+        self.seq += 1;
+        // SAFETY: `data` has `size` >= HEADER writable bytes.
+        unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), data, HEADER) };
+    }
+
+    pub fn report(&self) -> Report {
+        Report {
+            spec: self.spec.clone(),
+            complete: self.done,
+            sent: self.sent,
+            received: self.received,
+            tx_full: self.tx_full,
+            behind: self.behind,
+            other: self.other,
+            hist_ns: self.hist.clone(),
+        }
+    }
+}
+
+/// The sequence number and send TSC of a probe frame, copied out of `m`; None for any
+/// other frame.
+///
+/// # Safety
+/// `m` is a valid packet.
+unsafe fn read_probe_fields(m: *mut sys::rte_mbuf) -> Option<(u64, u64)> {
+    // SAFETY: per the contract; the first segment's data lies in its buffer.
+    unsafe {
+        if ((*m).data_len as usize) < HEADER {
+            return None;
+        }
+        let data = ((*m).buf_addr as *const u8).add((*m).data_off as usize);
+        let mut frame = [0u8; HEADER];
+        std::ptr::copy_nonoverlapping(data, frame.as_mut_ptr(), HEADER);
+        let word = |at: usize| u64::from_le_bytes(frame[at..at + 8].try_into().unwrap_or([0; 8]));
+        (frame[12..14] == ETHERTYPE.to_be_bytes() && word(14) == MAGIC).then(|| (word(22), word(30)))
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        // Stop and close the port before its pool goes.
+        let _ = self.port.stop();
+        let _ = self.port.close();
+        self.pool.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_text() {
+        let s = Spec::parse("100k").unwrap();
+        assert_eq!((s.rate, s.size, s.warmup, s.seconds), (100_000.0, 64, Duration::from_secs(2), Duration::from_secs(10)));
+        let s = Spec::parse("2.5M,size=128,warmup=1,seconds=0.5,grace=0.2").unwrap();
+        assert_eq!((s.rate, s.size), (2_500_000.0, 128));
+        assert_eq!((s.warmup, s.seconds, s.grace), (Duration::from_secs(1), Duration::from_millis(500), Duration::from_millis(200)));
+        assert_eq!(Spec::parse("max").unwrap().rate, 0.0);
+        assert!(Spec::parse("fast").unwrap_err().contains("expected a rate"));
+        assert!(Spec::parse("0").is_err());
+        assert!(Spec::parse("1k,size=20").unwrap_err().starts_with("size:"));
+        assert!(Spec::parse("1k,seconds=0").is_err());
+        assert!(Spec::parse("1k,colour=red").unwrap_err().contains("unknown key"));
+    }
+
+    #[test]
+    fn report_line_has_every_field() {
+        let mut hist = Histogram::new();
+        for v in [1000, 2000, 3000] {
+            hist.record(v);
+        }
+        let r = Report {
+            spec: Spec::parse("1k,seconds=2").unwrap(),
+            complete: true,
+            sent: 4,
+            received: 3,
+            tx_full: 0,
+            behind: 0,
+            other: 1,
+            hist_ns: hist,
+        };
+        let line = r.to_string();
+        assert!(line.starts_with("LATENCY complete=1 rate_pps=1000 size=64 window_s=2 sent=4 received=3 lost=1 lost_pct=25.000"), "{line}");
+        // p50: the middle of the 8 ns wide bucket holding 2000.
+        assert!(line.contains(" achieved_pps=2 min_ns=1000 p50_ns=2004 ") && line.ends_with(" max_ns=3000 mean_ns=2000"), "{line}");
+    }
+}

@@ -1,0 +1,206 @@
+//! Who may reach a socket: the owner, group and mode of the socket file and of the
+//! directory the proxy makes for it, and an optional allowlist of peer uids and gids
+//! checked with `SO_PEERCRED` (and `SO_PEERGROUPS`) on every connection.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+use crate::cmds::SocketAccess;
+
+/// The resolved access settings of one socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// Owner of the socket file and of a directory the proxy creates (None: the proxy's).
+    pub owner: Option<u32>,
+    /// Group of the same (None: the proxy's).
+    pub group: Option<u32>,
+    /// Permissions of the socket file.
+    pub mode: u32,
+    /// Permissions of a directory the proxy creates for the socket.
+    pub dir_mode: u32,
+    /// Peers allowed to connect by uid or by gid (primary or supplementary). Both empty:
+    /// whoever the file permissions let in.
+    pub allow_uids: Vec<u32>,
+    pub allow_gids: Vec<u32>,
+}
+
+impl Access {
+    /// The directory mode that goes with a socket mode: search permission wherever the
+    /// socket is readable or writable, nothing for others unless the socket gives it.
+    pub fn dir_mode_for(mode: u32) -> u32 {
+        let rw = mode & 0o666;
+        rw | ((rw & 0o444) >> 2) | ((rw & 0o222) >> 1)
+    }
+
+    /// These settings with a `socket` line's overrides applied.
+    pub fn with(&self, o: &SocketAccess) -> Result<Access, String> {
+        let mut a = self.clone();
+        if let Some(u) = &o.owner {
+            a.owner = Some(resolve_user(u)?);
+        }
+        if let Some(g) = &o.group {
+            a.group = Some(resolve_group(g)?);
+        }
+        if let Some(m) = o.mode {
+            a.mode = m;
+            a.dir_mode = Access::dir_mode_for(m);
+        }
+        if let Some(list) = &o.allow_uid {
+            a.allow_uids = list.iter().map(|u| resolve_user(u)).collect::<Result<_, _>>()?;
+        }
+        if let Some(list) = &o.allow_gid {
+            a.allow_gids = list.iter().map(|g| resolve_group(g)).collect::<Result<_, _>>()?;
+        }
+        Ok(a)
+    }
+
+    pub fn has_allowlist(&self) -> bool {
+        !self.allow_uids.is_empty() || !self.allow_gids.is_empty()
+    }
+
+    /// Whether a peer with these credentials may connect.
+    pub fn admits(&self, peer: &PeerCred) -> bool {
+        if !self.has_allowlist() {
+            return true;
+        }
+        self.allow_uids.contains(&peer.uid)
+            || self.allow_gids.contains(&peer.gid)
+            || peer.groups.iter().any(|g| self.allow_gids.contains(g))
+    }
+
+    /// `owner=.. group=.. mode=.. allow=..` for `show sockets`.
+    pub fn describe(&self) -> String {
+        let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+        let list = |v: &[u32]| if v.is_empty() { "-".to_string() } else { v.iter().map(u32::to_string).collect::<Vec<_>>().join(",") };
+        format!(
+            "owner={} group={} mode={:04o} allow_uid={} allow_gid={}",
+            id(self.owner),
+            id(self.group),
+            self.mode,
+            list(&self.allow_uids),
+            list(&self.allow_gids)
+        )
+    }
+}
+
+/// A connected peer as the kernel saw it when it connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (empty where the kernel cannot say).
+    pub groups: Vec<u32>,
+}
+
+/// `SO_PEERCRED` and `SO_PEERGROUPS` of a connected unix socket.
+pub fn peer_cred(fd: RawFd) -> Option<PeerCred> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred is a valid ucred buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut libc::c_void, &mut len)
+    };
+    if rc != 0 {
+        return None;
+    }
+    let mut groups = vec![0 as libc::gid_t; 64];
+    let mut glen = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+    // SAFETY: groups is a buffer of `glen` bytes.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERGROUPS, groups.as_mut_ptr() as *mut libc::c_void, &mut glen)
+    };
+    let n = if rc == 0 { glen as usize / std::mem::size_of::<libc::gid_t>() } else { 0 };
+    groups.truncate(n);
+    Some(PeerCred { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups })
+}
+
+/// A user name or a numeric uid.
+pub fn resolve_user(s: &str) -> Result<u32, String> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(n);
+    }
+    let name = CString::new(s).map_err(|_| format!("no user '{s}'"))?;
+    // SAFETY: getpwnam with a valid C string; only the uid is read from the static
+    // result, right away (the control thread is the only user of these calls).
+    unsafe {
+        let pw = libc::getpwnam(name.as_ptr());
+        if pw.is_null() {
+            return Err(format!("no user '{s}'"));
+        }
+        Ok((*pw).pw_uid)
+    }
+}
+
+/// A group name or a numeric gid.
+pub fn resolve_group(s: &str) -> Result<u32, String> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(n);
+    }
+    let name = CString::new(s).map_err(|_| format!("no group '{s}'"))?;
+    // SAFETY: as in resolve_user.
+    unsafe {
+        let gr = libc::getgrnam(name.as_ptr());
+        if gr.is_null() {
+            return Err(format!("no group '{s}'"));
+        }
+        Ok((*gr).gr_gid)
+    }
+}
+
+/// Gives `path` its owner, group and mode.
+pub fn apply(path: &std::path::Path, owner: Option<u32>, group: Option<u32>, mode: u32) -> Result<(), String> {
+    let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "NUL in path".to_string())?;
+    // SAFETY: chown/chmod with a valid C string; -1 leaves an id unchanged.
+    unsafe {
+        if (owner.is_some() || group.is_some())
+            && libc::chown(cpath.as_ptr(), owner.unwrap_or(u32::MAX), group.unwrap_or(u32::MAX)) != 0
+        {
+            return Err(format!("cannot give {} owner {owner:?} group {group:?}: {}", path.display(), std::io::Error::last_os_error()));
+        }
+        if libc::chmod(cpath.as_ptr(), mode as libc::mode_t) != 0 {
+            return Err(format!("cannot set mode {mode:04o} on {}: {}", path.display(), std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Access {
+        Access { owner: None, group: None, mode: 0o660, dir_mode: 0o770, allow_uids: vec![], allow_gids: vec![] }
+    }
+
+    #[test]
+    fn directory_modes_follow_socket_modes() {
+        assert_eq!(Access::dir_mode_for(0o660), 0o770);
+        assert_eq!(Access::dir_mode_for(0o600), 0o700);
+        assert_eq!(Access::dir_mode_for(0o666), 0o777);
+        assert_eq!(Access::dir_mode_for(0o640), 0o750);
+    }
+
+    #[test]
+    fn the_allowlist_checks_uid_primary_and_supplementary_groups() {
+        let peer = |uid, gid, groups: &[u32]| PeerCred { pid: 1, uid, gid, groups: groups.to_vec() };
+        assert!(base().admits(&peer(1234, 1234, &[])), "no allowlist: the file mode decides");
+        let a = Access { allow_uids: vec![1000], allow_gids: vec![50], ..base() };
+        assert!(a.admits(&peer(1000, 1000, &[])));
+        assert!(a.admits(&peer(1001, 50, &[])));
+        assert!(a.admits(&peer(1001, 1001, &[7, 50])));
+        assert!(!a.admits(&peer(1001, 1001, &[7])));
+        assert!(!a.admits(&peer(0, 0, &[])), "root is not special");
+    }
+
+    #[test]
+    fn socket_lines_override_the_options() {
+        let o = SocketAccess { owner: Some("0".into()), mode: Some(0o600), allow_uid: Some(vec!["root".into(), "7".into()]), ..Default::default() };
+        let a = base().with(&o).unwrap();
+        assert_eq!((a.owner, a.group, a.mode, a.dir_mode), (Some(0), None, 0o600, 0o700));
+        assert_eq!(a.allow_uids, vec![0, 7]);
+        let bad = SocketAccess { group: Some("no-such-group-here".into()), ..Default::default() };
+        assert_eq!(base().with(&bad).unwrap_err(), "no group 'no-such-group-here'");
+        assert_eq!(resolve_user("no-such-user-here").unwrap_err(), "no user 'no-such-user-here'");
+    }
+}

@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""The report of scripts/bench.sh: reads its raw results (one JSON object per run) and
+writes results.json, results.md and chart.png into the output directory, prints the
+tables, and (with --docs) replaces the results section of docs/benchmarks.md and puts
+the chart beside it. Statistics: every point is the median of its repetitions, with the
+min..max of those repetitions as its spread. See docs/benchmarks.md."""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+
+CONTENDERS = ["limit", "ours", "memif-copy", "memif-zc", "vhost-user"]
+PEERS = ["memif-copy", "memif-zc", "vhost-user"]
+LABEL = {
+    "limit": "limit (testpmd, 2 net_null, 1 core)",
+    "ours": "ours (dpdk-io-proxy + plugins)",
+    "memif-copy": "memif copy",
+    "memif-zc": "memif zero-copy",
+    "vhost-user": "vhost-user + virtio-user",
+}
+BEGIN = "<!-- bench-results:begin (written by scripts/bench.sh; edit the script, not this) -->"
+END = "<!-- bench-results:end -->"
+
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def fmt(v, digits=2):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def throughput_points(rows):
+    points = []
+    sizes = sorted({r["size"] for r in rows if r["kind"] == "tp"})
+    for size in sizes:
+        for c in CONTENDERS:
+            runs = [r for r in rows if r["kind"] == "tp" and r["contender"] == c and r["size"] == size]
+            if not runs:
+                continue
+            ok = [r for r in runs if r["status"] == "ok"]
+            p = {"contender": c, "size": size, "reps": len(runs), "reps_ok": len(ok)}
+            if not ok:
+                st = {r["status"] for r in runs}
+                p["status"] = "skipped" if st == {"skip"} else "failed"
+                p["why"] = "; ".join(sorted({r.get("why", "") for r in runs if r.get("why")}))
+                points.append(p)
+                continue
+            mpps = [r["tx_pps"] / 1e6 for r in ok]
+            cyc = [r["guest_busy"] * r["cpu_mhz"] * 1e6 / r["tx_pps"]
+                   for r in ok if r.get("guest_busy") is not None and r["tx_pps"] > 0]
+            p.update({
+                "status": "ok" if len(ok) == len(runs) else "partial",
+                "mpps": med(mpps),
+                "mpps_min": min(mpps),
+                "mpps_max": max(mpps),
+                "mpps_reps": mpps,
+                "rx_mpps": med([r["rx_pps"] / 1e6 for r in ok]),
+                "gbps": med(mpps) * size * 8 / 1e3,
+                "guest_cycles_per_pkt": med(cyc),
+                "guest_busy": med([r["guest_busy"] for r in ok if r.get("guest_busy") is not None]),
+                "segments": ok[0].get("segs", "1"),
+                "rss_private_mib": med([r["rss_private_kib"] / 1024 for r in ok]),
+                "shared_mib": med([r["shared_kib"] / 1024 for r in ok]),
+                "huge_mib": med([r["huge_kib"] / 1024 for r in ok]),
+                "anon_mib": med([r.get("anon_kib", 0) / 1024 for r in ok]),
+                "other_pct_max": max(r["other_pct"] for r in ok),
+            })
+            points.append(p)
+    return points
+
+
+def ratios(points):
+    out = []
+    for size in sorted({p["size"] for p in points}):
+        at = {p["contender"]: p for p in points if p["size"] == size and p.get("mpps")}
+        r = {"size": size}
+        if "ours" in at and "limit" in at:
+            r["ours_vs_limit"] = at["ours"]["mpps"] / at["limit"]["mpps"]
+        peers = [at[c] for c in PEERS if c in at]
+        if "ours" in at and peers:
+            best = max(peers, key=lambda p: p["mpps"])
+            r["best_peer"] = best["contender"]
+            r["ours_vs_best_peer"] = at["ours"]["mpps"] / best["mpps"]
+        out.append(r)
+    return out
+
+
+def latency_points(rows):
+    out = []
+    keys = []
+    for r in rows:
+        if r["kind"] == "lat" and (r["contender"], r["rate_item"]) not in keys:
+            keys.append((r["contender"], r["rate_item"]))
+    for c, item in keys:
+        runs = [r for r in rows if r["kind"] == "lat" and r["contender"] == c and r["rate_item"] == item]
+        ok = [r for r in runs if r["status"] == "ok" and r.get("p50_ns") is not None]
+        p = {"contender": c, "rate_item": item, "reps": len(runs), "reps_ok": len(ok)}
+        if not ok:
+            p["status"] = "skipped" if {r["status"] for r in runs} == {"skip"} else "failed"
+            p["why"] = "; ".join(sorted({r.get("why", "") for r in runs if r.get("why")}))
+            out.append(p)
+            continue
+        p["status"] = "ok" if len(ok) == len(runs) else "partial"
+        p["rate_pps"] = med([r["rate_pps"] for r in ok])
+        p["achieved_pps"] = med([r["achieved_pps"] for r in ok])
+        p["lost_pct"] = med([r["lost_pct"] for r in ok])
+        p["complete"] = all(r.get("complete") == 1 for r in ok)
+        for q in ["min", "p50", "p90", "p99", "p999", "max", "mean"]:
+            vals = [r[f"{q}_ns"] / 1e3 for r in ok if r.get(f"{q}_ns") is not None]
+            p[f"{q}_us"] = med(vals)
+            p[f"{q}_us_min"] = min(vals) if vals else None
+            p[f"{q}_us_max"] = max(vals) if vals else None
+        out.append(p)
+    return out
+
+
+def rate_text(pps):
+    if pps is None:
+        return "-"
+    return f"{pps / 1e6:.2f} M" if pps >= 1e6 else f"{pps / 1e3:.0f} k"
+
+
+def markdown(meta, points, rat, lat, chart_name):
+    L = []
+    L.append(f"Run: `{meta['command']}` on {meta['date']}, {meta['cpu_model']}, host side on CPU "
+             f"{meta['host_cpu']}, guest on CPU {meta['guest_cpu']}; {meta['warmup']} s warm-up + "
+             f"{meta['seconds']} s window per throughput point, repetitions alternated.")
+    noisy = [p for p in points if p.get("other_pct_max", 0) >= 5]
+    if noisy:
+        L.append("")
+        L.append(f"**Warning:** other work took 5 % or more of the two CPUs during {len(noisy)} point(s) "
+                 "(column other%): those numbers are low and noisy.")
+    L.append("")
+    L.append("### Throughput (guest forwards, macswap)")
+    L.append("")
+    L.append("| size B | contender | Mpps | spread (min..max) | Gbps | guest cycles/pkt | ours/this | segments | other% |")
+    L.append("| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    for p in points:
+        name = LABEL.get(p["contender"], p["contender"])
+        if not p.get("mpps"):
+            L.append(f"| {p['size']} | {name} | {p['status']}: {p.get('why') or 'see logs'} | | | | | | |")
+            continue
+        ours = next((q for q in points if q["size"] == p["size"] and q["contender"] == "ours" and q.get("mpps")), None)
+        rel = fmt(ours["mpps"] / p["mpps"]) if ours and p["contender"] != "ours" else ""
+        seg = "chains of 2 KiB mbufs" if p["segments"] == "chain" else (
+            "one 9 KiB mbuf (net_null cannot chain)" if p["size"] > 2048 else "1")
+        reps = f" ({p['reps_ok']}/{p['reps']} reps)" if p["status"] == "partial" else ""
+        L.append(f"| {p['size']} | {name} | {fmt(p['mpps'])}{reps} | {fmt(p['mpps_min'])}..{fmt(p['mpps_max'])} "
+                 f"| {fmt(p['gbps'])} | {fmt(p['guest_cycles_per_pkt'], 0)} | {rel} | {seg} | {p['other_pct_max']} |")
+    L.append("")
+    L.append("| size B | ours / limit | ours / best peer | best peer |")
+    L.append("| ---: | ---: | ---: | --- |")
+    for r in rat:
+        L.append(f"| {r['size']} | {fmt(r.get('ours_vs_limit'))} | {fmt(r.get('ours_vs_best_peer'))} | {r.get('best_peer', '-')} |")
+    if lat:
+        L.append("")
+        L.append("### Round-trip latency (probe -> guest macswap -> probe, 64 B)")
+        L.append("")
+        L.append("| contender | offered | achieved | p50 µs | p99 µs | p99.9 µs | p99 spread | max µs | lost % |")
+        L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for p in lat:
+            name = LABEL.get(p["contender"], p["contender"])
+            if p["status"] in ("skipped", "failed"):
+                L.append(f"| {name} | {p['rate_item']} | {p['status']}: {p.get('why') or 'see logs'} | | | | | | |")
+                continue
+            item = p["rate_item"] + (f" = {rate_text(p['rate_pps'])}" if p["rate_item"].endswith("%") else "")
+            L.append(f"| {name} | {item} | {rate_text(p['achieved_pps'])} | {fmt(p['p50_us'])} | {fmt(p['p99_us'])} "
+                     f"| {fmt(p['p999_us'])} | {fmt(p['p99_us_min'])}..{fmt(p['p99_us_max'])} | {fmt(p['max_us'], 0)} "
+                     f"| {fmt(p['lost_pct'], 3)} |")
+    mem = {}
+    for p in points:
+        if p.get("mpps") and p["contender"] != "limit" and p["contender"] not in mem:
+            mem[p["contender"]] = p
+    if mem:
+        L.append("")
+        L.append("### Guest memory")
+        L.append("")
+        L.append("| contender | at size B | RSS outside shared MiB | of which anonymous MiB | private hugepages MiB | shared with the host MiB |")
+        L.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for c in CONTENDERS:
+            if c in mem:
+                p = mem[c]
+                private_huge = 0.0 if c in ("memif-zc", "vhost-user") else p["huge_mib"]
+                L.append(f"| {LABEL[c]} | {p['size']} | {fmt(p['rss_private_mib'], 1)} | {fmt(p['anon_mib'], 1)} | {fmt(private_huge, 1)} "
+                         f"| {fmt(p['shared_mib'], 1)} |")
+    if chart_name:
+        L.append("")
+        L.append(f"![throughput and latency]({chart_name})")
+    return "\n".join(L) + "\n"
+
+
+def chart(path, points, lat):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench-report: matplotlib not installed (apt-get install python3-matplotlib); no chart", file=sys.stderr)
+        return False
+    sizes = sorted({p["size"] for p in points})
+    present = [c for c in CONTENDERS if any(p["contender"] == c and p.get("mpps") for p in points)]
+    panels = 3 if lat and any(p.get("p50_us") for p in lat) else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5.2))
+    width = 0.8 / max(1, len(present))
+    colors = {"limit": "#999999", "ours": "#d62728", "memif-copy": "#1f77b4", "memif-zc": "#17becf",
+              "vhost-user": "#2ca02c"}
+    for ax, key, title in [(axes[0], "mpps", "Mpps (median of reps, bars: min..max; log scale)"),
+                           (axes[1], "gbps", "Gbps of frames forwarded")]:
+        for i, c in enumerate(present):
+            xs, ys, lo, hi = [], [], [], []
+            for j, s in enumerate(sizes):
+                p = next((p for p in points if p["contender"] == c and p["size"] == s and p.get("mpps")), None)
+                if not p:
+                    continue
+                scale = 1 if key == "mpps" else s * 8 / 1e3
+                xs.append(j + (i - (len(present) - 1) / 2) * width)
+                ys.append(p["mpps"] * scale)
+                lo.append((p["mpps"] - p["mpps_min"]) * scale)
+                hi.append((p["mpps_max"] - p["mpps"]) * scale)
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=LABEL[c], color=colors.get(c))
+        ax.set_xticks(range(len(sizes)))
+        ax.set_xticklabels([f"{s} B" for s in sizes])
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        if key == "mpps":
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    if panels == 3:
+        ax = axes[2]
+        shown = [p for p in lat if p.get("p50_us")]
+        qs = [("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9")]
+        w = 0.8 / len(qs)
+        for k, (key, label) in enumerate(qs):
+            ax.bar([i + (k - 1) * w for i in range(len(shown))], [p[key] for p in shown], w, label=label)
+        ax.set_xticks(range(len(shown)))
+        ax.set_xticklabels([f"{p['contender']}\n{p['rate_item']} ({rate_text(p['rate_pps'])}pps)" for p in shown],
+                           fontsize=8)
+        ax.set_yscale("log")
+        ax.set_title("Round-trip latency, µs (64 B; log scale)", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def update_docs(docs, section):
+    with open(docs) as f:
+        text = f.read()
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = head + BEGIN + "\n" + section + END + tail
+    else:
+        text = text.rstrip("\n") + "\n\n## Latest results\n\n" + BEGIN + "\n" + section + END + "\n"
+    with open(docs + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(docs + ".tmp", docs)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--command", default="scripts/bench.sh")
+    ap.add_argument("--host-cpu", type=int, default=0)
+    ap.add_argument("--guest-cpu", type=int, default=1)
+    ap.add_argument("--seconds", type=int, default=0)
+    ap.add_argument("--warmup", type=int, default=0)
+    ap.add_argument("--lat-seconds", type=int, default=0)
+    ap.add_argument("--docs", help="docs/benchmarks.md: replace its results section")
+    a = ap.parse_args()
+    with open(a.raw) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    meta = {
+        "command": a.command,
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "cpu_model": cpu_model(),
+        "host_cpu": a.host_cpu,
+        "guest_cpu": a.guest_cpu,
+        "seconds": a.seconds,
+        "warmup": a.warmup,
+        "lat_seconds": a.lat_seconds,
+        "kernel": platform.release(),
+    }
+    points = throughput_points(rows)
+    rat = ratios(points)
+    lat = latency_points(rows)
+    chart_path = os.path.join(a.out, "chart.png")
+    have_chart = chart(chart_path, points, lat) if points else False
+    result = {"meta": meta, "throughput": points, "ratios": rat, "latency": lat, "runs": rows}
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    md = markdown(meta, points, rat, lat, "chart.png" if have_chart else None)
+    with open(os.path.join(a.out, "results.md"), "w") as f:
+        f.write(md)
+    print()
+    print(md)
+    print(f"written: {a.out}/results.json {a.out}/results.md" + (f" {chart_path}" if have_chart else ""))
+    if a.docs:
+        docs_chart = None
+        if have_chart:
+            docs_chart = os.path.join(os.path.dirname(a.docs), "benchmarks.png")
+            shutil.copyfile(chart_path, docs_chart)
+        update_docs(a.docs, markdown(meta, points, rat, lat, "benchmarks.png" if docs_chart else None))
+        print(f"updated: {a.docs}" + (f" {docs_chart}" if docs_chart else ""))
+
+
+if __name__ == "__main__":
+    main()

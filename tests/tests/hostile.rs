@@ -1,0 +1,815 @@
+//! Hostile and failing peers, end to end: one proxy on a net_null port with two queues,
+//! an unmodified testpmd forwarding on one socket (queue 1) the whole time, and a hostile
+//! client (`e2e_tests::hostile`) on the other socket (queue 0) that breaks every rule of
+//! the contract in turn: bad descriptors, bad ring indices, frozen rings, a scribbled
+//! region, bad handshakes, connection floods, random bytes.
+//!
+//! For every case the test checks that the proxy keeps running, that it counted what
+//! the hostile client did (and, where the rule says so, disconnected it), that its
+//! warnings are rate-limited, and that the good guest lost nothing (its socket's
+//! `tx_dropped`, `rx_dropped`, `invalid` stay 0) and kept forwarding at no less than
+//! `HOSTILE_MIN_RATIO` (default 0.3: the machines are small and shared) of the rate it
+//! had just before the case. A table of every case's numbers is printed (run with
+//! `--nocapture` to see it).
+//!
+//! Run alone: `cargo test --release -p e2e-tests --test hostile -- --test-threads=1 --nocapture`.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use e2e_tests::hostile::*;
+use e2e_tests::*;
+use shm_contract::mpmc::{DEQ_POS_OFFSET, ENQ_POS_OFFSET};
+use shm_contract::proto::transport::send_message;
+use shm_contract::proto::{encode_to_vec, HELLO_FLAG_REATTACH};
+use shm_contract::{Desc, DescFlags, Message, PoolAdd};
+
+/// Each case lasts at least this long (the good guest's rate is measured over it).
+const CASE_TIME: Duration = Duration::from_secs(2);
+
+fn min_ratio() -> f64 {
+    std::env::var("HOSTILE_MIN_RATIO").ok().and_then(|v| v.parse().ok()).unwrap_or(0.3)
+}
+
+type Stats = HashMap<String, String>;
+
+struct Bench {
+    _s: Scratch,
+    proxy: Proc,
+    good: Proc,
+    bad_sock: PathBuf,
+    good_sock: PathBuf,
+}
+
+impl Bench {
+    fn start() -> Bench {
+        let s = Scratch::new("hostile");
+        let bad_sock = s.path("q0/sock");
+        let good_sock = s.path("q1/sock");
+        let proxy = start_proxy(
+            &s,
+            &ProxyConfig {
+                eal: vec!["--vdev".into(), "net_null0".into()],
+                commands: vec![
+                    format!("socket {} port 0 queue 0", bad_sock.display()),
+                    format!("socket {} port 0 queue 1", good_sock.display()),
+                ],
+                extra: vec![],
+                netns: None,
+            },
+        );
+        wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+        let mut good = start_testpmd(
+            &s,
+            &GuestConfig {
+                socket: &good_sock,
+                devargs: "",
+                memory_mb: 32,
+                testpmd_args: ["-i", "--forward-mode=macswap", "--total-num-mbufs=8192"].map(String::from).to_vec(),
+                name: "good",
+            },
+        );
+        wait_or_dump(&good, "Checking link statuses", 30);
+        wait_or_dump(&proxy, "queue started", 30);
+        // Retry a full tx ring for up to 200 ms instead of dropping: the port restarts
+        // that every hostile queue start/stop causes on net_null (no runtime queue
+        // setup) pause the good queue briefly.
+        good.send("set fwd macswap retry");
+        good.send("set burst tx delay 10 retry 20000");
+        good.send("start");
+        let mut b = Bench { _s: s, proxy, good, bad_sock, good_sock };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while b.good_stats().get("tx_packets").is_none_or(|v| v == "0") {
+            assert!(Instant::now() < deadline, "the good guest never forwarded\n{}", b.good.out.text());
+            thread::sleep(Duration::from_millis(200));
+        }
+        b
+    }
+
+    /// Fresh counters of both sockets (asks the proxy for them).
+    fn stats(&mut self) -> (Stats, Stats) {
+        let key = format!("socket={} ", self.good_sock.display());
+        let before = self.proxy.out.text().matches(&key).count();
+        self.proxy.send("show stats");
+        if let Err(e) = self.proxy.out.wait_for("show stats", Duration::from_secs(10), |t| t.matches(&key).count() > before) {
+            panic!("{e}: is the proxy alive?\n{}", self.proxy.out.text());
+        }
+        let text = self.proxy.out.text();
+        (proxy_socket_stats(&text, &self.good_sock), proxy_socket_stats(&text, &self.bad_sock))
+    }
+
+    fn good_stats(&mut self) -> Stats {
+        self.stats().0
+    }
+
+    /// The good guest's packets forwarded through the proxy per second, over `window`.
+    fn good_rate(&mut self, window: Duration) -> f64 {
+        let (a, _) = self.stats();
+        let t = Instant::now();
+        thread::sleep(window);
+        let (b, _) = self.stats();
+        (counter(&b, "tx_packets") - counter(&a, "tx_packets")) as f64 / t.elapsed().as_secs_f64()
+    }
+
+    /// Waits until the proxy shows no guest on the hostile socket.
+    fn wait_bad_detached(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, bad) = self.stats();
+            if bad.get("guest").is_some_and(|g| g == "-") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the hostile guest was never detached: {bad:?}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn wait_or_dump(p: &Proc, needle: &str, secs: u64) {
+    if let Err(e) = p.out.wait_contains(needle, Duration::from_secs(secs)) {
+        panic!("{}: {e}\n--- {} output ---\n{}", p.name, p.name, p.out.text());
+    }
+}
+
+/// What a case expects of the proxy's counters for the hostile socket, and of the
+/// hostile connection.
+#[derive(Clone, Copy, Default)]
+struct Expect {
+    /// `invalid` must grow (bad descriptors / free-ring entries counted).
+    invalid: bool,
+    /// `refused` must grow (connections refused or cut in the handshake).
+    refused: bool,
+    /// `bad_requests` must grow.
+    bad_requests: bool,
+    /// The hostile connection must end up closed by the proxy (Some(true)) or stay
+    /// open (Some(false)).
+    disconnected: Option<bool>,
+    /// Packets the hostile guest sent correctly after misbehaving must go out.
+    tx_after: bool,
+    /// Attempts on the good guest's socket are part of the case (its `refused` grows).
+    touches_good_socket: bool,
+}
+
+/// What a case saw itself.
+struct Seen {
+    disconnected: Option<bool>,
+    note: String,
+    /// A case-specific expectation that failed.
+    problem: Option<String>,
+}
+
+
+struct Ctx<'a> {
+    bad: &'a Path,
+    good: &'a Path,
+}
+
+type CaseFn = fn(&Ctx<'_>) -> Seen;
+
+fn open_or_closed(p: &Peer) -> Option<bool> {
+    Some(p.is_closed())
+}
+
+/// Publishes `descs` on a ready hostile guest, then checks that it stays connected and
+/// that a correct packet still goes out afterwards.
+fn bad_descs(c: &Ctx<'_>, make: impl FnOnce(&mut Attached) -> Vec<Desc>) -> Seen {
+    let mut g = ready(c);
+    let descs = make(&mut g);
+    let pushed = g.push_tx(&descs, Duration::from_secs(1));
+    // Give the proxy time to read them, then send a correct packet.
+    thread::sleep(Duration::from_millis(200));
+    g.reclaim(64);
+    let ok = g.valid_desc(60).expect("an owned buffer");
+    let sent_ok = g.push_tx(&[ok], Duration::from_secs(1));
+    let peer = g.peer(Duration::from_millis(500));
+    Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("{pushed}/{} bad descriptors published, then {sent_ok} good", descs.len()) }
+}
+
+/// A hostile guest attached to the hostile socket with a started queue: 512 buffers,
+/// 256 of them in its free ring, 256 in hand.
+fn ready(c: &Ctx<'_>) -> Attached {
+    Attached::ready(c.bad, 512, 256).unwrap_or_else(|e| panic!("hostile attach: {e}"))
+}
+
+fn one(offset: u32) -> Desc {
+    Desc { offset, data_off: 128, data_len: 60, ..Desc::default() }
+}
+
+fn case_out_of_range(c: &Ctx<'_>) -> Seen {
+    bad_descs(c, |g| {
+        let size = g.layout.region_size() as u32;
+        [u32::MAX, u32::MAX - 63, size, size + 64, 0x8000_0000, g.layout.heap().end() as u32].map(one).to_vec()
+    })
+}
+
+fn case_misaligned(c: &Ctx<'_>) -> Seen {
+    bad_descs(c, |g| {
+        let b = *g.owned.last().unwrap();
+        [b + 1, b + 8, b + 64, b + 128, b + 2304 - 64, b - 64].map(one).to_vec()
+    })
+}
+
+fn case_not_owned(c: &Ctx<'_>) -> Seen {
+    bad_descs(c, |g| {
+        let p = g.pool.unwrap();
+        let (rx, tx) = (g.layout.rx_ring().offset, g.layout.tx_ring().offset);
+        // The header, the rings, the free ring, then every buffer the guest gave to its
+        // free ring (the proxy holds many of them for NIC rx).
+        let mut v: Vec<Desc> = [0, 64, 2048, rx, rx + 256, tx, tx + 256, p.ring_offset(), p.ring_offset() + 256].map(one).to_vec();
+        v.extend((0..256).map(|i| one(p.buffer_offset(i))));
+        v
+    })
+}
+
+fn case_duplicates(c: &Ctx<'_>) -> Seen {
+    bad_descs(c, |g| {
+        let a = g.owned.pop().unwrap();
+        let b = g.owned.pop().unwrap();
+        // The same buffer in consecutive packets, one of them twice in a chain.
+        let mut chain = one(b);
+        chain.flags = DescFlags::NEXT;
+        vec![one(a), one(a), one(a), chain, one(b)]
+    })
+}
+
+fn case_lengths(c: &Ctx<'_>) -> Seen {
+    bad_descs(c, |g| {
+        let mut v = Vec::new();
+        for (off, len) in [(128u16, 2049u16), (0, 2177), (u16::MAX, u16::MAX), (2176, 1), (4000, 0)] {
+            let b = g.owned.pop().unwrap();
+            v.push(Desc { offset: b, data_off: off, data_len: len, ..Desc::default() });
+        }
+        v
+    })
+}
+
+fn case_segments(c: &Ctx<'_>) -> Seen {
+    bad_descs(c, |g| {
+        // 200 descriptors that all say "more follows": three over-long chains (65 each,
+        // invalid) and an unfinished one the proxy keeps waiting for.
+        (0..200).map(|_| Desc { flags: DescFlags::NEXT, ..one(g.owned.pop().unwrap()) }).collect()
+    })
+}
+
+fn case_chain_loop(c: &Ctx<'_>) -> Seen {
+    bad_descs(c, |g| {
+        let (a, b) = (g.owned.pop().unwrap(), g.owned.pop().unwrap());
+        let mut v: Vec<Desc> = (0..20).map(|i| Desc { flags: DescFlags::NEXT, ..one(if i % 2 == 0 { a } else { b }) }).collect();
+        v.last_mut().unwrap().flags = DescFlags::empty();
+        v
+    })
+}
+
+fn corrupt_index(c: &Ctx<'_>, f: impl FnOnce(&mut Attached)) -> Seen {
+    let mut g = ready(c);
+    // Some honest traffic first, so the indices are not at 0.
+    let descs: Vec<Desc> = (0..10).filter_map(|_| g.valid_desc(60)).collect();
+    g.push_tx(&descs, Duration::from_secs(1));
+    thread::sleep(Duration::from_millis(100));
+    f(&mut g);
+    let peer = wait_closed(&g.sock, Duration::from_secs(3));
+    Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("{peer:?}") }
+}
+
+fn case_tx_prod_ahead(c: &Ctx<'_>) -> Seen {
+    corrupt_index(c, |g| g.set_tx_prod(g.tx_prod.wrapping_add(1_000_000)))
+}
+
+fn case_tx_prod_backwards(c: &Ctx<'_>) -> Seen {
+    corrupt_index(c, |g| g.set_tx_prod(g.tx_prod.wrapping_sub(3)))
+}
+
+fn case_rx_cons_ahead(c: &Ctx<'_>) -> Seen {
+    corrupt_index(c, |g| {
+        // Let the proxy fill some of the rx ring first.
+        thread::sleep(Duration::from_millis(100));
+        g.set_rx_cons(g.rx_cons.wrapping_add(100_000));
+    })
+}
+
+fn case_frozen(c: &Ctx<'_>) -> Seen {
+    let mut g = ready(c);
+    // A chain left unfinished, then nothing: the rx ring fills, the free ring empties.
+    let d = Desc { flags: DescFlags::NEXT, ..one(g.owned.pop().unwrap()) };
+    g.push_tx(&[d], Duration::from_secs(1));
+    thread::sleep(CASE_TIME);
+    let peer = g.peer(Duration::from_millis(200));
+    Seen { problem: None, disconnected: open_or_closed(&peer), note: "rx ring never read, a tx chain never finished".into() }
+}
+
+fn case_header(c: &Ctx<'_>) -> Seen {
+    let mut g = ready(c);
+    let mut rng = Rng(0xfeed);
+    // The whole header page (layout, status block) and the ring cache lines' padding.
+    g.mem().write_bytes(0, &rng.bytes(4096)).unwrap();
+    thread::sleep(Duration::from_millis(100));
+    let descs: Vec<Desc> = (0..20).filter_map(|_| g.valid_desc(60)).collect();
+    let n = g.push_tx(&descs, Duration::from_secs(1));
+    let peer = g.peer(Duration::from_millis(500));
+    Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("header scribbled, then {n} good packets") }
+}
+
+/// Runs `f` repeatedly for `CASE_TIME` on another thread while the main one waits.
+fn for_a_while(mut f: impl FnMut() + Send) {
+    let stop = Arc::new(AtomicBool::new(false));
+    thread::scope(|s| {
+        let stop2 = stop.clone();
+        s.spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                f();
+            }
+        });
+        thread::sleep(CASE_TIME);
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
+fn case_free_ring_garbage(c: &Ctx<'_>) -> Seen {
+    let mut g = ready(c);
+    let mut rng = Rng(0xbad);
+    let p = g.pool.unwrap();
+    let mut rounds = 0u64;
+    let g_ref = &mut g;
+    for_a_while(|| {
+        // Read what the proxy delivered (so it keeps allocating), and feed the free ring
+        // garbage instead of buffers: offsets of nothing, of the rings, duplicates.
+        g_ref.drain_rx();
+        g_ref.owned.clear();
+        let junk: Vec<u32> = (0..32)
+            .map(|i| match i % 4 {
+                0 => rng.next_u64() as u32,
+                1 => p.buffer_offset(0) + 8,
+                2 => p.ring_offset(),
+                _ => p.buffer_offset(rng.below(p.count() as u64) as u32),
+            })
+            .collect();
+        let _ = g_ref.free_ring().enqueue_bulk(&junk, 8);
+        rounds += 1;
+        thread::sleep(Duration::from_micros(500));
+    });
+    let peer = g.peer(Duration::from_millis(200));
+    Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("{rounds} rounds of 32 garbage free-ring entries") }
+}
+
+fn case_free_ring_positions(c: &Ctx<'_>) -> Seen {
+    let mut g = ready(c);
+    let mut rng = Rng(0x5eed);
+    let p = g.pool.unwrap();
+    let g_ref = &mut g;
+    for_a_while(|| {
+        g_ref.drain_rx();
+        let mem = g_ref.mem();
+        mem.atomic_u32((p.ring_offset() + ENQ_POS_OFFSET) as usize).unwrap().store(rng.next_u64() as u32, Ordering::Relaxed);
+        mem.atomic_u32((p.ring_offset() + DEQ_POS_OFFSET) as usize).unwrap().store(rng.next_u64() as u32, Ordering::Relaxed);
+        thread::sleep(Duration::from_micros(200));
+    });
+    let peer = g.peer(Duration::from_millis(200));
+    Seen { problem: None, disconnected: open_or_closed(&peer), note: "free ring positions rewritten every 200 us".into() }
+}
+
+fn case_random_memory(c: &Ctx<'_>) -> Seen {
+    let g = ready(c);
+    let mut rng = Rng(0x1234_5678);
+    let size = g.layout.region_size();
+    let heap_end = g.pool.unwrap().objects().end();
+    let mut writes = 0u64;
+    let g_ref = &g;
+    for_a_while(|| {
+        // Random words anywhere below the end of the pool: header, rings, free ring,
+        // mbuf headers, packet data.
+        let mem = g_ref.mem();
+        for _ in 0..64 {
+            let at = (rng.below(heap_end.min(size)) & !7) as usize;
+            mem.atomic_u64(at).unwrap().store(rng.next_u64(), Ordering::Relaxed);
+            writes += 1;
+        }
+        thread::sleep(Duration::from_micros(200));
+    });
+    let peer = g.peer(Duration::from_millis(500));
+    Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("{writes} random words written") }
+}
+
+fn refused_hello(path: &Path, h: &shm_contract::proto::Hello) -> Result<(), String> {
+    let fd = connect(path).map_err(|e| e.to_string())?;
+    match handshake(&fd, h) {
+        Ok(_) => Err(format!("{h:?} was accepted")),
+        Err(_) => Ok(()),
+    }
+}
+
+fn case_bad_version(c: &Ctx<'_>) -> Seen {
+    let mut h = hello(8 << 20, 256);
+    h.version_min = 99;
+    h.version_max = 120;
+    let r = refused_hello(c.bad, &h);
+    Seen { problem: None, disconnected: Some(r.is_ok()), note: format!("{r:?}") }
+}
+
+fn case_bad_sizes(c: &Ctx<'_>) -> Seen {
+    let mut results = Vec::new();
+    for (size, rx, tx) in [
+        (u64::MAX, 256, 256),
+        (1 << 40, 256, 256),
+        (4096, 256, 256),
+        (8 << 20, 3, 256),
+        (8 << 20, 256, 1 << 31),
+        (8 << 20, u32::MAX, u32::MAX),
+    ] {
+        let mut h = hello(size, rx);
+        h.tx_ring_entries = tx;
+        results.push(refused_hello(c.bad, &h));
+    }
+    let all = results.iter().all(|r| r.is_ok());
+    Seen { problem: None, disconnected: Some(all), note: format!("{} absurd Hellos refused: {all}", results.len()) }
+}
+
+fn case_mid_handshake(c: &Ctx<'_>) -> Seen {
+    // Connects and says nothing: the proxy must give up after its Hello timeout.
+    let fd = connect(c.bad).unwrap();
+    let peer = wait_closed(&fd, Duration::from_secs(8));
+    // Says Hello, gets its region, and vanishes without a word.
+    let g = Attached::attach(c.bad, &hello(8 << 20, 256));
+    let vanished = g.is_ok();
+    drop(g);
+    Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("silent connection: {peer:?}; attach-and-vanish: {vanished}") }
+}
+
+fn case_connect_flood(c: &Ctx<'_>) -> Seen {
+    let mut n = 0u64;
+    let mut errors = 0u64;
+    let start = Instant::now();
+    for_a_while(|| {
+        for path in [c.bad, c.good] {
+            match connect(path) {
+                Ok(fd) => drop(fd),
+                Err(_) => errors += 1,
+            }
+            n += 1;
+        }
+        thread::sleep(Duration::from_micros(2000));
+    });
+    let per_s = n as f64 / start.elapsed().as_secs_f64();
+    Seen { problem: None, disconnected: None, note: format!("{n} connects ({per_s:.0}/s, {errors} failed)") }
+}
+
+fn case_random_bytes(c: &Ctx<'_>) -> Seen {
+    let mut rng = Rng(0xdead_beef);
+    // Before any Hello: cut off at once.
+    let fd = connect(c.bad).unwrap();
+    send_raw(&fd, &rng.bytes(100)).unwrap();
+    let first = wait_closed(&fd, Duration::from_secs(3));
+    drop(fd);
+    // After a good handshake: each datagram refused, the guest kept.
+    let mut g = ready(c);
+    let mut sent = 0;
+    for i in 0..40 {
+        let len = 1 + rng.below(1500) as usize;
+        let mut bytes = rng.bytes(len);
+        if i % 2 == 0 && bytes.len() >= 16 {
+            // A valid header with a garbage body, to get past the magic.
+            let hdr = encode_to_vec(&Message::QueueStop, 9).unwrap();
+            bytes[..8].copy_from_slice(&hdr[..8]);
+        }
+        if send_raw(&g.sock, &bytes).unwrap_or(false) {
+            sent += 1;
+        }
+        if i % 8 == 7 {
+            // Read the refusals as they come, like a guest that listens.
+            g.peer(Duration::from_millis(50));
+        }
+    }
+    let peer = g.peer(Duration::from_millis(500));
+    let _ = &mut g;
+    // Cut off before its Hello, kept (each datagram refused) after it.
+    let problem = (!first.is_closed() || peer.is_closed()).then(|| "expected: cut before Hello, kept after".to_string());
+    Seen {
+        disconnected: None,
+        note: format!("before Hello: {first:?}; after: {sent} random datagrams, then {peer:?}"),
+        problem,
+    }
+}
+
+fn case_request_flood(c: &Ctx<'_>) -> Seen {
+    // Requests as fast as the socket takes them, answers never read.
+    let g = ready(c);
+    let msg = encode_to_vec(&Message::PoolDel { pool_id: 3 }, 7).unwrap();
+    let mut sent = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match send_raw(&g.sock, &msg) {
+            Ok(true) => sent += 1,
+            Ok(false) => thread::sleep(Duration::from_millis(1)),
+            Err(_) => break,
+        }
+    }
+    let peer = wait_closed(&g.sock, Duration::from_secs(3));
+    Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("{sent} requests, no answer read") }
+}
+
+fn case_bad_pools(c: &Ctx<'_>) -> Seen {
+    let mut g = Attached::attach(c.bad, &hello(8 << 20, 256)).unwrap();
+    let heap = g.layout.heap();
+    let good = PoolAdd {
+        pool_id: 1,
+        ring_offset: heap.offset,
+        ring_entries: 512,
+        first_mbuf_offset: heap.offset + 8192,
+        stride: 2304,
+        count: 512,
+        mbuf_size: 128,
+        data_room: 2176,
+    };
+    let mut refused = 0;
+    let bad: Vec<PoolAdd> = vec![
+        PoolAdd { pool_id: 77, ..good },
+        PoolAdd { ring_entries: 500, ..good },
+        PoolAdd { count: u32::MAX, ring_entries: 1 << 31, ..good },
+        PoolAdd { first_mbuf_offset: 0, ..good },
+        PoolAdd { first_mbuf_offset: heap.offset + 8, ..good },
+        PoolAdd { ring_offset: u32::MAX - 63, ..good },
+        PoolAdd { stride: 64, ..good },
+        PoolAdd { count: 100_000, ring_entries: 1 << 17, ..good },
+        PoolAdd { first_mbuf_offset: heap.offset, ..good },
+    ];
+    for add in &bad {
+        if matches!(g.request(&Message::PoolAdd(*add)), Ok(Message::Refuse { .. })) {
+            refused += 1;
+        }
+    }
+    // Queue start without a pool, then a foreign message kind.
+    let no_pool = matches!(g.request(&Message::QueueStart { rx_pool_id: 3 }), Ok(Message::Refuse { .. }));
+    let odd = matches!(g.request(&Message::QueueStarted), Ok(Message::Refuse { .. }));
+    let peer = g.peer(Duration::from_millis(300));
+    Seen {
+        problem: None,
+        disconnected: open_or_closed(&peer),
+        note: format!("{refused}/{} bad pools refused, start without pool refused: {no_pool}, foreign kind refused: {odd}", bad.len()),
+    }
+}
+
+fn case_reattach_foreign_fd(c: &Ctx<'_>) -> Seen {
+    let mut outcomes = Vec::new();
+    // An unsealed memfd of the right size (the guest could shrink it under the proxy),
+    // and a pipe.
+    // SAFETY: plain syscalls on descriptors owned right away.
+    let memfd = unsafe {
+        let fd = libc::memfd_create(c"hostile".as_ptr(), libc::MFD_CLOEXEC);
+        assert!(fd >= 0);
+        let fd = OwnedFd::from_raw_fd(fd);
+        assert_eq!(libc::ftruncate(fd.as_raw_fd(), 8 << 20), 0);
+        fd
+    };
+    let mut p = [0; 2];
+    // SAFETY: as above.
+    let (r, _w) = unsafe {
+        assert_eq!(libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1]))
+    };
+    for fd in [&memfd, &r] {
+        let sock = connect(c.bad).unwrap();
+        let mut h = hello(8 << 20, 256);
+        h.flags = HELLO_FLAG_REATTACH;
+        send_message(sock.as_fd(), &Message::Hello(h), 1, &[fd.as_fd()]).unwrap();
+        outcomes.push(wait_closed(&sock, Duration::from_secs(3)));
+    }
+    // A reattach without any fd.
+    let sock = connect(c.bad).unwrap();
+    let mut h = hello(8 << 20, 256);
+    h.flags = HELLO_FLAG_REATTACH;
+    send_message(sock.as_fd(), &Message::Hello(h), 1, &[]).unwrap();
+    outcomes.push(wait_closed(&sock, Duration::from_secs(3)));
+    let all = outcomes.iter().all(Peer::is_closed);
+    Seen { problem: None, disconnected: Some(all), note: format!("{outcomes:?}") }
+}
+
+fn case_queue_flapping(c: &Ctx<'_>) -> Seen {
+    // Stops and starts its queue as fast as the proxy answers. On a device without
+    // runtime queue setup (net_null) every switch restarts the port, pausing the good
+    // guest's queue too; the proxy must not let one guest do that without bound.
+    let mut g = ready(c);
+    let (mut ok, mut refused) = (0u32, 0u32);
+    let deadline = Instant::now() + CASE_TIME;
+    while Instant::now() < deadline {
+        for msg in [Message::QueueStop, Message::QueueStart { rx_pool_id: 0 }] {
+            match g.request(&msg) {
+                Ok(Message::Refuse { .. }) => refused += 1,
+                Ok(_) => ok += 1,
+                Err(_) => break,
+            }
+        }
+    }
+    let peer = g.peer(Duration::from_millis(200));
+    Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("{ok} queue stops/starts done, {refused} refused") }
+}
+
+fn case_huge_pool(c: &Ctx<'_>) -> Seen {
+    // The largest region, carved into the smallest buffers: the proxy's shadow memory
+    // grows with the buffer count. It must refuse or serve it, and nobody else may
+    // notice.
+    let mut g = match Attached::attach(c.bad, &hello(2 << 30, 256)) {
+        Ok(g) => g,
+        Err(e) => return Seen { problem: None, disconnected: Some(true), note: format!("2 GiB region refused: {e}") },
+    };
+    let heap = g.layout.heap();
+    let count = 2u32 << 20;
+    let ring_bytes = shm_contract::FreeRing::bytes_for(count) as u32;
+    let add = PoolAdd {
+        pool_id: 0,
+        ring_offset: heap.offset,
+        ring_entries: count,
+        first_mbuf_offset: heap.offset + ring_bytes.next_multiple_of(4096),
+        stride: 192,
+        count,
+        mbuf_size: 128,
+        data_room: 64,
+    };
+    let t = Instant::now();
+    let answer = g.request(&Message::PoolAdd(add));
+    let took = t.elapsed();
+    let peer = g.peer(Duration::from_millis(200));
+    Seen {
+        problem: None,
+        disconnected: open_or_closed(&peer),
+        note: format!("PoolAdd of {count} buffers answered {answer:?} in {took:?}"),
+    }
+}
+
+struct Case {
+    name: &'static str,
+    run: CaseFn,
+    expect: Expect,
+}
+
+fn cases() -> Vec<Case> {
+    let drop_only = Expect { invalid: true, disconnected: Some(false), tx_after: true, ..Expect::default() };
+    let cut = Expect { invalid: true, disconnected: Some(true), ..Expect::default() };
+    let handshake = Expect { refused: true, disconnected: Some(true), ..Expect::default() };
+    vec![
+        Case { name: "out-of-range offsets", run: case_out_of_range, expect: drop_only },
+        Case { name: "misaligned offsets", run: case_misaligned, expect: drop_only },
+        Case { name: "offsets not owned (rings, header, free buffers)", run: case_not_owned, expect: drop_only },
+        Case { name: "duplicate offsets", run: case_duplicates, expect: drop_only },
+        Case { name: "lengths beyond the buffer", run: case_lengths, expect: drop_only },
+        Case { name: "absurd segment counts", run: case_segments, expect: Expect { tx_after: false, ..drop_only } },
+        Case { name: "chain that loops", run: case_chain_loop, expect: drop_only },
+        Case { name: "tx producer index far ahead", run: case_tx_prod_ahead, expect: cut },
+        Case { name: "tx producer index backwards", run: case_tx_prod_backwards, expect: cut },
+        Case { name: "rx consumer index far ahead", run: case_rx_cons_ahead, expect: cut },
+        Case { name: "frozen rings", run: case_frozen, expect: Expect { disconnected: Some(false), ..Expect::default() } },
+        Case { name: "corrupted region header", run: case_header, expect: Expect { disconnected: Some(false), tx_after: true, ..Expect::default() } },
+        Case { name: "free ring filled with garbage", run: case_free_ring_garbage, expect: Expect { invalid: true, disconnected: Some(false), ..Expect::default() } },
+        Case { name: "free ring positions rewritten", run: case_free_ring_positions, expect: Expect { disconnected: Some(false), ..Expect::default() } },
+        Case { name: "random words all over the region", run: case_random_memory, expect: Expect::default() },
+        Case { name: "handshake: wrong version", run: case_bad_version, expect: handshake },
+        Case { name: "handshake: absurd sizes", run: case_bad_sizes, expect: handshake },
+        Case { name: "stops mid-handshake", run: case_mid_handshake, expect: handshake },
+        Case { name: "hundreds of connects per second", run: case_connect_flood, expect: Expect { refused: true, touches_good_socket: true, ..Expect::default() } },
+        Case { name: "random bytes on the socket", run: case_random_bytes, expect: Expect { refused: true, bad_requests: true, ..Expect::default() } },
+        Case { name: "request flood, answers never read", run: case_request_flood, expect: Expect { bad_requests: true, disconnected: Some(true), ..Expect::default() } },
+        Case { name: "bad pools and requests", run: case_bad_pools, expect: Expect { bad_requests: true, disconnected: Some(false), ..Expect::default() } },
+        Case { name: "reattach with a foreign fd", run: case_reattach_foreign_fd, expect: handshake },
+        Case { name: "huge pool (proxy memory)", run: case_huge_pool, expect: Expect::default() },
+        Case { name: "queue stop/start flapping", run: case_queue_flapping, expect: Expect { disconnected: Some(false), ..Expect::default() } },
+    ]
+}
+
+#[test]
+fn hostile_guests_do_not_disturb_a_good_one() {
+    let mut b = Bench::start();
+    let ratio = min_ratio();
+    let only = std::env::var("HOSTILE_CASES").ok();
+    let mut failures = Vec::new();
+    let mut table = vec![format!(
+        "{:<48} {:>8} {:>8} {:>8} {:>8} {:>6} {:>5} {:>9} {:>9} {:>6}  note",
+        "case", "invalid", "refused", "bad_req", "tx_pkts", "cut", "warns", "good_pps0", "good_pps", "ratio"
+    )];
+    for case in cases() {
+        if only.as_deref().is_some_and(|f| !case.name.contains(f)) {
+            continue;
+        }
+        let before_rate = b.good_rate(Duration::from_secs(1));
+        let (g0, h0) = b.stats();
+        let out0 = b.proxy.out.text().len();
+        let t = Instant::now();
+        let ctx = Ctx { bad: &b.bad_sock, good: &b.good_sock };
+        let seen = (case.run)(&ctx);
+        if let Some(left) = CASE_TIME.checked_sub(t.elapsed()) {
+            thread::sleep(left);
+        }
+        let (g1, h1) = b.stats();
+        let elapsed = t.elapsed().as_secs_f64();
+        let rate = (counter(&g1, "tx_packets") - counter(&g0, "tx_packets")) as f64 / elapsed;
+        let d = |a: &Stats, z: &Stats, k: &str| counter(z, k).wrapping_sub(counter(a, k));
+        let text = b.proxy.out.text();
+        let bad_path = b.bad_sock.display().to_string();
+        let warns = text[out0..].lines().filter(|l| l.contains("warning") && l.contains(&bad_path)).count();
+        let mut errs = Vec::new();
+        if !b.proxy.is_running() {
+            errs.push("the proxy died".to_string());
+        }
+        for k in ["tx_dropped", "rx_dropped", "invalid", "bad_requests"] {
+            if counter(&g1, k) != 0 {
+                errs.push(format!("good socket {k}={}", counter(&g1, k)));
+            }
+        }
+        if !case.expect.touches_good_socket && d(&g0, &g1, "refused") != 0 {
+            errs.push("good socket refused moved".into());
+        }
+        if counter(&g1, "guests_served") != 1 || g1.get("guest").is_none_or(|g| g == "-") {
+            errs.push(format!("the good guest lost its attachment: {g1:?}"));
+        }
+        if rate < ratio * before_rate || rate <= 0.0 {
+            // The machines are shared: a slow window may be the neighbours. Only a rate
+            // below the fraction of the rates on both sides of the case counts.
+            let after_rate = b.good_rate(Duration::from_secs(1));
+            if rate < ratio * after_rate || rate <= 0.0 {
+                errs.push(format!("good rate {rate:.0}/s below {ratio} x {before_rate:.0}/s (before) and x {after_rate:.0}/s (after)"));
+            }
+        }
+        let e = case.expect;
+        if e.invalid && d(&h0, &h1, "invalid") == 0 {
+            errs.push("nothing counted as invalid".into());
+        }
+        if e.refused && d(&h0, &h1, "refused") == 0 {
+            errs.push("nothing counted as refused".into());
+        }
+        if e.bad_requests && d(&h0, &h1, "bad_requests") == 0 {
+            errs.push("nothing counted as a bad request".into());
+        }
+        if let (Some(want), Some(got)) = (e.disconnected, seen.disconnected) {
+            if want != got {
+                errs.push(format!("disconnected: expected {want}, saw {got}"));
+            }
+        }
+        if let Some(p) = &seen.problem {
+            errs.push(p.clone());
+        }
+        if e.tx_after && d(&h0, &h1, "tx_packets") == 0 {
+            errs.push("the hostile guest's correct packets did not go out".into());
+        }
+        // Rate limit: at most 5 peer warnings per 10 s per socket, plus the invalid-input
+        // line (one per 10 s) and a detach line.
+        let allowed = 5 * (1 + t.elapsed().as_secs() as usize / 10) + 4;
+        if warns > allowed {
+            errs.push(format!("{warns} warning lines (more than {allowed})"));
+        }
+        table.push(format!(
+            "{:<48} {:>8} {:>8} {:>8} {:>8} {:>6} {:>5} {:>9.0} {:>9.0} {:>6.2}  {}",
+            case.name,
+            d(&h0, &h1, "invalid"),
+            d(&h0, &h1, "refused"),
+            d(&h0, &h1, "bad_requests"),
+            d(&h0, &h1, "tx_packets"),
+            seen.disconnected.map_or("-".to_string(), |c| c.to_string()),
+            warns,
+            before_rate,
+            rate,
+            rate / before_rate.max(1.0),
+            seen.note
+        ));
+        if !errs.is_empty() {
+            failures.push(format!("{}: {}", case.name, errs.join("; ")));
+        }
+        b.wait_bad_detached_or_idle();
+    }
+    eprintln!("\n{}\n", table.join("\n"));
+    // The good guest: stop, and compare its own counters with the proxy's.
+    // (testpmd's output is block-buffered on a pipe: its numbers come at exit.)
+    b.good.send("stop");
+    thread::sleep(Duration::from_millis(500));
+    let (g, _) = b.stats();
+    let Bench { _s, mut proxy, mut good, .. } = b;
+    good.send("quit");
+    let (_, gout) = good.wait(Duration::from_secs(20));
+    let fwd = testpmd_port_stats(&gout, 0);
+    eprintln!("good guest: testpmd {fwd:?}\nproxy: {g:?}");
+    proxy.send("quit");
+    let (code, pout) = proxy.wait(Duration::from_secs(20));
+    if code != Some(0) {
+        failures.push(format!("proxy exit {code:?}"));
+    }
+    if fwd.get("TX-dropped").copied().unwrap_or(1) != 0 {
+        failures.push(format!("the good guest dropped packets: {fwd:?}"));
+    }
+    assert!(failures.is_empty(), "{}\n{}\n--- proxy ---\n{}", failures.join("\n"), table.join("\n"), tail(&pout, 200));
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Bench {
+    /// Between cases: whatever the case left connected is gone; wait for the proxy to
+    /// have detached it (or never attached it).
+    fn wait_bad_detached_or_idle(&mut self) {
+        self.wait_bad_detached();
+        // A silent connection may still hold the socket until the Hello timeout.
+        thread::sleep(Duration::from_millis(200));
+    }
+}
