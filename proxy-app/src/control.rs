@@ -474,7 +474,7 @@ impl Control {
             s += &format!(
                 "socket={} port={} queue={} guest={} guests_served={} rx_packets={} rx_bytes={} rx_dropped={} \
                  tx_packets={} tx_bytes={} tx_dropped={} tx_returned={} copies={} invalid={} refused={} bad_requests={} \
-                 pools={} pool_buffers={} free_ring={} shadow_in_use={}\n",
+                 pools={} pool_buffers={} free_ring={} shadow_in_use={} parked={} lost={}\n",
                 ep.path.display(),
                 ep.port,
                 ep.queue,
@@ -495,6 +495,8 @@ impl Control {
                 guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.ctx.layout.count() as u64).sum::<u64>()),
                 guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.free_ring_count() as u64).sum::<u64>()),
                 guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.in_use() as u64).sum::<u64>()),
+                guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.ctx.parked() as u64).sum::<u64>()),
+                guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.ctx.lost.load(Ordering::Relaxed)).sum::<u64>()),
             );
         }
         for (&port, nic) in &self.ports {
@@ -960,6 +962,13 @@ impl Control {
                 }
                 continue;
             };
+            // Buffers the data loop could not return at once go back from here too when
+            // the loop has nothing to give back for a while.
+            for (_, pool) in &guest.pools {
+                if pool.ctx.parked() > 0 {
+                    pool.ctx.retry_parked();
+                }
+            }
             let broken = guest.queue.as_ref().is_some_and(|q| q.broken.load(Ordering::Acquire));
             let total = guest.invalid_total(&ep.stats);
             if total > guest.invalid_reported

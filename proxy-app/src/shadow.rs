@@ -18,8 +18,8 @@
 //! frees twice, or hands over while the proxy still holds it, is refused and counted.
 
 use std::ffi::{c_int, c_uint, c_void, CStr, CString};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dpdk::sys;
 use shm_contract::{FreeRing, FreeRingError, PoolLayout};
@@ -66,7 +66,15 @@ pub struct ShadowCtx {
     /// Offsets from the free ring that were not buffers of this pool, or buffers the
     /// proxy already held: the guest's fault; the value is dropped.
     pub invalid: AtomicU64,
-    /// Buffers that could not be returned to the free ring (it was full or corrupted).
+    /// Buffers that could not be returned to the free ring right away (a guest thread
+    /// preempted between its claim of a cell and its store, for longer than our retries):
+    /// kept here and returned first by the next `give_back`. Capacity is reserved for
+    /// every buffer of the pool up front, so parking never allocates on the data path.
+    parked: Mutex<Vec<u32>>,
+    /// How many are parked; read without the lock so the usual path costs one load.
+    parked_count: AtomicUsize,
+    /// Buffers given up on: the ring stayed full or corrupted while the parking space
+    /// was full too (only a guest that wrote garbage into its own ring gets here).
     pub lost: AtomicU64,
 }
 
@@ -132,11 +140,45 @@ impl ShadowCtx {
         unsafe { (*shadow_priv(m)).owner = OWNER_GUEST };
     }
 
-    /// Gives buffers back to the guest's free ring.
+    /// Gives buffers back to the guest's free ring; parks them when the ring does not
+    /// take them now.
     fn give_back(&self, offsets: &[u32]) {
-        if self.ring.enqueue_bulk(offsets, RING_RETRIES).is_err() {
-            self.lost.fetch_add(offsets.len() as u64, Ordering::Relaxed);
+        if self.parked_count.load(Ordering::Relaxed) > 0 {
+            self.retry_parked();
         }
+        if self.ring.enqueue_bulk(offsets, RING_RETRIES).is_err() {
+            self.park(offsets);
+        }
+    }
+
+    fn park(&self, offsets: &[u32]) {
+        // try_lock: the data loop never waits for the control thread (or the reverse).
+        if let Ok(mut parked) = self.parked.try_lock() {
+            if parked.len() + offsets.len() <= parked.capacity() {
+                parked.extend_from_slice(offsets);
+                self.parked_count.store(parked.len(), Ordering::Relaxed);
+                return;
+            }
+        }
+        self.lost.fetch_add(offsets.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Returns parked buffers, newest first, until the ring refuses again.
+    pub fn retry_parked(&self) {
+        let Ok(mut parked) = self.parked.try_lock() else { return };
+        while !parked.is_empty() {
+            let from = parked.len().saturating_sub(CHUNK);
+            if self.ring.enqueue_bulk(&parked[from..], RING_RETRIES).is_err() {
+                break;
+            }
+            parked.truncate(from);
+        }
+        self.parked_count.store(parked.len(), Ordering::Relaxed);
+    }
+
+    /// Buffers parked now (for `show stats`).
+    pub fn parked(&self) -> usize {
+        self.parked_count.load(Ordering::Relaxed)
     }
 
     /// Returns a buffer the guest handed over but the proxy will not use (a queue stop
@@ -189,6 +231,8 @@ impl ShadowPool {
             shadows: OnceLock::new(),
             populating: AtomicBool::new(true),
             invalid: AtomicU64::new(0),
+            parked: Mutex::new(Vec::with_capacity(layout.count() as usize)),
+            parked_count: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
         });
         let cname = CString::new(name).map_err(|_| "bad pool name".to_string())?;
@@ -456,5 +500,79 @@ unsafe fn undo_dequeue(ctx: &ShadowCtx, objs: &[*mut c_void]) {
             }
         }
         ctx.give_back(&offsets[..chunk.len()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shm_contract::layout::{RegionFlags, RegionLayout};
+    use shm_contract::mem::HeapMem;
+    use shm_contract::PoolAdd;
+
+    /// A pool of `count` buffers whose free ring has exactly `count` cells, in heap memory.
+    fn ctx(count: u32) -> (ShadowCtx, Vec<u32>) {
+        let region = RegionLayout::new(64 << 20, 4096, 1024, 1024, RegionFlags::empty()).unwrap();
+        let ring_bytes = FreeRing::bytes_for(count) as u32;
+        let add = PoolAdd {
+            pool_id: 0,
+            ring_offset: region.heap().offset,
+            ring_entries: count,
+            first_mbuf_offset: region.heap().offset + ring_bytes.next_multiple_of(64) + 64,
+            stride: 2432,
+            count,
+            mbuf_size: 128,
+            data_room: 2176,
+        };
+        let layout = add.validate(&region, &[]).unwrap();
+        let mem: &'static HeapMem = Box::leak(Box::new(HeapMem::new(64 << 20)));
+        let ring = FreeRing::init(&mem.mem(), layout.ring_offset(), count).unwrap();
+        let offsets = (0..count).map(|i| layout.buffer_offset(i)).collect();
+        let ctx = ShadowCtx {
+            layout,
+            ring,
+            shadows: OnceLock::new(),
+            populating: AtomicBool::new(false),
+            invalid: AtomicU64::new(0),
+            parked: Mutex::new(Vec::with_capacity(count as usize)),
+            parked_count: AtomicUsize::new(0),
+            lost: AtomicU64::new(0),
+        };
+        (ctx, offsets)
+    }
+
+    #[test]
+    fn buffers_the_ring_refuses_are_parked_and_returned_first_later() {
+        let (ctx, offs) = ctx(8);
+        ctx.give_back(&offs[..8]);
+        assert_eq!(ctx.ring.count(), 8);
+        assert_eq!(ctx.parked(), 0);
+        // Full ring (a guest that put garbage in it, or a peer mid-store): parked, not lost.
+        ctx.give_back(&offs[..2]);
+        assert_eq!(ctx.parked(), 2);
+        assert_eq!(ctx.lost.load(Ordering::Relaxed), 0);
+        // Room again: the parked ones go back before the new one, which is parked in turn.
+        let mut out = [0u32; 2];
+        ctx.ring.dequeue_bulk(&mut out, RING_RETRIES).unwrap();
+        ctx.give_back(&offs[2..3]);
+        assert_eq!(ctx.ring.count(), 8);
+        assert_eq!(ctx.parked(), 1);
+        // The control thread's retry finds room too.
+        let mut one = [0u32; 1];
+        ctx.ring.dequeue_bulk(&mut one, RING_RETRIES).unwrap();
+        ctx.retry_parked();
+        assert_eq!(ctx.parked(), 0);
+        assert_eq!(ctx.ring.count(), 8);
+    }
+
+    #[test]
+    fn parking_is_bounded_by_the_pool_and_counts_the_rest_as_lost() {
+        let (ctx, offs) = ctx(8);
+        ctx.give_back(&offs);
+        ctx.give_back(&offs);
+        assert_eq!(ctx.parked(), 8);
+        ctx.give_back(&offs[..3]);
+        assert_eq!(ctx.parked(), 8);
+        assert_eq!(ctx.lost.load(Ordering::Relaxed), 3);
     }
 }
