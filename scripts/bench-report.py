@@ -58,7 +58,8 @@ def throughput_points(rows):
             p = {"contender": c, "size": size, "reps": len(runs), "reps_ok": len(ok)}
             if not ok:
                 st = {r["status"] for r in runs}
-                p["status"] = "skipped" if st == {"skip"} else "failed"
+                p["status"] = ("skipped" if st == {"skip"} else
+                               f"cannot do {size} B" if st == {"unsupported"} else "failed")
                 p["why"] = "; ".join(sorted({r.get("why", "") for r in runs if r.get("why")}))
                 points.append(p)
                 continue
@@ -121,6 +122,9 @@ def latency_points(rows):
         p["rate_pps"] = med([r["rate_pps"] for r in ok])
         p["achieved_pps"] = med([r["achieved_pps"] for r in ok])
         p["lost_pct"] = med([r["lost_pct"] for r in ok])
+        offered = [max(1, r["sent"] + r["tx_full"] + r["behind"]) for r in ok]
+        p["port_full_pct"] = med([100 * r["tx_full"] / o for r, o in zip(ok, offered)])
+        p["probe_held_pct"] = med([100 * r["behind"] / o for r, o in zip(ok, offered)])
         p["complete"] = all(r.get("complete") == 1 for r in ok)
         for q in ["min", "p50", "p90", "p99", "p999", "max", "mean"]:
             vals = [r[f"{q}_ns"] / 1e3 for r in ok if r.get(f"{q}_ns") is not None]
@@ -141,7 +145,8 @@ def markdown(meta, points, rat, lat, chart_name):
     L = []
     L.append(f"Run: `{meta['command']}` on {meta['date']}, {meta['cpu_model']}, host side on CPU "
              f"{meta['host_cpu']}, guest on CPU {meta['guest_cpu']}; {meta['warmup']} s warm-up + "
-             f"{meta['seconds']} s window per throughput point, repetitions alternated.")
+             f"{meta['seconds']} s window per throughput point, {meta['reps']} repetition(s) alternated "
+             f"(contenders innermost); latency windows {meta['lat_seconds']} s.")
     noisy = [p for p in points if p.get("other_pct_max", 0) >= 5]
     if noisy:
         L.append("")
@@ -173,17 +178,23 @@ def markdown(meta, points, rat, lat, chart_name):
         L.append("")
         L.append("### Round-trip latency (probe -> guest macswap -> probe, 64 B)")
         L.append("")
-        L.append("| contender | offered | achieved | p50 µs | p99 µs | p99.9 µs | p99 spread | max µs | lost % |")
-        L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        L.append("| contender | offered | achieved | p50 µs | p99 µs | p99.9 µs | p99 spread | max µs | lost % | port full % | probe held % |")
+        L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for p in lat:
             name = LABEL.get(p["contender"], p["contender"])
             if p["status"] in ("skipped", "failed"):
-                L.append(f"| {name} | {p['rate_item']} | {p['status']}: {p.get('why') or 'see logs'} | | | | | | |")
+                L.append(f"| {name} | {p['rate_item']} | {p['status']}: {p.get('why') or 'see logs'} | | | | | | | | |")
                 continue
             item = p["rate_item"] + (f" = {rate_text(p['rate_pps'])}" if p["rate_item"].endswith("%") else "")
             L.append(f"| {name} | {item} | {rate_text(p['achieved_pps'])} | {fmt(p['p50_us'])} | {fmt(p['p99_us'])} "
                      f"| {fmt(p['p999_us'])} | {fmt(p['p99_us_min'])}..{fmt(p['p99_us_max'])} | {fmt(p['max_us'], 0)} "
-                     f"| {fmt(p['lost_pct'], 3)} |")
+                     f"| {fmt(p['lost_pct'], 3)} | {fmt(p['port_full_pct'], 1)} | {fmt(p['probe_held_pct'], 1)} |")
+        held = [p for p in lat if (p.get("probe_held_pct") or 0) >= 1]
+        if held:
+            L.append("")
+            L.append("**Warning:** in some latency runs the probe could not keep up (probe held % >= 1: its "
+                     "thread did not run, or its loop was slower than the rate, while frames were due); those "
+                     "runs offered less than asked and their percentiles may measure the scheduler.")
     mem = {}
     for p in points:
         if p.get("mpps") and p["contender"] != "limit" and p["contender"] not in mem:
@@ -214,15 +225,28 @@ def chart(path, points, lat):
     except ImportError:
         print("bench-report: matplotlib not installed (apt-get install python3-matplotlib); no chart", file=sys.stderr)
         return False
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    def plain(v, _pos=None):
+        return f"{v:,.0f}" if v >= 1000 else f"{v:.3g}"
+
+    def log_axis(ax):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(plain))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
     sizes = sorted({p["size"] for p in points})
     present = [c for c in CONTENDERS if any(p["contender"] == c and p.get("mpps") for p in points)]
-    panels = 3 if lat and any(p.get("p50_us") for p in lat) else 2
-    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5.2))
+    shown = [p for p in lat if p.get("p50_us")] if lat else []
+    fig = plt.figure(figsize=(15, 10.5 if shown else 5.5))
+    rows = 2 if shown else 1
+    axes = [fig.add_subplot(rows, 2, 1), fig.add_subplot(rows, 2, 2)]
     width = 0.8 / max(1, len(present))
     colors = {"limit": "#999999", "ours": "#d62728", "memif-copy": "#1f77b4", "memif-zc": "#17becf",
               "vhost-user": "#2ca02c"}
-    for ax, key, title in [(axes[0], "mpps", "Mpps (median of reps, bars: min..max; log scale)"),
-                           (axes[1], "gbps", "Gbps of frames forwarded")]:
+    for ax, key, title in [(axes[0], "mpps", "Packets forwarded by the guest core, Mpps\n(median of repetitions, whiskers min..max; log scale)"),
+                           (axes[1], "gbps", "Frame bytes forwarded, Gbps (log scale)")]:
         for i, c in enumerate(present):
             xs, ys, lo, hi = [], [], [], []
             for j, s in enumerate(sizes):
@@ -234,26 +258,32 @@ def chart(path, points, lat):
                 ys.append(p["mpps"] * scale)
                 lo.append((p["mpps"] - p["mpps_min"]) * scale)
                 hi.append((p["mpps_max"] - p["mpps"]) * scale)
-            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=LABEL[c], color=colors.get(c))
+            bars = ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=LABEL[c], color=colors.get(c))
+            ax.bar_label(bars, labels=[plain(y) for y in ys], fontsize=7, padding=2)
         ax.set_xticks(range(len(sizes)))
         ax.set_xticklabels([f"{s} B" for s in sizes])
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-        if key == "mpps":
-            ax.set_yscale("log")
-    axes[0].legend(fontsize=8)
-    if panels == 3:
-        ax = axes[2]
-        shown = [p for p in lat if p.get("p50_us")]
+        log_axis(ax)
+    # Headroom above the tallest bar for the legend (log scale: a factor).
+    axes[0].set_ylim(top=axes[0].get_ylim()[1] * 6)
+    axes[0].legend(fontsize=8, loc="upper right", ncol=2)
+    if shown:
+        ax = fig.add_subplot(2, 1, 2)
         qs = [("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9")]
         w = 0.8 / len(qs)
         for k, (key, label) in enumerate(qs):
-            ax.bar([i + (k - 1) * w for i in range(len(shown))], [p[key] for p in shown], w, label=label)
+            ys = [p[key] for p in shown]
+            bars = ax.bar([i + (k - 1) * w for i in range(len(shown))], ys, w, label=label)
+            ax.bar_label(bars, labels=[plain(y) for y in ys], fontsize=7, padding=2)
         ax.set_xticks(range(len(shown)))
-        ax.set_xticklabels([f"{p['contender']}\n{p['rate_item']} ({rate_text(p['rate_pps'])}pps)" for p in shown],
-                           fontsize=8)
-        ax.set_yscale("log")
-        ax.set_title("Round-trip latency, µs (64 B; log scale)", fontsize=10)
+        ax.set_xticklabels([f"{LABEL.get(p['contender'], p['contender'])}\noffered {p['rate_item']}"
+                            + (f" = {rate_text(p['rate_pps'])}pps" if p['rate_item'].endswith('%') else "")
+                            + f"\nachieved {rate_text(p['achieved_pps'])}pps" for p in shown], fontsize=8)
+        log_axis(ax)
+        ax.set_ylabel("µs")
+        ax.set_title("Round-trip latency probe -> guest (macswap) -> probe, 64 B frames, µs "
+                     "(median of repetitions; log scale)", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -300,6 +330,7 @@ def main():
         "lat_seconds": a.lat_seconds,
         "kernel": platform.release(),
     }
+    meta["reps"] = max([r["rep"] for r in rows], default=0)
     points = throughput_points(rows)
     rat = ratios(points)
     lat = latency_points(rows)

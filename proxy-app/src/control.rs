@@ -807,7 +807,9 @@ impl Control {
                 region: Arc::new(region),
                 pools: Vec::new(),
                 queue: None,
-                invalid_reported: 0,
+                // The socket's count includes earlier guests' (kept at detach): only
+                // what this guest adds is reported as its own.
+                invalid_reported: ep.stats.invalid.load(Ordering::Relaxed),
                 last_invalid_log: None,
             });
         }

@@ -271,7 +271,12 @@ impl Attached {
 
     /// Attach, one pool, queue started: a guest ready to misbehave.
     pub fn ready(path: &Path, buffers: u32, keep: u32) -> Result<Attached, String> {
-        let mut g = Attached::attach(path, &hello(8 << 20, 256))?;
+        Attached::ready_with(path, 256, buffers, keep)
+    }
+
+    /// As [`ready`](Self::ready), with rings of `ring_entries` descriptors.
+    pub fn ready_with(path: &Path, ring_entries: u32, buffers: u32, keep: u32) -> Result<Attached, String> {
+        let mut g = Attached::attach(path, &hello(8 << 20, ring_entries))?;
         g.add_pool(buffers, keep)?;
         g.start()?;
         Ok(g)

@@ -163,7 +163,6 @@ struct Seen {
     problem: Option<String>,
 }
 
-
 struct Ctx<'a> {
     bad: &'a Path,
     good: &'a Path,
@@ -639,6 +638,27 @@ fn case_huge_pool(c: &Ctx<'_>) -> Seen {
     }
 }
 
+fn case_tx_ring_garbage_flood(c: &Ctx<'_>) -> Seen {
+    // The largest tx ring (65536), republished full of garbage as soon as the proxy
+    // releases it: every poll finds a full ring of invalid descriptors. The proxy must
+    // spend no more on it per poll than on a burst of real packets.
+    let mut g = Attached::ready_with(c.bad, 65536, 512, 256).unwrap_or_else(|e| panic!("hostile attach: {e}"));
+    let mut rounds = 0u64;
+    let g_ref = &mut g;
+    for_a_while(|| {
+        let cons = g_ref.tx_cons();
+        if cons == g_ref.tx_prod.wrapping_sub(65536) {
+            std::thread::sleep(Duration::from_micros(50));
+            return;
+        }
+        // Slots keep whatever they held (zeros: offset 0, the region header).
+        g_ref.set_tx_prod(cons.wrapping_add(65536));
+        rounds += 1;
+    });
+    let peer = g.peer(Duration::from_millis(200));
+    Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("{rounds} republications of a full 65536-entry ring") }
+}
+
 struct Case {
     name: &'static str,
     run: CaseFn,
@@ -660,6 +680,7 @@ fn cases() -> Vec<Case> {
         Case { name: "tx producer index far ahead", run: case_tx_prod_ahead, expect: cut },
         Case { name: "tx producer index backwards", run: case_tx_prod_backwards, expect: cut },
         Case { name: "rx consumer index far ahead", run: case_rx_cons_ahead, expect: cut },
+        Case { name: "tx ring flooded with garbage (65536 entries)", run: case_tx_ring_garbage_flood, expect: Expect { invalid: true, disconnected: Some(false), ..Expect::default() } },
         Case { name: "frozen rings", run: case_frozen, expect: Expect { disconnected: Some(false), ..Expect::default() } },
         Case { name: "corrupted region header", run: case_header, expect: Expect { disconnected: Some(false), tx_after: true, ..Expect::default() } },
         Case { name: "free ring filled with garbage", run: case_free_ring_garbage, expect: Expect { invalid: true, disconnected: Some(false), ..Expect::default() } },

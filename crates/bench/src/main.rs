@@ -66,7 +66,12 @@ fn main() -> ExitCode {
         }
     };
     eprintln!("dpdk-latency-probe: port {port} ({}) started; sending", p.name());
-    while !QUIT.load(Ordering::Relaxed) && probe.poll() {}
+    // A polling loop like the data loop it stands in for: no pause between rounds.
+    loop {
+        if QUIT.load(Ordering::Relaxed) || !probe.poll() {
+            break;
+        }
+    }
     let complete = probe.done();
     if !complete {
         // Stopped early: what there is, marked complete=0.

@@ -122,7 +122,9 @@ pub struct Report {
     pub received: u64,
     /// Offered in the window but not taken by the port.
     pub tx_full: u64,
-    /// Skipped because the probe itself was held up (not offered at all).
+    /// Due in the window but skipped because the probe fell behind: its thread did not
+    /// run (a run with many of these measured the scheduler), or its loop was slower
+    /// than the rate.
     pub behind: u64,
     /// Frames that were not probe frames, or were sent before/after the window.
     pub other: u64,
@@ -313,8 +315,12 @@ impl Probe {
             let due = ((now - self.start) as f64 / self.hz * self.spec.rate) as u64;
             let mut backlog = due.saturating_sub(self.offered);
             if backlog > MAX_BACKLOG {
-                if in_window {
-                    self.behind += backlog - MAX_BACKLOG;
+                // The skipped packets were due between the last round and now: count
+                // those whose due time falls in the window (a stall can straddle it).
+                if let Some((s, e, _)) = self.window {
+                    let index = |t: u64| (t.saturating_sub(self.start) as f64 / self.hz * self.spec.rate) as u64;
+                    let (first, last) = (self.offered, self.offered + backlog - MAX_BACKLOG);
+                    self.behind += last.min(index(e)).saturating_sub(first.max(index(s)));
                 }
                 self.offered += backlog - MAX_BACKLOG;
                 backlog = MAX_BACKLOG;

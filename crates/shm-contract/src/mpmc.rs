@@ -240,14 +240,21 @@ impl<'a> FreeRing<'a> {
                     }
                 }
                 Range::Blocked => {
-                    // A cell still holds last lap's value. Full only if that value is
-                    // unclaimed; if a consumer already moved deq_pos past it, it is
-                    // between its CAS and its store: retry.
-                    let deq = self.deq_pos.load(Acquire);
-                    if pos.wrapping_add(n).wrapping_sub(deq) > self.entries() {
-                        return Err(FreeRingError::Full);
+                    // A cell still holds last lap's value. Judge fullness only from a
+                    // position that is still current: from a stale one, consumers may
+                    // have moved deq_pos past it, and the distance would wrap into a
+                    // false "full". Full only if that value is unclaimed; if a consumer
+                    // already moved deq_pos past it, it is between its CAS and its
+                    // store: retry.
+                    let current = self.enq_pos.load(Relaxed);
+                    if current == pos {
+                        let deq = self.deq_pos.load(Acquire);
+                        let used = pos.wrapping_add(n).wrapping_sub(deq) as i32;
+                        if used > self.entries() as i32 {
+                            return Err(FreeRingError::Full);
+                        }
                     }
-                    pos = self.enq_pos.load(Relaxed);
+                    pos = current;
                 }
                 Range::Stale => pos = self.enq_pos.load(Relaxed),
             }
@@ -309,14 +316,20 @@ impl<'a> FreeRing<'a> {
                     }
                 }
                 Range::Blocked => {
-                    // A cell is not written yet. Empty only if no producer claimed it;
-                    // if enq_pos is past it, that producer is between its CAS and its
-                    // store: retry.
-                    let enq = self.enq_pos.load(Acquire);
-                    if enq.wrapping_sub(pos) < n || enq.wrapping_sub(pos) > self.entries() {
-                        return Err(FreeRingError::Empty);
+                    // A cell is not written yet. As for enqueue, judge only from a
+                    // current position. Empty only if no producer claimed it; if
+                    // enq_pos is past it, that producer is between its CAS and its
+                    // store: retry. A distance beyond the ring (only a peer that wrote
+                    // the positions makes one) reads as empty too.
+                    let current = self.deq_pos.load(Relaxed);
+                    if current == pos {
+                        let enq = self.enq_pos.load(Acquire);
+                        let avail = enq.wrapping_sub(pos) as i32;
+                        if avail < n as i32 || avail > self.entries() as i32 {
+                            return Err(FreeRingError::Empty);
+                        }
                     }
-                    pos = self.deq_pos.load(Relaxed);
+                    pos = current;
                 }
                 Range::Stale => pos = self.deq_pos.load(Relaxed),
             }
