@@ -440,6 +440,7 @@ impl TxQueue {
                 // SAFETY: valid mbuf owned by us now.
                 unsafe { sys::rte_pktmbuf_free(m) };
                 sent += 1;
+                // SAFETY: `copy` is checked non-null first; then it is our fresh, valid copy.
                 if copy.is_null() || !self.zero_copy_ok(copy) || unsafe { (*copy).nb_segs } as u32 > free - slot {
                     if !copy.is_null() {
                         // SAFETY: our own fresh copy.

@@ -1,0 +1,323 @@
+//! A UDP echo responder on a proxy queue, without DPDK.
+//!
+//! ```text
+//! udp_echo <socket> [--seconds S] [--packets N] [--buffers N] [--zero-udp-checksum]
+//! ```
+//!
+//! Every IPv4 UDP packet (optionally behind one 802.1Q tag) is answered in place, in its
+//! own buffer, and handed back to the proxy (zero copy): Ethernet addresses, IP
+//! addresses and UDP ports swapped, TTL set to 64 and the IPv4 header checksum
+//! recomputed; the UDP checksum is recomputed too (it stays 0 when the sender sent
+//! none), or set to 0 with `--zero-udp-checksum`. Anything else (other protocols, IP
+//! fragments, malformed headers, bad IPv4 header checksums) is dropped and counted.
+//!
+//! It runs until SIGINT/SIGTERM, `--seconds`, `--packets` answers, or the proxy goes
+//! away, then prints its counters.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use shm_guest::{Buffer, Config, Error, Guest};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    }
+}
+
+/// The 16-bit ones' complement sum of `data` (odd length padded with a zero byte),
+/// added to `sum`, not yet folded.
+fn sum16(data: &[u8], mut sum: u32) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    if let [last] = chunks.remainder() {
+        sum += (*last as u32) << 8;
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Turns an IPv4 UDP packet into its answer, in place. False (packet untouched) for
+/// anything else.
+fn answer_udp(p: &mut [u8], zero_udp_checksum: bool) -> bool {
+    if p.len() < 14 {
+        return false;
+    }
+    let (mut l3, mut ethertype) = (14, u16::from_be_bytes([p[12], p[13]]));
+    if ethertype == 0x8100 {
+        if p.len() < 18 {
+            return false;
+        }
+        (l3, ethertype) = (18, u16::from_be_bytes([p[16], p[17]]));
+    }
+    if ethertype != 0x0800 || p.len() < l3 + 20 {
+        return false;
+    }
+    let ihl = (p[l3] & 0x0f) as usize * 4;
+    let total = u16::from_be_bytes([p[l3 + 2], p[l3 + 3]]) as usize;
+    let fragment = u16::from_be_bytes([p[l3 + 6], p[l3 + 7]]) & 0x3fff != 0;
+    if p[l3] >> 4 != 4 || ihl < 20 || total < ihl + 8 || l3 + total > p.len() || fragment || p[l3 + 9] != 17 {
+        return false;
+    }
+    if fold(sum16(&p[l3..l3 + ihl], 0)) != 0xffff {
+        return false;
+    }
+    let l4 = l3 + ihl;
+    let udp_len = u16::from_be_bytes([p[l4 + 4], p[l4 + 5]]) as usize;
+    if udp_len < 8 || udp_len > total - ihl {
+        return false;
+    }
+    for i in 0..6 {
+        p.swap(i, 6 + i);
+    }
+    for i in 0..4 {
+        p.swap(l3 + 12 + i, l3 + 16 + i);
+    }
+    p[l3 + 8] = 64;
+    p[l3 + 10..l3 + 12].fill(0);
+    let ip_sum = !fold(sum16(&p[l3..l3 + ihl], 0));
+    p[l3 + 10..l3 + 12].copy_from_slice(&ip_sum.to_be_bytes());
+    for i in 0..2 {
+        p.swap(l4 + i, l4 + 2 + i);
+    }
+    let had_checksum = p[l4 + 6..l4 + 8] != [0, 0];
+    p[l4 + 6..l4 + 8].fill(0);
+    if had_checksum && !zero_udp_checksum {
+        // Pseudo header: addresses, protocol, UDP length; then the datagram.
+        let mut sum = sum16(&p[l3 + 12..l3 + 20], 17 + udp_len as u32);
+        sum = sum16(&p[l4..l4 + udp_len], sum);
+        let mut c = !fold(sum);
+        if c == 0 {
+            c = 0xffff; // 0 means "no checksum" in UDP
+        }
+        p[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+    }
+    true
+}
+
+struct Args {
+    socket: String,
+    seconds: Option<f64>,
+    packets: Option<u64>,
+    buffers: u32,
+    zero_udp_checksum: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let mut args = Args { socket: String::new(), seconds: None, packets: None, buffers: 4096, zero_udp_checksum: false };
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--seconds" => args.seconds = Some(value("--seconds")?.parse().map_err(|e| format!("--seconds: {e}"))?),
+            "--packets" => args.packets = Some(value("--packets")?.parse().map_err(|e| format!("--packets: {e}"))?),
+            "--buffers" => args.buffers = value("--buffers")?.parse().map_err(|e| format!("--buffers: {e}"))?,
+            "--zero-udp-checksum" => args.zero_udp_checksum = true,
+            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
+            s if args.socket.is_empty() => args.socket = s.to_string(),
+            s => return Err(format!("unexpected argument {s}")),
+        }
+    }
+    if args.socket.is_empty() {
+        return Err("usage: udp_echo <socket> [--seconds S] [--packets N] [--buffers N] [--zero-udp-checksum]".into());
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("udp_echo: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    install_signal_handlers();
+    let config = Config { app_name: "udp_echo".into(), buffers: args.buffers, ..Config::default() };
+    let mut guest = match Guest::connect(&args.socket, &config) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("udp_echo: {}: {e}", args.socket);
+            return ExitCode::FAILURE;
+        }
+    };
+    let info = guest.info().clone();
+    println!(
+        "udp_echo: attached to port {} queue {}: {} buffers, region {} MiB{}",
+        info.port_id,
+        info.queue_id,
+        guest.pool().capacity(),
+        info.region_size >> 20,
+        if info.hugepages { " (hugepages)" } else { "" }
+    );
+    let deadline = args.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let (mut answered, mut ignored) = (0u64, 0u64);
+    let mut rx: Vec<Buffer> = Vec::with_capacity(32);
+    let mut tx: Vec<Buffer> = Vec::with_capacity(1024);
+    let mut polls = 0u32;
+    let end: String = loop {
+        polls = polls.wrapping_add(1);
+        if STOP.load(Ordering::Relaxed) {
+            break "signal".into();
+        }
+        if args.packets.is_some_and(|n| answered >= n) && tx.is_empty() {
+            break "enough packets".into();
+        }
+        if polls % 1024 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+            break "time is up".into();
+        }
+        match guest.recv_burst(&mut rx, 32) {
+            Ok(_) => {}
+            Err(Error::Disconnected(why)) => {
+                break format!("proxy gone ({why})");
+            }
+            Err(e) => {
+                eprintln!("udp_echo: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        for mut pkt in rx.drain(..) {
+            if answer_udp(&mut pkt, args.zero_udp_checksum) {
+                tx.push(pkt);
+            } else {
+                ignored += 1; // dropping the buffer returns it to the pool
+            }
+        }
+        if !tx.is_empty() {
+            // What the tx ring has no room for now is sent on a later turn.
+            match guest.send_burst(&mut tx) {
+                Ok(n) => answered += n as u64,
+                Err(Error::Disconnected(why)) => {
+                    break format!("proxy gone ({why})");
+                }
+                Err(e) => {
+                    eprintln!("udp_echo: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let s = guest.stats();
+    println!(
+        "udp_echo: {end}: answered={answered} ignored={ignored} rx_packets={} rx_invalid={} rx_multiseg_dropped={} \
+         tx_packets={} tx_ring_full={} free_ring_invalid={} lost={}",
+        s.rx_packets, s.rx_invalid, s.rx_multiseg_dropped, s.tx_packets, s.tx_ring_full, s.free_ring_invalid, s.lost
+    );
+    drop(tx);
+    if let Err(e) = guest.close() {
+        if !end.starts_with("proxy gone") {
+            eprintln!("udp_echo: closing: {e}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet + IPv4 + UDP packet with correct checksums.
+    fn udp_packet(payload: &[u8], vlan: bool, with_udp_checksum: bool) -> Vec<u8> {
+        let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+        if vlan {
+            p.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+        }
+        p.extend_from_slice(&[0x08, 0x00]);
+        let l3 = p.len();
+        let total = 20 + 8 + payload.len();
+        p.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0x40, 0, 17, 17, 0, 0]);
+        p.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+        let c = !fold(sum16(&p[l3..l3 + 20], 0));
+        p[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+        let l4 = p.len();
+        let ulen = 8 + payload.len();
+        p.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, (ulen >> 8) as u8, ulen as u8, 0, 0]);
+        p.extend_from_slice(payload);
+        if with_udp_checksum {
+            let sum = sum16(&p[l4..], sum16(&p[l3 + 12..l3 + 20], 17 + ulen as u32));
+            let c = !fold(sum);
+            p[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+        }
+        p
+    }
+
+    fn udp_checksum_ok(p: &[u8], l3: usize) -> bool {
+        let l4 = l3 + 20;
+        let ulen = u16::from_be_bytes([p[l4 + 4], p[l4 + 5]]) as u32;
+        fold(sum16(&p[l4..l4 + ulen as usize], sum16(&p[l3 + 12..l3 + 20], 17 + ulen))) == 0xffff
+    }
+
+    #[test]
+    fn answers_udp_with_everything_swapped_and_valid_checksums() {
+        for (vlan, l3) in [(false, 14), (true, 18)] {
+            let q = udp_packet(b"hello, odd length", vlan, true);
+            let mut a = q.clone();
+            assert!(answer_udp(&mut a, false));
+            assert_eq!(&a[0..6], &q[6..12]);
+            assert_eq!(&a[6..12], &q[0..6]);
+            assert_eq!(&a[l3 + 12..l3 + 16], &q[l3 + 16..l3 + 20]);
+            assert_eq!(&a[l3 + 16..l3 + 20], &q[l3 + 12..l3 + 16]);
+            assert_eq!(a[l3 + 8], 64);
+            assert_eq!(&a[l3 + 20..l3 + 22], &q[l3 + 22..l3 + 24]);
+            assert_eq!(&a[l3 + 22..l3 + 24], &q[l3 + 20..l3 + 22]);
+            assert_eq!(fold(sum16(&a[l3..l3 + 20], 0)), 0xffff, "IPv4 header checksum");
+            assert!(udp_checksum_ok(&a, l3), "UDP checksum");
+            assert_eq!(&a[l3 + 28..], b"hello, odd length");
+            // Answering the answer gives the question back, but for the TTL.
+            let mut back = a.clone();
+            assert!(answer_udp(&mut back, false));
+            let mut q64 = q.clone();
+            q64[l3 + 8] = 64;
+            q64[l3 + 10..l3 + 12].fill(0);
+            let c = !fold(sum16(&q64[l3..l3 + 20], 0));
+            q64[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+            assert_eq!(back, q64);
+        }
+        let mut z = udp_packet(b"x", false, true);
+        assert!(answer_udp(&mut z, true));
+        assert_eq!(&z[40..42], [0, 0]);
+        let mut none = udp_packet(b"x", false, false);
+        assert!(answer_udp(&mut none, false));
+        assert_eq!(&none[40..42], [0, 0], "no checksum stays no checksum");
+    }
+
+    #[test]
+    fn leaves_everything_else_alone() {
+        let good = udp_packet(b"payload", false, true);
+        let mut cases: Vec<Vec<u8>> = vec![vec![], good[..13].to_vec(), good[..33].to_vec()];
+        let mut arp = good.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        let mut tcp = good.clone();
+        tcp[23] = 6;
+        let mut frag = good.clone();
+        frag[20] = 0x20; // more fragments
+        let mut bad_sum = good.clone();
+        bad_sum[24] ^= 1;
+        let mut v6 = good.clone();
+        v6[14] = 0x65;
+        let mut short_total = good.clone();
+        short_total[17] = 20;
+        cases.extend([arp, tcp, frag, bad_sum, v6, short_total]);
+        for (i, c) in cases.into_iter().enumerate() {
+            let mut p = c.clone();
+            assert!(!answer_udp(&mut p, false), "case {i}");
+            assert_eq!(p, c, "case {i} modified");
+        }
+    }
+}

@@ -1,0 +1,887 @@
+//! A guest of `dpdk-io-proxy` without DPDK: no EAL, no libdpdk, only the contract crate
+//! and libc.
+//!
+//! [`Guest::connect`] does what the three DPDK plugins do together for `-a sock:<path>`:
+//! it connects to the proxy's socket, handshakes (`Hello` / `Welcome`, the region memfd
+//! arrives by `SCM_RIGHTS`), maps the region and validates its header, lays out one
+//! packet pool in the region's heap exactly as the proxy validates a DPDK guest's pool
+//! (see "Layout" below), announces it (`PoolAdd`) and starts the queue (`QueueStart`).
+//! From then on:
+//!
+//! * [`Guest::recv_burst`] / [`Guest::recv`] take packets from the rx ring as owned
+//!   [`Buffer`]s that dereference to the packet's bytes in the shared region (no copy)
+//!   and return to the pool's free ring when dropped;
+//! * [`Guest::pool`] hands out a [`BufferPool`] to [`alloc`](BufferPool::alloc) free
+//!   buffers; [`Guest::send`] / [`Guest::send_burst`] hand buffers (allocated ones, or
+//!   received ones modified in place) to the proxy for transmission (zero copy: the
+//!   descriptor names the buffer; the proxy returns it to the free ring once sent).
+//!
+//! ```no_run
+//! use shm_guest::{Config, Guest};
+//! let mut guest = Guest::connect("/run/dpdk-io-proxy/q0/sock", &Config::default())?;
+//! let mut burst = Vec::with_capacity(32);
+//! loop {
+//!     burst.clear();
+//!     guest.recv_burst(&mut burst, 32)?;
+//!     for pkt in burst.drain(..) {
+//!         println!("{} bytes", pkt.len()); // dropping `pkt` returns its buffer
+//!     }
+//! }
+//! # Ok::<(), shm_guest::Error>(())
+//! ```
+//!
+//! # Layout
+//!
+//! The pool takes the start of the region's heap: its free ring (the contract's
+//! [`FreeRing`](shm_contract::FreeRing), filled with every buffer before the pool is
+//! announced), then from the next cache line `buffers` objects at a stride of
+//! `128 + data_room` rounded up to 64 bytes: a 128-byte header area
+//! ([`MBUF_HEADER_SIZE`](shm_contract::layout::MBUF_HEADER_SIZE), where a DPDK guest
+//! keeps its `rte_mbuf`) followed by the data room. Descriptors name a buffer by the
+//! offset of its header area, and their `data_off` counts from the start of the data
+//! room. The proxy never reads or writes the header area (its shadow mbufs point at
+//! the data room), so this guest leaves it zeroed. The announcement is checked with the
+//! proxy's own validation (`PoolAdd::validate`) before it is sent.
+//!
+//! # Ownership of buffers
+//!
+//! A buffer is either held by this process (a [`Buffer`] exists for it) or not (free
+//! ring, rings, proxy, NIC). A private table, one atomic byte per buffer, records which;
+//! a buffer enters only through a "not held -> held" transition of its entry, so an
+//! offset the proxy hands over twice is refused and two `Buffer`s never alias. The
+//! bytes of a held buffer are reached through plain `&[u8]`/`&mut [u8]`: by the
+//! contract the proxy writes a buffer only while it holds it (its NIC receives only
+//! into buffers taken from the free ring, and it lets go of one by publishing it on the
+//! rx ring), so nothing else writes those bytes while the reference lives.
+//!
+//! # Trust
+//!
+//! Everything the proxy writes is validated as carefully as the proxy validates its
+//! guests: ring indices (`0 <= prod - cons <= entries`, by the contract's ring views; a
+//! violation stops the queue, [`Error::RingCorrupt`]), every rx descriptor (its offset
+//! must be exactly a buffer of our pool, `data_off + data_len` inside its data room, the
+//! buffer not already held by this process), every free-ring value (same checks). A bad
+//! descriptor or value is counted ([`Stats`]) and dropped; it can never make this process
+//! touch memory outside its pool or hand out two [`Buffer`]s for one buffer.
+//!
+//! # Limits
+//!
+//! * **Multi-segment packets are counted and dropped** ([`Stats::rx_multiseg_dropped`]),
+//!   their buffers returned to the free ring: a packet arrives as one [`Buffer`] or not
+//!   at all. The proxy's NIC splits a frame into segments only when it does not fit one
+//!   data room: for jumbo frames, give [`Config::data_room`] room for them (the default,
+//!   2176 bytes with 128 of headroom, takes frames up to 2048 bytes).
+//! * One queue, one pool, one thread on the rings at a time (`&mut self`); buffers
+//!   themselves may be dropped or allocated on any thread.
+//! * No reconnection: when the proxy goes away the calls return
+//!   [`Error::Disconnected`]; connect again for a fresh region.
+//! * The control socket is read every [`CONTROL_POLL_EVERY`] calls of
+//!   [`Guest::recv_burst`] (one non-blocking `poll` + `recvmsg`), or whenever
+//!   [`Guest::poll_control`] is called: a guest that never receives should call it now
+//!   and then, or the proxy disconnects it when its socket buffer fills.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shm_contract::layout::{RegionLayout, StatusBlock};
+use shm_contract::mem::{check_region_fd, Mapping};
+use shm_contract::proto::transport::{recv_message, send_message, TransportError};
+use shm_contract::proto::{Hello, Welcome, MAX_APP_NAME, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
+use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, Message, RefuseCode, RegionFlags, SharedMem};
+
+mod pool;
+
+pub use pool::{Buffer, BufferPool, CapacityError, RxPacket, DEFAULT_HEADROOM};
+use pool::Pool;
+
+/// Longest chain of rx descriptors looked at for one packet (the contract's limit); a
+/// longer one is cut there and dropped.
+pub const MAX_SEGS: u32 = shm_contract::tx::MAX_SEGS;
+/// Most packets one [`Guest::recv_burst`] takes.
+pub const MAX_BURST: usize = 512;
+/// The control socket is polled once every this many [`Guest::recv_burst`] calls.
+pub const CONTROL_POLL_EVERY: u32 = 4096;
+
+/// What to ask of the proxy, and how to lay out the pool.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Name the proxy shows for this guest (at most 32 bytes; longer is cut). Empty:
+    /// the program's name.
+    pub app_name: String,
+    /// Buffers in the pool. The proxy's NIC rx queue keeps up to 1024 of them posted
+    /// and its cache up to 256 more; the rest are in the rings or with the application.
+    pub buffers: u32,
+    /// Size of each buffer's data room, headroom included (the proxy's NIC leaves 128
+    /// bytes of headroom).
+    pub data_room: u16,
+    /// Size of the region to ask for. 0: just enough for the pool and the rings
+    /// (whatever the proxy's page size).
+    pub region_size: u64,
+    /// rx and tx descriptor ring entries (0: the proxy's default, 1024).
+    pub rx_ring: u32,
+    /// See [`rx_ring`](Self::rx_ring).
+    pub tx_ring: u32,
+    /// How long to wait for each answer of the proxy.
+    pub timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            app_name: String::new(),
+            buffers: 4096,
+            data_room: 2048 + DEFAULT_HEADROOM,
+            region_size: 0,
+            rx_ring: 0,
+            tx_ring: 0,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the proxy told us about the NIC queue we are attached to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyInfo {
+    /// Negotiated protocol major.
+    pub protocol_version: u16,
+    /// NIC port.
+    pub port_id: u16,
+    /// NIC queue.
+    pub queue_id: u16,
+    /// The port's MAC address.
+    pub mac: [u8; 6],
+    /// The port's MTU.
+    pub mtu: u16,
+    /// Largest frame the port receives.
+    pub max_rx_frame: u32,
+    /// Size of the shared region.
+    pub region_size: u64,
+    /// Whether the region is hugepage memory.
+    pub hugepages: bool,
+}
+
+/// Why a call failed.
+#[derive(Debug)]
+pub enum Error {
+    /// The socket could not be reached.
+    Connect(io::Error),
+    /// The proxy refused a request (or the connection).
+    Refused {
+        /// Its code.
+        code: RefuseCode,
+        /// Its reason.
+        reason: String,
+    },
+    /// The control socket failed.
+    Transport(TransportError),
+    /// The proxy answered something unexpected.
+    Protocol(String),
+    /// The region the proxy sent is unusable.
+    Region(String),
+    /// The configuration cannot work (the pool does not fit the region, ...).
+    Config(String),
+    /// The proxy did not answer in time.
+    Timeout,
+    /// The connection to the proxy is gone (why).
+    Disconnected(String),
+    /// The proxy wrote an impossible ring index; the queue is unusable.
+    RingCorrupt(String),
+    /// The queue is not started (sending after [`Guest::stop`]).
+    NotRunning,
+    /// The tx ring has no free slot.
+    RingFull,
+    /// The buffer belongs to another connection's pool.
+    ForeignBuffer,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Connect(e) if e.kind() == io::ErrorKind::NotFound => {
+                write!(f, "cannot connect: no socket at this path (is dpdk-io-proxy serving it?)")
+            }
+            Error::Connect(e) => write!(f, "cannot connect: {e}"),
+            Error::Refused { code, reason } => write!(f, "the proxy refused ({code:?}): {reason}"),
+            Error::Transport(e) => write!(f, "control socket: {e}"),
+            Error::Protocol(what) => write!(f, "protocol error: {what}"),
+            Error::Region(what) => write!(f, "shared region unusable: {what}"),
+            Error::Config(what) => write!(f, "configuration: {what}"),
+            Error::Timeout => write!(f, "the proxy did not answer in time"),
+            Error::Disconnected(why) => write!(f, "disconnected from the proxy: {why}"),
+            Error::RingCorrupt(what) => write!(f, "descriptor ring corrupt: {what}"),
+            Error::NotRunning => write!(f, "the queue is not started"),
+            Error::RingFull => write!(f, "the tx ring is full"),
+            Error::ForeignBuffer => write!(f, "the buffer belongs to another connection's pool"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<TransportError> for Error {
+    fn from(e: TransportError) -> Error {
+        match e {
+            TransportError::Closed => Error::Disconnected("the proxy closed the connection".into()),
+            TransportError::Timeout => Error::Timeout,
+            other => Error::Transport(other),
+        }
+    }
+}
+
+/// A buffer that could not be sent, given back with the reason.
+#[derive(Debug)]
+pub struct SendError {
+    /// The buffer, still held: send it later, or drop it.
+    pub buffer: Buffer,
+    /// Why: [`Error::RingFull`], [`Error::NotRunning`], [`Error::ForeignBuffer`],
+    /// [`Error::RingCorrupt`], [`Error::Disconnected`].
+    pub error: Error,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot send: {}", self.error)
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// Counters of a [`Guest`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Packets received (handed out as [`Buffer`]s).
+    pub rx_packets: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// rx descriptors that failed validation (offset not a buffer of the pool, data
+    /// outside the data room, a buffer this process held): dropped.
+    pub rx_invalid: u64,
+    /// Multi-segment packets dropped (see the crate docs).
+    pub rx_multiseg_dropped: u64,
+    /// Packets handed to the proxy for transmission.
+    pub tx_packets: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Sends refused because the tx ring was full.
+    pub tx_ring_full: u64,
+    /// Free-ring values that named no buffer of the pool or a held one: dropped.
+    pub free_ring_invalid: u64,
+    /// Buffers given up on: the free ring refused them and the parking space (room for
+    /// every buffer) was full, which only a corrupted ring causes. Out of the pool.
+    pub lost: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    Running,
+    Stopped,
+    /// The connection is gone or unusable: why.
+    Failed(String),
+}
+
+/// A connection to a proxy socket, with its queue and pool.
+pub struct Guest {
+    // INVARIANT: `rx`, `tx` and `status` view `mapping`, which `mapping` (and `pool`)
+    // keep alive as long as `self`; within this process the ring and status areas are
+    // accessed only through those views' atomics.
+    rx: DescConsumer<'static>,
+    tx: DescProducer<'static>,
+    status: StatusBlock<'static>,
+    socket: OwnedFd,
+    pool: Arc<Pool>,
+    layout: RegionLayout,
+    info: ProxyInfo,
+    state: State,
+    stats: Stats,
+    timeout: Duration,
+    next_request: u32,
+    polls: u32,
+    closed: bool,
+    /// Declared last: the views above point into it.
+    mapping: Arc<Mapping>,
+}
+
+impl fmt::Debug for Guest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guest").field("info", &self.info).field("state", &self.state).field("stats", &self.stats).finish()
+    }
+}
+
+impl Guest {
+    /// Connects to the proxy socket at `path`, handshakes, lays out and announces the
+    /// pool, and starts the queue: packets flow when this returns.
+    pub fn connect(path: impl AsRef<Path>, config: &Config) -> Result<Guest, Error> {
+        let socket = connect_seqpacket(path.as_ref()).map_err(Error::Connect)?;
+        let region_size = if config.region_size != 0 {
+            config.region_size
+        } else {
+            // Header page and two rings, each on its own page: three pages of up to
+            // 2 MiB (hugepages); then the pool, rounded to a page.
+            (6 << 20) + pool::heap_bytes(config.buffers, config.data_room).next_multiple_of(2 << 20)
+        };
+        let hello = Hello {
+            version_min: PROTOCOL_VERSION_MIN,
+            version_max: PROTOCOL_VERSION,
+            flags: 0,
+            region_size,
+            rx_ring_entries: config.rx_ring,
+            tx_ring_entries: config.tx_ring,
+            app_name: app_name(&config.app_name),
+        };
+        let (welcome, mut fds) = handshake(&socket, &hello, config.timeout)?;
+        if fds.len() != 1 {
+            return Err(Error::Protocol(format!("Welcome carried {} file descriptors, expected 1", fds.len())));
+        }
+        let memfd = fds.remove(0);
+        // The memfd must be sealed against shrinking: a truncated file would make our
+        // accesses fault.
+        check_region_fd(memfd.as_fd(), welcome.region_size).map_err(|e| Error::Region(e.to_string()))?;
+        let len = usize::try_from(welcome.region_size).map_err(|_| Error::Region("too large for this machine".into()))?;
+        let mapping = Arc::new(Mapping::map(memfd.as_fd(), len).map_err(|e| Error::Region(format!("mmap: {e}")))?);
+        drop(memfd);
+        let layout = RegionLayout::read_header(&mapping.mem()).map_err(|e| Error::Region(e.to_string()))?;
+        if layout.page_size() != welcome.page_size {
+            return Err(Error::Region(format!(
+                "the header says {}-byte pages, the Welcome {}",
+                layout.page_size(),
+                welcome.page_size
+            )));
+        }
+        let add = pool::plan(&layout, config.buffers, config.data_room).map_err(Error::Config)?;
+        let pool_layout = add.validate(&layout, &[]).map_err(|e| {
+            Error::Config(format!(
+                "{} buffers of {} bytes do not fit the region's {} KiB heap ({e}); ask for a larger region_size",
+                config.buffers,
+                config.data_room,
+                layout.heap().size >> 10
+            ))
+        })?;
+        let pool = Arc::new(Pool::create(mapping.clone(), pool_layout).map_err(Error::Region)?);
+        // SAFETY: the view covers the mapping, kept alive by `mapping` in the Guest (and
+        // by the pool) for as long as the views built from it; the ring and status areas
+        // are only ever accessed through atomics in this process (the `Buffer`s reference
+        // data rooms only, which the validated layout keeps apart from them).
+        let mem: SharedMem<'static> = unsafe { SharedMem::from_raw(mapping.as_ptr(), mapping.len()) };
+        let status = StatusBlock::from_layout(&mem, &layout).map_err(|e| Error::Region(e.to_string()))?;
+        // Not started yet: views from index 0, rebuilt after QueueStarted anyway.
+        let rx = DescConsumer::new(&mem, layout.rx_ring()).map_err(|e| Error::Region(e.to_string()))?;
+        let tx = DescProducer::new(&mem, layout.tx_ring()).map_err(|e| Error::Region(e.to_string()))?;
+        let info = ProxyInfo {
+            protocol_version: welcome.version,
+            port_id: welcome.port_id,
+            queue_id: welcome.queue_id,
+            mac: welcome.mac,
+            mtu: welcome.mtu,
+            max_rx_frame: welcome.max_rx_frame,
+            region_size: welcome.region_size,
+            hugepages: welcome.flags.contains(RegionFlags::HUGEPAGES),
+        };
+        let mut guest = Guest {
+            rx,
+            tx,
+            status,
+            socket,
+            pool,
+            layout,
+            info,
+            state: State::Stopped,
+            stats: Stats::default(),
+            timeout: config.timeout,
+            next_request: 2,
+            polls: 0,
+            closed: false,
+            mapping,
+        };
+        match guest.transact(&Message::PoolAdd(add))? {
+            Message::PoolAck { pool_id } if pool_id == add.pool_id => {}
+            other => return Err(Error::Protocol(format!("expected PoolAck, got {}", other.kind()))),
+        }
+        guest.start()?;
+        Ok(guest)
+    }
+
+    /// What the proxy said about its NIC queue.
+    pub fn info(&self) -> &ProxyInfo {
+        &self.info
+    }
+
+    /// A handle for allocating buffers to send (from any thread).
+    pub fn pool(&self) -> BufferPool {
+        BufferPool { pool: self.pool.clone() }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        let c = &self.pool.counters;
+        Stats {
+            free_ring_invalid: c.free_ring_invalid.load(Ordering::Relaxed),
+            lost: c.lost.load(Ordering::Relaxed),
+            ..self.stats
+        }
+    }
+
+    /// Whether the queue is started and the connection healthy.
+    pub fn is_running(&self) -> bool {
+        self.state == State::Running
+    }
+
+    /// The port's link: up, speed in Mbit/s (from the proxy's status block, which it
+    /// keeps current; `false` once the connection is gone).
+    pub fn link(&self) -> (bool, u32) {
+        if matches!(self.state, State::Failed(_)) {
+            return (false, 0);
+        }
+        // The proxy stores the link into the status block before it sends LinkStatus.
+        let up = self.status.link_up().load(Ordering::Acquire) != 0;
+        (up, self.status.link_speed_mbps().load(Ordering::Relaxed))
+    }
+
+    fn fail(&mut self, why: String) -> Error {
+        if !matches!(self.state, State::Failed(_)) {
+            self.state = State::Failed(why.clone());
+        }
+        Error::Disconnected(why)
+    }
+
+    fn failed(&self) -> Option<Error> {
+        match &self.state {
+            State::Failed(why) => Some(Error::Disconnected(why.clone())),
+            _ => None,
+        }
+    }
+
+    /// Reads everything the proxy sent on its own (link news, goodbye), without
+    /// blocking. Returns an error once the connection is gone.
+    pub fn poll_control(&mut self) -> Result<(), Error> {
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
+        loop {
+            match recv_message(self.socket.as_fd(), Some(Duration::ZERO)) {
+                Ok((msg, _, _fds)) => {
+                    // Descriptors nobody asked for are closed by dropping `_fds`.
+                    self.unsolicited(&msg)?;
+                }
+                Err(TransportError::Timeout) => return Ok(()),
+                Err(e) => return Err(self.fail(Error::from(e).to_string())),
+            }
+        }
+    }
+
+    /// Handles a message the proxy sends on its own; errors when it ends the connection.
+    fn unsolicited(&mut self, msg: &Message) -> Result<(), Error> {
+        match msg {
+            // The proxy keeps the status block current; `link` reads it.
+            Message::LinkStatus { .. } => Ok(()),
+            Message::Goodbye => Err(self.fail("the proxy said goodbye".into())),
+            Message::Refuse { code, reason } => Err(self.fail(format!("the proxy ended the connection ({code:?}): {reason}"))),
+            // Anything else unasked for is ignored (a later protocol minor may add some).
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends `request` and waits for its answer; unsolicited messages meanwhile are
+    /// handled. A `Refuse` answer is [`Error::Refused`].
+    fn transact(&mut self, request: &Message) -> Result<Message, Error> {
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
+        let id = self.next_request;
+        self.next_request = self.next_request.wrapping_add(1).max(2);
+        if let Err(e) = send_message(self.socket.as_fd(), request, id, &[]) {
+            return Err(self.fail(Error::from(e).to_string()));
+        }
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout);
+            }
+            let (reply, reply_id, _fds) = match recv_message(self.socket.as_fd(), Some(left)) {
+                Ok(r) => r,
+                Err(TransportError::Timeout) => return Err(Error::Timeout),
+                Err(e) => return Err(self.fail(Error::from(e).to_string())),
+            };
+            match reply {
+                Message::Refuse { code, reason } if reply_id == id => return Err(Error::Refused { code, reason }),
+                Message::LinkStatus { .. } | Message::Goodbye | Message::Refuse { .. } => self.unsolicited(&reply)?,
+                other if reply_id == id => return Ok(other),
+                // A stale answer to an earlier request that timed out.
+                _ => {}
+            }
+        }
+    }
+
+    /// Starts the queue (done by [`connect`](Self::connect); again after
+    /// [`stop`](Self::stop)). Packets left in the rx ring since the stop are dropped.
+    pub fn start(&mut self) -> Result<(), Error> {
+        match self.state {
+            State::Running => return Ok(()),
+            State::Failed(_) => return Err(self.failed().unwrap_or(Error::NotRunning)),
+            State::Stopped => {}
+        }
+        // The proxy is not producing: what is still in the rx ring is ours; the rings
+        // start from index 0 on both sides at every queue start.
+        self.drain_rx();
+        match self.transact(&Message::QueueStart { rx_pool_id: 0 })? {
+            Message::QueueStarted => {}
+            other => return Err(Error::Protocol(format!("expected QueueStarted, got {}", other.kind()))),
+        }
+        // SAFETY: as in `connect`: the mapping outlives the views (INVARIANT of Guest).
+        let mem: SharedMem<'static> = unsafe { SharedMem::from_raw(self.mapping.as_ptr(), self.mapping.len()) };
+        // The proxy zeroed both rings before answering.
+        self.rx = DescConsumer::new(&mem, self.layout.rx_ring()).map_err(|e| Error::Region(e.to_string()))?;
+        self.tx = DescProducer::new(&mem, self.layout.tx_ring()).map_err(|e| Error::Region(e.to_string()))?;
+        self.state = State::Running;
+        Ok(())
+    }
+
+    /// Stops the queue: the proxy stops delivering (its NIC queue keeps no buffer of
+    /// ours) and returns what it had not yet sent from the tx ring. Packets it delivered
+    /// before stopping stay in the rx ring and can still be received; sending fails
+    /// with [`Error::NotRunning`] until [`start`](Self::start).
+    pub fn stop(&mut self) -> Result<(), Error> {
+        match self.state {
+            State::Running => {}
+            State::Stopped => return Ok(()),
+            State::Failed(_) => return Err(self.failed().unwrap_or(Error::NotRunning)),
+        }
+        match self.transact(&Message::QueueStop)? {
+            Message::QueueStopped => {
+                self.state = State::Stopped;
+                Ok(())
+            }
+            other => Err(Error::Protocol(format!("expected QueueStopped, got {}", other.kind()))),
+        }
+    }
+
+    /// Says goodbye: stops the queue, gives back what the rx ring still holds and closes
+    /// the connection (also done on drop, errors ignored).
+    pub fn close(mut self) -> Result<(), Error> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), Error> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        let stopped = if self.state == State::Running { self.stop() } else { Ok(()) };
+        if self.state == State::Stopped {
+            self.drain_rx();
+            let _ = send_message(self.socket.as_fd(), &Message::Goodbye, 0, &[]);
+        }
+        // SAFETY: shutdown(2) of our own open socket.
+        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        if !matches!(self.state, State::Failed(_)) {
+            self.state = State::Failed("closed".into());
+        }
+        stopped
+    }
+
+    /// Returns every buffer still in the rx ring to the free ring (the proxy is not
+    /// producing). Validated like any rx descriptor.
+    fn drain_rx(&mut self) -> u32 {
+        let Ok(avail) = self.rx.available(u32::MAX) else { return 0 };
+        let mut freed = 0;
+        for i in 0..avail {
+            let d = self.rx.read(i);
+            if let Some(index) = self.valid_rx(&d) {
+                if self.pool.take(index) {
+                    self.pool.put(index);
+                    freed += 1;
+                }
+            }
+        }
+        self.rx.release(avail);
+        freed
+    }
+
+    /// The buffer an rx descriptor names, if it is one of our pool and its data lies in
+    /// its data room. (Whether this process holds it is checked by `Pool::take`.)
+    #[inline]
+    fn valid_rx(&self, d: &Desc) -> Option<u32> {
+        let index = self.pool.layout.buffer_index(d.offset)?;
+        if d.data_off as u32 + d.data_len as u32 > self.pool.layout.data_room() as u32 {
+            return None;
+        }
+        Some(index)
+    }
+
+    /// Receives up to `max` packets (at most [`MAX_BURST`]), appended to `out`; returns
+    /// how many. Reserve capacity in `out` to keep this free of allocation. Also works
+    /// after [`stop`](Self::stop), for the packets still in the ring.
+    pub fn recv_burst(&mut self, out: &mut Vec<Buffer>, max: usize) -> Result<usize, Error> {
+        self.recv_with(max, |b| out.push(b))
+    }
+
+    /// Receives one packet, if one is waiting.
+    pub fn recv(&mut self) -> Result<Option<Buffer>, Error> {
+        let mut got = None;
+        self.recv_with(1, |b| got = Some(b))?;
+        Ok(got)
+    }
+
+    fn recv_with(&mut self, max: usize, mut deliver: impl FnMut(Buffer)) -> Result<usize, Error> {
+        self.polls = self.polls.wrapping_add(1);
+        if self.polls % CONTROL_POLL_EVERY == 0 {
+            self.poll_control()?;
+        }
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
+        let want = max.min(MAX_BURST) as u32;
+        if want == 0 {
+            return Ok(0);
+        }
+        // The proxy's producer index (a line its core keeps writing) is re-read only when
+        // the cached view holds fewer than `want` descriptors, or ends inside a packet.
+        let mut avail = self.rx_available(want)?;
+        let mut used = 0u32;
+        let mut got = 0u32;
+        while got < want && used < avail {
+            // Find the packet's end first: nothing is taken from a chain that is not
+            // complete yet (it is read again, whole, next time).
+            let first = used;
+            let mut end = first;
+            let mut segs = 0;
+            let complete = loop {
+                if end >= avail {
+                    break false;
+                }
+                let d = self.rx.read(end);
+                end += 1;
+                segs += 1;
+                if !d.flags.contains(DescFlags::NEXT) || segs > MAX_SEGS {
+                    break true;
+                }
+            };
+            if !complete {
+                // The cached view may end inside this packet: look at the index again
+                // (asking for more than the cache holds reloads it) and read it whole.
+                let fresh = self.rx_available(avail + 1)?;
+                if fresh > avail {
+                    avail = fresh;
+                    continue;
+                }
+                if first == 0 && avail >= self.rx.entries() {
+                    // A full ring whose first packet never ends: the proxy can never
+                    // publish the rest.
+                    self.state = State::Failed("rx ring: a packet chain fills the whole ring".into());
+                    return Err(Error::RingCorrupt("a packet chain fills the whole rx ring".into()));
+                }
+                break;
+            }
+            used = end;
+            if segs == 1 {
+                let d = self.rx.read(first);
+                match self.valid_rx(&d) {
+                    Some(index) if self.pool.take(index) => {
+                        let mut b = Buffer::from_taken(self.pool.clone(), index, d.data_off, d.data_len);
+                        b.set_rx_meta(
+                            d.flags.contains(DescFlags::VLAN).then_some(d.vlan_tci),
+                            d.flags.contains(DescFlags::RSS_HASH).then_some(d.rss_hash),
+                        );
+                        self.stats.rx_packets += 1;
+                        self.stats.rx_bytes += d.data_len as u64;
+                        got += 1;
+                        deliver(b);
+                    }
+                    _ => self.stats.rx_invalid += 1,
+                }
+            } else {
+                // Multi-segment (or over-long) packet: not supported, see the crate docs.
+                // Its valid buffers go back to the free ring.
+                self.stats.rx_multiseg_dropped += 1;
+                for i in first..end {
+                    match self.valid_rx(&self.rx.read(i)) {
+                        Some(index) if self.pool.take(index) => self.pool.put(index),
+                        _ => self.stats.rx_invalid += 1,
+                    }
+                }
+            }
+        }
+        self.rx.release(used);
+        Ok(got as usize)
+    }
+
+    /// Descriptors ready in the rx ring (see `DescConsumer::available`); an impossible
+    /// producer index fails the queue for good.
+    fn rx_available(&mut self, wanted: u32) -> Result<u32, Error> {
+        self.rx.available(wanted).map_err(|e| {
+            // Nothing in the ring can be trusted any more.
+            let why = e.to_string();
+            self.state = State::Failed(format!("rx ring: {why}"));
+            Error::RingCorrupt(why)
+        })
+    }
+
+    fn check_send(&mut self, buffer: &Buffer) -> Result<(), Error> {
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
+        if self.state != State::Running {
+            return Err(Error::NotRunning);
+        }
+        if !buffer.pool_is(&self.pool) {
+            return Err(Error::ForeignBuffer);
+        }
+        Ok(())
+    }
+
+    fn tx_room(&mut self, wanted: u32) -> Result<u32, Error> {
+        self.tx.free_slots(wanted).map_err(|e| {
+            let why = e.to_string();
+            self.state = State::Failed(format!("tx ring: {why}"));
+            Error::RingCorrupt(why)
+        })
+    }
+
+    /// Writes the descriptor of `buffer` into tx slot `slot` (not yet published) and
+    /// gives the buffer up.
+    #[inline]
+    fn write_tx(&mut self, slot: u32, buffer: Buffer) {
+        let (offset, data_off, data_len, vlan) = buffer.into_tx();
+        let flags = if vlan.is_some() { DescFlags::VLAN } else { DescFlags::empty() };
+        self.tx.write(
+            slot,
+            &Desc { offset, data_off, data_len, flags, vlan_tci: vlan.unwrap_or(0), rss_hash: 0 },
+        );
+        self.stats.tx_packets += 1;
+        self.stats.tx_bytes += data_len as u64;
+    }
+
+    /// Hands `buffer` to the proxy for transmission; it goes back to the free ring once
+    /// sent. On failure the buffer comes back in the error.
+    pub fn send(&mut self, buffer: Buffer) -> Result<(), SendError> {
+        if let Err(error) = self.check_send(&buffer) {
+            return Err(SendError { buffer, error });
+        }
+        match self.tx_room(1) {
+            Ok(0) => {
+                self.stats.tx_ring_full += 1;
+                Err(SendError { buffer, error: Error::RingFull })
+            }
+            Ok(_) => {
+                self.write_tx(0, buffer);
+                self.tx.publish(1);
+                Ok(())
+            }
+            Err(error) => Err(SendError { buffer, error }),
+        }
+    }
+
+    /// Hands as many of `buffers` (from the front) as the tx ring has room for to the
+    /// proxy, with one publication; those stay in `buffers` that did not fit. Returns
+    /// how many were sent. A buffer of another connection's pool stops the burst there
+    /// ([`Error::ForeignBuffer`], after sending the ones before it).
+    pub fn send_burst(&mut self, buffers: &mut Vec<Buffer>) -> Result<usize, Error> {
+        if buffers.is_empty() {
+            return Ok(0);
+        }
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
+        if self.state != State::Running {
+            return Err(Error::NotRunning);
+        }
+        let wanted = u32::try_from(buffers.len()).unwrap_or(u32::MAX);
+        let room = self.tx_room(wanted)?.min(wanted) as usize;
+        let n = buffers[..room].iter().position(|b| !b.pool_is(&self.pool)).unwrap_or(room);
+        for (slot, b) in (0u32..).zip(buffers.drain(..n)) {
+            self.write_tx(slot, b);
+        }
+        if n > 0 {
+            self.tx.publish(n as u32);
+        }
+        if n < room {
+            return Err(Error::ForeignBuffer);
+        }
+        if !buffers.is_empty() {
+            self.stats.tx_ring_full += 1;
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+fn app_name(configured: &str) -> String {
+    let name = if configured.is_empty() {
+        std::fs::read_to_string("/proc/self/comm").map(|s| s.trim().to_string()).unwrap_or_default()
+    } else {
+        configured.to_string()
+    };
+    let mut name: String = name.chars().filter(|&c| c != '\0').collect();
+    while name.len() > MAX_APP_NAME {
+        name.pop();
+    }
+    name
+}
+
+fn connect_seqpacket(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: socket(2) with constant arguments; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long or contains NUL"));
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes.
+    let rc = unsafe { libc::connect(socket.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+/// Sends `Hello` and waits for `Welcome`; returns it with the descriptors that came with it.
+fn handshake(socket: &OwnedFd, hello: &Hello, timeout: Duration) -> Result<(Welcome, Vec<OwnedFd>), Error> {
+    if let Err(e) = send_message(socket.as_fd(), &Message::Hello(hello.clone()), 1, &[]) {
+        // A proxy that refuses a peer on sight (allowlist) answers and closes before our
+        // Hello: its reason is waiting to be read.
+        if let Ok((Message::Refuse { code, reason }, _, _)) = recv_message(socket.as_fd(), Some(Duration::ZERO)) {
+            return Err(Error::Refused { code, reason });
+        }
+        return Err(e.into());
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Timeout);
+        }
+        let (reply, _, fds) = recv_message(socket.as_fd(), Some(left))?;
+        match reply {
+            Message::Welcome(w) => return Ok((w, fds)),
+            Message::Refuse { code, reason } => return Err(Error::Refused { code, reason }),
+            // Link news before the Welcome would be odd but harmless.
+            Message::LinkStatus { .. } => continue,
+            other => return Err(Error::Protocol(format!("expected Welcome, got {}", other.kind()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
