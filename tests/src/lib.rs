@@ -80,6 +80,20 @@ impl Drop for Scratch {
         if std::env::var_os("SHM_KEEP_SCRATCH").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }
+        // DPDK leaves hugepage files and runtime directories behind under each
+        // `--file-prefix` (kept so that secondaries such as dpdk-dumpcap can attach).
+        // Tests own their prefixes, which all start with this scratch's name, and the
+        // processes using them were ended before the scratch is dropped.
+        let stem = format!("{}-", self.dir.file_name().unwrap_or_default().to_string_lossy());
+        for root in ["/dev/hugepages", "/var/run/dpdk"] {
+            let Ok(entries) = fs::read_dir(root) else { continue };
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&stem) {
+                    let path = entry.path();
+                    let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                }
+            }
+        }
     }
 }
 
