@@ -243,6 +243,20 @@ impl Drop for Proc {
     }
 }
 
+/// Waits until `p`'s output contains `needle`; on time-out fails the test with the whole
+/// output, which is what a failing end-to-end test needs to be read.
+pub fn wait_or_dump(p: &Proc, needle: &str, secs: u64) {
+    wait_until_or_dump(p, &format!("'{needle}'"), secs, |t| t.contains(needle));
+}
+
+/// Waits until `pred` holds for `p`'s output so far (`what` names it in the failure);
+/// on time-out fails the test with the whole output.
+pub fn wait_until_or_dump(p: &Proc, what: &str, secs: u64, pred: impl Fn(&str) -> bool) {
+    if let Err(e) = p.out.wait_for(what, Duration::from_secs(secs), pred) {
+        panic!("{}: {e}\n--- {} output ---\n{}", p.name, p.name, p.out.text());
+    }
+}
+
 /// CPUs for the two sides: the proxy on the first, the guest on the second (the machines
 /// here have two cores; a polling process burns one).
 pub fn cpus() -> (usize, usize) {
@@ -280,6 +294,20 @@ pub fn start_proxy(scratch: &Scratch, cfg: &ProxyConfig) -> Proc {
     cmd.args(&cfg.extra);
     cmd.current_dir(&scratch.dir);
     Proc::spawn("proxy", cmd)
+}
+
+/// The proxy owning one `net_null0` port that serves queue 0 on `sock`, ready.
+pub fn start_null_proxy(scratch: &Scratch, sock: &Path) -> Proc {
+    let proxy = start_proxy(
+        scratch,
+        &ProxyConfig {
+            eal: vec!["--vdev".into(), "net_null0".into()],
+            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
+            ..Default::default()
+        },
+    );
+    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    proxy
 }
 
 /// An unmodified testpmd guest on one socket.

@@ -13,12 +13,6 @@ use std::time::{Duration, Instant};
 
 use e2e_tests::*;
 
-fn wait_or_dump(p: &Proc, needle: &str, secs: u64) {
-    if let Err(e) = p.out.wait_contains(needle, Duration::from_secs(secs)) {
-        panic!("{}: {e}\n--- {} output ---\n{}", p.name, p.name, p.out.text());
-    }
-}
-
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }

@@ -15,18 +15,9 @@ use e2e_tests::*;
 /// Guests ask for a small region: a testpmd with 8192 mbufs needs about 20 MiB.
 const GUEST_DEVARGS: &str = "region_size=64M";
 
-fn wait_or_dump(p: &Proc, needle: &str, secs: u64) {
-    if let Err(e) = p.out.wait_contains(needle, Duration::from_secs(secs)) {
-        panic!("{}: {e}\n--- {} output ---\n{}", p.name, p.name, p.out.text());
-    }
-}
-
 /// Waits until `needle` occurs at least `n` times in the output.
 fn wait_count(p: &Proc, needle: &str, n: usize, secs: u64) {
-    let what = format!("{n} x '{needle}'");
-    if let Err(e) = p.out.wait_for(&what, Duration::from_secs(secs), |t| t.matches(needle).count() >= n) {
-        panic!("{}: {e}\n--- {} output ---\n{}", p.name, p.name, p.out.text());
-    }
+    wait_until_or_dump(p, &format!("{n} x '{needle}'"), secs, |t| t.matches(needle).count() >= n);
 }
 
 /// Waits until `needle` appears in what `p` printed after byte `from`.
@@ -75,20 +66,6 @@ fn fds_and_rss(pid: u32) -> (usize, u64) {
     (fds, rss)
 }
 
-fn null_proxy(s: &Scratch, sock: &Path) -> Proc {
-    let proxy = start_proxy(
-        s,
-        &ProxyConfig {
-            eal: vec!["--vdev".into(), "net_null0".into()],
-            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
-            extra: vec![],
-            netns: None,
-        },
-    );
-    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
-    proxy
-}
-
 fn macswap_guest(s: &Scratch, sock: &Path, name: &str, interactive: bool) -> Proc {
     let args: Vec<String> = vec!["--forward-mode=macswap".into(), "--total-num-mbufs=8192".into()];
     if !interactive {
@@ -122,7 +99,7 @@ fn fifty_guest_kills_under_load_leak_nothing() {
     const RSS_TOLERANCE_KIB: u64 = 8 * 1024;
     let s = Scratch::new("crash");
     let sock = s.path("q0/sock");
-    let mut proxy = null_proxy(&s, &sock);
+    let mut proxy = start_null_proxy(&s, &sock);
     let pid = proxy.pid();
     let started = Instant::now();
     let mut baseline: Option<(usize, u64, u64, u64)> = None;
@@ -211,7 +188,7 @@ fn fifty_guest_kills_under_load_leak_nothing() {
 fn a_killed_proxy_is_replaced_and_the_guest_reconnects_by_itself() {
     let s = Scratch::new("proxykill");
     let sock = s.path("q0/sock");
-    let mut proxy = null_proxy(&s, &sock);
+    let mut proxy = start_null_proxy(&s, &sock);
     let mut g = macswap_guest(&s, &sock, "guest", true);
     wait_or_dump(&g, "Checking link statuses", 60);
     g.send("start");
@@ -243,7 +220,7 @@ fn a_killed_proxy_is_replaced_and_the_guest_reconnects_by_itself() {
         port_info(&mut g, "down").unwrap_or_else(|e| panic!("{e}\n{}", g.out.text()));
         // A new proxy on the same path (its stale socket file is replaced).
         let restarted = Instant::now();
-        proxy = null_proxy(&s, &sock);
+        proxy = start_null_proxy(&s, &sock);
         wait_or_dump(&proxy, "reattached its region", 30);
         wait_or_dump(&proxy, "queue started", 30);
         let back = restarted.elapsed();
@@ -284,7 +261,7 @@ fn a_killed_proxy_is_replaced_and_the_guest_reconnects_by_itself() {
 fn without_reconnect_the_guest_stays_down() {
     let s = Scratch::new("noreconn");
     let sock = s.path("q0/sock");
-    let proxy = null_proxy(&s, &sock);
+    let proxy = start_null_proxy(&s, &sock);
     let g = start_testpmd(
         &s,
         &GuestConfig {
@@ -299,7 +276,7 @@ fn without_reconnect_the_guest_stays_down() {
     proxy.kill_group();
     let _ = proxy.wait(Duration::from_secs(10));
     wait_or_dump(&g, "proxy connection lost; link down", 10);
-    let mut proxy = null_proxy(&s, &sock);
+    let mut proxy = start_null_proxy(&s, &sock);
     std::thread::sleep(Duration::from_secs(2));
     let stats = query_stats(&mut proxy);
     assert_eq!(counter(&proxy_socket_stats(&stats, &sock), "guests_served"), 0, "{stats}");

@@ -45,12 +45,6 @@ fn guest(scratch: &Scratch, socket: &Path, name: &str, args: &[&str]) -> Proc {
     )
 }
 
-fn wait_or_dump(p: &Proc, needle: &str, secs: u64) {
-    if let Err(e) = p.out.wait_contains(needle, Duration::from_secs(secs)) {
-        panic!("{}: {e}\n--- {} output ---\n{}", p.name, p.name, p.out.text());
-    }
-}
-
 fn proxy_stats(proxy: &Proc, socket: &Path) -> std::collections::HashMap<String, String> {
     proxy_socket_stats(&proxy.out.text(), socket)
 }

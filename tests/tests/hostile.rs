@@ -130,12 +130,6 @@ impl Bench {
     }
 }
 
-fn wait_or_dump(p: &Proc, needle: &str, secs: u64) {
-    if let Err(e) = p.out.wait_contains(needle, Duration::from_secs(secs)) {
-        panic!("{}: {e}\n--- {} output ---\n{}", p.name, p.name, p.out.text());
-    }
-}
-
 /// What a case expects of the proxy's counters for the hostile socket, and of the
 /// hostile connection.
 #[derive(Clone, Copy, Default)]

@@ -30,26 +30,6 @@ fn rust_guest(scratch: &Scratch, name: &str, args: &[&str]) -> Proc {
     Proc::spawn(name, cmd)
 }
 
-fn null_proxy(s: &Scratch, sock: &Path) -> Proc {
-    let proxy = start_proxy(
-        s,
-        &ProxyConfig {
-            eal: vec!["--vdev".into(), "net_null0".into()],
-            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
-            extra: vec![],
-            netns: None,
-        },
-    );
-    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
-    proxy
-}
-
-fn wait_or_dump(p: &Proc, needle: &str, secs: u64) {
-    if let Err(e) = p.out.wait_contains(needle, Duration::from_secs(secs)) {
-        panic!("{}: {e}\n--- {} output ---\n{}", p.name, p.name, p.out.text());
-    }
-}
-
 /// Asks the proxy for its counters and returns the `socket=` line printed after asking.
 fn fresh_stats(proxy: &mut Proc, sock: &Path) -> std::collections::HashMap<String, String> {
     // The `mempools=` line ends each `show stats` answer (after the socket lines).
@@ -231,7 +211,7 @@ fn rust_udp_echo_answers_every_udp_packet_of_a_pcap_byte_for_byte() {
 fn rust_counter_counts_exactly_what_the_proxy_delivered() {
     let s = Scratch::new("rs-count");
     let sock = s.path("q0/sock");
-    let mut proxy = null_proxy(&s, &sock);
+    let mut proxy = start_null_proxy(&s, &sock);
     let started = Instant::now();
     let guest = rust_guest(&s, "count", &[sock.to_str().unwrap(), "--seconds", "3"]);
     let (gcode, gout) = guest.wait(Duration::from_secs(30));
@@ -258,7 +238,7 @@ fn rust_counter_counts_exactly_what_the_proxy_delivered() {
 fn a_killed_rust_guest_is_reclaimed_and_the_socket_serves_again() {
     let s = Scratch::new("rs-kill");
     let sock = s.path("q0/sock");
-    let mut proxy = null_proxy(&s, &sock);
+    let mut proxy = start_null_proxy(&s, &sock);
     fresh_stats(&mut proxy, &sock);
     let baseline = mempools(&proxy.out.text());
     let first = rust_guest(&s, "udp_echo", &[sock.to_str().unwrap()]);

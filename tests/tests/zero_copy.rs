@@ -24,12 +24,6 @@ fn guest_with(scratch: &Scratch, socket: &Path, name: &str, memory_mb: u32, deva
     )
 }
 
-fn wait_or_dump(p: &Proc, what: &str, secs: u64, pred: impl Fn(&str) -> bool) {
-    if let Err(e) = p.out.wait_for(what, Duration::from_secs(secs), pred) {
-        panic!("{}: {e}\n--- {} output ---\n{}", p.name, p.name, p.out.text());
-    }
-}
-
 fn count(text: &str, needle: &str) -> usize {
     text.matches(needle).count()
 }
@@ -61,7 +55,7 @@ fn null_proxy(s: &Scratch, ports: usize, sockets: &[(std::path::PathBuf, u16, u1
             netns: None,
         },
     );
-    wait_or_dump(&proxy, "ready", 30, |t| t.contains("IO_PROXY: ready"));
+    wait_until_or_dump(&proxy, "ready", 30, |t| t.contains("IO_PROXY: ready"));
     proxy
 }
 
@@ -72,7 +66,7 @@ fn forward_for(g: &mut Proc, secs: u64) {
     std::thread::sleep(Duration::from_secs(secs));
     g.send("stop");
     g.send("show port xstats 0");
-    wait_or_dump(g, "xstats", 20, |t| count(t, "tx_zero_copy_packets") > shown);
+    wait_until_or_dump(g, "xstats", 20, |t| count(t, "tx_zero_copy_packets") > shown);
 }
 
 #[test]
@@ -82,7 +76,7 @@ fn testpmd_port_commands_reattach_and_leave_the_proxy_healthy() {
     let mut proxy = null_proxy(&s, 1, &[(sock.clone(), 0, 0)]);
     let dev = format!("sock:{}", sock.display());
     let mut g = guest_with(&s, &sock, "guest", 32, "region_size=64M", &["-i", "--forward-mode=macswap", "--total-num-mbufs=4096"]);
-    wait_or_dump(&g, "link check", 30, |t| t.contains("Checking link statuses"));
+    wait_until_or_dump(&g, "link check", 30, |t| t.contains("Checking link statuses"));
     forward_for(&mut g, 1);
     let first = g.out.text();
     assert!(last_xstat(&first, "tx_zero_copy_packets") > 1000, "{first}");
@@ -90,18 +84,18 @@ fn testpmd_port_commands_reattach_and_leave_the_proxy_healthy() {
     // stop/start: the proxy stops and restarts the queue.
     g.send("port stop 0");
     g.send("port start 0");
-    wait_or_dump(&proxy, "restart", 20, |t| count(t, "queue started") >= 2);
+    wait_until_or_dump(&proxy, "restart", 20, |t| count(t, "queue started") >= 2);
     forward_for(&mut g, 1);
 
     // close, then attach the same device again: a new session on the same socket.
     g.send("port stop 0");
     g.send("port close 0");
-    wait_or_dump(&g, "close", 20, |t| t.contains("Port 0 is closed"));
-    wait_or_dump(&proxy, "goodbye after close", 10, |t| count(t, "detached: the guest said goodbye") >= 1);
+    wait_until_or_dump(&g, "close", 20, |t| t.contains("Port 0 is closed"));
+    wait_until_or_dump(&proxy, "goodbye after close", 10, |t| count(t, "detached: the guest said goodbye") >= 1);
     g.send(&format!("port attach {dev}"));
-    wait_or_dump(&g, "attach", 20, |t| count(t, "Port 0 is attached") >= 1);
+    wait_until_or_dump(&g, "attach", 20, |t| count(t, "Port 0 is attached") >= 1);
     g.send("port start all");
-    wait_or_dump(&proxy, "queue after attach", 20, |t| count(t, "queue started") >= 3);
+    wait_until_or_dump(&proxy, "queue after attach", 20, |t| count(t, "queue started") >= 3);
     forward_for(&mut g, 1);
     let after_close = g.out.text();
     assert!(last_xstat(&after_close, "tx_zero_copy_packets") > 1000, "{after_close}");
@@ -110,11 +104,11 @@ fn testpmd_port_commands_reattach_and_leave_the_proxy_healthy() {
     // stop, detach (closes and removes the device), attach again.
     g.send("port stop 0");
     g.send("port detach 0");
-    wait_or_dump(&g, "detach", 20, |t| t.contains("is detached"));
+    wait_until_or_dump(&g, "detach", 20, |t| t.contains("is detached"));
     g.send(&format!("port attach {dev}"));
-    wait_or_dump(&g, "second attach", 20, |t| count(t, "Port 0 is attached") >= 2);
+    wait_until_or_dump(&g, "second attach", 20, |t| count(t, "Port 0 is attached") >= 2);
     g.send("port start all");
-    wait_or_dump(&proxy, "queue after detach", 20, |t| count(t, "queue started") >= 4);
+    wait_until_or_dump(&proxy, "queue after detach", 20, |t| count(t, "queue started") >= 4);
     forward_for(&mut g, 1);
     let after_detach = g.out.text();
     assert!(last_xstat(&after_detach, "tx_zero_copy_packets") > 1000, "{after_detach}");
@@ -124,11 +118,11 @@ fn testpmd_port_commands_reattach_and_leave_the_proxy_healthy() {
     let (code, gout) = g.wait(Duration::from_secs(30));
     assert_eq!(code, Some(0), "testpmd did not quit cleanly\n{gout}");
     assert!(!gout.contains("PANIC"), "{gout}");
-    wait_or_dump(&proxy, "three sessions ended", 10, |t| count(t, "detached: the guest said goodbye") >= 3);
+    wait_until_or_dump(&proxy, "three sessions ended", 10, |t| count(t, "detached: the guest said goodbye") >= 3);
 
     // The proxy is healthy: the next guest is served on the same socket.
     let next = guest_with(&s, &sock, "next", 32, "region_size=64M", &["--forward-mode=macswap", "--total-num-mbufs=4096", "--stats-period", "1"]);
-    wait_or_dump(&next, "traffic", 30, |t| t.contains("Rx-pps"));
+    wait_until_or_dump(&next, "traffic", 30, |t| t.contains("Rx-pps"));
     std::thread::sleep(Duration::from_secs(1));
     let (_, nout) = next.interrupt(Duration::from_secs(20));
     assert!(testpmd_port_stats(&nout, 0).get("TX-packets").copied().unwrap_or(0) > 1000, "{nout}");
@@ -156,9 +150,9 @@ fn four_guests_share_two_ports_with_two_queues_each() {
         })
         .collect();
     for g in &guests {
-        wait_or_dump(g, "forwarding", 60, |t| t.contains("Rx-pps"));
+        wait_until_or_dump(g, "forwarding", 60, |t| t.contains("Rx-pps"));
     }
-    wait_or_dump(&proxy, "four queues", 30, |t| count(t, "queue started") >= 4);
+    wait_until_or_dump(&proxy, "four queues", 30, |t| count(t, "queue started") >= 4);
     // Every guest gets its own time on the shared CPU.
     std::thread::sleep(Duration::from_secs(4));
     for (i, g) in guests.into_iter().enumerate() {
@@ -188,7 +182,7 @@ fn testpmd_forwards_with_8_mib_of_private_memory() {
     let sock = s.path("q0/sock");
     let mut proxy = null_proxy(&s, 1, &[(sock.clone(), 0, 0)]);
     let g = guest_with(&s, &sock, "guest", 8, "region_size=32M", &["--forward-mode=macswap", "--total-num-mbufs=4096", "--stats-period", "1"]);
-    wait_or_dump(&g, "forwarding", 30, |t| t.contains("Rx-pps"));
+    wait_until_or_dump(&g, "forwarding", 30, |t| t.contains("Rx-pps"));
     std::thread::sleep(Duration::from_secs(2));
     let (code, out) = g.interrupt(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{out}");
@@ -216,10 +210,10 @@ fn private_pool_packets_are_copied_and_counted_not_rejected() {
         "region_size=64M",
         &["-i", "--forward-mode=txonly", "--mp-alloc=anon", "--total-num-mbufs=4096", "--txpkts=64,1000,500"],
     );
-    wait_or_dump(&g, "link check", 30, |t| t.contains("Checking link statuses"));
+    wait_until_or_dump(&g, "link check", 30, |t| t.contains("Checking link statuses"));
     forward_for(&mut g, 2);
     g.send("port stop 0");
-    wait_or_dump(&proxy, "queue stop", 20, |t| t.contains("queue stopped"));
+    wait_until_or_dump(&proxy, "queue stop", 20, |t| t.contains("queue stopped"));
     g.send("quit");
     let (code, out) = g.wait(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{out}");
@@ -256,7 +250,7 @@ fn a_guest_failing_after_probe_exits_without_a_panic() {
         assert!(!out.contains("PANIC"), "round {round}:\n{out}");
         assert_eq!(code, Some(1), "testpmd exits with its own error code\n{out}");
     }
-    wait_or_dump(&proxy, "three goodbyes", 10, |t| count(t, "detached") >= 3);
+    wait_until_or_dump(&proxy, "three goodbyes", 10, |t| count(t, "detached") >= 3);
     proxy.send("quit");
     let (code, out) = proxy.wait(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{out}");
