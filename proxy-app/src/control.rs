@@ -31,6 +31,9 @@ pub static QUIT_SIGNAL: AtomicBool = AtomicBool::new(false);
 pub struct Options {
     pub region_size: u64,
     pub max_region_size: u64,
+    /// Packet buffers one guest may announce, all its pools together: each costs the
+    /// proxy a shadow mbuf of its own memory.
+    pub max_guest_buffers: u64,
     pub try_hugepages: bool,
     /// Owner, group and mode of sockets and their directories; who may connect.
     pub access: Access,
@@ -75,6 +78,36 @@ impl LogLimit {
 }
 const DEFAULT_RING_ENTRIES: u32 = 1024;
 
+/// Queue starts one socket may make on a port that restarts for each (no runtime
+/// rx-queue setup; every restart pauses the port's other queues): a burst of this
+/// many, then `QUEUE_STARTS_PER_SEC`.
+const QUEUE_START_BURST: f64 = 20.0;
+const QUEUE_STARTS_PER_SEC: f64 = 10.0;
+
+/// A token bucket of queue starts.
+struct StartBudget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl StartBudget {
+    fn new() -> StartBudget {
+        StartBudget { tokens: QUEUE_START_BURST, at: Instant::now() }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.duration_since(self.at).as_secs_f64() * QUEUE_STARTS_PER_SEC;
+        self.tokens = (self.tokens + refill).min(QUEUE_START_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 struct Endpoint {
     /// Who may connect (checked at accept), and the socket file's owner/group/mode.
     access: Access,
@@ -89,6 +122,8 @@ struct Endpoint {
     stats: Arc<SocketStats>,
     guests_served: u64,
     peer_log: LogLimit,
+    /// Per socket, not per guest: reconnecting does not refill it.
+    queue_starts: StartBudget,
 }
 
 struct Conn {
@@ -245,6 +280,7 @@ impl Control {
             stats: Arc::new(SocketStats::default()),
             guests_served: 0,
             peer_log: LogLimit::default(),
+            queue_starts: StartBudget::new(),
         });
         Ok(())
     }
@@ -819,11 +855,21 @@ impl Control {
         self.pool_serial += 1;
         let serial = self.pool_serial;
         let socket = self.ports[&self.endpoints[idx].port].socket;
+        let max_buffers = self.opts.max_guest_buffers;
         let guest = self.guest_mut(idx).ok_or("no guest")?;
         if guest.pools.iter().any(|(id, _)| *id == add.pool_id) {
             return Err(format!("pool id {} is already in use", add.pool_id));
         }
         let others: Vec<PoolLayout> = guest.pools.iter().map(|(_, p)| p.ctx.layout).collect();
+        let held: u64 = others.iter().map(|l| u64::from(l.count())).sum();
+        if held + u64::from(add.count) > max_buffers {
+            return Err(format!(
+                "a pool of {} buffers would give this guest {} buffers; this proxy allows at most {} per guest (--max-guest-buffers)",
+                add.count,
+                held + u64::from(add.count),
+                max_buffers
+            ));
+        }
         let layout = add.validate(&guest.region.layout, &others).map_err(|e| e.to_string())?;
         let pool = ShadowPool::new(&guest.region, layout, &format!("iop_sh{serial}"), socket)?;
         if let Some(q) = &guest.queue {
@@ -858,6 +904,13 @@ impl Control {
         let (port, queue) = (self.endpoints[idx].port, self.endpoints[idx].queue);
         let stats = self.endpoints[idx].stats.clone();
         let bad = |s: String| (RefuseCode::BadRequest, s);
+        let restarts_port = self.ports.get(&port).is_some_and(|n| !n.runtime_rx_setup);
+        if restarts_port && !self.endpoints[idx].queue_starts.take(Instant::now()) {
+            return Err(bad(format!(
+                "more than {QUEUE_STARTS_PER_SEC} queue starts per second; each restarts port {port} (its device \
+                 cannot set up a queue while running), pausing the other queues: try again later"
+            )));
+        }
         let guest = self.guest_mut(idx).ok_or_else(|| bad("no guest".into()))?;
         if guest.queue.is_some() {
             return Err(bad("the queue is already started".into()));
@@ -972,6 +1025,7 @@ impl Control {
                 }
             }
             let broken = guest.queue.as_ref().is_some_and(|q| q.broken.load(Ordering::Acquire));
+            let lost_pages = guest.region.lost_pages() > 0;
             let total = guest.invalid_total(&ep.stats);
             if total > guest.invalid_reported
                 && guest.last_invalid_log.is_none_or(|t| now.duration_since(t) >= INVALID_LOG_PERIOD)
@@ -991,6 +1045,16 @@ impl Control {
                     g.invalid_reported = total;
                     g.last_invalid_log = Some(now);
                 }
+            }
+            if lost_pages {
+                // Its memory is already replaced by zeros (shm_contract::fault): whatever
+                // the data loop read since then was validated like any other garbage.
+                bump(&self.endpoints[idx].stats.invalid);
+                let reason = "pages of the guest's region vanished (a hole punched in its memfd); the region is gone";
+                self.warn_peer(idx, &format!("{reason}; disconnected"));
+                self.reply(idx, &Message::refuse(RefuseCode::BadRequest, reason), 0);
+                self.disconnect(idx, reason, false);
+                continue;
             }
             if broken {
                 let reason = "the guest corrupted a ring index";

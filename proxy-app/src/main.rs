@@ -50,6 +50,9 @@ options:
   --region-size SIZE       shared region per guest when the guest asks for none
                            (default 512M; K/M/G suffixes)
   --max-region-size SIZE   the largest region a guest may ask for (default 2G)
+  --max-guest-buffers N    packet buffers one guest may announce, all its pools
+                           together (default 524288); each costs the proxy about 256
+                           bytes of its own DPDK memory (a shadow mbuf)
   --no-hugepages           back regions with normal pages even if hugepages are free
   --socket-mode OCTAL      permissions of the socket files (default 0660; a directory
                            the proxy makes for a socket gets the matching search bits, 0770)
@@ -96,6 +99,7 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
     let mut opts = Options {
         region_size: 512 << 20,
         max_region_size: 2 << 30,
+        max_guest_buffers: 512 << 10,
         try_hugepages: true,
         access: access::Access {
             owner: None,
@@ -121,6 +125,13 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
             }
             "--max-region-size" => {
                 opts.max_region_size = parse_size(&value(a)?).ok_or("--max-region-size: expected a size such as 2G")?
+            }
+            "--max-guest-buffers" => {
+                opts.max_guest_buffers = value(a)?
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or("--max-guest-buffers: expected a positive number of buffers")?
             }
             "--no-hugepages" => opts.try_hugepages = false,
             "--socket-mode" => {

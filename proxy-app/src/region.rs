@@ -57,7 +57,9 @@ impl GuestRegion {
         let layout = RegionLayout::new(backing.size, backing.page_size, req.rx_entries, req.tx_entries, flags)
             .map_err(|e| format!("cannot lay out the region: {e}"))?;
         let len = usize::try_from(backing.size).map_err(|_| "region too large".to_string())?;
-        let mapping = Mapping::map(memfd.as_fd(), len).map_err(|e| format!("cannot map the region: {e}"))?;
+        // Guarded: a guest punching holes in its memfd must not end the proxy with a
+        // SIGBUS (see shm_contract::fault); housekeeping drops it instead.
+        let mapping = Mapping::map_guarded(memfd.as_fd(), len).map_err(|e| format!("cannot map the region: {e}"))?;
         let mem = mapping.mem();
         layout.write_header(&mem).map_err(|e| format!("cannot write the region header: {e}"))?;
         DescRing::init(&mem, layout.rx_ring()).map_err(|e| format!("rx ring: {e}"))?;
@@ -108,6 +110,13 @@ impl GuestRegion {
 
     pub fn len(&self) -> usize {
         self.mapping.len()
+    }
+
+    /// Non-zero once the guest made pages of its region vanish (a hole punched in
+    /// the memfd that could not be filled again): the region reads as zeros from
+    /// then on, and the guest must go.
+    pub fn lost_pages(&self) -> u64 {
+        self.mapping.lost_pages()
     }
 
     pub fn mem(&self) -> SharedMem<'_> {

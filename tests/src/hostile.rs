@@ -287,6 +287,26 @@ impl Attached {
         self.map.mem().atomic_u32((ring_offset + field) as usize).expect("ring index inside the region")
     }
 
+    /// Gives every page of the region back to the kernel (`FALLOC_FL_PUNCH_HOLE` on
+    /// the memfd, which its seals allow). The region must not be touched afterwards:
+    /// with hugepages and none free, any access of ours would die of SIGBUS too.
+    pub fn punch_whole_region(&self) -> io::Result<()> {
+        // SAFETY: plain syscall on the memfd we hold.
+        let rc = unsafe {
+            libc::fallocate(
+                self._memfd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                self.welcome.region_size as libc::off_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     /// The proxy's tx consumer index, as it stored it.
     pub fn tx_cons(&self) -> u32 {
         self.ring_u32(self.layout.tx_ring().offset, CONS_INDEX_OFFSET).load(Acquire)
@@ -392,5 +412,52 @@ impl Attached {
     /// Where the connection stands.
     pub fn peer(&self, timeout: Duration) -> Peer {
         peer_state(&self.sock, timeout)
+    }
+}
+
+/// Holds every free hugepage of the system while it lives, so that a page given back
+/// to the kernel cannot be faulted in again.
+pub struct HugepageHog {
+    files: Vec<OwnedFd>,
+}
+
+impl HugepageHog {
+    /// Takes whatever is free, again while more shows up (at most 20 rounds).
+    pub fn take_all() -> io::Result<HugepageHog> {
+        let meminfo = |key: &str| -> io::Result<u64> {
+            let text = std::fs::read_to_string("/proc/meminfo")?;
+            let line = text.lines().find(|l| l.starts_with(key)).ok_or_else(|| io::Error::other(format!("no {key}")))?;
+            line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or_else(|| io::Error::other(format!("bad {key}")))
+        };
+        let page = meminfo("Hugepagesize:")? * 1024;
+        let mut files = Vec::new();
+        for _ in 0..20 {
+            let free = meminfo("HugePages_Free:")?;
+            if free == 0 {
+                return Ok(HugepageHog { files });
+            }
+            // SAFETY: plain syscalls; the descriptor is owned at once.
+            let fd = unsafe {
+                let raw = libc::memfd_create(c"hugepage-hog".as_ptr(), libc::MFD_HUGETLB | libc::MFD_CLOEXEC);
+                if raw < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                OwnedFd::from_raw_fd(raw)
+            };
+            let len = (free * page) as libc::off_t;
+            // SAFETY: as above. A failure (a page taken meanwhile) is retried.
+            unsafe {
+                if libc::ftruncate(fd.as_raw_fd(), len) == 0 {
+                    libc::fallocate(fd.as_raw_fd(), 0, 0, len);
+                }
+            }
+            files.push(fd);
+        }
+        Err(io::Error::other("free hugepages kept coming back"))
+    }
+
+    /// Files it holds.
+    pub fn files(&self) -> usize {
+        self.files.len()
     }
 }

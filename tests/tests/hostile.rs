@@ -27,7 +27,7 @@ use e2e_tests::*;
 use shm_contract::mpmc::{DEQ_POS_OFFSET, ENQ_POS_OFFSET};
 use shm_contract::proto::transport::send_message;
 use shm_contract::proto::{encode_to_vec, HELLO_FLAG_REATTACH};
-use shm_contract::{Desc, DescFlags, Message, PoolAdd};
+use shm_contract::{Desc, DescFlags, Message, PoolAdd, RegionFlags};
 
 /// Each case lasts at least this long (the good guest's rate is measured over it).
 const CASE_TIME: Duration = Duration::from_secs(2);
@@ -160,6 +160,7 @@ struct Seen {
 struct Ctx<'a> {
     bad: &'a Path,
     good: &'a Path,
+    proxy_pid: u32,
 }
 
 type CaseFn = fn(&Ctx<'_>) -> Seen;
@@ -583,7 +584,8 @@ fn case_reattach_foreign_fd(c: &Ctx<'_>) -> Seen {
 fn case_queue_flapping(c: &Ctx<'_>) -> Seen {
     // Stops and starts its queue as fast as the proxy answers. On a device without
     // runtime queue setup (net_null) every switch restarts the port, pausing the good
-    // guest's queue too; the proxy must not let one guest do that without bound.
+    // guest's queue too; the proxy must not let one guest do that without bound: after
+    // a burst, starts beyond 10 per second are refused.
     let mut g = ready(c);
     let (mut ok, mut refused) = (0u32, 0u32);
     let deadline = Instant::now() + CASE_TIME;
@@ -625,11 +627,47 @@ fn case_huge_pool(c: &Ctx<'_>) -> Seen {
     let answer = g.request(&Message::PoolAdd(add));
     let took = t.elapsed();
     let peer = g.peer(Duration::from_millis(200));
-    Seen {
-        problem: None,
-        disconnected: open_or_closed(&peer),
-        note: format!("PoolAdd of {count} buffers answered {answer:?} in {took:?}"),
+    // The per-guest quota (--max-guest-buffers, 512 Ki by default) refuses it before
+    // the proxy spends any memory on it.
+    let problem = match &answer {
+        Ok(Message::Refuse { reason, .. }) if reason.contains("--max-guest-buffers") => None,
+        other => Some(format!("expected a refusal naming --max-guest-buffers, got {other:?}")),
+    };
+    Seen { problem, disconnected: open_or_closed(&peer), note: format!("PoolAdd of {count} buffers answered {answer:?} in {took:?}") }
+}
+
+fn case_punched_region(c: &Ctx<'_>) -> Seen {
+    // The guest gives its region's pages back to the kernel (the memfd's seals allow a
+    // punched hole) while no hugepage is free: the proxy's next access to the region
+    // would raise SIGBUS. The proxy is held still between the punch and taking the last
+    // free hugepages, as a scheduler could hold it, so that it cannot fault the pages
+    // back in first.
+    let g = ready(c);
+    if !g.layout.flags().contains(RegionFlags::HUGEPAGES) {
+        return Seen {
+            problem: Some("the region is not on hugepages: this case needs free hugepages (scripts/setup.sh reserves them)".into()),
+            disconnected: None,
+            note: String::new(),
+        };
     }
+    let pid = c.proxy_pid as libc::pid_t;
+    // SAFETY: signals to the proxy this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let punched = g.punch_whole_region();
+    let hog = HugepageHog::take_all();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let hog = match (punched, hog) {
+        (Ok(()), Ok(h)) => h,
+        (p, h) => {
+            return Seen { problem: Some(format!("punch {p:?}, hog {:?}", h.err())), disconnected: None, note: String::new() };
+        }
+    };
+    // From here on only the socket: the region is gone for us too.
+    let peer = wait_closed(&g.sock, Duration::from_secs(5));
+    let held = hog.files();
+    drop(hog);
+    Seen { problem: None, disconnected: Some(peer.is_closed()), note: format!("all free hugepages held ({held} files) until the proxy cut the guest") }
 }
 
 fn case_tx_ring_garbage_flood(c: &Ctx<'_>) -> Seen {
@@ -688,8 +726,9 @@ fn cases() -> Vec<Case> {
         Case { name: "request flood, answers never read", run: case_request_flood, expect: Expect { bad_requests: true, disconnected: Some(true), ..Expect::default() } },
         Case { name: "bad pools and requests", run: case_bad_pools, expect: Expect { bad_requests: true, disconnected: Some(false), ..Expect::default() } },
         Case { name: "reattach with a foreign fd", run: case_reattach_foreign_fd, expect: handshake },
-        Case { name: "huge pool (proxy memory)", run: case_huge_pool, expect: Expect::default() },
-        Case { name: "queue stop/start flapping", run: case_queue_flapping, expect: Expect { disconnected: Some(false), ..Expect::default() } },
+        Case { name: "huge pool (proxy memory)", run: case_huge_pool, expect: Expect { bad_requests: true, disconnected: Some(false), ..Expect::default() } },
+        Case { name: "hole punched in the region, no hugepage free", run: case_punched_region, expect: cut },
+        Case { name: "queue stop/start flapping", run: case_queue_flapping, expect: Expect { bad_requests: true, disconnected: Some(false), ..Expect::default() } },
     ]
 }
 
@@ -711,7 +750,7 @@ fn hostile_guests_do_not_disturb_a_good_one() {
         let (g0, h0) = b.stats();
         let out0 = b.proxy.out.text().len();
         let t = Instant::now();
-        let ctx = Ctx { bad: &b.bad_sock, good: &b.good_sock };
+        let ctx = Ctx { bad: &b.bad_sock, good: &b.good_sock, proxy_pid: b.proxy.pid() };
         let seen = (case.run)(&ctx);
         if let Some(left) = CASE_TIME.checked_sub(t.elapsed()) {
             thread::sleep(left);

@@ -5,6 +5,7 @@
 //!
 //! * [`mem`]: views of shared memory ([`SharedMem`]), owned mappings, the sealed
 //!   memfd that backs a region.
+//! * [`fault`]: surviving a peer that punches holes in a shared mapping.
 //! * [`layout`]: the region header, its areas and the status block.
 //! * [`desc`]: the 16-byte descriptor.
 //! * [`spsc`]: the rx/tx descriptor rings (single producer, single consumer).
@@ -30,6 +31,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod desc;
+pub mod fault;
 pub mod layout;
 pub mod mem;
 pub mod mpmc;

@@ -14,6 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
+use crate::fault::FaultGuard;
 use crate::layout::MAX_REGION_SIZE;
 
 /// A bounds or alignment violation when reaching into a [`SharedMem`].
@@ -279,6 +280,8 @@ pub struct Mapping {
     // unmapped only in `Drop`; `len > 0`.
     base: NonNull<u8>,
     len: usize,
+    /// Absorbs `SIGBUS` from pages a peer removed ([`Mapping::map_guarded`]).
+    guard: Option<FaultGuard>,
 }
 
 // SAFETY: the mapping is process-wide; it is only reached through `SharedMem`
@@ -320,7 +323,28 @@ impl Mapping {
         }
         let base = NonNull::new(raw.cast::<u8>())
             .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
-        Ok(Mapping { base, len })
+        Ok(Mapping { base, len, guard: None })
+    }
+
+    /// As [`map`](Self::map), for memory a peer that is not trusted can also reach:
+    /// if the peer punches a hole in the file and the pages cannot come back
+    /// (hugetlb memory with no free hugepage), the `SIGBUS` this would raise is
+    /// absorbed instead (the mapping's contents become zeros) and counted in
+    /// [`lost_pages`](Self::lost_pages). See [`crate::fault`].
+    pub fn map_guarded(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+        let mut mapping = Mapping::map(fd, len)?;
+        // SAFETY: the mapping is ours until drop, which ends the guard before it
+        // unmaps; it is only reached through `SharedMem` views and raw pointers,
+        // never Rust references, so its bytes may change at any time.
+        mapping.guard = Some(unsafe { FaultGuard::new(mapping.base.as_ptr(), len)? });
+        Ok(mapping)
+    }
+
+    /// How many times pages of a guarded mapping vanished (the peer punched a
+    /// hole in the file): after the first, the contents are gone and the peer
+    /// should be dropped. Always 0 for an unguarded mapping.
+    pub fn lost_pages(&self) -> u64 {
+        self.guard.as_ref().map_or(0, FaultGuard::faults)
     }
 
     /// A view of the whole mapping, borrowed from it.
@@ -348,6 +372,8 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        // The guard first: nobody may replace the range once it is unmapped.
+        drop(self.guard.take());
         // SAFETY: `base..base + len` is the mapping created in `map`, unmapped once.
         // A failure can only mean a bad argument, which the invariant excludes.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
@@ -371,8 +397,10 @@ pub const REGION_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | 
 
 /// Creates the memfd that backs a region: hugetlb if `try_hugepages` and the
 /// system can reserve them, normal shared memory otherwise; sized to a page
-/// multiple, fully preallocated (so no later fault can `SIGBUS`), and sealed
-/// with [`REGION_SEALS`].
+/// multiple, fully preallocated (so no access can fault for lack of memory while
+/// the pages stay), and sealed with [`REGION_SEALS`]. Seals do not stop a peer
+/// from punching holes: map it with [`Mapping::map_guarded`] where that peer is
+/// not trusted.
 pub fn create_region_memfd(
     name: &str,
     size: u64,
