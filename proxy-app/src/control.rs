@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use dpdk::{sys, Port};
 use shm_contract::proto::transport::{recv_message, send_message, TransportError};
-use shm_contract::proto::{negotiate, Hello, Welcome, HELLO_FLAG_REATTACH, PROTOCOL_VERSION_MIN};
+use shm_contract::proto::{negotiate, Hello, Welcome, HELLO_FLAG_REATTACH, PROTOCOL_VERSION_MIN, QUEUE_FLAG_RX_WAKEUP};
+use shm_contract::wake::Waker;
 use shm_contract::{DescRing, Message, PoolAdd, PoolLayout, RefuseCode, PROTOCOL_VERSION};
 
 use crate::access::{self, Access};
@@ -510,7 +511,7 @@ impl Control {
             s += &format!(
                 "socket={} port={} queue={} guest={} guests_served={} rx_packets={} rx_bytes={} rx_dropped={} \
                  tx_packets={} tx_bytes={} tx_dropped={} tx_returned={} copies={} invalid={} refused={} bad_requests={} \
-                 pools={} pool_buffers={} free_ring={} shadow_in_use={} parked={} lost={}\n",
+                 pools={} pool_buffers={} free_ring={} shadow_in_use={} parked={} lost={} rx_wakeups={}\n",
                 ep.path.display(),
                 ep.port,
                 ep.queue,
@@ -533,6 +534,7 @@ impl Control {
                 guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.in_use() as u64).sum::<u64>()),
                 guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.ctx.parked() as u64).sum::<u64>()),
                 guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.ctx.lost.load(Ordering::Relaxed)).sum::<u64>()),
+                ld(&st.rx_wakeups),
             );
         }
         for (&port, nic) in &self.ports {
@@ -685,8 +687,9 @@ impl Control {
         self.endpoints[idx].conn.as_mut().and_then(|c| c.guest.as_mut())
     }
 
-    /// `fds` came with the message: only a reattaching `Hello` carries one (its region);
-    /// any other descriptor is closed unread.
+    /// `fds` came with the message: only a reattaching `Hello` (its region) and a
+    /// `QueueStart` asking for rx wake-ups (the proxy's end of the guest's wake-up
+    /// socket pair) carry one; any other descriptor is closed unread.
     fn handle(&mut self, idx: usize, msg: Message, id: u32, fds: Vec<OwnedFd>) {
         match msg {
             Message::Hello(hello) if !self.has_guest(idx) => self.hello(idx, hello, id, fds),
@@ -719,8 +722,8 @@ impl Control {
                 };
                 self.reply(idx, &answer, id);
             }
-            Message::QueueStart { rx_pool_id } => {
-                let answer = match self.queue_start(idx, rx_pool_id) {
+            Message::QueueStart { rx_pool_id, flags } => {
+                let answer = match self.queue_start(idx, rx_pool_id, flags, fds) {
                     Ok(()) => Message::QueueStarted,
                     Err((code, reason)) => {
                         bump(&self.endpoints[idx].stats.bad_requests);
@@ -900,10 +903,18 @@ impl Control {
         Ok(())
     }
 
-    fn queue_start(&mut self, idx: usize, rx_pool_id: u32) -> Result<(), (RefuseCode, String)> {
+    fn queue_start(&mut self, idx: usize, rx_pool_id: u32, flags: u32, mut fds: Vec<OwnedFd>) -> Result<(), (RefuseCode, String)> {
         let (port, queue) = (self.endpoints[idx].port, self.endpoints[idx].queue);
         let stats = self.endpoints[idx].stats.clone();
         let bad = |s: String| (RefuseCode::BadRequest, s);
+        let waker = if flags & QUEUE_FLAG_RX_WAKEUP != 0 {
+            if fds.len() != 1 {
+                return Err(bad(format!("a QueueStart asking for rx wake-ups must carry one socket (got {} fds)", fds.len())));
+            }
+            Some(Waker::from_guest_fd(fds.remove(0)).map_err(bad)?)
+        } else {
+            None
+        };
         let restarts_port = self.ports.get(&port).is_some_and(|n| !n.runtime_rx_setup);
         if restarts_port && !self.endpoints[idx].queue_starts.take(Instant::now()) {
             return Err(bad(format!(
@@ -925,7 +936,7 @@ impl Control {
         let mem = guest.region.mem();
         DescRing::init(&mem, guest.region.layout.rx_ring()).map_err(|e| bad(e.to_string()))?;
         DescRing::init(&mem, guest.region.layout.tx_ring()).map_err(|e| bad(e.to_string()))?;
-        let q = DataQueue::new(&guest.region, port, queue, ctx, mempool, stats).map_err(bad)?;
+        let q = DataQueue::new(&guest.region, port, queue, ctx, mempool, stats, waker).map_err(bad)?;
         for (id, p) in &guest.pools {
             q.set_pool(*id, Some((&p.ctx, p.mempool())));
         }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use dpdk::sys;
 use shm_contract::pool::MAX_POOLS;
 use shm_contract::tx::{take_packet, TxInvalid, TxPacket, TxSink};
-use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer};
+use shm_contract::wake::{self, Waker};
+use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, StatusBlock};
 
 use crate::region::GuestRegion;
 use crate::shadow::ShadowCtx;
@@ -53,6 +54,15 @@ pub struct SocketStats {
     pub refused: AtomicU64,
     /// Control thread: malformed messages and refused requests of a connected guest.
     pub bad_requests: AtomicU64,
+    /// NIC to guest: wake-ups sent to a guest sleeping on an empty rx ring.
+    pub rx_wakeups: AtomicU64,
+}
+
+/// A guest's rx wake-up: its request flag (status block) and the proxy's end of its
+/// wake-up socket pair (protocol: `shm_contract::wake`).
+struct RxWake {
+    requested: &'static AtomicU32,
+    waker: Waker,
 }
 
 #[inline]
@@ -127,6 +137,8 @@ pub struct DataQueue {
     pub broken: AtomicBool,
     /// The first kind of invalid input seen (an `Invalid` value), for the log.
     pub first_invalid: AtomicU32,
+    /// Set when the guest started its queue with rx wake-ups.
+    rx_wake: Option<RxWake>,
     _region: Arc<GuestRegion>,
 }
 
@@ -146,11 +158,19 @@ impl DataQueue {
         rx_pool: Arc<ShadowCtx>,
         rx_mempool: *mut sys::rte_mempool,
         stats: Arc<SocketStats>,
+        waker: Option<Waker>,
     ) -> Result<DataQueue, String> {
         // SAFETY: `_region` keeps the mapping alive as long as these views.
         let mem = unsafe { region.mem_static() };
         let rx = DescProducer::new(&mem, region.layout.rx_ring()).map_err(|e| format!("rx ring: {e}"))?;
         let tx = DescConsumer::new(&mem, region.layout.tx_ring()).map_err(|e| format!("tx ring: {e}"))?;
+        let rx_wake = match waker {
+            Some(waker) => {
+                let status = StatusBlock::from_layout(&mem, &region.layout).map_err(|e| format!("status block: {e}"))?;
+                Some(RxWake { requested: status.rx_wakeup_requested(), waker })
+            }
+            None => None,
+        };
         Ok(DataQueue {
             port,
             queue,
@@ -163,6 +183,7 @@ impl DataQueue {
             stats,
             broken: AtomicBool::new(false),
             first_invalid: AtomicU32::new(0),
+            rx_wake,
             _region: region.clone(),
         })
     }
@@ -331,6 +352,12 @@ impl DataQueue {
         }
         if slot > 0 {
             ring.publish(slot);
+            if let Some(w) = &self.rx_wake {
+                // The guest may be asleep on an empty ring: one datagram if it asked.
+                if wake::take_request(w.requested) && w.waker.wake() {
+                    bump(&self.stats.rx_wakeups, 1);
+                }
+            }
         }
         bump(&self.stats.rx_packets, delivered);
         bump(&self.stats.rx_bytes, bytes);

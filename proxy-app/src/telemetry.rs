@@ -272,6 +272,7 @@ fn socket_dict(out: &mut Answer, s: &SocketView) {
     out.u64(c"tx_bytes", ld(&st.tx_bytes));
     out.u64(c"tx_dropped", ld(&st.tx_dropped));
     out.u64(c"tx_returned", ld(&st.tx_returned));
+    out.u64(c"rx_wakeups", ld(&st.rx_wakeups));
     out.u64(c"copies", ld(&st.copies));
     out.u64(c"invalid", ld(&st.invalid) + s.pool_invalid);
     out.int(c"guest_connected", s.conn.is_some() as i32);

@@ -400,6 +400,29 @@ fn dumpcap_captures_a_guests_traffic_on_the_proxy_port() {
     assert!(dropped < received, "dumpcap dropped {dropped} of {received}\n{out}");
 }
 
+/// Compiles `tests/c/<name>.c` against the installed DPDK and our net driver (for its
+/// C API), warnings as errors; returns the program's path.
+fn compile_c(s: &Scratch, name: &str, extra: &[String]) -> PathBuf {
+    let cflags = run_ok("pkg-config", Command::new("pkg-config").args(["--cflags", "libdpdk"]));
+    let libs = run_ok("pkg-config", Command::new("pkg-config").args(["--libs", "libdpdk"]));
+    let program = s.path(name);
+    let plugins = plugin_dir();
+    run_ok(
+        "cc",
+        Command::new("cc")
+            .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+            .arg(&program)
+            .arg(workspace_root().join(format!("tests/c/{name}.c")))
+            .args(extra)
+            .args(cflags.split_whitespace())
+            .arg(format!("-L{}", plugins.display()))
+            .arg("-l:librte_net_shm.so")
+            .arg(format!("-Wl,-rpath,{}", plugins.display()))
+            .args(libs.split_whitespace()),
+    );
+    program
+}
+
 #[test]
 fn c_api_header_compiles_and_reports_a_live_port() {
     if !have("cbindgen") {
@@ -419,23 +442,8 @@ fn c_api_header_compiles_and_reports_a_live_port() {
             .arg(include.join("rte_pmd_shm.h"))
             .arg(root.join("drivers/net_shm/src/capi.rs")),
     );
-    let cflags = run_ok("pkg-config", Command::new("pkg-config").args(["--cflags", "libdpdk"]));
-    let libs = run_ok("pkg-config", Command::new("pkg-config").args(["--libs", "libdpdk"]));
-    let program = s.path("shm_capi_check");
+    let program = compile_c(&s, "shm_capi_check", &[format!("-I{}", include.display())]);
     let plugins = plugin_dir();
-    run_ok(
-        "cc",
-        Command::new("cc")
-            .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
-            .arg(&program)
-            .arg(root.join("tests/c/shm_capi_check.c"))
-            .arg(format!("-I{}", include.display()))
-            .args(cflags.split_whitespace())
-            .arg(format!("-L{}", plugins.display()))
-            .arg("-l:librte_net_shm.so")
-            .arg(format!("-Wl,-rpath,{}", plugins.display()))
-            .args(libs.split_whitespace()),
-    );
 
     let sock = s.path("q0/sock");
     // no-rx: nothing arrives, so every buffer of the guest's pool stays its own.
@@ -462,4 +470,87 @@ fn c_api_header_compiles_and_reports_a_live_port() {
     // What the C API said was sent is what reached the proxy.
     let proxy_tx = counter(&stats, "tx_packets") + counter(&stats, "tx_dropped") + counter(&stats, "tx_returned");
     assert_eq!(proxy_tx, 128, "{stats:?}\n{pout}");
+}
+
+/// Deletes a network namespace when dropped.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
+/// `key=value` from the line of `out` that starts with `prefix`.
+fn field(out: &str, prefix: &str, key: &str) -> u64 {
+    let line = out.lines().rev().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no '{prefix}' line\n{out}"));
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {key}= in '{line}'")) as u64
+}
+
+#[test]
+fn rx_interrupts_let_an_application_sleep_until_the_proxy_has_packets() {
+    assert!(is_root(), "this test needs root for a network namespace and a tap device (CI runs as root)");
+    let s = Scratch::new("rxintr");
+    let program = compile_c(&s, "shm_rx_intr_check", &[]);
+    let ns = Netns(format!("iop-intr-{}", std::process::id()));
+    run("ip", &["netns", "add", &ns.0]);
+    let sock = s.path("q0/sock");
+    let tap = format!("iopint{}", std::process::id() % 10000);
+    let mut proxy = start_proxy(
+        &s,
+        &ProxyConfig {
+            eal: vec!["--vdev".into(), format!("net_tap0,iface={tap}")],
+            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
+            extra: vec![],
+            netns: Some(ns.0.clone()),
+        },
+    );
+    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    run("ip", &["-n", &ns.0, "addr", "add", "10.204.0.1/24", "dev", &tap]);
+    run("ip", &["-n", &ns.0, "link", "set", &tap, "up"]);
+
+    let (_, cpu) = cpus();
+    let plugins = plugin_dir();
+    let mut cmd = Command::new(&program);
+    cmd.args(["--lcores", &format!("0@{cpu}"), "--no-huge", "-m", "64", "--no-pci", "--file-prefix", &s.prefix("intr")]);
+    cmd.args(plugin_args());
+    cmd.env("LD_LIBRARY_PATH", &plugins);
+    cmd.arg("-a").arg(format!("sock:{},region_size=64M", sock.display()));
+    cmd.args(["--", "6"]);
+    let app = Proc::spawn("rx_intr", cmd);
+    wait_or_dump(&app, "rx_intr: ready", 30);
+    wait_or_dump(&proxy, "queue started", 30);
+    // The queue switch restarted the tap port (taking the interface down, which flushes
+    // its neighbours); let the kernel see its link again.
+    std::thread::sleep(Duration::from_secs(1));
+    // Pings to an address with a fixed neighbour entry leave through the tap without ARP.
+    run("ip", &["-n", &ns.0, "neigh", "replace", "10.204.0.2", "lladdr", "02:00:00:00:00:02", "dev", &tap]);
+    let pings = 30;
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "ping", "-c", &pings.to_string(), "-i", "0.1", "-W", "1", "10.204.0.2"])
+        .output()
+        .expect("ping");
+    assert!(ping.status.code().is_some(), "ping did not run");
+    let (code, out) = app.wait(Duration::from_secs(30));
+    proxy.send("show stats");
+    proxy.out.wait_for("stats", Duration::from_secs(10), |t| t.contains("rx_wakeups=")).unwrap();
+    let stats = proxy_socket_stats(&proxy.out.text(), &sock);
+    let (pcode, pout) = quit(proxy);
+    assert_eq!(code, Some(0), "the C program failed:\n{out}\n--- proxy ---\n{pout}");
+    eprintln!("{}", out.lines().filter(|l| l.starts_with("rx_intr:")).collect::<Vec<_>>().join("\n"));
+    eprintln!("proxy: rx_packets={} rx_wakeups={}", counter(&stats, "rx_packets"), counter(&stats, "rx_wakeups"));
+    let (packets, wakeups) = (field(&out, "rx_intr: packets", "packets"), field(&out, "rx_intr: packets", "wakeups"));
+    let (cpu_ms, wall_ms) = (field(&out, "rx_intr: packets", "cpu_ms"), field(&out, "rx_intr: packets", "wall_ms"));
+    // Every ping reached the application (the kernel may add a few packets of its own).
+    assert!(packets >= pings, "{out}");
+    assert_eq!(packets, counter(&stats, "rx_packets"), "the application got what the proxy delivered: {stats:?}");
+    // It slept between them and the proxy woke it: most packets came after a wake-up.
+    assert!(wakeups * 2 >= pings, "only {wakeups} wake-ups for {pings} pings\n{out}");
+    assert!(counter(&stats, "rx_wakeups") >= wakeups, "{stats:?}\n{out}");
+    // A polling application uses its whole CPU; a sleeping one almost none.
+    assert!(cpu_ms * 5 < wall_ms, "the application used {cpu_ms} ms of CPU in {wall_ms} ms\n{out}");
+    assert_eq!(pcode, Some(0), "{pout}");
 }

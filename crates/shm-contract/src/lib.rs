@@ -14,6 +14,7 @@
 //! * [`proto`]: the handshake messages and their transport over a
 //!   `SOCK_SEQPACKET` unix socket.
 //! * [`tx`]: the proxy's validation of a guest's tx descriptors into packets.
+//! * [`wake`]: rx wake-ups, so that an idle guest can sleep instead of polling.
 //!
 //! Every value read from shared memory or from the socket is copied out (atomic
 //! loads or volatile copies) and validated before use; malformed input produces
@@ -39,6 +40,7 @@ pub mod pool;
 pub mod proto;
 pub mod spsc;
 pub mod tx;
+pub mod wake;
 
 mod sync;
 

@@ -302,13 +302,18 @@ impl Session {
     /// Sends `request` and waits for its answer, handling unsolicited messages that arrive
     /// meanwhile. A `Refuse` answer becomes `SessionError::Refused`.
     pub fn transact(&self, request: &Message) -> Result<Message, SessionError> {
+        self.transact_with_fds(request, &[])
+    }
+
+    /// As [`transact`](Self::transact), with descriptors passed along the request.
+    pub fn transact_with_fds(&self, request: &Message, fds: &[BorrowedFd<'_>]) -> Result<Message, SessionError> {
         if !self.is_alive() {
             return Err(SessionError::ProxyGone);
         }
         let _exchange = lock(&self.control);
         let socket = self.socket();
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        send_message(socket.as_fd(), request, id, &[]).map_err(|e| self.fail(e.into()))?;
+        send_message(socket.as_fd(), request, id, fds).map_err(|e| self.fail(e.into()))?;
         let deadline = Instant::now() + self.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -7,6 +7,7 @@
 //! bursts in [`rxtx`] move descriptors over the rings in the shared region.
 
 mod capi;
+mod intr;
 mod ops;
 mod rxtx;
 mod xstats;
@@ -20,6 +21,7 @@ use shm_driver_common::bus::{lock, DeviceEvent, ShmBus, ShmDriver};
 use shm_driver_common::device::ShmDevice;
 use shm_driver_common::log::{LogType, INFO};
 use shm_driver_common::plugin_constructor;
+use shm_contract::proto::QUEUE_FLAG_RX_WAKEUP;
 use shm_contract::Message;
 use shm_driver_common::session::Session;
 
@@ -99,6 +101,9 @@ pub(crate) struct PortState {
     pub rxq: Option<Arc<rxtx::RxQueue>>,
     pub txq: Option<Arc<rxtx::TxQueue>>,
     pub started: bool,
+    /// Rx interrupts, once the application started the port with `intr_conf.rxq`; kept
+    /// until close (the application's epoll registration refers to its fd).
+    pub rx_intr: Option<intr::RxInterrupt>,
     /// Counter values at the last stats reset.
     pub stats_base: xstats::Snapshot,
 }
@@ -275,7 +280,7 @@ fn restart_after_reattach(port: &Port) {
         rxq.reset();
         txq.reset();
     }
-    match session.transact(&Message::QueueStart { rx_pool_id: rxq.pool_id }) {
+    match start_queue(&session, &state, rxq.pool_id) {
         Ok(Message::QueueStarted) => {
             rxq.active.store(true, Ordering::Relaxed);
             txq.active.store(true, Ordering::Relaxed);
@@ -283,6 +288,22 @@ fn restart_after_reattach(port: &Port) {
         }
         Ok(other) => LOG.error(format_args!("port {}: the proxy answered {} to QueueStart", port.port_id, other.kind())),
         Err(e) => LOG.error(format_args!("port {}: cannot restart the queue after reattaching: {e}", port.port_id)),
+    }
+}
+
+/// Sends `QueueStart` for the rx pool `pool_id`, with the rx wake-up socket when the
+/// application uses rx interrupts.
+pub(crate) fn start_queue(
+    session: &Session,
+    state: &PortState,
+    pool_id: u32,
+) -> Result<Message, shm_driver_common::session::SessionError> {
+    match &state.rx_intr {
+        Some(intr) => session.transact_with_fds(
+            &Message::QueueStart { rx_pool_id: pool_id, flags: QUEUE_FLAG_RX_WAKEUP },
+            &[intr.signal_fd()],
+        ),
+        None => session.transact(&Message::QueueStart { rx_pool_id: pool_id, flags: 0 }),
     }
 }
 

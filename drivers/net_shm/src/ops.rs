@@ -12,6 +12,7 @@ use shm_driver_common::errno_text;
 use shm_driver_common::ffi::guard;
 use shm_driver_common::session::{Region, Session};
 
+use crate::intr::RxInterrupt;
 use crate::rxtx::{OwnedMempool, RxQueue, TxQueue, MAX_SEGS};
 use crate::xstats::{Snapshot, XSTAT_NAMES};
 use crate::{Port, LOG};
@@ -40,6 +41,8 @@ pub(crate) fn dev_ops() -> *const sys::eth_dev_ops {
             rx_queue_setup: Some(rx_queue_setup),
             tx_queue_setup: Some(tx_queue_setup),
             rx_queue_release: Some(rx_queue_release),
+            rx_queue_intr_enable: Some(rx_queue_intr_enable),
+            rx_queue_intr_disable: Some(rx_queue_intr_disable),
             tx_queue_release: Some(tx_queue_release),
             promiscuous_enable: Some(accept),
             promiscuous_disable: Some(accept),
@@ -148,7 +151,22 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
             txq.reset();
         }
         txq.copy_pool.store(rxq.mempool, Ordering::Relaxed);
-        match session.transact(&Message::QueueStart { rx_pool_id: rxq.pool_id }) {
+        // SAFETY: our ethdev's data, configured by ethdev before start.
+        let wants_rx_intr = unsafe { (*(*dev).data).dev_conf.intr_conf.rxq() } != 0;
+        if wants_rx_intr && state.rx_intr.is_none() {
+            match RxInterrupt::new() {
+                Ok(intr) => {
+                    // SAFETY: our ethdev; the handle lives until close, which clears this.
+                    unsafe { (*dev).intr_handle = intr.handle() };
+                    state.rx_intr = Some(intr);
+                }
+                Err(e) => {
+                    LOG.error(format_args!("port {}: cannot start with rx interrupts: {e}", port.port_id));
+                    return -libc::ENOMEM;
+                }
+            }
+        }
+        match crate::start_queue(&session, &state, rxq.pool_id) {
             Ok(Message::QueueStarted) => {}
             Ok(other) => {
                 LOG.error(format_args!("port {}: the proxy answered {} to QueueStart", port.port_id, other.kind()));
@@ -242,6 +260,10 @@ unsafe extern "C" fn dev_close(dev: *mut sys::rte_eth_dev) -> c_int {
             }
             state.rxq = None;
             state.txq = None;
+            if state.rx_intr.take().is_some() {
+                // SAFETY: our ethdev; the handle is freed right after (with rx_intr).
+                unsafe { (*dev).intr_handle = std::ptr::null_mut() };
+            }
             // A closed port ends its session now, not when the device is detached: the
             // proxy frees the queue for the next guest (or for `port attach` again).
             if let Some(session) = state.session.take() {
@@ -252,6 +274,40 @@ unsafe extern "C" fn dev_close(dev: *mut sys::rte_eth_dev) -> c_int {
             device.set_driver_data(None);
         }
         LOG.info(format_args!("sock:{}: port {} closed", port.name, port.port_id));
+        0
+    })
+}
+
+/// The application is about to sleep until queue `queue` has packets: ask the proxy for
+/// a wake-up, and wake the application at once if packets are already there.
+unsafe extern "C" fn rx_queue_intr_enable(dev: *mut sys::rte_eth_dev, queue: u16) -> c_int {
+    with_port("rx_queue_intr_enable", dev, |port| {
+        let state = lock(&port.state);
+        let (Some(intr), Some(rxq)) = (&state.rx_intr, &state.rxq) else {
+            return -libc::ENOTSUP;
+        };
+        if queue != 0 {
+            return -libc::EINVAL;
+        }
+        // Wake-ups that came while the application was polling are stale now; left in
+        // the socket they would pile up and could fill it.
+        intr.drain();
+        // SAFETY: ethdev's rule: the thread that polls the queue arms its interrupt.
+        if unsafe { rxq.arm_wakeup() } {
+            intr.wake_self();
+        }
+        0
+    })
+}
+
+unsafe extern "C" fn rx_queue_intr_disable(dev: *mut sys::rte_eth_dev, queue: u16) -> c_int {
+    with_port("rx_queue_intr_disable", dev, |port| {
+        let state = lock(&port.state);
+        let Some(rxq) = &state.rxq else { return -libc::ENOTSUP };
+        if queue != 0 {
+            return -libc::EINVAL;
+        }
+        rxq.disarm_wakeup();
         0
     })
 }

@@ -14,12 +14,13 @@
 //! (DPDK's rule), and the counters are single-writer atomics read by the stats callbacks.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use dpdk_sys as sys;
 use shm_contract::layout::RingArea;
-use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, PoolLayout};
+use shm_contract::wake;
+use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, PoolLayout, StatusBlock};
 use shm_driver_common::session::Region;
 
 /// Packets of at most this many segments are accepted from the proxy.
@@ -63,6 +64,8 @@ pub struct RxQueue {
     port_id: u16,
     pub active: AtomicBool,
     pub stats: QueueStats,
+    /// The status block's `rx_wakeup_requested` (rx interrupts; `crate::intr`).
+    wakeup_requested: Option<&'static AtomicU32>,
 }
 
 // SAFETY: the raw pointers point into the region (kept alive by `region`) or at a mempool
@@ -83,7 +86,11 @@ impl RxQueue {
         own_mempool: Option<OwnedMempool>,
         port_id: u16,
     ) -> RxQueue {
+        // SAFETY: the view lives in `region`, which the queue holds.
+        let mem = unsafe { region.mem_static() };
+        let wakeup_requested = StatusBlock::from_layout(&mem, &region.layout).ok().map(|s| s.rx_wakeup_requested());
         RxQueue {
+            wakeup_requested,
             ring: UnsafeCell::new(ring),
             area,
             base: region.base(),
@@ -120,6 +127,25 @@ impl RxQueue {
             if let Ok(fresh) = DescConsumer::new(&mem, self.area) {
                 *self.ring() = fresh;
             }
+        }
+    }
+
+    /// Asks the proxy for a wake-up at the next rx descriptor; true if descriptors are
+    /// already waiting (the caller must not sleep then).
+    ///
+    /// # Safety
+    /// Called by the queue's polling thread (DPDK's rule for `rte_eth_dev_rx_intr_enable`).
+    pub unsafe fn arm_wakeup(&self) -> bool {
+        let Some(flag) = self.wakeup_requested else { return true };
+        wake::arm(flag);
+        // SAFETY: the polling thread (caller's contract).
+        unsafe { self.ring() }.available(1).map_or(true, |n| n > 0)
+    }
+
+    /// No wake-up wanted: the application polls again.
+    pub fn disarm_wakeup(&self) {
+        if let Some(flag) = self.wakeup_requested {
+            wake::disarm(flag);
         }
     }
 

@@ -64,8 +64,10 @@
 //! `data_room` 26 (`u16`). Validated against the region by
 //! [`PoolAdd::validate`].
 //!
-//! `PoolAck`, `PoolDel` (4 bytes): `pool_id` `u32`. `QueueStart` (4 bytes):
-//! `rx_pool_id` `u32`. `QueueStarted`, `QueueStop`, `QueueStopped`, `Goodbye`:
+//! `PoolAck`, `PoolDel` (4 bytes): `pool_id` `u32`. `QueueStart` (8 bytes; 4 from
+//! guests that know no flags): `rx_pool_id` `u32` at 0, `flags` `u32` at 4
+//! ([`QUEUE_FLAG_RX_WAKEUP`]: the message carries the proxy's end of the guest's
+//! wake-up socket pair as `SCM_RIGHTS`, see [`crate::wake`]). `QueueStarted`, `QueueStop`, `QueueStopped`, `Goodbye`:
 //! empty. `LinkStatus` (8 bytes): `up` `u8` (0/1) at 0, 3 reserved bytes,
 //! `speed_mbps` `u32` at 4.
 
@@ -103,6 +105,12 @@ pub const MAX_REASON: usize = 200;
 /// trusted) and answers `Welcome` without a descriptor; the guest checks that
 /// the layout is the one it has and announces its pools again with `PoolAdd`.
 pub const HELLO_FLAG_REATTACH: u32 = 1;
+
+/// `QueueStart.flags` bit: the guest wants to sleep while its rx ring is empty. The
+/// message carries one descriptor, the proxy's end of a datagram socket pair; the
+/// proxy sends a datagram on it after publishing rx descriptors when the guest set
+/// `rx_wakeup_requested` in the status block (protocol: [`crate::wake`]).
+pub const QUEUE_FLAG_RX_WAKEUP: u32 = 1;
 
 /// The kind field of the header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -162,12 +170,22 @@ impl MessageKind {
             MessageKind::Welcome => 44,
             MessageKind::Refuse => 4 + MAX_REASON,
             MessageKind::PoolAdd => 28,
-            MessageKind::PoolAck | MessageKind::PoolDel | MessageKind::QueueStart => 4,
+            MessageKind::PoolAck | MessageKind::PoolDel => 4,
+            MessageKind::QueueStart => 8,
             MessageKind::LinkStatus => 8,
             MessageKind::QueueStarted
             | MessageKind::QueueStop
             | MessageKind::QueueStopped
             | MessageKind::Goodbye => 0,
+        }
+    }
+
+    /// The shortest body a peer of this major may send: bodies only grow at the
+    /// end, and fields a shorter body lacks read as 0.
+    pub const fn min_body_len(self) -> usize {
+        match self {
+            MessageKind::QueueStart => 4,
+            other => other.body_len(),
         }
     }
 
@@ -325,6 +343,8 @@ pub enum Message {
     QueueStart {
         /// The pool that feeds NIC rx.
         rx_pool_id: u32,
+        /// [`QUEUE_FLAG_RX_WAKEUP`] or 0.
+        flags: u32,
     },
     /// Proxy: the queue is running.
     QueueStarted,
@@ -611,7 +631,10 @@ pub fn encode(msg: &Message, request_id: u32, buf: &mut [u8; MAX_MESSAGE]) -> Re
             w.u16(26, p.data_room);
         }
         Message::PoolAck { pool_id } | Message::PoolDel { pool_id } => w.u32(0, *pool_id),
-        Message::QueueStart { rx_pool_id } => w.u32(0, *rx_pool_id),
+        Message::QueueStart { rx_pool_id, flags } => {
+            w.u32(0, *rx_pool_id);
+            w.u32(4, *flags);
+        }
         Message::LinkStatus { up, speed_mbps } => {
             w.u8(0, *up as u8);
             w.u32(4, *speed_mbps);
@@ -719,11 +742,11 @@ pub fn decode(bytes: &[u8]) -> Result<(Message, u32), DecodeError> {
             actual: body.len(),
         });
     }
-    if body.len() < kind.body_len() {
+    if body.len() < kind.min_body_len() {
         return Err(DecodeError::BodyTooShort {
             kind,
             len: body.len(),
-            min: kind.body_len(),
+            min: kind.min_body_len(),
         });
     }
     let r = Reader { body };
@@ -794,7 +817,10 @@ pub fn decode(bytes: &[u8]) -> Result<(Message, u32), DecodeError> {
         }),
         MessageKind::PoolAck => Message::PoolAck { pool_id: r.u32(0) },
         MessageKind::PoolDel => Message::PoolDel { pool_id: r.u32(0) },
-        MessageKind::QueueStart => Message::QueueStart { rx_pool_id: r.u32(0) },
+        MessageKind::QueueStart => Message::QueueStart {
+            rx_pool_id: r.u32(0),
+            flags: if body.len() >= 8 { r.u32(4) } else { 0 },
+        },
         MessageKind::QueueStarted => Message::QueueStarted,
         MessageKind::QueueStop => Message::QueueStop,
         MessageKind::QueueStopped => Message::QueueStopped,
@@ -862,7 +888,7 @@ mod tests {
             }),
             Message::PoolAck { pool_id: 1 },
             Message::PoolDel { pool_id: 2 },
-            Message::QueueStart { rx_pool_id: 3 },
+            Message::QueueStart { rx_pool_id: 3, flags: QUEUE_FLAG_RX_WAKEUP },
             Message::QueueStarted,
             Message::QueueStop,
             Message::QueueStopped,
@@ -886,14 +912,22 @@ mod tests {
             let body_len = (longer.len() - HEADER_LEN) as u32;
             longer[8..12].copy_from_slice(&body_len.to_le_bytes());
             assert_eq!(decode(&longer), Ok((msg.clone(), id)));
-            // Any truncation of a non-empty body is refused.
-            if msg.kind().body_len() > 0 {
-                let mut short = bytes[..bytes.len() - 1].to_vec();
+            // A body shorter than the shortest a peer may send is refused.
+            if msg.kind().min_body_len() > 0 {
+                let mut short = bytes[..HEADER_LEN + msg.kind().min_body_len() - 1].to_vec();
                 let body_len = (short.len() - HEADER_LEN) as u32;
                 short[8..12].copy_from_slice(&body_len.to_le_bytes());
                 assert!(matches!(decode(&short), Err(DecodeError::BodyTooShort { .. })));
             }
         }
+    }
+
+    #[test]
+    fn a_queue_start_without_flags_reads_as_flags_0() {
+        let full = encode_to_vec(&Message::QueueStart { rx_pool_id: 7, flags: QUEUE_FLAG_RX_WAKEUP }, 9).unwrap();
+        let mut old = full[..HEADER_LEN + 4].to_vec();
+        old[8..12].copy_from_slice(&4u32.to_le_bytes());
+        assert_eq!(decode(&old), Ok((Message::QueueStart { rx_pool_id: 7, flags: 0 }, 9)));
     }
 
     #[test]
