@@ -536,7 +536,7 @@ fn case_bad_pools(c: &Ctx<'_>) -> Seen {
         }
     }
     // Queue start without a pool, then a foreign message kind.
-    let no_pool = matches!(g.request(&Message::QueueStart { rx_pool_id: 3 }), Ok(Message::Refuse { .. }));
+    let no_pool = matches!(g.request(&Message::QueueStart { rx_pool_id: 3, flags: 0 }), Ok(Message::Refuse { .. }));
     let odd = matches!(g.request(&Message::QueueStarted), Ok(Message::Refuse { .. }));
     let peer = g.peer(Duration::from_millis(300));
     Seen {
@@ -590,7 +590,7 @@ fn case_queue_flapping(c: &Ctx<'_>) -> Seen {
     let (mut ok, mut refused) = (0u32, 0u32);
     let deadline = Instant::now() + CASE_TIME;
     while Instant::now() < deadline {
-        for msg in [Message::QueueStop, Message::QueueStart { rx_pool_id: 0 }] {
+        for msg in [Message::QueueStop, Message::QueueStart { rx_pool_id: 0, flags: 0 }] {
             match g.request(&msg) {
                 Ok(Message::Refuse { .. }) => refused += 1,
                 Ok(_) => ok += 1,
