@@ -208,9 +208,14 @@ impl Attached {
 
     /// Sends a request and waits for its answer (link news skipped).
     pub fn request(&mut self, msg: &Message) -> Result<Message, String> {
+        self.request_with_fds(msg, &[])
+    }
+
+    /// As [`request`](Self::request), with descriptors passed along.
+    pub fn request_with_fds(&mut self, msg: &Message, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<Message, String> {
         let id = self.next_request;
         self.next_request += 1;
-        send_message(self.sock.as_fd(), msg, id, &[]).map_err(|e| format!("send: {e}"))?;
+        send_message(self.sock.as_fd(), msg, id, fds).map_err(|e| format!("send: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -304,6 +309,13 @@ impl Attached {
             Ok(())
         } else {
             Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Stores `v` as the status block's rx wake-up request.
+    pub fn set_rx_wakeup_request(&self, v: u32) {
+        if let Ok(status) = shm_contract::StatusBlock::from_layout(&self.map.mem(), &self.layout) {
+            status.rx_wakeup_requested().store(v, Release);
         }
     }
 

@@ -26,7 +26,8 @@ use e2e_tests::hostile::*;
 use e2e_tests::*;
 use shm_contract::mpmc::{DEQ_POS_OFFSET, ENQ_POS_OFFSET};
 use shm_contract::proto::transport::send_message;
-use shm_contract::proto::{encode_to_vec, HELLO_FLAG_REATTACH};
+use shm_contract::proto::{encode_to_vec, HELLO_FLAG_REATTACH, QUEUE_FLAG_RX_WAKEUP};
+use shm_contract::wake::WakePair;
 use shm_contract::{Desc, DescFlags, Message, PoolAdd, RegionFlags};
 
 /// Each case lasts at least this long (the good guest's rate is measured over it).
@@ -670,6 +671,52 @@ fn case_punched_region(c: &Ctx<'_>) -> Seen {
     Seen { problem: None, disconnected: Some(peer.is_closed()), note: format!("all free hugepages held ({held} files) until the proxy cut the guest") }
 }
 
+fn case_wakeup_abuse(c: &Ctx<'_>) -> Seen {
+    // Rx wake-ups asked for with a descriptor that is not a socket, and with none; then
+    // with a real pair whose end the proxy holds is made blocking (the flag is shared
+    // by both copies of that open file) and never read, while the guest asks to be
+    // woken all the time and keeps its rx ring drained: the proxy's sends must never
+    // block or slow its data loop.
+    let mut g = Attached::attach(c.bad, &hello(8 << 20, 256)).unwrap();
+    g.add_pool(512, 256).unwrap();
+    let start = Message::QueueStart { rx_pool_id: 0, flags: QUEUE_FLAG_RX_WAKEUP };
+    let mut p = [0; 2];
+    // SAFETY: pipe2 fills two fresh descriptors, owned at once.
+    let (r, _w) = unsafe {
+        assert_eq!(libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1]))
+    };
+    let pipe_refused = matches!(g.request_with_fds(&start, &[r.as_fd()]), Ok(Message::Refuse { .. }));
+    let none_refused = matches!(g.request_with_fds(&start, &[]), Ok(Message::Refuse { .. }));
+    let pair = WakePair::new().unwrap();
+    // SAFETY: fcntl on our own descriptor.
+    unsafe { libc::fcntl(pair.signal.as_raw_fd(), libc::F_SETFL, 0) };
+    let started = matches!(g.request_with_fds(&start, &[pair.signal.as_fd()]), Ok(Message::QueueStarted));
+    g.tx_prod = 0;
+    g.rx_cons = 0;
+    let mut delivered = 0;
+    let g_ref = &mut g;
+    for_a_while(|| {
+        g_ref.set_rx_wakeup_request(1);
+        delivered += g_ref.drain_rx();
+        // Back into the free ring, so the proxy keeps delivering (and signalling).
+        let owned = std::mem::take(&mut g_ref.owned);
+        for chunk in owned.chunks(32) {
+            let _ = g_ref.free_ring().enqueue_bulk(chunk, 8);
+        }
+    });
+    let queued = pair.drain();
+    let peer = g.peer(Duration::from_millis(200));
+    let problem = (!(pipe_refused && none_refused && started && queued > 0)).then(|| {
+        format!("pipe refused {pipe_refused}, no fd refused {none_refused}, started {started}, {queued} wake-ups queued")
+    });
+    Seen {
+        problem,
+        disconnected: open_or_closed(&peer),
+        note: format!("pipe and missing fd refused; {delivered} packets received, {queued} wake-ups left unread"),
+    }
+}
+
 fn case_tx_ring_garbage_flood(c: &Ctx<'_>) -> Seen {
     // The largest tx ring (65536), republished full of garbage as soon as the proxy
     // releases it: every poll finds a full ring of invalid descriptors. The proxy must
@@ -728,6 +775,7 @@ fn cases() -> Vec<Case> {
         Case { name: "reattach with a foreign fd", run: case_reattach_foreign_fd, expect: handshake },
         Case { name: "huge pool (proxy memory)", run: case_huge_pool, expect: Expect { bad_requests: true, disconnected: Some(false), ..Expect::default() } },
         Case { name: "hole punched in the region, no hugepage free", run: case_punched_region, expect: cut },
+        Case { name: "rx wake-ups abused", run: case_wakeup_abuse, expect: Expect { bad_requests: true, disconnected: Some(false), ..Expect::default() } },
         Case { name: "queue stop/start flapping", run: case_queue_flapping, expect: Expect { bad_requests: true, disconnected: Some(false), ..Expect::default() } },
     ]
 }
