@@ -2,10 +2,11 @@
 //! directory the proxy makes for it, and an optional allowlist of peer uids and gids
 //! checked with `SO_PEERCRED` (and `SO_PEERGROUPS`) on every connection.
 
-use std::ffi::CString;
-use std::os::fd::RawFd;
+use std::os::fd::BorrowedFd;
+use std::os::unix::fs::PermissionsExt;
 
 use crate::cmds::SocketAccess;
+use crate::os;
 
 /// The resolved access settings of one socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,35 +85,11 @@ impl Access {
 }
 
 /// A connected peer as the kernel saw it when it connected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerCred {
-    pub pid: i32,
-    pub uid: u32,
-    pub gid: u32,
-    /// Supplementary groups (empty where the kernel cannot say).
-    pub groups: Vec<u32>,
-}
+pub type PeerCred = os::Credentials;
 
 /// `SO_PEERCRED` and `SO_PEERGROUPS` of a connected unix socket.
-pub fn peer_cred(fd: RawFd) -> Option<PeerCred> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: cred is a valid ucred buffer of `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut libc::c_void, &mut len)
-    };
-    if rc != 0 {
-        return None;
-    }
-    let mut groups = vec![0 as libc::gid_t; 64];
-    let mut glen = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
-    // SAFETY: groups is a buffer of `glen` bytes.
-    let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERGROUPS, groups.as_mut_ptr() as *mut libc::c_void, &mut glen)
-    };
-    let n = if rc == 0 { glen as usize / std::mem::size_of::<libc::gid_t>() } else { 0 };
-    groups.truncate(n);
-    Some(PeerCred { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups })
+pub fn peer_cred(fd: BorrowedFd<'_>) -> Option<PeerCred> {
+    os::peer_credentials(fd)
 }
 
 /// A user name or a numeric uid.
@@ -120,16 +97,7 @@ pub fn resolve_user(s: &str) -> Result<u32, String> {
     if let Ok(n) = s.parse::<u32>() {
         return Ok(n);
     }
-    let name = CString::new(s).map_err(|_| format!("no user '{s}'"))?;
-    // SAFETY: getpwnam with a valid C string; only the uid is read from the static
-    // result, right away (the control thread is the only user of these calls).
-    unsafe {
-        let pw = libc::getpwnam(name.as_ptr());
-        if pw.is_null() {
-            return Err(format!("no user '{s}'"));
-        }
-        Ok((*pw).pw_uid)
-    }
+    os::user_id(s).ok_or_else(|| format!("no user '{s}'"))
 }
 
 /// A group name or a numeric gid.
@@ -137,32 +105,17 @@ pub fn resolve_group(s: &str) -> Result<u32, String> {
     if let Ok(n) = s.parse::<u32>() {
         return Ok(n);
     }
-    let name = CString::new(s).map_err(|_| format!("no group '{s}'"))?;
-    // SAFETY: as in resolve_user.
-    unsafe {
-        let gr = libc::getgrnam(name.as_ptr());
-        if gr.is_null() {
-            return Err(format!("no group '{s}'"));
-        }
-        Ok((*gr).gr_gid)
-    }
+    os::group_id(s).ok_or_else(|| format!("no group '{s}'"))
 }
 
 /// Gives `path` its owner, group and mode.
 pub fn apply(path: &std::path::Path, owner: Option<u32>, group: Option<u32>, mode: u32) -> Result<(), String> {
-    let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "NUL in path".to_string())?;
-    // SAFETY: chown/chmod with a valid C string; -1 leaves an id unchanged.
-    unsafe {
-        if (owner.is_some() || group.is_some())
-            && libc::chown(cpath.as_ptr(), owner.unwrap_or(u32::MAX), group.unwrap_or(u32::MAX)) != 0
-        {
-            return Err(format!("cannot give {} owner {owner:?} group {group:?}: {}", path.display(), std::io::Error::last_os_error()));
-        }
-        if libc::chmod(cpath.as_ptr(), mode as libc::mode_t) != 0 {
-            return Err(format!("cannot set mode {mode:04o} on {}: {}", path.display(), std::io::Error::last_os_error()));
-        }
+    if owner.is_some() || group.is_some() {
+        std::os::unix::fs::chown(path, owner, group)
+            .map_err(|e| format!("cannot give {} owner {owner:?} group {group:?}: {e}", path.display()))?;
     }
-    Ok(())
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set mode {mode:04o} on {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use crate::access::{self, Access};
 use crate::cmds::{self, Command, SocketAccess};
 use crate::datapath::{DataQueue, Invalid, Plane, SocketStats};
 use crate::nic::NicPort;
+use crate::os;
 use crate::region::{GuestRegion, RegionRequest};
 use crate::shadow::ShadowPool;
 use crate::{log_info, log_warn};
@@ -359,8 +360,7 @@ impl Control {
                     owners.push((i, true));
                 }
             }
-            // SAFETY: fds is a valid array of pollfd of the given length.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+            let n = os::poll(&mut fds, 100).unwrap_or(0);
             if n > 0 {
                 for (pfd, &(idx, is_conn)) in fds.iter().zip(&owners) {
                     if pfd.revents == 0 {
@@ -368,11 +368,10 @@ impl Control {
                     }
                     if idx == usize::MAX {
                         let mut chunk = [0u8; 4096];
-                        // SAFETY: read(2) into a local buffer of the given length.
-                        let n = unsafe { libc::read(stdin_fd, chunk.as_mut_ptr().cast(), chunk.len()) };
-                        if n > 0 {
-                            pending.extend_from_slice(&chunk[..n as usize]);
-                        } else if n == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                        let n = os::read(std::io::stdin().as_fd(), &mut chunk);
+                        if let Ok(n @ 1..) = n {
+                            pending.extend_from_slice(&chunk[..n]);
+                        } else if n.as_ref().map_or_else(|e| e.kind() != std::io::ErrorKind::Interrupted, |_| true) {
                             // End of input: a last line without a newline still counts.
                             self.stdin_open = false;
                             if !pending.is_empty() {
@@ -551,8 +550,7 @@ impl Control {
                     ps.ierrors,
                     ps.oerrors,
                     ps.rx_nombuf,
-                    // SAFETY: the parking pool lives as long as the port entry.
-                    unsafe { sys::rte_mempool_in_use_count(nic.parking_pool()) }
+                    nic.parking_in_use()
                 );
             }
         }
@@ -564,23 +562,10 @@ impl Control {
 
     fn accept(&mut self, idx: usize) {
         let ep = &mut self.endpoints[idx];
-        // SAFETY: accept4 on our listening socket; the new fd is owned right away.
-        let fd = unsafe {
-            // Non-blocking: a guest that does not read its socket must never block this
-            // thread in a send (see `reply`).
-            libc::accept4(
-                ep.listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            )
-        };
-        if fd < 0 {
-            return;
-        }
-        // SAFETY: a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let cred = access::peer_cred(fd.as_raw_fd());
+        // Non-blocking: a guest that does not read its socket must never block this
+        // thread in a send (see `reply`).
+        let Ok(fd) = os::accept(ep.listener.as_fd()) else { return };
+        let cred = access::peer_cred(fd.as_fd());
         let pid = cred.as_ref().map_or(-1, |c| c.pid);
         let allowed = cred.as_ref().map(|c| ep.access.admits(c));
         if allowed != Some(true) && (ep.access.has_allowlist() || allowed.is_none()) {
@@ -664,8 +649,8 @@ impl Control {
                 // (so its poll wakes up) and detached by `service_conn`/`housekeeping`.
                 log_warn!("{}: cannot answer the guest ({e}); closing its connection", self.endpoints[idx].path.display());
                 conn.unanswerable.set(true);
-                // SAFETY: shutdown(2) of a descriptor we own; it stays open until dropped.
-                unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
+                // It stays open until dropped.
+                let _ = os::shutdown(conn.fd.as_fd());
             }
         }
     }
@@ -703,7 +688,16 @@ impl Control {
             }
             Message::PoolAdd(add) => {
                 let answer = match self.pool_add(idx, &add) {
-                    Ok(()) => Message::PoolAck { pool_id: add.pool_id },
+                    Ok(()) => {
+                        log_info!(
+                            "{}: pool {}: {} buffers of {} bytes",
+                            self.endpoints[idx].path.display(),
+                            add.pool_id,
+                            add.count,
+                            add.data_room
+                        );
+                        Message::PoolAck { pool_id: add.pool_id }
+                    }
                     Err(reason) => {
                         bump(&self.endpoints[idx].stats.bad_requests);
                         self.warn_peer(idx, &format!("pool {} refused: {reason}", add.pool_id));
@@ -1150,15 +1144,8 @@ fn bump(counter: &std::sync::atomic::AtomicU64) {
 }
 
 /// How many mempools exist in this process.
-fn mempool_count() -> u32 {
-    unsafe extern "C" fn count(_mp: *mut sys::rte_mempool, arg: *mut std::ffi::c_void) {
-        // SAFETY: `arg` is the counter passed below, alive during the walk.
-        unsafe { *(arg as *mut u32) += 1 };
-    }
-    let mut n = 0u32;
-    // SAFETY: the walk calls `count` synchronously with our counter.
-    unsafe { sys::rte_mempool_walk(Some(count), &mut n as *mut u32 as *mut std::ffi::c_void) };
-    n
+fn mempool_count() -> usize {
+    dpdk::mempool_count()
 }
 
 fn pollfd(fd: RawFd) -> libc::pollfd {
@@ -1222,57 +1209,24 @@ fn bind_listen(path: &Path, access: &Access) -> Result<OwnedFd, String> {
         }
         std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket {shown}: {e}"))?;
     }
-    let addr = sockaddr(path)?;
-    // SAFETY: socket/bind/listen/chmod on a descriptor we own; addr is a valid sockaddr_un.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0);
-        if fd < 0 {
-            return Err(format!("socket: {}", std::io::Error::last_os_error()));
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        if libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) != 0 {
-            return Err(format!("cannot bind {shown}: {}", std::io::Error::last_os_error()));
-        }
-        // From here on the file exists: remove it on any error.
-        let fail = |e: String| {
-            let _ = std::fs::remove_file(path);
-            e
-        };
-        if libc::listen(fd.as_raw_fd(), 8) != 0 {
-            return Err(fail(format!("cannot listen on {shown}: {}", std::io::Error::last_os_error())));
-        }
-        access::apply(path, access.owner, access.group, access.mode).map_err(fail)?;
-        Ok(fd)
-    }
-}
-
-fn sockaddr(path: &Path) -> Result<libc::sockaddr_un, String> {
-    // SAFETY: sockaddr_un is plain data; zero is valid.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_encoded_bytes();
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(format!("socket path {} is too long", path.display()));
-    }
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    Ok(addr)
+    let addr = os::UnixAddr::new(path)?;
+    let fd = os::seqpacket_socket(true).map_err(|e| format!("socket: {e}"))?;
+    os::bind(fd.as_fd(), &addr).map_err(|e| format!("cannot bind {shown}: {e}"))?;
+    // From here on the file exists: remove it on any error.
+    let fail = |e: String| {
+        let _ = std::fs::remove_file(path);
+        e
+    };
+    os::listen(fd.as_fd(), 8).map_err(|e| fail(format!("cannot listen on {shown}: {e}")))?;
+    access::apply(path, access.owner, access.group, access.mode).map_err(fail)?;
+    Ok(fd)
 }
 
 fn seqpacket_connects(path: &Path) -> bool {
-    let Ok(addr) = sockaddr(path) else { return false };
-    // SAFETY: a probe connect on a fresh socket that is closed right after.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return false;
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        libc::connect(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) == 0
-    }
+    let Ok(addr) = os::UnixAddr::new(path) else { return false };
+    // A probe connect on a fresh socket that is closed right after.
+    let Ok(fd) = os::seqpacket_socket(false) else { return false };
+    os::connect(fd.as_fd(), &addr).is_ok()
 }
 
 /// Removes the socket file and the directories the proxy made for it (from the socket's

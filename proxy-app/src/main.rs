@@ -10,23 +10,25 @@ mod cmds;
 mod control;
 mod datapath;
 mod nic;
+mod os;
 mod region;
 mod shadow;
 mod telemetry;
 
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use control::{Control, Options, QUIT_SIGNAL};
 use datapath::Plane;
 
+/// Logs a line to stderr, prefixed `IO_PROXY: `.
 #[macro_export]
 macro_rules! log_info {
     ($($arg:tt)*) => { eprintln!("IO_PROXY: {}", format_args!($($arg)*)) };
 }
 
+/// Logs a warning to stderr, prefixed `IO_PROXY: warning: `.
 #[macro_export]
 macro_rules! log_warn {
     ($($arg:tt)*) => { eprintln!("IO_PROXY: warning: {}", format_args!($($arg)*)) };
@@ -169,10 +171,6 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
     Ok(AppArgs { opts, cmds, bench_latency })
 }
 
-extern "C" fn on_signal(_sig: libc::c_int) {
-    QUIT_SIGNAL.store(true, Ordering::Relaxed);
-}
-
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let prog = argv.first().cloned().unwrap_or_else(|| "dpdk-io-proxy".into());
@@ -234,11 +232,7 @@ fn main() -> ExitCode {
         eprintln!("dpdk-io-proxy: {e}");
         return ExitCode::FAILURE;
     }
-    // SAFETY: installs a handler that only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    os::set_quit_flag_on_signals(&QUIT_SIGNAL);
     // Benchmark mode (docs/benchmarks.md, "Latency"): the probe is polled by the data loop
     // on this lcore; its ring-pair NIC is made before the commands configure ports.
     let mut probe = match app.bench_latency.clone() {
@@ -264,8 +258,8 @@ fn main() -> ExitCode {
         }
     };
     // dpdk-telemetry.py commands and dpdk-dumpcap (see telemetry.rs).
-    telemetry::register();
-    let capture = telemetry::Capture::init();
+    let telemetry = telemetry::register(&eal);
+    let capture = telemetry::Capture::init(&eal);
     log_info!("ready; data path on lcore {}; type 'help' for commands", eal.main_lcore());
     let control_thread = std::thread::Builder::new().name("io-proxy-ctl".into()).spawn(move || {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| control.run()));
@@ -305,7 +299,10 @@ fn main() -> ExitCode {
             println!("{}", p.report());
         }
     }
+    // What holds EAL goes first (the ports, pools and regions went with `control`):
+    // the last handle cleans EAL up.
     drop(capture);
+    drop(telemetry);
     drop(eal);
     if ok && looped.is_ok() {
         ExitCode::SUCCESS

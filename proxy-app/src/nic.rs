@@ -1,7 +1,7 @@
 //! The proxy's NIC ports: configured once with as many queues as the commands name, each
 //! rx queue first fed from a small private "parking" pool until a guest takes it over.
 
-use dpdk::{sys, Link, PktPool, Port};
+use dpdk::{sys, Device, Link, PktPool, Port};
 
 /// Descriptors per NIC queue asked for (adjusted to the device's limits).
 const NB_DESC: u16 = 1024;
@@ -15,7 +15,8 @@ pub struct NicPort {
     pub mtu: u16,
     pub max_rx_frame: u32,
     pub socket: i32,
-    pub device: *mut sys::rte_device,
+    /// The device behind the port, that guests' regions are DMA-mapped for.
+    pub device: Option<Device>,
     /// The device can set up an rx queue while the port runs; otherwise a pool switch
     /// stops and restarts the whole port.
     pub runtime_rx_setup: bool,
@@ -24,9 +25,6 @@ pub struct NicPort {
     pub link: Link,
     pub started: bool,
 }
-
-// SAFETY: the device pointer is only passed back to DPDK from the control thread.
-unsafe impl Send for NicPort {}
 
 impl NicPort {
     /// Configures `port` with `queues` rx and tx queues and starts it.
@@ -40,8 +38,7 @@ impl NicPort {
                 port.0, info.max_rx_queues, info.max_tx_queues
             ));
         }
-        // SAFETY: rte_eth_conf is plain data; all-zero is the default configuration.
-        let mut conf: sys::rte_eth_conf = unsafe { std::mem::zeroed() };
+        let mut conf = sys::rte_eth_conf::default();
         if queues > 1 && info.flow_type_rss_offloads != 0 {
             // Spread traffic over the guests' queues by RSS, as the RFC's demo does.
             conf.rxmode.mq_mode = sys::RTE_ETH_MQ_RX_RSS;
@@ -72,9 +69,7 @@ impl NicPort {
         )
         .map_err(err)?;
         for q in 0..queues {
-            // SAFETY: the parking pool lives as long as this NicPort, which closes the
-            // port before dropping it.
-            unsafe { port.rx_queue_setup(q, rx_desc, None, parking.as_ptr()) }.map_err(err)?;
+            port.rx_queue_setup_pool(q, rx_desc, None, &parking).map_err(err)?;
             port.tx_queue_setup(q, tx_desc).map_err(err)?;
         }
         port.start().map_err(err)?;
@@ -93,7 +88,7 @@ impl NicPort {
             mtu: mtu_now,
             max_rx_frame: info.max_rx_pktlen,
             socket,
-            device: info.device,
+            device: port.device().ok(),
             runtime_rx_setup: info.dev_capa & sys::RTE_ETH_DEV_CAPA_RUNTIME_RX_QUEUE_SETUP as u64 != 0,
             parking,
             link: port.link(),
@@ -101,26 +96,39 @@ impl NicPort {
         })
     }
 
+    /// The parking pool, to point an rx queue back at with [`NicPort::setup_rx_queue`].
     pub fn parking_pool(&self) -> *mut sys::rte_mempool {
         self.parking.as_ptr()
     }
 
-    /// Sets rx queue `queue` up with `pool`. The port must not be polled meanwhile (for a
-    /// device without runtime setup the caller has paused the whole port and stopped it).
+    /// Buffers of the parking pool in use (held by the NIC's rx rings, mostly).
+    pub fn parking_in_use(&self) -> u32 {
+        self.parking.mempool().in_use_count()
+    }
+
+    /// Sets rx queue `queue` up with `pool` (the parking pool, or a guest's shadow
+    /// pool). The port must not be polled meanwhile (for a device without runtime setup
+    /// the caller has paused the whole port and stopped it).
     ///
     /// # Safety
     /// `pool` outlives its use by the queue (until the next switch or the port's close).
+    /// The parking pool always does: the dpdk crate keeps it for the queue.
     pub unsafe fn setup_rx_queue(&self, queue: u16, pool: *mut sys::rte_mempool) -> Result<(), String> {
         let err = |e: dpdk::Error| format!("port {} ({}) queue {queue}: {e}", self.port.0, self.name);
-        if self.runtime_rx_setup && self.started {
+        let runtime = self.runtime_rx_setup && self.started;
+        if runtime {
             // Stop may be unsupported while setup is; either way setup decides.
             let _ = self.port.rx_queue_stop(queue);
-            // SAFETY: per this function's contract.
-            unsafe { self.port.rx_queue_setup(queue, self.rx_desc, None, pool) }.map_err(err)?;
-            self.port.rx_queue_start(queue).map_err(err)?;
+        }
+        if pool == self.parking.as_ptr() {
+            self.port.rx_queue_setup_pool(queue, self.rx_desc, None, &self.parking)
         } else {
             // SAFETY: per this function's contract.
-            unsafe { self.port.rx_queue_setup(queue, self.rx_desc, None, pool) }.map_err(err)?;
+            unsafe { self.port.rx_queue_setup(queue, self.rx_desc, None, pool) }
+        }
+        .map_err(err)?;
+        if runtime {
+            self.port.rx_queue_start(queue).map_err(err)?;
         }
         Ok(())
     }

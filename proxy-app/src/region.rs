@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use dpdk::sys;
+use dpdk::{Device, ExtMem};
 use shm_contract::layout::StatusBlock;
 use shm_contract::mem::{create_region_memfd, inspect_region_fd, Mapping, RegionBacking};
 use shm_contract::{DescRing, RegionFlags, RegionLayout, SharedMem};
@@ -18,19 +18,14 @@ pub struct RegionRequest {
 
 pub struct GuestRegion {
     pub memfd: OwnedFd,
+    /// The region registered as external memory (and DMA-mapped for the NIC); declared
+    /// before `mapping`, so that it is unregistered before the mapping goes away.
+    extmem: Option<ExtMem>,
     mapping: Mapping,
     pub layout: RegionLayout,
     pub hugepages: bool,
     iova_is_va: bool,
-    /// The region is registered as external memory (and DMA-mapped for `dma_device`).
-    extmem: bool,
-    dma_device: Option<*mut sys::rte_device>,
 }
-
-// SAFETY: the device pointer is only used to unmap, on drop; the mapping is plain memory.
-unsafe impl Send for GuestRegion {}
-// SAFETY: as above.
-unsafe impl Sync for GuestRegion {}
 
 impl GuestRegion {
     /// Creates, maps and initialises a region: header, empty rings, status block.
@@ -64,41 +59,24 @@ impl GuestRegion {
         layout.write_header(&mem).map_err(|e| format!("cannot write the region header: {e}"))?;
         DescRing::init(&mem, layout.rx_ring()).map_err(|e| format!("rx ring: {e}"))?;
         DescRing::init(&mem, layout.tx_ring()).map_err(|e| format!("tx ring: {e}"))?;
-        Ok(GuestRegion {
-            memfd,
-            mapping,
-            layout,
-            hugepages: backing.hugepages,
-            iova_is_va,
-            extmem: false,
-            dma_device: None,
-        })
+        Ok(GuestRegion { memfd, extmem: None, mapping, layout, hugepages: backing.hugepages, iova_is_va })
     }
 
     /// Registers the region as external memory and DMA-maps it for `device`, so that a
     /// physical NIC (VFIO, IOVA as VA) can DMA into guest buffers. Virtual devices need
     /// neither; their "not supported" answers are fine.
-    pub fn register_dma(&mut self, device: *mut sys::rte_device) -> Result<(), String> {
-        let base = self.mapping.as_ptr() as *mut std::ffi::c_void;
-        let len = self.mapping.len();
-        // SAFETY: the mapping is valid for `len` bytes until self drops, where it is
-        // unregistered first.
-        unsafe {
-            let rc = sys::rte_extmem_register(base, len, std::ptr::null_mut(), 0, self.layout.page_size() as usize);
-            if rc != 0 {
-                return Err(format!("rte_extmem_register: {}", dpdk::errno_text(sys::dpdk_sys_errno())));
-            }
-            self.extmem = true;
-            if !device.is_null() && self.iova_is_va {
-                let rc = sys::rte_dev_dma_map(device, base, base as u64, len);
-                if rc == 0 {
-                    self.dma_device = Some(device);
-                } else {
-                    let errno = sys::dpdk_sys_errno();
-                    if errno != libc::ENOTSUP {
-                        return Err(format!("rte_dev_dma_map: {}", dpdk::errno_text(errno)));
-                    }
-                }
+    pub fn register_dma(&mut self, device: Option<Device>) -> Result<(), String> {
+        // SAFETY: the mapping stays valid until self drops, and `extmem` (declared
+        // before it) drops first; the region is shared memory that the proxy only
+        // reads and writes through `SharedMem` (atomics, volatile copies), so a device
+        // writing into it is no different from the guest doing so.
+        let extmem = unsafe { ExtMem::register(self.mapping.as_ptr(), self.mapping.len(), self.layout.page_size() as usize) }
+            .map_err(|e| e.to_string())?;
+        let extmem = self.extmem.insert(extmem);
+        if let Some(device) = device.filter(|_| self.iova_is_va) {
+            match extmem.dma_map(device) {
+                Err(e) if e.errno != libc::ENOTSUP => return Err(e.to_string()),
+                _ => {}
             }
         }
         Ok(())
@@ -141,24 +119,7 @@ impl GuestRegion {
         if self.iova_is_va {
             addr as u64
         } else {
-            // SAFETY: addr lies in our mapping; the call reads /proc/self/pagemap.
-            unsafe { sys::rte_mem_virt2phy(addr as *const std::ffi::c_void) }
-        }
-    }
-}
-
-impl Drop for GuestRegion {
-    fn drop(&mut self) {
-        let base = self.mapping.as_ptr() as *mut std::ffi::c_void;
-        let len = self.mapping.len();
-        // SAFETY: undoes exactly what register_dma did, before the mapping goes away.
-        unsafe {
-            if let Some(dev) = self.dma_device {
-                sys::rte_dev_dma_unmap(dev, base, base as u64, len);
-            }
-            if self.extmem {
-                sys::rte_extmem_unregister(base, len);
-            }
+            dpdk::virt2phy(addr)
         }
     }
 }

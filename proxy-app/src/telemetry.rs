@@ -16,12 +16,12 @@
 //! Ring fill is read from the rings' producer and consumer indices in shared memory
 //! (atomic loads, a guest may write anything there: the value is clamped and flagged).
 
-use std::ffi::{c_char, c_int, CStr, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dpdk::sys;
+use dpdk::telemetry::{Registration, TelData, TelDict};
+use dpdk::{Eal, Pdump};
 use shm_contract::layout::RingArea;
 use shm_contract::spsc::{CONS_INDEX_OFFSET, PROD_INDEX_OFFSET};
 use shm_contract::SharedMem;
@@ -114,183 +114,124 @@ pub fn refresh(now: Instant, views: impl FnOnce() -> Vec<SocketView>) {
     }
 }
 
-/// Registers the telemetry commands (EAL must be initialised).
-pub fn register() {
-    type Cb = unsafe extern "C" fn(*const c_char, *const c_char, *mut sys::rte_tel_data) -> c_int;
-    let commands: [(&CStr, Cb, &'static CStr); 3] = [
-        (c"/shm_proxy/info", cmd_info, c"dpdk-io-proxy: version, sockets, attached guests, packet capture. Takes no parameters"),
-        (c"/shm_proxy/sockets", cmd_sockets, c"dpdk-io-proxy: the served socket paths (index = position). Takes no parameters"),
+/// Registers the telemetry commands; they are answered while the returned
+/// registrations live (drop them before the last EAL handle).
+pub fn register(eal: &Eal) -> Vec<Registration> {
+    type Handler = fn(&str) -> Result<TelData, i32>;
+    let commands: [(&str, Handler, &str); 3] = [
+        ("/shm_proxy/info", cmd_info, "dpdk-io-proxy: version, sockets, attached guests, packet capture. Takes no parameters"),
+        ("/shm_proxy/sockets", cmd_sockets, "dpdk-io-proxy: the served socket paths (index = position). Takes no parameters"),
         (
-            c"/shm_proxy/socket",
+            "/shm_proxy/socket",
             cmd_socket,
-            c"dpdk-io-proxy: one socket: port, queue, counters, guest, region, ring fill. Parameters: socket index or path",
+            "dpdk-io-proxy: one socket: port, queue, counters, guest, region, ring fill. Parameters: socket index or path",
         ),
     ];
-    for (name, cb, help) in commands {
-        // SAFETY: `name` and `help` are 'static C strings (DPDK keeps the help pointer);
-        // the callback has the telemetry_cb signature.
-        let rc = unsafe { sys::rte_telemetry_register_cmd(name.as_ptr(), Some(cb), help.as_ptr()) };
-        if rc != 0 {
-            log_warn!("telemetry: cannot register {}: {}", name.to_string_lossy(), dpdk::errno_text(rc));
+    let mut registered = Vec::new();
+    for (name, handler, help) in commands {
+        match dpdk::telemetry::register(eal, name, help, handler) {
+            Ok(r) => registered.push(r),
+            Err(e) => log_warn!("telemetry: cannot register {name}: {}", dpdk::errno_text(e.errno)),
         }
     }
+    registered
 }
 
 /// Packet capture with `dpdk-dumpcap`/`dpdk-pdump` (secondary processes that attach to
 /// this one). Needs the multi-process channel: not with `--in-memory` or `--no-shconf`.
-pub struct Capture(bool);
+pub struct Capture(Option<Pdump>);
 
 impl Capture {
-    pub fn init() -> Capture {
-        // SAFETY: EAL is initialised; registers pdump's multi-process action.
-        let rc = unsafe { sys::rte_pdump_init() };
-        if rc != 0 {
-            log_warn!(
-                "packet capture unavailable (rte_pdump_init: {}); run without --in-memory/--no-shconf for dpdk-dumpcap",
-                dpdk::errno_text(rte_errno())
-            );
-            return Capture(false);
+    /// Enables packet capture, or says why it is unavailable.
+    pub fn init(eal: &Eal) -> Capture {
+        match Pdump::init(eal) {
+            Ok(pdump) => {
+                CAPTURE.store(true, Ordering::Relaxed);
+                log_info!("packet capture ready: dpdk-dumpcap --file-prefix <this --file-prefix> -i <port>");
+                Capture(Some(pdump))
+            }
+            Err(e) => {
+                log_warn!(
+                    "packet capture unavailable (rte_pdump_init: {}); run without --in-memory/--no-shconf for dpdk-dumpcap",
+                    dpdk::errno_text(e.errno)
+                );
+                Capture(None)
+            }
         }
-        CAPTURE.store(true, Ordering::Relaxed);
-        log_info!("packet capture ready: dpdk-dumpcap --file-prefix <this --file-prefix> -i <port>");
-        Capture(true)
     }
 }
 
 impl Drop for Capture {
     fn drop(&mut self) {
-        if self.0 {
+        if self.0.is_some() {
             CAPTURE.store(false, Ordering::Relaxed);
-            // SAFETY: undoes rte_pdump_init, before EAL cleanup.
-            unsafe { sys::rte_pdump_uninit() };
+            // Then the field drops: rte_pdump_uninit, before EAL cleanup.
         }
     }
 }
 
-fn rte_errno() -> i32 {
-    // SAFETY: reads this thread's rte_errno.
-    unsafe { sys::dpdk_sys_errno() }
+fn cmd_info(_params: &str) -> Result<TelData, i32> {
+    let snap = snapshot();
+    let mut out = TelDict::new();
+    out.string("version", env!("CARGO_PKG_VERSION"));
+    out.int("pid", std::process::id() as i32);
+    out.u64("sockets", snap.sockets.len() as u64);
+    let guests = snap.sockets.iter().filter(|s| s.conn.as_ref().is_some_and(|c| c.guest.is_some())).count();
+    out.u64("guests", guests as u64);
+    out.int("capture", CAPTURE.load(Ordering::Relaxed) as i32);
+    Ok(out.into())
 }
 
-/// Runs a command body on the telemetry thread: no panic may unwind into C.
-fn entry(d: *mut sys::rte_tel_data, body: impl FnOnce(&mut Answer) -> Result<(), c_int>) -> c_int {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut Answer(d)))) {
-        Ok(Ok(())) => 0,
-        Ok(Err(rc)) => rc,
-        Err(_) => -libc::EIO,
-    }
+fn cmd_sockets(_params: &str) -> Result<TelData, i32> {
+    Ok(TelData::Strings(snapshot().sockets.iter().map(|s| s.path.clone()).collect()))
 }
 
-/// The answer being built (DPDK's `rte_tel_data`).
-struct Answer(*mut sys::rte_tel_data);
-
-impl Answer {
-    fn start_dict(&mut self) {
-        // SAFETY: the telemetry library's buffer for this answer.
-        unsafe { sys::rte_tel_data_start_dict(self.0) };
+fn cmd_socket(params: &str) -> Result<TelData, i32> {
+    let snap = snapshot();
+    let wanted = Some(params.trim()).filter(|p| !p.is_empty()).ok_or(libc::EINVAL)?;
+    let sock = match wanted.parse::<usize>() {
+        Ok(i) => snap.sockets.get(i),
+        Err(_) => snap.sockets.iter().find(|s| s.path == wanted),
     }
-    fn start_string_array(&mut self) {
-        // SAFETY: as above.
-        unsafe { sys::rte_tel_data_start_array(self.0, sys::RTE_TEL_STRING_VAL) };
-    }
-    fn push_string(&mut self, value: &str) {
-        let v = c_string(value);
-        // SAFETY: as above; DPDK copies the string.
-        unsafe { sys::rte_tel_data_add_array_string(self.0, v.as_ptr()) };
-    }
-    fn u64(&mut self, name: &CStr, value: u64) {
-        // SAFETY: as above; DPDK copies the name.
-        unsafe { sys::rte_tel_data_add_dict_u64(self.0, name.as_ptr(), value) };
-    }
-    fn int(&mut self, name: &CStr, value: i32) {
-        // SAFETY: as above.
-        unsafe { sys::rte_tel_data_add_dict_int(self.0, name.as_ptr(), value) };
-    }
-    fn string(&mut self, name: &CStr, value: &str) {
-        let v = c_string(value);
-        // SAFETY: as above; DPDK copies (and truncates to its limit) the string.
-        unsafe { sys::rte_tel_data_add_dict_string(self.0, name.as_ptr(), v.as_ptr()) };
-    }
+    .ok_or(libc::ENOENT)?;
+    Ok(socket_dict(sock).into())
 }
 
-fn c_string(s: &str) -> CString {
-    CString::new(s.replace('\0', "")).unwrap_or_default()
-}
-
-unsafe extern "C" fn cmd_info(_cmd: *const c_char, _params: *const c_char, d: *mut sys::rte_tel_data) -> c_int {
-    entry(d, |out| {
-        let snap = snapshot();
-        out.start_dict();
-        out.string(c"version", env!("CARGO_PKG_VERSION"));
-        out.int(c"pid", std::process::id() as i32);
-        out.u64(c"sockets", snap.sockets.len() as u64);
-        let guests = snap.sockets.iter().filter(|s| s.conn.as_ref().is_some_and(|c| c.guest.is_some())).count();
-        out.u64(c"guests", guests as u64);
-        out.int(c"capture", CAPTURE.load(Ordering::Relaxed) as i32);
-        Ok(())
-    })
-}
-
-unsafe extern "C" fn cmd_sockets(_cmd: *const c_char, _params: *const c_char, d: *mut sys::rte_tel_data) -> c_int {
-    entry(d, |out| {
-        out.start_string_array();
-        for s in &snapshot().sockets {
-            out.push_string(&s.path);
-        }
-        Ok(())
-    })
-}
-
-unsafe extern "C" fn cmd_socket(_cmd: *const c_char, params: *const c_char, d: *mut sys::rte_tel_data) -> c_int {
-    // SAFETY: telemetry passes a NUL-terminated parameter string or null.
-    let params = (!params.is_null()).then(|| unsafe { CStr::from_ptr(params) }.to_string_lossy().trim().to_string());
-    entry(d, |out| {
-        let snap = snapshot();
-        let wanted = params.as_deref().filter(|p| !p.is_empty()).ok_or(-libc::EINVAL)?;
-        let sock = match wanted.parse::<usize>() {
-            Ok(i) => snap.sockets.get(i),
-            Err(_) => snap.sockets.iter().find(|s| s.path == wanted),
-        }
-        .ok_or(-libc::ENOENT)?;
-        socket_dict(out, sock);
-        Ok(())
-    })
-}
-
-fn socket_dict(out: &mut Answer, s: &SocketView) {
+fn socket_dict(s: &SocketView) -> TelDict {
     let ld = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let st = &s.stats;
-    out.start_dict();
-    out.string(c"path", &s.path);
-    out.u64(c"port", s.port as u64);
-    out.u64(c"queue", s.queue as u64);
-    out.u64(c"guests_served", s.guests_served);
-    out.u64(c"rx_packets", ld(&st.rx_packets));
-    out.u64(c"rx_bytes", ld(&st.rx_bytes));
-    out.u64(c"rx_dropped", ld(&st.rx_dropped));
-    out.u64(c"tx_packets", ld(&st.tx_packets));
-    out.u64(c"tx_bytes", ld(&st.tx_bytes));
-    out.u64(c"tx_dropped", ld(&st.tx_dropped));
-    out.u64(c"tx_returned", ld(&st.tx_returned));
-    out.u64(c"rx_wakeups", ld(&st.rx_wakeups));
-    out.u64(c"copies", ld(&st.copies));
-    out.u64(c"invalid", ld(&st.invalid) + s.pool_invalid);
-    out.int(c"guest_connected", s.conn.is_some() as i32);
-    let Some(conn) = &s.conn else { return };
-    out.int(c"guest_pid", conn.pid);
-    out.u64(c"guest_connected_ms", conn.connected_for.as_millis() as u64);
-    out.int(c"guest_attached", conn.guest.is_some() as i32);
-    let Some(g) = &conn.guest else { return };
-    out.string(c"guest_app", &g.app);
-    out.u64(c"region_size", g.region_size);
-    out.int(c"region_hugepages", g.hugepages as i32);
-    out.u64(c"pools", g.pools as u64);
-    out.int(c"queue_started", g.queue_started as i32);
+    let mut out = TelDict::new();
+    out.string("path", &s.path);
+    out.u64("port", s.port as u64);
+    out.u64("queue", s.queue as u64);
+    out.u64("guests_served", s.guests_served);
+    out.u64("rx_packets", ld(&st.rx_packets));
+    out.u64("rx_bytes", ld(&st.rx_bytes));
+    out.u64("rx_dropped", ld(&st.rx_dropped));
+    out.u64("tx_packets", ld(&st.tx_packets));
+    out.u64("tx_bytes", ld(&st.tx_bytes));
+    out.u64("tx_dropped", ld(&st.tx_dropped));
+    out.u64("tx_returned", ld(&st.tx_returned));
+    out.u64("rx_wakeups", ld(&st.rx_wakeups));
+    out.u64("copies", ld(&st.copies));
+    out.u64("invalid", ld(&st.invalid) + s.pool_invalid);
+    out.int("guest_connected", s.conn.is_some() as i32);
+    let Some(conn) = &s.conn else { return out };
+    out.int("guest_pid", conn.pid);
+    out.u64("guest_connected_ms", conn.connected_for.as_millis() as u64);
+    out.int("guest_attached", conn.guest.is_some() as i32);
+    let Some(g) = &conn.guest else { return out };
+    out.string("guest_app", &g.app);
+    out.u64("region_size", g.region_size);
+    out.int("region_hugepages", g.hugepages as i32);
+    out.u64("pools", g.pools as u64);
+    out.int("queue_started", g.queue_started as i32);
     for (prefix, ring) in [("rx_ring", g.rx_ring), ("tx_ring", g.tx_ring)] {
-        out.u64(&c_string(&format!("{prefix}_entries")), ring.entries as u64);
-        out.u64(&c_string(&format!("{prefix}_used")), ring.used as u64);
-        out.int(&c_string(&format!("{prefix}_corrupt")), ring.corrupt as i32);
+        out.u64(&format!("{prefix}_entries"), ring.entries as u64);
+        out.u64(&format!("{prefix}_used"), ring.used as u64);
+        out.int(&format!("{prefix}_corrupt"), ring.corrupt as i32);
     }
+    out
 }
 
 #[cfg(test)]
@@ -337,5 +278,31 @@ mod tests {
             Vec::new()
         });
         assert_eq!(calls, 2);
+    }
+
+    #[test]
+    fn socket_commands_check_their_parameter() {
+        assert_eq!(cmd_socket("").unwrap_err(), libc::EINVAL);
+        assert_eq!(cmd_socket("  ").unwrap_err(), libc::EINVAL);
+        assert_eq!(cmd_socket(" /no/such/socket ").unwrap_err(), libc::ENOENT);
+    }
+
+    #[test]
+    fn a_socket_without_a_guest_shows_its_counters() {
+        let view = SocketView {
+            path: "/tmp/s".into(),
+            port: 1,
+            queue: 2,
+            guests_served: 3,
+            stats: Arc::new(SocketStats::default()),
+            pool_invalid: 4,
+            conn: None,
+        };
+        let d = socket_dict(&view);
+        let names: Vec<&str> = d.entries().iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.first(), Some(&"path"));
+        assert_eq!(names.last(), Some(&"guest_connected"));
+        assert_eq!(names.len(), 15);
+        assert!(d.entries().contains(&("invalid".to_string(), dpdk::telemetry::TelValue::U64(4))));
     }
 }

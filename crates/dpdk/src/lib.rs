@@ -1,24 +1,55 @@
 //! A thin, safe layer over the parts of DPDK 22.11 that applications (the IO proxy) use
-//! on the control path: EAL lifetime, ethdev ports and packet-mbuf pools.
+//! on the control path: EAL lifetime, ethdev ports, packet-mbuf pools, external memory
+//! and DMA mappings, telemetry commands and packet capture.
 //!
-//! Ownership follows RAII: [`Eal`] cleans EAL up when dropped, [`PktPool`] frees its
-//! mempool. No lcore model is imposed: callers launch their own loops. Data-path calls
+//! Ownership follows RAII, and `unsafe` stays in this crate:
+//!
+//! * [`Eal`] is a reference-counted handle; the last clone to drop cleans EAL up, and
+//!   every object below that needs EAL holds a clone.
+//! * [`PktPool`] frees its mempool on drop, but not while an rx queue that
+//!   [`Port::rx_queue_setup_pool`] pointed at it still uses it; [`Mempool`] is a borrowed
+//!   view of a pool ([`Mempool::in_use_count`]), [`mempool_count`] counts the process's.
+//! * [`ExtMem`] registers memory the application mapped as external memory and DMA-maps
+//!   it for devices; dropping it undoes both.
+//! * [`telemetry::register`] adds a telemetry command answered by a safe Rust closure;
+//!   [`Pdump`] enables packet capture by `dpdk-dumpcap` while it lives.
+//!
+//! No lcore model is imposed: callers launch their own loops and threads. Data-path calls
 //! (`rte_eth_rx_burst`, ...) stay raw `dpdk_sys` calls in the caller's hot loop, where
 //! a wrapper would only add a branch.
+//!
+//! Every `extern "C"` function this crate hands to DPDK catches panics: none unwinds
+//! into C.
 
+#![warn(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+use std::collections::BTreeMap;
 use std::ffi::{c_char, CStr, CString};
 use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 pub use dpdk_sys as sys;
+
+mod mem;
+mod mempool;
+mod pdump;
+pub mod telemetry;
+
+pub use mem::{virt2phy, Device, ExtMem};
+pub use mempool::{mempool_count, Mempool, PktPool};
+pub use pdump::Pdump;
 
 /// A failed DPDK call: which call and the errno it reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
+    /// The DPDK function that failed.
     pub call: &'static str,
+    /// The (positive) errno value it reported.
     pub errno: i32,
 }
 
 impl Error {
+    /// An error of `call` with `errno` (either sign).
     pub fn new(call: &'static str, errno: i32) -> Error {
         Error { call, errno: errno.abs() }
     }
@@ -53,15 +84,51 @@ pub fn check(call: &'static str, rc: i32) -> Result<i32, Error> {
     }
 }
 
-/// The initialised EAL. Dropping it calls `rte_eal_cleanup`.
+/// The initialised EAL: a cheap, cloneable, reference-counted handle. The last clone
+/// to drop calls `rte_eal_cleanup`.
+///
+/// Everything in this crate that needs EAL alive holds a clone ([`PktPool`], [`ExtMem`],
+/// [`Pdump`], [`telemetry::Registration`]; a pool an rx queue takes buffers from until
+/// its port is closed), so EAL cannot be cleaned up under them: dropping the
+/// application's own handle first only defers the cleanup to the last of them. EAL is initialised once per process: a second [`Eal::init`] after a successful
+/// one is an error (`EALREADY`), also after the cleanup (DPDK cannot initialise EAL
+/// again).
+#[derive(Clone)]
 pub struct Eal {
+    inner: Arc<EalInner>,
+}
+
+/// The one EAL of the process; its drop is the cleanup.
+struct EalInner {
     _private: (),
+}
+
+/// Whether EAL was initialised, and the handle while it lives.
+struct EalState {
+    initialised: bool,
+    current: Weak<EalInner>,
+}
+
+static EAL: Mutex<EalState> = Mutex::new(EalState { initialised: false, current: Weak::new() });
+
+fn eal_state() -> MutexGuard<'static, EalState> {
+    // The state is two plain fields, each always consistent: a panic elsewhere while
+    // the lock was held cannot break it.
+    EAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Eal {
     /// Initialises EAL with `args` (`args[0]` is the program name). Returns the EAL and
     /// the number of arguments EAL consumed.
+    ///
+    /// Fails with `EALREADY` once EAL was initialised in this process (whether or not
+    /// it was cleaned up since). After a failed initialisation DPDK decides whether
+    /// another attempt may be made.
     pub fn init(args: &[String]) -> Result<(Eal, usize), Error> {
+        let mut state = eal_state();
+        if state.initialised {
+            return Err(Error::new("rte_eal_init", libc::EALREADY));
+        }
         let cstrings: Vec<CString> = args
             .iter()
             .map(|a| CString::new(a.as_str()).unwrap_or_else(|_| CString::from(c"?")))
@@ -70,32 +137,59 @@ impl Eal {
         let mut argv: Vec<*mut c_char> = cstrings.iter().map(|c| c.as_ptr() as *mut c_char).collect();
         argv.push(std::ptr::null_mut());
         let argc = args.len() as i32;
-        // SAFETY: argv holds argc valid NUL-terminated strings and a final null.
+        // SAFETY: argv holds argc valid NUL-terminated strings and a final null; the
+        // lock on the state serialises initialisations.
         let rc = unsafe { sys::rte_eal_init(argc, argv.as_mut_ptr()) };
         std::mem::forget(cstrings);
         std::mem::forget(argv);
         if rc < 0 {
             return Err(Error::from_rte_errno("rte_eal_init"));
         }
-        Ok((Eal { _private: () }, rc as usize))
+        let inner = Arc::new(EalInner { _private: () });
+        state.initialised = true;
+        state.current = Arc::downgrade(&inner);
+        Ok((Eal { inner }, rc as usize))
+    }
+
+    /// A handle to the running EAL, if there is one (initialised, and not cleaned up
+    /// nor being cleaned up).
+    pub fn current() -> Option<Eal> {
+        eal_state().current.upgrade().map(|inner| Eal { inner })
+    }
+
+    /// [`Eal::current`], or the error `ENODEV` naming `call`.
+    pub(crate) fn require(call: &'static str) -> Result<Eal, Error> {
+        Eal::current().ok_or(Error::new(call, libc::ENODEV))
+    }
+
+    /// How many handles to this EAL exist (this one included).
+    pub fn handle_count(&self) -> usize {
+        Arc::strong_count(&self.inner)
     }
 
     /// Whether packet buffers' IOVAs are their virtual addresses.
     pub fn iova_is_va(&self) -> bool {
-        // SAFETY: reads EAL configuration.
+        // SAFETY: reads EAL configuration; EAL lives as long as self.
         unsafe { sys::rte_eal_iova_mode() == sys::RTE_IOVA_VA }
     }
 
     /// The main lcore's id.
     pub fn main_lcore(&self) -> u32 {
-        // SAFETY: reads EAL configuration.
+        // SAFETY: reads EAL configuration; EAL lives as long as self.
         unsafe { sys::rte_get_main_lcore() }
     }
 }
 
-impl Drop for Eal {
+impl fmt::Debug for Eal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Eal").field("handles", &self.handle_count()).finish()
+    }
+}
+
+impl Drop for EalInner {
     fn drop(&mut self) {
-        // SAFETY: EAL was initialised by `init`; nothing uses it after this value drops.
+        // SAFETY: EAL was initialised by `Eal::init`; this is the last handle, and every
+        // object of this crate that needs EAL holds one.
         unsafe { sys::rte_eal_cleanup() };
     }
 }
@@ -103,12 +197,15 @@ impl Drop for Eal {
 /// The link of a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Link {
+    /// The link is up.
     pub up: bool,
+    /// Its speed in Mbit/s (0 when unknown).
     pub speed_mbps: u32,
 }
 
 /// Per-port counters, as `rte_eth_stats_get` gives them.
 #[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)] // the fields of `rte_eth_stats`, same names
 pub struct PortStats {
     pub ipackets: u64,
     pub opackets: u64,
@@ -121,8 +218,30 @@ pub struct PortStats {
 }
 
 /// An ethdev port, by id. Cheap to copy; validity is checked by every call.
+///
+/// A port does not hold EAL: its calls must be made while EAL lives (an application
+/// keeps its [`Eal`] handle until it has closed its ports).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Port(pub u16);
+
+/// The pools that rx queues set up by [`Port::rx_queue_setup_pool`] take their buffers
+/// from, by (port, queue): each is kept alive until its queue is set up again or its
+/// port is closed.
+static RX_POOLS: Mutex<BTreeMap<(u16, u16), Arc<mempool::PoolInner>>> = Mutex::new(BTreeMap::new());
+
+fn rx_pools() -> MutexGuard<'static, BTreeMap<(u16, u16), Arc<mempool::PoolInner>>> {
+    // Insertions and removals are single map operations: a poisoned map is consistent.
+    RX_POOLS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Replaces the pool kept for rx queue (port, queue); the old one drops after the lock.
+fn keep_rx_pool(port: u16, queue: u16, pool: Option<Arc<mempool::PoolInner>>) {
+    let old = match pool {
+        Some(p) => rx_pools().insert((port, queue), p),
+        None => rx_pools().remove(&(port, queue)),
+    };
+    drop(old);
+}
 
 impl Port {
     /// Ports that are probed and not owned by another entity.
@@ -139,11 +258,13 @@ impl Port {
         ports
     }
 
+    /// Whether the id names a probed port.
     pub fn is_valid(self) -> bool {
         // SAFETY: a range check on the port table.
         unsafe { sys::rte_eth_dev_is_valid_port(self.0) == 1 }
     }
 
+    /// The device's capabilities and limits (`rte_eth_dev_info_get`).
     pub fn info(self) -> Result<sys::rte_eth_dev_info, Error> {
         // SAFETY: dev_info is plain data filled by the call.
         unsafe {
@@ -165,11 +286,13 @@ impl Port {
         unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
     }
 
+    /// The NUMA socket of the device (negative when unknown).
     pub fn socket_id(self) -> i32 {
         // SAFETY: a lookup in the port table.
         unsafe { sys::rte_eth_dev_socket_id(self.0) }
     }
 
+    /// The port's MAC address.
     pub fn mac(self) -> Result<[u8; 6], Error> {
         // SAFETY: plain data filled by the call.
         unsafe {
@@ -179,6 +302,7 @@ impl Port {
         }
     }
 
+    /// The port's MTU.
     pub fn mtu(self) -> Result<u16, Error> {
         let mut mtu = 0u16;
         // SAFETY: writes one u16.
@@ -186,13 +310,22 @@ impl Port {
         Ok(mtu)
     }
 
+    /// Sets the port's MTU.
     pub fn set_mtu(self, mtu: u16) -> Result<(), Error> {
         // SAFETY: plain call on a port id.
         check("rte_eth_dev_set_mtu", unsafe { sys::rte_eth_dev_set_mtu(self.0, mtu) }).map(|_| ())
     }
 
+    /// Configures the port with `nb_rx` rx and `nb_tx` tx queues.
+    ///
+    /// `conf.rx_adv_conf.rss_conf.rss_key` must be null (the device's default key): DPDK
+    /// would read a key through it; anything else is refused with `EINVAL`.
     pub fn configure(self, nb_rx: u16, nb_tx: u16, conf: &sys::rte_eth_conf) -> Result<(), Error> {
-        // SAFETY: conf is a valid configuration; DPDK copies it.
+        if !conf.rx_adv_conf.rss_conf.rss_key.is_null() {
+            return Err(Error::new("rte_eth_dev_configure", libc::EINVAL));
+        }
+        // SAFETY: conf is a valid configuration without pointers (checked above); DPDK
+        // copies it.
         check("rte_eth_dev_configure", unsafe { sys::rte_eth_dev_configure(self.0, nb_rx, nb_tx, conf) }).map(|_| ())
     }
 
@@ -206,11 +339,41 @@ impl Port {
         Ok((rx, tx))
     }
 
-    /// Sets up rx queue `queue` to take its buffers from `pool`.
+    /// Sets up rx queue `queue` to take its buffers from `pool`, which this crate keeps
+    /// alive (a reference to it, and so to EAL) until the queue is set up again or the
+    /// port is closed with [`Port::close`]: dropping the [`PktPool`] meanwhile only drops
+    /// the application's reference.
+    ///
+    /// `conf` (None: the device's defaults) must not name buffer-split segments or
+    /// extra mempools (`rx_seg`, `rx_nseg`, `rx_mempools`, `rx_nmempool`): refused with
+    /// `EINVAL`.
+    pub fn rx_queue_setup_pool(
+        self,
+        queue: u16,
+        nb_desc: u16,
+        conf: Option<&sys::rte_eth_rxconf>,
+        pool: &PktPool,
+    ) -> Result<(), Error> {
+        if conf.is_some_and(|c| !c.rx_seg.is_null() || c.rx_nseg != 0 || !c.rx_mempools.is_null() || c.rx_nmempool != 0) {
+            return Err(Error::new("rte_eth_rx_queue_setup", libc::EINVAL));
+        }
+        let conf_ptr = conf.map_or(std::ptr::null(), |c| c as *const _);
+        // SAFETY: conf has no pointers (checked above); `pool` is a live packet-mbuf pool,
+        // kept alive below for as long as the queue can use it.
+        check("rte_eth_rx_queue_setup", unsafe {
+            sys::rte_eth_rx_queue_setup(self.0, queue, nb_desc, self.socket_id().max(0) as u32, conf_ptr, pool.as_ptr())
+        })?;
+        keep_rx_pool(self.0, queue, Some(pool.inner()));
+        Ok(())
+    }
+
+    /// Sets up rx queue `queue` to take its buffers from `pool`, a mempool this crate
+    /// does not own (for example one with the application's own mempool ops).
     ///
     /// # Safety
     /// `pool` is a live packet-mbuf mempool that outlives the queue's use of it (until the
-    /// queue is set up again with another pool, or the port is closed).
+    /// queue is set up again with another pool, or the port is closed). `conf`, if any,
+    /// is valid, and so is whatever its pointers name.
     pub unsafe fn rx_queue_setup(
         self,
         queue: u16,
@@ -222,10 +385,13 @@ impl Port {
         // SAFETY: per this function's contract.
         check("rte_eth_rx_queue_setup", unsafe {
             sys::rte_eth_rx_queue_setup(self.0, queue, nb_desc, self.socket_id().max(0) as u32, conf, pool)
-        })
-        .map(|_| ())
+        })?;
+        // The queue no longer uses a pool that `rx_queue_setup_pool` gave it.
+        keep_rx_pool(self.0, queue, None);
+        Ok(())
     }
 
+    /// Sets up tx queue `queue` with the device's default configuration.
     pub fn tx_queue_setup(self, queue: u16, nb_desc: u16) -> Result<(), Error> {
         // SAFETY: null conf means the device's defaults.
         check("rte_eth_tx_queue_setup", unsafe {
@@ -234,26 +400,41 @@ impl Port {
         .map(|_| ())
     }
 
+    /// Starts the port.
     pub fn start(self) -> Result<(), Error> {
         // SAFETY: plain call on a port id.
         check("rte_eth_dev_start", unsafe { sys::rte_eth_dev_start(self.0) }).map(|_| ())
     }
 
+    /// Stops the port.
     pub fn stop(self) -> Result<(), Error> {
         // SAFETY: plain call on a port id.
         check("rte_eth_dev_stop", unsafe { sys::rte_eth_dev_stop(self.0) }).map(|_| ())
     }
 
+    /// Closes the port (its queues release their buffers), then lets go of the pools
+    /// its rx queues were set up with by [`Port::rx_queue_setup_pool`].
     pub fn close(self) -> Result<(), Error> {
         // SAFETY: plain call on a port id; the id is invalid afterwards.
-        check("rte_eth_dev_close", unsafe { sys::rte_eth_dev_close(self.0) }).map(|_| ())
+        let closed = check("rte_eth_dev_close", unsafe { sys::rte_eth_dev_close(self.0) }).map(|_| ());
+        if closed.is_ok() {
+            let released: Vec<_> = {
+                let mut pools = rx_pools();
+                let queues: Vec<(u16, u16)> = pools.range((self.0, 0)..=(self.0, u16::MAX)).map(|(k, _)| *k).collect();
+                queues.into_iter().filter_map(|k| pools.remove(&k)).collect()
+            };
+            drop(released);
+        }
+        closed
     }
 
+    /// Stops one rx queue (where the device can).
     pub fn rx_queue_stop(self, queue: u16) -> Result<(), Error> {
         // SAFETY: plain call on a port id.
         check("rte_eth_dev_rx_queue_stop", unsafe { sys::rte_eth_dev_rx_queue_stop(self.0, queue) }).map(|_| ())
     }
 
+    /// Starts one rx queue (where the device can).
     pub fn rx_queue_start(self, queue: u16) -> Result<(), Error> {
         // SAFETY: plain call on a port id.
         check("rte_eth_dev_rx_queue_start", unsafe { sys::rte_eth_dev_rx_queue_start(self.0, queue) }).map(|_| ())
@@ -265,11 +446,13 @@ impl Port {
         check("rte_eth_tx_done_cleanup", unsafe { sys::rte_eth_tx_done_cleanup(self.0, queue, 0) }).map(|_| ())
     }
 
+    /// Enables promiscuous mode.
     pub fn promiscuous_enable(self) -> Result<(), Error> {
         // SAFETY: plain call on a port id.
         check("rte_eth_promiscuous_enable", unsafe { sys::rte_eth_promiscuous_enable(self.0) }).map(|_| ())
     }
 
+    /// The link, without waiting for it (down when it cannot be read).
     pub fn link(self) -> Link {
         // SAFETY: plain data filled by the call.
         unsafe {
@@ -281,6 +464,7 @@ impl Port {
         }
     }
 
+    /// The port's basic counters.
     pub fn stats(self) -> Result<PortStats, Error> {
         // SAFETY: plain data filled by the call.
         unsafe {
@@ -299,47 +483,10 @@ impl Port {
         }
     }
 
-    /// The generic device behind the port (for DMA mapping).
-    pub fn device(self) -> Result<*mut sys::rte_device, Error> {
-        Ok(self.info()?.device)
+    /// The generic device behind the port (for DMA mapping with [`ExtMem::dma_map`]).
+    pub fn device(self) -> Result<Device, Error> {
+        Device::from_ptr(self.info()?.device).ok_or(Error::new("rte_eth_dev_info_get", libc::ENODEV))
     }
-}
-
-/// A packet-mbuf pool in this process's own memory, freed on drop.
-pub struct PktPool {
-    mp: *mut sys::rte_mempool,
-}
-
-// SAFETY: a mempool is usable from any thread (per-lcore caches are keyed by lcore id).
-unsafe impl Send for PktPool {}
-// SAFETY: as above.
-unsafe impl Sync for PktPool {}
-
-impl PktPool {
-    pub fn new(name: &str, count: u32, cache: u32, data_room: u16, socket: i32) -> Result<PktPool, Error> {
-        let cname = CString::new(name).map_err(|_| Error::new("rte_pktmbuf_pool_create", libc_einval()))?;
-        // SAFETY: valid arguments; the pool is owned by the returned value.
-        let mp = unsafe { sys::rte_pktmbuf_pool_create(cname.as_ptr(), count, cache, 0, data_room, socket) };
-        if mp.is_null() {
-            return Err(Error::from_rte_errno("rte_pktmbuf_pool_create"));
-        }
-        Ok(PktPool { mp })
-    }
-
-    pub fn as_ptr(&self) -> *mut sys::rte_mempool {
-        self.mp
-    }
-}
-
-impl Drop for PktPool {
-    fn drop(&mut self) {
-        // SAFETY: created by `new`; its owner guarantees no queue uses it any more.
-        unsafe { sys::rte_mempool_free(self.mp) };
-    }
-}
-
-fn libc_einval() -> i32 {
-    22
 }
 
 #[cfg(test)]

@@ -1,0 +1,289 @@
+//! The proxy's OS edge: the POSIX calls std does not offer (seqpacket unix sockets,
+//! poll, peer credentials, user and group lookups, signals), behind safe functions. The
+//! other modules make no libc call themselves.
+
+use std::ffi::{c_int, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+/// The flag the quit signals set (null: none installed yet).
+static QUIT_FLAG: AtomicPtr<AtomicBool> = AtomicPtr::new(std::ptr::null_mut());
+
+extern "C" fn on_quit_signal(_sig: c_int) {
+    // Async-signal-safe: two atomic operations, no allocation, no lock, cannot panic.
+    let flag = QUIT_FLAG.load(Ordering::Acquire);
+    // SAFETY: null or the `&'static AtomicBool` stored by `set_quit_flag_on_signals`.
+    if let Some(flag) = unsafe { flag.as_ref() } {
+        flag.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Makes SIGINT and SIGTERM set `flag` (instead of ending the process).
+pub fn set_quit_flag_on_signals(flag: &'static AtomicBool) {
+    QUIT_FLAG.store(flag as *const AtomicBool as *mut AtomicBool, Ordering::Release);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs a handler that only does atomic operations.
+        unsafe { libc::signal(sig, on_quit_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// `poll(2)` on `fds` for at most `timeout_ms` (negative: no limit): how many have
+/// events in their `revents`.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: fds is a valid, exclusively borrowed array of pollfd of the given length;
+    // poll(2) only writes their `revents` (a descriptor that is not open gets POLLNVAL).
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One `read(2)` from `fd` into `buf`, without buffering (what a poll(2) loop needs:
+/// nothing is kept where poll cannot see it). Ok(0): end of input.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: read(2) into a buffer of the given length that we borrow exclusively.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// A new unix `SOCK_SEQPACKET` socket (close-on-exec; non-blocking if asked).
+pub fn seqpacket_socket(nonblocking: bool) -> io::Result<OwnedFd> {
+    let flags = libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The address of a unix socket at a path.
+pub struct UnixAddr(libc::sockaddr_un);
+
+impl UnixAddr {
+    /// The address of `path`; it must fit `sun_path` with its terminating NUL.
+    pub fn new(path: &Path) -> Result<UnixAddr, String> {
+        // SAFETY: sockaddr_un is plain data; zero is valid.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = path.as_os_str().as_encoded_bytes();
+        if bytes.len() >= addr.sun_path.len() {
+            return Err(format!("socket path {} is too long", path.display()));
+        }
+        for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        Ok(UnixAddr(addr))
+    }
+
+    fn as_ptr(&self) -> *const libc::sockaddr {
+        &self.0 as *const libc::sockaddr_un as *const libc::sockaddr
+    }
+
+    const LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+}
+
+/// `bind(2)`s socket `fd` to `addr` (which creates the socket file).
+pub fn bind(fd: BorrowedFd<'_>, addr: &UnixAddr) -> io::Result<()> {
+    // SAFETY: addr is a valid sockaddr_un of the given length.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), addr.as_ptr(), UnixAddr::LEN) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `listen(2)` on a bound socket.
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: plain call on a descriptor we borrow.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `connect(2)`s socket `fd` to `addr`.
+pub fn connect(fd: BorrowedFd<'_>, addr: &UnixAddr) -> io::Result<()> {
+    // SAFETY: addr is a valid sockaddr_un of the given length.
+    if unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr(), UnixAddr::LEN) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Accepts a connection on listening socket `listener`, as a non-blocking,
+/// close-on-exec descriptor (a peer that does not read must never block a send).
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: accept4(2) without an address buffer; the flags are constants.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `shutdown(2)` both directions of a socket; it stays open until its owner drops it.
+pub fn shutdown(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain call on a descriptor we borrow.
+    if unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The credentials of the peer of a connected unix socket, as the kernel recorded them
+/// when it connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Its process id.
+    pub pid: i32,
+    /// Its effective user id.
+    pub uid: u32,
+    /// Its effective group id.
+    pub gid: u32,
+    /// Its supplementary groups (empty where the kernel cannot say).
+    pub groups: Vec<u32>,
+}
+
+/// `SO_PEERCRED` and `SO_PEERGROUPS` of a connected unix socket; None when the first
+/// cannot be read.
+pub fn peer_credentials(fd: BorrowedFd<'_>) -> Option<Credentials> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred is a valid ucred buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut libc::c_void, &mut len)
+    };
+    if rc != 0 {
+        return None;
+    }
+    let mut groups = vec![0 as libc::gid_t; 64];
+    let mut glen = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+    // SAFETY: groups is a buffer of `glen` bytes.
+    let rc = unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERGROUPS, groups.as_mut_ptr() as *mut libc::c_void, &mut glen)
+    };
+    let n = if rc == 0 { glen as usize / std::mem::size_of::<libc::gid_t>() } else { 0 };
+    groups.truncate(n);
+    Some(Credentials { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups })
+}
+
+/// Which lookup `lookup_id` makes.
+#[derive(Clone, Copy)]
+enum Db {
+    Passwd,
+    Group,
+}
+
+/// The id of a user or group name in the system's databases (`getpwnam_r`,
+/// `getgrnam_r`); None when there is no such name or it cannot be looked up.
+fn lookup_id(db: Db, name: &str) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 1024];
+    loop {
+        let mut found = false;
+        let mut id = 0u32;
+        let rc = match db {
+            Db::Passwd => {
+                // SAFETY: passwd is plain data; zero is valid.
+                let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+                let mut result: *mut libc::passwd = std::ptr::null_mut();
+                // SAFETY: valid C string, result struct and buffer of the given length;
+                // the strings in `pw` point into `buf` and are not read.
+                let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) };
+                if rc == 0 && !result.is_null() {
+                    found = true;
+                    id = pw.pw_uid;
+                }
+                rc
+            }
+            Db::Group => {
+                // SAFETY: group is plain data; zero is valid.
+                let mut gr: libc::group = unsafe { std::mem::zeroed() };
+                let mut result: *mut libc::group = std::ptr::null_mut();
+                // SAFETY: as above.
+                let rc = unsafe { libc::getgrnam_r(cname.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut result) };
+                if rc == 0 && !result.is_null() {
+                    found = true;
+                    id = gr.gr_gid;
+                }
+                rc
+            }
+        };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            // A group with many members: a larger buffer.
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        return found.then_some(id);
+    }
+}
+
+/// The uid of user `name`.
+pub fn user_id(name: &str) -> Option<u32> {
+    lookup_id(Db::Passwd, name)
+}
+
+/// The gid of group `name`.
+pub fn group_id(name: &str) -> Option<u32> {
+    lookup_id(Db::Group, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn users_and_groups_resolve() {
+        assert_eq!(user_id("root"), Some(0));
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(user_id("no-such-user-here"), None);
+        assert_eq!(group_id("no-such-group-here"), None);
+        assert_eq!(user_id("a\0b"), None);
+    }
+
+    #[test]
+    fn seqpacket_sockets_listen_accept_and_know_their_peer() {
+        let dir = std::env::temp_dir().join(format!("iop-os-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let _ = std::fs::remove_file(&path);
+        let addr = UnixAddr::new(&path).unwrap();
+        let listener = seqpacket_socket(true).unwrap();
+        bind(listener.as_fd(), &addr).unwrap();
+        listen(listener.as_fd(), 8).unwrap();
+        assert_eq!(accept(listener.as_fd()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        let client = seqpacket_socket(false).unwrap();
+        connect(client.as_fd(), &addr).unwrap();
+        let mut fds = [libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        assert_eq!(poll(&mut fds, 1000).unwrap(), 1);
+        let conn = accept(listener.as_fd()).unwrap();
+        let cred = peer_credentials(conn.as_fd()).unwrap();
+        assert_eq!(cred.pid, std::process::id() as i32);
+        // The directory made above belongs to this process's user.
+        assert_eq!(cred.uid, std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&dir).unwrap()));
+        shutdown(conn.as_fd()).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(read(client.as_fd(), &mut buf).unwrap(), 0, "end of input after the shutdown");
+        assert!(matches!(UnixAddr::new(&dir.join("x".repeat(200))), Err(e) if e.ends_with("is too long")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
