@@ -4,6 +4,8 @@
 //! The examples are built by `cargo build --release --workspace --all-targets` (what
 //! `scripts/test.sh` runs) or `cargo build --release -p shm-guest --examples`.
 //! Run one at a time (`--test-threads=1`): the proxy and the guest each poll a CPU.
+//! The rx wake-up tests (`udp_echo --wait=sleep|async` behind net_tap in a network
+//! namespace) need root, as the tap test of `e2e.rs` does.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -271,4 +273,182 @@ fn a_killed_rust_guest_is_reclaimed_and_the_socket_serves_again() {
     proxy.send("quit");
     let (code, out) = proxy.wait(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{out}");
+}
+
+/// Deletes a network namespace when dropped.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns` (`setns` moves only
+/// the calling thread; this process's other threads stay where they are).
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns(2) on a descriptor we hold open, for this thread only.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// What the paced sender saw.
+#[derive(Debug)]
+struct Paced {
+    sent: u64,
+    answered: u64,
+    wrong: Vec<String>,
+    /// Round trips of the answers, sorted.
+    rtt: Vec<Duration>,
+}
+
+impl Paced {
+    fn rtt_at(&self, per_mille: usize) -> Duration {
+        self.rtt.get((self.rtt.len() * per_mille / 1000).min(self.rtt.len().saturating_sub(1))).copied().unwrap_or_default()
+    }
+}
+
+/// Sends `count` UDP datagrams of varying sizes from `from` to `to`, one every
+/// `interval` (a steady, low rate), and collects the echoes; each must come back from
+/// `to` with its payload intact. Waits up to 10 s for stragglers at the end.
+fn paced_udp(from: &str, to: &str, count: u64, interval: Duration) -> Paced {
+    use std::os::fd::AsRawFd;
+    let sock = std::net::UdpSocket::bind(from).unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    // Waits with ppoll, not SO_RCVTIMEO: socket timeouts count in jiffies (4 ms at
+    // HZ=250), which would bunch the sends two by two instead of pacing them.
+    sock.set_nonblocking(true).unwrap();
+    let to: std::net::SocketAddr = to.parse().unwrap();
+    let payload = |seq: u64| -> Vec<u8> {
+        let len = 16 + (seq as usize * 37) % 1000;
+        let mut p: Vec<u8> = (0..len).map(|i| (i as u64 ^ seq.wrapping_mul(0x9e37)) as u8).collect();
+        p[..8].copy_from_slice(&seq.to_le_bytes());
+        p
+    };
+    let mut sent_at = vec![None::<Instant>; count as usize];
+    let mut out = Paced { sent: 0, answered: 0, wrong: Vec::new(), rtt: Vec::new() };
+    let mut buf = [0u8; 2048];
+    let mut receive_until = |deadline: Instant, out: &mut Paced, sent_at: &mut [Option<Instant>]| loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || out.answered == count {
+            return;
+        }
+        let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+            let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let ts = libc::timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ };
+            // SAFETY: ppoll on one pollfd and a timespec that live across the call.
+            unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+            continue;
+        };
+        let seq = u64::from_le_bytes(buf[..8.min(n)].try_into().unwrap_or([0xff; 8]));
+        if peer != to || seq >= count || buf[..n] != payload(seq)[..] {
+            out.wrong.push(format!("{n} bytes from {peer}, seq {seq}"));
+        } else if let Some(t) = sent_at[seq as usize].take() {
+            out.answered += 1;
+            out.rtt.push(t.elapsed());
+        }
+    };
+    let start = Instant::now();
+    for seq in 0..count {
+        sent_at[seq as usize] = Some(Instant::now());
+        sock.send_to(&payload(seq), to).unwrap_or_else(|e| panic!("send to {to}: {e}"));
+        out.sent += 1;
+        receive_until(start + interval * (seq as u32 + 1), &mut out, &mut sent_at);
+    }
+    receive_until(Instant::now() + Duration::from_secs(10), &mut out, &mut sent_at);
+    out.rtt.sort();
+    out
+}
+
+/// udp_echo with rx wake-ups (`--wait=sleep` or `--wait=async`) behind a virtual NIC
+/// (net_tap in a network namespace), at a low steady rate: every datagram is answered,
+/// the proxy woke the guest, and the guest used a small fraction of a CPU where a
+/// polling one uses all of it.
+fn sleeping_udp_echo(mode: &str) {
+    assert!(is_root(), "this test needs root for a network namespace and a tap device (CI runs as root)");
+    let s = Scratch::new(&format!("rs-wake-{mode}"));
+    let ns = Netns(format!("iop-wake-{mode}-{}", std::process::id()));
+    run("ip", &["netns", "add", &ns.0]);
+    let sock = s.path("q0/sock");
+    let tap = format!("iopw{}{}", &mode[..1], std::process::id() % 10000);
+    let mut proxy = start_proxy(
+        &s,
+        &ProxyConfig {
+            eal: vec!["--vdev".into(), format!("net_tap0,iface={tap}")],
+            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
+            extra: vec![],
+            netns: Some(ns.0.clone()),
+        },
+    );
+    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    run("ip", &["-n", &ns.0, "addr", "add", "10.203.0.1/24", "dev", &tap]);
+    run("ip", &["-n", &ns.0, "link", "set", &tap, "up"]);
+    let wait = format!("--wait={mode}");
+    let guest = rust_guest(&s, "udp_echo", &[sock.to_str().unwrap(), &wait, "--seconds", "120"]);
+    wait_or_dump(&proxy, "queue started", 30);
+    wait_or_dump(&guest, "attached to port 0 queue 0", 10);
+    // The queue start restarts the tap port (link down and up, which flushes the
+    // neighbour table): let the kernel see its link again, then tell it where the
+    // guest's address is (udp_echo answers UDP only, no ARP).
+    std::thread::sleep(Duration::from_secs(1));
+    run("ip", &["-n", &ns.0, "neigh", "replace", "10.203.0.2", "lladdr", "02:00:00:00:00:02", "dev", &tap, "nud", "permanent"]);
+    // 5 s at 200 datagrams per second.
+    let (count, interval) = (1000u64, Duration::from_millis(5));
+    let sent_at = Instant::now();
+    let paced = in_netns(&ns.0, || paced_udp("10.203.0.1:0", "10.203.0.2:7", count, interval));
+    let send_time = sent_at.elapsed();
+    let stats = fresh_stats(&mut proxy, &sock);
+    let (gcode, gout) = guest.interrupt(Duration::from_secs(20));
+    proxy.send("quit");
+    let (code, pout) = proxy.wait(Duration::from_secs(20));
+    let rtt = format!("round trip p50 {:?} p99 {:?} max {:?}", paced.rtt_at(500), paced.rtt_at(990), paced.rtt_at(1000));
+    let context = format!(
+        "sent {} answered {} wrong {:?}; {rtt}\n--- proxy ---\n{pout}\n--- guest ---\n{gout}",
+        paced.sent, paced.answered, paced.wrong
+    );
+    assert_eq!(gcode, Some(0), "guest exit\n{context}");
+    assert_eq!(code, Some(0), "proxy exit\n{context}");
+    assert!(paced.wrong.is_empty(), "wrong answers: {:?}\n{context}", paced.wrong);
+    assert_eq!(paced.answered, count, "every datagram answered\n{context}");
+    let wakeups = counter(&stats, "rx_wakeups");
+    let (cpu_ms, wall_ms) = (summary(&gout, "udp_echo:", "cpu_ms"), summary(&gout, "udp_echo:", "wall_ms"));
+    let (sleeps, guest_wakeups) = (summary(&gout, "udp_echo:", "sleeps"), summary(&gout, "udp_echo:", "wakeups"));
+    let answered = summary(&gout, "udp_echo:", "answered");
+    println!(
+        "--wait={mode}: {count} datagrams in {send_time:?}, all answered, {rtt}; proxy rx_packets={} \
+         rx_wakeups={wakeups}; guest answered={answered} sleeps={sleeps} wakeups={guest_wakeups} cpu_ms={cpu_ms} \
+         wall_ms={wall_ms} ({:.1}% of a CPU)",
+        counter(&stats, "rx_packets"),
+        cpu_ms as f64 * 100.0 / wall_ms.max(1) as f64
+    );
+    assert!(answered >= count, "{gout}");
+    for key in ["rx_invalid", "rx_multiseg_dropped", "free_ring_invalid", "lost"] {
+        assert_eq!(summary(&gout, "udp_echo:", key), 0, "{key}: {gout}");
+    }
+    for key in ["invalid", "copies"] {
+        assert_eq!(counter(&stats, key), 0, "{key}: {stats:?}");
+    }
+    assert!(wakeups > 0, "the proxy never woke the guest: {stats:?}");
+    assert!(sleeps > 0 && guest_wakeups > 0, "{gout}");
+    // Counts, not timings, but for this: a polling guest burns all of its CPU.
+    assert!(cpu_ms * 5 < wall_ms, "the guest used {cpu_ms} ms of CPU in {wall_ms} ms (20% allowed)\n{gout}");
+}
+
+#[test]
+fn rust_udp_echo_sleeps_in_tokio_between_packets() {
+    sleeping_udp_echo("async");
+}
+
+#[test]
+fn rust_udp_echo_sleeps_in_wait_rx_between_packets() {
+    sleeping_udp_echo("sleep");
 }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! udp_echo <socket> [--seconds S] [--packets N] [--buffers N] [--zero-udp-checksum]
+//!          [--wait=poll|sleep|async]
 //! ```
 //!
 //! Every IPv4 UDP packet (optionally behind one 802.1Q tag) is answered in place, in its
@@ -11,14 +12,25 @@
 //! none), or set to 0 with `--zero-udp-checksum`. Anything else (other protocols, IP
 //! fragments, malformed headers, bad IPv4 header checksums) is dropped and counted.
 //!
+//! How it waits for packets (`--wait`):
+//!
+//! * `poll` (the default): it polls the rx ring without pause, one CPU at 100%, for the
+//!   lowest latency;
+//! * `sleep`: it asks the proxy for rx wake-ups and sleeps in `Guest::wait_rx` (one
+//!   `poll(2)`) whenever the ring is empty;
+//! * `async`: the same wake-ups through `AsyncGuest::recv_burst().await` on a tokio
+//!   current-thread runtime: no spinning thread.
+//!
 //! It runs until SIGINT/SIGTERM, `--seconds`, `--packets` answers, or the proxy goes
-//! away, then prints its counters.
+//! away, then prints its counters, with the CPU time it used (`cpu_ms`, user + system,
+//! `getrusage`) against the time it ran (`wall_ms`) and how often it slept
+//! (`sleeps`, `wakeups`).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use shm_guest::{Buffer, Config, Error, Guest};
+use shm_guest::{AsyncGuest, Buffer, Config, Error, Guest};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -111,20 +123,60 @@ fn answer_udp(p: &mut [u8], zero_udp_checksum: bool) -> bool {
     true
 }
 
+/// How the responder waits for packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    Poll,
+    Sleep,
+    Async,
+}
+
+impl std::str::FromStr for Wait {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Wait, String> {
+        match s {
+            "poll" => Ok(Wait::Poll),
+            "sleep" => Ok(Wait::Sleep),
+            "async" => Ok(Wait::Async),
+            other => Err(format!("--wait: '{other}' is none of poll, sleep, async")),
+        }
+    }
+}
+
+impl Wait {
+    fn name(self) -> &'static str {
+        match self {
+            Wait::Poll => "poll",
+            Wait::Sleep => "sleep",
+            Wait::Async => "async",
+        }
+    }
+}
+
 struct Args {
     socket: String,
     seconds: Option<f64>,
     packets: Option<u64>,
     buffers: u32,
     zero_udp_checksum: bool,
+    wait: Wait,
 }
+
+const USAGE: &str = "usage: udp_echo <socket> [--seconds S] [--packets N] [--buffers N] [--zero-udp-checksum] \
+                     [--wait=poll|sleep|async]";
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
-    let mut args = Args { socket: String::new(), seconds: None, packets: None, buffers: 4096, zero_udp_checksum: false };
+    let mut args =
+        Args { socket: String::new(), seconds: None, packets: None, buffers: 4096, zero_udp_checksum: false, wait: Wait::Poll };
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        if let Some(mode) = a.strip_prefix("--wait=") {
+            args.wait = mode.parse()?;
+            continue;
+        }
         match a.as_str() {
+            "--wait" => args.wait = value("--wait")?.parse()?,
             "--seconds" => args.seconds = Some(value("--seconds")?.parse().map_err(|e| format!("--seconds: {e}"))?),
             "--packets" => args.packets = Some(value("--packets")?.parse().map_err(|e| format!("--packets: {e}"))?),
             "--buffers" => args.buffers = value("--buffers")?.parse().map_err(|e| format!("--buffers: {e}"))?,
@@ -135,9 +187,141 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     if args.socket.is_empty() {
-        return Err("usage: udp_echo <socket> [--seconds S] [--packets N] [--buffers N] [--zero-udp-checksum]".into());
+        return Err(USAGE.into());
     }
     Ok(args)
+}
+
+/// What the three wait modes share: answering, sending, counting.
+struct Echo {
+    zero_udp_checksum: bool,
+    packets: Option<u64>,
+    deadline: Option<Instant>,
+    answered: u64,
+    ignored: u64,
+    rx: Vec<Buffer>,
+    tx: Vec<Buffer>,
+}
+
+/// Why the loop ended: printed, or a failure (already printed).
+type End = Result<String, ()>;
+
+impl Echo {
+    /// Why to stop now, if so (a signal, enough answers, the time is up).
+    fn should_end(&self, check_clock: bool) -> Option<String> {
+        if STOP.load(Ordering::Relaxed) {
+            return Some("signal".into());
+        }
+        if self.packets.is_some_and(|n| self.answered >= n) && self.tx.is_empty() {
+            return Some("enough packets".into());
+        }
+        if check_clock && self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Some("time is up".into());
+        }
+        None
+    }
+
+    /// The longest a wait may last: until the deadline, and never so long that a
+    /// signal which arrived just before the wait goes unnoticed for long.
+    fn wait_limit(&self) -> Duration {
+        let tick = Duration::from_millis(200);
+        self.deadline.map_or(tick, |d| d.saturating_duration_since(Instant::now()).min(tick))
+    }
+
+    /// Answers what `rx` holds into `tx`, and hands `tx` to the proxy.
+    fn answer_and_send(&mut self, guest: &mut Guest) -> Result<(), End> {
+        for mut pkt in self.rx.drain(..) {
+            if answer_udp(&mut pkt, self.zero_udp_checksum) {
+                self.tx.push(pkt);
+            } else {
+                self.ignored += 1; // dropping the buffer returns it to the pool
+            }
+        }
+        if !self.tx.is_empty() {
+            // What the tx ring has no room for now is sent on a later turn.
+            match guest.send_burst(&mut self.tx) {
+                Ok(n) => self.answered += n as u64,
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// `--wait=poll` and `--wait=sleep`.
+    fn run(&mut self, guest: &mut Guest, sleep: bool) -> End {
+        let mut polls = 0u32;
+        loop {
+            polls = polls.wrapping_add(1);
+            if let Some(why) = self.should_end(polls % 1024 == 0) {
+                return Ok(why);
+            }
+            let got = match guest.recv_burst(&mut self.rx, 32) {
+                Ok(n) => n,
+                Err(e) => return fail(e),
+            };
+            if let Err(end) = self.answer_and_send(guest) {
+                return end;
+            }
+            // Idle: sleep until the proxy publishes (not while answers wait for room in
+            // the tx ring: the proxy empties it without waking us).
+            if sleep && got == 0 && self.tx.is_empty() {
+                match guest.wait_rx(Some(self.wait_limit())) {
+                    Ok(true) => {}
+                    Ok(false) => polls = 1023, // timed out or a signal: look at the clock
+                    Err(e) => return fail(e),
+                }
+            }
+        }
+    }
+
+    /// `--wait=async`: the same on a current-thread tokio runtime.
+    async fn run_async(&mut self, guest: &mut AsyncGuest) -> End {
+        loop {
+            if let Some(why) = self.should_end(true) {
+                return Ok(why);
+            }
+            let received = if self.tx.is_empty() {
+                // Cancel-safe: a recv that times out has taken nothing.
+                match tokio::time::timeout(self.wait_limit(), guest.recv_burst(&mut self.rx, 32)).await {
+                    Ok(r) => r,
+                    Err(_elapsed) => continue,
+                }
+            } else {
+                // Answers wait for room in the tx ring: no sleeping now.
+                guest.guest_mut().recv_burst(&mut self.rx, 32)
+            };
+            if let Err(e) = received {
+                return fail(e);
+            }
+            if let Err(end) = self.answer_and_send(guest.guest_mut()) {
+                return end;
+            }
+        }
+    }
+}
+
+/// A receive or send error: the proxy going away ends the loop normally, anything
+/// else is printed and fails.
+fn fail(e: Error) -> End {
+    match e {
+        Error::Disconnected(why) => Ok(format!("proxy gone ({why})")),
+        e => {
+            eprintln!("udp_echo: {e}");
+            Err(())
+        }
+    }
+}
+
+/// User + system CPU time of this process so far.
+fn cpu_time() -> Duration {
+    // SAFETY: rusage is plain old data (all-zero is valid); getrusage fills it.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn main() -> ExitCode {
@@ -149,7 +333,12 @@ fn main() -> ExitCode {
         }
     };
     install_signal_handlers();
-    let config = Config { app_name: "udp_echo".into(), buffers: args.buffers, ..Config::default() };
+    let config = Config {
+        app_name: "udp_echo".into(),
+        buffers: args.buffers,
+        rx_wakeup: args.wait != Wait::Poll,
+        ..Config::default()
+    };
     let mut guest = match Guest::connect(&args.socket, &config) {
         Ok(g) => g,
         Err(e) => {
@@ -159,67 +348,78 @@ fn main() -> ExitCode {
     };
     let info = guest.info().clone();
     println!(
-        "udp_echo: attached to port {} queue {}: {} buffers, region {} MiB{}",
+        "udp_echo: attached to port {} queue {}: {} buffers, region {} MiB{}, waiting by {}",
         info.port_id,
         info.queue_id,
         guest.pool().capacity(),
         info.region_size >> 20,
-        if info.hugepages { " (hugepages)" } else { "" }
+        if info.hugepages { " (hugepages)" } else { "" },
+        args.wait.name()
     );
-    let deadline = args.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
-    let (mut answered, mut ignored) = (0u64, 0u64);
-    let mut rx: Vec<Buffer> = Vec::with_capacity(32);
-    let mut tx: Vec<Buffer> = Vec::with_capacity(1024);
-    let mut polls = 0u32;
-    let end: String = loop {
-        polls = polls.wrapping_add(1);
-        if STOP.load(Ordering::Relaxed) {
-            break "signal".into();
-        }
-        if args.packets.is_some_and(|n| answered >= n) && tx.is_empty() {
-            break "enough packets".into();
-        }
-        if polls % 1024 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
-            break "time is up".into();
-        }
-        match guest.recv_burst(&mut rx, 32) {
-            Ok(_) => {}
-            Err(Error::Disconnected(why)) => {
-                break format!("proxy gone ({why})");
-            }
-            Err(e) => {
-                eprintln!("udp_echo: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-        for mut pkt in rx.drain(..) {
-            if answer_udp(&mut pkt, args.zero_udp_checksum) {
-                tx.push(pkt);
-            } else {
-                ignored += 1; // dropping the buffer returns it to the pool
-            }
-        }
-        if !tx.is_empty() {
-            // What the tx ring has no room for now is sent on a later turn.
-            match guest.send_burst(&mut tx) {
-                Ok(n) => answered += n as u64,
-                Err(Error::Disconnected(why)) => {
-                    break format!("proxy gone ({why})");
-                }
+    let started = Instant::now();
+    let mut echo = Echo {
+        zero_udp_checksum: args.zero_udp_checksum,
+        packets: args.packets,
+        deadline: args.seconds.map(|s| started + Duration::from_secs_f64(s)),
+        answered: 0,
+        ignored: 0,
+        rx: Vec::with_capacity(32),
+        tx: Vec::with_capacity(1024),
+    };
+    let end = match args.wait {
+        Wait::Poll => echo.run(&mut guest, false),
+        Wait::Sleep => echo.run(&mut guest, true),
+        Wait::Async => {
+            // One thread: the runtime's reactor sleeps in epoll until the proxy wakes
+            // the guest (or the 200 ms tick that looks for signals and the deadline).
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
+                Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("udp_echo: {e}");
+                    eprintln!("udp_echo: tokio runtime: {e}");
                     return ExitCode::FAILURE;
                 }
+            };
+            let (end, back) = rt.block_on(async {
+                let mut ag = match AsyncGuest::new(guest) {
+                    Ok(ag) => ag,
+                    Err(e) => {
+                        eprintln!("udp_echo: {e}");
+                        return (Err(()), None);
+                    }
+                };
+                let end = echo.run_async(&mut ag).await;
+                (end, Some(ag.into_inner()))
+            });
+            match back {
+                Some(g) => guest = g,
+                None => return ExitCode::FAILURE,
             }
+            end
         }
     };
+    let Ok(end) = end else { return ExitCode::FAILURE };
+    let wall = started.elapsed();
+    let cpu = cpu_time();
     let s = guest.stats();
     println!(
-        "udp_echo: {end}: answered={answered} ignored={ignored} rx_packets={} rx_invalid={} rx_multiseg_dropped={} \
-         tx_packets={} tx_ring_full={} free_ring_invalid={} lost={}",
-        s.rx_packets, s.rx_invalid, s.rx_multiseg_dropped, s.tx_packets, s.tx_ring_full, s.free_ring_invalid, s.lost
+        "udp_echo: {end}: answered={} ignored={} rx_packets={} rx_invalid={} rx_multiseg_dropped={} \
+         tx_packets={} tx_ring_full={} free_ring_invalid={} lost={} wait={} sleeps={} wakeups={} cpu_ms={} wall_ms={}",
+        echo.answered,
+        echo.ignored,
+        s.rx_packets,
+        s.rx_invalid,
+        s.rx_multiseg_dropped,
+        s.tx_packets,
+        s.tx_ring_full,
+        s.free_ring_invalid,
+        s.lost,
+        args.wait.name(),
+        s.rx_sleeps,
+        s.rx_wakeups,
+        cpu.as_millis(),
+        wall.as_millis()
     );
-    drop(tx);
+    drop(std::mem::take(&mut echo.tx));
     if let Err(e) = guest.close() {
         if !end.starts_with("proxy gone") {
             eprintln!("udp_echo: closing: {e}");

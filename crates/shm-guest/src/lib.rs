@@ -76,26 +76,54 @@
 //! * No reconnection: when the proxy goes away the calls return
 //!   [`Error::Disconnected`]; connect again for a fresh region.
 //! * The control socket is read every [`CONTROL_POLL_EVERY`] calls of
-//!   [`Guest::recv_burst`] (one non-blocking `poll` + `recvmsg`), or whenever
-//!   [`Guest::poll_control`] is called: a guest that never receives should call it now
-//!   and then, or the proxy disconnects it when its socket buffer fills.
+//!   [`Guest::recv_burst`] (one non-blocking `poll` + `recvmsg`), whenever
+//!   [`Guest::poll_control`] is called, and by the waits below when it becomes
+//!   readable: a guest that never receives should call it now and then, or the proxy
+//!   disconnects it when its socket buffer fills.
+//!
+//! # Sleeping instead of polling
+//!
+//! By default a guest finds packets by polling its rx ring, which costs a CPU even when
+//! nothing arrives. With [`Config::rx_wakeup`] the guest can sleep while the ring is
+//! empty: it hands the proxy one end of a socket pair with `QueueStart`, and the proxy
+//! sends a datagram on it after publishing rx descriptors, but only when the guest
+//! asked for one (a flag in the region's status block; the protocol and why no wake-up
+//! is lost: `shm_contract::wake`). A busy guest never asks, so the proxy's data path
+//! pays nothing for it then.
+//!
+//! * [`Guest::wait_rx`] blocks (`poll(2)` on the wake-up socket and the control socket)
+//!   until the rx ring has descriptors, a timeout passes, a signal arrives, or the
+//!   connection ends;
+//! * with the cargo feature `tokio`, `AsyncGuest` offers `recv().await` and
+//!   `recv_burst(..).await` under a tokio runtime (no thread of its own, no spinning);
+//! * an application with its own event loop waits on [`Guest::listen_fd`] (and
+//!   [`Guest::control_fd`]) between [`Guest::arm_rx_wakeup`] and
+//!   [`Guest::disarm_rx_wakeup`].
+//!
+//! The cost is latency: a sleeping guest answers after a datagram and a scheduler
+//! wake-up (tens of microseconds) instead of at once. Poll while busy, sleep when idle.
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shm_contract::layout::{RegionLayout, StatusBlock};
 use shm_contract::mem::{check_region_fd, Mapping};
 use shm_contract::proto::transport::{recv_message, send_message, TransportError};
-use shm_contract::proto::{Hello, Welcome, MAX_APP_NAME, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
+use shm_contract::proto::{Hello, Welcome, MAX_APP_NAME, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, QUEUE_FLAG_RX_WAKEUP};
+use shm_contract::wake::{self, WakePair};
 use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, Message, RefuseCode, RegionFlags, SharedMem};
 
 mod pool;
+#[cfg(feature = "tokio")]
+mod tokio_rx;
 
+#[cfg(feature = "tokio")]
+pub use tokio_rx::AsyncGuest;
 pub use pool::{Buffer, BufferPool, CapacityError, RxPacket, DEFAULT_HEADROOM};
 use pool::Pool;
 
@@ -128,6 +156,10 @@ pub struct Config {
     pub tx_ring: u32,
     /// How long to wait for each answer of the proxy.
     pub timeout: Duration,
+    /// Ask the proxy for rx wake-ups, so that the guest can sleep while its rx ring is
+    /// empty ([`Guest::wait_rx`], `AsyncGuest` with the `tokio` feature). Off: the
+    /// guest polls (no wake-up socket is made).
+    pub rx_wakeup: bool,
 }
 
 impl Default for Config {
@@ -140,6 +172,7 @@ impl Default for Config {
             rx_ring: 0,
             tx_ring: 0,
             timeout: Duration::from_secs(5),
+            rx_wakeup: false,
         }
     }
 }
@@ -197,6 +230,8 @@ pub enum Error {
     RingFull,
     /// The buffer belongs to another connection's pool.
     ForeignBuffer,
+    /// A system call failed (making or waiting on the rx wake-up socket).
+    Io(io::Error),
 }
 
 impl fmt::Display for Error {
@@ -217,6 +252,7 @@ impl fmt::Display for Error {
             Error::NotRunning => write!(f, "the queue is not started"),
             Error::RingFull => write!(f, "the tx ring is full"),
             Error::ForeignBuffer => write!(f, "the buffer belongs to another connection's pool"),
+            Error::Io(e) => write!(f, "rx wake-up: {e}"),
         }
     }
 }
@@ -274,6 +310,10 @@ pub struct Stats {
     /// Buffers given up on: the free ring refused them and the parking space (room for
     /// every buffer) was full, which only a corrupted ring causes. Out of the pool.
     pub lost: u64,
+    /// Times the guest slept on an empty rx ring ([`Guest::wait_rx`], the async API).
+    pub rx_sleeps: u64,
+    /// Wake-ups received from the proxy (datagrams read from the wake-up socket).
+    pub rx_wakeups: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -302,6 +342,9 @@ pub struct Guest {
     next_request: u32,
     polls: u32,
     closed: bool,
+    /// With [`Config::rx_wakeup`]: our end to sleep on, and the end the proxy gets a
+    /// copy of with every `QueueStart`.
+    wake: Option<WakePair>,
     /// Declared last: the views above point into it.
     mapping: Arc<Mapping>,
 }
@@ -317,6 +360,8 @@ impl Guest {
     /// pool, and starts the queue: packets flow when this returns.
     pub fn connect(path: impl AsRef<Path>, config: &Config) -> Result<Guest, Error> {
         let socket = connect_seqpacket(path.as_ref()).map_err(Error::Connect)?;
+        // Made before the handshake: failing here (out of descriptors) costs the proxy nothing.
+        let wake = if config.rx_wakeup { Some(WakePair::new().map_err(Error::Io)?) } else { None };
         let region_size = if config.region_size != 0 {
             config.region_size
         } else {
@@ -395,9 +440,10 @@ impl Guest {
             next_request: 2,
             polls: 0,
             closed: false,
+            wake,
             mapping,
         };
-        match guest.transact(&Message::PoolAdd(add))? {
+        match guest.transact(&Message::PoolAdd(add), &[])? {
             Message::PoolAck { pool_id } if pool_id == add.pool_id => {}
             other => return Err(Error::Protocol(format!("expected PoolAck, got {}", other.kind()))),
         }
@@ -485,15 +531,16 @@ impl Guest {
         }
     }
 
-    /// Sends `request` and waits for its answer; unsolicited messages meanwhile are
-    /// handled. A `Refuse` answer is [`Error::Refused`].
-    fn transact(&mut self, request: &Message) -> Result<Message, Error> {
+    /// Sends `request` (with `fds` as `SCM_RIGHTS`) and waits for its answer;
+    /// unsolicited messages meanwhile are handled. A `Refuse` answer is
+    /// [`Error::Refused`].
+    fn transact(&mut self, request: &Message, fds: &[BorrowedFd<'_>]) -> Result<Message, Error> {
         if let Some(e) = self.failed() {
             return Err(e);
         }
         let id = self.next_request;
         self.next_request = self.next_request.wrapping_add(1).max(2);
-        if let Err(e) = send_message(self.socket.as_fd(), request, id, &[]) {
+        if let Err(e) = send_message(self.socket.as_fd(), request, id, fds) {
             return Err(self.fail(Error::from(e).to_string()));
         }
         let deadline = Instant::now() + self.timeout;
@@ -528,7 +575,15 @@ impl Guest {
         // The proxy is not producing: what is still in the rx ring is ours; the rings
         // start from index 0 on both sides at every queue start.
         self.drain_rx();
-        match self.transact(&Message::QueueStart { rx_pool_id: 0 })? {
+        // With wake-ups, every start hands the proxy our signalling end again: it drops
+        // its copy when the queue stops. Taken out of `self` for the call (transact
+        // needs `&mut self`) and put back whatever the answer.
+        let wake = self.wake.take();
+        let signal = wake.as_ref().map(|w| w.signal.as_fd());
+        let flags = if signal.is_some() { QUEUE_FLAG_RX_WAKEUP } else { 0 };
+        let answer = self.transact(&Message::QueueStart { rx_pool_id: 0, flags }, signal.as_slice());
+        self.wake = wake;
+        match answer? {
             Message::QueueStarted => {}
             other => return Err(Error::Protocol(format!("expected QueueStarted, got {}", other.kind()))),
         }
@@ -551,7 +606,7 @@ impl Guest {
             State::Stopped => return Ok(()),
             State::Failed(_) => return Err(self.failed().unwrap_or(Error::NotRunning)),
         }
-        match self.transact(&Message::QueueStop)? {
+        match self.transact(&Message::QueueStop, &[])? {
             Message::QueueStopped => {
                 self.state = State::Stopped;
                 Ok(())
@@ -719,6 +774,142 @@ impl Guest {
             self.state = State::Failed(format!("rx ring: {why}"));
             Error::RingCorrupt(why)
         })
+    }
+
+    /// Whether the rx ring has descriptors (re-reads the proxy's index when the cached
+    /// view is empty).
+    fn rx_ready(&mut self) -> Result<bool, Error> {
+        Ok(self.rx_available(1)? > 0)
+    }
+
+    /// The wake-up pair, or why there is none.
+    fn wake_pair(&self) -> Result<&WakePair, Error> {
+        self.wake.as_ref().ok_or_else(|| Error::Config("rx wake-ups are off (Config::rx_wakeup)".into()))
+    }
+
+    /// The status block's wake-up request flag.
+    ///
+    /// `'static` only as far as the status view is (INVARIANT of Guest): callers keep it
+    /// no longer than they borrow `self`.
+    pub(crate) fn rx_wakeup_flag(&self) -> &'static AtomicU32 {
+        self.status.rx_wakeup_requested()
+    }
+
+    /// The end of the wake-up socket pair that becomes readable when the proxy wakes
+    /// this guest; `None` without [`Config::rx_wakeup`]. For applications with their
+    /// own event loop (`epoll`, an async runtime): see
+    /// [`arm_rx_wakeup`](Self::arm_rx_wakeup). Do not read from it yourself; the guest
+    /// drains it in [`disarm_rx_wakeup`](Self::disarm_rx_wakeup).
+    pub fn listen_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.wake.as_ref().map(|w| w.listen.as_fd())
+    }
+
+    /// The control socket to the proxy. It becomes readable when the proxy sends
+    /// something on its own (link news, goodbye) or goes away; then call
+    /// [`poll_control`](Self::poll_control), which reads it without blocking (and
+    /// returns [`Error::Disconnected`] once the connection is gone). Watch it next to
+    /// [`listen_fd`](Self::listen_fd) so that a proxy that dies wakes a sleeping guest.
+    pub fn control_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
+    /// Asks the proxy to wake this guest at its next rx descriptor, for an application
+    /// that waits on [`listen_fd`](Self::listen_fd) itself ([`wait_rx`](Self::wait_rx)
+    /// and `AsyncGuest` do all of this for you).
+    ///
+    /// `Ok(true)`: the rx ring already has descriptors, nothing is armed; receive
+    /// instead of waiting. `Ok(false)`: armed on a ring seen empty *after* arming, so no
+    /// wake-up can be lost: wait until `listen_fd` is readable, then call
+    /// [`disarm_rx_wakeup`](Self::disarm_rx_wakeup) (also when the wait ends for
+    /// another reason: while armed, the proxy pays a system call per rx burst).
+    ///
+    /// Errors: [`Error::Config`] without [`Config::rx_wakeup`]; [`Error::NotRunning`]
+    /// when the queue is stopped and the ring empty (nobody would wake the guest); the
+    /// connection's failure.
+    pub fn arm_rx_wakeup(&mut self) -> Result<bool, Error> {
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
+        self.wake_pair()?;
+        if self.rx_ready()? {
+            return Ok(true);
+        }
+        if self.state != State::Running {
+            return Err(Error::NotRunning);
+        }
+        let flag = self.rx_wakeup_flag();
+        // Flag, full fence, then the producer index once more (shm_contract::wake): if
+        // the proxy published before it could see the flag, we see its descriptors here.
+        wake::arm(flag);
+        match self.rx_ready() {
+            Ok(false) => Ok(false),
+            ready => {
+                wake::disarm(flag);
+                ready
+            }
+        }
+    }
+
+    /// Ends a wait begun with [`arm_rx_wakeup`](Self::arm_rx_wakeup): reads the pending
+    /// wake-ups and withdraws the request. Returns how many wake-ups there were.
+    pub fn disarm_rx_wakeup(&mut self) -> usize {
+        let Some(pair) = &self.wake else { return 0 };
+        let n = pair.drain();
+        wake::disarm(self.rx_wakeup_flag());
+        self.stats.rx_wakeups += n as u64;
+        n
+    }
+
+    /// Sleeps until the rx ring has descriptors: returns `Ok(true)` then (at once if it
+    /// already has some). `Ok(false)`: `timeout` passed (`None`: no limit) or a signal
+    /// interrupted the wait, with the ring still empty. Needs [`Config::rx_wakeup`].
+    ///
+    /// One `poll(2)` watches the wake-up socket and the control socket: link news is
+    /// handled on the way, and a proxy that says goodbye or dies ends the wait with
+    /// [`Error::Disconnected`]. Errors as [`arm_rx_wakeup`](Self::arm_rx_wakeup).
+    pub fn wait_rx(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if self.arm_rx_wakeup()? {
+                return Ok(true);
+            }
+            let ms = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    // Rounded up: a wait of 0 ms for 0.5 ms left would spin.
+                    i32::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX)
+                }
+            };
+            if ms == 0 {
+                self.disarm_rx_wakeup();
+                return self.rx_ready();
+            }
+            let listen = self.wake_pair()?.listen.as_raw_fd();
+            let mut fds = [
+                libc::pollfd { fd: listen, events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            self.stats.rx_sleeps += 1;
+            // SAFETY: poll(2) on an array of two pollfd that lives across the call; both
+            // descriptors are open (owned by `self`).
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            let err = (rc < 0).then(io::Error::last_os_error);
+            self.disarm_rx_wakeup();
+            match err {
+                Some(e) if e.kind() == io::ErrorKind::Interrupted => return self.rx_ready(),
+                Some(e) => return Err(Error::Io(e)),
+                None => {}
+            }
+            if fds[1].revents != 0 {
+                // Link news is read here; a goodbye or a hang-up is an error.
+                self.poll_control()?;
+            }
+            if rc == 0 {
+                return self.rx_ready();
+            }
+            // Woken (or link news): look at the ring again, sleep again if need be.
+        }
     }
 
     fn check_send(&mut self, buffer: &Buffer) -> Result<(), Error> {

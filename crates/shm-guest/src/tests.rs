@@ -8,6 +8,7 @@ use shm_contract::layout::RegionLayout;
 use shm_contract::mem::create_region_memfd;
 use shm_contract::mpmc::FreeRing;
 use shm_contract::proto::transport::{recv_message, send_message};
+use shm_contract::wake::Waker;
 use shm_contract::{DescRing, PoolLayout};
 use std::os::fd::AsFd;
 use std::sync::mpsc;
@@ -28,6 +29,21 @@ impl Plane {
         // Lifetimes: tie the view to `self`.
         let mem = self.mapping.mem();
         FreeRing::new(&mem, self.pool.ring_offset(), self.pool.ring_entries()).unwrap()
+    }
+    /// The status block (the guest's wake-up request is in it).
+    fn status(&self) -> StatusBlock<'_> {
+        // Lifetimes: tie the view to `self`.
+        let mem = self.mapping.mem();
+        StatusBlock::from_layout(&mem, &self.layout).unwrap()
+    }
+    /// Publishes one descriptor on the rx ring, then does what the real proxy does
+    /// after an rx publish: signals the guest if it asked. True if it signalled. Waits
+    /// for room in the ring (the guest is awake while it has descriptors to take).
+    fn publish_and_wake(&self, rx: &mut DescProducer<'_>, d: Desc, waker: &Waker) -> bool {
+        while rx.push_burst(&[d]).unwrap() == 0 {
+            thread::yield_now();
+        }
+        shm_contract::wake::take_request(self.status().rx_wakeup_requested()) && waker.wake()
     }
     fn rx(&self) -> DescProducer<'_> {
         DescProducer::new(&self.mapping.mem(), self.layout.rx_ring()).unwrap()
@@ -58,6 +74,8 @@ impl Plane {
 struct FakeProxy {
     path: std::path::PathBuf,
     plane: mpsc::Receiver<Plane>,
+    /// The proxy's end of the wake-up pair, from each `QueueStart` that asked for them.
+    wakers: mpsc::Receiver<Waker>,
     log: mpsc::Receiver<String>,
     goodbye_tx: mpsc::Sender<()>,
     thread: Option<thread::JoinHandle<()>>,
@@ -72,9 +90,15 @@ impl FakeProxy {
         let listener = listen(&path);
         let (plane_tx, plane) = mpsc::channel();
         let (log_tx, log) = mpsc::channel();
+        let (waker_tx, wakers) = mpsc::channel();
         let (goodbye_tx, goodbye_rx) = mpsc::channel::<()>();
-        let thread = thread::spawn(move || serve(listener, plane_tx, log_tx, goodbye_rx));
-        FakeProxy { path, plane, log, goodbye_tx, thread: Some(thread) }
+        let thread = thread::spawn(move || serve(listener, plane_tx, waker_tx, log_tx, goodbye_rx));
+        FakeProxy { path, plane, wakers, log, goodbye_tx, thread: Some(thread) }
+    }
+
+    /// The wake-up socket the guest sent with its last `QueueStart`.
+    fn waker(&self) -> Waker {
+        self.wakers.recv_timeout(Duration::from_secs(5)).expect("no QueueStart with a wake-up socket")
     }
 
     fn plane(&self) -> Plane {
@@ -130,7 +154,13 @@ fn listen(path: &Path) -> OwnedFd {
     }
 }
 
-fn serve(listener: OwnedFd, plane: mpsc::Sender<Plane>, log: mpsc::Sender<String>, goodbye: mpsc::Receiver<()>) {
+fn serve(
+    listener: OwnedFd,
+    plane: mpsc::Sender<Plane>,
+    wakers: mpsc::Sender<Waker>,
+    log: mpsc::Sender<String>,
+    goodbye: mpsc::Receiver<()>,
+) {
     // SAFETY: accept on our listening socket; the new fd is owned right away.
     let conn = unsafe { OwnedFd::from_raw_fd(libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)) };
     let mut region: Option<(Arc<Mapping>, RegionLayout)> = None;
@@ -139,7 +169,7 @@ fn serve(listener: OwnedFd, plane: mpsc::Sender<Plane>, log: mpsc::Sender<String
             let _ = send_message(conn.as_fd(), &Message::Goodbye, 0, &[]);
             return;
         }
-        let (msg, id, _) = match recv_message(conn.as_fd(), Some(Duration::from_millis(20))) {
+        let (msg, id, mut fds) = match recv_message(conn.as_fd(), Some(Duration::from_millis(20))) {
             Ok(m) => m,
             Err(TransportError::Timeout) => continue,
             Err(_) => return,
@@ -179,7 +209,13 @@ fn serve(listener: OwnedFd, plane: mpsc::Sender<Plane>, log: mpsc::Sender<String
                     Err(e) => Message::refuse(RefuseCode::BadRequest, &e.to_string()),
                 }
             }
-            Message::QueueStart { .. } => {
+            Message::QueueStart { flags, .. } => {
+                // As the real proxy: wake-ups come with exactly one socket, none without.
+                let wanted = flags & shm_contract::proto::QUEUE_FLAG_RX_WAKEUP != 0;
+                assert_eq!(fds.len(), usize::from(wanted), "QueueStart flags {flags:#x} with {} fds", fds.len());
+                if wanted {
+                    let _ = wakers.send(Waker::from_guest_fd(fds.remove(0)).unwrap());
+                }
                 let (mapping, layout) = region.clone().unwrap();
                 DescRing::init(&mapping.mem(), layout.rx_ring()).unwrap();
                 DescRing::init(&mapping.mem(), layout.tx_ring()).unwrap();
@@ -520,4 +556,217 @@ fn a_chain_published_in_two_steps_is_read_whole() {
     drop(first);
     drop(guest);
     proxy.finish();
+}
+
+fn sleepy() -> Config {
+    Config { rx_wakeup: true, ..small() }
+}
+
+#[test]
+fn wait_rx_sleeps_until_the_proxy_signals_and_every_start_sends_the_socket() {
+    let mut proxy = FakeProxy::start("wait");
+    let mut guest = Guest::connect(&proxy.path, &sleepy()).unwrap();
+    let plane = proxy.plane();
+    let waker = proxy.waker();
+    let flag = plane.status().rx_wakeup_requested();
+    assert!(guest.listen_fd().is_some());
+    // One producer view for the queue's life: it starts from index 0.
+    let mut rx = plane.rx();
+
+    // Nothing comes: the wait times out, asleep, and leaves no request behind.
+    let t = Instant::now();
+    assert!(!guest.wait_rx(Some(Duration::from_millis(50))).unwrap());
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    assert_eq!(flag.load(Ordering::Relaxed), 0, "disarmed after the wait");
+    assert_eq!((guest.stats().rx_sleeps, guest.stats().rx_wakeups), (1, 0));
+
+    // A packet published while the guest sleeps wakes it.
+    thread::scope(|sc| {
+        let rx = &mut rx;
+        sc.spawn(|| {
+            // Until the guest is asleep (armed); then publish as the proxy does.
+            while flag.load(Ordering::Relaxed) == 0 {
+                thread::sleep(Duration::from_millis(1));
+            }
+            let off = plane.take_free();
+            plane.write_data(off, 128, b"wake");
+            assert!(plane.publish_and_wake(rx, desc(off, 128, 4), &waker), "the guest asked");
+        });
+        assert!(guest.wait_rx(Some(Duration::from_secs(10))).unwrap());
+    });
+    assert_eq!(&guest.recv().unwrap().expect("the packet")[..], b"wake");
+    assert_eq!(guest.stats().rx_wakeups, 1);
+    assert_eq!(flag.load(Ordering::Relaxed), 0);
+
+    // Descriptors already there: no sleep, no request.
+    let sleeps = guest.stats().rx_sleeps;
+    let off = plane.take_free();
+    rx.write(0, &desc(off, 128, 1));
+    rx.publish(1);
+    assert!(guest.wait_rx(None).unwrap());
+    assert_eq!(guest.stats().rx_sleeps, sleeps);
+    assert!(guest.arm_rx_wakeup().unwrap(), "nothing armed while there is work");
+    assert_eq!(flag.load(Ordering::Relaxed), 0);
+    drop(guest.recv().unwrap().expect("the packet"));
+
+    // A stopped queue would never wake anyone; started again, a fresh socket goes along.
+    guest.stop().unwrap();
+    assert!(matches!(guest.wait_rx(None), Err(Error::NotRunning)));
+    guest.start().unwrap();
+    let waker = proxy.waker();
+    let mut rx = plane.rx(); // both rings start from 0 again
+    assert!(!guest.arm_rx_wakeup().unwrap(), "armed on the empty ring");
+    let off = plane.take_free();
+    assert!(plane.publish_and_wake(&mut rx, desc(off, 128, 2), &waker));
+    assert_eq!(guest.disarm_rx_wakeup(), 1, "the wake-up arrived on the socket of the new start");
+    assert!(guest.recv().unwrap().is_some());
+    drop(guest);
+    let log = proxy.finish();
+    assert_eq!(log, ["Hello", "PoolAdd", "QueueStart", "QueueStop", "QueueStart", "QueueStop", "Goodbye"], "{log:?}");
+}
+
+#[test]
+fn no_wakeup_is_lost_when_packets_race_the_sleeps() {
+    // The proxy publishes one packet at a time at irregular moments (often exactly
+    // while the guest arms); each wait must end with the packet, never by timeout.
+    let mut proxy = FakeProxy::start("race");
+    let mut guest = Guest::connect(&proxy.path, &Config { buffers: 256, ..sleepy() }).unwrap();
+    let plane = proxy.plane();
+    let waker = proxy.waker();
+    let total = 20_000u64;
+    thread::scope(|sc| {
+        sc.spawn(|| {
+            let (mut rx, free) = (plane.rx(), plane.free_ring());
+            let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+            for i in 0..total {
+                let mut v = [0u32];
+                while free.dequeue_bulk(&mut v, 64).is_err() {
+                    thread::yield_now();
+                }
+                plane.write_data(v[0], 128, &i.to_le_bytes());
+                plane.publish_and_wake(&mut rx, desc(v[0], 128, 8), &waker);
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                match rng % 8 {
+                    0 => thread::sleep(Duration::from_micros(rng % 200)),
+                    1 | 2 => thread::yield_now(),
+                    _ => (0..rng % 2000).for_each(|_| std::hint::spin_loop()),
+                }
+            }
+        });
+        let mut next = 0u64;
+        while next < total {
+            match guest.recv().unwrap() {
+                Some(b) => {
+                    assert_eq!(u64::from_le_bytes(b[..8].try_into().unwrap()), next);
+                    next += 1;
+                }
+                None => assert!(
+                    guest.wait_rx(Some(Duration::from_secs(10))).unwrap(),
+                    "a lost wake-up: slept 10 s on a packet (after {next})"
+                ),
+            }
+        }
+    });
+    let s = guest.stats();
+    assert_eq!(s.rx_packets, total);
+    assert!(s.rx_sleeps > 0 && s.rx_wakeups > 0, "{s:?}");
+    eprintln!("{total} packets: {} sleeps, {} wake-ups", s.rx_sleeps, s.rx_wakeups);
+    drop(guest);
+    proxy.finish();
+}
+
+#[test]
+fn a_sleeping_guest_wakes_when_the_proxy_leaves_and_wake_ups_are_opt_in() {
+    let mut proxy = FakeProxy::start("sleep-bye");
+    let mut guest = Guest::connect(&proxy.path, &sleepy()).unwrap();
+    let _plane = proxy.plane();
+    let _waker = proxy.waker();
+    thread::scope(|sc| {
+        sc.spawn(|| {
+            thread::sleep(Duration::from_millis(100));
+            proxy.goodbye();
+        });
+        let t = Instant::now();
+        let e = guest.wait_rx(None).unwrap_err();
+        assert!(matches!(e, Error::Disconnected(ref why) if why.contains("goodbye")), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+    });
+    assert!(matches!(guest.wait_rx(None), Err(Error::Disconnected(_))));
+    drop(guest);
+
+    // Without Config::rx_wakeup: no socket, no flag in QueueStart, a clear error.
+    let mut proxy = FakeProxy::start("no-wake");
+    let mut guest = Guest::connect(&proxy.path, &small()).unwrap();
+    assert!(guest.listen_fd().is_none());
+    assert!(matches!(guest.wait_rx(None), Err(Error::Config(ref m)) if m.contains("rx_wakeup")));
+    assert!(proxy.wakers.try_recv().is_err());
+    drop(guest);
+    proxy.finish();
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn async_recv_sleeps_in_the_reactor_and_is_cancel_safe() {
+    let mut proxy = FakeProxy::start("async");
+    let guest = Guest::connect(&proxy.path, &Config { buffers: 256, ..sleepy() }).unwrap();
+    let plane = proxy.plane();
+    let waker = proxy.waker();
+    let flag = plane.status().rx_wakeup_requested();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build().unwrap();
+    let total = 2_000u64;
+    let mut guest = rt.block_on(async { AsyncGuest::new(guest) }).unwrap();
+    thread::scope(|sc| {
+        sc.spawn(|| {
+            let (mut rx, free) = (plane.rx(), plane.free_ring());
+            for i in 0..total {
+                let mut v = [0u32];
+                while free.dequeue_bulk(&mut v, 64).is_err() {
+                    thread::yield_now();
+                }
+                plane.write_data(v[0], 128, &i.to_le_bytes());
+                plane.publish_and_wake(&mut rx, desc(v[0], 128, 8), &waker);
+                if i % 4 == 0 {
+                    thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        rt.block_on(async {
+            let mut next = 0u64;
+            let mut burst = Vec::with_capacity(32);
+            while next < total {
+                let n = tokio::time::timeout(Duration::from_secs(10), guest.recv_burst(&mut burst, 32))
+                    .await
+                    .unwrap_or_else(|_| panic!("a lost wake-up after {next}"))
+                    .unwrap();
+                assert!(n > 0);
+                for b in burst.drain(..) {
+                    assert_eq!(u64::from_le_bytes(b[..8].try_into().unwrap()), next);
+                    next += 1;
+                }
+            }
+        });
+    });
+    let s = guest.guest().stats();
+    assert_eq!(s.rx_packets, total);
+    assert!(s.rx_sleeps > 0 && s.rx_wakeups > 0, "{s:?}");
+    eprintln!("async: {total} packets: {} sleeps, {} wake-ups", s.rx_sleeps, s.rx_wakeups);
+    // A wait cancelled while armed takes its request back.
+    rt.block_on(async {
+        assert!(tokio::time::timeout(Duration::from_millis(30), guest.recv()).await.is_err());
+    });
+    assert_eq!(flag.load(Ordering::Relaxed), 0, "a cancelled wait disarms");
+    // The proxy leaving ends a wait.
+    let t = Instant::now();
+    let e = thread::scope(|sc| {
+        sc.spawn(|| {
+            thread::sleep(Duration::from_millis(50));
+            proxy.goodbye();
+        });
+        rt.block_on(guest.recv()).unwrap_err()
+    });
+    assert!(matches!(e, Error::Disconnected(_)), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    drop(guest.into_inner());
 }
