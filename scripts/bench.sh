@@ -27,6 +27,9 @@
 #   --no-docs          do not rewrite the results section of docs/benchmarks.md
 #   --wait-idle N      before each run, wait up to N s for both CPUs to be quiet
 #                      (default 0: do not wait; the other% column shows interference)
+#   --no-rust-guest    skip the rows of the DPDK-free Rust guest (scripts/bench-rust-guest.sh:
+#                      busy polling and tokio async, at full load and at 100 kpps, with
+#                      the guest's CPU use; about 2 min with 3 repetitions)
 #
 # Every throughput run has the same shape: a host process on --host-cpu plays the NIC
 # (net_null, copy=0: it makes and swallows packets without touching their bytes, like a
@@ -66,6 +69,7 @@ lat_seconds=""
 out="bench-out"
 wait_idle=0
 docs=yes
+rust_guest=yes
 
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 2; }
 say() { printf 'bench: %s\n' "$*" >&2; }
@@ -93,6 +97,7 @@ parse_args() {
             --out) out=${2:?}; shift 2 ;;
             --no-docs) docs=no; shift ;;
             --wait-idle) wait_idle=${2:?}; shift 2 ;;
+            --no-rust-guest) rust_guest=no; shift ;;
             -h|--help) usage; exit 0 ;;
             *) die "unknown argument '$1' (see --help)" ;;
         esac
@@ -761,6 +766,11 @@ main() {
         --guest-cpu "$GUEST_CPU" --seconds "$seconds" --warmup "$warmup" --lat-seconds "$lat_seconds")
     [ "$docs" = no ] || report_args+=(--docs "$repo/docs/benchmarks.md")
     "$PYTHON" "$repo/scripts/bench-report.py" "${report_args[@]}" || say "the report failed (raw results: $raw)"
+    if [ "$rust_guest" = yes ]; then
+        local rg_args=(--reps "$reps" --seconds "$seconds" --out "$out" --host-cpu "$HOST_CPU" --guest-cpu "$GUEST_CPU")
+        [ "$docs" = yes ] || rg_args+=(--no-docs)
+        "$repo/scripts/bench-rust-guest.sh" "${rg_args[@]}" || failures+=("the Rust guest rows (scripts/bench-rust-guest.sh)")
+    fi
     if [ ${#failures[@]} -gt 0 ]; then
         printf '\nbench: %d run(s) failed:\n' "${#failures[@]}" >&2
         printf '    %s\n' "${failures[@]}" >&2

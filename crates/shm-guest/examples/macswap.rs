@@ -1,0 +1,195 @@
+//! Forwards every packet of a proxy queue back with its MAC addresses swapped (what
+//! `dpdk-testpmd --forward-mode=macswap` does), without DPDK: the Rust guest's row of
+//! the benchmark (`scripts/bench.sh`).
+//!
+//! ```text
+//! macswap <socket> [--wait=poll|async] [--seconds S] [--buffers N]
+//! ```
+//!
+//! * `poll`: busy polling on the calling thread (one CPU at 100 %, lowest latency).
+//! * `async`: a current-thread tokio runtime; `AsyncGuest::recv_burst().await` sleeps on
+//!   the proxy's rx wake-ups whenever the rx ring is empty, so CPU use follows the load.
+//!
+//! Every second it prints `macswap: pps=<forwarded per second> cpu=<percent of one CPU>`,
+//! and at the end `macswap: packets=N tx_full_drops=N cpu_ms=N wall_ms=N wait=...`.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use shm_guest::{AsyncGuest, Buffer, Config, Error, Guest};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+const BURST: usize = 32;
+
+fn cpu_ms() -> u64 {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let u = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr());
+        u.assume_init()
+    };
+    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    ms(u.ru_utime) + ms(u.ru_stime)
+}
+
+/// Counters and the once-a-second report.
+struct Meter {
+    start: Instant,
+    cpu0: u64,
+    tick: Instant,
+    tick_cpu: u64,
+    tick_packets: u64,
+    packets: u64,
+    dropped: u64,
+    deadline: Option<Instant>,
+}
+
+impl Meter {
+    fn new(seconds: Option<f64>) -> Meter {
+        let now = Instant::now();
+        let cpu = cpu_ms();
+        Meter {
+            start: now,
+            cpu0: cpu,
+            tick: now,
+            tick_cpu: cpu,
+            tick_packets: 0,
+            packets: 0,
+            dropped: 0,
+            deadline: seconds.map(|s| now + Duration::from_secs_f64(s)),
+        }
+    }
+
+    /// Prints the last second when one has passed; false when it is time to stop.
+    fn keep_going(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.tick) >= Duration::from_secs(1) {
+            let cpu = cpu_ms();
+            let secs = now.duration_since(self.tick).as_secs_f64();
+            println!(
+                "macswap: pps={:.0} cpu={:.1}",
+                (self.packets - self.tick_packets) as f64 / secs,
+                (cpu - self.tick_cpu) as f64 / 10.0 / secs
+            );
+            (self.tick, self.tick_cpu, self.tick_packets) = (now, cpu, self.packets);
+        }
+        !STOP.load(Ordering::Relaxed) && self.deadline.is_none_or(|d| now < d)
+    }
+}
+
+/// Swaps the MACs of a burst and sends it; what the tx ring has no room for is dropped
+/// (the buffers go back to the pool), as testpmd does without its retry option.
+fn swap_and_send(guest: &mut Guest, burst: &mut Vec<Buffer>, meter: &mut Meter) -> Result<(), Error> {
+    for b in burst.iter_mut() {
+        if b.len() >= 12 {
+            let (dst, src) = b.split_at_mut(6);
+            dst.swap_with_slice(&mut src[..6]);
+        }
+    }
+    let sent = guest.send_burst(burst)?;
+    meter.packets += sent as u64;
+    meter.dropped += burst.len() as u64;
+    burst.clear();
+    Ok(())
+}
+
+fn run_poll(guest: &mut Guest, meter: &mut Meter) -> Result<(), Error> {
+    let mut burst = Vec::with_capacity(BURST);
+    let mut polls = 0u32;
+    loop {
+        polls = polls.wrapping_add(1);
+        if polls % 4096 == 0 && !meter.keep_going() {
+            return Ok(());
+        }
+        if guest.recv_burst(&mut burst, BURST)? > 0 {
+            swap_and_send(guest, &mut burst, meter)?;
+        }
+    }
+}
+
+fn run_async(guest: Guest, meter: &mut Meter) -> Result<Guest, Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(Error::Io)?;
+    rt.block_on(async {
+        let mut ag = AsyncGuest::new(guest)?;
+        let mut burst = Vec::with_capacity(BURST);
+        while meter.keep_going() {
+            // Wakes at least every 200 ms to print and to notice the deadline.
+            match tokio::time::timeout(Duration::from_millis(200), ag.recv_burst(&mut burst, BURST)).await {
+                Ok(r) => {
+                    r?;
+                    swap_and_send(ag.guest_mut(), &mut burst, meter)?;
+                }
+                Err(_elapsed) => {}
+            }
+        }
+        Ok(ag.into_inner())
+    })
+}
+
+fn main() -> ExitCode {
+    let usage = "usage: macswap <socket> [--wait=poll|async] [--seconds S] [--buffers N]";
+    let mut socket = None;
+    let mut seconds = None;
+    let mut buffers = 8192u32;
+    let mut wait = "poll".to_string();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()),
+            "--buffers" => buffers = args.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+            w if w.starts_with("--wait=") => wait = w["--wait=".len()..].to_string(),
+            s if !s.starts_with('-') && socket.is_none() => socket = Some(s.to_string()),
+            s => {
+                eprintln!("macswap: unexpected argument {s}\n{usage}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (Some(socket), true) = (socket, wait == "poll" || wait == "async") else {
+        eprintln!("{usage}");
+        return ExitCode::from(2);
+    };
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    }
+    let config = Config { app_name: "macswap".into(), buffers, rx_wakeup: wait == "async", ..Config::default() };
+    let mut guest = match Guest::connect(&socket, &config) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("macswap: {socket}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("macswap: attached, {} buffers, wait={wait}", guest.pool().capacity());
+    let mut meter = Meter::new(seconds);
+    let result = if wait == "async" {
+        run_async(guest, &mut meter).map(drop)
+    } else {
+        run_poll(&mut guest, &mut meter)
+    };
+    let wall_ms = meter.start.elapsed().as_millis();
+    println!(
+        "macswap: packets={} tx_full_drops={} cpu_ms={} wall_ms={wall_ms} wait={wait}",
+        meter.packets,
+        meter.dropped,
+        cpu_ms() - meter.cpu0
+    );
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("macswap: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
