@@ -422,3 +422,46 @@ mod tests {
         assert!(!dir.exists());
     }
 }
+
+/// Deletes a network namespace when dropped.
+pub struct Netns(pub String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
+/// A proxy whose NIC is a `net_tap` device inside a network namespace of its own, with
+/// one socket on queue 0. The tap has address `addr` on the kernel's side and is up.
+pub struct TapProxy {
+    pub proxy: Proc,
+    pub sock: PathBuf,
+    /// The tap interface, inside `ns`.
+    pub tap: String,
+    pub ns: Netns,
+}
+
+/// Starts a [`TapProxy`]; `tag` (a few letters) keeps the namespace and interface
+/// names of concurrent tests apart. Needs root.
+pub fn start_tap_proxy(s: &Scratch, tag: &str, addr: &str) -> TapProxy {
+    assert!(is_root(), "this test needs root for a network namespace and a tap device (CI runs as root)");
+    let ns = Netns(format!("iop-{tag}-{}", std::process::id()));
+    run("ip", &["netns", "add", &ns.0]);
+    let sock = s.path("q0/sock");
+    // Interface names have at most 15 bytes.
+    let tap: String = format!("iop{tag}{}", std::process::id() % 100_000).chars().take(15).collect();
+    let proxy = start_proxy(
+        s,
+        &ProxyConfig {
+            eal: vec!["--vdev".into(), format!("net_tap0,iface={tap}")],
+            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
+            extra: vec![],
+            netns: Some(ns.0.clone()),
+        },
+    );
+    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    run("ip", &["-n", &ns.0, "addr", "add", addr, "dev", &tap]);
+    run("ip", &["-n", &ns.0, "link", "set", &tap, "up"]);
+    TapProxy { proxy, sock, tap, ns }
+}

@@ -472,15 +472,6 @@ fn c_api_header_compiles_and_reports_a_live_port() {
     assert_eq!(proxy_tx, 128, "{stats:?}\n{pout}");
 }
 
-/// Deletes a network namespace when dropped.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
-    }
-}
-
 /// `key=value` from the line of `out` that starts with `prefix`.
 fn field(out: &str, prefix: &str, key: &str) -> u64 {
     let line = out.lines().rev().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no '{prefix}' line\n{out}"));
@@ -495,22 +486,7 @@ fn rx_interrupts_let_an_application_sleep_until_the_proxy_has_packets() {
     assert!(is_root(), "this test needs root for a network namespace and a tap device (CI runs as root)");
     let s = Scratch::new("rxintr");
     let program = compile_c(&s, "shm_rx_intr_check", &[]);
-    let ns = Netns(format!("iop-intr-{}", std::process::id()));
-    run("ip", &["netns", "add", &ns.0]);
-    let sock = s.path("q0/sock");
-    let tap = format!("iopint{}", std::process::id() % 10000);
-    let mut proxy = start_proxy(
-        &s,
-        &ProxyConfig {
-            eal: vec!["--vdev".into(), format!("net_tap0,iface={tap}")],
-            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
-            extra: vec![],
-            netns: Some(ns.0.clone()),
-        },
-    );
-    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
-    run("ip", &["-n", &ns.0, "addr", "add", "10.204.0.1/24", "dev", &tap]);
-    run("ip", &["-n", &ns.0, "link", "set", &tap, "up"]);
+    let TapProxy { mut proxy, sock, tap, ns } = start_tap_proxy(&s, "int", "10.204.0.1/24");
 
     let (_, cpu) = cpus();
     let plugins = plugin_dir();

@@ -115,35 +115,11 @@ fn pcap_macswap_is_byte_for_byte() {
     assert!(gout.contains("placed in the shared region"), "the guest pool must live in shared memory\n{gout}");
 }
 
-/// Deletes a network namespace when dropped.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "delete", &self.0]).status();
-    }
-}
-
 #[test]
 fn tap_ping_is_answered_by_an_icmpecho_guest() {
     assert!(is_root(), "this test needs root for a network namespace and a tap device (CI runs as root)");
     let s = Scratch::new("tap");
-    let ns = Netns(format!("iop-e2e-{}", std::process::id()));
-    run("ip", &["netns", "add", &ns.0]);
-    let sock = s.path("q0/sock");
-    let tap = format!("ioptap{}", std::process::id() % 10000);
-    let mut proxy = start_proxy(
-        &s,
-        &ProxyConfig {
-            eal: vec!["--vdev".into(), format!("net_tap0,iface={tap}")],
-            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
-            extra: vec![],
-            netns: Some(ns.0.clone()),
-        },
-    );
-    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
-    run("ip", &["-n", &ns.0, "addr", "add", "10.203.0.1/24", "dev", &tap]);
-    run("ip", &["-n", &ns.0, "link", "set", &tap, "up"]);
+    let TapProxy { mut proxy, sock, ns, .. } = start_tap_proxy(&s, "e2e", "10.203.0.1/24");
     let g = guest(&s, &sock, "guest", &["--forward-mode=icmpecho", "--total-num-mbufs=2048", "--stats-period", "1"]);
     wait_or_dump(&proxy, "queue started", 30);
     // The queue switch restarts the tap port; let the kernel see its link again.

@@ -275,15 +275,6 @@ fn a_killed_rust_guest_is_reclaimed_and_the_socket_serves_again() {
     assert_eq!(code, Some(0), "{out}");
 }
 
-/// Deletes a network namespace when dropped.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
-    }
-}
-
 /// Runs `f` on a thread that has entered network namespace `ns` (`setns` moves only
 /// the calling thread; this process's other threads stay where they are).
 fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
@@ -376,22 +367,7 @@ fn paced_udp(from: &str, to: &str, count: u64, interval: Duration) -> Paced {
 fn sleeping_udp_echo(mode: &str) {
     assert!(is_root(), "this test needs root for a network namespace and a tap device (CI runs as root)");
     let s = Scratch::new(&format!("rs-wake-{mode}"));
-    let ns = Netns(format!("iop-wake-{mode}-{}", std::process::id()));
-    run("ip", &["netns", "add", &ns.0]);
-    let sock = s.path("q0/sock");
-    let tap = format!("iopw{}{}", &mode[..1], std::process::id() % 10000);
-    let mut proxy = start_proxy(
-        &s,
-        &ProxyConfig {
-            eal: vec!["--vdev".into(), format!("net_tap0,iface={tap}")],
-            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
-            extra: vec![],
-            netns: Some(ns.0.clone()),
-        },
-    );
-    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
-    run("ip", &["-n", &ns.0, "addr", "add", "10.203.0.1/24", "dev", &tap]);
-    run("ip", &["-n", &ns.0, "link", "set", &tap, "up"]);
+    let TapProxy { mut proxy, sock, tap, ns } = start_tap_proxy(&s, &format!("w{}", &mode[..1]), "10.203.0.1/24");
     let wait = format!("--wait={mode}");
     let guest = rust_guest(&s, "udp_echo", &[sock.to_str().unwrap(), &wait, "--seconds", "120"]);
     wait_or_dump(&proxy, "queue started", 30);
