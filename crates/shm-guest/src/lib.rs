@@ -113,8 +113,8 @@ use std::time::{Duration, Instant};
 
 use shm_contract::layout::{RegionLayout, StatusBlock};
 use shm_contract::mem::{check_region_fd, Mapping};
-use shm_contract::proto::transport::{recv_message, send_message, TransportError};
-use shm_contract::proto::{Hello, Welcome, MAX_APP_NAME, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, QUEUE_FLAG_RX_WAKEUP};
+use shm_contract::proto::transport::{handshake, recv_message, send_message, HandshakeError, TransportError};
+use shm_contract::proto::{Hello, MAX_APP_NAME, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, QUEUE_FLAG_RX_WAKEUP};
 use shm_contract::wake::{self, WakePair};
 use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, Message, RefuseCode, RegionFlags, SharedMem};
 
@@ -259,6 +259,16 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+impl From<HandshakeError> for Error {
+    fn from(e: HandshakeError) -> Error {
+        match e {
+            HandshakeError::Refused { code, reason } => Error::Refused { code, reason },
+            HandshakeError::Transport(t) => t.into(),
+            HandshakeError::Unexpected(kind) => Error::Protocol(format!("expected Welcome, got {kind}")),
+        }
+    }
+}
+
 impl From<TransportError> for Error {
     fn from(e: TransportError) -> Error {
         match e {
@@ -378,7 +388,7 @@ impl Guest {
             tx_ring_entries: config.tx_ring,
             app_name: app_name(&config.app_name),
         };
-        let (welcome, mut fds) = handshake(&socket, &hello, config.timeout)?;
+        let (welcome, mut fds) = handshake(socket.as_fd(), &hello, &[], config.timeout)?;
         if fds.len() != 1 {
             return Err(Error::Protocol(format!("Welcome carried {} file descriptors, expected 1", fds.len())));
         }
@@ -1045,33 +1055,6 @@ fn connect_seqpacket(path: &Path) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     Ok(socket)
-}
-
-/// Sends `Hello` and waits for `Welcome`; returns it with the descriptors that came with it.
-fn handshake(socket: &OwnedFd, hello: &Hello, timeout: Duration) -> Result<(Welcome, Vec<OwnedFd>), Error> {
-    if let Err(e) = send_message(socket.as_fd(), &Message::Hello(hello.clone()), 1, &[]) {
-        // A proxy that refuses a peer on sight (allowlist) answers and closes before our
-        // Hello: its reason is waiting to be read.
-        if let Ok((Message::Refuse { code, reason }, _, _)) = recv_message(socket.as_fd(), Some(Duration::ZERO)) {
-            return Err(Error::Refused { code, reason });
-        }
-        return Err(e.into());
-    }
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Error::Timeout);
-        }
-        let (reply, _, fds) = recv_message(socket.as_fd(), Some(left))?;
-        match reply {
-            Message::Welcome(w) => return Ok((w, fds)),
-            Message::Refuse { code, reason } => return Err(Error::Refused { code, reason }),
-            // Link news before the Welcome would be odd but harmless.
-            Message::LinkStatus { .. } => continue,
-            other => return Err(Error::Protocol(format!("expected Welcome, got {}", other.kind()))),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use shm_contract::layout::RegionLayout;
 use shm_contract::mem::create_region_memfd;
 use shm_contract::mpmc::FreeRing;
 use shm_contract::proto::transport::{recv_message, send_message};
+use shm_contract::proto::Welcome;
 use shm_contract::wake::Waker;
 use shm_contract::{DescRing, PoolLayout};
 use std::os::fd::AsFd;

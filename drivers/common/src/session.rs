@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use dpdk_sys as sys;
 use shm_contract::mem::{check_region_fd, Mapping};
-use shm_contract::proto::transport::{recv_message, send_message, TransportError};
+use shm_contract::proto::transport::{handshake, recv_message, send_message, HandshakeError, TransportError};
 use shm_contract::layout::RegionFlags;
 use shm_contract::proto::{Hello, Welcome, HELLO_FLAG_REATTACH, PROTOCOL_VERSION_MIN};
 use shm_contract::{Message, PoolLayout, RefuseCode, RegionLayout, SharedMem, PROTOCOL_VERSION};
@@ -168,6 +168,16 @@ impl fmt::Display for SessionError {
 
 impl std::error::Error for SessionError {}
 
+impl From<HandshakeError> for SessionError {
+    fn from(e: HandshakeError) -> Self {
+        match e {
+            HandshakeError::Refused { code, reason } => SessionError::Refused { code, reason },
+            HandshakeError::Transport(t) => t.into(),
+            HandshakeError::Unexpected(kind) => SessionError::Protocol(format!("expected Welcome, got {kind}")),
+        }
+    }
+}
+
 impl From<TransportError> for SessionError {
     fn from(e: TransportError) -> Self {
         match e {
@@ -230,7 +240,7 @@ impl Session {
             tx_ring_entries: dev.args.tx_ring,
             app_name: program_name(),
         };
-        let (welcome, mut fds) = handshake(&socket, &hello, &[], dev.args.timeout)?;
+        let (welcome, mut fds) = handshake(socket.as_fd(), &hello, &[], dev.args.timeout)?;
         let proxy = proxy_info(&welcome);
         let (region_size, hugepages) = (welcome.region_size, welcome.flags.contains(RegionFlags::HUGEPAGES));
         if fds.len() != 1 {
@@ -451,7 +461,7 @@ impl Session {
             tx_ring_entries: region.layout.tx_ring().entries,
             ..self.hello.clone()
         };
-        let (welcome, fds) = handshake(&socket, &hello, &[region.memfd.as_fd()], self.timeout)?;
+        let (welcome, fds) = handshake(socket.as_fd(), &hello, &[region.memfd.as_fd()], self.timeout)?;
         drop(fds);
         if welcome.region_size != region.len() as u64 {
             return Err(SessionError::Region(format!(
@@ -614,30 +624,6 @@ fn map_region(memfd: OwnedFd, region_size: u64, hugepages: bool) -> Result<Regio
 
 /// How often a lost device tries to reach its proxy again.
 const RECONNECT_PERIOD: Duration = Duration::from_millis(100);
-
-/// Sends `Hello` (with `fds`) and waits for `Welcome`; returns it with the descriptors
-/// that came with it.
-fn handshake(
-    socket: &OwnedFd,
-    hello: &Hello,
-    fds: &[BorrowedFd<'_>],
-    timeout: Duration,
-) -> Result<(Welcome, Vec<OwnedFd>), SessionError> {
-    if let Err(e) = send_message(socket.as_fd(), &Message::Hello(hello.clone()), 1, fds) {
-        // A proxy that refuses a peer on sight (not in its allowlist) answers and closes
-        // before our Hello: its reason is waiting to be read.
-        if let Ok((Message::Refuse { code, reason }, _, _)) = recv_message(socket.as_fd(), Some(Duration::ZERO)) {
-            return Err(SessionError::Refused { code, reason });
-        }
-        return Err(e.into());
-    }
-    let (reply, _, fds) = recv_message(socket.as_fd(), Some(timeout))?;
-    match reply {
-        Message::Welcome(w) => Ok((w, fds)),
-        Message::Refuse { code, reason } => Err(SessionError::Refused { code, reason }),
-        other => Err(SessionError::Protocol(format!("expected Welcome, got {}", other.kind()))),
-    }
-}
 
 /// One request and its answer on a connection nobody else uses yet (reattaching).
 /// A `LinkStatus` meanwhile is skipped: the Welcome's link state is refreshed by the next one.

@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use super::{decode, encode, DecodeError, EncodeError, Message, MAX_MESSAGE};
+use super::{decode, encode, DecodeError, EncodeError, Hello, Message, MessageKind, RefuseCode, Welcome, MAX_MESSAGE};
 
 /// Most descriptors one message may carry.
 pub const MAX_FDS: usize = 4;
@@ -291,6 +291,61 @@ pub fn recv_message(
         }
         let (msg, request_id) = decode(&buf[..rc as usize])?;
         return Ok((msg, request_id, fds));
+    }
+}
+
+/// How a guest's handshake ended when it did not end in a `Welcome`.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// The proxy said no, and why.
+    Refused {
+        /// Machine-readable reason.
+        code: RefuseCode,
+        /// Human-readable reason.
+        reason: String,
+    },
+    /// The socket failed, was closed, or nothing came in time.
+    Transport(TransportError),
+    /// Something other than a `Welcome` came.
+    Unexpected(MessageKind),
+}
+
+impl From<TransportError> for HandshakeError {
+    fn from(e: TransportError) -> Self {
+        HandshakeError::Transport(e)
+    }
+}
+
+/// The guest's side of the handshake: sends `hello` (with `fds`) and waits up to
+/// `timeout` for the proxy's `Welcome`, which it returns with the descriptors that came
+/// with it. Link news before the `Welcome` is skipped. A proxy that refuses a peer on
+/// sight (not in its allowlist) answers and closes before reading the `Hello`: when the
+/// send fails, that answer is read and its reason returned.
+pub fn handshake(
+    socket: BorrowedFd<'_>,
+    hello: &Hello,
+    fds: &[BorrowedFd<'_>],
+    timeout: Duration,
+) -> Result<(Welcome, Vec<OwnedFd>), HandshakeError> {
+    if let Err(e) = send_message(socket, &Message::Hello(hello.clone()), 1, fds) {
+        if let Ok((Message::Refuse { code, reason }, _, _)) = recv_message(socket, Some(Duration::ZERO)) {
+            return Err(HandshakeError::Refused { code, reason });
+        }
+        return Err(e.into());
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(TransportError::Timeout.into());
+        }
+        let (reply, _, fds) = recv_message(socket, Some(left))?;
+        match reply {
+            Message::Welcome(w) => return Ok((w, fds)),
+            Message::Refuse { code, reason } => return Err(HandshakeError::Refused { code, reason }),
+            Message::LinkStatus { .. } => continue,
+            other => return Err(HandshakeError::Unexpected(other.kind())),
+        }
     }
 }
 
