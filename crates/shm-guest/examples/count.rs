@@ -11,16 +11,12 @@
 //! proxy counted as delivered to this guest.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use shm_guest::{Buffer, Config, Error, Guest};
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
+mod common;
+use common::{stop_on_signals, stopped};
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -42,10 +38,7 @@ fn main() -> ExitCode {
         eprintln!("usage: count <socket> [--seconds S] [--buffers N]");
         return ExitCode::from(2);
     };
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
-    }
+    stop_on_signals();
     let config = Config { app_name: "count".into(), buffers, ..Config::default() };
     let mut guest = match Guest::connect(&socket, &config) {
         Ok(g) => g,
@@ -69,7 +62,7 @@ fn main() -> ExitCode {
     let mut proxy_gone = false;
     let end: String = loop {
         polls = polls.wrapping_add(1);
-        if STOP.load(Ordering::Relaxed) {
+        if stopped() {
             break "signal".into();
         }
         if polls % 1024 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {

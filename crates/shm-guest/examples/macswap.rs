@@ -14,28 +14,17 @@
 //! and at the end `macswap: packets=N tx_full_drops=N cpu_ms=N wall_ms=N wait=...`.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use shm_guest::{AsyncGuest, Buffer, Config, Error, Guest};
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
+mod common;
+use common::{cpu_time, stop_on_signals, stopped};
 
 const BURST: usize = 32;
 
 fn cpu_ms() -> u64 {
-    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
-    let u = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr());
-        u.assume_init()
-    };
-    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
-    ms(u.ru_utime) + ms(u.ru_stime)
+    cpu_time().as_millis() as u64
 }
 
 /// Counters and the once-a-second report.
@@ -79,7 +68,7 @@ impl Meter {
             );
             (self.tick, self.tick_cpu, self.tick_packets) = (now, cpu, self.packets);
         }
-        !STOP.load(Ordering::Relaxed) && self.deadline.is_none_or(|d| now < d)
+        !stopped() && self.deadline.is_none_or(|d| now < d)
     }
 }
 
@@ -159,10 +148,7 @@ fn main() -> ExitCode {
         eprintln!("{usage}");
         return ExitCode::from(2);
     };
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
-    }
+    stop_on_signals();
     let config = Config { app_name: "macswap".into(), buffers, rx_wakeup: wait == "async", ..Config::default() };
     let mut guest = match Guest::connect(&socket, &config) {
         Ok(g) => g,

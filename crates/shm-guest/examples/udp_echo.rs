@@ -27,23 +27,12 @@
 //! (`sleeps`, `wakeups`).
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use shm_guest::{AsyncGuest, Buffer, Config, Error, Guest};
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
-    }
-}
+mod common;
+use common::{cpu_time, stop_on_signals, stopped};
 
 /// The 16-bit ones' complement sum of `data` (odd length padded with a zero byte),
 /// added to `sum`, not yet folded.
@@ -209,7 +198,7 @@ type End = Result<String, ()>;
 impl Echo {
     /// Why to stop now, if so (a signal, enough answers, the time is up).
     fn should_end(&self, check_clock: bool) -> Option<String> {
-        if STOP.load(Ordering::Relaxed) {
+        if stopped() {
             return Some("signal".into());
         }
         if self.packets.is_some_and(|n| self.answered >= n) && self.tx.is_empty() {
@@ -312,18 +301,6 @@ fn fail(e: Error) -> End {
     }
 }
 
-/// User + system CPU time of this process so far.
-fn cpu_time() -> Duration {
-    // SAFETY: rusage is plain old data (all-zero is valid); getrusage fills it.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -332,7 +309,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    install_signal_handlers();
+    stop_on_signals();
     let config = Config {
         app_name: "udp_echo".into(),
         buffers: args.buffers,
