@@ -465,3 +465,13 @@ pub fn start_tap_proxy(s: &Scratch, tag: &str, addr: &str) -> TapProxy {
     run("ip", &["-n", &ns.0, "link", "set", &tap, "up"]);
     TapProxy { proxy, sock, tap, ns }
 }
+
+/// The number after `key=` on the last line of `out` that starts with `prefix` (the
+/// summary line of an example or a test program).
+pub fn summary(out: &str, prefix: &str, key: &str) -> u64 {
+    let line = out.lines().rev().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no '{prefix}' line\n{out}"));
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in '{line}'"))
+}

@@ -472,15 +472,6 @@ fn c_api_header_compiles_and_reports_a_live_port() {
     assert_eq!(proxy_tx, 128, "{stats:?}\n{pout}");
 }
 
-/// `key=value` from the line of `out` that starts with `prefix`.
-fn field(out: &str, prefix: &str, key: &str) -> u64 {
-    let line = out.lines().rev().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no '{prefix}' line\n{out}"));
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {key}= in '{line}'")) as u64
-}
-
 #[test]
 fn rx_interrupts_let_an_application_sleep_until_the_proxy_has_packets() {
     assert!(is_root(), "this test needs root for a network namespace and a tap device (CI runs as root)");
@@ -518,8 +509,8 @@ fn rx_interrupts_let_an_application_sleep_until_the_proxy_has_packets() {
     assert_eq!(code, Some(0), "the C program failed:\n{out}\n--- proxy ---\n{pout}");
     eprintln!("{}", out.lines().filter(|l| l.starts_with("rx_intr:")).collect::<Vec<_>>().join("\n"));
     eprintln!("proxy: rx_packets={} rx_wakeups={}", counter(&stats, "rx_packets"), counter(&stats, "rx_wakeups"));
-    let (packets, wakeups) = (field(&out, "rx_intr: packets", "packets"), field(&out, "rx_intr: packets", "wakeups"));
-    let (cpu_ms, wall_ms) = (field(&out, "rx_intr: packets", "cpu_ms"), field(&out, "rx_intr: packets", "wall_ms"));
+    let (packets, wakeups) = (summary(&out, "rx_intr: packets", "packets"), summary(&out, "rx_intr: packets", "wakeups"));
+    let (cpu_ms, wall_ms) = (summary(&out, "rx_intr: packets", "cpu_ms"), summary(&out, "rx_intr: packets", "wall_ms"));
     // Every ping reached the application (the kernel may add a few packets of its own).
     assert!(packets >= pings, "{out}");
     assert_eq!(packets, counter(&stats, "rx_packets"), "the application got what the proxy delivered: {stats:?}");

@@ -53,15 +53,6 @@ fn mempools(out: &str) -> u64 {
         .unwrap_or_else(|| panic!("no mempools= line\n{out}"))
 }
 
-/// `key=value` of the example's last summary line.
-fn summary(out: &str, prefix: &str, key: &str) -> u64 {
-    let line = out.lines().rev().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no '{prefix}' line\n{out}"));
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in '{line}'"))
-}
-
 fn sum16(data: &[u8], mut sum: u32) -> u32 {
     for c in data.chunks(2) {
         sum += (c[0] as u32) << 8 | c.get(1).copied().unwrap_or(0) as u32;
