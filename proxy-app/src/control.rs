@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dpdk::{sys, Port};
+use dpdk::{PktPool, Port};
 use shm_contract::proto::transport::{recv_message, send_message, TransportError};
 use shm_contract::proto::{negotiate, Hello, Welcome, HELLO_FLAG_REATTACH, PROTOCOL_VERSION_MIN, QUEUE_FLAG_RX_WAKEUP};
 use shm_contract::wake::Waker;
@@ -314,25 +314,25 @@ impl Control {
             }
         }
         self.plane.publish(active, idle);
+        let refused = self.plane.refused_queues.swap(0, Ordering::Relaxed);
+        if refused > 0 {
+            log_warn!("the data loop could not take up {refused} queue(s): a NIC queue still had a polling handle");
+        }
     }
 
     /// Points NIC rx queue (port, queue) at `pool`, pausing the port when the device
     /// cannot switch a queue while running.
-    fn switch_rx_pool(&mut self, port: u16, queue: u16, pool: *mut sys::rte_mempool) -> Result<(), String> {
+    fn switch_rx_pool(&mut self, port: u16, queue: u16, pool: &PktPool) -> Result<(), String> {
         let runtime = self.ports.get(&port).map(|n| n.runtime_rx_setup).ok_or("no such port")?;
         if runtime {
             // Only this queue must be left alone meanwhile: the caller has already taken
             // it out of the published configuration.
-            // SAFETY: the caller keeps `pool` alive while the queue uses it.
-            return unsafe { self.ports[&port].setup_rx_queue(queue, pool) };
+            return self.ports[&port].setup_rx_queue(queue, pool);
         }
         self.paused_ports.insert(port);
         self.publish();
         let nic = self.ports.get_mut(&port).ok_or("no such port")?;
-        let result = nic.stop().and_then(|_| {
-            // SAFETY: as above.
-            unsafe { nic.setup_rx_queue(queue, pool) }
-        });
+        let result = nic.stop().and_then(|_| nic.setup_rx_queue(queue, pool));
         let restarted = nic.start();
         self.paused_ports.remove(&port);
         self.publish();
@@ -869,10 +869,12 @@ impl Control {
         }
         let layout = add.validate(&guest.region.layout, &others).map_err(|e| e.to_string())?;
         let pool = ShadowPool::new(&guest.region, layout, &format!("iop_sh{serial}"), socket)?;
-        if let Some(q) = &guest.queue {
-            q.set_pool(add.pool_id, Some((&pool.ctx, pool.mempool())));
-        }
+        let running = guest.queue.as_ref().map(|q| q.set_pool(add.pool_id, Some(pool.guest_pool()))).is_some();
         guest.pools.push((add.pool_id, pool));
+        if running {
+            // The loop takes the new pool with the next configuration.
+            self.publish();
+        }
         Ok(())
     }
 
@@ -882,7 +884,7 @@ impl Control {
             return Err(format!("no pool {pool_id}"));
         };
         if let Some(q) = &guest.queue {
-            if std::ptr::eq(guest.pools[pos].1.mempool(), q.rx_mempool()) {
+            if q.fills_from(guest.pools[pos].1.pool()) {
                 return Err(format!("pool {pool_id} feeds the running queue; stop the port first"));
             }
             q.set_pool(pool_id, None);
@@ -920,24 +922,25 @@ impl Control {
         if guest.queue.is_some() {
             return Err(bad("the queue is already started".into()));
         }
-        let (ctx, mempool) = guest
+        let rx_pool = guest
             .pools
             .iter()
             .find(|(id, _)| *id == rx_pool_id)
-            .map(|(_, p)| (p.ctx.clone(), p.mempool()))
+            .map(|(_, p)| p.guest_pool())
             .ok_or_else(|| bad(format!("no pool {rx_pool_id} was announced")))?;
         // Both sides start the rings from index 0 at every queue start.
         let mem = guest.region.mem();
         DescRing::init(&mem, guest.region.layout.rx_ring()).map_err(|e| bad(e.to_string()))?;
         DescRing::init(&mem, guest.region.layout.tx_ring()).map_err(|e| bad(e.to_string()))?;
-        let q = DataQueue::new(&guest.region, port, queue, ctx, mempool, stats, waker).map_err(bad)?;
+        let nic_pool = rx_pool.pool.clone();
+        let q = DataQueue::new(&guest.region, port, queue, rx_pool, stats, waker).map_err(bad)?;
         for (id, p) in &guest.pools {
-            q.set_pool(*id, Some((&p.ctx, p.mempool())));
+            q.set_pool(*id, Some(p.guest_pool()));
         }
         let q = Arc::new(q);
-        if let Err(e) = self.switch_rx_pool(port, queue, mempool) {
+        if let Err(e) = self.switch_rx_pool(port, queue, &nic_pool) {
             let parking = self.ports[&port].parking_pool();
-            let _ = self.switch_rx_pool(port, queue, parking);
+            let _ = self.switch_rx_pool(port, queue, &parking);
             return Err((RefuseCode::Internal, e));
         }
         if let Some(g) = self.guest_mut(idx) {
@@ -956,13 +959,12 @@ impl Control {
         self.publish();
         if let Some(nic) = self.ports.get(&port) {
             let parking = nic.parking_pool();
-            if let Err(e) = self.switch_rx_pool(port, queue, parking) {
+            if let Err(e) = self.switch_rx_pool(port, queue, &parking) {
                 log_warn!("{}: {e}", self.endpoints[idx].path.display());
             }
             let _ = Port(port).tx_done_cleanup(queue);
         }
-        // SAFETY: the queue is out of the published configuration.
-        let returned = unsafe { q.return_unsent() };
+        let returned = q.return_unsent();
         let st = &self.endpoints[idx].stats;
         st.tx_returned.store(st.tx_returned.load(Ordering::Relaxed) + returned as u64, Ordering::Relaxed);
         log_info!(

@@ -2,22 +2,30 @@
 //! descriptor rings. No allocation, no syscall and no lock happens here.
 //!
 //! The control thread changes what the loop polls by publishing a new [`PlaneConfig`]
-//! and waiting until the loop has picked it up (it reports the version it runs), after
-//! which nothing refers to the old configuration and its queues can be torn down.
+//! and waiting until the loop has picked it up (it reports the version it runs). Each
+//! queue's polling state ([`QueueState`]: ring views, wake-up) and the DPDK handles of
+//! its NIC queues are *owned* by the loop while the queue is in the configuration, and
+//! handed back (state parked in the [`DataQueue`], handles dropped) when it leaves: so
+//! once `publish` returns, the control thread can set the NIC queue up again, stop the
+//! port or read the rings, and the DPDK layer refuses (`EBUSY`) if it were otherwise.
+//! The loop takes a lock only while it changes configuration, never while it polls.
+//!
+//! Packets are owned values of the DPDK layer ([`Mbuf`], [`MbufBurst`]): one the loop
+//! neither hands over nor sends is freed when it goes out of scope, back to its pool
+//! (for a guest buffer: to the guest's free ring).
 
-use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dpdk::sys;
+use dpdk::{sys, Mbuf, MbufBurst, Port, RxQueue, TxQueue};
 use shm_contract::pool::MAX_POOLS;
 use shm_contract::tx::{take_packet, TxInvalid, TxPacket, TxSink};
 use shm_contract::wake::{self, Waker};
 use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, StatusBlock};
 
 use crate::region::GuestRegion;
-use crate::shadow::ShadowCtx;
+use crate::shadow::GuestPool;
 
 /// Packets per NIC burst.
 pub const BURST: usize = 32;
@@ -63,6 +71,12 @@ pub struct SocketStats {
 struct RxWake {
     requested: &'static AtomicU32,
     waker: Waker,
+}
+
+/// A lock whose data stays consistent across a panic elsewhere (every critical section
+/// here is a single assignment or take).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[inline]
@@ -117,37 +131,39 @@ impl Invalid {
     }
 }
 
-/// One guest's queue as the data loop sees it.
+/// The guest's pools by pool id, as tx descriptors may name them.
+type Pools = [Option<GuestPool>; MAX_POOLS as usize];
+
+/// One guest's queue: what the control thread and the data loop share.
 pub struct DataQueue {
     pub port: u16,
     pub queue: u16,
-    rx_ring: UnsafeCell<DescProducer<'static>>,
-    tx_ring: UnsafeCell<DescConsumer<'static>>,
-    /// The pool NIC rx fills (its shadows' mempool is the NIC queue's pool).
-    rx_pool: Arc<ShadowCtx>,
-    rx_mempool: *mut sys::rte_mempool,
-    /// Every pool of the guest, for tx descriptors. Set by the control thread; the
-    /// pointee is kept alive by the guest's state, which outlives this queue.
-    pools: [AtomicPtr<ShadowCtx>; MAX_POOLS as usize],
-    /// The shadow mempools of those pools, whose per-lcore caches the loop flushes when
-    /// it lets go of this queue (so every buffer is back in the guest's free ring).
-    mempools: [AtomicPtr<sys::rte_mempool>; MAX_POOLS as usize],
     pub stats: Arc<SocketStats>,
     /// The guest broke its ring: stop polling it; the control thread disconnects it.
     pub broken: AtomicBool,
     /// The first kind of invalid input seen (an `Invalid` value), for the log.
     pub first_invalid: AtomicU32,
-    /// Set when the guest started its queue with rx wake-ups.
-    rx_wake: Option<RxWake>,
-    _region: Arc<GuestRegion>,
+    /// The mempool NIC rx fills (identity), for the control thread's checks.
+    rx_mempool: usize,
+    /// The polling state while the loop does not hold it (before the first publish,
+    /// and after the loop let go of the queue).
+    parked: Mutex<Option<QueueState>>,
+    /// Every pool of the guest, for tx descriptors; the loop takes a copy with each
+    /// configuration it picks up, so a change needs a publish.
+    pools: Mutex<Pools>,
 }
 
-// SAFETY: the ring state is used only by the data loop (one thread) while the queue is in
-// the published configuration, and by the control thread only before publishing or after
-// the loop has let go of it; the raw mempool pointer is DPDK's thread-safe object.
-unsafe impl Send for DataQueue {}
-// SAFETY: as above.
-unsafe impl Sync for DataQueue {}
+/// A queue's polling state: used by one thread at a time, moved between them.
+struct QueueState {
+    rx_ring: DescProducer<'static>,
+    tx_ring: DescConsumer<'static>,
+    /// The pool NIC rx fills (its shadows' mempool is the NIC queue's pool).
+    rx_pool: GuestPool,
+    /// Set when the guest started its queue with rx wake-ups.
+    rx_wake: Option<RxWake>,
+    /// Keeps the mapping the ring views (and the wake-up flag) point into.
+    _region: Arc<GuestRegion>,
+}
 
 impl DataQueue {
     /// A queue over freshly initialised rings.
@@ -155,12 +171,11 @@ impl DataQueue {
         region: &Arc<GuestRegion>,
         port: u16,
         queue: u16,
-        rx_pool: Arc<ShadowCtx>,
-        rx_mempool: *mut sys::rte_mempool,
+        rx_pool: GuestPool,
         stats: Arc<SocketStats>,
         waker: Option<Waker>,
     ) -> Result<DataQueue, String> {
-        // SAFETY: `_region` keeps the mapping alive as long as these views.
+        // SAFETY: `_region` in the state keeps the mapping alive as long as these views.
         let mem = unsafe { region.mem_static() };
         let rx = DescProducer::new(&mem, region.layout.rx_ring()).map_err(|e| format!("rx ring: {e}"))?;
         let tx = DescConsumer::new(&mem, region.layout.tx_ring()).map_err(|e| format!("tx ring: {e}"))?;
@@ -174,52 +189,32 @@ impl DataQueue {
         Ok(DataQueue {
             port,
             queue,
-            rx_ring: UnsafeCell::new(rx),
-            tx_ring: UnsafeCell::new(tx),
-            rx_pool,
-            rx_mempool,
-            pools: Default::default(),
-            mempools: Default::default(),
             stats,
             broken: AtomicBool::new(false),
             first_invalid: AtomicU32::new(0),
-            rx_wake,
-            _region: region.clone(),
+            rx_mempool: rx_pool.pool.as_ptr() as usize,
+            parked: Mutex::new(Some(QueueState {
+                rx_ring: rx,
+                tx_ring: tx,
+                rx_pool,
+                rx_wake,
+                _region: region.clone(),
+            })),
+            pools: Mutex::new(Default::default()),
         })
     }
 
-    /// Makes a pool's buffers acceptable in tx descriptors (slot = pool id).
-    pub fn set_pool(&self, slot: u32, pool: Option<(&Arc<ShadowCtx>, *mut sys::rte_mempool)>) {
-        if let (Some(cell), Some(mp_cell)) = (self.pools.get(slot as usize), self.mempools.get(slot as usize)) {
-            let ptr = pool.map_or(std::ptr::null_mut(), |(p, _)| Arc::as_ptr(p) as *mut ShadowCtx);
-            cell.store(ptr, Ordering::Release);
-            mp_cell.store(pool.map_or(std::ptr::null_mut(), |(_, mp)| mp), Ordering::Release);
+    /// Makes a pool's buffers acceptable in tx descriptors (slot = pool id), or no
+    /// longer (None). The loop sees the change with the next published configuration.
+    pub fn set_pool(&self, slot: u32, pool: Option<GuestPool>) {
+        if let Some(cell) = lock(&self.pools).get_mut(slot as usize) {
+            *cell = pool;
         }
     }
 
-    /// Empties this lcore's mempool caches of the queue's pools into the guest's rings.
-    ///
-    /// # Safety
-    /// Called by the data loop, the only lcore that uses these caches.
-    unsafe fn flush_caches(&self) {
-        for cell in &self.mempools {
-            let mp = cell.load(Ordering::Acquire);
-            if mp.is_null() {
-                continue;
-            }
-            // SAFETY: a live mempool (the guest state outlives the queue); the cache is
-            // this lcore's own.
-            unsafe {
-                let cache = sys::rte_mempool_default_cache(mp, sys::rte_lcore_id());
-                if !cache.is_null() {
-                    sys::rte_mempool_cache_flush(cache, mp);
-                }
-            }
-        }
-    }
-
-    pub fn rx_mempool(&self) -> *mut sys::rte_mempool {
-        self.rx_mempool
+    /// Whether NIC rx fills this queue from `pool`.
+    pub fn fills_from(&self, pool: &dpdk::PktPool) -> bool {
+        self.rx_mempool == pool.as_ptr() as usize
     }
 
     fn invalid(&self, kind: Invalid, count: u64) {
@@ -232,359 +227,289 @@ impl DataQueue {
         self.broken.store(true, Ordering::Release);
     }
 
+    /// Returns buffers the guest published for tx but the proxy never took (queue stop):
+    /// the guest counts them as sent, so they go back to its free ring. Call it after the
+    /// queue left the published configuration; returns 0 while the loop still holds it.
+    pub fn return_unsent(&self) -> u32 {
+        let mut parked = lock(&self.parked);
+        let Some(state) = parked.as_mut() else { return 0 };
+        let pools = lock(&self.pools).clone();
+        let ring = &mut state.tx_ring;
+        let Ok(avail) = ring.available(u32::MAX) else { return 0 };
+        // Claim first, then give back what was claimed: an offset the guest listed twice
+        // is claimed once, so it is returned once. A failed claim is a buffer the proxy
+        // holds or a duplicate: left alone.
+        let claimed: Vec<Mbuf> =
+            (0..avail).filter_map(|i| find_buffer(&pools, ring.read(i).offset)).filter_map(|(p, idx)| p.ctx.claim(idx)).collect();
+        ring.release(avail);
+        let returned = claimed.len() as u32;
+        // Freeing a shadow returns its buffer to the guest's free ring (the mempool ops).
+        drop(claimed);
+        returned
+    }
+}
+
+/// The pool and index of the guest buffer whose mbuf is at `offset`, if it is one.
+#[inline]
+fn find_buffer(pools: &Pools, offset: u32) -> Option<(&GuestPool, u32)> {
+    pools.iter().flatten().find_map(|p| p.ctx.index_of_offset(offset).map(|idx| (p, idx)))
+}
+
+/// The pool of which `m` (one segment) is a shadow.
+#[inline]
+fn pool_of<'p>(pools: &'p Pools, m: &Mbuf) -> Option<&'p GuestPool> {
+    pools.iter().flatten().find(|p| std::ptr::eq(p.pool.as_ptr(), m.pool()))
+}
+
+/// A queue the loop polls: the shared part, its state, and the NIC queues' handles.
+struct Polled {
+    q: Arc<DataQueue>,
+    state: QueueState,
+    pools: Pools,
+    rxq: RxQueue,
+    txq: TxQueue,
+}
+
+impl Polled {
     /// One poll: NIC rx to the guest, then the guest's tx to the NIC.
-    ///
-    /// # Safety
-    /// Called only by the data loop while this queue is in the published configuration.
     #[inline]
-    unsafe fn poll(&self, pkts: &mut [*mut sys::rte_mbuf; BURST]) {
-        if self.broken.load(Ordering::Relaxed) {
+    fn poll(&mut self, burst: &mut MbufBurst<BURST>) {
+        if self.q.broken.load(Ordering::Relaxed) {
             return;
         }
         // Take from the NIC only what the guest has room for: the rest waits in the NIC
         // (which counts it as missed when full) instead of costing buffers here.
         // A full burst needs room for chains too (a 9000-byte frame is about 5 buffers).
-        // SAFETY: only the data loop touches the ring state.
-        let room = match unsafe { &mut *self.rx_ring.get() }.free_slots(RX_ROOM_FOR_BURST) {
+        let room = match self.state.rx_ring.free_slots(RX_ROOM_FOR_BURST) {
             Ok(room) => room,
             Err(_) => {
-                self.break_ring();
+                self.q.break_ring();
                 return;
             }
         };
         let want = if room >= RX_ROOM_FOR_BURST { BURST as u32 } else { room / RX_SEGS_ASSUMED };
-        let n = if want == 0 {
-            0
-        } else {
-            // SAFETY: the data loop owns the NIC queue; pkts has room for BURST.
-            unsafe { sys::rte_eth_rx_burst(self.port, self.queue, pkts.as_mut_ptr(), want as u16) as usize }
-        };
-        if n > 0 {
-            // SAFETY: the NIC gave us n packets.
-            unsafe { self.to_guest(&pkts[..n]) };
+        if want > 0 && self.rxq.rx_burst(burst, want as u16) > 0 {
+            self.deliver_to_guest(burst);
         }
-        // SAFETY: as above.
-        unsafe { self.to_nic(pkts) };
+        self.send_to_nic(burst);
     }
 
     /// Hands received packets to the guest: their buffers are the guest's already.
-    ///
-    /// # Safety
-    /// Data loop only; `pkts` are packets the NIC just returned.
-    unsafe fn to_guest(&self, pkts: &[*mut sys::rte_mbuf]) {
-        // SAFETY: only the data loop touches the ring state.
-        let ring = unsafe { &mut *self.rx_ring.get() };
+    fn deliver_to_guest(&mut self, burst: &mut MbufBurst<BURST>) {
+        let q = &*self.q;
+        let state = &mut self.state;
+        let ring = &mut state.rx_ring;
+        let rx_pool = &state.rx_pool;
         // poll() made sure of room for a burst; the guest's index is re-read below only
         // when chains need more than the cached view shows.
-        let mut free = match ring.free_slots(pkts.len() as u32) {
+        let mut free = match ring.free_slots(burst.len() as u32) {
             Ok(f) => f,
             Err(_) => {
-                // SAFETY: our packets; freeing returns their buffers to the guest's ring.
-                unsafe { free_all(pkts) };
-                self.break_ring();
+                // Freeing returns the buffers to the guest's free ring.
+                burst.clear();
+                q.break_ring();
                 return;
             }
         };
+        let rx_mp = rx_pool.pool.as_ptr();
         let (mut slot, mut delivered, mut bytes, mut dropped, mut copies) = (0u32, 0u64, 0u64, 0u64, 0u64);
-        for &received in pkts {
-            let mut m = received;
-            // SAFETY: m is a packet the NIC returned; its segments are ours.
-            unsafe {
-                if !all_from(m, self.rx_mempool) {
-                    // A buffer from the parking pool (or a driver's own): copy it into a
-                    // guest buffer so nothing received after the switch is lost.
-                    let copy = sys::rte_pktmbuf_copy(m, self.rx_mempool, 0, u32::MAX);
-                    sys::rte_pktmbuf_free(m);
-                    if copy.is_null() {
+        for received in burst.drain() {
+            let m = if received.all_segments_from(rx_mp) {
+                received
+            } else {
+                // A buffer from the parking pool (or a driver's own): copy it into a
+                // guest buffer so nothing received after the switch is lost.
+                let copy = received.copy_to(rx_pool.mempool());
+                drop(received);
+                match copy {
+                    Some(c) => {
+                        copies += 1;
+                        c
+                    }
+                    None => {
                         dropped += 1;
                         continue;
                     }
-                    copies += 1;
-                    m = copy;
                 }
-                let segs = (*m).nb_segs as u32;
-                if segs <= MAX_SEGS && segs > free - slot {
-                    free = ring.free_slots(u32::MAX).unwrap_or(free);
-                }
-                if segs > MAX_SEGS || segs > free - slot {
-                    sys::rte_pktmbuf_free(m);
-                    dropped += 1;
-                    continue;
-                }
-                bytes += (*m).pkt_len as u64;
-                let ol = (*m).ol_flags;
-                let mut head_flags = DescFlags::empty();
-                if ol & sys::RTE_MBUF_F_RX_RSS_HASH as u64 != 0 {
-                    head_flags |= DescFlags::RSS_HASH;
-                }
-                if ol & sys::RTE_MBUF_F_RX_VLAN_STRIPPED as u64 != 0 {
-                    head_flags |= DescFlags::VLAN;
-                }
-                let (vlan, rss) = ((*m).vlan_tci, (*m).__bindgen_anon_2.hash.rss);
-                let mut seg = m;
-                while !seg.is_null() {
-                    let next = (*seg).next;
-                    let mut flags = head_flags;
-                    if !next.is_null() {
-                        flags |= DescFlags::NEXT;
-                    }
-                    ring.write(
-                        slot,
-                        &Desc {
-                            offset: self.rx_pool.offset_of(seg),
-                            data_off: (*seg).data_off,
-                            data_len: (*seg).data_len,
-                            flags,
-                            vlan_tci: vlan,
-                            rss_hash: rss,
-                        },
-                    );
-                    slot += 1;
-                    // Back to the state of a free mbuf in a pool, for when the guest
-                    // returns the buffer and a driver takes it raw.
-                    (*seg).next = std::ptr::null_mut();
-                    (*seg).nb_segs = 1;
-                    self.rx_pool.release_to_guest(seg);
-                    seg = next;
-                }
-                delivered += 1;
+            };
+            let segs = m.nb_segs() as u32;
+            if segs <= MAX_SEGS && segs > free - slot {
+                free = ring.free_slots(u32::MAX).unwrap_or(free);
             }
+            if segs > MAX_SEGS || segs > free - slot {
+                // Dropping it returns its buffers to the guest's free ring.
+                dropped += 1;
+                continue;
+            }
+            let ol = m.ol_flags();
+            let mut head_flags = DescFlags::empty();
+            if ol & sys::RTE_MBUF_F_RX_RSS_HASH as u64 != 0 {
+                head_flags |= DescFlags::RSS_HASH;
+            }
+            if ol & sys::RTE_MBUF_F_RX_VLAN_STRIPPED as u64 != 0 {
+                head_flags |= DescFlags::VLAN;
+            }
+            let (vlan, rss) = (m.vlan_tci(), m.rss_hash());
+            // Descriptors first (unpublished until the end), then the buffers change hands.
+            let first = slot;
+            let mut written = true;
+            for seg in m.segments() {
+                let Some(offset) = rx_pool.ctx.offset_of_segment(seg.addr) else {
+                    written = false;
+                    break;
+                };
+                let flags = if seg.has_next { head_flags | DescFlags::NEXT } else { head_flags };
+                ring.write(
+                    slot,
+                    &Desc { offset, data_off: seg.data_off, data_len: seg.data_len, flags, vlan_tci: vlan, rss_hash: rss },
+                );
+                slot += 1;
+            }
+            if !written {
+                // Not a shadow of the pool after all (checked above; cannot happen).
+                slot = first;
+                dropped += 1;
+                continue;
+            }
+            bytes += m.pkt_len() as u64;
+            for seg in m.into_segments() {
+                // Back to the state of a free mbuf in a pool (unlinked), for when the
+                // guest returns the buffer and a driver takes it raw.
+                if let Err(seg) = rx_pool.ctx.release_to_guest(seg) {
+                    // Cannot happen (every segment was found above); freeing is safe.
+                    drop(seg);
+                }
+            }
+            delivered += 1;
         }
         if slot > 0 {
             ring.publish(slot);
-            if let Some(w) = &self.rx_wake {
+            if let Some(w) = &state.rx_wake {
                 // The guest may be asleep on an empty ring: one datagram if it asked.
                 if wake::take_request(w.requested) && w.waker.wake() {
-                    bump(&self.stats.rx_wakeups, 1);
+                    bump(&q.stats.rx_wakeups, 1);
                 }
             }
         }
-        bump(&self.stats.rx_packets, delivered);
-        bump(&self.stats.rx_bytes, bytes);
-        bump(&self.stats.rx_dropped, dropped);
-        bump(&self.stats.copies, copies);
-    }
-
-    /// The pool and shadow of the guest buffer whose mbuf is at `offset`, if it is one.
-    #[inline]
-    fn find_shadow(&self, offset: u32) -> Option<(&ShadowCtx, *mut sys::rte_mbuf)> {
-        self.pools.iter().find_map(|cell| {
-            // SAFETY: a published pool outlives the queue (set_pool's contract).
-            let ctx = unsafe { cell.load(Ordering::Acquire).as_ref() }?;
-            ctx.shadow_of(offset).map(|m| (ctx, m))
-        })
+        bump(&q.stats.rx_packets, delivered);
+        bump(&q.stats.rx_bytes, bytes);
+        bump(&q.stats.rx_dropped, dropped);
+        bump(&q.stats.copies, copies);
     }
 
     /// Takes the guest's published packets, validated, and sends them.
-    ///
-    /// # Safety
-    /// Data loop only; `pkts` is scratch space.
-    unsafe fn to_nic(&self, pkts: &mut [*mut sys::rte_mbuf; BURST]) {
-        // SAFETY: only the data loop touches the ring state.
-        let ring = unsafe { &mut *self.tx_ring.get() };
+    fn send_to_nic(&mut self, burst: &mut MbufBurst<BURST>) {
+        let q = &*self.q;
+        let ring = &mut self.state.tx_ring;
         // The guest's producer index is re-read (a cache line the guest's core keeps
         // writing) only when the cached view holds less than a burst.
         let avail = match ring.available(BURST as u32) {
             Ok(0) => return,
             Ok(a) => a,
             Err(_) => {
-                self.break_ring();
+                q.break_ring();
                 return;
             }
         };
         let mut used = 0u32;
-        let mut count = 0usize;
         let mut bytes = 0u64;
         // Invalid packets count against the burst too: however a guest fills its ring,
         // one poll of it does at most BURST packets' worth of work, so it cannot starve
         // the other guests' queues of the data loop's time.
         let mut taken = 0usize;
-        let mut chain = TxChain { q: self, head: std::ptr::null_mut(), tail: std::ptr::null_mut() };
+        let mut chain = TxChain { pools: &self.pools, port: q.port, head: None };
         while taken < BURST && used < avail {
             taken += 1;
             match take_packet(|i| ring.read(i), &mut used, avail, &mut chain) {
                 TxPacket::Incomplete => break,
-                TxPacket::Invalid(kind) => self.invalid(kind.into(), 1),
-                TxPacket::Valid { segs, len, vlan } => {
-                    let head = std::mem::replace(&mut chain.head, std::ptr::null_mut());
-                    chain.tail = std::ptr::null_mut();
-                    // SAFETY: head is a valid chain of claimed shadows.
-                    unsafe {
-                        (*head).pkt_len = len;
-                        (*head).nb_segs = segs as u16;
-                        if let Some(tci) = vlan {
-                            (*head).ol_flags |= sys::RTE_MBUF_F_TX_VLAN as u64;
-                            (*head).vlan_tci = tci;
-                        }
+                TxPacket::Invalid(kind) => q.invalid(kind.into(), 1),
+                TxPacket::Valid { len, vlan, .. } => {
+                    let Some(mut head) = chain.head.take() else { continue };
+                    if let Some(tci) = vlan {
+                        head.set_tx_vlan(tci);
                     }
-                    pkts[count] = head;
-                    count += 1;
                     bytes += len as u64;
+                    // Room for BURST; `taken` bounds the packets to BURST.
+                    let _ = burst.push(head);
                 }
             }
         }
         ring.release(used);
-        if count == 0 {
+        if burst.is_empty() {
             return;
         }
-        // SAFETY: the data loop owns the NIC tx queue; pkts[..count] are valid packets.
-        let sent = unsafe { sys::rte_eth_tx_burst(self.port, self.queue, pkts.as_mut_ptr(), count as u16) } as usize;
+        let count = burst.len();
+        let sent = self.txq.tx_burst(burst);
         if sent < count {
-            let mut unsent_bytes = 0u64;
-            for &m in &pkts[sent..count] {
-                // SAFETY: packets the NIC did not take are still ours.
-                unsafe {
-                    unsent_bytes += (*m).pkt_len as u64;
-                    sys::rte_pktmbuf_free(m);
-                }
-            }
+            // What the NIC did not take goes back to the guest's free ring.
+            let unsent_bytes: u64 = burst.as_slice().iter().map(|m| m.pkt_len() as u64).sum();
+            burst.clear();
             bytes -= unsent_bytes;
-            bump(&self.stats.tx_dropped, (count - sent) as u64);
+            bump(&q.stats.tx_dropped, (count - sent) as u64);
         }
-        bump(&self.stats.tx_packets, sent as u64);
-        bump(&self.stats.tx_bytes, bytes);
+        bump(&q.stats.tx_packets, sent as u64);
+        bump(&q.stats.tx_bytes, bytes);
     }
 
-    /// Returns buffers the guest published for tx but the proxy never took (queue stop):
-    /// the guest counts them as sent, so they go back to its free ring.
-    ///
-    /// # Safety
-    /// The queue is not in the published configuration (the loop lets go of it).
-    pub unsafe fn return_unsent(&self) -> u32 {
-        // SAFETY: per the contract nobody else uses the ring state.
-        let ring = unsafe { &mut *self.tx_ring.get() };
-        let Ok(avail) = ring.available(u32::MAX) else { return 0 };
-        // Claim first, then give back what was claimed: an offset the guest listed twice
-        // is claimed once, so it is returned once.
-        for i in 0..avail {
-            if let Some((ctx, m)) = self.find_shadow(ring.read(i).offset) {
-                // SAFETY: m is a shadow of ctx; nobody else uses it now. A failed claim
-                // is a buffer the proxy holds or a duplicate: left alone.
-                unsafe { ctx.claim(m) };
-            }
-        }
-        let mut returned = 0;
-        for i in 0..avail {
-            let offset = ring.read(i).offset;
-            if let Some((ctx, m)) = self.find_shadow(offset) {
-                // SAFETY: as above.
-                if unsafe { ctx.unclaim_if_held(m) } {
-                    ctx.return_offset(offset);
-                    returned += 1;
-                }
-            }
-        }
-        ring.release(avail);
-        returned
-    }
-}
-
-/// Whether every segment of `m` comes from `mp`.
-///
-/// # Safety
-/// `m` is a valid packet.
-#[inline]
-unsafe fn all_from(mut m: *mut sys::rte_mbuf, mp: *mut sys::rte_mempool) -> bool {
-    while !m.is_null() {
-        // SAFETY: valid segments.
-        unsafe {
-            if (*m).pool != mp {
-                return false;
-            }
-            m = (*m).next;
-        }
-    }
-    true
-}
-
-/// # Safety
-/// Each packet is valid and owned by the caller.
-unsafe fn free_all(pkts: &[*mut sys::rte_mbuf]) {
-    for &m in pkts {
-        // SAFETY: per the contract.
-        unsafe { sys::rte_pktmbuf_free(m) };
-    }
-}
-
-/// Gives back the ownership of a chain claimed from the tx ring without sending it (the
-/// descriptors stay in the ring and are read again).
-///
-/// # Safety
-/// `m` is a chain of shadows claimed by `DataQueue::claim`.
-unsafe fn unclaim_chain(mut m: *mut sys::rte_mbuf) {
-    while !m.is_null() {
-        // SAFETY: per the contract; the owner mark lives in the shadow's private area.
-        unsafe {
-            let next = (*m).next;
-            (*m).next = std::ptr::null_mut();
-            crate::shadow::unclaim(m);
-            m = next;
+    /// Empties this lcore's mempool caches of the queue's pools into the guest's rings.
+    fn flush_caches(&self) {
+        for p in self.pools.iter().flatten() {
+            dpdk::flush_lcore_cache(p.mempool());
         }
     }
 }
 
 /// The packet being assembled from a guest's tx descriptors: the shadows claimed so
-/// far, linked. The validation itself is `shm_contract::tx::take_packet`.
-struct TxChain<'q> {
-    q: &'q DataQueue,
-    head: *mut sys::rte_mbuf,
-    tail: *mut sys::rte_mbuf,
+/// far, chained. The validation itself is `shm_contract::tx::take_packet`.
+struct TxChain<'p> {
+    pools: &'p Pools,
+    port: u16,
+    head: Option<Mbuf>,
 }
 
-// Used only inside `DataQueue::to_nic`, by the data loop, the only user of the queue's
-// shadows while it is published.
-impl<'q> TxSink for TxChain<'q> {
-    type Seg = (&'q ShadowCtx, *mut sys::rte_mbuf);
+impl<'p> TxSink for TxChain<'p> {
+    type Seg = (&'p GuestPool, u32);
 
     #[inline]
     fn find(&self, offset: u32) -> Option<(Self::Seg, u16)> {
-        self.q.find_shadow(offset).map(|(ctx, m)| ((ctx, m), ctx.layout.data_room()))
+        find_buffer(self.pools, offset).map(|(p, idx)| ((p, idx), p.ctx.layout.data_room()))
     }
 
     #[inline]
-    fn claim(&mut self, (ctx, m): Self::Seg, d: &Desc) -> bool {
-        // SAFETY: m is a shadow of ctx's pool; the data loop is its only user.
-        unsafe {
-            if !ctx.claim(m) {
-                return false;
-            }
-            (*m).data_off = d.data_off;
-            (*m).data_len = d.data_len;
-            (*m).pkt_len = d.data_len as u32;
-            (*m).nb_segs = 1;
-            (*m).next = std::ptr::null_mut();
-            (*m).ol_flags = 0;
-            (*m).port = self.q.port;
-            (*m).__bindgen_anon_1.packet_type = 0;
-            (*m).__bindgen_anon_3.tx_offload = 0;
-            if self.head.is_null() {
-                self.head = m;
-            } else {
-                // tail is a segment of this chain.
-                (*self.tail).next = m;
+    fn claim(&mut self, (pool, idx): Self::Seg, d: &Desc) -> bool {
+        let Some(mut m) = pool.ctx.claim(idx) else { return false };
+        // take_packet checked the data against the buffer; set_data checks again.
+        if m.set_data(d.data_off, d.data_len).is_err() {
+            let _ = pool.ctx.release_to_guest(m);
+            return false;
+        }
+        m.reset_tx_metadata(self.port);
+        match &mut self.head {
+            None => self.head = Some(m),
+            Some(head) => {
+                if let Err((m, _)) = head.chain(m) {
+                    let _ = pool.ctx.release_to_guest(m);
+                    return false;
+                }
             }
         }
-        self.tail = m;
         true
     }
 
     fn unclaim_packet(&mut self) {
-        if !self.head.is_null() {
-            // SAFETY: the segments claimed so far; their descriptors stay in the ring and
-            // are read again, so only the claim is undone.
-            unsafe { unclaim_chain(self.head) };
+        // The descriptors stay in the ring and are read again: only the claims go.
+        if let Some(head) = self.head.take() {
+            for seg in head.into_segments() {
+                if let Some(pool) = pool_of(self.pools, &seg) {
+                    let _ = pool.ctx.release_to_guest(seg);
+                }
+            }
         }
-        self.head = std::ptr::null_mut();
-        self.tail = std::ptr::null_mut();
     }
 
     fn drop_packet(&mut self) {
-        if !self.head.is_null() {
-            // SAFETY: our claimed chain: back to the guest's free ring.
-            unsafe { sys::rte_pktmbuf_free(self.head) };
-        }
-        self.head = std::ptr::null_mut();
-        self.tail = std::ptr::null_mut();
+        // Freed: back to the guest's free ring.
+        self.head = None;
     }
 }
 
@@ -598,46 +523,61 @@ pub struct PlaneConfig {
 
 /// The shared state between the control thread and the data loop.
 pub struct Plane {
-    current: AtomicPtr<PlaneConfig>,
+    /// The configuration to run; the loop copies what it needs when `version` moves.
+    config: Mutex<Arc<PlaneConfig>>,
+    /// Version of `config`.
+    version: AtomicU64,
     /// The configuration version the loop is running.
     seen: AtomicU64,
     running: AtomicBool,
     stop: AtomicBool,
-    next_version: AtomicU64,
     /// Packets that arrived on NIC queues without a guest and were dropped.
     pub unclaimed: AtomicU64,
+    /// Queues the loop could not take up (a handle refused), for the log.
+    pub refused_queues: AtomicUsize,
+}
+
+impl Default for Plane {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Plane {
     pub fn new() -> Plane {
-        let empty = Box::new(PlaneConfig { version: 0, active: Vec::new(), idle: Vec::new() });
         Plane {
-            current: AtomicPtr::new(Box::into_raw(empty)),
+            config: Mutex::new(Arc::new(PlaneConfig { version: 0, active: Vec::new(), idle: Vec::new() })),
+            version: AtomicU64::new(0),
             seen: AtomicU64::new(0),
             running: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            next_version: AtomicU64::new(1),
             unclaimed: AtomicU64::new(0),
+            refused_queues: AtomicUsize::new(0),
         }
     }
 
-    /// Installs a new configuration and waits until the loop no longer uses the old one.
+    /// Installs a new configuration and waits until the loop runs it: queues not in it
+    /// are then parked again and their NIC queues have no handle.
     pub fn publish(&self, active: Vec<Arc<DataQueue>>, idle: Vec<(u16, u16)>) {
-        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        let new = Box::into_raw(Box::new(PlaneConfig { version, active, idle }));
-        let old = self.current.swap(new, Ordering::SeqCst);
+        let version = {
+            let mut cfg = lock(&self.config);
+            let version = cfg.version + 1;
+            *cfg = Arc::new(PlaneConfig { version, active, idle });
+            // SeqCst with `running` below and in the loop: either this sees the loop
+            // running and waits, or the loop's first look sees this version.
+            self.version.store(version, Ordering::SeqCst);
+            version
+        };
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.running.load(Ordering::SeqCst) && self.seen.load(Ordering::Acquire) < version {
             if Instant::now() > deadline {
-                // The loop is stuck inside a driver call; leaking the old configuration
-                // is the only safe choice.
+                // The loop is stuck inside a driver call; what it holds stays held (and
+                // the DPDK layer refuses to set up its queues meanwhile).
                 eprintln!("dpdk-io-proxy: data loop did not pick up configuration {version} in 5 s");
                 return;
             }
             std::thread::sleep(Duration::from_micros(50));
         }
-        // SAFETY: `old` came from Box::into_raw and the loop has let go of it.
-        drop(unsafe { Box::from_raw(old) });
     }
 
     pub fn request_stop(&self) {
@@ -660,58 +600,90 @@ impl Plane {
     /// The polling loop, calling `extra` once per round: the latency probe of the
     /// benchmark mode (`--bench-latency`) shares the data loop's lcore this way.
     pub fn run_with(&self, mut extra: impl FnMut()) {
-        // SeqCst with the swap in `publish`: either `publish` sees the loop running and
-        // waits, or the loop's first load sees the new configuration.
         self.running.store(true, Ordering::SeqCst);
-        let mut pkts = [std::ptr::null_mut::<sys::rte_mbuf>(); BURST];
-        let mut previous: *const PlaneConfig = std::ptr::null();
+        let mut burst = MbufBurst::<BURST>::new();
+        let mut polled: Vec<Polled> = Vec::new();
+        let mut idle: Vec<RxQueue> = Vec::new();
+        let mut running_version = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
-            let cfg = self.current.load(Ordering::SeqCst);
-            if !previous.is_null() && previous != cfg as *const PlaneConfig {
-                // Before saying we let go of the old configuration: its queues' buffers
-                // cached on this lcore go back to their guests.
-                // SAFETY: `previous` stays allocated until `seen` moves past it.
-                for q in unsafe { &(*previous).active } {
-                    // SAFETY: data loop.
-                    unsafe { q.flush_caches() };
+            if self.version.load(Ordering::SeqCst) != running_version {
+                // The control thread holds the lock only to swap the configuration: when
+                // it does, try again next round.
+                if let Ok(cfg) = self.config.try_lock().map(|c| c.clone()) {
+                    self.take_up(&cfg, &mut polled, &mut idle);
+                    running_version = cfg.version;
+                    self.seen.store(running_version, Ordering::Release);
                 }
             }
-            previous = cfg;
-            // SAFETY: the control thread frees a configuration only after `seen` shows
-            // that this loop moved past it.
-            let cfg = unsafe { &*cfg };
-            self.seen.store(cfg.version, Ordering::Release);
-            for q in &cfg.active {
-                // SAFETY: q is in the published configuration.
-                unsafe { q.poll(&mut pkts) };
+            for p in &mut polled {
+                p.poll(&mut burst);
             }
-            for &(port, queue) in &cfg.idle {
-                // SAFETY: the loop owns idle NIC queues too.
-                let n = unsafe { sys::rte_eth_rx_burst(port, queue, pkts.as_mut_ptr(), BURST as u16) } as usize;
+            for rxq in &mut idle {
+                let n = rxq.rx_burst(&mut burst, BURST as u16);
                 if n > 0 {
-                    // SAFETY: packets just received, ours to free.
-                    unsafe { free_all(&pkts[..n]) };
+                    burst.clear();
                     bump(&self.unclaimed, n as u64);
                 }
             }
             extra();
         }
-        if !previous.is_null() {
-            // SAFETY: as above.
-            for q in unsafe { &(*previous).active } {
-                // SAFETY: data loop.
-                unsafe { q.flush_caches() };
-            }
-        }
+        let none = PlaneConfig { version: u64::MAX, active: Vec::new(), idle: Vec::new() };
+        self.take_up(&none, &mut polled, &mut idle);
         self.seen.store(u64::MAX, Ordering::Release);
         self.running.store(false, Ordering::Release);
     }
-}
 
-impl Drop for Plane {
-    fn drop(&mut self) {
-        let cfg = *self.current.get_mut();
-        // SAFETY: the loop has stopped; the pointer came from Box::into_raw.
-        drop(unsafe { Box::from_raw(cfg) });
+    /// Makes the loop's queues those of `cfg`: queues that leave have their buffers
+    /// cached on this lcore returned, their state parked and their handles dropped,
+    /// before queues that join take theirs.
+    fn take_up(&self, cfg: &PlaneConfig, polled: &mut Vec<Polled>, idle: &mut Vec<RxQueue>) {
+        idle.clear();
+        let mut kept = Vec::with_capacity(cfg.active.len());
+        for mut p in polled.drain(..) {
+            if cfg.active.iter().any(|q| Arc::ptr_eq(q, &p.q)) {
+                // Pools may have changed: buffers of a pool that left go back first.
+                let pools = lock(&p.q.pools).clone();
+                for old in p.pools.iter().flatten() {
+                    if !pools.iter().flatten().any(|n| std::ptr::eq(n.pool.as_ptr(), old.pool.as_ptr())) {
+                        dpdk::flush_lcore_cache(old.mempool());
+                    }
+                }
+                p.pools = pools;
+                kept.push(p);
+            } else {
+                p.flush_caches();
+                *lock(&p.q.parked) = Some(p.state);
+                // p.rxq and p.txq drop here: the NIC queues are free to set up again.
+            }
+        }
+        for q in &cfg.active {
+            if kept.iter().any(|p| Arc::ptr_eq(&p.q, q)) {
+                continue;
+            }
+            let Some(state) = lock(&q.parked).take() else {
+                // Held by a loop that did not let go (after a timed-out publish).
+                self.refused_queues.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            match (Port(q.port).rx_queue(q.queue), Port(q.port).tx_queue(q.queue)) {
+                (Ok(rxq), Ok(txq)) => {
+                    let pools = lock(&q.pools).clone();
+                    kept.push(Polled { q: q.clone(), state, pools, rxq, txq });
+                }
+                _ => {
+                    *lock(&q.parked) = Some(state);
+                    self.refused_queues.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        *polled = kept;
+        for &(port, queue) in &cfg.idle {
+            match Port(port).rx_queue(queue) {
+                Ok(rxq) => idle.push(rxq),
+                Err(_) => {
+                    self.refused_queues.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     }
 }

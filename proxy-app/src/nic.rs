@@ -97,8 +97,8 @@ impl NicPort {
     }
 
     /// The parking pool, to point an rx queue back at with [`NicPort::setup_rx_queue`].
-    pub fn parking_pool(&self) -> *mut sys::rte_mempool {
-        self.parking.as_ptr()
+    pub fn parking_pool(&self) -> PktPool {
+        self.parking.clone()
     }
 
     /// Buffers of the parking pool in use (held by the NIC's rx rings, mostly).
@@ -108,25 +108,17 @@ impl NicPort {
 
     /// Sets rx queue `queue` up with `pool` (the parking pool, or a guest's shadow
     /// pool). The port must not be polled meanwhile (for a device without runtime setup
-    /// the caller has paused the whole port and stopped it).
-    ///
-    /// # Safety
-    /// `pool` outlives its use by the queue (until the next switch or the port's close).
-    /// The parking pool always does: the dpdk crate keeps it for the queue.
-    pub unsafe fn setup_rx_queue(&self, queue: u16, pool: *mut sys::rte_mempool) -> Result<(), String> {
+    /// the caller has paused the whole port and stopped it; the DPDK layer refuses while
+    /// the queue has a polling handle). The queue keeps `pool` alive until its next
+    /// setup or the port's close.
+    pub fn setup_rx_queue(&self, queue: u16, pool: &PktPool) -> Result<(), String> {
         let err = |e: dpdk::Error| format!("port {} ({}) queue {queue}: {e}", self.port.0, self.name);
         let runtime = self.runtime_rx_setup && self.started;
         if runtime {
             // Stop may be unsupported while setup is; either way setup decides.
             let _ = self.port.rx_queue_stop(queue);
         }
-        if pool == self.parking.as_ptr() {
-            self.port.rx_queue_setup_pool(queue, self.rx_desc, None, &self.parking)
-        } else {
-            // SAFETY: per this function's contract.
-            unsafe { self.port.rx_queue_setup(queue, self.rx_desc, None, pool) }
-        }
-        .map_err(err)?;
+        self.port.rx_queue_setup_pool(queue, self.rx_desc, None, pool).map_err(err)?;
         if runtime {
             self.port.rx_queue_start(queue).map_err(err)?;
         }

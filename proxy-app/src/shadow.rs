@@ -21,7 +21,7 @@ use std::ffi::{c_int, c_uint, c_void, CStr, CString};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use dpdk::sys;
+use dpdk::{sys, Mbuf, Mempool, PktPool};
 use shm_contract::{FreeRing, FreeRingError, PoolLayout};
 
 use crate::region::GuestRegion;
@@ -42,10 +42,19 @@ const OWNER_PROXY: u8 = 1;
 /// What the proxy keeps behind each shadow mbuf (its private area).
 #[repr(C)]
 struct ShadowPriv {
-    /// Index of the guest buffer in its pool (read only when the shadows are not
-    /// evenly spaced, see `ShadowCtx::contiguous`).
+    /// Index of the guest buffer in its pool (for a person reading a dump; the proxy
+    /// finds an index from the shadow's address, see [`AddrIndex`]).
     index: u32,
     _pad: [u8; 4],
+}
+
+/// How a shadow's address gives its index in the pool.
+enum AddrIndex {
+    /// The shadows lie at `base + (index << shift)` (one populated chunk, as usual): the
+    /// index is computed, without touching the shadow.
+    Strided { base: usize, shift: u32 },
+    /// Otherwise: (address, index) sorted by address, searched.
+    Sorted(Box<[(usize, u32)]>),
 }
 
 /// Size of the private area of a shadow (a multiple of RTE_MBUF_PRIV_ALIGN).
@@ -58,10 +67,8 @@ pub struct ShadowCtx {
     ring: FreeRing<'static>,
     /// Shadow address of each guest buffer, by index; set once after populate.
     shadows: OnceLock<Box<[usize]>>,
-    /// When the shadows lie at `base + (index << shift)` (one populated chunk, as usual):
-    /// `(base, shift)`, so that a shadow's index is computed, not read from its private
-    /// area (a third cache line per packet).
-    contiguous: OnceLock<(usize, u32)>,
+    /// Index of each shadow, by address; set with `shadows`.
+    by_addr: OnceLock<AddrIndex>,
     /// Ownership mark of each buffer ([`OWNER_GUEST`] or [`OWNER_PROXY`]), by index: one
     /// byte each in one small array the data loop keeps in cache, rather than a byte in
     /// each shadow's private area. Relaxed atomics: plain byte loads and stores; the data
@@ -86,83 +93,100 @@ pub struct ShadowCtx {
 }
 
 impl ShadowCtx {
-    /// The shadow of guest buffer `offset` (the offset of its `rte_mbuf` in the region),
+    /// Index in this pool of the buffer whose `rte_mbuf` is at region offset `offset`,
     /// or `None` if `offset` is not exactly a buffer of this pool.
     #[inline]
-    pub fn shadow_of(&self, offset: u32) -> Option<*mut sys::rte_mbuf> {
-        let idx = self.layout.buffer_index(offset)?;
-        let shadows = self.shadows.get()?;
-        shadows.get(idx as usize).map(|&a| a as *mut sys::rte_mbuf)
+    pub fn index_of_offset(&self, offset: u32) -> Option<u32> {
+        self.layout.buffer_index(offset)
     }
 
-    /// Index in this pool of one of its shadows.
+    /// Index in this pool of the shadow at `addr`, or `None` if no shadow of this pool
+    /// is there.
+    #[inline]
+    fn index_of_addr(&self, addr: usize) -> Option<u32> {
+        let idx = match self.by_addr.get()? {
+            &AddrIndex::Strided { base, shift } => {
+                let from_base = addr.wrapping_sub(base);
+                if from_base & ((1usize << shift) - 1) != 0 {
+                    return None;
+                }
+                u32::try_from(from_base >> shift).ok()?
+            }
+            AddrIndex::Sorted(sorted) => {
+                let at = sorted.binary_search_by_key(&addr, |&(a, _)| a).ok()?;
+                sorted[at].1
+            }
+        };
+        (idx < self.layout.count()).then_some(idx)
+    }
+
+    /// Index in this pool of a packet's first segment, if it is one of its shadows.
+    #[inline]
+    pub fn index_of(&self, m: &Mbuf) -> Option<u32> {
+        self.index_of_addr(m.as_ptr() as usize)
+    }
+
+    #[inline]
+    fn owner(&self, idx: u32) -> Option<&AtomicU8> {
+        self.owners.get(idx as usize)
+    }
+
+    /// Region offset of the guest buffer behind the segment at `addr` (a
+    /// [`dpdk::Segment`]'s address), if that is a shadow of this pool.
+    #[inline]
+    pub fn offset_of_segment(&self, addr: *const sys::rte_mbuf) -> Option<u32> {
+        self.index_of_addr(addr as usize).map(|idx| self.layout.buffer_offset(idx))
+    }
+
+    /// Takes buffer `idx` for the proxy: its shadow, as a packet the caller owns, or
+    /// `None` if the proxy holds it already (or there is no such buffer).
     ///
-    /// # Safety
-    /// `m` is a shadow of this pool.
+    /// The caller is the pool's only user right now (the data loop while the queue is
+    /// polled, the control thread otherwise).
     #[inline]
-    unsafe fn index_of(&self, m: *const sys::rte_mbuf) -> u32 {
-        match self.contiguous.get() {
-            Some(&(base, shift)) => ((m as usize - base) >> shift) as u32,
-            // SAFETY: per the contract, m has our private area.
-            None => unsafe { (*shadow_priv(m)).index },
-        }
-    }
-
-    #[inline]
-    fn owner(&self, idx: u32) -> &AtomicU8 {
-        // Index of one of our shadows (the callers' contracts): always in range.
-        &self.owners[idx as usize]
-    }
-
-    /// Region offset of the guest buffer behind a shadow of this pool.
-    ///
-    /// # Safety
-    /// `m` is a shadow of this pool.
-    #[inline]
-    pub unsafe fn offset_of(&self, m: *const sys::rte_mbuf) -> u32 {
-        // SAFETY: per the contract.
-        self.layout.buffer_offset(unsafe { self.index_of(m) })
-    }
-
-    /// Marks a shadow as held by the proxy. Returns false (and counts) if it already was.
-    ///
-    /// # Safety
-    /// `m` is a shadow of this pool; the caller is the pool's only user right now.
-    #[inline]
-    pub unsafe fn claim(&self, m: *mut sys::rte_mbuf) -> bool {
-        // SAFETY: per the contract.
-        let owner = self.owner(unsafe { self.index_of(m) });
+    pub fn claim(&self, idx: u32) -> Option<Mbuf> {
+        let addr = *self.shadows.get()?.get(idx as usize)?;
+        let owner = self.owner(idx)?;
         if owner.load(Ordering::Relaxed) != OWNER_GUEST {
-            return false;
+            return None;
         }
         owner.store(OWNER_PROXY, Ordering::Relaxed);
-        true
+        // SAFETY: `addr` is shadow `idx`, an mbuf of this pool's mempool made by
+        // `ShadowPool::new` (reference count 1, direct, unlinked whenever the guest has
+        // it), whose mempool is freed only after every user of the pool let go (the
+        // data loop and the rx queue hold its `PktPool`). Its mark just moved from the
+        // guest to the proxy, and the proxy uses a shadow only while it holds the mark,
+        // so the returned value owns it exclusively.
+        unsafe { Mbuf::from_raw(addr as *mut sys::rte_mbuf) }
     }
 
-    /// Gives a claimed shadow back to the guest's side. Returns false if the proxy did
-    /// not hold it.
-    ///
-    /// # Safety
-    /// As for [`claim`](Self::claim).
+    /// Hands a shadow of this pool to the guest's side without returning it to the free
+    /// ring: the guest owns the buffer now (an rx descriptor names it), or still does (a
+    /// claim undone). Hands `m` back if it is not a single shadow of this pool.
     #[inline]
-    pub unsafe fn unclaim_if_held(&self, m: *mut sys::rte_mbuf) -> bool {
-        // SAFETY: per the contract.
-        let owner = self.owner(unsafe { self.index_of(m) });
+    pub fn release_to_guest(&self, m: Mbuf) -> Result<(), Mbuf> {
+        let Some(idx) = self.index_of(&m) else { return Err(m) };
+        if m.nb_segs() != 1 {
+            return Err(m);
+        }
+        if let Some(owner) = self.owner(idx) {
+            owner.store(OWNER_GUEST, Ordering::Relaxed);
+        }
+        // The shadow is the guest's now: it comes back through the free ring.
+        let _ = m.into_raw();
+        Ok(())
+    }
+
+    /// Gives the mark of buffer `idx` back to the guest. Returns false if the proxy did
+    /// not hold it.
+    #[inline]
+    fn unclaim_if_held(&self, idx: u32) -> bool {
+        let Some(owner) = self.owner(idx) else { return false };
         if owner.load(Ordering::Relaxed) != OWNER_PROXY {
             return false;
         }
         owner.store(OWNER_GUEST, Ordering::Relaxed);
         true
-    }
-
-    /// Marks a shadow as handed to the guest (its buffer now belongs to the guest).
-    ///
-    /// # Safety
-    /// As for [`claim`](Self::claim).
-    #[inline]
-    pub unsafe fn release_to_guest(&self, m: *mut sys::rte_mbuf) {
-        // SAFETY: per the contract.
-        self.owner(unsafe { self.index_of(m) }).store(OWNER_GUEST, Ordering::Relaxed);
     }
 
     /// Gives buffers back to the guest's free ring; parks them when the ring does not
@@ -206,25 +230,6 @@ impl ShadowCtx {
         self.parked_count.load(Ordering::Relaxed)
     }
 
-    /// Returns a buffer the guest handed over but the proxy will not use (a queue stop
-    /// found it still in the tx ring).
-    pub fn return_offset(&self, offset: u32) {
-        self.give_back(&[offset]);
-    }
-}
-
-/// Undoes a claim made by [`ShadowCtx::claim`] when the buffer was not used after all.
-///
-/// # Safety
-/// `m` is a shadow the caller claimed and still holds exclusively.
-#[inline]
-pub unsafe fn unclaim(m: *mut sys::rte_mbuf) {
-    // SAFETY: per the contract m is a shadow, so its pool is one of ours.
-    unsafe {
-        if let Some(ctx) = ctx((*m).pool) {
-            ctx.release_to_guest(m);
-        }
-    }
 }
 
 #[inline]
@@ -232,33 +237,34 @@ fn shadow_priv(m: *const sys::rte_mbuf) -> *mut ShadowPriv {
     (m as *mut u8).wrapping_add(std::mem::size_of::<sys::rte_mbuf>()) as *mut ShadowPriv
 }
 
-/// A guest pool as the proxy sees it: the validated layout, the free ring, and the
-/// mempool of shadows. Dropping it frees the mempool; its owner makes sure no NIC queue
-/// uses it any more.
+/// A guest pool as the proxy sees it: the validated layout and free ring ([`ShadowCtx`])
+/// and the mempool of shadows, owned through the DPDK layer ([`PktPool`]). The mempool
+/// keeps its ops state and the guest's mapping alive until it is freed, which is when
+/// its last user lets go: this value, an rx queue set up with it, the data loop.
 pub struct ShadowPool {
     pub ctx: Arc<ShadowCtx>,
-    mp: *mut sys::rte_mempool,
-    /// Keeps the mapping that `ctx.ring` and the shadows' `buf_addr` point into.
-    _region: Arc<GuestRegion>,
+    pool: PktPool,
 }
 
-// SAFETY: the mempool is used under DPDK's rules (the data lcore, or the control thread
-// while the pool is not in any queue); everything else is Sync.
-unsafe impl Send for ShadowPool {}
-// SAFETY: as above.
-unsafe impl Sync for ShadowPool {}
+/// A guest pool as a queue uses it: cheap to clone.
+#[derive(Clone)]
+pub struct GuestPool {
+    pub ctx: Arc<ShadowCtx>,
+    pub pool: PktPool,
+}
 
 impl ShadowPool {
     /// Makes the shadows of a validated guest pool.
     pub fn new(region: &Arc<GuestRegion>, layout: PoolLayout, name: &str, socket: i32) -> Result<ShadowPool, String> {
-        // SAFETY: `_region` below keeps the mapping alive as long as the ring view.
+        // SAFETY: the mempool below keeps `region` (its ops state) alive as long as the
+        // ring view, which lives in the ShadowCtx it keeps too.
         let mem = unsafe { region.mem_static() };
         let ring = FreeRing::new(&mem, layout.ring_offset(), layout.ring_entries()).map_err(|e| format!("free ring: {e}"))?;
         let ctx = Arc::new(ShadowCtx {
             layout,
             ring,
             shadows: OnceLock::new(),
-            contiguous: OnceLock::new(),
+            by_addr: OnceLock::new(),
             owners: (0..layout.count()).map(|_| AtomicU8::new(OWNER_GUEST)).collect(),
             populating: AtomicBool::new(true),
             invalid: AtomicU64::new(0),
@@ -275,9 +281,9 @@ impl ShadowPool {
             n if n >= 128 => 32,
             _ => 0,
         };
-        // SAFETY: plain mempool creation; every error path frees what was made.
-        unsafe {
-            let mp = sys::rte_mempool_create_empty(
+        // SAFETY: plain mempool creation.
+        let mp = unsafe {
+            sys::rte_mempool_create_empty(
                 cname.as_ptr(),
                 layout.count(),
                 elt_size,
@@ -288,44 +294,68 @@ impl ShadowPool {
                 // stride apart (256 bytes), so the data loop computes an index with a
                 // shift instead of reading it from a third cache line of each shadow.
                 sys::RTE_MEMPOOL_F_NO_SPREAD,
-            );
-            if mp.is_null() {
-                return Err(format!("rte_mempool_create_empty: {}", dpdk::errno_text(sys::dpdk_sys_errno())));
-            }
-            let pool = ShadowPool { ctx: ctx.clone(), mp, _region: region.clone() };
-            let rc = sys::rte_mempool_set_ops_byname(mp, OPS_NAME.as_ptr(), Arc::as_ptr(&ctx) as *mut c_void);
-            if rc != 0 {
-                return Err(format!("rte_mempool_set_ops_byname: {}", dpdk::errno_text(rc)));
-            }
-            // What rte_pktmbuf_pool_init would write: NIC drivers size their buffers from it.
+            )
+        };
+        if mp.is_null() {
+            // SAFETY: reads this thread's rte_errno.
+            return Err(format!("rte_mempool_create_empty: {}", dpdk::errno_text(unsafe { sys::dpdk_sys_errno() })));
+        }
+        let ops_state: (Arc<ShadowCtx>, Arc<GuestRegion>) = (ctx.clone(), region.clone());
+        // SAFETY: a fresh mempool nothing else frees; its ops (set below) use the
+        // ShadowCtx, kept with the guest's mapping as the pool's ops state. On error the
+        // mempool is freed by the drop of `pool`.
+        let pool = unsafe { PktPool::from_raw_owning(mp, Box::new(ops_state)) }.map_err(|e| e.to_string())?;
+        // SAFETY: the ops were registered at startup; pool_config is the ShadowCtx, which
+        // lives as long as the mempool (its ops state).
+        let rc = unsafe { sys::rte_mempool_set_ops_byname(mp, OPS_NAME.as_ptr(), Arc::as_ptr(&ctx) as *mut c_void) };
+        if rc != 0 {
+            return Err(format!("rte_mempool_set_ops_byname: {}", dpdk::errno_text(rc)));
+        }
+        // SAFETY: the private area of a mempool made with room for the packet-pool
+        // private struct; what rte_pktmbuf_pool_init would write (NIC drivers size their
+        // buffers from it).
+        unsafe {
             let private = sys::rte_mempool_get_priv(mp) as *mut sys::rte_pktmbuf_pool_private;
             (*private).mbuf_data_room_size = layout.data_room();
             (*private).mbuf_priv_size = PRIV_SIZE;
             (*private).flags = 0;
-            let placed = sys::rte_mempool_populate_default(mp);
-            if placed < 0 || placed as u32 != layout.count() {
-                return Err(format!("rte_mempool_populate_default placed {placed} of {} shadows", layout.count()));
-            }
-            let mut init = ShadowInit { ctx: &ctx, region, shadows: vec![0; layout.count() as usize], mp };
-            sys::rte_mempool_obj_iter(mp, Some(init_shadow), &mut init as *mut ShadowInit as *mut c_void);
-            let shadows = std::mem::take(&mut init.shadows);
-            if shadows.iter().any(|&a| a == 0) {
-                return Err("not every shadow was initialised".into());
-            }
-            match even_spacing(&shadows) {
-                Some(spacing) => {
-                    let _ = ctx.contiguous.set(spacing);
-                }
-                None => crate::log_info!("{name}: shadows not evenly spaced; their index is read from each"),
-            }
-            let _ = ctx.shadows.set(shadows.into_boxed_slice());
-            ctx.populating.store(false, Ordering::Release);
-            Ok(pool)
         }
+        // SAFETY: populates the mempool with our ops set (the enqueues are ignored while
+        // `populating`).
+        let placed = unsafe { sys::rte_mempool_populate_default(mp) };
+        if placed < 0 || placed as u32 != layout.count() {
+            return Err(format!("rte_mempool_populate_default placed {placed} of {} shadows", layout.count()));
+        }
+        let mut init = ShadowInit { ctx: &ctx, region, shadows: vec![0; layout.count() as usize], mp };
+        // SAFETY: `init_shadow` gets our ShadowInit, alive through the synchronous walk.
+        unsafe { sys::rte_mempool_obj_iter(mp, Some(init_shadow), &mut init as *mut ShadowInit as *mut c_void) };
+        let shadows = std::mem::take(&mut init.shadows);
+        if shadows.contains(&0) {
+            return Err("not every shadow was initialised".into());
+        }
+        let by_addr = match even_spacing(&shadows) {
+            Some((base, shift)) => AddrIndex::Strided { base, shift },
+            None => {
+                crate::log_info!("{name}: shadows not evenly spaced; their index is looked up by address");
+                let mut sorted: Vec<(usize, u32)> = shadows.iter().enumerate().map(|(i, &a)| (a, i as u32)).collect();
+                sorted.sort_unstable();
+                AddrIndex::Sorted(sorted.into_boxed_slice())
+            }
+        };
+        let _ = ctx.by_addr.set(by_addr);
+        let _ = ctx.shadows.set(shadows.into_boxed_slice());
+        ctx.populating.store(false, Ordering::Release);
+        Ok(ShadowPool { ctx, pool })
     }
 
-    pub fn mempool(&self) -> *mut sys::rte_mempool {
-        self.mp
+    /// The pool as a queue holds it.
+    pub fn guest_pool(&self) -> GuestPool {
+        GuestPool { ctx: self.ctx.clone(), pool: self.pool.clone() }
+    }
+
+    /// The mempool of shadows.
+    pub fn pool(&self) -> &PktPool {
+        &self.pool
     }
 
     /// Buffers in the guest's free ring now (for `show stats`).
@@ -336,15 +366,15 @@ impl ShadowPool {
     /// Buffers neither in the free ring nor in the proxy's pool cache: held by the guest,
     /// in flight, or held by the proxy's NIC queue (for `show stats`).
     pub fn in_use(&self) -> u32 {
-        // SAFETY: the mempool lives as long as self.
-        unsafe { sys::rte_mempool_in_use_count(self.mp) }
+        self.pool.mempool().in_use_count()
     }
 }
 
-impl Drop for ShadowPool {
-    fn drop(&mut self) {
-        // SAFETY: created in `new`; no queue uses it any more (owner's contract).
-        unsafe { sys::rte_mempool_free(self.mp) };
+impl GuestPool {
+    /// The mempool of shadows, as a view.
+    #[inline]
+    pub fn mempool(&self) -> Mempool<'_> {
+        self.pool.mempool()
     }
 }
 
@@ -404,7 +434,7 @@ unsafe extern "C" fn init_shadow(_mp: *mut sys::rte_mempool, opaque: *mut c_void
 /// `mp` is a live mempool whose ops are ours.
 unsafe fn ctx<'a>(mp: *const sys::rte_mempool) -> Option<&'a ShadowCtx> {
     // SAFETY: pool_data is the ShadowCtx that `ShadowPool::new` passed as pool_config
-    // (copied by `pool_alloc`), kept alive by the ShadowPool that owns the mempool.
+    // (copied by `pool_alloc`), kept alive as the mempool's ops state (PktPool).
     unsafe { ((*mp).__bindgen_anon_1.pool_data as *const ShadowCtx).as_ref() }
 }
 
@@ -464,14 +494,14 @@ unsafe extern "C" fn pool_enqueue(mp: *mut sys::rte_mempool, objs: *const *mut c
             for chunk in objs.chunks(CHUNK) {
                 let mut k = 0;
                 for &obj in chunk {
-                    let m = obj as *mut sys::rte_mbuf;
-                    if !ctx.unclaim_if_held(m) {
-                        // Freed twice inside this process: a driver bug; never give the
-                        // guest the same buffer twice.
+                    let held = ctx.index_of_addr(obj as usize).filter(|&idx| ctx.unclaim_if_held(idx));
+                    let Some(idx) = held else {
+                        // Freed twice inside this process (a driver bug), or not one of
+                        // ours: never give the guest the same buffer twice.
                         ctx.invalid.fetch_add(1, Ordering::Relaxed);
                         continue;
-                    }
-                    offsets[k] = ctx.offset_of(m);
+                    };
+                    offsets[k] = ctx.layout.buffer_offset(idx);
                     k += 1;
                 }
                 if k > 0 {
@@ -515,18 +545,17 @@ unsafe extern "C" fn pool_dequeue(mp: *mut sys::rte_mempool, objs: *mut *mut c_v
                     return -libc::ENOBUFS;
                 }
                 for &off in &offsets[..want] {
-                    let shadow = ctx.layout.buffer_index(off).and_then(|i| shadows.get(i as usize));
-                    let Some(&shadow) = shadow else {
+                    let Some(idx) = ctx.layout.buffer_index(off).filter(|&i| (i as usize) < shadows.len()) else {
                         ctx.invalid.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
-                    let m = shadow as *mut sys::rte_mbuf;
-                    if !ctx.claim(m) {
-                        // The guest freed a buffer the proxy holds: ignore the duplicate.
+                    // The guest freed a buffer the proxy holds: ignore the duplicate.
+                    let Some(m) = ctx.claim(idx) else {
                         ctx.invalid.fetch_add(1, Ordering::Relaxed);
                         continue;
-                    }
-                    out[got] = m as *mut c_void;
+                    };
+                    // DPDK owns the object from here (the mempool hands it out).
+                    out[got] = m.into_raw() as *mut c_void;
                     got += 1;
                 }
             }
@@ -536,20 +565,19 @@ unsafe extern "C" fn pool_dequeue(mp: *mut sys::rte_mempool, objs: *mut *mut c_v
     .unwrap_or(-libc::EINVAL)
 }
 
-/// # Safety
-/// `objs` are shadows of `ctx`'s pool that the proxy claimed in this dequeue.
-unsafe fn undo_dequeue(ctx: &ShadowCtx, objs: &[*mut c_void]) {
+/// Gives back the shadows a failed dequeue took (`objs`, claimed by it).
+fn undo_dequeue(ctx: &ShadowCtx, objs: &[*mut c_void]) {
     let mut offsets = [0u32; CHUNK];
     for chunk in objs.chunks(CHUNK) {
-        for (slot, &obj) in offsets.iter_mut().zip(chunk) {
-            let m = obj as *mut sys::rte_mbuf;
-            // SAFETY: per the contract.
-            unsafe {
-                ctx.release_to_guest(m);
-                *slot = ctx.offset_of(m);
+        let mut k = 0;
+        for &obj in chunk {
+            // Per the contract these are ours; anything else is left alone.
+            if let Some(idx) = ctx.index_of_addr(obj as usize).filter(|&idx| ctx.unclaim_if_held(idx)) {
+                offsets[k] = ctx.layout.buffer_offset(idx);
+                k += 1;
             }
         }
-        ctx.give_back(&offsets[..chunk.len()]);
+        ctx.give_back(&offsets[..k]);
     }
 }
 
@@ -582,7 +610,7 @@ mod tests {
             layout,
             ring,
             shadows: OnceLock::new(),
-            contiguous: OnceLock::new(),
+            by_addr: OnceLock::new(),
             owners: (0..count).map(|_| AtomicU8::new(OWNER_GUEST)).collect(),
             populating: AtomicBool::new(false),
             invalid: AtomicU64::new(0),
@@ -615,6 +643,26 @@ mod tests {
         ctx.retry_parked();
         assert_eq!(ctx.parked(), 0);
         assert_eq!(ctx.ring.count(), 8);
+    }
+
+    #[test]
+    fn a_shadow_index_comes_only_from_an_address_of_one_of_the_pools_shadows() {
+        let (strided, _) = ctx(8);
+        let _ = strided.by_addr.set(AddrIndex::Strided { base: 0x10000, shift: 8 });
+        assert_eq!(strided.index_of_addr(0x10000), Some(0));
+        assert_eq!(strided.index_of_addr(0x10000 + 7 * 256), Some(7));
+        assert_eq!(strided.index_of_addr(0x10000 + 8 * 256), None, "past the pool");
+        assert_eq!(strided.index_of_addr(0x10000 + 100), None, "inside a shadow");
+        assert_eq!(strided.index_of_addr(0xff00), None, "before the pool");
+        let (sorted, _) = ctx(4);
+        let by_addr = vec![(0x5000, 2), (0x7000, 0), (0x9000, 1), (0xb000, 3)];
+        let _ = sorted.by_addr.set(AddrIndex::Sorted(by_addr.into_boxed_slice()));
+        assert_eq!(sorted.index_of_addr(0x7000), Some(0));
+        assert_eq!(sorted.index_of_addr(0x5000), Some(2));
+        assert_eq!(sorted.index_of_addr(0x5001), None);
+        // Nothing to claim before the shadows exist.
+        assert!(sorted.claim(0).is_none());
+        assert!(!sorted.unclaim_if_held(0), "the guest holds it");
     }
 
     #[test]

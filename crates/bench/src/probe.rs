@@ -13,7 +13,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use dpdk::{sys, PktPool, Port};
+use dpdk::{sys, Mbuf, MbufBurst, PktPool, Port, RxQueue, TxQueue};
 
 use crate::hist::Histogram;
 
@@ -186,16 +186,15 @@ pub struct Probe {
     hist: Histogram,
     done: bool,
     reported: bool,
-    pkts: [*mut sys::rte_mbuf; BURST],
+    /// The probe's queues; None only while it drops (before the port closes).
+    queues: Option<(RxQueue, TxQueue)>,
 }
 
 impl Probe {
     /// Configures `port` (one rx and one tx queue, its own mbuf pool) and starts it.
     pub fn new(port: Port, spec: Spec) -> Result<Probe, String> {
         let err = |e: dpdk::Error| format!("probe port {} ({}): {e}", port.0, port.name());
-        // SAFETY: rte_eth_conf is plain data; all zero is the default configuration.
-        let conf: sys::rte_eth_conf = unsafe { std::mem::zeroed() };
-        port.configure(1, 1, &conf).map_err(err)?;
+        port.configure(1, 1, &sys::rte_eth_conf::default()).map_err(err)?;
         let (rx_desc, tx_desc) = port.adjust_desc(DESC, DESC).map_err(err)?;
         let pool = PktPool::new(
             &format!("lat_probe{}", port.0),
@@ -205,10 +204,10 @@ impl Probe {
             port.socket_id(),
         )
         .map_err(err)?;
-        // SAFETY: the pool outlives the queue: Drop closes the port before the pool goes.
-        unsafe { port.rx_queue_setup(0, rx_desc, None, pool.as_ptr()) }.map_err(err)?;
+        port.rx_queue_setup_pool(0, rx_desc, None, &pool).map_err(err)?;
         port.tx_queue_setup(0, tx_desc).map_err(err)?;
         port.start().map_err(err)?;
+        let queues = (port.rx_queue(0).map_err(err)?, port.tx_queue(0).map_err(err)?);
         let _ = port.promiscuous_enable();
         // SAFETY: reads EAL's calibrated TSC frequency.
         let hz = unsafe { sys::rte_get_tsc_hz() } as f64;
@@ -234,7 +233,7 @@ impl Probe {
             hist: Histogram::new(),
             done: false,
             reported: false,
-            pkts: [std::ptr::null_mut(); BURST],
+            queues: Some(queues),
         })
     }
 
@@ -271,21 +270,17 @@ impl Probe {
     }
 
     fn receive(&mut self) {
-        let mp = self.pkts.as_mut_ptr();
-        // SAFETY: the probe owns queue 0 of its port; pkts has room for BURST.
-        let n = unsafe { sys::rte_eth_rx_burst(self.port.0, 0, mp, BURST as u16) } as usize;
-        if n == 0 {
+        let Some((rxq, _)) = &mut self.queues else { return };
+        let mut burst = MbufBurst::<BURST>::new();
+        if rxq.rx_burst(&mut burst, BURST as u16) == 0 {
             return;
         }
         // The arrival time: after the burst returned, so its own cost is not hidden.
         let now = tsc();
-        for i in 0..n {
-            let m = self.pkts[i];
-            // SAFETY: a packet the port just returned; the probe frees it below. Its
-            // bytes were written by the guest: they are copied out, never referenced.
-            let fields = unsafe { read_probe_fields(m) };
-            // SAFETY: ours to free (for a shadow mbuf this returns the buffer to its guest).
-            unsafe { sys::rte_pktmbuf_free(m) };
+        for m in burst.drain() {
+            let fields = probe_fields(&m);
+            // Freed here (for a shadow mbuf this returns the buffer to its guest).
+            drop(m);
             let Some((_seq, sent_at)) = fields else {
                 self.other += 1;
                 continue;
@@ -332,10 +327,9 @@ impl Probe {
         if want == 0 {
             return;
         }
-        let Some(pool) = &self.pool else { return };
-        let mp = self.pkts.as_mut_ptr();
-        // SAFETY: pkts has room for BURST >= want pointers.
-        if unsafe { sys::rte_pktmbuf_alloc_bulk(pool.as_ptr(), mp, want as u32) } != 0 {
+        let (Some(pool), Some((_, txq))) = (&self.pool, &mut self.queues) else { return };
+        let mut burst = MbufBurst::<BURST>::new();
+        if burst.alloc_from(pool, want) == 0 {
             // Pool empty: everything is in flight or queued. Offered, not sent.
             self.offered += want as u64;
             if in_window {
@@ -345,43 +339,21 @@ impl Probe {
         }
         // The send time: as close to the burst as the frames allow.
         let stamp = tsc();
-        for i in 0..want {
-            // SAFETY: a freshly allocated mbuf of our pool, data room 2 KiB >= size.
-            unsafe { self.fill(self.pkts[i], stamp) };
+        for m in burst.as_mut_slice() {
+            let frame = probe_frame(&self.src, self.seq, stamp);
+            self.seq += 1;
+            // The data room (2 KiB) holds `size` (<= 2000) bytes.
+            if m.extend(self.spec.size).is_ok() {
+                m.write(0, &frame);
+            }
         }
-        // SAFETY: the probe owns tx queue 0; pkts[..want] are valid packets.
-        let took = unsafe { sys::rte_eth_tx_burst(self.port.0, 0, mp, want as u16) } as usize;
-        for i in took..want {
-            // SAFETY: not taken by the port: still ours.
-            unsafe { sys::rte_pktmbuf_free(self.pkts[i]) };
-        }
+        // What the port does not take is freed with the burst.
+        let took = txq.tx_burst(&mut burst);
         self.offered += want as u64;
         if in_window {
             self.sent += took as u64;
             self.tx_full += (want - took) as u64;
         }
-    }
-
-    /// Writes a probe frame of `spec.size` bytes into `m`.
-    ///
-    /// # Safety
-    /// `m` is an mbuf of the probe's pool, just allocated (empty).
-    unsafe fn fill(&mut self, m: *mut sys::rte_mbuf, now: u64) {
-        // SAFETY: the data room (2 KiB) holds `size` (<= 2000) bytes.
-        let data = unsafe { sys::rte_pktmbuf_append(m, self.spec.size) } as *mut u8;
-        if data.is_null() {
-            return;
-        }
-        let mut frame = [0u8; HEADER];
-        frame[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
-        frame[6..12].copy_from_slice(&self.src);
-        frame[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
-        frame[14..22].copy_from_slice(&MAGIC.to_le_bytes());
-        frame[22..30].copy_from_slice(&self.seq.to_le_bytes());
-        frame[30..38].copy_from_slice(&now.to_le_bytes());
-        self.seq += 1;
-        // SAFETY: `data` has `size` >= HEADER writable bytes.
-        unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), data, HEADER) };
     }
 
     pub fn report(&self) -> Report {
@@ -398,28 +370,34 @@ impl Probe {
     }
 }
 
-/// The sequence number and send TSC of a probe frame, copied out of `m`; None for any
-/// other frame.
-///
-/// # Safety
-/// `m` is a valid packet.
-unsafe fn read_probe_fields(m: *mut sys::rte_mbuf) -> Option<(u64, u64)> {
-    // SAFETY: per the contract; the first segment's data lies in its buffer.
-    unsafe {
-        if ((*m).data_len as usize) < HEADER {
-            return None;
-        }
-        let data = ((*m).buf_addr as *const u8).add((*m).data_off as usize);
-        let mut frame = [0u8; HEADER];
-        std::ptr::copy_nonoverlapping(data, frame.as_mut_ptr(), HEADER);
-        let word = |at: usize| u64::from_le_bytes(frame[at..at + 8].try_into().unwrap_or([0; 8]));
-        (frame[12..14] == ETHERTYPE.to_be_bytes() && word(14) == MAGIC).then(|| (word(22), word(30)))
+/// The first bytes of a probe frame: addresses, our ethertype, magic, sequence number
+/// and send TSC.
+fn probe_frame(src: &[u8; 6], seq: u64, now: u64) -> [u8; HEADER] {
+    let mut frame = [0u8; HEADER];
+    frame[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+    frame[6..12].copy_from_slice(src);
+    frame[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
+    frame[14..22].copy_from_slice(&MAGIC.to_le_bytes());
+    frame[22..30].copy_from_slice(&seq.to_le_bytes());
+    frame[30..38].copy_from_slice(&now.to_le_bytes());
+    frame
+}
+
+/// The sequence number and send TSC of a probe frame, copied out of `m` (its bytes
+/// were written by a guest: copied, never referenced); None for any other frame.
+fn probe_fields(m: &Mbuf) -> Option<(u64, u64)> {
+    let mut frame = [0u8; HEADER];
+    if m.read(0, &mut frame) < HEADER {
+        return None;
     }
+    let word = |at: usize| u64::from_le_bytes(frame[at..at + 8].try_into().unwrap_or([0; 8]));
+    (frame[12..14] == ETHERTYPE.to_be_bytes() && word(14) == MAGIC).then(|| (word(22), word(30)))
 }
 
 impl Drop for Probe {
     fn drop(&mut self) {
-        // Stop and close the port before its pool goes.
+        // Let go of the queues, stop and close the port, then drop its pool.
+        self.queues.take();
         let _ = self.port.stop();
         let _ = self.port.close();
         self.pool.take();

@@ -14,9 +14,12 @@
 //! * [`telemetry::register`] adds a telemetry command answered by a safe Rust closure;
 //!   [`Pdump`] enables packet capture by `dpdk-dumpcap` while it lives.
 //!
-//! No lcore model is imposed: callers launch their own loops and threads. Data-path calls
-//! (`rte_eth_rx_burst`, ...) stay raw `dpdk_sys` calls in the caller's hot loop, where
-//! a wrapper would only add a branch.
+//! * The data path works on owned values: an [`Mbuf`] frees itself on drop, an
+//!   [`MbufBurst`] is a stack array of them, and [`RxQueue`] / [`TxQueue`] are the one
+//!   handle each queue has for polling (reconfiguring a polled queue fails with
+//!   `EBUSY`). The wrappers are `#[inline]` calls of the same DPDK functions.
+//!
+//! No lcore model is imposed: callers launch their own loops and threads.
 //!
 //! Every `extern "C"` function this crate hands to DPDK catches panics: none unwinds
 //! into C.
@@ -30,12 +33,14 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 pub use dpdk_sys as sys;
 
+mod mbuf;
 mod mem;
 mod mempool;
 mod pdump;
 pub mod telemetry;
 
 pub use mem::{virt2phy, Device, ExtMem};
+pub use mbuf::{flush_lcore_cache, Drain, IntoSegments, Mbuf, MbufBurst, MbufError, RxQueue, Segment, Segments, TxQueue};
 pub use mempool::{mempool_count, Mempool, PktPool};
 pub use pdump::Pdump;
 
@@ -317,6 +322,7 @@ impl Port {
     }
 
     /// Configures the port with `nb_rx` rx and `nb_tx` tx queues.
+    /// Fails with `EBUSY` while a queue of the port has a polling handle.
     ///
     /// `conf.rx_adv_conf.rss_conf.rss_key` must be null (the device's default key): DPDK
     /// would read a key through it; anything else is refused with `EINVAL`.
@@ -324,6 +330,7 @@ impl Port {
         if !conf.rx_adv_conf.rss_conf.rss_key.is_null() {
             return Err(Error::new("rte_eth_dev_configure", libc::EINVAL));
         }
+        mbuf::ensure_not_polled("rte_eth_dev_configure", self.0, None)?;
         // SAFETY: conf is a valid configuration without pointers (checked above); DPDK
         // copies it.
         check("rte_eth_dev_configure", unsafe { sys::rte_eth_dev_configure(self.0, nb_rx, nb_tx, conf) }).map(|_| ())
@@ -357,6 +364,7 @@ impl Port {
         if conf.is_some_and(|c| !c.rx_seg.is_null() || c.rx_nseg != 0 || !c.rx_mempools.is_null() || c.rx_nmempool != 0) {
             return Err(Error::new("rte_eth_rx_queue_setup", libc::EINVAL));
         }
+        mbuf::ensure_not_polled("rte_eth_rx_queue_setup", self.0, Some((queue, true)))?;
         let conf_ptr = conf.map_or(std::ptr::null(), |c| c as *const _);
         // SAFETY: conf has no pointers (checked above); `pool` is a live packet-mbuf pool,
         // kept alive below for as long as the queue can use it.
@@ -381,6 +389,7 @@ impl Port {
         conf: Option<&sys::rte_eth_rxconf>,
         pool: *mut sys::rte_mempool,
     ) -> Result<(), Error> {
+        mbuf::ensure_not_polled("rte_eth_rx_queue_setup", self.0, Some((queue, true)))?;
         let conf = conf.map_or(std::ptr::null(), |c| c as *const _);
         // SAFETY: per this function's contract.
         check("rte_eth_rx_queue_setup", unsafe {
@@ -392,7 +401,9 @@ impl Port {
     }
 
     /// Sets up tx queue `queue` with the device's default configuration.
+    /// Fails with `EBUSY` while the queue has a polling handle ([`TxQueue`]).
     pub fn tx_queue_setup(self, queue: u16, nb_desc: u16) -> Result<(), Error> {
+        mbuf::ensure_not_polled("rte_eth_tx_queue_setup", self.0, Some((queue, false)))?;
         // SAFETY: null conf means the device's defaults.
         check("rte_eth_tx_queue_setup", unsafe {
             sys::rte_eth_tx_queue_setup(self.0, queue, nb_desc, self.socket_id().max(0) as u32, std::ptr::null())
@@ -407,14 +418,18 @@ impl Port {
     }
 
     /// Stops the port.
+    /// Fails with `EBUSY` while a queue of the port has a polling handle.
     pub fn stop(self) -> Result<(), Error> {
+        mbuf::ensure_not_polled("rte_eth_dev_stop", self.0, None)?;
         // SAFETY: plain call on a port id.
         check("rte_eth_dev_stop", unsafe { sys::rte_eth_dev_stop(self.0) }).map(|_| ())
     }
 
-    /// Closes the port (its queues release their buffers), then lets go of the pools
+    /// Fails with `EBUSY` while a queue of the port has a polling handle. Otherwise
+    /// closes the port (its queues release their buffers), then lets go of the pools
     /// its rx queues were set up with by [`Port::rx_queue_setup_pool`].
     pub fn close(self) -> Result<(), Error> {
+        mbuf::ensure_not_polled("rte_eth_dev_close", self.0, None)?;
         // SAFETY: plain call on a port id; the id is invalid afterwards.
         let closed = check("rte_eth_dev_close", unsafe { sys::rte_eth_dev_close(self.0) }).map(|_| ());
         if closed.is_ok() {
@@ -430,18 +445,21 @@ impl Port {
 
     /// Stops one rx queue (where the device can).
     pub fn rx_queue_stop(self, queue: u16) -> Result<(), Error> {
+        mbuf::ensure_not_polled("rte_eth_dev_rx_queue_stop", self.0, Some((queue, true)))?;
         // SAFETY: plain call on a port id.
         check("rte_eth_dev_rx_queue_stop", unsafe { sys::rte_eth_dev_rx_queue_stop(self.0, queue) }).map(|_| ())
     }
 
     /// Starts one rx queue (where the device can).
     pub fn rx_queue_start(self, queue: u16) -> Result<(), Error> {
+        mbuf::ensure_not_polled("rte_eth_dev_rx_queue_start", self.0, Some((queue, true)))?;
         // SAFETY: plain call on a port id.
         check("rte_eth_dev_rx_queue_start", unsafe { sys::rte_eth_dev_rx_queue_start(self.0, queue) }).map(|_| ())
     }
 
     /// Frees the mbufs a tx queue still holds after sending them.
     pub fn tx_done_cleanup(self, queue: u16) -> Result<(), Error> {
+        mbuf::ensure_not_polled("rte_eth_tx_done_cleanup", self.0, Some((queue, false)))?;
         // SAFETY: plain call on a port id.
         check("rte_eth_tx_done_cleanup", unsafe { sys::rte_eth_tx_done_cleanup(self.0, queue, 0) }).map(|_| ())
     }

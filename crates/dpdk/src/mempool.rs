@@ -13,8 +13,9 @@ use crate::{sys, Eal, Error};
 /// A packet-mbuf pool in this process's own memory.
 ///
 /// Dropping it frees the mempool, unless an rx queue still takes buffers from it
-/// ([`crate::Port::rx_queue_setup_pool`]): then the mempool is freed when that queue is
-/// set up again or its port closed. The pool holds EAL alive until it is freed.
+/// ([`crate::Port::rx_queue_setup_pool`]) or another clone lives: then the mempool is
+/// freed with the last of them. The pool holds EAL alive until it is freed.
+#[derive(Clone)]
 pub struct PktPool {
     inner: Arc<PoolInner>,
 }
@@ -23,6 +24,9 @@ pub struct PktPool {
 /// rx queue's) goes.
 pub(crate) struct PoolInner {
     mp: NonNull<sys::rte_mempool>,
+    /// What the mempool's ops need until it is freed ([`PktPool::from_raw_owning`]);
+    /// dropped after the mempool (fields drop after `Drop::drop`).
+    _ops_state: Option<Box<dyn Any + Send + Sync>>,
     _eal: Eal,
 }
 
@@ -52,7 +56,7 @@ impl PktPool {
         // by the returned value.
         let mp = unsafe { sys::rte_pktmbuf_pool_create(cname.as_ptr(), count, cache, 0, data_room, socket) };
         let mp = NonNull::new(mp).ok_or_else(|| Error::from_rte_errno(CALL))?;
-        Ok(PktPool { inner: Arc::new(PoolInner { mp, _eal: eal }) })
+        Ok(PktPool { inner: Arc::new(PoolInner { mp, _ops_state: None, _eal: eal }) })
     }
 
     /// Takes ownership of a mempool made elsewhere (for example with the
@@ -64,10 +68,33 @@ impl PktPool {
     /// `mp` is a live mempool of packet mbufs that nothing else frees, and whatever its
     /// ops need stays valid until it is freed.
     pub unsafe fn from_raw(mp: *mut sys::rte_mempool) -> Result<PktPool, Error> {
+        // SAFETY: per this function's contract.
+        unsafe { Self::adopt(mp, None) }
+    }
+
+    /// Like [`PktPool::from_raw`], for a mempool whose ops use `ops_state` (for example
+    /// the object their `pool_data` points at): it is kept, and dropped only after the
+    /// mempool is freed, so the ops can use it for as long as the mempool exists. On
+    /// error `ops_state` is dropped and the mempool is not freed.
+    ///
+    /// # Safety
+    /// As for [`PktPool::from_raw`], with "whatever its ops need" covered by `ops_state`
+    /// where it is not otherwise alive.
+    pub unsafe fn from_raw_owning(
+        mp: *mut sys::rte_mempool,
+        ops_state: Box<dyn Any + Send + Sync>,
+    ) -> Result<PktPool, Error> {
+        // SAFETY: per this function's contract.
+        unsafe { Self::adopt(mp, Some(ops_state)) }
+    }
+
+    /// # Safety
+    /// As for [`PktPool::from_raw_owning`].
+    unsafe fn adopt(mp: *mut sys::rte_mempool, ops_state: Option<Box<dyn Any + Send + Sync>>) -> Result<PktPool, Error> {
         const CALL: &str = "rte_mempool_free";
         let eal = Eal::require(CALL)?;
         let mp = NonNull::new(mp).ok_or(Error::new(CALL, libc::EINVAL))?;
-        Ok(PktPool { inner: Arc::new(PoolInner { mp, _eal: eal }) })
+        Ok(PktPool { inner: Arc::new(PoolInner { mp, _ops_state: ops_state, _eal: eal }) })
     }
 
     /// The raw mempool, for data-path calls (`rte_pktmbuf_alloc_bulk`, ...). Valid while

@@ -2,7 +2,7 @@
 //! EAL can be initialised once per process: everything is one test.
 
 use dpdk::telemetry::{self, TelDict, TelData};
-use dpdk::{mempool_count, Eal, ExtMem, Pdump, PktPool, Port};
+use dpdk::{mempool_count, Eal, ExtMem, Mbuf, MbufBurst, MbufError, Pdump, PktPool, Port};
 
 fn eal_args() -> Vec<String> {
     [
@@ -74,6 +74,7 @@ fn the_safe_layer_over_a_live_eal() {
     port.rx_queue_setup_pool(0, 256, None, &pool).expect("rx queue");
     port.tx_queue_setup(0, 256).expect("tx queue");
     port.start().expect("start");
+    packets_as_owned_values(port, &pool);
     drop(pool);
     assert_eq!(mempool_count(), baseline + 1, "the queue keeps its pool");
     // External memory: registered, DMA-mapped for the port's device, unregistered
@@ -137,4 +138,118 @@ fn the_safe_layer_over_a_live_eal() {
     assert_eq!(Eal::init(&eal_args()).unwrap_err().errno, libc::EALREADY);
     // EAL keeps its runtime directory after cleanup (for secondaries); ours is ours.
     let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/dpdk-crate-test-{}", std::process::id()));
+}
+
+/// The data path of the layer on a started net_null port whose rx queue 0 fills from
+/// `pool` (no cache, so its in-use count is exact).
+fn packets_as_owned_values(port: Port, pool: &PktPool) {
+    let in_use = || pool.mempool().in_use_count();
+    // One handle per queue; a polled queue cannot be reconfigured or its port stopped.
+    let mut rxq = port.rx_queue(0).expect("rx handle");
+    assert_eq!(rxq.id(), (port.0, 0));
+    assert_eq!(port.rx_queue(0).err().map(|e| e.errno), Some(libc::EBUSY));
+    assert_eq!(port.rx_queue(1).err().map(|e| e.errno), Some(libc::EINVAL), "the port has one rx queue");
+    assert_eq!(port.stop().unwrap_err().errno, libc::EBUSY);
+    assert_eq!(port.rx_queue_setup_pool(0, 256, None, pool).unwrap_err().errno, libc::EBUSY);
+    assert_eq!(port.close().unwrap_err().errno, libc::EBUSY);
+
+    // A burst owns what it received; dropping it frees the packets.
+    let mut burst = MbufBurst::<32>::new();
+    assert_eq!(rxq.rx_burst(&mut burst, 8), 8);
+    assert_eq!(rxq.rx_burst(&mut burst, 64), 24, "never more than the burst has room for");
+    assert_eq!(rxq.rx_burst(&mut burst, 64), 0);
+    assert_eq!((burst.len(), burst.room()), (32, 0));
+    assert_eq!(in_use(), 32);
+    drop(burst);
+    assert_eq!(in_use(), 0, "a dropped burst frees its packets");
+
+    let mut burst = MbufBurst::<4>::new();
+    rxq.rx_burst(&mut burst, 4);
+    let mut pkts: Vec<Mbuf> = burst.drain().collect();
+    assert!(burst.is_empty());
+    assert_eq!(in_use(), 4, "drained packets are owned by the caller");
+    let (mut a, b) = (pkts.remove(0), pkts.remove(0));
+    drop(pkts);
+    assert_eq!(in_use(), 2);
+    assert_eq!((a.pkt_len(), a.nb_segs()), (64, 1), "net_null's default packet");
+    assert!(a.all_segments_from(pool.as_ptr()));
+    assert_eq!(a.set_data(a.data_off(), a.buf_len()), Err(MbufError::OutOfBuffer));
+    a.set_data(128, 4).expect("inside the buffer");
+    a.append(b"wxyz").expect("room");
+    assert_eq!((a.pkt_len(), a.data_len()), (8, 8));
+    // Chains: lengths add up, bytes read across segments, split back into singles.
+    let mut b = b;
+    b.set_data(128, 0).expect("empty");
+    b.append(b"0123").expect("room");
+    let mut head = a;
+    head.chain(b).expect("chain");
+    assert_eq!((head.pkt_len(), head.nb_segs()), (12, 2));
+    assert_eq!(head.set_data(0, 1), Err(MbufError::Chained));
+    let mut out = [0u8; 8];
+    assert_eq!(head.read(6, &mut out), 6);
+    assert_eq!(&out[..6], b"yz0123");
+    let segs: Vec<_> = head.segments().map(|s| (s.data_len, s.has_next)).collect();
+    assert_eq!(segs, vec![(8, true), (4, false)]);
+    let copy = head.copy_to(pool.mempool()).expect("copy");
+    assert_eq!(copy.pkt_len(), 12);
+    assert_eq!(in_use(), 2 + copy.nb_segs() as u32);
+    drop(copy);
+    let singles: Vec<Mbuf> = head.into_segments().collect();
+    assert_eq!(singles.iter().map(|m| (m.pkt_len(), m.nb_segs())).collect::<Vec<_>>(), vec![(8, 1), (4, 1)]);
+    drop(singles);
+    assert_eq!(in_use(), 0);
+    // Splitting and dropping the rest frees what was not taken.
+    let (mut c, d) = (Mbuf::alloc(pool).expect("alloc"), Mbuf::alloc(pool).expect("alloc"));
+    c.chain(d).expect("chain");
+    let mut split = c.into_segments();
+    let first = split.next().expect("a segment");
+    drop(split);
+    assert_eq!(in_use(), 1);
+    // A packet given up with into_raw is the caller's to free.
+    let raw = first.into_raw();
+    assert_eq!(in_use(), 1);
+    // SAFETY: the packet just given up, owned by nothing else.
+    drop(unsafe { Mbuf::from_raw(raw) });
+    assert_eq!(in_use(), 0);
+
+    // Bursts of fresh packets, written in place.
+    let mut burst = MbufBurst::<4>::new();
+    assert_eq!(burst.alloc_from(pool, 8), 4, "as many as there is room for");
+    assert_eq!(burst.alloc_from(pool, 1), 0);
+    for m in burst.as_mut_slice() {
+        m.extend(10).expect("room");
+        assert_eq!(m.write(2, b"abc"), 3);
+        assert_eq!(m.write(9, b"xyz"), 1, "only as far as the data goes");
+    }
+    let mut out = [0u8; 8];
+    assert_eq!(burst.as_slice()[3].read(2, &mut out), 8);
+    // Bytes 3..7 are whatever the buffer held before.
+    assert_eq!((&out[..3], out[7]), (&b"abc"[..], b'x'));
+    assert_eq!(in_use(), 4);
+    drop(burst);
+    assert_eq!(in_use(), 0);
+
+    // Transmit: net_null takes (and frees) everything; what a driver leaves stays owned.
+    let mut txq = port.tx_queue(0).expect("tx handle");
+    assert_eq!(port.tx_queue(0).err().map(|e| e.errno), Some(libc::EBUSY));
+    assert_eq!(port.tx_queue_setup(0, 256).unwrap_err().errno, libc::EBUSY);
+    let mut burst = MbufBurst::<16>::new();
+    rxq.rx_burst(&mut burst, 16);
+    assert_eq!(txq.tx_burst(&mut burst), 16);
+    assert!(burst.is_empty());
+    assert_eq!(in_use(), 0);
+    let full = MbufBurst::<1>::new();
+    let mut one = full;
+    one.push(Mbuf::alloc(pool).expect("alloc")).expect("room");
+    let extra = Mbuf::alloc(pool).expect("alloc");
+    assert!(one.push(extra).is_err(), "a full burst hands the packet back");
+    assert_eq!(in_use(), 1, "the refused packet was dropped by the assertion");
+    drop(one);
+    assert_eq!(in_use(), 0);
+
+    // This thread is EAL's main lcore; the pool has no cache, so there is nothing to flush.
+    dpdk::flush_lcore_cache(pool.mempool());
+    drop((rxq, txq));
+    port.stop().expect("stops once no handle is left");
+    port.start().expect("starts again");
 }
