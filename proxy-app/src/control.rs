@@ -932,7 +932,7 @@ impl Control {
         let mem = guest.region.mem();
         DescRing::init(&mem, guest.region.layout.rx_ring()).map_err(|e| bad(e.to_string()))?;
         DescRing::init(&mem, guest.region.layout.tx_ring()).map_err(|e| bad(e.to_string()))?;
-        let nic_pool = rx_pool.pool.clone();
+        let nic_pool = rx_pool.pool.pkt_pool().clone();
         let q = DataQueue::new(&guest.region, port, queue, rx_pool, stats, waker).map_err(bad)?;
         for (id, p) in &guest.pools {
             q.set_pool(*id, Some(p.guest_pool()));

@@ -181,7 +181,8 @@ impl DataQueue {
         let tx = DescConsumer::new(&mem, region.layout.tx_ring()).map_err(|e| format!("tx ring: {e}"))?;
         let rx_wake = match waker {
             Some(waker) => {
-                let status = StatusBlock::from_layout(&mem, &region.layout).map_err(|e| format!("status block: {e}"))?;
+                let status =
+                    StatusBlock::from_layout(&mem, &region.layout).map_err(|e| format!("status block: {e}"))?;
                 Some(RxWake { requested: status.rx_wakeup_requested(), waker })
             }
             None => None,
@@ -192,7 +193,7 @@ impl DataQueue {
             stats,
             broken: AtomicBool::new(false),
             first_invalid: AtomicU32::new(0),
-            rx_mempool: rx_pool.pool.as_ptr() as usize,
+            rx_mempool: rx_pool.pool.pkt_pool().as_ptr() as usize,
             parked: Mutex::new(Some(QueueState {
                 rx_ring: rx,
                 tx_ring: tx,
@@ -232,15 +233,21 @@ impl DataQueue {
     /// queue left the published configuration; returns 0 while the loop still holds it.
     pub fn return_unsent(&self) -> u32 {
         let mut parked = lock(&self.parked);
-        let Some(state) = parked.as_mut() else { return 0 };
+        let Some(state) = parked.as_mut() else {
+            return 0;
+        };
         let pools = lock(&self.pools).clone();
         let ring = &mut state.tx_ring;
-        let Ok(avail) = ring.available(u32::MAX) else { return 0 };
+        let Ok(avail) = ring.available(u32::MAX) else {
+            return 0;
+        };
         // Claim first, then give back what was claimed: an offset the guest listed twice
         // is claimed once, so it is returned once. A failed claim is a buffer the proxy
         // holds or a duplicate: left alone.
-        let claimed: Vec<Mbuf> =
-            (0..avail).filter_map(|i| find_buffer(&pools, ring.read(i).offset)).filter_map(|(p, idx)| p.ctx.claim(idx)).collect();
+        let claimed: Vec<Mbuf> = (0..avail)
+            .filter_map(|i| find_buffer(&pools, ring.read(i).offset))
+            .filter_map(|(p, idx)| p.pool.take(idx))
+            .collect();
         ring.release(avail);
         let returned = claimed.len() as u32;
         // Freeing a shadow returns its buffer to the guest's free ring (the mempool ops).
@@ -252,13 +259,13 @@ impl DataQueue {
 /// The pool and index of the guest buffer whose mbuf is at `offset`, if it is one.
 #[inline]
 fn find_buffer(pools: &Pools, offset: u32) -> Option<(&GuestPool, u32)> {
-    pools.iter().flatten().find_map(|p| p.ctx.index_of_offset(offset).map(|idx| (p, idx)))
+    pools.iter().flatten().find_map(|p| p.ctx.layout.buffer_index(offset).map(|idx| (p, idx)))
 }
 
 /// The pool of which `m` (one segment) is a shadow.
 #[inline]
 fn pool_of<'p>(pools: &'p Pools, m: &Mbuf) -> Option<&'p GuestPool> {
-    pools.iter().flatten().find(|p| std::ptr::eq(p.pool.as_ptr(), m.pool()))
+    pools.iter().flatten().find(|p| std::ptr::eq(p.pool.pkt_pool().as_ptr(), m.pool()))
 }
 
 /// A queue the loop polls: the shared part, its state, and the NIC queues' handles.
@@ -311,7 +318,7 @@ impl Polled {
                 return;
             }
         };
-        let rx_mp = rx_pool.pool.as_ptr();
+        let rx_mp = rx_pool.pool.pkt_pool().as_ptr();
         let (mut slot, mut delivered, mut bytes, mut dropped, mut copies) = (0u32, 0u64, 0u64, 0u64, 0u64);
         for received in burst.drain() {
             let m = if received.all_segments_from(rx_mp) {
@@ -354,14 +361,21 @@ impl Polled {
             let first = slot;
             let mut written = true;
             for seg in m.segments() {
-                let Some(offset) = rx_pool.ctx.offset_of_segment(seg.addr) else {
+                let Some(offset) = rx_pool.offset_of_segment(seg.addr) else {
                     written = false;
                     break;
                 };
                 let flags = if seg.has_next { head_flags | DescFlags::NEXT } else { head_flags };
                 ring.write(
                     slot,
-                    &Desc { offset, data_off: seg.data_off, data_len: seg.data_len, flags, vlan_tci: vlan, rss_hash: rss },
+                    &Desc {
+                        offset,
+                        data_off: seg.data_off,
+                        data_len: seg.data_len,
+                        flags,
+                        vlan_tci: vlan,
+                        rss_hash: rss,
+                    },
                 );
                 slot += 1;
             }
@@ -375,7 +389,7 @@ impl Polled {
             for seg in m.into_segments() {
                 // Back to the state of a free mbuf in a pool (unlinked), for when the
                 // guest returns the buffer and a driver takes it raw.
-                if let Err(seg) = rx_pool.ctx.release_to_guest(seg) {
+                if let Err(seg) = rx_pool.pool.release(seg) {
                     // Cannot happen (every segment was found above); freeing is safe.
                     drop(seg);
                 }
@@ -424,7 +438,9 @@ impl Polled {
                 TxPacket::Incomplete => break,
                 TxPacket::Invalid(kind) => q.invalid(kind.into(), 1),
                 TxPacket::Valid { len, vlan, .. } => {
-                    let Some(mut head) = chain.head.take() else { continue };
+                    let Some(mut head) = chain.head.take() else {
+                        continue;
+                    };
                     if let Some(tci) = vlan {
                         head.set_tx_vlan(tci);
                     }
@@ -477,10 +493,12 @@ impl<'p> TxSink for TxChain<'p> {
 
     #[inline]
     fn claim(&mut self, (pool, idx): Self::Seg, d: &Desc) -> bool {
-        let Some(mut m) = pool.ctx.claim(idx) else { return false };
+        let Some(mut m) = pool.pool.take(idx) else {
+            return false;
+        };
         // take_packet checked the data against the buffer; set_data checks again.
         if m.set_data(d.data_off, d.data_len).is_err() {
-            let _ = pool.ctx.release_to_guest(m);
+            let _ = pool.pool.release(m);
             return false;
         }
         m.reset_tx_metadata(self.port);
@@ -488,7 +506,7 @@ impl<'p> TxSink for TxChain<'p> {
             None => self.head = Some(m),
             Some(head) => {
                 if let Err((m, _)) = head.chain(m) {
-                    let _ = pool.ctx.release_to_guest(m);
+                    let _ = pool.pool.release(m);
                     return false;
                 }
             }
@@ -501,7 +519,7 @@ impl<'p> TxSink for TxChain<'p> {
         if let Some(head) = self.head.take() {
             for seg in head.into_segments() {
                 if let Some(pool) = pool_of(self.pools, &seg) {
-                    let _ = pool.ctx.release_to_guest(seg);
+                    let _ = pool.pool.release(seg);
                 }
             }
         }
@@ -644,7 +662,11 @@ impl Plane {
                 // Pools may have changed: buffers of a pool that left go back first.
                 let pools = lock(&p.q.pools).clone();
                 for old in p.pools.iter().flatten() {
-                    if !pools.iter().flatten().any(|n| std::ptr::eq(n.pool.as_ptr(), old.pool.as_ptr())) {
+                    if !pools
+                        .iter()
+                        .flatten()
+                        .any(|n| std::ptr::eq(n.pool.pkt_pool().as_ptr(), old.pool.pkt_pool().as_ptr()))
+                    {
                         dpdk::flush_lcore_cache(old.mempool());
                     }
                 }

@@ -228,7 +228,7 @@ fn main() -> ExitCode {
     // After EAL init, so after the drivers' mempool ops: a mempool names its ops by index
     // in a per-process table, and secondary processes (dpdk-dumpcap) allocate from their
     // pools in this process, so the table must start like theirs.
-    if let Err(e) = shadow::register_ops() {
+    if let Err(e) = shadow::register_ops(&eal) {
         eprintln!("dpdk-io-proxy: {e}");
         return ExitCode::FAILURE;
     }

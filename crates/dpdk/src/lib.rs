@@ -18,6 +18,10 @@
 //!   [`MbufBurst`] is a stack array of them, and [`RxQueue`] / [`TxQueue`] are the one
 //!   handle each queue has for polling (reconfiguring a polled queue fails with
 //!   `EBUSY`). The wrappers are `#[inline]` calls of the same DPDK functions.
+//! * [`ExtPool`] is a packet pool over buffers the application provides (memory shared
+//!   with another process), its free list a safe Rust [`ExtPoolOps`] that deals in
+//!   buffer indices; the layer keeps a mark per buffer so that the free list cannot
+//!   make two owners of one mbuf.
 //!
 //! No lcore model is imposed: callers launch their own loops and threads.
 //!
@@ -33,6 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 pub use dpdk_sys as sys;
 
+mod extpool;
 mod mbuf;
 mod mem;
 mod mempool;
@@ -40,6 +45,7 @@ mod pdump;
 pub mod telemetry;
 
 pub use mem::{virt2phy, Device, ExtMem};
+pub use extpool::{ExtBuffer, ExtPool, ExtPoolOps, ExtPoolSpec};
 pub use mbuf::{flush_lcore_cache, Drain, IntoSegments, Mbuf, MbufBurst, MbufError, RxQueue, Segment, Segments, TxQueue};
 pub use mempool::{mempool_count, Mempool, PktPool};
 pub use pdump::Pdump;

@@ -1,8 +1,14 @@
 //! The safe layer against a real EAL (no hugepages, no shared files, one `net_null` port).
 //! EAL can be initialised once per process: everything is one test.
 
-use dpdk::telemetry::{self, TelDict, TelData};
-use dpdk::{mempool_count, Eal, ExtMem, Mbuf, MbufBurst, MbufError, Pdump, PktPool, Port};
+use dpdk::telemetry::{self, TelData, TelDict};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dpdk::{
+    mempool_count, Eal, ExtBuffer, ExtMem, ExtPool, ExtPoolOps, ExtPoolSpec, Mbuf, MbufBurst, MbufError, Pdump,
+    PktPool, Port,
+};
 
 fn eal_args() -> Vec<String> {
     [
@@ -82,7 +88,14 @@ fn the_safe_layer_over_a_live_eal() {
     let len = 1 << 21;
     // SAFETY: a fresh anonymous mapping, unmapped at the end.
     let base = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     };
     assert_ne!(base, libc::MAP_FAILED);
     for _ in 0..2 {
@@ -107,6 +120,8 @@ fn the_safe_layer_over_a_live_eal() {
     port.close().expect("close");
     assert_eq!(mempool_count(), baseline, "closing the port frees the pool");
     assert_eq!(eal.handle_count(), 1);
+
+    external_buffer_pool(&eal);
 
     // Telemetry registrations hold EAL and refuse duplicates and bad names.
     fn answer(_params: &str) -> Result<TelData, i32> {
@@ -252,4 +267,81 @@ fn packets_as_owned_values(port: Port, pool: &PktPool) {
     drop((rxq, txq));
     port.stop().expect("stops once no handle is left");
     port.start().expect("starts again");
+}
+
+/// A free list in a Vec, that can be told to hand out garbage.
+struct ListOps {
+    free: Mutex<Vec<u32>>,
+    refused: AtomicU32,
+}
+
+impl ExtPoolOps for ListOps {
+    fn put(&self, idx: &[u32]) {
+        self.free.lock().unwrap().extend_from_slice(idx);
+    }
+    fn get(&self, out: &mut [u32]) -> usize {
+        let mut free = self.free.lock().unwrap();
+        let n = out.len().min(free.len());
+        for slot in &mut out[..n] {
+            *slot = free.pop().unwrap_or(u32::MAX);
+        }
+        n
+    }
+    fn count(&self) -> u32 {
+        self.free.lock().unwrap().len() as u32
+    }
+    fn refused(&self, n: u32) {
+        self.refused.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A pool over the test's own buffers with a Rust free list: the layer hands out only
+/// indices that are outside, once.
+fn external_buffer_pool(eal: &Eal) {
+    const COUNT: u32 = 64;
+    const ROOM: u16 = 2048;
+    let ops = Arc::new(ListOps { free: Mutex::new((0..COUNT).collect()), refused: AtomicU32::new(0) });
+    let mut memory = vec![0u8; COUNT as usize * ROOM as usize];
+    let base = memory.as_mut_ptr();
+    let spec = ExtPoolSpec { name: "ext_test", count: COUNT, data_room: ROOM, priv_size: 8, cache: 0, socket: -1 };
+    let buffer = |i: u32| ExtBuffer { addr: base.wrapping_add(i as usize * ROOM as usize), iova: 0 };
+    // SAFETY: distinct ROOM-byte pieces of `memory`, which the pool keeps.
+    let early = unsafe { ExtPool::new(&spec, buffer, ops.clone(), Box::new(())) };
+    assert_eq!(early.err().map(|e| e.errno), Some(libc::ENOENT), "no ops registered yet");
+    ExtPool::register_ops(eal, c"ext_test_ops").expect("register");
+    assert_eq!(ExtPool::register_ops(eal, c"ext_test_ops").unwrap_err().errno, libc::EINVAL, "once");
+    // SAFETY: as above.
+    let pool = unsafe { ExtPool::new(&spec, buffer, ops.clone(), Box::new(memory)) }.expect("ext pool");
+    assert!(pool.strided(), "256-byte headers");
+    assert_eq!(pool.mempool().avail_count(), COUNT);
+
+    // DPDK allocates from the free list; the index comes back from the address.
+    let m = Mbuf::alloc(pool.pkt_pool()).expect("alloc");
+    let idx = pool.index_of_addr(m.as_ptr()).expect("one of the pool's");
+    assert_eq!(idx, COUNT - 1, "the list pops its last");
+    assert_eq!(m.buf_len(), ROOM);
+    assert!(pool.take(idx).is_none(), "held already");
+    assert_eq!(ops.count(), COUNT - 1);
+    // Released without a free: outside again, not in the free list; then taken back.
+    assert_eq!(pool.release(m).ok(), Some(idx));
+    assert_eq!(ops.count(), COUNT - 1);
+    let again = pool.take(idx).expect("outside, so it can be taken");
+    assert!(pool.take(idx).is_none());
+    drop(again);
+    assert_eq!(ops.count(), COUNT, "a free puts it back in the list");
+
+    // A free list handing out garbage and duplicates: refused, and DPDK gets none of it.
+    let held = Mbuf::alloc(pool.pkt_pool()).expect("alloc");
+    let held_idx = pool.index_of_addr(held.as_ptr()).expect("ours");
+    *ops.free.lock().unwrap() = vec![COUNT + 5, held_idx];
+    assert!(Mbuf::alloc(pool.pkt_pool()).is_none());
+    assert_eq!(ops.refused.load(Ordering::Relaxed), 2);
+    // The other pool's mbufs are not this one's.
+    let foreign = PktPool::new("ext_test_other", 63, 0, 2048, -1).expect("pool");
+    let other = Mbuf::alloc(&foreign).expect("alloc");
+    assert!(pool.index_of_addr(other.as_ptr()).is_none());
+    let other = pool.release(other).expect_err("not ours");
+    drop((other, foreign, held));
+    assert_eq!(ops.count(), 1, "only the held one went back to the (emptied) list");
+    drop(pool);
 }

@@ -1,0 +1,579 @@
+//! Packet pools over buffers the application provides (for example memory it shares with
+//! another process), whose free list is Rust code: [`ExtPool`].
+//!
+//! DPDK sees an ordinary mempool of packet mbufs: NIC rx queues fill from it, freeing an
+//! mbuf returns it. Each mbuf's header lives in this process; its buffer is wherever the
+//! application said. The free list is the application's [`ExtPoolOps`], which deals in
+//! buffer *indices* only: this layer turns them into mbufs and back, and keeps a mark
+//! per buffer (held by this process, or not), so that an index the free list hands out
+//! while its mbuf is in use here, or twice, is refused instead of becoming two owners
+//! of one mbuf. That is what makes a free list in memory another process writes safe
+//! to use.
+//!
+//! Buffers leave the pool in two ways: DPDK allocates them (the ops' `get`), or the
+//! application [`take`](ExtPool::take)s a given index (a buffer the other side handed
+//! over). They come back when DPDK frees them (the ops' `put`), or the application
+//! [`release`](ExtPool::release)s one without freeing it (handed to the other side, or
+//! a take undone).
+
+use std::any::Any;
+use std::ffi::{c_int, c_uint, c_void, CStr, CString};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::{sys, Eal, Error, Mbuf, Mempool, PktPool};
+
+/// The free list of an [`ExtPool`]. Called from DPDK's mempool operations, on whatever
+/// thread allocates or frees (usually the application's data-path lcore).
+pub trait ExtPoolOps: Send + Sync + 'static {
+    /// Buffers that came back (their mbufs were freed): into the free list.
+    fn put(&self, idx: &[u32]);
+    /// Takes up to `out.len()` buffers from the free list into `out`; returns how many.
+    /// Fewer (even 0) is fine: the pool asks again, a bounded number of times, and
+    /// gives back what it took when it cannot get all it needs.
+    fn get(&self, out: &mut [u32]) -> usize;
+    /// Buffers in the free list (an estimate is fine).
+    fn count(&self) -> u32;
+    /// `n` indices from `get` were refused: out of range, or held by this process.
+    fn refused(&self, n: u32);
+}
+
+/// Marks of a buffer.
+const OUTSIDE: u8 = 0;
+const HELD: u8 = 1;
+
+/// Buffers moved per call of the ops: a stack array, no allocation.
+const CHUNK: usize = 64;
+
+/// How a header's address gives its buffer's index.
+enum AddrIndex {
+    /// The headers lie at `base + (index << shift)` (one populated chunk, as usual): the
+    /// index is computed, without touching the header.
+    Strided { base: usize, shift: u32 },
+    /// Otherwise: (address, index) sorted by address, searched.
+    Sorted(Box<[(usize, u32)]>),
+}
+
+/// What the mempool's operations use; `pool_data` points at it.
+struct ExtState {
+    ops: Arc<dyn ExtPoolOps>,
+    count: u32,
+    /// Header address of each buffer, by index; set once after populate.
+    headers: OnceLock<Box<[usize]>>,
+    by_addr: OnceLock<AddrIndex>,
+    /// [`OUTSIDE`] or [`HELD`] per buffer: one byte each, in one small array.
+    /// Relaxed atomics: plain byte loads and stores; one thread uses a buffer at a time.
+    marks: Box<[AtomicU8]>,
+    /// While DPDK populates the mempool it frees every new object: those buffers are in
+    /// the free list already, so such frees are ignored.
+    populating: AtomicBool,
+}
+
+impl ExtState {
+    #[inline]
+    fn index_of_addr(&self, addr: usize) -> Option<u32> {
+        let idx = match self.by_addr.get()? {
+            &AddrIndex::Strided { base, shift } => {
+                let from_base = addr.wrapping_sub(base);
+                if from_base & ((1usize << shift) - 1) != 0 {
+                    return None;
+                }
+                u32::try_from(from_base >> shift).ok()?
+            }
+            AddrIndex::Sorted(sorted) => {
+                let at = sorted.binary_search_by_key(&addr, |&(a, _)| a).ok()?;
+                sorted[at].1
+            }
+        };
+        (idx < self.count).then_some(idx)
+    }
+
+    /// Marks buffer `idx` held; its header address, or None if it was held already or
+    /// there is no such buffer.
+    #[inline]
+    fn hold(&self, idx: u32) -> Option<usize> {
+        let addr = *self.headers.get()?.get(idx as usize)?;
+        let mark = self.marks.get(idx as usize)?;
+        if mark.load(Ordering::Relaxed) != OUTSIDE {
+            return None;
+        }
+        mark.store(HELD, Ordering::Relaxed);
+        Some(addr)
+    }
+
+    /// Marks buffer `idx` outside; false if it was not held.
+    #[inline]
+    fn unhold(&self, idx: u32) -> bool {
+        let Some(mark) = self.marks.get(idx as usize) else {
+            return false;
+        };
+        if mark.load(Ordering::Relaxed) != HELD {
+            return false;
+        }
+        mark.store(OUTSIDE, Ordering::Relaxed);
+        true
+    }
+}
+
+/// A pool of packet mbufs over the application's buffers, its free list an
+/// [`ExtPoolOps`]. Cheap to clone; the mempool is freed with the last [`PktPool`]
+/// reference (this value's clones, an rx queue set up with [`ExtPool::pkt_pool`]).
+#[derive(Clone)]
+pub struct ExtPool {
+    pool: PktPool,
+    state: Arc<ExtState>,
+}
+
+/// The ops name, once registered.
+static OPS_NAME: OnceLock<CString> = OnceLock::new();
+
+/// Where a buffer is: its address in this process and its IO address.
+#[derive(Debug, Clone, Copy)]
+pub struct ExtBuffer {
+    /// Address of the buffer.
+    pub addr: *mut u8,
+    /// Its IO address, for devices.
+    pub iova: u64,
+}
+
+/// How to make an [`ExtPool`].
+pub struct ExtPoolSpec<'a> {
+    /// Mempool name (unique in the process).
+    pub name: &'a str,
+    /// Buffers.
+    pub count: u32,
+    /// Bytes of each buffer.
+    pub data_room: u16,
+    /// Bytes of private area behind each header (a multiple of 8). The headers are
+    /// `64 + (128 + priv_size rounded up to 64)` bytes apart: 8 makes that 256, a power
+    /// of two, so an index is computed rather than searched.
+    pub priv_size: u16,
+    /// Per-lcore cache size (0: none).
+    pub cache: u32,
+    /// NUMA socket.
+    pub socket: i32,
+}
+
+impl ExtPool {
+    /// Registers the mempool operations under `name`; once per process, after EAL init
+    /// (a mempool names its ops by index in a per-process table: registering behind the
+    /// ops of the drivers EAL loaded keeps that table like a secondary process's, such
+    /// as `dpdk-dumpcap`'s).
+    pub fn register_ops(_eal: &Eal, name: &CStr) -> Result<(), Error> {
+        const CALL: &str = "rte_mempool_register_ops";
+        if OPS_NAME.get().is_some() || name.to_bytes().len() >= sys::RTE_MEMPOOL_OPS_NAMESIZE as usize {
+            return Err(Error::new(CALL, libc::EINVAL));
+        }
+        let mut ops = sys::rte_mempool_ops {
+            alloc: Some(ops_alloc),
+            free: Some(ops_free),
+            enqueue: Some(ops_enqueue),
+            dequeue: Some(ops_dequeue),
+            get_count: Some(ops_get_count),
+            ..Default::default()
+        };
+        for (dst, src) in ops.name.iter_mut().zip(name.to_bytes()) {
+            *dst = *src as std::ffi::c_char;
+        }
+        // SAFETY: DPDK copies the ops into its table.
+        crate::check(CALL, unsafe { sys::rte_mempool_register_ops(&ops) })?;
+        let _ = OPS_NAME.set(name.to_owned());
+        Ok(())
+    }
+
+    /// Makes the pool: `spec.count` mbufs, mbuf `i`'s buffer at `buffer(i)`, `data_room`
+    /// bytes, its free list `ops` (which holds every buffer when this is called).
+    /// `keep` is kept until the mempool is freed (for example what keeps the buffers'
+    /// memory mapped). Fails with `ENOENT` before [`ExtPool::register_ops`].
+    ///
+    /// # Safety
+    /// For every `i < spec.count`, `buffer(i).addr` is `data_room` bytes of memory that
+    /// stays mapped until the mempool is freed (`keep` may guarantee it), not used as
+    /// another of the pool's buffers, and `iova` its IO address.
+    pub unsafe fn new(
+        spec: &ExtPoolSpec<'_>,
+        mut buffer: impl FnMut(u32) -> ExtBuffer,
+        ops: Arc<dyn ExtPoolOps>,
+        keep: Box<dyn Any + Send + Sync>,
+    ) -> Result<ExtPool, Error> {
+        const CALL: &str = "rte_mempool_create_empty";
+        let ops_name = OPS_NAME.get().ok_or(Error::new(CALL, libc::ENOENT))?;
+        let cname = CString::new(spec.name).map_err(|_| Error::new(CALL, libc::EINVAL))?;
+        let count = spec.count;
+        let state = Arc::new(ExtState {
+            ops,
+            count,
+            headers: OnceLock::new(),
+            by_addr: OnceLock::new(),
+            marks: (0..count).map(|_| AtomicU8::new(OUTSIDE)).collect(),
+            populating: AtomicBool::new(true),
+        });
+        let elt_size = std::mem::size_of::<sys::rte_mbuf>() as c_uint + spec.priv_size as c_uint;
+        // SAFETY: plain mempool creation.
+        let mp = unsafe {
+            sys::rte_mempool_create_empty(
+                cname.as_ptr(),
+                count,
+                elt_size,
+                spec.cache,
+                std::mem::size_of::<sys::rte_pktmbuf_pool_private>() as c_uint,
+                spec.socket,
+                // No spreading over memory channels: the headers stay a fixed stride
+                // apart, so an index is computed from an address.
+                sys::RTE_MEMPOOL_F_NO_SPREAD,
+            )
+        };
+        if mp.is_null() {
+            return Err(Error::from_rte_errno(CALL));
+        }
+        let ops_state: Box<dyn Any + Send + Sync> = Box::new((state.clone(), keep));
+        // SAFETY: a fresh mempool nothing else frees; its ops (set below) use the state,
+        // kept as the pool's ops state together with `keep`. On error the drop of
+        // `pool` frees the mempool.
+        let pool = unsafe { PktPool::from_raw_owning(mp, ops_state) }?;
+        // SAFETY: the ops are registered (OPS_NAME is set after that); pool_config is the
+        // state, alive as long as the mempool.
+        crate::check("rte_mempool_set_ops_byname", unsafe {
+            sys::rte_mempool_set_ops_byname(mp, ops_name.as_ptr(), Arc::as_ptr(&state) as *mut c_void)
+        })?;
+        // SAFETY: the private area of a mempool made with room for the packet-pool
+        // private struct; what rte_pktmbuf_pool_init would write (drivers size their
+        // buffers from it).
+        unsafe {
+            let private = sys::rte_mempool_get_priv(mp) as *mut sys::rte_pktmbuf_pool_private;
+            (*private).mbuf_data_room_size = spec.data_room;
+            (*private).mbuf_priv_size = spec.priv_size;
+            (*private).flags = 0;
+        }
+        // SAFETY: populates the mempool (its frees are ignored while `populating`).
+        let placed = unsafe { sys::rte_mempool_populate_default(mp) };
+        if placed < 0 {
+            return Err(Error::new("rte_mempool_populate_default", placed));
+        }
+        if placed as u32 != count {
+            return Err(Error::new("rte_mempool_populate_default", libc::ENOMEM));
+        }
+        let mut init = HeaderInit {
+            mp,
+            data_room: spec.data_room,
+            priv_size: spec.priv_size,
+            buffer: &mut buffer,
+            headers: vec![0; count as usize],
+        };
+        // SAFETY: `init_header` gets our HeaderInit, alive through the synchronous walk.
+        unsafe { sys::rte_mempool_obj_iter(mp, Some(init_header), &mut init as *mut HeaderInit<'_> as *mut c_void) };
+        let headers = std::mem::take(&mut init.headers);
+        if headers.contains(&0) {
+            return Err(Error::new("rte_mempool_obj_iter", libc::EFAULT));
+        }
+        let by_addr = match even_spacing(&headers) {
+            Some((base, shift)) => AddrIndex::Strided { base, shift },
+            None => {
+                let mut sorted: Vec<(usize, u32)> = headers.iter().enumerate().map(|(i, &a)| (a, i as u32)).collect();
+                sorted.sort_unstable();
+                AddrIndex::Sorted(sorted.into_boxed_slice())
+            }
+        };
+        let _ = state.by_addr.set(by_addr);
+        let _ = state.headers.set(headers.into_boxed_slice());
+        state.populating.store(false, Ordering::Release);
+        Ok(ExtPool { pool, state })
+    }
+
+    /// The mempool, for rx queues ([`crate::Port::rx_queue_setup_pool`]) and identity.
+    #[inline]
+    pub fn pkt_pool(&self) -> &PktPool {
+        &self.pool
+    }
+
+    /// A view of the mempool, for counters, copies and cache flushes.
+    #[inline]
+    pub fn mempool(&self) -> Mempool<'_> {
+        self.pool.mempool()
+    }
+
+    /// Whether an index is computed from an address (the headers are evenly spaced).
+    pub fn strided(&self) -> bool {
+        matches!(self.state.by_addr.get(), Some(AddrIndex::Strided { .. }))
+    }
+
+    /// Index of the buffer whose header is at `addr` (a [`crate::Segment`]'s address),
+    /// if that is one of this pool's.
+    #[inline]
+    pub fn index_of_addr(&self, addr: *const sys::rte_mbuf) -> Option<u32> {
+        self.state.index_of_addr(addr as usize)
+    }
+
+    /// Takes buffer `idx` for this process: its mbuf, owned by the caller, or `None` if
+    /// it is held here already (or there is no such buffer). The caller answers for the
+    /// buffer not being in the free list (it takes what the other side handed over).
+    #[inline]
+    pub fn take(&self, idx: u32) -> Option<Mbuf> {
+        let addr = self.state.hold(idx)?;
+        // SAFETY: `addr` is the header of buffer `idx`, an mbuf of this mempool made in
+        // `new` (reference count 1, direct, unlinked whenever it is outside), and the
+        // mempool is freed only with the last PktPool reference, which the caller's
+        // `self` is. Its mark just moved to held, and this layer hands out a header
+        // only while moving its mark so, so the returned value owns it exclusively.
+        unsafe { Mbuf::from_raw(addr as *mut sys::rte_mbuf) }
+    }
+
+    /// Lets go of a single-segment mbuf of this pool without freeing it: its buffer is
+    /// outside this process's hands again (handed to the other side, or a take undone).
+    /// Returns its index, or hands `m` back if it is not one of this pool's, or chained.
+    #[inline]
+    pub fn release(&self, m: Mbuf) -> Result<u32, Mbuf> {
+        let Some(idx) = self.index_of_addr(m.as_ptr()) else {
+            return Err(m);
+        };
+        if m.nb_segs() != 1 || !self.state.unhold(idx) {
+            return Err(m);
+        }
+        let _ = m.into_raw();
+        Ok(idx)
+    }
+}
+
+struct HeaderInit<'a> {
+    mp: *mut sys::rte_mempool,
+    data_room: u16,
+    priv_size: u16,
+    buffer: &'a mut dyn FnMut(u32) -> ExtBuffer,
+    headers: Vec<usize>,
+}
+
+unsafe extern "C" fn init_header(_mp: *mut sys::rte_mempool, opaque: *mut c_void, obj: *mut c_void, idx: c_uint) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: opaque is the HeaderInit that `ExtPool::new` passes; obj is one of the
+        // mempool's objects, header plus private area, in this process's memory.
+        unsafe {
+            let init = &mut *(opaque as *mut HeaderInit<'_>);
+            if idx as usize >= init.headers.len() {
+                return;
+            }
+            let m = obj as *mut sys::rte_mbuf;
+            std::ptr::write_bytes(obj as *mut u8, 0, std::mem::size_of::<sys::rte_mbuf>() + init.priv_size as usize);
+            let buf = (init.buffer)(idx);
+            (*m).buf_addr = buf.addr as *mut c_void;
+            (*m).buf_iova = buf.iova;
+            (*m).buf_len = init.data_room;
+            (*m).data_off = (sys::RTE_PKTMBUF_HEADROOM as u16).min(init.data_room);
+            (*m).refcnt = 1;
+            (*m).nb_segs = 1;
+            (*m).port = sys::RTE_MBUF_PORT_INVALID as u16;
+            (*m).pool = init.mp;
+            (*m).priv_size = init.priv_size;
+            (*m).next = std::ptr::null_mut();
+            init.headers[idx as usize] = m as usize;
+        }
+    }));
+}
+
+/// `(base, shift)` when `addrs[i] == base + (i << shift)` for every i.
+fn even_spacing(addrs: &[usize]) -> Option<(usize, u32)> {
+    let base = *addrs.first()?;
+    let stride = match addrs.get(1) {
+        Some(&next) => next.checked_sub(base)?,
+        None => 1,
+    };
+    if !stride.is_power_of_two() {
+        return None;
+    }
+    let shift = stride.trailing_zeros();
+    addrs.iter().enumerate().all(|(i, &a)| a == base + (i << shift)).then_some((base, shift))
+}
+
+/// The state of a mempool with our ops.
+///
+/// # Safety
+/// `mp` is a live mempool whose ops are ours.
+unsafe fn state<'a>(mp: *const sys::rte_mempool) -> Option<&'a ExtState> {
+    // SAFETY: pool_data is the ExtState that `ExtPool::new` passed as pool_config
+    // (copied by `ops_alloc`), kept alive as the mempool's ops state.
+    unsafe { ((*mp).__bindgen_anon_1.pool_data as *const ExtState).as_ref() }
+}
+
+unsafe extern "C" fn ops_alloc(mp: *mut sys::rte_mempool) -> c_int {
+    std::panic::catch_unwind(|| {
+        // SAFETY: mp is being created; pool_config is what set_ops_byname stored.
+        unsafe { (*mp).__bindgen_anon_1.pool_data = (*mp).pool_config };
+        0
+    })
+    .unwrap_or(-libc::EINVAL)
+}
+
+unsafe extern "C" fn ops_free(_mp: *mut sys::rte_mempool) {
+    // The state is owned by the PktPool's ops state, not by the mempool.
+}
+
+unsafe extern "C" fn ops_get_count(mp: *const sys::rte_mempool) -> c_uint {
+    std::panic::catch_unwind(|| {
+        // SAFETY: mp is a live mempool with our ops.
+        unsafe { state(mp) }.map_or(0, |s| s.ops.count().min(s.count))
+    })
+    .unwrap_or(0)
+}
+
+unsafe extern "C" fn ops_enqueue(mp: *mut sys::rte_mempool, objs: *const *mut c_void, n: c_uint) -> c_int {
+    std::panic::catch_unwind(|| {
+        // SAFETY: mp is live with our ops; objs holds n objects the caller gives back.
+        let (Some(st), objs) = (unsafe { state(mp) }, unsafe { std::slice::from_raw_parts(objs, n as usize) }) else {
+            return -libc::EINVAL;
+        };
+        if st.populating.load(Ordering::Acquire) {
+            return 0;
+        }
+        let mut idx = [0u32; CHUNK];
+        for chunk in objs.chunks(CHUNK) {
+            let mut k = 0;
+            let mut refused = 0;
+            for &obj in chunk {
+                match st.index_of_addr(obj as usize).filter(|&i| st.unhold(i)) {
+                    Some(i) => {
+                        idx[k] = i;
+                        k += 1;
+                    }
+                    // Freed twice inside this process (a driver bug), or not one of
+                    // ours: never give the free list the same buffer twice.
+                    None => refused += 1,
+                }
+            }
+            if refused > 0 {
+                st.ops.refused(refused);
+            }
+            if k > 0 {
+                st.ops.put(&idx[..k]);
+            }
+        }
+        0
+    })
+    .unwrap_or(-libc::EINVAL)
+}
+
+unsafe extern "C" fn ops_dequeue(mp: *mut sys::rte_mempool, objs: *mut *mut c_void, n: c_uint) -> c_int {
+    std::panic::catch_unwind(|| {
+        // SAFETY: mp is live with our ops; objs has room for n pointers.
+        let (Some(st), out) = (unsafe { state(mp) }, unsafe { std::slice::from_raw_parts_mut(objs, n as usize) })
+        else {
+            return -libc::EINVAL;
+        };
+        let mut got = 0usize;
+        let mut idx = [0u32; CHUNK];
+        // Refused entries are asked for again; a free list that keeps yielding garbage
+        // must not keep the caller here, so the rounds are bounded (an honest one needs
+        // exactly ceil(n / CHUNK)).
+        let mut rounds = out.len().div_ceil(CHUNK) + 2;
+        while got < out.len() {
+            if rounds == 0 {
+                undo_dequeue(st, &out[..got]);
+                return -libc::ENOBUFS;
+            }
+            rounds -= 1;
+            let want = (out.len() - got).min(CHUNK);
+            let have = st.ops.get(&mut idx[..want]).min(want);
+            if have == 0 {
+                // All or nothing: give back what this call took.
+                undo_dequeue(st, &out[..got]);
+                return -libc::ENOBUFS;
+            }
+            let mut refused = 0;
+            for &i in &idx[..have] {
+                match st.hold(i) {
+                    // DPDK owns the object from here (the mempool hands it out).
+                    Some(addr) => {
+                        out[got] = addr as *mut c_void;
+                        got += 1;
+                    }
+                    None => refused += 1,
+                }
+            }
+            if refused > 0 {
+                st.ops.refused(refused);
+            }
+        }
+        0
+    })
+    .unwrap_or(-libc::EINVAL)
+}
+
+/// Gives back the objects a failed dequeue took.
+fn undo_dequeue(st: &ExtState, objs: &[*mut c_void]) {
+    let mut idx = [0u32; CHUNK];
+    for chunk in objs.chunks(CHUNK) {
+        let mut k = 0;
+        for &obj in chunk {
+            if let Some(i) = st.index_of_addr(obj as usize).filter(|&i| st.unhold(i)) {
+                idx[k] = i;
+                k += 1;
+            }
+        }
+        st.ops.put(&idx[..k]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn even_spacing_is_found_only_when_every_header_fits_it() {
+        assert_eq!(even_spacing(&[4096, 4352, 4608]), Some((4096, 8)));
+        assert_eq!(even_spacing(&[4096]), Some((4096, 0)));
+        assert_eq!(even_spacing(&[4096, 4352, 4609]), None);
+        assert_eq!(even_spacing(&[4096, 4288]), None, "192 is not a power of two");
+        assert_eq!(even_spacing(&[4096, 4000]), None);
+        assert_eq!(even_spacing(&[]), None);
+    }
+
+    struct NoOps;
+    impl ExtPoolOps for NoOps {
+        fn put(&self, _: &[u32]) {}
+        fn get(&self, _: &mut [u32]) -> usize {
+            0
+        }
+        fn count(&self) -> u32 {
+            0
+        }
+        fn refused(&self, _: u32) {}
+    }
+
+    fn state(count: u32, by_addr: AddrIndex) -> ExtState {
+        let st = ExtState {
+            ops: Arc::new(NoOps),
+            count,
+            headers: OnceLock::new(),
+            by_addr: OnceLock::new(),
+            marks: (0..count).map(|_| AtomicU8::new(OUTSIDE)).collect(),
+            populating: AtomicBool::new(false),
+        };
+        let _ = st.by_addr.set(by_addr);
+        st
+    }
+
+    #[test]
+    fn an_index_comes_only_from_the_address_of_one_of_the_pools_headers() {
+        let strided = state(8, AddrIndex::Strided { base: 0x10000, shift: 8 });
+        assert_eq!(strided.index_of_addr(0x10000), Some(0));
+        assert_eq!(strided.index_of_addr(0x10000 + 7 * 256), Some(7));
+        assert_eq!(strided.index_of_addr(0x10000 + 8 * 256), None, "past the pool");
+        assert_eq!(strided.index_of_addr(0x10000 + 100), None, "inside a header");
+        assert_eq!(strided.index_of_addr(0xff00), None, "before the pool");
+        let sorted = state(4, AddrIndex::Sorted(vec![(0x5000, 2), (0x7000, 0), (0x9000, 1), (0xb000, 3)].into()));
+        assert_eq!(sorted.index_of_addr(0x7000), Some(0));
+        assert_eq!(sorted.index_of_addr(0x5000), Some(2));
+        assert_eq!(sorted.index_of_addr(0x5001), None);
+    }
+
+    #[test]
+    fn a_buffer_is_held_once_and_let_go_once() {
+        let st = state(2, AddrIndex::Strided { base: 0x10000, shift: 8 });
+        assert_eq!(st.hold(0), None, "no headers yet");
+        let _ = st.headers.set(vec![0x10000, 0x10100].into());
+        assert_eq!(st.hold(1), Some(0x10100));
+        assert_eq!(st.hold(1), None, "held already");
+        assert_eq!(st.hold(2), None, "no such buffer");
+        assert!(st.unhold(1));
+        assert!(!st.unhold(1), "not held");
+        assert!(!st.unhold(0));
+    }
+}
