@@ -82,6 +82,9 @@ def throughput_points(rows):
                 "huge_mib": med([r["huge_kib"] / 1024 for r in ok]),
                 "anon_mib": med([r.get("anon_kib", 0) / 1024 for r in ok]),
                 "other_pct_max": max(r["other_pct"] for r in ok),
+                # (Mpps, CPU round trip before, after) of each run, for the reader to
+                # see whether a slow run had a slow cross-CPU path.
+                "runs_rtt": [(r["tx_pps"] / 1e6, r.get("cpu_rtt_ns"), r.get("cpu_rtt_after_ns")) for r in ok],
             })
             points.append(p)
     return points
@@ -169,6 +172,14 @@ def markdown(meta, points, rat, lat, chart_name):
         reps = f" ({p['reps_ok']}/{p['reps']} reps)" if p["status"] == "partial" else ""
         L.append(f"| {p['size']} | {name} | {fmt(p['mpps'])}{reps} | {fmt(p['mpps_min'])}..{fmt(p['mpps_max'])} "
                  f"| {fmt(p['gbps'])} | {fmt(p['guest_cycles_per_pkt'], 0)} | {rel} | {seg} | {p['other_pct_max']} |")
+    with_rtt = [p for p in points if p.get("mpps") and p["contender"] == "ours"
+                and any(b is not None for _, b, _ in p["runs_rtt"])]
+    if with_rtt:
+        L.append("")
+        L.append("Ours per run, Mpps (CPU-to-CPU cache-line round trip in ns before / after the run, "
+                 "`cpu-pingpong`): " + "; ".join(
+                     f"{p['size']} B: " + ", ".join(f"{m:.1f} ({b if b is not None else '?'}/{a if a is not None else '?'})"
+                                                    for m, b, a in p["runs_rtt"]) for p in with_rtt))
     L.append("")
     L.append("| size B | ours / limit | ours / best peer | best peer |")
     L.append("| ---: | ---: | ---: | --- |")

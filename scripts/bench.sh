@@ -471,6 +471,16 @@ worker_ticks() {    # worker_ticks DPDK-PID
 
 cpu_mhz() { awk -F: '/^cpu MHz/ { printf "%.0f", $2; exit }' /proc/cpuinfo; }
 
+# cpu_rtt: how long a cache line takes from the host CPU to the guest CPU and back now,
+# in ns (target/release/cpu-pingpong, 300 ms); "null" if it cannot say. Every packet
+# between two processes crosses that way; on a VM it changes with where the hypervisor
+# puts the vCPUs, so every run records it next to its rate.
+cpu_rtt() {
+    local v
+    v=$(timeout 10 target/release/cpu-pingpong "$HOST_CPU" "$GUEST_CPU" 300 2>/dev/null | sed -n 's/^PINGPONG rtt_ns=//p')
+    echo "${v:-null}"
+}
+
 # guest_memory DPDK-PID: "rss_private_kib shared_kib huge_kib anon_kib" from smaps: the
 # guest's resident memory outside the memory it shares with the host (libraries
 # included); the size of that shared memory (our region, memif's regions; for the peers
@@ -559,7 +569,9 @@ run_throughput() {  # run_throughput NAME SIZE
         return
     fi
     wait_until_idle
-    say "$name ($size B, rep $rep/$reps): ${warmup}+${seconds} s"
+    local rtt_before rtt_after
+    rtt_before=$(cpu_rtt)
+    say "$name ($size B, rep $rep/$reps): ${warmup}+${seconds} s (CPU round trip ${rtt_before} ns)"
     rm -f "$host_log" "$guest_log"
     # Safety bounds only; the script stops both as soon as it has its samples.
     guest_limit=$((warmup + seconds + 70)) host_limit=$((warmup + seconds + 110))
@@ -597,6 +609,7 @@ run_throughput() {  # run_throughput NAME SIZE
     [ -z "$dpdk" ] || mem=$(guest_memory "$dpdk" "$name")
     [ -z "$host_pid" ] || alive "$host_pid" || host_alive=no
     stop_pair "$name"
+    rtt_after=$(cpu_rtt)
 
     if [ $ok = no ]; then
         if no_ports "$guest_log"; then
@@ -640,7 +653,7 @@ run_throughput() {  # run_throughput NAME SIZE
         END { printf "%d %d %d %d %d\n", median(rx, n), median(tx, n), lo, hi, n }')
     # shellcheck disable=SC2086 # space-separated fields
     set -- $stats $mem
-    record "{\"kind\":\"tp\",\"contender\":\"$name\",\"size\":$size,\"rep\":$rep,\"status\":\"ok\",\"segs\":\"$segs\",\"rx_pps\":$1,\"tx_pps\":$2,\"tx_min_pps\":$3,\"tx_max_pps\":$4,\"samples\":$5,\"guest_busy\":$busy,\"cpu_mhz\":$(cpu_mhz),\"rss_private_kib\":$6,\"shared_kib\":$7,\"huge_kib\":$8,\"anon_kib\":$9,\"other_pct\":$other}"
+    record "{\"kind\":\"tp\",\"contender\":\"$name\",\"size\":$size,\"rep\":$rep,\"status\":\"ok\",\"segs\":\"$segs\",\"rx_pps\":$1,\"tx_pps\":$2,\"tx_min_pps\":$3,\"tx_max_pps\":$4,\"samples\":$5,\"guest_busy\":$busy,\"cpu_mhz\":$(cpu_mhz),\"rss_private_kib\":$6,\"shared_kib\":$7,\"huge_kib\":$8,\"anon_kib\":$9,\"other_pct\":$other,\"cpu_rtt_ns\":$rtt_before,\"cpu_rtt_after_ns\":$rtt_after}"
 }
 
 # The offered rate of a --lat-rates item for NAME, in packets per second ("max" for the
