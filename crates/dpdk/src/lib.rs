@@ -246,11 +246,8 @@ fn rx_pools() -> MutexGuard<'static, BTreeMap<(u16, u16), Arc<mempool::PoolInner
 }
 
 /// Replaces the pool kept for rx queue (port, queue); the old one drops after the lock.
-fn keep_rx_pool(port: u16, queue: u16, pool: Option<Arc<mempool::PoolInner>>) {
-    let old = match pool {
-        Some(p) => rx_pools().insert((port, queue), p),
-        None => rx_pools().remove(&(port, queue)),
-    };
+fn keep_rx_pool(port: u16, queue: u16, pool: Arc<mempool::PoolInner>) {
+    let old = rx_pools().insert((port, queue), pool);
     drop(old);
 }
 
@@ -377,32 +374,7 @@ impl Port {
         check("rte_eth_rx_queue_setup", unsafe {
             sys::rte_eth_rx_queue_setup(self.0, queue, nb_desc, self.socket_id().max(0) as u32, conf_ptr, pool.as_ptr())
         })?;
-        keep_rx_pool(self.0, queue, Some(pool.inner()));
-        Ok(())
-    }
-
-    /// Sets up rx queue `queue` to take its buffers from `pool`, a mempool this crate
-    /// does not own (for example one with the application's own mempool ops).
-    ///
-    /// # Safety
-    /// `pool` is a live packet-mbuf mempool that outlives the queue's use of it (until the
-    /// queue is set up again with another pool, or the port is closed). `conf`, if any,
-    /// is valid, and so is whatever its pointers name.
-    pub unsafe fn rx_queue_setup(
-        self,
-        queue: u16,
-        nb_desc: u16,
-        conf: Option<&sys::rte_eth_rxconf>,
-        pool: *mut sys::rte_mempool,
-    ) -> Result<(), Error> {
-        mbuf::ensure_not_polled("rte_eth_rx_queue_setup", self.0, Some((queue, true)))?;
-        let conf = conf.map_or(std::ptr::null(), |c| c as *const _);
-        // SAFETY: per this function's contract.
-        check("rte_eth_rx_queue_setup", unsafe {
-            sys::rte_eth_rx_queue_setup(self.0, queue, nb_desc, self.socket_id().max(0) as u32, conf, pool)
-        })?;
-        // The queue no longer uses a pool that `rx_queue_setup_pool` gave it.
-        keep_rx_pool(self.0, queue, None);
+        keep_rx_pool(self.0, queue, pool.inner());
         Ok(())
     }
 

@@ -153,19 +153,6 @@ impl Mbuf {
         self.head().pool
     }
 
-    /// The private area behind the header (`priv_size` bytes), copied into `out`;
-    /// returns how many bytes were copied.
-    pub fn read_priv(&self, out: &mut [u8]) -> usize {
-        let n = out.len().min(self.head().priv_size as usize);
-        // SAFETY: the private area follows the header inside the mempool object, in this
-        // process's memory, `priv_size` bytes long; owned by this value.
-        unsafe {
-            let src = (self.m.as_ptr() as *const u8).add(std::mem::size_of::<sys::rte_mbuf>());
-            std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), n);
-        }
-        n
-    }
-
     /// Whether every segment comes from mempool `mp`.
     #[inline]
     pub fn all_segments_from(&self, mp: *const sys::rte_mempool) -> bool {
@@ -706,13 +693,6 @@ impl TxQueue {
             as usize;
         burst.consumed(sent);
         sent
-    }
-
-    /// Frees the packets the queue has sent but still holds (`rte_eth_tx_done_cleanup`).
-    pub fn done_cleanup(&mut self) -> Result<(), Error> {
-        // SAFETY: plain call on a queue this handle owns.
-        crate::check("rte_eth_tx_done_cleanup", unsafe { sys::rte_eth_tx_done_cleanup(self.port, self.queue, 0) })
-            .map(|_| ())
     }
 }
 

@@ -47,8 +47,7 @@ fn main() -> ExitCode {
         let ball = Arc::new(Line(AtomicU64::new(0)));
         let stop = Arc::new(AtomicBool::new(false));
         let (ball2, stop2) = (ball.clone(), stop.clone());
-        let pinned = std::sync::mpsc::channel();
-        let (tx, rx) = pinned;
+        let (tx, rx) = std::sync::mpsc::channel();
         let other = std::thread::spawn(move || {
             let ok = pin(b);
             let failed = ok.is_err();
