@@ -9,7 +9,7 @@
 #   1. apt packages: DPDK 22.11 (dpdk, dpdk-dev, libdpdk-dev), clang/libclang for bindgen,
 #      libpcap, iproute2/ping/tcpdump for the end-to-end tests, meson/ninja for the meson build,
 #      cbindgen for the C header of the plugins' API (rte_pmd_shm.h), python3-matplotlib for
-#      the chart of scripts/bench.sh.
+#      the chart of scripts/bench.sh, valgrind for scripts/profile.sh.
 #   2. The DPDK driver-SDK headers (bus_driver.h, dev_driver.h, ethdev_driver.h) that Debian
 #      does not ship: the Debian source package of exactly the installed DPDK version is
 #      fetched (a deb-src entry is added for it), unpacked with its Debian patches applied,
@@ -39,7 +39,7 @@ apt_packages=(
     libpcap-dev tcpdump iproute2 iputils-ping procps
     meson ninja-build python3-pyelftools cbindgen
     dpkg-dev xz-utils ca-certificates
-    python3-matplotlib
+    python3-matplotlib valgrind
 )
 
 missing_packages() {

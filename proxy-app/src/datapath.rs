@@ -256,6 +256,21 @@ impl DataQueue {
     }
 }
 
+/// What a received packet's first descriptor carries besides its buffer: flags for
+/// the offloads the NIC did, the stripped VLAN tag, the RSS hash.
+#[inline]
+fn rx_metadata(m: &Mbuf) -> (DescFlags, u16, u32) {
+    let ol = m.ol_flags();
+    let mut flags = DescFlags::empty();
+    if ol & sys::RTE_MBUF_F_RX_RSS_HASH as u64 != 0 {
+        flags |= DescFlags::RSS_HASH;
+    }
+    if ol & sys::RTE_MBUF_F_RX_VLAN_STRIPPED as u64 != 0 {
+        flags |= DescFlags::VLAN;
+    }
+    (flags, m.vlan_tci(), m.rss_hash())
+}
+
 /// The pool and index of the guest buffer whose mbuf is at `offset`, if it is one.
 #[inline]
 fn find_buffer(pools: &Pools, offset: u32) -> Option<(&GuestPool, u32)> {
@@ -295,6 +310,12 @@ impl Polled {
             }
         };
         let want = if room >= RX_ROOM_FOR_BURST { BURST as u32 } else { room / RX_SEGS_ASSUMED };
+        // Every ring line this poll touches was last touched by the guest's core. Asked
+        // for now, the transfers overlap with the NIC's rx and with each other, instead
+        // of each stalling the loop in turn (the guest's tx index is read after the rx
+        // half, the rx slots are written after the NIC burst).
+        self.state.tx_ring.prefetch_producer_index();
+        self.state.rx_ring.prefetch_slots(want);
         if want > 0 && self.rxq.rx_burst(burst, want as u16) > 0 {
             self.deliver_to_guest(burst);
         }
@@ -321,6 +342,36 @@ impl Polled {
         let rx_mp = rx_pool.pool.pkt_pool().as_ptr();
         let (mut slot, mut delivered, mut bytes, mut dropped, mut copies) = (0u32, 0u64, 0u64, 0u64, 0u64);
         for received in burst.drain() {
+            if received.nb_segs() == 1 && received.pool() == rx_mp {
+                // The usual case, one segment of the guest's pool: its index is computed
+                // once, and only the header's first cache line is read.
+                if slot == free {
+                    free = ring.free_slots(u32::MAX).unwrap_or(free);
+                    if slot == free {
+                        // Dropping it returns its buffer to the guest's free ring.
+                        dropped += 1;
+                        continue;
+                    }
+                }
+                let (flags, vlan_tci, rss_hash) = rx_metadata(&received);
+                let (data_off, data_len) = (received.data_off(), received.data_len());
+                // The slot is free, so nothing fails between the release and the write.
+                match rx_pool.pool.release(received) {
+                    Ok(idx) => {
+                        let offset = rx_pool.ctx.layout.buffer_offset(idx);
+                        ring.write(slot, &Desc { offset, data_off, data_len, flags, vlan_tci, rss_hash });
+                        slot += 1;
+                        delivered += 1;
+                        bytes += data_len as u64;
+                    }
+                    Err(m) => {
+                        // Not a shadow after all (cannot happen: the pool is the mempool's).
+                        drop(m);
+                        dropped += 1;
+                    }
+                }
+                continue;
+            }
             let m = if received.all_segments_from(rx_mp) {
                 received
             } else {
@@ -348,15 +399,7 @@ impl Polled {
                 dropped += 1;
                 continue;
             }
-            let ol = m.ol_flags();
-            let mut head_flags = DescFlags::empty();
-            if ol & sys::RTE_MBUF_F_RX_RSS_HASH as u64 != 0 {
-                head_flags |= DescFlags::RSS_HASH;
-            }
-            if ol & sys::RTE_MBUF_F_RX_VLAN_STRIPPED as u64 != 0 {
-                head_flags |= DescFlags::VLAN;
-            }
-            let (vlan, rss) = (m.vlan_tci(), m.rss_hash());
+            let (head_flags, vlan, rss) = rx_metadata(&m);
             // Descriptors first (unpublished until the end), then the buffers change hands.
             let first = slot;
             let mut written = true;
@@ -425,6 +468,7 @@ impl Polled {
                 return;
             }
         };
+        ring.prefetch_available(avail.min(BURST as u32));
         let mut used = 0u32;
         let mut bytes = 0u64;
         // Invalid packets count against the burst too: however a guest fills its ring,

@@ -92,8 +92,13 @@ impl ExtState {
     /// there is no such buffer.
     #[inline]
     fn hold(&self, idx: u32) -> Option<usize> {
-        let addr = *self.headers.get()?.get(idx as usize)?;
         let mark = self.marks.get(idx as usize)?;
+        // Evenly spaced headers: the address is computed (`marks` has `count` entries,
+        // so idx is a buffer's), which keeps the 8-byte-per-buffer table out of the cache.
+        let addr = match self.by_addr.get()? {
+            &AddrIndex::Strided { base, shift } => base + ((idx as usize) << shift),
+            AddrIndex::Sorted(_) => *self.headers.get()?.get(idx as usize)?,
+        };
         if mark.load(Ordering::Relaxed) != OUTSIDE {
             return None;
         }
@@ -274,8 +279,9 @@ impl ExtPool {
                 AddrIndex::Sorted(sorted.into_boxed_slice())
             }
         };
-        let _ = state.by_addr.set(by_addr);
+        // Headers first: `hold` hands out nothing before the address index is set.
         let _ = state.headers.set(headers.into_boxed_slice());
+        let _ = state.by_addr.set(by_addr);
         state.populating.store(false, Ordering::Release);
         Ok(ExtPool { pool, state })
     }
@@ -538,16 +544,20 @@ mod tests {
     }
 
     fn state(count: u32, by_addr: AddrIndex) -> ExtState {
-        let st = ExtState {
+        let st = unpopulated(count);
+        let _ = st.by_addr.set(by_addr);
+        st
+    }
+
+    fn unpopulated(count: u32) -> ExtState {
+        ExtState {
             ops: Arc::new(NoOps),
             count,
             headers: OnceLock::new(),
             by_addr: OnceLock::new(),
             marks: (0..count).map(|_| AtomicU8::new(OUTSIDE)).collect(),
             populating: AtomicBool::new(false),
-        };
-        let _ = st.by_addr.set(by_addr);
-        st
+        }
     }
 
     #[test]
@@ -566,8 +576,10 @@ mod tests {
 
     #[test]
     fn a_buffer_is_held_once_and_let_go_once() {
+        let unready = unpopulated(2);
+        let _ = unready.headers.set(vec![0x10000, 0x10100].into());
+        assert_eq!(unready.hold(0), None, "no address index yet");
         let st = state(2, AddrIndex::Strided { base: 0x10000, shift: 8 });
-        assert_eq!(st.hold(0), None, "no headers yet");
         let _ = st.headers.set(vec![0x10000, 0x10100].into());
         assert_eq!(st.hold(1), Some(0x10100));
         assert_eq!(st.hold(1), None, "held already");
@@ -575,5 +587,9 @@ mod tests {
         assert!(st.unhold(1));
         assert!(!st.unhold(1), "not held");
         assert!(!st.unhold(0));
+        let sorted = state(2, AddrIndex::Sorted(vec![(0x7000, 1), (0x9000, 0)].into()));
+        assert_eq!(sorted.hold(0), None, "no header table yet");
+        let _ = sorted.headers.set(vec![0x9000, 0x7000].into());
+        assert_eq!(sorted.hold(0), Some(0x9000));
     }
 }

@@ -179,7 +179,9 @@ impl Mbuf {
     #[inline]
     pub fn set_data(&mut self, data_off: u16, data_len: u16) -> Result<(), MbufError> {
         let h = self.head_mut();
-        if !h.next.is_null() || h.nb_segs != 1 {
+        // nb_segs == 1 means next is null (a packet's invariant): the header's second
+        // cache line stays untouched.
+        if h.nb_segs != 1 {
             return Err(MbufError::Chained);
         }
         if data_off as u32 + data_len as u32 > h.buf_len as u32 {
@@ -397,6 +399,7 @@ impl Iterator for IntoSegments {
 }
 
 impl Drop for IntoSegments {
+    #[inline]
     fn drop(&mut self) {
         for seg in self.by_ref() {
             drop(seg);

@@ -37,6 +37,7 @@ pub mod layout;
 pub mod mem;
 pub mod mpmc;
 pub mod pool;
+pub mod prefetch;
 pub mod proto;
 pub mod spsc;
 pub mod tx;
