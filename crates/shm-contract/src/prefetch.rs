@@ -9,34 +9,35 @@
 /// Starts loading the cache line at `p` for reading.
 #[inline(always)]
 pub fn for_read<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetcht0 is a hint; it neither faults nor writes, whatever `p` is.
-    unsafe {
-        std::arch::asm!("prefetcht0 [{}]", in(reg) p, options(nostack, readonly, preserves_flags));
-    }
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: as above (prfm never faults).
-    unsafe {
-        std::arch::asm!("prfm pldl1keep, [{}]", in(reg) p, options(nostack, readonly, preserves_flags));
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    let _ = p;
+    hint::<false>(p.cast());
 }
 
 /// Starts fetching the cache line at `p` in a state this core may write (the other
 /// core's copy is invalidated now, not when the first store reaches it).
 #[inline(always)]
 pub fn for_write<T>(p: *const T) {
+    hint::<true>(p.cast());
+}
+
+#[inline(always)]
+fn hint<const WRITE: bool>(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetchw is a hint; it neither faults nor writes. CPUs before its
-    // introduction decode the opcode as a no-op (0F 0D is a NOP group).
+    // SAFETY: prefetcht0/prefetchw only hint; they never fault or write (CPUs older than prefetchw run its 0F 0D opcode as a NOP).
     unsafe {
-        std::arch::asm!("prefetchw [{}]", in(reg) p, options(nostack, readonly, preserves_flags));
+        if WRITE {
+            std::arch::asm!("prefetchw [{}]", in(reg) p, options(nostack, readonly, preserves_flags));
+        } else {
+            std::arch::asm!("prefetcht0 [{}]", in(reg) p, options(nostack, readonly, preserves_flags));
+        }
     }
     #[cfg(target_arch = "aarch64")]
-    // SAFETY: as above.
+    // SAFETY: prfm only hints; it never faults or writes.
     unsafe {
-        std::arch::asm!("prfm pstl1keep, [{}]", in(reg) p, options(nostack, readonly, preserves_flags));
+        if WRITE {
+            std::arch::asm!("prfm pstl1keep, [{}]", in(reg) p, options(nostack, readonly, preserves_flags));
+        } else {
+            std::arch::asm!("prfm pldl1keep, [{}]", in(reg) p, options(nostack, readonly, preserves_flags));
+        }
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let _ = p;
