@@ -53,7 +53,6 @@ cleanup() {
     local p
     for p in $guest_pid $host_pid; do kill -KILL -- "-$p" 2>/dev/null || true; done
     rm -rf "$tmp" "/var/run/dpdk/prof$$-h" "/var/run/dpdk/prof$$-g"
-    rm -f /dev/hugepages/prof$$-h*
 }
 trap cleanup EXIT
 

@@ -271,6 +271,20 @@ fn rx_metadata(m: &Mbuf) -> (DescFlags, u16, u32) {
     (flags, m.vlan_tci(), m.rss_hash())
 }
 
+/// Whether a packet of `segs` segments may go into the rx ring at `slot` (`free` slots
+/// known free, `slot <= free`): at most MAX_SEGS, and room for all of them. The guest's
+/// index is re-read (into `free`) only when the cached view is short.
+#[inline]
+fn room_for(ring: &mut DescProducer<'_>, free: &mut u32, slot: u32, segs: u32) -> bool {
+    if segs > MAX_SEGS {
+        return false;
+    }
+    if segs > *free - slot {
+        *free = ring.free_slots(u32::MAX).unwrap_or(*free);
+    }
+    segs <= *free - slot
+}
+
 /// The pool and index of the guest buffer whose mbuf is at `offset`, if it is one.
 #[inline]
 fn find_buffer(pools: &Pools, offset: u32) -> Option<(&GuestPool, u32)> {
@@ -345,13 +359,10 @@ impl Polled {
             if received.nb_segs() == 1 && received.pool() == rx_mp {
                 // The usual case, one segment of the guest's pool: its index is computed
                 // once, and only the header's first cache line is read.
-                if slot == free {
-                    free = ring.free_slots(u32::MAX).unwrap_or(free);
-                    if slot == free {
-                        // Dropping it returns its buffer to the guest's free ring.
-                        dropped += 1;
-                        continue;
-                    }
+                if !room_for(ring, &mut free, slot, 1) {
+                    // Dropping it returns its buffer to the guest's free ring.
+                    dropped += 1;
+                    continue;
                 }
                 let (flags, vlan_tci, rss_hash) = rx_metadata(&received);
                 let (data_off, data_len) = (received.data_off(), received.data_len());
@@ -390,11 +401,7 @@ impl Polled {
                     }
                 }
             };
-            let segs = m.nb_segs() as u32;
-            if segs <= MAX_SEGS && segs > free - slot {
-                free = ring.free_slots(u32::MAX).unwrap_or(free);
-            }
-            if segs > MAX_SEGS || segs > free - slot {
+            if !room_for(ring, &mut free, slot, m.nb_segs() as u32) {
                 // Dropping it returns its buffers to the guest's free ring.
                 dropped += 1;
                 continue;
