@@ -1,9 +1,9 @@
 //! Who may reach a socket: the owner, group and mode of the socket file and of the
 //! directory the proxy makes for it, and an optional allowlist of peer uids and gids
-//! checked with `SO_PEERCRED` (and `SO_PEERGROUPS`) on every connection.
+//! checked with `SO_PEERCRED` (and `SO_PEERGROUPS`) on every connection. How those are
+//! applied without following links, and which directories are refused: `sockpath.rs`.
 
 use std::os::fd::BorrowedFd;
-use std::os::unix::fs::PermissionsExt;
 
 use crate::cmds::SocketAccess;
 use crate::os;
@@ -11,14 +11,13 @@ use crate::os;
 /// The resolved access settings of one socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
-    /// Owner of the socket file and of a directory the proxy creates (None: the proxy's).
+    /// Owner of the socket file (None: the proxy's). A directory the proxy makes is
+    /// always the proxy's own: its owner could replace the socket.
     pub owner: Option<u32>,
-    /// Group of the same (None: the proxy's).
+    /// Group of the socket file and of a directory the proxy makes (None: the proxy's).
     pub group: Option<u32>,
     /// Permissions of the socket file.
     pub mode: u32,
-    /// Permissions of a directory the proxy creates for the socket.
-    pub dir_mode: u32,
     /// Peers allowed to connect by uid or by gid (primary or supplementary). Both empty:
     /// whoever the file permissions let in.
     pub allow_uids: Vec<u32>,
@@ -26,11 +25,16 @@ pub struct Access {
 }
 
 impl Access {
-    /// The directory mode that goes with a socket mode: search permission wherever the
-    /// socket is readable or writable, nothing for others unless the socket gives it.
-    pub fn dir_mode_for(mode: u32) -> u32 {
-        let rw = mode & 0o666;
-        rw | ((rw & 0o444) >> 2) | ((rw & 0o222) >> 1)
+    /// The mode of a directory the proxy makes for this socket: everything for the proxy,
+    /// and only search (`x`, never `w` or `r`) for the group and others where the socket
+    /// gives them access, and for others when the socket belongs to another user (who is
+    /// not the directory's owner). Nobody but the proxy can add, remove or rename an
+    /// entry in it, so no guest can replace the socket.
+    pub fn dir_mode(&self, proxy_uid: u32) -> u32 {
+        let group = if self.mode & 0o060 != 0 { 0o010 } else { 0 };
+        let foreign_owner = self.owner.is_some_and(|u| u != proxy_uid);
+        let others = if self.mode & 0o006 != 0 || foreign_owner { 0o001 } else { 0 };
+        0o700 | group | others
     }
 
     /// These settings with a `socket` line's overrides applied.
@@ -44,7 +48,6 @@ impl Access {
         }
         if let Some(m) = o.mode {
             a.mode = m;
-            a.dir_mode = Access::dir_mode_for(m);
         }
         if let Some(list) = &o.allow_uid {
             a.allow_uids = list.iter().map(|u| resolve_user(u)).collect::<Result<_, _>>()?;
@@ -108,30 +111,28 @@ pub fn resolve_group(s: &str) -> Result<u32, String> {
     os::group_id(s).ok_or_else(|| format!("no group '{s}'"))
 }
 
-/// Gives `path` its owner, group and mode.
-pub fn apply(path: &std::path::Path, owner: Option<u32>, group: Option<u32>, mode: u32) -> Result<(), String> {
-    if owner.is_some() || group.is_some() {
-        std::os::unix::fs::chown(path, owner, group)
-            .map_err(|e| format!("cannot give {} owner {owner:?} group {group:?}: {e}", path.display()))?;
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot set mode {mode:04o} on {}: {e}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn base() -> Access {
-        Access { owner: None, group: None, mode: 0o660, dir_mode: 0o770, allow_uids: vec![], allow_gids: vec![] }
+        Access { owner: None, group: None, mode: 0o660, allow_uids: vec![], allow_gids: vec![] }
     }
 
     #[test]
-    fn directory_modes_follow_socket_modes() {
-        assert_eq!(Access::dir_mode_for(0o660), 0o770);
-        assert_eq!(Access::dir_mode_for(0o600), 0o700);
-        assert_eq!(Access::dir_mode_for(0o666), 0o777);
-        assert_eq!(Access::dir_mode_for(0o640), 0o750);
+    fn made_directories_give_search_only_never_write() {
+        let with = |mode, owner| Access { mode, owner, ..base() }.dir_mode(0);
+        assert_eq!(with(0o660, None), 0o710);
+        assert_eq!(with(0o600, None), 0o700);
+        assert_eq!(with(0o666, None), 0o711);
+        assert_eq!(with(0o640, None), 0o710);
+        assert_eq!(with(0o600, Some(0)), 0o700, "the proxy's own uid");
+        assert_eq!(with(0o600, Some(1000)), 0o701, "another owner needs search permission");
+        for mode in 0..=0o777 {
+            for owner in [None, Some(0), Some(1000)] {
+                assert_eq!(with(mode, owner) & 0o066, 0, "mode {mode:04o}: no read or write for group or others");
+            }
+        }
     }
 
     #[test]
@@ -150,7 +151,7 @@ mod tests {
     fn socket_lines_override_the_options() {
         let o = SocketAccess { owner: Some("0".into()), mode: Some(0o600), allow_uid: Some(vec!["root".into(), "7".into()]), ..Default::default() };
         let a = base().with(&o).unwrap();
-        assert_eq!((a.owner, a.group, a.mode, a.dir_mode), (Some(0), None, 0o600, 0o700));
+        assert_eq!((a.owner, a.group, a.mode, a.dir_mode(0)), (Some(0), None, 0o600, 0o700));
         assert_eq!(a.allow_uids, vec![0, 7]);
         let bad = SocketAccess { group: Some("no-such-group-here".into()), ..Default::default() };
         assert_eq!(base().with(&bad).unwrap_err(), "no group 'no-such-group-here'");

@@ -23,6 +23,7 @@ use crate::nic::NicPort;
 use crate::os;
 use crate::region::{GuestRegion, RegionRequest};
 use crate::shadow::ShadowPool;
+use crate::sockpath::SocketFile;
 use crate::{log_info, log_warn};
 
 /// Set by SIGINT/SIGTERM.
@@ -117,9 +118,8 @@ struct Endpoint {
     port: u16,
     queue: u16,
     listener: OwnedFd,
-    /// The topmost directory the proxy made for the socket; it and the ones below it
-    /// (when empty) are removed with the socket.
-    created_dir: Option<PathBuf>,
+    /// The socket file, its directory and the directories the proxy made for it.
+    file: SocketFile,
     conn: Option<Conn>,
     stats: Arc<SocketStats>,
     guests_served: u64,
@@ -139,6 +139,7 @@ struct Conn {
 }
 
 struct Guest {
+    /// Its application name, escaped (`shown::escape`): safe in logs, stats and JSON.
     app: String,
     region: Arc<GuestRegion>,
     pools: Vec<(u32, ShadowPool)>,
@@ -218,7 +219,7 @@ impl Control {
             };
             if let Err(e) = done {
                 for ep in &ctl.endpoints {
-                    remove_socket(ep);
+                    ep.file.remove();
                 }
                 ctl.close_ports();
                 return Err(format!("{source}:{line}: {e}"));
@@ -269,7 +270,7 @@ impl Control {
                 nic.queues
             ));
         }
-        let (listener, created_dir) = listen(path, &access)?;
+        let (file, listener) = SocketFile::create(path, &access)?;
         log_info!("serving port {port} queue {queue} on {} ({})", path.display(), access.describe());
         self.endpoints.push(Endpoint {
             access,
@@ -277,7 +278,7 @@ impl Control {
             port,
             queue,
             listener,
-            created_dir,
+            file,
             conn: None,
             stats: Arc::new(SocketStats::default()),
             guests_served: 0,
@@ -425,7 +426,7 @@ impl Control {
                 Some(i) => {
                     self.disconnect(i, "the socket was removed", true);
                     let ep = self.endpoints.remove(i);
-                    remove_socket(&ep);
+                    ep.file.remove();
                     self.publish();
                     let _ = writeln!(out, "ok: removed {}", path.display());
                 }
@@ -743,9 +744,11 @@ impl Control {
     fn hello(&mut self, idx: usize, hello: Hello, id: u32, mut fds: Vec<OwnedFd>) {
         let ep = &self.endpoints[idx];
         let path = ep.path.display().to_string();
+        // The guest chose it: only ever shown escaped (logs, show stats, telemetry).
+        let app = crate::shown::escape(&hello.app_name);
         let refuse = |ctl: &mut Control, code: RefuseCode, reason: String| {
             bump(&ctl.endpoints[idx].stats.refused);
-            ctl.warn_peer(idx, &format!("refused guest '{}': {reason}", hello.app_name));
+            ctl.warn_peer(idx, &format!("refused guest '{app}': {reason}"));
             ctl.reply(idx, &Message::refuse(code, &reason), id);
             ctl.endpoints[idx].conn = None;
         };
@@ -825,8 +828,7 @@ impl Control {
             return;
         }
         log_info!(
-            "{path}: guest '{}' (pid {}) {} port {port} queue {queue}: region {} MiB on {}",
-            hello.app_name,
+            "{path}: guest '{app}' (pid {}) {} port {port} queue {queue}: region {} MiB on {}",
             conn.pid,
             if reattach { "reattached its region to" } else { "attached to" },
             region.len() >> 20,
@@ -836,7 +838,7 @@ impl Control {
         ep.guests_served += 1;
         if let Some(conn) = ep.conn.as_mut() {
             conn.guest = Some(Guest {
-                app: hello.app_name,
+                app,
                 region: Arc::new(region),
                 pools: Vec::new(),
                 queue: None,
@@ -1126,7 +1128,7 @@ impl Control {
             self.disconnect(idx, "the proxy is shutting down", true);
         }
         for ep in &self.endpoints {
-            remove_socket(ep);
+            ep.file.remove();
         }
         println!("final stats:\n{text}");
         let _ = std::io::stdout().flush();
@@ -1163,84 +1165,6 @@ fn link_text(link: dpdk::Link) -> String {
         format!("up {} Mbps", link.speed_mbps)
     } else {
         "down".into()
-    }
-}
-
-/// Creates the listening socket at `path` with the owner, group and mode of `access`,
-/// making its directory (with the same owner and group, `access.dir_mode`) if needed. A
-/// stale socket file (no one listening) is replaced; a live one is an error. On any
-/// error nothing is left behind: neither a socket file nor a directory made here.
-fn listen(path: &Path, access: &Access) -> Result<(OwnedFd, Option<PathBuf>), String> {
-    let mut created_dir = None;
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            // The topmost missing directory, so that an error removes all of them.
-            let top = dir.ancestors().take_while(|d| !d.exists()).last().unwrap_or(dir).to_path_buf();
-            std::fs::create_dir_all(dir).map_err(|e| {
-                let _ = std::fs::remove_dir_all(&top);
-                format!("cannot create {}: {e}", dir.display())
-            })?;
-            created_dir = Some(top.clone());
-            let applied = access::apply(dir, access.owner, access.group, access.dir_mode);
-            if let Err(e) = applied {
-                let _ = std::fs::remove_dir_all(&top);
-                return Err(e);
-            }
-        } else if !dir.is_dir() {
-            return Err(format!("{} is not a directory", dir.display()));
-        }
-    }
-    let made = bind_listen(path, access);
-    if made.is_err() {
-        if let Some(top) = &created_dir {
-            let _ = std::fs::remove_dir_all(top);
-        }
-    }
-    made.map(|fd| (fd, created_dir))
-}
-
-fn bind_listen(path: &Path, access: &Access) -> Result<OwnedFd, String> {
-    let shown = path.display();
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if !meta.file_type().is_socket() {
-            return Err(format!("{shown} exists and is not a socket"));
-        }
-        if seqpacket_connects(path) {
-            return Err(format!("{shown} is served by another process"));
-        }
-        std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket {shown}: {e}"))?;
-    }
-    let addr = os::UnixAddr::new(path)?;
-    let fd = os::seqpacket_socket(true).map_err(|e| format!("socket: {e}"))?;
-    os::bind(fd.as_fd(), &addr).map_err(|e| format!("cannot bind {shown}: {e}"))?;
-    // From here on the file exists: remove it on any error.
-    let fail = |e: String| {
-        let _ = std::fs::remove_file(path);
-        e
-    };
-    os::listen(fd.as_fd(), 8).map_err(|e| fail(format!("cannot listen on {shown}: {e}")))?;
-    access::apply(path, access.owner, access.group, access.mode).map_err(fail)?;
-    Ok(fd)
-}
-
-fn seqpacket_connects(path: &Path) -> bool {
-    let Ok(addr) = os::UnixAddr::new(path) else { return false };
-    // A probe connect on a fresh socket that is closed right after.
-    let Ok(fd) = os::seqpacket_socket(false) else { return false };
-    os::connect(fd.as_fd(), &addr).is_ok()
-}
-
-/// Removes the socket file and the directories the proxy made for it (from the socket's
-/// up to the topmost one it made), as long as they are empty.
-fn remove_socket(ep: &Endpoint) {
-    let _ = std::fs::remove_file(&ep.path);
-    if let Some(top) = &ep.created_dir {
-        for dir in ep.path.ancestors().skip(1) {
-            if std::fs::remove_dir(dir).is_err() || dir == top.as_path() {
-                break;
-            }
-        }
     }
 }
 

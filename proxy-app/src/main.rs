@@ -13,6 +13,8 @@ mod nic;
 mod os;
 mod region;
 mod shadow;
+mod shown;
+mod sockpath;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -57,9 +59,13 @@ options:
                            bytes of its own DPDK memory (a shadow mbuf)
   --no-hugepages           back regions with normal pages even if hugepages are free
   --socket-mode OCTAL      permissions of the socket files (default 0660; a directory
-                           the proxy makes for a socket gets the matching search bits, 0770)
-  --socket-owner USER      owner of the socket files and of the directories made for them
-  --socket-group GROUP     their group (e.g. the group of the guests' users)
+                           the proxy makes for a socket is the proxy's, with search-only
+                           bits for the group/others the socket admits: 0710 for 0660)
+  --socket-owner USER      owner of the socket files (never of the directories)
+  --socket-group GROUP     their group and that of the directories made for them
+                           (e.g. the group of the guests' users). Every directory on a
+                           socket's path must belong to root or the proxy's user and be
+                           writable by nobody else unless sticky (see docs/proxy.md)
   --allow-uid USER[,..]    only these users may connect (checked with SO_PEERCRED)
   --allow-gid GROUP[,..]   ... or members of these groups (primary or supplementary);
                            without either, the file permissions decide. Refusals are
@@ -107,7 +113,6 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
             owner: None,
             group: None,
             mode: 0o660,
-            dir_mode: access::Access::dir_mode_for(0o660),
             allow_uids: Vec::new(),
             allow_gids: Vec::new(),
         },
@@ -139,7 +144,6 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
             "--socket-mode" => {
                 let mode = cmds::parse_mode(&value(a)?).map_err(|e| format!("--socket-mode: {e}"))?;
                 opts.access.mode = mode;
-                opts.access.dir_mode = access::Access::dir_mode_for(mode);
             }
             "--socket-owner" => opts.access.owner = Some(access::resolve_user(&value(a)?).map_err(|e| format!("--socket-owner: {e}"))?),
             "--socket-group" => opts.access.group = Some(access::resolve_group(&value(a)?).map_err(|e| format!("--socket-group: {e}"))?),
@@ -332,7 +336,7 @@ mod tests {
         assert!(parse_app_args(&["--bogus".into()]).unwrap_err().contains("unknown option"));
         assert!(parse_app_args(&["--cmds".into()]).unwrap_err().contains("needs a value"));
         let a = parse_app_args(&["--socket-mode".into(), "0600".into(), "--allow-uid".into(), "0,12".into(), "--socket-group".into(), "0".into()]).unwrap();
-        assert_eq!((a.opts.access.mode, a.opts.access.dir_mode, a.opts.access.group), (0o600, 0o700, Some(0)));
+        assert_eq!((a.opts.access.mode, a.opts.access.dir_mode(0), a.opts.access.group), (0o600, 0o700, Some(0)));
         assert_eq!(a.opts.access.allow_uids, vec![0, 12]);
         assert!(parse_app_args(&["--socket-mode".into(), "rw".into()]).unwrap_err().starts_with("--socket-mode: mode must be octal"));
         assert_eq!(parse_app_args(&["--allow-uid".into(), "nobody-here-x".into()]).unwrap_err(), "--allow-uid: no user 'nobody-here-x'");

@@ -5,6 +5,7 @@
 use std::ffi::{c_int, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
@@ -183,6 +184,184 @@ pub fn peer_credentials(fd: BorrowedFd<'_>) -> Option<Credentials> {
     let n = if rc == 0 { glen as usize / std::mem::size_of::<libc::gid_t>() } else { 0 };
     groups.truncate(n);
     Some(Credentials { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups })
+}
+
+/// What `fstat(2)` says about a file, the part the socket-path checks use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// Type and permission bits (`st_mode`).
+    pub mode: u32,
+}
+
+impl FileStat {
+    fn from(st: &libc::stat) -> FileStat {
+        FileStat { dev: st.st_dev, ino: st.st_ino, uid: st.st_uid, gid: st.st_gid, mode: st.st_mode }
+    }
+
+    fn kind(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind() == libc::S_IFDIR
+    }
+
+    pub fn is_symlink(&self) -> bool {
+        self.kind() == libc::S_IFLNK
+    }
+
+    pub fn is_socket(&self) -> bool {
+        self.kind() == libc::S_IFSOCK
+    }
+
+    /// The same file (device and inode) as `other`.
+    pub fn same_file(&self, other: &FileStat) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
+    }
+}
+
+/// A file name for the `*at` calls: one path component, no NUL.
+fn c_name(name: &std::ffi::OsStr) -> io::Result<CString> {
+    CString::new(name.as_encoded_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a name with a NUL byte"))
+}
+
+/// `dir` as an `*at` directory argument (None: the current directory).
+fn at(dir: Option<BorrowedFd<'_>>) -> c_int {
+    dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd())
+}
+
+fn owned(fd: c_int) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn check(rc: c_int) -> io::Result<()> {
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens `name` in `dir` as an `O_PATH` descriptor without following a symbolic link
+/// there: a link is opened as itself (see [`read_link`]).
+pub fn open_path_at(dir: Option<BorrowedFd<'_>>, name: &std::ffi::OsStr) -> io::Result<OwnedFd> {
+    let name = c_name(name)?;
+    // SAFETY: openat(2) with a valid C string; the result is owned right away.
+    owned(unsafe { libc::openat(at(dir), name.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) })
+}
+
+/// Opens directory `name` in `dir` for reading (what `fchmod` needs), never through a
+/// symbolic link.
+pub fn open_dir_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> io::Result<OwnedFd> {
+    let name = c_name(name)?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: openat(2) with a valid C string; the result is owned right away.
+    owned(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })
+}
+
+/// `fstat(2)` of an open descriptor (an `O_PATH` one too).
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileStat> {
+    // SAFETY: stat is plain data; zero is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat(2) into a stat buffer we own.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(FileStat::from(&st))
+}
+
+/// `fstatat(2)` of `name` in `dir`, not following a symbolic link.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> io::Result<FileStat> {
+    let name = c_name(name)?;
+    // SAFETY: stat is plain data; zero is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatat(2) with a valid C string into a stat buffer we own.
+    check(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(FileStat::from(&st))
+}
+
+/// The target of the symbolic link opened (with [`open_path_at`]) as `link`.
+pub fn read_link(link: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: readlinkat(2) with an empty path reads the link `link` itself, into a
+    // buffer of the given length; it does not NUL-terminate.
+    let n = unsafe { libc::readlinkat(link.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(std::path::PathBuf::from(std::ffi::OsString::from_vec(buf)))
+}
+
+/// `mkdirat(2)`: a directory `name` in `dir` with permissions `mode` (less the umask).
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr, mode: u32) -> io::Result<()> {
+    let name = c_name(name)?;
+    // SAFETY: mkdirat(2) with a valid C string.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) })
+}
+
+/// `unlinkat(2)`: removes `name` from `dir` (a directory, which must be empty, if asked).
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr, is_dir: bool) -> io::Result<()> {
+    let name = c_name(name)?;
+    // SAFETY: unlinkat(2) with a valid C string.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), if is_dir { libc::AT_REMOVEDIR } else { 0 }) })
+}
+
+/// Gives the file open as `fd` (not an `O_PATH` one) its owner and group (None: keep)
+/// and its permissions: changes that file, whatever path leads to it now.
+pub fn fchown_fchmod(fd: BorrowedFd<'_>, owner: Option<u32>, group: Option<u32>, mode: u32) -> io::Result<()> {
+    if owner.is_some() || group.is_some() {
+        let keep = u32::MAX;
+        // SAFETY: plain call on a descriptor we borrow (-1: that id unchanged).
+        check(unsafe { libc::fchown(fd.as_raw_fd(), owner.unwrap_or(keep), group.unwrap_or(keep)) })?;
+    }
+    // SAFETY: as above.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })
+}
+
+/// Gives `name` in `dir` its owner, group (None: keep) and permissions without following
+/// a symbolic link (a link there is an error, never its target changed).
+pub fn chown_chmod_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr, owner: Option<u32>, group: Option<u32>, mode: u32) -> io::Result<()> {
+    let cname = c_name(name)?;
+    if owner.is_some() || group.is_some() {
+        let keep = u32::MAX;
+        // SAFETY: fchownat(2) with a valid C string; AT_SYMLINK_NOFOLLOW changes a link
+        // itself, never what it points to.
+        check(unsafe {
+            libc::fchownat(dir.as_raw_fd(), cname.as_ptr(), owner.unwrap_or(keep), group.unwrap_or(keep), libc::AT_SYMLINK_NOFOLLOW)
+        })?;
+    }
+    // SAFETY: fchmodat(2) with a valid C string; with AT_SYMLINK_NOFOLLOW glibc refuses a
+    // link (EOPNOTSUPP) instead of changing its target.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), cname.as_ptr(), mode as libc::mode_t, libc::AT_SYMLINK_NOFOLLOW) })
+}
+
+/// `renameat2(2)` with `RENAME_NOREPLACE`: moves `from` in `from_dir` to `to` in
+/// `to_dir`, failing (EEXIST) rather than replacing anything there.
+pub fn rename_noreplace(from_dir: BorrowedFd<'_>, from: &std::ffi::OsStr, to_dir: BorrowedFd<'_>, to: &std::ffi::OsStr) -> io::Result<()> {
+    let (from, to) = (c_name(from)?, c_name(to)?);
+    // SAFETY: renameat2(2) with valid C strings.
+    check(unsafe {
+        libc::renameat2(from_dir.as_raw_fd(), from.as_ptr(), to_dir.as_raw_fd(), to.as_ptr(), libc::RENAME_NOREPLACE)
+    })
+}
+
+/// The path that reaches `name` inside the directory open as `dir` through
+/// `/proc/self/fd`: a path for the calls that take no directory descriptor (`bind`,
+/// `connect`), which resolves to that very directory whatever its path is now.
+pub fn path_in_fd(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> std::path::PathBuf {
+    Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(name)
+}
+
+/// This process's effective uid.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid(2) cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Which lookup `lookup_id` makes.
