@@ -105,7 +105,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -113,7 +113,9 @@ use std::time::{Duration, Instant};
 
 use shm_contract::layout::{RegionLayout, StatusBlock};
 use shm_contract::mem::{check_region_fd, Mapping};
-use shm_contract::proto::transport::{handshake, recv_message, send_message, HandshakeError, TransportError};
+use shm_contract::proto::transport::{
+    connect_to_proxy, handshake, recv_message, send_message, ConnectError, HandshakeError, TransportError,
+};
 use shm_contract::proto::{Hello, MAX_APP_NAME, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, QUEUE_FLAG_RX_WAKEUP};
 use shm_contract::wake::{self, WakePair};
 use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, Message, RefuseCode, RegionFlags, SharedMem};
@@ -160,6 +162,11 @@ pub struct Config {
     /// empty ([`Guest::wait_rx`], `AsyncGuest` with the `tokio` feature). Off: the
     /// guest polls (no wake-up socket is made).
     pub rx_wakeup: bool,
+    /// The uid the proxy must run as: the server of the socket is checked with
+    /// `SO_PEERCRED` before anything is sent to it, and refused
+    /// ([`Error::UntrustedServer`]) if it runs as anyone else. None: root or the owner of
+    /// the socket's directory.
+    pub proxy_uid: Option<u32>,
 }
 
 impl Default for Config {
@@ -173,6 +180,7 @@ impl Default for Config {
             tx_ring: 0,
             timeout: Duration::from_secs(5),
             rx_wakeup: false,
+            proxy_uid: None,
         }
     }
 }
@@ -203,6 +211,9 @@ pub struct ProxyInfo {
 pub enum Error {
     /// The socket could not be reached.
     Connect(io::Error),
+    /// Something serves the socket as a user we do not trust (who, and whom we expected):
+    /// nothing was sent to it.
+    UntrustedServer(ConnectError),
     /// The proxy refused a request (or the connection).
     Refused {
         /// Its code.
@@ -241,6 +252,7 @@ impl fmt::Display for Error {
                 write!(f, "cannot connect: no socket at this path (is dpdk-io-proxy serving it?)")
             }
             Error::Connect(e) => write!(f, "cannot connect: {e}"),
+            Error::UntrustedServer(e) => write!(f, "{e}"),
             Error::Refused { code, reason } => write!(f, "the proxy refused ({code:?}): {reason}"),
             Error::Transport(e) => write!(f, "control socket: {e}"),
             Error::Protocol(what) => write!(f, "protocol error: {what}"),
@@ -258,6 +270,15 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl From<ConnectError> for Error {
+    fn from(e: ConnectError) -> Error {
+        match e {
+            ConnectError::Io(e) => Error::Connect(e),
+            untrusted => Error::UntrustedServer(untrusted),
+        }
+    }
+}
 
 impl From<HandshakeError> for Error {
     fn from(e: HandshakeError) -> Error {
@@ -369,7 +390,8 @@ impl Guest {
     /// Connects to the proxy socket at `path`, handshakes, lays out and announces the
     /// pool, and starts the queue: packets flow when this returns.
     pub fn connect(path: impl AsRef<Path>, config: &Config) -> Result<Guest, Error> {
-        let socket = connect_seqpacket(path.as_ref()).map_err(Error::Connect)?;
+        // Verified (SO_PEERCRED) before the Hello: never a word to an impostor.
+        let socket = connect_to_proxy(path.as_ref(), config.proxy_uid)?;
         // Made before the handshake: failing here (out of descriptors) costs the proxy nothing.
         let wake = if config.rx_wakeup { Some(WakePair::new().map_err(Error::Io)?) } else { None };
         let region_size = if config.region_size != 0 {
@@ -1027,34 +1049,6 @@ fn app_name(configured: &str) -> String {
         name.pop();
     }
     name
-}
-
-fn connect_seqpacket(path: &Path) -> io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: socket(2) with constant arguments; the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long or contains NUL"));
-    }
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
-    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes.
-    let rc = unsafe { libc::connect(socket.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(socket)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use shm_contract::proto::transport::{recv_message, send_message};
 use shm_contract::proto::Welcome;
 use shm_contract::wake::Waker;
 use shm_contract::{DescRing, PoolLayout};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, FromRawFd};
 use std::sync::mpsc;
 use std::thread;
 
@@ -770,4 +770,17 @@ fn async_recv_sleeps_in_the_reactor_and_is_cancel_safe() {
     assert!(matches!(e, Error::Disconnected(_)), "{e}");
     assert!(t.elapsed() < Duration::from_secs(5));
     drop(guest.into_inner());
+}
+
+#[test]
+fn a_server_running_as_another_user_than_expected_gets_nothing() {
+    let mut proxy = FakeProxy::start("impostor");
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let err = Guest::connect(&proxy.path, &Config { proxy_uid: Some(me + 4242), ..small() }).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::UntrustedServer(_)), "{text}");
+    assert!(text.contains(&format!("server uid {me}")) && text.contains(&format!("expected uid {}", me + 4242)), "{text}");
+    // The stand-in saw the connection close without a single message (no Hello).
+    assert_eq!(proxy.finish(), Vec::<String>::new());
 }

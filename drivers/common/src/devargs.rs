@@ -11,11 +11,17 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
     ("tx_ring", "tx descriptor ring entries, a power of two in 64..=65536 (default 1024)"),
     ("reconnect", "1 (default) reconnects by itself when the proxy comes back; 0 stays down"),
     ("timeout_ms", "how long to wait for each answer of the proxy, in ms (default 5000)"),
+    (
+        "proxy_uid",
+        "the user (uid or name) the proxy runs as; a server of the socket that runs as anyone else gets nothing \
+         (default: root or the owner of the socket's directory)",
+    ),
 ];
 
 /// The keys in the form DPDK's `RTE_PMD_REGISTER_PARAM_STRING` uses, for the driver's
 /// PMD info (what `dpdk-pmdinfo.py` prints).
-pub const PARAM_STRING: &str = "region_size=<size> rx_ring=<int> tx_ring=<int> reconnect=0|1 timeout_ms=<int>";
+pub const PARAM_STRING: &str =
+    "region_size=<size> rx_ring=<int> tx_ring=<int> reconnect=0|1 timeout_ms=<int> proxy_uid=<uid|user>";
 
 pub const DEFAULT_RING_ENTRIES: u32 = 1024;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
@@ -28,6 +34,9 @@ pub struct DevArgs {
     pub tx_ring: u32,
     pub reconnect: bool,
     pub timeout: Duration,
+    /// The uid the proxy must run as (checked with `SO_PEERCRED` before anything is
+    /// sent); None: root or the owner of the socket's directory.
+    pub proxy_uid: Option<u32>,
 }
 
 impl Default for DevArgs {
@@ -38,6 +47,7 @@ impl Default for DevArgs {
             tx_ring: DEFAULT_RING_ENTRIES,
             reconnect: true,
             timeout: DEFAULT_TIMEOUT,
+            proxy_uid: None,
         }
     }
 }
@@ -98,6 +108,11 @@ impl DevArgs {
                 "timeout_ms" => {
                     let ms: u64 = value.parse().ok().filter(|ms| (1..=600_000).contains(ms)).ok_or_else(|| bad("expected milliseconds in 1..=600000"))?;
                     args.timeout = Duration::from_millis(ms);
+                }
+                "proxy_uid" => {
+                    args.proxy_uid = Some(
+                        shm_contract::proto::transport::parse_uid(value).ok_or_else(|| bad("expected a uid or a user name"))?,
+                    )
                 }
                 _ => unreachable!("every known key is handled"),
             }
@@ -167,11 +182,14 @@ mod tests {
 
     #[test]
     fn every_key_parses() {
-        let a = DevArgs::parse("region_size=64M,rx_ring=512,tx_ring=2048,reconnect=0,timeout_ms=100").unwrap();
+        let a = DevArgs::parse("region_size=64M,rx_ring=512,tx_ring=2048,reconnect=0,timeout_ms=100,proxy_uid=1234").unwrap();
         assert_eq!(a.region_size, 64 << 20);
         assert_eq!((a.rx_ring, a.tx_ring), (512, 2048));
         assert!(!a.reconnect);
         assert_eq!(a.timeout, Duration::from_millis(100));
+        assert_eq!(a.proxy_uid, Some(1234));
+        assert_eq!(DevArgs::parse("proxy_uid=root").unwrap().proxy_uid, Some(0));
+        assert_eq!(DevArgs::default().proxy_uid, None);
     }
 
     #[test]
@@ -185,6 +203,8 @@ mod tests {
         assert!(matches!(DevArgs::parse("region_size=lots"), Err(DevArgsError::BadValue { .. })));
         assert!(matches!(DevArgs::parse("reconnect=maybe"), Err(DevArgsError::BadValue { .. })));
         assert!(matches!(DevArgs::parse("timeout_ms=0"), Err(DevArgsError::BadValue { .. })));
+        let err = DevArgs::parse("proxy_uid=no-such-user-here").unwrap_err();
+        assert_eq!(err.to_string(), "device argument proxy_uid='no-such-user-here': expected a uid or a user name");
         assert_eq!(DevArgs::parse("rx_ring=64,rx_ring=64").unwrap_err(), DevArgsError::Duplicate("rx_ring".into()));
     }
 

@@ -4,14 +4,17 @@
 use std::ffi::{c_void, CStr};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use dpdk_sys as sys;
 use shm_contract::mem::{check_region_fd, Mapping};
-use shm_contract::proto::transport::{handshake, recv_message, send_message, HandshakeError, TransportError};
+use shm_contract::proto::transport::{
+    connect_to_proxy, handshake, recv_message, send_message, ConnectError, HandshakeError, TransportError,
+};
 use shm_contract::layout::RegionFlags;
 use shm_contract::proto::{Hello, Welcome, HELLO_FLAG_REATTACH, PROTOCOL_VERSION_MIN};
 use shm_contract::{Message, PoolLayout, RefuseCode, RegionLayout, SharedMem, PROTOCOL_VERSION};
@@ -138,6 +141,8 @@ impl Region {
 #[derive(Debug)]
 pub enum SessionError {
     Connect(io::Error),
+    /// Something serves the socket as a user we do not trust: nothing was sent to it.
+    UntrustedServer(ConnectError),
     Refused { code: RefuseCode, reason: String },
     Transport(TransportError),
     Protocol(String),
@@ -156,6 +161,7 @@ impl fmt::Display for SessionError {
                 write!(f, "cannot connect: connection refused (the socket exists but no proxy listens on it)")
             }
             SessionError::Connect(e) => write!(f, "cannot connect: {e}"),
+            SessionError::UntrustedServer(e) => write!(f, "{e}"),
             SessionError::Refused { code, reason } => write!(f, "the proxy refused us ({code:?}): {reason}"),
             SessionError::Transport(e) => write!(f, "control channel: {e}"),
             SessionError::Protocol(what) => write!(f, "protocol error: {what}"),
@@ -167,6 +173,15 @@ impl fmt::Display for SessionError {
 }
 
 impl std::error::Error for SessionError {}
+
+impl From<ConnectError> for SessionError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Io(e) => SessionError::Connect(e),
+            untrusted => SessionError::UntrustedServer(untrusted),
+        }
+    }
+}
 
 impl From<HandshakeError> for SessionError {
     fn from(e: HandshakeError) -> Self {
@@ -195,6 +210,8 @@ pub struct Session {
     me: Weak<Session>,
     /// Reattach by ourselves when the connection is lost (devarg `reconnect`).
     reconnect: bool,
+    /// Whom to accept as the proxy when reattaching (devarg `proxy_uid`).
+    proxy_uid: Option<u32>,
     /// `close` was called: never reconnect again.
     closed: AtomicBool,
     /// A reconnect thread runs.
@@ -230,7 +247,8 @@ impl Session {
     /// Connects to the device's socket, performs the handshake, maps the region, and
     /// starts watching the socket.
     pub fn open(dev: &Arc<ShmDevice>, log: &'static LogType) -> Result<Arc<Session>, SessionError> {
-        let socket = connect_seqpacket(dev.name()).map_err(SessionError::Connect)?;
+        // Verified (SO_PEERCRED) before the Hello: never a word to an impostor.
+        let socket = connect_to_proxy(Path::new(dev.name()), dev.args.proxy_uid)?;
         let hello = Hello {
             version_min: PROTOCOL_VERSION_MIN,
             version_max: PROTOCOL_VERSION,
@@ -261,6 +279,7 @@ impl Session {
             socket: Mutex::new(Arc::new(socket)),
             me: me.clone(),
             reconnect: dev.args.reconnect,
+            proxy_uid: dev.args.proxy_uid,
             closed: AtomicBool::new(false),
             reconnecting: AtomicBool::new(false),
             reattached: AtomicU64::new(0),
@@ -452,7 +471,8 @@ impl Session {
     /// One reattach attempt: a new connection, a `Hello` that hands our region back,
     /// our pools announced again. Installs the connection only when all of it worked.
     fn reattach(self: &Arc<Self>) -> Result<(), SessionError> {
-        let socket = connect_seqpacket(&self.device_name).map_err(SessionError::Connect)?;
+        // Verified (SO_PEERCRED) before the Hello that hands over our region's memfd.
+        let socket = connect_to_proxy(Path::new(&self.device_name), self.proxy_uid)?;
         let region = &self.region;
         let hello = Hello {
             flags: HELLO_FLAG_REATTACH,
@@ -584,33 +604,6 @@ impl Drop for Session {
             watch.stop();
         }
     }
-}
-
-fn connect_seqpacket(path: &str) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments; the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_un is plain old data; zeroed is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_bytes();
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"));
-    }
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
-    // SAFETY: addr is a valid sockaddr_un of `len` bytes.
-    let rc = unsafe { libc::connect(socket.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(socket)
 }
 
 fn map_region(memfd: OwnedFd, region_size: u64, hugepages: bool) -> Result<Region, SessionError> {

@@ -9,7 +9,8 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{decode, encode, DecodeError, EncodeError, Hello, Message, MessageKind, RefuseCode, Welcome, MAX_MESSAGE};
@@ -294,6 +295,145 @@ pub fn recv_message(
     }
 }
 
+/// A guest's connection to its proxy could not be made, or was not to its proxy.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The socket could not be reached (`connect(2)` failed, or the path is unusable).
+    Io(io::Error),
+    /// Something serves the socket, but not as a user the guest trusts: nothing was sent
+    /// to it (no `Hello`, no descriptor).
+    UntrustedServer {
+        /// Uids the guest accepts.
+        expected: Vec<u32>,
+        /// What they are (for the message).
+        expected_why: &'static str,
+        /// The server's uid (`SO_PEERCRED`: of the process that called `listen(2)`).
+        server_uid: u32,
+        /// The server's pid (the same).
+        server_pid: i32,
+    },
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Io(e) => write!(f, "cannot connect: {e}"),
+            ConnectError::UntrustedServer { expected, expected_why, server_uid, server_pid } => {
+                let list: Vec<String> = expected.iter().map(u32::to_string).collect();
+                write!(
+                    f,
+                    "refusing the server of this socket: server uid {server_uid} (pid {server_pid}), expected uid {} \
+                     ({expected_why}); nothing was sent to it (if the proxy runs as another user, say so with \
+                     proxy_uid=<uid>)",
+                    list.join(" or ")
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// `SO_PEERCRED` of a connected unix socket: (pid, uid) of its peer as the kernel recorded
+/// them (for a guest's connection: the process that made the server socket listen).
+pub fn peer_uid(socket: BorrowedFd<'_>) -> io::Result<(i32, u32)> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a valid ucred buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((cred.pid, cred.uid))
+}
+
+/// The uids a guest accepts as the server of the socket at `path`: `proxy_uid` when
+/// given; otherwise root and the owner of the socket's directory (who could replace the
+/// socket anyway, and who is the proxy's user when the proxy made the directory).
+pub fn expected_server_uids(path: &Path, proxy_uid: Option<u32>) -> (Vec<u32>, &'static str) {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(uid) = proxy_uid {
+        return (vec![uid], "proxy_uid");
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut uids = vec![0];
+    if let Ok(meta) = std::fs::metadata(dir) {
+        if meta.uid() != 0 {
+            uids.push(meta.uid());
+        }
+    }
+    (uids, "root, or the owner of the socket's directory")
+}
+
+/// Checks, before anything is sent on `socket` (connected to `path`), that its server
+/// runs as one of the expected users (see [`expected_server_uids`]).
+pub fn verify_server(socket: BorrowedFd<'_>, path: &Path, proxy_uid: Option<u32>) -> Result<(), ConnectError> {
+    let (server_pid, server_uid) = peer_uid(socket).map_err(ConnectError::Io)?;
+    let (expected, expected_why) = expected_server_uids(path, proxy_uid);
+    if expected.contains(&server_uid) {
+        Ok(())
+    } else {
+        Err(ConnectError::UntrustedServer { expected, expected_why, server_uid, server_pid })
+    }
+}
+
+/// Connects a guest to the proxy's `SOCK_SEQPACKET` socket at `path` (close-on-exec,
+/// blocking) and verifies its server with [`verify_server`]: a socket from here is safe
+/// to send a `Hello` and a region on. Both guest kinds (the plugins, at first attach and
+/// at every reattach, and the Rust guest) connect only through this.
+pub fn connect_to_proxy(path: &Path, proxy_uid: Option<u32>) -> Result<OwnedFd, ConnectError> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: socket(2) with constant arguments; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(ConnectError::Io(io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(ConnectError::Io(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long or contains NUL")));
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes.
+    let rc = unsafe { libc::connect(socket.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) };
+    if rc != 0 {
+        return Err(ConnectError::Io(io::Error::last_os_error()));
+    }
+    verify_server(socket.as_fd(), path, proxy_uid)?;
+    Ok(socket)
+}
+
+/// A uid given as a number or a user name (`getpwnam_r`).
+pub fn parse_uid(text: &str) -> Option<u32> {
+    if let Ok(n) = text.parse::<u32>() {
+        return Some(n);
+    }
+    let name = std::ffi::CString::new(text).ok()?;
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: passwd is plain data; zero is valid.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: a valid C string, result struct and buffer of the given length; the
+        // strings in `pw` point into `buf` and are not read.
+        let rc = unsafe { libc::getpwnam_r(name.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        return (rc == 0 && !result.is_null()).then_some(pw.pw_uid);
+    }
+}
+
 /// How a guest's handshake ended when it did not end in a `Welcome`.
 #[derive(Debug)]
 pub enum HandshakeError {
@@ -460,6 +600,59 @@ mod tests {
         send_datagram(a.as_fd(), &buf[..len], &five[..4]).unwrap();
         let (_, _, fds) = recv_message(b.as_fd(), Some(Duration::from_secs(5))).unwrap();
         assert_eq!(fds.len(), 4);
+    }
+
+    #[test]
+    fn a_guest_verifies_its_server_before_sending_anything() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("shm-transport-cred-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("sock");
+        // SAFETY: socket(2) with constant arguments.
+        let listener = unsafe { OwnedFd::from_raw_fd(libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)) };
+        // SAFETY: sockaddr_un is plain data.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in addr.sun_path.iter_mut().zip(path.to_str().unwrap().bytes()) {
+            *d = s as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: a valid address of `len` bytes.
+        assert_eq!(unsafe { libc::bind(listener.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) }, 0);
+        // SAFETY: plain call.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 4) }, 0);
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        // Served by the owner of the socket's directory (this test's user): accepted.
+        assert_eq!(std::fs::metadata(&dir).unwrap().uid(), me);
+        assert!(expected_server_uids(&path, None).0.contains(&me));
+        let ok = connect_to_proxy(&path, None).unwrap();
+        assert_eq!(peer_uid(ok.as_fd()).unwrap(), (std::process::id() as i32, me));
+        assert!(connect_to_proxy(&path, Some(me)).is_ok());
+        // Another expected uid: refused, and the message says both.
+        let err = connect_to_proxy(&path, Some(me + 4242)).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ConnectError::UntrustedServer { server_uid, .. } if server_uid == me), "{text}");
+        assert!(text.contains(&format!("server uid {me}")) && text.contains(&format!("expected uid {}", me + 4242)), "{text}");
+        assert!(text.contains("nothing was sent"), "{text}");
+        // The server's side of the refused (third) connection: closed, nothing came.
+        let accepted: Vec<OwnedFd> = (0..3)
+            .map(|_| {
+                // SAFETY: accept4(2) without an address buffer; owned right away.
+                let c = unsafe { libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+                assert!(c >= 0, "{}", io::Error::last_os_error());
+                // SAFETY: a fresh descriptor.
+                unsafe { OwnedFd::from_raw_fd(c) }
+            })
+            .collect();
+        assert!(matches!(recv_message(accepted[2].as_fd(), Some(Duration::from_secs(5))), Err(TransportError::Closed)));
+        drop(ok);
+        assert!(matches!(connect_to_proxy(&dir.join("none"), None), Err(ConnectError::Io(e)) if e.kind() == io::ErrorKind::NotFound));
+        assert_eq!(parse_uid("root"), Some(0));
+        assert_eq!(parse_uid("1234"), Some(1234));
+        assert_eq!(parse_uid("no-such-user-here"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
