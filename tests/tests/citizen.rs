@@ -117,6 +117,24 @@ fn quit(mut p: Proc) -> (Option<i32>, String) {
     p.wait(Duration::from_secs(20))
 }
 
+/// What `dpdk-telemetry.py` prints for `commands` (one per line) sent to the proxy of
+/// file prefix `prefix`; the script parses every answer as JSON and fails on bad JSON.
+fn telemetry(prefix: &str, commands: &str) -> String {
+    let mut child = Command::new("timeout")
+        .args(["20", "dpdk-telemetry.py", "-f", prefix])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("dpdk-telemetry.py");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(commands.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dpdk-telemetry.py: {text}");
+    text
+}
+
 /// The number after `"key": ` in a JSON text (the first occurrence).
 fn json_number(text: &str, key: &str) -> Option<i64> {
     let needle = format!("\"{key}\": ");
@@ -130,7 +148,7 @@ fn pmdinfo_lists_the_net_driver_and_its_devargs() {
     let so = plugin_dir().join("librte_net_shm.so");
     let out = run_ok("dpdk-pmdinfo.py", Command::new("dpdk-pmdinfo.py").arg(&so));
     assert!(out.contains("\"name\": \"net_shm\""), "{out}");
-    for key in ["region_size=<size>", "rx_ring=<int>", "tx_ring=<int>", "reconnect=0|1", "timeout_ms=<int>"] {
+    for key in ["region_size=<size>", "rx_ring=<int>", "tx_ring=<int>", "reconnect=0|1", "timeout_ms=<int>", "proxy_uid=<uid|user>"] {
         assert!(out.contains(key), "params lack {key}:\n{out}");
     }
 }
@@ -246,21 +264,7 @@ fn telemetry_shows_sockets_guests_regions_and_rings() {
     let sock = s.path("q0/sock");
     let proxy = null_proxy(&s, "net_null0", &sock);
     let prefix = s.prefix("proxy");
-    let telemetry = |commands: &str| -> String {
-        let mut child = Command::new("timeout")
-            .args(["20", "dpdk-telemetry.py", "-f", &prefix])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("dpdk-telemetry.py");
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(commands.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "dpdk-telemetry.py: {text}");
-        text
-    };
+    let telemetry = |commands: &str| telemetry(&prefix, commands);
 
     let before = telemetry("/shm_proxy/sockets\n/shm_proxy/socket,0\n/shm_proxy/info\n");
     assert!(before.contains(&format!("{{\"/shm_proxy/sockets\": [\"{}\"]}}", sock.display())), "{before}");
@@ -520,4 +524,42 @@ fn rx_interrupts_let_an_application_sleep_until_the_proxy_has_packets() {
     // A polling application uses its whole CPU; a sleeping one almost none.
     assert!(cpu_ms * 5 < wall_ms, "the application used {cpu_ms} ms of CPU in {wall_ms} ms\n{out}");
     assert_eq!(pcode, Some(0), "{pout}");
+}
+
+/// A guest chooses its application name (in `Hello`). One with quotes, a newline, an
+/// `=`, spaces and a terminal escape sequence is shown percent-escaped in the proxy's
+/// log, in `show stats` (where it can no longer forge a counter) and in telemetry (where
+/// the JSON stays valid: `dpdk-telemetry.py` parses it).
+#[test]
+fn a_guest_name_with_control_characters_and_quotes_is_shown_escaped() {
+    let s = Scratch::new("appname");
+    let sock = s.path("q0/sock");
+    let mut proxy = null_proxy(&s, "net_null0", &sock);
+    let evil = "ev\"il\n invalid=9 \x1b[31m\\}";
+    let escaped = "ev%22il%0A%20invalid%3D9%20%1B%5B31m%5C%7D";
+    let hello = shm_contract::proto::Hello { app_name: evil.into(), ..hostile::hello(64 << 20, 256) };
+    let attached = hostile::Attached::attach(&sock, &hello).unwrap_or_else(|e| panic!("{e}\n{}", proxy.out.text()));
+    wait_or_dump(&proxy, &format!("guest '{escaped}' (pid "), 10);
+
+    let before = proxy.out.text().matches("unclaimed=").count();
+    proxy.send("show stats");
+    proxy
+        .out
+        .wait_for("a 'show stats' answer", Duration::from_secs(10), |t| t.matches("unclaimed=").count() > before)
+        .unwrap();
+    let out = proxy.out.text();
+    let line = out.lines().rev().find(|l| l.starts_with(&format!("socket={} ", sock.display()))).expect("a socket line");
+    let stats = proxy_socket_stats(&out, &sock);
+    assert_eq!(stats.get("guest").map(String::as_str), Some(escaped), "{line}");
+    assert_eq!(line.matches(" invalid=").count(), 1, "one invalid counter, not a forged one: {line}");
+    assert_eq!(stats.get("invalid").map(String::as_str), Some("0"), "{line}");
+
+    let answer = telemetry(&s.prefix("proxy"), "/shm_proxy/socket,0\n");
+    assert!(answer.contains(&format!("\"guest_app\": \"{escaped}\"")), "{answer}");
+    assert_eq!(json_number(&answer, "guest_attached"), Some(1), "{answer}");
+    assert!(!out.contains('\x1b') && !out.contains("ev\"il"), "the raw name reached the log:\n{out}");
+    drop(attached);
+    let (code, pout) = quit(proxy);
+    assert_eq!(code, Some(0), "{pout}");
+    assert!(pout.contains(&format!("guest '{escaped}' (pid ")) && pout.contains("detached"), "{pout}");
 }
