@@ -21,6 +21,7 @@ use crate::cmds::{self, Command, SocketAccess};
 use crate::datapath::{DataQueue, Invalid, Plane, SocketStats};
 use crate::nic::NicPort;
 use crate::os;
+use crate::quarantine::{self, Leftover, PendingDelete, POOL_DELETE_WAIT};
 use crate::region::{GuestRegion, RegionRequest};
 use crate::shadow::ShadowPool;
 use crate::sockpath::SocketFile;
@@ -143,6 +144,8 @@ struct Guest {
     app: String,
     region: Arc<GuestRegion>,
     pools: Vec<(u32, ShadowPool)>,
+    /// Pools the guest deleted while the NIC held buffers of them (quarantine.rs).
+    deleting: Vec<PendingDelete>,
     queue: Option<Arc<DataQueue>>,
     invalid_reported: u64,
     last_invalid_log: Option<Instant>,
@@ -162,6 +165,8 @@ pub struct Control {
     ports: BTreeMap<u16, NicPort>,
     endpoints: Vec<Endpoint>,
     paused_ports: BTreeSet<u16>,
+    /// Pools and regions of departed guests whose buffers a NIC still holds.
+    quarantine: Vec<Leftover>,
     quit: bool,
     stdin_open: bool,
     pool_serial: u32,
@@ -188,6 +193,7 @@ impl Control {
             ports: BTreeMap::new(),
             endpoints: Vec::new(),
             paused_ports: BTreeSet::new(),
+            quarantine: Vec::new(),
             quit: false,
             stdin_open: true,
             pool_serial: 0,
@@ -557,7 +563,23 @@ impl Control {
         }
         // Every mempool of the process (parking pools, one shadow pool per guest pool):
         // back to its baseline whenever the guests are gone, or something leaked.
-        s += &format!("unclaimed={} mempools={}\n", self.plane.unclaimed.load(Ordering::Relaxed), mempool_count());
+        // Departed guests' leftovers and deleted pools that wait for the NIC (quarantine.rs).
+        let deleting: Vec<&PendingDelete> = self
+            .endpoints
+            .iter()
+            .filter_map(|ep| ep.conn.as_ref().and_then(|c| c.guest.as_ref()))
+            .flat_map(|g| g.deleting.iter())
+            .collect();
+        let in_nic: u64 = self.quarantine.iter().map(|l| l.in_nic()).sum::<u64>()
+            + deleting.iter().map(|d| u64::from(d.pool.in_nic())).sum::<u64>();
+        s += &format!(
+            "unclaimed={} mempools={} quarantined={} deleting={} quarantined_in_nic={}\n",
+            self.plane.unclaimed.load(Ordering::Relaxed),
+            mempool_count(),
+            self.quarantine.len(),
+            deleting.len(),
+            in_nic
+        );
         s
     }
 
@@ -708,8 +730,10 @@ impl Control {
                 self.reply(idx, &answer, id);
             }
             Message::PoolDel { pool_id } => {
-                let answer = match self.pool_del(idx, pool_id) {
-                    Ok(()) => Message::PoolAck { pool_id },
+                let answer = match self.pool_del(idx, pool_id, id) {
+                    Ok(true) => Message::PoolAck { pool_id },
+                    // Answered by `sweep_quarantine` once the NIC gave its buffers back.
+                    Ok(false) => return,
                     Err(reason) => {
                         bump(&self.endpoints[idx].stats.bad_requests);
                         Message::refuse(RefuseCode::BadRequest, &reason)
@@ -780,6 +804,11 @@ impl Control {
             try_hugepages: self.opts.try_hugepages,
         };
         let (port, queue) = (ep.port, ep.queue);
+        let leftovers: Vec<&Leftover> = self.quarantine.iter().filter(|l| l.socket == ep.path).collect();
+        let in_nic = leftovers.iter().map(|l| l.in_nic()).sum();
+        if let Err(reason) = quarantine::admits(leftovers.len(), in_nic, port, queue) {
+            return refuse(self, RefuseCode::Busy, reason);
+        }
         let name = format!("dpdk-io-proxy:{path}");
         let reattach = hello.flags & HELLO_FLAG_REATTACH != 0;
         let made = if reattach {
@@ -841,6 +870,7 @@ impl Control {
                 app,
                 region: Arc::new(region),
                 pools: Vec::new(),
+                deleting: Vec::new(),
                 queue: None,
                 // The socket's count includes earlier guests' (kept at detach): only
                 // what this guest adds is reported as its own.
@@ -859,8 +889,13 @@ impl Control {
         if guest.pools.iter().any(|(id, _)| *id == add.pool_id) {
             return Err(format!("pool id {} is already in use", add.pool_id));
         }
+        if guest.deleting.iter().any(|d| d.pool_id == add.pool_id && !d.answered) {
+            return Err(format!("pool id {} is being deleted (the NIC still holds buffers of it)", add.pool_id));
+        }
         let others: Vec<PoolLayout> = guest.pools.iter().map(|(_, p)| p.ctx.layout).collect();
-        let held: u64 = others.iter().map(|l| u64::from(l.count())).sum();
+        // Deleted pools whose buffers the NIC still holds cost their shadows until then.
+        let held: u64 = others.iter().map(|l| u64::from(l.count())).sum::<u64>()
+            + guest.deleting.iter().map(|d| u64::from(d.pool.count())).sum::<u64>();
         if held + u64::from(add.count) > max_buffers {
             return Err(format!(
                 "a pool of {} buffers would give this guest {} buffers; this proxy allows at most {} per guest (--max-guest-buffers)",
@@ -880,9 +915,15 @@ impl Control {
         Ok(())
     }
 
-    fn pool_del(&mut self, idx: usize, pool_id: u32) -> Result<(), String> {
+    /// Deletes a pool: `Ok(true)` when it is gone and the answer can go out now,
+    /// `Ok(false)` when the NIC still holds buffers of it (answered later, see
+    /// `sweep_quarantine`).
+    fn pool_del(&mut self, idx: usize, pool_id: u32, request: u32) -> Result<bool, String> {
         let guest = self.guest_mut(idx).ok_or("no guest")?;
         let Some(pos) = guest.pools.iter().position(|(id, _)| *id == pool_id) else {
+            if guest.deleting.iter().any(|d| d.pool_id == pool_id && !d.answered) {
+                return Err(format!("pool {pool_id} is already being deleted"));
+            }
             return Err(format!("no pool {pool_id}"));
         };
         if let Some(q) = &guest.queue {
@@ -894,11 +935,28 @@ impl Control {
         let had_queue = guest.queue.is_some();
         let (_, pool) = guest.pools.remove(pos);
         if had_queue {
-            // Make sure the loop no longer looks at the pool before freeing it.
+            // Make sure the loop no longer looks at the pool (and has flushed its cache of
+            // it) before it is retired.
             self.publish();
         }
+        pool.retire();
+        let in_nic = pool.in_nic();
+        if in_nic > 0 {
+            log_info!(
+                "{}: pool {pool_id}: the NIC still holds {in_nic} of its buffers; the delete is answered once they are back",
+                self.endpoints[idx].path.display()
+            );
+            let pending = PendingDelete { pool_id, pool, request, since: Instant::now(), answered: false };
+            if let Some(g) = self.guest_mut(idx) {
+                g.deleting.push(pending);
+            }
+            return Ok(false);
+        }
+        // The loop may still be returning the last buffer into the pool's cache: it is
+        // past that once it has taken up a configuration.
+        self.publish();
         drop(pool);
-        Ok(())
+        Ok(true)
     }
 
     fn queue_start(&mut self, idx: usize, rx_pool_id: u32, flags: u32, mut fds: Vec<OwnedFd>) -> Result<(), (RefuseCode, String)> {
@@ -1002,9 +1060,125 @@ impl Control {
             let pool_invalid: u64 = guest.pools.iter().map(|(_, p)| p.ctx.invalid.load(Ordering::Relaxed)).sum();
             st.invalid.store(st.invalid.load(Ordering::Relaxed) + pool_invalid, Ordering::Relaxed);
             // Pools (their mempools) go first, then the region is unmapped with the
-            // last reference.
-            drop(guest.pools);
+            // last reference; but not while the NIC holds buffers of them (freeing one
+            // writes into its mempool): then they wait in the quarantine. Either way they
+            // no longer touch the guest's free rings.
+            let pools: Vec<ShadowPool> =
+                guest.pools.into_iter().map(|(_, p)| p).chain(guest.deleting.into_iter().map(|d| d.pool)).collect();
+            for p in &pools {
+                p.retire();
+            }
+            let in_nic: u64 = pools.iter().map(|p| u64::from(p.in_nic())).sum();
+            let (port, queue) = (ep.port, ep.queue);
+            let leftover =
+                Leftover { socket: ep.path.clone(), port, queue, app: guest.app, pools, since: Instant::now() };
+            // The queue has no guest now: the loop drains it as idle (for a NIC that
+            // keeps sent buffers on its rx side, like `net_ring`, that gives them back),
+            // and once it has taken that up it no longer frees anything into a pool whose
+            // count was 0 above.
+            self.publish();
+            if in_nic > 0 {
+                log_warn!(
+                    "{}: guest '{}' left {in_nic} buffers in port {port} queue {queue}: its {} pool(s) and region are \
+                     quarantined until the NIC gives them back",
+                    leftover.socket.display(),
+                    leftover.app,
+                    leftover.pools.len()
+                );
+                self.quarantine.push(leftover);
+            }
             drop(guest.region);
+        }
+    }
+
+    /// Frees what the NIC has given back: answers pool deletes that waited for it (or
+    /// refuses them after `POOL_DELETE_WAIT`), releases departed guests' quarantined
+    /// pools and regions.
+    fn sweep_quarantine(&mut self, now: Instant) {
+        let mut queues = BTreeSet::new();
+        for l in &self.quarantine {
+            queues.insert((l.port, l.queue));
+        }
+        for ep in &self.endpoints {
+            if ep.conn.as_ref().and_then(|c| c.guest.as_ref()).is_some_and(|g| !g.deleting.is_empty()) {
+                queues.insert((ep.port, ep.queue));
+            }
+        }
+        if queues.is_empty() {
+            return;
+        }
+        // Where the driver can, it frees what it has sent now; it refuses while the loop
+        // polls the queue (whose tx bursts then complete them).
+        for &(port, queue) in &queues {
+            if self.ports.get(&port).is_some_and(|n| n.started) {
+                let _ = Port(port).tx_done_cleanup(queue);
+            }
+        }
+        let mut released = Vec::new();
+        let mut i = 0;
+        while i < self.quarantine.len() {
+            if self.quarantine[i].in_nic() == 0 {
+                released.push(self.quarantine.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        let mut deleted: Vec<(usize, PendingDelete)> = Vec::new();
+        let mut overdue: Vec<(usize, u32, u32, u32)> = Vec::new();
+        for idx in 0..self.endpoints.len() {
+            let Some(g) = self.guest_mut(idx) else { continue };
+            let mut k = 0;
+            while k < g.deleting.len() {
+                let d = &mut g.deleting[k];
+                let in_nic = d.pool.in_nic();
+                if in_nic == 0 {
+                    deleted.push((idx, g.deleting.remove(k)));
+                    continue;
+                }
+                if !d.answered && now.duration_since(d.since) >= POOL_DELETE_WAIT {
+                    d.answered = true;
+                    overdue.push((idx, d.pool_id, d.request, in_nic));
+                }
+                k += 1;
+            }
+        }
+        for (idx, pool_id, request, in_nic) in overdue {
+            let reason = format!(
+                "pool {pool_id}: the NIC still holds {in_nic} of its buffers after {} s; the proxy no longer uses \
+                 its free ring or id, and frees the pool once they are back",
+                POOL_DELETE_WAIT.as_secs()
+            );
+            log_warn!("{}: {reason}", self.endpoints[idx].path.display());
+            self.reply(idx, &Message::refuse(RefuseCode::Busy, &reason), request);
+        }
+        if released.is_empty() && deleted.is_empty() {
+            return;
+        }
+        // The loop may be returning the last buffers into the pools' caches right now:
+        // it is past that once it has taken up a configuration.
+        self.publish();
+        for l in released {
+            log_info!(
+                "{}: quarantine released: the NIC gave back the last buffers of guest '{}' after {} ms; its {} pool(s) \
+                 and region are freed",
+                l.socket.display(),
+                l.app,
+                now.duration_since(l.since).as_millis(),
+                l.pools.len()
+            );
+        }
+        for (idx, d) in deleted {
+            log_info!(
+                "{}: pool {}: the NIC gave back its last buffers after {} ms; deleted",
+                self.endpoints[idx].path.display(),
+                d.pool_id,
+                now.duration_since(d.since).as_millis()
+            );
+            let (pool_id, request, answered) = (d.pool_id, d.request, d.answered);
+            drop(d);
+            if !answered {
+                self.reply(idx, &Message::PoolAck { pool_id }, request);
+            }
         }
     }
 
@@ -1071,6 +1245,7 @@ impl Control {
                 self.disconnect(idx, reason, false);
             }
         }
+        self.sweep_quarantine(now);
         if now.duration_since(self.last_link_check) >= Duration::from_millis(500) {
             self.last_link_check = now;
             self.check_links();
@@ -1126,6 +1301,16 @@ impl Control {
         self.close_ports();
         for idx in 0..self.endpoints.len() {
             self.disconnect(idx, "the proxy is shutting down", true);
+        }
+        // The ports are closed: no NIC gives anything back any more.
+        for l in self.quarantine.drain(..) {
+            log_info!(
+                "{}: quarantine released: port {} is closed ({} buffers of guest '{}' were still in it)",
+                l.socket.display(),
+                l.port,
+                l.in_nic(),
+                l.app
+            );
         }
         for ep in &self.endpoints {
             ep.file.remove();

@@ -11,6 +11,7 @@ mod control;
 mod datapath;
 mod nic;
 mod os;
+mod quarantine;
 mod region;
 mod shadow;
 mod shown;

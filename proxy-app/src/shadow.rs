@@ -18,7 +18,7 @@
 //! frees twice, or hands over while the proxy still holds it, is refused and counted.
 
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dpdk::{Eal, ExtBuffer, ExtPool, ExtPoolOps, ExtPoolSpec, Mempool, PktPool};
@@ -57,6 +57,11 @@ pub struct ShadowCtx {
     /// Buffers given up on: the ring stayed full or corrupted while the parking space
     /// was full too (only a guest that wrote garbage into its own ring gets here).
     pub lost: AtomicU64,
+    /// The guest deleted the pool or left while the NIC still held some of its
+    /// buffers: the free ring is no longer the guest's to read (it may reuse that memory
+    /// at once, or be gone), so buffers coming back are dropped here, never written
+    /// into it, and nothing is taken from it.
+    retired: AtomicBool,
     /// Keeps the mapping the ring view points into.
     _region: Option<Arc<GuestRegion>>,
 }
@@ -70,6 +75,7 @@ impl ShadowCtx {
             parked: Mutex::new(Vec::with_capacity(layout.count() as usize)),
             parked_count: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
             _region: region,
         }
     }
@@ -120,6 +126,10 @@ impl ShadowCtx {
 
 impl ExtPoolOps for ShadowCtx {
     fn put(&self, idx: &[u32]) {
+        if self.retired.load(Ordering::Relaxed) {
+            // Back from the NIC after the guest let go of the pool: nowhere to return to.
+            return;
+        }
         let mut offsets = [0u32; CHUNK];
         for chunk in idx.chunks(CHUNK) {
             for (o, &i) in offsets.iter_mut().zip(chunk) {
@@ -130,6 +140,9 @@ impl ExtPoolOps for ShadowCtx {
     }
 
     fn get(&self, out: &mut [u32]) -> usize {
+        if self.retired.load(Ordering::Relaxed) {
+            return 0;
+        }
         let mut offsets = [0u32; CHUNK];
         let want = out.len().min(CHUNK);
         if let Err(e) = self.ring.dequeue_bulk(&mut offsets[..want], RING_RETRIES) {
@@ -156,6 +169,9 @@ impl ExtPoolOps for ShadowCtx {
     }
 
     fn count(&self) -> u32 {
+        if self.retired.load(Ordering::Relaxed) {
+            return 0;
+        }
         self.ring.count().min(self.layout.count())
     }
 
@@ -236,6 +252,31 @@ impl ShadowPool {
     /// Buffers in the guest's free ring now (for `show stats`).
     pub fn free_ring_count(&self) -> u32 {
         self.ctx.count()
+    }
+
+    /// Cuts the pool off the guest's free ring (see [`ShadowCtx`]'s `retired`): for a
+    /// pool the guest deleted, or whose guest left, once no queue uses it any more.
+    pub fn retire(&self) {
+        self.ctx.retired.store(true, Ordering::Release);
+    }
+
+    /// Buffers of a retired pool that have not come back to it: in a NIC queue (sent,
+    /// not yet completed) or in the data loop's hands. The mempool must outlive every
+    /// one of them, since freeing one writes into it. Read in this order (held first,
+    /// then the per-lcore caches, which hold buffers that came back but were not yet
+    /// handed to the ops), a buffer moving meanwhile is counted once too often at worst,
+    /// never missed: a retired pool hands out nothing, so nothing enters a cache that
+    /// was not held before.
+    pub fn in_nic(&self) -> u32 {
+        let held = self.pool.held_count();
+        // A retired free list counts 0: what remains is the per-lcore caches.
+        let cached = self.pool.mempool().avail_count();
+        held.saturating_sub(cached)
+    }
+
+    /// Buffers in the pool.
+    pub fn count(&self) -> u32 {
+        self.ctx.layout.count()
     }
 
     /// Buffers neither in the free ring nor in the proxy's pool cache: held by the guest,
@@ -322,6 +363,21 @@ mod tests {
         ctx.give_back(&offs[..3]);
         assert_eq!(ctx.parked(), 8);
         assert_eq!(ctx.lost.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_retired_free_list_takes_nothing_from_the_ring_and_writes_nothing_into_it() {
+        let (ctx, offs) = ctx(8);
+        ctx.give_back(&offs[..4]);
+        ctx.retired.store(true, Ordering::Relaxed);
+        let mut out = [0u32; 4];
+        assert_eq!(ctx.get(&mut out), 0);
+        assert_eq!(ExtPoolOps::count(&ctx), 0);
+        // A buffer coming back from the NIC after the guest let go: dropped, ring untouched.
+        ctx.put(&[5, 6]);
+        assert_eq!(ctx.ring.count(), 4);
+        assert_eq!(ctx.parked(), 0);
+        assert_eq!(ctx.lost.load(Ordering::Relaxed), 0);
     }
 
     #[test]

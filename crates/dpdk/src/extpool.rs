@@ -106,6 +106,11 @@ impl ExtState {
         Some(addr)
     }
 
+    /// Buffers marked held.
+    fn held(&self) -> u32 {
+        self.marks.iter().filter(|m| m.load(Ordering::Relaxed) == HELD).count() as u32
+    }
+
     /// Marks buffer `idx` outside; false if it was not held.
     #[inline]
     fn unhold(&self, idx: u32) -> bool {
@@ -301,6 +306,15 @@ impl ExtPool {
     /// Whether an index is computed from an address (the headers are evenly spaced).
     pub fn strided(&self) -> bool {
         matches!(self.state.by_addr.get(), Some(AddrIndex::Strided { .. }))
+    }
+
+    /// How many buffers this process holds now: taken or allocated and not yet given
+    /// back to the free list, so in the application's hands, in a device's queues, or
+    /// in a per-lcore cache of the mempool. One byte read per buffer (a scan, for the
+    /// control path); a buffer taken or given back by another thread during the scan
+    /// may be counted either way.
+    pub fn held_count(&self) -> u32 {
+        self.state.held()
     }
 
     /// Index of the buffer whose header is at `addr` (a [`crate::Segment`]'s address),
@@ -584,7 +598,9 @@ mod tests {
         assert_eq!(st.hold(1), Some(0x10100));
         assert_eq!(st.hold(1), None, "held already");
         assert_eq!(st.hold(2), None, "no such buffer");
+        assert_eq!(st.held(), 1);
         assert!(st.unhold(1));
+        assert_eq!(st.held(), 0);
         assert!(!st.unhold(1), "not held");
         assert!(!st.unhold(0));
         let sorted = state(2, AddrIndex::Sorted(vec![(0x7000, 1), (0x9000, 0)].into()));
