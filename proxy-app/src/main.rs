@@ -238,6 +238,11 @@ fn main() -> ExitCode {
         eprintln!("dpdk-io-proxy: {e}");
         return ExitCode::from(2);
     }
+    let mut eal_args = eal_args;
+    if !eal_args.iter().any(|a| a.starts_with("--iova-mode")) {
+        // As root, with hugepages and no IOMMU, EAL would pick physical addresses.
+        eal_args.push("--iova-mode=va".into());
+    }
     let identity = match identity_for(&app.user, app.opts.access.group) {
         Ok(i) => i,
         Err(e) => {
@@ -289,7 +294,7 @@ fn main() -> ExitCode {
     };
     let plane = Arc::new(Plane::new());
     let source = cmds_path.clone().unwrap_or_default();
-    let mut control = match Control::new(opts, eal.iova_is_va(), plane.clone(), startup, &source) {
+    let mut control = match Control::new(opts, plane.clone(), startup, &source) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dpdk-io-proxy: {e}");
@@ -298,7 +303,14 @@ fn main() -> ExitCode {
     };
     // dpdk-telemetry.py commands and dpdk-dumpcap (see telemetry.rs).
     let telemetry = telemetry::register(&eal);
-    let capture = telemetry::Capture::init(&eal);
+    let capture = if identity.is_none() {
+        telemetry::Capture::init(&eal)
+    } else {
+        // A secondary process (dpdk-dumpcap) is answered through its socket file in root's
+        // private runtime directory (/var/run/dpdk, 0700), which the proxy's user cannot
+        // reach: rather than half a capture (callbacks enabled, the answer lost), none.
+        telemetry::Capture::off("dpdk-dumpcap cannot attach to a proxy that dropped root (start it with --user root to capture)")
+    };
     // Start-up is over: from here on the proxy needs no more than it keeps here
     // (docs/threat-model.md, "Least privilege"). The control thread, started next,
     // inherits the result.

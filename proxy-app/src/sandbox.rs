@@ -440,11 +440,6 @@ pub fn install_filter(mode: SeccompMode) -> Result<(), String> {
     Ok(())
 }
 
-/// The name of an allowed call (`?` otherwise), for tests and messages.
-pub fn name_of(nr: i64) -> &'static str {
-    ALLOWED.iter().find(|(_, n)| *n == nr).map_or("?", |(name, _)| name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +458,10 @@ mod tests {
         }
         assert_eq!(p[p.len() - 2].k, libc::SECCOMP_RET_TRAP);
         assert_eq!(p[p.len() - 1].k, libc::SECCOMP_RET_ALLOW);
+    }
+
+    fn name_of(nr: i64) -> &'static str {
+        ALLOWED.iter().find(|(_, n)| *n == nr).map_or("?", |(name, _)| name)
     }
 
     #[test]
