@@ -424,7 +424,8 @@ fn identity_for(user: &str, socket_group: Option<u32>) -> Result<Option<sandbox:
 /// Drops to `who` (if any) with the capabilities the proxy still needs, then puts every
 /// thread under the system call allowlist.
 fn confine(who: Option<&sandbox::Identity>, seccomp: sandbox::SeccompMode) -> Result<(), String> {
-    let keep = sandbox::needed_capabilities();
+    let ports: Vec<String> = dpdk::Port::all().iter().map(|p| p.name()).collect();
+    let keep = sandbox::needed_capabilities(&ports);
     if let Some(who) = who {
         sandbox::drop_privileges(who, &keep)?;
         let kept: Vec<&str> = keep.iter().map(|c| c.name()).collect();

@@ -17,26 +17,28 @@ use std::io;
 pub struct Cap(pub u32);
 
 impl Cap {
-    /// Interface and link configuration of kernel-backed ports (`net_tap`: the tap's
-    /// flags, MTU and MAC are set with ioctls that need it).
+    /// Interface configuration of kernel-backed ports: `net_tap` brings its interface up
+    /// (`SIOCSIFFLAGS`) at every port start, and the proxy restarts a port when a
+    /// guest's queue starts or stops.
     pub const NET_ADMIN: Cap = Cap(12);
-    /// Locking memory: VFIO pins the pages of every region it DMA-maps, counted against
-    /// RLIMIT_MEMLOCK unless the process has this.
-    pub const IPC_LOCK: Cap = Cap(14);
 
     pub fn name(self) -> &'static str {
         match self.0 {
             12 => "CAP_NET_ADMIN",
-            14 => "CAP_IPC_LOCK",
             _ => "CAP_?",
         }
     }
 }
 
-/// The capabilities the proxy still needs after start-up: none so far (see
-/// docs/threat-model.md for what was tried).
-pub fn needed_capabilities() -> Vec<Cap> {
-    Vec::new()
+/// The capabilities the proxy still needs after start-up, given the names of its ports:
+/// CAP_NET_ADMIN if one is a tap device (its port restarts set the interface's flags);
+/// otherwise none (docs/threat-model.md, "Least privilege", says what was tried).
+pub fn needed_capabilities(port_names: &[String]) -> Vec<Cap> {
+    if port_names.iter().any(|n| n.starts_with("net_tap")) {
+        vec![Cap::NET_ADMIN]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Who the proxy becomes.
@@ -172,8 +174,7 @@ impl SeccompMode {
 /// why (found by running every end-to-end suite with the filter on; see
 /// docs/threat-model.md). Absent on purpose, among others: execve, fork, ptrace,
 /// process_vm_*, mount, setuid and friends, capset, bpf, perf_event_open, keyctl,
-/// kexec, module loading, userfaultfd, io_uring, open_by_handle_at, chown/chmod on
-/// paths that follow links.
+/// kexec, module loading, userfaultfd, io_uring, open_by_handle_at.
 pub const ALLOWED: &[(&str, i64)] = &[
     // Memory: allocators, thread stacks, region mappings, DPDK memory.
     ("brk", libc::SYS_brk),
@@ -231,6 +232,9 @@ pub const ALLOWED: &[(&str, i64)] = &[
     ("fchmod", libc::SYS_fchmod),
     ("fchownat", libc::SYS_fchownat),
     ("fchmodat", libc::SYS_fchmodat),
+    // On paths: what access::apply still does (std's chown, set_permissions).
+    ("chown", libc::SYS_chown),
+    ("chmod", libc::SYS_chmod),
     ("umask", libc::SYS_umask),
     // Unix sockets (guests, telemetry, the multi-process channel), netlink/inet
     // sockets the tap driver configures its interface through.
@@ -469,7 +473,7 @@ mod tests {
         for (i, (name, nr)) in ALLOWED.iter().enumerate() {
             assert!(ALLOWED[i + 1..].iter().all(|(_, n)| n != nr), "{name} twice");
         }
-        for nr in [libc::SYS_execve, libc::SYS_execveat, libc::SYS_ptrace, libc::SYS_setuid, libc::SYS_setresuid, libc::SYS_capset, libc::SYS_mount, libc::SYS_chown, libc::SYS_lchown, libc::SYS_chmod, libc::SYS_fork, libc::SYS_vfork, libc::SYS_process_vm_writev, libc::SYS_bpf] {
+        for nr in [libc::SYS_execve, libc::SYS_execveat, libc::SYS_ptrace, libc::SYS_setuid, libc::SYS_setresuid, libc::SYS_capset, libc::SYS_mount, libc::SYS_lchown, libc::SYS_fork, libc::SYS_vfork, libc::SYS_process_vm_writev, libc::SYS_bpf] {
             assert_eq!(name_of(nr), "?", "syscall {nr} must not be allowed");
         }
         assert_eq!(name_of(libc::SYS_openat), "openat");
@@ -479,6 +483,14 @@ mod tests {
     fn sigsys_layout_matches_the_kernel() {
         // si_syscall is at offset 24 on x86-64 (siginfo_t: 3 ints, padding, the pointer).
         assert_eq!(std::mem::offset_of!(SigsysLayout, syscall), 24);
+    }
+
+    #[test]
+    fn only_a_tap_port_keeps_net_admin() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(needed_capabilities(&names(&["net_null0", "0000:01:00.0", "net_ring0"])), vec![]);
+        assert_eq!(needed_capabilities(&names(&["net_null0", "net_tap0"])), vec![Cap::NET_ADMIN]);
+        assert_eq!(Cap::NET_ADMIN.name(), "CAP_NET_ADMIN");
     }
 
     #[test]
