@@ -399,6 +399,11 @@ fn identity_for(user: &str, socket_group: Option<u32>) -> Result<Option<sandbox:
         log_warn!("--user root: the proxy keeps running as root with every capability");
         return Ok(None);
     }
+    let euid = os::effective_uid();
+    if euid != 0 {
+        log_warn!("not started as root: stays uid {euid}, with no privilege change (--user {user} needs root)");
+        return Ok(None);
+    }
     let Some((uid, gid)) = sandbox::identity_of(user) else {
         return Err(format!(
             "no user '{user}': create it (scripts/setup.sh does: useradd --system --no-create-home \
@@ -407,13 +412,6 @@ fn identity_for(user: &str, socket_group: Option<u32>) -> Result<Option<sandbox:
         ));
     };
     if uid == 0 {
-        return Ok(None);
-    }
-    let euid = os::effective_uid();
-    if euid != 0 {
-        if euid != uid {
-            log_warn!("not started as root: running as uid {euid}, not as '{user}' (uid {uid})");
-        }
         return Ok(None);
     }
     let mut groups = vec![gid];
