@@ -115,9 +115,13 @@ fn prctl(what: &str, option: c_int, arg: libc::c_ulong) -> Result<(), String> {
 pub fn drop_privileges(who: &Identity, keep: &[Cap]) -> Result<(), String> {
     // VFIO pins DMA-mapped regions against RLIMIT_MEMLOCK; the limit is raised while
     // raising it is still allowed, so CAP_IPC_LOCK need not be kept for that.
+    // Best effort: without CAP_SYS_RESOURCE (some containers) the limit stays, which
+    // only matters to a VFIO device.
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit(2) with a valid rlimit.
-    check("setrlimit(RLIMIT_MEMLOCK)", unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) })?;
+    if let Err(e) = check("setrlimit(RLIMIT_MEMLOCK)", unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) }) {
+        crate::log_warn!("{e}: the memlock limit stays as it is (VFIO DMA mappings of guest regions count against it)");
+    }
     // Cut the bounding set first: dropping needs CAP_SETPCAP in the effective set, which
     // the uid change below empties (dropping CAP_SETPCAP itself from the bounding set
     // leaves it effective until then).
