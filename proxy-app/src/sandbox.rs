@@ -411,41 +411,61 @@ struct SigsysLayout {
 /// EAL's threads too; threads started later inherit it). Needs no_new_privs or
 /// CAP_SYS_ADMIN; `drop_privileges` sets the former, and it is set here too.
 pub fn install_filter(mode: SeccompMode) -> Result<(), String> {
-    let miss = match mode {
-        SeccompMode::Off => return Ok(()),
-        SeccompMode::Log => libc::SECCOMP_RET_LOG,
-        SeccompMode::Kill => {
-            // SAFETY: sigaction is plain data; zero is valid.
-            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-            sa.sa_sigaction = on_sigsys as *const () as libc::sighandler_t;
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND;
-            // SAFETY: installs a handler that only formats into a stack buffer and makes
-            // two async-signal-safe calls.
-            check("sigaction(SIGSYS)", unsafe { libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) })?;
-            libc::SECCOMP_RET_TRAP
-        }
-    };
-    prctl("prctl(PR_SET_NO_NEW_PRIVS)", libc::PR_SET_NO_NEW_PRIVS, 1)?;
-    let filter = program(miss);
-    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut libc::sock_filter };
-    // SAFETY: seccomp(2) with a program that lives across the call (the kernel copies it).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_TSYNC,
-            &prog as *const libc::sock_fprog,
-        )
-    };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        return Err(if rc > 0 {
-            format!("seccomp: thread {rc} cannot take the filter")
-        } else {
-            format!("seccomp: {e}")
-        });
+    Filter::new(mode).install()
+}
+
+/// A filter built and ready to install: installing allocates nothing (what a test
+/// needs in a forked child).
+struct Filter {
+    mode: SeccompMode,
+    program: Vec<libc::sock_filter>,
+}
+
+impl Filter {
+    fn new(mode: SeccompMode) -> Filter {
+        let miss = match mode {
+            SeccompMode::Kill => libc::SECCOMP_RET_TRAP,
+            _ => libc::SECCOMP_RET_LOG,
+        };
+        Filter { mode, program: program(miss) }
     }
-    Ok(())
+
+    fn install(&self) -> Result<(), String> {
+        match self.mode {
+            SeccompMode::Off => return Ok(()),
+            SeccompMode::Log => {}
+            SeccompMode::Kill => {
+                // SAFETY: sigaction is plain data; zero is valid.
+                let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+                sa.sa_sigaction = on_sigsys as *const () as libc::sighandler_t;
+                sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND;
+                // SAFETY: installs a handler that only formats into a stack buffer and
+                // makes two async-signal-safe calls.
+                check("sigaction(SIGSYS)", unsafe { libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) })?;
+            }
+        }
+        prctl("prctl(PR_SET_NO_NEW_PRIVS)", libc::PR_SET_NO_NEW_PRIVS, 1)?;
+        let filter = &self.program;
+        let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut libc::sock_filter };
+        // SAFETY: seccomp(2) with a program that lives across the call (the kernel copies it).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                libc::SECCOMP_FILTER_FLAG_TSYNC,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if rc > 0 {
+                format!("seccomp: thread {rc} cannot take the filter")
+            } else {
+                format!("seccomp: {e}")
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -495,6 +515,37 @@ mod tests {
         assert_eq!(needed_capabilities(&names(&["net_null0", "0000:01:00.0", "net_ring0"])), vec![]);
         assert_eq!(needed_capabilities(&names(&["net_null0", "net_tap0"])), vec![Cap::NET_ADMIN]);
         assert_eq!(Cap::NET_ADMIN.name(), "CAP_NET_ADMIN");
+    }
+
+    /// Forks a child that installs `filter` and then calls getppid(2), which is not in
+    /// the allowlist; its wait status.
+    fn child_calls_getppid_under(filter: &Filter) -> c_int {
+        assert_eq!(name_of(libc::SYS_getppid), "?", "the probe call must be outside the list");
+        // SAFETY: the child only makes system calls (the filter was built before the
+        // fork, installing it allocates nothing) and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let code = match filter.install() {
+                // SAFETY: a plain system call.
+                Ok(()) => if unsafe { libc::syscall(libc::SYS_getppid) } > 0 { 0 } else { 3 },
+                Err(_) => 2,
+            };
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        status
+    }
+
+    #[test]
+    fn a_call_outside_the_list_ends_the_process_with_sigsys_and_log_mode_lets_it_through() {
+        let status = child_calls_getppid_under(&Filter::new(SeccompMode::Kill));
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS, "wait status {status:#x}");
+        let status = child_calls_getppid_under(&Filter::new(SeccompMode::Log));
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "wait status {status:#x}");
     }
 
     #[test]
