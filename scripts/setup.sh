@@ -159,6 +159,15 @@ check_rust() {
     log "rust: $(PATH="$HOME/.cargo/bin:$PATH" cargo --version)"
 }
 
+# The dedicated user the proxy becomes after start-up (its default --user; see
+# docs/threat-model.md, "Least privilege").
+create_proxy_user() {
+    if ! id -u dpdk-io-proxy >/dev/null 2>&1; then
+        useradd --system --no-create-home --user-group --shell /usr/sbin/nologin dpdk-io-proxy
+        log "created system user dpdk-io-proxy"
+    fi
+}
+
 # Unprivileged users for the access-control e2e test (tests/tests/access.rs): a guest
 # user and one that must be kept out. The test creates them too when missing.
 create_test_users() {
@@ -199,6 +208,7 @@ install_fuzz_tools() {
 }
 
 install_packages
+create_proxy_user
 create_test_users
 install_sdk_headers
 reserve_hugepages

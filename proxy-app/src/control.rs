@@ -160,7 +160,6 @@ impl Guest {
 
 pub struct Control {
     opts: Options,
-    iova_is_va: bool,
     plane: Arc<Plane>,
     ports: BTreeMap<u16, NicPort>,
     endpoints: Vec<Endpoint>,
@@ -181,14 +180,12 @@ impl Control {
     /// half of its configuration.
     pub fn new(
         opts: Options,
-        iova_is_va: bool,
         plane: Arc<Plane>,
         startup: Vec<(usize, Command)>,
         source: &str,
     ) -> Result<Control, String> {
         let mut ctl = Control {
             opts,
-            iova_is_va,
             plane,
             ports: BTreeMap::new(),
             endpoints: Vec::new(),
@@ -818,9 +815,9 @@ impl Control {
                 let reason = format!("a reattaching Hello must carry its region memfd and size (got {} fds)", fds.len());
                 return refuse(self, RefuseCode::BadRequest, reason);
             }
-            GuestRegion::adopt(fds.remove(0), &req, self.iova_is_va).map_err(|e| format!("cannot adopt the guest's region: {e}"))
+            GuestRegion::adopt(fds.remove(0), &req).map_err(|e| format!("cannot adopt the guest's region: {e}"))
         } else {
-            GuestRegion::create(&name, &req, self.iova_is_va)
+            GuestRegion::create(&name, &req)
         };
         drop(fds);
         let mut region = match made {

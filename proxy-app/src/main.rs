@@ -13,6 +13,7 @@ mod nic;
 mod os;
 mod quarantine;
 mod region;
+mod sandbox;
 mod shadow;
 mod shown;
 mod sockpath;
@@ -38,6 +39,8 @@ macro_rules! log_warn {
 }
 
 const DEFAULT_CMDS: &str = "dpdk-io-proxy.cmds";
+/// The dedicated user the proxy runs as after start-up unless `--user` says otherwise.
+const DEFAULT_USER: &str = "dpdk-io-proxy";
 
 fn usage() -> String {
     format!(
@@ -75,6 +78,12 @@ options:
   --queues N               configure at least N queues on every port used
   --mtu N                  set this MTU on every port used (e.g. 9000 for jumbo frames)
   --stats-period SECS      print the counters every SECS seconds (0: never)
+  --user NAME              the user the proxy becomes once its ports and startup sockets
+                           are set up (default {DEFAULT_USER}; it must exist: scripts/setup.sh
+                           makes it). Sockets made later belong to it; 'root' keeps root
+  --seccomp kill|log|off   system calls outside the proxy's allowlist end it with SIGSYS
+                           and a message (kill, the default), are let through and logged
+                           by the kernel (log: dmesg, audit type=1326), or are not filtered
   -h, --help               this text
 
 {}
@@ -102,6 +111,9 @@ struct AppArgs {
     cmds: Option<String>,
     /// Hidden benchmark mode (scripts/bench.sh): the NIC is a ring pair to a latency probe.
     bench_latency: Option<bench::Spec>,
+    /// The user to become after start-up (`--user`).
+    user: String,
+    seccomp: sandbox::SeccompMode,
 }
 
 fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
@@ -123,6 +135,8 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
     };
     let mut cmds = None;
     let mut bench_latency = None;
+    let mut user = DEFAULT_USER.to_string();
+    let mut seccomp = sandbox::SeccompMode::Kill;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
@@ -167,13 +181,15 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
             "--bench-latency" => {
                 bench_latency = Some(bench::Spec::parse(&value(a)?).map_err(|e| format!("--bench-latency: {e}"))?)
             }
+            "--user" => user = value(a)?,
+            "--seccomp" => seccomp = sandbox::SeccompMode::parse(&value(a)?).map_err(|e| format!("--seccomp: {e}"))?,
             other => return Err(format!("unknown option '{other}' (see --help)")),
         }
     }
     if opts.region_size > opts.max_region_size {
         opts.max_region_size = opts.region_size;
     }
-    Ok(AppArgs { opts, cmds, bench_latency })
+    Ok(AppArgs { opts, cmds, bench_latency, user, seccomp })
 }
 
 fn main() -> ExitCode {
@@ -223,6 +239,30 @@ fn main() -> ExitCode {
         }
     };
 
+    if let Err(e) = refuse_iova_pa_option(&eal_args) {
+        eprintln!("dpdk-io-proxy: {e}");
+        return ExitCode::from(2);
+    }
+    let mut eal_args = eal_args;
+    if !eal_args.iter().any(|a| a.starts_with("--iova-mode")) {
+        // As root, with hugepages and no IOMMU, EAL would pick physical addresses.
+        eal_args.push("--iova-mode=va".into());
+    }
+    let identity = match identity_for(&app.user, app.opts.access.group) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("dpdk-io-proxy: --user: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut opts = app.opts;
+    if let Some(who) = &identity {
+        // What the proxy makes belongs to the user it runs as, so that it can still
+        // remove (and, for sockets typed later, make) them after the drop.
+        opts.access.owner.get_or_insert(who.uid);
+        opts.access.group.get_or_insert(who.gid);
+    }
+
     let (eal, _) = match dpdk::Eal::init(&eal_args) {
         Ok(e) => e,
         Err(e) => {
@@ -230,6 +270,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !eal.iova_is_va() {
+        eprintln!("dpdk-io-proxy: EAL chose IOVA as physical addresses; {IOVA_PA_REFUSAL}");
+        return ExitCode::FAILURE;
+    }
     // After EAL init, so after the drivers' mempool ops: a mempool names its ops by index
     // in a per-process table, and secondary processes (dpdk-dumpcap) allocate from their
     // pools in this process, so the table must start like theirs.
@@ -255,7 +299,7 @@ fn main() -> ExitCode {
     };
     let plane = Arc::new(Plane::new());
     let source = cmds_path.clone().unwrap_or_default();
-    let mut control = match Control::new(app.opts, eal.iova_is_va(), plane.clone(), startup, &source) {
+    let mut control = match Control::new(opts, plane.clone(), startup, &source) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dpdk-io-proxy: {e}");
@@ -264,7 +308,22 @@ fn main() -> ExitCode {
     };
     // dpdk-telemetry.py commands and dpdk-dumpcap (see telemetry.rs).
     let telemetry = telemetry::register(&eal);
-    let capture = telemetry::Capture::init(&eal);
+    let capture = if identity.is_none() {
+        telemetry::Capture::init(&eal)
+    } else {
+        // A secondary process (dpdk-dumpcap) is answered through its socket file in root's
+        // private runtime directory (/var/run/dpdk, 0700), which the proxy's user cannot
+        // reach: rather than half a capture (callbacks enabled, the answer lost), none.
+        telemetry::Capture::off("dpdk-dumpcap cannot attach to a proxy that dropped root (start it with --user root to capture)")
+    };
+    // Start-up is over: from here on the proxy needs no more than it keeps here
+    // (docs/threat-model.md, "Least privilege"). The control thread, started next,
+    // inherits the result.
+    if let Err(e) = confine(identity.as_ref(), app.seccomp) {
+        eprintln!("dpdk-io-proxy: cannot drop privileges: {e}");
+        control.close_ports();
+        return ExitCode::FAILURE;
+    }
     log_info!("ready; data path on lcore {}; type 'help' for commands", eal.main_lcore());
     let control_thread = std::thread::Builder::new().name("io-proxy-ctl".into()).spawn(move || {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| control.run()));
@@ -316,6 +375,77 @@ fn main() -> ExitCode {
     }
 }
 
+/// Why the proxy refuses IOVA as physical addresses (docs/threat-model.md).
+const IOVA_PA_REFUSAL: &str = "the proxy refuses it: guest regions are memfd pages the proxy does \
+     not pin, so a physical address computed once may belong to someone else by the time the NIC \
+     uses it. Use --iova-mode=va (the default the proxy expects; with a physical NIC, vfio-pci with \
+     an IOMMU)";
+
+/// An explicit `--iova-mode pa` among the EAL options is refused before EAL starts.
+fn refuse_iova_pa_option(eal_args: &[String]) -> Result<(), String> {
+    let mut it = eal_args.iter();
+    while let Some(a) = it.next() {
+        let value = match a.strip_prefix("--iova-mode") {
+            Some("") => it.next().map(String::as_str),
+            Some(rest) => rest.strip_prefix('='),
+            None => None,
+        };
+        if value.is_some_and(|v| v.eq_ignore_ascii_case("pa")) {
+            return Err(format!("--iova-mode=pa: {IOVA_PA_REFUSAL}"));
+        }
+    }
+    Ok(())
+}
+
+/// Whom the proxy becomes after start-up: None to stay who it is (`--user root`, or
+/// not started as root: then there is nothing to drop and it says so).
+fn identity_for(user: &str, socket_group: Option<u32>) -> Result<Option<sandbox::Identity>, String> {
+    if user == "root" || user == "0" {
+        log_warn!("--user root: the proxy keeps running as root with every capability");
+        return Ok(None);
+    }
+    let euid = os::effective_uid();
+    if euid != 0 {
+        log_warn!("not started as root: stays uid {euid}, with no privilege change (--user {user} needs root)");
+        return Ok(None);
+    }
+    let Some((uid, gid)) = sandbox::identity_of(user) else {
+        return Err(format!(
+            "no user '{user}': create it (scripts/setup.sh does: useradd --system --no-create-home \
+             --user-group --shell /usr/sbin/nologin {user}), or name another with --user \
+             (--user root keeps root; not recommended)"
+        ));
+    };
+    if uid == 0 {
+        return Ok(None);
+    }
+    let mut groups = vec![gid];
+    groups.extend(socket_group.filter(|g| *g != gid));
+    Ok(Some(sandbox::Identity { name: user.to_string(), uid, gid, groups }))
+}
+
+/// Drops to `who` (if any) with the capabilities the proxy still needs, then puts every
+/// thread under the system call allowlist.
+fn confine(who: Option<&sandbox::Identity>, seccomp: sandbox::SeccompMode) -> Result<(), String> {
+    let ports: Vec<String> = dpdk::Port::all().iter().map(|p| p.name()).collect();
+    let keep = sandbox::needed_capabilities(&ports);
+    if let Some(who) = who {
+        sandbox::drop_privileges(who, &keep)?;
+        let kept: Vec<&str> = keep.iter().map(|c| c.name()).collect();
+        log_info!(
+            "running as user {} (uid {}, gid {}, groups {:?}); capabilities kept: {}",
+            who.name,
+            who.uid,
+            who.gid,
+            who.groups,
+            if kept.is_empty() { "none".to_string() } else { kept.join(", ") }
+        );
+    }
+    sandbox::install_filter(seccomp)?;
+    log_info!("seccomp: {seccomp:?}, {} system calls allowed", sandbox::ALLOWED.len());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,5 +471,26 @@ mod tests {
         assert_eq!(a.opts.access.allow_uids, vec![0, 12]);
         assert!(parse_app_args(&["--socket-mode".into(), "rw".into()]).unwrap_err().starts_with("--socket-mode: mode must be octal"));
         assert_eq!(parse_app_args(&["--allow-uid".into(), "nobody-here-x".into()]).unwrap_err(), "--allow-uid: no user 'nobody-here-x'");
+        let a = parse_app_args(&[]).unwrap();
+        assert_eq!((a.user.as_str(), a.seccomp), (DEFAULT_USER, sandbox::SeccompMode::Kill));
+        let a = parse_app_args(&["--user".into(), "nobody".into(), "--seccomp".into(), "log".into()]).unwrap();
+        assert_eq!((a.user.as_str(), a.seccomp), ("nobody", sandbox::SeccompMode::Log));
+        assert!(parse_app_args(&["--seccomp".into(), "x".into()]).unwrap_err().starts_with("--seccomp: 'x'"));
+    }
+
+    #[test]
+    fn iova_pa_is_refused_in_every_spelling() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(refuse_iova_pa_option(&args(&["p", "--iova-mode=pa"])).unwrap_err().starts_with("--iova-mode=pa: the proxy refuses it"));
+        assert!(refuse_iova_pa_option(&args(&["p", "--iova-mode", "PA"])).is_err());
+        assert!(refuse_iova_pa_option(&args(&["p", "--iova-mode=va", "-l", "0"])).is_ok());
+        assert!(refuse_iova_pa_option(&args(&["p", "--iova-mode"])).is_ok());
+    }
+
+    #[test]
+    fn a_missing_user_is_refused_with_how_to_make_it() {
+        let e = identity_for("no-such-user-here", None).unwrap_err();
+        assert!(e.starts_with("no user 'no-such-user-here': create it"), "{e}");
+        assert_eq!(identity_for("root", None), Ok(None));
     }
 }

@@ -372,13 +372,14 @@ enum Db {
 }
 
 /// The id of a user or group name in the system's databases (`getpwnam_r`,
-/// `getgrnam_r`); None when there is no such name or it cannot be looked up.
-fn lookup_id(db: Db, name: &str) -> Option<u32> {
+/// `getgrnam_r`), with the user's primary group (for a group: its id again); None when
+/// there is no such name or it cannot be looked up.
+fn lookup_id(db: Db, name: &str) -> Option<(u32, u32)> {
     let cname = CString::new(name).ok()?;
     let mut buf = vec![0 as libc::c_char; 1024];
     loop {
         let mut found = false;
-        let mut id = 0u32;
+        let mut id = (0u32, 0u32);
         let rc = match db {
             Db::Passwd => {
                 // SAFETY: passwd is plain data; zero is valid.
@@ -389,7 +390,7 @@ fn lookup_id(db: Db, name: &str) -> Option<u32> {
                 let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) };
                 if rc == 0 && !result.is_null() {
                     found = true;
-                    id = pw.pw_uid;
+                    id = (pw.pw_uid, pw.pw_gid);
                 }
                 rc
             }
@@ -401,7 +402,7 @@ fn lookup_id(db: Db, name: &str) -> Option<u32> {
                 let rc = unsafe { libc::getgrnam_r(cname.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut result) };
                 if rc == 0 && !result.is_null() {
                     found = true;
-                    id = gr.gr_gid;
+                    id = (gr.gr_gid, gr.gr_gid);
                 }
                 rc
             }
@@ -417,12 +418,23 @@ fn lookup_id(db: Db, name: &str) -> Option<u32> {
 
 /// The uid of user `name`.
 pub fn user_id(name: &str) -> Option<u32> {
+    lookup_id(Db::Passwd, name).map(|(uid, _)| uid)
+}
+
+/// The uid and primary gid of user `name`.
+pub fn user_ids(name: &str) -> Option<(u32, u32)> {
     lookup_id(Db::Passwd, name)
 }
 
 /// The gid of group `name`.
 pub fn group_id(name: &str) -> Option<u32> {
-    lookup_id(Db::Group, name)
+    lookup_id(Db::Group, name).map(|(gid, _)| gid)
+}
+
+/// This process's effective uid.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid(2) has no preconditions.
+    unsafe { libc::geteuid() }
 }
 
 #[cfg(test)]

@@ -24,15 +24,14 @@ pub struct GuestRegion {
     mapping: Mapping,
     pub layout: RegionLayout,
     pub hugepages: bool,
-    iova_is_va: bool,
 }
 
 impl GuestRegion {
     /// Creates, maps and initialises a region: header, empty rings, status block.
-    pub fn create(name: &str, req: &RegionRequest, iova_is_va: bool) -> Result<GuestRegion, String> {
+    pub fn create(name: &str, req: &RegionRequest) -> Result<GuestRegion, String> {
         let (memfd, backing) =
             create_region_memfd(name, req.size, req.try_hugepages).map_err(|e| format!("cannot create the region memfd: {e}"))?;
-        Self::lay_out(memfd, backing, req, iova_is_va)
+        Self::lay_out(memfd, backing, req)
     }
 
     /// Takes over the region memfd of a reattaching guest (made by an earlier proxy,
@@ -42,12 +41,12 @@ impl GuestRegion {
     /// in it is trusted: the header is written again from `req` and both descriptor
     /// rings are zeroed, exactly as for a new region; pools come back through `PoolAdd`
     /// and its validation.
-    pub fn adopt(memfd: OwnedFd, req: &RegionRequest, iova_is_va: bool) -> Result<GuestRegion, String> {
+    pub fn adopt(memfd: OwnedFd, req: &RegionRequest) -> Result<GuestRegion, String> {
         let backing = inspect_region_fd(memfd.as_fd(), req.size).map_err(|e| e.to_string())?;
-        Self::lay_out(memfd, backing, req, iova_is_va)
+        Self::lay_out(memfd, backing, req)
     }
 
-    fn lay_out(memfd: OwnedFd, backing: RegionBacking, req: &RegionRequest, iova_is_va: bool) -> Result<GuestRegion, String> {
+    fn lay_out(memfd: OwnedFd, backing: RegionBacking, req: &RegionRequest) -> Result<GuestRegion, String> {
         let flags = if backing.hugepages { RegionFlags::HUGEPAGES } else { RegionFlags::empty() };
         let layout = RegionLayout::new(backing.size, backing.page_size, req.rx_entries, req.tx_entries, flags)
             .map_err(|e| format!("cannot lay out the region: {e}"))?;
@@ -59,12 +58,12 @@ impl GuestRegion {
         layout.write_header(&mem).map_err(|e| format!("cannot write the region header: {e}"))?;
         DescRing::init(&mem, layout.rx_ring()).map_err(|e| format!("rx ring: {e}"))?;
         DescRing::init(&mem, layout.tx_ring()).map_err(|e| format!("tx ring: {e}"))?;
-        Ok(GuestRegion { memfd, extmem: None, mapping, layout, hugepages: backing.hugepages, iova_is_va })
+        Ok(GuestRegion { memfd, extmem: None, mapping, layout, hugepages: backing.hugepages })
     }
 
     /// Registers the region as external memory and DMA-maps it for `device`, so that a
-    /// physical NIC (VFIO, IOVA as VA) can DMA into guest buffers. Virtual devices need
-    /// neither; their "not supported" answers are fine.
+    /// physical NIC (VFIO; IOVA is always VA, see main.rs) can DMA into guest buffers.
+    /// Virtual devices need neither; their "not supported" answers are fine.
     pub fn register_dma(&mut self, device: Option<Device>) -> Result<(), String> {
         // SAFETY: the mapping stays valid until self drops, and `extmem` (declared
         // before it) drops first; the region is shared memory that the proxy only
@@ -73,7 +72,7 @@ impl GuestRegion {
         let extmem = unsafe { ExtMem::register(self.mapping.as_ptr(), self.mapping.len(), self.layout.page_size() as usize) }
             .map_err(|e| e.to_string())?;
         let extmem = self.extmem.insert(extmem);
-        if let Some(device) = device.filter(|_| self.iova_is_va) {
+        if let Some(device) = device {
             match extmem.dma_map(device) {
                 Err(e) if e.errno != libc::ENOTSUP => return Err(e.to_string()),
                 _ => {}
@@ -114,12 +113,9 @@ impl GuestRegion {
         StatusBlock::from_layout(&self.mapping.mem(), &self.layout).ok()
     }
 
-    /// The IOVA a device uses for `addr` inside the region.
+    /// The IOVA a device uses for `addr` inside the region: its virtual address (the
+    /// proxy refuses IOVA as physical addresses: docs/threat-model.md, "Least privilege").
     pub fn iova_of(&self, addr: *const u8) -> u64 {
-        if self.iova_is_va {
-            addr as u64
-        } else {
-            dpdk::virt2phy(addr)
-        }
+        addr as u64
     }
 }

@@ -161,6 +161,14 @@ impl Capture {
     }
 }
 
+impl Capture {
+    /// Capture left off, for `reason`.
+    pub fn off(reason: &str) -> Capture {
+        log_warn!("packet capture off: {reason}");
+        Capture(None)
+    }
+}
+
 impl Drop for Capture {
     fn drop(&mut self) {
         if self.0.is_some() {

@@ -277,6 +277,13 @@ pub struct ProxyConfig {
 pub fn start_proxy(scratch: &Scratch, cfg: &ProxyConfig) -> Proc {
     let cmds = scratch.path("dpdk-io-proxy.cmds");
     fs::write(&cmds, cfg.commands.join("\n") + "\n").unwrap();
+    if is_root() {
+        // The proxy becomes PROXY_USER after start-up (its default --user): sockets
+        // typed later are made by that user, in the test's directory, as an operator
+        // gives the proxy's user the directory for run-time sockets.
+        let (uid, gid) = ensure_user(PROXY_USER);
+        std::os::unix::fs::chown(&scratch.dir, Some(uid), Some(gid)).unwrap();
+    }
     let (cpu, _) = cpus();
     let mut cmd = match &cfg.netns {
         Some(ns) => {
@@ -387,6 +394,46 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{cmd} {args:?} failed: {text}");
     text
+}
+
+/// The dedicated user the proxy runs as after start-up (the proxy's default `--user`).
+pub const PROXY_USER: &str = "dpdk-io-proxy";
+
+/// (uid, gid) of a system user, created if missing.
+pub fn ensure_user(name: &str) -> (u32, u32) {
+    let id = |flag: &str| Command::new("id").args([flag, name]).output().ok().filter(|o| o.status.success());
+    if id("-u").is_none() {
+        // Two tests may race to create it: the loser's useradd fails, the lookup below
+        // finds the winner's user.
+        let _ = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name])
+            .status();
+    }
+    let num = |flag: &str| {
+        let out = id(flag).unwrap_or_else(|| panic!("no user {name} and useradd could not make it"));
+        String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().unwrap()
+    };
+    (num("-u"), num("-g"))
+}
+
+/// The fields of /proc/<pid>/status (`Uid`, `CapEff`, `NoNewPrivs`, `Seccomp`, ...), as
+/// key -> value with single spaces.
+pub fn proc_status(pid: u32) -> HashMap<String, String> {
+    status_file(&format!("/proc/{pid}/status"))
+}
+
+/// The same for one thread of it.
+pub fn task_status(pid: u32, tid: u32) -> HashMap<String, String> {
+    status_file(&format!("/proc/{pid}/task/{tid}/status"))
+}
+
+fn status_file(path: &str) -> HashMap<String, String> {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .collect()
 }
 
 /// Whether this process may do what the tap/netns tests need.

@@ -18,16 +18,6 @@ use e2e_tests::*;
 const GUEST_USER: &str = "shmguest";
 const OTHER_USER: &str = "shmother";
 
-/// (uid, gid) of a system user, created if missing.
-fn ensure_user(name: &str) -> (u32, u32) {
-    let id = |flag: &str| Command::new("id").args([flag, name]).output().ok().filter(|o| o.status.success());
-    if id("-u").is_none() {
-        run("useradd", &["--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name]);
-    }
-    let num = |flag: &str| String::from_utf8_lossy(&id(flag).unwrap().stdout).trim().parse::<u32>().unwrap();
-    (num("-u"), num("-g"))
-}
-
 /// The three plugins copied into a root-owned 0755 directory outside any
 /// world-writable one (EAL checks that for `-d <path>`), removed on drop.
 struct PluginDir(PathBuf);
