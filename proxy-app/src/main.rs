@@ -257,6 +257,7 @@ fn main() -> ExitCode {
     };
     let mut opts = app.opts;
     if let Some(who) = &identity {
+        sockpath::set_proxy_user(who.uid);
         // What the proxy makes belongs to the user it runs as, so that it can still
         // remove (and, for sockets typed later, make) them after the drop.
         opts.access.owner.get_or_insert(who.uid);

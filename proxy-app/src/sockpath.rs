@@ -32,6 +32,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 
 use crate::access::Access;
 use crate::os::{self, FileStat};
@@ -45,9 +46,20 @@ const PRIVATE_NAME: &str = "sock";
 /// Listen backlog of a socket (one guest at a time; more are refused on sight).
 const BACKLOG: i32 = 8;
 
-/// Whether `uid` may own a step of a socket's path: root, or the proxy's user.
+/// The user the proxy becomes after start-up (`--user`), set once by `main` before the
+/// first socket is made: directories it owns are the proxy's own, even while start-up
+/// still runs as root.
+static PROXY_USER: OnceLock<u32> = OnceLock::new();
+
+/// Says which user the proxy will run as after start-up; only the first call counts.
+pub fn set_proxy_user(uid: u32) {
+    let _ = PROXY_USER.set(uid);
+}
+
+/// Whether `uid` may own a step of a socket's path: root, or the proxy's user (the one it
+/// runs as now, or the one it becomes after start-up).
 fn trusted_owner(uid: u32) -> bool {
-    uid == 0 || uid == os::euid()
+    uid == 0 || uid == os::euid() || PROXY_USER.get() == Some(&uid)
 }
 
 /// Group or others may write it.

@@ -36,7 +36,7 @@ const PMD_INFO_TEXT: &str = concat!(
     "PMD_INFO_STRING= {\"name\": \"net_shm\", \"params\": \"",
     // The same as shm_driver_common::devargs::PARAM_STRING (concat! takes literals only;
     // a unit test below keeps the two equal).
-    "region_size=<size> rx_ring=<int> tx_ring=<int> reconnect=0|1 timeout_ms=<int>",
+    "region_size=<size> rx_ring=<int> tx_ring=<int> reconnect=0|1 timeout_ms=<int> proxy_uid=<uid|user>",
     "\", \"pci_ids\": []}"
 );
 
