@@ -188,7 +188,7 @@ unsafe extern "C" fn pool_alloc(mp: *mut sys::rte_mempool) -> c_int {
                     Ok((ops, rc)) => {
                         if rc == 0 {
                             LOG.notice(format_args!(
-                                "pool '{name}' cannot live in the shared region ({why}); it is created in \
+                                "pool '{name}' cannot live in the shared region ({why}); it goes to \
                                  private memory with DPDK's '{ops}' ops instead, and its packets are \
                                  copied into region buffers on tx (counted in tx_copied_packets)"
                             ));
