@@ -91,11 +91,14 @@ int main(int argc, char **argv)
 			struct rte_mbuf *m = rte_pktmbuf_alloc(indirect);
 			if (d == NULL || m == NULL)
 				FAIL("out of mbufs after %u packets", sent);
-			char *frame = rte_pktmbuf_append(d, 64);
-			memset(frame, 0, 64);
-			memset(frame, 0xff, 6);           /* broadcast destination */
-			frame[12] = 0x88, frame[13] = (char)0xb5; /* local experimental ethertype */
+			uint8_t frame[64] = {0};
+			memset(frame, 0xff, 6);             /* broadcast destination */
+			frame[12] = 0x88, frame[13] = 0xb5; /* local experimental ethertype */
 			memcpy(frame + 14, &sent, sizeof(sent));
+			char *data = rte_pktmbuf_append(d, sizeof(frame));
+			if (data == NULL)
+				FAIL("no room for a frame");
+			memcpy(data, frame, sizeof(frame));
 			rte_pktmbuf_attach(m, d);
 			rte_pktmbuf_free(d); /* the indirect mbuf holds the last reference */
 			burst[i] = m;

@@ -38,10 +38,16 @@ struct Ovs {
 
 impl Ovs {
     fn vsctl(&self, args: &[&str]) -> String {
-        run_ok(
-            &format!("ovs-vsctl {}", args.join(" ")),
-            Command::new("ovs-vsctl").arg(format!("--db=unix:{}", self.dir.join("db.sock").display())).arg("--timeout=30").args(args),
-        )
+        let out = Command::new("ovs-vsctl")
+            .arg(format!("--db=unix:{}", self.dir.join("db.sock").display()))
+            .arg("--timeout=30")
+            .args(args)
+            .output()
+            .expect("ovs-vsctl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let vswitchd = self.vswitchd.as_ref().map(|p| p.out.text()).unwrap_or_default();
+        assert!(out.status.success(), "ovs-vsctl {} failed ({:?}):\n{text}\n--- ovs-vswitchd.log ---\n{}\n--- its output ---\n{vswitchd}", args.join(" "), out.status, self.log());
+        text
     }
 
     fn log(&self) -> String {

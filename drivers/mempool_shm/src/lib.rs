@@ -230,8 +230,19 @@ fn host_privately(mp: *mut sys::rte_mempool) -> Result<(&'static str, c_int), St
             shm_driver_common::errno_text(-rc)
         ));
     }
-    // SAFETY: the pool now uses the ring ops; their alloc sets up its pool_data.
-    Ok((ops_name, unsafe { sys::rte_mempool_ops_alloc(mp) }))
+    // rte_mempool_ops_alloc is internal to DPDK (not exported to plugins): call the new
+    // ops' alloc through the ops table, as DPDK's inline rte_mempool_get_ops does.
+    // SAFETY: set_ops_byname stored a valid index below num_ops in the live pool; the
+    // table is DPDK's process-wide array and the ring ops' alloc sets up pool_data.
+    let rc = unsafe {
+        let index = (*mp).ops_index as usize;
+        let table = &*std::ptr::addr_of!(sys::rte_mempool_ops_table);
+        match table.ops.get(index).and_then(|o| o.alloc) {
+            Some(alloc) => alloc(mp),
+            None => return Err(format!("DPDK's '{ops_name}' mempool ops have no alloc")),
+        }
+    };
+    Ok((ops_name, rc))
 }
 
 fn alloc(mp: *mut sys::rte_mempool, name: &str) -> Result<GuestPool, String> {
