@@ -40,7 +40,9 @@ impl Ovs {
     fn vsctl(&self, args: &[&str]) -> String {
         let out = Command::new("ovs-vsctl")
             .arg(format!("--db=unix:{}", self.dir.join("db.sock").display()))
-            .arg("--timeout=30")
+            // add-port creates OVS's packet pool (OVS tries 262144 mbufs, then halves)
+            // and starts the queue: allow for a slow, shared machine.
+            .arg("--timeout=120")
             .args(args)
             .output()
             .expect("ovs-vsctl");
