@@ -9,8 +9,10 @@
 #   1. apt packages: DPDK 22.11 (dpdk, dpdk-dev, libdpdk-dev), clang/libclang for bindgen,
 #      libpcap, iproute2/ping/tcpdump for the end-to-end tests, meson/ninja for the meson build,
 #      cbindgen for the C header of the plugins' API (rte_pmd_shm.h), python3-matplotlib for
-#      the chart of scripts/bench.sh, valgrind for scripts/profile.sh.
-#   2. The DPDK driver-SDK headers (bus_driver.h, dev_driver.h, ethdev_driver.h) that Debian
+#      the chart of scripts/bench.sh, valgrind for scripts/profile.sh, Open vSwitch with DPDK
+#      (openvswitch-switch-dpdk) for the Open vSwitch guest test.
+#   2. The DPDK driver-SDK headers (bus_driver.h, dev_driver.h, ethdev_driver.h,
+#      bus_vdev_driver.h) that Debian
 #      does not ship: the Debian source package of exactly the installed DPDK version is
 #      fetched (a deb-src entry is added for it), unpacked with its Debian patches applied,
 #      and only those headers are kept in .sdk/dpdk-<version>/include. Nothing from DPDK
@@ -40,6 +42,7 @@ apt_packages=(
     meson ninja-build python3-pyelftools cbindgen
     dpkg-dev xz-utils ca-certificates
     python3-matplotlib valgrind
+    openvswitch-switch-dpdk
 )
 
 missing_packages() {
@@ -93,9 +96,10 @@ install_sdk_headers() {
     src_version=$(dpkg-query -W -f='${source:Version}' libdpdk-dev)
     upstream=$(pkg-config --modversion libdpdk)
     dest="$sdk_root/dpdk-$upstream/include"
-    headers=(lib/eal/include/bus_driver.h lib/eal/include/dev_driver.h lib/ethdev/ethdev_driver.h)
+    headers=(lib/eal/include/bus_driver.h lib/eal/include/dev_driver.h lib/ethdev/ethdev_driver.h
+             drivers/bus/vdev/bus_vdev_driver.h)
     if [ -f "$dest/bus_driver.h" ] && [ -f "$dest/dev_driver.h" ] && [ -f "$dest/ethdev_driver.h" ] \
-        && [ "$(cat "$dest/../SOURCE_VERSION" 2>/dev/null)" = "$src_version" ]; then
+        && [ -f "$dest/bus_vdev_driver.h" ] && [ "$(cat "$dest/../SOURCE_VERSION" 2>/dev/null)" = "$src_version" ]; then
         log "driver-SDK headers: present in $dest"
         return
     fi

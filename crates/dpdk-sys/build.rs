@@ -21,11 +21,12 @@ const DPDK_LIBS: &[&str] = &[
     "rte_net",
     "rte_meter",
     "rte_ethdev",
+    "rte_bus_vdev",
     "rte_pdump",
     "rte_pcapng",
 ];
 
-const SDK_HEADERS: &[&str] = &["bus_driver.h", "dev_driver.h", "ethdev_driver.h"];
+const SDK_HEADERS: &[&str] = &["bus_driver.h", "dev_driver.h", "ethdev_driver.h", "bus_vdev_driver.h"];
 
 fn fail(message: &str) -> ! {
     // cargo shows the panic message of a build script; make it the whole story.

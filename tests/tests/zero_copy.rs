@@ -87,11 +87,14 @@ fn testpmd_port_commands_reattach_and_leave_the_proxy_healthy() {
     wait_until_or_dump(&proxy, "restart", 20, |t| count(t, "queue started") >= 2);
     forward_for(&mut g, 1);
 
-    // close, then attach the same device again: a new session on the same socket.
+    // close (the session ends with the port), detach the device by its devargs (found
+    // through the ethdev iterator), then attach it again: a new session on the same socket.
     g.send("port stop 0");
     g.send("port close 0");
     wait_until_or_dump(&g, "close", 20, |t| t.contains("Port 0 is closed"));
     wait_until_or_dump(&proxy, "goodbye after close", 10, |t| count(t, "detached: the guest said goodbye") >= 1);
+    g.send(&format!("device detach {dev}"));
+    wait_until_or_dump(&g, "device detach", 20, |t| t.contains(&format!("Device {dev} is detached")));
     g.send(&format!("port attach {dev}"));
     wait_until_or_dump(&g, "attach", 20, |t| count(t, "Port 0 is attached") >= 1);
     g.send("port start all");

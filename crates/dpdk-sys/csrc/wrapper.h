@@ -37,6 +37,7 @@
 #include <bus_driver.h>
 #include <dev_driver.h>
 #include <ethdev_driver.h>
+#include <bus_vdev_driver.h>
 
 /* rte_errno is a thread-local macro: bindgen cannot see it. */
 int dpdk_sys_errno(void);

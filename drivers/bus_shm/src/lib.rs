@@ -1,15 +1,25 @@
 #![cfg_attr(test, allow(dead_code))]
-//! `librte_bus_shm.so`: the DPDK bus `sock`.
+//! `librte_bus_shm.so`: `sock:` devices, and the `sock` bus that is the plugins' registry.
 //!
-//! `-a sock:/run/io/sock[,args]` (or `port attach sock:/run/io/sock` at run time) creates a
-//! device per socket path. Probing a device connects to the IO proxy behind the socket,
-//! performs the versioned handshake, maps the shared region it receives and hands the
-//! device to the net driver, which creates the ethdev. A device that cannot be probed is
-//! reported in one log line and skipped: the application keeps its other ports.
+//! `-a sock:/run/io/sock[,args]`, `--vdev sock:/run/io/sock[,args]`, or at run time
+//! `rte_dev_probe("sock:/run/io/sock")` (testpmd's `port attach`, Open vSwitch's
+//! `options:dpdk-devargs=sock:/run/io/sock`) creates a device per socket path. EAL keeps
+//! it on its virtual-device bus: DPDK 22.11's ethdev iterator (`rte_eth_iterator_init`,
+//! which `RTE_ETH_FOREACH_MATCHING_DEV`, Open vSwitch and testpmd's `device detach` use to
+//! find a device's ports by devargs) walks only the pci, vdev, fslmc and dpaa buses and
+//! refuses any other ("Bus ... does not support iterating"), whatever the bus provides.
+//! The vdev bus finds our driver by its alias `sock:`, the prefix of every such name.
+//!
+//! Probing a device connects to the IO proxy behind the socket, performs the versioned
+//! handshake, maps the shared region it receives and hands the device to the net
+//! driver, which creates the ethdev. A device that cannot be probed is reported in one
+//! log line and skipped: the application keeps its other ports.
 //!
 //! The callbacks below are EAL's entry points; each catches panics and logs. The state
-//! they work on (devices, drivers, sessions) is `shm_driver_common::bus::ShmBus`.
+//! they work on (devices, drivers, sessions) is `shm_driver_common::bus::ShmBus`, which
+//! the net and mempool plugins find by the bus name `sock`.
 
+use std::cell::UnsafeCell;
 use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, Mutex};
@@ -25,14 +35,21 @@ use shm_driver_common::plugin_constructor;
 
 static LOG: LogType = LogType::new("bus.shm", "bus_shm");
 
+/// The prefix of every `sock:` device name, the vdev driver's alias.
+const NAME_PREFIX: &str = "sock:";
+
+/// The registry. EAL requires scan, probe and find_device of every bus; devices reach
+/// us through the vdev driver below, so there is nothing to scan or probe here, and
+/// `parse` claims no name (a name this bus claimed would be this bus's device, which
+/// the ethdev iterator cannot walk).
 static BUS: ShmBus = ShmBus::new(sys::rte_bus {
     next: sys::rte_bus__bindgen_ty_1 { tqe_next: std::ptr::null_mut(), tqe_prev: std::ptr::null_mut() },
     name: std::ptr::null(),
     scan: Some(bus_scan),
     probe: Some(bus_probe),
     find_device: Some(bus_find_device),
-    plug: Some(bus_plug),
-    unplug: Some(bus_unplug),
+    plug: None,
+    unplug: None,
     parse: Some(bus_parse),
     devargs_parse: None,
     dma_map: None,
@@ -45,12 +62,33 @@ static BUS: ShmBus = ShmBus::new(sys::rte_bus {
     cleanup: Some(bus_cleanup),
 });
 
+/// Our driver on the vdev bus, linked into its driver list by `rte_vdev_register`.
+struct VdevDriver(UnsafeCell<sys::rte_vdev_driver>);
+// SAFETY: written once by the constructor before registration; EAL reads it afterwards.
+unsafe impl Sync for VdevDriver {}
+
+static VDEV_DRIVER: VdevDriver = VdevDriver(UnsafeCell::new(sys::rte_vdev_driver {
+    next: sys::rte_vdev_driver__bindgen_ty_1 { tqe_next: std::ptr::null_mut(), tqe_prev: std::ptr::null_mut() },
+    driver: sys::rte_driver {
+        next: sys::rte_driver__bindgen_ty_1 { tqe_next: std::ptr::null_mut(), tqe_prev: std::ptr::null_mut() },
+        // What applications see as the port's driver name (rte_eth_dev_info.driver_name).
+        name: c"net_shm".as_ptr(),
+        // The vdev bus gives a device to the driver whose name or alias its name starts with.
+        alias: c"sock:".as_ptr(),
+    },
+    probe: Some(vdev_probe),
+    remove: Some(vdev_remove),
+    dma_map: None,
+    dma_unmap: None,
+    drv_flags: 0,
+}));
+
 fn init() {
     LOG.register(INFO);
     // An application may load two copies of this plugin: one with `-d` and the one
     // installed in DPDK's driver directory, which EAL loads into every application. The
     // first copy loaded (the `-d` one: EAL loads those before the directory) serves; a
-    // second bus named "sock" would scan and probe the same devices again.
+    // second one would register a second driver for the same devices.
     // SAFETY: plain lookup in EAL's bus list by a valid C string.
     if !unsafe { sys::rte_bus_find_by_name(shm_driver_common::bus::BUS_NAME.as_ptr()) }.is_null() {
         LOG.notice(format_args!(
@@ -58,8 +96,12 @@ fn init() {
         ));
         return;
     }
-    // SAFETY: BUS is a static, registered once, from the constructor, before EAL uses it.
-    unsafe { BUS.register() };
+    // SAFETY: BUS and VDEV_DRIVER are statics, registered once, from the constructor,
+    // before EAL uses them.
+    unsafe {
+        BUS.register();
+        sys::rte_vdev_register(VDEV_DRIVER.0.get());
+    }
 }
 plugin_constructor!(BUS_SHM_CONSTRUCTOR, init);
 
@@ -73,79 +115,89 @@ fn report_once(name: &str, message: std::fmt::Arguments<'_>) {
     }
 }
 
-/// EAL asks every bus whether it knows a device name (with any `,args` still attached).
-/// We claim path-like names only, so we never take another bus's devices.
+/// EAL asks every bus whether it knows a device name. For `sock:<path>` it first asks
+/// about `<path>` alone; refusing it sends EAL on to the vdev bus with the whole name.
+/// A path too long for DPDK's device names gets a hint here, where we still see it.
 unsafe extern "C" fn bus_parse(name: *const c_char, _addr: *mut c_void) -> c_int {
     guard(&LOG, "parse", 1, || {
         // SAFETY: EAL passes a NUL-terminated name.
         let Some(full) = (unsafe { str_from_c(name) }) else { return 1 };
-        let full = full.strip_prefix("sock:").unwrap_or(&full);
-        let (path, _) = devargs::split_name(full);
-        if !devargs::looks_like_socket_path(path) {
-            return 1;
-        }
-        if path.len() > devargs::MAX_NAME_LEN {
+        let path = full.strip_prefix(NAME_PREFIX).unwrap_or(&full);
+        let (path, _) = devargs::split_name(path);
+        if devargs::looks_like_socket_path(path) && NAME_PREFIX.len() + path.len() > devargs::MAX_NAME_LEN {
             report_once(
                 path,
                 format_args!(
-                    "sock:{path}: socket path is {} bytes; DPDK device names must be shorter than {} \
-                     (use a shorter path, e.g. a symlink to its directory)",
-                    path.len(),
+                    "sock:{path}: the device name is {} bytes; DPDK device names must be shorter than {} \
+                     (use a shorter socket path, e.g. a symlink to its directory)",
+                    NAME_PREFIX.len() + path.len(),
                     devargs::MAX_NAME_LEN + 1
                 ),
             );
         }
-        0
+        1
     })
 }
 
-/// Creates a device for every `sock` devargs that has none yet. Runs before DPDK memory
-/// exists (and again on hot-plug): plain Rust allocation only.
 unsafe extern "C" fn bus_scan() -> c_int {
-    guard(&LOG, "scan", -1, || {
-        let mut da: *mut sys::rte_devargs = std::ptr::null_mut();
-        loop {
-            // SAFETY: iterates EAL's devargs list by bus name; `da` is null or the previous entry.
-            da = unsafe { sys::rte_devargs_next(shm_driver_common::bus::BUS_NAME.as_ptr(), da) };
-            if da.is_null() {
-                break;
-            }
-            // SAFETY: `da` is a live devargs entry; name is a NUL-terminated array, data a C string.
-            let (name, args) = unsafe {
-                let name = str_from_c((*da).name.as_ptr()).unwrap_or_default().into_owned();
-                let args = str_from_c((*da).data).unwrap_or_default().into_owned();
-                (name, args)
-            };
-            let path = name.strip_prefix("sock:").unwrap_or(&name).to_string();
-            if BUS.device_by_name(&path).is_some() {
-                continue;
-            }
-            match DevArgs::parse(&args) {
-                Ok(parsed) => BUS.add_device(ShmDevice::new(&path, parsed, BUS.rte_ptr(), da)),
-                Err(e) => report_once(&path, format_args!("sock:{path}: {e}; device skipped")),
-            }
-        }
-        0
-    })
+    0
 }
 
-/// Probes every device not probed yet. A failure is logged and the device skipped: the
-/// application continues with its other ports.
 unsafe extern "C" fn bus_probe() -> c_int {
-    guard(&LOG, "probe", 0, || {
-        for dev in BUS.devices() {
-            if dev.driver().is_none() {
-                let _ = probe_device(&dev);
+    0
+}
+
+/// The vdev bus has created the device `sock:<path>[,args]` (from `-a`, `--vdev` or a
+/// hot-plug): connect it to its proxy and create its ethdev.
+unsafe extern "C" fn vdev_probe(vdev: *mut sys::rte_vdev_device) -> c_int {
+    guard(&LOG, "probe", -libc::EIO, || {
+        // SAFETY: the vdev bus passes a live device; its name and devargs are C strings
+        // that live as long as the device.
+        let (rte, name, args) = unsafe {
+            let rte = std::ptr::addr_of_mut!((*vdev).device);
+            let name = str_from_c((*rte).name).unwrap_or_default().into_owned();
+            let args = match (*rte).devargs.as_ref() {
+                Some(da) => str_from_c(da.__bindgen_anon_1.args).unwrap_or_default().into_owned(),
+                None => String::new(),
+            };
+            (rte, name, args)
+        };
+        let Some(path) = name.strip_prefix(NAME_PREFIX).filter(|p| devargs::looks_like_socket_path(p)) else {
+            LOG.error(format_args!("{name}: not a sock:<socket path> name; device skipped"));
+            return -libc::EINVAL;
+        };
+        if let Some(old) = BUS.device_by_name(path) {
+            // Another EAL device for the same socket path (the same path given twice,
+            // e.g. once with different arguments): one socket serves one device.
+            if !std::ptr::eq(old.rte_ptr(), rte) {
+                LOG.error(format_args!("sock:{path}: this socket is already used by another device; device skipped"));
+                return -libc::EEXIST;
+            }
+            BUS.remove_device(&old);
+        }
+        let parsed = match DevArgs::parse(&args) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                LOG.error(format_args!("sock:{path}: {e}; device skipped"));
+                return -libc::EINVAL;
+            }
+        };
+        let dev = ShmDevice::new(path, parsed, rte);
+        BUS.add_device(dev.clone());
+        match probe_device(&dev) {
+            Ok(()) => 0,
+            Err(()) => {
+                BUS.remove_device(&dev);
+                -libc::EIO
             }
         }
-        0
     })
 }
 
 fn probe_device(dev: &Arc<ShmDevice>) -> Result<(), ()> {
     let Some(driver) = BUS.driver() else {
         LOG.error(format_args!(
-            "sock:{}: no driver on the sock bus; load librte_net_shm.so (-d) to get an ethdev",
+            "sock:{}: no driver for sock: devices; load librte_net_shm.so (-d) to get an ethdev",
             dev.name()
         ));
         return Err(());
@@ -169,62 +221,29 @@ fn probe_device(dev: &Arc<ShmDevice>) -> Result<(), ()> {
     Ok(())
 }
 
+/// Hot-unplug (`rte_dev_remove`: testpmd's `port detach`/`device detach`, Open vSwitch
+/// deleting the port), and EAL cleanup at exit: the driver closes its port if the
+/// application has not, the session with the proxy ends. The region stays mapped while
+/// mempools still live in it.
+unsafe extern "C" fn vdev_remove(vdev: *mut sys::rte_vdev_device) -> c_int {
+    guard(&LOG, "remove", -libc::EIO, || {
+        // SAFETY: the vdev bus passes a live device.
+        let rte = unsafe { std::ptr::addr_of_mut!((*vdev).device) };
+        let Some(dev) = BUS.device_by_rte(rte) else { return -libc::ENODEV };
+        remove_device(&dev);
+        0
+    })
+}
+
 unsafe extern "C" fn bus_find_device(
     start: *const sys::rte_device,
     cmp: sys::rte_dev_cmp_t,
     data: *const c_void,
 ) -> *mut sys::rte_device {
     guard(&LOG, "find_device", std::ptr::null_mut(), || {
-        let Some(cmp) = cmp else { return std::ptr::null_mut() };
-        let devices = BUS.devices();
-        let mut skipping = !start.is_null();
-        for dev in &devices {
-            if skipping {
-                skipping = !std::ptr::eq(dev.rte_ptr(), start);
-                continue;
-            }
-            // SAFETY: EAL's comparator, called with one of our live devices and its own data.
-            if unsafe { cmp(dev.rte_ptr(), data) } == 0 {
-                return dev.rte_ptr();
-            }
-        }
+        // Our devices are the vdev bus's: it answers for them.
+        let _ = (start, cmp, data);
         std::ptr::null_mut()
-    })
-}
-
-/// Hot-plug (`port attach sock:/path`): EAL has scanned, now probe this one device.
-unsafe extern "C" fn bus_plug(rte: *mut sys::rte_device) -> c_int {
-    guard(&LOG, "plug", -libc::EIO, || {
-        let Some(dev) = BUS.device_by_rte(rte) else { return -libc::ENODEV };
-        if dev.driver().is_some() {
-            if dev.has_driver_data() {
-                return -libc::EEXIST;
-            }
-            // The application closed the port (`port close`) and attaches it again: its
-            // session ended with the port, so this is a fresh probe with a fresh session.
-            dev.set_driver(None);
-            if let Some(old) = dev.set_session(None) {
-                old.close();
-            }
-        }
-        match probe_device(&dev) {
-            Ok(()) => 0,
-            Err(()) => {
-                // The devargs that EAL frees after a failed plug must not be left on a device.
-                BUS.remove_device(&dev);
-                -libc::EIO
-            }
-        }
-    })
-}
-
-/// Hot-unplug (`port detach`, application exit): the driver closes its port, the session
-/// with the proxy ends. The region stays mapped while mempools still live in it.
-unsafe extern "C" fn bus_unplug(rte: *mut sys::rte_device) -> c_int {
-    guard(&LOG, "unplug", -libc::EIO, || {
-        let Some(dev) = BUS.device_by_rte(rte) else { return -libc::ENODEV };
-        remove_device(&dev);
-        0
     })
 }
 
@@ -241,6 +260,8 @@ fn remove_device(dev: &Arc<ShmDevice>) {
     BUS.remove_device(dev);
 }
 
+/// EAL cleanup: the vdev bus removes its devices first (it was registered before us);
+/// whatever is left in the registry ends here.
 unsafe extern "C" fn bus_cleanup() -> c_int {
     guard(&LOG, "cleanup", -1, || {
         for dev in BUS.devices() {

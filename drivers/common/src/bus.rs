@@ -1,7 +1,9 @@
 //! The `sock` bus object and what the three plugins share through it.
 //!
 //! The bus plugin owns the only instance (a static in `librte_bus_shm.so`, registered
-//! with EAL). The mempool and net plugins find it with `rte_bus_find_by_name("sock")`
+//! with EAL). EAL sees `sock:` devices as virtual devices (the vdev bus, whose devices
+//! DPDK 22.11's ethdev iterator can find by devargs); this bus is the plugins' registry
+//! of them: their records, sessions and drivers. The mempool and net plugins find it with `rte_bus_find_by_name("sock")`
 //! and use the Rust state behind the `rte_bus` header. All three plugins link this
 //! crate from the same build, so its types have one layout; `BUILD_ID` (checked before
 //! anything behind the header is touched) refuses a plugin from another build.
@@ -33,21 +35,15 @@ const fn build_id_bytes() -> [u8; 16] {
     out
 }
 
-/// What a driver on the `sock` bus provides. The bus calls `probe` once a device is
-/// connected to its proxy and `remove` when it is unplugged; `event` tells it about the
-/// proxy (gone, back).
-#[repr(C)]
+/// What a driver of `sock:` devices provides (the net plugin's ethdev driver). The bus
+/// plugin calls `probe` once a device is connected to its proxy and `remove` when it is
+/// unplugged; `event` tells it about the proxy (gone, back).
 pub struct ShmDriver {
-    /// EAL's view; stays first so `rte_device.driver` can point at it.
-    rte: UnsafeCell<sys::rte_driver>,
     pub name: &'static CStr,
     pub probe: fn(&Arc<ShmDevice>) -> Result<(), String>,
     pub remove: fn(&Arc<ShmDevice>) -> Result<(), String>,
     pub event: fn(&Arc<ShmDevice>, DeviceEvent),
 }
-
-// SAFETY: the rte_driver header is written once before registration and only read after.
-unsafe impl Sync for ShmDriver {}
 
 impl ShmDriver {
     pub const fn new(
@@ -56,21 +52,7 @@ impl ShmDriver {
         remove: fn(&Arc<ShmDevice>) -> Result<(), String>,
         event: fn(&Arc<ShmDevice>, DeviceEvent),
     ) -> Self {
-        ShmDriver {
-            rte: UnsafeCell::new(sys::rte_driver {
-                next: sys::rte_driver__bindgen_ty_1 { tqe_next: std::ptr::null_mut(), tqe_prev: std::ptr::null_mut() },
-                name: name.as_ptr(),
-                alias: std::ptr::null(),
-            }),
-            name,
-            probe,
-            remove,
-            event,
-        }
-    }
-
-    pub fn rte_ptr(&self) -> *const sys::rte_driver {
-        self.rte.get()
+        ShmDriver { name, probe, remove, event }
     }
 }
 
@@ -97,10 +79,6 @@ pub struct ShmBus {
     build_id: [u8; 16],
     drivers: Mutex<Vec<&'static ShmDriver>>,
     devices: Mutex<Vec<Arc<ShmDevice>>>,
-    /// Devices taken off the bus. EAL may still read a device's name after a failed plug
-    /// or an unplug returns (its error log does), so their memory is never freed; one
-    /// small entry per detach or failed attach.
-    retired: Mutex<Vec<Arc<ShmDevice>>>,
 }
 
 // SAFETY: EAL writes the rte_bus header (its list linkage) only while registering, before
@@ -140,7 +118,6 @@ impl ShmBus {
             build_id: build_id_bytes(),
             drivers: Mutex::new(Vec::new()),
             devices: Mutex::new(Vec::new()),
-            retired: Mutex::new(Vec::new()),
         }
     }
 
@@ -238,9 +215,7 @@ impl ShmBus {
 
     pub fn remove_device(&self, device: &Arc<ShmDevice>) {
         let mut devices = lock(&self.devices);
-        if let Some(at) = devices.iter().position(|d| Arc::ptr_eq(d, device)) {
-            lock(&self.retired).push(devices.remove(at));
-        }
+        devices.retain(|d| !Arc::ptr_eq(d, device));
     }
 
     pub fn device_by_name(&self, name: &str) -> Option<Arc<ShmDevice>> {

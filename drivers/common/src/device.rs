@@ -1,8 +1,10 @@
 //! A `sock:` device: one socket path, its arguments, and (once probed) its session with
 //! the proxy.
+//!
+//! EAL knows the device as a virtual device (`rte_vdev_device` named `sock:<path>`, see
+//! `bus_shm`); this is the plugins' own record of it, kept in the `sock` bus registry.
 
 use std::any::Any;
-use std::cell::UnsafeCell;
 use std::ffi::CString;
 use std::sync::{Arc, Mutex};
 
@@ -12,10 +14,11 @@ use crate::bus::{lock, ShmDriver};
 use crate::devargs::DevArgs;
 use crate::session::Session;
 
-#[repr(C)]
 pub struct ShmDevice {
-    /// EAL's view; stays first so that `*mut rte_device` and `*const ShmDevice` agree.
-    rte: UnsafeCell<sys::rte_device>,
+    /// EAL's device (owned by the vdev bus, valid until the device is removed, which
+    /// takes this record off the registry first). Only compared and handed to DPDK.
+    rte: *mut sys::rte_device,
+    /// The socket path (the EAL name without `sock:`).
     name: CString,
     pub args: DevArgs,
     driver: Mutex<Option<&'static ShmDriver>>,
@@ -24,37 +27,23 @@ pub struct ShmDevice {
     driver_data: Mutex<Option<Arc<dyn Any + Send + Sync>>>,
 }
 
-// SAFETY: the rte_device header is written by this crate only while the bus holds the
-// device during scan/probe/remove, which EAL serialises; other state is behind mutexes.
+// SAFETY: `rte` is only compared and passed to DPDK, never dereferenced here; other state
+// is behind mutexes.
 unsafe impl Sync for ShmDevice {}
-// SAFETY: as above; the raw pointers in the header are EAL-owned and thread-agnostic.
+// SAFETY: as above; the pointer is EAL-owned and thread-agnostic.
 unsafe impl Send for ShmDevice {}
 
 impl ShmDevice {
-    /// A device for `name` (the socket path), bound to the EAL devargs it came from.
-    pub fn new(name: &str, args: DevArgs, bus: *const sys::rte_bus, devargs: *mut sys::rte_devargs) -> Arc<ShmDevice> {
-        let name = CString::new(name).unwrap_or_default();
-        let dev = Arc::new(ShmDevice {
-            rte: UnsafeCell::new(sys::rte_device {
-                next: sys::rte_device__bindgen_ty_1 { tqe_next: std::ptr::null_mut(), tqe_prev: std::ptr::null_mut() },
-                name: std::ptr::null(),
-                bus_info: std::ptr::null(),
-                driver: std::ptr::null(),
-                bus,
-                // No NUMA affinity: a socket is reachable from everywhere. Applications such as
-                // testpmd put a device with an unknown node on socket 0, which is what --no-huge has.
-                numa_node: sys::SOCKET_ID_ANY,
-                devargs,
-            }),
-            name,
+    /// A record for `name` (the socket path) and EAL's device `rte` that carries it.
+    pub fn new(name: &str, args: DevArgs, rte: *mut sys::rte_device) -> Arc<ShmDevice> {
+        Arc::new(ShmDevice {
+            rte,
+            name: CString::new(name).unwrap_or_default(),
             args,
             driver: Mutex::new(None),
             session: Mutex::new(None),
             driver_data: Mutex::new(None),
-        });
-        // SAFETY: the device is not shared yet; the name lives as long as the device.
-        unsafe { (*dev.rte.get()).name = dev.name.as_ptr() };
-        dev
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -62,24 +51,23 @@ impl ShmDevice {
     }
 
     pub fn rte_ptr(&self) -> *mut sys::rte_device {
-        self.rte.get()
+        self.rte
     }
 
+    /// No NUMA affinity: a socket is reachable from everywhere. Applications such as
+    /// testpmd put a device with an unknown node on socket 0, which is what --no-huge has.
     pub fn numa_node(&self) -> i32 {
-        // SAFETY: read of a plain field that only this crate writes, under EAL's serialisation.
-        unsafe { (*self.rte.get()).numa_node }
+        sys::SOCKET_ID_ANY
     }
 
     pub fn driver(&self) -> Option<&'static ShmDriver> {
         *lock(&self.driver)
     }
 
-    /// Records (or clears) the driver that probed this device, in EAL's view too.
+    /// Records (or clears) the net driver that took this device. EAL's view of the
+    /// driver is the vdev bus's business (it records our vdev driver after probe).
     pub fn set_driver(&self, driver: Option<&'static ShmDriver>) {
         *lock(&self.driver) = driver;
-        let rte_driver = driver.map_or(std::ptr::null(), |d| d.rte_ptr());
-        // SAFETY: EAL serialises probe/remove of a device; it reads this field afterwards.
-        unsafe { (*self.rte.get()).driver = rte_driver };
     }
 
     pub fn session(&self) -> Option<Arc<Session>> {

@@ -9,7 +9,11 @@
 //! proxy treats every object as an mbuf with a data room.
 //!
 //! The bus makes `shm` the platform mempool ops once it has probed a device, so
-//! `rte_pktmbuf_pool_create` in an unmodified application lands here.
+//! `rte_pktmbuf_pool_create` in an unmodified application lands here, and so does every
+//! other pool created with `rte_mbuf_best_mempool_ops()`. A pool the region cannot host
+//! (not a packet pool, a data room of 0 as indirect-mbuf pools have, larger than the
+//! region's free space) is handed to DPDK's ring ops in `alloc` and lives in private
+//! memory; the net driver copies its packets into region buffers on tx.
 
 use std::ffi::{c_int, c_uint, c_void};
 use std::sync::{Arc, Weak};
@@ -174,11 +178,71 @@ unsafe extern "C" fn pool_alloc(mp: *mut sys::rte_mempool) -> c_int {
                 0
             }
             Err(why) => {
-                LOG.error(format_args!("pool '{name}' cannot live in shared memory: {why}"));
-                -libc::ENOMEM
+                // SAFETY: reading a plain field of a live mempool.
+                if !unsafe { (*mp).pool_config }.is_null() {
+                    // One of the net driver's internal pools: it exists to be in the region.
+                    LOG.error(format_args!("pool '{name}' cannot live in shared memory: {why}"));
+                    return -libc::ENOMEM;
+                }
+                match host_privately(mp) {
+                    Ok((ops, rc)) => {
+                        if rc == 0 {
+                            LOG.notice(format_args!(
+                                "pool '{name}' cannot live in the shared region ({why}); it goes to \
+                                 private memory with DPDK's '{ops}' ops instead, and its packets are \
+                                 copied into region buffers on tx (counted in tx_copied_packets)"
+                            ));
+                        }
+                        rc
+                    }
+                    Err(fallback) => {
+                        LOG.error(format_args!("pool '{name}' cannot live in shared memory: {why}; {fallback}"));
+                        -libc::ENOMEM
+                    }
+                }
             }
         }
     })
+}
+
+/// Hands a pool the region cannot host to DPDK's own ring ops, as `rte_mempool_create`
+/// would have chosen them from the pool's flags, and runs their `alloc`. Called from our
+/// `alloc`: the pool is not created yet, so its ops can still change, and everything DPDK
+/// does with it afterwards (size, populate, get, put, free) goes to those ops. Returns the
+/// ops' name and their `alloc`'s result.
+fn host_privately(mp: *mut sys::rte_mempool) -> Result<(&'static str, c_int), String> {
+    // SAFETY: reading a plain field of a live mempool.
+    let flags = unsafe { (*mp).flags };
+    let (sp, sc) = (flags & sys::RTE_MEMPOOL_F_SP_PUT != 0, flags & sys::RTE_MEMPOOL_F_SC_GET != 0);
+    let ops: &'static std::ffi::CStr = match (sp, sc) {
+        (true, true) => c"ring_sp_sc",
+        (true, false) => c"ring_sp_mc",
+        (false, true) => c"ring_mp_sc",
+        (false, false) => c"ring_mp_mc",
+    };
+    let ops_name = ops.to_str().unwrap_or("ring");
+    // SAFETY: mp is live and not populated (DPDK calls alloc before placing objects);
+    // set_ops_byname refuses a created pool. A null pool_config is what ring ops expect.
+    let rc = unsafe { sys::rte_mempool_set_ops_byname(mp, ops.as_ptr(), std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(format!(
+            "DPDK's '{ops_name}' mempool ops are not available for a private pool ({})",
+            shm_driver_common::errno_text(-rc)
+        ));
+    }
+    // rte_mempool_ops_alloc is internal to DPDK (not exported to plugins): call the new
+    // ops' alloc through the ops table, as DPDK's inline rte_mempool_get_ops does.
+    // SAFETY: set_ops_byname stored a valid index below num_ops in the live pool; the
+    // table is DPDK's process-wide array and the ring ops' alloc sets up pool_data.
+    let rc = unsafe {
+        let index = (*mp).ops_index as usize;
+        let table = &*std::ptr::addr_of!(sys::rte_mempool_ops_table);
+        match table.ops.get(index).and_then(|o| o.alloc) {
+            Some(alloc) => alloc(mp),
+            None => return Err(format!("DPDK's '{ops_name}' mempool ops have no alloc")),
+        }
+    };
+    Ok((ops_name, rc))
 }
 
 fn alloc(mp: *mut sys::rte_mempool, name: &str) -> Result<GuestPool, String> {

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use dpdk_sys as sys;
 use shm_contract::{DescConsumer, DescProducer, Message};
 use shm_driver_common::bus::lock;
+use shm_driver_common::devargs::DEFAULT_RING_ENTRIES;
 use shm_driver_common::errno_text;
 use shm_driver_common::ffi::guard;
 use shm_driver_common::session::{Region, Session};
@@ -90,7 +91,7 @@ unsafe extern "C" fn dev_infos_get(dev: *mut sys::rte_eth_dev, info: *mut sys::r
     with_port("dev_infos_get", dev, |port| {
         let (max_frame, rx_entries, tx_entries) = match port.session() {
             Some(s) => (s.proxy.max_rx_frame, s.region.layout.rx_ring().entries, s.region.layout.tx_ring().entries),
-            None => (1518, 1024, 1024),
+            None => (1518, DEFAULT_RING_ENTRIES, DEFAULT_RING_ENTRIES),
         };
         let overhead = (sys::RTE_ETHER_HDR_LEN + sys::RTE_ETHER_CRC_LEN) as u32;
         // SAFETY: ethdev passes a zeroed dev_info to fill.
@@ -104,18 +105,22 @@ unsafe extern "C" fn dev_infos_get(dev: *mut sys::rte_eth_dev, info: *mut sys::r
         info.max_mtu = max_frame.saturating_sub(overhead).min(u16::MAX as u32) as u16;
         info.rx_offload_capa = (sys::RTE_ETH_RX_OFFLOAD_SCATTER | sys::RTE_ETH_RX_OFFLOAD_RSS_HASH) as u64;
         info.tx_offload_capa = sys::RTE_ETH_TX_OFFLOAD_MULTI_SEGS as u64;
-        info.rx_desc_lim.nb_max = rx_entries as u16;
+        // The rings were sized at the handshake (devargs rx_ring/tx_ring): a queue takes any
+        // descriptor count up to its ring's entries; a smaller count leaves the ring as it is.
+        // A 65536-entry ring is reported as 65535, the most a u16 holds.
+        let desc_max = |entries: u32| entries.min(u16::MAX as u32) as u16;
+        info.rx_desc_lim.nb_max = desc_max(rx_entries);
         info.rx_desc_lim.nb_min = 1;
         info.rx_desc_lim.nb_align = 1;
-        info.tx_desc_lim.nb_max = tx_entries as u16;
+        info.tx_desc_lim.nb_max = desc_max(tx_entries);
         info.tx_desc_lim.nb_min = 1;
         info.tx_desc_lim.nb_align = 1;
         info.tx_desc_lim.nb_seg_max = MAX_SEGS as u16;
         info.tx_desc_lim.nb_mtu_seg_max = MAX_SEGS as u16;
         info.default_rxportconf.burst_size = 32;
         info.default_txportconf.burst_size = 32;
-        info.default_rxportconf.ring_size = rx_entries as u16;
-        info.default_txportconf.ring_size = tx_entries as u16;
+        info.default_rxportconf.ring_size = desc_max(rx_entries);
+        info.default_txportconf.ring_size = desc_max(tx_entries);
         info.speed_capa = sys::RTE_ETH_LINK_SPEED_FIXED;
         0
     })
