@@ -36,6 +36,19 @@ fn ring_proxy(s: &Scratch, sock: &Path) -> Proc {
     proxy
 }
 
+/// The guests' region (room for two pools of 2304-byte buffers) and ring sizes.
+const REGION: u64 = 32 << 20;
+const RING: u32 = 256;
+
+/// A guest with one pool of 1024 buffers, all of them its own (the ring PMD never takes
+/// rx buffers), its queue started.
+fn ready(sock: &Path) -> Result<Attached, String> {
+    let mut g = Attached::attach(sock, &hello(REGION, RING))?;
+    g.add_pool(1024, 1024)?;
+    g.start()?;
+    Ok(g)
+}
+
 /// `show stats`: the socket's counters and those of the last line (`mempools=`...).
 fn stats(proxy: &mut Proc, sock: &Path) -> (HashMap<String, String>, HashMap<String, String>) {
     let before = proxy.out.text().matches("mempools=").count();
@@ -140,7 +153,7 @@ fn a_guest_that_leaves_with_buffers_in_the_nic_is_quarantined_until_they_come_ba
     assert_eq!(must(&last, "quarantined"), 0);
 
     // Guest A keeps all 1024 buffers of its pool (the ring PMD never takes rx buffers).
-    let mut a = Attached::ready_with(&sock, 256, 1024, 1024).expect("guest A");
+    let mut a = ready(&sock).expect("guest A");
     let to_send = packets(&a.owned.split_off(1024 - 600));
     let sent = a.push_tx(&to_send, Duration::from_secs(5));
     assert_eq!(sent, 600);
@@ -167,7 +180,7 @@ fn a_guest_that_leaves_with_buffers_in_the_nic_is_quarantined_until_they_come_ba
     assert_eq!(must(&last, "mempools"), baseline, "A's shadow mempool is freed once its buffers are back");
 
     // Guest B, same socket, same pool id, same buffer offsets: only its own packets.
-    let mut b = Attached::ready_with(&sock, 256, 1024, 1024).expect("guest B");
+    let mut b = ready(&sock).expect("guest B");
     let before = stats(&mut proxy, &sock).0;
     let to_send = packets(&b.owned.split_off(1024 - 100));
     let sent = b.push_tx(&to_send, Duration::from_secs(5));
@@ -207,7 +220,7 @@ fn a_pool_delete_is_answered_once_the_nic_gave_its_buffers_back() {
     let sock = s.path("ring.sock");
     let mut proxy = ring_proxy(&s, &sock);
     let baseline = must(&stats(&mut proxy, &sock).1, "mempools");
-    let mut g = Attached::attach(&sock, &hello(8 << 20, 256)).expect("attach");
+    let mut g = Attached::attach(&sock, &hello(REGION, RING)).expect("attach");
     // Pool 0 feeds rx (all its buffers in the free ring: received packets are copied
     // into it); pool 1's buffers are the guest's, to send.
     g.add_pool(1024, 0).expect("pool 0");
@@ -269,7 +282,7 @@ fn a_pool_delete_whose_buffers_stay_in_the_nic_is_refused_after_a_bound_and_free
     let sock = s.path("ring.sock");
     let mut proxy = ring_proxy(&s, &sock);
     let baseline = must(&stats(&mut proxy, &sock).1, "mempools");
-    let mut g = Attached::attach(&sock, &hello(8 << 20, 256)).expect("attach");
+    let mut g = Attached::attach(&sock, &hello(REGION, RING)).expect("attach");
     g.add_pool(1024, 0).expect("pool 0");
     let pool1 = add_second_pool(&mut g, 512);
     g.start().expect("queue start");
