@@ -120,12 +120,14 @@ use shm_contract::proto::{Hello, MAX_APP_NAME, PROTOCOL_VERSION, PROTOCOL_VERSIO
 use shm_contract::wake::{self, WakePair};
 use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, Message, RefuseCode, RegionFlags, SharedMem};
 
+mod hybrid;
 mod pool;
 #[cfg(feature = "tokio")]
 mod tokio_rx;
 
 #[cfg(feature = "tokio")]
 pub use tokio_rx::AsyncGuest;
+pub use hybrid::{AdaptiveSpin, SpinPolicy, DEFAULT_MAX_SHARE_PERCENT, DEFAULT_MAX_SPIN, MAX_BACKOFF};
 pub use pool::{Buffer, BufferPool, CapacityError, RxPacket, DEFAULT_HEADROOM};
 use pool::Pool;
 
