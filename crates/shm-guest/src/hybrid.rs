@@ -170,11 +170,7 @@ impl AdaptiveSpin {
 
     /// The share of time spent spinning lately, in percent.
     pub fn spin_share_percent(&self) -> u32 {
-        if self.passed_ns == 0 {
-            0
-        } else {
-            (self.spun_ns.saturating_mul(100) / self.passed_ns) as u32
-        }
+        self.spun_ns.saturating_mul(100).checked_div(self.passed_ns).unwrap_or(0) as u32
     }
 
     /// A wait that began at `start`, spun until `spin_end` and ended at `end`, asleep
