@@ -235,8 +235,12 @@ pub(crate) fn now_ns() -> u64 {
 }
 
 impl Guest {
-    /// Polls the rx ring for up to `budget`: true as soon as it has descriptors.
+    /// Polls the rx ring for up to `budget` (at least once): true as soon as it has
+    /// descriptors.
     pub(crate) fn spin_rx(&mut self, budget: Duration) -> Result<bool, Error> {
+        if self.rx_ready()? {
+            return Ok(true);
+        }
         if budget.is_zero() {
             return Ok(false);
         }
