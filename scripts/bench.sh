@@ -28,8 +28,9 @@
 #   --wait-idle N      before each run, wait up to N s for both CPUs to be quiet
 #                      (default 0: do not wait; the other% column shows interference)
 #   --no-rust-guest    skip the rows of the DPDK-free Rust guest (scripts/bench-rust-guest.sh:
-#                      busy polling and tokio async, at full load and at 100 kpps, with
-#                      the guest's CPU use; about 2 min with 3 repetitions)
+#                      busy polling, tokio async and hybrid waiting, at full load, 100 kpps
+#                      and idle, with the guest's CPU use and latency; about 8 min with
+#                      3 repetitions)
 #
 # Every throughput run has the same shape: a host process on --host-cpu plays the NIC
 # (net_null, copy=0: it makes and swallows packets without touching their bytes, like a
