@@ -79,7 +79,7 @@ one() {
     rm -rf /var/run/dpdk/"$prefix" 2>/dev/null || true
     local lat
     lat=$(grep -a -m1 '^LATENCY ' "$out/logs/rust-guest-$mode-$load-$rep.proxy.log" 2>/dev/null \
-        | awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } } END { printf "%s %s", v["p50_ns"], v["p99_ns"] }')
+        | awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } } END { printf "%s %s", v["p50_ns"], v["p99_ns"] }' || true)
     [ -n "${lat// /}" ] || lat="- -"
     awk -v m="$mode" -v l="$load" -v w="$warmup" -v n="$seconds" -v lat="$lat" '
         /^macswap: pps=/ { k++; if (k > w && k <= w + n) { split($2, a, "="); split($3, b, "="); p[++c] = a[2]; u[c] = b[2] } }
