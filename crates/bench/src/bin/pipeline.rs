@@ -273,3 +273,30 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Args, String> {
+        parse_args(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn defaults_are_the_benchmark_guests() {
+        let a = args(&[]).unwrap();
+        assert_eq!((a.burst, a.mbufs, a.mbuf_size, a.ring, a.seconds), (32, 8192, 2176, 1024, None));
+        let a = args(&["--burst", "64", "--mbuf-size", "9344", "--ring", "2048", "--seconds", "1.5"]).unwrap();
+        assert_eq!((a.burst, a.mbuf_size, a.ring, a.seconds), (64, 9344, 2048, Some(1.5)));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert!(args(&["--burst", "0"]).is_err());
+        assert!(args(&["--burst", "513"]).is_err());
+        assert!(args(&["--burst", "64", "--ring", "32"]).unwrap_err().contains("one burst"));
+        assert!(args(&["--ring"]).unwrap_err().contains("needs a value"));
+        assert!(args(&["--what"]).is_err());
+        assert_eq!(args(&["--help"]).err().as_deref(), Some(""));
+    }
+}
