@@ -73,6 +73,7 @@ struct Counters {
     nic_tx: Counter,
 }
 
+#[derive(Debug)]
 struct Args {
     burst: usize,
     mbufs: u32,
