@@ -109,10 +109,11 @@ else
 fi
 echo "socket $tmp/sock port 0 queue 0" > "$tmp/cmds"
 # The proxy without hugepages: valgrind and EAL's hugepage mappings do not mix well,
-# and the proxy's shadows and NIC pool need only a few MiB.
+# and the proxy's shadows and NIC pool need only a few MiB. --user root: callgrind
+# writes its output from inside the proxy, after the privilege drop otherwise.
 setsid timeout $((seconds + 240)) taskset -c "$host_cpu" "${under_cg_host[@]}" "$rel/dpdk-io-proxy" \
     --lcores "0@$host_cpu" --file-prefix "prof$$-h" --no-huge -m 256 --no-pci \
-    --vdev "net_null0,copy=0,size=$size" -- --cmds "$tmp/cmds" < /dev/null > "$out/$side.host.log" 2>&1 &
+    --vdev "net_null0,copy=0,size=$size" -- --cmds "$tmp/cmds" --user root < /dev/null > "$out/$side.host.log" 2>&1 &
 host_pid=$!
 for _ in $(seq 1200); do [ -S "$tmp/sock" ] && break; sleep 0.1; done
 [ -S "$tmp/sock" ] || { echo "profile: the proxy did not start (see $out/$side.host.log)" >&2; exit 1; }
