@@ -59,7 +59,7 @@ rm -f "$cg"
 # inclusive FILE:FUNCTION-REGEX: the inclusive instruction count of the matching
 # functions. (Run from / : callgrind_annotate shortens names under the current directory.)
 inclusive() {
-    (cd / && callgrind_annotate --inclusive=yes "$cg" 2>/dev/null) |
+    (cd / && callgrind_annotate --inclusive=yes --threshold=100 "$cg" 2>/dev/null) |
         awk -v re="$1( |$)" '$0 ~ re && !/=>/ && $1 ~ /^[0-9,]+$/ { gsub(",", "", $1); s += $1 } END { printf "%.0f\n", s }'
 }
 top_lines() {   # top_lines PACKETS
@@ -81,15 +81,20 @@ if [ "$side" = pipeline ]; then
         "$bin" --lcores "0@$host_cpu,1@$guest_cpu,2@$host_cpu" --no-pci --file-prefix "prof$$-p" --no-huge -m 256 \
         --vdev "net_null0,copy=0,size=$size" -- --mbufs 8192 --burst 32 --ring 1024 --seconds "$seconds" \
         < /dev/null > "$out/pipeline.log" 2>&1 || true
-    packets=$(awk '/^ *TX-packets:/ { v = $2 } END { print v + 0 }' "$out/pipeline.log")
-    [ -s "$cg" ] && [ "$packets" -gt 0 ] || { echo "profile: no profile or no packets (see $out/pipeline.log)" >&2; exit 1; }
+    total() { awk -v k="$1" '$1 == k { v = $2 } END { print v + 0 }' "$out/pipeline.log"; }
+    packets=$(total TX-packets:) fwd_rx=$(total RX-packets:) nic_rx=$(total NIC-RX-packets:) nic_tx=$(total NIC-TX-packets:)
+    [ -s "$cg" ] && [ "$packets" -gt 0 ] && [ "$nic_rx" -gt 0 ] && [ "$nic_tx" -gt 0 ] \
+        || { echo "profile: no profile or no packets (see $out/pipeline.log)" >&2; exit 1; }
     # Under valgrind the two lcores take turns, so most of each one's loop is empty
     # polls: the work on packets (received, transmitted, swapped: functions called only
-    # with packets in hand) is counted, the ring polls are not.
-    nic=$(inclusive 'pipeline[.]rs:dpdk_pipeline::nic_(receive|transmit)')
+    # with packets in hand) is counted, each over the packets it handled (a short run
+    # ends with a ring's worth in flight); the ring polls are not.
+    recv=$(inclusive 'pipeline[.]rs:dpdk_pipeline::nic_receive')
+    send=$(inclusive 'pipeline[.]rs:dpdk_pipeline::nic_transmit')
     fwd=$(inclusive 'pipeline[.]rs:dpdk_pipeline::forward_burst')
-    awk -v p="$packets" -v n="$nic" -v f="$fwd" -v z="$size" 'BEGIN {
-        printf "PROFILE side=pipeline size=%d packets=%d nic_lcore_instr_per_packet=%.1f fwd_lcore_instr_per_packet=%.1f\n", z, p, n / p, f / p }'
+    awk -v p="$packets" -v r="$recv" -v nr="$nic_rx" -v s="$send" -v nt="$nic_tx" -v f="$fwd" -v fr="$fwd_rx" -v z="$size" 'BEGIN {
+        printf "PROFILE side=pipeline size=%d packets=%d nic_lcore_instr_per_packet=%.1f fwd_lcore_instr_per_packet=%.1f\n",
+            z, p, r / nr + s / nt, f / fr }'
     top_lines "$packets"
     exit 0
 fi

@@ -17,7 +17,8 @@
 //!
 //! Every second it prints, in testpmd's words so that bench.sh reads it alike, the
 //! forwarding lcore's rates (`Rx-pps:` taken from the first ring, `Tx-pps:` put in the
-//! second); at the end the totals (`RX-packets:`, `TX-packets:`, drops).
+//! second); at the end the totals (`RX-packets:`, `TX-packets:`, drops, and the NIC
+//! lcore's `NIC-RX-packets:`, `NIC-TX-packets:`).
 //! Where the NIC lcore's ring to the forwarding lcore is full it leaves packets in the
 //! NIC (as the proxy does when a guest's rx ring is full); where the forwarding lcore's
 //! ring back is full it drops them (as testpmd does on a full tx queue).
@@ -69,6 +70,8 @@ struct Counters {
     fwd_tx: Counter,
     /// Packets it dropped because the second ring was full.
     fwd_drop: Counter,
+    /// Packets the NIC lcore received.
+    nic_rx: Counter,
     /// Packets the NIC took for transmission.
     nic_tx: Counter,
 }
@@ -128,7 +131,7 @@ fn nic_loop(
     let mut room = to_fwd.free_count();
     while !QUIT.load(Ordering::Relaxed) {
         if room as usize >= burst {
-            room = nic_receive(&mut rxq, &mut rx, &mut to_fwd, burst).unwrap_or(room);
+            room = nic_receive(&mut rxq, &mut rx, &mut to_fwd, burst, counters).unwrap_or(room);
         } else {
             room = to_fwd.free_count();
         }
@@ -140,10 +143,18 @@ fn nic_loop(
 
 /// NIC -> first ring; the room left in the ring, if anything was received.
 #[inline(never)]
-fn nic_receive(rxq: &mut RxQueue, rx: &mut MbufBurst<MAX_BURST>, to_fwd: &mut RingProducer, burst: usize) -> Option<u32> {
-    if rxq.rx_burst(rx, burst as u16) == 0 {
+fn nic_receive(
+    rxq: &mut RxQueue,
+    rx: &mut MbufBurst<MAX_BURST>,
+    to_fwd: &mut RingProducer,
+    burst: usize,
+    counters: &Counters,
+) -> Option<u32> {
+    let n = rxq.rx_burst(rx, burst as u16);
+    if n == 0 {
         return None;
     }
+    counters.nic_rx.add(n as u64);
     let room = to_fwd.enqueue_burst(rx).1;
     // Cannot happen (room was checked, and only this lcore fills the ring); freed
     // rather than kept should it ever.
@@ -243,10 +254,11 @@ fn run(eal: &dpdk::Eal, args: &Args) -> Result<(), String> {
     let fwd_rc = eal.wait_lcore(fwd_lcore);
     let nic_rc = eal.wait_lcore(nic_lcore);
     println!(
-        "  RX-packets: {}\n  TX-packets: {}\n  TX-dropped: {}\n  NIC-TX-packets: {}",
+        "  RX-packets: {}\n  TX-packets: {}\n  TX-dropped: {}\n  NIC-RX-packets: {}\n  NIC-TX-packets: {}",
         counters.fwd_rx.get(),
         counters.fwd_tx.get(),
         counters.fwd_drop.get(),
+        counters.nic_rx.get(),
         counters.nic_tx.get()
     );
     // Every queue handle went with its lcore's loop: the port can stop and close.
