@@ -13,8 +13,8 @@
 #   --reps N           repetitions of every point (default 3); contenders alternate
 #                      (A B C A B C ...) so that drift hits all of them alike
 #   --sizes A,B,...    frame sizes in bytes, 60..9000 (default 64,512,1518,9000)
-#   --only A,B,...     contenders (default all): limit ours memif-copy memif-zc vhost-user
-#                      (old names: same-process = limit, shm-proxy = ours)
+#   --only A,B,...     contenders (default all): limit pipeline ours memif-copy memif-zc
+#                      vhost-user (old names: same-process = limit, shm-proxy = ours)
 #   --latency LIST     latency contenders (default ours,memif-copy; 'none' to skip)
 #   --lat-rates LIST   offered rates (default 100k,max,90%): packets per second (k/M
 #                      suffix); max: as fast as the probe can (saturation); N%: N % of
@@ -28,14 +28,18 @@
 #   --wait-idle N      before each run, wait up to N s for both CPUs to be quiet
 #                      (default 0: do not wait; the other% column shows interference)
 #   --no-rust-guest    skip the rows of the DPDK-free Rust guest (scripts/bench-rust-guest.sh:
-#                      busy polling and tokio async, at full load and at 100 kpps, with
-#                      the guest's CPU use; about 2 min with 3 repetitions)
+#                      busy polling, tokio async and hybrid waiting, at full load, 100 kpps
+#                      and idle, with the guest's CPU use and latency; about 8 min with
+#                      3 repetitions)
 #
 # Every throughput run has the same shape: a host process on --host-cpu plays the NIC
 # (net_null, copy=0: it makes and swallows packets without touching their bytes, like a
 # NIC's DMA) and a guest dpdk-testpmd on --guest-cpu forwards in macswap mode. The
 # guest prints its per-second rates; the median of the window after warm-up is one
 # sample; the table shows the median of the repetitions and their min..max.
+# Two contenders are bounds, not peers: "limit" (one core, no IPC at all) and
+# "pipeline" (the two-core topology inside one process: dpdk-pipeline, the NIC on the
+# host CPU and macswap on the guest CPU joined by two rte_rings).
 # Latency: a probe on the host side sends timestamped 64-byte frames at a fixed rate
 # through the guest and back (dpdk-io-proxy --bench-latency; dpdk-latency-probe with a
 # memif server) and reports p50/p99/p99.9 round-trip times.
@@ -52,7 +56,7 @@ TESTPMD=${TESTPMD:-dpdk-testpmd}
 PYTHON=${PYTHON:-/usr/bin/python3}
 HOST_CPU=0
 GUEST_CPU=1
-ALL_CONTENDERS=(limit ours memif-copy memif-zc vhost-user)
+ALL_CONTENDERS=(limit pipeline ours memif-copy memif-zc vhost-user)
 LAT_CONTENDERS=(ours memif-copy memif-zc)
 # Frames longer than a default mbuf's data room (2048 B) need chains or bigger buffers.
 DATA_ROOM=2048
@@ -310,6 +314,28 @@ contender_limit() {
     guest_testpmd "$run_id-limit-$size-g$rep" "$size" big \
         --vdev "net_null0,copy=0,size=$size" --vdev "net_null1,copy=0,size=$size"
     nports=2
+    segs=1
+}
+
+# The limit of the two-core topology: the same work as ours, in one process. The NIC
+# (net_null, copy=0) on an lcore on the host CPU, macswap on an lcore on the guest CPU,
+# two single-producer single-consumer rte_rings between them (crates/bench,
+# dpdk-pipeline): no isolation, no validation, no second process. Same pool (8192
+# mbufs, 9 KiB ones above DATA_ROOM), burst (32) and ring size (1024) as ours. One
+# process on both CPUs: it is the "guest" here (its forwarding lcore is lcore 1, so the
+# guest's cycles per packet are that lcore's); the main lcore prints on the host CPU.
+contender_pipeline() {
+    local size=$1 bin=target/release/dpdk-pipeline prefix="$run_id-pipeline-$1-g$rep" mbuf=()
+    [ "${2:-}" != latency ] || { skip="no latency mode"; return; }
+    [ -x "$bin" ] || { skip="dpdk-pipeline not built, skipped"; return; }
+    started_prefixes+=("$prefix")
+    [ "$size" -le "$DATA_ROOM" ] || mbuf=(--mbuf-size "$JUMBO_MBUF")
+    host_cmd=()
+    host_ready=(true)
+    guest_cmd=(taskset -c "$HOST_CPU,$GUEST_CPU" "$bin" --lcores "0@$HOST_CPU,1@$GUEST_CPU,2@$HOST_CPU"
+        --no-pci --file-prefix "$prefix" --vdev "net_null0,copy=0,size=$size"
+        -- --mbufs 8192 --burst 32 --ring 1024 "${mbuf[@]}")
+    nports=1
     segs=1
 }
 

@@ -6,7 +6,7 @@
 # our plugins on the guest CPU. One side runs under callgrind (about 50 times slower,
 # so the other side keeps up easily); the packets counted are those the guest sent.
 #
-#   scripts/profile.sh [--side proxy|guest] [--seconds N] [--size BYTES] [--out DIR]
+#   scripts/profile.sh [--side proxy|guest|pipeline] [--seconds N] [--size BYTES] [--out DIR]
 #                      [--host-cpu N] [--guest-cpu N] [--lines N] [--build DIR]
 #
 # --build DIR takes the proxy and plugins from DIR instead of target/release (to
@@ -14,6 +14,13 @@
 # Prints "PROFILE side=… packets=… instr_per_packet=… nic_instr_per_packet=…" (for the
 # proxy, the share of that in the NIC driver's rx/tx bursts; for the guest, what our
 # PMD's rx/tx bursts cost in all) and the source lines with the most instructions.
+# --side pipeline profiles the benchmark's two-core limit instead (dpdk-pipeline: the
+# NIC lcore and the macswap lcore of one process, joined by two rte_rings) and prints
+# "PROFILE side=pipeline … nic_lcore_instr_per_packet=… fwd_lcore_instr_per_packet=…":
+# the NIC lcore's work on packets (NIC bursts, ring enqueue) stands against the
+# proxy's data loop (side proxy), the forwarding lcore's (MAC swap, ring enqueue)
+# against the guest's PMD bursts (side guest; testpmd's macswap not counted there).
+# Empty ring polls are left out: under valgrind the two lcores take turns.
 # Leaves DIR/callgrind.<side>.out for callgrind_annotate / kcachegrind. Needs a
 # release build (cargo build --release --workspace), valgrind, root.
 set -euo pipefail
@@ -35,7 +42,7 @@ while [ $# -gt 0 ]; do
         *) echo "profile: unknown option $1" >&2; exit 2 ;;
     esac
 done
-case $side in proxy|guest) ;; *) echo "profile: --side is proxy or guest" >&2; exit 2 ;; esac
+case $side in proxy|guest|pipeline) ;; *) echo "profile: --side is proxy, guest or pipeline" >&2; exit 2 ;; esac
 case $size in ''|*[!0-9]*) echo "profile: --size is a number of bytes" >&2; exit 2 ;; esac
 [ "$size" -le 2048 ] || { echo "profile: --size up to 2048 (one 2 KiB buffer)" >&2; exit 2; }
 command -v valgrind >/dev/null || { echo "profile: valgrind is not installed (apt-get install valgrind)" >&2; exit 2; }
@@ -48,6 +55,49 @@ mkdir -p "$out"
 tmp=$(mktemp -d /tmp/dpdk-profile.XXXXXX)
 cg="$out/callgrind.$side.out"
 rm -f "$cg"
+
+# inclusive FILE:FUNCTION-REGEX: the inclusive instruction count of the matching
+# functions. (Run from / : callgrind_annotate shortens names under the current directory.)
+inclusive() {
+    (cd / && callgrind_annotate --inclusive=yes --threshold=100 "$cg" 2>/dev/null) |
+        awk -v re="$1( |$)" '$0 ~ re && !/=>/ && $1 ~ /^[0-9,]+$/ { gsub(",", "", $1); s += $1 } END { printf "%.0f\n", s }'
+}
+top_lines() {   # top_lines PACKETS
+    echo "Source lines with the most instructions (per packet, from $cg):"
+    (cd / && callgrind_annotate --auto=yes --show-percs=no "$cg" 2>/dev/null) |
+        awk -v p="$1" '
+            /Auto-annotated source:/ { f = $NF; sub(".*/", "", f) }
+            $1 ~ /^[0-9,]+$/ && $2 != "=>" && f != "" && f !~ /^\?/ {
+                c = $1; gsub(",", "", c); $1 = ""; printf "%8.1f  %-14s %s\n", c / p, f, substr($0, 2, 110) }' |
+        grep -v -e '<counts for' -e 'PROGRAM TOTALS' -e 'events annotated' | sort -rn | head -n "$lines"
+}
+
+if [ "$side" = pipeline ]; then
+    bin="$rel/dpdk-pipeline"
+    [ -x "$bin" ] || { echo "profile: $bin is not built (cargo build --release -p bench)" >&2; exit 2; }
+    trap 'rm -rf "$tmp" "/var/run/dpdk/prof$$-p"' EXIT
+    # Without hugepages, as the proxy above; the benchmark's pool, burst and rings.
+    timeout $((seconds + 240)) taskset -c "$host_cpu,$guest_cpu" valgrind --tool=callgrind --callgrind-out-file="$cg" \
+        "$bin" --lcores "0@$host_cpu,1@$guest_cpu,2@$host_cpu" --no-pci --file-prefix "prof$$-p" --no-huge -m 256 \
+        --vdev "net_null0,copy=0,size=$size" -- --mbufs 8192 --burst 32 --ring 1024 --seconds "$seconds" \
+        < /dev/null > "$out/pipeline.log" 2>&1 || true
+    total() { awk -v k="$1" '$1 == k { v = $2 } END { print v + 0 }' "$out/pipeline.log"; }
+    packets=$(total TX-packets:) fwd_rx=$(total RX-packets:) nic_rx=$(total NIC-RX-packets:) nic_tx=$(total NIC-TX-packets:)
+    [ -s "$cg" ] && [ "$packets" -gt 0 ] && [ "$nic_rx" -gt 0 ] && [ "$nic_tx" -gt 0 ] \
+        || { echo "profile: no profile or no packets (see $out/pipeline.log)" >&2; exit 1; }
+    # Under valgrind the two lcores take turns, so most of each one's loop is empty
+    # polls: the work on packets (received, transmitted, swapped: functions called only
+    # with packets in hand) is counted, each over the packets it handled (a short run
+    # ends with a ring's worth in flight); the ring polls are not.
+    recv=$(inclusive 'pipeline[.]rs:dpdk_pipeline::nic_receive')
+    send=$(inclusive 'pipeline[.]rs:dpdk_pipeline::nic_transmit')
+    fwd=$(inclusive 'pipeline[.]rs:dpdk_pipeline::forward_burst')
+    awk -v p="$packets" -v r="$recv" -v nr="$nic_rx" -v s="$send" -v nt="$nic_tx" -v f="$fwd" -v fr="$fwd_rx" -v z="$size" 'BEGIN {
+        printf "PROFILE side=pipeline size=%d packets=%d nic_lcore_instr_per_packet=%.1f fwd_lcore_instr_per_packet=%.1f\n",
+            z, p, r / nr + s / nt, f / fr }'
+    top_lines "$packets"
+    exit 0
+fi
 host_pid= guest_pid=
 cleanup() {
     local p
@@ -64,10 +114,11 @@ else
 fi
 echo "socket $tmp/sock port 0 queue 0" > "$tmp/cmds"
 # The proxy without hugepages: valgrind and EAL's hugepage mappings do not mix well,
-# and the proxy's shadows and NIC pool need only a few MiB.
+# and the proxy's shadows and NIC pool need only a few MiB. --user root: callgrind
+# writes its output from inside the proxy, after the privilege drop otherwise.
 setsid timeout $((seconds + 240)) taskset -c "$host_cpu" "${under_cg_host[@]}" "$rel/dpdk-io-proxy" \
     --lcores "0@$host_cpu" --file-prefix "prof$$-h" --no-huge -m 256 --no-pci \
-    --vdev "net_null0,copy=0,size=$size" -- --cmds "$tmp/cmds" < /dev/null > "$out/$side.host.log" 2>&1 &
+    --vdev "net_null0,copy=0,size=$size" -- --cmds "$tmp/cmds" --user root < /dev/null > "$out/$side.host.log" 2>&1 &
 host_pid=$!
 for _ in $(seq 1200); do [ -S "$tmp/sock" ] && break; sleep 0.1; done
 [ -S "$tmp/sock" ] || { echo "profile: the proxy did not start (see $out/$side.host.log)" >&2; exit 1; }
@@ -92,12 +143,6 @@ packets=$(awk '/TX-packets:/ { v = $2 } END { print v + 0 }' "$out/$side.guest.l
     echo "profile: no profile or no packets (see $out/$side.host.log, $out/$side.guest.log)" >&2
     exit 1
 }
-# inclusive FILE:FUNCTION-REGEX: the inclusive instruction count of the matching
-# functions. (Run from / : callgrind_annotate shortens names under the current directory.)
-inclusive() {
-    (cd / && callgrind_annotate --inclusive=yes "$cg" 2>/dev/null) |
-        awk -v re="$1( |$)" '$0 ~ re && !/=>/ && $1 ~ /^[0-9,]+$/ { gsub(",", "", $1); s += $1 } END { printf "%.0f\n", s }'
-}
 if [ "$side" = proxy ]; then
     total=$(inclusive 'datapath[.]rs:dpdk_io_proxy::datapath::Plane::run')
     nic=$(inclusive 'static_wrappers[.]c:rte_eth_(rx|tx)_burst__extern')
@@ -107,10 +152,4 @@ else
 fi
 awk -v s="$side" -v p="$packets" -v t="$total" -v n="$nic" -v z="$size" 'BEGIN {
     printf "PROFILE side=%s size=%d packets=%d instr_per_packet=%.1f nic_instr_per_packet=%.1f\n", s, z, p, t / p, n / p }'
-echo "Source lines with the most instructions (per packet, from $cg):"
-(cd / && callgrind_annotate --auto=yes --show-percs=no "$cg" 2>/dev/null) |
-    awk -v p="$packets" '
-        /Auto-annotated source:/ { f = $NF; sub(".*/", "", f) }
-        $1 ~ /^[0-9,]+$/ && $2 != "=>" && f != "" && f !~ /^\?/ {
-            c = $1; gsub(",", "", c); $1 = ""; printf "%8.1f  %-14s %s\n", c / p, f, substr($0, 2, 110) }' |
-    grep -v -e '<counts for' -e 'PROGRAM TOTALS' -e 'events annotated' | sort -rn | head -n "$lines"
+top_lines "$packets"

@@ -4,7 +4,7 @@
 //! The examples are built by `cargo build --release --workspace --all-targets` (what
 //! `scripts/test.sh` runs) or `cargo build --release -p shm-guest --examples`.
 //! Run one at a time (`--test-threads=1`): the proxy and the guest each poll a CPU.
-//! The rx wake-up tests (`udp_echo --wait=sleep|async` behind net_tap in a network
+//! The rx wake-up tests (`udp_echo --wait=sleep|async|hybrid` behind net_tap in a network
 //! namespace) need root, as the tap test of `e2e.rs` does.
 
 use std::path::{Path, PathBuf};
@@ -351,7 +351,7 @@ fn paced_udp(from: &str, to: &str, count: u64, interval: Duration) -> Paced {
     out
 }
 
-/// udp_echo with rx wake-ups (`--wait=sleep` or `--wait=async`) behind a virtual NIC
+/// udp_echo with rx wake-ups (`--wait=sleep`, `--wait=async` or `--wait=hybrid`) behind a virtual NIC
 /// (net_tap in a network namespace), at a low steady rate: every datagram is answered,
 /// the proxy woke the guest, and the guest used a small fraction of a CPU where a
 /// polling one uses all of it.
@@ -418,4 +418,11 @@ fn rust_udp_echo_sleeps_in_tokio_between_packets() {
 #[test]
 fn rust_udp_echo_sleeps_in_wait_rx_between_packets() {
     sleeping_udp_echo("sleep");
+}
+
+/// Hybrid waiting (AsyncGuest's default): datagrams 5 ms apart are far longer apart
+/// than it may poll, so it answers every one and sleeps between them.
+#[test]
+fn rust_udp_echo_hybrid_answers_and_sleeps_between_packets() {
+    sleeping_udp_echo("hybrid");
 }

@@ -18,6 +18,9 @@
 //!   [`MbufBurst`] is a stack array of them, and [`RxQueue`] / [`TxQueue`] are the one
 //!   handle each queue has for polling (reconfiguring a polled queue fails with
 //!   `EBUSY`). The wrappers are `#[inline]` calls of the same DPDK functions.
+//! * [`mbuf_ring`] is a single-producer, single-consumer ring of packets between two
+//!   lcores, as two ends ([`RingProducer`], [`RingConsumer`]) that each move to their
+//!   thread.
 //! * [`ExtPool`] is a packet pool over buffers the application provides (memory shared
 //!   with another process), its free list a safe Rust [`ExtPoolOps`] that deals in
 //!   buffer indices; the layer keeps a mark per buffer so that the free list cannot
@@ -42,6 +45,7 @@ mod mbuf;
 mod mem;
 mod mempool;
 mod pdump;
+mod ring;
 pub mod telemetry;
 
 pub use mem::{virt2phy, Device, ExtMem};
@@ -49,6 +53,7 @@ pub use extpool::{ExtBuffer, ExtPool, ExtPoolOps, ExtPoolSpec};
 pub use mbuf::{flush_lcore_cache, Drain, IntoSegments, Mbuf, MbufBurst, MbufError, RxQueue, Segment, Segments, TxQueue};
 pub use mempool::{mempool_count, Mempool, PktPool};
 pub use pdump::Pdump;
+pub use ring::{mbuf_ring, RingConsumer, RingProducer};
 
 /// A failed DPDK call: which call and the errno it reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +193,55 @@ impl Eal {
     pub fn main_lcore(&self) -> u32 {
         // SAFETY: reads EAL configuration; EAL lives as long as self.
         unsafe { sys::rte_get_main_lcore() }
+    }
+
+    /// The worker lcores (every enabled lcore but the main one), in id order.
+    pub fn worker_lcores(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        // SAFETY: iterates EAL's lcore table; EAL lives as long as self.
+        let mut id = unsafe { sys::rte_get_next_lcore(u32::MAX, 1, 0) };
+        while id < sys::RTE_MAX_LCORE {
+            out.push(id);
+            // SAFETY: as above.
+            id = unsafe { sys::rte_get_next_lcore(id, 1, 0) };
+        }
+        out
+    }
+
+    /// Runs `f` on worker lcore `lcore`'s thread (`rte_eal_remote_launch`); wait for it
+    /// with [`wait_lcore`](Self::wait_lcore). A panic in `f` ends `f` only (the lcore
+    /// reports -1). Fails with `EBUSY` while the lcore runs something, `EINVAL` for the
+    /// main lcore or one that is not enabled.
+    pub fn launch<F: FnOnce() + Send + 'static>(&self, lcore: u32, f: F) -> Result<(), Error> {
+        extern "C" fn trampoline(arg: *mut std::ffi::c_void) -> i32 {
+            // SAFETY: `arg` is the box `launch` leaked for this one call.
+            let f = unsafe { Box::from_raw(arg as *mut Box<dyn FnOnce() + Send>) };
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                Ok(()) => 0,
+                Err(_) => -1,
+            }
+        }
+        if lcore == self.main_lcore() || !self.worker_lcores().contains(&lcore) {
+            return Err(Error::new("rte_eal_remote_launch", libc::EINVAL));
+        }
+        let boxed: Box<Box<dyn FnOnce() + Send>> = Box::new(Box::new(f));
+        let arg = Box::into_raw(boxed) as *mut std::ffi::c_void;
+        // SAFETY: a worker lcore of a live EAL; the trampoline owns `arg` once launched
+        // and catches every panic.
+        let rc = unsafe { sys::rte_eal_remote_launch(Some(trampoline), arg, lcore) };
+        if rc < 0 {
+            // SAFETY: not launched: the box is still ours.
+            drop(unsafe { Box::from_raw(arg as *mut Box<dyn FnOnce() + Send>) });
+            return Err(Error::new("rte_eal_remote_launch", rc));
+        }
+        Ok(())
+    }
+
+    /// Waits until what [`launch`](Self::launch) started on `lcore` returns; its
+    /// result: 0, or -1 after a panic (also 0 for an lcore that runs nothing).
+    pub fn wait_lcore(&self, lcore: u32) -> i32 {
+        // SAFETY: a plain wait on EAL's lcore table; EAL lives as long as self.
+        unsafe { sys::rte_eal_wait_lcore(lcore) }
     }
 }
 

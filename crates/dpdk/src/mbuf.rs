@@ -193,6 +193,28 @@ impl Mbuf {
         Ok(())
     }
 
+    /// Swaps the Ethernet destination and source addresses (what testpmd's macswap
+    /// forwarding does); false, changing nothing, when the first segment holds fewer
+    /// than 12 bytes.
+    #[inline]
+    pub fn swap_ether_addrs(&mut self) -> bool {
+        let h = self.head();
+        if h.data_len < 12 {
+            return false;
+        }
+        let at = (h.buf_addr as *mut u8).wrapping_add(h.data_off as usize);
+        // SAFETY: 12 bytes of the first segment's data, inside its buffer (a valid
+        // packet's data_off + data_len <= buf_len); byte copies, never a reference, in
+        // case another process writes the buffer; `&mut self` owns the packet.
+        unsafe {
+            let dst = std::ptr::read_unaligned(at as *const [u8; 6]);
+            let src = std::ptr::read_unaligned(at.add(6) as *const [u8; 6]);
+            std::ptr::write_unaligned(at as *mut [u8; 6], src);
+            std::ptr::write_unaligned(at.add(6) as *mut [u8; 6], dst);
+        }
+        true
+    }
+
     /// Clears what a transmit would act on: offload flags, packet type and offload
     /// lengths; sets the input port.
     #[inline]
@@ -511,9 +533,33 @@ impl<const N: usize> MbufBurst<N> {
         }
     }
 
+    /// The array's free tail (where a driver writes up to `room()` packets), for
+    /// [`add_tail`](Self::add_tail).
+    #[inline]
+    pub(crate) fn tail_ptr(&mut self) -> *mut *mut sys::rte_mbuf {
+        // In bounds: len <= N (the invariant).
+        self.pkts.as_mut_ptr().wrapping_add(self.len)
+    }
+
+    /// The array's packets, for a call that takes the first of them; then
+    /// [`consumed`](Self::consumed).
+    #[inline]
+    pub(crate) fn head_ptr(&mut self) -> *mut *mut sys::rte_mbuf {
+        self.pkts.as_mut_ptr()
+    }
+
+    /// Counts `n` packets a driver wrote at [`tail_ptr`](Self::tail_ptr) as the burst's.
+    ///
+    /// # Safety
+    /// `n <= room()`, and the `n` pointers after `len` are packets the burst now owns.
+    #[inline]
+    pub(crate) unsafe fn add_tail(&mut self, n: usize) {
+        self.len += n;
+    }
+
     /// Drops the first `n` entries without freeing them (the driver took them), moving
     /// the rest to the front.
-    fn consumed(&mut self, n: usize) {
+    pub(crate) fn consumed(&mut self, n: usize) {
         let n = n.min(self.len);
         self.pkts.copy_within(n..self.len, 0);
         self.len -= n;

@@ -81,6 +81,7 @@ fn the_safe_layer_over_a_live_eal() {
     port.tx_queue_setup(0, 256).expect("tx queue");
     port.start().expect("start");
     packets_as_owned_values(port, &pool);
+    packet_rings_between_lcores(&eal, &pool);
     drop(pool);
     assert_eq!(mempool_count(), baseline + 1, "the queue keeps its pool");
     // External memory: registered, DMA-mapped for the port's device, unregistered
@@ -153,6 +154,77 @@ fn the_safe_layer_over_a_live_eal() {
     assert_eq!(Eal::init(&eal_args()).unwrap_err().errno, libc::EALREADY);
     // EAL keeps its runtime directory after cleanup (for secondaries); ours is ours.
     let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/dpdk-crate-test-{}", std::process::id()));
+}
+
+/// Packets through a single-producer single-consumer ring, in order and owned at every
+/// step; a worker lcore launched with a closure; the MAC swap.
+fn packet_rings_between_lcores(eal: &Eal, pool: &PktPool) {
+    let in_use = || pool.mempool().in_use_count();
+    let (mut producer, mut consumer) = dpdk::mbuf_ring("dpdk_test_ring", 64, -1).expect("ring");
+    assert_eq!(dpdk::mbuf_ring("dpdk_test_ring", 64, -1).err().map(|e| e.errno), Some(libc::EEXIST));
+    assert_eq!(producer.free_count(), 64, "exactly the size asked for");
+    let mut burst = MbufBurst::<128>::new();
+    assert_eq!(burst.alloc_from(pool, 80), 80);
+    let sent: Vec<*const dpdk::sys::rte_mbuf> = burst.as_slice().iter().map(|m| m.as_ptr()).collect();
+    assert_eq!(producer.enqueue_burst(&mut burst), (64, 0), "as many as fit, no room left");
+    assert_eq!(burst.len(), 16, "the rest stays in the burst");
+    assert_eq!(burst.as_slice()[0].as_ptr(), sent[64], "moved to its front");
+    let mut out = MbufBurst::<128>::new();
+    assert_eq!(consumer.dequeue_burst(&mut out, 10), 10, "at most max");
+    assert_eq!(consumer.dequeue_burst(&mut out, 128), 54);
+    assert_eq!(consumer.dequeue_burst(&mut out, 128), 0);
+    let got: Vec<_> = out.as_slice().iter().map(|m| m.as_ptr()).collect();
+    assert_eq!(got, sent[..64], "first in, first out");
+    assert_eq!(in_use(), 80);
+    drop(out);
+    drop(burst);
+    assert_eq!(in_use(), 0);
+
+    // The MAC swap: the first 12 bytes, 6 and 6; too short a packet is left alone.
+    let mut m = Mbuf::alloc(pool).expect("mbuf");
+    m.append(&[1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 9, 9]).expect("room");
+    assert!(m.swap_ether_addrs());
+    let mut bytes = [0u8; 14];
+    m.read(0, &mut bytes);
+    assert_eq!(bytes, [2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 9, 9]);
+    let mut short = Mbuf::alloc(pool).expect("mbuf");
+    short.append(&[7; 11]).expect("room");
+    assert!(!short.swap_ether_addrs());
+    drop((m, short));
+
+    // Launch: not on the main lcore; a closure on a worker, which takes the consumer
+    // end with it; a panic ends the closure only.
+    assert_eq!(eal.launch(eal.main_lcore(), || {}).err().map(|e| e.errno), Some(libc::EINVAL));
+    let mut burst = MbufBurst::<8>::new();
+    assert_eq!(burst.alloc_from(pool, 8), 8);
+    assert_eq!(producer.enqueue_burst(&mut burst).0, 8);
+    if let Some(&worker) = eal.worker_lcores().first() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        eal.launch(worker, move || {
+            let mut got = MbufBurst::<8>::new();
+            let n = consumer.dequeue_burst(&mut got, 8);
+            done_tx.send(n).expect("the test waits");
+        })
+        .expect("launch");
+        assert_eq!(eal.wait_lcore(worker), 0);
+        assert_eq!(done_rx.recv().expect("ran"), 8);
+        assert_eq!(in_use(), 0, "the worker's burst freed its packets");
+        eal.launch(worker, || panic!("a panic on an lcore (expected by the test)")).expect("launch");
+        assert_eq!(eal.wait_lcore(worker), -1, "the panic is caught");
+    } else {
+        drop(consumer);
+    }
+    // Packets left in a ring are freed with its last end.
+    let before = in_use();
+    assert_eq!(burst.alloc_from(pool, 8), 8);
+    let (mut producer2, consumer2) = dpdk::mbuf_ring("dpdk_test_ring2", 16, -1).expect("ring");
+    assert_eq!(producer2.enqueue_burst(&mut burst).0, 8);
+    drop(consumer2);
+    assert_eq!(in_use(), before + 8, "one end keeps the ring");
+    drop(producer2);
+    assert_eq!(in_use(), before);
+    drop(producer);
+    assert_eq!(in_use(), 0);
 }
 
 /// The data path of the layer on a started net_null port whose rx queue 0 fills from

@@ -3,20 +3,23 @@
 //! the benchmark (`scripts/bench.sh`).
 //!
 //! ```text
-//! macswap <socket> [--wait=poll|async] [--seconds S] [--buffers N]
+//! macswap <socket> [--wait=poll|async|hybrid] [--seconds S] [--buffers N]
 //! ```
 //!
 //! * `poll`: busy polling on the calling thread (one CPU at 100 %, lowest latency).
 //! * `async`: a current-thread tokio runtime; `AsyncGuest::recv_burst().await` sleeps on
-//!   the proxy's rx wake-ups whenever the rx ring is empty, so CPU use follows the load.
+//!   the proxy's rx wake-ups as soon as the rx ring is empty
+//!   (`SpinPolicy::SLEEP_AT_ONCE`), so CPU use follows the load;
+//! * `hybrid`: the same, waiting as `AsyncGuest` does by default: it polls the empty
+//!   ring for a short, adaptive time before it sleeps.
 //!
 //! Every second it prints `macswap: pps=<forwarded per second> cpu=<percent of one CPU>`,
-//! and at the end `macswap: packets=N tx_full_drops=N cpu_ms=N wall_ms=N wait=...`.
+//! and at the end `macswap: packets=N tx_full_drops=N cpu_ms=N wall_ms=N wait=... spin_caught=N`.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use shm_guest::{AsyncGuest, Buffer, Config, Error, Guest};
+use shm_guest::{AsyncGuest, Buffer, Config, Error, Guest, SpinPolicy};
 
 mod common;
 use common::{cpu_time, stop_on_signals, stopped};
@@ -102,7 +105,7 @@ fn run_poll(guest: &mut Guest, meter: &mut Meter) -> Result<(), Error> {
     }
 }
 
-fn run_async(guest: Guest, meter: &mut Meter) -> Result<Guest, Error> {
+fn run_async(guest: Guest, meter: &mut Meter, policy: SpinPolicy) -> Result<(Guest, u64), Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -110,6 +113,7 @@ fn run_async(guest: Guest, meter: &mut Meter) -> Result<Guest, Error> {
         .map_err(Error::Io)?;
     rt.block_on(async {
         let mut ag = AsyncGuest::new(guest)?;
+        ag.set_spin_policy(policy);
         let mut burst = Vec::with_capacity(BURST);
         while meter.keep_going() {
             // Wakes at least every 200 ms to print and to notice the deadline.
@@ -121,12 +125,13 @@ fn run_async(guest: Guest, meter: &mut Meter) -> Result<Guest, Error> {
                 Err(_elapsed) => {}
             }
         }
-        Ok(ag.into_inner())
+        let caught = ag.spin().caught_spinning();
+        Ok((ag.into_inner(), caught))
     })
 }
 
 fn main() -> ExitCode {
-    let usage = "usage: macswap <socket> [--wait=poll|async] [--seconds S] [--buffers N]";
+    let usage = "usage: macswap <socket> [--wait=poll|async|hybrid] [--seconds S] [--buffers N]";
     let mut socket = None;
     let mut seconds = None;
     let mut buffers = 8192u32;
@@ -144,12 +149,12 @@ fn main() -> ExitCode {
             }
         }
     }
-    let (Some(socket), true) = (socket, wait == "poll" || wait == "async") else {
+    let (Some(socket), true) = (socket, ["poll", "async", "hybrid"].contains(&wait.as_str())) else {
         eprintln!("{usage}");
         return ExitCode::from(2);
     };
     stop_on_signals();
-    let config = Config { app_name: "macswap".into(), buffers, rx_wakeup: wait == "async", ..Config::default() };
+    let config = Config { app_name: "macswap".into(), buffers, rx_wakeup: wait != "poll", ..Config::default() };
     let mut guest = match Guest::connect(&socket, &config) {
         Ok(g) => g,
         Err(e) => {
@@ -159,14 +164,15 @@ fn main() -> ExitCode {
     };
     println!("macswap: attached, {} buffers, wait={wait}", guest.pool().capacity());
     let mut meter = Meter::new(seconds);
-    let result = if wait == "async" {
-        run_async(guest, &mut meter).map(drop)
-    } else {
-        run_poll(&mut guest, &mut meter)
+    let mut spin_caught = 0;
+    let result = match wait.as_str() {
+        "async" => run_async(guest, &mut meter, SpinPolicy::SLEEP_AT_ONCE).map(|(_, n)| spin_caught = n),
+        "hybrid" => run_async(guest, &mut meter, SpinPolicy::default()).map(|(_, n)| spin_caught = n),
+        _ => run_poll(&mut guest, &mut meter),
     };
     let wall_ms = meter.start.elapsed().as_millis();
     println!(
-        "macswap: packets={} tx_full_drops={} cpu_ms={} wall_ms={wall_ms} wait={wait}",
+        "macswap: packets={} tx_full_drops={} cpu_ms={} wall_ms={wall_ms} wait={wait} spin_caught={spin_caught}",
         meter.packets,
         meter.dropped,
         cpu_ms() - meter.cpu0

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! udp_echo <socket> [--seconds S] [--packets N] [--buffers N] [--zero-udp-checksum]
-//!          [--wait=poll|sleep|async]
+//!          [--wait=poll|sleep|async|hybrid]
 //! ```
 //!
 //! Every IPv4 UDP packet (optionally behind one 802.1Q tag) is answered in place, in its
@@ -19,17 +19,20 @@
 //! * `sleep`: it asks the proxy for rx wake-ups and sleeps in `Guest::wait_rx` (one
 //!   `poll(2)`) whenever the ring is empty;
 //! * `async`: the same wake-ups through `AsyncGuest::recv_burst().await` on a tokio
-//!   current-thread runtime: no spinning thread.
+//!   current-thread runtime, sleeping as soon as the ring is empty
+//!   (`SpinPolicy::SLEEP_AT_ONCE`): no spinning thread;
+//! * `hybrid`: `AsyncGuest` as it waits by default: it polls the empty ring for a
+//!   short, adaptive time before it sleeps (`shm_guest::AdaptiveSpin`).
 //!
 //! It runs until SIGINT/SIGTERM, `--seconds`, `--packets` answers, or the proxy goes
 //! away, then prints its counters, with the CPU time it used (`cpu_ms`, user + system,
 //! `getrusage`) against the time it ran (`wall_ms`) and how often it slept
-//! (`sleeps`, `wakeups`).
+//! (`sleeps`, `wakeups`; with `hybrid`, `spin_caught`: waits that ended while polling).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use shm_guest::{AsyncGuest, Buffer, Config, Error, Guest};
+use shm_guest::{AsyncGuest, Buffer, Config, Error, Guest, SpinPolicy};
 
 mod common;
 use common::{cpu_time, stop_on_signals, stopped};
@@ -118,6 +121,7 @@ enum Wait {
     Poll,
     Sleep,
     Async,
+    Hybrid,
 }
 
 impl std::str::FromStr for Wait {
@@ -127,7 +131,8 @@ impl std::str::FromStr for Wait {
             "poll" => Ok(Wait::Poll),
             "sleep" => Ok(Wait::Sleep),
             "async" => Ok(Wait::Async),
-            other => Err(format!("--wait: '{other}' is none of poll, sleep, async")),
+            "hybrid" => Ok(Wait::Hybrid),
+            other => Err(format!("--wait: '{other}' is none of poll, sleep, async, hybrid")),
         }
     }
 }
@@ -138,6 +143,7 @@ impl Wait {
             Wait::Poll => "poll",
             Wait::Sleep => "sleep",
             Wait::Async => "async",
+            Wait::Hybrid => "hybrid",
         }
     }
 }
@@ -152,7 +158,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: udp_echo <socket> [--seconds S] [--packets N] [--buffers N] [--zero-udp-checksum] \
-                     [--wait=poll|sleep|async]";
+                     [--wait=poll|sleep|async|hybrid]";
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -263,7 +269,7 @@ impl Echo {
         }
     }
 
-    /// `--wait=async`: the same on a current-thread tokio runtime.
+    /// `--wait=async` and `--wait=hybrid`: the same on a current-thread tokio runtime.
     async fn run_async(&mut self, guest: &mut AsyncGuest) -> End {
         loop {
             if let Some(why) = self.should_end(true) {
@@ -343,10 +349,11 @@ fn main() -> ExitCode {
         rx: Vec::with_capacity(32),
         tx: Vec::with_capacity(1024),
     };
+    let mut spin_caught = 0;
     let end = match args.wait {
         Wait::Poll => echo.run(&mut guest, false),
         Wait::Sleep => echo.run(&mut guest, true),
-        Wait::Async => {
+        Wait::Async | Wait::Hybrid => {
             // One thread: the runtime's reactor sleeps in epoll until the proxy wakes
             // the guest (or the 200 ms tick that looks for signals and the deadline).
             let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
@@ -364,7 +371,11 @@ fn main() -> ExitCode {
                         return (Err(()), None);
                     }
                 };
+                if args.wait == Wait::Async {
+                    ag.set_spin_policy(SpinPolicy::SLEEP_AT_ONCE);
+                }
                 let end = echo.run_async(&mut ag).await;
+                spin_caught = ag.spin().caught_spinning();
                 (end, Some(ag.into_inner()))
             });
             match back {
@@ -380,7 +391,7 @@ fn main() -> ExitCode {
     let s = guest.stats();
     println!(
         "udp_echo: {end}: answered={} ignored={} rx_packets={} rx_invalid={} rx_multiseg_dropped={} \
-         tx_packets={} tx_ring_full={} free_ring_invalid={} lost={} wait={} sleeps={} wakeups={} cpu_ms={} wall_ms={}",
+         tx_packets={} tx_ring_full={} free_ring_invalid={} lost={} wait={} sleeps={} wakeups={} spin_caught={} cpu_ms={} wall_ms={}",
         echo.answered,
         echo.ignored,
         s.rx_packets,
@@ -393,6 +404,7 @@ fn main() -> ExitCode {
         args.wait.name(),
         s.rx_sleeps,
         s.rx_wakeups,
+        spin_caught,
         cpu.as_millis(),
         wall.as_millis()
     );

@@ -94,8 +94,12 @@
 //! * [`Guest::wait_rx`] blocks (`poll(2)` on the wake-up socket and the control socket)
 //!   until the rx ring has descriptors, a timeout passes, a signal arrives, or the
 //!   connection ends;
+//! * [`Guest::wait_rx_hybrid`] polls the ring for a short, adaptive time
+//!   ([`AdaptiveSpin`]) before it sleeps in `wait_rx`: no wake-up when the next packet
+//!   follows closely, no spinning when it does not;
 //! * with the cargo feature `tokio`, `AsyncGuest` offers `recv().await` and
-//!   `recv_burst(..).await` under a tokio runtime (no thread of its own, no spinning);
+//!   `recv_burst(..).await` under a tokio runtime (no thread of its own); it waits the
+//!   hybrid way by default ([`SpinPolicy::SLEEP_AT_ONCE`] turns the polling off);
 //! * an application with its own event loop waits on [`Guest::listen_fd`] (and
 //!   [`Guest::control_fd`]) between [`Guest::arm_rx_wakeup`] and
 //!   [`Guest::disarm_rx_wakeup`].
@@ -120,12 +124,14 @@ use shm_contract::proto::{Hello, MAX_APP_NAME, PROTOCOL_VERSION, PROTOCOL_VERSIO
 use shm_contract::wake::{self, WakePair};
 use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, Message, RefuseCode, RegionFlags, SharedMem};
 
+mod hybrid;
 mod pool;
 #[cfg(feature = "tokio")]
 mod tokio_rx;
 
 #[cfg(feature = "tokio")]
 pub use tokio_rx::AsyncGuest;
+pub use hybrid::{AdaptiveSpin, SpinPolicy, DEFAULT_MAX_SHARE_PERCENT, DEFAULT_MAX_SPIN, MAX_BACKOFF};
 pub use pool::{Buffer, BufferPool, CapacityError, RxPacket, DEFAULT_HEADROOM};
 use pool::Pool;
 

@@ -627,6 +627,59 @@ fn wait_rx_sleeps_until_the_proxy_signals_and_every_start_sends_the_socket() {
 }
 
 #[test]
+fn wait_rx_hybrid_returns_with_the_packet_whether_it_spins_or_sleeps() {
+    let mut proxy = FakeProxy::start("hybrid");
+    let mut guest = Guest::connect(&proxy.path, &sleepy()).unwrap();
+    let plane = proxy.plane();
+    let waker = proxy.waker();
+    let flag = plane.status().rx_wakeup_requested();
+    let mut rx = plane.rx();
+    let mut spin = crate::AdaptiveSpin::default();
+
+    // Nothing comes: spins its budget (none yet), sleeps, times out, disarmed.
+    assert!(!guest.wait_rx_hybrid(&mut spin, Some(Duration::from_millis(30))).unwrap());
+    assert_eq!((spin.caught_spinning(), spin.slept()), (0, 1));
+    assert_eq!(spin.budget(), Duration::ZERO, "a long wait: no spinning next time");
+    assert_eq!(flag.load(Ordering::Relaxed), 0);
+
+    // A packet already there: caught at once, no sleep.
+    let sleeps = guest.stats().rx_sleeps;
+    let off = plane.take_free();
+    rx.write(0, &desc(off, 128, 1));
+    rx.publish(1);
+    assert!(guest.wait_rx_hybrid(&mut spin, None).unwrap());
+    assert_eq!(spin.caught_spinning(), 1);
+    assert_eq!(guest.stats().rx_sleeps, sleeps);
+    drop(guest.recv().unwrap().expect("the packet"));
+
+    // Packets published from another thread, now and then: every wait ends with one,
+    // by spinning or by a wake-up, and leaves no request behind.
+    let rounds = 200u64;
+    thread::scope(|sc| {
+        let rx = &mut rx;
+        sc.spawn(|| {
+            let free = plane.free_ring();
+            for i in 0..rounds {
+                thread::sleep(Duration::from_micros(if i % 2 == 0 { 5 } else { 300 }));
+                let mut v = [0u32];
+                while free.dequeue_bulk(&mut v, 64).is_err() {
+                    thread::yield_now();
+                }
+                plane.publish_and_wake(rx, desc(v[0], 128, 3), &waker);
+            }
+        });
+        for _ in 0..rounds {
+            assert!(guest.wait_rx_hybrid(&mut spin, Some(Duration::from_secs(10))).unwrap(), "timed out");
+            drop(guest.recv().unwrap().expect("a packet after the wait"));
+        }
+    });
+    assert_eq!(spin.caught_spinning() + spin.slept(), 2 + rounds);
+    assert_eq!(flag.load(Ordering::Relaxed), 0);
+    drop(guest);
+    proxy.finish();
+}
+
+#[test]
 fn no_wakeup_is_lost_when_packets_race_the_sleeps() {
     // The proxy publishes one packet at a time at irregular moments (often exactly
     // while the guest arms); each wait must end with the packet, never by timeout.

@@ -9,6 +9,7 @@ use shm_contract::wake;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use crate::hybrid::{now_ns, AdaptiveSpin, SpinPolicy};
 use crate::{Buffer, Error, Guest};
 
 /// A descriptor that the [`Guest`] next to it in [`AsyncGuest`] owns. `AsyncFd` wants
@@ -49,6 +50,13 @@ enum Woken {
 /// socket, so that a proxy that says goodbye or dies ends a wait with
 /// [`Error::Disconnected`] (link news is read on the way).
 ///
+/// When the ring runs dry, `recv` and `recv_burst` wait the hybrid way: they poll the
+/// ring for a short, adaptive time ([`AdaptiveSpin`], at most
+/// [`DEFAULT_MAX_SPIN`](crate::DEFAULT_MAX_SPIN) by default, during which the runtime's
+/// thread runs nothing else), then sleep in the reactor.
+/// [`set_spin_policy`](Self::set_spin_policy)`(`[`SpinPolicy::SLEEP_AT_ONCE`]`)` makes
+/// them sleep at once.
+///
 /// Everything else (sending, allocating, counters) is on the guest:
 /// [`guest_mut`](Self::guest_mut). The waits are cancel-safe: a cancelled `recv` or
 /// `recv_burst` has taken no packet, and it withdraws its wake-up request.
@@ -69,6 +77,7 @@ pub struct AsyncGuest {
     wake: AsyncFd<Watched>,
     control: AsyncFd<Watched>,
     guest: Guest,
+    spin: AdaptiveSpin,
 }
 
 impl std::fmt::Debug for AsyncGuest {
@@ -102,7 +111,7 @@ impl AsyncGuest {
         // SAFETY: as above.
         let control = unsafe { AsyncFd::register_with_interest(Watched(control), Interest::READABLE) }
             .map_err(|e| Error::Io(e.into()))?;
-        Ok(AsyncGuest { wake, control, guest })
+        Ok(AsyncGuest { wake, control, guest, spin: AdaptiveSpin::default() })
     }
 
     /// The guest: send, allocate, read counters, stop and start.
@@ -115,9 +124,20 @@ impl AsyncGuest {
         &mut self.guest
     }
 
+    /// How long the receive calls may poll before they sleep (the default:
+    /// [`SpinPolicy::default`]). Starts the adaptation afresh.
+    pub fn set_spin_policy(&mut self, policy: SpinPolicy) {
+        self.spin = AdaptiveSpin::new(policy);
+    }
+
+    /// The hybrid wait's state: its budget and how its waits ended.
+    pub fn spin(&self) -> &AdaptiveSpin {
+        &self.spin
+    }
+
     /// The guest back, out of the reactor.
     pub fn into_inner(self) -> Guest {
-        let AsyncGuest { wake, control, guest } = self;
+        let AsyncGuest { wake, control, guest, spin: _ } = self;
         // Deregister before the descriptors can close with the guest.
         drop(wake);
         drop(control);
@@ -197,16 +217,26 @@ impl AsyncGuest {
         }
     }
 
-    /// Sleeps until the ring has descriptors. When it had some and yet nothing could be
-    /// received (only invalid ones, now dropped, or the first half of a packet the proxy
-    /// is still publishing), gives the runtime a turn first: never a tight loop that
-    /// starves the other tasks of a current-thread runtime.
+    /// Waits until the ring has descriptors: polls it for the adaptive budget, then
+    /// sleeps. When it had some and yet nothing could be received (only invalid ones,
+    /// now dropped, or the first half of a packet the proxy is still publishing), gives
+    /// the runtime a turn first: never a tight loop that starves the other tasks of a
+    /// current-thread runtime.
     async fn wait_for_more(&mut self) -> Result<(), Error> {
         if self.guest.rx_ready()? {
             yield_now().await;
             return Ok(());
         }
-        self.wait_rx().await
+        let budget = self.spin.begin(now_ns());
+        if self.guest.spin_rx(budget)? {
+            self.spin.caught(now_ns());
+            return Ok(());
+        }
+        self.spin.sleeping(now_ns());
+        // Cancelled while asleep: the next `begin` settles the sleep.
+        self.wait_rx().await?;
+        self.spin.woken(now_ns());
+        Ok(())
     }
 }
 

@@ -1,0 +1,407 @@
+//! Hybrid waiting: poll the rx ring for a short, adaptive time, then sleep on the rx
+//! wake-up ([`Guest::wait_rx_hybrid`], and `AsyncGuest`, which waits this way by
+//! default).
+//!
+//! A wake-up costs the proxy a datagram and the guest a scheduler wake-up (tens of
+//! microseconds on a VM); polling costs a CPU. Spinning a little before sleeping pays
+//! off when the next packet comes soon after the ring ran dry, and is waste otherwise.
+//! [`AdaptiveSpin`] decides how long to spin from what the last waits saw:
+//!
+//! * after a wait that ended while spinning (it knows when the packet came), the budget
+//!   is what that wait took plus a quarter, provided that is *affordable*: at most
+//!   [`SpinPolicy::max_spin`], and at most [`SpinPolicy::max_share_percent`] of the
+//!   time between two waits (the work between them included), with the share of
+//!   recent time spent spinning within that limit too;
+//! * after a short sleep (the packet came, but when exactly is hidden behind the
+//!   wake-up), it tries the affordable budget; a try that ends asleep all the same
+//!   was waste, and the next tries come after 1, 2, 4 ... up to [`MAX_BACKOFF`] waits
+//!   without spinning;
+//! * after a long sleep (longer than `max_spin`), or when nothing is affordable, the
+//!   budget is 0: the guest sleeps at once, and an idle guest uses nothing.
+//!
+//! With packets at a steady rate whose gap is longer than the share allows (100 kpps
+//! is a packet every 10 µs: spinning through the gap would take most of a core), the
+//! guest sleeps, as with [`SpinPolicy::SLEEP_AT_ONCE`], and pays the wake-up.
+//!
+//! A wait that ended in a sleep only tells how long the packet *and the wake-up* took,
+//! so the budget errs on the side of sleeping. Time is given to [`AdaptiveSpin`] as
+//! nanoseconds from any fixed origin: it reads no clock, which keeps it a pure function
+//! of what it is told (and testable as such).
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::{Error, Guest};
+
+/// The default [`SpinPolicy::max_spin`].
+pub const DEFAULT_MAX_SPIN: Duration = Duration::from_micros(50);
+/// The default [`SpinPolicy::max_share`], in percent: spinning takes at most this much
+/// of a CPU, which leaves room for the work itself within half a core.
+pub const DEFAULT_MAX_SHARE_PERCENT: u32 = 30;
+/// The time over which the spin share is averaged: older time counts half once this
+/// much has passed.
+const SHARE_WINDOW_NS: u64 = 2_000_000;
+/// The most waits without spinning after tries that ended asleep.
+pub const MAX_BACKOFF: u32 = 64;
+/// Ring checks between two clock reads while spinning.
+const CHECKS_PER_CLOCK_READ: u32 = 16;
+
+/// How much [`AdaptiveSpin`] may spin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpinPolicy {
+    /// The longest spin before sleeping.
+    pub max_spin: Duration,
+    /// The largest share of time spent spinning, in percent (0: never spin).
+    pub max_share_percent: u32,
+}
+
+impl SpinPolicy {
+    /// Never spin: sleep as soon as the ring is empty.
+    pub const SLEEP_AT_ONCE: SpinPolicy = SpinPolicy { max_spin: Duration::ZERO, max_share_percent: 0 };
+}
+
+impl Default for SpinPolicy {
+    fn default() -> SpinPolicy {
+        SpinPolicy { max_spin: DEFAULT_MAX_SPIN, max_share_percent: DEFAULT_MAX_SHARE_PERCENT }
+    }
+}
+
+/// Where a wait is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// Spinning since `start`.
+    Spinning { start: u64 },
+    /// Sleeping since `slept_at`, after spinning since `start`.
+    Sleeping { start: u64, slept_at: u64 },
+}
+
+/// The adaptive spin budget of hybrid waiting (see the module docs). Tell it when a
+/// wait begins ([`begin`](Self::begin), which returns the budget), and how it ended:
+/// [`caught`](Self::caught) (the ring had descriptors within the budget), or
+/// [`sleeping`](Self::sleeping) then [`woken`](Self::woken). A sleep that never ends
+/// (the waiting future was cancelled) is settled at the next `begin` as a long one.
+#[derive(Clone, Debug)]
+pub struct AdaptiveSpin {
+    policy: SpinPolicy,
+    budget_ns: u64,
+    phase: Phase,
+    /// When the previous wait ended (None before the first).
+    last_end: Option<u64>,
+    /// Time spent spinning and time passed, over the recent window.
+    spun_ns: u64,
+    passed_ns: u64,
+    /// Waits that ended while spinning, and in a sleep.
+    caught: u64,
+    slept: u64,
+    /// Waits without spinning after the last try that ended asleep, and how many are
+    /// left before the next try.
+    backoff: u32,
+    skip: u32,
+}
+
+impl AdaptiveSpin {
+    /// No spinning until a wait shows that it would pay.
+    pub fn new(policy: SpinPolicy) -> AdaptiveSpin {
+        AdaptiveSpin {
+            policy,
+            budget_ns: 0,
+            phase: Phase::Idle,
+            last_end: None,
+            spun_ns: 0,
+            passed_ns: 0,
+            caught: 0,
+            slept: 0,
+            backoff: 0,
+            skip: 0,
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> SpinPolicy {
+        self.policy
+    }
+
+    /// The spin budget of the next wait.
+    pub fn budget(&self) -> Duration {
+        Duration::from_nanos(self.budget_ns)
+    }
+
+    /// Waits that ended while spinning.
+    pub fn caught_spinning(&self) -> u64 {
+        self.caught
+    }
+
+    /// Waits that ended in a sleep.
+    pub fn slept(&self) -> u64 {
+        self.slept
+    }
+
+    /// A wait begins at `now`: returns how long to spin before sleeping.
+    pub fn begin(&mut self, now: u64) -> Duration {
+        if let Phase::Sleeping { .. } = self.phase {
+            // The last sleep was cancelled: it lasted at least until now.
+            self.woken(now);
+        }
+        self.phase = Phase::Spinning { start: now };
+        self.budget()
+    }
+
+    /// The ring had descriptors at `now`, while spinning.
+    pub fn caught(&mut self, now: u64) {
+        let Phase::Spinning { start } = self.phase else { return };
+        self.caught += 1;
+        self.end(start, now, now, false);
+    }
+
+    /// The spin ended at `now` without descriptors: the guest goes to sleep.
+    pub fn sleeping(&mut self, now: u64) {
+        if let Phase::Spinning { start } = self.phase {
+            self.phase = Phase::Sleeping { start, slept_at: now };
+        }
+    }
+
+    /// The sleep ended at `now` (descriptors, a timeout, a signal).
+    pub fn woken(&mut self, now: u64) {
+        let Phase::Sleeping { start, slept_at } = self.phase else { return };
+        self.slept += 1;
+        self.end(start, slept_at, now, true);
+    }
+
+    /// The share of time spent spinning lately, in percent.
+    pub fn spin_share_percent(&self) -> u32 {
+        self.spun_ns.saturating_mul(100).checked_div(self.passed_ns).unwrap_or(0) as u32
+    }
+
+    /// A wait that began at `start`, spun until `spin_end` and ended at `end`, asleep
+    /// or not.
+    fn end(&mut self, start: u64, spin_end: u64, end: u64, asleep: bool) {
+        self.phase = Phase::Idle;
+        let waited = end.saturating_sub(start);
+        let spun = spin_end.saturating_sub(start);
+        // The cycle: from the end of the last wait (work, then this wait) to now.
+        let cycle = self.last_end.map_or(waited, |last| end.saturating_sub(last)).max(waited);
+        self.last_end = Some(end);
+        self.spun_ns += spun;
+        self.passed_ns += cycle;
+        while self.passed_ns > SHARE_WINDOW_NS {
+            self.spun_ns /= 2;
+            self.passed_ns /= 2;
+        }
+        let max_spin = self.policy.max_spin.as_nanos() as u64;
+        let share_ok = self.spin_share_percent() <= self.policy.max_share_percent;
+        // Spinning `b` in a cycle like this one (which grows by `b - waited` if the
+        // spin is longer than this wait) is affordable within the longest spin and the
+        // share.
+        let affordable = |b: u64| {
+            share_ok
+                && b <= max_spin
+                && b.saturating_mul(100) <= cycle.saturating_add(b.saturating_sub(waited)) * self.policy.max_share_percent as u64
+        };
+        self.budget_ns = if !asleep {
+            // Caught: the packet came `waited` into the wait.
+            self.backoff = 0;
+            self.skip = 0;
+            let target = waited + waited / 4;
+            if affordable(target) { target } else { 0 }
+        } else if spun > 0 {
+            // Tried, and slept all the same: back off.
+            self.backoff = (self.backoff * 2).clamp(1, MAX_BACKOFF);
+            self.skip = self.backoff;
+            0
+        } else if self.skip > 0 {
+            self.skip -= 1;
+            0
+        } else if waited <= max_spin {
+            // A short sleep: try the most that is affordable.
+            let most = max_spin.min(cycle * self.policy.max_share_percent as u64 / 100);
+            if most > 0 && affordable(most) { most } else { 0 }
+        } else {
+            0
+        };
+    }
+}
+
+impl Default for AdaptiveSpin {
+    fn default() -> AdaptiveSpin {
+        AdaptiveSpin::new(SpinPolicy::default())
+    }
+}
+
+/// Nanoseconds on the monotonic clock since a fixed origin (the first call).
+pub(crate) fn now_ns() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+impl Guest {
+    /// Polls the rx ring for up to `budget` (at least once): true as soon as it has
+    /// descriptors.
+    pub(crate) fn spin_rx(&mut self, budget: Duration) -> Result<bool, Error> {
+        if self.rx_ready()? {
+            return Ok(true);
+        }
+        if budget.is_zero() {
+            return Ok(false);
+        }
+        let start = Instant::now();
+        loop {
+            for _ in 0..CHECKS_PER_CLOCK_READ {
+                if self.rx_ready()? {
+                    return Ok(true);
+                }
+                std::hint::spin_loop();
+            }
+            if start.elapsed() >= budget {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// [`wait_rx`](Self::wait_rx), after polling the ring for the budget `spin` gives
+    /// (see the module docs of hybrid waiting): returns `Ok(true)` when the ring has
+    /// descriptors, `Ok(false)` when `timeout` (counted from the call) passed or a
+    /// signal came first. Errors as [`wait_rx`](Self::wait_rx).
+    pub fn wait_rx_hybrid(&mut self, spin: &mut AdaptiveSpin, timeout: Option<Duration>) -> Result<bool, Error> {
+        let start = now_ns();
+        let budget = spin.begin(start);
+        if self.spin_rx(budget)? {
+            spin.caught(now_ns());
+            return Ok(true);
+        }
+        let slept_at = now_ns();
+        spin.sleeping(slept_at);
+        let left = timeout.map(|t| t.saturating_sub(Duration::from_nanos(slept_at - start)));
+        let ready = self.wait_rx(left);
+        spin.woken(now_ns());
+        ready
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: u64 = 1_000;
+
+    fn policy(max_spin_us: u64, share: u32) -> SpinPolicy {
+        SpinPolicy { max_spin: Duration::from_micros(max_spin_us), max_share_percent: share }
+    }
+
+    /// Runs one wait that starts at `t`, spins its budget, and sees the ring ready
+    /// `arrives` ns after it began (woken `wake` ns after that if asleep by then).
+    /// Returns when it ended and whether it was caught spinning.
+    fn wait(s: &mut AdaptiveSpin, t: u64, arrives: u64, wake: u64) -> (u64, bool) {
+        let budget = s.begin(t).as_nanos() as u64;
+        if arrives <= budget {
+            s.caught(t + arrives);
+            (t + arrives, true)
+        } else {
+            s.sleeping(t + budget);
+            s.woken(t + arrives + wake);
+            (t + arrives + wake, false)
+        }
+    }
+
+    #[test]
+    fn starts_without_spinning() {
+        let mut s = AdaptiveSpin::default();
+        assert_eq!(s.budget(), Duration::ZERO);
+        assert_eq!(s.begin(0), Duration::ZERO);
+    }
+
+    #[test]
+    fn packets_that_follow_closely_are_caught_spinning() {
+        // 4 µs of work, then the next packet 3 µs into the wait: cheap to spin for.
+        let mut s = AdaptiveSpin::new(policy(50, 60));
+        let (mut t, mut caught) = (0, 0);
+        for _ in 0..50 {
+            let (end, hit) = wait(&mut s, t, 3 * US, 10 * US);
+            caught += hit as u32;
+            t = end + 4 * US;
+        }
+        assert!(caught >= 45, "caught {caught} of 50");
+        assert_eq!(s.budget().as_nanos() as u64, 3 * US + 3 * US / 4);
+        assert!(s.spin_share_percent() <= 60);
+    }
+
+    #[test]
+    fn an_idle_queue_sleeps_at_once() {
+        let mut s = AdaptiveSpin::default();
+        let mut t = 0;
+        for _ in 0..10 {
+            // A packet every 100 ms.
+            let (end, hit) = wait(&mut s, t, 100_000 * US, 10 * US);
+            assert!(!hit);
+            t = end + US;
+        }
+        assert_eq!(s.budget(), Duration::ZERO);
+        assert_eq!(s.slept(), 10);
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_share_allows_is_slept_through() {
+        // A packet every 10 µs with 1 µs of work: spinning 9 µs of each 10 would take
+        // 90 % of the CPU; with a 30 % share the guest sleeps.
+        let mut s = AdaptiveSpin::new(policy(50, 30));
+        let (mut t, mut tries) = (0, 0);
+        for _ in 0..100 {
+            tries += (s.budget() > Duration::ZERO) as u32;
+            let (end, hit) = wait(&mut s, t, 9 * US, 0);
+            assert!(!hit);
+            t = end + US;
+        }
+        // Tries back off: 1, 2, 4 ... waits apart.
+        assert!(tries <= 8, "{tries} tries");
+        assert!(s.spin_share_percent() <= 30, "{}", s.spin_share_percent());
+    }
+
+    #[test]
+    fn the_budget_never_exceeds_max_spin() {
+        let mut s = AdaptiveSpin::new(policy(5, 100));
+        let mut t = 0;
+        for _ in 0..20 {
+            let (end, _) = wait(&mut s, t, 8 * US, 0);
+            t = end + 100 * US;
+            assert!(s.budget() <= Duration::from_micros(5));
+        }
+    }
+
+    #[test]
+    fn sleep_at_once_never_spins() {
+        let mut s = AdaptiveSpin::new(SpinPolicy::SLEEP_AT_ONCE);
+        let mut t = 0;
+        for _ in 0..20 {
+            let (end, hit) = wait(&mut s, t, 100, 0);
+            assert!(!hit);
+            assert_eq!(s.budget(), Duration::ZERO);
+            t = end + 100;
+        }
+    }
+
+    #[test]
+    fn a_cancelled_sleep_is_settled_as_a_long_one() {
+        let mut s = AdaptiveSpin::new(policy(50, 60));
+        let mut t = 0;
+        for _ in 0..10 {
+            let (end, _) = wait(&mut s, t, 2 * US, 0);
+            t = end + 4 * US;
+        }
+        assert!(s.budget() > Duration::ZERO);
+        let slept = s.slept();
+        // Spins, sleeps, and the wait is dropped; the next one begins 200 ms later.
+        let b = s.begin(t).as_nanos() as u64;
+        s.sleeping(t + b);
+        assert_eq!(s.begin(t + 200_000 * US), Duration::ZERO, "the long sleep ends the spinning");
+        assert_eq!(s.slept(), slept + 1);
+    }
+
+    #[test]
+    fn out_of_order_calls_change_nothing() {
+        let mut s = AdaptiveSpin::default();
+        s.caught(5);
+        s.woken(7);
+        s.sleeping(9);
+        assert_eq!((s.caught_spinning(), s.slept(), s.budget()), (0, 0, Duration::ZERO));
+    }
+}
