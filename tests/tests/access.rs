@@ -210,7 +210,9 @@ fn the_proxy_refuses_socket_paths_that_another_user_could_change() {
         &ProxyConfig {
             eal: vec!["--vdev".into(), "net_null0".into()],
             commands: vec![format!("socket {} port 0 queue 0", good.display())],
-            extra: vec!["--queues".into(), "4".into()],
+            // The proxy's user keeps the guests' group, so that sockets typed later can
+            // have it.
+            extra: vec!["--queues".into(), "4".into(), "--socket-group".into(), GUEST_USER.into()],
             netns: None,
         },
     );
