@@ -24,7 +24,7 @@ use crate::os;
 use crate::quarantine::{self, Leftover, PendingDelete, POOL_DELETE_WAIT};
 use crate::region::{GuestRegion, RegionRequest};
 use crate::shadow::ShadowPool;
-use crate::sockpath::SocketFile;
+use crate::sockpath::{ProxyUser, SocketFile};
 use crate::{log_info, log_warn};
 
 /// Set by SIGINT/SIGTERM.
@@ -44,6 +44,9 @@ pub struct Options {
     pub mtu: Option<u16>,
     pub queues: Option<u16>,
     pub stats_period: Option<Duration>,
+    /// The uid the proxy runs as after start-up (`--user`, else its own): it owns the
+    /// directories the proxy makes and may own a socket's path.
+    pub runs_as: u32,
 }
 
 /// A guest must say Hello this soon after connecting.
@@ -273,7 +276,7 @@ impl Control {
                 nic.queues
             ));
         }
-        let (file, listener) = SocketFile::create(path, &access)?;
+        let (file, listener) = SocketFile::create(path, &access, ProxyUser { runs_as: self.opts.runs_as })?;
         log_info!("serving port {port} queue {queue} on {} ({})", path.display(), access.describe());
         self.endpoints.push(Endpoint {
             access,

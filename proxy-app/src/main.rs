@@ -132,6 +132,7 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
         mtu: None,
         queues: None,
         stats_period: None,
+        runs_as: os::effective_uid(),
     };
     let mut cmds = None;
     let mut bench_latency = None;
@@ -257,11 +258,11 @@ fn main() -> ExitCode {
     };
     let mut opts = app.opts;
     if let Some(who) = &identity {
-        sockpath::set_proxy_user(who.uid);
         // What the proxy makes belongs to the user it runs as, so that it can still
         // remove (and, for sockets typed later, make) them after the drop.
         opts.access.owner.get_or_insert(who.uid);
         opts.access.group.get_or_insert(who.gid);
+        opts.runs_as = who.uid;
     }
 
     let (eal, _) = match dpdk::Eal::init(&eal_args) {

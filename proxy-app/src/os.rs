@@ -358,12 +358,6 @@ pub fn path_in_fd(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> std::path::Pat
     Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(name)
 }
 
-/// This process's effective uid.
-pub fn euid() -> u32 {
-    // SAFETY: geteuid(2) cannot fail.
-    unsafe { libc::geteuid() }
-}
-
 /// Which lookup `lookup_id` makes.
 #[derive(Clone, Copy)]
 enum Db {

@@ -236,8 +236,8 @@ pub const ALLOWED: &[(&str, i64)] = &[
     ("fchmod", libc::SYS_fchmod),
     ("fchownat", libc::SYS_fchownat),
     ("fchmodat", libc::SYS_fchmodat),
-    // On paths: what access::apply still does (std's chown, set_permissions).
-    ("chown", libc::SYS_chown),
+    // glibc's fchmodat(AT_SYMLINK_NOFOLLOW) without the fchmodat2 call changes the
+    // mode through /proc/self/fd/N of an O_PATH descriptor (sockpath.rs).
     ("chmod", libc::SYS_chmod),
     ("umask", libc::SYS_umask),
     // Unix sockets (guests, telemetry, the multi-process channel), netlink/inet

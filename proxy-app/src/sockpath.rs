@@ -6,13 +6,15 @@
 //!
 //! * The socket's directory is opened by walking its path one component at a time from
 //!   `/` (`openat` with `O_NOFOLLOW`, [`walk`]). Every directory and symbolic link on
-//!   the way must belong to root or to the proxy's user, and no directory may be
+//!   the way must belong to root or to the proxy's user (the one it runs as after
+//!   start-up, `--user`, or its own), and no directory may be
 //!   writable by its group or others unless it is sticky (then nobody else can remove or
 //!   rename what root owns in it). Anything else is refused with the reason: whoever
 //!   could change that step could replace the socket.
 //! * Missing directories are made with `mkdirat` and get their group and mode through a
 //!   descriptor of the directory just made (`fchown`/`fchmod`), never through a path. They
-//!   belong to the proxy, with search-only bits for the socket's group and others
+//!   belong to the proxy's user (so that it can still remove the socket after dropping
+//!   root), with search-only bits for the socket's group and others
 //!   ([`Access::dir_mode`]): nobody else can write them.
 //! * The socket is bound, put in listening state and given its owner, group and mode
 //!   inside a private 0700 directory the proxy makes next to it (bound through
@@ -32,7 +34,6 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 
 use crate::access::Access;
 use crate::os::{self, FileStat};
@@ -46,20 +47,20 @@ const PRIVATE_NAME: &str = "sock";
 /// Listen backlog of a socket (one guest at a time; more are refused on sight).
 const BACKLOG: i32 = 8;
 
-/// The user the proxy becomes after start-up (`--user`), set once by `main` before the
-/// first socket is made: directories it owns are the proxy's own, even while start-up
-/// still runs as root.
-static PROXY_USER: OnceLock<u32> = OnceLock::new();
-
-/// Says which user the proxy will run as after start-up; only the first call counts.
-pub fn set_proxy_user(uid: u32) {
-    let _ = PROXY_USER.set(uid);
+/// Who the proxy is: root (or whoever started it) now, and the user it runs as once
+/// started (`--user`), which must still be able to remove what it made.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyUser {
+    /// The uid the proxy runs as after start-up (its own uid when it does not drop).
+    pub runs_as: u32,
 }
 
-/// Whether `uid` may own a step of a socket's path: root, or the proxy's user (the one it
-/// runs as now, or the one it becomes after start-up).
-fn trusted_owner(uid: u32) -> bool {
-    uid == 0 || uid == os::euid() || PROXY_USER.get() == Some(&uid)
+impl ProxyUser {
+    /// Whether `uid` may own a step of a socket's path: root, the proxy's current uid, or
+    /// the user it runs as.
+    fn trusts(&self, uid: u32) -> bool {
+        uid == 0 || uid == os::effective_uid() || uid == self.runs_as
+    }
 }
 
 /// Group or others may write it.
@@ -68,8 +69,8 @@ fn writable_by_others(st: &FileStat) -> bool {
 }
 
 /// Refuses a directory that someone other than root or the proxy could change.
-fn check_dir(shown: &Path, st: &FileStat) -> Result<(), String> {
-    if !trusted_owner(st.uid) {
+fn check_dir(who: ProxyUser, shown: &Path, st: &FileStat) -> Result<(), String> {
+    if !who.trusts(st.uid) {
         return Err(format!(
             "{} belongs to uid {}: every directory on a socket's path must belong to root or to the proxy's user \
              (its owner could replace the socket)",
@@ -103,9 +104,11 @@ struct MadeDir {
     stat: FileStat,
 }
 
-/// Group and mode of a directory the proxy makes.
+/// Owner, group and mode of a directory the proxy makes.
 #[derive(Clone, Copy)]
 struct DirSpec {
+    /// The user the proxy runs as: it must still be able to remove the socket.
+    owner: u32,
     group: Option<u32>,
     mode: u32,
 }
@@ -124,7 +127,7 @@ fn push_front(pending: &mut VecDeque<OsString>, path: &Path) {
 /// Opens directory `path`, checking every step from `/` ([`check_dir`]; symbolic links
 /// are followed only when root or the proxy's user owns them). With `make`, missing
 /// directories are made (recorded in `made`, first the topmost).
-fn walk(path: &Path, make: Option<DirSpec>, made: &mut Vec<MadeDir>) -> Result<Dir, String> {
+fn walk(who: ProxyUser, path: &Path, make: Option<DirSpec>, made: &mut Vec<MadeDir>) -> Result<Dir, String> {
     let absolute = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -133,7 +136,7 @@ fn walk(path: &Path, make: Option<DirSpec>, made: &mut Vec<MadeDir>) -> Result<D
     let root_shown = PathBuf::from("/");
     let root_fd = os::open_path_at(None, OsStr::new("/")).map_err(|e| format!("cannot open /: {e}"))?;
     let root_stat = os::fstat(root_fd.as_fd()).map_err(|e| format!("cannot stat /: {e}"))?;
-    check_dir(&root_shown, &root_stat)?;
+    check_dir(who, &root_shown, &root_stat)?;
     let mut stack = vec![Dir { fd: root_fd, shown: root_shown, stat: root_stat }];
     let mut pending = VecDeque::new();
     push_front(&mut pending, &absolute);
@@ -157,7 +160,7 @@ fn walk(path: &Path, make: Option<DirSpec>, made: &mut Vec<MadeDir>) -> Result<D
         };
         let st = os::fstat(fd.as_fd()).map_err(|e| format!("cannot stat {}: {e}", shown.display()))?;
         if st.is_symlink() {
-            if !trusted_owner(st.uid) {
+            if !who.trusts(st.uid) {
                 return Err(format!(
                     "{} is a symbolic link that belongs to uid {}: links on a socket's path must belong to root or to \
                      the proxy's user",
@@ -179,7 +182,7 @@ fn walk(path: &Path, make: Option<DirSpec>, made: &mut Vec<MadeDir>) -> Result<D
         if !st.is_dir() {
             return Err(format!("{} is not a directory", shown.display()));
         }
-        check_dir(&shown, &st)?;
+        check_dir(who, &shown, &st)?;
         stack.push(Dir { fd, shown, stat: st });
     }
     Ok(stack.pop().expect("the root stays on the stack"))
@@ -200,11 +203,13 @@ fn make_dir(parent: &Dir, name: &OsStr, shown: &Path, spec: DirSpec, made: &mut 
     let stat = os::fstat(fd.as_fd()).map_err(|e| format!("cannot stat {}: {e}", shown.display()))?;
     let parent_fd = parent.fd.try_clone().map_err(|e| format!("cannot keep {} open: {e}", parent.shown.display()))?;
     made.push(MadeDir { parent: parent_fd, name: name.to_owned(), stat });
-    if !stat.is_dir() || stat.uid != os::euid() {
+    if !stat.is_dir() || stat.uid != os::effective_uid() {
         return Err(format!("{} was replaced while it was being made", shown.display()));
     }
-    os::fchown_fchmod(fd.as_fd(), None, spec.group, spec.mode)
-        .map_err(|e| format!("cannot give {} group {:?} mode {:04o}: {e}", shown.display(), spec.group, spec.mode))?;
+    let owner = Some(spec.owner).filter(|&u| u != stat.uid);
+    os::fchown_fchmod(fd.as_fd(), owner, spec.group, spec.mode).map_err(|e| {
+        format!("cannot give {} owner {} group {:?} mode {:04o}: {e}", shown.display(), spec.owner, spec.group, spec.mode)
+    })?;
     Ok(fd)
 }
 
@@ -233,7 +238,7 @@ impl SocketFile {
     /// making its missing directories (see the module's text for every check). A stale
     /// socket (nobody listening) is replaced; a live one is an error. On any error
     /// nothing is left behind: neither a socket file nor a directory made here.
-    pub fn create(path: &Path, access: &Access) -> Result<(SocketFile, OwnedFd), String> {
+    pub fn create(path: &Path, access: &Access, who: ProxyUser) -> Result<(SocketFile, OwnedFd), String> {
         let name = match path.components().next_back() {
             Some(Component::Normal(n)) => n.to_owned(),
             _ => return Err(format!("{} names no socket file", path.display())),
@@ -241,10 +246,10 @@ impl SocketFile {
         // Guests connect by this path: it must fit a unix socket address.
         os::UnixAddr::new(path)?;
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let spec = DirSpec { group: access.group, mode: access.dir_mode(os::euid()) };
+        let spec = DirSpec { owner: who.runs_as, group: access.group, mode: access.dir_mode(who.runs_as) };
         let mut made = Vec::new();
-        let result = walk(parent, Some(spec), &mut made).and_then(|dir| {
-            let (file, listener) = bind_in(&dir, &name, path, access)?;
+        let result = walk(who, parent, Some(spec), &mut made).and_then(|dir| {
+            let (file, listener) = bind_in(who, &dir, &name, path, access)?;
             Ok((dir.fd, file, listener))
         });
         match result {
@@ -276,10 +281,10 @@ fn has_listener(path: &Path) -> bool {
 
 /// Makes the listening socket `name` in `dir` (checked by [`walk`]): bound, listening and
 /// given its owner, group and mode in a private directory, then moved into place.
-fn bind_in(dir: &Dir, name: &OsStr, path: &Path, access: &Access) -> Result<(FileStat, OwnedFd), String> {
+fn bind_in(who: ProxyUser, dir: &Dir, name: &OsStr, path: &Path, access: &Access) -> Result<(FileStat, OwnedFd), String> {
     let shown = path.display();
     if writable_by_others(&dir.stat) {
-        if let Some(owner) = access.owner.filter(|&u| u != os::euid()) {
+        if let Some(owner) = access.owner.filter(|&u| !who.trusts(u)) {
             return Err(format!(
                 "{} is writable by others (sticky, mode {:04o}): a socket there must stay the proxy's, not belong to \
                  uid {owner}, who could delete and replace it; use another directory or no socket owner",
@@ -322,7 +327,7 @@ fn bind_privately(
 ) -> Result<(FileStat, OwnedFd), String> {
     let shown = path.display();
     let st = os::fstat(private_dir.as_fd()).map_err(|e| format!("private directory: {e}"))?;
-    if st.uid != os::euid() || st.mode & 0o077 != 0 {
+    if st.uid != os::effective_uid() || st.mode & 0o077 != 0 {
         return Err(format!("the private directory in {} is not the proxy's alone", dir.shown.display()));
     }
     let inner = OsStr::new(PRIVATE_NAME);
@@ -382,6 +387,11 @@ mod tests {
         }
     }
 
+    /// Makes a socket as a proxy that does not change its user.
+    fn create(path: &Path, access: Access) -> Result<(SocketFile, OwnedFd), String> {
+        SocketFile::create(path, &access, ProxyUser { runs_as: os::effective_uid() })
+    }
+
     fn access(mode: u32, owner: Option<u32>, group: Option<u32>) -> Access {
         Access { owner, group, mode, allow_uids: vec![], allow_gids: vec![] }
     }
@@ -391,7 +401,7 @@ mod tests {
     }
 
     fn is_root() -> bool {
-        os::euid() == 0
+        os::effective_uid() == 0
     }
 
     #[test]
@@ -399,11 +409,11 @@ mod tests {
         let t = Tmp::new("made");
         let path = t.0.join("a/b/sock");
         let group = if is_root() { Some(OTHER) } else { None };
-        let (file, listener) = SocketFile::create(&path, &access(0o660, None, group)).unwrap();
+        let (file, listener) = create(&path, access(0o660, None, group)).unwrap();
         for d in [t.0.join("a"), t.0.join("a/b")] {
             let meta = std::fs::metadata(&d).unwrap();
             assert_eq!(meta.mode() & 0o7777, 0o710, "{}", d.display());
-            assert_eq!(meta.uid(), os::euid());
+            assert_eq!(meta.uid(), os::effective_uid());
             if let Some(g) = group {
                 assert_eq!(meta.gid(), g);
             }
@@ -433,12 +443,12 @@ mod tests {
     fn a_stale_socket_is_replaced_a_live_one_or_a_file_refused() {
         let t = Tmp::new("stale");
         let path = t.0.join("sock");
-        let (first, l1) = SocketFile::create(&path, &access(0o600, None, None)).unwrap();
-        let err = SocketFile::create(&path, &access(0o600, None, None)).err().unwrap();
+        let (first, l1) = create(&path, access(0o600, None, None)).unwrap();
+        let err = create(&path, access(0o600, None, None)).err().unwrap();
         assert!(err.ends_with("is served by another process"), "{err}");
         // The proxy died without removing it: stale.
         drop(l1);
-        let (second, _l2) = SocketFile::create(&path, &access(0o600, None, None)).unwrap();
+        let (second, _l2) = create(&path, access(0o600, None, None)).unwrap();
         // The first one's removal leaves the new file alone: it is another file now.
         first.remove();
         assert!(path.exists());
@@ -446,7 +456,7 @@ mod tests {
         second.remove();
         assert!(!path.exists());
         std::fs::write(&path, "data").unwrap();
-        let err = SocketFile::create(&path, &access(0o600, None, None)).err().unwrap();
+        let err = create(&path, access(0o600, None, None)).err().unwrap();
         assert!(err.ends_with("exists and is not a socket"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"data");
     }
@@ -461,7 +471,7 @@ mod tests {
         // The socket's name is a link to another file: refused, the file untouched.
         let sock = t.0.join("sock");
         std::os::unix::fs::symlink(&victim, &sock).unwrap();
-        let err = SocketFile::create(&sock, &access(0o666, Some(0), Some(OTHER))).err().unwrap();
+        let err = create(&sock, access(0o666, Some(0), Some(OTHER))).err().unwrap();
         assert!(err.ends_with("exists and is not a socket"), "{err}");
         // The directory is a link to a directory holding the victim, planted by another
         // user: refused before anything is made there.
@@ -472,7 +482,7 @@ mod tests {
         std::os::unix::fs::symlink(&victim_dir, &planted).unwrap();
         if is_root() {
             std::os::unix::fs::lchown(&planted, Some(OTHER), Some(OTHER)).unwrap();
-            let err = SocketFile::create(&planted.join("sock"), &access(0o666, None, Some(OTHER))).err().unwrap();
+            let err = create(&planted.join("sock"), access(0o666, None, Some(OTHER))).err().unwrap();
             assert!(err.contains("is a symbolic link that belongs to uid 65534"), "{err}");
             assert!(!victim_dir.join("sock").exists());
         }
@@ -480,7 +490,7 @@ mod tests {
         // only the socket gets the mode.
         let own = t.0.join("own");
         std::os::unix::fs::symlink("victim_dir", &own).unwrap();
-        let (f, _l) = SocketFile::create(&own.join("sock"), &access(0o666, None, None)).unwrap();
+        let (f, _l) = create(&own.join("sock"), access(0o666, None, None)).unwrap();
         assert_eq!(mode(&victim_dir.join("sock")), 0o666);
         assert_eq!(mode(&victim_dir), 0o700, "an existing directory keeps its mode");
         f.remove();
@@ -494,29 +504,56 @@ mod tests {
         let open = t.0.join("open");
         std::fs::create_dir(&open).unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = SocketFile::create(&open.join("sock"), &access(0o660, None, None)).err().unwrap();
+        let err = create(&open.join("sock"), access(0o660, None, None)).err().unwrap();
         assert!(err.contains("is writable by its group or others (mode 0777) and not sticky"), "{err}");
         // Also when it is only a step on the way.
-        let err = SocketFile::create(&open.join("sub/sock"), &access(0o660, None, None)).err().unwrap();
+        let err = create(&open.join("sub/sock"), access(0o660, None, None)).err().unwrap();
         assert!(err.contains("(mode 0777) and not sticky"), "{err}");
         assert!(!open.join("sub").exists());
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o770)).unwrap();
-        assert!(SocketFile::create(&open.join("sock"), &access(0o660, None, None)).err().unwrap().contains("mode 0770"));
+        assert!(create(&open.join("sock"), access(0o660, None, None)).err().unwrap().contains("mode 0770"));
         // Sticky: served, as long as the socket stays the proxy's.
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
-        let (f, _l) = SocketFile::create(&open.join("sock"), &access(0o660, None, None)).unwrap();
+        let (f, _l) = create(&open.join("sock"), access(0o660, None, None)).unwrap();
         f.remove();
         if is_root() {
-            let err = SocketFile::create(&open.join("sock"), &access(0o600, Some(OTHER), None)).err().unwrap();
+            let err = create(&open.join("sock"), access(0o600, Some(OTHER), None)).err().unwrap();
             assert!(err.contains("must stay the proxy's, not belong to uid 65534"), "{err}");
             // A directory that belongs to another user.
             let theirs = t.0.join("theirs");
             std::fs::create_dir(&theirs).unwrap();
             std::os::unix::fs::chown(&theirs, Some(OTHER), Some(OTHER)).unwrap();
-            let err = SocketFile::create(&theirs.join("sock"), &access(0o660, None, None)).err().unwrap();
+            let err = create(&theirs.join("sock"), access(0o660, None, None)).err().unwrap();
             assert!(err.contains("belongs to uid 65534"), "{err}");
         }
         assert!(!open.join("sock").exists());
+    }
+
+    #[test]
+    fn the_user_the_proxy_becomes_owns_what_it_makes_and_may_own_the_path() {
+        if !is_root() {
+            return;
+        }
+        let t = Tmp::new("runsas");
+        let later = ProxyUser { runs_as: OTHER };
+        // A directory of that user (an operator's run-time directory for the proxy).
+        let theirs = t.0.join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(OTHER), Some(OTHER)).unwrap();
+        let a = access(0o660, Some(OTHER), None);
+        let (f, _l) = SocketFile::create(&theirs.join("q/sock"), &a, later).unwrap();
+        let made = std::fs::metadata(theirs.join("q")).unwrap();
+        assert_eq!((made.uid(), made.mode() & 0o7777), (OTHER, 0o710), "made for the user the proxy becomes");
+        assert_eq!(std::fs::metadata(theirs.join("q/sock")).unwrap().uid(), OTHER);
+        f.remove();
+        assert!(!theirs.join("q").exists());
+        // In a sticky directory the socket may belong to that user (it is the proxy).
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let (f, _l) = SocketFile::create(&theirs.join("sock"), &a, later).unwrap();
+        f.remove();
+        // Without that user, the same directory belongs to a stranger.
+        let err = create(&theirs.join("sock"), access(0o660, None, None)).err().unwrap();
+        assert!(err.contains("belongs to uid 65534"), "{err}");
     }
 
     #[test]
@@ -524,10 +561,10 @@ mod tests {
         let t = Tmp::new("rel");
         std::fs::create_dir(t.0.join("x")).unwrap();
         let path = t.0.join("x/../y/./sock");
-        let (f, _l) = SocketFile::create(&path, &access(0o600, None, None)).unwrap();
+        let (f, _l) = create(&path, access(0o600, None, None)).unwrap();
         assert!(t.0.join("y/sock").exists());
         f.remove();
         assert!(!t.0.join("y").exists());
-        assert!(SocketFile::create(&t.0.join(".."), &access(0o600, None, None)).err().unwrap().ends_with("names no socket file"));
+        assert!(create(&t.0.join(".."), access(0o600, None, None)).err().unwrap().ends_with("names no socket file"));
     }
 }

@@ -108,11 +108,13 @@ fn an_unprivileged_guest_forwards_and_other_users_are_refused() {
     assert_eq!(meta(&private).mode() & 0o7777, 0o660);
     assert_eq!(meta(&private).gid(), guest.1);
     assert_eq!(meta(private.parent().unwrap()).mode() & 0o7777, 0o710);
-    assert_eq!(meta(private.parent().unwrap()).uid(), 0);
+    // The user the proxy runs as after start-up owns it (it removes the socket on quit).
+    let proxy_user = ensure_user(PROXY_USER);
+    assert_eq!(meta(private.parent().unwrap()).uid(), proxy_user.0);
     assert_eq!(meta(private.parent().unwrap()).gid(), guest.1);
     assert_eq!(meta(&open).mode() & 0o7777, 0o666);
     assert_eq!(meta(open.parent().unwrap()).mode() & 0o7777, 0o711);
-    assert_eq!(meta(open.parent().unwrap()).uid(), 0);
+    assert_eq!(meta(open.parent().unwrap()).uid(), proxy_user.0);
 
     // A member of the socket's group cannot delete or replace the socket, nor put
     // anything next to it.
@@ -208,7 +210,9 @@ fn the_proxy_refuses_socket_paths_that_another_user_could_change() {
         &ProxyConfig {
             eal: vec!["--vdev".into(), "net_null0".into()],
             commands: vec![format!("socket {} port 0 queue 0", good.display())],
-            extra: vec!["--queues".into(), "4".into()],
+            // The proxy's user keeps the guests' group, so that sockets typed later can
+            // have it.
+            extra: vec!["--queues".into(), "4".into(), "--socket-group".into(), GUEST_USER.into()],
             netns: None,
         },
     );
@@ -244,7 +248,7 @@ fn the_proxy_refuses_socket_paths_that_another_user_could_change() {
     let answer = ask(format!("socket {} port 0 queue 1 group shmguest mode 0660", sticky.join("sock").display()));
     assert!(answer.contains("ok: serving port 0 queue 1"), "{answer}");
     let m = std::fs::metadata(sticky.join("sock")).unwrap();
-    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, guest.1, 0o660));
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (ensure_user(PROXY_USER).0, guest.1, 0o660));
     // ... and the guests' group cannot delete it there (sticky: only its owner can).
     let out = Command::new("rm").args(["-f"]).arg(sticky.join("sock")).uid(guest.0).gid(guest.1).output().unwrap();
     assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
