@@ -24,6 +24,7 @@ const DPDK_LIBS: &[&str] = &[
     "rte_bus_vdev",
     "rte_pdump",
     "rte_pcapng",
+    "rte_bpf",
 ];
 
 const SDK_HEADERS: &[&str] = &["bus_driver.h", "dev_driver.h", "ethdev_driver.h", "bus_vdev_driver.h"];

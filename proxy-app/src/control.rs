@@ -174,6 +174,8 @@ pub struct Control {
     pool_serial: u32,
     last_link_check: Instant,
     last_stats: Instant,
+    /// The admin socket (`--ctl`), served from the poll loop like stdin.
+    admin: Option<crate::admin::Admin>,
 }
 
 impl Control {
@@ -199,6 +201,7 @@ impl Control {
             pool_serial: 0,
             last_link_check: Instant::now(),
             last_stats: Instant::now(),
+            admin: None,
         };
         // Every port gets as many queues as the whole file names for it, before its
         // first socket is made.
@@ -367,6 +370,10 @@ impl Control {
                     owners.push((i, true));
                 }
             }
+            let admin_fds = fds.len();
+            if let Some(a) = &self.admin {
+                a.poll_fds(&mut fds);
+            }
             let n = os::poll(&mut fds, 100).unwrap_or(0);
             if n > 0 {
                 for (pfd, &(idx, is_conn)) in fds.iter().zip(&owners) {
@@ -401,9 +408,34 @@ impl Control {
                     }
                 }
             }
+            if let Some(mut admin) = self.admin.take() {
+                admin.service(&fds[admin_fds..], |line| self.answer(line));
+                self.admin = Some(admin);
+            }
             self.housekeeping();
         }
         self.shutdown();
+    }
+
+    /// Serves the admin socket (`--ctl`) from now on.
+    pub fn set_admin(&mut self, admin: crate::admin::Admin) {
+        self.admin = Some(admin);
+    }
+
+    /// Runs one command line of the admin socket; its answer (an `error: ` line when it
+    /// failed).
+    fn answer(&mut self, line: &str) -> String {
+        let mut out: Vec<u8> = Vec::new();
+        match cmds::parse(line) {
+            Ok(Some(cmd)) => self.execute(cmd, &mut out),
+            Ok(None) => out.extend_from_slice(b"error: no command\n"),
+            Err(e) => out.extend_from_slice(format!("error: {e}\n").as_bytes()),
+        }
+        if out.is_empty() {
+            // `quit` says nothing on stdin.
+            out.extend_from_slice(b"ok\n");
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     fn command_line(&mut self, line: &str) {

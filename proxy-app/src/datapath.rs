@@ -637,16 +637,38 @@ impl Plane {
             self.version.store(version, Ordering::SeqCst);
             version
         };
+        self.wait_seen(version);
+    }
+
+    /// Waits until every NIC burst the loop had started before the call has returned:
+    /// the configuration is published again unchanged, and the loop picks a new version
+    /// up only between rounds. Packet capture calls it (on EAL's multi-process thread)
+    /// after removing a capture callback and before freeing what that callback uses.
+    /// False if the loop did not confirm in time (it still runs the old round).
+    pub fn quiesce(&self) -> bool {
+        let version = {
+            let mut cfg = lock(&self.config);
+            let version = cfg.version + 1;
+            *cfg = Arc::new(PlaneConfig { version, active: cfg.active.clone(), idle: cfg.idle.clone() });
+            self.version.store(version, Ordering::SeqCst);
+            version
+        };
+        self.wait_seen(version)
+    }
+
+    /// Waits (bounded) until the loop runs configuration `version` or is not running.
+    fn wait_seen(&self, version: u64) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.running.load(Ordering::SeqCst) && self.seen.load(Ordering::Acquire) < version {
             if Instant::now() > deadline {
                 // The loop is stuck inside a driver call; what it holds stays held (and
                 // the DPDK layer refuses to set up its queues meanwhile).
                 eprintln!("dpdk-io-proxy: data loop did not pick up configuration {version} in 5 s");
-                return;
+                return false;
             }
             std::thread::sleep(Duration::from_micros(50));
         }
+        true
     }
 
     pub fn request_stop(&self) {

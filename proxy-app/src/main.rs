@@ -6,8 +6,12 @@
 //! the sockets and stdin (`control`).
 
 mod access;
+mod admin;
 mod cmds;
 mod control;
+// Shared with dpdk-io-proxy-ctl, which alone reads answers (error_line).
+#[allow(dead_code)]
+mod ctl_proto;
 mod datapath;
 mod nic;
 mod os;
@@ -84,13 +88,22 @@ options:
   --seccomp kill|log|off   system calls outside the proxy's allowlist end it with SIGSYS
                            and a message (kill, the default), are let through and logged
                            by the kernel (log: dmesg, audit type=1326), or are not filtered
+  --ctl PATH               serve the admin socket here (default {ctl}; without
+                           --ctl a default path that is busy is only a warning):
+                           dpdk-io-proxy-ctl [--ctl PATH] <command> sends any command
+                           below and prints the answer
+  --ctl-owner USER         the user who may use it besides root (owns the file)
+  --ctl-group GROUP        its group
+  --ctl-mode OCTAL         its permissions (default 0600)
+  --no-ctl                 no admin socket
   -h, --help               this text
 
 {}
 
 The data path runs on the EAL main lcore; pin it with -l/--lcores. Stop with 'quit' on
 stdin, SIGINT or SIGTERM: guests are told goodbye and every port is closed.",
-        cmds::HELP
+        cmds::HELP,
+        ctl = ctl_proto::DEFAULT_CTL_PATH,
     )
 }
 
@@ -114,6 +127,9 @@ struct AppArgs {
     /// The user to become after start-up (`--user`).
     user: String,
     seccomp: sandbox::SeccompMode,
+    /// The admin socket, and whether its path was given (a default one may be busy).
+    ctl: Option<admin::AdminSpec>,
+    ctl_explicit: bool,
 }
 
 fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
@@ -138,6 +154,9 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
     let mut bench_latency = None;
     let mut user = DEFAULT_USER.to_string();
     let mut seccomp = sandbox::SeccompMode::Kill;
+    let mut ctl = Some(admin::AdminSpec { path: ctl_proto::DEFAULT_CTL_PATH.into(), owner: None, group: None, mode: 0o600 });
+    let mut ctl_explicit = false;
+    let mut no_ctl = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
@@ -184,13 +203,35 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
             }
             "--user" => user = value(a)?,
             "--seccomp" => seccomp = sandbox::SeccompMode::parse(&value(a)?).map_err(|e| format!("--seccomp: {e}"))?,
+            "--ctl" => {
+                if let Some(c) = ctl.as_mut() {
+                    c.path = value(a)?.into();
+                }
+                ctl_explicit = true;
+            }
+            "--ctl-owner" => {
+                let uid = access::resolve_user(&value(a)?).map_err(|e| format!("--ctl-owner: {e}"))?;
+                ctl.iter_mut().for_each(|c| c.owner = Some(uid));
+            }
+            "--ctl-group" => {
+                let gid = access::resolve_group(&value(a)?).map_err(|e| format!("--ctl-group: {e}"))?;
+                ctl.iter_mut().for_each(|c| c.group = Some(gid));
+            }
+            "--ctl-mode" => {
+                let mode = cmds::parse_mode(&value(a)?).map_err(|e| format!("--ctl-mode: {e}"))?;
+                ctl.iter_mut().for_each(|c| c.mode = mode);
+            }
+            "--no-ctl" => no_ctl = true,
             other => return Err(format!("unknown option '{other}' (see --help)")),
         }
     }
     if opts.region_size > opts.max_region_size {
         opts.max_region_size = opts.region_size;
     }
-    Ok(AppArgs { opts, cmds, bench_latency, user, seccomp })
+    if no_ctl {
+        ctl = None;
+    }
+    Ok(AppArgs { opts, cmds, bench_latency, user, seccomp, ctl, ctl_explicit })
 }
 
 fn main() -> ExitCode {
@@ -308,10 +349,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The admin socket is made here, before the control thread starts (and while the
+    // process still has the privileges to make it under /run).
+    if let Some(spec) = &app.ctl {
+        match admin::Admin::bind(spec) {
+            Ok(a) => control.set_admin(a),
+            Err(e) if app.ctl_explicit => {
+                eprintln!("dpdk-io-proxy: {e}");
+                control.close_ports();
+                return ExitCode::FAILURE;
+            }
+            Err(e) => log_warn!("no admin socket: {e}"),
+        }
+    }
     // dpdk-telemetry.py commands and dpdk-dumpcap (see telemetry.rs).
     let telemetry = telemetry::register(&eal);
     let capture = if identity.is_none() {
-        telemetry::Capture::init(&eal)
+        telemetry::Capture::init(&eal, plane.clone())
     } else {
         // A secondary process (dpdk-dumpcap) is answered through its socket file in root's
         // private runtime directory (/var/run/dpdk, 0700), which the proxy's user cannot

@@ -26,7 +26,7 @@ use shm_contract::layout::RingArea;
 use shm_contract::spsc::{CONS_INDEX_OFFSET, PROD_INDEX_OFFSET};
 use shm_contract::SharedMem;
 
-use crate::datapath::SocketStats;
+use crate::datapath::{Plane, SocketStats};
 use crate::{log_info, log_warn};
 
 /// How stale the snapshot may get (the control loop refreshes it at most this often).
@@ -143,8 +143,10 @@ pub struct Capture(Option<Pdump>);
 
 impl Capture {
     /// Enables packet capture, or says why it is unavailable.
-    pub fn init(eal: &Eal) -> Capture {
-        match Pdump::init(eal) {
+    pub fn init(eal: &Eal, plane: Arc<Plane>) -> Capture {
+        // The capture callbacks run inside the data loop's bursts: one removed is freed
+        // (and its secondary told) only once the loop has finished the round in progress.
+        match Pdump::init(eal, Box::new(move || plane.quiesce())) {
             Ok(pdump) => {
                 CAPTURE.store(true, Ordering::Relaxed);
                 log_info!("packet capture ready: dpdk-dumpcap --file-prefix <this --file-prefix> -i <port>");

@@ -30,6 +30,9 @@
 #include <rte_alarm.h>
 #include <rte_telemetry.h>
 #include <rte_pdump.h>
+/* The proxy serves pdump requests itself and wraps captured packets with pcapng. */
+#include <rte_pcapng.h>
+#include <rte_bpf.h>
 /* Ring-backed ethdev pairs (rte_eth_from_rings): the latency probe of crates/bench.
  * Declarations only; crates/bench links librte_net_ring. */
 #include <rte_eth_ring.h>

@@ -1,0 +1,372 @@
+//! The admin socket (`--ctl PATH`): the commands of stdin for a proxy that runs as a
+//! service, sent by `dpdk-io-proxy-ctl` (protocol: `ctl_proto.rs`).
+//!
+//! It is an attack surface like the guests' sockets: only root, the proxy's own user
+//! and the configured owner get an answer (`SO_PEERCRED`, checked on accept besides the
+//! file's owner and mode); a command line is at most `MAX_REQUEST` bytes; every
+//! descriptor is non-blocking and served from the control thread's poll loop, at most
+//! `MAX_CONNS` at a time, each for at most `CONN_DEADLINE`: a client that does not send
+//! or does not read never blocks the control thread. One command per connection.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::ctl_proto::MAX_REQUEST;
+use crate::os;
+use crate::{log_info, log_warn};
+
+/// Connections served at once; more are closed unanswered.
+const MAX_CONNS: usize = 8;
+/// A connection must have sent its command and read the answer within this time.
+const CONN_DEADLINE: Duration = Duration::from_secs(5);
+/// At most one warning about refused peers this often.
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// Where and how the admin socket is made.
+#[derive(Debug, Clone)]
+pub struct AdminSpec {
+    pub path: PathBuf,
+    /// Besides root (and the proxy's own user): the user who may use it; it owns the file.
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    pub mode: u32,
+}
+
+struct AdminConn {
+    fd: OwnedFd,
+    since: Instant,
+    input: Vec<u8>,
+    /// The answer and how much of it is sent; None while the command is being read.
+    output: Option<(Vec<u8>, usize)>,
+}
+
+/// The listening admin socket and its connections.
+pub struct Admin {
+    listener: OwnedFd,
+    path: PathBuf,
+    /// The socket file this proxy made (device, inode): removed at exit only if it is
+    /// still that file.
+    made: (u64, u64),
+    allowed: Vec<u32>,
+    conns: Vec<AdminConn>,
+    refused: u64,
+    last_refusal_log: Option<Instant>,
+}
+
+impl Admin {
+    /// Makes the socket: its directory is created (0755) if missing and must then be a
+    /// real directory owned by root or this user, writable by nobody else unless sticky;
+    /// a socket file left behind by a proxy that is gone is replaced, one a live proxy
+    /// listens on is an error, anything else at the path is an error.
+    pub fn bind(spec: &AdminSpec) -> Result<Admin, String> {
+        let path = &spec.path;
+        let shown = path.display();
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        match fs::DirBuilder::new().mode(0o755).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("--ctl {shown}: cannot create {}: {e}", dir.display())),
+        }
+        let meta = fs::symlink_metadata(dir).map_err(|e| format!("--ctl {shown}: {}: {e}", dir.display()))?;
+        // SAFETY: geteuid(2) cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        let mode = meta.permissions().mode();
+        if !meta.file_type().is_dir()
+            || (meta.uid() != 0 && meta.uid() != euid)
+            || (mode & 0o022 != 0 && mode & 0o1000 == 0)
+        {
+            return Err(format!(
+                "--ctl {shown}: {} must be a directory owned by root or this user that others cannot write to",
+                dir.display()
+            ));
+        }
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() && (m.uid() == euid || m.uid() == 0) => {
+                if stream_connects(path) {
+                    return Err(format!("--ctl {shown}: a running proxy serves it"));
+                }
+                fs::remove_file(path).map_err(|e| format!("--ctl {shown}: cannot replace the stale socket: {e}"))?;
+            }
+            Ok(_) => return Err(format!("--ctl {shown}: the path exists and is not this user's socket")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("--ctl {shown}: {e}")),
+        }
+        let addr = os::UnixAddr::new(path)?;
+        let listener = stream_socket().map_err(|e| format!("--ctl {shown}: socket: {e}"))?;
+        os::bind(listener.as_fd(), &addr).map_err(|e| format!("--ctl {shown}: bind: {e}"))?;
+        let made = fs::symlink_metadata(path).map(|m| (m.dev(), m.ino())).map_err(|e| format!("--ctl {shown}: {e}"))?;
+        let admin = Admin {
+            listener,
+            path: path.clone(),
+            made,
+            allowed: [0, euid].into_iter().chain(spec.owner).collect(),
+            conns: Vec::new(),
+            refused: 0,
+            last_refusal_log: None,
+        };
+        // (Dropping `admin` on an error below removes the file again.)
+        fs::set_permissions(path, fs::Permissions::from_mode(spec.mode & 0o777))
+            .map_err(|e| format!("--ctl {shown}: chmod: {e}"))?;
+        if spec.owner.is_some() || spec.group.is_some() {
+            std::os::unix::fs::lchown(path, spec.owner, spec.group).map_err(|e| format!("--ctl {shown}: chown: {e}"))?;
+        }
+        os::listen(admin.listener.as_fd(), MAX_CONNS as i32).map_err(|e| format!("--ctl {shown}: listen: {e}"))?;
+        log_info!("admin socket {shown} (mode {:04o}; dpdk-io-proxy-ctl --ctl {shown} <command>)", spec.mode & 0o777);
+        Ok(admin)
+    }
+
+    /// Adds what to poll: the listener, then each connection (reading or writing).
+    pub fn poll_fds(&self, fds: &mut Vec<libc::pollfd>) {
+        fds.push(libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        for c in &self.conns {
+            let events = if c.output.is_some() { libc::POLLOUT } else { libc::POLLIN };
+            fds.push(libc::pollfd { fd: c.fd.as_raw_fd(), events, revents: 0 });
+        }
+    }
+
+    /// Serves what `poll` reported in `fds` (the entries `poll_fds` added, in order):
+    /// accepts, reads command lines, runs each complete one through `execute` (which
+    /// returns the answer), writes answers, and drops connections that are done or
+    /// past their deadline.
+    pub fn service(&mut self, fds: &[libc::pollfd], mut execute: impl FnMut(&str) -> String) {
+        let now = Instant::now();
+        for (c, pfd) in self.conns.iter_mut().zip(fds.iter().skip(1)) {
+            if pfd.revents != 0 {
+                serve_conn(c, &mut execute);
+            }
+        }
+        self.conns.retain(|c| match &c.output {
+            Some((out, sent)) if *sent >= out.len() => false,
+            _ => now.duration_since(c.since) < CONN_DEADLINE,
+        });
+        if fds.first().is_some_and(|p| p.revents != 0) {
+            self.accept(now);
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        // A bounded number per round: the poll loop comes back for the rest.
+        for _ in 0..MAX_CONNS {
+            let fd = match os::accept(self.listener.as_fd()) {
+                Ok(fd) => fd,
+                Err(_) => return,
+            };
+            let peer = os::peer_credentials(fd.as_fd());
+            let admitted = peer.as_ref().is_some_and(|p| self.allowed.contains(&p.uid));
+            if !admitted || self.conns.len() >= MAX_CONNS {
+                self.refused += 1;
+                if self.last_refusal_log.is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_PERIOD) {
+                    self.last_refusal_log = Some(now);
+                    let who = peer.map_or("an unknown peer".to_string(), |p| format!("pid {} uid {}", p.pid, p.uid));
+                    let why = if admitted { "too many admin connections" } else { "not an allowed user" };
+                    log_warn!("admin socket: refused {who} ({why}; {} refused so far)", self.refused);
+                }
+                continue;
+            }
+            self.conns.push(AdminConn { fd, since: now, input: Vec::new(), output: None });
+        }
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        // Only the file this proxy made (another proxy may have replaced a stale one).
+        if fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.made) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Reads what arrived (up to the first newline, `MAX_REQUEST` at most), runs the
+/// command once it is complete, and sends what the socket takes of the answer.
+fn serve_conn(c: &mut AdminConn, execute: &mut impl FnMut(&str) -> String) {
+    if c.output.is_none() {
+        let mut buf = [0u8; 1024];
+        let mut eof = false;
+        loop {
+            match os::read(c.fd.as_fd(), &mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.input.extend_from_slice(&buf[..n]);
+                    if c.input.contains(&b'\n') || c.input.len() > MAX_REQUEST {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        let line_end = c.input.iter().position(|&b| b == b'\n');
+        let answer = match line_end {
+            Some(end) if end < MAX_REQUEST => match std::str::from_utf8(&c.input[..end]) {
+                Ok(line) => execute(line),
+                Err(_) => "error: the command is not UTF-8\n".to_string(),
+            },
+            _ if c.input.len() >= MAX_REQUEST => format!("error: a command is at most {MAX_REQUEST} bytes\n"),
+            // A last line without its newline, at the end of input.
+            None if eof && !c.input.is_empty() => match std::str::from_utf8(&c.input) {
+                Ok(line) => execute(line),
+                Err(_) => "error: the command is not UTF-8\n".to_string(),
+            },
+            None if eof => "error: no command\n".to_string(),
+            _ => return,
+        };
+        c.input = Vec::new();
+        c.output = Some((answer.into_bytes(), 0));
+    }
+    if let Some((out, sent)) = &mut c.output {
+        while *sent < out.len() {
+            // SAFETY: sends from a live buffer; MSG_NOSIGNAL: a gone peer is an error,
+            // not a SIGPIPE; MSG_DONTWAIT: never blocks.
+            let n = unsafe {
+                libc::send(
+                    c.fd.as_raw_fd(),
+                    out[*sent..].as_ptr().cast(),
+                    out.len() - *sent,
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                *sent += n as usize;
+            } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
+                return;
+            } else {
+                // The peer is gone: done.
+                *sent = out.len();
+            }
+        }
+    }
+}
+
+/// A new non-blocking, close-on-exec unix stream socket.
+fn stream_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether a process listens on the stream socket at `path`.
+fn stream_connects(path: &Path) -> bool {
+    let (Ok(addr), Ok(fd)) = (os::UnixAddr::new(path), stream_socket()) else { return false };
+    match os::connect(fd.as_fd(), &addr) {
+        Ok(()) => true,
+        // Non-blocking: a listener whose backlog is full still exists.
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("admin-test-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    /// Runs the admin's poll loop on this thread until `done` returns true.
+    fn pump(admin: &mut Admin, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() && Instant::now() < deadline {
+            let mut fds = Vec::new();
+            admin.poll_fds(&mut fds);
+            os::poll(&mut fds, 10).unwrap();
+            admin.service(&fds, |line| format!("ran '{line}'\n"));
+        }
+    }
+
+    #[test]
+    fn one_command_per_connection_and_bounded_lines() {
+        let dir = scratch("cmd");
+        let path = dir.join("ctl.sock");
+        let mut admin = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        // A second proxy on the same path is refused while this one lives.
+        assert!(Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 })
+            .err()
+            .unwrap()
+            .contains("a running proxy serves it"));
+
+        let client = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let mut s = UnixStream::connect(&path).unwrap();
+                s.write_all(b"show sockets\nquit\n").unwrap();
+                let mut answer = String::new();
+                s.read_to_string(&mut answer).unwrap();
+                let mut long = UnixStream::connect(&path).unwrap();
+                // Never a newline: refused once the limit is passed.
+                let _ = long.write_all(&vec![b'x'; MAX_REQUEST + 10]);
+                let mut refusal = String::new();
+                long.read_to_string(&mut refusal).unwrap();
+                (answer, refusal)
+            }
+        });
+        pump(&mut admin, || client.is_finished());
+        let (answer, refusal) = client.join().unwrap();
+        assert_eq!(answer, "ran 'show sockets'\n");
+        assert_eq!(refusal, format!("error: a command is at most {MAX_REQUEST} bytes\n"));
+        drop(admin);
+        assert!(!path.exists(), "the socket file is removed at exit");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_silent_client_does_not_block_and_is_dropped() {
+        let dir = scratch("silent");
+        let path = dir.join("ctl.sock");
+        let mut admin = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }).unwrap();
+        let _silent = UnixStream::connect(&path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while admin.conns.is_empty() && Instant::now() < deadline {
+            let mut fds = Vec::new();
+            admin.poll_fds(&mut fds);
+            os::poll(&mut fds, 10).unwrap();
+            let start = Instant::now();
+            admin.service(&fds, |_| unreachable!("no command was sent"));
+            assert!(start.elapsed() < Duration::from_secs(1), "serving a silent client returns at once");
+        }
+        assert_eq!(admin.conns.len(), 1);
+        admin.conns[0].since = Instant::now() - CONN_DEADLINE;
+        admin.service(&[], |_| String::new());
+        assert!(admin.conns.is_empty(), "dropped at its deadline");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_and_other_files_are_not() {
+        let dir = scratch("stale");
+        let path = dir.join("ctl.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let admin = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }).unwrap();
+        drop(admin);
+        fs::write(&path, b"not a socket").unwrap();
+        let e = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }).err().unwrap();
+        assert!(e.contains("is not this user's socket"), "{e}");
+        assert_eq!(fs::read(&path).unwrap(), b"not a socket");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
