@@ -27,6 +27,9 @@ use crate::shadow::ShadowPool;
 use crate::sockpath::{ProxyUser, SocketFile};
 use crate::{log_info, log_warn};
 
+mod reload;
+pub use reload::reload_on_sighup;
+
 /// Set by SIGINT/SIGTERM.
 pub static QUIT_SIGNAL: AtomicBool = AtomicBool::new(false);
 
@@ -176,6 +179,8 @@ pub struct Control {
     last_stats: Instant,
     /// The admin socket (`--ctl`), served from the poll loop like stdin.
     admin: Option<crate::admin::Admin>,
+    /// The configuration file that SIGHUP reloads.
+    config_file: Option<PathBuf>,
 }
 
 impl Control {
@@ -202,6 +207,7 @@ impl Control {
             last_link_check: Instant::now(),
             last_stats: Instant::now(),
             admin: None,
+            config_file: None,
         };
         // Every port gets as many queues as the whole file names for it, before its
         // first socket is made.
@@ -412,9 +418,20 @@ impl Control {
                 admin.service(&fds[admin_fds..], |line| self.answer(line));
                 self.admin = Some(admin);
             }
+            if reload::RELOAD_SIGNAL.swap(false, Ordering::Relaxed) {
+                match self.config_file.clone() {
+                    Some(file) => self.reload(&file),
+                    None => log_warn!("SIGHUP: there is no configuration file (--cmds) to read again"),
+                }
+            }
             self.housekeeping();
         }
         self.shutdown();
+    }
+
+    /// The file SIGHUP reads again (the startup commands).
+    pub fn set_config_file(&mut self, file: PathBuf) {
+        self.config_file = Some(file);
     }
 
     /// Serves the admin socket (`--ctl`) from now on.

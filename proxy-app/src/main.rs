@@ -96,12 +96,15 @@ options:
   --ctl-group GROUP        its group
   --ctl-mode OCTAL         its permissions (default 0600)
   --no-ctl                 no admin socket
+  --version                the version and the DPDK it was built for
   -h, --help               this text
 
 {}
 
 The data path runs on the EAL main lcore; pin it with -l/--lcores. Stop with 'quit' on
-stdin, SIGINT or SIGTERM: guests are told goodbye and every port is closed.",
+stdin, SIGINT or SIGTERM: guests are told goodbye and every port is closed. SIGHUP
+reads the --cmds file again and applies the difference (new sockets served, removed
+ones closed, unchanged ones untouched); a bad file is refused with its line.",
         cmds::HELP,
         ctl = ctl_proto::DEFAULT_CTL_PATH,
     )
@@ -246,6 +249,10 @@ fn main() -> ExitCode {
             None => (argv.clone(), Vec::new()),
         },
     };
+    if eal_args.iter().skip(1).chain(&app_args).any(|a| a == "--version") {
+        println!("dpdk-io-proxy {} (built for DPDK {})", env!("CARGO_PKG_VERSION"), dpdk::sys::DPDK_VERSION);
+        return ExitCode::SUCCESS;
+    }
     let wants_help = |a: &String| a == "-h" || a == "--help";
     if eal_args.iter().skip(1).any(wants_help) || app_args.iter().any(wants_help) {
         println!("{}", usage());
@@ -349,6 +356,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(file) = &cmds_path {
+        control.set_config_file(file.into());
+    }
+    control::reload_on_sighup();
     // The admin socket is made here, before the control thread starts (and while the
     // process still has the privileges to make it under /run).
     if let Some(spec) = &app.ctl {

@@ -298,6 +298,10 @@ pub fn start_proxy(scratch: &Scratch, cfg: &ProxyConfig) -> Proc {
     cmd.args(&cfg.eal);
     cmd.arg("--");
     cmd.arg("--cmds").arg(&cmds);
+    // Each test's proxy has its own admin socket (not the shared default under /run).
+    if !cfg.extra.iter().any(|a| a == "--ctl" || a == "--no-ctl") {
+        cmd.arg("--ctl").arg(scratch.path("ctl.sock"));
+    }
     cmd.args(&cfg.extra);
     cmd.current_dir(&scratch.dir);
     Proc::spawn("proxy", cmd)
