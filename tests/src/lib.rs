@@ -274,6 +274,9 @@ pub struct ProxyConfig {
     pub netns: Option<String>,
 }
 
+/// Where [`start_proxy`] has the proxy serve its admin socket, in the test's directory.
+pub const ADMIN_SOCKET: &str = "ctl/ctl.sock";
+
 pub fn start_proxy(scratch: &Scratch, cfg: &ProxyConfig) -> Proc {
     let cmds = scratch.path("dpdk-io-proxy.cmds");
     fs::write(&cmds, cfg.commands.join("\n") + "\n").unwrap();
@@ -298,9 +301,10 @@ pub fn start_proxy(scratch: &Scratch, cfg: &ProxyConfig) -> Proc {
     cmd.args(&cfg.eal);
     cmd.arg("--");
     cmd.arg("--cmds").arg(&cmds);
-    // Each test's proxy has its own admin socket (not the shared default under /run).
+    // Each test's proxy has its own admin socket (not the shared default under /run), in
+    // a directory the proxy makes as root (the test directory belongs to the proxy's user).
     if !cfg.extra.iter().any(|a| a == "--ctl" || a == "--no-ctl") {
-        cmd.arg("--ctl").arg(scratch.path("ctl.sock"));
+        cmd.arg("--ctl").arg(scratch.path(ADMIN_SOCKET));
     }
     cmd.args(&cfg.extra);
     cmd.current_dir(&scratch.dir);

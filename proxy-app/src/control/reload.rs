@@ -8,7 +8,7 @@
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{remove_socket, Control};
+use super::Control;
 use crate::access::Access;
 use crate::cmds::{self, Command, SocketAccess};
 use crate::{log_info, log_warn};
@@ -110,7 +110,7 @@ impl Control {
                 for path in made {
                     if let Some(i) = self.endpoints.iter().position(|ep| ep.path == path) {
                         let ep = self.endpoints.remove(i);
-                        remove_socket(&ep);
+                        ep.file.remove();
                     }
                 }
                 return Err(format!("{name}:{}: {e}", w.line));
@@ -121,7 +121,7 @@ impl Control {
             self.disconnect(i, "the socket was removed (reload)", true);
             let ep = self.endpoints.remove(i);
             log_info!("no longer serving {} (reload)", ep.path.display());
-            remove_socket(&ep);
+            ep.file.remove();
         }
         let mut failed = None;
         for w in &late {
