@@ -280,7 +280,8 @@ pub const ADMIN_SOCKET: &str = "ctl/ctl.sock";
 pub fn start_proxy(scratch: &Scratch, cfg: &ProxyConfig) -> Proc {
     let cmds = scratch.path("dpdk-io-proxy.cmds");
     fs::write(&cmds, cfg.commands.join("\n") + "\n").unwrap();
-    if is_root() {
+    let stays_root = cfg.extra.windows(2).any(|w| w[0] == "--user" && w[1] == "root");
+    if is_root() && !stays_root {
         // The proxy becomes PROXY_USER after start-up (its default --user): sockets
         // typed later are made by that user, in the test's directory, as an operator
         // gives the proxy's user the directory for run-time sockets.
