@@ -17,7 +17,7 @@
 //! So this module answers pdump's multi-process requests itself (same request and
 //! answer as DPDK 22.11's clients send, the `mp_pdump` action): its callbacks take and
 //! give back the secondary's buffers without any lcore cache (straight from the
-//! pool's MP/MC ops), wrap pcapng in a pool of this process, and a disable answers only
+//! pool's MP/MC ops), wrap pcapng in a small pool of this process (made at init), and a disable answers only
 //! after the caller's quiescence hook confirmed that no burst still runs the removed
 //! callback; only then is the callback's memory freed. Statistics go where dumpcap
 //! reads them (`rte_pdump_stats`, in the memzone `rte_pdump_init` reserves).
@@ -57,7 +57,7 @@ const CHUNK: usize = 32;
 /// Longest chain a copy into the secondary's pool may take.
 const MAX_COPY_SEGS: usize = 16;
 /// Buffers of the pool that pcapng wrapping uses (one at a time per packet).
-const WRAP_POOL_SIZE: u32 = 255;
+const WRAP_POOL_SIZE: u32 = 63;
 /// Frames up to this size are wrapped in one buffer (9000-byte MTU plus headers).
 const WRAP_FRAME_MAX: u32 = 9216;
 
@@ -116,7 +116,8 @@ struct Server {
     taps: BTreeMap<(u16, u16, Dir), Box<Tap>>,
     /// Where `rte_pdump_stats` reads: rx[ports][queues], then tx[ports][queues].
     stats: *mut sys::rte_pdump_stats,
-    /// Made at the first pcapng capture; lives as long as the server.
+    /// Made at init (a later allocation could need system calls a sandbox no longer
+    /// allows); lives as long as the server.
     wrap_pool: Option<PktPool>,
 }
 
@@ -193,7 +194,17 @@ impl Pdump {
             unsafe { sys::rte_pdump_uninit() };
             return Err(e);
         }
-        *server() = Some(Server { quiesce, taps: BTreeMap::new(), stats, wrap_pool: None });
+        // SAFETY: pure computation of a buffer size.
+        let room = unsafe { sys::rte_pcapng_mbuf_size(WRAP_FRAME_MAX) };
+        let wrap_pool = match PktPool::new("pdump_wrap", WRAP_POOL_SIZE, 0, u16::try_from(room).unwrap_or(u16::MAX), sys::SOCKET_ID_ANY) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: undoes rte_pdump_init (and with it the action registered above).
+                unsafe { sys::rte_pdump_uninit() };
+                return Err(e);
+            }
+        };
+        *server() = Some(Server { quiesce, taps: BTreeMap::new(), stats, wrap_pool: Some(wrap_pool) });
         Ok(())
     }
 
@@ -318,15 +329,6 @@ impl Server {
             return -libc::EEXIST;
         }
         let pcapng = req.ver == VERSION_PCAPNG;
-        if pcapng && self.wrap_pool.is_none() {
-            // SAFETY: pure computation of a buffer size.
-            let room = unsafe { sys::rte_pcapng_mbuf_size(WRAP_FRAME_MAX) };
-            let room = u16::try_from(room).unwrap_or(u16::MAX);
-            match PktPool::new("pdump_wrap", WRAP_POOL_SIZE, 0, room, sys::SOCKET_ID_ANY) {
-                Ok(p) => self.wrap_pool = Some(p),
-                Err(e) => return -e.errno,
-            }
-        }
         let wrap_pool = if pcapng { self.wrap_pool.as_ref().map_or(null_mut(), |p| p.as_ptr()) } else { null_mut() };
         let snaplen = if req.snaplen == 0 { u32::MAX } else { req.snaplen };
         let mut added = Vec::new();
