@@ -263,6 +263,9 @@ pub const ALLOWED: &[(&str, i64)] = &[
     ("ppoll", libc::SYS_ppoll),
     ("select", libc::SYS_select),
     ("pselect6", libc::SYS_pselect6),
+    // EAL's interrupt thread makes a new epoll set with epoll_create(1) whenever its
+    // sources change (the first alarm a secondary process such as dpdk-dumpcap causes).
+    ("epoll_create", libc::SYS_epoll_create),
     ("epoll_create1", libc::SYS_epoll_create1),
     ("epoll_ctl", libc::SYS_epoll_ctl),
     ("epoll_wait", libc::SYS_epoll_wait),
