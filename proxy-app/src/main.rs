@@ -304,6 +304,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if identity.is_some() && !eal_args.iter().any(|a| ["--in-memory", "--no-shconf", "--legacy-mem"].contains(&a.as_str())) {
+        // After the drop EAL still grows its memory (a new guest's shadow mbufs) and
+        // registers guest regions (rte_extmem_register): with files, both need root's
+        // hugetlbfs and runtime directories; in memory, they need nothing. What is lost,
+        // the multi-process channel, the drop costs anyway (see the capture below).
+        eal_args.push("--in-memory".into());
+    }
     let mut opts = app.opts;
     if let Some(who) = &identity {
         // What the proxy makes belongs to the user it runs as, so that it can still

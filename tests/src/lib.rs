@@ -287,6 +287,14 @@ pub fn start_proxy(scratch: &Scratch, cfg: &ProxyConfig) -> Proc {
         // gives the proxy's user the directory for run-time sockets.
         let (uid, gid) = ensure_user(PROXY_USER);
         std::os::unix::fs::chown(&scratch.dir, Some(uid), Some(gid)).unwrap();
+        // net_pcap opens its output file again at every port start (a queue switch
+        // restarts the port), by then as PROXY_USER: the file must be that user's.
+        for arg in &cfg.eal {
+            for out in arg.split(',').filter_map(|kv| kv.strip_prefix("tx_pcap=")) {
+                fs::write(out, b"").unwrap();
+                std::os::unix::fs::chown(out, Some(uid), Some(gid)).unwrap();
+            }
+        }
     }
     let (cpu, _) = cpus();
     let mut cmd = match &cfg.netns {
