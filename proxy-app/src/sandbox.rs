@@ -239,6 +239,8 @@ pub const ALLOWED: &[(&str, i64)] = &[
     // glibc's fchmodat(AT_SYMLINK_NOFOLLOW) without the fchmodat2 call changes the
     // mode through /proc/self/fd/N of an O_PATH descriptor (sockpath.rs).
     ("chmod", libc::SYS_chmod),
+    // ... and what a newer glibc calls instead.
+    ("fchmodat2", libc::SYS_fchmodat2),
     ("umask", libc::SYS_umask),
     // Unix sockets (guests, telemetry, the multi-process channel), netlink/inet
     // sockets the tap driver configures its interface through.
