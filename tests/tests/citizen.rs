@@ -375,9 +375,7 @@ fn dumpcap_captures_a_guests_traffic_on_the_proxy_port() {
     // 60-byte frames from the null device, which the guest sends back with MACs swapped.
     // Capture needs the proxy to stay root: EAL answers dumpcap through root's private
     // runtime directory (docs/threat-model.md, "Least privilege").
-    // --seccomp log: with the filter killing, the proxy died when dumpcap attached (a
-    // call of the multi-process path is missing from the allowlist; dmesg names it).
-    let proxy = null_proxy_with(&s, "net_null0,size=60", &sock, &["--user", "root", "--seccomp", "log"]);
+    let proxy = null_proxy_with(&s, "net_null0,size=60", &sock, &["--user", "root"]);
     let dev = format!("sock:{},region_size=64M", sock.display());
     let mut g = testpmd(&s, "guest", Plugins::Build, &dev, &[], &["-i", "--forward-mode=macswap", "--total-num-mbufs=4096"]);
     wait_or_dump(&g, "Checking link statuses", 30);
