@@ -52,7 +52,7 @@ pub use mem::{virt2phy, Device, ExtMem};
 pub use extpool::{ExtBuffer, ExtPool, ExtPoolOps, ExtPoolSpec};
 pub use mbuf::{flush_lcore_cache, Drain, IntoSegments, Mbuf, MbufBurst, MbufError, RxQueue, Segment, Segments, TxQueue};
 pub use mempool::{mempool_count, Mempool, PktPool};
-pub use pdump::Pdump;
+pub use pdump::{Pdump, Quiesce};
 pub use ring::{mbuf_ring, RingConsumer, RingProducer};
 
 /// A failed DPDK call: which call and the errno it reported.
