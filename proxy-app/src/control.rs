@@ -86,7 +86,6 @@ impl LogLimit {
         }
     }
 }
-const DEFAULT_RING_ENTRIES: u32 = 1024;
 
 /// Queue starts one socket may make on a port that restarts for each (no runtime
 /// rx-queue setup; every restart pauses the port's other queues): a burst of this
@@ -845,7 +844,7 @@ impl Control {
             );
             return refuse(self, RefuseCode::TooLarge, reason);
         }
-        let or_default = |n: u32| if n == 0 { DEFAULT_RING_ENTRIES } else { n };
+        let or_default = |n: u32| if n == 0 { shm_contract::layout::DEFAULT_RING_ENTRIES } else { n };
         let req = RegionRequest {
             size,
             rx_entries: or_default(hello.rx_ring_entries),
