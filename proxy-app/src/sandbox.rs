@@ -269,9 +269,6 @@ pub const ALLOWED: &[(&str, i64)] = &[
     // sources change (the first alarm a secondary process such as dpdk-dumpcap causes).
     ("epoll_create", libc::SYS_epoll_create),
     ("epoll_create1", libc::SYS_epoll_create1),
-    // EAL's interrupt thread makes its epoll set again with the old call whenever its
-    // sources change (a secondary process attaching: found with --seccomp log).
-    ("epoll_create", libc::SYS_epoll_create),
     ("epoll_ctl", libc::SYS_epoll_ctl),
     ("epoll_wait", libc::SYS_epoll_wait),
     ("epoll_pwait", libc::SYS_epoll_pwait),
