@@ -122,7 +122,9 @@ struct Endpoint {
     path: PathBuf,
     port: u16,
     queue: u16,
-    listener: OwnedFd,
+    /// Closed by the reaper too: closing a listener releases the connections still in its
+    /// backlog, and the descriptors in the messages queued on them.
+    listener: PeerFd,
     /// The socket file, its directory and the directories the proxy made for it.
     file: SocketFile,
     conn: Option<Conn>,
@@ -286,7 +288,7 @@ impl Control {
             path: path.to_path_buf(),
             port,
             queue,
-            listener,
+            listener: PeerFd::new(listener),
             file,
             conn: None,
             stats: Arc::new(SocketStats::default()),
@@ -370,7 +372,7 @@ impl Control {
                 if !peers_welcome {
                     break;
                 }
-                fds.push(pollfd(ep.listener.as_raw_fd()));
+                fds.push(pollfd(ep.listener.as_fd().as_raw_fd()));
                 owners.push((i, false));
                 if let Some(c) = &ep.conn {
                     fds.push(pollfd(c.fd.as_fd().as_raw_fd()));

@@ -4,9 +4,10 @@
 //! wait: a TCP socket with `SO_LINGER` and unsent data waits up to its linger time (any
 //! number of seconds its owner chose), a file on FUSE or NFS waits for a server to
 //! answer its flush. Closing a unix connection also releases, in the closer's context,
-//! every descriptor still queued in unread messages on it. So nothing a peer passed and
-//! no connection a peer made is ever closed on the control thread (or the data lcore):
-//! they are handed here, as [`PeerFd`]s, whose drop queues them for this thread.
+//! every descriptor still queued in unread messages on it (and closing a listener, the
+//! connections in its backlog). So nothing a peer passed, no connection a peer made and
+//! no listener is ever closed on the control thread (or the data lcore): they are
+//! handed here, as [`PeerFd`]s, whose drop queues them for this thread.
 //!
 //! Before queueing, a socket is made to abort on close (`os::abort_on_close`), so a
 //! lingering TCP socket costs this thread nothing either. A file whose close still
@@ -104,8 +105,9 @@ pub fn stats_text() -> String {
     )
 }
 
-/// A descriptor that came from a peer (passed with a message, or a connection it
-/// made): dropping it hands it to the reaper.
+/// A descriptor whose close may release what a peer chose: one a peer passed, a
+/// connection a peer made (descriptors in its unread messages), or a listening socket
+/// (the connections in its backlog). Dropping it hands it to the reaper.
 #[derive(Debug)]
 pub struct PeerFd(ManuallyDrop<OwnedFd>);
 
