@@ -168,6 +168,37 @@ pub fn abort_on_close(fd: BorrowedFd<'_>) {
     };
 }
 
+extern "C" fn on_interrupt_signal(_sig: c_int) {
+    // Nothing: the signal only ends an interruptible wait of the thread it was sent to.
+}
+
+/// The signal that interrupts a thread stuck in an interruptible wait (`interrupt`).
+pub fn interrupt_signal() -> c_int {
+    libc::SIGRTMIN() + 4
+}
+
+/// Installs a handler that does nothing for `interrupt_signal()`, without
+/// `SA_RESTART`, so that the signal ends an interruptible wait of the thread it is
+/// sent to (a close waiting for a TCP socket's linger time) and is otherwise harmless.
+pub fn install_interrupt_handler() -> io::Result<()> {
+    // SAFETY: sigaction is plain data; zero is valid; the handler does nothing.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_interrupt_signal as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(interrupt_signal(), &action, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Sends `interrupt_signal()` to thread `thread` of this process.
+pub fn interrupt(thread: libc::pthread_t) {
+    // SAFETY: the caller passes a thread of this process that has not been joined.
+    unsafe { libc::pthread_kill(thread, interrupt_signal()) };
+}
+
 /// Raises the soft limit of open descriptors to the hard one; returns the soft limit
 /// in force afterwards.
 pub fn raise_fd_limit() -> u64 {

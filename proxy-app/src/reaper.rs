@@ -10,8 +10,14 @@
 //! handed here, as [`PeerFd`]s, whose drop queues them for this thread.
 //!
 //! Before queueing, a socket is made to abort on close (`os::abort_on_close`), so a
-//! lingering TCP socket costs this thread nothing either. A file whose close still
-//! blocks (a FUSE file) holds up this thread only: the queue is bounded
+//! lingering TCP socket costs this thread nothing either. That cannot reach sockets
+//! nested in a connection's unread messages (or in a passed unix socket's queue), nor
+//! one whose owner restores its linger before we close: a watchdog therefore sends the
+//! reaper a signal whenever one close has taken more than [`STUCK`] (`os::interrupt`),
+//! which ends a linger wait at once (the socket is then reset in the background), and
+//! with it every other linger wait of that close. A file whose close still blocks
+//! uninterruptibly (a FUSE or NFS file whose server does not answer a flush) holds up
+//! this thread only: the queue is bounded
 //! ([`CAPACITY`]) and the control thread reads from peers and accepts connections only
 //! while the queue has room for everything one more message or connection can bring
 //! ([`room_for_peer_input`]); meanwhile it keeps answering commands, and the data loop
@@ -23,7 +29,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::os::unix::thread::JoinHandleExt;
+use std::time::{Duration, Instant};
 
 use shm_contract::proto::transport::SCM_MAX_FD;
 
@@ -42,26 +49,56 @@ static PENDING: AtomicUsize = AtomicUsize::new(0);
 static CLOSED: AtomicU64 = AtomicU64::new(0);
 static LEAKED: AtomicU64 = AtomicU64::new(0);
 static SLOWEST_US: AtomicU64 = AtomicU64::new(0);
+static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+/// When the close in progress began (µs since `EPOCH`, plus 1), 0 while idle.
+static BUSY_SINCE_US: AtomicU64 = AtomicU64::new(0);
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// A close that takes longer than this is interrupted (and again every `STUCK`).
+pub const STUCK: Duration = Duration::from_millis(20);
+
+fn now_us() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
+}
 
 /// Starts the reaper thread (once; later calls do nothing).
 pub fn start() -> Result<(), String> {
     if REAPER.get().is_some() {
         return Ok(());
     }
+    os::install_interrupt_handler().map_err(|e| format!("cannot install the reaper's interrupt handler: {e}"))?;
     let (queue, incoming) = sync_channel::<OwnedFd>(CAPACITY);
-    std::thread::Builder::new()
+    let reaper = std::thread::Builder::new()
         .name("fd-reaper".into())
         .spawn(move || {
             for fd in incoming {
-                let t = Instant::now();
+                let t = now_us();
+                BUSY_SINCE_US.store(t, Ordering::SeqCst);
                 drop(fd);
-                let us = t.elapsed().as_micros() as u64;
-                SLOWEST_US.fetch_max(us, Ordering::Relaxed);
+                BUSY_SINCE_US.store(0, Ordering::SeqCst);
+                SLOWEST_US.fetch_max(now_us() - t, Ordering::Relaxed);
                 CLOSED.fetch_add(1, Ordering::Relaxed);
                 PENDING.fetch_sub(1, Ordering::Release);
             }
         })
         .map_err(|e| format!("cannot start the descriptor reaper thread: {e}"))?;
+    let reaper_thread = reaper.as_pthread_t();
+    std::thread::Builder::new()
+        .name("fd-reaper-watch".into())
+        .spawn(move || {
+            // The reaper runs for the life of the process (its queue's sender is static),
+            // so its thread id stays valid.
+            let _keep = reaper;
+            loop {
+                std::thread::sleep(STUCK / 2);
+                let since = BUSY_SINCE_US.load(Ordering::SeqCst);
+                if since != 0 && now_us().saturating_sub(since) >= STUCK.as_micros() as u64 {
+                    os::interrupt(reaper_thread);
+                    INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the descriptor reaper's watchdog: {e}"))?;
     let _ = REAPER.set(Reaper { queue });
     Ok(())
 }
@@ -94,14 +131,15 @@ pub fn room_for_peer_input(reserve: usize) -> bool {
     PENDING.load(Ordering::Acquire) + SCM_MAX_FD + 1 + reserve <= CAPACITY
 }
 
-/// `reaper_pending=.. reaper_closed=.. reaper_leaked=.. reaper_slowest_us=..`
+/// `reaper_pending=.. reaper_closed=.. reaper_leaked=.. reaper_slowest_us=.. reaper_interrupts=..`
 pub fn stats_text() -> String {
     format!(
-        "reaper_pending={} reaper_closed={} reaper_leaked={} reaper_slowest_us={}",
+        "reaper_pending={} reaper_closed={} reaper_leaked={} reaper_slowest_us={} reaper_interrupts={}",
         PENDING.load(Ordering::Relaxed),
         CLOSED.load(Ordering::Relaxed),
         LEAKED.load(Ordering::Relaxed),
-        SLOWEST_US.load(Ordering::Relaxed)
+        SLOWEST_US.load(Ordering::Relaxed),
+        INTERRUPTS.load(Ordering::Relaxed)
     )
 }
 
@@ -183,6 +221,26 @@ mod tests {
         // Not a socket: left alone, no error.
         let file = std::fs::File::open("/proc/self/exe").unwrap();
         os::abort_on_close(file.as_fd());
+    }
+
+    #[test]
+    fn a_lingering_socket_nested_in_an_unread_message_is_interrupted() {
+        start().unwrap();
+        // A connection whose unread message holds a lingering socket: closing the
+        // connection releases it in the closer, where disarming cannot reach it.
+        let (conn, peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let (fd, _server) = lingering_tcp(30);
+        shm_contract::proto::transport::send_message(peer.as_fd(), &shm_contract::Message::Goodbye, 0, &[fd.as_fd()]).unwrap();
+        drop(fd);
+        let closed = CLOSED.load(Ordering::Relaxed);
+        let interrupts = INTERRUPTS.load(Ordering::Relaxed);
+        let t = Instant::now();
+        drop(PeerFd::new(conn.into()));
+        while CLOSED.load(Ordering::Relaxed) == closed && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "the reaper took {:?}", t.elapsed());
+        assert!(INTERRUPTS.load(Ordering::Relaxed) > interrupts, "the close was interrupted");
     }
 
     #[test]
