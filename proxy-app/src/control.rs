@@ -130,7 +130,7 @@ struct Endpoint {
     conn: Option<Conn>,
     stats: Arc<SocketStats>,
     guests_served: u64,
-    peer_log: LogLimit,
+    peer_log: std::cell::RefCell<LogLimit>,
     /// Per socket, not per guest: reconnecting does not refill it.
     queue_starts: StartBudget,
 }
@@ -293,7 +293,7 @@ impl Control {
             conn: None,
             stats: Arc::new(SocketStats::default()),
             guests_served: 0,
-            peer_log: LogLimit::default(),
+            peer_log: Default::default(),
             queue_starts: StartBudget::new(),
         });
         Ok(())
@@ -696,7 +696,7 @@ impl Control {
                 // The socket is non-blocking: a full socket is a guest that does not read
                 // its answers. No further answer is attempted; the connection is shut down
                 // (so its poll wakes up) and detached by `service_conn`/`housekeeping`.
-                log_warn!("{}: cannot answer the guest ({e}); closing its connection", self.endpoints[idx].path.display());
+                self.warn_peer(idx, &format!("cannot answer the guest ({e}); closing its connection"));
                 conn.unanswerable.set(true);
                 // It stays open until dropped.
                 let _ = os::shutdown(conn.fd.as_fd());
@@ -731,9 +731,10 @@ impl Control {
     }
 
     /// A rate-limited warning about the peer of socket `idx`.
-    fn warn_peer(&mut self, idx: usize, text: &str) {
-        let ep = &mut self.endpoints[idx];
-        if let Some(held) = ep.peer_log.admit(Instant::now()) {
+    fn warn_peer(&self, idx: usize, text: &str) {
+        let ep = &self.endpoints[idx];
+        let admitted = ep.peer_log.borrow_mut().admit(Instant::now());
+        if let Some(held) = admitted {
             let more = if held > 0 { format!(" ({held} similar lines suppressed)") } else { String::new() };
             log_warn!("{}: {text}{more}", ep.path.display());
         }

@@ -569,6 +569,30 @@ pub fn send_with_fds(sock: &OwnedFd, bytes: &[u8], fds: &[std::os::fd::BorrowedF
     Ok(())
 }
 
+/// As [`send_with_fds`]; when the send fails (the proxy already closed the
+/// connection), the descriptors are made to abort on close: our copies are then the last
+/// ones, and a lingering socket would hold up this test instead of the proxy.
+pub fn send_or_disarm(sock: &OwnedFd, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+    let sent = send_with_fds(sock, bytes, fds);
+    if sent.is_err() {
+        let off = libc::linger { l_onoff: 1, l_linger: 0 };
+        for f in fds {
+            // SAFETY: setsockopt with a valid struct on a descriptor we borrow (ENOTSOCK
+            // for non-sockets, ignored).
+            unsafe {
+                libc::setsockopt(
+                    f.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&off as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+        }
+    }
+    sent
+}
+
 /// The encoded datagram of `msg`.
 pub fn datagram(msg: &Message, id: u32) -> Vec<u8> {
     shm_contract::proto::encode_to_vec(msg, id).expect("encodable")
