@@ -311,7 +311,7 @@ mod tests {
         let names: Vec<&str> = d.entries().iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names.first(), Some(&"path"));
         assert_eq!(names.last(), Some(&"guest_connected"));
-        assert_eq!(names.len(), 15);
+        assert_eq!(names.len(), 16);
         assert!(d.entries().contains(&("invalid".to_string(), dpdk::telemetry::TelValue::U64(4))));
     }
 }
