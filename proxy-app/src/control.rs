@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dpdk::{PktPool, Port};
-use shm_contract::proto::transport::{recv_message, send_message, TransportError};
+use shm_contract::proto::transport::{recv_message_and_fds, send_message, Received, TransportError};
 use shm_contract::proto::{negotiate, Hello, Welcome, HELLO_FLAG_REATTACH, PROTOCOL_VERSION_MIN, QUEUE_FLAG_RX_WAKEUP};
 use shm_contract::wake::Waker;
 use shm_contract::{DescRing, Message, PoolAdd, PoolLayout, RefuseCode, PROTOCOL_VERSION};
@@ -22,6 +22,7 @@ use crate::datapath::{DataQueue, Invalid, Plane, SocketStats};
 use crate::nic::NicPort;
 use crate::os;
 use crate::quarantine::{self, Leftover, PendingDelete, POOL_DELETE_WAIT};
+use crate::reaper::{self, PeerFd};
 use crate::region::{GuestRegion, RegionRequest};
 use crate::shadow::ShadowPool;
 use crate::sockpath::{ProxyUser, SocketFile};
@@ -123,19 +124,23 @@ struct Endpoint {
     path: PathBuf,
     port: u16,
     queue: u16,
-    listener: OwnedFd,
+    /// Closed by the reaper too: closing a listener releases the connections still in its
+    /// backlog, and the descriptors in the messages queued on them.
+    listener: PeerFd,
     /// The socket file, its directory and the directories the proxy made for it.
     file: SocketFile,
     conn: Option<Conn>,
     stats: Arc<SocketStats>,
     guests_served: u64,
-    peer_log: LogLimit,
+    peer_log: std::cell::RefCell<LogLimit>,
     /// Per socket, not per guest: reconnecting does not refill it.
     queue_starts: StartBudget,
 }
 
 struct Conn {
-    fd: OwnedFd,
+    /// Closed by the reaper when the connection goes: unread messages on it may hold
+    /// descriptors, released in the closer's context.
+    fd: PeerFd,
     since: Instant,
     pid: i32,
     guest: Option<Guest>,
@@ -291,12 +296,12 @@ impl Control {
             path: path.to_path_buf(),
             port,
             queue,
-            listener,
+            listener: PeerFd::new(listener),
             file,
             conn: None,
             stats: Arc::new(SocketStats::default()),
             guests_served: 0,
-            peer_log: LogLimit::default(),
+            peer_log: Default::default(),
             queue_starts: StartBudget::new(),
         });
         Ok(())
@@ -367,11 +372,18 @@ impl Control {
                 fds.push(pollfd(stdin_fd));
                 owners.push((usize::MAX, false));
             }
+            // Peers are read and accepted only while the reaper has room for all that
+            // one more message or connection can bring (reaper.rs); a reaper stuck on
+            // a close holds up new peers, never commands or the data loop.
+            let peers_welcome = reaper::room_for_peer_input(self.endpoints.len());
             for (i, ep) in self.endpoints.iter().enumerate() {
-                fds.push(pollfd(ep.listener.as_raw_fd()));
+                if !peers_welcome {
+                    break;
+                }
+                fds.push(pollfd(ep.listener.as_fd().as_raw_fd()));
                 owners.push((i, false));
                 if let Some(c) = &ep.conn {
-                    fds.push(pollfd(c.fd.as_raw_fd()));
+                    fds.push(pollfd(c.fd.as_fd().as_raw_fd()));
                     owners.push((i, true));
                 }
             }
@@ -565,7 +577,7 @@ impl Control {
             s += &format!(
                 "socket={} port={} queue={} guest={} guests_served={} rx_packets={} rx_bytes={} rx_dropped={} \
                  tx_packets={} tx_bytes={} tx_dropped={} tx_returned={} copies={} invalid={} refused={} bad_requests={} \
-                 pools={} pool_buffers={} free_ring={} shadow_in_use={} parked={} lost={} rx_wakeups={}\n",
+                 pools={} pool_buffers={} free_ring={} shadow_in_use={} parked={} lost={} rx_wakeups={} unwanted_fds={}\n",
                 ep.path.display(),
                 ep.port,
                 ep.queue,
@@ -589,6 +601,7 @@ impl Control {
                 guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.ctx.parked() as u64).sum::<u64>()),
                 guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.ctx.lost.load(Ordering::Relaxed)).sum::<u64>()),
                 ld(&st.rx_wakeups),
+                ld(&st.unwanted_fds),
             );
         }
         for (&port, nic) in &self.ports {
@@ -621,12 +634,13 @@ impl Control {
         let in_nic: u64 = self.quarantine.iter().map(|l| l.in_nic()).sum::<u64>()
             + deleting.iter().map(|d| u64::from(d.pool.in_nic())).sum::<u64>();
         s += &format!(
-            "unclaimed={} mempools={} quarantined={} deleting={} quarantined_in_nic={}\n",
+            "unclaimed={} mempools={} quarantined={} deleting={} quarantined_in_nic={} {}\n",
             self.plane.unclaimed.load(Ordering::Relaxed),
             mempool_count(),
             self.quarantine.len(),
             deleting.len(),
-            in_nic
+            in_nic,
+            reaper::stats_text()
         );
         s
     }
@@ -636,19 +650,18 @@ impl Control {
         // Non-blocking: a guest that does not read its socket must never block this
         // thread in a send (see `reply`).
         let Ok(fd) = os::accept(ep.listener.as_fd()) else { return };
+        // Messages it queued before we accepted may carry descriptors: whatever happens
+        // to this connection, it is closed by the reaper.
+        let fd = PeerFd::new(fd);
         let cred = access::peer_cred(fd.as_fd());
         let pid = cred.as_ref().map_or(-1, |c| c.pid);
         let allowed = cred.as_ref().map(|c| ep.access.admits(c));
         if allowed != Some(true) && (ep.access.has_allowlist() || allowed.is_none()) {
             let (uid, gid) = cred.as_ref().map_or((u32::MAX, u32::MAX), |c| (c.uid, c.gid));
             let reason = format!("{}: uid {uid} gid {gid} is not allowed on this socket", ep.path.display());
-            // Read what the peer already sent (its Hello): closing a socket with unread
-            // data makes the peer's next read fail with ECONNRESET instead of showing it
-            // the reason.
-            let drain = || (0..8).take_while(|_| recv_message(fd.as_fd(), Some(Duration::ZERO)).is_ok()).count();
-            drain();
+            // Nothing it sent is read (no descriptor of a refused peer is ever received
+            // here); the peer reads the reason after one ECONNRESET (transport.rs).
             let _ = send_message(fd.as_fd(), &Message::refuse(RefuseCode::NotAllowed, &reason), 0, &[]);
-            drain();
             bump(&ep.stats.refused);
             self.warn_peer(idx, &format!("refused a peer (pid {pid} uid {uid} gid {gid}): not in the allowlist"));
             return;
@@ -673,9 +686,18 @@ impl Control {
                 self.disconnect(idx, "the guest does not read its socket", false);
                 return;
             }
-            let received = recv_message(conn.fd.as_fd(), Some(Duration::ZERO));
-            let (msg, id, fds) = match received {
-                Ok((msg, id, fds)) => (msg, id, fds),
+            if !reaper::room_for_peer_input(self.endpoints.len()) {
+                // Read on when the reaper has caught up (the poll loop skips peers meanwhile).
+                return;
+            }
+            let Received { message, fds } = recv_message_and_fds(conn.fd.as_fd(), Some(Duration::ZERO));
+            let fds: Vec<PeerFd> = fds.into_iter().map(PeerFd::new).collect();
+            if !fds.is_empty() && !self.expects_fd(idx, &message) {
+                self.unwanted_fds(idx, &message, fds);
+                return;
+            }
+            let (msg, id) = match message {
+                Ok((msg, id)) => (msg, id),
                 Err(TransportError::Timeout) => return,
                 Err(TransportError::Closed) => {
                     if !self.has_guest(idx) {
@@ -686,7 +708,7 @@ impl Control {
                     self.disconnect(idx, "the guest closed the connection", false);
                     return;
                 }
-                Err(e @ (TransportError::Decode(_) | TransportError::Truncated { .. } | TransportError::TooManyFds { .. })) => {
+                Err(e @ (TransportError::Decode(_) | TransportError::Truncated | TransportError::TooManyFds { .. })) => {
                     let reason = format!("malformed message: {e}");
                     self.reply(idx, &Message::refuse(RefuseCode::BadRequest, &reason), 0);
                     bump(&self.endpoints[idx].stats.bad_requests);
@@ -710,15 +732,19 @@ impl Control {
     }
 
     fn reply(&self, idx: usize, msg: &Message, id: u32) {
+        self.reply_with_fds(idx, msg, id, &[]);
+    }
+
+    fn reply_with_fds(&self, idx: usize, msg: &Message, id: u32, fds: &[std::os::fd::BorrowedFd<'_>]) {
         if let Some(conn) = &self.endpoints[idx].conn {
             if conn.unanswerable.get() {
                 return;
             }
-            if let Err(e) = send_message(conn.fd.as_fd(), msg, id, &[]) {
+            if let Err(e) = send_message(conn.fd.as_fd(), msg, id, fds) {
                 // The socket is non-blocking: a full socket is a guest that does not read
                 // its answers. No further answer is attempted; the connection is shut down
                 // (so its poll wakes up) and detached by `service_conn`/`housekeeping`.
-                log_warn!("{}: cannot answer the guest ({e}); closing its connection", self.endpoints[idx].path.display());
+                self.warn_peer(idx, &format!("cannot answer the guest ({e}); closing its connection"));
                 conn.unanswerable.set(true);
                 // It stays open until dropped.
                 let _ = os::shutdown(conn.fd.as_fd());
@@ -726,10 +752,37 @@ impl Control {
         }
     }
 
+    /// Whether a message may carry a descriptor: only a reattaching guest's `Hello`
+    /// (its region memfd), before the connection has a guest.
+    fn expects_fd(&self, idx: usize, message: &Result<(Message, u32), TransportError>) -> bool {
+        matches!(message, Ok((Message::Hello(h), _)) if h.flags & HELLO_FLAG_REATTACH != 0) && !self.has_guest(idx)
+    }
+
+    /// Descriptors came where the protocol has none: they go to the reaper unlooked-at,
+    /// the message is refused and the connection closed (so one connection can bring
+    /// at most one message's worth, `SCM_MAX_FD`).
+    fn unwanted_fds(&mut self, idx: usize, message: &Result<(Message, u32), TransportError>, fds: Vec<PeerFd>) {
+        let count = fds.len();
+        drop(fds);
+        let what = match message {
+            Ok((msg, _)) => msg.kind().to_string(),
+            Err(e) => format!("a malformed message ({e})"),
+        };
+        let id = message.as_ref().map_or(0, |(_, id)| *id);
+        let reason = format!("{count} descriptor(s) with {what}, where the protocol passes none; disconnected");
+        let st = &self.endpoints[idx].stats;
+        st.unwanted_fds.store(st.unwanted_fds.load(Ordering::Relaxed) + count as u64, Ordering::Relaxed);
+        bump(if self.has_guest(idx) { &st.bad_requests } else { &st.refused });
+        self.reply(idx, &Message::refuse(RefuseCode::BadRequest, &reason), id);
+        self.warn_peer(idx, &reason);
+        self.disconnect(idx, &reason, false);
+    }
+
     /// A rate-limited warning about the peer of socket `idx`.
-    fn warn_peer(&mut self, idx: usize, text: &str) {
-        let ep = &mut self.endpoints[idx];
-        if let Some(held) = ep.peer_log.admit(Instant::now()) {
+    fn warn_peer(&self, idx: usize, text: &str) {
+        let ep = &self.endpoints[idx];
+        let admitted = ep.peer_log.borrow_mut().admit(Instant::now());
+        if let Some(held) = admitted {
             let more = if held > 0 { format!(" ({held} similar lines suppressed)") } else { String::new() };
             log_warn!("{}: {text}{more}", ep.path.display());
         }
@@ -743,10 +796,9 @@ impl Control {
         self.endpoints[idx].conn.as_mut().and_then(|c| c.guest.as_mut())
     }
 
-    /// `fds` came with the message: only a reattaching `Hello` (its region) and a
-    /// `QueueStart` asking for rx wake-ups (the proxy's end of the guest's wake-up
-    /// socket pair) carry one; any other descriptor is closed unread.
-    fn handle(&mut self, idx: usize, msg: Message, id: u32, fds: Vec<OwnedFd>) {
+    /// `fds` came with the message: only a reattaching `Hello` carries one (its region),
+    /// and `service_conn` has already refused any other message that brought some.
+    fn handle(&mut self, idx: usize, msg: Message, id: u32, fds: Vec<PeerFd>) {
         match msg {
             Message::Hello(hello) if !self.has_guest(idx) => self.hello(idx, hello, id, fds),
             Message::Goodbye => self.disconnect(idx, "the guest said goodbye", false),
@@ -789,17 +841,19 @@ impl Control {
                 };
                 self.reply(idx, &answer, id);
             }
-            Message::QueueStart { rx_pool_id, flags } => {
-                let answer = match self.queue_start(idx, rx_pool_id, flags, fds) {
-                    Ok(()) => Message::QueueStarted,
-                    Err((code, reason)) => {
-                        bump(&self.endpoints[idx].stats.bad_requests);
-                        self.warn_peer(idx, &format!("cannot start the queue: {reason}"));
-                        Message::refuse(code, &reason)
-                    }
-                };
-                self.reply(idx, &answer, id);
-            }
+            Message::QueueStart { rx_pool_id, flags } => match self.queue_start(idx, rx_pool_id, flags) {
+                // With wake-ups, the guest's end of the pair the proxy made goes along
+                // (and the proxy's copy of it is closed: a fresh socket, nothing queued).
+                Ok(guest_end) => {
+                    let fds: Vec<_> = guest_end.iter().map(|f| f.as_fd()).collect();
+                    self.reply_with_fds(idx, &Message::QueueStarted, id, &fds);
+                }
+                Err((code, reason)) => {
+                    bump(&self.endpoints[idx].stats.bad_requests);
+                    self.warn_peer(idx, &format!("cannot start the queue: {reason}"));
+                    self.reply(idx, &Message::refuse(code, &reason), id);
+                }
+            },
             Message::QueueStop => {
                 self.queue_stop(idx);
                 self.reply(idx, &Message::QueueStopped, id);
@@ -813,7 +867,7 @@ impl Control {
         }
     }
 
-    fn hello(&mut self, idx: usize, hello: Hello, id: u32, mut fds: Vec<OwnedFd>) {
+    fn hello(&mut self, idx: usize, hello: Hello, id: u32, mut fds: Vec<PeerFd>) {
         let ep = &self.endpoints[idx];
         let path = ep.path.display().to_string();
         // The guest chose it: only ever shown escaped (logs, show stats, telemetry).
@@ -866,7 +920,14 @@ impl Control {
                 let reason = format!("a reattaching Hello must carry its region memfd and size (got {} fds)", fds.len());
                 return refuse(self, RefuseCode::BadRequest, reason);
             }
-            GuestRegion::adopt(fds.remove(0), &req).map_err(|e| format!("cannot adopt the guest's region: {e}"))
+            // Checked before it is kept (a memfd: its close never blocks); refused, it
+            // goes to the reaper like any other peer descriptor.
+            let memfd = fds.remove(0);
+            match GuestRegion::inspect(memfd.as_fd(), &req) {
+                Ok(backing) => GuestRegion::adopt(memfd.keep(), backing, &req),
+                Err(e) => Err(e),
+            }
+            .map_err(|e| format!("cannot adopt the guest's region: {e}"))
         } else {
             GuestRegion::create(&name, &req)
         };
@@ -1007,17 +1068,18 @@ impl Control {
         Ok(true)
     }
 
-    fn queue_start(&mut self, idx: usize, rx_pool_id: u32, flags: u32, mut fds: Vec<OwnedFd>) -> Result<(), (RefuseCode, String)> {
+    /// Starts the guest's queue; with `QUEUE_FLAG_RX_WAKEUP`, returns the guest's end of
+    /// the wake-up pair made here, for `QueueStarted`.
+    fn queue_start(&mut self, idx: usize, rx_pool_id: u32, flags: u32) -> Result<Option<OwnedFd>, (RefuseCode, String)> {
         let (port, queue) = (self.endpoints[idx].port, self.endpoints[idx].queue);
         let stats = self.endpoints[idx].stats.clone();
         let bad = |s: String| (RefuseCode::BadRequest, s);
-        let waker = if flags & QUEUE_FLAG_RX_WAKEUP != 0 {
-            if fds.len() != 1 {
-                return Err(bad(format!("a QueueStart asking for rx wake-ups must carry one socket (got {} fds)", fds.len())));
-            }
-            Some(Waker::from_guest_fd(fds.remove(0)).map_err(bad)?)
+        let (waker, guest_end) = if flags & QUEUE_FLAG_RX_WAKEUP != 0 {
+            let (waker, guest_end) =
+                Waker::pair().map_err(|e| (RefuseCode::Internal, format!("cannot make the wake-up socket pair: {e}")))?;
+            (Some(waker), Some(guest_end))
         } else {
-            None
+            (None, None)
         };
         let restarts_port = self.ports.get(&port).is_some_and(|n| !n.runtime_rx_setup);
         if restarts_port && !self.endpoints[idx].queue_starts.take(Instant::now()) {
@@ -1056,7 +1118,7 @@ impl Control {
         }
         self.publish();
         log_info!("{}: queue started", self.endpoints[idx].path.display());
-        Ok(())
+        Ok(guest_end)
     }
 
     /// Stops the guest's queue: no more polling, NIC queue back on the parking pool

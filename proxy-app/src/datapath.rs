@@ -64,6 +64,9 @@ pub struct SocketStats {
     pub bad_requests: AtomicU64,
     /// NIC to guest: wake-ups sent to a guest sleeping on an empty rx ring.
     pub rx_wakeups: AtomicU64,
+    /// Control thread: descriptors peers passed where the protocol passes none (each
+    /// such message cuts the connection; the descriptors are closed by the reaper).
+    pub unwanted_fds: AtomicU64,
 }
 
 /// A guest's rx wake-up: its request flag (status block) and the proxy's end of its

@@ -16,6 +16,7 @@ mod datapath;
 mod nic;
 mod os;
 mod quarantine;
+mod reaper;
 mod region;
 mod sandbox;
 mod shadow;
@@ -354,6 +355,15 @@ fn main() -> ExitCode {
         },
         None => None,
     };
+    // Whatever peers pass is closed on the reaper thread, never on the control thread.
+    let fd_limit = os::raise_fd_limit();
+    if let Err(e) = reaper::start() {
+        eprintln!("dpdk-io-proxy: {e}");
+        return ExitCode::FAILURE;
+    }
+    if fd_limit < 4 * reaper::CAPACITY as u64 {
+        log_warn!("only {fd_limit} open descriptors allowed (RLIMIT_NOFILE); peers' descriptors waiting to be closed may exhaust them");
+    }
     let plane = Arc::new(Plane::new());
     let source = cmds_path.clone().unwrap_or_default();
     let mut control = match Control::new(opts, plane.clone(), startup, &source) {

@@ -149,6 +149,76 @@ pub fn shutdown(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// If `fd` is a socket, makes its last close abortive (`SO_LINGER` on, 0 s): a TCP
+/// socket with unsent data is reset instead of waiting up to its linger time in
+/// `close`. Anything else is left alone: `setsockopt` answers `ENOTSOCK` for other files
+/// without touching them. Best effort (the reaper closes it either way).
+pub fn abort_on_close(fd: BorrowedFd<'_>) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt with a valid linger struct of the stated length, on a
+    // descriptor we borrow.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+extern "C" fn on_interrupt_signal(_sig: c_int) {
+    // Nothing: the signal only ends an interruptible wait of the thread it was sent to.
+}
+
+/// The signal that interrupts a thread stuck in an interruptible wait (`interrupt`).
+pub fn interrupt_signal() -> c_int {
+    libc::SIGRTMIN() + 4
+}
+
+/// Installs a handler that does nothing for `interrupt_signal()`, without
+/// `SA_RESTART`, so that the signal ends an interruptible wait of the thread it is
+/// sent to (a close waiting for a TCP socket's linger time) and is otherwise harmless.
+pub fn install_interrupt_handler() -> io::Result<()> {
+    // SAFETY: sigaction is plain data; zero is valid; the handler does nothing.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_interrupt_signal as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(interrupt_signal(), &action, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Sends `interrupt_signal()` to thread `thread` of this process.
+pub fn interrupt(thread: libc::pthread_t) {
+    // SAFETY: the caller passes a thread of this process that has not been joined.
+    unsafe { libc::pthread_kill(thread, interrupt_signal()) };
+}
+
+/// Raises the soft limit of open descriptors to the hard one; returns the soft limit
+/// in force afterwards.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: rlimit is plain data; zero is valid.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur as u64
+}
+
 /// The credentials of the peer of a connected unix socket, as the kernel recorded them
 /// when it connected.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The shared region of one guest: a sealed memfd (hugepages when the system has them),
 //! mapped here, laid out and initialised by the proxy before the guest sees it.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use dpdk::{Device, ExtMem};
 use shm_contract::layout::StatusBlock;
@@ -41,9 +41,15 @@ impl GuestRegion {
     /// in it is trusted: the header is written again from `req` and both descriptor
     /// rings are zeroed, exactly as for a new region; pools come back through `PoolAdd`
     /// and its validation.
-    pub fn adopt(memfd: OwnedFd, req: &RegionRequest) -> Result<GuestRegion, String> {
-        let backing = inspect_region_fd(memfd.as_fd(), req.size).map_err(|e| e.to_string())?;
+    pub fn adopt(memfd: OwnedFd, backing: RegionBacking, req: &RegionRequest) -> Result<GuestRegion, String> {
         Self::lay_out(memfd, backing, req)
+    }
+
+    /// What [`adopt`](Self::adopt) requires of a reattaching guest's fd, checked while
+    /// the fd is still the guest's (a refused one is closed by the reaper): its seals
+    /// first, which only a memfd has, so nothing else is asked of another kind of file.
+    pub fn inspect(memfd: BorrowedFd<'_>, req: &RegionRequest) -> Result<RegionBacking, String> {
+        inspect_region_fd(memfd, req.size).map_err(|e| e.to_string())
     }
 
     fn lay_out(memfd: OwnedFd, backing: RegionBacking, req: &RegionRequest) -> Result<GuestRegion, String> {

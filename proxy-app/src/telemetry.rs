@@ -223,6 +223,7 @@ fn socket_dict(s: &SocketView) -> TelDict {
     out.u64("tx_dropped", ld(&st.tx_dropped));
     out.u64("tx_returned", ld(&st.tx_returned));
     out.u64("rx_wakeups", ld(&st.rx_wakeups));
+    out.u64("unwanted_fds", ld(&st.unwanted_fds));
     out.u64("copies", ld(&st.copies));
     out.u64("invalid", ld(&st.invalid) + s.pool_invalid);
     out.int("guest_connected", s.conn.is_some() as i32);
@@ -312,7 +313,7 @@ mod tests {
         let names: Vec<&str> = d.entries().iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names.first(), Some(&"path"));
         assert_eq!(names.last(), Some(&"guest_connected"));
-        assert_eq!(names.len(), 15);
+        assert_eq!(names.len(), 16);
         assert!(d.entries().contains(&("invalid".to_string(), dpdk::telemetry::TelValue::U64(4))));
     }
 }

@@ -213,6 +213,12 @@ impl Attached {
 
     /// As [`request`](Self::request), with descriptors passed along.
     pub fn request_with_fds(&mut self, msg: &Message, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<Message, String> {
+        self.exchange(msg, fds).map(|(answer, _)| answer)
+    }
+
+    /// Sends a request with descriptors and returns its answer with the descriptors
+    /// that came with it.
+    pub fn exchange(&mut self, msg: &Message, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<(Message, Vec<OwnedFd>), String> {
         let id = self.next_request;
         self.next_request += 1;
         send_message(self.sock.as_fd(), msg, id, fds).map_err(|e| format!("send: {e}"))?;
@@ -221,7 +227,7 @@ impl Attached {
             let left = deadline.saturating_duration_since(Instant::now());
             match recv_message(self.sock.as_fd(), Some(left)) {
                 Ok((Message::LinkStatus { .. }, _, _)) => continue,
-                Ok((answer, rid, _)) if rid == id || matches!(answer, Message::Refuse { .. }) => return Ok(answer),
+                Ok((answer, rid, fds)) if rid == id || matches!(answer, Message::Refuse { .. }) => return Ok((answer, fds)),
                 Ok(_) => continue,
                 Err(e) => return Err(format!("no answer: {e}")),
             }
@@ -471,5 +477,145 @@ impl HugepageHog {
     /// Files it holds.
     pub fn files(&self) -> usize {
         self.files.len()
+    }
+}
+
+/// A TCP connection on the loopback whose last close blocks for `linger_secs`: the
+/// client has `SO_LINGER` on and unsent data the server never reads (small buffers, so
+/// that many of them cost little memory). Returns the client, to pass to the proxy and
+/// close here, and the server end, to keep open (and unread) while the attack lasts.
+pub fn lingering_tcp(linger_secs: i32) -> io::Result<(OwnedFd, std::net::TcpStream)> {
+    use std::io::Write;
+    let small = |fd: i32, opt: libc::c_int| {
+        let v: libc::c_int = 4096;
+        // SAFETY: setsockopt with an int of the stated length on a socket we own.
+        unsafe {
+            libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&v as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        };
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    small(listener.as_raw_fd(), libc::SO_RCVBUF);
+    let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (server, _) = listener.accept()?;
+    small(server.as_raw_fd(), libc::SO_RCVBUF);
+    small(client.as_raw_fd(), libc::SO_SNDBUF);
+    let linger = libc::linger { l_onoff: 1, l_linger: linger_secs };
+    // SAFETY: setsockopt with a valid linger struct on our own socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    client.set_nonblocking(true)?;
+    let chunk = [0x5au8; 4096];
+    let mut sent = 0;
+    loop {
+        match client.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+        if sent > (64 << 20) {
+            return Err(io::Error::other("the peer kept reading"));
+        }
+    }
+    Ok((client.into(), server))
+}
+
+/// Sends one datagram with up to `SCM_MAX_FD` descriptors (more than the transport's
+/// honest limit), without waiting.
+pub fn send_with_fds(sock: &OwnedFd, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 1088]);
+    let mut cmsg = Cmsg([0; 1088]);
+    let data_len = std::mem::size_of_val(fds) as libc::c_uint;
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
+    if space > cmsg.0.len() {
+        return Err(io::Error::other("too many descriptors"));
+    }
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
+    // SAFETY: msghdr is plain data; all-zero is valid.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    if !fds.is_empty() {
+        hdr.msg_control = cmsg.0.as_mut_ptr().cast();
+        hdr.msg_controllen = space as _;
+        // SAFETY: the control buffer has `space` bytes, room for one header and the fds.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&hdr);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(data_len) as _;
+            let data = libc::CMSG_DATA(c).cast::<i32>();
+            for (i, f) in fds.iter().enumerate() {
+                data.add(i).write_unaligned(f.as_raw_fd());
+            }
+        }
+    }
+    // SAFETY: hdr points at live buffers; the kernel only reads them.
+    let rc = unsafe { libc::sendmsg(sock.as_raw_fd(), &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// As [`send_with_fds`]; when the send fails (the proxy already closed the
+/// connection), the descriptors are made to abort on close: our copies are then the last
+/// ones, and a lingering socket would hold up this test instead of the proxy.
+pub fn send_or_disarm(sock: &OwnedFd, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+    let sent = send_with_fds(sock, bytes, fds);
+    if sent.is_err() {
+        let off = libc::linger { l_onoff: 1, l_linger: 0 };
+        for f in fds {
+            // SAFETY: setsockopt with a valid struct on a descriptor we borrow (ENOTSOCK
+            // for non-sockets, ignored).
+            unsafe {
+                libc::setsockopt(
+                    f.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&off as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+        }
+    }
+    sent
+}
+
+/// The encoded datagram of `msg`.
+pub fn datagram(msg: &Message, id: u32) -> Vec<u8> {
+    shm_contract::proto::encode_to_vec(msg, id).expect("encodable")
+}
+
+/// A pipe: (read end, write end).
+pub fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut p = [0; 2];
+    // SAFETY: pipe2 fills two fresh descriptors, owned at once.
+    unsafe {
+        assert_eq!(libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1]))
+    }
+}
+
+/// An unsealed memfd of `len` bytes (not a region the proxy may keep).
+pub fn plain_memfd(len: i64) -> OwnedFd {
+    // SAFETY: plain syscalls; the descriptor is owned at once.
+    unsafe {
+        let fd = libc::memfd_create(c"hostile-memfd".as_ptr(), libc::MFD_CLOEXEC);
+        assert!(fd >= 0);
+        let fd = OwnedFd::from_raw_fd(fd);
+        assert_eq!(libc::ftruncate(fd.as_raw_fd(), len), 0);
+        fd
     }
 }

@@ -106,6 +106,22 @@ impl Output {
         self.0.lock().unwrap().clone()
     }
 
+    /// How many bytes of output have come so far.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// Whether no output has come yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The output after the first `from` bytes (see [`len`](Self::len)).
+    pub fn text_from(&self, from: usize) -> String {
+        let text = self.0.lock().unwrap();
+        text.get(from..).unwrap_or_default().to_string()
+    }
+
     fn push(&self, line: &str) {
         let mut text = self.0.lock().unwrap();
         text.push_str(line);

@@ -1,8 +1,10 @@
-//! Hostile and failing peers, end to end: one proxy on a net_null port with two queues,
+//! Hostile and failing peers, end to end: one proxy on a net_null port with four queues,
 //! an unmodified testpmd forwarding on one socket (queue 1) the whole time, and a hostile
-//! client (`e2e_tests::hostile`) on the other socket (queue 0) that breaks every rule of
+//! client (`e2e_tests::hostile`) on another socket (queue 0) that breaks every rule of
 //! the contract in turn: bad descriptors, bad ring indices, frozen rings, a scribbled
-//! region, bad handshakes, connection floods, random bytes.
+//! region, bad handshakes, connection floods, random bytes, passed descriptors. Queue 2
+//! is where new guests attach while descriptor attacks run; queue 3's allowlist refuses
+//! this test's uid.
 //!
 //! For every case the test checks that the proxy keeps running, that it counted what
 //! the hostile client did (and, where the rule says so, disconnected it), that its
@@ -27,7 +29,6 @@ use e2e_tests::*;
 use shm_contract::mpmc::{DEQ_POS_OFFSET, ENQ_POS_OFFSET};
 use shm_contract::proto::transport::send_message;
 use shm_contract::proto::{encode_to_vec, HELLO_FLAG_REATTACH, QUEUE_FLAG_RX_WAKEUP};
-use shm_contract::wake::WakePair;
 use shm_contract::{Desc, DescFlags, Message, PoolAdd, RegionFlags};
 
 /// Each case lasts at least this long (the good guest's rate is measured over it).
@@ -45,6 +46,10 @@ struct Bench {
     good: Proc,
     bad_sock: PathBuf,
     good_sock: PathBuf,
+    /// Nobody holds it: new guests attach here while descriptor attacks run.
+    probe_sock: PathBuf,
+    /// Its allowlist admits only uid 65534: every connection of this test is refused.
+    allow_sock: PathBuf,
 }
 
 impl Bench {
@@ -52,6 +57,8 @@ impl Bench {
         let s = Scratch::new("hostile");
         let bad_sock = s.path("q0/sock");
         let good_sock = s.path("q1/sock");
+        let probe_sock = s.path("q2/sock");
+        let allow_sock = s.path("q3/sock");
         let proxy = start_proxy(
             &s,
             &ProxyConfig {
@@ -59,6 +66,8 @@ impl Bench {
                 commands: vec![
                     format!("socket {} port 0 queue 0", bad_sock.display()),
                     format!("socket {} port 0 queue 1", good_sock.display()),
+                    format!("socket {} port 0 queue 2", probe_sock.display()),
+                    format!("socket {} port 0 queue 3 allow-uid 65534", allow_sock.display()),
                 ],
                 extra: vec![],
                 netns: None,
@@ -83,7 +92,7 @@ impl Bench {
         good.send("set fwd macswap retry");
         good.send("set burst tx delay 10 retry 20000");
         good.send("start");
-        let mut b = Bench { _s: s, proxy, good, bad_sock, good_sock };
+        let mut b = Bench { _s: s, proxy, good, bad_sock, good_sock, probe_sock, allow_sock };
         let deadline = Instant::now() + Duration::from_secs(20);
         while b.good_stats().get("tx_packets").is_none_or(|v| v == "0") {
             assert!(Instant::now() < deadline, "the good guest never forwarded\n{}", b.good.out.text());
@@ -102,6 +111,34 @@ impl Bench {
         }
         let text = self.proxy.out.text();
         (proxy_socket_stats(&text, &self.good_sock), proxy_socket_stats(&text, &self.bad_sock))
+    }
+
+    /// The last counters of the socket at `path` and the proxy's global line (asks
+    /// the proxy for fresh ones).
+    fn socket_and_global_stats(&mut self, path: &Path) -> (Stats, Stats) {
+        self.stats();
+        let text = self.proxy.out.text();
+        let global = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("unclaimed="))
+            .map(|l| l.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+            .unwrap_or_default();
+        (proxy_socket_stats(&text, path), global)
+    }
+
+    /// How long the proxy takes to answer `show stats` in full (its last line).
+    fn stats_latency(&mut self) -> Duration {
+        let from = self.proxy.out.len();
+        let t = Instant::now();
+        self.proxy.send("show stats");
+        while t.elapsed() < Duration::from_secs(30) {
+            if self.proxy.out.text_from(from).lines().any(|l| l.starts_with("unclaimed=")) {
+                return t.elapsed();
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        t.elapsed()
     }
 
     fn good_stats(&mut self) -> Stats {
@@ -148,6 +185,12 @@ struct Expect {
     tx_after: bool,
     /// Attempts on the good guest's socket are part of the case (its `refused` grows).
     touches_good_socket: bool,
+    /// A descriptor attack: while it runs, `show stats` must answer within
+    /// `MAX_STATS_LATENCY` and a new guest attach within `MAX_ATTACH_TIME` (on the
+    /// probe socket), and the reaper must have leaked nothing.
+    fd_attack: bool,
+    /// `unwanted_fds` must grow (descriptors passed where the protocol has none).
+    unwanted_fds: bool,
 }
 
 /// What a case saw itself.
@@ -161,6 +204,8 @@ struct Seen {
 struct Ctx<'a> {
     bad: &'a Path,
     good: &'a Path,
+    /// The socket whose allowlist refuses this test's uid.
+    allow: &'a Path,
     proxy_pid: u32,
 }
 
@@ -672,26 +717,28 @@ fn case_punched_region(c: &Ctx<'_>) -> Seen {
 }
 
 fn case_wakeup_abuse(c: &Ctx<'_>) -> Seen {
-    // Rx wake-ups asked for with a descriptor that is not a socket, and with none; then
-    // with a real pair whose end the proxy holds is made blocking (the flag is shared
-    // by both copies of that open file) and never read, while the guest asks to be
-    // woken all the time and keeps its rx ring drained: the proxy's sends must never
-    // block or slow its data loop.
+    // Rx wake-ups asked for with a descriptor of the guest's choosing (a pipe): the
+    // protocol passes none with QueueStart, so the connection is cut. Then asked for
+    // properly: the proxy hands over its own pair's end, which the guest makes blocking
+    // and never reads, while it asks to be woken all the time and keeps its rx ring
+    // drained: the proxy's sends must never block or slow its data loop.
+    let start = Message::QueueStart { rx_pool_id: 0, flags: QUEUE_FLAG_RX_WAKEUP };
+    let (r, _w) = pipe();
     let mut g = Attached::attach(c.bad, &hello(8 << 20, 256)).unwrap();
     g.add_pool(512, 256).unwrap();
-    let start = Message::QueueStart { rx_pool_id: 0, flags: QUEUE_FLAG_RX_WAKEUP };
-    let mut p = [0; 2];
-    // SAFETY: pipe2 fills two fresh descriptors, owned at once.
-    let (r, _w) = unsafe {
-        assert_eq!(libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC), 0);
-        (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1]))
-    };
     let pipe_refused = matches!(g.request_with_fds(&start, &[r.as_fd()]), Ok(Message::Refuse { .. }));
-    let none_refused = matches!(g.request_with_fds(&start, &[]), Ok(Message::Refuse { .. }));
-    let pair = WakePair::new().unwrap();
+    let pipe_cut = wait_closed(&g.sock, Duration::from_secs(3)).is_closed();
+    drop(g);
+    let mut g = Attached::attach(c.bad, &hello(8 << 20, 256)).unwrap();
+    g.add_pool(512, 256).unwrap();
+    let (answer, mut fds) = g.exchange(&start, &[]).unwrap();
+    let started = answer == Message::QueueStarted && fds.len() == 1;
+    let Some(end) = fds.pop() else {
+        return Seen { problem: Some(format!("QueueStart answered {answer:?} with no descriptor")), disconnected: None, note: String::new() };
+    };
+    let is_dgram = shm_contract::wake::check_wake_socket(end.as_fd()).is_ok();
     // SAFETY: fcntl on our own descriptor.
-    unsafe { libc::fcntl(pair.signal.as_raw_fd(), libc::F_SETFL, 0) };
-    let started = matches!(g.request_with_fds(&start, &[pair.signal.as_fd()]), Ok(Message::QueueStarted));
+    unsafe { libc::fcntl(end.as_raw_fd(), libc::F_SETFL, 0) };
     g.tx_prod = 0;
     g.rx_cons = 0;
     let mut delivered = 0;
@@ -705,15 +752,17 @@ fn case_wakeup_abuse(c: &Ctx<'_>) -> Seen {
             let _ = g_ref.free_ring().enqueue_bulk(chunk, 8);
         }
     });
-    let queued = pair.drain();
+    let mut listener = shm_contract::wake::WakeListener::new().unwrap();
+    listener.attach(end).unwrap();
+    let queued = listener.drain();
     let peer = g.peer(Duration::from_millis(200));
-    let problem = (!(pipe_refused && none_refused && started && queued > 0)).then(|| {
-        format!("pipe refused {pipe_refused}, no fd refused {none_refused}, started {started}, {queued} wake-ups queued")
+    let problem = (!(pipe_refused && pipe_cut && started && is_dgram && queued > 0)).then(|| {
+        format!("pipe refused {pipe_refused} cut {pipe_cut}, started {started} with a unix datagram end {is_dgram}, {queued} wake-ups queued")
     });
     Seen {
         problem,
         disconnected: open_or_closed(&peer),
-        note: format!("pipe and missing fd refused; {delivered} packets received, {queued} wake-ups left unread"),
+        note: format!("a guest's pipe refused and cut; the proxy's end handed over; {delivered} packets received, {queued} wake-ups left unread"),
     }
 }
 
@@ -738,6 +787,230 @@ fn case_tx_ring_garbage_flood(c: &Ctx<'_>) -> Seen {
     Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("{rounds} republications of a full 65536-entry ring") }
 }
 
+// ---- Passed descriptors (issue 16, item 2). Each case passes descriptors the protocol
+// does not expect, or has a refused or busy peer's queued ones released by a close,
+// again and again for CASE_TIME, while the harness measures `show stats` latency and
+// how long a new guest needs to attach on the probe socket (`Expect::fd_attack`). The
+// lingering TCP sockets would each block a closing thread for LINGER_SECS.
+
+const LINGER_SECS: i32 = 30;
+/// `show stats` must answer this fast while a descriptor attack runs.
+const MAX_STATS_LATENCY: Duration = Duration::from_millis(100);
+/// A new guest must be attached this fast (connect to Welcome) meanwhile.
+const MAX_ATTACH_TIME: Duration = Duration::from_secs(1);
+
+/// A lingering TCP client to pass; its server end is kept (unread) in `keep`.
+fn lingering(keep: &mut Vec<std::net::TcpStream>) -> OwnedFd {
+    let (client, server) = lingering_tcp(LINGER_SECS).expect("a lingering TCP connection");
+    keep.push(server);
+    client
+}
+
+/// Sends `bytes` with `fds` on `sock` and waits for the proxy to close it; returns
+/// whether it did (a send that fails because the proxy already closed counts).
+fn passed_and_cut(sock: &OwnedFd, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> bool {
+    let _ = send_or_disarm(sock, bytes, fds);
+    wait_closed(sock, Duration::from_secs(3)).is_closed()
+}
+
+/// The messages a descriptor can come with, before Hello and after (`None`: a
+/// garbage datagram). The reattaching Hello is the one place a descriptor is expected:
+/// the region memfd, checked before it is kept.
+fn message_kinds() -> Vec<(&'static str, bool, Option<Message>)> {
+    let mut reattach = hello(8 << 20, 256);
+    reattach.flags = HELLO_FLAG_REATTACH;
+    let pool = PoolAdd { pool_id: 1, ring_offset: 0, ring_entries: 64, first_mbuf_offset: 0, stride: 2304, count: 63, mbuf_size: 128, data_room: 2176 };
+    vec![
+        ("garbage", false, None),
+        ("Hello", false, Some(Message::Hello(hello(8 << 20, 256)))),
+        ("reattaching Hello", false, Some(Message::Hello(reattach))),
+        ("PoolAdd", true, Some(Message::PoolAdd(pool))),
+        ("PoolDel", true, Some(Message::PoolDel { pool_id: 0 })),
+        ("QueueStart", true, Some(Message::QueueStart { rx_pool_id: 0, flags: 0 })),
+        ("QueueStart+wake-ups", true, Some(Message::QueueStart { rx_pool_id: 0, flags: QUEUE_FLAG_RX_WAKEUP })),
+        ("QueueStop", true, Some(Message::QueueStop)),
+        ("Goodbye", true, Some(Message::Goodbye)),
+        ("garbage after Hello", true, None),
+    ]
+}
+
+/// Passes descriptors made by `make` with every kind of message, each on a fresh
+/// connection (attached first where the message needs a guest), until CASE_TIME is
+/// over; returns (attempts, cut, the kinds that were not cut).
+fn pass_with_every_message(c: &Ctx<'_>, mut make: impl FnMut() -> Vec<OwnedFd>) -> (u32, u32, Vec<&'static str>) {
+    let (mut attempts, mut cut, mut kept) = (0, 0, Vec::new());
+    let deadline = Instant::now() + CASE_TIME;
+    while Instant::now() < deadline {
+        for (name, attached, msg) in message_kinds() {
+            let fds = make();
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            let bytes = msg.map_or_else(|| b"not a message, with descriptors".to_vec(), |m| datagram(&m, 9));
+            attempts += 1;
+            let closed = if attached {
+                match Attached::attach(c.bad, &hello(8 << 20, 256)) {
+                    Ok(g) => passed_and_cut(&g.sock, &bytes, &borrowed),
+                    Err(e) => panic!("hostile attach: {e}"),
+                }
+            } else {
+                passed_and_cut(&connect(c.bad).unwrap(), &bytes, &borrowed)
+            };
+            // Ours are closed here: the proxy's copies were the last ones.
+            drop(borrowed);
+            drop(fds);
+            if closed {
+                cut += 1;
+            } else if !kept.contains(&name) {
+                kept.push(name);
+            }
+        }
+    }
+    (attempts, cut, kept)
+}
+
+fn case_fds_lingering_tcp(c: &Ctx<'_>) -> Seen {
+    let mut keep = Vec::new();
+    let (attempts, cut, kept) = pass_with_every_message(c, || vec![lingering(&mut keep)]);
+    // The attack is real here: such a close blocks its caller.
+    let (probe, _server) = lingering_tcp(1).expect("a lingering TCP connection");
+    let t = Instant::now();
+    drop(probe);
+    let blocked = t.elapsed();
+    let problem = (cut != attempts || blocked < Duration::from_millis(900))
+        .then(|| format!("{cut}/{attempts} connections cut (kept: {kept:?}); a 1 s lingering close here took {blocked:?}"));
+    Seen { problem, disconnected: Some(cut == attempts), note: format!("{attempts} lingering sockets passed with 10 kinds of message, {cut} cut; such a close blocks {blocked:.1?} per linger s") }
+}
+
+fn case_fds_refused_peer(c: &Ctx<'_>) -> Seen {
+    // A peer the allowlist refuses sends lingering sockets with everything, before
+    // and after the proxy accepted it: nothing it sends is ever read.
+    let mut keep = Vec::new();
+    let (mut attempts, mut told) = (0u32, 0u32);
+    let mut last = None;
+    let mut slowest = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let deadline = Instant::now() + CASE_TIME;
+    while Instant::now() < deadline {
+        attempts += 1;
+        let t = Instant::now();
+        let sock = connect(c.allow).unwrap();
+        let connected = t.elapsed();
+        for (_, _, msg) in message_kinds() {
+            let fd = lingering(&mut keep);
+            let bytes = msg.map_or_else(|| b"garbage".to_vec(), |m| datagram(&m, 3));
+            if send_or_disarm(&sock, &bytes, &[fd.as_fd()]).is_err() {
+                break;
+            }
+        }
+        let sent = t.elapsed();
+        let peer = wait_closed(&sock, Duration::from_secs(3));
+        if t.elapsed() > slowest.2 {
+            slowest = (connected, sent, t.elapsed());
+        }
+        if matches!(&peer, Peer::Closed { refused: Some(r) } if r.contains("not allowed")) {
+            told += 1;
+        }
+        last = Some(peer);
+    }
+    let problem = (told != attempts).then(|| format!("{told}/{attempts} refused peers were told why; last {last:?}"));
+    Seen {
+        problem,
+        disconnected: Some(told == attempts),
+        note: format!("{attempts} refused connections, up to 10 lingering sockets each; {told} told 'not allowed'; slowest: connected {:?}, sent {:?}, closed {:?}", slowest.0, slowest.1, slowest.2),
+    }
+}
+
+fn case_fds_other_kinds(c: &Ctx<'_>) -> Seen {
+    // A directory, a pipe, an unsealed memfd and a socket pair end, with every message.
+    let mut round = 0u32;
+    let (attempts, cut, kept) = pass_with_every_message(c, || {
+        round += 1;
+        let (r, _w) = pipe();
+        let (a, _b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        match round % 4 {
+            0 => vec![std::fs::File::open("/").unwrap().into()],
+            1 => vec![r],
+            2 => vec![plain_memfd(8 << 20)],
+            _ => vec![a.into()],
+        }
+    });
+    let problem = (cut != attempts).then(|| format!("{cut}/{attempts} connections cut (kept: {kept:?})"));
+    Seen { problem, disconnected: Some(cut == attempts), note: format!("{attempts} directories, pipes, memfds and sockets passed, {cut} cut") }
+}
+
+fn case_fds_many_per_message(c: &Ctx<'_>) -> Seen {
+    // All the kernel lets one message carry (253): one lingering socket, pipes and
+    // directories; every one must reach the reaper (none released inside recvmsg).
+    let mut keep = Vec::new();
+    let (attempts, cut, kept) = pass_with_every_message(c, || {
+        let (r, _w) = pipe();
+        let dir: OwnedFd = std::fs::File::open("/").unwrap().into();
+        let mut v = vec![lingering(&mut keep)];
+        for i in 1..shm_contract::proto::transport::SCM_MAX_FD {
+            v.push(if i % 2 == 0 { r.try_clone().unwrap() } else { dir.try_clone().unwrap() });
+        }
+        v
+    });
+    let problem = (cut != attempts).then(|| format!("{cut}/{attempts} connections cut (kept: {kept:?})"));
+    Seen { problem, disconnected: Some(cut == attempts), note: format!("{attempts} messages of 253 descriptors, {cut} cut") }
+}
+
+fn case_fds_unread_at_close(c: &Ctx<'_>) -> Seen {
+    // Messages with lingering sockets left unread when the connection closes: an
+    // attached guest sends ten back to back and closes at once (the proxy cuts it at
+    // the first, the other nine are released with the connection); and a second
+    // connection to the busy good socket sends ten, never read at all.
+    let mut keep = Vec::new();
+    let (mut attempts, mut busy_told) = (0u32, 0u32);
+    let deadline = Instant::now() + CASE_TIME;
+    while Instant::now() < deadline {
+        attempts += 1;
+        let g = Attached::attach(c.bad, &hello(8 << 20, 256)).unwrap_or_else(|e| panic!("hostile attach: {e}"));
+        for i in 0..10 {
+            let fd = lingering(&mut keep);
+            let _ = send_or_disarm(&g.sock, &datagram(&Message::PoolDel { pool_id: i }, 10 + i), &[fd.as_fd()]);
+        }
+        drop(g);
+        let busy = connect(c.good).unwrap();
+        for i in 0..10 {
+            let fd = lingering(&mut keep);
+            if send_or_disarm(&busy, &datagram(&Message::Goodbye, i), &[fd.as_fd()]).is_err() {
+                break;
+            }
+        }
+        if matches!(wait_closed(&busy, Duration::from_secs(3)), Peer::Closed { refused: Some(r) } if r.contains("busy")) {
+            busy_told += 1;
+        }
+    }
+    let problem = (busy_told != attempts).then(|| format!("{busy_told}/{attempts} connections to the busy socket were told so"));
+    Seen { problem, disconnected: Some(true), note: format!("{attempts} x (10 unread messages with lingering sockets on a cut guest + 10 on a busy socket)") }
+}
+
+/// What the harness saw while a descriptor attack ran.
+#[derive(Default)]
+struct FdProbe {
+    stats: Vec<Duration>,
+    attach: Vec<Duration>,
+    attach_failures: Vec<String>,
+}
+
+impl FdProbe {
+    fn max(v: &[Duration]) -> Duration {
+        v.iter().copied().max().unwrap_or_default()
+    }
+
+    /// One attach of a new guest on the probe socket (connect to Welcome), then goodbye.
+    fn attach_once(&mut self, probe: &Path) {
+        let t = Instant::now();
+        match Attached::attach(probe, &hello(8 << 20, 256)) {
+            Ok(g) => {
+                self.attach.push(t.elapsed());
+                let _ = send_message(g.sock.as_fd(), &Message::Goodbye, 0, &[]);
+                wait_closed(&g.sock, Duration::from_secs(2));
+            }
+            Err(e) => self.attach_failures.push(e),
+        }
+    }
+}
+
 struct Case {
     name: &'static str,
     run: CaseFn,
@@ -748,6 +1021,7 @@ fn cases() -> Vec<Case> {
     let drop_only = Expect { invalid: true, disconnected: Some(false), tx_after: true, ..Expect::default() };
     let cut = Expect { invalid: true, disconnected: Some(true), ..Expect::default() };
     let handshake = Expect { refused: true, disconnected: Some(true), ..Expect::default() };
+    let fds = Expect { refused: true, bad_requests: true, disconnected: Some(true), fd_attack: true, unwanted_fds: true, ..Expect::default() };
     vec![
         Case { name: "out-of-range offsets", run: case_out_of_range, expect: drop_only },
         Case { name: "misaligned offsets", run: case_misaligned, expect: drop_only },
@@ -777,6 +1051,12 @@ fn cases() -> Vec<Case> {
         Case { name: "hole punched in the region, no hugepage free", run: case_punched_region, expect: cut },
         Case { name: "rx wake-ups abused", run: case_wakeup_abuse, expect: Expect { bad_requests: true, disconnected: Some(false), ..Expect::default() } },
         Case { name: "queue stop/start flapping", run: case_queue_flapping, expect: Expect { bad_requests: true, disconnected: Some(false), ..Expect::default() } },
+        // Passed descriptors (issue 16 item 2): see FdProbe.
+        Case { name: "fds: lingering TCP socket with every message", run: case_fds_lingering_tcp, expect: fds },
+        Case { name: "fds: lingering sockets from a refused peer", run: case_fds_refused_peer, expect: Expect { fd_attack: true, disconnected: Some(true), ..Expect::default() } },
+        Case { name: "fds: directory, pipe, memfd, socket", run: case_fds_other_kinds, expect: fds },
+        Case { name: "fds: 253 per message", run: case_fds_many_per_message, expect: fds },
+        Case { name: "fds: unread when the connection closes", run: case_fds_unread_at_close, expect: Expect { refused: false, touches_good_socket: true, ..fds } },
     ]
 }
 
@@ -787,8 +1067,8 @@ fn hostile_guests_do_not_disturb_a_good_one() {
     let only = std::env::var("HOSTILE_CASES").ok();
     let mut failures = Vec::new();
     let mut table = vec![format!(
-        "{:<48} {:>8} {:>8} {:>8} {:>8} {:>6} {:>5} {:>9} {:>9} {:>6}  note",
-        "case", "invalid", "refused", "bad_req", "tx_pkts", "cut", "warns", "good_pps0", "good_pps", "ratio"
+        "{:<48} {:>8} {:>8} {:>8} {:>8} {:>6} {:>5} {:>9} {:>9} {:>6} {:>9} {:>9}  note",
+        "case", "invalid", "refused", "bad_req", "tx_pkts", "cut", "warns", "good_pps0", "good_pps", "ratio", "stats_ms", "attach_ms"
     )];
     for case in cases() {
         if only.as_deref().is_some_and(|f| !case.name.contains(f)) {
@@ -796,10 +1076,34 @@ fn hostile_guests_do_not_disturb_a_good_one() {
         }
         let before_rate = b.good_rate(Duration::from_secs(1));
         let (g0, h0) = b.stats();
+        let allow_sock = b.allow_sock.clone();
+        let (a0, _) = b.socket_and_global_stats(&allow_sock);
         let out0 = b.proxy.out.text().len();
         let t = Instant::now();
-        let ctx = Ctx { bad: &b.bad_sock, good: &b.good_sock, proxy_pid: b.proxy.pid() };
-        let seen = (case.run)(&ctx);
+        let (bad, good, probe) = (b.bad_sock.clone(), b.good_sock.clone(), b.probe_sock.clone());
+        let ctx = Ctx { bad: &bad, good: &good, allow: &allow_sock, proxy_pid: b.proxy.pid() };
+        let mut fd_probe = None;
+        let seen = if case.expect.fd_attack {
+            // The attack runs on its own thread; here, the proxy is asked for its stats
+            // every 50 ms and a new guest attaches every 300 ms.
+            thread::scope(|sc| {
+                let attack = sc.spawn(|| (case.run)(&ctx));
+                let mut p = FdProbe::default();
+                let mut last_attach = Instant::now();
+                while !attack.is_finished() {
+                    p.stats.push(b.stats_latency());
+                    if last_attach.elapsed() >= Duration::from_millis(300) {
+                        last_attach = Instant::now();
+                        p.attach_once(&probe);
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                }
+                fd_probe = Some(p);
+                attack.join().expect("the attack panicked")
+            })
+        } else {
+            (case.run)(&ctx)
+        };
         if let Some(left) = CASE_TIME.checked_sub(t.elapsed()) {
             thread::sleep(left);
         }
@@ -854,6 +1158,42 @@ fn hostile_guests_do_not_disturb_a_good_one() {
         if e.tx_after && d(&h0, &h1, "tx_packets") == 0 {
             errs.push("the hostile guest's correct packets did not go out".into());
         }
+        let strict = |s: &Stats, k: &str| -> u64 {
+            s.get(k).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no counter {k} in {s:?}"))
+        };
+        if e.unwanted_fds && strict(&h1, "unwanted_fds") <= strict(&h0, "unwanted_fds") {
+            errs.push("nothing counted in unwanted_fds".into());
+        }
+        let (stats_col, attach_col) = match &fd_probe {
+            Some(p) => {
+                let (a1, global) = b.socket_and_global_stats(&allow_sock);
+                if strict(&global, "reaper_leaked") != 0 {
+                    errs.push(format!("the reaper leaked descriptors: {global:?}"));
+                }
+                if strict(&a1, "unwanted_fds") != 0 {
+                    errs.push("descriptors of a refused peer were received".into());
+                }
+                if case.name.contains("refused peer") && strict(&a1, "refused") <= strict(&a0, "refused") {
+                    errs.push("the allowlist socket counted no refusal".into());
+                }
+                let (worst_stats, worst_attach) = (FdProbe::max(&p.stats), FdProbe::max(&p.attach));
+                if p.stats.len() < 5 || worst_stats >= MAX_STATS_LATENCY {
+                    errs.push(format!("show stats: {} answers, slowest {worst_stats:?} (limit {MAX_STATS_LATENCY:?})", p.stats.len()));
+                }
+                if p.attach.len() < 2 || worst_attach >= MAX_ATTACH_TIME || !p.attach_failures.is_empty() {
+                    errs.push(format!(
+                        "new guests: {} attached, slowest {worst_attach:?} (limit {MAX_ATTACH_TIME:?}), failures {:?}",
+                        p.attach.len(),
+                        p.attach_failures
+                    ));
+                }
+                (
+                    format!("{:.1}", worst_stats.as_secs_f64() * 1e3),
+                    format!("{:.1}", worst_attach.as_secs_f64() * 1e3),
+                )
+            }
+            None => ("-".to_string(), "-".to_string()),
+        };
         // Rate limit: at most 5 peer warnings per 10 s per socket, plus the invalid-input
         // line (one per 10 s) and a detach line.
         let allowed = 5 * (1 + t.elapsed().as_secs() as usize / 10) + 4;
@@ -861,7 +1201,7 @@ fn hostile_guests_do_not_disturb_a_good_one() {
             errs.push(format!("{warns} warning lines (more than {allowed})"));
         }
         table.push(format!(
-            "{:<48} {:>8} {:>8} {:>8} {:>8} {:>6} {:>5} {:>9.0} {:>9.0} {:>6.2}  {}",
+            "{:<48} {:>8} {:>8} {:>8} {:>8} {:>6} {:>5} {:>9.0} {:>9.0} {:>6.2} {:>9} {:>9}  {}",
             case.name,
             d(&h0, &h1, "invalid"),
             d(&h0, &h1, "refused"),
@@ -872,6 +1212,8 @@ fn hostile_guests_do_not_disturb_a_good_one() {
             before_rate,
             rate,
             rate / before_rate.max(1.0),
+            stats_col,
+            attach_col,
             seen.note
         ));
         if !errs.is_empty() {

@@ -596,7 +596,17 @@ impl std::error::Error for RegionFdError {
 /// Checks a received region fd before mapping it: a regular file of exactly
 /// `expected_len` bytes that can neither shrink nor grow (so the mapping can
 /// never fault because the peer truncated the file).
+///
+/// The seals are read first: `F_GET_SEALS` answers from the inode of a memfd (or a
+/// hugetlbfs file) and fails at once for any other kind of file, so a descriptor of a
+/// file on a network or FUSE file system, whose `fstat` could wait for a server the
+/// peer controls, is refused before anything else is asked of it.
 pub fn check_region_fd(fd: BorrowedFd<'_>, expected_len: u64) -> Result<(), RegionFdError> {
+    // SAFETY: plain fcntl on a borrowed descriptor.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(RegionFdError::Seals(io::Error::last_os_error()));
+    }
     let st = fstat(fd).map_err(RegionFdError::Stat)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(RegionFdError::NotRegularFile);
@@ -607,11 +617,6 @@ pub fn check_region_fd(fd: BorrowedFd<'_>, expected_len: u64) -> Result<(), Regi
             expected: expected_len,
             actual,
         });
-    }
-    // SAFETY: plain fcntl on a borrowed descriptor.
-    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-    if seals < 0 {
-        return Err(RegionFdError::Seals(io::Error::last_os_error()));
     }
     let required = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
     if seals & required != required {
@@ -756,7 +761,7 @@ mod tests {
         let len = heap_fd.metadata().unwrap().len();
         assert!(matches!(check_region_fd(heap_fd.as_fd(), len), Err(RegionFdError::Seals(_))));
         let dir = std::fs::File::open("/").unwrap();
-        assert!(matches!(check_region_fd(dir.as_fd(), 0), Err(RegionFdError::NotRegularFile)));
+        assert!(matches!(check_region_fd(dir.as_fd(), 0), Err(RegionFdError::Seals(_))));
         assert!(Mapping::map(heap_fd.as_fd(), 0).is_err());
     }
 

@@ -85,13 +85,14 @@
 //!
 //! By default a guest finds packets by polling its rx ring, which costs a CPU even when
 //! nothing arrives. With [`Config::rx_wakeup`] the guest can sleep while the ring is
-//! empty: it hands the proxy one end of a socket pair with `QueueStart`, and the proxy
-//! sends a datagram on it after publishing rx descriptors, but only when the guest
+//! empty: the proxy makes a socket pair at `QueueStart` and hands the guest one end
+//! with `QueueStarted` (checked to be a unix datagram socket), and it sends a datagram
+//! on its own end after publishing rx descriptors, but only when the guest
 //! asked for one (a flag in the region's status block; the protocol and why no wake-up
 //! is lost: `shm_contract::wake`). A busy guest never asks, so the proxy's data path
 //! pays nothing for it then.
 //!
-//! * [`Guest::wait_rx`] blocks (`poll(2)` on the wake-up socket and the control socket)
+//! * [`Guest::wait_rx`] blocks (`poll(2)` on the wake-up listener and the control socket)
 //!   until the rx ring has descriptors, a timeout passes, a signal arrives, or the
 //!   connection ends;
 //! * [`Guest::wait_rx_hybrid`] polls the ring for a short, adaptive time
@@ -121,7 +122,7 @@ use shm_contract::proto::transport::{
     connect_to_proxy, handshake, recv_message, send_message, ConnectError, HandshakeError, TransportError,
 };
 use shm_contract::proto::{Hello, MAX_APP_NAME, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, QUEUE_FLAG_RX_WAKEUP};
-use shm_contract::wake::{self, WakePair};
+use shm_contract::wake::{self, WakeListener};
 use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, Message, RefuseCode, RegionFlags, SharedMem};
 
 mod hybrid;
@@ -379,9 +380,9 @@ pub struct Guest {
     next_request: u32,
     polls: u32,
     closed: bool,
-    /// With [`Config::rx_wakeup`]: our end to sleep on, and the end the proxy gets a
-    /// copy of with every `QueueStart`.
-    wake: Option<WakePair>,
+    /// With [`Config::rx_wakeup`]: what we sleep on, one descriptor for the guest's
+    /// life, behind which sits the wake-up end of the latest `QueueStarted`.
+    wake: Option<WakeListener>,
     /// Declared last: the views above point into it.
     mapping: Arc<Mapping>,
 }
@@ -399,7 +400,7 @@ impl Guest {
         // Verified (SO_PEERCRED) before the Hello: never a word to an impostor.
         let socket = connect_to_proxy(path.as_ref(), config.proxy_uid)?;
         // Made before the handshake: failing here (out of descriptors) costs the proxy nothing.
-        let wake = if config.rx_wakeup { Some(WakePair::new().map_err(Error::Io)?) } else { None };
+        let wake = if config.rx_wakeup { Some(WakeListener::new().map_err(Error::Io)?) } else { None };
         let region_size = if config.region_size != 0 {
             config.region_size
         } else {
@@ -481,7 +482,7 @@ impl Guest {
             wake,
             mapping,
         };
-        match guest.transact(&Message::PoolAdd(add), &[])? {
+        match guest.transact(&Message::PoolAdd(add))? {
             Message::PoolAck { pool_id } if pool_id == add.pool_id => {}
             other => return Err(Error::Protocol(format!("expected PoolAck, got {}", other.kind()))),
         }
@@ -569,16 +570,21 @@ impl Guest {
         }
     }
 
-    /// Sends `request` (with `fds` as `SCM_RIGHTS`) and waits for its answer;
-    /// unsolicited messages meanwhile are handled. A `Refuse` answer is
-    /// [`Error::Refused`].
-    fn transact(&mut self, request: &Message, fds: &[BorrowedFd<'_>]) -> Result<Message, Error> {
+    /// Sends `request` and waits for its answer; unsolicited messages meanwhile are
+    /// handled. A `Refuse` answer is [`Error::Refused`].
+    fn transact(&mut self, request: &Message) -> Result<Message, Error> {
+        self.transact_with_fds(request).map(|(answer, _)| answer)
+    }
+
+    /// As [`transact`](Self::transact), also returning the descriptors that came with
+    /// the answer (the caller checks them).
+    fn transact_with_fds(&mut self, request: &Message) -> Result<(Message, Vec<OwnedFd>), Error> {
         if let Some(e) = self.failed() {
             return Err(e);
         }
         let id = self.next_request;
         self.next_request = self.next_request.wrapping_add(1).max(2);
-        if let Err(e) = send_message(self.socket.as_fd(), request, id, fds) {
+        if let Err(e) = send_message(self.socket.as_fd(), request, id, &[]) {
             return Err(self.fail(Error::from(e).to_string()));
         }
         let deadline = Instant::now() + self.timeout;
@@ -587,7 +593,7 @@ impl Guest {
             if left.is_zero() {
                 return Err(Error::Timeout);
             }
-            let (reply, reply_id, _fds) = match recv_message(self.socket.as_fd(), Some(left)) {
+            let (reply, reply_id, fds) = match recv_message(self.socket.as_fd(), Some(left)) {
                 Ok(r) => r,
                 Err(TransportError::Timeout) => return Err(Error::Timeout),
                 Err(e) => return Err(self.fail(Error::from(e).to_string())),
@@ -595,7 +601,7 @@ impl Guest {
             match reply {
                 Message::Refuse { code, reason } if reply_id == id => return Err(Error::Refused { code, reason }),
                 Message::LinkStatus { .. } | Message::Goodbye | Message::Refuse { .. } => self.unsolicited(&reply)?,
-                other if reply_id == id => return Ok(other),
+                other if reply_id == id => return Ok((other, fds)),
                 // A stale answer to an earlier request that timed out.
                 _ => {}
             }
@@ -613,17 +619,23 @@ impl Guest {
         // The proxy is not producing: what is still in the rx ring is ours; the rings
         // start from index 0 on both sides at every queue start.
         self.drain_rx();
-        // With wake-ups, every start hands the proxy our signalling end again: it drops
-        // its copy when the queue stops. Taken out of `self` for the call (transact
-        // needs `&mut self`) and put back whatever the answer.
-        let wake = self.wake.take();
-        let signal = wake.as_ref().map(|w| w.signal.as_fd());
-        let flags = if signal.is_some() { QUEUE_FLAG_RX_WAKEUP } else { 0 };
-        let answer = self.transact(&Message::QueueStart { rx_pool_id: 0, flags }, signal.as_slice());
-        self.wake = wake;
-        match answer? {
-            Message::QueueStarted => {}
-            other => return Err(Error::Protocol(format!("expected QueueStarted, got {}", other.kind()))),
+        // With wake-ups, every start brings a fresh wake-up end from the proxy (it
+        // closes its own when the queue stops).
+        let flags = if self.wake.is_some() { QUEUE_FLAG_RX_WAKEUP } else { 0 };
+        let (answer, mut fds) = self.transact_with_fds(&Message::QueueStart { rx_pool_id: 0, flags })?;
+        if answer != Message::QueueStarted {
+            return Err(Error::Protocol(format!("expected QueueStarted, got {}", answer.kind())));
+        }
+        match &mut self.wake {
+            Some(listener) if fds.len() == 1 => listener.attach(fds.remove(0)).map_err(Error::Protocol)?,
+            Some(_) => {
+                return Err(Error::Protocol(format!(
+                    "QueueStarted came with {} descriptors, not the one wake-up socket",
+                    fds.len()
+                )))
+            }
+            None if fds.is_empty() => {}
+            None => return Err(Error::Protocol(format!("QueueStarted came with {} descriptors, none asked for", fds.len()))),
         }
         // SAFETY: as in `connect`: the mapping outlives the views (INVARIANT of Guest).
         let mem: SharedMem<'static> = unsafe { SharedMem::from_raw(self.mapping.as_ptr(), self.mapping.len()) };
@@ -644,9 +656,12 @@ impl Guest {
             State::Stopped => return Ok(()),
             State::Failed(_) => return Err(self.failed().unwrap_or(Error::NotRunning)),
         }
-        match self.transact(&Message::QueueStop, &[])? {
+        match self.transact(&Message::QueueStop)? {
             Message::QueueStopped => {
                 self.state = State::Stopped;
+                if let Some(listener) = &mut self.wake {
+                    listener.detach();
+                }
                 Ok(())
             }
             other => Err(Error::Protocol(format!("expected QueueStopped, got {}", other.kind()))),
@@ -820,8 +835,8 @@ impl Guest {
         Ok(self.rx_available(1)? > 0)
     }
 
-    /// The wake-up pair, or why there is none.
-    fn wake_pair(&self) -> Result<&WakePair, Error> {
+    /// The wake-up listener, or why there is none.
+    pub(crate) fn wake_listener(&self) -> Result<&WakeListener, Error> {
         self.wake.as_ref().ok_or_else(|| Error::Config("rx wake-ups are off (Config::rx_wakeup)".into()))
     }
 
@@ -833,13 +848,14 @@ impl Guest {
         self.status.rx_wakeup_requested()
     }
 
-    /// The end of the wake-up socket pair that becomes readable when the proxy wakes
-    /// this guest; `None` without [`Config::rx_wakeup`]. For applications with their
+    /// The descriptor that becomes readable when the proxy wakes this guest (the same
+    /// for the guest's life, across queue stops and starts); `None` without
+    /// [`Config::rx_wakeup`]. For applications with their
     /// own event loop (`epoll`, an async runtime): see
     /// [`arm_rx_wakeup`](Self::arm_rx_wakeup). Do not read from it yourself; the guest
     /// drains it in [`disarm_rx_wakeup`](Self::disarm_rx_wakeup).
     pub fn listen_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.wake.as_ref().map(|w| w.listen.as_fd())
+        self.wake.as_ref().map(|w| w.fd())
     }
 
     /// The control socket to the proxy. It becomes readable when the proxy sends
@@ -868,7 +884,7 @@ impl Guest {
         if let Some(e) = self.failed() {
             return Err(e);
         }
-        self.wake_pair()?;
+        self.wake_listener()?;
         if self.rx_ready()? {
             return Ok(true);
         }
@@ -891,8 +907,8 @@ impl Guest {
     /// Ends a wait begun with [`arm_rx_wakeup`](Self::arm_rx_wakeup): reads the pending
     /// wake-ups and withdraws the request. Returns how many wake-ups there were.
     pub fn disarm_rx_wakeup(&mut self) -> usize {
-        let Some(pair) = &self.wake else { return 0 };
-        let n = pair.drain();
+        let Some(listener) = &self.wake else { return 0 };
+        let n = listener.drain();
         wake::disarm(self.rx_wakeup_flag());
         self.stats.rx_wakeups += n as u64;
         n
@@ -923,7 +939,7 @@ impl Guest {
                 self.disarm_rx_wakeup();
                 return self.rx_ready();
             }
-            let listen = self.wake_pair()?.listen.as_raw_fd();
+            let listen = self.wake_listener()?.fd().as_raw_fd();
             let mut fds = [
                 libc::pollfd { fd: listen, events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 },

@@ -170,7 +170,7 @@ fn serve(
             let _ = send_message(conn.as_fd(), &Message::Goodbye, 0, &[]);
             return;
         }
-        let (msg, id, mut fds) = match recv_message(conn.as_fd(), Some(Duration::from_millis(20))) {
+        let (msg, id, fds) = match recv_message(conn.as_fd(), Some(Duration::from_millis(20))) {
             Ok(m) => m,
             Err(TransportError::Timeout) => continue,
             Err(_) => return,
@@ -211,15 +211,18 @@ fn serve(
                 }
             }
             Message::QueueStart { flags, .. } => {
-                // As the real proxy: wake-ups come with exactly one socket, none without.
-                let wanted = flags & shm_contract::proto::QUEUE_FLAG_RX_WAKEUP != 0;
-                assert_eq!(fds.len(), usize::from(wanted), "QueueStart flags {flags:#x} with {} fds", fds.len());
-                if wanted {
-                    let _ = wakers.send(Waker::from_guest_fd(fds.remove(0)).unwrap());
-                }
+                // As the real proxy: no descriptor comes with a QueueStart; with
+                // wake-ups, the proxy makes the pair and answers with the guest's end.
+                assert!(fds.is_empty(), "QueueStart flags {flags:#x} with {} fds", fds.len());
                 let (mapping, layout) = region.clone().unwrap();
                 DescRing::init(&mapping.mem(), layout.rx_ring()).unwrap();
                 DescRing::init(&mapping.mem(), layout.tx_ring()).unwrap();
+                if flags & shm_contract::proto::QUEUE_FLAG_RX_WAKEUP != 0 {
+                    let (waker, guest_end) = Waker::pair().unwrap();
+                    let _ = wakers.send(waker);
+                    send_message(conn.as_fd(), &Message::QueueStarted, id, &[guest_end.as_fd()]).unwrap();
+                    continue;
+                }
                 Message::QueueStarted
             }
             Message::QueueStop => Message::QueueStopped,

@@ -100,7 +100,7 @@ impl AsyncGuest {
     /// Outside a tokio runtime, or in one built without I/O (`enable_io`), as
     /// tokio's `AsyncFd::new` does.
     pub fn new(guest: Guest) -> Result<AsyncGuest, Error> {
-        let listen = guest.wake_pair()?.listen.as_raw_fd();
+        let listen = guest.wake_listener()?.fd().as_raw_fd();
         let control = guest.control_fd().as_raw_fd();
         // SAFETY: both descriptors are open and owned by `guest`, which never closes or
         // replaces them while it lives; the `AsyncFd`s are dropped before it (field

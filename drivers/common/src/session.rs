@@ -4,7 +4,7 @@
 use std::ffi::{c_void, CStr};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -331,25 +331,26 @@ impl Session {
     /// Sends `request` and waits for its answer, handling unsolicited messages that arrive
     /// meanwhile. A `Refuse` answer becomes `SessionError::Refused`.
     pub fn transact(&self, request: &Message) -> Result<Message, SessionError> {
-        self.transact_with_fds(request, &[])
+        self.transact_with_fds(request).map(|(answer, _)| answer)
     }
 
-    /// As [`transact`](Self::transact), with descriptors passed along the request.
-    pub fn transact_with_fds(&self, request: &Message, fds: &[BorrowedFd<'_>]) -> Result<Message, SessionError> {
+    /// As [`transact`](Self::transact), also returning the descriptors that came with
+    /// the answer (the wake-up end with `QueueStarted`); the caller checks them.
+    pub fn transact_with_fds(&self, request: &Message) -> Result<(Message, Vec<OwnedFd>), SessionError> {
         if !self.is_alive() {
             return Err(SessionError::ProxyGone);
         }
         let _exchange = lock(&self.control);
         let socket = self.socket();
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        send_message(socket.as_fd(), request, id, fds).map_err(|e| self.fail(e.into()))?;
+        send_message(socket.as_fd(), request, id, &[]).map_err(|e| self.fail(e.into()))?;
         let deadline = Instant::now() + self.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(SessionError::Timeout);
             }
-            let (reply, reply_id, _fds) = recv_message(socket.as_fd(), Some(left)).map_err(|e| self.fail(e.into()))?;
+            let (reply, reply_id, fds) = recv_message(socket.as_fd(), Some(left)).map_err(|e| self.fail(e.into()))?;
             if self.handle_unsolicited(&reply) {
                 continue;
             }
@@ -363,7 +364,7 @@ impl Session {
             }
             return match reply {
                 Message::Refuse { code, reason } => Err(SessionError::Refused { code, reason }),
-                other => Ok(other),
+                other => Ok((other, fds)),
             };
         }
     }

@@ -281,29 +281,30 @@ fn restart_after_reattach(port: &Port) {
         txq.reset();
     }
     match start_queue(&session, &state, rxq.pool_id) {
-        Ok(Message::QueueStarted) => {
+        Ok(()) => {
             rxq.active.store(true, Ordering::Relaxed);
             txq.active.store(true, Ordering::Relaxed);
             LOG.info(format_args!("port {}: queue restarted after reattaching", port.port_id));
         }
-        Ok(other) => LOG.error(format_args!("port {}: the proxy answered {} to QueueStart", port.port_id, other.kind())),
         Err(e) => LOG.error(format_args!("port {}: cannot restart the queue after reattaching: {e}", port.port_id)),
     }
 }
 
-/// Sends `QueueStart` for the rx pool `pool_id`, with the rx wake-up socket when the
-/// application uses rx interrupts.
-pub(crate) fn start_queue(
-    session: &Session,
-    state: &PortState,
-    pool_id: u32,
-) -> Result<Message, shm_driver_common::session::SessionError> {
+/// Sends `QueueStart` for the rx pool `pool_id`, asking for rx wake-ups when the
+/// application uses rx interrupts; the proxy's `QueueStarted` then carries the wake-up
+/// end, which is checked and put behind the port's interrupt descriptor.
+pub(crate) fn start_queue(session: &Session, state: &PortState, pool_id: u32) -> Result<(), String> {
+    let flags = if state.rx_intr.is_some() { QUEUE_FLAG_RX_WAKEUP } else { 0 };
+    let (answer, mut fds) =
+        session.transact_with_fds(&Message::QueueStart { rx_pool_id: pool_id, flags }).map_err(|e| e.to_string())?;
+    if answer != Message::QueueStarted {
+        return Err(format!("the proxy answered {} to QueueStart", answer.kind()));
+    }
     match &state.rx_intr {
-        Some(intr) => session.transact_with_fds(
-            &Message::QueueStart { rx_pool_id: pool_id, flags: QUEUE_FLAG_RX_WAKEUP },
-            &[intr.signal_fd()],
-        ),
-        None => session.transact(&Message::QueueStart { rx_pool_id: pool_id, flags: 0 }),
+        Some(intr) if fds.len() == 1 => intr.attach(fds.remove(0)),
+        Some(_) => Err(format!("QueueStarted came with {} descriptors, not the one wake-up socket", fds.len())),
+        None if fds.is_empty() => Ok(()),
+        None => Err(format!("QueueStarted came with {} descriptors, none asked for", fds.len())),
     }
 }
 

@@ -172,11 +172,7 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
             }
         }
         match crate::start_queue(&session, &state, rxq.pool_id) {
-            Ok(Message::QueueStarted) => {}
-            Ok(other) => {
-                LOG.error(format_args!("port {}: the proxy answered {} to QueueStart", port.port_id, other.kind()));
-                return -libc::EPROTO;
-            }
+            Ok(()) => {}
             Err(e) => {
                 LOG.error(format_args!("port {}: cannot start: {e}", port.port_id));
                 return -libc::EIO;

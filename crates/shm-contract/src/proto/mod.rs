@@ -66,10 +66,29 @@
 //!
 //! `PoolAck`, `PoolDel` (4 bytes): `pool_id` `u32`. `QueueStart` (8 bytes; 4 from
 //! guests that know no flags): `rx_pool_id` `u32` at 0, `flags` `u32` at 4
-//! ([`QUEUE_FLAG_RX_WAKEUP`]: the message carries the proxy's end of the guest's
-//! wake-up socket pair as `SCM_RIGHTS`, see [`crate::wake`]). `QueueStarted`, `QueueStop`, `QueueStopped`, `Goodbye`:
-//! empty. `LinkStatus` (8 bytes): `up` `u8` (0/1) at 0, 3 reserved bytes,
-//! `speed_mbps` `u32` at 4.
+//! ([`QUEUE_FLAG_RX_WAKEUP`]). `QueueStarted` (empty; in answer to a `QueueStart`
+//! with [`QUEUE_FLAG_RX_WAKEUP`] it carries the guest's end of the wake-up socket
+//! pair the proxy made, as `SCM_RIGHTS`, see [`crate::wake`]). `QueueStop`,
+//! `QueueStopped`, `Goodbye`: empty. `LinkStatus` (8 bytes): `up` `u8` (0/1) at 0,
+//! 3 reserved bytes, `speed_mbps` `u32` at 4.
+//!
+//! # Descriptors
+//!
+//! Three messages carry a descriptor: a `Welcome` that is not the answer to a
+//! reattaching `Hello` (the region memfd, proxy to guest), a reattaching `Hello`
+//! (the guest's region memfd, guest to proxy) and a `QueueStarted` in answer to a
+//! `QueueStart` with [`QUEUE_FLAG_RX_WAKEUP`] (proxy to guest). The only descriptor
+//! the proxy ever keeps is the reattaching guest's memfd, after checking its kind.
+//! A descriptor with any other message is a protocol violation: the proxy refuses
+//! the message and closes the connection.
+//!
+//! # Versions
+//!
+//! 1: the guest chose the rx wake-up socket and sent it with `QueueStart`.
+//! 2: the proxy makes the wake-up pair and hands the guest its end with
+//! `QueueStarted`; `QueueStart` carries no descriptor. A proxy of version 2 refuses
+//! guests of version 1 only ([`PROTOCOL_VERSION_MIN`]): accepting them would mean
+//! signalling on a descriptor the guest chose.
 
 use std::fmt;
 
@@ -84,9 +103,9 @@ pub mod transport;
 /// `"SHMP"` read as a little-endian `u32`.
 pub const PROTOCOL_MAGIC: u32 = u32::from_le_bytes(*b"SHMP");
 /// The protocol major version this build speaks (and the highest it accepts).
-pub const PROTOCOL_VERSION: u16 = 1;
-/// The lowest protocol major version this build accepts.
-pub const PROTOCOL_VERSION_MIN: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The lowest protocol major version this build accepts (see "Versions" above).
+pub const PROTOCOL_VERSION_MIN: u16 = 2;
 /// Size of the message header.
 pub const HEADER_LEN: usize = 16;
 /// Largest datagram, header included.
@@ -107,9 +126,10 @@ pub const MAX_REASON: usize = 200;
 pub const HELLO_FLAG_REATTACH: u32 = 1;
 
 /// `QueueStart.flags` bit: the guest wants to sleep while its rx ring is empty. The
-/// message carries one descriptor, the proxy's end of a datagram socket pair; the
-/// proxy sends a datagram on it after publishing rx descriptors when the guest set
-/// `rx_wakeup_requested` in the status block (protocol: [`crate::wake`]).
+/// proxy makes a datagram socket pair and answers `QueueStarted` with the guest's end
+/// as its one descriptor; it sends a datagram on its own end after publishing rx
+/// descriptors when the guest set `rx_wakeup_requested` in the status block
+/// (protocol: [`crate::wake`]). The `QueueStart` itself carries no descriptor.
 pub const QUEUE_FLAG_RX_WAKEUP: u32 = 1;
 
 /// The kind field of the header.
@@ -858,7 +878,7 @@ mod tests {
                 app_name: "x".repeat(MAX_APP_NAME),
             }),
             Message::Welcome(Welcome {
-                version: 1,
+                version: PROTOCOL_VERSION,
                 flags: RegionFlags::HUGEPAGES,
                 region_size: 1 << 30,
                 page_size: 2 << 20,
@@ -936,7 +956,7 @@ mod tests {
         assert_eq!(
             bytes,
             [
-                b'S', b'H', b'M', b'P', 1, 0, 5, 0, 4, 0, 0, 0, 0xef, 0xbe, 0xad, 0xde, 4, 3, 2, 1
+                b'S', b'H', b'M', b'P', 2, 0, 5, 0, 4, 0, 0, 0, 0xef, 0xbe, 0xad, 0xde, 4, 3, 2, 1
             ]
         );
     }
@@ -964,17 +984,17 @@ mod tests {
         assert_eq!(decode(&[0; MAX_MESSAGE + 1]), Err(DecodeError::TooLong { len: MAX_MESSAGE + 1 }));
         assert_eq!(decode(&[0; 16]), Err(DecodeError::BadMagic { magic: 0 }));
         assert_eq!(
-            decode(&with_header(5, 2, &[0; 4])),
-            Err(DecodeError::Version { got: 2, request_id: 77 })
+            decode(&with_header(5, 3, &[0; 4])),
+            Err(DecodeError::Version { got: 3, request_id: 77 })
         );
         assert_eq!(decode(&with_header(5, 0, &[0; 4])), Err(DecodeError::Version { got: 0, request_id: 77 }));
-        assert_eq!(decode(&with_header(99, 1, &[])), Err(DecodeError::UnknownKind { kind: 99 }));
+        assert_eq!(decode(&with_header(99, PROTOCOL_VERSION, &[])), Err(DecodeError::UnknownKind { kind: 99 }));
         assert_eq!(decode(&with_header(99, 7, &[])), Err(DecodeError::Version { got: 7, request_id: 77 }));
-        let mut v = with_header(5, 1, &[0; 4]);
+        let mut v = with_header(5, PROTOCOL_VERSION, &[0; 4]);
         v[8] = 5;
         assert_eq!(decode(&v), Err(DecodeError::LengthMismatch { body_len: 5, actual: 4 }));
         assert_eq!(
-            decode(&with_header(5, 1, &[0; 3])),
+            decode(&with_header(5, PROTOCOL_VERSION, &[0; 3])),
             Err(DecodeError::BodyTooShort { kind: MessageKind::PoolAck, len: 3, min: 4 })
         );
         let link = Message::LinkStatus { up: true, speed_mbps: 1 };
@@ -1008,8 +1028,8 @@ mod tests {
             Err(DecodeError::BadValue { field: "tx_ring_entries", value: 32 })
         );
         assert_eq!(
-            decode(&patch(welcome, 0, &2u16.to_le_bytes())),
-            Err(DecodeError::BadValue { field: "version", value: 2 })
+            decode(&patch(welcome, 0, &3u16.to_le_bytes())),
+            Err(DecodeError::BadValue { field: "version", value: 3 })
         );
         assert_eq!(
             decode(&patch(welcome, 24, &3000u64.to_le_bytes())),
@@ -1041,13 +1061,16 @@ mod tests {
 
     #[test]
     fn frozen_messages_decode_from_any_major() {
-        // A version-2-only guest's Hello still tells us what it speaks ...
-        let mut hello = encode_to_vec(&samples()[0], 5).unwrap();
-        hello[4] = 2;
-        let (msg, id) = decode(&hello).unwrap();
-        assert_eq!(id, 5);
-        let Message::Hello(h) = msg else { panic!("not a hello") };
-        assert_eq!(negotiate(h.version_min, h.version_max), Ok(1));
+        // A Hello in a header of another major (3 here, 1 from an old guest) still
+        // tells us what the guest speaks ...
+        for major in [1, 3] {
+            let mut hello = encode_to_vec(&samples()[0], 5).unwrap();
+            hello[4] = major;
+            let (msg, id) = decode(&hello).unwrap();
+            assert_eq!(id, 5);
+            let Message::Hello(h) = msg else { panic!("not a hello") };
+            assert_eq!(negotiate(h.version_min, h.version_max), Ok(2));
+        }
         // ... and a Refuse from a future proxy is readable.
         let mut refuse = encode_to_vec(&samples()[3], 6).unwrap();
         refuse[4] = 9;
@@ -1099,13 +1122,15 @@ mod tests {
 
     #[test]
     fn negotiation() {
-        assert_eq!(negotiate(1, 1), Ok(1));
-        assert_eq!(negotiate(1, 5), Ok(1));
-        assert_eq!(negotiate(0, 1), Ok(1));
-        let e = negotiate(2, 3).unwrap_err();
-        assert_eq!(e, NegotiateError { guest_min: 2, guest_max: 3 });
-        assert_eq!(e.to_string(), "no common protocol version: guest speaks 2..=3, proxy speaks 1..=1");
-        assert!(negotiate(1, 0).is_err());
+        assert_eq!(negotiate(2, 2), Ok(2));
+        assert_eq!(negotiate(1, 5), Ok(2));
+        assert_eq!(negotiate(0, 2), Ok(2));
+        // A guest of version 1 chose its own wake-up socket: refused.
+        let e = negotiate(1, 1).unwrap_err();
+        assert_eq!(e, NegotiateError { guest_min: 1, guest_max: 1 });
+        assert_eq!(e.to_string(), "no common protocol version: guest speaks 1..=1, proxy speaks 2..=2");
+        assert!(negotiate(3, 4).is_err());
+        assert!(negotiate(2, 1).is_err());
         assert!(negotiate(0, 0).is_err());
     }
 

@@ -1,11 +1,14 @@
 //! Sending and receiving control messages over a `SOCK_SEQPACKET` unix socket,
 //! with file descriptors as `SCM_RIGHTS`.
 //!
-//! Received descriptors are wrapped in [`OwnedFd`] the moment they arrive, so
-//! every error path closes them; they are received with `MSG_CMSG_CLOEXEC`. At
-//! most [`MAX_FDS`] descriptors travel with one message: the control buffer has
-//! room for exactly that many, so the kernel discards any extra and reports
-//! `MSG_CTRUNC`, which is an error here.
+//! Received descriptors are wrapped in [`OwnedFd`] the moment they arrive; they are
+//! received with `MSG_CMSG_CLOEXEC`. The control buffer has room for as many as the
+//! kernel lets one message carry ([`SCM_MAX_FD`]): descriptors that do not fit would
+//! be released by the kernel inside `recvmsg`, in the receiving thread, and the last
+//! close of a file can block (a TCP socket with `SO_LINGER`, a file whose server is
+//! slow to answer a flush). [`recv_message_and_fds`] hands every descriptor to the
+//! caller whatever the message turned out to be, so that the proxy decides where
+//! they are closed; [`recv_message`] (guests) refuses more than [`MAX_FDS`].
 
 use std::fmt;
 use std::io;
@@ -17,6 +20,9 @@ use super::{decode, encode, DecodeError, EncodeError, Hello, Message, MessageKin
 
 /// Most descriptors one message may carry.
 pub const MAX_FDS: usize = 4;
+
+/// Most descriptors the kernel lets a peer attach to one message (Linux `SCM_MAX_FD`).
+pub const SCM_MAX_FD: usize = 253;
 
 const FD_SIZE: usize = std::mem::size_of::<RawFd>();
 
@@ -31,7 +37,8 @@ pub enum TransportError {
     Timeout,
     /// The datagram was longer than [`MAX_MESSAGE`].
     Truncated,
-    /// More descriptors arrived than [`MAX_FDS`] (the extra ones were closed).
+    /// More descriptors arrived than [`MAX_FDS`] (they were closed), or than the
+    /// control buffer holds.
     ControlTruncated,
     /// More than [`MAX_FDS`] descriptors to send.
     TooManyFds {
@@ -92,10 +99,12 @@ impl From<DecodeError> for TransportError {
     }
 }
 
-/// Control-message buffer, aligned for `cmsghdr`, with room for more than
-/// `MAX_FDS` descriptors (tests use that to send too many).
+/// Control-message buffer, aligned for `cmsghdr`, with room for [`SCM_MAX_FD`]
+/// descriptors (and a credentials message besides).
 #[repr(C, align(8))]
-struct CmsgBuf([u8; 128]);
+struct CmsgBuf([u8; CMSG_BUF_LEN]);
+
+const CMSG_BUF_LEN: usize = 1024 + 64;
 
 fn cmsg_space(fds: usize) -> usize {
     // SAFETY: CMSG_SPACE is pure arithmetic.
@@ -118,7 +127,7 @@ pub fn send_message(
 }
 
 fn send_datagram(fd: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), TransportError> {
-    let mut cmsg = CmsgBuf([0; 128]);
+    let mut cmsg = CmsgBuf([0; CMSG_BUF_LEN]);
     let space = cmsg_space(fds.len());
     if space > cmsg.0.len() {
         return Err(TransportError::TooManyFds { count: fds.len() });
@@ -239,17 +248,30 @@ unsafe fn take_fds(hdr: &libc::msghdr) -> Vec<OwnedFd> {
     fds
 }
 
-/// Receives one message and the descriptors that came with it, waiting at most
-/// `timeout` (forever if `None`).
-pub fn recv_message(
-    fd: BorrowedFd<'_>,
-    timeout: Option<Duration>,
-) -> Result<(Message, u32, Vec<OwnedFd>), TransportError> {
+/// One received datagram: what it decodes to, and every descriptor that came with
+/// it, whether or not the message is valid or expects any.
+#[derive(Debug)]
+pub struct Received {
+    /// The message and its request id, or why there is none.
+    pub message: Result<(Message, u32), TransportError>,
+    /// The descriptors that came with the datagram (empty on an error before one was
+    /// read). The caller decides where they are closed.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Receives one message and every descriptor that came with it (up to
+/// [`SCM_MAX_FD`], all the kernel allows), waiting at most `timeout` (forever if
+/// `None`). Nothing received is closed here.
+pub fn recv_message_and_fds(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Received {
     let deadline = timeout.map(|t| Instant::now() + t);
+    let failed = |e: TransportError| Received { message: Err(e), fds: Vec::new() };
+    let mut reset_seen = false;
     loop {
-        wait_readable(fd, deadline)?;
+        if let Err(e) = wait_readable(fd, deadline) {
+            return failed(e);
+        }
         let mut buf = [0u8; MAX_MESSAGE];
-        let mut cmsg = CmsgBuf([0; 128]);
+        let mut cmsg = CmsgBuf([0; CMSG_BUF_LEN]);
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
@@ -259,8 +281,7 @@ pub fn recv_message(
         hdr.msg_iov = &mut iov;
         hdr.msg_iovlen = 1;
         hdr.msg_control = cmsg.0.as_mut_ptr().cast();
-        // Room for exactly MAX_FDS descriptors: the kernel drops any more.
-        hdr.msg_controllen = cmsg_space(MAX_FDS) as _;
+        hdr.msg_controllen = CMSG_BUF_LEN as _;
         // SAFETY: `hdr` points at live buffers of the sizes it states.
         // MSG_DONTWAIT: poll said readable, but never block if that was stale.
         let rc = unsafe {
@@ -274,24 +295,29 @@ pub fn recv_message(
             let err = io::Error::last_os_error();
             match err.raw_os_error() {
                 Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
-                Some(libc::ECONNRESET) => return Err(TransportError::Closed),
-                _ => return Err(TransportError::Io(err)),
+                // A peer that closed with our datagrams unread reports ECONNRESET once;
+                // what it sent before closing (a refusal, say) is still queued.
+                Some(libc::ECONNRESET) if !reset_seen => {
+                    reset_seen = true;
+                    continue;
+                }
+                Some(libc::ECONNRESET) => return failed(TransportError::Closed),
+                _ => return failed(TransportError::Io(err)),
             }
         }
         // SAFETY: recvmsg succeeded and filled the control buffer.
         let fds = unsafe { take_fds(&hdr) };
-        if hdr.msg_flags & libc::MSG_CTRUNC != 0 {
-            return Err(TransportError::ControlTruncated);
-        }
-        if hdr.msg_flags & libc::MSG_TRUNC != 0 {
-            return Err(TransportError::Truncated);
-        }
-        if rc == 0 {
+        let message = if hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+            Err(TransportError::ControlTruncated)
+        } else if hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            Err(TransportError::Truncated)
+        } else if rc == 0 {
             // End of file (a zero-length datagram is never a valid message either).
-            return Err(TransportError::Closed);
-        }
-        let (msg, request_id) = decode(&buf[..rc as usize])?;
-        return Ok((msg, request_id, fds));
+            Err(TransportError::Closed)
+        } else {
+            decode(&buf[..rc as usize]).map_err(TransportError::from)
+        };
+        return Received { message, fds };
     }
 }
 
@@ -432,6 +458,21 @@ pub fn parse_uid(text: &str) -> Option<u32> {
         }
         return (rc == 0 && !result.is_null()).then_some(pw.pw_uid);
     }
+}
+
+/// Receives one message and the descriptors that came with it, waiting at most
+/// `timeout` (forever if `None`); more than [`MAX_FDS`] descriptors is an error
+/// (they are closed).
+pub fn recv_message(
+    fd: BorrowedFd<'_>,
+    timeout: Option<Duration>,
+) -> Result<(Message, u32, Vec<OwnedFd>), TransportError> {
+    let Received { message, fds } = recv_message_and_fds(fd, timeout);
+    let (msg, request_id) = message?;
+    if fds.len() > MAX_FDS {
+        return Err(TransportError::ControlTruncated);
+    }
+    Ok((msg, request_id, fds))
 }
 
 /// How a guest's handshake ended when it did not end in a `Welcome`.
@@ -653,6 +694,38 @@ mod tests {
         assert_eq!(parse_uid("1234"), Some(1234));
         assert_eq!(parse_uid("no-such-user-here"), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_descriptor_a_peer_can_attach_is_handed_over() {
+        let (a, b) = pair();
+        let mut buf = [0u8; MAX_MESSAGE];
+        let len = encode(&Message::QueueStop, 3, &mut buf).unwrap();
+        let many: Vec<BorrowedFd<'_>> = (0..SCM_MAX_FD).map(|_| a.as_fd()).collect();
+        send_datagram(a.as_fd(), &buf[..len], &many).unwrap();
+        let got = recv_message_and_fds(b.as_fd(), Some(Duration::from_secs(5)));
+        assert!(matches!(got.message, Ok((Message::QueueStop, 3))));
+        assert_eq!(got.fds.len(), SCM_MAX_FD, "none released inside recvmsg");
+        // Garbage with descriptors: the error and the descriptors both come back.
+        send_datagram(a.as_fd(), b"garbage garbage garbage", &many[..7]).unwrap();
+        let got = recv_message_and_fds(b.as_fd(), Some(Duration::from_secs(5)));
+        assert!(matches!(got.message, Err(TransportError::Decode(_))));
+        assert_eq!(got.fds.len(), 7);
+        // The guests' receive still refuses more than MAX_FDS.
+        send_datagram(a.as_fd(), &buf[..len], &many[..MAX_FDS + 1]).unwrap();
+        assert!(matches!(recv_message(b.as_fd(), Some(Duration::from_secs(5))), Err(TransportError::ControlTruncated)));
+    }
+
+    #[test]
+    fn a_refusal_sent_before_a_close_with_unread_data_is_still_read() {
+        let (a, b) = pair();
+        // The guest's Hello stays unread; the proxy answers and closes.
+        send_message(a.as_fd(), &Message::Goodbye, 1, &[]).unwrap();
+        send_message(b.as_fd(), &Message::refuse(RefuseCode::NotAllowed, "uid 1000 is not allowed"), 0, &[]).unwrap();
+        drop(b);
+        let got = recv_message(a.as_fd(), Some(Duration::from_secs(5))).unwrap();
+        assert!(matches!(got.0, Message::Refuse { code: RefuseCode::NotAllowed, .. }), "{:?}", got.0);
+        assert!(matches!(recv_message(a.as_fd(), Some(Duration::from_secs(5))), Err(TransportError::Closed)));
     }
 
     #[test]
