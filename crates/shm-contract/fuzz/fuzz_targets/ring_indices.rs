@@ -1,8 +1,12 @@
 //! A hostile peer's view of the rings: arbitrary indices, positions and cell
 //! contents written into a descriptor ring and a free ring between random
 //! operations on them. Nothing may panic, no operation may touch memory outside
-//! its ring, counts stay within the ring size, and every value that comes out
-//! is either a buffer of the pool (by `PoolLayout::buffer_index`) or rejected.
+//! its ring, counts stay within the ring size, a count once reported never shrinks
+//! under its user (free slots a producer was promised, descriptors a consumer was
+//! told it may read: a peer index that moves backwards is corrupt), a retry budget
+//! shared by many free-ring operations only ever goes down, and every value that
+//! comes out is either a buffer of the pool (by `PoolLayout::buffer_index`) or
+//! rejected.
 #![no_main]
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -116,6 +120,10 @@ fuzz_target!(|data: &[u8]| {
     let mut descs = [Desc::default(); 80];
     let mut values = [0u32; 80];
     let mut steps = 0;
+    // What the views last reported, less what we used of it since: a peer cannot take
+    // it back.
+    let (mut promised_free, mut promised_avail) = (0u32, 0u32);
+    let mut retries_left = 0u32;
     while !input.0.is_empty() && steps < 10_000 {
         steps += 1;
         let op = input.u8();
@@ -141,11 +149,18 @@ fuzz_target!(|data: &[u8]| {
                 }
                 if let Ok(n) = producer.push_burst(&descs[..k]) {
                     assert!(n <= k);
+                    // The cached view (no reload for 0 wanted).
+                    let now = producer.free_slots(0).unwrap();
+                    assert!(now + n as u32 >= promised_free);
+                    promised_free = now;
                 }
             }
             7 => {
                 if let Ok(n) = consumer.pop_burst(&mut descs[..k]) {
                     assert!(n <= k);
+                    let now = consumer.available(0).unwrap();
+                    assert!(now + n as u32 >= promised_avail);
+                    promised_avail = now;
                     for d in &descs[..n] {
                         check_value(&pool, d.offset);
                         let _ = d.flags.has_unknown_bits() || d.flags.contains(DescFlags::NEXT);
@@ -156,10 +171,24 @@ fuzz_target!(|data: &[u8]| {
                 for v in values[..k].iter_mut() {
                     *v = input.u32();
                 }
-                let _ = free.enqueue_bulk(&values[..k], input.u8() as u32 % 4);
+                if input.u8() & 1 == 0 {
+                    let _ = free.enqueue_bulk(&values[..k], input.u8() as u32 % 4);
+                } else {
+                    let before = retries_left;
+                    let _ = free.enqueue_bulk_within(&values[..k], &mut retries_left);
+                    assert!(retries_left <= before);
+                }
             }
             9 => {
-                if free.dequeue_bulk(&mut values[..k], input.u8() as u32 % 4).is_ok() {
+                let ok = if input.u8() & 1 == 0 {
+                    free.dequeue_bulk(&mut values[..k], input.u8() as u32 % 4).is_ok()
+                } else {
+                    let before = retries_left;
+                    let ok = free.dequeue_bulk_within(&mut values[..k], &mut retries_left).is_ok();
+                    assert!(retries_left <= before);
+                    ok
+                };
+                if ok {
                     for &v in &values[..k] {
                         check_value(&pool, v);
                     }
@@ -169,10 +198,16 @@ fuzz_target!(|data: &[u8]| {
                 let wanted = input.u32();
                 if let Ok(free_slots) = producer.free_slots(wanted) {
                     assert!(free_slots <= rx.entries);
+                    assert!(free_slots >= promised_free, "free slots shrank: {free_slots} < {promised_free}");
+                    promised_free = free_slots;
                 }
                 if let Ok(avail) = consumer.available(wanted) {
                     assert!(avail <= rx.entries);
+                    assert!(avail >= promised_avail, "available shrank: {avail} < {promised_avail}");
+                    promised_avail = avail;
                 }
+                // A new round of the proxy's loop.
+                retries_left = input.u8() as u32 % 8;
             }
             _ => {
                 assert!(free.count() <= ring_entries);
