@@ -848,3 +848,48 @@ impl Plane {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(nb_seg_max: u16, multi_segs: bool, max_rx_pktlen: u32, max_mtu: u16) -> sys::rte_eth_dev_info {
+        let mut info = sys::rte_eth_dev_info::default();
+        info.tx_desc_lim.nb_seg_max = nb_seg_max;
+        info.tx_desc_lim.nb_mtu_seg_max = u16::MAX;
+        if multi_segs {
+            info.tx_offload_capa = sys::RTE_ETH_TX_OFFLOAD_MULTI_SEGS as u64;
+        }
+        info.max_rx_pktlen = max_rx_pktlen;
+        info.max_mtu = max_mtu;
+        info
+    }
+
+    #[test]
+    fn tx_limits_follow_the_device_and_the_mtu_set() {
+        // A virtual device that states no limits (DPDK's defaults): the contract's.
+        let none = TxLimits::of(&info(u16::MAX, true, u32::MAX, u16::MAX), None);
+        assert_eq!(none, TxLimits { max_segs: MAX_SEGS, max_frame: u32::MAX - CRC_LEN });
+        // A NIC: 8 segments, 9728-byte frames (CRC included), MTU up to 9702.
+        let nic = TxLimits::of(&info(8, true, 9728, 9702), None);
+        assert_eq!(nic, TxLimits { max_segs: 8, max_frame: 9724 });
+        // The operator set an MTU of 1500: Ethernet header and two VLAN tags more.
+        assert_eq!(TxLimits::of(&info(8, true, 9728, 9702), Some(1500)).max_frame, 1522);
+        // No multi-segment tx offload: one segment.
+        assert_eq!(TxLimits::of(&info(40, false, 9728, 9702), None).max_segs, 1);
+        // Zero means "not stated".
+        assert_eq!(TxLimits::of(&info(0, true, 0, 0), None), TxLimits::UNLIMITED);
+    }
+
+    #[test]
+    fn admission() {
+        let l = TxLimits { max_segs: 4, max_frame: 1522 };
+        assert!(l.admit(1, 60, false));
+        assert!(l.admit(4, 1522, false));
+        assert!(!l.admit(1, 0, false), "no bytes");
+        assert!(!l.admit(2, 60, true), "an empty segment");
+        assert!(!l.admit(5, 60, false), "too many segments");
+        assert!(!l.admit(1, 1523, false), "too long");
+        assert!(TxLimits::UNLIMITED.admit(MAX_SEGS, u32::MAX, false));
+    }
+}
