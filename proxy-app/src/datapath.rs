@@ -542,7 +542,7 @@ impl Polled {
         // The guest's producer index is re-read (a cache line the guest's core keeps
         // writing) only when the cached view holds less than a burst, or no more than
         // the chain that waits for its next part.
-        let pending = scan.scanned();
+        let pending = scan.waiting();
         let avail = match ring.available((BURST as u32).max(pending + 1)) {
             Ok(a) if a <= pending => return,
             Ok(a) => a,
@@ -555,9 +555,8 @@ impl Polled {
         let mut used = 0u32;
         let mut bytes = 0u64;
         // However a guest fills its ring, one poll of it reads at most TX_DESC_BUDGET
-        // descriptors (and one chain beyond: shm_contract::tx) and takes at most BURST
-        // packets, valid or not, so it cannot starve the other guests' queues of the
-        // data loop's time.
+        // descriptors and takes at most BURST packets, valid or not (shm_contract::tx),
+        // so it cannot starve the other guests' queues of the data loop's time.
         let mut budget = TX_DESC_BUDGET;
         let mut taken = 0usize;
         let mut refused = 0u64;

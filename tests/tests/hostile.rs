@@ -794,23 +794,34 @@ fn chain_of(bufs: &[u32], len: u16) -> Vec<Desc> {
     v
 }
 
+/// How the chains of [`republished_chains`] end.
+#[derive(Clone, Copy, PartialEq)]
+enum ChainTail {
+    /// A descriptor that names no buffer: found by the proxy's scan, nothing claimed.
+    BadOffset,
+    /// The chain's first buffer again: found only when taking, so the proxy claims the
+    /// 63 others first and has to give them back.
+    Duplicate,
+}
+
 /// The attack that cut a good guest to 0.22x (0.09x with `poison`): the whole tx ring
 /// is chains of 63 valid segments and one invalid descriptor, republished as soon as
 /// the proxy consumed them (the slots keep their chains: republishing is one store of
 /// the producer index); with `poison`, the free ring's positions are rewritten with
 /// every republication too, so that giving the 63 buffers back would retry. Each chain
 /// is exactly one invalid tx packet.
-fn republished_chains(c: &Ctx<'_>, poison: bool) -> Seen {
+fn republished_chains(c: &Ctx<'_>, tail: ChainTail, poison: bool) -> Seen {
     // Every buffer in the guest's hand: the free ring starts empty.
     let mut g = Attached::ready_with(c.bad, CHAIN_RING, 512, 512).unwrap_or_else(|e| panic!("hostile attach: {e}"));
     let p = g.pool.unwrap();
     for k in 0..CHAIN_RING {
         let (chain, at) = (k / 64, k % 64);
-        let d = if at < 63 {
-            Desc { flags: DescFlags::NEXT, ..one(p.buffer_offset((chain * 63 + at) % p.count())) }
-        } else {
+        let first = chain * 63;
+        let d = match (at < 63, tail) {
+            (true, _) => Desc { flags: DescFlags::NEXT, ..one(p.buffer_offset((first + at) % p.count())) },
             // Inside the region header: no buffer.
-            one(64)
+            (false, ChainTail::BadOffset) => one(64),
+            (false, ChainTail::Duplicate) => one(p.buffer_offset(first % p.count())),
         };
         g.write_tx_slot(k, &d);
     }
@@ -847,11 +858,15 @@ fn republished_chains(c: &Ctx<'_>, poison: bool) -> Seen {
 }
 
 fn case_chains_63_plus_1(c: &Ctx<'_>) -> Seen {
-    republished_chains(c, false)
+    republished_chains(c, ChainTail::BadOffset, false)
 }
 
-fn case_chains_63_plus_1_poisoned(c: &Ctx<'_>) -> Seen {
-    republished_chains(c, true)
+fn case_chains_63_plus_duplicate(c: &Ctx<'_>) -> Seen {
+    republished_chains(c, ChainTail::Duplicate, false)
+}
+
+fn case_chains_63_plus_duplicate_poisoned(c: &Ctx<'_>) -> Seen {
+    republished_chains(c, ChainTail::Duplicate, true)
 }
 
 fn case_partial_chains(c: &Ctx<'_>) -> Seen {
@@ -983,8 +998,9 @@ fn cases() -> Vec<Case> {
         Case { name: "queue stop/start flapping", run: case_queue_flapping, expect: Expect { bad_requests: true, disconnected: Some(false), ..Expect::default() } },
         // Bounded work per round, ring indices, port limits (issue 16, items 3, 5, 6);
         // exact counter changes in each case (`expect_exact`).
-        Case { name: "chains of 63+1 republished", run: case_chains_63_plus_1, expect: Expect { invalid: true, disconnected: Some(false), ..Expect::default() } },
-        Case { name: "chains of 63+1, free ring positions poisoned", run: case_chains_63_plus_1_poisoned, expect: Expect { invalid: true, disconnected: Some(false), ..Expect::default() } },
+        Case { name: "chains of 63+1 (bad offset) republished", run: case_chains_63_plus_1, expect: Expect { invalid: true, disconnected: Some(false), ..Expect::default() } },
+        Case { name: "chains of 63+1 (duplicate) republished", run: case_chains_63_plus_duplicate, expect: Expect { invalid: true, disconnected: Some(false), ..Expect::default() } },
+        Case { name: "chains of 63+1 (duplicate), free ring positions poisoned", run: case_chains_63_plus_duplicate_poisoned, expect: Expect { invalid: true, disconnected: Some(false), ..Expect::default() } },
         Case { name: "tx chains published in parts", run: case_partial_chains, expect: Expect { disconnected: Some(false), tx_after: true, ..Expect::default() } },
         Case { name: "packets beyond the port's limits", run: case_tx_limits, expect: Expect { disconnected: Some(false), tx_after: true, ..Expect::default() } },
         Case { name: "rx consumer index backwards in the window", run: case_rx_cons_backwards, expect: cut },

@@ -10,7 +10,7 @@
 //! at most `MAX_SEGS` segments, and no buffer in two packets at once or in a packet
 //! while the proxy holds it otherwise; a packet found invalid or incomplete leaves
 //! nothing held; a poll does at most a burst of packets, reads at most its descriptor
-//! budget and one chain beyond, and never consumes more than was available; a chain
+//! budget, and never consumes more than was available; a chain
 //! published in parts is scanned on from where it stopped (the producer index is read
 //! again while it waits) and is only incomplete while it runs to the end of what was
 //! published or the budget is spent; a corrupt producer index (also one that moves
@@ -223,7 +223,7 @@ fn run(input: &mut Input<'_>, region: &RegionLayout, pools: [PoolLayout; 2], bac
             }
             // One poll of the data loop, exactly as `Polled::send_to_nic` does it.
             _ => {
-                let pending = scan.scanned();
+                let pending = scan.waiting();
                 let avail = match ring.available((BURST as u32).max(pending + 1)) {
                     Ok(a) => a,
                     Err(_) => {
@@ -263,31 +263,32 @@ fn run(input: &mut Input<'_>, region: &RegionLayout, pools: [PoolLayout; 2], bac
                             assert!(model.building.is_empty());
                             // Only a chain that runs to the end of what was published,
                             // or a spent budget.
-                            assert!(budget == 0 || before + scan.scanned() == avail, "{budget} {before} {scan:?} {avail}");
+                            assert!(
+                                budget == 0 || scan.is_complete() || before + scan.waiting() == avail,
+                                "{budget} {before} {scan:?} {avail}"
+                            );
                             break;
                         }
                         TxPacket::Invalid(_) => {
                             assert!(used > before && used - before <= MAX_SEGS + 1);
                             assert!(model.building.is_empty());
-                            assert_eq!(scan.scanned(), 0);
+                            assert_eq!(scan.waiting(), 0);
                         }
                         TxPacket::Valid { segs, len, vlan: _ } => {
                             assert_eq!(segs, used - before);
                             assert!(segs >= 1 && segs <= MAX_SEGS);
                             assert_eq!(segs as usize, model.building.len());
-                            assert_eq!(scan.scanned(), 0);
+                            assert_eq!(scan.waiting(), 0);
                             let mut sum = 0u32;
                             let mut pkt = Vec::new();
                             for (k, &(p, i, d)) in model.building.iter().enumerate() {
                                 let layout = &model.pools[p];
                                 assert_eq!(layout.buffer_index(d.offset), Some(i));
                                 assert!(d.data_off as u32 + d.data_len as u32 <= layout.data_room() as u32);
-                                // The last segment ends the chain (the others were
-                                // scanned with NEXT, perhaps on an earlier poll, and may
-                                // have been rewritten since).
-                                if k + 1 == segs as usize {
-                                    assert!(!d.flags.contains(DescFlags::NEXT));
-                                }
+                                // (Flags are not checked here: the chain's boundaries
+                                // are those its scan found, perhaps on an earlier poll,
+                                // and the guest may have rewritten the slots since.)
+                                let _ = k;
                                 // It was the guest's before this poll.
                                 assert_eq!(held_before[p][i as usize], Owner::Guest);
                                 sum += d.data_len as u32;
@@ -299,7 +300,7 @@ fn run(input: &mut Input<'_>, region: &RegionLayout, pools: [PoolLayout; 2], bac
                         }
                     }
                 }
-                assert!(reads.get() <= TX_DESC_BUDGET + MAX_SEGS, "{} descriptor reads in one poll", reads.get());
+                assert!(reads.get() <= TX_DESC_BUDGET, "{} descriptor reads in one poll", reads.get());
                 assert!(taken <= BURST);
                 ring.release(used);
             }
