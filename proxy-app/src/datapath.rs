@@ -588,11 +588,10 @@ impl Polled {
         ring.release(used);
         if !burst.is_empty() {
             // The driver's own checks; what it refuses goes back to the guest.
-            let before: u64 = burst.as_slice().iter().map(|m| m.pkt_len() as u64).sum::<u64>();
             let n = self.txq.tx_prepare(burst);
             if n > 0 {
                 refused += n as u64;
-                bytes -= before - burst.as_slice().iter().map(|m| m.pkt_len() as u64).sum::<u64>();
+                bytes = burst.as_slice().iter().map(|m| m.pkt_len() as u64).sum();
             }
         }
         bump(&q.stats.tx_refused, refused);
