@@ -234,11 +234,12 @@ fn run(input: &mut Input<'_>, region: &RegionLayout, pools: [PoolLayout; 2], bac
                 };
                 assert!(avail <= tx.entries);
                 if pending > 0 {
-                    // A chain waits for its next part: what the guest published is
-                    // looked at again (the bug: a cached view that never moved).
-                    assert_eq!(avail, prod.load(Relaxed).wrapping_sub(ring.index()));
+                    // A chain waits for its next part: unless the cached view already
+                    // shows more, what the guest published is looked at again (the bug:
+                    // a cached view that never moved).
                     assert!(avail >= pending);
                     if avail == pending {
+                        assert_eq!(avail, prod.load(Relaxed).wrapping_sub(ring.index()));
                         continue;
                     }
                 }
