@@ -827,7 +827,7 @@ fn republished_chains(c: &Ctx<'_>, tail: ChainTail, poison: bool) -> Seen {
     }
     let start = g.tx_cons();
     let (mut wakeups, mut drained) = (0u64, 0u64);
-    let mut rng = Rng(0xc4a1_2);
+    let mut rng = Rng(0xc4a12);
     let g_ref = &mut g;
     for_a_while(|| {
         let cons = g_ref.tx_cons();

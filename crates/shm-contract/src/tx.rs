@@ -408,9 +408,10 @@ mod tests {
         let mut used = 0;
         let mut out = Vec::new();
         let mut scan = ChainScan::default();
+        let mut unlimited = u32::MAX;
         while used < ring.len() as u32 {
             let before = used;
-            let r = take_packet(|i| ring[i as usize], &mut used, ring.len() as u32, &mut u32::MAX, &mut scan, m);
+            let r = take_packet(|i| ring[i as usize], &mut used, ring.len() as u32, &mut unlimited, &mut scan, m);
             let segs = if matches!(r, TxPacket::Valid { .. }) { m.send() } else { Vec::new() };
             out.push((r, segs));
             if r == TxPacket::Incomplete {
