@@ -31,6 +31,10 @@ use crate::shadow::GuestPool;
 pub const BURST: usize = 32;
 /// Longest packet chain accepted from a guest (and handed to it).
 pub const MAX_SEGS: u32 = shm_contract::tx::MAX_SEGS;
+/// Polls of a guest's tx ring skipped after one that found an invalid or a refused
+/// packet: what such a packet costs the loop (claims given back, buffers freed) is
+/// then spread over this many rounds more. An honest guest never sends one.
+const TX_BACKOFF_POLLS: u32 = 4;
 /// Ring slots assumed per received packet when the guest's rx ring is nearly full.
 const RX_SEGS_ASSUMED: u32 = 8;
 const RX_ROOM_FOR_BURST: u32 = BURST as u32 * RX_SEGS_ASSUMED;
@@ -157,16 +161,15 @@ impl TxLimits {
     /// No limit beyond the contract's (tests, and ports that state none).
     pub const UNLIMITED: TxLimits = TxLimits { max_segs: MAX_SEGS, max_frame: u32::MAX };
 
-    /// The limits of a port from its device info: segments (the tx descriptor limits,
-    /// one without the multi-segment offload), frame length (the device's largest
+    /// The limits of a port from its device info: segments (the tx descriptor limits),
+    /// frame length (the device's largest
     /// frame, and the MTU the operator set, if any, plus the Ethernet header and two
     /// VLAN tags).
     pub fn of(info: &sys::rte_eth_dev_info, mtu_set: Option<u16>) -> TxLimits {
         let nonzero = |v: u16| if v == 0 { u32::MAX } else { v as u32 };
-        let mut max_segs = MAX_SEGS.min(nonzero(info.tx_desc_lim.nb_seg_max)).min(nonzero(info.tx_desc_lim.nb_mtu_seg_max));
-        if info.tx_offload_capa & sys::RTE_ETH_TX_OFFLOAD_MULTI_SEGS as u64 == 0 {
-            max_segs = 1;
-        }
+        // (Not the multi-segment offload flag: DPDK 22.11's virtual devices, net_null
+        // and net_ring among them, send chains without declaring it.)
+        let max_segs = MAX_SEGS.min(nonzero(info.tx_desc_lim.nb_seg_max)).min(nonzero(info.tx_desc_lim.nb_mtu_seg_max));
         let mut max_frame = if info.max_rx_pktlen == 0 { u32::MAX } else { info.max_rx_pktlen.saturating_sub(CRC_LEN) };
         if info.max_mtu != 0 && info.max_mtu != u16::MAX {
             max_frame = max_frame.min(info.max_mtu as u32 + L2_OVERHEAD);
@@ -221,6 +224,8 @@ struct QueueState {
     /// The tx chain at the ring's read position that is not complete yet: how far it
     /// was scanned (kept across polls, so each descriptor is scanned once).
     tx_scan: ChainScan,
+    /// Tx polls still to skip after invalid or refused packets (`TX_BACKOFF_POLLS`).
+    tx_backoff: u32,
     /// Keeps the mapping the ring views (and the wake-up flag) point into.
     _region: Arc<GuestRegion>,
 }
@@ -260,6 +265,7 @@ impl DataQueue {
                 rx_pool,
                 rx_wake,
                 tx_scan: ChainScan::default(),
+                tx_backoff: 0,
                 _region: region.clone(),
             })),
             pools: Mutex::new(Default::default()),
@@ -536,6 +542,10 @@ impl Polled {
 
     /// Takes the guest's published packets, validated, and sends them.
     fn send_to_nic(&mut self, burst: &mut MbufBurst<BURST>) {
+        if self.state.tx_backoff > 0 {
+            self.state.tx_backoff -= 1;
+            return;
+        }
         let q = &*self.q;
         let ring = &mut self.state.tx_ring;
         let scan = &mut self.state.tx_scan;
@@ -559,14 +569,17 @@ impl Polled {
         // so it cannot starve the other guests' queues of the data loop's time.
         let mut budget = TX_DESC_BUDGET;
         let mut taken = 0usize;
-        let mut refused = 0u64;
+        let (mut invalid, mut refused) = (0u64, 0u64);
         let limits = q.tx_limits;
         let mut chain = TxChain { pools: &self.pools, port: q.port, head: None, empty_seg: false };
         while taken < BURST && used < avail {
             taken += 1;
             match take_packet(|i| ring.read(i), &mut used, avail, &mut budget, scan, &mut chain) {
                 TxPacket::Incomplete => break,
-                TxPacket::Invalid(kind) => q.tx_invalid(kind),
+                TxPacket::Invalid(kind) => {
+                    invalid += 1;
+                    q.tx_invalid(kind);
+                }
                 TxPacket::Valid { segs, len, vlan } => {
                     let Some(mut head) = chain.head.take() else {
                         continue;
@@ -595,6 +608,9 @@ impl Polled {
             }
         }
         bump(&q.stats.tx_refused, refused);
+        if invalid + refused > 0 {
+            self.state.tx_backoff = TX_BACKOFF_POLLS;
+        }
         if burst.is_empty() {
             return;
         }
@@ -873,8 +889,8 @@ mod tests {
         assert_eq!(nic, TxLimits { max_segs: 8, max_frame: 9724 });
         // The operator set an MTU of 1500: Ethernet header and two VLAN tags more.
         assert_eq!(TxLimits::of(&info(8, true, 9728, 9702), Some(1500)).max_frame, 1522);
-        // No multi-segment tx offload: one segment.
-        assert_eq!(TxLimits::of(&info(40, false, 9728, 9702), None).max_segs, 1);
+        // The device's segment limit.
+        assert_eq!(TxLimits::of(&info(40, false, 9728, 9702), None).max_segs, 40);
         // Zero means "not stated".
         assert_eq!(TxLimits::of(&info(0, true, 0, 0), None), TxLimits::UNLIMITED);
     }
