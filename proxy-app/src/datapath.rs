@@ -56,9 +56,9 @@ pub struct SocketStats {
     pub tx_bytes: AtomicU64,
     /// Guest to NIC: dropped because the NIC tx queue was full.
     pub tx_dropped: AtomicU64,
-    /// Guest to NIC: valid packets the port cannot send (empty, a segment without data,
-    /// more segments or a longer frame than the port takes, refused by the driver's
-    /// `rte_eth_tx_prepare`): freed back to the guest unsent.
+    /// Guest to NIC: valid packets the port cannot send (no bytes, more segments or a
+    /// longer frame than the port takes, refused by the driver's `rte_eth_tx_prepare`):
+    /// freed back to the guest unsent.
     pub tx_refused: AtomicU64,
     /// Guest to NIC: packets whose descriptors failed validation (also in `invalid`).
     pub tx_invalid: AtomicU64,
@@ -180,12 +180,12 @@ impl TxLimits {
         TxLimits { max_segs: max_segs.max(1), max_frame }
     }
 
-    /// Whether a valid packet of `segs` segments, `len` bytes, none of them empty
-    /// unless `empty_seg`, may go to the port.
+    /// Whether a valid packet of `segs` segments and `len` bytes may go to the port
+    /// (a chain's segments are never empty: `shm_contract::tx`).
     #[inline]
-    fn admit(&self, segs: u32, len: u32, empty_seg: bool) -> bool {
+    fn admit(&self, segs: u32, len: u32) -> bool {
         // `len - 1 < max_frame` is `0 < len <= max_frame` in one comparison.
-        segs <= self.max_segs && len.wrapping_sub(1) < self.max_frame && !empty_seg
+        len.wrapping_sub(1) < self.max_frame && segs <= self.max_segs
     }
 }
 
@@ -571,7 +571,7 @@ impl Polled {
         let mut taken = 0usize;
         let (mut invalid, mut refused) = (0u64, 0u64);
         let limits = q.tx_limits;
-        let mut chain = TxChain { pools: &self.pools, port: q.port, head: None, empty_seg: false };
+        let mut chain = TxChain { pools: &self.pools, port: q.port, head: None };
         while taken < BURST && used < avail {
             taken += 1;
             match take_packet(|i| ring.read(i), &mut used, avail, &mut budget, scan, &mut chain) {
@@ -584,7 +584,7 @@ impl Polled {
                     let Some(mut head) = chain.head.take() else {
                         continue;
                     };
-                    if !limits.admit(segs, len, std::mem::take(&mut chain.empty_seg)) {
+                    if !limits.admit(segs, len) {
                         // Freed: back to the guest's free ring.
                         refused += 1;
                         continue;
@@ -641,8 +641,6 @@ struct TxChain<'p> {
     pools: &'p Pools,
     port: u16,
     head: Option<Mbuf>,
-    /// A segment of the packet has no data (valid, but not for a NIC).
-    empty_seg: bool,
 }
 
 impl<'p> TxSink for TxChain<'p> {
@@ -664,7 +662,6 @@ impl<'p> TxSink for TxChain<'p> {
             return false;
         }
         m.reset_tx_metadata(self.port);
-        self.empty_seg |= d.data_len == 0;
         match &mut self.head {
             None => self.head = Some(m),
             Some(head) => {
@@ -680,7 +677,6 @@ impl<'p> TxSink for TxChain<'p> {
     fn drop_packet(&mut self) {
         // Freed: back to the guest's free ring.
         self.head = None;
-        self.empty_seg = false;
     }
 }
 
@@ -898,12 +894,11 @@ mod tests {
     #[test]
     fn admission() {
         let l = TxLimits { max_segs: 4, max_frame: 1522 };
-        assert!(l.admit(1, 60, false));
-        assert!(l.admit(4, 1522, false));
-        assert!(!l.admit(1, 0, false), "no bytes");
-        assert!(!l.admit(2, 60, true), "an empty segment");
-        assert!(!l.admit(5, 60, false), "too many segments");
-        assert!(!l.admit(1, 1523, false), "too long");
-        assert!(TxLimits::UNLIMITED.admit(MAX_SEGS, u32::MAX, false));
+        assert!(l.admit(1, 60));
+        assert!(l.admit(4, 1522));
+        assert!(!l.admit(1, 0), "no bytes");
+        assert!(!l.admit(5, 60), "too many segments");
+        assert!(!l.admit(1, 1523), "too long");
+        assert!(TxLimits::UNLIMITED.admit(MAX_SEGS, u32::MAX));
     }
 }

@@ -30,7 +30,9 @@
 //!    ([`TxSink::find`], by [`PoolLayout::buffer_index`](crate::PoolLayout::buffer_index):
 //!    out of range, misaligned, inside a buffer, in the ring or header area: all
 //!    [`TxInvalid::Offset`]);
-//! 2. `data_off + data_len` lies inside that buffer's data room ([`TxInvalid::Length`]);
+//! 2. `data_off + data_len` lies inside that buffer's data room, and a segment of a
+//!    chain is not empty ([`TxInvalid::Length`]; an empty one-segment packet is the
+//!    proxy's to refuse, as a frame too short for its port);
 //! 3. the buffer is the guest's to give: the proxy does not hold it already, from an
 //!    earlier descriptor of this packet or of an earlier one, or from the free ring
 //!    ([`TxInvalid::Duplicate`]; [`TxSink::claim`]).
@@ -76,7 +78,8 @@ const _: () = assert!(TX_DESC_BUDGET >= MAX_SEGS, "a maximal chain must fit one 
 pub enum TxInvalid {
     /// A descriptor names no buffer of the guest's pools.
     Offset = 2,
-    /// A descriptor's data lies outside its buffer's data room.
+    /// A descriptor's data lies outside its buffer's data room (or a chain's segment
+    /// has none).
     Length = 3,
     /// The chain is longer than [`MAX_SEGS`].
     Segments = 4,
@@ -207,9 +210,13 @@ fn vlan_of(d: &Desc) -> Option<u16> {
     d.flags.contains(DescFlags::VLAN).then_some(d.vlan_tci)
 }
 
-/// Checks one descriptor without taking anything.
+/// Checks one descriptor of a chain without taking anything: a segment of a chain must
+/// also carry data (a NIC may hang on an empty one).
 #[inline]
 fn check_segment<S: TxSink>(d: &Desc, sink: &S) -> Result<(), TxInvalid> {
+    if d.data_len == 0 {
+        return Err(TxInvalid::Length);
+    }
     match sink.find(d.offset) {
         None => Err(TxInvalid::Offset),
         Some((_, room)) if d.data_off as u32 + d.data_len as u32 > room as u32 => Err(TxInvalid::Length),
@@ -281,7 +288,8 @@ fn take_chain<S: TxSink>(
     let mut len = 0u32;
     for i in first..at {
         let d = if i == first { head } else { read(i) };
-        match take_segment(&d, sink) {
+        let taken = if d.data_len == 0 { Err(TxInvalid::Length) } else { take_segment(&d, sink) };
+        match taken {
             Ok(l) => len += l,
             Err(kind) => {
                 if i > first {
@@ -655,6 +663,18 @@ mod tests {
         assert_eq!(poll_all(&mut m, &ring), (vec![TxPacket::Valid { segs: 0, len: 0, vlan: None }; 32], 1));
         let ring: Vec<Desc> = (0..64).map(|i| seg(m.buf(0, i), 60, i < 63)).collect();
         assert_eq!(poll_all(&mut m, &ring), (vec![TxPacket::Valid { segs: 0, len: 0, vlan: None }], 2));
+    }
+
+    #[test]
+    fn an_empty_segment_makes_a_chain_invalid() {
+        let mut m = Model::new();
+        let (a, b, c) = (m.buf(0, 1), m.buf(0, 2), m.buf(0, 3));
+        let got = walk(&mut m, &[seg(a, 60, true), seg(b, 0, true), seg(c, 60, false), seg(c, 0, false)]);
+        // The chain: invalid, nothing taken. A one-segment packet of no bytes is valid
+        // here (the proxy refuses it against its port's limits).
+        assert_eq!(got[0].0, TxPacket::Invalid(TxInvalid::Length));
+        assert_eq!(got[1].0, TxPacket::Valid { segs: 1, len: 0, vlan: None });
+        assert!(m.returned.is_empty());
     }
 
     #[test]
