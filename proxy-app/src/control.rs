@@ -18,7 +18,7 @@ use shm_contract::{DescRing, Message, PoolAdd, PoolLayout, RefuseCode, PROTOCOL_
 
 use crate::access::{self, Access};
 use crate::cmds::{self, Command, SocketAccess};
-use crate::datapath::{DataQueue, Invalid, Plane, SocketStats};
+use crate::datapath::{DataQueue, Invalid, Plane, SocketStats, TxLimits};
 use crate::nic::NicPort;
 use crate::os;
 use crate::quarantine::{self, Leftover, PendingDelete, POOL_DELETE_WAIT};
@@ -260,11 +260,13 @@ impl Control {
         let queues = queues.max(self.opts.queues.unwrap_or(1));
         let nic = NicPort::setup(p, queues, self.opts.mtu)?;
         log_info!(
-            "port {port} ({}): {queues} queue(s), MAC {}, MTU {}, link {}",
+            "port {port} ({}): {queues} queue(s), MAC {}, MTU {}, link {}, tx up to {} segment(s) and {} bytes a frame",
             nic.name,
             mac_text(&nic.mac),
             nic.mtu,
-            link_text(nic.link)
+            link_text(nic.link),
+            nic.tx_limits.max_segs,
+            nic.tx_limits.max_frame
         );
         self.ports.insert(port, nic);
         Ok(())
@@ -576,7 +578,7 @@ impl Control {
             let ld = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
             s += &format!(
                 "socket={} port={} queue={} guest={} guests_served={} rx_packets={} rx_bytes={} rx_dropped={} \
-                 tx_packets={} tx_bytes={} tx_dropped={} tx_returned={} copies={} invalid={} refused={} bad_requests={} \
+                 tx_packets={} tx_bytes={} tx_dropped={} tx_refused={} tx_invalid={} tx_returned={} copies={} invalid={} refused={} bad_requests={} \
                  pools={} pool_buffers={} free_ring={} shadow_in_use={} parked={} lost={} rx_wakeups={} unwanted_fds={}\n",
                 ep.path.display(),
                 ep.port,
@@ -589,6 +591,8 @@ impl Control {
                 ld(&st.tx_packets),
                 ld(&st.tx_bytes),
                 ld(&st.tx_dropped),
+                ld(&st.tx_refused),
+                ld(&st.tx_invalid),
                 ld(&st.tx_returned),
                 ld(&st.copies),
                 ld(&st.invalid) + pool_invalid,
@@ -1082,6 +1086,7 @@ impl Control {
             (None, None)
         };
         let restarts_port = self.ports.get(&port).is_some_and(|n| !n.runtime_rx_setup);
+        let tx_limits = self.ports.get(&port).map_or(TxLimits::UNLIMITED, |n| n.tx_limits);
         if restarts_port && !self.endpoints[idx].queue_starts.take(Instant::now()) {
             return Err(bad(format!(
                 "more than {QUEUE_STARTS_PER_SEC} queue starts per second; each restarts port {port} (its device \
@@ -1103,7 +1108,9 @@ impl Control {
         DescRing::init(&mem, guest.region.layout.rx_ring()).map_err(|e| bad(e.to_string()))?;
         DescRing::init(&mem, guest.region.layout.tx_ring()).map_err(|e| bad(e.to_string()))?;
         let nic_pool = rx_pool.pool.pkt_pool().clone();
-        let q = DataQueue::new(&guest.region, port, queue, rx_pool, stats, waker).map_err(bad)?;
+        let q = DataQueue::new(&guest.region, port, queue, rx_pool, stats, waker)
+            .map_err(bad)?
+            .with_tx_limits(tx_limits);
         for (id, p) in &guest.pools {
             q.set_pool(*id, Some(p.guest_pool()));
         }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use dpdk::{sys, Mbuf, MbufBurst, Port, RxQueue, TxQueue};
 use shm_contract::pool::MAX_POOLS;
-use shm_contract::tx::{take_packet, TxInvalid, TxPacket, TxSink};
+use shm_contract::tx::{take_packet, ChainScan, TxInvalid, TxPacket, TxSink, TX_DESC_BUDGET};
 use shm_contract::wake::{self, Waker};
 use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, StatusBlock};
 
@@ -31,6 +31,10 @@ use crate::shadow::GuestPool;
 pub const BURST: usize = 32;
 /// Longest packet chain accepted from a guest (and handed to it).
 pub const MAX_SEGS: u32 = shm_contract::tx::MAX_SEGS;
+/// Polls of a guest's tx ring skipped after one that found an invalid or a refused
+/// packet: what such a packet costs the loop (claims given back, buffers freed) is
+/// then spread over this many rounds more. An honest guest never sends one.
+const TX_BACKOFF_POLLS: u32 = 4;
 /// Ring slots assumed per received packet when the guest's rx ring is nearly full.
 const RX_SEGS_ASSUMED: u32 = 8;
 const RX_ROOM_FOR_BURST: u32 = BURST as u32 * RX_SEGS_ASSUMED;
@@ -52,6 +56,12 @@ pub struct SocketStats {
     pub tx_bytes: AtomicU64,
     /// Guest to NIC: dropped because the NIC tx queue was full.
     pub tx_dropped: AtomicU64,
+    /// Guest to NIC: valid packets the port cannot send (no bytes, more segments or a
+    /// longer frame than the port takes, refused by the driver's `rte_eth_tx_prepare`):
+    /// freed back to the guest unsent.
+    pub tx_refused: AtomicU64,
+    /// Guest to NIC: packets whose descriptors failed validation (also in `invalid`).
+    pub tx_invalid: AtomicU64,
     /// Guest to NIC: packets still in the tx ring when the queue stopped, whose buffers
     /// went back to the guest's free ring unsent.
     pub tx_returned: AtomicU64,
@@ -134,6 +144,54 @@ impl Invalid {
     }
 }
 
+/// What a port can be handed: a guest's packet beyond these is not sent (a physical NIC
+/// may hang or reset a queue shared with other guests on an empty segment, too many
+/// segments or an oversized frame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxLimits {
+    /// Segments per packet.
+    pub max_segs: u32,
+    /// Bytes per frame (without the CRC the NIC appends).
+    pub max_frame: u32,
+}
+
+/// Ethernet header and two VLAN tags: what a frame may carry beyond the MTU.
+const L2_OVERHEAD: u32 = 14 + 2 * 4;
+/// The CRC a NIC appends (counted in `max_rx_pktlen`, not in a packet's length).
+const CRC_LEN: u32 = 4;
+
+impl TxLimits {
+    /// No limit beyond the contract's (tests, and ports that state none).
+    pub const UNLIMITED: TxLimits = TxLimits { max_segs: MAX_SEGS, max_frame: u32::MAX };
+
+    /// The limits of a port from its device info: segments (the tx descriptor limits),
+    /// frame length (the device's largest
+    /// frame, and the MTU the operator set, if any, plus the Ethernet header and two
+    /// VLAN tags).
+    pub fn of(info: &sys::rte_eth_dev_info, mtu_set: Option<u16>) -> TxLimits {
+        let nonzero = |v: u16| if v == 0 { u32::MAX } else { v as u32 };
+        // (Not the multi-segment offload flag: DPDK 22.11's virtual devices, net_null
+        // and net_ring among them, send chains without declaring it.)
+        let max_segs = MAX_SEGS.min(nonzero(info.tx_desc_lim.nb_seg_max)).min(nonzero(info.tx_desc_lim.nb_mtu_seg_max));
+        let mut max_frame = if info.max_rx_pktlen == 0 { u32::MAX } else { info.max_rx_pktlen.saturating_sub(CRC_LEN) };
+        if info.max_mtu != 0 && info.max_mtu != u16::MAX {
+            max_frame = max_frame.min(info.max_mtu as u32 + L2_OVERHEAD);
+        }
+        if let Some(mtu) = mtu_set {
+            max_frame = max_frame.min(mtu as u32 + L2_OVERHEAD);
+        }
+        TxLimits { max_segs: max_segs.max(1), max_frame }
+    }
+
+    /// Whether a valid packet of `segs` segments and `len` bytes may go to the port
+    /// (a chain's segments are never empty: `shm_contract::tx`).
+    #[inline]
+    fn admit(&self, segs: u32, len: u32) -> bool {
+        // `len - 1 < max_frame` is `0 < len <= max_frame` in one comparison.
+        len.wrapping_sub(1) < self.max_frame && segs <= self.max_segs
+    }
+}
+
 /// The guest's pools by pool id, as tx descriptors may name them.
 type Pools = [Option<GuestPool>; MAX_POOLS as usize];
 
@@ -154,6 +212,8 @@ pub struct DataQueue {
     /// Every pool of the guest, for tx descriptors; the loop takes a copy with each
     /// configuration it picks up, so a change needs a publish.
     pools: Mutex<Pools>,
+    /// What the port takes ([`DataQueue::with_tx_limits`]).
+    tx_limits: TxLimits,
 }
 
 /// A queue's polling state: used by one thread at a time, moved between them.
@@ -164,6 +224,11 @@ struct QueueState {
     rx_pool: GuestPool,
     /// Set when the guest started its queue with rx wake-ups.
     rx_wake: Option<RxWake>,
+    /// The tx chain at the ring's read position that is not complete yet: how far it
+    /// was scanned (kept across polls, so each descriptor is scanned once).
+    tx_scan: ChainScan,
+    /// Tx polls still to skip after invalid or refused packets (`TX_BACKOFF_POLLS`).
+    tx_backoff: u32,
     /// Keeps the mapping the ring views (and the wake-up flag) point into.
     _region: Arc<GuestRegion>,
 }
@@ -202,10 +267,19 @@ impl DataQueue {
                 tx_ring: tx,
                 rx_pool,
                 rx_wake,
+                tx_scan: ChainScan::default(),
+                tx_backoff: 0,
                 _region: region.clone(),
             })),
             pools: Mutex::new(Default::default()),
+            tx_limits: TxLimits::UNLIMITED,
         })
+    }
+
+    /// The queue sends to a port with these limits.
+    pub fn with_tx_limits(mut self, limits: TxLimits) -> DataQueue {
+        self.tx_limits = limits;
+        self
     }
 
     /// Makes a pool's buffers acceptable in tx descriptors (slot = pool id), or no
@@ -219,6 +293,11 @@ impl DataQueue {
     /// Whether NIC rx fills this queue from `pool`.
     pub fn fills_from(&self, pool: &dpdk::PktPool) -> bool {
         self.rx_mempool == pool.as_ptr() as usize
+    }
+
+    fn tx_invalid(&self, kind: TxInvalid) {
+        bump(&self.stats.tx_invalid, 1);
+        self.invalid(kind.into(), 1);
     }
 
     fn invalid(&self, kind: Invalid, count: u64) {
@@ -252,6 +331,7 @@ impl DataQueue {
             .filter_map(|(p, idx)| p.pool.take(idx))
             .collect();
         ring.release(avail);
+        state.tx_scan.reset();
         let returned = claimed.len() as u32;
         // Freeing a shadow returns its buffer to the guest's free ring (the mempool ops).
         drop(claimed);
@@ -282,6 +362,8 @@ fn room_for(ring: &mut DescProducer<'_>, free: &mut u32, slot: u32, segs: u32) -
     if segs > MAX_SEGS {
         return false;
     }
+    // `*free >= slot` stays true: the ring accepts only a consumer index that moves
+    // forward, so a re-read never shows fewer free slots than were promised.
     if segs > *free - slot {
         *free = ring.free_slots(u32::MAX).unwrap_or(*free);
     }
@@ -292,12 +374,6 @@ fn room_for(ring: &mut DescProducer<'_>, free: &mut u32, slot: u32, segs: u32) -
 #[inline]
 fn find_buffer(pools: &Pools, offset: u32) -> Option<(&GuestPool, u32)> {
     pools.iter().flatten().find_map(|p| p.ctx.layout.buffer_index(offset).map(|idx| (p, idx)))
-}
-
-/// The pool of which `m` (one segment) is a shadow.
-#[inline]
-fn pool_of<'p>(pools: &'p Pools, m: &Mbuf) -> Option<&'p GuestPool> {
-    pools.iter().flatten().find(|p| std::ptr::eq(p.pool.pkt_pool().as_ptr(), m.pool()))
 }
 
 /// A queue the loop polls: the shared part, its state, and the NIC queues' handles.
@@ -315,6 +391,9 @@ impl Polled {
     fn poll(&mut self, burst: &mut MbufBurst<BURST>) {
         if self.q.broken.load(Ordering::Relaxed) {
             return;
+        }
+        for p in self.pools.iter().flatten() {
+            p.ctx.new_round();
         }
         // Take from the NIC only what the guest has room for: the rest waits in the NIC
         // (which counts it as missed when full) instead of costing buffers here.
@@ -466,12 +545,19 @@ impl Polled {
 
     /// Takes the guest's published packets, validated, and sends them.
     fn send_to_nic(&mut self, burst: &mut MbufBurst<BURST>) {
+        if self.state.tx_backoff > 0 {
+            self.state.tx_backoff -= 1;
+            return;
+        }
         let q = &*self.q;
         let ring = &mut self.state.tx_ring;
+        let scan = &mut self.state.tx_scan;
         // The guest's producer index is re-read (a cache line the guest's core keeps
-        // writing) only when the cached view holds less than a burst.
-        let avail = match ring.available(BURST as u32) {
-            Ok(0) => return,
+        // writing) only when the cached view holds less than a burst, or no more than
+        // the chain that waits for its next part.
+        let pending = scan.waiting();
+        let avail = match ring.available((BURST as u32).max(pending + 1)) {
+            Ok(a) if a <= pending => return,
             Ok(a) => a,
             Err(_) => {
                 q.break_ring();
@@ -481,20 +567,31 @@ impl Polled {
         ring.prefetch_available(avail.min(BURST as u32));
         let mut used = 0u32;
         let mut bytes = 0u64;
-        // Invalid packets count against the burst too: however a guest fills its ring,
-        // one poll of it does at most BURST packets' worth of work, so it cannot starve
-        // the other guests' queues of the data loop's time.
+        // However a guest fills its ring, one poll of it reads at most TX_DESC_BUDGET
+        // descriptors and takes at most BURST packets, valid or not (shm_contract::tx),
+        // so it cannot starve the other guests' queues of the data loop's time.
+        let mut budget = TX_DESC_BUDGET;
         let mut taken = 0usize;
+        let (mut invalid, mut refused) = (0u64, 0u64);
+        let limits = q.tx_limits;
         let mut chain = TxChain { pools: &self.pools, port: q.port, head: None };
         while taken < BURST && used < avail {
             taken += 1;
-            match take_packet(|i| ring.read(i), &mut used, avail, &mut chain) {
+            match take_packet(|i| ring.read(i), &mut used, avail, &mut budget, scan, &mut chain) {
                 TxPacket::Incomplete => break,
-                TxPacket::Invalid(kind) => q.invalid(kind.into(), 1),
-                TxPacket::Valid { len, vlan, .. } => {
+                TxPacket::Invalid(kind) => {
+                    invalid += 1;
+                    q.tx_invalid(kind);
+                }
+                TxPacket::Valid { segs, len, vlan } => {
                     let Some(mut head) = chain.head.take() else {
                         continue;
                     };
+                    if !limits.admit(segs, len) {
+                        // Freed: back to the guest's free ring.
+                        refused += 1;
+                        continue;
+                    }
                     if let Some(tci) = vlan {
                         head.set_tx_vlan(tci);
                     }
@@ -505,6 +602,18 @@ impl Polled {
             }
         }
         ring.release(used);
+        if !burst.is_empty() {
+            // The driver's own checks; what it refuses goes back to the guest.
+            let n = self.txq.tx_prepare(burst);
+            if n > 0 {
+                refused += n as u64;
+                bytes = burst.as_slice().iter().map(|m| m.pkt_len() as u64).sum();
+            }
+        }
+        bump(&q.stats.tx_refused, refused);
+        if invalid + refused > 0 {
+            self.state.tx_backoff = TX_BACKOFF_POLLS;
+        }
         if burst.is_empty() {
             return;
         }
@@ -566,17 +675,6 @@ impl<'p> TxSink for TxChain<'p> {
             }
         }
         true
-    }
-
-    fn unclaim_packet(&mut self) {
-        // The descriptors stay in the ring and are read again: only the claims go.
-        if let Some(head) = self.head.take() {
-            for seg in head.into_segments() {
-                if let Some(pool) = pool_of(self.pools, &seg) {
-                    let _ = pool.pool.release(seg);
-                }
-            }
-        }
     }
 
     fn drop_packet(&mut self) {
@@ -783,5 +881,49 @@ impl Plane {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(nb_seg_max: u16, multi_segs: bool, max_rx_pktlen: u32, max_mtu: u16) -> sys::rte_eth_dev_info {
+        let mut info = sys::rte_eth_dev_info::default();
+        info.tx_desc_lim.nb_seg_max = nb_seg_max;
+        info.tx_desc_lim.nb_mtu_seg_max = u16::MAX;
+        if multi_segs {
+            info.tx_offload_capa = sys::RTE_ETH_TX_OFFLOAD_MULTI_SEGS as u64;
+        }
+        info.max_rx_pktlen = max_rx_pktlen;
+        info.max_mtu = max_mtu;
+        info
+    }
+
+    #[test]
+    fn tx_limits_follow_the_device_and_the_mtu_set() {
+        // A virtual device that states no limits (DPDK's defaults): the contract's.
+        let none = TxLimits::of(&info(u16::MAX, true, u32::MAX, u16::MAX), None);
+        assert_eq!(none, TxLimits { max_segs: MAX_SEGS, max_frame: u32::MAX - CRC_LEN });
+        // A NIC: 8 segments, 9728-byte frames (CRC included), MTU up to 9702.
+        let nic = TxLimits::of(&info(8, true, 9728, 9702), None);
+        assert_eq!(nic, TxLimits { max_segs: 8, max_frame: 9724 });
+        // The operator set an MTU of 1500: Ethernet header and two VLAN tags more.
+        assert_eq!(TxLimits::of(&info(8, true, 9728, 9702), Some(1500)).max_frame, 1522);
+        // The device's segment limit.
+        assert_eq!(TxLimits::of(&info(40, false, 9728, 9702), None).max_segs, 40);
+        // Zero means "not stated".
+        assert_eq!(TxLimits::of(&info(0, true, 0, 0), None), TxLimits::UNLIMITED);
+    }
+
+    #[test]
+    fn admission() {
+        let l = TxLimits { max_segs: 4, max_frame: 1522 };
+        assert!(l.admit(1, 60));
+        assert!(l.admit(4, 1522));
+        assert!(!l.admit(1, 0), "no bytes");
+        assert!(!l.admit(5, 60), "too many segments");
+        assert!(!l.admit(1, 1523), "too long");
+        assert!(TxLimits::UNLIMITED.admit(MAX_SEGS, u32::MAX));
     }
 }

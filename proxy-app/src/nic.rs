@@ -3,6 +3,8 @@
 
 use dpdk::{sys, Device, Link, PktPool, Port};
 
+use crate::datapath::TxLimits;
+
 /// Descriptors per NIC queue asked for (adjusted to the device's limits).
 const NB_DESC: u16 = 1024;
 
@@ -14,6 +16,8 @@ pub struct NicPort {
     pub mac: [u8; 6],
     pub mtu: u16,
     pub max_rx_frame: u32,
+    /// What a guest's packet may be to be sent on this port.
+    pub tx_limits: TxLimits,
     pub socket: i32,
     /// The device behind the port, that guests' regions are DMA-mapped for.
     pub device: Option<Device>,
@@ -87,6 +91,7 @@ impl NicPort {
             mac,
             mtu: mtu_now,
             max_rx_frame: info.max_rx_pktlen,
+            tx_limits: TxLimits::of(&info, mtu),
             socket,
             device: port.device().ok(),
             runtime_rx_setup: info.dev_capa & sys::RTE_ETH_DEV_CAPA_RUNTIME_RX_QUEUE_SETUP as u64 != 0,

@@ -18,7 +18,7 @@
 //! frees twice, or hands over while the proxy still holds it, is refused and counted.
 
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dpdk::{Eal, ExtBuffer, ExtPool, ExtPoolOps, ExtPoolSpec, Mempool, PktPool};
@@ -31,9 +31,13 @@ pub const OPS_NAME: &CStr = c"shm_proxy";
 
 /// Objects moved per free-ring operation: a stack array, no allocation on the hot path.
 const CHUNK: usize = 64;
-/// Retries on a contended free ring. The guest's threads share it; a hostile guest can
-/// only make our operation fail, which is counted, never make us spin forever.
-const RING_RETRIES: u32 = 256;
+/// Retries on a contended free ring (lost races, stale positions) per pool per round of
+/// the data loop, shared by every operation of the round on that pool
+/// ([`ShadowCtx::new_round`]). The guest's threads share the ring, so a retry is rare
+/// for an honest guest; a guest that rewrites the positions can only make operations
+/// fail (buffers given back are parked and retried later, buffers asked for are not
+/// there), never make the loop retry more than this many times per round for it.
+pub const ROUND_RETRIES: u32 = 32;
 
 /// Bytes of private area behind each shadow: unused, but it makes the shadows 256 bytes
 /// apart (a power of two), so the layer computes a shadow's index from its address.
@@ -62,6 +66,8 @@ pub struct ShadowCtx {
     /// at once, or be gone), so buffers coming back are dropped here, never written
     /// into it, and nothing is taken from it.
     retired: AtomicBool,
+    /// Free-ring retries left in this round (refilled by [`ShadowCtx::new_round`]).
+    retries_left: AtomicU32,
     /// Keeps the mapping the ring view points into.
     _region: Option<Arc<GuestRegion>>,
 }
@@ -76,8 +82,32 @@ impl ShadowCtx {
             parked_count: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
             retired: AtomicBool::new(false),
+            retries_left: AtomicU32::new(ROUND_RETRIES),
             _region: region,
         }
+    }
+
+    /// A new round of the data loop: the free-ring retries are this round's.
+    #[inline]
+    pub fn new_round(&self) {
+        if self.retries_left.load(Ordering::Relaxed) != ROUND_RETRIES {
+            self.retries_left.store(ROUND_RETRIES, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs a free-ring operation with the round's retries left.
+    #[inline]
+    fn with_retries<T>(&self, op: impl FnOnce(&mut u32) -> T) -> T {
+        // Load and store, not an atomic update: the data loop is the only frequent
+        // user; a control-thread operation that overlaps may at worst spend or restore
+        // a few retries of one round.
+        let before = self.retries_left.load(Ordering::Relaxed);
+        let mut left = before;
+        let r = op(&mut left);
+        if left != before {
+            self.retries_left.store(left, Ordering::Relaxed);
+        }
+        r
     }
 
     /// Gives buffers back to the guest's free ring; parks them when the ring does not
@@ -86,7 +116,7 @@ impl ShadowCtx {
         if self.parked_count.load(Ordering::Relaxed) > 0 {
             self.retry_parked();
         }
-        if self.ring.enqueue_bulk(offsets, RING_RETRIES).is_err() {
+        if self.with_retries(|left| self.ring.enqueue_bulk_within(offsets, left)).is_err() {
             self.park(offsets);
         }
     }
@@ -110,7 +140,7 @@ impl ShadowCtx {
         };
         while !parked.is_empty() {
             let from = parked.len().saturating_sub(CHUNK);
-            if self.ring.enqueue_bulk(&parked[from..], RING_RETRIES).is_err() {
+            if self.with_retries(|left| self.ring.enqueue_bulk_within(&parked[from..], left)).is_err() {
                 break;
             }
             parked.truncate(from);
@@ -145,10 +175,10 @@ impl ExtPoolOps for ShadowCtx {
         }
         let mut offsets = [0u32; CHUNK];
         let want = out.len().min(CHUNK);
-        if let Err(e) = self.ring.dequeue_bulk(&mut offsets[..want], RING_RETRIES) {
+        if let Err(e) = self.with_retries(|left| self.ring.dequeue_bulk_within(&mut offsets[..want], left)) {
             if e == FreeRingError::Contended {
-                // Hundreds of lost races or stale positions: in practice, positions the
-                // guest rewrote. Counted with the guest's invalid input.
+                // The round's retries are spent: in practice, positions the guest
+                // rewrote. Counted with the guest's invalid input.
                 self.invalid.fetch_add(1, Ordering::Relaxed);
             }
             return 0;
@@ -310,6 +340,12 @@ mod tests {
 
     /// A pool of `count` buffers whose free ring has exactly `count` cells, in heap memory.
     fn ctx(count: u32) -> (ShadowCtx, Vec<u32>) {
+        let (ctx, offsets, _) = ctx_in(count);
+        (ctx, offsets)
+    }
+
+    /// As [`ctx`], with the memory the ring is in.
+    fn ctx_in(count: u32) -> (ShadowCtx, Vec<u32>, &'static HeapMem) {
         let region = RegionLayout::new(64 << 20, 4096, 1024, 1024, RegionFlags::empty()).unwrap();
         let ring_bytes = FreeRing::bytes_for(count) as u32;
         let add = PoolAdd {
@@ -327,7 +363,7 @@ mod tests {
         let ring = FreeRing::init(&mem.mem(), layout.ring_offset(), count).unwrap();
         let offsets = (0..count).map(|i| layout.buffer_offset(i)).collect();
         let ctx = ShadowCtx::new(layout, ring, None);
-        (ctx, offsets)
+        (ctx, offsets, mem)
     }
 
     #[test]
@@ -342,13 +378,35 @@ mod tests {
         assert_eq!(ctx.lost.load(Ordering::Relaxed), 0);
         // Room again: the parked ones go back before the new one, which is parked in turn.
         let mut out = [0u32; 2];
-        ctx.ring.dequeue_bulk(&mut out, RING_RETRIES).unwrap();
+        ctx.ring.dequeue_bulk(&mut out, ROUND_RETRIES).unwrap();
         ctx.give_back(&offs[2..3]);
         assert_eq!(ctx.ring.count(), 8);
         assert_eq!(ctx.parked(), 1);
         // The control thread's retry finds room too.
         let mut one = [0u32; 1];
-        ctx.ring.dequeue_bulk(&mut one, RING_RETRIES).unwrap();
+        ctx.ring.dequeue_bulk(&mut one, ROUND_RETRIES).unwrap();
+        ctx.retry_parked();
+        assert_eq!(ctx.parked(), 0);
+        assert_eq!(ctx.ring.count(), 8);
+    }
+
+    #[test]
+    fn free_ring_retries_are_bounded_per_round_not_per_operation() {
+        let (ctx, offs, mem) = ctx_in(8);
+        // The guest moved enq_pos behind the cells: every attempt finds it stale.
+        let enq_pos = mem.mem().atomic_u32((ctx.layout.ring_offset() + shm_contract::mpmc::ENQ_POS_OFFSET) as usize).unwrap();
+        enq_pos.store(0xffff_ff00, Ordering::Relaxed);
+        for one in offs.chunks(1) {
+            ctx.give_back(one);
+        }
+        // All eight parked, and the round's retries were all the retrying there was.
+        assert_eq!(ctx.parked(), 8);
+        assert_eq!(ctx.retries_left.load(Ordering::Relaxed), 0);
+        let mut out = [0u32; 1];
+        assert_eq!(ctx.get(&mut out), 0);
+        // A sane ring and a new round: the parked buffers go back.
+        ctx.ring.reset();
+        ctx.new_round();
         ctx.retry_parked();
         assert_eq!(ctx.parked(), 0);
         assert_eq!(ctx.ring.count(), 8);
@@ -385,7 +443,7 @@ mod tests {
         let (ctx, offs) = ctx(8);
         ctx.give_back(&offs[..4]);
         // The guest wrote a garbage offset into its free ring.
-        ctx.ring.enqueue_bulk(&[12345], RING_RETRIES).unwrap();
+        ctx.ring.enqueue_bulk(&[12345], ROUND_RETRIES).unwrap();
         let mut out = [0u32; 8];
         assert_eq!(ctx.get(&mut out[..5]), 4, "four valid of five");
         assert_eq!(&out[..4], &[0, 1, 2, 3]);

@@ -221,6 +221,8 @@ fn socket_dict(s: &SocketView) -> TelDict {
     out.u64("tx_packets", ld(&st.tx_packets));
     out.u64("tx_bytes", ld(&st.tx_bytes));
     out.u64("tx_dropped", ld(&st.tx_dropped));
+    out.u64("tx_refused", ld(&st.tx_refused));
+    out.u64("tx_invalid", ld(&st.tx_invalid));
     out.u64("tx_returned", ld(&st.tx_returned));
     out.u64("rx_wakeups", ld(&st.rx_wakeups));
     out.u64("unwanted_fds", ld(&st.unwanted_fds));
@@ -313,7 +315,7 @@ mod tests {
         let names: Vec<&str> = d.entries().iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names.first(), Some(&"path"));
         assert_eq!(names.last(), Some(&"guest_connected"));
-        assert_eq!(names.len(), 16);
+        assert_eq!(names.len(), 18);
         assert!(d.entries().contains(&("invalid".to_string(), dpdk::telemetry::TelValue::U64(4))));
     }
 }

@@ -433,6 +433,19 @@ impl Attached {
     }
 }
 
+/// Runs the calling thread at the lowest priority (nice 19): a hostile writer that only
+/// gets the CPU time the machine's pinned pollers leave over measures the proxy's
+/// fairness, not a competition for one of two cores that no proxy could win.
+pub fn lowest_priority_for_this_thread() -> io::Result<()> {
+    // SAFETY: plain syscalls on the calling thread's own id.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Holds every free hugepage of the system while it lives, so that a page given back
 /// to the kernel cannot be faulted in again.
 pub struct HugepageHog {

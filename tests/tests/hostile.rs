@@ -7,12 +7,24 @@
 //! this test's uid.
 //!
 //! For every case the test checks that the proxy keeps running, that it counted what
-//! the hostile client did (and, where the rule says so, disconnected it), that its
-//! warnings are rate-limited, and that the good guest lost nothing (its socket's
-//! `tx_dropped`, `rx_dropped`, `invalid` stay 0) and kept forwarding at no less than
-//! `HOSTILE_MIN_RATIO` (default 0.3: the machines are small and shared) of the rate it
-//! had just before the case. A table of every case's numbers is printed (run with
+//! the hostile client did (and, where the rule says so, disconnected it; some cases
+//! name exact counter changes, looked up by name so that a missing counter fails),
+//! that its warnings are rate-limited, and that the good guest lost nothing (its
+//! socket's `tx_dropped`, `rx_dropped`, `invalid` stay 0) and kept forwarding at no
+//! less than `HOSTILE_MIN_RATIO` (default 0.8) of its rate just before the case (or,
+//! when the neighbours on a shared machine made that window slow, of its rate just
+//! after). A table of every case's numbers, the ratio included, is printed (run with
 //! `--nocapture` to see it).
+//!
+//! Why the ratio measures the proxy and not the machine: on a 2-core machine the proxy
+//! and the good guest are pinned one to each CPU and poll without pause, so a hostile
+//! client that spun on a CPU would take time from one of them that no proxy could give
+//! back. The hostile writers therefore run at nice 19 ([`lowest_priority_for_this_thread`])
+//! and sleep between their bursts (hundreds of microseconds); what they publish stays
+//! in their ring (republishing a full ring of hostile chains is one index store), so
+//! the proxy finds hostile work in every round, and the cases that keep a ring full say
+//! how often the writer found it drained. What the good guest loses is then what the
+//! proxy's data loop spends on the hostile guest: its per-round bounds (docs/threat-model.md).
 //!
 //! Run alone: `cargo test --release -p e2e-tests --test hostile -- --test-threads=1 --nocapture`.
 
@@ -35,7 +47,7 @@ use shm_contract::{Desc, DescFlags, Message, PoolAdd, RegionFlags};
 const CASE_TIME: Duration = Duration::from_secs(2);
 
 fn min_ratio() -> f64 {
-    std::env::var("HOSTILE_MIN_RATIO").ok().and_then(|v| v.parse().ok()).unwrap_or(0.3)
+    std::env::var("HOSTILE_MIN_RATIO").ok().and_then(|v| v.parse().ok()).unwrap_or(0.8)
 }
 
 type Stats = HashMap<String, String>;
@@ -354,12 +366,14 @@ fn case_header(c: &Ctx<'_>) -> Seen {
     Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("header scribbled, then {n} good packets") }
 }
 
-/// Runs `f` repeatedly for `CASE_TIME` on another thread while the main one waits.
+/// Runs `f` repeatedly for `CASE_TIME` on another thread (at the lowest priority: the
+/// module docs) while the main one waits.
 fn for_a_while(mut f: impl FnMut() + Send) {
     let stop = Arc::new(AtomicBool::new(false));
     thread::scope(|s| {
         let stop2 = stop.clone();
         s.spawn(move || {
+            lowest_priority_for_this_thread().expect("setpriority");
             while !stop2.load(Ordering::Relaxed) {
                 f();
             }
@@ -1011,6 +1025,211 @@ impl FdProbe {
     }
 }
 
+// ---- Bounded work per round and ring indices (issue 16, items 3, 5, 6) ----
+
+/// Exact changes of the hostile socket's counters a case expects (name, delta), set by
+/// the case while it runs and checked by the harness after it (a missing counter fails).
+/// A side channel rather than a field of `Seen`: the numbers are known only to the case.
+static EXACT: std::sync::Mutex<Vec<(&'static str, u64)>> = std::sync::Mutex::new(Vec::new());
+
+fn expect_exact(counter: &'static str, delta: u64) {
+    EXACT.lock().unwrap_or_else(|e| e.into_inner()).push((counter, delta));
+}
+
+/// A counter of a `show stats` line, or why not.
+fn counter_named(stats: &Stats, key: &str) -> Result<u64, String> {
+    let v = stats.get(key).ok_or_else(|| format!("no counter {key} in the stats line {stats:?}"))?;
+    v.parse().map_err(|_| format!("counter {key}={v} is not a number"))
+}
+
+/// The tx ring of the republished-chain cases: 256 chains of 64.
+const CHAIN_RING: u32 = 16384;
+
+/// Waits (up to 3 s) until the proxy consumed every descriptor the guest published;
+/// returns whether it did.
+fn tx_all_consumed(g: &Attached) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while g.tx_cons() != g.tx_prod {
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// A chain over `bufs`: every descriptor but the last says NEXT.
+fn chain_of(bufs: &[u32], len: u16) -> Vec<Desc> {
+    let mut v: Vec<Desc> = bufs.iter().map(|&b| Desc { flags: DescFlags::NEXT, data_len: len, ..one(b) }).collect();
+    if let Some(last) = v.last_mut() {
+        last.flags = DescFlags::empty();
+    }
+    v
+}
+
+/// How the chains of [`republished_chains`] end.
+#[derive(Clone, Copy, PartialEq)]
+enum ChainTail {
+    /// A descriptor that names no buffer: found by the proxy's scan, nothing claimed.
+    BadOffset,
+    /// The chain's first buffer again: found only when taking, so the proxy claims the
+    /// 63 others first and has to give them back.
+    Duplicate,
+}
+
+/// The attack that cut a good guest to 0.22x (0.09x with `poison`): the whole tx ring
+/// is chains of 63 valid segments and one invalid descriptor, republished as soon as
+/// the proxy consumed them (the slots keep their chains: republishing is one store of
+/// the producer index); with `poison`, the free ring's positions are rewritten with
+/// every republication too, so that giving the 63 buffers back would retry. Each chain
+/// is exactly one invalid tx packet.
+fn republished_chains(c: &Ctx<'_>, tail: ChainTail, poison: bool) -> Seen {
+    // Every buffer in the guest's hand: the free ring starts empty.
+    let mut g = Attached::ready_with(c.bad, CHAIN_RING, 512, 512).unwrap_or_else(|e| panic!("hostile attach: {e}"));
+    let p = g.pool.unwrap();
+    for k in 0..CHAIN_RING {
+        let (chain, at) = (k / 64, k % 64);
+        let first = chain * 63;
+        let d = match (at < 63, tail) {
+            (true, _) => Desc { flags: DescFlags::NEXT, ..one(p.buffer_offset((first + at) % p.count())) },
+            // Inside the region header: no buffer.
+            (false, ChainTail::BadOffset) => one(64),
+            (false, ChainTail::Duplicate) => one(p.buffer_offset(first % p.count())),
+        };
+        g.write_tx_slot(k, &d);
+    }
+    let start = g.tx_cons();
+    let (mut wakeups, mut drained) = (0u64, 0u64);
+    let mut rng = Rng(0xc4a12);
+    let g_ref = &mut g;
+    for_a_while(|| {
+        let cons = g_ref.tx_cons();
+        wakeups += 1;
+        if cons == g_ref.tx_prod {
+            drained += 1;
+        }
+        // The proxy releases whole packets only: `cons` starts a chain.
+        g_ref.set_tx_prod(cons.wrapping_add(CHAIN_RING));
+        if poison {
+            let mem = g_ref.mem();
+            mem.atomic_u32((p.ring_offset() + ENQ_POS_OFFSET) as usize).unwrap().store(rng.next_u64() as u32, Ordering::Relaxed);
+            mem.atomic_u32((p.ring_offset() + DEQ_POS_OFFSET) as usize).unwrap().store(rng.next_u64() as u32, Ordering::Relaxed);
+        }
+        thread::sleep(Duration::from_micros(200));
+    });
+    let consumed = tx_all_consumed(&g);
+    let chains = g.tx_prod.wrapping_sub(start) / 64;
+    expect_exact("tx_invalid", chains as u64);
+    expect_exact("tx_packets", 0);
+    expect_exact("tx_refused", 0);
+    let peer = g.peer(Duration::from_millis(200));
+    Seen {
+        problem: (!consumed).then(|| format!("the proxy stopped consuming: cons {} prod {}", g.tx_cons(), g.tx_prod)),
+        disconnected: open_or_closed(&peer),
+        note: format!("{chains} chains of 63+1 taken; writer found the ring drained at {drained} of {wakeups} wake-ups"),
+    }
+}
+
+fn case_chains_63_plus_1(c: &Ctx<'_>) -> Seen {
+    republished_chains(c, ChainTail::BadOffset, false)
+}
+
+fn case_chains_63_plus_duplicate(c: &Ctx<'_>) -> Seen {
+    republished_chains(c, ChainTail::Duplicate, false)
+}
+
+fn case_chains_63_plus_duplicate_poisoned(c: &Ctx<'_>) -> Seen {
+    republished_chains(c, ChainTail::Duplicate, true)
+}
+
+fn case_partial_chains(c: &Ctx<'_>) -> Seen {
+    // Chains published in parts: 40 descriptors, then the last 10 a while later (the
+    // bug: 32 or more NEXT descriptors first and the guest's tx was dead); 50 published
+    // one at a time; a maximal chain of 64 in two parts. Each must go out once whole.
+    let mut g = ready(c);
+    let (a, b, m) = (g_owned_split(&mut g, 50), g_owned_split(&mut g, 50), g_owned_split(&mut g, 64));
+    let (a, b, m) = (chain_of(&a, 60), chain_of(&b, 60), chain_of(&m, 20));
+    let mut problems = Vec::new();
+    g.push_tx(&a[..40], Duration::from_secs(1));
+    thread::sleep(Duration::from_millis(300));
+    if g.tx_cons() != 0 {
+        problems.push(format!("a partial chain was consumed: tx_cons {}", g.tx_cons()));
+    }
+    g.push_tx(&a[40..], Duration::from_secs(1));
+    for d in &b {
+        g.push_tx(std::slice::from_ref(d), Duration::from_secs(1));
+        thread::sleep(Duration::from_millis(5));
+    }
+    g.push_tx(&m[..33], Duration::from_secs(1));
+    thread::sleep(Duration::from_millis(100));
+    g.push_tx(&m[33..], Duration::from_secs(1));
+    if !tx_all_consumed(&g) {
+        problems.push(format!("not all consumed: cons {} prod {}", g.tx_cons(), g.tx_prod));
+    }
+    expect_exact("tx_packets", 3);
+    expect_exact("tx_invalid", 0);
+    expect_exact("tx_refused", 0);
+    expect_exact("tx_dropped", 0);
+    let peer = g.peer(Duration::from_millis(200));
+    Seen {
+        problem: (!problems.is_empty()).then(|| problems.join("; ")),
+        disconnected: open_or_closed(&peer),
+        note: "chains of 40+10, 50 x 1 and 33+31 descriptors".into(),
+    }
+}
+
+/// `n` buffers out of the guest's hand.
+fn g_owned_split(g: &mut Attached, n: usize) -> Vec<u32> {
+    let at = g.owned.len().checked_sub(n).expect("enough buffers in hand");
+    g.owned.split_off(at)
+}
+
+fn case_tx_limits(c: &Ctx<'_>) -> Seen {
+    // Nothing a NIC should be handed: a packet of no bytes (valid by the contract, below
+    // the port's limits: refused), a chain with an empty segment (invalid). Counted;
+    // the correct one after them goes out.
+    let mut g = ready(c);
+    let bufs = g_owned_split(&mut g, 5);
+    let empty = Desc { data_len: 0, ..one(bufs[0]) };
+    let mut hole = chain_of(&bufs[1..4], 60);
+    hole[1].data_len = 0;
+    let mut descs = vec![empty];
+    descs.extend(hole);
+    descs.push(one(bufs[4]));
+    g.push_tx(&descs, Duration::from_secs(1));
+    let consumed = tx_all_consumed(&g);
+    expect_exact("tx_refused", 1);
+    expect_exact("tx_packets", 1);
+    expect_exact("tx_invalid", 1);
+    let peer = g.peer(Duration::from_millis(200));
+    Seen {
+        problem: (!consumed).then(|| "not all consumed".to_string()),
+        disconnected: open_or_closed(&peer),
+        note: "an empty packet, a chain with an empty segment, a good packet".into(),
+    }
+}
+
+fn case_rx_cons_backwards(c: &Ctx<'_>) -> Seen {
+    // Cut for a broken ring: one invalid input (the ring index), nothing else.
+    expect_exact("invalid", 1);
+    expect_exact("tx_invalid", 0);
+    corrupt_index(c, |g| {
+        // Receive for a while, take it all, give the buffers back so that the proxy
+        // keeps delivering (and reading our index), then move the index back by 5:
+        // still inside the window, but behind what the proxy already read.
+        thread::sleep(Duration::from_millis(100));
+        g.drain_rx();
+        let owned = std::mem::take(&mut g.owned);
+        for chunk in owned.chunks(32) {
+            let _ = g.free_ring().enqueue_bulk(chunk, 8);
+        }
+        thread::sleep(Duration::from_millis(50));
+        g.set_rx_cons(g.rx_cons.wrapping_sub(5));
+    })
+}
+
+// ---- end of the bounded-work block ----
+
 struct Case {
     name: &'static str,
     run: CaseFn,
@@ -1057,6 +1276,14 @@ fn cases() -> Vec<Case> {
         Case { name: "fds: directory, pipe, memfd, socket", run: case_fds_other_kinds, expect: fds },
         Case { name: "fds: 253 per message", run: case_fds_many_per_message, expect: fds },
         Case { name: "fds: unread when the connection closes", run: case_fds_unread_at_close, expect: Expect { refused: false, touches_good_socket: true, ..fds } },
+        // Bounded work per round, ring indices, port limits (issue 16, items 3, 5, 6);
+        // exact counter changes in each case (`expect_exact`).
+        Case { name: "chains of 63+1 (bad offset) republished", run: case_chains_63_plus_1, expect: Expect { invalid: true, disconnected: Some(false), ..Expect::default() } },
+        Case { name: "chains of 63+1 (duplicate) republished", run: case_chains_63_plus_duplicate, expect: Expect { invalid: true, disconnected: Some(false), ..Expect::default() } },
+        Case { name: "chains of 63+1 (duplicate), free ring positions poisoned", run: case_chains_63_plus_duplicate_poisoned, expect: Expect { invalid: true, disconnected: Some(false), ..Expect::default() } },
+        Case { name: "tx chains published in parts", run: case_partial_chains, expect: Expect { disconnected: Some(false), tx_after: true, ..Expect::default() } },
+        Case { name: "packets beyond the port's limits", run: case_tx_limits, expect: Expect { disconnected: Some(false), tx_after: true, ..Expect::default() } },
+        Case { name: "rx consumer index backwards in the window", run: case_rx_cons_backwards, expect: cut },
     ]
 }
 
@@ -1071,7 +1298,8 @@ fn hostile_guests_do_not_disturb_a_good_one() {
         "case", "invalid", "refused", "bad_req", "tx_pkts", "cut", "warns", "good_pps0", "good_pps", "ratio", "stats_ms", "attach_ms"
     )];
     for case in cases() {
-        if only.as_deref().is_some_and(|f| !case.name.contains(f)) {
+        // HOSTILE_CASES: substrings of case names, separated by '|'.
+        if only.as_deref().is_some_and(|f| !f.split('|').any(|f| case.name.contains(f))) {
             continue;
         }
         let before_rate = b.good_rate(Duration::from_secs(1));
@@ -1080,6 +1308,7 @@ fn hostile_guests_do_not_disturb_a_good_one() {
         let (a0, _) = b.socket_and_global_stats(&allow_sock);
         let out0 = b.proxy.out.text().len();
         let t = Instant::now();
+        EXACT.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let (bad, good, probe) = (b.bad_sock.clone(), b.good_sock.clone(), b.probe_sock.clone());
         let ctx = Ctx { bad: &bad, good: &good, allow: &allow_sock, proxy_pid: b.proxy.pid() };
         let mut fd_probe = None;
@@ -1154,6 +1383,13 @@ fn hostile_guests_do_not_disturb_a_good_one() {
         }
         if let Some(p) = &seen.problem {
             errs.push(p.clone());
+        }
+        for (key, want) in std::mem::take(&mut *EXACT.lock().unwrap_or_else(|e| e.into_inner())) {
+            match (counter_named(&h0, key), counter_named(&h1, key)) {
+                (Ok(a), Ok(z)) if z.wrapping_sub(a) == want => {}
+                (Ok(a), Ok(z)) => errs.push(format!("{key} changed by {}, expected exactly {want}", z.wrapping_sub(a))),
+                (Err(e), _) | (_, Err(e)) => errs.push(e),
+            }
         }
         if e.tx_after && d(&h0, &h1, "tx_packets") == 0 {
             errs.push("the hostile guest's correct packets did not go out".into());

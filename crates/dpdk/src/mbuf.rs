@@ -557,6 +557,19 @@ impl<const N: usize> MbufBurst<N> {
         self.len += n;
     }
 
+    /// Takes the packet at `i` out (the rest move up one).
+    #[inline]
+    pub fn remove(&mut self, i: usize) -> Option<Mbuf> {
+        if i >= self.len {
+            return None;
+        }
+        let p = self.pkts[i];
+        self.pkts.copy_within(i + 1..self.len, i);
+        self.len -= 1;
+        // SAFETY: `p` was an owned packet of the burst (the invariant), no longer in it.
+        unsafe { Mbuf::from_raw(p) }
+    }
+
     /// Drops the first `n` entries without freeing them (the driver took them), moving
     /// the rest to the front.
     pub(crate) fn consumed(&mut self, n: usize) {
@@ -726,6 +739,29 @@ impl TxQueue {
     /// The port and queue.
     pub fn id(&self) -> (u16, u16) {
         (self.port, self.queue)
+    }
+
+    /// Lets the driver check the burst's packets against what its device can send
+    /// (`rte_eth_tx_prepare`: the driver's own limits and offload fix-ups; nothing for a
+    /// driver without such checks). A packet it refuses is taken out of the burst and
+    /// freed; returns how many were.
+    #[inline]
+    pub fn tx_prepare<const N: usize>(&mut self, burst: &mut MbufBurst<N>) -> usize {
+        let mut refused = 0;
+        let mut from = 0;
+        while from < burst.len {
+            // SAFETY: this handle is the only user of the tx queue; `pkts[from..len]` are
+            // owned packets the driver may inspect and adjust (not take).
+            let ok = unsafe {
+                sys::rte_eth_tx_prepare(self.port, self.queue, burst.pkts.as_mut_ptr().add(from), (burst.len - from) as u16)
+            } as usize;
+            from += ok;
+            if burst.remove(from).is_none() {
+                break;
+            }
+            refused += 1;
+        }
+        refused
     }
 
     /// Hands the burst's packets to the driver, first to last; returns how many it took.

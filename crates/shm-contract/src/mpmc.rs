@@ -210,6 +210,15 @@ impl<'a> FreeRing<'a> {
     /// retried at most `max_retries` times.
     #[inline]
     pub fn enqueue_bulk(&self, values: &[u32], max_retries: u32) -> Result<(), FreeRingError> {
+        let mut retries_left = max_retries;
+        self.enqueue_bulk_within(values, &mut retries_left)
+    }
+
+    /// As [`enqueue_bulk`](Self::enqueue_bulk), drawing its retries from
+    /// `retries_left` (decremented per retry): one budget can bound the retries of
+    /// many operations, e.g. all of one polling round.
+    #[inline]
+    pub fn enqueue_bulk_within(&self, values: &[u32], retries_left: &mut u32) -> Result<(), FreeRingError> {
         if values.is_empty() {
             return Ok(());
         }
@@ -217,7 +226,6 @@ impl<'a> FreeRing<'a> {
             Ok(n) if n <= self.entries() => n,
             _ => return Err(FreeRingError::Full),
         };
-        let mut retries = 0u32;
         let mut pos = self.enq_pos.load(Relaxed);
         loop {
             match self.check_empty(pos, n) {
@@ -258,10 +266,10 @@ impl<'a> FreeRing<'a> {
                 }
                 Range::Stale => pos = self.enq_pos.load(Relaxed),
             }
-            if retries >= max_retries {
+            if *retries_left == 0 {
                 return Err(FreeRingError::Contended);
             }
-            retries += 1;
+            *retries_left -= 1;
         }
     }
 
@@ -286,6 +294,14 @@ impl<'a> FreeRing<'a> {
     /// validate them.
     #[inline]
     pub fn dequeue_bulk(&self, out: &mut [u32], max_retries: u32) -> Result<(), FreeRingError> {
+        let mut retries_left = max_retries;
+        self.dequeue_bulk_within(out, &mut retries_left)
+    }
+
+    /// As [`dequeue_bulk`](Self::dequeue_bulk), drawing its retries from
+    /// `retries_left` (decremented per retry).
+    #[inline]
+    pub fn dequeue_bulk_within(&self, out: &mut [u32], retries_left: &mut u32) -> Result<(), FreeRingError> {
         if out.is_empty() {
             return Ok(());
         }
@@ -293,7 +309,6 @@ impl<'a> FreeRing<'a> {
             Ok(n) if n <= self.entries() => n,
             _ => return Err(FreeRingError::Empty),
         };
-        let mut retries = 0u32;
         let mut pos = self.deq_pos.load(Relaxed);
         loop {
             match self.check_full_and_copy(pos, out) {
@@ -333,10 +348,10 @@ impl<'a> FreeRing<'a> {
                 }
                 Range::Stale => pos = self.deq_pos.load(Relaxed),
             }
-            if retries >= max_retries {
+            if *retries_left == 0 {
                 return Err(FreeRingError::Contended);
             }
-            retries += 1;
+            *retries_left -= 1;
         }
     }
 
@@ -399,6 +414,29 @@ mod tests {
         for e in [FreeRingError::Full, FreeRingError::Empty, FreeRingError::Contended] {
             assert!(e.to_string().starts_with("free ring"));
         }
+    }
+
+    #[test]
+    fn a_shared_retry_budget_bounds_many_operations() {
+        let heap = ring_mem(8);
+        let mem = heap.mem();
+        let ring = FreeRing::init(&mem, 0, 8).unwrap();
+        // A peer that moved enq_pos behind the cells' sequences: each attempt finds
+        // the position stale.
+        mem.atomic_u32(ENQ_POS_OFFSET as usize).unwrap().store(0xffff_ff00, SeqCst);
+        let mut left = 5;
+        assert_eq!(ring.enqueue_bulk_within(&[1], &mut left), Err(FreeRingError::Contended));
+        assert_eq!(left, 0);
+        // Spent: the next operation makes one attempt and no retry.
+        assert_eq!(ring.enqueue_bulk_within(&[1], &mut left), Err(FreeRingError::Contended));
+        mem.atomic_u32(DEQ_POS_OFFSET as usize).unwrap().store(0xffff_ff00, SeqCst);
+        assert_eq!(ring.dequeue_bulk_within(&mut [0], &mut left), Err(FreeRingError::Contended));
+        // Sane positions again: no retry needed, nothing spent.
+        ring.reset();
+        let mut left = 3;
+        ring.enqueue_bulk_within(&[1, 2], &mut left).unwrap();
+        ring.dequeue_bulk_within(&mut [0, 0], &mut left).unwrap();
+        assert_eq!(left, 3);
     }
 
     #[test]

@@ -15,9 +15,12 @@
 //! Indices are free-running `u32`s that wrap; a slot is `index & (entries - 1)`.
 //! Each side keeps its own index privately and only ever *stores* it: reading it
 //! back would let the peer rewrite our position. The peer's index is the only
-//! thing read from shared memory, and it is checked against ours
-//! (`0 <= prod - cons <= entries`, in wrapping arithmetic) before it is used; a
-//! violation is [`RingError::Corrupt`], and the ring state is left untouched.
+//! thing read from shared memory, and it is checked against ours and against the
+//! value last accepted (it only moves forward: `0 <= prod - cons <= entries`, in
+//! wrapping arithmetic, and never behind what was seen before) before it is used; a
+//! violation is [`RingError::Corrupt`], and the ring state is left untouched. These
+//! are plain comparisons, in release builds too, and nothing computed from a peer
+//! index can underflow.
 //! Each side also caches the peer's index and reloads it only when the cache says
 //! there is not enough room / data, which keeps the peer's cache line out of the
 //! fast path.
@@ -243,7 +246,11 @@ impl<'a> DescProducer<'a> {
         // Acquire: the consumer read the descriptors before it released these
         // slots; we must not overwrite them before that.
         let cons = self.cons.load(Acquire);
-        if self.local_prod.wrapping_sub(cons) > self.entries() {
+        // The consumer index only moves forward, up to ours: it lies in
+        // `cached_cons..=local_prod` (wrapping). Behind the cached value would shrink
+        // the free slots under a caller that was already promised them (its
+        // `free - used` would underflow); beyond ours is more than was published.
+        if cons.wrapping_sub(self.cached_cons) > self.local_prod.wrapping_sub(self.cached_cons) {
             return Err(RingError::Corrupt {
                 prod: self.local_prod,
                 cons,
@@ -279,6 +286,9 @@ impl<'a> DescProducer<'a> {
     #[inline]
     pub fn publish(&mut self, n: u32) {
         debug_assert!(n <= self.cached_free(), "publish beyond free slots");
+        // Never beyond the free slots, in release builds too: the invariant the range
+        // checks rely on.
+        let n = n.min(self.cached_free());
         self.local_prod = self.local_prod.wrapping_add(n);
         // Release: the descriptor words (and the packet data behind them) are
         // visible to whoever acquires this index.
@@ -411,7 +421,11 @@ impl<'a> DescConsumer<'a> {
         // Acquire: pairs with the producer's release store, so the descriptor
         // words up to `prod` are visible.
         let prod = self.prod.load(Acquire);
-        if prod.wrapping_sub(self.local_cons) > self.entries() {
+        // The producer index only moves forward, at most a ring ahead of us: it lies
+        // in `cached_prod..=local_cons + entries` (wrapping). Behind the cached value
+        // would take back descriptors a caller was already told it may read.
+        let limit = self.local_cons.wrapping_add(self.entries());
+        if prod.wrapping_sub(self.cached_prod) > limit.wrapping_sub(self.cached_prod) {
             return Err(RingError::Corrupt {
                 prod,
                 cons: self.local_cons,
@@ -454,6 +468,8 @@ impl<'a> DescConsumer<'a> {
     #[inline]
     pub fn release(&mut self, n: u32) {
         debug_assert!(n <= self.cached_available(), "release beyond available");
+        // Never beyond what was published, in release builds too (as for `publish`).
+        let n = n.min(self.cached_available());
         self.local_cons = self.local_cons.wrapping_add(n);
         // Release: our reads of the released slots happen before the producer
         // (acquiring this index) overwrites them.
@@ -661,6 +677,44 @@ mod tests {
         assert!(p.push_burst(&[desc(0)]).is_err());
         cons.store(32, SeqCst);
         assert_eq!(p.free_slots(1).unwrap(), 32);
+    }
+
+    #[test]
+    fn indices_that_move_backwards_inside_the_window_are_corrupt() {
+        let (heap, area) = ring(64);
+        let mem = heap.mem();
+        let prod = mem.atomic_u32(4096).unwrap();
+        let cons = mem.atomic_u32(4096 + 128).unwrap();
+        let mut p = DescProducer::new(&mem, area).unwrap();
+        let mut c = DescConsumer::new(&mem, area).unwrap();
+        assert_eq!(p.push_burst(&[desc(0); 64]).unwrap(), 64);
+        // The consumer read 40: the producer sees 40 free.
+        let mut out = [Desc::default(); 40];
+        assert_eq!(c.pop_burst(&mut out).unwrap(), 40);
+        assert_eq!(p.free_slots(64).unwrap(), 40);
+        assert_eq!(p.push_burst(&[desc(1); 10]).unwrap(), 10);
+        // A consumer index moved back by 20 is still within `prod - entries ..= prod`,
+        // but would take back 20 slots the producer was promised (30 free left: the
+        // producer may hold 30 written, unpublished slots).
+        cons.store(20, SeqCst);
+        assert_eq!(p.free_slots(64).unwrap_err(), RingError::Corrupt { prod: 74, cons: 20 });
+        cons.store(40, SeqCst);
+        assert_eq!(p.free_slots(64).unwrap(), 30);
+        // The same for the producer index, seen by the consumer.
+        assert_eq!(c.available(64).unwrap(), 34);
+        prod.store(60, SeqCst);
+        assert_eq!(c.available(64).unwrap_err(), RingError::Corrupt { prod: 60, cons: 40 });
+        prod.store(74, SeqCst);
+        assert_eq!(c.available(64).unwrap(), 34);
+        // Releasing or publishing more than there is stops at what there is (in a
+        // release build; a debug build asserts).
+        if cfg!(debug_assertions) {
+            return;
+        }
+        c.release(1000);
+        assert_eq!(c.index(), 74);
+        p.publish(1000);
+        assert_eq!(p.index(), 74 + 30);
     }
 
     #[test]
