@@ -332,10 +332,30 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code: code as u16, jt, jf, k }
 }
 
-/// The BPF program: the architecture must be x86-64, the number not x32, and in
-/// `ALLOWED`; anything else gets `miss`.
+/// Low 32 bits of a call's first and second argument in `struct seccomp_data`
+/// (little-endian).
+const DATA_ARG0_LOW: u32 = 16;
+const DATA_ARG1_LOW: u32 = 24;
+/// `clone` flags that make a new namespace: a new user namespace would give the child
+/// every capability in it (CAP_NET_ADMIN over a new network namespace, for one).
+const CLONE_NEW_NAMESPACES: u32 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u32;
+/// The terminal ioctl that pushes bytes into a terminal's input: the proxy may share a
+/// terminal with root's shell.
+const TIOCSTI: u32 = 0x5412;
+
+/// The BPF program: the architecture must be x86-64, the number not x32; `clone` with a
+/// namespace flag and `ioctl(TIOCSTI)` fail with EPERM, `clone3` (whose flags live in
+/// memory a filter cannot read) with ENOSYS, so that glibc makes threads with `clone`;
+/// then the number must be in `ALLOWED`; anything else gets `miss`.
 fn program(miss: u32) -> Vec<libc::sock_filter> {
-    use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    let errno = |e: c_int| libc::SECCOMP_RET_ERRNO | (e as u32 & libc::SECCOMP_RET_DATA);
     let mut p = vec![
         stmt(BPF_LD | BPF_W | BPF_ABS, DATA_ARCH),
         jump(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
@@ -343,6 +363,21 @@ fn program(miss: u32) -> Vec<libc::sock_filter> {
         stmt(BPF_LD | BPF_W | BPF_ABS, DATA_NR),
         jump(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1),
         stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_KILL_PROCESS),
+        // clone: no new namespaces.
+        jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_clone as u32, 0, 3),
+        stmt(BPF_LD | BPF_W | BPF_ABS, DATA_ARG0_LOW),
+        jump(BPF_JMP | BPF_JSET | BPF_K, CLONE_NEW_NAMESPACES, 0, 1),
+        stmt(BPF_RET | BPF_K, errno(libc::EPERM)),
+        stmt(BPF_LD | BPF_W | BPF_ABS, DATA_NR),
+        // clone3: not at all.
+        jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_clone3 as u32, 0, 1),
+        stmt(BPF_RET | BPF_K, errno(libc::ENOSYS)),
+        // ioctl: no TIOCSTI.
+        jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_ioctl as u32, 0, 3),
+        stmt(BPF_LD | BPF_W | BPF_ABS, DATA_ARG1_LOW),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 0, 1),
+        stmt(BPF_RET | BPF_K, errno(libc::EPERM)),
+        stmt(BPF_LD | BPF_W | BPF_ABS, DATA_NR),
     ];
     // One test per allowed call: equal jumps to the ALLOW at the end.
     let n = ALLOWED.len();
@@ -485,7 +520,7 @@ mod tests {
             assert!(i + 1 + (ins.jt.max(ins.jf) as usize) < p.len(), "jump out of the program at {i}");
         }
         // Each allowed call's test jumps exactly to the final ALLOW.
-        let first = 6;
+        let first = p.len() - 2 - ALLOWED.len();
         for i in 0..ALLOWED.len() {
             assert_eq!(first + i + 1 + p[first + i].jt as usize, p.len() - 1);
         }
@@ -551,6 +586,59 @@ mod tests {
         assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS, "wait status {status:#x}");
         let status = child_calls_getppid_under(&Filter::new(SeccompMode::Log));
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "wait status {status:#x}");
+    }
+
+    /// Forks a child that installs `filter` and makes `call`; the child's exit code is
+    /// the call's errno (0: it succeeded).
+    fn child_errno_under(filter: &Filter, call: fn() -> libc::c_long) -> c_int {
+        // SAFETY: the child only makes system calls and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let code = match filter.install() {
+                Ok(()) => {
+                    if call() < 0 {
+                        std::io::Error::last_os_error().raw_os_error().unwrap_or(255)
+                    } else {
+                        0
+                    }
+                }
+                Err(_) => 254,
+            };
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "wait status {status:#x}");
+        libc::WEXITSTATUS(status)
+    }
+
+    #[test]
+    fn no_new_namespaces_no_clone3_no_terminal_input() {
+        let kill = Filter::new(SeccompMode::Kill);
+        // SAFETY: a clone that would make a user and a network namespace; refused before
+        // it runs (a child it made would _exit at once: no stack is shared, SIGCHLD only).
+        let new_ns = || unsafe {
+            libc::syscall(libc::SYS_clone, (libc::CLONE_NEWUSER | libc::CLONE_NEWNET | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0)
+        };
+        assert_eq!(child_errno_under(&kill, new_ns), libc::EPERM);
+        // SAFETY: clone3 with a null argument: refused by the filter before the kernel reads it.
+        let clone3 = || unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) };
+        assert_eq!(child_errno_under(&kill, clone3), libc::ENOSYS);
+        // SAFETY: TIOCSTI on stdin with a byte on the stack; refused by the filter.
+        let sti = || unsafe {
+            let c: u8 = b'x';
+            libc::syscall(libc::SYS_ioctl, 0, TIOCSTI as libc::c_ulong, &c as *const u8)
+        };
+        assert_eq!(child_errno_under(&kill, sti), libc::EPERM);
+        // Threads are still made (glibc falls back from clone3 to clone).
+        let thread = || match std::thread::spawn(|| 7).join() {
+            Ok(7) => 0,
+            _ => -1,
+        };
+        assert_eq!(child_errno_under(&kill, thread), 0);
     }
 
     #[test]

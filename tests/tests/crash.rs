@@ -153,7 +153,9 @@ fn fifty_guest_kills_under_load_leak_nothing() {
             Some((fds0, rss0, mempools0, parking0)) => {
                 assert_eq!(fds, fds0, "round {round}: the proxy's open descriptors changed");
                 assert_eq!(mempools, mempools0, "round {round}: a mempool was left over\n{after}");
-                assert_eq!(parking, parking0, "round {round}: parking pool buffers in use changed\n{after}");
+                // The detached queue is drained as idle by the data loop, so a snapshot
+                // may catch one rx burst (32) of it in flight; a leak grows past that.
+                assert!(parking <= parking0 + 32, "round {round}: parking pool buffers in use grew from {parking0} to {parking}\n{after}");
                 assert!(
                     rss <= rss0 + RSS_TOLERANCE_KIB,
                     "round {round}: resident memory grew from {rss0} to {rss} KiB (history {rss_seen:?})"

@@ -26,7 +26,7 @@ pub const PARAM_STRING: &str =
 /// Large enough for the descriptor counts applications ask for by default (Open vSwitch:
 /// 2048; testpmd and most examples: 1024 or less); a ring entry is 16 bytes, so both rings
 /// take 128 KiB of the region.
-pub use shm_contract::layout::DEFAULT_RING_ENTRIES;
+pub const DEFAULT_RING_ENTRIES: u32 = 4096;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
