@@ -845,7 +845,7 @@ impl Control {
                 };
                 self.reply(idx, &answer, id);
             }
-            Message::QueueStart { rx_pool_id, flags } => match self.queue_start(idx, rx_pool_id, flags) {
+            Message::QueueStart { rx_pool_id, flags, rx_depth } => match self.queue_start(idx, rx_pool_id, flags, rx_depth) {
                 // With wake-ups, the guest's end of the pair the proxy made goes along
                 // (and the proxy's copy of it is closed: a fresh socket, nothing queued).
                 Ok(guest_end) => {
@@ -1074,7 +1074,13 @@ impl Control {
 
     /// Starts the guest's queue; with `QUEUE_FLAG_RX_WAKEUP`, returns the guest's end of
     /// the wake-up pair made here, for `QueueStarted`.
-    fn queue_start(&mut self, idx: usize, rx_pool_id: u32, flags: u32) -> Result<Option<OwnedFd>, (RefuseCode, String)> {
+    fn queue_start(
+        &mut self,
+        idx: usize,
+        rx_pool_id: u32,
+        flags: u32,
+        rx_depth: u32,
+    ) -> Result<Option<OwnedFd>, (RefuseCode, String)> {
         let (port, queue) = (self.endpoints[idx].port, self.endpoints[idx].queue);
         let stats = self.endpoints[idx].stats.clone();
         let bad = |s: String| (RefuseCode::BadRequest, s);
@@ -1108,7 +1114,7 @@ impl Control {
         DescRing::init(&mem, guest.region.layout.rx_ring()).map_err(|e| bad(e.to_string()))?;
         DescRing::init(&mem, guest.region.layout.tx_ring()).map_err(|e| bad(e.to_string()))?;
         let nic_pool = rx_pool.pool.pkt_pool().clone();
-        let q = DataQueue::new(&guest.region, port, queue, rx_pool, stats, waker)
+        let q = DataQueue::new(&guest.region, port, queue, rx_pool, rx_depth, stats, waker)
             .map_err(bad)?
             .with_tx_limits(tx_limits);
         for (id, p) in &guest.pools {

@@ -240,12 +240,16 @@ impl DataQueue {
         port: u16,
         queue: u16,
         rx_pool: GuestPool,
+        rx_depth: u32,
         stats: Arc<SocketStats>,
         waker: Option<Waker>,
     ) -> Result<DataQueue, String> {
         // SAFETY: `_region` in the state keeps the mapping alive as long as these views.
         let mem = unsafe { region.mem_static() };
-        let rx = DescProducer::new(&mem, region.layout.rx_ring()).map_err(|e| format!("rx ring: {e}"))?;
+        let mut rx = DescProducer::new(&mem, region.layout.rx_ring()).map_err(|e| format!("rx ring: {e}"))?;
+        // The guest's rx queue holds no more buffers than it asked descriptors for: its
+        // application sized its pool for that, not for the whole ring.
+        rx.set_fill_limit(rx_depth);
         let tx = DescConsumer::new(&mem, region.layout.tx_ring()).map_err(|e| format!("tx ring: {e}"))?;
         let rx_wake = match waker {
             Some(waker) => {

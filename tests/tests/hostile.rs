@@ -609,7 +609,7 @@ fn case_bad_pools(c: &Ctx<'_>) -> Seen {
         }
     }
     // Queue start without a pool, then a foreign message kind.
-    let no_pool = matches!(g.request(&Message::QueueStart { rx_pool_id: 3, flags: 0 }), Ok(Message::Refuse { .. }));
+    let no_pool = matches!(g.request(&Message::QueueStart { rx_pool_id: 3, flags: 0, rx_depth: 0 }), Ok(Message::Refuse { .. }));
     let odd = matches!(g.request(&Message::QueueStarted), Ok(Message::Refuse { .. }));
     let peer = g.peer(Duration::from_millis(300));
     Seen {
@@ -663,7 +663,7 @@ fn case_queue_flapping(c: &Ctx<'_>) -> Seen {
     let (mut ok, mut refused) = (0u32, 0u32);
     let deadline = Instant::now() + CASE_TIME;
     while Instant::now() < deadline {
-        for msg in [Message::QueueStop, Message::QueueStart { rx_pool_id: 0, flags: 0 }] {
+        for msg in [Message::QueueStop, Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0 }] {
             match g.request(&msg) {
                 Ok(Message::Refuse { .. }) => refused += 1,
                 Ok(_) => ok += 1,
@@ -749,7 +749,7 @@ fn case_wakeup_abuse(c: &Ctx<'_>) -> Seen {
     // properly: the proxy hands over its own pair's end, which the guest makes blocking
     // and never reads, while it asks to be woken all the time and keeps its rx ring
     // drained: the proxy's sends must never block or slow its data loop.
-    let start = Message::QueueStart { rx_pool_id: 0, flags: QUEUE_FLAG_RX_WAKEUP };
+    let start = Message::QueueStart { rx_pool_id: 0, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 0 };
     let (r, _w) = pipe();
     let mut g = Attached::attach(c.bad, &hello(8 << 20, 256)).unwrap();
     g.add_pool(512, 256).unwrap();
@@ -853,8 +853,8 @@ fn message_kinds() -> Vec<(&'static str, bool, Option<Message>)> {
         ("reattaching Hello", false, Some(Message::Hello(reattach))),
         ("PoolAdd", true, Some(Message::PoolAdd(pool))),
         ("PoolDel", true, Some(Message::PoolDel { pool_id: 0 })),
-        ("QueueStart", true, Some(Message::QueueStart { rx_pool_id: 0, flags: 0 })),
-        ("QueueStart+wake-ups", true, Some(Message::QueueStart { rx_pool_id: 0, flags: QUEUE_FLAG_RX_WAKEUP })),
+        ("QueueStart", true, Some(Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0 })),
+        ("QueueStart+wake-ups", true, Some(Message::QueueStart { rx_pool_id: 0, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 0 })),
         ("QueueStop", true, Some(Message::QueueStop)),
         ("Goodbye", true, Some(Message::Goodbye)),
         ("garbage after Hello", true, None),

@@ -186,6 +186,9 @@ pub struct DescProducer<'a> {
     cons: &'a AtomicU32,
     slots: &'a [AtomicU64],
     mask: u32,
+    /// At most this many descriptors outstanding (`1..=mask + 1`): what the consumer
+    /// asked for, when it holds fewer buffers than the ring has slots.
+    fill_limit: u32,
     local_prod: u32,
     cached_cons: u32,
 }
@@ -213,9 +216,22 @@ impl<'a> DescProducer<'a> {
             cons,
             slots,
             mask: entries - 1,
+            fill_limit: entries,
             local_prod: 0,
             cached_cons: 0,
         })
+    }
+
+    /// Keeps at most `limit` descriptors outstanding (0 or more than the ring's
+    /// entries: the entries): [`free_slots`](Self::free_slots) counts from it.
+    pub fn set_fill_limit(&mut self, limit: u32) {
+        self.fill_limit = if limit == 0 { self.entries() } else { limit.min(self.entries()) };
+    }
+
+    /// The most descriptors outstanding at once ([`set_fill_limit`](Self::set_fill_limit)).
+    #[inline]
+    pub fn fill_limit(&self) -> u32 {
+        self.fill_limit
     }
 
     /// Number of slots in the ring.
@@ -232,7 +248,7 @@ impl<'a> DescProducer<'a> {
 
     #[inline]
     fn cached_free(&self) -> u32 {
-        self.entries() - self.local_prod.wrapping_sub(self.cached_cons)
+        self.fill_limit.saturating_sub(self.local_prod.wrapping_sub(self.cached_cons))
     }
 
     /// Free slots. The consumer index is reloaded only when the cached view
@@ -535,6 +551,28 @@ mod tests {
         // Wraps around the ring; never more than one lap.
         assert_eq!(lines(14, 4), [14, 0]);
         assert_eq!(lines(5, u32::MAX), [5, 8, 12, 0, 4]);
+    }
+
+    #[test]
+    fn a_fill_limit_bounds_the_outstanding_descriptors() {
+        let (heap, area) = ring(64);
+        let mem = heap.mem();
+        let mut prod = DescProducer::new(&mem, area).unwrap();
+        let mut cons = DescConsumer::new(&mem, area).unwrap();
+        prod.set_fill_limit(0);
+        assert_eq!(prod.fill_limit(), 64);
+        prod.set_fill_limit(1000);
+        assert_eq!(prod.fill_limit(), 64);
+        prod.set_fill_limit(16);
+        assert_eq!(prod.free_slots(1).unwrap(), 16);
+        let descs: Vec<Desc> = (0..40).map(desc).collect();
+        assert_eq!(prod.push_burst(&descs).unwrap(), 16);
+        assert_eq!(prod.free_slots(1).unwrap(), 0);
+        let mut out = [desc(0); 10];
+        assert_eq!(cons.pop_burst(&mut out).unwrap(), 10);
+        assert_eq!(prod.free_slots(1).unwrap(), 10);
+        assert_eq!(prod.push_burst(&descs[16..]).unwrap(), 10);
+        assert_eq!(prod.free_slots(1).unwrap(), 0);
     }
 
     #[test]

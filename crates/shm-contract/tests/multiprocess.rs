@@ -319,7 +319,7 @@ fn buffers_circulate_between_processes_without_loss_or_duplication() {
     drop((proxy_child_sock, churn_child_sock));
     attach_child(proxy_sock.as_fd(), memfd.as_fd(), &layout, &add);
     attach_child(churn_sock.as_fd(), memfd.as_fd(), &layout, &add);
-    send_message(proxy_sock.as_fd(), &Message::QueueStart { rx_pool_id: 0, flags: 0 }, 3, &[]).unwrap();
+    send_message(proxy_sock.as_fd(), &Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0 }, 3, &[]).unwrap();
     expect(proxy_sock.as_fd(), &Message::QueueStarted, 3);
 
     let alloc = AtomicBool::new(true);
@@ -391,7 +391,7 @@ fn child_entry_point() {
 /// guest and failing on any duplicate or foreign buffer.
 fn proxy(sock: BorrowedFd<'_>, mem: SharedMem<'_>, layout: &RegionLayout, pool: &PoolLayout) {
     let (msg, id, _) = recv_message(sock, IO_TIMEOUT).unwrap();
-    assert_eq!(msg, Message::QueueStart { rx_pool_id: 0, flags: 0 });
+    assert_eq!(msg, Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0 });
     let ctl = control(&mem, layout);
     let free = FreeRing::new(&mem, pool.ring_offset(), pool.ring_entries()).unwrap();
     let mut rx = DescProducer::new(&mem, layout.rx_ring()).unwrap();

@@ -280,7 +280,7 @@ fn restart_after_reattach(port: &Port) {
         rxq.reset();
         txq.reset();
     }
-    match start_queue(&session, &state, rxq.pool_id) {
+    match start_queue(&session, &state, rxq.pool_id, rxq.depth) {
         Ok(()) => {
             rxq.active.store(true, Ordering::Relaxed);
             txq.active.store(true, Ordering::Relaxed);
@@ -293,10 +293,11 @@ fn restart_after_reattach(port: &Port) {
 /// Sends `QueueStart` for the rx pool `pool_id`, asking for rx wake-ups when the
 /// application uses rx interrupts; the proxy's `QueueStarted` then carries the wake-up
 /// end, which is checked and put behind the port's interrupt descriptor.
-pub(crate) fn start_queue(session: &Session, state: &PortState, pool_id: u32) -> Result<(), String> {
+pub(crate) fn start_queue(session: &Session, state: &PortState, pool_id: u32, rx_depth: u32) -> Result<(), String> {
     let flags = if state.rx_intr.is_some() { QUEUE_FLAG_RX_WAKEUP } else { 0 };
-    let (answer, mut fds) =
-        session.transact_with_fds(&Message::QueueStart { rx_pool_id: pool_id, flags }).map_err(|e| e.to_string())?;
+    let (answer, mut fds) = session
+        .transact_with_fds(&Message::QueueStart { rx_pool_id: pool_id, flags, rx_depth })
+        .map_err(|e| e.to_string())?;
     if answer != Message::QueueStarted {
         return Err(format!("the proxy answered {} to QueueStart", answer.kind()));
     }

@@ -171,7 +171,7 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
                 }
             }
         }
-        match crate::start_queue(&session, &state, rxq.pool_id) {
+        match crate::start_queue(&session, &state, rxq.pool_id, rxq.depth) {
             Ok(()) => {}
             Err(e) => {
                 LOG.error(format_args!("port {}: cannot start: {e}", port.port_id));
@@ -348,7 +348,7 @@ unsafe extern "C" fn rx_queue_setup(
             }
         };
         let area = region.layout.rx_ring();
-        let rxq = Arc::new(RxQueue::new(region, area, ring, pool.layout, pool.id, mempool, own, port.port_id));
+        let rxq = Arc::new(RxQueue::new(region, area, ring, pool.layout, pool.id, nb_desc as u32, mempool, own, port.port_id));
         // SAFETY: our ethdev's rx queue array has nb_rx_queues >= 1 entries.
         unsafe { *(*(*dev).data).rx_queues = Arc::as_ptr(&rxq) as *mut c_void };
         state.rxq = Some(rxq);

@@ -57,6 +57,9 @@ pub struct RxQueue {
     /// The pool the proxy fills NIC rx from: every offset it sends must be one of its mbufs.
     pool: PoolLayout,
     pub pool_id: u32,
+    /// The descriptors the application asked for: the proxy keeps at most this many
+    /// buffers in the ring (the application sized its pool for them).
+    pub depth: u32,
     /// A pool this queue created because the application's pool is not in the region;
     /// held only so that it is freed with the queue.
     _own_mempool: Option<OwnedMempool>,
@@ -82,6 +85,7 @@ impl RxQueue {
         ring: DescConsumer<'static>,
         pool: PoolLayout,
         pool_id: u32,
+        depth: u32,
         mempool: *mut sys::rte_mempool,
         own_mempool: Option<OwnedMempool>,
         port_id: u16,
@@ -97,6 +101,7 @@ impl RxQueue {
             region,
             pool,
             pool_id,
+            depth,
             _own_mempool: own_mempool,
             mempool,
             port_id,

@@ -64,9 +64,10 @@
 //! `data_room` 26 (`u16`). Validated against the region by
 //! [`PoolAdd::validate`].
 //!
-//! `PoolAck`, `PoolDel` (4 bytes): `pool_id` `u32`. `QueueStart` (8 bytes; 4 from
-//! guests that know no flags): `rx_pool_id` `u32` at 0, `flags` `u32` at 4
-//! ([`QUEUE_FLAG_RX_WAKEUP`]). `QueueStarted` (empty; in answer to a `QueueStart`
+//! `PoolAck`, `PoolDel` (4 bytes): `pool_id` `u32`. `QueueStart` (12 bytes; 4 or 8
+//! from guests that know no flags or no depth): `rx_pool_id` `u32` at 0, `flags` `u32`
+//! at 4 ([`QUEUE_FLAG_RX_WAKEUP`]), `rx_depth` `u32` at 8 (the most rx descriptors
+//! the proxy keeps outstanding; 0: the rx ring's entries). `QueueStarted` (empty; in answer to a `QueueStart`
 //! with [`QUEUE_FLAG_RX_WAKEUP`] it carries the guest's end of the wake-up socket
 //! pair the proxy made, as `SCM_RIGHTS`, see [`crate::wake`]). `QueueStop`,
 //! `QueueStopped`, `Goodbye`: empty. `LinkStatus` (8 bytes): `up` `u8` (0/1) at 0,
@@ -191,7 +192,7 @@ impl MessageKind {
             MessageKind::Refuse => 4 + MAX_REASON,
             MessageKind::PoolAdd => 28,
             MessageKind::PoolAck | MessageKind::PoolDel => 4,
-            MessageKind::QueueStart => 8,
+            MessageKind::QueueStart => 12,
             MessageKind::LinkStatus => 8,
             MessageKind::QueueStarted
             | MessageKind::QueueStop
@@ -365,6 +366,9 @@ pub enum Message {
         rx_pool_id: u32,
         /// [`QUEUE_FLAG_RX_WAKEUP`] or 0.
         flags: u32,
+        /// At most this many rx descriptors filled at once (the application's rx
+        /// queue size, which sizes its pool); 0: the ring's entries.
+        rx_depth: u32,
     },
     /// Proxy: the queue is running.
     QueueStarted,
@@ -651,9 +655,10 @@ pub fn encode(msg: &Message, request_id: u32, buf: &mut [u8; MAX_MESSAGE]) -> Re
             w.u16(26, p.data_room);
         }
         Message::PoolAck { pool_id } | Message::PoolDel { pool_id } => w.u32(0, *pool_id),
-        Message::QueueStart { rx_pool_id, flags } => {
+        Message::QueueStart { rx_pool_id, flags, rx_depth } => {
             w.u32(0, *rx_pool_id);
             w.u32(4, *flags);
+            w.u32(8, *rx_depth);
         }
         Message::LinkStatus { up, speed_mbps } => {
             w.u8(0, *up as u8);
@@ -840,6 +845,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Message, u32), DecodeError> {
         MessageKind::QueueStart => Message::QueueStart {
             rx_pool_id: r.u32(0),
             flags: if body.len() >= 8 { r.u32(4) } else { 0 },
+            rx_depth: if body.len() >= 12 { r.u32(8) } else { 0 },
         },
         MessageKind::QueueStarted => Message::QueueStarted,
         MessageKind::QueueStop => Message::QueueStop,
@@ -908,7 +914,7 @@ mod tests {
             }),
             Message::PoolAck { pool_id: 1 },
             Message::PoolDel { pool_id: 2 },
-            Message::QueueStart { rx_pool_id: 3, flags: QUEUE_FLAG_RX_WAKEUP },
+            Message::QueueStart { rx_pool_id: 3, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 512 },
             Message::QueueStarted,
             Message::QueueStop,
             Message::QueueStopped,
@@ -944,10 +950,16 @@ mod tests {
 
     #[test]
     fn a_queue_start_without_flags_reads_as_flags_0() {
-        let full = encode_to_vec(&Message::QueueStart { rx_pool_id: 7, flags: QUEUE_FLAG_RX_WAKEUP }, 9).unwrap();
+        let full = encode_to_vec(&Message::QueueStart { rx_pool_id: 7, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 64 }, 9).unwrap();
         let mut old = full[..HEADER_LEN + 4].to_vec();
         old[8..12].copy_from_slice(&4u32.to_le_bytes());
-        assert_eq!(decode(&old), Ok((Message::QueueStart { rx_pool_id: 7, flags: 0 }, 9)));
+        assert_eq!(decode(&old), Ok((Message::QueueStart { rx_pool_id: 7, flags: 0, rx_depth: 0 }, 9)));
+        let mut no_depth = full[..HEADER_LEN + 8].to_vec();
+        no_depth[8..12].copy_from_slice(&8u32.to_le_bytes());
+        assert_eq!(
+            decode(&no_depth),
+            Ok((Message::QueueStart { rx_pool_id: 7, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 0 }, 9))
+        );
     }
 
     #[test]
