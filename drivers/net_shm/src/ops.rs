@@ -21,6 +21,7 @@ use crate::{Port, LOG};
 struct Ops(sys::eth_dev_ops);
 // SAFETY: a table of function pointers, immutable once built.
 unsafe impl Sync for Ops {}
+// SAFETY: as above: nothing in it belongs to one thread.
 unsafe impl Send for Ops {}
 
 static OPS: OnceLock<Ops> = OnceLock::new();
