@@ -210,6 +210,17 @@ fn vlan_of(d: &Desc) -> Option<u16> {
     d.flags.contains(DescFlags::VLAN).then_some(d.vlan_tci)
 }
 
+/// The buffer `d` names, if it is exactly a buffer of the guest's pools and `d`'s data
+/// lies inside its data room.
+#[inline]
+fn locate<S: TxSink>(d: &Desc, sink: &S) -> Result<S::Seg, TxInvalid> {
+    match sink.find(d.offset) {
+        None => Err(TxInvalid::Offset),
+        Some((_, room)) if d.data_off as u32 + d.data_len as u32 > room as u32 => Err(TxInvalid::Length),
+        Some((seg, _)) => Ok(seg),
+    }
+}
+
 /// Checks one descriptor of a chain without taking anything: a segment of a chain must
 /// also carry data (a NIC may hang on an empty one).
 #[inline]
@@ -217,21 +228,17 @@ fn check_segment<S: TxSink>(d: &Desc, sink: &S) -> Result<(), TxInvalid> {
     if d.data_len == 0 {
         return Err(TxInvalid::Length);
     }
-    match sink.find(d.offset) {
-        None => Err(TxInvalid::Offset),
-        Some((_, room)) if d.data_off as u32 + d.data_len as u32 > room as u32 => Err(TxInvalid::Length),
-        Some(_) => Ok(()),
-    }
+    locate(d, sink).map(|_| ())
 }
 
 /// Checks one descriptor and claims its buffer; its data length on success.
 #[inline]
 fn take_segment<S: TxSink>(d: &Desc, sink: &mut S) -> Result<u32, TxInvalid> {
-    match sink.find(d.offset) {
-        None => Err(TxInvalid::Offset),
-        Some((_, room)) if d.data_off as u32 + d.data_len as u32 > room as u32 => Err(TxInvalid::Length),
-        Some((seg, _)) if sink.claim(seg, d) => Ok(d.data_len as u32),
-        Some(_) => Err(TxInvalid::Duplicate),
+    let seg = locate(d, sink)?;
+    if sink.claim(seg, d) {
+        Ok(d.data_len as u32)
+    } else {
+        Err(TxInvalid::Duplicate)
     }
 }
 
