@@ -29,7 +29,7 @@ step "build (release)"
 cargo build --release --workspace --all-targets
 
 step "tests (unit, integration, end-to-end)"
-cargo test --release --workspace -- --test-threads=1 "${filter[@]}"
+cargo test --release --workspace --no-fail-fast -- --test-threads=1 "${filter[@]}"
 
 if [ ${#filter[@]} -eq 0 ]; then
     step "loom model checks of the shared rings"

@@ -408,8 +408,11 @@ fn main() -> ExitCode {
         control.close_ports();
         return ExitCode::FAILURE;
     }
-    log_info!("ready; data path on lcore {}; type 'help' for commands", eal.main_lcore());
+    let main_lcore = eal.main_lcore();
     let control_thread = std::thread::Builder::new().name("io-proxy-ctl".into()).spawn(move || {
+        // "ready" is said from here: the control thread exists, with its name, and reads
+        // commands from now on (tests and scripts wait for this line).
+        log_info!("ready; data path on lcore {main_lcore}; type 'help' for commands");
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| control.run()));
         if result.is_err() {
             eprintln!("dpdk-io-proxy: the control thread panicked; stopping");
