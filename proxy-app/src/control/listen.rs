@@ -1,0 +1,203 @@
+//! The served sockets: making them (owner, group, mode: sockpath.rs), accepting
+//! connections with the access check (SO_PEERCRED against the allowlist; one guest per
+//! socket), and the limits each socket keeps across its guests (peer warnings, queue
+//! starts).
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shm_contract::proto::transport::send_message;
+use shm_contract::{Message, RefuseCode};
+
+use super::session::Conn;
+use super::{bump, Control};
+use crate::access::{self, Access};
+use crate::cmds::SocketAccess;
+use crate::datapath::SocketStats;
+use crate::os;
+use crate::reaper::PeerFd;
+use crate::sockpath::{ProxyUser, SocketFile};
+use crate::{log_info, log_warn};
+
+/// Warnings about a socket's misbehaving peers (refused handshakes, malformed messages,
+/// refused requests): at most `PEER_LOG_BURST` per `PEER_LOG_PERIOD` per socket; the
+/// counters (`refused`, `bad_requests`) count every one.
+const PEER_LOG_PERIOD: Duration = Duration::from_secs(10);
+const PEER_LOG_BURST: u32 = 5;
+
+/// The rate limit of one socket's peer warnings.
+#[derive(Default)]
+struct LogLimit {
+    window: Option<Instant>,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// Whether a line may go out at `now`, and how many were held back before it.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self.window.is_none_or(|t| now.duration_since(t) >= PEER_LOG_PERIOD) {
+            self.window = Some(now);
+            self.lines = 0;
+        }
+        if self.lines < PEER_LOG_BURST {
+            self.lines += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+/// Queue starts one socket may make on a port that restarts for each (no runtime
+/// rx-queue setup; every restart pauses the port's other queues): a burst of this
+/// many, then `QUEUE_STARTS_PER_SEC`.
+const QUEUE_START_BURST: f64 = 20.0;
+pub(super) const QUEUE_STARTS_PER_SEC: f64 = 10.0;
+
+/// A token bucket of queue starts.
+pub(super) struct StartBudget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl StartBudget {
+    fn new() -> StartBudget {
+        StartBudget { tokens: QUEUE_START_BURST, at: Instant::now() }
+    }
+
+    pub(super) fn take(&mut self, now: Instant) -> bool {
+        let refill = now.duration_since(self.at).as_secs_f64() * QUEUE_STARTS_PER_SEC;
+        self.tokens = (self.tokens + refill).min(QUEUE_START_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub(super) struct Endpoint {
+    /// Who may connect (checked at accept), and the socket file's owner/group/mode.
+    pub(super) access: Access,
+    pub(super) path: PathBuf,
+    pub(super) port: u16,
+    pub(super) queue: u16,
+    /// Closed by the reaper too: closing a listener releases the connections still in its
+    /// backlog, and the descriptors in the messages queued on them.
+    pub(super) listener: PeerFd,
+    /// The socket file, its directory and the directories the proxy made for it.
+    pub(super) file: SocketFile,
+    pub(super) conn: Option<Conn>,
+    pub(super) stats: Arc<SocketStats>,
+    pub(super) guests_served: u64,
+    peer_log: std::cell::RefCell<LogLimit>,
+    /// Per socket, not per guest: reconnecting does not refill it.
+    pub(super) queue_starts: StartBudget,
+}
+
+impl Control {
+    pub(super) fn add_socket(&mut self, path: &Path, port: u16, queue: u16, overrides: &SocketAccess) -> Result<(), String> {
+        let access = self.opts.access.with(overrides)?;
+        if self.endpoints.iter().any(|e| e.path == path) {
+            return Err(format!("{} is already served", path.display()));
+        }
+        if let Some(other) = self.endpoints.iter().find(|e| e.port == port && e.queue == queue) {
+            return Err(format!("port {port} queue {queue} is already served by {}", other.path.display()));
+        }
+        if !self.ports.contains_key(&port) {
+            self.setup_port(port, queue + 1)?;
+        }
+        let nic = &self.ports[&port];
+        if queue >= nic.queues {
+            return Err(format!(
+                "port {port} was configured with {} queue(s) at startup; queue {queue} needs a restart \
+                 (name it in the startup commands, or use --queues)",
+                nic.queues
+            ));
+        }
+        let (file, listener) = SocketFile::create(path, &access, ProxyUser { runs_as: self.opts.runs_as })?;
+        log_info!("serving port {port} queue {queue} on {} ({})", path.display(), access.describe());
+        self.endpoints.push(Endpoint {
+            access,
+            path: path.to_path_buf(),
+            port,
+            queue,
+            listener: PeerFd::new(listener),
+            file,
+            conn: None,
+            stats: Arc::new(SocketStats::default()),
+            guests_served: 0,
+            peer_log: Default::default(),
+            queue_starts: StartBudget::new(),
+        });
+        Ok(())
+    }
+
+    pub(super) fn accept(&mut self, idx: usize) {
+        let ep = &mut self.endpoints[idx];
+        // Non-blocking: a guest that does not read its socket must never block this
+        // thread in a send (see `reply`).
+        let Ok(fd) = os::accept(ep.listener.as_fd()) else { return };
+        // Messages it queued before we accepted may carry descriptors: whatever happens
+        // to this connection, it is closed by the reaper.
+        let fd = PeerFd::new(fd);
+        let cred = access::peer_cred(fd.as_fd());
+        let pid = cred.as_ref().map_or(-1, |c| c.pid);
+        let allowed = cred.as_ref().map(|c| ep.access.admits(c));
+        if allowed != Some(true) && (ep.access.has_allowlist() || allowed.is_none()) {
+            let (uid, gid) = cred.as_ref().map_or((u32::MAX, u32::MAX), |c| (c.uid, c.gid));
+            let reason = format!("{}: uid {uid} gid {gid} is not allowed on this socket", ep.path.display());
+            // Nothing it sent is read (no descriptor of a refused peer is ever received
+            // here); the peer reads the reason after one ECONNRESET (transport.rs).
+            let _ = send_message(fd.as_fd(), &Message::refuse(RefuseCode::NotAllowed, &reason), 0, &[]);
+            bump(&ep.stats.refused);
+            self.warn_peer(idx, &format!("refused a peer (pid {pid} uid {uid} gid {gid}): not in the allowlist"));
+            return;
+        }
+        if let Some(current) = &ep.conn {
+            let who = current.guest().map_or("a connecting guest".to_string(), |g| format!("guest '{}'", g.app));
+            let reason = format!("{} is busy: {who} (pid {}) holds it", ep.path.display(), current.pid);
+            let _ = send_message(fd.as_fd(), &Message::refuse(RefuseCode::Busy, &reason), 0, &[]);
+            bump(&ep.stats.refused);
+            self.warn_peer(idx, &format!("refused a second guest (pid {pid}): busy"));
+            return;
+        }
+        ep.conn = Some(Conn::new(fd, pid));
+    }
+
+    /// A rate-limited warning about the peer of socket `idx`.
+    pub(super) fn warn_peer(&self, idx: usize, text: &str) {
+        let ep = &self.endpoints[idx];
+        let admitted = ep.peer_log.borrow_mut().admit(Instant::now());
+        if let Some(held) = admitted {
+            let more = if held > 0 { format!(" ({held} similar lines suppressed)") } else { String::new() };
+            log_warn!("{}: {text}{more}", ep.path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_warnings_are_rate_limited() {
+        let mut limit = LogLimit::default();
+        let t0 = Instant::now();
+        for _ in 0..PEER_LOG_BURST {
+            assert_eq!(limit.admit(t0), Some(0));
+        }
+        for _ in 0..7 {
+            assert_eq!(limit.admit(t0 + Duration::from_secs(1)), None);
+        }
+        // A new period: the next line goes out and says how many were held back.
+        assert_eq!(limit.admit(t0 + PEER_LOG_PERIOD), Some(7));
+        assert_eq!(limit.admit(t0 + PEER_LOG_PERIOD), Some(0));
+    }
+}
