@@ -49,8 +49,10 @@ pub fn plugin_args() -> Vec<String> {
     PLUGINS.iter().flat_map(|p| ["-d".to_string(), p.to_string()]).collect()
 }
 
-/// A fresh private directory for one test's sockets and files. Not under a world-writable
-/// directory only matters for plugins, which are not put here.
+/// A fresh private directory for one test's sockets and files. Run as root, it is made
+/// under `/run` (root's, 0755), not `/tmp`: the guests' default check refuses a socket
+/// directory of another user (the proxy's) in a directory anyone can write, and the
+/// tests' proxy gives the scratch directory to its user. `SHM_TEST_TMP` overrides.
 pub struct Scratch {
     pub dir: PathBuf,
 }
@@ -58,7 +60,9 @@ pub struct Scratch {
 impl Scratch {
     pub fn new(test: &str) -> Scratch {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let base = std::env::var_os("SHM_TEST_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let base = std::env::var_os("SHM_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| if is_root() { PathBuf::from("/run") } else { std::env::temp_dir() });
         let dir = base.join(format!("shm-e2e-{}-{}-{}", test, std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create scratch dir");

@@ -338,6 +338,14 @@ pub enum ConnectError {
         /// The server's pid (the same).
         server_pid: i32,
     },
+    /// The socket's path does not show who the proxy is (someone other than root or the
+    /// proxy's user could have made or could change a step of it): nothing connected.
+    UntrustedPath {
+        /// The socket's path.
+        path: std::path::PathBuf,
+        /// Which step, and why.
+        reason: String,
+    },
 }
 
 impl fmt::Display for ConnectError {
@@ -354,6 +362,12 @@ impl fmt::Display for ConnectError {
                     list.join(" or ")
                 )
             }
+            ConnectError::UntrustedPath { path, reason } => write!(
+                f,
+                "refusing the socket {}: {reason}; nothing was sent to it (put the proxy's sockets in a directory only \
+                 root or the proxy's user can write, or name the proxy's user with proxy_uid=<uid>)",
+                path.display()
+            ),
         }
     }
 }
@@ -375,29 +389,231 @@ pub fn peer_uid(socket: BorrowedFd<'_>) -> io::Result<(i32, u32)> {
     Ok((cred.pid, cred.uid))
 }
 
-/// The uids a guest accepts as the server of the socket at `path`: `proxy_uid` when
-/// given; otherwise root and the owner of the socket's directory (who could replace the
-/// socket anyway, and who is the proxy's user when the proxy made the directory).
-pub fn expected_server_uids(path: &Path, proxy_uid: Option<u32>) -> (Vec<u32>, &'static str) {
-    use std::os::unix::fs::MetadataExt;
-    if let Some(uid) = proxy_uid {
-        return (vec![uid], "proxy_uid");
+/// Symbolic links followed while checking one socket path (the kernel's own limit).
+const MAX_LINKS: u32 = 40;
+/// The sticky bit of a directory's mode.
+const STICKY: u32 = 0o1000;
+
+/// One directory or symbolic link on the way to a socket, as [`walk_socket_path`] found it.
+#[derive(Debug)]
+struct PathStep {
+    /// Its path as walked (for messages).
+    shown: std::path::PathBuf,
+    uid: u32,
+    /// Its parent directory as walked, and that directory's mode when its group or others
+    /// may write it (then anyone could have made this step).
+    open_parent: Option<(std::path::PathBuf, u32)>,
+}
+
+/// What [`walk_socket_path`] found: every step on the way, and the socket's directory.
+#[derive(Debug)]
+struct SocketPath {
+    steps: Vec<PathStep>,
+    /// Owner of the directory the socket is in.
+    dir_uid: u32,
+}
+
+fn untrusted_path(path: &Path, reason: String) -> ConnectError {
+    ConnectError::UntrustedPath { path: path.to_path_buf(), reason }
+}
+
+fn open_step(dir: Option<BorrowedFd<'_>>, name: &std::ffi::OsStr) -> io::Result<(OwnedFd, libc::stat)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let at = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: openat(2) with a valid C string; O_PATH|O_NOFOLLOW opens a link itself and
+    // never reaches the file's contents.
+    let fd = unsafe { libc::openat(at, c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut uids = vec![0];
-    if let Ok(meta) = std::fs::metadata(dir) {
-        if meta.uid() != 0 {
-            uids.push(meta.uid());
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: stat is plain data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat(2) of a descriptor we own, into a buffer we own.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((fd, st))
+}
+
+fn read_link(link: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: readlinkat(2) with an empty path reads the link opened as `link` (O_PATH)
+    // into a buffer of the given length; it does not NUL-terminate.
+    let n = unsafe { libc::readlinkat(link.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(std::path::PathBuf::from(std::ffi::OsString::from_vec(buf)))
+}
+
+/// Pushes the components of `path` to the front of `pending`, in order.
+fn push_components(pending: &mut std::collections::VecDeque<std::ffi::OsString>, path: &Path) {
+    use std::path::Component;
+    for c in path.components().rev() {
+        match c {
+            Component::Normal(n) => pending.push_front(n.to_owned()),
+            Component::ParentDir => pending.push_front("..".into()),
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
         }
     }
-    (uids, "root, or the owner of the socket's directory")
+}
+
+fn writable_by_others(mode: u32) -> bool {
+    mode & 0o022 != 0
+}
+
+/// Walks `path` from `/` one component at a time (`O_PATH|O_NOFOLLOW`; a symbolic link is
+/// read and its target walked in turn, so every link is seen), recording the owner of
+/// every directory and link and whether others could write the directory it is in. A
+/// directory that its group or others may write and that is not sticky is refused here
+/// (whoever can write it could replace the socket); the last component must be a socket.
+fn walk_socket_path(path: &Path) -> Result<SocketPath, ConnectError> {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(ConnectError::Io)?.join(path)
+    };
+    let (root_fd, root_st) = open_step(None, std::ffi::OsStr::new("/")).map_err(ConnectError::Io)?;
+    struct Dir {
+        fd: OwnedFd,
+        shown: std::path::PathBuf,
+        uid: u32,
+        mode: u32,
+    }
+    let check_dir = |shown: &Path, mode: u32| {
+        if writable_by_others(mode) && mode & STICKY == 0 {
+            Err(untrusted_path(
+                path,
+                format!(
+                    "{} is writable by its group or others (mode {:04o}) and not sticky: whoever can write it could \
+                     replace the socket",
+                    shown.display(),
+                    mode & 0o7777
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let root_shown = std::path::PathBuf::from("/");
+    check_dir(&root_shown, root_st.st_mode)?;
+    let mut steps = vec![PathStep { shown: root_shown.clone(), uid: root_st.st_uid, open_parent: None }];
+    let mut stack = vec![Dir { fd: root_fd, shown: root_shown, uid: root_st.st_uid, mode: root_st.st_mode }];
+    let mut pending = std::collections::VecDeque::new();
+    push_components(&mut pending, &absolute);
+    if pending.is_empty() {
+        return Err(ConnectError::Io(io::Error::from_raw_os_error(libc::ENOTSOCK)));
+    }
+    let mut links = 0;
+    while let Some(name) = pending.pop_front() {
+        if name == ".." {
+            if stack.len() > 1 {
+                stack.pop();
+            }
+            continue;
+        }
+        let top = stack.last().expect("the root stays on the stack");
+        let shown = top.shown.join(&name);
+        let (fd, st) = open_step(Some(top.fd.as_fd()), &name).map_err(ConnectError::Io)?;
+        let open_parent = writable_by_others(top.mode).then(|| (top.shown.clone(), top.mode & 0o7777));
+        let kind = st.st_mode & libc::S_IFMT;
+        if kind == libc::S_IFLNK {
+            steps.push(PathStep { shown: shown.clone(), uid: st.st_uid, open_parent });
+            links += 1;
+            if links > MAX_LINKS {
+                return Err(ConnectError::Io(io::Error::from_raw_os_error(libc::ELOOP)));
+            }
+            let target = read_link(fd.as_fd()).map_err(ConnectError::Io)?;
+            if target.is_absolute() {
+                stack.truncate(1);
+            }
+            push_components(&mut pending, &target);
+            continue;
+        }
+        if pending.is_empty() {
+            if kind != libc::S_IFSOCK {
+                return Err(ConnectError::Io(io::Error::from_raw_os_error(libc::ENOTSOCK)));
+            }
+            return Ok(SocketPath { steps, dir_uid: top.uid });
+        }
+        if kind != libc::S_IFDIR {
+            return Err(ConnectError::Io(io::Error::from_raw_os_error(libc::ENOTDIR)));
+        }
+        check_dir(&shown, st.st_mode)?;
+        steps.push(PathStep { shown: shown.clone(), uid: st.st_uid, open_parent });
+        stack.push(Dir { fd, shown, uid: st.st_uid, mode: st.st_mode });
+    }
+    // The path ended in `..` or a link to a directory: no socket there.
+    Err(ConnectError::Io(io::Error::from_raw_os_error(libc::ENOTSOCK)))
+}
+
+/// The uids a guest accepts as the server of the socket at `path`: `proxy_uid` when given
+/// (the path is then only a name: no one else passes `SO_PEERCRED`).
+///
+/// Otherwise root, and the owner of the socket's directory (the proxy's user, when the
+/// proxy made it) if the path vouches for that owner: checked the way the proxy checks
+/// it before serving (see `sockpath` in proxy-app), walked from `/` without following a
+/// link unseen, every directory and link must belong to root, to that owner or to the
+/// guest's own user; no directory may be writable by its group or others unless sticky;
+/// and a step of that owner's (when not root or the guest itself) must not be in a
+/// directory others can write: in a sticky `/tmp` anyone can make `/tmp/x` first and
+/// serve an impostor there, so its owner says nothing about who the proxy is. A path
+/// that fails is refused ([`ConnectError::UntrustedPath`]) before anything connects.
+pub fn expected_server_uids(path: &Path, proxy_uid: Option<u32>) -> Result<(Vec<u32>, &'static str), ConnectError> {
+    if let Some(uid) = proxy_uid {
+        return Ok((vec![uid], "proxy_uid"));
+    }
+    let walked = walk_socket_path(path)?;
+    // SAFETY: geteuid(2) cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let owner = walked.dir_uid;
+    for step in &walked.steps {
+        if step.uid != 0 && step.uid != owner && step.uid != me {
+            return Err(untrusted_path(
+                path,
+                format!(
+                    "{} belongs to uid {}: every directory and link on the socket's path must belong to root or to \
+                     the owner of the socket's directory (uid {owner}), or its owner could replace the socket",
+                    step.shown.display(),
+                    step.uid
+                ),
+            ));
+        }
+        if step.uid == owner && owner != 0 && owner != me {
+            if let Some((parent, mode)) = &step.open_parent {
+                return Err(untrusted_path(
+                    path,
+                    format!(
+                        "{} belongs to uid {owner} and is in {}, which others can write (mode {mode:04o}): anyone \
+                         could have made it, so its owner is not known to be the proxy",
+                        step.shown.display(),
+                        parent.display()
+                    ),
+                ));
+            }
+        }
+    }
+    let mut uids = vec![0];
+    if owner != 0 {
+        uids.push(owner);
+    }
+    Ok((uids, "root, or the owner of the socket's directory"))
 }
 
 /// Checks, before anything is sent on `socket` (connected to `path`), that its server
 /// runs as one of the expected users (see [`expected_server_uids`]).
 pub fn verify_server(socket: BorrowedFd<'_>, path: &Path, proxy_uid: Option<u32>) -> Result<(), ConnectError> {
+    let (expected, expected_why) = expected_server_uids(path, proxy_uid)?;
+    check_server(socket, expected, expected_why)
+}
+
+fn check_server(socket: BorrowedFd<'_>, expected: Vec<u32>, expected_why: &'static str) -> Result<(), ConnectError> {
     let (server_pid, server_uid) = peer_uid(socket).map_err(ConnectError::Io)?;
-    let (expected, expected_why) = expected_server_uids(path, proxy_uid);
     if expected.contains(&server_uid) {
         Ok(())
     } else {
@@ -406,11 +622,18 @@ pub fn verify_server(socket: BorrowedFd<'_>, path: &Path, proxy_uid: Option<u32>
 }
 
 /// Connects a guest to the proxy's `SOCK_SEQPACKET` socket at `path` (close-on-exec,
-/// blocking) and verifies its server with [`verify_server`]: a socket from here is safe
-/// to send a `Hello` and a region on. Both guest kinds (the plugins, at first attach and
-/// at every reattach, and the Rust guest) connect only through this.
+/// blocking): first the path is checked and the expected server found
+/// ([`expected_server_uids`]; a path that fails is not connected to), then, connected,
+/// its server is verified with `SO_PEERCRED`: a socket from here is safe to send a
+/// `Hello` and a region on. Both guest kinds (the plugins, at first attach and at every
+/// reattach, and the Rust guest) connect only through this.
 pub fn connect_to_proxy(path: &Path, proxy_uid: Option<u32>) -> Result<OwnedFd, ConnectError> {
     use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= SUN_PATH_LEN || bytes.contains(&0) {
+        return Err(ConnectError::Io(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long or contains NUL")));
+    }
+    let (expected, expected_why) = expected_server_uids(path, proxy_uid)?;
     // SAFETY: socket(2) with constant arguments; the fd is owned right away.
     let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -421,10 +644,6 @@ pub fn connect_to_proxy(path: &Path, proxy_uid: Option<u32>) -> Result<OwnedFd, 
     // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        return Err(ConnectError::Io(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long or contains NUL")));
-    }
     for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
@@ -434,9 +653,12 @@ pub fn connect_to_proxy(path: &Path, proxy_uid: Option<u32>) -> Result<OwnedFd, 
     if rc != 0 {
         return Err(ConnectError::Io(io::Error::last_os_error()));
     }
-    verify_server(socket.as_fd(), path, proxy_uid)?;
+    check_server(socket.as_fd(), expected, expected_why)?;
     Ok(socket)
 }
+
+/// Bytes in `sockaddr_un.sun_path` (the address is the family, then the path).
+const SUN_PATH_LEN: usize = std::mem::size_of::<libc::sockaddr_un>() - std::mem::size_of::<libc::sa_family_t>();
 
 /// A uid given as a number or a user name (`getpwnam_r`).
 pub fn parse_uid(text: &str) -> Option<u32> {
@@ -643,13 +865,8 @@ mod tests {
         assert_eq!(fds.len(), 4);
     }
 
-    #[test]
-    fn a_guest_verifies_its_server_before_sending_anything() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = std::env::temp_dir().join(format!("shm-transport-cred-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
-        let path = dir.join("sock");
+    /// A listening seqpacket socket bound at `path`.
+    fn listen_at(path: &Path) -> OwnedFd {
         // SAFETY: socket(2) with constant arguments.
         let listener = unsafe { OwnedFd::from_raw_fd(libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)) };
         // SAFETY: sockaddr_un is plain data.
@@ -663,11 +880,58 @@ mod tests {
         assert_eq!(unsafe { libc::bind(listener.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) }, 0);
         // SAFETY: plain call.
         assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 4) }, 0);
+        listener
+    }
+
+    /// A fresh directory for one test, 0755, in a directory that is not world-writable
+    /// (the tests' own checks must not trip over `/tmp` itself being sticky).
+    struct TestDir(std::path::PathBuf);
+
+    impl TestDir {
+        fn new(tag: &str) -> TestDir {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = std::env::temp_dir().join(format!("shm-transport-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            TestDir(dir)
+        }
+
+        fn mkdir(&self, rel: &str, mode: u32, owner: Option<u32>) -> std::path::PathBuf {
+            use std::os::unix::fs::PermissionsExt;
+            let d = self.0.join(rel);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+            if let Some(uid) = owner {
+                std::os::unix::fs::chown(&d, Some(uid), None).unwrap();
+            }
+            d
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn my_uid() -> u32 {
         // SAFETY: geteuid cannot fail.
-        let me = unsafe { libc::geteuid() };
+        unsafe { libc::geteuid() }
+    }
+
+    /// A uid that is neither root nor the test's (`nobody`).
+    const OTHER: u32 = 65534;
+
+    #[test]
+    fn a_guest_verifies_its_server_before_sending_anything() {
+        let t = TestDir::new("cred");
+        let dir = t.mkdir("q", 0o755, None);
+        let path = dir.join("sock");
+        let listener = listen_at(&path);
+        let me = my_uid();
         // Served by the owner of the socket's directory (this test's user): accepted.
-        assert_eq!(std::fs::metadata(&dir).unwrap().uid(), me);
-        assert!(expected_server_uids(&path, None).0.contains(&me));
+        assert!(expected_server_uids(&path, None).unwrap().0.contains(&me));
         let ok = connect_to_proxy(&path, None).unwrap();
         assert_eq!(peer_uid(ok.as_fd()).unwrap(), (std::process::id() as i32, me));
         assert!(connect_to_proxy(&path, Some(me)).is_ok());
@@ -690,10 +954,106 @@ mod tests {
         assert!(matches!(recv_message(accepted[2].as_fd(), Some(Duration::from_secs(5))), Err(TransportError::Closed)));
         drop(ok);
         assert!(matches!(connect_to_proxy(&dir.join("none"), None), Err(ConnectError::Io(e)) if e.kind() == io::ErrorKind::NotFound));
+        // Not a socket: an error from the walk, nothing connected.
+        std::fs::write(dir.join("file"), b"x").unwrap();
+        assert!(matches!(connect_to_proxy(&dir.join("file"), None), Err(ConnectError::Io(e)) if e.raw_os_error() == Some(libc::ENOTSOCK)));
         assert_eq!(parse_uid("root"), Some(0));
         assert_eq!(parse_uid("1234"), Some(1234));
         assert_eq!(parse_uid("no-such-user-here"), None);
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The squat of the red-team review: in a sticky world-writable directory (as `/tmp`)
+    /// another user makes the socket's directory first and serves there. The path does
+    /// not vouch for that owner: refused before connecting. A proxy's own directory in a
+    /// directory only root writes is vouched for.
+    #[test]
+    fn a_directory_anyone_could_have_made_does_not_make_its_owner_the_proxy() {
+        if my_uid() != 0 {
+            eprintln!("skipped: needs root to give directories to another user");
+            return;
+        }
+        let t = TestDir::new("squat");
+        t.mkdir("open", 0o1777, None);
+        let squatted = t.mkdir("open/socket_0_0", 0o755, Some(OTHER));
+        let path = squatted.join("sock");
+        let listener = listen_at(&path);
+        // SAFETY: plain fcntl on a descriptor we own (non-blocking accept below).
+        assert_eq!(unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) }, 0);
+        let err = connect_to_proxy(&path, None).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ConnectError::UntrustedPath { .. }), "{text}");
+        assert!(
+            text.contains(&format!(
+                "{} belongs to uid {OTHER} and is in {}, which others can write (mode 1777): anyone could have made it",
+                squatted.display(),
+                t.0.join("open").display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains("nothing was sent") && text.contains("proxy_uid="), "{text}");
+        // Nothing connected to the impostor.
+        // SAFETY: accept4(2) without an address buffer on a non-blocking listener.
+        let c = unsafe { libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+        assert_eq!((c, io::Error::last_os_error().raw_os_error()), (-1, Some(libc::EAGAIN)));
+        // Named explicitly, the same server is checked by its uid alone (here: root, not
+        // 65534, so refused by SO_PEERCRED after connecting).
+        assert!(matches!(connect_to_proxy(&path, Some(OTHER)), Err(ConnectError::UntrustedServer { server_uid: 0, .. })));
+        assert!(connect_to_proxy(&path, Some(0)).is_ok());
+        // The same user's directory where only root can make one: vouched for.
+        let vouched = t.mkdir("proxy", 0o710, Some(OTHER));
+        let path = vouched.join("sock");
+        let _l = listen_at(&path);
+        assert_eq!(expected_server_uids(&path, None).unwrap().0, vec![0, OTHER]);
+        assert!(connect_to_proxy(&path, None).is_ok(), "root serves it");
+        // A root-owned directory in the sticky one: its owner is root, who made it.
+        let rooted = t.mkdir("open/root_made", 0o755, None);
+        let _l2 = listen_at(&rooted.join("sock"));
+        assert!(connect_to_proxy(&rooted.join("sock"), None).is_ok());
+    }
+
+    #[test]
+    fn every_step_of_the_path_must_be_root_or_the_proxys() {
+        let t = TestDir::new("steps");
+        // A directory its group or others can write, not sticky: refused whoever owns it.
+        let open = t.mkdir("open", 0o770, None);
+        let _l = listen_at(&open.join("sock"));
+        let text = connect_to_proxy(&open.join("sock"), None).unwrap_err().to_string();
+        assert!(text.contains(&format!("{} is writable by its group or others (mode 0770) and not sticky", open.display())), "{text}");
+        // Also when it is only a step on the way.
+        let below = t.mkdir("open/below", 0o755, None);
+        let _l2 = listen_at(&below.join("sock"));
+        let text = connect_to_proxy(&below.join("sock"), None).unwrap_err().to_string();
+        assert!(text.contains("(mode 0770) and not sticky"), "{text}");
+        if my_uid() != 0 {
+            return;
+        }
+        // A step of a third user (neither root nor the socket directory's owner) could be
+        // replaced by that user.
+        let theirs = t.mkdir("theirs", 0o755, Some(OTHER));
+        let inner = t.mkdir("theirs/q", 0o755, None);
+        let _l3 = listen_at(&inner.join("sock"));
+        let text = connect_to_proxy(&inner.join("sock"), None).unwrap_err().to_string();
+        assert!(text.contains(&format!("{} belongs to uid {OTHER}: every directory and link", theirs.display())), "{text}");
+        // Links are steps too: one of another user is refused, root's is followed.
+        let target = t.mkdir("target", 0o755, None);
+        let _l4 = listen_at(&target.join("sock"));
+        let planted = t.0.join("planted");
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        assert!(connect_to_proxy(&planted.join("sock"), None).is_ok(), "a link of root's is followed");
+        std::os::unix::fs::lchown(&planted, Some(OTHER), None).unwrap();
+        let text = connect_to_proxy(&planted.join("sock"), None).unwrap_err().to_string();
+        assert!(text.contains(&format!("{} belongs to uid {OTHER}", planted.display())), "{text}");
+        // The socket itself as a link: walked like any other link.
+        let sock_link = target.join("alias");
+        std::os::unix::fs::symlink("sock", &sock_link).unwrap();
+        assert!(connect_to_proxy(&sock_link, None).is_ok());
+        std::os::unix::fs::lchown(&sock_link, Some(OTHER), None).unwrap();
+        assert!(matches!(connect_to_proxy(&sock_link, None), Err(ConnectError::UntrustedPath { .. })));
+        // Relative paths and `..` are walked as the kernel would.
+        let rel = format!("{}/theirs/../target/./sock", t.0.display());
+        assert!(matches!(connect_to_proxy(Path::new(&rel), None), Err(ConnectError::UntrustedPath { .. })), "the walk passes theirs");
+        let rel = format!("{}/target/../target/sock", t.0.display());
+        assert!(connect_to_proxy(Path::new(&rel), None).is_ok());
     }
 
     #[test]
