@@ -428,6 +428,12 @@ pub fn path_in_fd(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> std::path::Pat
     Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(name)
 }
 
+/// `/proc/self/fd/<fd>`: the open file itself, whatever its name now is (an `O_PATH`
+/// descriptor of a socket file can be connected to through it).
+pub fn fd_path(fd: BorrowedFd<'_>) -> std::path::PathBuf {
+    Path::new("/proc/self/fd").join(fd.as_raw_fd().to_string())
+}
+
 /// Which lookup `lookup_id` makes.
 #[derive(Clone, Copy)]
 enum Db {

@@ -271,9 +271,17 @@ impl SocketFile {
     }
 }
 
-/// Whether a unix seqpacket socket at `path` has a listener.
-fn has_listener(path: &Path) -> bool {
-    let Ok(addr) = os::UnixAddr::new(path) else { return false };
+/// Whether the unix seqpacket socket `name` in `dir` has a listener. The file is opened
+/// first (`O_PATH|O_NOFOLLOW`) and must be a socket; the probe then connects through
+/// that descriptor (`/proc/self/fd/<n>`), never by name: a symbolic link swapped in for
+/// a stale socket (in a sticky directory its owner may do that) is not followed, so
+/// root never connects to a listener someone else chose.
+fn has_listener_at(dir: &OwnedFd, name: &OsStr) -> bool {
+    let Ok(file) = os::open_path_at(Some(dir.as_fd()), name) else { return false };
+    if !os::fstat(file.as_fd()).is_ok_and(|st| st.is_socket()) {
+        return false;
+    }
+    let Ok(addr) = os::UnixAddr::new(&os::fd_path(file.as_fd())) else { return false };
     // A probe connect on a fresh socket that is closed right after.
     let Ok(fd) = os::seqpacket_socket(false) else { return false };
     os::connect(fd.as_fd(), &addr).is_ok()
@@ -295,7 +303,7 @@ fn bind_in(who: ProxyUser, dir: &Dir, name: &OsStr, path: &Path, access: &Access
     }
     let stale = match os::stat_at(dir.fd.as_fd(), name) {
         Ok(st) if !st.is_socket() => return Err(format!("{shown} exists and is not a socket")),
-        Ok(_) if has_listener(path) => return Err(format!("{shown} is served by another process")),
+        Ok(_) if has_listener_at(&dir.fd, name) => return Err(format!("{shown} is served by another process")),
         Ok(_) => true,
         Err(e) if e.kind() == io::ErrorKind::NotFound => false,
         Err(e) => return Err(format!("cannot look at {shown}: {e}")),
@@ -402,6 +410,35 @@ mod tests {
 
     fn is_root() -> bool {
         os::effective_uid() == 0
+    }
+
+    /// [`has_listener_at`] for a path.
+    fn has_listener(path: &Path) -> bool {
+        let dir = os::open_path_at(None, path.parent().unwrap().as_os_str()).unwrap();
+        has_listener_at(&dir, path.file_name().unwrap())
+    }
+
+    /// The red-team finding: a stale socket's owner swaps in a link to a live listener
+    /// of their choice between the proxy's look at the name and its probe. The probe goes
+    /// through the file it looked at (never the name): a link is no socket, nothing
+    /// connects to the listener it points at, and the proxy serves its socket there.
+    #[test]
+    fn the_stale_socket_probe_never_follows_a_link() {
+        let t = Tmp::new("probe");
+        let elsewhere = t.0.join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let chosen = elsewhere.join("chosen");
+        let listener = std::os::unix::net::UnixListener::bind(&chosen).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let swapped = t.0.join("sock");
+        std::os::unix::fs::symlink(&chosen, &swapped).unwrap();
+        assert!(!has_listener(&swapped), "a link is not a socket");
+        assert!(matches!(listener.accept(), Err(e) if e.kind() == io::ErrorKind::WouldBlock), "nothing connected to it");
+        // The socket itself: probed through its descriptor.
+        drop(listener);
+        let (f, _l) = create(&t.0.join("real"), access(0o600, None, None)).unwrap();
+        assert!(has_listener(&t.0.join("real")));
+        f.remove();
     }
 
     #[test]
