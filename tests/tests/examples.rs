@@ -1,0 +1,288 @@
+//! DPDK's own example applications, unmodified, built from Debian's DPDK source package
+//! by `scripts/setup.sh` (`.sdk/dpdk-<version>/examples/<app>/build/`), run as guests of
+//! the proxy: skeleton (basicfwd), l2fwd, l3fwd and ip_fragmentation. The proxy owns two
+//! `net_pcap` ports, each served on one socket; the application gets both sockets as its
+//! ports 0 and 1. A known capture enters the proxy's port 0, the application forwards
+//! it, and what the proxy's port 1 (or 0) sent is read back from its output capture.
+//! Each test checks the application's own port counters (read over its telemetry socket
+//! with `dpdk-telemetry.py`, or its printed statistics), the proxy's counters per socket,
+//! and the packets on the wire.
+//!
+//! Run one at a time (`--test-threads=1`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use e2e_tests::*;
+
+/// Where setup.sh unpacked and built DPDK's examples for the installed DPDK.
+fn example_binary(app: &str, binary: &str) -> PathBuf {
+    let out = Command::new("pkg-config").args(["--modversion", "libdpdk"]).output().expect("pkg-config");
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let root = std::env::var_os("DPDK_SDK_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join(".sdk"));
+    let path = root.join(format!("dpdk-{version}/examples/{app}/build/{binary}"));
+    assert!(path.exists(), "{} is not built: run scripts/setup.sh (it builds DPDK's examples)", path.display());
+    path
+}
+
+/// The proxy with two `net_pcap` ports: port 0 replays `input`, port 1 replays nothing;
+/// each writes what it sends to `out<port>.pcap`. Socket `p<port>/sock` serves each.
+struct PcapPair {
+    proxy: Proc,
+    socks: [PathBuf; 2],
+    out: [PathBuf; 2],
+}
+
+fn start_pcap_pair(s: &Scratch, input: &[Vec<u8>], mtu: Option<u16>) -> PcapPair {
+    let ins = [s.path("in0.pcap"), s.path("in1.pcap")];
+    pcap::write(&ins[0], input);
+    pcap::write(&ins[1], &[]);
+    let out = [s.path("out0.pcap"), s.path("out1.pcap")];
+    let socks = [s.path("p0/sock"), s.path("p1/sock")];
+    let mut eal = Vec::new();
+    for p in 0..2 {
+        eal.push("--vdev".to_string());
+        eal.push(format!("net_pcap{p},rx_pcap={},tx_pcap={}", ins[p].display(), out[p].display()));
+    }
+    let mut extra = vec!["--stats-period".to_string(), "1".to_string()];
+    if let Some(mtu) = mtu {
+        extra.extend(["--mtu".to_string(), mtu.to_string()]);
+    }
+    let proxy = start_proxy(
+        s,
+        &ProxyConfig {
+            eal,
+            commands: (0..2).map(|p| format!("socket {} port {p} queue 0", socks[p].display())).collect(),
+            extra,
+            netns: None,
+        },
+    );
+    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    PcapPair { proxy, socks, out }
+}
+
+/// An example application as a guest: EAL arguments for the plugins and both sockets,
+/// then the application's own arguments.
+fn start_example(s: &Scratch, name: &str, binary: &Path, pair: &PcapPair, memory_mb: u32, app_args: &[&str]) -> Proc {
+    let (_, cpu) = cpus();
+    // The examples print with stdio: line-buffered, so that the test reads lines as they come.
+    let mut cmd = Command::new("stdbuf");
+    cmd.arg("-oL").arg(binary);
+    cmd.args(["--lcores", &format!("0@{cpu}"), "--no-huge", "-m", &memory_mb.to_string(), "--no-pci"]);
+    cmd.args(["--file-prefix", &s.prefix(name)]);
+    cmd.args(plugin_args());
+    for sock in &pair.socks {
+        cmd.arg("-a").arg(format!("sock:{},region_size=128M", sock.display()));
+    }
+    cmd.arg("--");
+    cmd.args(app_args);
+    cmd.env("LD_LIBRARY_PATH", plugin_dir());
+    cmd.current_dir(&s.dir);
+    Proc::spawn(name, cmd)
+}
+
+/// `/ethdev/stats,<port>` of a running DPDK process, read over its telemetry socket.
+fn app_port_stats(prefix: &str, port: u16) -> (u64, u64) {
+    let out = Command::new("timeout")
+        .args(["20", "dpdk-telemetry.py", "-f", prefix])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(format!("/ethdev/stats,{port}\n").as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("dpdk-telemetry.py");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let num = |key: &str| -> u64 {
+        let needle = format!("\"{key}\": ");
+        let at = text.find(&needle).unwrap_or_else(|| panic!("no {key} in the telemetry answer:\n{text}")) + needle.len();
+        text[at..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap()
+    };
+    (num("ipackets"), num("opackets"))
+}
+
+/// Waits until the proxy's counter line for `sock` shows `key` >= `least`.
+fn wait_proxy_counter(pair: &PcapPair, sock: usize, key: &str, least: u64, app: &Proc) {
+    let path = pair.socks[sock].clone();
+    if let Err(e) = pair.proxy.out.wait_for(&format!("{key} >= {least}"), Duration::from_secs(30), |t| {
+        counter(&proxy_socket_stats(t, &path), key) >= least
+    }) {
+        panic!("{e}\n--- proxy ---\n{}\n--- {} ---\n{}", pair.proxy.out.text(), app.name, app.out.text());
+    }
+}
+
+/// Ends the proxy, then the application (SIGINT); returns both outputs. The proxy goes
+/// first: net_pcap opens its output capture afresh at every port start, and a guest that
+/// leaves makes the proxy restart its port.
+fn finish(app: Proc, mut proxy: Proc) -> (Option<i32>, String, Option<i32>, String) {
+    proxy.send("show stats");
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.send("quit");
+    let (pcode, pout) = proxy.wait(Duration::from_secs(20));
+    let (code, out) = app.interrupt(Duration::from_secs(30));
+    (code, out, pcode, pout)
+}
+
+/// Fails with the first differing packet rather than every byte of both lists.
+fn assert_same_packets(got: &[Vec<u8>], want: &[Vec<u8>], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: {} packets, expected {}", got.len(), want.len());
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        panic!("{what}: packet {i} differs:\n got {:02x?}\nwant {:02x?}", got[i], want[i]);
+    }
+}
+
+const SRC_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
+const DST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 2];
+
+/// Internet checksum (RFC 1071) of `data`, complemented.
+fn cksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for pair in data.chunks(2) {
+        sum += (pair[0] as u32) << 8 | pair.get(1).copied().unwrap_or(0) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Ethernet + IPv4 + UDP with `payload` bytes (numbered by `seq`), both checksums right.
+fn udp4(dst_ip: [u8; 4], payload: usize, seq: u16, ttl: u8) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&DST_MAC);
+    f.extend_from_slice(&SRC_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = 20 + 8 + payload;
+    let src_ip = [192, 0, 2, 1];
+    let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, (seq >> 8) as u8, seq as u8, 0, 0, ttl, 17, 0, 0];
+    ip.extend_from_slice(&src_ip);
+    ip.extend_from_slice(&dst_ip);
+    let c = cksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let ulen = 8 + payload;
+    let mut udp = vec![0x30, 0x39, 0x00, 0x09, (ulen >> 8) as u8, ulen as u8, 0, 0];
+    udp.extend((0..payload).map(|i| (i as u16).wrapping_add(seq) as u8));
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src_ip);
+    pseudo.extend_from_slice(&dst_ip);
+    pseudo.extend_from_slice(&[0, 17, (ulen >> 8) as u8, ulen as u8]);
+    pseudo.extend_from_slice(&udp);
+    let c = cksum(&pseudo);
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// Whether the IPv4 header of an Ethernet frame has a right checksum.
+fn ip_cksum_ok(frame: &[u8]) -> bool {
+    let ihl = (frame[14] & 0x0f) as usize * 4;
+    cksum(&frame[14..14 + ihl]) == 0
+}
+
+/// Whether the UDP checksum of an unfragmented IPv4/UDP frame is right.
+fn udp_cksum_ok(frame: &[u8]) -> bool {
+    let ihl = (frame[14] & 0x0f) as usize * 4;
+    let total = u16::from_be_bytes([frame[16], frame[17]]) as usize;
+    let l4 = &frame[14 + ihl..14 + total];
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&frame[26..34]);
+    pseudo.extend_from_slice(&[0, frame[23], (l4.len() >> 8) as u8, l4.len() as u8]);
+    pseudo.extend_from_slice(l4);
+    cksum(&pseudo) == 0
+}
+
+/// The numbers of l2fwd's last "Port statistics" block: (sent, received, dropped) per port.
+fn l2fwd_stats(out: &str, port: u16) -> (u64, u64, u64) {
+    let block = &out[out.rfind("Port statistics").unwrap_or_else(|| panic!("no statistics from l2fwd:\n{out}"))..];
+    let start = block.find(&format!("Statistics for port {port} ")).unwrap_or_else(|| panic!("no port {port}:\n{block}"));
+    let num = |key: &str| -> u64 {
+        let at = block[start..].find(key).unwrap() + start + key.len();
+        block[at..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    (num("Packets sent:"), num("Packets received:"), num("Packets dropped:"))
+}
+
+#[test]
+fn skeleton_forwards_port_0_to_port_1_unchanged() {
+    let s = Scratch::new("skeleton");
+    let n = 300u64;
+    let packets: Vec<Vec<u8>> = (0..n as u16).map(|i| udp4([198, 51, 100, 7], 18 + (i as usize * 5) % 1400, i, 64)).collect();
+    let pair = start_pcap_pair(&s, &packets, None);
+    let app = start_example(&s, "skeleton", &example_binary("skeleton", "basicfwd"), &pair, 128, &[]);
+    wait_or_dump(&app, "Core 0 forwarding packets", 30);
+    wait_proxy_counter(&pair, 1, "tx_packets", n, &app);
+    let (rx0, _) = app_port_stats(&s.prefix("skeleton"), 0);
+    let (_, tx1) = app_port_stats(&s.prefix("skeleton"), 1);
+    let PcapPair { proxy, socks, out } = pair;
+    let (code, aout, pcode, pout) = finish(app, proxy);
+    let report = format!("--- basicfwd ---\n{aout}\n--- proxy ---\n{pout}");
+    assert_eq!(pcode, Some(0), "{report}");
+    // basicfwd has no signal handler: SIGINT ends it (no exit code).
+    let _ = code;
+    assert!(!aout.contains("doesn't match"), "{report}");
+    // Its own counters: every packet in on port 0, out on port 1.
+    assert_eq!((rx0, tx1), (n, n), "basicfwd's ports: ipackets(0)={rx0} opackets(1)={tx1}\n{report}");
+    let s0 = proxy_socket_stats(&pout, &socks[0]);
+    let s1 = proxy_socket_stats(&pout, &socks[1]);
+    assert_eq!(counter(&s0, "rx_packets"), n, "{s0:?}");
+    assert_eq!(counter(&s1, "tx_packets"), n, "{s1:?}");
+    assert_eq!(counter(&s1, "invalid") + counter(&s0, "invalid"), 0, "{s0:?} {s1:?}");
+    assert_same_packets(&pcap::read(&out[1]).unwrap(), &packets, "port 1 sends exactly the input, in order");
+    assert!(pcap::read(&out[0]).unwrap().is_empty());
+    eprintln!(
+        "skeleton: basicfwd ipackets(0)={rx0} opackets(1)={tx1}; proxy p0 rx_packets={} p1 tx_packets={} copies={}",
+        counter(&s0, "rx_packets"),
+        counter(&s1, "tx_packets"),
+        counter(&s1, "copies")
+    );
+}
+
+#[test]
+fn l2fwd_forwards_with_its_mac_rewrite() {
+    let s = Scratch::new("l2fwd");
+    let n = 300u64;
+    let packets: Vec<Vec<u8>> = (0..n as u16).map(|i| udp4([198, 51, 100, 9], 18 + (i as usize * 3) % 900, i, 64)).collect();
+    let pair = start_pcap_pair(&s, &packets, None);
+    // -q 2: both ports on the one lcore; -T 1: statistics every second.
+    let app = start_example(&s, "l2fwd", &example_binary("l2fwd", "l2fwd"), &pair, 128, &["-p", "0x3", "-q", "2", "-T", "1"]);
+    wait_or_dump(&app, "entering main loop on lcore 0", 30);
+    wait_proxy_counter(&pair, 1, "tx_packets", n, &app);
+    // l2fwd's own statistics come every second: wait for a block that shows them.
+    wait_until_or_dump(&app, "l2fwd's statistics", 20, |t| {
+        t.contains("Port statistics") && l2fwd_stats(t, 1).0 >= n && l2fwd_stats(t, 0).1 >= n
+    });
+    let (rx0, _) = app_port_stats(&s.prefix("l2fwd"), 0);
+    let (_, tx1) = app_port_stats(&s.prefix("l2fwd"), 1);
+    let PcapPair { proxy, socks, out } = pair;
+    let (code, aout, pcode, pout) = finish(app, proxy);
+    let report = format!("--- l2fwd ---\n{aout}\n--- proxy ---\n{pout}");
+    assert_eq!(pcode, Some(0), "{report}");
+    assert_eq!(code, Some(0), "{report}");
+    let (sent1, _, dropped1) = l2fwd_stats(&aout, 1);
+    let (_, received0, _) = l2fwd_stats(&aout, 0);
+    assert_eq!((received0, sent1, dropped1), (n, n, 0), "{report}");
+    assert_eq!((rx0, tx1), (n, n), "l2fwd's ports over telemetry\n{report}");
+    let s0 = proxy_socket_stats(&pout, &socks[0]);
+    let s1 = proxy_socket_stats(&pout, &socks[1]);
+    assert_eq!(counter(&s0, "rx_packets"), n, "{s0:?}");
+    assert_eq!(counter(&s1, "tx_packets"), n, "{s1:?}");
+    let got = pcap::read(&out[1]).unwrap();
+    assert_eq!(got.len(), packets.len());
+    for (sent, back) in packets.iter().zip(&got) {
+        // l2fwd's MAC rewrite: destination 02:00:00:00:00:<out port>, source the port's.
+        assert_eq!(&back[0..6], &[0x02, 0, 0, 0, 0, 1]);
+        assert_eq!(&back[12..], &sent[12..]);
+    }
+    eprintln!(
+        "l2fwd: its statistics port0 received={received0} port1 sent={sent1} dropped={dropped1}; proxy p0 rx_packets={} p1 tx_packets={}",
+        counter(&s0, "rx_packets"),
+        counter(&s1, "tx_packets")
+    );
+}
