@@ -286,3 +286,148 @@ fn l2fwd_forwards_with_its_mac_rewrite() {
         counter(&s1, "tx_packets")
     );
 }
+
+#[test]
+fn l3fwd_routes_by_destination_with_rx_checksum_offload() {
+    let s = Scratch::new("l3fwd");
+    // l3fwd's default LPM routes: 198.18.<p>.0/24 leaves by port <p>. Two of three
+    // packets go to port 1, the third back out of port 0.
+    let packets: Vec<Vec<u8>> =
+        (0..300u16).map(|i| udp4([198, 18, u8::from(i % 3 != 0), 1 + (i % 50) as u8], 18 + (i as usize * 7) % 1000, i, 64)).collect();
+    let to1: Vec<&Vec<u8>> = packets.iter().filter(|p| p[32] == 1).collect();
+    let to0: Vec<&Vec<u8>> = packets.iter().filter(|p| p[32] == 0).collect();
+    let (n, n1, n0) = (packets.len() as u64, to1.len() as u64, to0.len() as u64);
+    let pair = start_pcap_pair(&s, &packets, None);
+    // l3fwd asks for rx checksum offloads (RTE_ETH_RX_OFFLOAD_CHECKSUM) and relies on them
+    // for RFC 1812's checksum check; --parse-ptype: the packet types in software; -P:
+    // promiscuous; one lcore (0) serves queue 0 of both ports.
+    let app = start_example(
+        &s,
+        "l3fwd",
+        &example_binary("l3fwd", "l3fwd"),
+        &pair,
+        512,
+        &["-p", "0x3", "-P", "--parse-ptype", "--config=(0,0,0),(1,0,0)"],
+    );
+    wait_or_dump(&app, "entering main loop on lcore 0", 60);
+    wait_proxy_counter(&pair, 1, "tx_packets", n1, &app);
+    wait_proxy_counter(&pair, 0, "tx_packets", n0, &app);
+    let prefix = s.prefix("l3fwd");
+    let (rx0, tx0) = app_port_stats(&prefix, 0);
+    let (_, tx1) = app_port_stats(&prefix, 1);
+    let PcapPair { proxy, socks, out } = pair;
+    let (code, aout, pcode, pout) = finish(app, proxy);
+    let report = format!("--- l3fwd ---\n{aout}\n--- proxy ---\n{pout}");
+    assert_eq!(pcode, Some(0), "{report}");
+    assert_eq!(code, Some(0), "{report}");
+    assert!(!aout.contains("doesn't match"), "{report}");
+    assert_eq!((rx0, tx1, tx0), (n, n1, n0), "l3fwd's ports: ipackets(0), opackets(1), opackets(0)\n{report}");
+    let s0 = proxy_socket_stats(&pout, &socks[0]);
+    let s1 = proxy_socket_stats(&pout, &socks[1]);
+    assert_eq!(counter(&s0, "rx_packets"), n, "{s0:?}");
+    assert_eq!(counter(&s1, "tx_packets"), n1, "{s1:?}");
+    assert_eq!(counter(&s0, "tx_packets"), n0, "{s0:?}");
+    for (port, sent) in [(1usize, &to1), (0, &to0)] {
+        let got = pcap::read(&out[port]).unwrap();
+        assert_eq!(got.len(), sent.len(), "port {port}");
+        for (i, (back, sent)) in got.iter().zip(sent.iter()).enumerate() {
+            // Routed: destination MAC 02:00:00:00:00:<port> (l3fwd's default), TTL one
+            // less, the header checksum updated, everything else as it came.
+            assert_eq!(&back[0..6], &[0x02, 0, 0, 0, 0, port as u8], "port {port} packet {i}");
+            assert_eq!(back[22], sent[22] - 1, "TTL, port {port} packet {i}");
+            assert!(ip_cksum_ok(back), "IP checksum, port {port} packet {i}: {back:02x?}");
+            assert_eq!(&back[12..22], &sent[12..22]);
+            assert_eq!(&back[26..], &sent[26..]);
+        }
+    }
+    eprintln!(
+        "l3fwd: ipackets(0)={rx0} opackets(1)={tx1} opackets(0)={tx0}; proxy p0 rx_packets={} p1 tx_packets={} p0 tx_packets={}",
+        counter(&s0, "rx_packets"),
+        counter(&s1, "tx_packets"),
+        counter(&s0, "tx_packets")
+    );
+}
+
+#[test]
+fn ip_fragmentation_fragments_what_exceeds_1500_bytes_with_checksums_done_by_the_driver() {
+    let s = Scratch::new("ipfrag");
+    // ip_fragmentation's routes: 100.20.0.0/16 leaves by port 1. Every other packet has an
+    // IP length above its MTU of 1500 (3000 to 5000 bytes) and is cut into fragments.
+    let packets: Vec<Vec<u8>> = (0..100u16)
+        .map(|i| {
+            let payload = if i % 2 == 0 { 3000 + (i as usize * 37) % 2000 } else { 100 + i as usize };
+            udp4([100, 20, 0, 5], payload, i, 64)
+        })
+        .collect();
+    let pair = start_pcap_pair(&s, &packets, None);
+    // -q 2: both ports on the one lcore. It asks for rx checksum and tx IPv4 checksum
+    // offloads, and leaves each fragment's header checksum to the driver.
+    let app = start_example(
+        &s,
+        "ipfrag",
+        &example_binary("ip_fragmentation", "ip_fragmentation"),
+        &pair,
+        512,
+        &["-p", "0x3", "-q", "2"],
+    );
+    wait_or_dump(&app, "entering main loop on lcore 0", 60);
+    // Fragments per packet: IP payload cut into pieces of 1480 bytes.
+    let pieces = |p: &Vec<u8>| {
+        let ip_payload = p.len() - 14 - 20;
+        if p.len() - 14 <= 1500 {
+            1
+        } else {
+            ip_payload.div_ceil(1480)
+        }
+    };
+    let expected: usize = packets.iter().map(pieces).sum();
+    wait_proxy_counter(&pair, 1, "tx_packets", expected as u64, &app);
+    let prefix = s.prefix("ipfrag");
+    let (rx0, _) = app_port_stats(&prefix, 0);
+    let (_, tx1) = app_port_stats(&prefix, 1);
+    let PcapPair { proxy, socks, out } = pair;
+    let (code, aout, pcode, pout) = finish(app, proxy);
+    let report = format!("--- ip_fragmentation ---\n{aout}\n--- proxy ---\n{pout}");
+    assert_eq!(pcode, Some(0), "{report}");
+    // ip_fragmentation has no signal handler: SIGINT ends it (no exit code).
+    let _ = code;
+    assert!(!aout.contains("doesn't match"), "{report}");
+    assert_eq!((rx0, tx1), (packets.len() as u64, expected as u64), "ip_fragmentation's ipackets(0), opackets(1)\n{report}");
+    // Its indirect-mbuf pool (data room 0) cannot live in the region: private, said once.
+    assert_eq!(aout.matches("cannot live in the shared region").count(), 1, "{report}");
+    let s0 = proxy_socket_stats(&pout, &socks[0]);
+    let s1 = proxy_socket_stats(&pout, &socks[1]);
+    assert_eq!(counter(&s0, "rx_packets"), packets.len() as u64, "{s0:?}");
+    assert_eq!(counter(&s1, "tx_packets"), expected as u64, "{s1:?}");
+    let got = pcap::read(&out[1]).unwrap();
+    assert_eq!(got.len(), expected, "{report}");
+    // Put each input packet together again from its fragments (they leave in order).
+    let mut at = 0;
+    for (i, sent) in packets.iter().enumerate() {
+        let k = pieces(sent);
+        let mut payload = Vec::new();
+        for (j, frag) in got[at..at + k].iter().enumerate() {
+            assert_eq!(&frag[0..6], &[0x02, 0, 0, 0, 0, 1], "packet {i} fragment {j}: destination MAC");
+            assert!(ip_cksum_ok(frag), "packet {i} fragment {j}: IP header checksum {frag:02x?}");
+            let total = u16::from_be_bytes([frag[16], frag[17]]) as usize;
+            assert!(total <= 1500 && frag.len() == 14 + total, "packet {i} fragment {j}: {total} bytes");
+            let flags_offset = u16::from_be_bytes([frag[20], frag[21]]);
+            let more = flags_offset & 0x2000 != 0;
+            assert_eq!(more, j + 1 < k, "packet {i} fragment {j}: MF");
+            assert_eq!((flags_offset & 0x1fff) as usize * 8, payload.len(), "packet {i} fragment {j}: offset");
+            payload.extend_from_slice(&frag[34..]);
+        }
+        assert_eq!(&payload[..], &sent[34..], "packet {i} reassembled");
+        if k == 1 {
+            assert!(udp_cksum_ok(&got[at]), "packet {i}");
+        }
+        at += k;
+    }
+    eprintln!(
+        "ip_fragmentation: ipackets(0)={rx0} opackets(1)={tx1} ({} packets in, {expected} out); proxy p0 rx_packets={} p1 tx_packets={} copies={}",
+        packets.len(),
+        counter(&s0, "rx_packets"),
+        counter(&s1, "tx_packets"),
+        counter(&s1, "copies")
+    );
+}
