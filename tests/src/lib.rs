@@ -476,6 +476,7 @@ pub fn is_root() -> bool {
 }
 
 pub mod hostile;
+pub mod packet;
 pub mod pcap;
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use e2e_tests::packet::{ip_cksum_ok, udp4, l4_cksum_ok};
 use e2e_tests::*;
 
 /// Where setup.sh unpacked and built DPDK's examples for the installed DPDK.
@@ -135,67 +136,6 @@ fn assert_same_packets(got: &[Vec<u8>], want: &[Vec<u8>], what: &str) {
     if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
         panic!("{what}: packet {i} differs:\n got {:02x?}\nwant {:02x?}", got[i], want[i]);
     }
-}
-
-const SRC_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
-const DST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 2];
-
-/// Internet checksum (RFC 1071) of `data`, complemented.
-fn cksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for pair in data.chunks(2) {
-        sum += (pair[0] as u32) << 8 | pair.get(1).copied().unwrap_or(0) as u32;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Ethernet + IPv4 + UDP with `payload` bytes (numbered by `seq`), both checksums right.
-fn udp4(dst_ip: [u8; 4], payload: usize, seq: u16, ttl: u8) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&DST_MAC);
-    f.extend_from_slice(&SRC_MAC);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let total = 20 + 8 + payload;
-    let src_ip = [192, 0, 2, 1];
-    let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, (seq >> 8) as u8, seq as u8, 0, 0, ttl, 17, 0, 0];
-    ip.extend_from_slice(&src_ip);
-    ip.extend_from_slice(&dst_ip);
-    let c = cksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&ip);
-    let ulen = 8 + payload;
-    let mut udp = vec![0x30, 0x39, 0x00, 0x09, (ulen >> 8) as u8, ulen as u8, 0, 0];
-    udp.extend((0..payload).map(|i| (i as u16).wrapping_add(seq) as u8));
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src_ip);
-    pseudo.extend_from_slice(&dst_ip);
-    pseudo.extend_from_slice(&[0, 17, (ulen >> 8) as u8, ulen as u8]);
-    pseudo.extend_from_slice(&udp);
-    let c = cksum(&pseudo);
-    udp[6..8].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&udp);
-    f
-}
-
-/// Whether the IPv4 header of an Ethernet frame has a right checksum.
-fn ip_cksum_ok(frame: &[u8]) -> bool {
-    let ihl = (frame[14] & 0x0f) as usize * 4;
-    cksum(&frame[14..14 + ihl]) == 0
-}
-
-/// Whether the UDP checksum of an unfragmented IPv4/UDP frame is right.
-fn udp_cksum_ok(frame: &[u8]) -> bool {
-    let ihl = (frame[14] & 0x0f) as usize * 4;
-    let total = u16::from_be_bytes([frame[16], frame[17]]) as usize;
-    let l4 = &frame[14 + ihl..14 + total];
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&frame[26..34]);
-    pseudo.extend_from_slice(&[0, frame[23], (l4.len() >> 8) as u8, l4.len() as u8]);
-    pseudo.extend_from_slice(l4);
-    cksum(&pseudo) == 0
 }
 
 /// The numbers of l2fwd's last "Port statistics" block: (sent, received, dropped) per port.
@@ -419,7 +359,7 @@ fn ip_fragmentation_fragments_what_exceeds_1500_bytes_with_checksums_done_by_the
         }
         assert_eq!(&payload[..], &sent[34..], "packet {i} reassembled");
         if k == 1 {
-            assert!(udp_cksum_ok(&got[at]), "packet {i}");
+            assert!(l4_cksum_ok(&got[at]), "packet {i}");
         }
         at += k;
     }
