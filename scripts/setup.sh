@@ -17,6 +17,11 @@
 #      fetched (a deb-src entry is added for it), unpacked with its Debian patches applied,
 #      and only those headers are kept in .sdk/dpdk-<version>/include. Nothing from DPDK
 #      is committed to this repository.
+#   2b. DPDK's example applications from the same source package, unmodified, in
+#      .sdk/dpdk-<version>/examples, and four of them built against the installed DPDK
+#      with their own Makefiles (`make -C examples/<app>`, pkg-config libdpdk):
+#      skeleton (basicfwd), l2fwd, l3fwd, ip_fragmentation. The end-to-end tests of
+#      tests/tests/examples.rs run them as guests of the proxy.
 #   3. Hugepages: as root, if no 2 MiB hugepage is free, reserve some (HUGEPAGES, default 512
 #      = 1 GiB). Everything also works without hugepages; the proxy then uses normal pages.
 #   4. Rust: checks that cargo is on PATH (the toolchain is not installed by this script).
@@ -36,7 +41,7 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
 apt_packages=(
-    dpdk dpdk-dev libdpdk-dev pkg-config
+    dpdk dpdk-dev libdpdk-dev pkg-config make gcc
     clang libclang-dev
     libpcap-dev tcpdump iproute2 iputils-ping procps
     meson ninja-build python3-pyelftools cbindgen
@@ -91,36 +96,64 @@ ensure_deb_src() {
     apt-get update -q >/dev/null
 }
 
+# The DPDK example applications the end-to-end tests run (directory names under examples/).
+example_apps=(skeleton l2fwd l3fwd ip_fragmentation)
+
+# Unpacks the Debian source package of exactly the installed DPDK into $1/tree (Debian
+# patches applied).
+fetch_dpdk_source() {
+    local work=$1 src_version=$2
+    ensure_deb_src
+    log "DPDK source: fetching Debian source package dpdk=$src_version"
+    (cd "$work" && apt-get source --download-only -q "dpdk=$src_version" >/dev/null 2>"$work/apt.err") \
+        || die "apt-get source dpdk=$src_version failed: $(tail -1 "$work/apt.err")"
+    (cd "$work" && dpkg-source --no-check -x ./*.dsc tree >/dev/null) \
+        || die "dpkg-source could not unpack the DPDK source package"
+}
+
 install_sdk_headers() {
-    local src_version upstream dest headers
+    local src_version upstream dest headers examples
     src_version=$(dpkg-query -W -f='${source:Version}' libdpdk-dev)
     upstream=$(pkg-config --modversion libdpdk)
     dest="$sdk_root/dpdk-$upstream/include"
+    examples="$sdk_root/dpdk-$upstream/examples"
     headers=(lib/eal/include/bus_driver.h lib/eal/include/dev_driver.h lib/ethdev/ethdev_driver.h
              drivers/bus/vdev/bus_vdev_driver.h)
     if [ -f "$dest/bus_driver.h" ] && [ -f "$dest/dev_driver.h" ] && [ -f "$dest/ethdev_driver.h" ] \
-        && [ -f "$dest/bus_vdev_driver.h" ] && [ "$(cat "$dest/../SOURCE_VERSION" 2>/dev/null)" = "$src_version" ]; then
-        log "driver-SDK headers: present in $dest"
+        && [ -f "$dest/bus_vdev_driver.h" ] && [ -f "$examples/l3fwd/Makefile" ] \
+        && [ "$(cat "$dest/../SOURCE_VERSION" 2>/dev/null)" = "$src_version" ]; then
+        log "driver-SDK headers and examples: present in $sdk_root/dpdk-$upstream"
         return
     fi
-    ensure_deb_src
     local work
     work=$(mktemp -d)
     trap 'rm -rf "$work"' RETURN
-    log "driver-SDK headers: fetching Debian source package dpdk=$src_version"
-    (cd "$work" && apt-get source --download-only -q "dpdk=$src_version" >/dev/null 2>"$work/apt.err") \
-        || die "apt-get source dpdk=$src_version failed: $(tail -1 "$work/apt.err")"
-    # Unpack with the Debian patches applied, then keep only what the build needs.
-    (cd "$work" && dpkg-source --no-check -x ./*.dsc tree >/dev/null) \
-        || die "dpkg-source could not unpack the DPDK source package"
+    fetch_dpdk_source "$work" "$src_version"
+    # Keep only what the build needs, and the example applications (unmodified).
     mkdir -p "$dest"
     local h
     for h in "${headers[@]}"; do
         [ -f "$work/tree/$h" ] || die "the source package has no $h"
         install -m 0644 "$work/tree/$h" "$dest/"
     done
+    [ -d "$work/tree/examples" ] || die "the source package has no examples/"
+    rm -rf "$examples"
+    cp -a "$work/tree/examples" "$examples"
     echo "$src_version" > "$dest/../SOURCE_VERSION"
-    log "driver-SDK headers: installed ${headers[*]##*/} into $dest"
+    log "driver-SDK headers: installed ${headers[*]##*/} into $dest; examples into $examples"
+}
+
+# Builds the example applications the tests run, each with its own Makefile against the
+# installed DPDK (pkg-config libdpdk). make skips an application that is up to date.
+build_examples() {
+    local upstream examples app
+    upstream=$(pkg-config --modversion libdpdk)
+    examples="$sdk_root/dpdk-$upstream/examples"
+    for app in "${example_apps[@]}"; do
+        make -s -C "$examples/$app" >"$examples/$app/make.log" 2>&1 \
+            || die "building DPDK's example $app failed (see $examples/$app/make.log)"
+    done
+    log "DPDK examples: built ${example_apps[*]} in $examples/<app>/build"
 }
 
 # DPDK's own hugepage memory (the proxy's, when it runs without --no-huge) needs a
@@ -215,6 +248,7 @@ install_packages
 create_proxy_user
 create_test_users
 install_sdk_headers
+build_examples
 reserve_hugepages
 mount_hugetlbfs
 check_rust

@@ -480,6 +480,7 @@ pub fn is_root() -> bool {
 }
 
 pub mod hostile;
+pub mod packet;
 pub mod pcap;
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 mod capi;
 mod intr;
+mod offload;
 mod ops;
 mod rxtx;
 mod xstats;

@@ -14,6 +14,7 @@ use shm_driver_common::ffi::guard;
 use shm_driver_common::session::{Region, Session};
 
 use crate::intr::RxInterrupt;
+use crate::offload;
 use crate::rxtx::{OwnedMempool, RxQueue, TxQueue, MAX_SEGS};
 use crate::xstats::{Snapshot, XSTAT_NAMES};
 use crate::{Port, LOG};
@@ -104,8 +105,10 @@ unsafe extern "C" fn dev_infos_get(dev: *mut sys::rte_eth_dev, info: *mut sys::r
         info.max_rx_pktlen = max_frame;
         info.min_mtu = sys::RTE_ETHER_MIN_MTU as u16;
         info.max_mtu = max_frame.saturating_sub(overhead).min(u16::MAX as u32) as u16;
-        info.rx_offload_capa = (sys::RTE_ETH_RX_OFFLOAD_SCATTER | sys::RTE_ETH_RX_OFFLOAD_RSS_HASH) as u64;
-        info.tx_offload_capa = sys::RTE_ETH_TX_OFFLOAD_MULTI_SEGS as u64;
+        // Checksums and VLAN tags are done in software by this driver (crate::offload).
+        info.rx_offload_capa =
+            (sys::RTE_ETH_RX_OFFLOAD_SCATTER | sys::RTE_ETH_RX_OFFLOAD_RSS_HASH) as u64 | offload::RX_OFFLOAD_CAPA;
+        info.tx_offload_capa = sys::RTE_ETH_TX_OFFLOAD_MULTI_SEGS as u64 | offload::TX_OFFLOAD_CAPA;
         // The rings were sized at the handshake (devargs rx_ring/tx_ring): a queue takes any
         // descriptor count up to its ring's entries; a smaller count leaves the ring as it is.
         // A 65536-entry ring is reported as 65535, the most a u16 holds.
@@ -319,7 +322,7 @@ unsafe extern "C" fn rx_queue_setup(
     queue: u16,
     nb_desc: u16,
     socket: c_uint,
-    _conf: *const sys::rte_eth_rxconf,
+    conf: *const sys::rte_eth_rxconf,
     mp: *mut sys::rte_mempool,
 ) -> c_int {
     with_port("rx_queue_setup", dev, |port| {
@@ -349,7 +352,9 @@ unsafe extern "C" fn rx_queue_setup(
             }
         };
         let area = region.layout.rx_ring();
-        let rxq = Arc::new(RxQueue::new(region, area, ring, pool.layout, pool.id, nb_desc as u32, mempool, own, port.port_id));
+        // SAFETY: our ethdev's configured data; `conf` is ethdev's (never null) for this call.
+        let offloads = unsafe { (*(*dev).data).dev_conf.rxmode.offloads | conf.as_ref().map_or(0, |c| c.offloads) };
+        let rxq = Arc::new(RxQueue::new(region, area, ring, pool.layout, pool.id, nb_desc as u32, mempool, own, port.port_id, offloads));
         // SAFETY: our ethdev's rx queue array has nb_rx_queues >= 1 entries.
         unsafe { *(*(*dev).data).rx_queues = Arc::as_ptr(&rxq) as *mut c_void };
         state.rxq = Some(rxq);

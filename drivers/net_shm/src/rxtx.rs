@@ -23,6 +23,8 @@ use shm_contract::wake;
 use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, PoolLayout, StatusBlock};
 use shm_driver_common::session::Region;
 
+use crate::offload;
+
 /// Packets of at most this many segments are accepted from the proxy.
 pub const MAX_SEGS: u32 = 64;
 /// Bursts larger than this are cut (the ring would be the limit anyway).
@@ -65,6 +67,9 @@ pub struct RxQueue {
     _own_mempool: Option<OwnedMempool>,
     pub mempool: *mut sys::rte_mempool,
     port_id: u16,
+    /// The rx offloads the application enabled (port and queue), done by
+    /// [`offload::rx_offload`].
+    offloads: u64,
     pub active: AtomicBool,
     pub stats: QueueStats,
     /// The status block's `rx_wakeup_requested` (rx interrupts; `crate::intr`).
@@ -89,6 +94,7 @@ impl RxQueue {
         mempool: *mut sys::rte_mempool,
         own_mempool: Option<OwnedMempool>,
         port_id: u16,
+        offloads: u64,
     ) -> RxQueue {
         // SAFETY: the view lives in `region`, which the queue holds.
         let mem = unsafe { region.mem_static() };
@@ -105,6 +111,7 @@ impl RxQueue {
             _own_mempool: own_mempool,
             mempool,
             port_id,
+            offloads,
             active: AtomicBool::new(false),
             stats: QueueStats::default(),
         }
@@ -249,6 +256,10 @@ impl RxQueue {
                 (*head).pkt_len = pkt_len;
                 (*head).nb_segs = segs as u16;
                 *pkts.add(out) = head;
+            }
+            if offload::rx_wants(self.offloads) {
+                // SAFETY: a complete packet of ours, not yet handed to the application.
+                unsafe { offload::rx_offload(head, self.offloads) };
             }
             bytes += pkt_len as u64;
             out += 1;
@@ -491,9 +502,22 @@ impl TxQueue {
             } else {
                 sent += 1;
             }
+            // SAFETY: m is a valid packet of ours now (the application's direct, unshared
+            // region packet, or our copy).
+            if unsafe { (*m).ol_flags } & offload::TX_FLAGS != 0 {
+                // SAFETY: as above; nobody else reads or writes its data meanwhile.
+                if let Err(offload::TxOffloadError::HeadersSplit) = unsafe { offload::tx_offload(m) } {
+                    // SAFETY: ours to free.
+                    unsafe { sys::rte_pktmbuf_free(m) };
+                    dropped += 1;
+                    continue;
+                }
+            }
             // SAFETY: m (and its chain) is a valid region mbuf we now hand to the proxy.
             unsafe {
                 bytes += (*m).pkt_len as u64;
+                // Still set only when the tag did not fit in the headroom: the proxy's
+                // NIC is asked to insert it.
                 let vlan = (*m).ol_flags & sys::RTE_MBUF_F_TX_VLAN as u64 != 0;
                 let single = (*m).nb_segs == 1;
                 let mut seg = m;

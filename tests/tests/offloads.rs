@@ -1,0 +1,145 @@
+//! Checksum offloads of `net_shm` as an unmodified application sees them: testpmd's
+//! checksum engine (`--forward-mode=csum`) with rx checksum offload enabled and its tx
+//! checksums set to "hw". A known capture with good and bad checksums enters the
+//! proxy's `net_pcap` port; testpmd counts the bad ones from the rx flags the driver set
+//! (and prints each packet's flags), and what goes out must carry right checksums that
+//! testpmd left to the device (it writes only the pseudo-header sum for "hw").
+//!
+//! Run one at a time (`--test-threads=1`).
+
+use std::time::Duration;
+
+use e2e_tests::packet::{ip_cksum_ok, l4_cksum_ok, tcp4, udp4};
+use e2e_tests::*;
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+#[test]
+fn testpmd_csum_engine_sees_rx_checksum_flags_and_gets_tx_checksums_done() {
+    let s = Scratch::new("csum");
+    // 40 good UDP, 20 good TCP, 10 UDP with a broken IP header checksum, 10 with a broken
+    // UDP checksum, 10 TCP with a broken TCP checksum.
+    let mut packets = Vec::new();
+    for i in 0..40u16 {
+        packets.push(udp4([198, 51, 100, 1], 20 + i as usize * 11, i, 64));
+    }
+    for i in 0..20u16 {
+        packets.push(tcp4([198, 51, 100, 2], 10 + i as usize * 13, 100 + i));
+    }
+    for i in 0..10u16 {
+        let mut p = udp4([198, 51, 100, 3], 50 + i as usize, 200 + i, 64);
+        p[24] ^= 0x5a;
+        packets.push(p);
+    }
+    for i in 0..10u16 {
+        let mut p = udp4([198, 51, 100, 4], 60 + i as usize, 300 + i, 64);
+        p[40] ^= 0x01;
+        packets.push(p);
+    }
+    for i in 0..10u16 {
+        let mut p = tcp4([198, 51, 100, 5], 70 + i as usize, 400 + i);
+        p[50] ^= 0x80;
+        packets.push(p);
+    }
+    let n = packets.len() as u64;
+    let input = s.path("in.pcap");
+    let output = s.path("out.pcap");
+    pcap::write(&input, &packets);
+    let sock = s.path("q0/sock");
+    let mut proxy = start_proxy(
+        &s,
+        &ProxyConfig {
+            eal: vec!["--vdev".into(), format!("net_pcap0,rx_pcap={},tx_pcap={}", input.display(), output.display())],
+            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
+            extra: vec!["--stats-period".into(), "1".into()],
+            netns: None,
+        },
+    );
+    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    let mut g = start_testpmd(
+        &s,
+        &GuestConfig {
+            socket: &sock,
+            devargs: "region_size=64M",
+            memory_mb: 64,
+            testpmd_args: ["-i", "--forward-mode=csum", "--enable-rx-cksum", "--no-flush-rx", "--total-num-mbufs=4096"]
+                .map(String::from)
+                .to_vec(),
+            name: "guest",
+        },
+    );
+    wait_or_dump(&g, "Checking link statuses", 30);
+    // tx checksums are configured on a stopped port; starting it again starts the proxy's
+    // queue, which replays the capture into the ring (kept there by --no-flush-rx).
+    g.send("port stop 0");
+    wait_or_dump(&g, "Stopping ports", 20);
+    for proto in ["ip", "udp", "tcp"] {
+        g.send(&format!("csum set {proto} hw 0"));
+    }
+    wait_until_or_dump(&g, "csum set", 20, |t| count(t, "checksum offload is hw") >= 3);
+    g.send("set verbose 1");
+    g.send("port start 0");
+    wait_until_or_dump(&proxy, "second queue start", 20, |t| count(t, "queue started") >= 2);
+    g.send("start");
+    let done = proxy.out.wait_for("every packet forwarded", Duration::from_secs(30), |t| {
+        counter(&proxy_socket_stats(t, &sock), "tx_packets") >= n
+    });
+    g.send("stop");
+    wait_or_dump(&g, "Bad-ipcsum", 20);
+    proxy.send("show stats");
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.send("quit");
+    let (pcode, pout) = proxy.wait(Duration::from_secs(20));
+    let gtext = g.out.text();
+    g.send("quit");
+    let _ = g.wait(Duration::from_secs(30));
+    let report = format!("--- testpmd ---\n{gtext}\n--- proxy ---\n{pout}");
+    done.unwrap_or_else(|e| panic!("{e}\n{report}"));
+    assert_eq!(pcode, Some(0), "{report}");
+    assert!(!gtext.contains("doesn't match"), "{report}");
+    for proto in ["IP", "UDP", "TCP"] {
+        assert!(gtext.contains(&format!("{proto} checksum offload is hw")), "{proto}\n{report}");
+    }
+    // testpmd's counts from the rx flags: 10 bad IP headers, 20 bad L4 checksums.
+    let stats_line = gtext.lines().rev().find(|l| l.contains("Bad-ipcsum:")).unwrap();
+    let num = |key: &str| -> u64 {
+        let at = stats_line.find(key).unwrap() + key.len();
+        stats_line[at..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert_eq!((num("Bad-ipcsum:"), num("Bad-l4csum:")), (10, 20), "{stats_line}\n{report}");
+    // The flags testpmd printed per received packet (verbose: its "ol_flags:" line; the
+    // csum engine prints them once more on its "rx:" line): every packet had its IP
+    // checksum judged, and the good ones were reported good.
+    let flagged = |flag: &str| gtext.lines().filter(|l| l.contains("ol_flags:") && l.contains(flag)).count();
+    let rx_good_ip = flagged("RTE_MBUF_F_RX_IP_CKSUM_GOOD");
+    let rx_bad_ip = flagged("RTE_MBUF_F_RX_IP_CKSUM_BAD");
+    let rx_good_l4 = flagged("RTE_MBUF_F_RX_L4_CKSUM_GOOD");
+    let rx_bad_l4 = flagged("RTE_MBUF_F_RX_L4_CKSUM_BAD");
+    assert_eq!((rx_good_ip, rx_bad_ip, rx_good_l4, rx_bad_l4), (80, 10, 70, 20), "{report}");
+    // On the wire: testpmd asked the device for every checksum, and each is right.
+    let got = pcap::read(&output).unwrap();
+    assert_eq!(got.len(), packets.len(), "{report}");
+    for (i, (back, sent)) in got.iter().zip(&packets).enumerate() {
+        assert!(ip_cksum_ok(back), "packet {i}: IP checksum {back:02x?}");
+        assert!(l4_cksum_ok(back), "packet {i}: L4 checksum {back:02x?}");
+        // Apart from the MAC addresses and checksum fields, the packet is as it was sent.
+        assert_eq!(back.len(), sent.len(), "packet {i}");
+        let l4_cksum_at = if sent[23] == 6 { 50 } else { 40 };
+        for at in 12..sent.len() {
+            if !(24..26).contains(&at) && !(l4_cksum_at..l4_cksum_at + 2).contains(&at) {
+                assert_eq!(back[at], sent[at], "packet {i} byte {at}");
+            }
+        }
+    }
+    let stats = proxy_socket_stats(&pout, &sock);
+    assert_eq!(counter(&stats, "invalid"), 0, "{stats:?}");
+    eprintln!(
+        "csum: testpmd Bad-ipcsum={} Bad-l4csum={}; rx flags IP good/bad {rx_good_ip}/{rx_bad_ip}, L4 good/bad {rx_good_l4}/{rx_bad_l4}; {} packets out with right checksums; proxy tx_packets={}",
+        num("Bad-ipcsum:"),
+        num("Bad-l4csum:"),
+        got.len(),
+        counter(&stats, "tx_packets")
+    );
+}
