@@ -507,6 +507,17 @@ fn header_checksum(fields: &[u8]) -> u32 {
     h
 }
 
+/// Seals a header image: writes the checksum of its first `fields_len` bytes (the
+/// field as written, clamped to `HEADER_FIELDS_LEN..=HEADER_SIZE`), whatever the
+/// other fields say. For tests and fuzzing: an image sealed so is what a writer with
+/// wrong fields (not a corrupted one) would produce, so it reaches the checks
+/// behind the checksum.
+pub fn seal_header_image(b: &mut [u8; HEADER_SIZE as usize]) {
+    let len = get_u32(b, OFF_FIELDS_LEN).clamp(HEADER_FIELDS_LEN, HEADER_SIZE) as usize;
+    let sum = header_checksum(&b[..len]);
+    b[OFF_CHECKSUM..OFF_CHECKSUM + 4].copy_from_slice(&sum.to_le_bytes());
+}
+
 fn get_u16(b: &[u8; HEADER_SIZE as usize], off: usize) -> u16 {
     u16::from_le_bytes([b[off], b[off + 1]])
 }
@@ -971,9 +982,7 @@ mod tests {
     fn patched(l: &RegionLayout, f: impl FnOnce(&mut [u8; HEADER_SIZE as usize])) -> Box<[u8; HEADER_SIZE as usize]> {
         let mut b = image(l);
         f(&mut b);
-        let len = get_u32(&b, OFF_FIELDS_LEN).clamp(HEADER_FIELDS_LEN, HEADER_SIZE) as usize;
-        let sum = header_checksum(&b[..len]);
-        b[OFF_CHECKSUM..OFF_CHECKSUM + 4].copy_from_slice(&sum.to_le_bytes());
+        seal_header_image(&mut b);
         b
     }
 

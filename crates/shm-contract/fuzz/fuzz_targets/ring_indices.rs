@@ -9,6 +9,7 @@
 //! rejected.
 #![no_main]
 
+use std::cell::Cell;
 use std::sync::atomic::Ordering::Relaxed;
 
 use libfuzzer_sys::fuzz_target;
@@ -60,24 +61,35 @@ fn check_value(p: &PoolLayout, offset: u32) {
     }
 }
 
+/// Largest free ring an input picks: the free ring's guard zone starts after the
+/// input's ring and runs to `GUARD_AFTER` bytes past the largest one.
+const MAX_FREE_RING_ENTRIES: u32 = 64;
+const GUARD_AFTER: usize = 512;
+const GUARD_WORD: u32 = u32::from_ne_bytes([GUARD; 4]);
+
+// Guards are written and checked as 32-bit words (every zone starts and ends on
+// one): byte copies cost a sanitizer callback per byte, which was most of the time.
 fn fill_guards(mem: &SharedMem<'_>, zones: &[(usize, usize)]) {
     for &(start, end) in zones {
-        mem.write_bytes(start, &vec![GUARD; end - start]).unwrap();
+        for at in (start..end).step_by(4) {
+            mem.atomic_u32(at).unwrap().store(GUARD_WORD, Relaxed);
+        }
     }
 }
 
 fn check_guards(mem: &SharedMem<'_>, zones: &[(usize, usize)]) {
     for &(start, end) in zones {
-        let mut buf = vec![0u8; end - start];
-        mem.read_bytes(start, &mut buf).unwrap();
-        assert!(buf.iter().all(|&b| b == GUARD), "a ring wrote outside itself in [{start}, {end})");
+        for at in (start..end).step_by(4) {
+            let word = mem.atomic_u32(at).unwrap().load(Relaxed);
+            assert!(word == GUARD_WORD, "a ring wrote outside itself at {at} (zone [{start}, {end}))");
+        }
     }
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let region = RegionLayout::new(REGION, 4096, 64, 64, RegionFlags::empty()).unwrap();
-    let ring_entries = 8u32 << (input.u8() % 4); // 8..=64
+    let ring_entries = MAX_FREE_RING_ENTRIES >> (input.u8() % 4); // 8..=64
     let stride = 192 + 64 * (input.u8() as u32 % 40);
     let count = 1 + input.u8() as u32 % ring_entries;
     let heap = region.heap();
@@ -94,35 +106,51 @@ fuzz_target!(|data: &[u8]| {
     let pool = add.validate(&region, &[]).unwrap();
 
     // One allocation for the whole run (a fresh megabyte per input was most of the
-    // time, under the sanitizer); the areas an input uses are cleared here, so that
-    // each input runs the same whatever ran before.
-    thread_local!(static BACKING: HeapMem = HeapMem::new(REGION as usize));
-    BACKING.with(|backing| run(&mut input, &region, pool, ring_entries, backing));
+    // time, under the sanitizer). Its guard zones are filled once and checked after
+    // every input (a failed check ends the run); what an input can change, the two
+    // rings, is reset before it, so each input runs the same whatever ran before.
+    thread_local!(static BACKING: (HeapMem, Cell<bool>) = (HeapMem::new(REGION as usize), Cell::new(false)));
+    BACKING.with(|(backing, guarded)| run(&mut input, &region, pool, ring_entries, backing, guarded));
 });
 
-fn run(input: &mut Input<'_>, region: &RegionLayout, pool: PoolLayout, ring_entries: u32, backing: &HeapMem) {
+fn run(
+    input: &mut Input<'_>,
+    region: &RegionLayout,
+    pool: PoolLayout,
+    ring_entries: u32,
+    backing: &HeapMem,
+    guarded: &Cell<bool>,
+) {
     let mem = backing.mem();
     let rx = region.rx_ring();
-    // Guard zones around both rings.
     let rx_start = rx.offset as usize;
     let rx_end = rx_start + DescRing::bytes_for(rx.entries) as usize;
     let fr_start = pool.ring_offset() as usize;
     let fr_end = fr_start + FreeRing::bytes_for(ring_entries) as usize;
-    mem.write_bytes(rx_start - 512, &vec![0; rx_end + 512 - (rx_start - 512)]).unwrap();
-    mem.write_bytes(fr_start - 128, &vec![0; fr_end + 512 - (fr_start - 128)]).unwrap();
-    DescRing::init(&mem, rx).unwrap();
-    let free = FreeRing::init(&mem, pool.ring_offset(), pool.ring_entries()).unwrap();
+    let fr_max_end = fr_start + FreeRing::bytes_for(MAX_FREE_RING_ENTRIES) as usize;
+    // Guard zones around both rings (between their indices too); the free ring's
+    // last one also covers the cells of larger rings than this input's.
     let guards = [
         (rx_start - 512, rx_start),
         (rx_start + 4, rx_start + CONS_INDEX_OFFSET as usize),
         (rx_start + CONS_INDEX_OFFSET as usize + 4, rx_start + SLOTS_OFFSET as usize),
-        (rx_end, rx_end + 512),
+        (rx_end, rx_end + GUARD_AFTER),
         (fr_start - 128, fr_start),
         (fr_start + 4, fr_start + DEQ_POS_OFFSET as usize),
         (fr_start + DEQ_POS_OFFSET as usize + 4, fr_start + CELLS_OFFSET as usize),
-        (fr_end, fr_end + 512),
+        (fr_end, fr_max_end + GUARD_AFTER),
     ];
-    fill_guards(&mem, &guards);
+    if !guarded.replace(true) {
+        fill_guards(&mem, &guards);
+    }
+    // The previous input's rings: the descriptor slots zeroed, the cells of a larger
+    // free ring (now guard) refilled; `init` sets the indices and this ring's cells.
+    for slot in mem.atomic_u64_slice(rx_start + SLOTS_OFFSET as usize, rx.entries as usize * 2).unwrap() {
+        slot.store(0, Relaxed);
+    }
+    fill_guards(&mem, &[(fr_end, fr_max_end)]);
+    DescRing::init(&mem, rx).unwrap();
+    let free = FreeRing::init(&mem, pool.ring_offset(), pool.ring_entries()).unwrap();
 
     let mut producer = DescProducer::new(&mem, rx).unwrap();
     let mut consumer = DescConsumer::new(&mem, rx).unwrap();
