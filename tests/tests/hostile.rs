@@ -7,9 +7,8 @@
 //! this test's uid.
 //!
 //! For every case the test checks that the proxy keeps running, that it counted what
-//! the hostile client did (and, where the rule says so, disconnected it; some cases
-//! name exact counter changes, looked up by name so that a missing counter fails),
-//! that its warnings are rate-limited, and that the good guest lost nothing (its
+//! the hostile client did and, where the rule says so, disconnected it; that its
+//! warnings are rate-limited, and that the good guest lost nothing (its
 //! socket's `tx_dropped`, `rx_dropped`, `invalid` stay 0) and kept forwarding at no
 //! less than `HOSTILE_MIN_RATIO` (default 0.5; the goal is 0.8) of its rate just before the case (or,
 //! when the neighbours on a shared machine made that window slow, of its rate just
@@ -26,7 +25,21 @@
 //! how often the writer found it drained. What the good guest loses is then what the
 //! proxy's data loop spends on the hostile guest: its per-round bounds (docs/threat-model.md).
 //!
-//! Run alone: `cargo test --release -p e2e-tests --test hostile -- --test-threads=1 --nocapture`.
+//! Exact outcomes: each case says what the proxy's counters must show after it (`Want`:
+//! the change of a counter of the hostile socket, the good one, the allowlist socket or
+//! the global line, exactly or within bounds the case knows), each looked up by name so
+//! that a missing counter fails; and each refusal is checked for its code and reason
+//! (bad pools and requests, Hellos, reattaches, wake-up channels, port restarts). A case
+//! without exact numbers says why (random writes).
+//!
+//! Issue 16's classes: passed descriptors (item 2), bounded work (3), rings (5), port
+//! limits and shown names (6) are cases here. The others need a setup of their own and
+//! have their tests elsewhere: socket directories, links and impostors (item 1) in
+//! `access.rs`, buffers the NIC still holds (4) in `lifetime.rs`, the proxy's own user,
+//! capabilities, seccomp and IOVA mode (6, 7) in `privsep.rs`.
+//!
+//! Run alone: `cargo test --release -p e2e-tests --test hostile -- --test-threads=1 --nocapture`
+//! (`HOSTILE_CASES=a|b`: only the cases whose names contain `a` or `b`).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -41,7 +54,7 @@ use e2e_tests::*;
 use shm_contract::mpmc::{DEQ_POS_OFFSET, ENQ_POS_OFFSET};
 use shm_contract::proto::transport::send_message;
 use shm_contract::proto::{encode_to_vec, HELLO_FLAG_REATTACH, QUEUE_FLAG_RX_WAKEUP};
-use shm_contract::{Desc, DescFlags, Message, PoolAdd, RegionFlags};
+use shm_contract::{Desc, DescFlags, Message, PoolAdd, RefuseCode, RegionFlags};
 
 /// Each case lasts at least this long (the good guest's rate is measured over it).
 const CASE_TIME: Duration = Duration::from_secs(2);
@@ -156,6 +169,19 @@ impl Bench {
         (proxy_socket_stats(&text, path), global)
     }
 
+    /// The proxy's global line once the reaper has nothing pending (or `limit` passed).
+    fn reaper_idle(&mut self, limit: Duration) -> Stats {
+        let deadline = Instant::now() + limit;
+        let good = self.good_sock.clone();
+        loop {
+            let (_, global) = self.socket_and_global_stats(&good);
+            if strict(&global, "reaper_pending") == 0 || Instant::now() > deadline {
+                return global;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// How long the proxy takes to answer `show stats` in full (its last line).
     fn stats_latency(&mut self) -> Duration {
         let from = self.proxy.out.len();
@@ -180,7 +206,7 @@ impl Bench {
         let t = Instant::now();
         thread::sleep(window);
         let (b, _) = self.stats();
-        (counter(&b, "tx_packets") - counter(&a, "tx_packets")) as f64 / t.elapsed().as_secs_f64()
+        (strict(&b, "tx_packets") - strict(&a, "tx_packets")) as f64 / t.elapsed().as_secs_f64()
     }
 
     /// Waits until the proxy shows no guest on the hostile socket.
@@ -247,10 +273,20 @@ fn open_or_closed(p: &Peer) -> Option<bool> {
 }
 
 /// Publishes `descs` on a ready hostile guest, then checks that it stays connected and
-/// that a correct packet still goes out afterwards.
-fn bad_descs(c: &Ctx<'_>, make: impl FnOnce(&mut Attached) -> Vec<Desc>) -> Seen {
+/// that a correct packet still goes out afterwards. `outcome`: how many tx packets the
+/// proxy must find invalid (each counted once in `tx_invalid` and in `invalid`) and how
+/// many go out (`tx_packets`, the correct one included); `None`: the case says itself.
+/// None is refused by the port or dropped.
+fn bad_descs(c: &Ctx<'_>, outcome: Option<(u64, u64)>, make: impl FnOnce(&mut Attached) -> Vec<Desc>) -> Seen {
     let mut g = ready(c);
     let descs = make(&mut g);
+    if let Some((invalid, sent)) = outcome {
+        expect_exact("tx_invalid", invalid);
+        expect_exact("invalid", invalid);
+        expect_exact("tx_packets", sent);
+    }
+    expect_exact("tx_refused", 0);
+    expect_exact("tx_dropped", 0);
     let pushed = g.push_tx(&descs, Duration::from_secs(1));
     // Give the proxy time to read them, then send a correct packet.
     thread::sleep(Duration::from_millis(200));
@@ -272,21 +308,30 @@ fn one(offset: u32) -> Desc {
 }
 
 fn case_out_of_range(c: &Ctx<'_>) -> Seen {
-    bad_descs(c, |g| {
+    bad_descs(c, Some((6, 1)), |g| {
         let size = g.layout.region_size() as u32;
         [u32::MAX, u32::MAX - 63, size, size + 64, 0x8000_0000, g.layout.heap().end() as u32].map(one).to_vec()
     })
 }
 
 fn case_misaligned(c: &Ctx<'_>) -> Seen {
-    bad_descs(c, |g| {
+    // Inside a buffer but not at its start (also inside the one before): no buffer.
+    bad_descs(c, Some((6, 1)), |g| {
         let b = *g.owned.last().unwrap();
         [b + 1, b + 8, b + 64, b + 128, b + 2304 - 64, b - 64].map(one).to_vec()
     })
 }
 
 fn case_not_owned(c: &Ctx<'_>) -> Seen {
-    bad_descs(c, |g| {
+    // The 9 offsets of the header, rings and free ring are invalid; the 256 buffers the
+    // guest gave to its free ring are invalid while the proxy holds them, but the NIC
+    // (net_null receives without pause) brings most of them back to the guest in its rx
+    // ring, and a buffer delivered to the guest is the guest's to send: those go out.
+    // So each of the 265 packets is either counted invalid or sent, at least 9 invalid.
+    expect_sum(&["tx_invalid", "tx_packets"], 265 + 1);
+    expect_sum(&["invalid", "tx_packets"], 265 + 1);
+    expect_at_least("tx_invalid", 9);
+    bad_descs(c, None, |g| {
         let p = g.pool.unwrap();
         let (rx, tx) = (g.layout.rx_ring().offset, g.layout.tx_ring().offset);
         // The header, the rings, the free ring, then every buffer the guest gave to its
@@ -298,7 +343,9 @@ fn case_not_owned(c: &Ctx<'_>) -> Seen {
 }
 
 fn case_duplicates(c: &Ctx<'_>) -> Seen {
-    bad_descs(c, |g| {
+    // The first packet of `a` goes out; the two after it name a buffer the proxy
+    // holds, the chain names `b` twice: 3 invalid, 2 sent with the correct one.
+    bad_descs(c, Some((3, 2)), |g| {
         let a = g.owned.pop().unwrap();
         let b = g.owned.pop().unwrap();
         // The same buffer in consecutive packets, one of them twice in a chain.
@@ -309,7 +356,7 @@ fn case_duplicates(c: &Ctx<'_>) -> Seen {
 }
 
 fn case_lengths(c: &Ctx<'_>) -> Seen {
-    bad_descs(c, |g| {
+    bad_descs(c, Some((5, 1)), |g| {
         let mut v = Vec::new();
         for (off, len) in [(128u16, 2049u16), (0, 2177), (u16::MAX, u16::MAX), (2176, 1), (4000, 0)] {
             let b = g.owned.pop().unwrap();
@@ -320,15 +367,16 @@ fn case_lengths(c: &Ctx<'_>) -> Seen {
 }
 
 fn case_segments(c: &Ctx<'_>) -> Seen {
-    bad_descs(c, |g| {
-        // 200 descriptors that all say "more follows": three over-long chains (65 each,
-        // invalid) and an unfinished one the proxy keeps waiting for.
+    // 200 descriptors that all say "more follows": three over-long chains (65 each,
+    // invalid) and an unfinished one of 5 the proxy keeps waiting for, which the
+    // correct descriptor after them ends: a valid packet of 6 segments.
+    bad_descs(c, Some((3, 1)), |g| {
         (0..200).map(|_| Desc { flags: DescFlags::NEXT, ..one(g.owned.pop().unwrap()) }).collect()
     })
 }
 
 fn case_chain_loop(c: &Ctx<'_>) -> Seen {
-    bad_descs(c, |g| {
+    bad_descs(c, Some((1, 1)), |g| {
         let (a, b) = (g.owned.pop().unwrap(), g.owned.pop().unwrap());
         let mut v: Vec<Desc> = (0..20).map(|i| Desc { flags: DescFlags::NEXT, ..one(if i % 2 == 0 { a } else { b }) }).collect();
         v.last_mut().unwrap().flags = DescFlags::empty();
@@ -340,7 +388,12 @@ fn corrupt_index(c: &Ctx<'_>, f: impl FnOnce(&mut Attached)) -> Seen {
     let mut g = ready(c);
     // Some honest traffic first, so the indices are not at 0.
     let descs: Vec<Desc> = (0..10).filter_map(|_| g.valid_desc(60)).collect();
-    g.push_tx(&descs, Duration::from_secs(1));
+    let sent = g.push_tx(&descs, Duration::from_secs(1));
+    // Cut for a broken ring: one invalid input (the ring index), nothing else; the
+    // honest packets went out.
+    expect_exact("invalid", 1);
+    expect_exact("tx_invalid", 0);
+    expect_exact("tx_packets", sent as u64);
     thread::sleep(Duration::from_millis(100));
     f(&mut g);
     let peer = wait_closed(&g.sock, Duration::from_secs(3));
@@ -368,6 +421,14 @@ fn case_frozen(c: &Ctx<'_>) -> Seen {
     // A chain left unfinished, then nothing: the rx ring fills, the free ring empties.
     let d = Desc { flags: DescFlags::NEXT, ..one(g.owned.pop().unwrap()) };
     g.push_tx(&[d], Duration::from_secs(1));
+    // Nothing invalid, nothing sent; the proxy delivers into the guest's 256 free-ring
+    // buffers (less those it keeps posted to the NIC) and then, without buffers, takes
+    // nothing more from the NIC for it: nothing dropped on its socket.
+    expect_exact("invalid", 0);
+    expect_exact("tx_invalid", 0);
+    expect_exact("tx_packets", 0);
+    expect(Scope::Bad, &["rx_packets"], 1, 256);
+    expect_exact("rx_dropped", 0);
     thread::sleep(CASE_TIME);
     let peer = g.peer(Duration::from_millis(200));
     Seen { problem: None, disconnected: open_or_closed(&peer), note: "rx ring never read, a tx chain never finished".into() }
@@ -381,6 +442,10 @@ fn case_header(c: &Ctx<'_>) -> Seen {
     thread::sleep(Duration::from_millis(100));
     let descs: Vec<Desc> = (0..20).filter_map(|_| g.valid_desc(60)).collect();
     let n = g.push_tx(&descs, Duration::from_secs(1));
+    // The proxy keeps its own copy of the layout: every packet goes out.
+    expect_exact("tx_packets", n as u64);
+    expect_exact("invalid", 0);
+    expect_exact("tx_invalid", 0);
     let peer = g.peer(Duration::from_millis(500));
     Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("header scribbled, then {n} good packets") }
 }
@@ -406,7 +471,7 @@ fn case_free_ring_garbage(c: &Ctx<'_>) -> Seen {
     let mut g = ready(c);
     let mut rng = Rng(0xbad);
     let p = g.pool.unwrap();
-    let mut rounds = 0u64;
+    let (mut rounds, mut enqueued) = (0u64, 0u64);
     let g_ref = &mut g;
     for_a_while(|| {
         // Read what the proxy delivered (so it keeps allocating), and feed the free ring
@@ -421,10 +486,17 @@ fn case_free_ring_garbage(c: &Ctx<'_>) -> Seen {
                 _ => p.buffer_offset(rng.below(p.count() as u64) as u32),
             })
             .collect();
-        let _ = g_ref.free_ring().enqueue_bulk(&junk, 8);
+        if g_ref.free_ring().enqueue_bulk(&junk, 8).is_ok() {
+            enqueued += junk.len() as u64;
+        }
         rounds += 1;
         thread::sleep(Duration::from_micros(500));
     });
+    // Each garbage entry the proxy took is counted once (a random buffer of the pool
+    // may be one the guest really held: not counted); nothing else.
+    expect(Scope::Bad, &["invalid"], 1, enqueued);
+    expect_exact("tx_invalid", 0);
+    expect_exact("tx_packets", 0);
     let peer = g.peer(Duration::from_millis(200));
     Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("{rounds} rounds of 32 garbage free-ring entries") }
 }
@@ -441,10 +513,16 @@ fn case_free_ring_positions(c: &Ctx<'_>) -> Seen {
         mem.atomic_u32((p.ring_offset() + DEQ_POS_OFFSET) as usize).unwrap().store(rng.next_u64() as u32, Ordering::Relaxed);
         thread::sleep(Duration::from_micros(200));
     });
+    // Positions are the guest's to make a mess of: no packet, no tx descriptor.
+    expect_exact("tx_invalid", 0);
+    expect_exact("tx_packets", 0);
     let peer = g.peer(Duration::from_millis(200));
     Seen { problem: None, disconnected: open_or_closed(&peer), note: "free ring positions rewritten every 200 us".into() }
 }
 
+/// No exact counters here: random words land in the rings' indices (the guest is cut,
+/// one `invalid`), in descriptors, in the free ring or in packet data, in an order that
+/// varies from run to run; the classes above check each of those outcomes on its own.
 fn case_random_memory(c: &Ctx<'_>) -> Seen {
     let g = ready(c);
     let mut rng = Rng(0x1234_5678);
@@ -467,11 +545,18 @@ fn case_random_memory(c: &Ctx<'_>) -> Seen {
     Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("{writes} random words written") }
 }
 
-fn refused_hello(path: &Path, h: &shm_contract::proto::Hello) -> Result<(), String> {
+/// Says `h` and expects a refusal with `code` whose reason contains `reason_part`.
+fn refused_hello(path: &Path, h: &shm_contract::proto::Hello, code: RefuseCode, reason_part: &str) -> Result<(), String> {
     let fd = connect(path).map_err(|e| e.to_string())?;
     match handshake(&fd, h) {
         Ok(_) => Err(format!("{h:?} was accepted")),
-        Err(_) => Ok(()),
+        Err(e) => {
+            let refusal = e.strip_prefix("refused (").and_then(|r| r.split_once("): ")).map(|(c, r)| format!("{c}: {r}"));
+            match refusal {
+                Some(r) if refusal_is(&r, code, reason_part) => Ok(()),
+                _ => Err(format!("{h:?}: expected a refusal '{code}: ...{reason_part}...', got {e}")),
+            }
+        }
     }
 }
 
@@ -479,26 +564,38 @@ fn case_bad_version(c: &Ctx<'_>) -> Seen {
     let mut h = hello(8 << 20, 256);
     h.version_min = 99;
     h.version_max = 120;
-    let r = refused_hello(c.bad, &h);
-    Seen { problem: None, disconnected: Some(r.is_ok()), note: format!("{r:?}") }
+    let r = refused_hello(c.bad, &h, RefuseCode::VersionMismatch, "no common protocol version");
+    expect_exact("refused", 1);
+    Seen { problem: r.clone().err(), disconnected: Some(r.is_ok()), note: format!("{r:?}") }
 }
 
 fn case_bad_sizes(c: &Ctx<'_>) -> Seen {
     let mut results = Vec::new();
-    for (size, rx, tx) in [
-        (u64::MAX, 256, 256),
-        (1 << 40, 256, 256),
-        (4096, 256, 256),
-        (8 << 20, 3, 256),
-        (8 << 20, 256, 1 << 31),
-        (8 << 20, u32::MAX, u32::MAX),
+    for (size, rx, tx, code, why) in [
+        (u64::MAX, 256, 256, RefuseCode::TooLarge, "--max-region-size"),
+        (1 << 40, 256, 256, RefuseCode::TooLarge, "--max-region-size"),
+                // (Rounded up to a whole page: a hugepage where there are some.)
+        (4096, 256, 256, RefuseCode::BadRequest, "cannot lay out the region: region size "),
+        // Out of the protocol's range: the Hello itself is malformed.
+        (8 << 20, 3, 256, RefuseCode::BadRequest, "malformed message: control message: rx_ring_entries = 3 out of range"),
+        (8 << 20, 256, 1 << 31, RefuseCode::BadRequest, "malformed message: control message: tx_ring_entries = 2147483648 out of range"),
+        (8 << 20, u32::MAX, u32::MAX, RefuseCode::BadRequest, "malformed message: control message: rx_ring_entries = 4294967295 out of range"),
     ] {
         let mut h = hello(size, rx);
         h.tx_ring_entries = tx;
-        results.push(refused_hello(c.bad, &h));
+        results.push(refused_hello(c.bad, &h, code, why));
     }
+    // Each connection refused once; a malformed message (the three last) also counts
+    // as a bad request, before Hello as after it.
+    expect_exact("refused", results.len() as u64);
+    expect_exact("bad_requests", 3);
     let all = results.iter().all(|r| r.is_ok());
-    Seen { problem: None, disconnected: Some(all), note: format!("{} absurd Hellos refused: {all}", results.len()) }
+    let wrong: Vec<String> = results.iter().filter_map(|r| r.clone().err()).collect();
+    Seen {
+        problem: (!wrong.is_empty()).then(|| wrong.join("; ")),
+        disconnected: Some(all),
+        note: format!("{} absurd Hellos refused with their reasons: {all}", results.len()),
+    }
 }
 
 fn case_mid_handshake(c: &Ctx<'_>) -> Seen {
@@ -509,6 +606,9 @@ fn case_mid_handshake(c: &Ctx<'_>) -> Seen {
     let g = Attached::attach(c.bad, &hello(8 << 20, 256));
     let vanished = g.is_ok();
     drop(g);
+    // The silent one is refused (no Hello); the one that vanished had been welcomed.
+    expect_exact("refused", 1);
+    expect_exact("bad_requests", 0);
     Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("silent connection: {peer:?}; attach-and-vanish: {vanished}") }
 }
 
@@ -527,7 +627,14 @@ fn case_connect_flood(c: &Ctx<'_>) -> Seen {
         thread::sleep(Duration::from_micros(2000));
     });
     let per_s = n as f64 / start.elapsed().as_secs_f64();
-    Seen { problem: None, disconnected: None, note: format!("{n} connects ({per_s:.0}/s, {errors} failed)") }
+    // Every connection to either socket is refused once: on the hostile socket for
+    // closing before its Hello, on the good one for being busy. (The proxy sees the
+    // last closes within milliseconds; the harness asks for its counters after this.)
+    thread::sleep(Duration::from_millis(200));
+    let each = (n - errors) / 2;
+    expect_exact("refused", each);
+    expect(Scope::Good, &["refused"], each, each);
+    Seen { problem: (errors != 0).then(|| format!("{errors} connects failed")), disconnected: None, note: format!("{n} connects ({per_s:.0}/s, {errors} failed)") }
 }
 
 fn case_random_bytes(c: &Ctx<'_>) -> Seen {
@@ -539,7 +646,7 @@ fn case_random_bytes(c: &Ctx<'_>) -> Seen {
     drop(fd);
     // After a good handshake: each datagram refused, the guest kept.
     let mut g = ready(c);
-    let mut sent = 0;
+    let mut sent = 0u64;
     for i in 0..40 {
         let len = 1 + rng.below(1500) as usize;
         let mut bytes = rng.bytes(len);
@@ -558,6 +665,10 @@ fn case_random_bytes(c: &Ctx<'_>) -> Seen {
     }
     let peer = g.peer(Duration::from_millis(500));
     let _ = &mut g;
+    // The datagram before Hello: refused and, being malformed, a bad request; each one
+    // after it (all malformed, for this seed): a bad request.
+    expect_exact("refused", 1);
+    expect_exact("bad_requests", sent + 1);
     // Cut off before its Hello, kept (each datagram refused) after it.
     let problem = (!first.is_closed() || peer.is_closed()).then(|| "expected: cut before Hello, kept after".to_string());
     Seen {
@@ -581,10 +692,16 @@ fn case_request_flood(c: &Ctx<'_>) -> Seen {
         }
     }
     let peer = wait_closed(&g.sock, Duration::from_secs(3));
+    // Each request the proxy read is refused (no pool 3) until it cuts the guest that
+    // does not read its answers; it cannot have read more than were sent.
+    expect(Scope::Bad, &["bad_requests"], 1, sent);
     Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("{sent} requests, no answer read") }
 }
 
 fn case_bad_pools(c: &Ctx<'_>) -> Seen {
+    // Every way a pool announcement can be wrong, each refused (BadRequest) with its
+    // own reason, then the requests that need state the guest does not have. Each
+    // refusal is one bad request; the guest stays.
     let mut g = Attached::attach(c.bad, &hello(8 << 20, 256)).unwrap();
     let heap = g.layout.heap();
     let good = PoolAdd {
@@ -597,31 +714,57 @@ fn case_bad_pools(c: &Ctx<'_>) -> Seen {
         mbuf_size: 128,
         data_room: 2176,
     };
-    let mut refused = 0;
-    let bad: Vec<PoolAdd> = vec![
-        PoolAdd { pool_id: 77, ..good },
-        PoolAdd { ring_entries: 500, ..good },
-        PoolAdd { count: u32::MAX, ring_entries: 1 << 31, ..good },
-        PoolAdd { first_mbuf_offset: 0, ..good },
-        PoolAdd { first_mbuf_offset: heap.offset + 8, ..good },
-        PoolAdd { ring_offset: u32::MAX - 63, ..good },
-        PoolAdd { stride: 64, ..good },
-        PoolAdd { count: 100_000, ring_entries: 1 << 17, ..good },
-        PoolAdd { first_mbuf_offset: heap.offset, ..good },
+    let bad: Vec<(PoolAdd, String)> = vec![
+        (PoolAdd { pool_id: 77, ..good }, "pool: id 77 not below 4".into()),
+        (PoolAdd { count: 0, ..good }, "pool: no objects".into()),
+        (PoolAdd { ring_entries: 500, ..good }, "pool: free ring of 500 cells is not a power of two".into()),
+        (PoolAdd { ring_entries: 256, ..good }, "pool: free ring of 256 cells is not a power of two in 512..=".into()),
+        (PoolAdd { count: u32::MAX, ring_entries: 1 << 31, ..good }, "(--max-guest-buffers)".into()),
+        (PoolAdd { mbuf_size: 64, ..good }, "pool: mbuf size 64 below 128".into()),
+        (PoolAdd { data_room: 32, ..good }, "pool: data room 32 below 64".into()),
+        (PoolAdd { stride: 64, ..good }, "pool: stride 64 below mbuf size + data room = 2304".into()),
+        (PoolAdd { stride: 2304 + 8, ..good }, "pool: stride 2312 not a multiple of 64".into()),
+        (PoolAdd { first_mbuf_offset: heap.offset + 8, ..good }, format!("pool: first mbuf at {} not 64-byte aligned", heap.offset + 8)),
+        (PoolAdd { ring_offset: heap.offset + 8, ..good }, format!("pool: free ring at {} not 64-byte aligned", heap.offset + 8)),
+        (PoolAdd { ring_offset: u32::MAX - 63, ..good }, format!("pool: free ring [{}, +", u32::MAX - 63)),
+        (PoolAdd { first_mbuf_offset: 0, ..good }, "pool: objects [0, ".into()),
+        (PoolAdd { count: 100_000, ring_entries: 1 << 17, ..good }, format!("pool: objects [{}, ", heap.offset + 8192)),
+        (PoolAdd { first_mbuf_offset: heap.offset, ..good }, "pool: free ring overlaps the objects".into()),
     ];
-    for add in &bad {
-        if matches!(g.request(&Message::PoolAdd(*add)), Ok(Message::Refuse { .. })) {
-            refused += 1;
+    let mut asks: Vec<(String, Message, String)> =
+        bad.iter().map(|(add, reason)| (format!("pool {add:?}"), Message::PoolAdd(*add), reason.clone())).collect();
+    // Requests that need what the guest has not got, or that only the proxy sends.
+    asks.push(("start without a pool".into(), Message::QueueStart { rx_pool_id: 3, flags: 0, rx_depth: 0 }, "no pool 3 was announced".into()));
+    asks.push(("delete of no pool".into(), Message::PoolDel { pool_id: 2 }, "no pool 2".into()));
+    asks.push(("a proxy's message".into(), Message::QueueStarted, "from a guest".into()));
+    let mut wrong = Vec::new();
+    let mut refusals = 0u64;
+    let mut refused_as = |g: &mut Attached, wrong: &mut Vec<String>, what: &str, msg: &Message, reason: &str| match g.request(msg) {
+        Ok(Message::Refuse { code: RefuseCode::BadRequest, reason: r }) if r.contains(reason) => refusals += 1,
+        Ok(Message::Refuse { code, reason: r }) => {
+            refusals += 1;
+            wrong.push(format!("{what}: refused '{code}: {r}', expected 'bad request: ...{reason}...'"));
         }
+        other => wrong.push(format!("{what}: answered {other:?}, expected a refusal '...{reason}...'")),
+    };
+    for (what, msg, reason) in &asks {
+        refused_as(&mut g, &mut wrong, what, msg, reason);
     }
-    // Queue start without a pool, then a foreign message kind.
-    let no_pool = matches!(g.request(&Message::QueueStart { rx_pool_id: 3, flags: 0, rx_depth: 0 }), Ok(Message::Refuse { .. }));
-    let odd = matches!(g.request(&Message::QueueStarted), Ok(Message::Refuse { .. }));
+    // A good pool, then one with its id and one on top of it.
+    if !matches!(g.request(&Message::PoolAdd(good)), Ok(Message::PoolAck { pool_id: 1 })) {
+        wrong.push("the good pool was not accepted".into());
+    }
+    refused_as(&mut g, &mut wrong, "same id", &Message::PoolAdd(good), "pool id 1 is already in use");
+    refused_as(&mut g, &mut wrong, "overlapping pool", &Message::PoolAdd(PoolAdd { pool_id: 2, ..good }), "pool: overlaps pool 1");
+    let asked = asks.len() as u64 + 2;
+    expect_exact("bad_requests", asked);
+    expect_exact("refused", 0);
+    expect_exact("invalid", 0);
     let peer = g.peer(Duration::from_millis(300));
     Seen {
-        problem: None,
+        problem: (!wrong.is_empty()).then(|| wrong.join("; ")),
         disconnected: open_or_closed(&peer),
-        note: format!("{refused}/{} bad pools refused, start without pool refused: {no_pool}, foreign kind refused: {odd}", bad.len()),
+        note: format!("{refusals}/{asked} bad pools and requests refused (each with its reason: {})", wrong.is_empty()),
     }
 }
 
@@ -643,21 +786,24 @@ fn case_reattach_foreign_fd(c: &Ctx<'_>) -> Seen {
         assert_eq!(libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC), 0);
         (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1]))
     };
-    for fd in [&memfd, &r] {
+    let mut wrong = Vec::new();
+    for (fd, why) in [(Some(&memfd), "cannot adopt the guest's region"), (Some(&r), "cannot adopt the guest's region"), (None, "(got 0 fds)")] {
         let sock = connect(c.bad).unwrap();
         let mut h = hello(8 << 20, 256);
         h.flags = HELLO_FLAG_REATTACH;
-        send_message(sock.as_fd(), &Message::Hello(h), 1, &[fd.as_fd()]).unwrap();
-        outcomes.push(wait_closed(&sock, Duration::from_secs(3)));
+        let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
+        send_message(sock.as_fd(), &Message::Hello(h), 1, &fds).unwrap();
+        let peer = wait_closed(&sock, Duration::from_secs(3));
+        if !matches!(&peer, Peer::Closed { refused: Some(r) } if refusal_is(r, RefuseCode::BadRequest, why)) {
+            wrong.push(format!("expected a refusal 'bad request: ...{why}...', saw {peer:?}"));
+        }
+        outcomes.push(peer);
     }
-    // A reattach without any fd.
-    let sock = connect(c.bad).unwrap();
-    let mut h = hello(8 << 20, 256);
-    h.flags = HELLO_FLAG_REATTACH;
-    send_message(sock.as_fd(), &Message::Hello(h), 1, &[]).unwrap();
-    outcomes.push(wait_closed(&sock, Duration::from_secs(3)));
+    // Refused in the handshake, each; an fd where one is expected is not unwanted.
+    expect_exact("refused", 3);
+    expect_exact("unwanted_fds", 0);
     let all = outcomes.iter().all(Peer::is_closed);
-    Seen { problem: None, disconnected: Some(all), note: format!("{outcomes:?}") }
+    Seen { problem: (!wrong.is_empty()).then(|| wrong.join("; ")), disconnected: Some(all), note: format!("{outcomes:?}") }
 }
 
 fn case_queue_flapping(c: &Ctx<'_>) -> Seen {
@@ -666,19 +812,30 @@ fn case_queue_flapping(c: &Ctx<'_>) -> Seen {
     // guest's queue too; the proxy must not let one guest do that without bound: after
     // a burst, starts beyond 10 per second are refused.
     let mut g = ready(c);
-    let (mut ok, mut refused) = (0u32, 0u32);
+    let (mut ok, mut refused, mut other_reason) = (0u32, 0u32, None);
     let deadline = Instant::now() + CASE_TIME;
     while Instant::now() < deadline {
         for msg in [Message::QueueStop, Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0 }] {
             match g.request(&msg) {
-                Ok(Message::Refuse { .. }) => refused += 1,
+                Ok(Message::Refuse { code: RefuseCode::BadRequest, reason }) if reason.contains("queue starts per second") => refused += 1,
+                Ok(Message::Refuse { code, reason }) => {
+                    refused += 1;
+                    other_reason = Some(format!("{code}: {reason}"));
+                }
                 Ok(_) => ok += 1,
                 Err(_) => break,
             }
         }
     }
+    // Each refused start is a bad request, and only those.
+    expect_exact("bad_requests", refused as u64);
+    let problem = match (refused, other_reason) {
+        (0, _) => Some("no queue start was refused".to_string()),
+        (_, Some(r)) => Some(format!("a start refused for another reason: {r}")),
+        _ => None,
+    };
     let peer = g.peer(Duration::from_millis(200));
-    Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("{ok} queue stops/starts done, {refused} refused") }
+    Seen { problem, disconnected: open_or_closed(&peer), note: format!("{ok} queue stops/starts done, {refused} refused") }
 }
 
 fn case_huge_pool(c: &Ctx<'_>) -> Seen {
@@ -708,8 +865,9 @@ fn case_huge_pool(c: &Ctx<'_>) -> Seen {
     let peer = g.peer(Duration::from_millis(200));
     // The per-guest quota (--max-guest-buffers, 512 Ki by default) refuses it before
     // the proxy spends any memory on it.
+    expect_exact("bad_requests", 1);
     let problem = match &answer {
-        Ok(Message::Refuse { reason, .. }) if reason.contains("--max-guest-buffers") => None,
+        Ok(Message::Refuse { code: RefuseCode::BadRequest, reason }) if reason.contains("--max-guest-buffers") => None,
         other => Some(format!("expected a refusal naming --max-guest-buffers, got {other:?}")),
     };
     Seen { problem, disconnected: open_or_closed(&peer), note: format!("PoolAdd of {count} buffers answered {answer:?} in {took:?}") }
@@ -746,7 +904,15 @@ fn case_punched_region(c: &Ctx<'_>) -> Seen {
     let peer = wait_closed(&g.sock, Duration::from_secs(5));
     let held = hog.files();
     drop(hog);
-    Seen { problem: None, disconnected: Some(peer.is_closed()), note: format!("all free hugepages held ({held} files) until the proxy cut the guest") }
+    // One invalid input (the vanished pages), the guest told why and cut.
+    expect_exact("invalid", 1);
+    expect_exact("tx_invalid", 0);
+    let told = matches!(&peer, Peer::Closed { refused: Some(r) } if refusal_is(r, RefuseCode::BadRequest, "pages of the guest's region vanished"));
+    Seen {
+        problem: (!told).then(|| format!("expected a refusal 'bad request: pages of the guest's region vanished...', saw {peer:?}")),
+        disconnected: Some(peer.is_closed()),
+        note: format!("all free hugepages held ({held} files) until the proxy cut the guest"),
+    }
 }
 
 fn case_wakeup_abuse(c: &Ctx<'_>) -> Seen {
@@ -759,7 +925,13 @@ fn case_wakeup_abuse(c: &Ctx<'_>) -> Seen {
     let (r, _w) = pipe();
     let mut g = Attached::attach(c.bad, &hello(8 << 20, 256)).unwrap();
     g.add_pool(512, 256).unwrap();
-    let pipe_refused = matches!(g.request_with_fds(&start, &[r.as_fd()]), Ok(Message::Refuse { .. }));
+    let pipe_refused = matches!(
+        g.request_with_fds(&start, &[r.as_fd()]),
+        Ok(Message::Refuse { code: RefuseCode::BadRequest, reason }) if reason.contains("where the protocol passes none")
+    );
+    // The pipe: one unwanted descriptor, one bad request; the rest is legal.
+    expect_exact("unwanted_fds", 1);
+    expect_exact("bad_requests", 1);
     let pipe_cut = wait_closed(&g.sock, Duration::from_secs(3)).is_closed();
     drop(g);
     let mut g = Attached::attach(c.bad, &hello(8 << 20, 256)).unwrap();
@@ -804,6 +976,7 @@ fn case_tx_ring_garbage_flood(c: &Ctx<'_>) -> Seen {
     // releases it: every poll finds a full ring of invalid descriptors. The proxy must
     // spend no more on it per poll than on a burst of real packets.
     let mut g = Attached::ready_with(c.bad, 65536, 512, 256).unwrap_or_else(|e| panic!("hostile attach: {e}"));
+    let start = g.tx_prod;
     let mut rounds = 0u64;
     let g_ref = &mut g;
     for_a_while(|| {
@@ -816,8 +989,18 @@ fn case_tx_ring_garbage_flood(c: &Ctx<'_>) -> Seen {
         g_ref.set_tx_prod(cons.wrapping_add(65536));
         rounds += 1;
     });
+    // Every descriptor published is a packet of one invalid segment, counted once.
+    let consumed = tx_all_consumed(&g);
+    let published = g.tx_prod.wrapping_sub(start) as u64;
+    expect_exact("tx_invalid", published);
+    expect_exact("invalid", published);
+    expect_exact("tx_packets", 0);
     let peer = g.peer(Duration::from_millis(200));
-    Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("{rounds} republications of a full 65536-entry ring") }
+    Seen {
+        problem: (!consumed).then(|| format!("the proxy stopped consuming: cons {} prod {}", g.tx_cons(), g.tx_prod)),
+        disconnected: open_or_closed(&peer),
+        note: format!("{rounds} republications of a full 65536-entry ring"),
+    }
 }
 
 // ---- Passed descriptors (issue 16, item 2). Each case passes descriptors the protocol
@@ -840,10 +1023,11 @@ fn lingering(keep: &mut Vec<std::net::TcpStream>) -> OwnedFd {
 }
 
 /// Sends `bytes` with `fds` on `sock` and waits for the proxy to close it; returns
-/// whether it did (a send that fails because the proxy already closed counts).
-fn passed_and_cut(sock: &OwnedFd, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> bool {
-    let _ = send_or_disarm(sock, bytes, fds);
-    wait_closed(sock, Duration::from_secs(3)).is_closed()
+/// whether the message went out and whether the proxy closed the connection (a send
+/// that fails because the proxy already closed counts as closed).
+fn passed_and_cut(sock: &OwnedFd, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> (bool, bool) {
+    let sent = send_or_disarm(sock, bytes, fds).is_ok();
+    (sent, wait_closed(sock, Duration::from_secs(3)).is_closed())
 }
 
 /// The messages a descriptor can come with, before Hello and after (`None`: a
@@ -869,17 +1053,23 @@ fn message_kinds() -> Vec<(&'static str, bool, Option<Message>)> {
 
 /// Passes descriptors made by `make` with every kind of message, each on a fresh
 /// connection (attached first where the message needs a guest), until CASE_TIME is
-/// over; returns (attempts, cut, the kinds that were not cut).
+/// over; returns (attempts, cut, the kinds that were not cut), and says what the
+/// hostile socket's counters must show: every descriptor that came where none is
+/// expected in `unwanted_fds`; each connection refused (before a guest: `refused`) or
+/// its message refused (with a guest: `bad_requests`) once; and on the global line,
+/// every connection and descriptor passed closed by the reaper, none leaked.
 fn pass_with_every_message(c: &Ctx<'_>, mut make: impl FnMut() -> Vec<OwnedFd>) -> (u32, u32, Vec<&'static str>) {
     let (mut attempts, mut cut, mut kept) = (0, 0, Vec::new());
+    let (mut unwanted, mut passed, mut before_guest, mut with_guest) = (0u64, 0u64, 0u64, 0u64);
     let deadline = Instant::now() + CASE_TIME;
     while Instant::now() < deadline {
         for (name, attached, msg) in message_kinds() {
             let fds = make();
             let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            let reattach = matches!(&msg, Some(Message::Hello(h)) if h.flags & HELLO_FLAG_REATTACH != 0);
             let bytes = msg.map_or_else(|| b"not a message, with descriptors".to_vec(), |m| datagram(&m, 9));
             attempts += 1;
-            let closed = if attached {
+            let (sent, closed) = if attached {
                 match Attached::attach(c.bad, &hello(8 << 20, 256)) {
                     Ok(g) => passed_and_cut(&g.sock, &bytes, &borrowed),
                     Err(e) => panic!("hostile attach: {e}"),
@@ -887,6 +1077,18 @@ fn pass_with_every_message(c: &Ctx<'_>, mut make: impl FnMut() -> Vec<OwnedFd>) 
             } else {
                 passed_and_cut(&connect(c.bad).unwrap(), &bytes, &borrowed)
             };
+            if sent {
+                passed += fds.len() as u64;
+                // The one place a descriptor is expected: checked, refused, not unwanted.
+                if !reattach {
+                    unwanted += fds.len() as u64;
+                }
+                if attached {
+                    with_guest += 1;
+                } else {
+                    before_guest += 1;
+                }
+            }
             // Ours are closed here: the proxy's copies were the last ones.
             drop(borrowed);
             drop(fds);
@@ -897,6 +1099,13 @@ fn pass_with_every_message(c: &Ctx<'_>, mut make: impl FnMut() -> Vec<OwnedFd>) 
             }
         }
     }
+    expect_exact("unwanted_fds", unwanted);
+    expect_exact("refused", before_guest);
+    expect_exact("bad_requests", with_guest);
+    // Every connection and every descriptor that reached the proxy is closed by the
+    // reaper.
+    expect(Scope::Global, &["reaper_closed"], passed + attempts as u64, u64::MAX);
+    expect(Scope::Global, &["reaper_leaked"], 0, 0);
     (attempts, cut, kept)
 }
 
@@ -943,6 +1152,13 @@ fn case_fds_refused_peer(c: &Ctx<'_>) -> Seen {
         }
         last = Some(peer);
     }
+    // Each connection refused once on the allowlist socket, none of its descriptors
+    // taken; nothing of it on the hostile socket.
+    expect(Scope::Allow, &["refused"], attempts as u64, attempts as u64);
+    expect(Scope::Allow, &["unwanted_fds"], 0, 0);
+    expect(Scope::Allow, &["bad_requests"], 0, 0);
+    expect_exact("refused", 0);
+    expect(Scope::Global, &["reaper_leaked"], 0, 0);
     let problem = (told != attempts).then(|| format!("{told}/{attempts} refused peers were told why; last {last:?}"));
     Seen {
         problem,
@@ -1013,6 +1229,16 @@ fn case_fds_unread_at_close(c: &Ctx<'_>) -> Seen {
             busy_told += 1;
         }
     }
+    // The attached guest is cut at its first message (one descriptor unwanted, one bad
+    // request); the busy socket refuses each connection and reads nothing from it.
+    expect_exact("unwanted_fds", attempts as u64);
+    expect_exact("bad_requests", attempts as u64);
+    expect(Scope::Good, &["refused"], busy_told as u64, busy_told as u64);
+    expect(Scope::Good, &["unwanted_fds"], 0, 0);
+    // The reaper closes both connections of each round and the one descriptor the
+    // proxy took; the others are released inside those connections' closes.
+    expect(Scope::Global, &["reaper_closed"], 3 * attempts as u64, u64::MAX);
+    expect(Scope::Global, &["reaper_leaked"], 0, 0);
     let problem = (busy_told != attempts).then(|| format!("{busy_told}/{attempts} connections to the busy socket were told so"));
     Seen { problem, disconnected: Some(true), note: format!("{attempts} x (10 unread messages with lingering sockets on a cut guest + 10 on a busy socket)") }
 }
@@ -1046,13 +1272,78 @@ impl FdProbe {
 
 // ---- Bounded work per round and ring indices (issue 16, items 3, 5, 6) ----
 
-/// Exact changes of the hostile socket's counters a case expects (name, delta), set by
-/// the case while it runs and checked by the harness after it (a missing counter fails).
-/// A side channel rather than a field of `Seen`: the numbers are known only to the case.
-static EXACT: std::sync::Mutex<Vec<(&'static str, u64)>> = std::sync::Mutex::new(Vec::new());
+/// Which `show stats` line a counter expectation is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    /// The hostile socket (queue 0).
+    Bad,
+    /// The good guest's socket (queue 1).
+    Good,
+    /// The socket whose allowlist refuses this test's uid (queue 3).
+    Allow,
+    /// The proxy's global line (reaper, unclaimed buffers).
+    Global,
+}
 
+/// What a case expects of a counter: the change of `keys` (summed) over the case lies
+/// in `min..=max`. Set by the case while it runs (the numbers are known only to it) and
+/// checked by the harness after it; a counter missing from its line fails the case.
+#[derive(Clone, Debug)]
+struct Want {
+    scope: Scope,
+    keys: Vec<&'static str>,
+    min: u64,
+    max: u64,
+}
+
+/// A side channel rather than a field of `Seen`: cases return early in many places.
+static EXACT: std::sync::Mutex<Vec<Want>> = std::sync::Mutex::new(Vec::new());
+
+fn expect(scope: Scope, keys: &[&'static str], min: u64, max: u64) {
+    EXACT.lock().unwrap_or_else(|e| e.into_inner()).push(Want { scope, keys: keys.to_vec(), min, max });
+}
+
+/// The hostile socket's `counter` changes by exactly `delta` over the case.
 fn expect_exact(counter: &'static str, delta: u64) {
-    EXACT.lock().unwrap_or_else(|e| e.into_inner()).push((counter, delta));
+    expect(Scope::Bad, &[counter], delta, delta);
+}
+
+/// The hostile socket's `counter` changes by at least `min` over the case.
+fn expect_at_least(counter: &'static str, min: u64) {
+    expect(Scope::Bad, &[counter], min, u64::MAX);
+}
+
+/// The changes of the hostile socket's `counters` add up to exactly `total`.
+fn expect_sum(counters: &[&'static str], total: u64) {
+    expect(Scope::Bad, counters, total, total);
+}
+
+/// Whether the change of a counter (summed over its keys) between two stats lines is
+/// what `w` wants; a missing counter is an error.
+fn check_want(w: &Want, before: &Stats, after: &Stats) -> Result<(), String> {
+    let mut delta = 0u64;
+    for key in &w.keys {
+        let (a, z) = (counter_named(before, key)?, counter_named(after, key)?);
+        delta = delta.wrapping_add(z.wrapping_sub(a));
+    }
+    let what = format!("{:?} {}", w.scope, w.keys.join("+"));
+    match (w.min, w.max) {
+        (min, max) if (min..=max).contains(&delta) => Ok(()),
+        (min, max) if min == max => Err(format!("{what} changed by {delta}, expected exactly {min}")),
+        (min, u64::MAX) => Err(format!("{what} changed by {delta}, expected at least {min}")),
+        (min, max) => Err(format!("{what} changed by {delta}, expected {min}..={max}")),
+    }
+}
+
+/// A refusal (`code: reason`, as `Peer` and the harness format it) is the expected one:
+/// its code, and a part of its reason.
+fn refusal_is(refusal: &str, code: RefuseCode, reason_part: &str) -> bool {
+    refusal.starts_with(&format!("{code}: ")) && refusal.contains(reason_part)
+}
+
+/// A counter of a `show stats` line; a missing one ends the test.
+fn strict(s: &Stats, k: &str) -> u64 {
+    counter_named(s, k).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A counter of a `show stats` line, or why not.
@@ -1249,6 +1540,30 @@ fn case_rx_cons_backwards(c: &Ctx<'_>) -> Seen {
 
 // ---- end of the bounded-work block ----
 
+/// Guests a case leaves attached until the harness has read the counters (dropped after).
+static HELD: std::sync::Mutex<Vec<Attached>> = std::sync::Mutex::new(Vec::new());
+/// How the proxy must show the hostile guest's name (`guest=` and its log), if a case
+/// says so.
+static SHOWN_AS: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn case_app_name(c: &Ctx<'_>) -> Seen {
+    // Issue 16 item 6: a guest names itself so as to forge a stats line, a counter and
+    // a terminal escape; the proxy shows every byte outside its safe set as %XX.
+    let mut h = hello(8 << 20, 256);
+    // (At most 32 bytes fit.)
+    h.app_name = "x invalid=0\nsocket=/f\u{1b}[2J%".into();
+    let g = match Attached::attach(c.bad, &h) {
+        Ok(g) => g,
+        Err(e) => return Seen { problem: Some(format!("attach: {e}")), disconnected: None, note: String::new() },
+    };
+    *SHOWN_AS.lock().unwrap_or_else(|e| e.into_inner()) = Some("x%20invalid%3D0%0Asocket%3D/f%1B%5B2J%25".into());
+    expect_exact("refused", 0);
+    expect_exact("bad_requests", 0);
+    let peer = g.peer(Duration::from_millis(200));
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(g);
+    Seen { problem: None, disconnected: open_or_closed(&peer), note: "app name with a newline, '=', spaces, ESC and '%'".into() }
+}
+
 struct Case {
     name: &'static str,
     run: CaseFn,
@@ -1303,6 +1618,8 @@ fn cases() -> Vec<Case> {
         Case { name: "tx chains published in parts", run: case_partial_chains, expect: Expect { disconnected: Some(false), tx_after: true, ..Expect::default() } },
         Case { name: "packets beyond the port's limits", run: case_tx_limits, expect: Expect { disconnected: Some(false), tx_after: true, ..Expect::default() } },
         Case { name: "rx consumer index backwards in the window", run: case_rx_cons_backwards, expect: cut },
+        // Names shown escaped (issue 16, item 6).
+        Case { name: "application name that forges a stats line", run: case_app_name, expect: Expect { disconnected: Some(false), ..Expect::default() } },
     ]
 }
 
@@ -1313,8 +1630,8 @@ fn hostile_guests_do_not_disturb_a_good_one() {
     let only = std::env::var("HOSTILE_CASES").ok();
     let mut failures = Vec::new();
     let mut table = vec![format!(
-        "{:<48} {:>8} {:>8} {:>8} {:>8} {:>6} {:>5} {:>9} {:>9} {:>6} {:>9} {:>9}  note",
-        "case", "invalid", "refused", "bad_req", "tx_pkts", "cut", "warns", "good_pps0", "good_pps", "ratio", "stats_ms", "attach_ms"
+        "{:<48} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>6} {:>5} {:>9} {:>9} {:>6} {:>9} {:>9}  note",
+        "case", "invalid", "tx_inv", "refused", "bad_req", "tx_pkts", "unw_fds", "exact", "cut", "warns", "good_pps0", "good_pps", "ratio", "stats_ms", "attach_ms"
     )];
     for case in cases() {
         // HOSTILE_CASES: substrings of case names, separated by '|'.
@@ -1324,7 +1641,7 @@ fn hostile_guests_do_not_disturb_a_good_one() {
         let before_rate = b.good_rate(Duration::from_secs(1));
         let (g0, h0) = b.stats();
         let allow_sock = b.allow_sock.clone();
-        let (a0, _) = b.socket_and_global_stats(&allow_sock);
+        let (a0, global0) = b.socket_and_global_stats(&allow_sock);
         let out0 = b.proxy.out.text().len();
         let t = Instant::now();
         EXACT.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -1357,24 +1674,36 @@ fn hostile_guests_do_not_disturb_a_good_one() {
         }
         let (g1, h1) = b.stats();
         let elapsed = t.elapsed().as_secs_f64();
-        let rate = (counter(&g1, "tx_packets") - counter(&g0, "tx_packets")) as f64 / elapsed;
-        let d = |a: &Stats, z: &Stats, k: &str| counter(z, k).wrapping_sub(counter(a, k));
+        let rate = (strict(&g1, "tx_packets") - strict(&g0, "tx_packets")) as f64 / elapsed;
+        let d = |a: &Stats, z: &Stats, k: &str| strict(z, k).wrapping_sub(strict(a, k));
         let text = b.proxy.out.text();
         let bad_path = b.bad_sock.display().to_string();
         let warns = text[out0..].lines().filter(|l| l.contains("warning") && l.contains(&bad_path)).count();
         let mut errs = Vec::new();
+        if let Some(shown) = SHOWN_AS.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if h1.get("guest") != Some(&shown) {
+                errs.push(format!("the guest's name shown as {:?}, expected {shown:?}", h1.get("guest")));
+            }
+            if !text[out0..].contains(&format!("guest '{shown}' (pid ")) {
+                errs.push(format!("no log line names the guest '{shown}'"));
+            }
+            if text[out0..].lines().any(|l| l.starts_with("socket=/f\u{1b}") || l.contains("\u{1b}")) {
+                errs.push("a forged line or an escape sequence reached the proxy's output".into());
+            }
+        }
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).clear();
         if !b.proxy.is_running() {
             errs.push("the proxy died".to_string());
         }
         for k in ["tx_dropped", "rx_dropped", "invalid", "bad_requests"] {
-            if counter(&g1, k) != 0 {
-                errs.push(format!("good socket {k}={}", counter(&g1, k)));
+            if strict(&g1, k) != 0 {
+                errs.push(format!("good socket {k}={}", strict(&g1, k)));
             }
         }
         if !case.expect.touches_good_socket && d(&g0, &g1, "refused") != 0 {
             errs.push("good socket refused moved".into());
         }
-        if counter(&g1, "guests_served") != 1 || g1.get("guest").is_none_or(|g| g == "-") {
+        if strict(&g1, "guests_served") != 1 || g1.get("guest").is_none_or(|g| g == "-") {
             errs.push(format!("the good guest lost its attachment: {g1:?}"));
         }
         let ratio = if case.expect.control_plane { control_plane_min_ratio() } else { data_ratio };
@@ -1404,19 +1733,26 @@ fn hostile_guests_do_not_disturb_a_good_one() {
         if let Some(p) = &seen.problem {
             errs.push(p.clone());
         }
-        for (key, want) in std::mem::take(&mut *EXACT.lock().unwrap_or_else(|e| e.into_inner())) {
-            match (counter_named(&h0, key), counter_named(&h1, key)) {
-                (Ok(a), Ok(z)) if z.wrapping_sub(a) == want => {}
-                (Ok(a), Ok(z)) => errs.push(format!("{key} changed by {}, expected exactly {want}", z.wrapping_sub(a))),
-                (Err(e), _) | (_, Err(e)) => errs.push(e),
+        let wants = std::mem::take(&mut *EXACT.lock().unwrap_or_else(|e| e.into_inner()));
+        // The reaper closes what peers passed on its own thread: wait (bounded) until
+        // it has caught up before its counters are compared.
+        let global1 = if wants.iter().any(|w| w.scope == Scope::Global) { b.reaper_idle(Duration::from_secs(10)) } else { Stats::new() };
+        let (a1, _) = b.socket_and_global_stats(&allow_sock);
+        for w in &wants {
+            let (before, after) = match w.scope {
+                Scope::Bad => (&h0, &h1),
+                Scope::Good => (&g0, &g1),
+                Scope::Allow => (&a0, &a1),
+                Scope::Global => (&global0, &global1),
+            };
+            if let Err(e) = check_want(w, before, after) {
+                errs.push(e);
             }
         }
+        let exact_col = wants.len();
         if e.tx_after && d(&h0, &h1, "tx_packets") == 0 {
             errs.push("the hostile guest's correct packets did not go out".into());
         }
-        let strict = |s: &Stats, k: &str| -> u64 {
-            s.get(k).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no counter {k} in {s:?}"))
-        };
         if e.unwanted_fds && strict(&h1, "unwanted_fds") <= strict(&h0, "unwanted_fds") {
             errs.push("nothing counted in unwanted_fds".into());
         }
@@ -1457,12 +1793,15 @@ fn hostile_guests_do_not_disturb_a_good_one() {
             errs.push(format!("{warns} warning lines (more than {allowed})"));
         }
         table.push(format!(
-            "{:<48} {:>8} {:>8} {:>8} {:>8} {:>6} {:>5} {:>9.0} {:>9.0} {:>6.2} {:>9} {:>9}  {}",
+            "{:<48} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>6} {:>5} {:>9.0} {:>9.0} {:>6.2} {:>9} {:>9}  {}",
             case.name,
             d(&h0, &h1, "invalid"),
+            d(&h0, &h1, "tx_invalid"),
             d(&h0, &h1, "refused"),
             d(&h0, &h1, "bad_requests"),
             d(&h0, &h1, "tx_packets"),
+            d(&h0, &h1, "unwanted_fds"),
+            exact_col,
             seen.disconnected.map_or("-".to_string(), |c| c.to_string()),
             warns,
             before_rate,
