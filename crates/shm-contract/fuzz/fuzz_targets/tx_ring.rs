@@ -26,6 +26,8 @@ use shm_contract::tx::{take_packet, ChainScan, TxPacket, TxSink, MAX_SEGS, TX_DE
 use shm_contract::{Desc, DescConsumer, DescFlags, DescRing, PoolAdd, PoolLayout, RegionFlags, RegionLayout};
 
 const REGION: u64 = 1 << 20;
+/// Most buffers in a pool of this target (pool a; pool b has at most 16).
+const MAX_POOL_COUNT: usize = 64;
 /// The proxy's number (proxy-app/src/datapath.rs).
 const BURST: usize = 32;
 
@@ -100,7 +102,7 @@ impl TxSink for Model {
 fn pools(region: &RegionLayout, input: &mut Input<'_>) -> [PoolLayout; 2] {
     let heap = region.heap();
     let stride_a = 192 + 64 * (input.u8() as u32 % 40);
-    let count_a = 1 + input.u8() as u32 % 64;
+    let count_a = 1 + input.u8() as u32 % MAX_POOL_COUNT as u32;
     let a = PoolAdd {
         pool_id: 0,
         ring_offset: heap.offset,
@@ -145,7 +147,10 @@ fuzz_target!(|data: &[u8]| {
 fn run(input: &mut Input<'_>, region: &RegionLayout, pools: [PoolLayout; 2], backing: &HeapMem) {
     let mem = backing.mem();
     let tx = region.tx_ring();
-    mem.write_bytes(tx.offset as usize, &vec![0; DescRing::bytes_for(tx.entries) as usize]).unwrap();
+    // The previous input's slots zeroed (`init` zeroes the indices).
+    for word in mem.atomic_u64_slice(tx.offset as usize + SLOTS_OFFSET as usize, tx.entries as usize * 2).unwrap() {
+        word.store(0, Relaxed);
+    }
     DescRing::init(&mem, tx).unwrap();
     let mut ring = DescConsumer::new(&mem, tx).unwrap();
     let base = tx.offset as usize;
@@ -158,8 +163,11 @@ fn run(input: &mut Input<'_>, region: &RegionLayout, pools: [PoolLayout; 2], bac
         building: Vec::new(),
         returned: 0,
     };
-    // Packets "on the NIC": their buffers are ProxyTx until sent.
-    let mut on_nic: Vec<Vec<(usize, u32)>> = Vec::new();
+    // Packets "on the NIC": their buffers are ProxyTx until sent. One flat list of
+    // segments and one of packet sizes (no allocation per packet: allocations cost a
+    // stack trace each under the sanitizer).
+    let mut on_nic: Vec<(usize, u32)> = Vec::new();
+    let mut on_nic_packets: Vec<usize> = Vec::new();
     // The guest's own producer position (it may also lie about it).
     let mut guest_prod = 0u32;
     let mut broken = false;
@@ -213,12 +221,11 @@ fn run(input: &mut Input<'_>, region: &RegionLayout, pools: [PoolLayout; 2], bac
             }
             // The NIC sends some of what it holds.
             6 => {
-                let n = (input.u8() as usize).min(on_nic.len());
-                for pkt in on_nic.drain(..n) {
-                    for (p, i) in pkt {
-                        assert_eq!(model.owner[p][i as usize], Owner::ProxyTx);
-                        model.owner[p][i as usize] = Owner::Guest;
-                    }
+                let n = (input.u8() as usize).min(on_nic_packets.len());
+                let segs: usize = on_nic_packets.drain(..n).sum();
+                for (p, i) in on_nic.drain(..segs) {
+                    assert_eq!(model.owner[p][i as usize], Owner::ProxyTx);
+                    model.owner[p][i as usize] = Owner::Guest;
                 }
             }
             // One poll of the data loop, exactly as `Polled::send_to_nic` does it.
@@ -243,7 +250,11 @@ fn run(input: &mut Input<'_>, region: &RegionLayout, pools: [PoolLayout; 2], bac
                         continue;
                     }
                 }
-                let held_before: Vec<Vec<Owner>> = model.owner.to_vec();
+                // (A copy on the stack: pools have at most MAX_POOL_COUNT buffers.)
+                let mut held_before = [[Owner::Guest; MAX_POOL_COUNT]; 2];
+                for (before, now) in held_before.iter_mut().zip(&model.owner) {
+                    before[..now.len()].copy_from_slice(now);
+                }
                 let mut used = 0u32;
                 let mut taken = 0;
                 let mut budget = TX_DESC_BUDGET;
@@ -281,7 +292,6 @@ fn run(input: &mut Input<'_>, region: &RegionLayout, pools: [PoolLayout; 2], bac
                             assert_eq!(segs as usize, model.building.len());
                             assert_eq!(scan.waiting(), 0);
                             let mut sum = 0u32;
-                            let mut pkt = Vec::new();
                             for (k, &(p, i, d)) in model.building.iter().enumerate() {
                                 let layout = &model.pools[p];
                                 assert_eq!(layout.buffer_index(d.offset), Some(i));
@@ -293,11 +303,11 @@ fn run(input: &mut Input<'_>, region: &RegionLayout, pools: [PoolLayout; 2], bac
                                 // It was the guest's before this poll.
                                 assert_eq!(held_before[p][i as usize], Owner::Guest);
                                 sum += d.data_len as u32;
-                                pkt.push((p, i));
+                                on_nic.push((p, i));
                             }
                             assert_eq!(sum, len);
                             model.building.clear();
-                            on_nic.push(pkt);
+                            on_nic_packets.push(segs as usize);
                         }
                     }
                 }
@@ -308,7 +318,7 @@ fn run(input: &mut Input<'_>, region: &RegionLayout, pools: [PoolLayout; 2], bac
         }
     }
     // Whatever is still on the NIC is the only thing the proxy holds for tx.
-    let on_nic_count: usize = on_nic.iter().map(Vec::len).sum();
+    let on_nic_count = on_nic.len();
     let tx_held = model.owner.iter().flatten().filter(|&&o| o == Owner::ProxyTx).count();
     assert_eq!(on_nic_count, tx_held);
 }
