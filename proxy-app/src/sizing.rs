@@ -7,8 +7,11 @@
 //!
 //! Backing: hugepages are shared fairly. A region goes on hugepages only if it is at
 //! most a guest's share (`--hugepages-per-guest`, by default an eighth of the system's
-//! hugepages) and, once taken, at least one share stays free (for the next guests and
-//! the proxy's own DPDK memory); else it goes on 4 KiB pages, and the attach says why.
+//! hugepages), if, once taken, at least one share stays free (for the next guests and
+//! the proxy's own DPDK memory), and if rounding to hugepages does not more than double
+//! it (a small pool's header, rings and heap take a hugepage each: an idle guest with a
+//! 1 MiB pool would hold 8 MiB of them); else it goes on 4 KiB pages, and the attach
+//! log says why.
 //! A region on 4 KiB pages is refused (`NoMemory`) if it would leave the machine less
 //! than a sixteenth of its memory available.
 
@@ -119,6 +122,13 @@ pub fn plan(
     if limits.try_hugepages && mem.hugepage_size != 0 {
         let page = mem.hugepage_size;
         match size_on(page).map(|s| s.next_multiple_of(page)).filter(|&s| s <= limits.max_size) {
+            Some(huge) if huge > 2 * small => {
+                fallback = Some(format!(
+                    "hugepages would take {} MiB for {} KiB",
+                    huge >> 20,
+                    small.div_ceil(1024)
+                ))
+            }
             Some(huge) if huge > limits.hugepage_share => {
                 fallback = Some(format!(
                     "{} MiB on hugepages would be more than a guest's share of them ({} MiB, --hugepages-per-guest)",
@@ -191,16 +201,21 @@ mod tests {
 
     #[test]
     fn a_pool_plan_gets_a_region_that_just_fits_it() {
-        // 512 buffers of 2176 bytes and their free ring: about 1.1 MiB.
-        let heap = 1_150_000;
+        // 4096 buffers of 2176 bytes and their free ring: about 9.3 MiB.
+        let heap = 9_750_000;
         let p = plan(0, heap, 1024, 1024, &limits(), &mem(GIB)).unwrap();
-        // On hugepages: header, two rings and the heap, a 2 MiB page each.
-        assert_eq!(p, Plan { size: 8 * MIB, hugepages: true, fallback: None });
-        // On 4 KiB pages: 12 pages of header and rings, then the heap.
+        // On hugepages: a 2 MiB page each for the header and the two rings, then the heap.
+        assert_eq!(p, Plan { size: 16 * MIB, hugepages: true, fallback: None });
+        // On 4 KiB pages: 11 pages of header and rings, then the heap.
         let p = plan(0, heap, 1024, 1024, &Limits { try_hugepages: false, ..limits() }, &mem(GIB)).unwrap();
         assert_eq!(p.size, 11 * 4096 + heap.next_multiple_of(4096));
         assert!(!p.hugepages);
         assert_eq!(p.fallback, None, "--no-hugepages is no fallback to report");
+        // 512 buffers, about 1.1 MiB: 8 MiB of hugepages would be waste; 4 KiB pages.
+        let p = plan(0, 1_150_000, 1024, 1024, &limits(), &mem(GIB)).unwrap();
+        assert_eq!(p.size, 11 * 4096 + 1_150_000u64.next_multiple_of(4096));
+        assert!(!p.hugepages);
+        assert!(p.fallback.unwrap().contains("hugepages would take 8 MiB for 1168 KiB"));
         // No plan: the default; a size asked: that size.
         assert_eq!(plan(0, 0, 1024, 1024, &limits(), &mem(0)).unwrap().size, 512 * MIB);
         assert_eq!(plan(64 * MIB, heap, 1024, 1024, &limits(), &mem(GIB)).unwrap().size, 64 * MIB);
@@ -217,18 +232,21 @@ mod tests {
         assert!(!p.hugepages);
         assert!(p.fallback.unwrap().contains("180 MiB of hugepages are free"));
         assert!(plan(64 * MIB, 0, 1024, 1024, &limits(), &mem(192 * MIB)).unwrap().hugepages);
-        // 64 guests of 8 MiB one after the other never take the last share.
+        // 64 guests of 16 MiB one after the other never take the last share.
         let mut free = GIB;
+        let mut on_hugepages = 0;
         for _ in 0..64 {
-            let p = plan(0, 1_150_000, 1024, 1024, &limits(), &mem(free)).unwrap();
+            let p = plan(0, 9_750_000, 1024, 1024, &limits(), &mem(free)).unwrap();
             if p.hugepages {
                 free -= p.size;
+                on_hugepages += 1;
             }
         }
+        assert_eq!(on_hugepages, 56);
         assert!(free >= limits().hugepage_share, "{free}");
         // A share of 0: never hugepages.
         let none = Limits { hugepage_share: 0, ..limits() };
-        assert!(!plan(0, 1_150_000, 1024, 1024, &none, &mem(GIB)).unwrap().hugepages);
+        assert!(!plan(0, 9_750_000, 1024, 1024, &none, &mem(GIB)).unwrap().hugepages);
     }
 
     #[test]
