@@ -239,7 +239,9 @@ say "samples alone (pps): $(echo "$alone_samples" | tr '\n' ' ')"
 say "samples with $idle_guests idle (pps): $(echo "$busy_samples" | tr '\n' ' ')"
 hp=$(hugepage_kib)
 say "hugepages free: $huge_before before the proxy, $huge_alone with the busy guest, $huge_loaded with the idle ones" \
-    "(${hp} KiB each: the idle guests' regions took $(( (huge_alone - huge_loaded) * hp / 1024 )) MiB of them)"
+    "(${hp} KiB each): with the idle guests $(( (huge_alone - huge_loaded) * hp / 1024 )) MiB more were taken" \
+    "(their regions on hugepages, and the proxy's own DPDK memory: a shadow mempool per guest pool)," \
+    "$(awk -v d="$(( (huge_alone - huge_loaded) * hp ))" -v n="$idle_guests" 'BEGIN { printf "%.2f", n ? d / 1024 / n : 0 }') MiB per idle guest"
 say "regions: $(grep -c 'on 4 KiB pages' "$logs/proxy.log" || true) on 4 KiB pages," \
     "$(grep -c 'KiB hugepages' "$logs/proxy.log" || true) on hugepages (proxy log)"
 a50=$(percentile 50 < "$tmp/attach_us")
