@@ -55,6 +55,8 @@ pub struct Options {
     /// proxy a shadow mbuf of its own memory.
     pub max_guest_buffers: u64,
     pub try_hugepages: bool,
+    /// The hugepages one guest's region may take (`sizing`).
+    pub hugepage_share: u64,
     /// Owner, group and mode of sockets and their directories; who may connect.
     pub access: Access,
     pub mtu: Option<u16>,

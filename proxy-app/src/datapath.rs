@@ -38,6 +38,17 @@ const TX_BACKOFF_POLLS: u32 = 4;
 /// Ring slots assumed per received packet when the guest's rx ring is nearly full.
 const RX_SEGS_ASSUMED: u32 = 8;
 const RX_ROOM_FOR_BURST: u32 = BURST as u32 * RX_SEGS_ASSUMED;
+/// A guest queue whose polls found nothing to do this many times in a row becomes
+/// *cold*: it is no longer polled every round but visited in turn with the other cold
+/// queues, one every `COLD_VISIT_EVERY` rounds, so that the loop's cost per round does
+/// not grow with idle guests (a visit to an idle guest's rings is a few cache misses,
+/// as much as a busy guest's burst of packets costs in all). Work found (packets from
+/// the NIC, a packet from the guest, a full rx ring) makes it hot again at once.
+const HOT_EMPTY_POLLS: u32 = 1024;
+/// One cold queue is visited every this many rounds (every round while no queue is
+/// hot), and one NIC queue without a guest is drained as often: with `n` cold queues a
+/// cold guest's first packet waits at most `n * COLD_VISIT_EVERY` rounds (docs/proxy.md).
+const COLD_VISIT_EVERY: u32 = 4;
 
 /// Per-socket counters. Written by the data loop (single writer, plain load + store);
 /// read by the control thread.
@@ -387,14 +398,19 @@ struct Polled {
     pools: Pools,
     rxq: RxQueue,
     txq: TxQueue,
+    /// Polls in a row that found nothing to do (`HOT_EMPTY_POLLS`).
+    empty_polls: u32,
 }
 
 impl Polled {
-    /// One poll: NIC rx to the guest, then the guest's tx to the NIC.
+    /// One poll: NIC rx to the guest, then the guest's tx to the NIC. Returns whether
+    /// there was work: packets from the NIC, a full rx ring, or packets (or a backoff)
+    /// on the guest's tx ring. `hot`: the queue is polled every round, and the ring
+    /// lines it will touch are prefetched (a cold queue's visit touches the fewest).
     #[inline]
-    fn poll(&mut self, burst: &mut MbufBurst<BURST>) {
+    fn poll(&mut self, burst: &mut MbufBurst<BURST>, hot: bool) -> bool {
         if self.q.broken.load(Ordering::Relaxed) {
-            return;
+            return false;
         }
         for p in self.pools.iter().flatten() {
             p.ctx.new_round();
@@ -406,20 +422,25 @@ impl Polled {
             Ok(room) => room,
             Err(_) => {
                 self.q.break_ring();
-                return;
+                return false;
             }
         };
         let want = if room >= RX_ROOM_FOR_BURST { BURST as u32 } else { room / RX_SEGS_ASSUMED };
+        // A ring the guest has not emptied yet is work in progress, not idleness.
+        let mut busy = want == 0;
         // Every ring line this poll touches was last touched by the guest's core. Asked
         // for now, the transfers overlap with the NIC's rx and with each other, instead
         // of each stalling the loop in turn (the guest's tx index is read after the rx
         // half, the rx slots are written after the NIC burst).
-        self.state.tx_ring.prefetch_producer_index();
-        self.state.rx_ring.prefetch_slots(want);
+        if hot {
+            self.state.tx_ring.prefetch_producer_index();
+            self.state.rx_ring.prefetch_slots(want);
+        }
         if want > 0 && self.rxq.rx_burst(burst, want as u16) > 0 {
+            busy = true;
             self.deliver_to_guest(burst);
         }
-        self.send_to_nic(burst);
+        self.send_to_nic(burst) | busy
     }
 
     /// Hands received packets to the guest: their buffers are the guest's already.
@@ -547,11 +568,12 @@ impl Polled {
         bump(&q.stats.copies, copies);
     }
 
-    /// Takes the guest's published packets, validated, and sends them.
-    fn send_to_nic(&mut self, burst: &mut MbufBurst<BURST>) {
+    /// Takes the guest's published packets, validated, and sends them. Returns whether
+    /// the tx ring had descriptors for it (or it is backing off).
+    fn send_to_nic(&mut self, burst: &mut MbufBurst<BURST>) -> bool {
         if self.state.tx_backoff > 0 {
             self.state.tx_backoff -= 1;
-            return;
+            return true;
         }
         let q = &*self.q;
         let ring = &mut self.state.tx_ring;
@@ -561,11 +583,12 @@ impl Polled {
         // the chain that waits for its next part.
         let pending = scan.waiting();
         let avail = match ring.available((BURST as u32).max(pending + 1)) {
-            Ok(a) if a <= pending => return,
+            // Nothing new; a chain waiting for its next part is not work either.
+            Ok(a) if a <= pending => return false,
             Ok(a) => a,
             Err(_) => {
                 q.break_ring();
-                return;
+                return false;
             }
         };
         ring.prefetch_available(avail.min(BURST as u32));
@@ -619,7 +642,7 @@ impl Polled {
             self.state.tx_backoff = TX_BACKOFF_POLLS;
         }
         if burst.is_empty() {
-            return;
+            return true;
         }
         let count = burst.len();
         let sent = self.txq.tx_burst(burst);
@@ -632,6 +655,7 @@ impl Polled {
         }
         bump(&q.stats.tx_packets, sent as u64);
         bump(&q.stats.tx_bytes, bytes);
+        true
     }
 
     /// Empties this lcore's mempool caches of the queue's pools into the guest's rings.
@@ -798,32 +822,44 @@ impl Plane {
     pub fn run_with(&self, mut extra: impl FnMut()) {
         self.running.store(true, Ordering::SeqCst);
         let mut burst = MbufBurst::<BURST>::new();
-        let mut polled: Vec<Polled> = Vec::new();
+        let mut rota: Rota<Polled> = Rota::new();
         let mut idle: Vec<RxQueue> = Vec::new();
+        let mut idle_next = 0usize;
+        // Offset from the rota's rounds, so that a cold visit and a drain fall apart.
+        let mut idle_round = COLD_VISIT_EVERY / 2;
         let mut running_version = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
             if self.version.load(Ordering::SeqCst) != running_version {
                 // The control thread holds the lock only to swap the configuration: when
                 // it does, try again next round.
                 if let Ok(cfg) = self.config.try_lock().map(|c| c.clone()) {
+                    let mut polled = rota.take_all();
                     self.take_up(&cfg, &mut polled, &mut idle);
+                    rota.set(polled);
                     running_version = cfg.version;
                     self.seen.store(running_version, Ordering::Release);
                 }
             }
-            for p in &mut polled {
-                p.poll(&mut burst);
-            }
-            for rxq in &mut idle {
-                let n = rxq.rx_burst(&mut burst, BURST as u16);
+            rota.round(|p, hot| p.poll(&mut burst, hot));
+            // NIC queues without a guest: one drained in turn every COLD_VISIT_EVERY
+            // rounds, like cold queues (what they cannot hold meanwhile the NIC drops
+            // and counts as missed).
+            idle_round = idle_round.wrapping_add(1);
+            if !idle.is_empty() && idle_round % COLD_VISIT_EVERY == 0 {
+                if idle_next >= idle.len() {
+                    idle_next = 0;
+                }
+                let n = idle[idle_next].rx_burst(&mut burst, BURST as u16);
                 if n > 0 {
                     burst.clear();
                     bump(&self.unclaimed, n as u64);
                 }
+                idle_next += 1;
             }
             extra();
         }
         let none = PlaneConfig { version: u64::MAX, active: Vec::new(), idle: Vec::new() };
+        let mut polled = rota.take_all();
         self.take_up(&none, &mut polled, &mut idle);
         self.seen.store(u64::MAX, Ordering::Release);
         self.running.store(false, Ordering::Release);
@@ -868,7 +904,8 @@ impl Plane {
             match (Port(q.port).rx_queue(q.queue), Port(q.port).tx_queue(q.queue)) {
                 (Ok(rxq), Ok(txq)) => {
                     let pools = lock(&q.pools).clone();
-                    kept.push(Polled { q: q.clone(), state, pools, rxq, txq });
+                    // A queue that joins is hot: its guest just started it.
+                    kept.push(Polled { q: q.clone(), state, pools, rxq, txq, empty_polls: 0 });
                 }
                 _ => {
                     *lock(&q.parked) = Some(state);
@@ -884,6 +921,92 @@ impl Plane {
                     self.refused_queues.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+    }
+}
+
+/// Something the loop polls, with its count of polls in a row that found no work.
+trait Heat {
+    fn empty_polls(&mut self) -> &mut u32;
+}
+
+impl Heat for Polled {
+    fn empty_polls(&mut self) -> &mut u32 {
+        &mut self.empty_polls
+    }
+}
+
+/// Which guest queues a round polls: every hot one, and in some rounds one cold one
+/// (`HOT_EMPTY_POLLS`, `COLD_VISIT_EVERY`). Both lists have room for every queue, so
+/// moving one between them never allocates.
+struct Rota<T> {
+    hot: Vec<T>,
+    cold: Vec<T>,
+    /// The cold queue visited next.
+    next: usize,
+    rounds: u32,
+}
+
+impl<T: Heat> Rota<T> {
+    fn new() -> Rota<T> {
+        Rota { hot: Vec::new(), cold: Vec::new(), next: 0, rounds: 0 }
+    }
+
+    /// Every queue, the lists emptied (the loop changes configuration).
+    fn take_all(&mut self) -> Vec<T> {
+        self.hot.drain(..).chain(self.cold.drain(..)).collect()
+    }
+
+    /// Makes `all` the queues, each in the list its count of empty polls says.
+    fn set(&mut self, all: Vec<T>) {
+        let total = all.len();
+        self.hot.clear();
+        self.cold.clear();
+        for mut p in all {
+            if *p.empty_polls() >= HOT_EMPTY_POLLS {
+                self.cold.push(p);
+            } else {
+                self.hot.push(p);
+            }
+        }
+        self.hot.reserve(total - self.hot.len());
+        self.cold.reserve(total - self.cold.len());
+    }
+
+    /// One round: `poll(queue, hot)` on every hot queue and, every `COLD_VISIT_EVERY`
+    /// rounds or while none is hot, on the next cold one; it returns whether the queue
+    /// had work.
+    #[inline]
+    fn round(&mut self, mut poll: impl FnMut(&mut T, bool) -> bool) {
+        self.rounds = self.rounds.wrapping_add(1);
+        let mut i = 0;
+        while i < self.hot.len() {
+            let p = &mut self.hot[i];
+            if poll(p, true) {
+                *p.empty_polls() = 0;
+                i += 1;
+                continue;
+            }
+            let empty = p.empty_polls();
+            *empty += 1;
+            if *empty >= HOT_EMPTY_POLLS {
+                self.cold.push(self.hot.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if self.cold.is_empty() || !(self.hot.is_empty() || self.rounds % COLD_VISIT_EVERY == 0) {
+            return;
+        }
+        if self.next >= self.cold.len() {
+            self.next = 0;
+        }
+        if poll(&mut self.cold[self.next], false) {
+            let mut p = self.cold.swap_remove(self.next);
+            *p.empty_polls() = 0;
+            self.hot.push(p);
+        } else {
+            self.next += 1;
         }
     }
 }
@@ -918,6 +1041,75 @@ mod tests {
         assert_eq!(TxLimits::of(&info(40, false, 9728, 9702), None).max_segs, 40);
         // Zero means "not stated".
         assert_eq!(TxLimits::of(&info(0, true, 0, 0), None), TxLimits::UNLIMITED);
+    }
+
+    struct Fake {
+        id: usize,
+        empty: u32,
+    }
+
+    impl Heat for Fake {
+        fn empty_polls(&mut self) -> &mut u32 {
+            &mut self.empty
+        }
+    }
+
+    #[test]
+    fn idle_queues_go_cold_and_cost_a_share_of_a_poll_each() {
+        let mut rota = Rota::new();
+        rota.set((0..64).map(|id| Fake { id, empty: 0 }).collect());
+        let capacity = (rota.hot.capacity(), rota.cold.capacity());
+        // Queue 0 always has work; the others never.
+        for _ in 0..HOT_EMPTY_POLLS {
+            rota.round(|p, _| p.id == 0);
+        }
+        assert_eq!(rota.hot.iter().map(|p| p.id).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(rota.cold.len(), 63);
+        // From now on a round polls the busy queue, and every COLD_VISIT_EVERY rounds one
+        // cold queue: each of the 63 is visited once in 63 * COLD_VISIT_EVERY rounds.
+        let mut polls = [0u32; 64];
+        let rounds = 63 * COLD_VISIT_EVERY;
+        for _ in 0..rounds {
+            let mut cold_polls = 0;
+            rota.round(|p, hot| {
+                polls[p.id] += 1;
+                cold_polls += u32::from(!hot);
+                p.id == 0
+            });
+            assert!(cold_polls <= 1);
+        }
+        assert_eq!(polls[0], rounds);
+        assert!(polls[1..].iter().all(|&n| n == 1), "{polls:?}");
+        // Work on a cold queue makes it hot at its next visit.
+        let mut waited = 0;
+        while !rota.hot.iter().any(|p| p.id == 42) {
+            rota.round(|p, _| p.id == 0 || p.id == 42);
+            waited += 1;
+        }
+        assert!(waited <= 63 * COLD_VISIT_EVERY, "{waited}");
+        assert_eq!(rota.hot.len() + rota.cold.len(), 64);
+        // Moving queues between the lists never allocated.
+        assert_eq!((rota.hot.capacity(), rota.cold.capacity()), capacity);
+        // A new configuration keeps each queue's heat.
+        let all = rota.take_all();
+        rota.set(all);
+        assert_eq!(rota.hot.len(), 2);
+        assert_eq!(rota.cold.len(), 62);
+    }
+
+    #[test]
+    fn with_no_hot_queue_every_round_visits_a_cold_one() {
+        let mut rota = Rota::new();
+        rota.set((0..200).map(|id| Fake { id, empty: HOT_EMPTY_POLLS }).collect());
+        let mut polls = [0u32; 200];
+        for _ in 0..400 {
+            rota.round(|p, hot| {
+                assert!(!hot);
+                polls[p.id] += 1;
+                false
+            });
+        }
+        assert!(polls.iter().all(|&n| n == 2), "{polls:?}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod region;
 mod sandbox;
 mod shadow;
 mod shown;
+mod sizing;
 mod sockpath;
 mod telemetry;
 
@@ -67,6 +68,13 @@ options:
                            together (default 524288); each costs the proxy about 256
                            bytes of its own DPDK memory (a shadow mbuf)
   --no-hugepages           back regions with normal pages even if hugepages are free
+  --hugepages-per-guest SIZE
+                           the most hugepage memory one guest's region may take
+                           (default: an eighth of the system's hugepages); a larger
+                           region, or one that would leave less than this free, goes
+                           on 4 KiB pages and the attach log says why. A guest that
+                           asks for no size and states its pools' size (the Rust
+                           guest) gets a region that just fits them
   --socket-mode OCTAL      permissions of the socket files (default 0660; a directory
                            the proxy makes for a socket is the proxy's, with search-only
                            bits for the group/others the socket admits: 0710 for 0660)
@@ -142,6 +150,7 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
         max_region_size: 2 << 30,
         max_guest_buffers: 512 << 10,
         try_hugepages: true,
+        hugepage_share: 0,
         access: access::Access {
             owner: None,
             group: None,
@@ -161,6 +170,7 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
     let mut ctl = Some(admin::AdminSpec { path: ctl_proto::DEFAULT_CTL_PATH.into(), owner: None, group: None, mode: 0o600 });
     let mut ctl_explicit = false;
     let mut no_ctl = false;
+    let mut hugepage_share = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
@@ -180,6 +190,11 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
                     .ok_or("--max-guest-buffers: expected a positive number of buffers")?
             }
             "--no-hugepages" => opts.try_hugepages = false,
+            "--hugepages-per-guest" => {
+                hugepage_share = Some(
+                    parse_size(&value(a)?).ok_or("--hugepages-per-guest: expected a size such as 128M (0: none)")?,
+                )
+            }
             "--socket-mode" => {
                 let mode = cmds::parse_mode(&value(a)?).map_err(|e| format!("--socket-mode: {e}"))?;
                 opts.access.mode = mode;
@@ -229,6 +244,8 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
             other => return Err(format!("unknown option '{other}' (see --help)")),
         }
     }
+    // A guest's share of the hugepages, by default of those the system has now.
+    opts.hugepage_share = hugepage_share.unwrap_or_else(|| sizing::MemInfo::read().default_hugepage_share());
     if opts.region_size > opts.max_region_size {
         opts.max_region_size = opts.region_size;
     }

@@ -148,6 +148,7 @@ pub fn hello(region_size: u64, ring_entries: u32) -> Hello {
         rx_ring_entries: ring_entries,
         tx_ring_entries: ring_entries,
         app_name: "hostile".into(),
+        heap_bytes: 0,
     }
 }
 

@@ -1,5 +1,5 @@
 //! End to end with the DPDK-free Rust guest (`crates/shm-guest`): its examples
-//! `udp_echo` and `count`, started as processes against the real proxy.
+//! `udp_echo`, `count` and `idle`, started as processes against the real proxy.
 //!
 //! The examples are built by `cargo build --release --workspace --all-targets` (what
 //! `scripts/test.sh` runs) or `cargo build --release -p shm-guest --examples`.
@@ -425,4 +425,82 @@ fn rust_udp_echo_sleeps_in_wait_rx_between_packets() {
 #[test]
 fn rust_udp_echo_hybrid_answers_and_sleeps_between_packets() {
     sleeping_udp_echo("hybrid");
+}
+
+/// `key=` of the line an `idle` guest prints once its queue is started.
+fn attached(guest: &Proc, key: &str) -> u64 {
+    wait_or_dump(guest, "idle: attach_us=", 30);
+    let out = guest.out.text();
+    let line = out.lines().find(|l| l.starts_with("idle: attach_us=")).unwrap();
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in '{line}'"))
+}
+
+/// Free hugepage memory (not promised to a mapping yet), in bytes.
+fn hugepages_free() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let field = |name: &str| -> u64 {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim_start_matches(':').split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("HugePages_Free") - field("HugePages_Rsvd")) * field("Hugepagesize") * 1024
+}
+
+#[test]
+fn rust_guests_get_regions_that_fit_their_pools_and_a_fair_share_of_hugepages() {
+    let s = Scratch::new("rs-sizing");
+    let socks: Vec<PathBuf> = (0..3).map(|q| s.path(&format!("q{q}/sock"))).collect();
+    let mut proxy = start_proxy(
+        &s,
+        &ProxyConfig {
+            // no-rx: the guests' queues receive nothing; what is measured is the region.
+            eal: vec!["--vdev".into(), "net_null0,no-rx=1".into()],
+            commands: socks.iter().enumerate().map(|(q, p)| format!("socket {} port 0 queue {q}", p.display())).collect(),
+            extra: vec!["--hugepages-per-guest".into(), "16M".into()],
+            ..Default::default()
+        },
+    );
+    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    let sock = |q: usize| socks[q].to_str().unwrap().to_string();
+
+    // 512 buffers (about 1.2 MiB of heap) and no size asked: a region that fits them on
+    // 4 KiB pages (the proxy's default was 512 MiB), not 8 MiB of hugepages.
+    let small = rust_guest(&s, "idle", &[&sock(0), "--buffers", "512"]);
+    let kib = attached(&small, "region_kib");
+    assert!((1100..1600).contains(&kib), "region of {kib} KiB for 512 buffers\n{}", small.out.text());
+    assert_eq!(attached(&small, "hugepages"), 0);
+    wait_or_dump(&proxy, "(not hugepages: hugepages would take 8 MiB for", 10);
+
+    // 4096 buffers (about 9.3 MiB): 16 MiB of hugepages, within the share of 16 MiB, if
+    // a share more is free; else 4 KiB pages and the log says so.
+    let free = hugepages_free();
+    let mid = rust_guest(&s, "idle", &[&sock(1), "--buffers", "4096"]);
+    let kib = attached(&mid, "region_kib");
+    if free >= 32 << 20 {
+        assert_eq!((kib, attached(&mid, "hugepages")), (16 << 10, 1), "{}", proxy.out.text());
+    } else {
+        assert!((9400..10400).contains(&kib), "{kib} KiB\n{}", mid.out.text());
+        wait_or_dump(&proxy, "one guest's share (16 MiB) stays free)", 10);
+    }
+
+    // 8192 buffers (about 18.5 MiB): more than a guest's share of hugepages.
+    let big = rust_guest(&s, "idle", &[&sock(2), "--buffers", "8192"]);
+    let kib = attached(&big, "region_kib");
+    assert!((18_500..20_480).contains(&kib), "region of {kib} KiB for 8192 buffers\n{}", big.out.text());
+    assert_eq!(attached(&big, "hugepages"), 0);
+    wait_or_dump(&proxy, "would be more than a guest's share of them (16 MiB, --hugepages-per-guest))", 10);
+
+    for guest in [small, mid, big] {
+        let (code, out) = guest.interrupt(Duration::from_secs(10));
+        assert_eq!(code, Some(0), "{out}");
+    }
+    wait_until_or_dump(&proxy, "three goodbyes", 10, |t| t.matches("the guest said goodbye").count() == 3);
+    proxy.send("quit");
+    let (code, out) = proxy.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{out}");
 }

@@ -553,6 +553,26 @@ pub struct RegionLayout {
 }
 
 impl RegionLayout {
+    /// Where the rx ring, the tx ring and the heap start.
+    fn offsets(page_size: u64, rx_entries: u32, tx_entries: u32) -> (u64, u64, u64) {
+        let rx_offset = align_up(HEADER_SIZE as u64, page_size);
+        let tx_offset = align_up(rx_offset + DescRing::bytes_for(rx_entries), page_size);
+        let heap_offset = align_up(tx_offset + DescRing::bytes_for(tx_entries), page_size);
+        (rx_offset, tx_offset, heap_offset)
+    }
+
+    /// The smallest region of `page_size` pages whose heap holds `heap_bytes` (a
+    /// guest's pool plan) next to the header and rings of these sizes; `None` beyond
+    /// [`MAX_REGION_SIZE`] or for sizes [`new`](Self::new) refuses.
+    pub fn size_for_heap(page_size: u64, rx_entries: u32, tx_entries: u32, heap_bytes: u64) -> Option<u64> {
+        check_page_size(page_size).ok()?;
+        check_ring_entries(AreaKind::RxRing, rx_entries).ok()?;
+        check_ring_entries(AreaKind::TxRing, tx_entries).ok()?;
+        let (_, _, heap_offset) = Self::offsets(page_size, rx_entries, tx_entries);
+        let size = align_up(heap_offset.checked_add(heap_bytes.max(1))?.min(u64::MAX - page_size), page_size);
+        (size <= MAX_REGION_SIZE).then_some(size)
+    }
+
     /// Lays out a region: header page, rx ring, tx ring, each page-aligned, and
     /// the rest as heap.
     pub fn new(
@@ -566,9 +586,7 @@ impl RegionLayout {
         check_region_size(region_size, page_size)?;
         check_ring_entries(AreaKind::RxRing, rx_entries)?;
         check_ring_entries(AreaKind::TxRing, tx_entries)?;
-        let rx_offset = align_up(HEADER_SIZE as u64, page_size);
-        let tx_offset = align_up(rx_offset + DescRing::bytes_for(rx_entries), page_size);
-        let heap_offset = align_up(tx_offset + DescRing::bytes_for(tx_entries), page_size);
+        let (rx_offset, tx_offset, heap_offset) = Self::offsets(page_size, rx_entries, tx_entries);
         if heap_offset >= region_size {
             return Err(LayoutError::RegionTooSmall {
                 region_size,
@@ -886,6 +904,30 @@ mod tests {
 
     fn layout_4k() -> RegionLayout {
         RegionLayout::new(4 * MIB, 4096, 1024, 512, RegionFlags::empty()).unwrap()
+    }
+
+    #[test]
+    fn size_for_heap_is_the_smallest_region_that_holds_the_plan() {
+        for page in [4096u64, 2 << 20] {
+            for (rx, tx) in [(1024u32, 1024u32), (64, 4096), (65536, 65536)] {
+                for heap in [1u64, 4096, 1_234_567, 300 << 20] {
+                    let size = RegionLayout::size_for_heap(page, rx, tx, heap).unwrap();
+                    let l = RegionLayout::new(size, page, rx, tx, RegionFlags::empty()).unwrap();
+                    assert!(l.heap().size as u64 >= heap, "page {page} heap {heap}");
+                    // One page less no longer holds it.
+                    let smaller = RegionLayout::new(size - page, page, rx, tx, RegionFlags::empty());
+                    assert!(smaller.is_err() || (smaller.unwrap().heap().size as u64) < heap);
+                }
+            }
+        }
+        // A header page; 1024 descriptors of 16 bytes and the index blocks: five 4 KiB
+        // pages per ring; one page of heap.
+        assert_eq!(RegionLayout::size_for_heap(4096, 1024, 1024, 4096), Some(12 * 4096));
+        assert_eq!(RegionLayout::size_for_heap(4096, 1024, 1024, 0), Some(12 * 4096));
+        assert_eq!(RegionLayout::size_for_heap(4096, 1024, 1024, MAX_REGION_SIZE), None);
+        assert_eq!(RegionLayout::size_for_heap(4096, 1024, 1024, u64::MAX), None);
+        assert_eq!(RegionLayout::size_for_heap(4096, 1000, 1024, 4096), None);
+        assert_eq!(RegionLayout::size_for_heap(3000, 1024, 1024, 4096), None);
     }
 
     #[test]

@@ -156,8 +156,9 @@ pub struct Config {
     /// Size of each buffer's data room, headroom included (the proxy's NIC leaves 128
     /// bytes of headroom).
     pub data_room: u16,
-    /// Size of the region to ask for. 0: just enough for the pool and the rings
-    /// (whatever the proxy's page size).
+    /// Size of the region to ask for. 0: just enough for the pool and the rings: the
+    /// `Hello` states the pool's heap bytes and the proxy sizes the region for its page
+    /// size.
     pub region_size: u64,
     /// rx and tx descriptor ring entries (0: the proxy's default, 1024).
     pub rx_ring: u32,
@@ -401,21 +402,17 @@ impl Guest {
         let socket = connect_to_proxy(path.as_ref(), config.proxy_uid)?;
         // Made before the handshake: failing here (out of descriptors) costs the proxy nothing.
         let wake = if config.rx_wakeup { Some(WakeListener::new().map_err(Error::Io)?) } else { None };
-        let region_size = if config.region_size != 0 {
-            config.region_size
-        } else {
-            // Header page and two rings, each on its own page: three pages of up to
-            // 2 MiB (hugepages); then the pool, rounded to a page.
-            (6 << 20) + pool::heap_bytes(config.buffers, config.data_room).next_multiple_of(2 << 20)
-        };
         let hello = Hello {
             version_min: PROTOCOL_VERSION_MIN,
             version_max: PROTOCOL_VERSION,
             flags: 0,
-            region_size,
+            region_size: config.region_size,
             rx_ring_entries: config.rx_ring,
             tx_ring_entries: config.tx_ring,
             app_name: app_name(&config.app_name),
+            // The pool plan: with region_size 0 the proxy sizes the region to fit it on
+            // the pages it picks.
+            heap_bytes: pool::heap_bytes(config.buffers, config.data_room),
         };
         let (welcome, mut fds) = handshake(socket.as_fd(), &hello, &[], config.timeout)?;
         if fds.len() != 1 {

@@ -178,8 +178,14 @@ fn serve(
         let _ = log.send(format!("{}", msg.kind()));
         let answer = match msg {
             Message::Hello(h) => {
-                let (fd, backing) = create_region_memfd("fake-proxy", h.region_size, false).unwrap();
                 let entries = |n: u32| if n == 0 { 1024 } else { n };
+                // As the proxy sizes it: what was asked, else the guest's pool plan.
+                let size = match h.region_size {
+                    0 => RegionLayout::size_for_heap(4096, entries(h.rx_ring_entries), entries(h.tx_ring_entries), h.heap_bytes)
+                        .unwrap(),
+                    asked => asked,
+                };
+                let (fd, backing) = create_region_memfd("fake-proxy", size, false).unwrap();
                 let layout = RegionLayout::new(backing.size, backing.page_size, entries(h.rx_ring_entries), entries(h.tx_ring_entries), RegionFlags::empty()).unwrap();
                 let mapping = Arc::new(Mapping::map(fd.as_fd(), backing.size as usize).unwrap());
                 layout.write_header(&mapping.mem()).unwrap();

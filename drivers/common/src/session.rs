@@ -257,6 +257,8 @@ impl Session {
             rx_ring_entries: dev.args.rx_ring,
             tx_ring_entries: dev.args.tx_ring,
             app_name: program_name(),
+            // The application creates its pools after the handshake: no plan to state.
+            heap_bytes: 0,
         };
         let (welcome, mut fds) = handshake(socket.as_fd(), &hello, &[], dev.args.timeout)?;
         let proxy = proxy_info(&welcome);

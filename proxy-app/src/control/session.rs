@@ -27,6 +27,7 @@ use crate::os;
 use crate::quarantine::{self, Leftover};
 use crate::reaper::{self, PeerFd};
 use crate::region::{GuestRegion, RegionRequest};
+use crate::sizing;
 use crate::{log_info, log_warn};
 
 /// A guest must say Hello this soon after connecting.
@@ -344,22 +345,20 @@ impl Control {
                 return refuse(self, RefuseCode::VersionMismatch, reason);
             }
         };
-        let size = if hello.region_size == 0 { self.opts.region_size } else { hello.region_size };
-        if size > self.opts.max_region_size {
-            let reason = format!(
-                "region of {} MiB asked; this proxy allows at most {} MiB (--max-region-size)",
-                size >> 20,
-                self.opts.max_region_size >> 20
-            );
-            return refuse(self, RefuseCode::TooLarge, reason);
-        }
         let or_default = |n: u32| if n == 0 { shm_contract::layout::DEFAULT_RING_ENTRIES } else { n };
-        let req = RegionRequest {
-            size,
-            rx_entries: or_default(hello.rx_ring_entries),
-            tx_entries: or_default(hello.tx_ring_entries),
+        let (rx_entries, tx_entries) = (or_default(hello.rx_ring_entries), or_default(hello.tx_ring_entries));
+        let limits = sizing::Limits {
+            default_size: self.opts.region_size,
+            max_size: self.opts.max_region_size,
             try_hugepages: self.opts.try_hugepages,
+            hugepage_share: self.opts.hugepage_share,
         };
+        let meminfo = sizing::MemInfo::read();
+        let plan = match sizing::plan(hello.region_size, hello.heap_bytes, rx_entries, tx_entries, &limits, &meminfo) {
+            Ok(plan) => plan,
+            Err((code, reason)) => return refuse(self, code, reason),
+        };
+        let req = RegionRequest { size: plan.size, rx_entries, tx_entries, try_hugepages: plan.hugepages };
         let (port, queue) = (ep.port, ep.queue);
         let leftovers: Vec<&Leftover> = self.quarantine.iter().filter(|l| l.socket == ep.path).collect();
         let in_nic = leftovers.iter().map(|l| l.in_nic()).sum();
@@ -421,11 +420,15 @@ impl Control {
             return;
         }
         log_info!(
-            "{path}: guest '{app}' (pid {}) {} port {port} queue {queue}: region {} MiB on {}",
+            "{path}: guest '{app}' (pid {}) {} port {port} queue {queue}: region {} KiB on {}{}",
             conn.pid,
             if reattach { "reattached its region to" } else { "attached to" },
-            region.len() >> 20,
-            if region.hugepages { format!("{} KiB hugepages", region.layout.page_size() >> 10) } else { "4 KiB pages".into() }
+            region.len() >> 10,
+            if region.hugepages { format!("{} KiB hugepages", region.layout.page_size() >> 10) } else { "4 KiB pages".into() },
+            match plan.fallback.filter(|_| !reattach && !region.hugepages) {
+                Some(why) => format!(" (not hugepages: {why})"),
+                None => String::new(),
+            }
         );
         let ep = &mut self.endpoints[idx];
         ep.guests_served += 1;

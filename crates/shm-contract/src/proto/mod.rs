@@ -27,17 +27,18 @@
 //!
 //! # Bodies
 //!
-//! `Hello` (guest, 56 bytes):
+//! `Hello` (guest, 64 bytes; 56 from guests before `heap_bytes`, which then reads as 0):
 //!
 //! | offset | size | field |
 //! | ------ | ---- | ----- |
 //! | 0      | 2    | `version_min` (>= 1) |
 //! | 2      | 2    | `version_max` (>= `version_min`) |
 //! | 4      | 4    | `flags`: [`HELLO_FLAG_REATTACH`]; unknown bits are ignored |
-//! | 8      | 8    | `region_size` (0: the proxy's default) |
+//! | 8      | 8    | `region_size` (0: sized by the proxy, from `heap_bytes` or its default) |
 //! | 16     | 4    | `rx_ring_entries` (0: default; else a power of two in 64..=65536) |
 //! | 20     | 4    | `tx_ring_entries` (same) |
 //! | 24     | 32   | `app_name` (UTF-8, NUL padded) |
+//! | 56     | 8    | `heap_bytes`: the guest's pool plan, heap bytes its pools will take (0: no plan). With `region_size` 0 the proxy makes the region just large enough for the header, the rings and that heap on the pages it picks ([`RegionLayout::size_for_heap`](crate::RegionLayout::size_for_heap)) |
 //!
 //! `Welcome` (proxy, 44 bytes, with the region memfd as `SCM_RIGHTS`, except in answer to a reattaching `Hello`):
 //!
@@ -106,6 +107,9 @@ pub const PROTOCOL_MAGIC: u32 = u32::from_le_bytes(*b"SHMP");
 /// The protocol major version this build speaks (and the highest it accepts).
 pub const PROTOCOL_VERSION: u16 = 2;
 /// The lowest protocol major version this build accepts (see "Versions" above).
+///
+/// Minor revisions of major 2 (bodies grown at the end, see the header above): the
+/// `Hello`'s `heap_bytes` (a guest's pool plan).
 pub const PROTOCOL_VERSION_MIN: u16 = 2;
 /// Size of the message header.
 pub const HEADER_LEN: usize = 16;
@@ -187,7 +191,7 @@ impl MessageKind {
     /// Body length this version defines for the kind (the minimum accepted).
     pub const fn body_len(self) -> usize {
         match self {
-            MessageKind::Hello => 24 + MAX_APP_NAME,
+            MessageKind::Hello => 24 + MAX_APP_NAME + 8,
             MessageKind::Welcome => 44,
             MessageKind::Refuse => 4 + MAX_REASON,
             MessageKind::PoolAdd => 28,
@@ -206,6 +210,8 @@ impl MessageKind {
     pub const fn min_body_len(self) -> usize {
         match self {
             MessageKind::QueueStart => 4,
+            // Before `heap_bytes`.
+            MessageKind::Hello => 24 + MAX_APP_NAME,
             other => other.body_len(),
         }
     }
@@ -297,7 +303,8 @@ pub struct Hello {
     pub version_max: u16,
     /// [`HELLO_FLAG_REATTACH`] or 0.
     pub flags: u32,
-    /// Requested region size, 0 for the proxy's default.
+    /// Requested region size; 0: the proxy sizes it (from `heap_bytes`, else its
+    /// default).
     pub region_size: u64,
     /// Requested rx ring entries, 0 for the default.
     pub rx_ring_entries: u32,
@@ -305,6 +312,9 @@ pub struct Hello {
     pub tx_ring_entries: u32,
     /// Application name (at most [`MAX_APP_NAME`] bytes, no NUL).
     pub app_name: String,
+    /// The guest's pool plan: the heap bytes its pools will take, 0 if it cannot say
+    /// (a DPDK application creates its pools after the handshake).
+    pub heap_bytes: u64,
 }
 
 /// The proxy's acceptance; the region memfd travels with it.
@@ -626,6 +636,7 @@ pub fn encode(msg: &Message, request_id: u32, buf: &mut [u8; MAX_MESSAGE]) -> Re
             w.u32(16, h.rx_ring_entries);
             w.u32(20, h.tx_ring_entries);
             w.string(24, "app_name", &h.app_name, MAX_APP_NAME)?;
+            w.u64(24 + MAX_APP_NAME, h.heap_bytes);
         }
         Message::Welcome(x) => {
             w.u16(0, x.version);
@@ -785,6 +796,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Message, u32), DecodeError> {
                 rx_ring_entries: r.u32(16),
                 tx_ring_entries: r.u32(20),
                 app_name: r.string(24, MAX_APP_NAME, "app_name")?,
+                heap_bytes: r.u64(24 + MAX_APP_NAME),
             };
             if hello.version_min == 0 {
                 return Err(DecodeError::BadValue { field: "version_min", value: 0 });
@@ -873,6 +885,7 @@ mod tests {
                 rx_ring_entries: 1024,
                 tx_ring_entries: 0,
                 app_name: "testpmd-é".into(),
+                heap_bytes: 0,
             }),
             Message::Hello(Hello {
                 version_min: 1,
@@ -882,6 +895,7 @@ mod tests {
                 rx_ring_entries: 0,
                 tx_ring_entries: 65536,
                 app_name: "x".repeat(MAX_APP_NAME),
+                heap_bytes: 3 << 20,
             }),
             Message::Welcome(Welcome {
                 version: PROTOCOL_VERSION,
@@ -1090,6 +1104,22 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_without_a_pool_plan_still_decodes() {
+        // A guest built before `heap_bytes` sends 56 bytes of body: the plan reads as 0.
+        let mut hello = encode_to_vec(&samples()[1], 7).unwrap();
+        let Message::Hello(planned) = decode(&hello).unwrap().0 else { panic!("not a hello") };
+        assert_eq!(planned.heap_bytes, 3 << 20);
+        hello.truncate(HEADER_LEN + 56);
+        hello[8..12].copy_from_slice(&56u32.to_le_bytes());
+        let Message::Hello(old) = decode(&hello).unwrap().0 else { panic!("not a hello") };
+        assert_eq!(old, Hello { heap_bytes: 0, ..planned });
+        // Shorter than that is still too short.
+        hello.truncate(HEADER_LEN + 55);
+        hello[8..12].copy_from_slice(&55u32.to_le_bytes());
+        assert!(matches!(decode(&hello), Err(DecodeError::BodyTooShort { kind: MessageKind::Hello, len: 55, min: 56 })));
+    }
+
+    #[test]
     fn encode_errors() {
         let mut buf = [0u8; MAX_MESSAGE];
         let long = Message::Refuse { code: RefuseCode::Busy, reason: "x".repeat(MAX_REASON + 1) };
@@ -1105,6 +1135,7 @@ mod tests {
             rx_ring_entries: 0,
             tx_ring_entries: 0,
             app_name: "a\0b".into(),
+            heap_bytes: 0,
         });
         assert_eq!(encode(&nul, 0, &mut buf), Err(EncodeError::StringHasNul { field: "app_name" }));
         assert!(EncodeError::StringHasNul { field: "x" }.to_string().contains("NUL"));
