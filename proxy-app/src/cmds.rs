@@ -7,9 +7,11 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// `socket <path> port <p> queue <q> [owner U] [group G] [mode M] [allow-uid L] [allow-gid L]`:
-    /// serve NIC queue (p, q) on a unix socket; the options override the proxy's
-    /// `--socket-owner`, `--socket-group`, `--socket-mode`, `--allow-uid`, `--allow-gid`.
-    Socket { path: PathBuf, port: u16, queue: u16, access: SocketAccess },
+    /// serve NIC queue (p, q) on a unix socket; `queues <q0>,<q1>,...` instead of
+    /// `queue <q>` serves several NIC queues of port p to one guest, as its queue pairs
+    /// 0, 1, ... in one region. The options override the proxy's `--socket-owner`,
+    /// `--socket-group`, `--socket-mode`, `--allow-uid`, `--allow-gid`.
+    Socket { path: PathBuf, port: u16, queues: Vec<u16>, access: SocketAccess },
     /// `remove <path>`: stop serving a socket (its guest, if any, is disconnected).
     Remove { path: PathBuf },
     /// `show stats`: per-socket and per-port counters.
@@ -39,6 +41,9 @@ commands (startup file and stdin):
                                      serve NIC port p, queue q to one guest on a unix socket
                                      at <path> (its directory is created if missing); the
                                      options override --socket-owner/-group/-mode, --allow-uid/-gid
+  socket <path> port <p> queues <q0>,<q1>,.. [options as above]
+                                     the same with several NIC queues: the guest's queue
+                                     pairs 0, 1, .. (up to 16) are NIC queues q0, q1, ..
   remove <path>                      stop serving <path>; its guest is disconnected
   show stats                         per-socket rx/tx/drops/copies/invalid, per-port counters
   show sockets                       sockets, their queues and connected guests
@@ -57,7 +62,13 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         ["socket", path, "port", port, "queue", queue, options @ ..] => Command::Socket {
             path: parse_path(path)?,
             port: parse_num(port, "port")?,
-            queue: parse_num(queue, "queue")?,
+            queues: vec![parse_num(queue, "queue")?],
+            access: parse_access(options)?,
+        },
+        ["socket", path, "port", port, "queues", queues, options @ ..] => Command::Socket {
+            path: parse_path(path)?,
+            port: parse_num(port, "port")?,
+            queues: parse_queues(queues)?,
             access: parse_access(options)?,
         },
         ["socket", ..] => return Err(format!("usage: {SOCKET_USAGE}")),
@@ -75,7 +86,29 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
 }
 
 const SOCKET_USAGE: &str =
-    "socket <path> port <p> queue <q> [owner U] [group G] [mode OCTAL] [allow-uid U,..] [allow-gid G,..]";
+    "socket <path> port <p> queue <q> | queues <q0>,<q1>,.. [owner U] [group G] [mode OCTAL] [allow-uid U,..] [allow-gid G,..]";
+
+/// A list of distinct NIC queues, at most a region's queue pairs.
+fn parse_queues(s: &str) -> Result<Vec<u16>, String> {
+    let max = shm_contract::layout::MAX_QUEUE_PAIRS as usize;
+    let mut queues = Vec::new();
+    for word in s.split(',') {
+        let q = parse_num(word, "queue")?;
+        if queues.contains(&q) {
+            return Err(format!("queue {q} is named twice in '{s}'"));
+        }
+        queues.push(q);
+    }
+    if queues.len() > max {
+        return Err(format!("{} queues in '{s}'; a socket serves at most {max}", queues.len()));
+    }
+    Ok(queues)
+}
+
+/// How a socket's queues are shown: `q` or `q0,q1,...`.
+pub fn queues_text(queues: &[u16]) -> String {
+    queues.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+}
 
 fn parse_access(words: &[&str]) -> Result<SocketAccess, String> {
     let mut access = SocketAccess::default();
@@ -137,13 +170,13 @@ pub fn parse_file(text: &str, file: &str) -> Result<Vec<(usize, Command)>, Strin
     for (n, line) in text.lines().enumerate() {
         let at = |e: String| format!("{file}:{}: {e}", n + 1);
         let Some(cmd) = parse(line).map_err(at)? else { continue };
-        if let Command::Socket { path, port, queue, .. } = &cmd {
+        if let Command::Socket { path, port, queues, .. } = &cmd {
             for (m, earlier) in &out {
-                if let Command::Socket { path: p2, port: o2, queue: q2, .. } = earlier {
+                if let Command::Socket { path: p2, port: o2, queues: q2, .. } = earlier {
                     if p2 == path {
                         return Err(at(format!("{} is already served (line {m})", path.display())));
                     }
-                    if (o2, q2) == (port, queue) {
+                    if let Some(queue) = queues.iter().find(|q| o2 == port && q2.contains(q)) {
                         return Err(at(format!("port {port} queue {queue} is already served (line {m})")));
                     }
                 }
@@ -162,14 +195,14 @@ mod tests {
     fn socket_lines() {
         assert_eq!(
             parse("socket /tmp/socket_0_1/sock port 0 queue 1  # comment").unwrap(),
-            Some(Command::Socket { path: "/tmp/socket_0_1/sock".into(), port: 0, queue: 1, access: SocketAccess::default() })
+            Some(Command::Socket { path: "/tmp/socket_0_1/sock".into(), port: 0, queues: vec![1], access: SocketAccess::default() })
         );
         assert_eq!(
             parse("socket /a/s port 1 queue 2 group shmguest mode 0600 allow-uid 1000,shmguest allow-gid 50").unwrap(),
             Some(Command::Socket {
                 path: "/a/s".into(),
                 port: 1,
-                queue: 2,
+                queues: vec![2],
                 access: SocketAccess {
                     owner: None,
                     group: Some("shmguest".into()),
@@ -184,6 +217,39 @@ mod tests {
         assert_eq!(parse("show stats").unwrap(), Some(Command::ShowStats));
         assert_eq!(parse("quit").unwrap(), Some(Command::Quit));
         assert_eq!(parse("remove /tmp/a/sock").unwrap(), Some(Command::Remove { path: "/tmp/a/sock".into() }));
+    }
+
+    #[test]
+    fn a_socket_with_several_queues() {
+        assert_eq!(
+            parse("socket /a/s port 1 queues 0,2,3 mode 0600").unwrap(),
+            Some(Command::Socket {
+                path: "/a/s".into(),
+                port: 1,
+                queues: vec![0, 2, 3],
+                access: SocketAccess { mode: Some(0o600), ..Default::default() },
+            })
+        );
+        assert_eq!(
+            parse("socket /a/s port 0 queues 5").unwrap(),
+            parse("socket /a/s port 0 queue 5").unwrap(),
+            "one queue either way"
+        );
+        let err = |line: &str| parse(line).unwrap_err();
+        assert_eq!(err("socket /a/s port 0 queues 0,1,0"), "queue 0 is named twice in '0,1,0'");
+        assert!(err("socket /a/s port 0 queues 0,,1").contains("queue must be a number in 0..=65535, not ''"));
+        assert!(err("socket /a/s port 0 queues 0,x").contains("not 'x'"));
+        let many = (0..17).map(|q| q.to_string()).collect::<Vec<_>>().join(",");
+        assert!(err(&format!("socket /a/s port 0 queues {many}")).contains("17 queues in"));
+        assert!(err("socket /a/s port 0 queues").starts_with("usage: socket"));
+        assert_eq!(queues_text(&[3]), "3");
+        assert_eq!(queues_text(&[0, 2]), "0,2");
+        // A startup file may not give a NIC queue to two sockets, in a list or alone.
+        let text = "socket /a/s port 0 queues 0,1\nsocket /b/s port 0 queue 1\n";
+        assert_eq!(parse_file(text, "f").unwrap_err(), "f:2: port 0 queue 1 is already served (line 1)");
+        let text = "socket /a/s port 0 queue 2\nsocket /b/s port 0 queues 0,1,2\n";
+        assert_eq!(parse_file(text, "f").unwrap_err(), "f:2: port 0 queue 2 is already served (line 1)");
+        assert!(parse_file("socket /a/s port 0 queues 0,1\nsocket /b/s port 1 queues 0,1\n", "f").is_ok());
     }
 
     #[test]

@@ -118,19 +118,19 @@ impl Control {
         // first socket is made.
         let mut wanted: BTreeMap<u16, u16> = BTreeMap::new();
         for (_, cmd) in &startup {
-            if let Command::Socket { port, queue, .. } = cmd {
+            if let Command::Socket { port, queues, .. } = cmd {
                 let q = wanted.entry(*port).or_insert(0);
-                *q = (*q).max(queue + 1);
+                *q = queues.iter().fold(*q, |n, &queue| n.max(queue.saturating_add(1)));
             }
         }
         for (line, cmd) in startup {
             let done = match cmd {
-                Command::Socket { path, port, queue, access } => {
+                Command::Socket { path, port, queues, access } => {
                     let ports_ok = match wanted.remove(&port) {
-                        Some(queues) if !ctl.ports.contains_key(&port) => ctl.setup_port(port, queues),
+                        Some(count) if !ctl.ports.contains_key(&port) => ctl.setup_port(port, count),
                         _ => Ok(()),
                     };
-                    ports_ok.and_then(|_| ctl.add_socket(&path, port, queue, &access))
+                    ports_ok.and_then(|_| ctl.add_socket(&path, port, &queues, &access))
                 }
                 other => {
                     ctl.execute(other, &mut std::io::stdout());
@@ -180,13 +180,13 @@ impl Control {
         let mut busy = BTreeSet::new();
         for ep in &self.endpoints {
             let Some(guest) = ep.guest() else { continue };
-            // A guest's NIC queue is never drained as idle, even while its queue is
+            // A guest's NIC queues are never drained as idle, even while its queues are
             // stopped: what arrives waits in the NIC for the guest.
-            busy.insert((ep.port, ep.queue));
-            if let Some(q) = &guest.queue {
-                if !self.paused_ports.contains(&ep.port) {
-                    active.push(q.clone());
-                }
+            for &queue in &ep.queues {
+                busy.insert((ep.port, queue));
+            }
+            if !self.paused_ports.contains(&ep.port) {
+                active.extend(guest.queues.iter().flatten().cloned());
             }
         }
         let mut idle = Vec::new();
@@ -347,12 +347,13 @@ impl Control {
 
     fn execute(&mut self, cmd: Command, out: &mut dyn Write) {
         match cmd {
-            Command::Socket { path, port, queue, access } => {
-                if let Err(e) = self.add_socket(&path, port, queue, &access) {
+            Command::Socket { path, port, queues, access } => {
+                if let Err(e) = self.add_socket(&path, port, &queues, &access) {
                     let _ = writeln!(out, "error: {e}");
                 } else {
                     self.publish();
-                    let _ = writeln!(out, "ok: serving port {port} queue {queue} on {}", path.display());
+                    let shown = cmds::queues_text(&queues);
+                    let _ = writeln!(out, "ok: serving port {port} queue {shown} on {}", path.display());
                 }
             }
             Command::Remove { path } => match self.endpoints.iter().position(|e| e.path == path) {

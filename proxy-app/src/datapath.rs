@@ -50,8 +50,10 @@ const HOT_EMPTY_POLLS: u32 = 1024;
 /// cold guest's first packet waits at most `n * COLD_VISIT_EVERY` rounds (docs/proxy.md).
 const COLD_VISIT_EVERY: u32 = 4;
 
-/// Per-socket counters. Written by the data loop (single writer, plain load + store);
-/// read by the control thread.
+/// Per-socket counters, and per queue pair. Written by the data loop (single writer,
+/// plain load + store) into each queue pair's own, and by the control thread into the
+/// socket's own (handshake, requests; what it does for a queue that the loop no longer
+/// polls); read by the control thread, which adds them up ([`SocketStats::add`]).
 #[derive(Default)]
 pub struct SocketStats {
     /// NIC to guest: packets and bytes delivered.
@@ -89,6 +91,42 @@ pub struct SocketStats {
     /// such message cuts the connection; the descriptors are closed by the reaper).
     pub unwanted_fds: AtomicU64,
 }
+
+impl SocketStats {
+    /// Every counter, in declaration order (for [`SocketStats::add`]).
+    fn counters(&self) -> [&AtomicU64; COUNTERS] {
+        [
+            &self.rx_packets,
+            &self.rx_bytes,
+            &self.rx_dropped,
+            &self.copies,
+            &self.tx_packets,
+            &self.tx_bytes,
+            &self.tx_dropped,
+            &self.tx_refused,
+            &self.tx_invalid,
+            &self.tx_returned,
+            &self.invalid,
+            &self.refused,
+            &self.bad_requests,
+            &self.rx_wakeups,
+            &self.unwanted_fds,
+        ]
+    }
+
+    /// Adds `other`'s counters to these (control thread: totals of a socket's queues).
+    pub fn add(&self, other: &SocketStats) {
+        for (a, b) in self.counters().iter().zip(other.counters().iter()) {
+            a.store(a.load(Ordering::Relaxed).wrapping_add(b.load(Ordering::Relaxed)), Ordering::Relaxed);
+        }
+    }
+}
+
+/// How many counters a [`SocketStats`] has.
+const COUNTERS: usize = 15;
+// A counter added to the struct but not to `counters` would not be summed: the struct
+// is exactly that many counters.
+const _: () = assert!(std::mem::size_of::<SocketStats>() == COUNTERS * 8);
 
 /// A guest's rx wake-up: its request flag (status block) and the proxy's end of its
 /// wake-up socket pair (protocol: `shm_contract::wake`).
@@ -206,10 +244,15 @@ impl TxLimits {
 /// The guest's pools by pool id, as tx descriptors may name them.
 type Pools = [Option<GuestPool>; MAX_POOLS as usize];
 
-/// One guest's queue: what the control thread and the data loop share.
+/// One queue pair of a guest (its rings in the guest's region, one NIC queue): what
+/// the control thread and the data loop share. A guest with several queue pairs has a
+/// `DataQueue` for each started one; the loop polls each as a queue of its own.
 pub struct DataQueue {
     pub port: u16,
+    /// The NIC queue.
     pub queue: u16,
+    /// The queue pair in the guest's region.
+    pub pair: u32,
     pub stats: Arc<SocketStats>,
     /// The guest broke its ring: stop polling it; the control thread disconnects it.
     pub broken: AtomicBool,
@@ -245,11 +288,14 @@ struct QueueState {
 }
 
 impl DataQueue {
-    /// A queue over freshly initialised rings.
+    /// A queue over the freshly initialised rings of queue pair `pair` of the region,
+    /// served by NIC queue (`port`, `queue`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         region: &Arc<GuestRegion>,
         port: u16,
         queue: u16,
+        pair: u32,
         rx_pool: GuestPool,
         rx_depth: u32,
         stats: Arc<SocketStats>,
@@ -257,22 +303,28 @@ impl DataQueue {
     ) -> Result<DataQueue, String> {
         // SAFETY: `_region` in the state keeps the mapping alive as long as these views.
         let mem = unsafe { region.mem_static() };
-        let mut rx = DescProducer::new(&mem, region.layout.rx_ring()).map_err(|e| format!("rx ring: {e}"))?;
+        let (rx_area, tx_area) =
+            region.layout.rings_of(pair).ok_or_else(|| format!("the region has no queue pair {pair}"))?;
+        let mut rx = DescProducer::new(&mem, rx_area).map_err(|e| format!("rx ring: {e}"))?;
         // The guest's rx queue holds no more buffers than it asked descriptors for: its
         // application sized its pool for that, not for the whole ring.
         rx.set_fill_limit(rx_depth);
-        let tx = DescConsumer::new(&mem, region.layout.tx_ring()).map_err(|e| format!("tx ring: {e}"))?;
+        let tx = DescConsumer::new(&mem, tx_area).map_err(|e| format!("tx ring: {e}"))?;
         let rx_wake = match waker {
             Some(waker) => {
                 let status =
                     StatusBlock::from_layout(&mem, &region.layout).map_err(|e| format!("status block: {e}"))?;
-                Some(RxWake { requested: status.rx_wakeup_requested(), waker })
+                let requested = status
+                    .rx_wakeup_requested_of(pair)
+                    .ok_or_else(|| format!("the status block has no wake-up flag for queue pair {pair}"))?;
+                Some(RxWake { requested, waker })
             }
             None => None,
         };
         Ok(DataQueue {
             port,
             queue,
+            pair,
             stats,
             broken: AtomicBool::new(false),
             first_invalid: AtomicU32::new(0),
@@ -1110,6 +1162,23 @@ mod tests {
             });
         }
         assert!(polls.iter().all(|&n| n == 2), "{polls:?}");
+    }
+
+    #[test]
+    fn socket_stats_add_every_counter() {
+        let a = SocketStats::default();
+        let b = SocketStats::default();
+        for (i, c) in b.counters().iter().enumerate() {
+            c.store(i as u64 + 1, Ordering::Relaxed);
+        }
+        a.add(&b);
+        a.add(&b);
+        for (i, c) in a.counters().iter().enumerate() {
+            assert_eq!(c.load(Ordering::Relaxed), 2 * (i as u64 + 1));
+        }
+        // Named fields land where they belong.
+        assert_eq!(a.rx_packets.load(Ordering::Relaxed), 2);
+        assert_eq!(a.unwanted_fds.load(Ordering::Relaxed), 2 * COUNTERS as u64);
     }
 
     #[test]

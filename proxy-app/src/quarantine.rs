@@ -33,7 +33,8 @@ pub const POOL_DELETE_WAIT: Duration = Duration::from_secs(3);
 pub struct Leftover {
     pub socket: PathBuf,
     pub port: u16,
-    pub queue: u16,
+    /// The NIC queues of the socket.
+    pub queues: Vec<u16>,
     pub app: String,
     pub pools: Vec<ShadowPool>,
     pub since: Instant,
@@ -60,12 +61,12 @@ pub struct PendingDelete {
 
 /// Whether a socket with `leftovers` departed guests' pools in quarantine takes a new
 /// guest; otherwise the reason of the refusal.
-pub fn admits(leftovers: usize, in_nic: u64, port: u16, queue: u16) -> Result<(), String> {
+pub fn admits(leftovers: usize, in_nic: u64, port: u16, queues: &str) -> Result<(), String> {
     if leftovers < MAX_LEFTOVERS_PER_SOCKET {
         return Ok(());
     }
     Err(format!(
-        "{leftovers} earlier guests of this socket left {in_nic} buffers in port {port} queue {queue} that the NIC has \
+        "{leftovers} earlier guests of this socket left {in_nic} buffers in port {port} queue {queues} that the NIC has \
          not given back yet; their memory is kept until it does, and at most {MAX_LEFTOVERS_PER_SOCKET} such guests \
          are kept per socket: try again later"
     ))
@@ -78,9 +79,9 @@ mod tests {
     #[test]
     fn a_socket_takes_new_guests_until_its_quarantine_is_full() {
         for n in 0..MAX_LEFTOVERS_PER_SOCKET {
-            assert!(admits(n, 10, 0, 0).is_ok());
+            assert!(admits(n, 10, 0, "0").is_ok());
         }
-        let reason = admits(MAX_LEFTOVERS_PER_SOCKET, 37, 1, 2).unwrap_err();
+        let reason = admits(MAX_LEFTOVERS_PER_SOCKET, 37, 1, "2").unwrap_err();
         assert!(reason.contains("37 buffers in port 1 queue 2"), "{reason}");
     }
 }

@@ -13,6 +13,8 @@ pub struct RegionRequest {
     pub size: u64,
     pub rx_entries: u32,
     pub tx_entries: u32,
+    /// Rx/tx ring pairs: the queue pairs the socket offers.
+    pub queue_pairs: u32,
     pub try_hugepages: bool,
 }
 
@@ -54,16 +56,25 @@ impl GuestRegion {
 
     fn lay_out(memfd: OwnedFd, backing: RegionBacking, req: &RegionRequest) -> Result<GuestRegion, String> {
         let flags = if backing.hugepages { RegionFlags::HUGEPAGES } else { RegionFlags::empty() };
-        let layout = RegionLayout::new(backing.size, backing.page_size, req.rx_entries, req.tx_entries, flags)
-            .map_err(|e| format!("cannot lay out the region: {e}"))?;
+        let layout = RegionLayout::with_queue_pairs(
+            backing.size,
+            backing.page_size,
+            req.rx_entries,
+            req.tx_entries,
+            req.queue_pairs,
+            flags,
+        )
+        .map_err(|e| format!("cannot lay out the region: {e}"))?;
         let len = usize::try_from(backing.size).map_err(|_| "region too large".to_string())?;
         // Guarded: a guest punching holes in its memfd must not end the proxy with a
         // SIGBUS (see shm_contract::fault); housekeeping drops it instead.
         let mapping = Mapping::map_guarded(memfd.as_fd(), len).map_err(|e| format!("cannot map the region: {e}"))?;
         let mem = mapping.mem();
         layout.write_header(&mem).map_err(|e| format!("cannot write the region header: {e}"))?;
-        DescRing::init(&mem, layout.rx_ring()).map_err(|e| format!("rx ring: {e}"))?;
-        DescRing::init(&mem, layout.tx_ring()).map_err(|e| format!("tx ring: {e}"))?;
+        for (rx, tx) in (0..layout.queue_pairs()).filter_map(|pair| layout.rings_of(pair)) {
+            DescRing::init(&mem, rx).map_err(|e| format!("rx ring: {e}"))?;
+            DescRing::init(&mem, tx).map_err(|e| format!("tx ring: {e}"))?;
+        }
         Ok(GuestRegion { memfd, extmem: None, mapping, layout, hugepages: backing.hugepages })
     }
 

@@ -85,13 +85,19 @@ pub struct Limits {
     pub hugepage_share: u64,
 }
 
+/// The descriptor rings a region holds: `queue_pairs` rx/tx pairs of these entries.
+pub struct Rings {
+    pub rx_entries: u32,
+    pub tx_entries: u32,
+    pub queue_pairs: u32,
+}
+
 /// Sizes and backs a region for a guest that asked `asked` bytes (0: none) and plans
-/// `heap_bytes` of pools (0: no plan), with rings of these entries.
+/// `heap_bytes` of pools (0: no plan), with these rings.
 pub fn plan(
     asked: u64,
     heap_bytes: u64,
-    rx_entries: u32,
-    tx_entries: u32,
+    rings: &Rings,
     limits: &Limits,
     mem: &MemInfo,
 ) -> Result<Plan, (RefuseCode, String)> {
@@ -99,7 +105,7 @@ pub fn plan(
         if asked != 0 {
             Some(asked)
         } else if heap_bytes != 0 {
-            RegionLayout::size_for_heap(page, rx_entries, tx_entries, heap_bytes)
+            RegionLayout::size_for_heap_with_pairs(page, rings.rx_entries, rings.tx_entries, rings.queue_pairs, heap_bytes)
         } else {
             Some(limits.default_size)
         }
@@ -169,6 +175,7 @@ mod tests {
     use super::*;
 
     const GIB: u64 = 1 << 30;
+    const ONE_PAIR: Rings = Rings { rx_entries: 1024, tx_entries: 1024, queue_pairs: 1 };
 
     fn mem(free_hugepages: u64) -> MemInfo {
         MemInfo {
@@ -203,40 +210,44 @@ mod tests {
     fn a_pool_plan_gets_a_region_that_just_fits_it() {
         // 4096 buffers of 2176 bytes and their free ring: about 9.3 MiB.
         let heap = 9_750_000;
-        let p = plan(0, heap, 1024, 1024, &limits(), &mem(GIB)).unwrap();
+        let p = plan(0, heap, &ONE_PAIR, &limits(), &mem(GIB)).unwrap();
         // On hugepages: a 2 MiB page each for the header and the two rings, then the heap.
         assert_eq!(p, Plan { size: 16 * MIB, hugepages: true, fallback: None });
         // On 4 KiB pages: 11 pages of header and rings, then the heap.
-        let p = plan(0, heap, 1024, 1024, &Limits { try_hugepages: false, ..limits() }, &mem(GIB)).unwrap();
+        let p = plan(0, heap, &ONE_PAIR, &Limits { try_hugepages: false, ..limits() }, &mem(GIB)).unwrap();
         assert_eq!(p.size, 11 * 4096 + heap.next_multiple_of(4096));
         assert!(!p.hugepages);
         assert_eq!(p.fallback, None, "--no-hugepages is no fallback to report");
         // 512 buffers, about 1.1 MiB: 8 MiB of hugepages would be waste; 4 KiB pages.
-        let p = plan(0, 1_150_000, 1024, 1024, &limits(), &mem(GIB)).unwrap();
+        let p = plan(0, 1_150_000, &ONE_PAIR, &limits(), &mem(GIB)).unwrap();
         assert_eq!(p.size, 11 * 4096 + 1_150_000u64.next_multiple_of(4096));
         assert!(!p.hugepages);
         assert!(p.fallback.unwrap().contains("hugepages would take 8 MiB for 1168 KiB"));
+        // Two queue pairs: their rings come on top (5 + 5 more pages on 4 KiB pages).
+        let two = Rings { queue_pairs: 2, ..ONE_PAIR };
+        let p = plan(0, heap, &two, &Limits { try_hugepages: false, ..limits() }, &mem(GIB)).unwrap();
+        assert_eq!(p.size, 21 * 4096 + heap.next_multiple_of(4096));
         // No plan: the default; a size asked: that size.
-        assert_eq!(plan(0, 0, 1024, 1024, &limits(), &mem(0)).unwrap().size, 512 * MIB);
-        assert_eq!(plan(64 * MIB, heap, 1024, 1024, &limits(), &mem(GIB)).unwrap().size, 64 * MIB);
+        assert_eq!(plan(0, 0, &ONE_PAIR, &limits(), &mem(0)).unwrap().size, 512 * MIB);
+        assert_eq!(plan(64 * MIB, heap, &ONE_PAIR, &limits(), &mem(GIB)).unwrap().size, 64 * MIB);
     }
 
     #[test]
     fn hugepages_are_shared_fairly() {
         // More than a guest's share: 4 KiB pages, and why.
-        let p = plan(0, 0, 1024, 1024, &limits(), &mem(GIB)).unwrap();
+        let p = plan(0, 0, &ONE_PAIR, &limits(), &mem(GIB)).unwrap();
         assert!(!p.hugepages);
         assert!(p.fallback.unwrap().contains("more than a guest's share of them (128 MiB"));
         // Within the share, but it would leave less than a share free.
-        let p = plan(64 * MIB, 0, 1024, 1024, &limits(), &mem(180 * MIB)).unwrap();
+        let p = plan(64 * MIB, 0, &ONE_PAIR, &limits(), &mem(180 * MIB)).unwrap();
         assert!(!p.hugepages);
         assert!(p.fallback.unwrap().contains("180 MiB of hugepages are free"));
-        assert!(plan(64 * MIB, 0, 1024, 1024, &limits(), &mem(192 * MIB)).unwrap().hugepages);
+        assert!(plan(64 * MIB, 0, &ONE_PAIR, &limits(), &mem(192 * MIB)).unwrap().hugepages);
         // 64 guests of 16 MiB one after the other never take the last share.
         let mut free = GIB;
         let mut on_hugepages = 0;
         for _ in 0..64 {
-            let p = plan(0, 9_750_000, 1024, 1024, &limits(), &mem(free)).unwrap();
+            let p = plan(0, 9_750_000, &ONE_PAIR, &limits(), &mem(free)).unwrap();
             if p.hugepages {
                 free -= p.size;
                 on_hugepages += 1;
@@ -246,27 +257,27 @@ mod tests {
         assert!(free >= limits().hugepage_share, "{free}");
         // A share of 0: never hugepages.
         let none = Limits { hugepage_share: 0, ..limits() };
-        assert!(!plan(0, 9_750_000, 1024, 1024, &none, &mem(GIB)).unwrap().hugepages);
+        assert!(!plan(0, 9_750_000, &ONE_PAIR, &none, &mem(GIB)).unwrap().hugepages);
     }
 
     #[test]
     fn limits_refuse_with_a_reason() {
-        let (code, why) = plan(4 * GIB - 4096, 0, 1024, 1024, &limits(), &mem(GIB)).unwrap_err();
+        let (code, why) = plan(4 * GIB - 4096, 0, &ONE_PAIR, &limits(), &mem(GIB)).unwrap_err();
         assert_eq!(code, RefuseCode::TooLarge);
         assert!(why.contains("at most 2048 MiB"), "{why}");
-        let (code, _) = plan(0, 3 * GIB, 1024, 1024, &limits(), &mem(GIB)).unwrap_err();
+        let (code, _) = plan(0, 3 * GIB, &ONE_PAIR, &limits(), &mem(GIB)).unwrap_err();
         assert_eq!(code, RefuseCode::TooLarge);
-        let (code, _) = plan(0, u64::MAX, 1024, 1024, &limits(), &mem(GIB)).unwrap_err();
+        let (code, _) = plan(0, u64::MAX, &ONE_PAIR, &limits(), &mem(GIB)).unwrap_err();
         assert_eq!(code, RefuseCode::TooLarge);
         // Normal pages the machine cannot spare.
         let tight = MemInfo { available: 2 * GIB, ..mem(0) };
-        let (code, why) = plan(1536 * MIB, 0, 1024, 1024, &limits(), &tight).unwrap_err();
+        let (code, why) = plan(1536 * MIB, 0, &ONE_PAIR, &limits(), &tight).unwrap_err();
         assert_eq!(code, RefuseCode::NoMemory);
         assert!(why.contains("less than 1536 MiB"), "{why}");
-        assert!(plan(256 * MIB, 0, 1024, 1024, &limits(), &tight).is_ok());
+        assert!(plan(256 * MIB, 0, &ONE_PAIR, &limits(), &tight).is_ok());
         // Unknown memory (no /proc/meminfo): no check, no hugepages.
         assert_eq!(
-            plan(256 * MIB, 0, 1024, 1024, &limits(), &MemInfo::default()).unwrap(),
+            plan(256 * MIB, 0, &ONE_PAIR, &limits(), &MemInfo::default()).unwrap(),
             Plan { size: 256 * MIB, hugepages: false, fallback: None }
         );
     }

@@ -36,9 +36,13 @@ const REFRESH_PERIOD: Duration = Duration::from_millis(100);
 pub struct SocketView {
     pub path: String,
     pub port: u16,
+    /// The NIC queue of queue pair 0.
     pub queue: u16,
     pub guests_served: u64,
+    /// The socket's counters, all queue pairs added up.
     pub stats: Arc<SocketStats>,
+    /// Each queue pair's NIC queue and counters, when the socket offers more than one.
+    pub pairs: Vec<(u16, Arc<SocketStats>)>,
     /// Validation failures of the pools (counted per pool, added to `stats.invalid`).
     pub pool_invalid: u64,
     pub conn: Option<ConnView>,
@@ -228,6 +232,16 @@ fn socket_dict(s: &SocketView) -> TelDict {
     out.u64("unwanted_fds", ld(&st.unwanted_fds));
     out.u64("copies", ld(&st.copies));
     out.u64("invalid", ld(&st.invalid) + s.pool_invalid);
+    if s.pairs.len() > 1 {
+        out.u64("queue_pairs", s.pairs.len() as u64);
+        for (k, (queue, q)) in s.pairs.iter().enumerate() {
+            out.u64(&format!("queue{k}_nic_queue"), *queue as u64);
+            out.u64(&format!("queue{k}_rx_packets"), ld(&q.rx_packets));
+            out.u64(&format!("queue{k}_rx_dropped"), ld(&q.rx_dropped));
+            out.u64(&format!("queue{k}_tx_packets"), ld(&q.tx_packets));
+            out.u64(&format!("queue{k}_tx_dropped"), ld(&q.tx_dropped));
+        }
+    }
     out.int("guest_connected", s.conn.is_some() as i32);
     let Some(conn) = &s.conn else { return out };
     out.int("guest_pid", conn.pid);
@@ -308,6 +322,7 @@ mod tests {
             queue: 2,
             guests_served: 3,
             stats: Arc::new(SocketStats::default()),
+            pairs: Vec::new(),
             pool_invalid: 4,
             conn: None,
         };
@@ -317,5 +332,29 @@ mod tests {
         assert_eq!(names.last(), Some(&"guest_connected"));
         assert_eq!(names.len(), 18);
         assert!(d.entries().contains(&("invalid".to_string(), dpdk::telemetry::TelValue::U64(4))));
+    }
+
+    #[test]
+    fn a_socket_with_queue_pairs_shows_each() {
+        let pair = |rx: u64| {
+            let st = SocketStats::default();
+            st.rx_packets.store(rx, Ordering::Relaxed);
+            Arc::new(st)
+        };
+        let view = SocketView {
+            path: "/tmp/s".into(),
+            port: 0,
+            queue: 1,
+            guests_served: 0,
+            stats: Arc::new(SocketStats::default()),
+            pairs: vec![(1, pair(10)), (3, pair(20))],
+            pool_invalid: 0,
+            conn: None,
+        };
+        let d = socket_dict(&view);
+        let has = |name: &str, v: u64| d.entries().contains(&(name.to_string(), dpdk::telemetry::TelValue::U64(v)));
+        assert!(has("queue_pairs", 2));
+        assert!(has("queue0_nic_queue", 1) && has("queue0_rx_packets", 10));
+        assert!(has("queue1_nic_queue", 3) && has("queue1_rx_packets", 20) && has("queue1_tx_packets", 0));
     }
 }

@@ -271,7 +271,7 @@ impl Attached {
 
     /// Starts the queue with pool 0 feeding NIC rx.
     pub fn start(&mut self) -> Result<(), String> {
-        match self.request(&Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0 })? {
+        match self.request(&Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0, queue: 0 })? {
             Message::QueueStarted => {
                 self.tx_prod = 0;
                 self.rx_cons = 0;

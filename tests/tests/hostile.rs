@@ -652,7 +652,7 @@ fn case_random_bytes(c: &Ctx<'_>) -> Seen {
         let mut bytes = rng.bytes(len);
         if i % 2 == 0 && bytes.len() >= 16 {
             // A valid header with a garbage body, to get past the magic.
-            let hdr = encode_to_vec(&Message::QueueStop, 9).unwrap();
+            let hdr = encode_to_vec(&Message::QueueStop { queue: 0 }, 9).unwrap();
             bytes[..8].copy_from_slice(&hdr[..8]);
         }
         if send_raw(&g.sock, &bytes).unwrap_or(false) {
@@ -734,7 +734,7 @@ fn case_bad_pools(c: &Ctx<'_>) -> Seen {
     let mut asks: Vec<(String, Message, String)> =
         bad.iter().map(|(add, reason)| (format!("pool {add:?}"), Message::PoolAdd(*add), reason.clone())).collect();
     // Requests that need what the guest has not got, or that only the proxy sends.
-    asks.push(("start without a pool".into(), Message::QueueStart { rx_pool_id: 3, flags: 0, rx_depth: 0 }, "no pool 3 was announced".into()));
+    asks.push(("start without a pool".into(), Message::QueueStart { rx_pool_id: 3, flags: 0, rx_depth: 0, queue: 0 }, "no pool 3 was announced".into()));
     asks.push(("delete of no pool".into(), Message::PoolDel { pool_id: 2 }, "no pool 2".into()));
     asks.push(("a proxy's message".into(), Message::QueueStarted, "from a guest".into()));
     let mut wrong = Vec::new();
@@ -815,7 +815,7 @@ fn case_queue_flapping(c: &Ctx<'_>) -> Seen {
     let (mut ok, mut refused, mut other_reason) = (0u32, 0u32, None);
     let deadline = Instant::now() + CASE_TIME;
     while Instant::now() < deadline {
-        for msg in [Message::QueueStop, Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0 }] {
+        for msg in [Message::QueueStop { queue: 0 }, Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0, queue: 0 }] {
             match g.request(&msg) {
                 Ok(Message::Refuse { code: RefuseCode::BadRequest, reason }) if reason.contains("queue starts per second") => refused += 1,
                 Ok(Message::Refuse { code, reason }) => {
@@ -921,7 +921,7 @@ fn case_wakeup_abuse(c: &Ctx<'_>) -> Seen {
     // properly: the proxy hands over its own pair's end, which the guest makes blocking
     // and never reads, while it asks to be woken all the time and keeps its rx ring
     // drained: the proxy's sends must never block or slow its data loop.
-    let start = Message::QueueStart { rx_pool_id: 0, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 0 };
+    let start = Message::QueueStart { rx_pool_id: 0, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 0, queue: 0 };
     let (r, _w) = pipe();
     let mut g = Attached::attach(c.bad, &hello(8 << 20, 256)).unwrap();
     g.add_pool(512, 256).unwrap();
@@ -1043,9 +1043,9 @@ fn message_kinds() -> Vec<(&'static str, bool, Option<Message>)> {
         ("reattaching Hello", false, Some(Message::Hello(reattach))),
         ("PoolAdd", true, Some(Message::PoolAdd(pool))),
         ("PoolDel", true, Some(Message::PoolDel { pool_id: 0 })),
-        ("QueueStart", true, Some(Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0 })),
-        ("QueueStart+wake-ups", true, Some(Message::QueueStart { rx_pool_id: 0, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 0 })),
-        ("QueueStop", true, Some(Message::QueueStop)),
+        ("QueueStart", true, Some(Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0, queue: 0 })),
+        ("QueueStart+wake-ups", true, Some(Message::QueueStart { rx_pool_id: 0, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 0, queue: 0 })),
+        ("QueueStop", true, Some(Message::QueueStop { queue: 0 })),
         ("Goodbye", true, Some(Message::Goodbye)),
         ("garbage after Hello", true, None),
     ]

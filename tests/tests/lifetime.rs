@@ -287,7 +287,7 @@ fn a_pool_delete_whose_buffers_stay_in_the_nic_is_refused_after_a_bound_and_free
     let pool1 = add_second_pool(&mut g, 512);
     g.start().expect("queue start");
     leave_pool1_buffers_in_the_nic(&mut proxy, &sock, &mut g, &pool1);
-    match g.request(&Message::QueueStop) {
+    match g.request(&Message::QueueStop { queue: 0 }) {
         Ok(Message::QueueStopped) => {}
         other => panic!("QueueStop answered {other:?}"),
     }

@@ -4,6 +4,7 @@
 //! 0              header fields (below), then the status block at `status_offset`
 //! page aligned   rx descriptor ring (proxy produces, guest consumes)
 //! page aligned   tx descriptor ring (guest produces, proxy consumes)
+//! page aligned   ... the rx and tx rings of queue pairs 1.. (contract 1.1)
 //! page aligned   heap (the guest's pools), up to the end of the region
 //! ```
 //!
@@ -34,6 +35,16 @@
 //! | 72     | 4    | tx ring bytes |
 //! | 76     | 4    | heap offset |
 //! | 80     | 4    | heap size |
+//! | 84     | 4    | `queue_pairs`: rx/tx ring pairs, 1..=[`MAX_QUEUE_PAIRS`] (1.1; absent in 1.0: one pair) |
+//! | 88     | 24 each | pairs 1..`queue_pairs`: rx offset, entries, bytes, tx offset, entries, bytes (1.1) |
+//!
+//! Pair 0 is the rx and tx ring above. A region with one pair is written as
+//! contract 1.0 (`fields_len` 84), byte for byte what a 1.0 proxy writes; a region
+//! with more pairs as 1.1, `fields_len` `88 + 24 * (queue_pairs - 1)`. A 1.0 guest
+//! reads a 1.1 header as one pair (the extra fields are covered by the checksum
+//! and otherwise ignored), so it runs on pair 0 of a multi-queue socket. Every pair
+//! has the same entries; the rings follow each other (rx 0, tx 0, rx 1, tx 1, ...),
+//! each page aligned, then the heap.
 //!
 //! The proxy writes the header once ([`RegionLayout::write_header`]) before it
 //! passes the memfd and keeps its own copy of the layout; the guest copies the
@@ -51,7 +62,7 @@
 //! | 0      | `link_up` (`u32`, 0/1) | proxy |
 //! | 4      | `link_speed_mbps` (`u32`) | proxy |
 //! | 8      | `proxy_generation` (`u32`, bumped when the proxy resets the queue) | proxy |
-//! | 128    | `rx_wakeup_requested` (`u32`) | guest |
+//! | 128 + 4 q | `rx_wakeup_requested` of queue pair `q` (`u32`; pair 0 at 128) | guest |
 
 use std::fmt;
 use std::ops::BitOr;
@@ -63,12 +74,21 @@ use crate::spsc::DescRing;
 /// Magic at offset 0 of every region.
 pub const REGION_MAGIC: [u8; 8] = *b"SHMIOREG";
 /// The version of the region contract this build implements.
-pub const CONTRACT_VERSION: Version = Version { major: 1, minor: 0 };
+pub const CONTRACT_VERSION: Version = Version { major: 1, minor: 1 };
 /// Bytes reserved at the start of the region for the header fields and the
 /// status block.
 pub const HEADER_SIZE: u32 = 4096;
-/// Bytes of header fields defined by contract 1.0.
+/// Bytes of header fields defined by contract 1.0 (the fewest a header has).
 pub const HEADER_FIELDS_LEN: u32 = 84;
+/// Most rx/tx ring pairs (queue pairs) a region holds.
+pub const MAX_QUEUE_PAIRS: u32 = 16;
+/// Bytes of header fields of a contract 1.1 header with one ring pair; each further
+/// pair adds [`QUEUE_PAIR_FIELDS_LEN`].
+pub const HEADER_FIELDS_LEN_1_1: u32 = 88;
+/// Bytes of header fields per ring pair beyond the first (contract 1.1).
+pub const QUEUE_PAIR_FIELDS_LEN: u32 = 24;
+/// The most header fields this build writes.
+pub const MAX_HEADER_FIELDS_LEN: u32 = HEADER_FIELDS_LEN_1_1 + QUEUE_PAIR_FIELDS_LEN * (MAX_QUEUE_PAIRS - 1);
 /// Where [`RegionLayout::new`] puts the status block.
 pub const STATUS_BLOCK_OFFSET: u32 = 2048;
 /// Size of the status block.
@@ -101,7 +121,8 @@ pub const STATUS_LINK_UP: u32 = 0;
 pub const STATUS_LINK_SPEED: u32 = 4;
 /// Offset in the status block of `proxy_generation`.
 pub const STATUS_PROXY_GENERATION: u32 = 8;
-/// Offset in the status block of `rx_wakeup_requested` (guest-written half).
+/// Offset in the status block of `rx_wakeup_requested` of queue pair 0 (guest-written
+/// half); pair `q`'s is `4 * q` bytes further.
 pub const STATUS_RX_WAKEUP: u32 = 128;
 
 // Header field offsets.
@@ -119,6 +140,8 @@ const OFF_STATUS_SIZE: usize = 48;
 const OFF_RX: usize = 52;
 const OFF_TX: usize = 64;
 const OFF_HEAP: usize = 76;
+const OFF_QUEUE_PAIRS: usize = 84;
+const OFF_PAIRS: usize = 88;
 
 /// A contract version. Majors must match; a minor only adds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -319,6 +342,11 @@ pub enum LayoutError {
     },
     /// The heap is empty.
     HeapEmpty,
+    /// The number of queue pairs is not in `1..=MAX_QUEUE_PAIRS`.
+    QueuePairs {
+        /// The rejected number.
+        queue_pairs: u32,
+    },
 }
 
 impl fmt::Display for LayoutError {
@@ -358,6 +386,9 @@ impl fmt::Display for LayoutError {
             ),
             LayoutError::AreasOverlap { a, b } => write!(f, "{a} overlaps {b}"),
             LayoutError::HeapEmpty => write!(f, "the heap is empty"),
+            LayoutError::QueuePairs { queue_pairs } => {
+                write!(f, "{queue_pairs} queue pairs is not in 1..={MAX_QUEUE_PAIRS}")
+            }
         }
     }
 }
@@ -546,35 +577,78 @@ pub struct RegionLayout {
     region_size: u64,
     page_size: u64,
     flags: RegionFlags,
-    rx_ring: RingArea,
-    tx_ring: RingArea,
+    /// The rx and tx ring of each queue pair; `rings[..queue_pairs]` are the region's,
+    /// the rest are zero.
+    rings: [(RingArea, RingArea); MAX_QUEUE_PAIRS as usize],
+    queue_pairs: u32,
     status_offset: u32,
     heap: Area,
 }
 
+/// A queue pair's rings that are not there (beyond `queue_pairs`).
+const NO_RINGS: (RingArea, RingArea) = (RingArea { offset: 0, entries: 0 }, RingArea { offset: 0, entries: 0 });
+
+/// The header fields of a layout: [`HeaderFields::len`] bytes (84 for one queue pair,
+/// contract 1.0; more for more pairs, 1.1). Dereferences to those bytes.
+#[derive(Clone, Copy)]
+pub struct HeaderFields {
+    bytes: [u8; MAX_HEADER_FIELDS_LEN as usize],
+    len: usize,
+}
+
+impl std::ops::Deref for HeaderFields {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 impl RegionLayout {
-    /// Where the rx ring, the tx ring and the heap start.
-    fn offsets(page_size: u64, rx_entries: u32, tx_entries: u32) -> (u64, u64, u64) {
-        let rx_offset = align_up(HEADER_SIZE as u64, page_size);
-        let tx_offset = align_up(rx_offset + DescRing::bytes_for(rx_entries), page_size);
-        let heap_offset = align_up(tx_offset + DescRing::bytes_for(tx_entries), page_size);
-        (rx_offset, tx_offset, heap_offset)
+    /// Where each queue pair's rx and tx ring start, and where the heap starts: the
+    /// rings follow the header page in pair order, each page aligned.
+    fn offsets(
+        page_size: u64,
+        rx_entries: u32,
+        tx_entries: u32,
+        queue_pairs: u32,
+    ) -> ([(u64, u64); MAX_QUEUE_PAIRS as usize], u64) {
+        let mut offsets = [(0u64, 0u64); MAX_QUEUE_PAIRS as usize];
+        let mut next = align_up(HEADER_SIZE as u64, page_size);
+        for pair in offsets.iter_mut().take(queue_pairs as usize) {
+            let rx_offset = next;
+            let tx_offset = align_up(rx_offset + DescRing::bytes_for(rx_entries), page_size);
+            next = align_up(tx_offset + DescRing::bytes_for(tx_entries), page_size);
+            *pair = (rx_offset, tx_offset);
+        }
+        (offsets, next)
     }
 
     /// The smallest region of `page_size` pages whose heap holds `heap_bytes` (a
-    /// guest's pool plan) next to the header and rings of these sizes; `None` beyond
-    /// [`MAX_REGION_SIZE`] or for sizes [`new`](Self::new) refuses.
+    /// guest's pool plan) next to the header and one ring pair of these sizes; `None`
+    /// beyond [`MAX_REGION_SIZE`] or for sizes [`new`](Self::new) refuses.
     pub fn size_for_heap(page_size: u64, rx_entries: u32, tx_entries: u32, heap_bytes: u64) -> Option<u64> {
+        Self::size_for_heap_with_pairs(page_size, rx_entries, tx_entries, 1, heap_bytes)
+    }
+
+    /// [`size_for_heap`](Self::size_for_heap) for a region of `queue_pairs` ring pairs.
+    pub fn size_for_heap_with_pairs(
+        page_size: u64,
+        rx_entries: u32,
+        tx_entries: u32,
+        queue_pairs: u32,
+        heap_bytes: u64,
+    ) -> Option<u64> {
         check_page_size(page_size).ok()?;
         check_ring_entries(AreaKind::RxRing, rx_entries).ok()?;
         check_ring_entries(AreaKind::TxRing, tx_entries).ok()?;
-        let (_, _, heap_offset) = Self::offsets(page_size, rx_entries, tx_entries);
+        check_queue_pairs(queue_pairs).ok()?;
+        let (_, heap_offset) = Self::offsets(page_size, rx_entries, tx_entries, queue_pairs);
         let size = align_up(heap_offset.checked_add(heap_bytes.max(1))?.min(u64::MAX - page_size), page_size);
         (size <= MAX_REGION_SIZE).then_some(size)
     }
 
-    /// Lays out a region: header page, rx ring, tx ring, each page-aligned, and
-    /// the rest as heap.
+    /// Lays out a region with one queue pair: header page, rx ring, tx ring, each
+    /// page-aligned, and the rest as heap.
     pub fn new(
         region_size: u64,
         page_size: u64,
@@ -582,31 +656,47 @@ impl RegionLayout {
         tx_entries: u32,
         flags: RegionFlags,
     ) -> Result<Self, LayoutError> {
+        Self::with_queue_pairs(region_size, page_size, rx_entries, tx_entries, 1, flags)
+    }
+
+    /// Lays out a region with `queue_pairs` rx/tx ring pairs (1..=[`MAX_QUEUE_PAIRS`]):
+    /// header page, rx 0, tx 0, rx 1, tx 1, ..., each page-aligned, and the rest as heap.
+    pub fn with_queue_pairs(
+        region_size: u64,
+        page_size: u64,
+        rx_entries: u32,
+        tx_entries: u32,
+        queue_pairs: u32,
+        flags: RegionFlags,
+    ) -> Result<Self, LayoutError> {
         check_page_size(page_size)?;
         check_region_size(region_size, page_size)?;
         check_ring_entries(AreaKind::RxRing, rx_entries)?;
         check_ring_entries(AreaKind::TxRing, tx_entries)?;
-        let (rx_offset, tx_offset, heap_offset) = Self::offsets(page_size, rx_entries, tx_entries);
+        check_queue_pairs(queue_pairs)?;
+        // Every value is below `region_size <= MAX_REGION_SIZE < 2^32` once the end
+        // is checked against it.
+        let to_u32 = |v: u64| u32::try_from(v).map_err(|_| LayoutError::RegionTooLarge { region_size });
+        let mut rings = [NO_RINGS; MAX_QUEUE_PAIRS as usize];
+        let (offsets, heap_offset) = Self::offsets(page_size, rx_entries, tx_entries, queue_pairs);
         if heap_offset >= region_size {
             return Err(LayoutError::RegionTooSmall {
                 region_size,
                 needed: heap_offset + page_size,
             });
         }
-        // Every value is below `region_size <= MAX_REGION_SIZE < 2^32`.
-        let to_u32 = |v: u64| u32::try_from(v).map_err(|_| LayoutError::RegionTooLarge { region_size });
+        for (ring, &(rx, tx)) in rings.iter_mut().zip(&offsets).take(queue_pairs as usize) {
+            *ring = (
+                RingArea { offset: to_u32(rx)?, entries: rx_entries },
+                RingArea { offset: to_u32(tx)?, entries: tx_entries },
+            );
+        }
         let layout = RegionLayout {
             region_size,
             page_size,
             flags,
-            rx_ring: RingArea {
-                offset: to_u32(rx_offset)?,
-                entries: rx_entries,
-            },
-            tx_ring: RingArea {
-                offset: to_u32(tx_offset)?,
-                entries: tx_entries,
-            },
+            rings,
+            queue_pairs,
             status_offset: STATUS_BLOCK_OFFSET,
             heap: Area {
                 offset: to_u32(heap_offset)?,
@@ -629,13 +719,25 @@ impl RegionLayout {
     pub fn flags(&self) -> RegionFlags {
         self.flags
     }
-    /// The rx descriptor ring (proxy to guest).
+    /// The rx descriptor ring (proxy to guest) of queue pair 0.
     pub fn rx_ring(&self) -> RingArea {
-        self.rx_ring
+        self.rings[0].0
     }
-    /// The tx descriptor ring (guest to proxy).
+    /// The tx descriptor ring (guest to proxy) of queue pair 0.
     pub fn tx_ring(&self) -> RingArea {
-        self.tx_ring
+        self.rings[0].1
+    }
+    /// How many rx/tx ring pairs the region holds (1..=[`MAX_QUEUE_PAIRS`]).
+    pub fn queue_pairs(&self) -> u32 {
+        self.queue_pairs
+    }
+    /// The rx and tx ring of queue pair `pair`, if the region has it.
+    pub fn rings_of(&self, pair: u32) -> Option<(RingArea, RingArea)> {
+        if pair < self.queue_pairs {
+            self.rings.get(pair as usize).copied()
+        } else {
+            None
+        }
     }
     /// Offset of the status block.
     pub fn status_offset(&self) -> u32 {
@@ -649,8 +751,12 @@ impl RegionLayout {
     fn validate(&self) -> Result<(), LayoutError> {
         check_page_size(self.page_size)?;
         check_region_size(self.region_size, self.page_size)?;
-        check_ring_entries(AreaKind::RxRing, self.rx_ring.entries)?;
-        check_ring_entries(AreaKind::TxRing, self.tx_ring.entries)?;
+        check_queue_pairs(self.queue_pairs)?;
+        let pairs = &self.rings[..self.queue_pairs as usize];
+        for &(rx, tx) in pairs {
+            check_ring_entries(AreaKind::RxRing, rx.entries)?;
+            check_ring_entries(AreaKind::TxRing, tx.entries)?;
+        }
         let status_ok = self.status_offset % CACHE_LINE == 0
             && self.status_offset >= HEADER_FIELDS_LEN
             && self.status_offset as u64 + STATUS_BLOCK_SIZE as u64 <= HEADER_SIZE as u64;
@@ -662,12 +768,15 @@ impl RegionLayout {
         if self.heap.size == 0 {
             return Err(LayoutError::HeapEmpty);
         }
-        let areas = [
-            (AreaKind::Header, Area { offset: 0, size: HEADER_SIZE }),
-            (AreaKind::RxRing, self.rx_ring.area()),
-            (AreaKind::TxRing, self.tx_ring.area()),
-            (AreaKind::Heap, self.heap),
-        ];
+        // On the stack: this runs for every header a guest reads (and in the fuzzers).
+        let mut areas = [(AreaKind::Header, Area { offset: 0, size: 0 }); 2 + 2 * MAX_QUEUE_PAIRS as usize];
+        areas[0] = (AreaKind::Header, Area { offset: 0, size: HEADER_SIZE });
+        for (i, &(rx, tx)) in pairs.iter().enumerate() {
+            areas[1 + 2 * i] = (AreaKind::RxRing, rx.area());
+            areas[2 + 2 * i] = (AreaKind::TxRing, tx.area());
+        }
+        areas[1 + 2 * pairs.len()] = (AreaKind::Heap, self.heap);
+        let areas = &areas[..2 + 2 * pairs.len()];
         for &(kind, area) in &areas[1..] {
             if area.offset as u64 % self.page_size != 0 {
                 return Err(LayoutError::AreaMisaligned {
@@ -695,30 +804,55 @@ impl RegionLayout {
         Ok(())
     }
 
-    /// The header bytes (`HEADER_FIELDS_LEN` of them) describing this layout.
-    pub fn header_bytes(&self) -> [u8; HEADER_FIELDS_LEN as usize] {
-        let mut b = [0u8; HEADER_FIELDS_LEN as usize];
+    /// The header fields describing this layout: contract 1.0 (84 bytes) for one
+    /// queue pair, 1.1 for more.
+    pub fn header_bytes(&self) -> HeaderFields {
+        let len = self.fields_len();
+        let minor: u16 = if self.queue_pairs == 1 { 0 } else { 1 };
+        let mut b = [0u8; MAX_HEADER_FIELDS_LEN as usize];
         let mut put = |off: usize, bytes: &[u8]| b[off..off + bytes.len()].copy_from_slice(bytes);
         put(OFF_MAGIC, &REGION_MAGIC);
         put(OFF_MAJOR, &CONTRACT_VERSION.major.to_le_bytes());
-        put(OFF_MINOR, &CONTRACT_VERSION.minor.to_le_bytes());
+        put(OFF_MINOR, &minor.to_le_bytes());
         put(OFF_HEADER_SIZE, &HEADER_SIZE.to_le_bytes());
-        put(OFF_FIELDS_LEN, &HEADER_FIELDS_LEN.to_le_bytes());
+        put(OFF_FIELDS_LEN, &len.to_le_bytes());
         put(OFF_REGION_SIZE, &self.region_size.to_le_bytes());
         put(OFF_PAGE_SIZE, &self.page_size.to_le_bytes());
         put(OFF_FLAGS, &self.flags.bits().to_le_bytes());
         put(OFF_STATUS_OFFSET, &self.status_offset.to_le_bytes());
         put(OFF_STATUS_SIZE, &STATUS_BLOCK_SIZE.to_le_bytes());
-        for (off, ring) in [(OFF_RX, self.rx_ring), (OFF_TX, self.tx_ring)] {
+        let mut put_ring = |off: usize, ring: RingArea| {
             put(off, &ring.offset.to_le_bytes());
             put(off + 4, &ring.entries.to_le_bytes());
             put(off + 8, &ring.area().size.to_le_bytes());
+        };
+        put_ring(OFF_RX, self.rings[0].0);
+        put_ring(OFF_TX, self.rings[0].1);
+        if self.queue_pairs > 1 {
+            for (i, &(rx, tx)) in self.rings[1..self.queue_pairs as usize].iter().enumerate() {
+                let off = OFF_PAIRS + i * QUEUE_PAIR_FIELDS_LEN as usize;
+                put_ring(off, rx);
+                put_ring(off + 12, tx);
+            }
         }
+        let mut put = |off: usize, bytes: &[u8]| b[off..off + bytes.len()].copy_from_slice(bytes);
         put(OFF_HEAP, &self.heap.offset.to_le_bytes());
         put(OFF_HEAP + 4, &self.heap.size.to_le_bytes());
-        let sum = header_checksum(&b);
+        if self.queue_pairs > 1 {
+            put(OFF_QUEUE_PAIRS, &self.queue_pairs.to_le_bytes());
+        }
+        let sum = header_checksum(&b[..len as usize]);
         b[OFF_CHECKSUM..OFF_CHECKSUM + 4].copy_from_slice(&sum.to_le_bytes());
-        b
+        HeaderFields { bytes: b, len: len as usize }
+    }
+
+    /// Bytes of header fields of this layout.
+    fn fields_len(&self) -> u32 {
+        if self.queue_pairs == 1 {
+            HEADER_FIELDS_LEN
+        } else {
+            HEADER_FIELDS_LEN_1_1 + QUEUE_PAIR_FIELDS_LEN * (self.queue_pairs - 1)
+        }
     }
 
     /// Writes the header (proxy side, once, before the memfd is passed). The
@@ -780,12 +914,8 @@ impl RegionLayout {
         if status_size != STATUS_BLOCK_SIZE {
             return Err(HeaderError::StatusSize { size: status_size });
         }
-        let mut rings = [RingArea { offset: 0, entries: 0 }; 2];
-        for (ring, (off, kind)) in rings
-            .iter_mut()
-            .zip([(OFF_RX, AreaKind::RxRing), (OFF_TX, AreaKind::TxRing)])
-        {
-            *ring = RingArea {
+        let ring_at = |off: usize, kind: AreaKind| -> Result<RingArea, HeaderError> {
+            let ring = RingArea {
                 offset: get_u32(b, off),
                 entries: get_u32(b, off + 4),
             };
@@ -799,13 +929,27 @@ impl RegionLayout {
                     expected,
                 });
             }
+            Ok(ring)
+        };
+        let mut rings = [NO_RINGS; MAX_QUEUE_PAIRS as usize];
+        rings[0] = (ring_at(OFF_RX, AreaKind::RxRing)?, ring_at(OFF_TX, AreaKind::TxRing)?);
+        // The pair count is a 1.1 field: a 1.0 header (84 bytes of fields) has one pair.
+        let queue_pairs = if fields_len >= HEADER_FIELDS_LEN_1_1 { get_u32(b, OFF_QUEUE_PAIRS) } else { 1 };
+        check_queue_pairs(queue_pairs)?;
+        let needed = HEADER_FIELDS_LEN_1_1 + QUEUE_PAIR_FIELDS_LEN * (queue_pairs - 1);
+        if queue_pairs > 1 && fields_len < needed {
+            return Err(HeaderError::FieldsLen { fields_len });
+        }
+        for (i, pair) in rings.iter_mut().enumerate().take(queue_pairs as usize).skip(1) {
+            let off = OFF_PAIRS + (i - 1) * QUEUE_PAIR_FIELDS_LEN as usize;
+            *pair = (ring_at(off, AreaKind::RxRing)?, ring_at(off + 12, AreaKind::TxRing)?);
         }
         let layout = RegionLayout {
             region_size,
             page_size: get_u64(b, OFF_PAGE_SIZE),
             flags: RegionFlags::from_bits_retain(get_u32(b, OFF_FLAGS)),
-            rx_ring: rings[0],
-            tx_ring: rings[1],
+            rings,
+            queue_pairs,
             status_offset,
             heap: Area {
                 offset: get_u32(b, OFF_HEAP),
@@ -838,6 +982,14 @@ fn check_region_size(region_size: u64, page_size: u64) -> Result<(), LayoutError
     Ok(())
 }
 
+fn check_queue_pairs(queue_pairs: u32) -> Result<(), LayoutError> {
+    if (1..=MAX_QUEUE_PAIRS).contains(&queue_pairs) {
+        Ok(())
+    } else {
+        Err(LayoutError::QueuePairs { queue_pairs })
+    }
+}
+
 fn check_ring_entries(ring: AreaKind, entries: u32) -> Result<(), LayoutError> {
     if entries.is_power_of_two() && (MIN_DESC_RING_ENTRIES..=MAX_DESC_RING_ENTRIES).contains(&entries) {
         Ok(())
@@ -854,8 +1006,11 @@ pub struct StatusBlock<'a> {
     link_up: &'a AtomicU32,
     link_speed_mbps: &'a AtomicU32,
     proxy_generation: &'a AtomicU32,
-    rx_wakeup_requested: &'a AtomicU32,
+    rx_wakeup_requested: [&'a AtomicU32; MAX_QUEUE_PAIRS as usize],
 }
+
+// Every queue pair's wake-up flag fits the guest-written half of the status block.
+const _: () = assert!(STATUS_RX_WAKEUP + 4 * MAX_QUEUE_PAIRS <= STATUS_BLOCK_SIZE);
 
 impl<'a> StatusBlock<'a> {
     /// The status block at `offset` in `mem`.
@@ -863,11 +1018,16 @@ impl<'a> StatusBlock<'a> {
         let at = |field: u32| mem.atomic_u32(offset as usize + field as usize);
         // Touch the last byte too, so a block that does not fit is refused whole.
         mem.read_bytes(offset as usize + STATUS_BLOCK_SIZE as usize - 1, &mut [0])?;
+        let first_wakeup = at(STATUS_RX_WAKEUP)?;
+        let mut rx_wakeup_requested = [first_wakeup; MAX_QUEUE_PAIRS as usize];
+        for (q, flag) in rx_wakeup_requested.iter_mut().enumerate().skip(1) {
+            *flag = at(STATUS_RX_WAKEUP + 4 * q as u32)?;
+        }
         Ok(StatusBlock {
             link_up: at(STATUS_LINK_UP)?,
             link_speed_mbps: at(STATUS_LINK_SPEED)?,
             proxy_generation: at(STATUS_PROXY_GENERATION)?,
-            rx_wakeup_requested: at(STATUS_RX_WAKEUP)?,
+            rx_wakeup_requested,
         })
     }
 
@@ -888,9 +1048,14 @@ impl<'a> StatusBlock<'a> {
     pub fn proxy_generation(&self) -> &'a AtomicU32 {
         self.proxy_generation
     }
-    /// Non-zero when the guest wants an rx wake-up (guest-written).
+    /// Non-zero when the guest wants an rx wake-up on queue pair 0 (guest-written).
     pub fn rx_wakeup_requested(&self) -> &'a AtomicU32 {
-        self.rx_wakeup_requested
+        self.rx_wakeup_requested[0]
+    }
+    /// Non-zero when the guest wants an rx wake-up on queue pair `pair`
+    /// (guest-written); `None` beyond [`MAX_QUEUE_PAIRS`].
+    pub fn rx_wakeup_requested_of(&self, pair: u32) -> Option<&'a AtomicU32> {
+        self.rx_wakeup_requested.get(pair as usize).copied()
     }
 }
 
@@ -928,6 +1093,12 @@ mod tests {
         assert_eq!(RegionLayout::size_for_heap(4096, 1024, 1024, u64::MAX), None);
         assert_eq!(RegionLayout::size_for_heap(4096, 1000, 1024, 4096), None);
         assert_eq!(RegionLayout::size_for_heap(3000, 1024, 1024, 4096), None);
+        // Each further queue pair adds its two rings (5 pages each here).
+        assert_eq!(RegionLayout::size_for_heap_with_pairs(4096, 1024, 1024, 2, 4096), Some(22 * 4096));
+        let l = RegionLayout::with_queue_pairs(22 * 4096, 4096, 1024, 1024, 2, RegionFlags::empty()).unwrap();
+        assert_eq!(l.heap().size, 4096);
+        assert_eq!(RegionLayout::size_for_heap_with_pairs(4096, 1024, 1024, 0, 4096), None);
+        assert_eq!(RegionLayout::size_for_heap_with_pairs(4096, 1024, 1024, MAX_QUEUE_PAIRS + 1, 4096), None);
     }
 
     #[test]
@@ -1015,7 +1186,8 @@ mod tests {
 
     fn image(l: &RegionLayout) -> Box<[u8; HEADER_SIZE as usize]> {
         let mut b = Box::new([0u8; HEADER_SIZE as usize]);
-        b[..HEADER_FIELDS_LEN as usize].copy_from_slice(&l.header_bytes());
+        let fields = l.header_bytes();
+        b[..fields.len()].copy_from_slice(&fields);
         b
     }
 
@@ -1053,10 +1225,11 @@ mod tests {
         assert_eq!(e, HeaderError::UnsupportedVersion { version: Version { major: 2, minor: 0 } });
         assert_eq!(e.to_string(), "region header: version 2.0 not supported (this build speaks 1.x)");
 
-        // A newer minor with an extra field is accepted.
+        // A newer minor with an extra field is accepted (its 1.1 pair count says one).
         let b = patched(&l, |b| {
             b[OFF_MINOR..OFF_MINOR + 2].copy_from_slice(&7u16.to_le_bytes());
             set32(b, OFF_FIELDS_LEN, 100);
+            set32(b, OFF_QUEUE_PAIRS, 1);
             b[90] = 0x55;
         });
         assert_eq!(parse(&b), Ok(l));
@@ -1154,6 +1327,116 @@ mod tests {
     }
 
     #[test]
+    fn queue_pairs_follow_each_other_and_round_trip() {
+        let l = RegionLayout::with_queue_pairs(4 * MIB, 4096, 1024, 512, 3, RegionFlags::empty()).unwrap();
+        assert_eq!(l.queue_pairs(), 3);
+        // Pair 0 is where a one-pair region has it.
+        assert_eq!(l.rings_of(0), Some((layout_4k().rx_ring(), layout_4k().tx_ring())));
+        assert_eq!(l.rx_ring(), layout_4k().rx_ring());
+        // rx: 5 pages (256 + 16 KiB), tx: 3 pages (256 + 8 KiB); each pair 8 pages.
+        assert_eq!(l.rings_of(1), Some((RingArea { offset: 36864, entries: 1024 }, RingArea { offset: 57344, entries: 512 })));
+        assert_eq!(l.rings_of(2).unwrap().0.offset, 36864 + 32768);
+        assert_eq!(l.rings_of(3), None);
+        assert_eq!(l.heap().offset, 4096 + 3 * 32768);
+        assert_eq!(l.heap().end(), 4 * MIB);
+        let fields = l.header_bytes();
+        assert_eq!(fields.len(), 88 + 2 * 24);
+        let heap = HeapMem::new(l.region_size() as usize);
+        let mem = heap.mem();
+        l.write_header(&mem).unwrap();
+        assert_eq!(RegionLayout::read_header(&mem).unwrap(), l);
+        let mut minor = [0u8; 2];
+        mem.read_bytes(OFF_MINOR, &mut minor).unwrap();
+        assert_eq!(u16::from_le_bytes(minor), 1);
+        // The largest number of pairs fits the header fields.
+        let max = RegionLayout::with_queue_pairs(4 * MIB, 4096, 64, 64, MAX_QUEUE_PAIRS, RegionFlags::empty()).unwrap();
+        assert_eq!(max.header_bytes().len(), MAX_HEADER_FIELDS_LEN as usize);
+        assert!(MAX_HEADER_FIELDS_LEN < STATUS_BLOCK_OFFSET);
+        let heap = HeapMem::new(max.region_size() as usize);
+        max.write_header(&heap.mem()).unwrap();
+        assert_eq!(RegionLayout::read_header(&heap.mem()).unwrap(), max);
+    }
+
+    #[test]
+    fn one_pair_is_written_as_contract_1_0() {
+        // Byte for byte what a 1.0 proxy wrote: 84 bytes of fields, minor 0.
+        let fields = layout_4k().header_bytes();
+        assert_eq!(fields.len(), HEADER_FIELDS_LEN as usize);
+        assert_eq!(&fields[OFF_MINOR..OFF_MINOR + 2], &[0, 0]);
+        assert_eq!(layout_4k().queue_pairs(), 1);
+        assert_eq!(layout_4k().rings_of(1), None);
+    }
+
+    #[test]
+    fn a_1_0_reader_sees_pair_0_of_a_1_1_header() {
+        // What a 1.0 guest checks: everything below byte 84, the checksum over
+        // fields_len. It finds pair 0's rings and the heap where a 1.1 reader does.
+        let l = RegionLayout::with_queue_pairs(4 * MIB, 4096, 1024, 512, 2, RegionFlags::empty()).unwrap();
+        let b = image(&l);
+        assert_eq!(get_u32(&b, OFF_RX), l.rx_ring().offset);
+        assert_eq!(get_u32(&b, OFF_TX), l.tx_ring().offset);
+        assert_eq!(get_u32(&b, OFF_HEAP), l.heap().offset);
+        assert_eq!(get_u32(&b, OFF_CHECKSUM), header_checksum(&b[..get_u32(&b, OFF_FIELDS_LEN) as usize]));
+    }
+
+    #[test]
+    fn queue_pair_errors() {
+        let f = RegionFlags::empty();
+        for bad in [0, MAX_QUEUE_PAIRS + 1] {
+            assert_eq!(
+                RegionLayout::with_queue_pairs(4 * MIB, 4096, 64, 64, bad, f),
+                Err(LayoutError::QueuePairs { queue_pairs: bad })
+            );
+        }
+        // Header page, then 2 pages per pair: 3 pairs and a heap page need 8 pages.
+        assert_eq!(
+            RegionLayout::with_queue_pairs(7 * 4096, 4096, 64, 64, 3, f),
+            Err(LayoutError::RegionTooSmall { region_size: 7 * 4096, needed: 8 * 4096 })
+        );
+        let l = RegionLayout::with_queue_pairs(4 * MIB, 4096, 1024, 512, 2, f).unwrap();
+        let size = l.region_size();
+        let parse = |b: &[u8; HEADER_SIZE as usize]| RegionLayout::parse_header(b, size);
+        let b = patched(&l, |b| set32(b, OFF_QUEUE_PAIRS, 0));
+        assert_eq!(parse(&b), Err(HeaderError::Layout(LayoutError::QueuePairs { queue_pairs: 0 })));
+        let b = patched(&l, |b| set32(b, OFF_QUEUE_PAIRS, MAX_QUEUE_PAIRS + 1));
+        assert_eq!(parse(&b), Err(HeaderError::Layout(LayoutError::QueuePairs { queue_pairs: MAX_QUEUE_PAIRS + 1 })));
+        // Three pairs announced, fields for two.
+        let b = patched(&l, |b| set32(b, OFF_QUEUE_PAIRS, 3));
+        assert_eq!(parse(&b), Err(HeaderError::FieldsLen { fields_len: 112 }));
+        // Pair 1's rings are checked like pair 0's.
+        let b = patched(&l, |b| set32(b, OFF_PAIRS + 4, 100));
+        assert_eq!(parse(&b), Err(HeaderError::Layout(LayoutError::RingEntries { ring: AreaKind::RxRing, entries: 100 })));
+        let b = patched(&l, |b| set32(b, OFF_PAIRS + 12 + 8, 1));
+        assert_eq!(parse(&b), Err(HeaderError::RingSize { ring: AreaKind::TxRing, size: 1, expected: 256 + 512 * 16 }));
+        let b = patched(&l, |b| set32(b, OFF_PAIRS, l.rx_ring().offset));
+        assert_eq!(parse(&b), Err(HeaderError::Layout(LayoutError::AreasOverlap { a: AreaKind::RxRing, b: AreaKind::RxRing })));
+        let b = patched(&l, |b| set32(b, OFF_PAIRS + 12, l.heap().offset));
+        assert_eq!(parse(&b), Err(HeaderError::Layout(LayoutError::AreasOverlap { a: AreaKind::TxRing, b: AreaKind::Heap })));
+        let b = patched(&l, |b| set32(b, OFF_PAIRS + 12, (size - 4096) as u32));
+        assert!(matches!(parse(&b), Err(HeaderError::Layout(LayoutError::AreaOutOfBounds { area: AreaKind::TxRing, .. }))));
+        assert!(!LayoutError::QueuePairs { queue_pairs: 0 }.to_string().is_empty());
+    }
+
+    #[test]
+    fn each_queue_pair_has_its_wakeup_flag() {
+        let l = layout_4k();
+        let heap = HeapMem::new(l.region_size() as usize);
+        let mem = heap.mem();
+        let status = StatusBlock::from_layout(&mem, &l).unwrap();
+        for q in 0..MAX_QUEUE_PAIRS {
+            status.rx_wakeup_requested_of(q).unwrap().store(q + 1, SeqCst);
+        }
+        assert!(status.rx_wakeup_requested_of(MAX_QUEUE_PAIRS).is_none());
+        assert!(std::ptr::eq(status.rx_wakeup_requested(), status.rx_wakeup_requested_of(0).unwrap()));
+        for q in 0..MAX_QUEUE_PAIRS {
+            let at = (STATUS_BLOCK_OFFSET + STATUS_RX_WAKEUP + 4 * q) as usize;
+            assert_eq!(mem.atomic_u32(at).unwrap().load(SeqCst), q + 1);
+        }
+        // The proxy-written half is untouched.
+        assert_eq!(mem.atomic_u32(STATUS_BLOCK_OFFSET as usize).unwrap().load(SeqCst), 0);
+    }
+
+    #[test]
     fn error_messages() {
         let errors: Vec<Box<dyn std::error::Error>> = vec![
             Box::new(HeaderError::TooSmall { len: 1 }),
@@ -1208,8 +1491,8 @@ mod tests {
         assert!(f.has_unknown_bits());
         assert_eq!((RegionFlags::empty() | RegionFlags::HUGEPAGES).bits(), 1);
         assert!(!RegionFlags::HUGEPAGES.has_unknown_bits());
-        assert_eq!(CONTRACT_VERSION.to_string(), "1.0");
-        assert!(Version { major: 1, minor: 1 } > CONTRACT_VERSION);
+        assert_eq!(CONTRACT_VERSION.to_string(), "1.1");
+        assert!(Version { major: 1, minor: 2 } > CONTRACT_VERSION);
         for k in [AreaKind::Header, AreaKind::StatusBlock, AreaKind::RxRing, AreaKind::TxRing, AreaKind::Heap] {
             assert!(!k.to_string().is_empty());
         }

@@ -287,6 +287,7 @@ fn attach_child(sock: BorrowedFd<'_>, memfd: BorrowedFd<'_>, layout: &RegionLayo
         max_rx_frame: 1518,
         link_up: true,
         link_speed_mbps: 10_000,
+        queue_pairs: 1,
     });
     send_message(sock, &welcome, 1, &[memfd]).unwrap();
     send_message(sock, &Message::PoolAdd(*pool), 2, &[]).unwrap();
@@ -319,7 +320,7 @@ fn buffers_circulate_between_processes_without_loss_or_duplication() {
     drop((proxy_child_sock, churn_child_sock));
     attach_child(proxy_sock.as_fd(), memfd.as_fd(), &layout, &add);
     attach_child(churn_sock.as_fd(), memfd.as_fd(), &layout, &add);
-    send_message(proxy_sock.as_fd(), &Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0 }, 3, &[]).unwrap();
+    send_message(proxy_sock.as_fd(), &Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0, queue: 0 }, 3, &[]).unwrap();
     expect(proxy_sock.as_fd(), &Message::QueueStarted, 3);
 
     let alloc = AtomicBool::new(true);
@@ -333,7 +334,7 @@ fn buffers_circulate_between_processes_without_loss_or_duplication() {
         let churned = churner_thread.join().unwrap();
         wait_child(&mut churner, "churn");
         alloc.store(false, Ordering::Relaxed);
-        send_message(proxy_sock.as_fd(), &Message::QueueStop, 4, &[]).unwrap();
+        send_message(proxy_sock.as_fd(), &Message::QueueStop { queue: 0 }, 4, &[]).unwrap();
         expect(proxy_sock.as_fd(), &Message::QueueStopped, 4);
         let (forwarded, allocated) = lcore.join().unwrap();
         (forwarded, allocated, churned)
@@ -391,7 +392,7 @@ fn child_entry_point() {
 /// guest and failing on any duplicate or foreign buffer.
 fn proxy(sock: BorrowedFd<'_>, mem: SharedMem<'_>, layout: &RegionLayout, pool: &PoolLayout) {
     let (msg, id, _) = recv_message(sock, IO_TIMEOUT).unwrap();
-    assert_eq!(msg, Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0 });
+    assert_eq!(msg, Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0, queue: 0 });
     let ctl = control(&mem, layout);
     let free = FreeRing::new(&mem, pool.ring_offset(), pool.ring_entries()).unwrap();
     let mut rx = DescProducer::new(&mem, layout.rx_ring()).unwrap();
@@ -442,7 +443,7 @@ fn proxy(sock: BorrowedFd<'_>, mem: SharedMem<'_>, layout: &RegionLayout, pool: 
         }
         if running && iteration % 64 == 0 {
             match recv_message(sock, Some(Duration::ZERO)) {
-                Ok((Message::QueueStop, id, _)) => {
+                Ok((Message::QueueStop { .. }, id, _)) => {
                     running = false;
                     stop_id = id;
                     ctl.proxy_rx_stopped.store(1, Ordering::Release);

@@ -619,7 +619,7 @@ impl Guest {
         // With wake-ups, every start brings a fresh wake-up end from the proxy (it
         // closes its own when the queue stops).
         let flags = if self.wake.is_some() { QUEUE_FLAG_RX_WAKEUP } else { 0 };
-        let (answer, mut fds) = self.transact_with_fds(&Message::QueueStart { rx_pool_id: 0, flags, rx_depth: 0 })?;
+        let (answer, mut fds) = self.transact_with_fds(&Message::QueueStart { rx_pool_id: 0, flags, rx_depth: 0, queue: 0 })?;
         if answer != Message::QueueStarted {
             return Err(Error::Protocol(format!("expected QueueStarted, got {}", answer.kind())));
         }
@@ -653,7 +653,7 @@ impl Guest {
             State::Stopped => return Ok(()),
             State::Failed(_) => return Err(self.failed().unwrap_or(Error::NotRunning)),
         }
-        match self.transact(&Message::QueueStop)? {
+        match self.transact(&Message::QueueStop { queue: 0 })? {
             Message::QueueStopped => {
                 self.state = State::Stopped;
                 if let Some(listener) = &mut self.wake {

@@ -201,6 +201,7 @@ fn serve(
                     max_rx_frame: 1518,
                     link_up: true,
                     link_speed_mbps: 10_000,
+                    queue_pairs: 1,
                 });
                 send_message(conn.as_fd(), &welcome, id, &[fd.as_fd()]).unwrap();
                 region = Some((mapping, layout));
@@ -231,7 +232,7 @@ fn serve(
                 }
                 Message::QueueStarted
             }
-            Message::QueueStop => Message::QueueStopped,
+            Message::QueueStop { .. } => Message::QueueStopped,
             Message::Goodbye => return,
             other => Message::refuse(RefuseCode::BadRequest, &format!("unexpected {}", other.kind())),
         };

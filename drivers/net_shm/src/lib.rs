@@ -297,7 +297,7 @@ fn restart_after_reattach(port: &Port) {
 pub(crate) fn start_queue(session: &Session, state: &PortState, pool_id: u32, rx_depth: u32) -> Result<(), String> {
     let flags = if state.rx_intr.is_some() { QUEUE_FLAG_RX_WAKEUP } else { 0 };
     let (answer, mut fds) = session
-        .transact_with_fds(&Message::QueueStart { rx_pool_id: pool_id, flags, rx_depth })
+        .transact_with_fds(&Message::QueueStart { rx_pool_id: pool_id, flags, rx_depth, queue: 0 })
         .map_err(|e| e.to_string())?;
     if answer != Message::QueueStarted {
         return Err(format!("the proxy answered {} to QueueStart", answer.kind()));

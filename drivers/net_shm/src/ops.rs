@@ -211,7 +211,7 @@ fn stop(port: &Port, dev: *mut sys::rte_eth_dev) -> c_int {
     }
     let mut proxy_stopped = false;
     if let Some(session) = state.session.clone().filter(|s| s.is_alive()) {
-        match session.transact(&Message::QueueStop) {
+        match session.transact(&Message::QueueStop { queue: 0 }) {
             Ok(Message::QueueStopped) => proxy_stopped = true,
             Ok(other) => LOG.warning(format_args!("port {}: the proxy answered {} to QueueStop", port.port_id, other.kind())),
             Err(e) => LOG.warning(format_args!("port {}: stopping the proxy's queue: {e}", port.port_id)),

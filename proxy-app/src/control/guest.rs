@@ -31,15 +31,28 @@ pub(super) struct Guest {
     pub(super) pools: Vec<(u32, ShadowPool)>,
     /// Pools the guest deleted while the NIC held buffers of them (quarantine.rs).
     pub(super) deleting: Vec<PendingDelete>,
-    pub(super) queue: Option<Arc<DataQueue>>,
+    /// Each queue pair the socket offers: its queue while started.
+    pub(super) queues: Vec<Option<Arc<DataQueue>>>,
     pub(super) invalid_reported: u64,
     pub(super) last_invalid_log: Option<Instant>,
 }
 
 impl Guest {
+    /// The socket's invalid input: `stats` are the socket's totals
+    /// (`Endpoint::totals`), the pools count theirs.
     pub(super) fn invalid_total(&self, stats: &SocketStats) -> u64 {
         stats.invalid.load(Ordering::Relaxed)
             + self.pools.iter().map(|(_, p)| p.ctx.invalid.load(Ordering::Relaxed)).sum::<u64>()
+    }
+
+    /// The started queues.
+    pub(super) fn started(&self) -> impl Iterator<Item = &Arc<DataQueue>> {
+        self.queues.iter().flatten()
+    }
+
+    /// Whether any queue pair is started.
+    pub(super) fn running(&self) -> bool {
+        self.started().next().is_some()
     }
 }
 
@@ -70,7 +83,10 @@ impl Control {
         }
         let layout = add.validate(&guest.region.layout, &others).map_err(|e| e.to_string())?;
         let pool = ShadowPool::new(&guest.region, layout, &format!("iop_sh{serial}"), socket)?;
-        let running = guest.queue.as_ref().map(|q| q.set_pool(add.pool_id, Some(pool.guest_pool()))).is_some();
+        for q in guest.started() {
+            q.set_pool(add.pool_id, Some(pool.guest_pool()));
+        }
+        let running = guest.running();
         guest.pools.push((add.pool_id, pool));
         if running {
             // The loop takes the new pool with the next configuration.
@@ -90,13 +106,13 @@ impl Control {
             }
             return Err(format!("no pool {pool_id}"));
         };
-        if let Some(q) = &guest.queue {
-            if q.fills_from(guest.pools[pos].1.pool()) {
-                return Err(format!("pool {pool_id} feeds the running queue; stop the port first"));
-            }
+        if let Some(q) = guest.started().find(|q| q.fills_from(guest.pools[pos].1.pool())) {
+            return Err(format!("pool {pool_id} feeds running queue {}; stop the port first", q.pair));
+        }
+        for q in guest.started() {
             q.set_pool(pool_id, None);
         }
-        let had_queue = guest.queue.is_some();
+        let had_queue = guest.running();
         let (_, pool) = guest.pools.remove(pos);
         if had_queue {
             // Make sure the loop no longer looks at the pool (and has flushed its cache of
@@ -123,18 +139,23 @@ impl Control {
         Ok(true)
     }
 
-    /// Starts the guest's queue; with `QUEUE_FLAG_RX_WAKEUP`, returns the guest's end of
-    /// the wake-up pair made here, for `QueueStarted`.
+    /// Starts the guest's queue pair `pair`; with `QUEUE_FLAG_RX_WAKEUP`, returns the
+    /// guest's end of the wake-up pair made here, for `QueueStarted`.
     pub(super) fn queue_start(
         &mut self,
         idx: usize,
         rx_pool_id: u32,
         flags: u32,
         rx_depth: u32,
+        pair: u16,
     ) -> Result<Option<OwnedFd>, (RefuseCode, String)> {
-        let (port, queue) = (self.endpoints[idx].port, self.endpoints[idx].queue);
-        let stats = self.endpoints[idx].stats.clone();
         let bad = |s: String| (RefuseCode::BadRequest, s);
+        let ep = &self.endpoints[idx];
+        let Some(&queue) = ep.queues.get(pair as usize) else {
+            return Err(bad(format!("queue {pair} does not exist: this socket offers {} queue pair(s)", ep.queues.len())));
+        };
+        let port = ep.port;
+        let stats = ep.queue_stats[pair as usize].clone();
         let (waker, guest_end) = if flags & QUEUE_FLAG_RX_WAKEUP != 0 {
             let (waker, guest_end) =
                 Waker::pair().map_err(|e| (RefuseCode::Internal, format!("cannot make the wake-up socket pair: {e}")))?;
@@ -151,8 +172,8 @@ impl Control {
             )));
         }
         let guest = self.guest_mut(idx).ok_or_else(|| bad("no guest".into()))?;
-        if guest.queue.is_some() {
-            return Err(bad("the queue is already started".into()));
+        if guest.queues.get(pair as usize).is_some_and(Option::is_some) {
+            return Err(bad(format!("queue {pair} is already started")));
         }
         let rx_pool = guest
             .pools
@@ -160,12 +181,17 @@ impl Control {
             .find(|(id, _)| *id == rx_pool_id)
             .map(|(_, p)| p.guest_pool())
             .ok_or_else(|| bad(format!("no pool {rx_pool_id} was announced")))?;
-        // Both sides start the rings from index 0 at every queue start.
+        // Both sides start the pair's rings from index 0 at every queue start.
         let mem = guest.region.mem();
-        DescRing::init(&mem, guest.region.layout.rx_ring()).map_err(|e| bad(e.to_string()))?;
-        DescRing::init(&mem, guest.region.layout.tx_ring()).map_err(|e| bad(e.to_string()))?;
+        let (rx_ring, tx_ring) = guest
+            .region
+            .layout
+            .rings_of(u32::from(pair))
+            .ok_or_else(|| bad(format!("the region has no ring pair {pair}")))?;
+        DescRing::init(&mem, rx_ring).map_err(|e| bad(e.to_string()))?;
+        DescRing::init(&mem, tx_ring).map_err(|e| bad(e.to_string()))?;
         let nic_pool = rx_pool.pool.pkt_pool().clone();
-        let q = DataQueue::new(&guest.region, port, queue, rx_pool, rx_depth, stats, waker)
+        let q = DataQueue::new(&guest.region, port, queue, u32::from(pair), rx_pool, rx_depth, stats, waker)
             .map_err(bad)?
             .with_tx_limits(tx_limits);
         for (id, p) in &guest.pools {
@@ -177,19 +203,35 @@ impl Control {
             let _ = self.switch_rx_pool(port, queue, &parking);
             return Err((RefuseCode::Internal, e));
         }
-        if let Some(g) = self.guest_mut(idx) {
-            g.queue = Some(q);
+        if let Some(slot) = self.guest_mut(idx).and_then(|g| g.queues.get_mut(pair as usize)) {
+            *slot = Some(q);
         }
         self.publish();
-        log_info!("{}: queue started", self.endpoints[idx].path.display());
+        let which = if self.endpoints[idx].queues.len() > 1 {
+            format!(" (pair {pair}: port {port} queue {queue})")
+        } else {
+            String::new()
+        };
+        log_info!("{}: queue started{which}", self.endpoints[idx].path.display());
         Ok(guest_end)
     }
 
-    /// Stops the guest's queue: no more polling, NIC queue back on the parking pool
-    /// (which frees every guest buffer the NIC held), unsent tx buffers returned.
-    pub(super) fn queue_stop(&mut self, idx: usize) {
-        let (port, queue) = (self.endpoints[idx].port, self.endpoints[idx].queue);
-        let Some(q) = self.guest_mut(idx).and_then(|g| g.queue.take()) else { return };
+    /// Stops every started queue pair of the guest.
+    pub(super) fn queue_stop_all(&mut self, idx: usize) {
+        for pair in 0..self.endpoints[idx].queues.len() {
+            self.queue_stop(idx, pair as u16);
+        }
+    }
+
+    /// Stops the guest's queue pair `pair` (nothing if it is not started): no more
+    /// polling, NIC queue back on the parking pool (which frees every guest buffer the
+    /// NIC held), unsent tx buffers returned.
+    pub(super) fn queue_stop(&mut self, idx: usize, pair: u16) {
+        let port = self.endpoints[idx].port;
+        let Some(&queue) = self.endpoints[idx].queues.get(pair as usize) else { return };
+        let Some(q) = self.guest_mut(idx).and_then(|g| g.queues.get_mut(pair as usize)).and_then(Option::take) else {
+            return;
+        };
         self.publish();
         if let Some(nic) = self.ports.get(&port) {
             let parking = nic.parking_pool();
@@ -199,10 +241,12 @@ impl Control {
             let _ = Port(port).tx_done_cleanup(queue);
         }
         let returned = q.return_unsent();
-        let st = &self.endpoints[idx].stats;
+        // The loop no longer writes the pair's counters: this thread may.
+        let st = &q.stats;
         st.tx_returned.store(st.tx_returned.load(Ordering::Relaxed) + returned as u64, Ordering::Relaxed);
+        let which = if self.endpoints[idx].queues.len() > 1 { format!(" (pair {pair})") } else { String::new() };
         log_info!(
-            "{}: queue stopped ({returned} unsent tx buffers returned to the guest)",
+            "{}: queue stopped{which} ({returned} unsent tx buffers returned to the guest)",
             self.endpoints[idx].path.display()
         );
     }
@@ -212,25 +256,26 @@ impl Control {
         if self.endpoints[idx].conn.is_none() {
             return;
         }
-        self.queue_stop(idx);
+        self.queue_stop_all(idx);
         let ep = &mut self.endpoints[idx];
         let Some(conn) = ep.conn.take() else { return };
         if say_goodbye {
             let _ = send_message(conn.fd.as_fd(), &Message::Goodbye, 0, &[]);
         }
         if let Session::Attached(guest) = conn.session {
-            let st = &ep.stats;
+            let totals = ep.totals();
             log_info!(
                 "{}: guest '{}' (pid {}) detached: {reason}; rx {} tx {} packets so far, {} invalid",
                 ep.path.display(),
                 guest.app,
                 conn.pid,
-                st.rx_packets.load(Ordering::Relaxed),
-                st.tx_packets.load(Ordering::Relaxed),
-                guest.invalid_total(st)
+                totals.rx_packets.load(Ordering::Relaxed),
+                totals.tx_packets.load(Ordering::Relaxed),
+                guest.invalid_total(&totals)
             );
             // The pools' own counts of bad free-ring entries go with them: keep them in
-            // the socket's `invalid` (the data loop no longer writes it: queue stopped).
+            // the socket's `invalid` (a control-thread counter).
+            let st = &ep.stats;
             let pool_invalid: u64 = guest.pools.iter().map(|(_, p)| p.ctx.invalid.load(Ordering::Relaxed)).sum();
             st.invalid.store(st.invalid.load(Ordering::Relaxed) + pool_invalid, Ordering::Relaxed);
             // Pools (their mempools) go first, then the region is unmapped with the
@@ -243,9 +288,10 @@ impl Control {
                 p.retire();
             }
             let in_nic: u64 = pools.iter().map(|p| u64::from(p.in_nic())).sum();
-            let (port, queue) = (ep.port, ep.queue);
+            let (port, queues) = (ep.port, ep.queues.clone());
+            let shown = ep.queues_text();
             let leftover =
-                Leftover { socket: ep.path.clone(), port, queue, app: guest.app, pools, since: Instant::now() };
+                Leftover { socket: ep.path.clone(), port, queues, app: guest.app, pools, since: Instant::now() };
             // The queue has no guest now: the loop drains it as idle (for a NIC that
             // keeps sent buffers on its rx side, like `net_ring`, that gives them back),
             // and once it has taken that up it no longer frees anything into a pool whose
@@ -253,7 +299,7 @@ impl Control {
             self.publish();
             if in_nic > 0 {
                 log_warn!(
-                    "{}: guest '{}' left {in_nic} buffers in port {port} queue {queue}: its {} pool(s) and region are \
+                    "{}: guest '{}' left {in_nic} buffers in port {port} queue {shown}: its {} pool(s) and region are \
                      quarantined until the NIC gives them back",
                     leftover.socket.display(),
                     leftover.app,
@@ -271,11 +317,11 @@ impl Control {
     pub(super) fn sweep_quarantine(&mut self, now: Instant) {
         let mut queues = BTreeSet::new();
         for l in &self.quarantine {
-            queues.insert((l.port, l.queue));
+            queues.extend(l.queues.iter().map(|&q| (l.port, q)));
         }
         for ep in &self.endpoints {
             if ep.guest().is_some_and(|g| !g.deleting.is_empty()) {
-                queues.insert((ep.port, ep.queue));
+                queues.extend(ep.queues.iter().map(|&q| (ep.port, q)));
             }
         }
         if queues.is_empty() {

@@ -87,51 +87,81 @@ pub(super) struct Endpoint {
     pub(super) access: Access,
     pub(super) path: PathBuf,
     pub(super) port: u16,
-    pub(super) queue: u16,
+    /// The NIC queue behind each queue pair the socket offers (pair k: `queues[k]`).
+    pub(super) queues: Vec<u16>,
     /// Closed by the reaper too: closing a listener releases the connections still in its
     /// backlog, and the descriptors in the messages queued on them.
     pub(super) listener: PeerFd,
     /// The socket file, its directory and the directories the proxy made for it.
     pub(super) file: SocketFile,
     pub(super) conn: Option<Conn>,
+    /// What the control thread counts for the socket (see [`Endpoint::totals`]).
     pub(super) stats: Arc<SocketStats>,
+    /// What the data loop counts, per queue pair (kept across guests, like `stats`).
+    pub(super) queue_stats: Vec<Arc<SocketStats>>,
     pub(super) guests_served: u64,
     peer_log: std::cell::RefCell<LogLimit>,
     /// Per socket, not per guest: reconnecting does not refill it.
     pub(super) queue_starts: StartBudget,
 }
 
+impl Endpoint {
+    /// The socket's counters: the control thread's and every queue pair's, added up.
+    pub(super) fn totals(&self) -> SocketStats {
+        let total = SocketStats::default();
+        total.add(&self.stats);
+        for q in &self.queue_stats {
+            total.add(q);
+        }
+        total
+    }
+
+    /// The NIC queues, as `show` and the logs write them (`q` or `q0,q1,...`).
+    pub(super) fn queues_text(&self) -> String {
+        crate::cmds::queues_text(&self.queues)
+    }
+}
+
 impl Control {
-    pub(super) fn add_socket(&mut self, path: &Path, port: u16, queue: u16, overrides: &SocketAccess) -> Result<(), String> {
+    pub(super) fn add_socket(&mut self, path: &Path, port: u16, queues: &[u16], overrides: &SocketAccess) -> Result<(), String> {
         let access = self.opts.access.with(overrides)?;
         if self.endpoints.iter().any(|e| e.path == path) {
             return Err(format!("{} is already served", path.display()));
         }
-        if let Some(other) = self.endpoints.iter().find(|e| e.port == port && e.queue == queue) {
-            return Err(format!("port {port} queue {queue} is already served by {}", other.path.display()));
+        let max = shm_contract::layout::MAX_QUEUE_PAIRS as usize;
+        if queues.is_empty() || queues.len() > max {
+            return Err(format!("a socket serves 1 to {max} queues, not {}", queues.len()));
         }
+        for &queue in queues {
+            if let Some(other) = self.endpoints.iter().find(|e| e.port == port && e.queues.contains(&queue)) {
+                return Err(format!("port {port} queue {queue} is already served by {}", other.path.display()));
+            }
+        }
+        let highest = queues.iter().copied().max().unwrap_or(0);
         if !self.ports.contains_key(&port) {
-            self.setup_port(port, queue + 1)?;
+            self.setup_port(port, highest.saturating_add(1))?;
         }
         let nic = &self.ports[&port];
-        if queue >= nic.queues {
+        if highest >= nic.queues {
             return Err(format!(
-                "port {port} was configured with {} queue(s) at startup; queue {queue} needs a restart \
+                "port {port} was configured with {} queue(s) at startup; queue {highest} needs a restart \
                  (name it in the startup commands, or use --queues)",
                 nic.queues
             ));
         }
         let (file, listener) = SocketFile::create(path, &access, ProxyUser { runs_as: self.opts.runs_as })?;
-        log_info!("serving port {port} queue {queue} on {} ({})", path.display(), access.describe());
+        let shown = crate::cmds::queues_text(queues);
+        log_info!("serving port {port} queue {shown} on {} ({})", path.display(), access.describe());
         self.endpoints.push(Endpoint {
             access,
             path: path.to_path_buf(),
             port,
-            queue,
+            queues: queues.to_vec(),
             listener: PeerFd::new(listener),
             file,
             conn: None,
             stats: Arc::new(SocketStats::default()),
+            queue_stats: queues.iter().map(|_| Arc::new(SocketStats::default())).collect(),
             guests_served: 0,
             peer_log: Default::default(),
             queue_starts: StartBudget::new(),

@@ -1,5 +1,5 @@
 //! `SIGHUP` (`systemctl reload`): the configuration file (`--cmds`) is read again and
-//! only the difference is applied. Sockets whose line is unchanged (path, port, queue,
+//! only the difference is applied. Sockets whose line is unchanged (path, port, queues,
 //! access) are not touched, so their guests keep forwarding; sockets no longer named
 //! say goodbye to their guest and go; new ones are served. A file that does not parse
 //! or names something impossible is refused as a whole, with its line, and the running
@@ -35,7 +35,7 @@ struct Wanted {
     line: usize,
     path: PathBuf,
     port: u16,
-    queue: u16,
+    queues: Vec<u16>,
     overrides: SocketAccess,
     access: Access,
 }
@@ -58,9 +58,9 @@ impl Control {
         for (line, cmd) in cmds::parse_file(&text, &name)? {
             let at = |e: String| format!("{name}:{line}: {e}");
             match cmd {
-                Command::Socket { path, port, queue, access: overrides } => {
+                Command::Socket { path, port, queues, access: overrides } => {
                     let access = self.opts.access.with(&overrides).map_err(at)?;
-                    wanted.push(Wanted { line, path, port, queue, overrides, access });
+                    wanted.push(Wanted { line, path, port, queues, overrides, access });
                 }
                 Command::Quit => return Err(at("'quit' has no place in a configuration file".into())),
                 // Show and help lines change nothing.
@@ -72,23 +72,24 @@ impl Control {
         let mut new_ports: BTreeMap<u16, u16> = BTreeMap::new();
         for w in &wanted {
             let at = |e: String| format!("{name}:{}: {e}", w.line);
+            let highest = w.queues.iter().copied().max().unwrap_or(0);
             match self.ports.get(&w.port) {
-                Some(nic) if w.queue >= nic.queues => {
+                Some(nic) if highest >= nic.queues => {
                     return Err(at(format!(
                         "port {} was configured with {} queue(s) at startup; queue {} needs a restart",
-                        w.port, nic.queues, w.queue
+                        w.port, nic.queues, highest
                     )))
                 }
                 Some(_) => {}
                 None if !Port(w.port).is_valid() => return Err(at(format!("port {} does not exist", w.port))),
                 None => {
                     let q = new_ports.entry(w.port).or_insert(0);
-                    *q = (*q).max(w.queue + 1);
+                    *q = (*q).max(highest.saturating_add(1));
                 }
             }
         }
         let unchanged = |ep: &super::Endpoint| {
-            wanted.iter().any(|w| w.path == ep.path && w.port == ep.port && w.queue == ep.queue && w.access == ep.access)
+            wanted.iter().any(|w| w.path == ep.path && w.port == ep.port && w.queues == ep.queues && w.access == ep.access)
         };
         let gone: Vec<usize> = (0..self.endpoints.len()).filter(|&i| !unchanged(&self.endpoints[i])).collect();
         let kept = self.endpoints.len() - gone.len();
@@ -98,7 +99,7 @@ impl Control {
         let (early, late): (Vec<&Wanted>, Vec<&Wanted>) = fresh.iter().partition(|w| {
             !gone.iter().any(|&i| {
                 let ep = &self.endpoints[i];
-                ep.path == w.path || (ep.port, ep.queue) == (w.port, w.queue)
+                ep.path == w.path || (ep.port == w.port && ep.queues.iter().any(|q| w.queues.contains(q)))
             })
         });
         for (&port, &queues) in &new_ports {
@@ -106,7 +107,7 @@ impl Control {
         }
         let mut made = Vec::new();
         for w in &early {
-            if let Err(e) = self.add_socket(&w.path, w.port, w.queue, &w.overrides) {
+            if let Err(e) = self.add_socket(&w.path, w.port, &w.queues, &w.overrides) {
                 for path in made {
                     if let Some(i) = self.endpoints.iter().position(|ep| ep.path == path) {
                         let ep = self.endpoints.remove(i);
@@ -125,7 +126,7 @@ impl Control {
         }
         let mut failed = None;
         for w in &late {
-            if let Err(e) = self.add_socket(&w.path, w.port, w.queue, &w.overrides) {
+            if let Err(e) = self.add_socket(&w.path, w.port, &w.queues, &w.overrides) {
                 // Only a filesystem failure gets here (everything else was checked).
                 log_warn!("reload: {name}:{}: {e}", w.line);
                 failed.get_or_insert(w.line);

@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::guest::Guest;
@@ -24,7 +25,7 @@ impl Control {
                 region_size: g.region.len() as u64,
                 hugepages: g.region.hugepages,
                 pools: g.pools.len(),
-                queue_started: g.queue.is_some(),
+                queue_started: g.running(),
                 rx_ring: RingFill::read(&mem, g.region.layout.rx_ring()),
                 tx_ring: RingFill::read(&mem, g.region.layout.tx_ring()),
             }
@@ -34,9 +35,14 @@ impl Control {
             .map(|ep| SocketView {
                 path: ep.path.display().to_string(),
                 port: ep.port,
-                queue: ep.queue,
+                queue: ep.queues[0],
                 guests_served: ep.guests_served,
-                stats: ep.stats.clone(),
+                stats: Arc::new(ep.totals()),
+                pairs: if ep.queues.len() > 1 {
+                    ep.queues.iter().copied().zip(ep.queue_stats.iter().cloned()).collect()
+                } else {
+                    Vec::new()
+                },
                 pool_invalid: ep.guest().map_or(0, |g| {
                     g.pools.iter().map(|(_, p)| p.ctx.invalid.load(Ordering::Relaxed)).sum()
                 }),
@@ -60,12 +66,13 @@ impl Control {
                     c.pid,
                     g.region.len() >> 20,
                     if g.region.hugepages { "hugepages" } else { "4 KiB pages" },
-                    if g.queue.is_some() { "started" } else { "stopped" }
+                    queues_state(g)
                 ),
                 (State::Listening, ..) => "no guest".into(),
                 _ => "connecting".into(),
             };
-            let _ = writeln!(out, "{} port {} queue {}: {guest}; {}", ep.path.display(), ep.port, ep.queue, ep.access.describe());
+            let _ =
+                writeln!(out, "{} port {} queue {}: {guest}; {}", ep.path.display(), ep.port, ep.queues_text(), ep.access.describe());
         }
         if self.endpoints.is_empty() {
             let _ = writeln!(out, "no sockets");
@@ -73,11 +80,18 @@ impl Control {
         out
     }
 
-    /// One line per socket and per port, `key=value` pairs.
+    /// One line per socket and per port, `key=value` pairs; a socket with several queue
+    /// pairs has a `pair=` line for each before its own (which adds them up).
     pub fn stats_text(&self) -> String {
         let mut s = String::new();
         for ep in &self.endpoints {
-            let st = &ep.stats;
+            if ep.queues.len() > 1 {
+                for (k, (queue, st)) in ep.queues.iter().zip(&ep.queue_stats).enumerate() {
+                    s += &pair_line(&ep.path.display().to_string(), k, ep.port, *queue, st);
+                }
+            }
+            let totals = ep.totals();
+            let st = &totals;
             let guest = ep.guest();
             let pool_invalid: u64 =
                 guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.ctx.invalid.load(Ordering::Relaxed)).sum());
@@ -88,7 +102,7 @@ impl Control {
                  pools={} pool_buffers={} free_ring={} shadow_in_use={} parked={} lost={} rx_wakeups={} unwanted_fds={}\n",
                 ep.path.display(),
                 ep.port,
-                ep.queue,
+                ep.queues_text(),
                 guest.map_or("-".to_string(), |g| g.app.clone()),
                 ep.guests_served,
                 ld(&st.rx_packets),
@@ -154,6 +168,40 @@ impl Control {
         );
         s
     }
+}
+
+/// `started`/`stopped` for one queue pair, `started 0,1 of 2` for several.
+fn queues_state(g: &Guest) -> String {
+    if g.queues.len() == 1 {
+        return if g.running() { "started" } else { "stopped" }.into();
+    }
+    let started: Vec<String> = g.started().map(|q| q.pair.to_string()).collect();
+    if started.is_empty() {
+        format!("stopped (all {})", g.queues.len())
+    } else {
+        format!("started {} of {}", started.join(","), g.queues.len())
+    }
+}
+
+/// The counters of queue pair `k` of a socket (what the data loop counts for it).
+fn pair_line(socket: &str, k: usize, port: u16, queue: u16, st: &crate::datapath::SocketStats) -> String {
+    let ld = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    format!(
+        "pair={k} of={socket} port={port} queue={queue} rx_packets={} rx_bytes={} rx_dropped={} tx_packets={} \
+         tx_bytes={} tx_dropped={} tx_refused={} tx_invalid={} tx_returned={} copies={} invalid={} rx_wakeups={}\n",
+        ld(&st.rx_packets),
+        ld(&st.rx_bytes),
+        ld(&st.rx_dropped),
+        ld(&st.tx_packets),
+        ld(&st.tx_bytes),
+        ld(&st.tx_dropped),
+        ld(&st.tx_refused),
+        ld(&st.tx_invalid),
+        ld(&st.tx_returned),
+        ld(&st.copies),
+        ld(&st.invalid),
+        ld(&st.rx_wakeups),
+    )
 }
 
 /// How many mempools exist in this process.

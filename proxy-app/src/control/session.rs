@@ -3,7 +3,8 @@
 //! - `Listening`: no connection; `accept` (listen.rs) checks the peer and opens one.
 //! - `AwaitingHello`: connected; Hello must come within `HELLO_TIMEOUT`.
 //! - `Attached`: Welcome sent, the region is mapped; pools come and go.
-//! - `Running`: the guest's queue is in the data loop's configuration.
+//! - `Running`: at least one of the guest's queue pairs is in the data loop's
+//!   configuration.
 //! - `Closing`: an answer could not be sent; the connection is detached at the next look.
 //!
 //! [`Control::handle`] takes one message in the current state to one handler
@@ -48,7 +49,7 @@ pub(super) enum State {
 /// What a connection holds in each of its states.
 pub(super) enum Session {
     AwaitingHello,
-    /// Attached, or Running when the guest's queue is started (`Guest::queue`).
+    /// Attached, or Running when a queue pair of the guest is started (`Guest::queues`).
     Attached(Guest),
 }
 
@@ -98,7 +99,7 @@ impl Endpoint {
             None => State::Listening,
             Some(c) if c.unanswerable.get() => State::Closing,
             Some(Conn { session: Session::AwaitingHello, .. }) => State::AwaitingHello,
-            Some(Conn { session: Session::Attached(g), .. }) if g.queue.is_some() => State::Running,
+            Some(Conn { session: Session::Attached(g), .. }) if g.running() => State::Running,
             Some(Conn { session: Session::Attached(_), .. }) => State::Attached,
         }
     }
@@ -228,10 +229,10 @@ impl Control {
             (AwaitingHello, other) => self.on_before_hello(idx, other, id),
             (Attached | Running, Message::PoolAdd(add)) => self.on_pool_add(idx, add, id),
             (Attached | Running, Message::PoolDel { pool_id }) => self.on_pool_del(idx, pool_id, id),
-            (Attached | Running, Message::QueueStart { rx_pool_id, flags, rx_depth }) => {
-                self.on_queue_start(idx, rx_pool_id, flags, rx_depth, id)
+            (Attached | Running, Message::QueueStart { rx_pool_id, flags, rx_depth, queue }) => {
+                self.on_queue_start(idx, rx_pool_id, flags, rx_depth, queue, id)
             }
-            (Attached | Running, Message::QueueStop) => self.on_queue_stop(idx, id),
+            (Attached | Running, Message::QueueStop { queue }) => self.on_queue_stop(idx, queue, id),
             (Attached | Running, other) => self.on_unexpected(idx, other, id),
         }
     }
@@ -289,8 +290,8 @@ impl Control {
     }
 
     /// Attached -> Running (a refusal leaves the state as it was, Running included).
-    fn on_queue_start(&mut self, idx: usize, rx_pool_id: u32, flags: u32, rx_depth: u32, id: u32) {
-        match self.queue_start(idx, rx_pool_id, flags, rx_depth) {
+    fn on_queue_start(&mut self, idx: usize, rx_pool_id: u32, flags: u32, rx_depth: u32, queue: u16, id: u32) {
+        match self.queue_start(idx, rx_pool_id, flags, rx_depth, queue) {
             // With wake-ups, the guest's end of the pair the proxy made goes along
             // (and the proxy's copy of it is closed: a fresh socket, nothing queued).
             Ok(guest_end) => {
@@ -305,9 +306,18 @@ impl Control {
         }
     }
 
-    /// Running -> Attached (Attached stays: stopping a stopped queue is answered too).
-    fn on_queue_stop(&mut self, idx: usize, id: u32) {
-        self.queue_stop(idx);
+    /// Running -> Attached once no queue pair runs (Attached stays: stopping a stopped
+    /// queue is answered too); a queue pair the socket does not offer is refused.
+    fn on_queue_stop(&mut self, idx: usize, queue: u16, id: u32) {
+        let offered = self.endpoints[idx].queues.len();
+        if usize::from(queue) >= offered {
+            let reason = format!("queue {queue} does not exist: this socket offers {offered} queue pair(s)");
+            bump(&self.endpoints[idx].stats.bad_requests);
+            self.warn_peer(idx, &format!("cannot stop the queue: {reason}"));
+            self.reply(idx, &Message::refuse(RefuseCode::BadRequest, &reason), id);
+            return;
+        }
+        self.queue_stop(idx, queue);
         self.reply(idx, &Message::QueueStopped, id);
     }
 
@@ -347,6 +357,9 @@ impl Control {
         };
         let or_default = |n: u32| if n == 0 { shm_contract::layout::DEFAULT_RING_ENTRIES } else { n };
         let (rx_entries, tx_entries) = (or_default(hello.rx_ring_entries), or_default(hello.tx_ring_entries));
+        // Every pair the socket offers: the guest's application configures its queues
+        // only after the handshake.
+        let queue_pairs = ep.queues.len();
         let limits = sizing::Limits {
             default_size: self.opts.region_size,
             max_size: self.opts.max_region_size,
@@ -354,15 +367,22 @@ impl Control {
             hugepage_share: self.opts.hugepage_share,
         };
         let meminfo = sizing::MemInfo::read();
-        let plan = match sizing::plan(hello.region_size, hello.heap_bytes, rx_entries, tx_entries, &limits, &meminfo) {
+        let rings = sizing::Rings { rx_entries, tx_entries, queue_pairs: queue_pairs as u32 };
+        let plan = match sizing::plan(hello.region_size, hello.heap_bytes, &rings, &limits, &meminfo) {
             Ok(plan) => plan,
             Err((code, reason)) => return refuse(self, code, reason),
         };
-        let req = RegionRequest { size: plan.size, rx_entries, tx_entries, try_hugepages: plan.hugepages };
-        let (port, queue) = (ep.port, ep.queue);
+        let req = RegionRequest {
+            size: plan.size,
+            rx_entries,
+            tx_entries,
+            queue_pairs: queue_pairs as u32,
+            try_hugepages: plan.hugepages,
+        };
+        let (port, queue, shown) = (ep.port, ep.queues[0], ep.queues_text());
         let leftovers: Vec<&Leftover> = self.quarantine.iter().filter(|l| l.socket == ep.path).collect();
         let in_nic = leftovers.iter().map(|l| l.in_nic()).sum();
-        if let Err(reason) = quarantine::admits(leftovers.len(), in_nic, port, queue) {
+        if let Err(reason) = quarantine::admits(leftovers.len(), in_nic, port, &shown) {
             return refuse(self, RefuseCode::Busy, reason);
         }
         let name = format!("dpdk-io-proxy:{path}");
@@ -410,6 +430,7 @@ impl Control {
             max_rx_frame: nic.max_rx_frame,
             link_up: nic.link.up,
             link_speed_mbps: nic.link.speed_mbps,
+            queue_pairs: queue_pairs as u16,
         });
         let conn = self.endpoints[idx].conn.as_ref().expect("connection present");
         // A reattaching guest has its memfd mapped already.
@@ -420,7 +441,7 @@ impl Control {
             return;
         }
         log_info!(
-            "{path}: guest '{app}' (pid {}) {} port {port} queue {queue}: region {} KiB on {}{}",
+            "{path}: guest '{app}' (pid {}) {} port {port} queue {shown}: region {} KiB on {}{}",
             conn.pid,
             if reattach { "reattached its region to" } else { "attached to" },
             region.len() >> 10,
@@ -438,7 +459,7 @@ impl Control {
                 region: Arc::new(region),
                 pools: Vec::new(),
                 deleting: Vec::new(),
-                queue: None,
+                queues: vec![None; queue_pairs],
                 // The socket's count includes earlier guests' (kept at detach): only
                 // what this guest adds is reported as its own.
                 invalid_reported: ep.stats.invalid.load(Ordering::Relaxed),
@@ -473,16 +494,15 @@ impl Control {
                 pool.ctx.retry_parked();
             }
         }
-        let broken = guest.queue.as_ref().is_some_and(|q| q.broken.load(Ordering::Acquire));
+        let broken = guest.started().any(|q| q.broken.load(Ordering::Acquire));
         let lost_pages = guest.region.lost_pages() > 0;
-        let total = guest.invalid_total(&ep.stats);
+        let total = guest.invalid_total(&ep.totals());
         if total > guest.invalid_reported
             && guest.last_invalid_log.is_none_or(|t| now.duration_since(t) >= INVALID_LOG_PERIOD)
         {
             let first = guest
-                .queue
-                .as_ref()
-                .and_then(|q| Invalid::from_u32(q.first_invalid.load(Ordering::Relaxed)))
+                .started()
+                .find_map(|q| Invalid::from_u32(q.first_invalid.load(Ordering::Relaxed)))
                 .map_or("a free-ring entry named no buffer of its pool, or one the proxy held", |k| k.describe());
             log_warn!(
                 "{}: guest '{}': {} invalid descriptors/buffers dropped so far (first: {first})",

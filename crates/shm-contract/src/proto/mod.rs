@@ -40,7 +40,7 @@
 //! | 24     | 32   | `app_name` (UTF-8, NUL padded) |
 //! | 56     | 8    | `heap_bytes`: the guest's pool plan, heap bytes its pools will take (0: no plan). With `region_size` 0 the proxy makes the region just large enough for the header, the rings and that heap on the pages it picks ([`RegionLayout::size_for_heap`](crate::RegionLayout::size_for_heap)) |
 //!
-//! `Welcome` (proxy, 44 bytes, with the region memfd as `SCM_RIGHTS`, except in answer to a reattaching `Hello`):
+//! `Welcome` (proxy, 48 bytes; 44 from proxies without queue pairs; with the region memfd as `SCM_RIGHTS`, except in answer to a reattaching `Hello`):
 //!
 //! | offset | size | field |
 //! | ------ | ---- | ----- |
@@ -56,6 +56,10 @@
 //! | 38     | 1    | `link_up` (0/1) |
 //! | 39     | 1    | reserved, 0 |
 //! | 40     | 4    | `link_speed_mbps` |
+//! | 44     | 2    | `queue_pairs`: queue pairs the socket offers, 1..=[`MAX_QUEUE_PAIRS`] (absent: 1); the region has a ring pair for each |
+//! | 46     | 2    | reserved, 0 |
+//!
+//! `queue_id` is the NIC queue behind queue pair 0.
 //!
 //! `Refuse` (either side, 204 bytes): `code` `u32` at 0 ([`RefuseCode`]),
 //! `reason` at 4, 200 bytes of UTF-8, NUL padded.
@@ -65,13 +69,16 @@
 //! `data_room` 26 (`u16`). Validated against the region by
 //! [`PoolAdd::validate`].
 //!
-//! `PoolAck`, `PoolDel` (4 bytes): `pool_id` `u32`. `QueueStart` (12 bytes; 4 or 8
-//! from guests that know no flags or no depth): `rx_pool_id` `u32` at 0, `flags` `u32`
+//! `PoolAck`, `PoolDel` (4 bytes): `pool_id` `u32`. `QueueStart` (16 bytes; 4, 8 or 12
+//! from guests that know no flags, no depth or no queue pairs): `rx_pool_id` `u32` at 0, `flags` `u32`
 //! at 4 ([`QUEUE_FLAG_RX_WAKEUP`]), `rx_depth` `u32` at 8 (the most rx descriptors
-//! the proxy keeps outstanding; 0: the rx ring's entries). `QueueStarted` (empty; in answer to a `QueueStart`
+//! the proxy keeps outstanding; 0: the rx ring's entries), `queue` `u16` at 12 (the
+//! queue pair, below the Welcome's `queue_pairs`; absent: 0), 2 reserved bytes.
+//! `QueueStarted` (empty; in answer to a `QueueStart`
 //! with [`QUEUE_FLAG_RX_WAKEUP`] it carries the guest's end of the wake-up socket
-//! pair the proxy made, as `SCM_RIGHTS`, see [`crate::wake`]). `QueueStop`,
-//! `QueueStopped`, `Goodbye`: empty. `LinkStatus` (8 bytes): `up` `u8` (0/1) at 0,
+//! pair the proxy made, as `SCM_RIGHTS`, see [`crate::wake`]). `QueueStop` (4 bytes;
+//! empty from guests that know no queue pairs): `queue` `u16` at 0 (absent: 0), 2
+//! reserved bytes. `QueueStopped`, `Goodbye`: empty. `LinkStatus` (8 bytes): `up` `u8` (0/1) at 0,
 //! 3 reserved bytes, `speed_mbps` `u32` at 4.
 //!
 //! # Descriptors
@@ -91,11 +98,15 @@
 //! `QueueStarted`; `QueueStart` carries no descriptor. A proxy of version 2 refuses
 //! guests of version 1 only ([`PROTOCOL_VERSION_MIN`]): accepting them would mean
 //! signalling on a descriptor the guest chose.
+//!
+//! Within version 2, queue pairs were added as trailing fields (`Welcome.queue_pairs`,
+//! `QueueStart.queue`, `QueueStop.queue`): a guest that does not know them runs
+//! queue pair 0, and a proxy that does not know them offers only that one.
 
 use std::fmt;
 
 use crate::layout::{
-    RegionFlags, HEADER_SIZE, MAX_DESC_RING_ENTRIES, MAX_PAGE_SIZE, MAX_REGION_SIZE,
+    RegionFlags, HEADER_SIZE, MAX_DESC_RING_ENTRIES, MAX_PAGE_SIZE, MAX_QUEUE_PAIRS, MAX_REGION_SIZE,
     MIN_DESC_RING_ENTRIES, MIN_PAGE_SIZE,
 };
 use crate::pool::PoolAdd;
@@ -192,14 +203,14 @@ impl MessageKind {
     pub const fn body_len(self) -> usize {
         match self {
             MessageKind::Hello => 24 + MAX_APP_NAME + 8,
-            MessageKind::Welcome => 44,
+            MessageKind::Welcome => 48,
             MessageKind::Refuse => 4 + MAX_REASON,
             MessageKind::PoolAdd => 28,
             MessageKind::PoolAck | MessageKind::PoolDel => 4,
-            MessageKind::QueueStart => 12,
+            MessageKind::QueueStart => 16,
+            MessageKind::QueueStop => 4,
             MessageKind::LinkStatus => 8,
             MessageKind::QueueStarted
-            | MessageKind::QueueStop
             | MessageKind::QueueStopped
             | MessageKind::Goodbye => 0,
         }
@@ -212,6 +223,8 @@ impl MessageKind {
             MessageKind::QueueStart => 4,
             // Before `heap_bytes`.
             MessageKind::Hello => 24 + MAX_APP_NAME,
+            MessageKind::Welcome => 44,
+            MessageKind::QueueStop => 0,
             other => other.body_len(),
         }
     }
@@ -342,6 +355,9 @@ pub struct Welcome {
     pub link_up: bool,
     /// Link speed now, Mbit/s.
     pub link_speed_mbps: u32,
+    /// Queue pairs the socket offers (1..=[`MAX_QUEUE_PAIRS`]); `queue_id` is pair 0's
+    /// NIC queue.
+    pub queue_pairs: u16,
 }
 
 /// A control message.
@@ -379,11 +395,16 @@ pub enum Message {
         /// At most this many rx descriptors filled at once (the application's rx
         /// queue size, which sizes its pool); 0: the ring's entries.
         rx_depth: u32,
+        /// The queue pair (below the Welcome's `queue_pairs`).
+        queue: u16,
     },
     /// Proxy: the queue is running.
     QueueStarted,
-    /// Guest: stop the queue.
-    QueueStop,
+    /// Guest: stop a queue pair.
+    QueueStop {
+        /// The queue pair.
+        queue: u16,
+    },
     /// Proxy: the queue is stopped and every buffer returned.
     QueueStopped,
     /// Proxy: link state changed.
@@ -409,7 +430,7 @@ impl Message {
             Message::PoolDel { .. } => MessageKind::PoolDel,
             Message::QueueStart { .. } => MessageKind::QueueStart,
             Message::QueueStarted => MessageKind::QueueStarted,
-            Message::QueueStop => MessageKind::QueueStop,
+            Message::QueueStop { .. } => MessageKind::QueueStop,
             Message::QueueStopped => MessageKind::QueueStopped,
             Message::LinkStatus { .. } => MessageKind::LinkStatus,
             Message::Goodbye => MessageKind::Goodbye,
@@ -650,6 +671,7 @@ pub fn encode(msg: &Message, request_id: u32, buf: &mut [u8; MAX_MESSAGE]) -> Re
             w.put(32, &x.mac);
             w.u8(38, x.link_up as u8);
             w.u32(40, x.link_speed_mbps);
+            w.u16(44, x.queue_pairs);
         }
         Message::Refuse { code, reason } => {
             w.u32(0, code.to_u32());
@@ -666,16 +688,18 @@ pub fn encode(msg: &Message, request_id: u32, buf: &mut [u8; MAX_MESSAGE]) -> Re
             w.u16(26, p.data_room);
         }
         Message::PoolAck { pool_id } | Message::PoolDel { pool_id } => w.u32(0, *pool_id),
-        Message::QueueStart { rx_pool_id, flags, rx_depth } => {
+        Message::QueueStart { rx_pool_id, flags, rx_depth, queue } => {
             w.u32(0, *rx_pool_id);
             w.u32(4, *flags);
             w.u32(8, *rx_depth);
+            w.u16(12, *queue);
         }
+        Message::QueueStop { queue } => w.u16(0, *queue),
         Message::LinkStatus { up, speed_mbps } => {
             w.u8(0, *up as u8);
             w.u32(4, *speed_mbps);
         }
-        Message::QueueStarted | Message::QueueStop | Message::QueueStopped | Message::Goodbye => {}
+        Message::QueueStarted | Message::QueueStopped | Message::Goodbye => {}
     }
     let body = w.body;
     buf[0..4].copy_from_slice(&PROTOCOL_MAGIC.to_le_bytes());
@@ -824,7 +848,11 @@ pub fn decode(bytes: &[u8]) -> Result<(Message, u32), DecodeError> {
                 mac: r.bytes(32),
                 link_up: r.bool(38, "link_up")?,
                 link_speed_mbps: r.u32(40),
+                queue_pairs: if body.len() >= 46 { r.u16(44) } else { 1 },
             };
+            if !(1..=MAX_QUEUE_PAIRS).contains(&u32::from(welcome.queue_pairs)) {
+                return Err(DecodeError::BadValue { field: "queue_pairs", value: welcome.queue_pairs as u64 });
+            }
             if welcome.version != major {
                 return Err(DecodeError::BadValue { field: "version", value: welcome.version as u64 });
             }
@@ -858,9 +886,10 @@ pub fn decode(bytes: &[u8]) -> Result<(Message, u32), DecodeError> {
             rx_pool_id: r.u32(0),
             flags: if body.len() >= 8 { r.u32(4) } else { 0 },
             rx_depth: if body.len() >= 12 { r.u32(8) } else { 0 },
+            queue: if body.len() >= 14 { r.u16(12) } else { 0 },
         },
         MessageKind::QueueStarted => Message::QueueStarted,
-        MessageKind::QueueStop => Message::QueueStop,
+        MessageKind::QueueStop => Message::QueueStop { queue: if body.len() >= 2 { r.u16(0) } else { 0 } },
         MessageKind::QueueStopped => Message::QueueStopped,
         MessageKind::LinkStatus => Message::LinkStatus {
             up: r.bool(0, "up")?,
@@ -909,6 +938,7 @@ mod tests {
                 max_rx_frame: 9018,
                 link_up: true,
                 link_speed_mbps: 100_000,
+                queue_pairs: 4,
             }),
             Message::Refuse {
                 code: RefuseCode::VersionMismatch,
@@ -928,9 +958,11 @@ mod tests {
             }),
             Message::PoolAck { pool_id: 1 },
             Message::PoolDel { pool_id: 2 },
-            Message::QueueStart { rx_pool_id: 3, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 512 },
+            Message::QueueStart { rx_pool_id: 3, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 512, queue: 0 },
+            Message::QueueStart { rx_pool_id: 1, flags: 0, rx_depth: 64, queue: 15 },
             Message::QueueStarted,
-            Message::QueueStop,
+            Message::QueueStop { queue: 0 },
+            Message::QueueStop { queue: 3 },
             Message::QueueStopped,
             Message::LinkStatus { up: false, speed_mbps: 0 },
             Message::LinkStatus { up: true, speed_mbps: 25_000 },
@@ -962,18 +994,47 @@ mod tests {
         }
     }
 
+    /// The first `body` bytes of `full`'s body, as an older peer sends them.
+    fn cut(full: &[u8], body: usize) -> Vec<u8> {
+        let mut old = full[..HEADER_LEN + body].to_vec();
+        old[8..12].copy_from_slice(&(body as u32).to_le_bytes());
+        old
+    }
+
     #[test]
     fn a_queue_start_without_flags_reads_as_flags_0() {
-        let full = encode_to_vec(&Message::QueueStart { rx_pool_id: 7, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 64 }, 9).unwrap();
-        let mut old = full[..HEADER_LEN + 4].to_vec();
-        old[8..12].copy_from_slice(&4u32.to_le_bytes());
-        assert_eq!(decode(&old), Ok((Message::QueueStart { rx_pool_id: 7, flags: 0, rx_depth: 0 }, 9)));
-        let mut no_depth = full[..HEADER_LEN + 8].to_vec();
-        no_depth[8..12].copy_from_slice(&8u32.to_le_bytes());
+        let msg = Message::QueueStart { rx_pool_id: 7, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 64, queue: 5 };
+        let full = encode_to_vec(&msg, 9).unwrap();
+        assert_eq!(decode(&cut(&full, 4)), Ok((Message::QueueStart { rx_pool_id: 7, flags: 0, rx_depth: 0, queue: 0 }, 9)));
         assert_eq!(
-            decode(&no_depth),
-            Ok((Message::QueueStart { rx_pool_id: 7, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 0 }, 9))
+            decode(&cut(&full, 8)),
+            Ok((Message::QueueStart { rx_pool_id: 7, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 0, queue: 0 }, 9))
         );
+        // A guest that knows no queue pairs starts pair 0.
+        assert_eq!(
+            decode(&cut(&full, 12)),
+            Ok((Message::QueueStart { rx_pool_id: 7, flags: QUEUE_FLAG_RX_WAKEUP, rx_depth: 64, queue: 0 }, 9))
+        );
+        assert_eq!(&full[HEADER_LEN + 12..], &[5, 0, 0, 0]);
+    }
+
+    #[test]
+    fn queue_pairs_from_older_peers() {
+        // An empty QueueStop stops pair 0.
+        let stop = encode_to_vec(&Message::QueueStop { queue: 2 }, 4).unwrap();
+        assert_eq!(&stop[HEADER_LEN..], &[2, 0, 0, 0]);
+        assert_eq!(decode(&cut(&stop, 0)), Ok((Message::QueueStop { queue: 0 }, 4)));
+        // A 44-byte Welcome offers one pair.
+        let w = samples().into_iter().find(|m| m.kind() == MessageKind::Welcome).unwrap();
+        let full = encode_to_vec(&w, 1).unwrap();
+        let Ok((Message::Welcome(old), 1)) = decode(&cut(&full, 44)) else { panic!("44-byte Welcome refused") };
+        assert_eq!(old.queue_pairs, 1);
+        // Pair counts outside 1..=MAX_QUEUE_PAIRS are refused.
+        for bad in [0u16, MAX_QUEUE_PAIRS as u16 + 1] {
+            let mut b = full.clone();
+            b[HEADER_LEN + 44..HEADER_LEN + 46].copy_from_slice(&bad.to_le_bytes());
+            assert_eq!(decode(&b), Err(DecodeError::BadValue { field: "queue_pairs", value: bad as u64 }));
+        }
     }
 
     #[test]

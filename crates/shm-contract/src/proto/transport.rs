@@ -785,6 +785,7 @@ mod tests {
             max_rx_frame: 1518,
             link_up: true,
             link_speed_mbps: 10_000,
+            queue_pairs: 1,
         })
     }
 
@@ -839,8 +840,8 @@ mod tests {
             Err(TransportError::Decode(DecodeError::BadMagic { .. }))
         ));
         // The connection is still usable after both.
-        send_message(a.as_fd(), &Message::QueueStop, 9, &[]).unwrap();
-        assert!(matches!(recv_message(b.as_fd(), None), Ok((Message::QueueStop, 9, _))));
+        send_message(a.as_fd(), &Message::QueueStop { queue: 0 }, 9, &[]).unwrap();
+        assert!(matches!(recv_message(b.as_fd(), None), Ok((Message::QueueStop { .. }, 9, _))));
     }
 
     #[test]
@@ -1060,11 +1061,11 @@ mod tests {
     fn every_descriptor_a_peer_can_attach_is_handed_over() {
         let (a, b) = pair();
         let mut buf = [0u8; MAX_MESSAGE];
-        let len = encode(&Message::QueueStop, 3, &mut buf).unwrap();
+        let len = encode(&Message::QueueStop { queue: 0 }, 3, &mut buf).unwrap();
         let many: Vec<BorrowedFd<'_>> = (0..SCM_MAX_FD).map(|_| a.as_fd()).collect();
         send_datagram(a.as_fd(), &buf[..len], &many).unwrap();
         let got = recv_message_and_fds(b.as_fd(), Some(Duration::from_secs(5)));
-        assert!(matches!(got.message, Ok((Message::QueueStop, 3))));
+        assert!(matches!(got.message, Ok((Message::QueueStop { .. }, 3))));
         assert_eq!(got.fds.len(), SCM_MAX_FD, "none released inside recvmsg");
         // Garbage with descriptors: the error and the descriptors both come back.
         send_datagram(a.as_fd(), b"garbage garbage garbage", &many[..7]).unwrap();
