@@ -78,7 +78,13 @@
 //! Three messages carry a descriptor: a `Welcome` that is not the answer to a
 //! reattaching `Hello` (the region memfd, proxy to guest), a reattaching `Hello`
 //! (the guest's region memfd, guest to proxy) and a `QueueStarted` in answer to a
-//! `QueueStart` with [`QUEUE_FLAG_RX_WAKEUP`] (proxy to guest). The only descriptor
+//! `QueueStart` with [`QUEUE_FLAG_RX_WAKEUP`] (proxy to guest). The proxy's
+//! connections refuse descriptors (`SO_PASSRIGHTS` off, Linux 6.16 and later: the
+//! sender's `sendmsg` fails with `EPERM` and nothing is queued) except in one step: a
+//! reattaching guest whose `Hello` with its memfd was refused so sends it without, the
+//! proxy lets that connection pass descriptors and answers `RegionWanted` (empty), and
+//! the guest sends the same `Hello` again with the memfd; the proxy then turns passing
+//! off again ([`transport::handshake`] does the guest's part). The only descriptor
 //! the proxy ever keeps is the reattaching guest's memfd, after checking its kind.
 //! A descriptor with any other message is a protocol violation: the proxy refuses
 //! the message and closes the connection.
@@ -161,6 +167,8 @@ pub enum MessageKind {
     LinkStatus = 11,
     /// [`Message::Goodbye`]
     Goodbye = 12,
+    /// [`Message::RegionWanted`]
+    RegionWanted = 13,
 }
 
 impl MessageKind {
@@ -180,6 +188,7 @@ impl MessageKind {
             10 => QueueStopped,
             11 => LinkStatus,
             12 => Goodbye,
+            13 => RegionWanted,
             _ => return None,
         })
     }
@@ -197,7 +206,8 @@ impl MessageKind {
             MessageKind::QueueStarted
             | MessageKind::QueueStop
             | MessageKind::QueueStopped
-            | MessageKind::Goodbye => 0,
+            | MessageKind::Goodbye
+            | MessageKind::RegionWanted => 0,
         }
     }
 
@@ -385,6 +395,10 @@ pub enum Message {
     },
     /// Either: orderly close.
     Goodbye,
+    /// Proxy, in answer to a reattaching `Hello` that came without its region memfd
+    /// (the proxy's connections refuse descriptors, `SO_PASSRIGHTS` off, until it asks):
+    /// send that `Hello` again, with the memfd.
+    RegionWanted,
 }
 
 impl Message {
@@ -403,6 +417,7 @@ impl Message {
             Message::QueueStopped => MessageKind::QueueStopped,
             Message::LinkStatus { .. } => MessageKind::LinkStatus,
             Message::Goodbye => MessageKind::Goodbye,
+            Message::RegionWanted => MessageKind::RegionWanted,
         }
     }
 
@@ -664,7 +679,7 @@ pub fn encode(msg: &Message, request_id: u32, buf: &mut [u8; MAX_MESSAGE]) -> Re
             w.u8(0, *up as u8);
             w.u32(4, *speed_mbps);
         }
-        Message::QueueStarted | Message::QueueStop | Message::QueueStopped | Message::Goodbye => {}
+        Message::QueueStarted | Message::QueueStop | Message::QueueStopped | Message::Goodbye | Message::RegionWanted => {}
     }
     let body = w.body;
     buf[0..4].copy_from_slice(&PROTOCOL_MAGIC.to_le_bytes());
@@ -855,6 +870,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Message, u32), DecodeError> {
             speed_mbps: r.u32(4),
         },
         MessageKind::Goodbye => Message::Goodbye,
+        MessageKind::RegionWanted => Message::RegionWanted,
     };
     Ok((msg, request_id))
 }
@@ -921,6 +937,7 @@ mod tests {
             Message::LinkStatus { up: false, speed_mbps: 0 },
             Message::LinkStatus { up: true, speed_mbps: 25_000 },
             Message::Goodbye,
+            Message::RegionWanted,
         ]
     }
 
@@ -1155,6 +1172,6 @@ mod tests {
             }
         }
         assert!(MessageKind::from_u16(0).is_none());
-        assert!(MessageKind::from_u16(13).is_none());
+        assert!(MessageKind::from_u16(14).is_none());
     }
 }
