@@ -239,19 +239,23 @@ impl Control {
                 fds.push(pollfd(stdin_fd));
                 owners.push((usize::MAX, false));
             }
-            // Peers are read and accepted only while the reaper has room for all that
-            // one more message or connection can bring (reaper.rs); a reaper stuck on
-            // a close holds up new peers, never commands or the data loop.
+            // A peer whose connection may carry descriptors (a kernel without
+            // SO_PASSRIGHTS, or a reattaching guest asked for its region) is read, and a
+            // socket whose connections start so accepted, only while the reaper has room
+            // for all that one more message or connection can bring (reaper.rs); a
+            // reaper stuck on a close holds up only those, never connections that refuse
+            // descriptors, commands or the data loop.
             let peers_welcome = reaper::room_for_peer_input(self.endpoints.len());
             for (i, ep) in self.endpoints.iter().enumerate() {
-                if !peers_welcome {
-                    break;
+                if peers_welcome || !ep.connections_pass_fds {
+                    fds.push(pollfd(ep.listener.as_fd().as_raw_fd()));
+                    owners.push((i, false));
                 }
-                fds.push(pollfd(ep.listener.as_fd().as_raw_fd()));
-                owners.push((i, false));
                 if let Some(c) = &ep.conn {
-                    fds.push(pollfd(c.fd.as_fd().as_raw_fd()));
-                    owners.push((i, true));
+                    if peers_welcome || !c.fd.passes() {
+                        fds.push(pollfd(c.fd.as_fd().as_raw_fd()));
+                        owners.push((i, true));
+                    }
                 }
             }
             let admin_fds = fds.len();

@@ -168,6 +168,34 @@ pub fn abort_on_close(fd: BorrowedFd<'_>) {
     };
 }
 
+use shm_contract::proto::transport::SO_PASSRIGHTS;
+
+/// Lets a unix socket receive descriptors, or not (`SO_PASSRIGHTS`). Fails with
+/// `ENOPROTOOPT` on kernels before 6.16 (they always let descriptors through).
+pub fn set_pass_rights(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let value: c_int = on as c_int;
+    // SAFETY: setsockopt with an int of the stated length, on a descriptor we borrow.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PASSRIGHTS,
+            (&value as *const c_int).cast(),
+            std::mem::size_of::<c_int>() as libc::socklen_t,
+        )
+    })
+}
+
+/// Whether descriptors can arrive on unix socket `fd`: `SO_PASSRIGHTS` on, or a kernel
+/// that does not know it (then they always can).
+pub fn passes_rights(fd: BorrowedFd<'_>) -> bool {
+    let mut value: c_int = 1;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into an int of the stated length, on a descriptor we borrow.
+    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_PASSRIGHTS, (&mut value as *mut c_int).cast(), &mut len) };
+    rc != 0 || value != 0
+}
+
 extern "C" fn on_interrupt_signal(_sig: c_int) {
     // Nothing: the signal only ends an interruptible wait of the thread it was sent to.
 }

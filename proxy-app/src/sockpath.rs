@@ -342,6 +342,10 @@ fn bind_privately(
     let listener = os::seqpacket_socket(true).map_err(|e| format!("socket: {e}"))?;
     let addr = os::UnixAddr::new(&os::path_in_fd(private_dir.as_fd(), inner))?;
     os::bind(listener.as_fd(), &addr).map_err(|e| format!("cannot bind {shown}: {e}"))?;
+    // Connections start refusing descriptors (a guest's sendmsg with any fails, nothing is
+    // queued): only a reattaching guest gets to pass one, when asked (control/session.rs).
+    // A kernel before 6.16 has no such switch; the reaper then takes what comes.
+    let _ = os::set_pass_rights(listener.as_fd(), false);
     os::listen(listener.as_fd(), BACKLOG).map_err(|e| format!("cannot listen on {shown}: {e}"))?;
     os::chown_chmod_at(private_dir.as_fd(), inner, access.owner, access.group, access.mode).map_err(|e| {
         format!("cannot give {shown} owner {:?} group {:?} mode {:04o}: {e}", access.owner, access.group, access.mode)
@@ -416,6 +420,40 @@ mod tests {
     fn has_listener(path: &Path) -> bool {
         let dir = os::open_path_at(None, path.parent().unwrap().as_os_str()).unwrap();
         has_listener_at(&dir, path.file_name().unwrap())
+    }
+
+    /// The sockets the proxy serves take no descriptors (`SO_PASSRIGHTS` off, inherited
+    /// by each connection, even one made before the proxy accepts it): a peer's send with
+    /// one fails (`EPERM`), nothing is queued, and such a connection is closed on the
+    /// spot. Let through for one message, it is closed by the reaper from then on.
+    #[test]
+    fn served_sockets_refuse_descriptors_until_one_is_asked_for() {
+        use shm_contract::proto::transport::{recv_message_and_fds, send_message};
+        let t = Tmp::new("passrights");
+        let path = t.0.join("sock");
+        let (f, listener) = create(&path, access(0o600, None, None)).unwrap();
+        let client = std::os::unix::net::UnixStream::connect(&path).err();
+        assert!(client.is_some(), "a seqpacket socket: a stream connect fails");
+        let fd = os::seqpacket_socket(false).unwrap();
+        os::connect(fd.as_fd(), &os::UnixAddr::new(&path).unwrap()).unwrap();
+        let (pipe_r, _pipe_w) = std::io::pipe().unwrap();
+        let pass = |what: &str| send_message(fd.as_fd(), &shm_contract::Message::Goodbye, 1, &[pipe_r.as_fd()]).map_err(|e| format!("{what}: {e}"));
+        // Before the proxy accepted: refused by the kernel.
+        let err = pass("before accept").unwrap_err();
+        assert!(err.contains("os error 1)"), "{err}");
+        let conn = crate::reaper::PeerFd::connection(os::accept(listener.as_fd()).unwrap(), 1000);
+        assert!(!conn.passes());
+        assert!(pass("after accept").unwrap_err().contains("os error 1)"));
+        let mut conn = conn;
+        conn.let_pass().unwrap();
+        assert!(conn.passes());
+        pass("asked for").unwrap();
+        let got = recv_message_and_fds(conn.as_fd(), Some(std::time::Duration::from_secs(5)));
+        assert_eq!(got.fds.len(), 1);
+        conn.stop_passing().unwrap();
+        assert!(pass("after").unwrap_err().contains("os error 1)"));
+        assert!(conn.passes(), "closed by the reaper: it let descriptors through once");
+        f.remove();
     }
 
     /// The red-team finding: a stale socket's owner swaps in a link to a live listener

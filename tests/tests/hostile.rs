@@ -787,8 +787,10 @@ fn case_reattach_foreign_fd(c: &Ctx<'_>) -> Seen {
         (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1]))
     };
     let mut wrong = Vec::new();
-    for (fd, why) in [(Some(&memfd), "cannot adopt the guest's region"), (Some(&r), "cannot adopt the guest's region"), (None, "(got 0 fds)")] {
-        let sock = connect(c.bad).unwrap();
+    let again_without = "asked for its region, the guest sent a Hello without it";
+    for (fd, why) in [(Some(&memfd), "cannot adopt the guest's region"), (Some(&r), "cannot adopt the guest's region"), (None, again_without)] {
+        // Asked for its region first: the connection refuses descriptors until then.
+        let sock = window(c.bad);
         let mut h = hello(8 << 20, 256);
         h.flags = HELLO_FLAG_REATTACH;
         let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
@@ -917,7 +919,9 @@ fn case_punched_region(c: &Ctx<'_>) -> Seen {
 
 fn case_wakeup_abuse(c: &Ctx<'_>) -> Seen {
     // Rx wake-ups asked for with a descriptor of the guest's choosing (a pipe): the
-    // protocol passes none with QueueStart, so the connection is cut. Then asked for
+    // protocol passes none with QueueStart, and the guest's connection takes none
+    // (SO_PASSRIGHTS off): the kernel refuses the send, nothing reaches the proxy and the
+    // connection goes on. Then asked for
     // properly: the proxy hands over its own pair's end, which the guest makes blocking
     // and never reads, while it asks to be woken all the time and keeps its rx ring
     // drained: the proxy's sends must never block or slow its data loop.
@@ -925,17 +929,10 @@ fn case_wakeup_abuse(c: &Ctx<'_>) -> Seen {
     let (r, _w) = pipe();
     let mut g = Attached::attach(c.bad, &hello(8 << 20, 256)).unwrap();
     g.add_pool(512, 256).unwrap();
-    let pipe_refused = matches!(
-        g.request_with_fds(&start, &[r.as_fd()]),
-        Ok(Message::Refuse { code: RefuseCode::BadRequest, reason }) if reason.contains("where the protocol passes none")
-    );
-    // The pipe: one unwanted descriptor, one bad request; the rest is legal.
-    expect_exact("unwanted_fds", 1);
-    expect_exact("bad_requests", 1);
-    let pipe_cut = wait_closed(&g.sock, Duration::from_secs(3)).is_closed();
-    drop(g);
-    let mut g = Attached::attach(c.bad, &hello(8 << 20, 256)).unwrap();
-    g.add_pool(512, 256).unwrap();
+    let pipe_refused = matches!(g.request_with_fds(&start, &[r.as_fd()]), Err(e) if e.contains("os error 1)"));
+    // Nothing reached the proxy; the rest is legal.
+    expect_exact("unwanted_fds", 0);
+    expect_exact("bad_requests", 0);
     let (answer, mut fds) = g.exchange(&start, &[]).unwrap();
     let started = answer == Message::QueueStarted && fds.len() == 1;
     let Some(end) = fds.pop() else {
@@ -961,13 +958,13 @@ fn case_wakeup_abuse(c: &Ctx<'_>) -> Seen {
     listener.attach(end).unwrap();
     let queued = listener.drain();
     let peer = g.peer(Duration::from_millis(200));
-    let problem = (!(pipe_refused && pipe_cut && started && is_dgram && queued > 0)).then(|| {
-        format!("pipe refused {pipe_refused} cut {pipe_cut}, started {started} with a unix datagram end {is_dgram}, {queued} wake-ups queued")
+    let problem = (!(pipe_refused && started && is_dgram && queued > 0)).then(|| {
+        format!("pipe refused by the kernel {pipe_refused}, started {started} with a unix datagram end {is_dgram}, {queued} wake-ups queued")
     });
     Seen {
         problem,
         disconnected: open_or_closed(&peer),
-        note: format!("a guest's pipe refused and cut; the proxy's end handed over; {delivered} packets received, {queued} wake-ups left unread"),
+        note: format!("a guest's pipe refused by the kernel (EPERM); the proxy's end handed over; {delivered} packets received, {queued} wake-ups left unread"),
     }
 }
 
@@ -1030,6 +1027,33 @@ fn passed_and_cut(sock: &OwnedFd, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'
     (sent, wait_closed(sock, Duration::from_secs(3)).is_closed())
 }
 
+/// Whether the kernel refused to pass `fds` on `sock` (`EPERM`: the proxy's connection
+/// takes no descriptors, `SO_PASSRIGHTS` off): nothing reached the proxy.
+fn kernel_refuses(sock: &OwnedFd, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> bool {
+    matches!(send_or_disarm(sock, bytes, fds), Err(e) if e.raw_os_error() == Some(libc::EPERM))
+}
+
+/// A connection to `path` that may pass descriptors for one message: a reattaching
+/// Hello without its memfd makes the proxy let them through and ask for it
+/// (`RegionWanted`). The one way a peer still gets descriptors to the proxy. The
+/// connection before must be gone (one per socket; a busy refusal would count).
+fn window(path: &Path) -> OwnedFd {
+    let sock = connect(path).unwrap();
+    let mut reattach = hello(8 << 20, 256);
+    reattach.flags = HELLO_FLAG_REATTACH;
+    send_message(sock.as_fd(), &Message::Hello(reattach), 1, &[]).unwrap();
+    match shm_contract::proto::transport::recv_message(sock.as_fd(), Some(Duration::from_secs(3))) {
+        Ok((Message::RegionWanted, _, _)) => sock,
+        other => panic!("a reattaching Hello without its memfd: expected RegionWanted, got {other:?}"),
+    }
+}
+
+/// Ends a connection with Goodbye and waits until the proxy has let it go.
+fn leave(sock: &OwnedFd) {
+    let _ = send_message(sock.as_fd(), &Message::Goodbye, 0, &[]);
+    wait_closed(sock, Duration::from_secs(3));
+}
+
 /// The messages a descriptor can come with, before Hello and after (`None`: a
 /// garbage datagram). The reattaching Hello is the one place a descriptor is expected:
 /// the region memfd, checked before it is kept.
@@ -1053,11 +1077,14 @@ fn message_kinds() -> Vec<(&'static str, bool, Option<Message>)> {
 
 /// Passes descriptors made by `make` with every kind of message, each on a fresh
 /// connection (attached first where the message needs a guest), until CASE_TIME is
-/// over; returns (attempts, cut, the kinds that were not cut), and says what the
-/// hostile socket's counters must show: every descriptor that came where none is
-/// expected in `unwanted_fds`; each connection refused (before a guest: `refused`) or
-/// its message refused (with a guest: `bad_requests`) once; and on the global line,
-/// every connection and descriptor passed closed by the reaper, none leaked.
+/// over; returns (attempts, stopped, the kinds that were not stopped), and says what the
+/// hostile socket's counters must show. Stopped: the kernel refuses the descriptors on
+/// every connection (`EPERM`: an attached guest's and a plain one take none), and on a
+/// connection the proxy asked for its region (the one window a peer has) the proxy cuts
+/// it. Counted: every descriptor that came where none is expected in `unwanted_fds`;
+/// each window connection refused once (`refused`; no guest there, so no
+/// `bad_requests`); on the global line, every window connection and descriptor that got
+/// through closed by the reaper, none leaked.
 fn pass_with_every_message(c: &Ctx<'_>, mut make: impl FnMut() -> Vec<OwnedFd>) -> (u32, u32, Vec<&'static str>) {
     let (mut attempts, mut cut, mut kept) = (0, 0, Vec::new());
     let (mut unwanted, mut passed, mut before_guest, mut with_guest) = (0u64, 0u64, 0u64, 0u64);
@@ -1071,11 +1098,22 @@ fn pass_with_every_message(c: &Ctx<'_>, mut make: impl FnMut() -> Vec<OwnedFd>) 
             attempts += 1;
             let (sent, closed) = if attached {
                 match Attached::attach(c.bad, &hello(8 << 20, 256)) {
-                    Ok(g) => passed_and_cut(&g.sock, &bytes, &borrowed),
+                    Ok(g) => {
+                        let refused = kernel_refuses(&g.sock, &bytes, &borrowed);
+                        leave(&g.sock);
+                        (false, refused)
+                    }
                     Err(e) => panic!("hostile attach: {e}"),
                 }
             } else {
-                passed_and_cut(&connect(c.bad).unwrap(), &bytes, &borrowed)
+                let plain = connect(c.bad).unwrap();
+                let refused = kernel_refuses(&plain, &bytes, &borrowed);
+                leave(&plain);
+                if refused {
+                    passed_and_cut(&window(c.bad), &bytes, &borrowed)
+                } else {
+                    (false, false)
+                }
             };
             if sent {
                 passed += fds.len() as u64;
@@ -1102,9 +1140,9 @@ fn pass_with_every_message(c: &Ctx<'_>, mut make: impl FnMut() -> Vec<OwnedFd>) 
     expect_exact("unwanted_fds", unwanted);
     expect_exact("refused", before_guest);
     expect_exact("bad_requests", with_guest);
-    // Every connection and every descriptor that reached the proxy is closed by the
-    // reaper.
-    expect(Scope::Global, &["reaper_closed"], passed + attempts as u64, u64::MAX);
+    // Every window connection and every descriptor that reached the proxy is closed by
+    // the reaper (the other connections never held one and are closed on the spot).
+    expect(Scope::Global, &["reaper_closed"], passed + before_guest, u64::MAX);
     expect(Scope::Global, &["reaper_leaked"], 0, 0);
     (attempts, cut, kept)
 }
@@ -1118,8 +1156,8 @@ fn case_fds_lingering_tcp(c: &Ctx<'_>) -> Seen {
     drop(probe);
     let blocked = t.elapsed();
     let problem = (cut != attempts || blocked < Duration::from_millis(900))
-        .then(|| format!("{cut}/{attempts} connections cut (kept: {kept:?}); a 1 s lingering close here took {blocked:?}"));
-    Seen { problem, disconnected: Some(cut == attempts), note: format!("{attempts} lingering sockets passed with 10 kinds of message, {cut} cut; such a close blocks {blocked:.1?} per linger s") }
+        .then(|| format!("{cut}/{attempts} stopped (kept: {kept:?}); a 1 s lingering close here took {blocked:?}"));
+    Seen { problem, disconnected: Some(cut == attempts), note: format!("{attempts} lingering sockets passed with 10 kinds of message, {cut} refused by the kernel and, where asked for, cut; such a close blocks {blocked:.1?} per linger s") }
 }
 
 fn case_fds_refused_peer(c: &Ctx<'_>) -> Seen {
@@ -1181,8 +1219,8 @@ fn case_fds_other_kinds(c: &Ctx<'_>) -> Seen {
             _ => vec![a.into()],
         }
     });
-    let problem = (cut != attempts).then(|| format!("{cut}/{attempts} connections cut (kept: {kept:?})"));
-    Seen { problem, disconnected: Some(cut == attempts), note: format!("{attempts} directories, pipes, memfds and sockets passed, {cut} cut") }
+    let problem = (cut != attempts).then(|| format!("{cut}/{attempts} stopped (kept: {kept:?})"));
+    Seen { problem, disconnected: Some(cut == attempts), note: format!("{attempts} directories, pipes, memfds and sockets passed, {cut} refused by the kernel and, where asked for, cut") }
 }
 
 fn case_fds_many_per_message(c: &Ctx<'_>) -> Seen {
@@ -1198,25 +1236,28 @@ fn case_fds_many_per_message(c: &Ctx<'_>) -> Seen {
         }
         v
     });
-    let problem = (cut != attempts).then(|| format!("{cut}/{attempts} connections cut (kept: {kept:?})"));
-    Seen { problem, disconnected: Some(cut == attempts), note: format!("{attempts} messages of 253 descriptors, {cut} cut") }
+    let problem = (cut != attempts).then(|| format!("{cut}/{attempts} stopped (kept: {kept:?})"));
+    Seen { problem, disconnected: Some(cut == attempts), note: format!("{attempts} messages of 253 descriptors, {cut} refused by the kernel and, where asked for, cut") }
 }
 
 fn case_fds_unread_at_close(c: &Ctx<'_>) -> Seen {
-    // Messages with lingering sockets left unread when the connection closes: an
-    // attached guest sends ten back to back and closes at once (the proxy cuts it at
-    // the first, the other nine are released with the connection); and a second
-    // connection to the busy good socket sends ten, never read at all.
+    // Messages with lingering sockets left unread when the connection closes: a
+    // connection the proxy asked for its region (the one kind that may pass descriptors)
+    // sends ten back to back (the proxy cuts it at the first, the other nine are
+    // released with the connection); and a second connection to the busy good socket
+    // tries ten (the kernel refuses them: it takes no descriptors).
     let mut keep = Vec::new();
     let (mut attempts, mut busy_told) = (0u32, 0u32);
     let deadline = Instant::now() + CASE_TIME;
     while Instant::now() < deadline {
         attempts += 1;
-        let g = Attached::attach(c.bad, &hello(8 << 20, 256)).unwrap_or_else(|e| panic!("hostile attach: {e}"));
+        let g = window(c.bad);
         for i in 0..10 {
             let fd = lingering(&mut keep);
-            let _ = send_or_disarm(&g.sock, &datagram(&Message::PoolDel { pool_id: i }, 10 + i), &[fd.as_fd()]);
+            let _ = send_or_disarm(&g, &datagram(&Message::PoolDel { pool_id: i }, 10 + i), &[fd.as_fd()]);
         }
+        // Gone before the next round's window (one connection per socket).
+        wait_closed(&g, Duration::from_secs(3));
         drop(g);
         let busy = connect(c.good).unwrap();
         for i in 0..10 {
@@ -1229,18 +1270,21 @@ fn case_fds_unread_at_close(c: &Ctx<'_>) -> Seen {
             busy_told += 1;
         }
     }
-    // The attached guest is cut at its first message (one descriptor unwanted, one bad
-    // request); the busy socket refuses each connection and reads nothing from it.
+    // The window connection is cut at its first message (one descriptor unwanted, the
+    // connection refused: no guest there); the busy socket refuses each connection and
+    // gets no descriptor from it.
     expect_exact("unwanted_fds", attempts as u64);
-    expect_exact("bad_requests", attempts as u64);
+    expect_exact("refused", attempts as u64);
+    expect_exact("bad_requests", 0);
     expect(Scope::Good, &["refused"], busy_told as u64, busy_told as u64);
     expect(Scope::Good, &["unwanted_fds"], 0, 0);
-    // The reaper closes both connections of each round and the one descriptor the
-    // proxy took; the others are released inside those connections' closes.
-    expect(Scope::Global, &["reaper_closed"], 3 * attempts as u64, u64::MAX);
+    // The reaper closes the window connection of each round and the one descriptor the
+    // proxy took; the others are released inside that connection's close. The busy
+    // socket's connection never held one: closed on the spot.
+    expect(Scope::Global, &["reaper_closed"], 2 * attempts as u64, u64::MAX);
     expect(Scope::Global, &["reaper_leaked"], 0, 0);
     let problem = (busy_told != attempts).then(|| format!("{busy_told}/{attempts} connections to the busy socket were told so"));
-    Seen { problem, disconnected: Some(true), note: format!("{attempts} x (10 unread messages with lingering sockets on a cut guest + 10 on a busy socket)") }
+    Seen { problem, disconnected: Some(true), note: format!("{attempts} x (10 unread messages with lingering sockets on a connection asked for its region, cut at the first + 10 tried on a busy socket, refused by the kernel)") }
 }
 
 /// What the harness saw while a descriptor attack ran.
@@ -1574,7 +1618,9 @@ fn cases() -> Vec<Case> {
     let drop_only = Expect { invalid: true, disconnected: Some(false), tx_after: true, ..Expect::default() };
     let cut = Expect { invalid: true, disconnected: Some(true), ..Expect::default() };
     let handshake = Expect { refused: true, disconnected: Some(true), ..Expect::default() };
-    let fds = Expect { refused: true, bad_requests: true, disconnected: Some(true), fd_attack: true, unwanted_fds: true, control_plane: true, ..Expect::default() };
+    // Attached guests cannot pass descriptors at all (the kernel refuses them): what the
+    // proxy counts comes from connections it asked for a region, before any handshake.
+    let fds = Expect { refused: true, disconnected: Some(true), fd_attack: true, unwanted_fds: true, control_plane: true, ..Expect::default() };
     vec![
         Case { name: "out-of-range offsets", run: case_out_of_range, expect: drop_only },
         Case { name: "misaligned offsets", run: case_misaligned, expect: drop_only },
@@ -1602,7 +1648,7 @@ fn cases() -> Vec<Case> {
         Case { name: "reattach with a foreign fd", run: case_reattach_foreign_fd, expect: handshake },
         Case { name: "huge pool (proxy memory)", run: case_huge_pool, expect: Expect { bad_requests: true, disconnected: Some(false), control_plane: true, ..Expect::default() } },
         Case { name: "hole punched in the region, no hugepage free", run: case_punched_region, expect: cut },
-        Case { name: "rx wake-ups abused", run: case_wakeup_abuse, expect: Expect { bad_requests: true, disconnected: Some(false), ..Expect::default() } },
+        Case { name: "rx wake-ups abused", run: case_wakeup_abuse, expect: Expect { disconnected: Some(false), ..Expect::default() } },
         Case { name: "queue stop/start flapping", run: case_queue_flapping, expect: Expect { bad_requests: true, disconnected: Some(false), control_plane: true, ..Expect::default() } },
         // Passed descriptors (issue 16 item 2): see FdProbe.
         Case { name: "fds: lingering TCP socket with every message", run: case_fds_lingering_tcp, expect: fds },

@@ -92,6 +92,9 @@ pub(super) struct Endpoint {
     /// Closed by the reaper too: closing a listener releases the connections still in its
     /// backlog, and the descriptors in the messages queued on them.
     pub(super) listener: PeerFd,
+    /// Its connections start able to carry descriptors (no `SO_PASSRIGHTS` in this
+    /// kernel): accepting needs room in the reaper.
+    pub(super) connections_pass_fds: bool,
     /// The socket file, its directory and the directories the proxy made for it.
     pub(super) file: SocketFile,
     pub(super) conn: Option<Conn>,
@@ -157,7 +160,8 @@ impl Control {
             path: path.to_path_buf(),
             port,
             queues: queues.to_vec(),
-            listener: PeerFd::new(listener),
+            connections_pass_fds: os::passes_rights(listener.as_fd()),
+            listener: PeerFd::new(listener, os::effective_uid()),
             file,
             conn: None,
             stats: Arc::new(SocketStats::default()),
@@ -174,11 +178,23 @@ impl Control {
         // Non-blocking: a guest that does not read its socket must never block this
         // thread in a send (see `reply`).
         let Ok(fd) = os::accept(ep.listener.as_fd()) else { return };
-        // Messages it queued before we accepted may carry descriptors: whatever happens
-        // to this connection, it is closed by the reaper.
-        let fd = PeerFd::new(fd);
         let cred = access::peer_cred(fd.as_fd());
+        // Messages it queued before we accepted carry descriptors only where the kernel
+        // lets them through (no SO_PASSRIGHTS): then, whatever happens to this
+        // connection, it is closed by the reaper, charged to its uid.
+        let fd = PeerFd::connection(fd, cred.as_ref().map_or(u32::MAX, |c| c.uid));
         let pid = cred.as_ref().map_or(-1, |c| c.pid);
+        if let Some(uid) = cred.as_ref().map(|c| c.uid).filter(|&u| crate::reaper::is_wedged(u)) {
+            let reason = format!(
+                "{}: uid {uid} passed a descriptor whose close never ended (a FUSE or NFS file whose server does not \
+                 answer); it is refused from now on",
+                ep.path.display()
+            );
+            let _ = send_message(fd.as_fd(), &Message::refuse(RefuseCode::NotAllowed, &reason), 0, &[]);
+            bump(&ep.stats.refused);
+            self.warn_peer(idx, &format!("refused a peer (pid {pid} uid {uid}): its descriptor wedged a reaper thread"));
+            return;
+        }
         let allowed = cred.as_ref().map(|c| ep.access.admits(c));
         if allowed != Some(true) && (ep.access.has_allowlist() || allowed.is_none()) {
             let (uid, gid) = cred.as_ref().map_or((u32::MAX, u32::MAX), |c| (c.uid, c.gid));

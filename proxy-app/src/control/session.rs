@@ -2,6 +2,9 @@
 //!
 //! - `Listening`: no connection; `accept` (listen.rs) checks the peer and opens one.
 //! - `AwaitingHello`: connected; Hello must come within `HELLO_TIMEOUT`.
+//! - `AwaitingRegion`: a reattaching guest's Hello came without its region memfd (the
+//!   connection refused descriptors); the connection now lets one through and the guest
+//!   was asked (`RegionWanted`) to send its Hello again with it.
 //! - `Attached`: Welcome sent, the region is mapped; pools come and go.
 //! - `Running`: at least one of the guest's queue pairs is in the data loop's
 //!   configuration.
@@ -41,6 +44,7 @@ const INVALID_LOG_PERIOD: Duration = Duration::from_secs(10);
 pub(super) enum State {
     Listening,
     AwaitingHello,
+    AwaitingRegion,
     Attached,
     Running,
     Closing,
@@ -49,6 +53,7 @@ pub(super) enum State {
 /// What a connection holds in each of its states.
 pub(super) enum Session {
     AwaitingHello,
+    AwaitingRegion,
     /// Attached, or Running when a queue pair of the guest is started (`Guest::queues`).
     Attached(Guest),
 }
@@ -75,14 +80,14 @@ impl Conn {
     pub(super) fn guest(&self) -> Option<&Guest> {
         match &self.session {
             Session::Attached(g) => Some(g),
-            Session::AwaitingHello => None,
+            Session::AwaitingHello | Session::AwaitingRegion => None,
         }
     }
 
     pub(super) fn guest_mut(&mut self) -> Option<&mut Guest> {
         match &mut self.session {
             Session::Attached(g) => Some(g),
-            Session::AwaitingHello => None,
+            Session::AwaitingHello | Session::AwaitingRegion => None,
         }
     }
 }
@@ -99,6 +104,7 @@ impl Endpoint {
             None => State::Listening,
             Some(c) if c.unanswerable.get() => State::Closing,
             Some(Conn { session: Session::AwaitingHello, .. }) => State::AwaitingHello,
+            Some(Conn { session: Session::AwaitingRegion, .. }) => State::AwaitingRegion,
             Some(Conn { session: Session::Attached(g), .. }) if g.running() => State::Running,
             Some(Conn { session: Session::Attached(_), .. }) => State::Attached,
         }
@@ -115,12 +121,13 @@ impl Control {
                 self.disconnect(idx, "the guest does not read its socket", false);
                 return;
             }
-            if !reaper::room_for_peer_input(self.endpoints.len()) {
+            if conn.fd.passes() && !reaper::room_for_peer_input(self.endpoints.len()) {
                 // Read on when the reaper has caught up (the poll loop skips peers meanwhile).
                 return;
             }
             let Received { message, fds } = recv_message_and_fds(conn.fd.as_fd(), Some(Duration::ZERO));
-            let fds: Vec<PeerFd> = fds.into_iter().map(PeerFd::new).collect();
+            let owner = conn.fd.owner();
+            let fds: Vec<PeerFd> = fds.into_iter().map(|f| PeerFd::new(f, owner)).collect();
             if !fds.is_empty() && !self.expects_fd(idx, &message) {
                 self.unwanted_fds(idx, &message, fds);
                 return;
@@ -226,6 +233,8 @@ impl Control {
             (State::Listening | State::Closing, _) => {}
             (_, Message::Goodbye) => self.on_goodbye(idx),
             (AwaitingHello, Message::Hello(hello)) => self.on_hello(idx, hello, id, fds),
+            (State::AwaitingRegion, Message::Hello(hello)) => self.on_region(idx, hello, id, fds),
+            (State::AwaitingRegion, other) => self.on_before_hello(idx, other, id),
             (AwaitingHello, other) => self.on_before_hello(idx, other, id),
             (Attached | Running, Message::PoolAdd(add)) => self.on_pool_add(idx, add, id),
             (Attached | Running, Message::PoolDel { pool_id }) => self.on_pool_del(idx, pool_id, id),
@@ -330,11 +339,48 @@ impl Control {
         self.reply(idx, &Message::refuse(RefuseCode::BadRequest, &reason), id);
     }
 
+    /// AwaitingRegion -> AwaitingHello, and on as `on_hello`: the reattaching Hello again,
+    /// now with its memfd; the connection refuses descriptors again first.
+    fn on_region(&mut self, idx: usize, hello: Hello, id: u32, fds: Vec<PeerFd>) {
+        let Some(conn) = self.endpoints[idx].conn.as_mut() else { return };
+        conn.session = Session::AwaitingHello;
+        if let Err(e) = conn.fd.stop_passing() {
+            self.disconnect(idx, &format!("cannot refuse descriptors again: {e}"), false);
+            return;
+        }
+        if fds.is_empty() || hello.flags & HELLO_FLAG_REATTACH == 0 {
+            let reason = "asked for its region, the guest sent a Hello without it".to_string();
+            bump(&self.endpoints[idx].stats.refused);
+            self.warn_peer(idx, &format!("{reason}; disconnected"));
+            self.reply(idx, &Message::refuse(RefuseCode::BadRequest, &reason), id);
+            self.disconnect(idx, &reason, false);
+            return;
+        }
+        self.on_hello(idx, hello, id, fds);
+    }
+
+    /// AwaitingHello -> AwaitingRegion: a reattaching Hello without its memfd on a
+    /// connection that refuses descriptors; the connection lets one message's worth
+    /// through and the guest is asked for it.
+    fn ask_for_region(&mut self, idx: usize, id: u32) {
+        let Some(conn) = self.endpoints[idx].conn.as_mut() else { return };
+        if let Err(e) = conn.fd.let_pass() {
+            self.disconnect(idx, &format!("cannot let the guest pass its region: {e}"), false);
+            return;
+        }
+        conn.session = Session::AwaitingRegion;
+        self.reply(idx, &Message::RegionWanted, id);
+    }
+
     /// AwaitingHello -> Attached (Welcome, with the region memfd unless it reattaches),
     /// or -> Listening (refused, with the reason): version negotiation, the region
     /// (made, or the guest's adopted), its DMA registration and status block.
     fn on_hello(&mut self, idx: usize, hello: Hello, id: u32, mut fds: Vec<PeerFd>) {
         let ep = &self.endpoints[idx];
+        let refuses_fds = ep.conn.as_ref().is_some_and(|c| !c.fd.passes());
+        if hello.flags & HELLO_FLAG_REATTACH != 0 && fds.is_empty() && refuses_fds {
+            return self.ask_for_region(idx, id);
+        }
         let path = ep.path.display().to_string();
         // The guest chose it: only ever shown escaped (logs, show stats, telemetry).
         let app = crate::shown::escape(&hello.app_name);

@@ -86,7 +86,13 @@
 //! Three messages carry a descriptor: a `Welcome` that is not the answer to a
 //! reattaching `Hello` (the region memfd, proxy to guest), a reattaching `Hello`
 //! (the guest's region memfd, guest to proxy) and a `QueueStarted` in answer to a
-//! `QueueStart` with [`QUEUE_FLAG_RX_WAKEUP`] (proxy to guest). The only descriptor
+//! `QueueStart` with [`QUEUE_FLAG_RX_WAKEUP`] (proxy to guest). The proxy's
+//! connections refuse descriptors (`SO_PASSRIGHTS` off, Linux 6.16 and later: the
+//! sender's `sendmsg` fails with `EPERM` and nothing is queued) except in one step: a
+//! reattaching guest whose `Hello` with its memfd was refused so sends it without, the
+//! proxy lets that connection pass descriptors and answers `RegionWanted` (empty), and
+//! the guest sends the same `Hello` again with the memfd; the proxy then turns passing
+//! off again ([`transport::handshake`] does the guest's part). The only descriptor
 //! the proxy ever keeps is the reattaching guest's memfd, after checking its kind.
 //! A descriptor with any other message is a protocol violation: the proxy refuses
 //! the message and closes the connection.
@@ -176,6 +182,8 @@ pub enum MessageKind {
     LinkStatus = 11,
     /// [`Message::Goodbye`]
     Goodbye = 12,
+    /// [`Message::RegionWanted`]
+    RegionWanted = 13,
 }
 
 impl MessageKind {
@@ -195,6 +203,7 @@ impl MessageKind {
             10 => QueueStopped,
             11 => LinkStatus,
             12 => Goodbye,
+            13 => RegionWanted,
             _ => return None,
         })
     }
@@ -212,7 +221,8 @@ impl MessageKind {
             MessageKind::LinkStatus => 8,
             MessageKind::QueueStarted
             | MessageKind::QueueStopped
-            | MessageKind::Goodbye => 0,
+            | MessageKind::Goodbye
+            | MessageKind::RegionWanted => 0,
         }
     }
 
@@ -416,6 +426,10 @@ pub enum Message {
     },
     /// Either: orderly close.
     Goodbye,
+    /// Proxy, in answer to a reattaching `Hello` that came without its region memfd
+    /// (the proxy's connections refuse descriptors, `SO_PASSRIGHTS` off, until it asks):
+    /// send that `Hello` again, with the memfd.
+    RegionWanted,
 }
 
 impl Message {
@@ -434,6 +448,7 @@ impl Message {
             Message::QueueStopped => MessageKind::QueueStopped,
             Message::LinkStatus { .. } => MessageKind::LinkStatus,
             Message::Goodbye => MessageKind::Goodbye,
+            Message::RegionWanted => MessageKind::RegionWanted,
         }
     }
 
@@ -699,7 +714,7 @@ pub fn encode(msg: &Message, request_id: u32, buf: &mut [u8; MAX_MESSAGE]) -> Re
             w.u8(0, *up as u8);
             w.u32(4, *speed_mbps);
         }
-        Message::QueueStarted | Message::QueueStopped | Message::Goodbye => {}
+        Message::QueueStarted | Message::QueueStopped | Message::Goodbye | Message::RegionWanted => {}
     }
     let body = w.body;
     buf[0..4].copy_from_slice(&PROTOCOL_MAGIC.to_le_bytes());
@@ -896,6 +911,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Message, u32), DecodeError> {
             speed_mbps: r.u32(4),
         },
         MessageKind::Goodbye => Message::Goodbye,
+        MessageKind::RegionWanted => Message::RegionWanted,
     };
     Ok((msg, request_id))
 }
@@ -967,6 +983,7 @@ mod tests {
             Message::LinkStatus { up: false, speed_mbps: 0 },
             Message::LinkStatus { up: true, speed_mbps: 25_000 },
             Message::Goodbye,
+            Message::RegionWanted,
         ]
     }
 
@@ -1247,6 +1264,6 @@ mod tests {
             }
         }
         assert!(MessageKind::from_u16(0).is_none());
-        assert!(MessageKind::from_u16(13).is_none());
+        assert!(MessageKind::from_u16(14).is_none());
     }
 }

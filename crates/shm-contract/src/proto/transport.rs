@@ -24,6 +24,13 @@ pub const MAX_FDS: usize = 4;
 /// Most descriptors the kernel lets a peer attach to one message (Linux `SCM_MAX_FD`).
 pub const SCM_MAX_FD: usize = 253;
 
+/// `SO_PASSRIGHTS` (Linux 6.16 and later; not in the libc crate yet): whether a unix
+/// socket accepts `SCM_RIGHTS`. Off, a peer's `sendmsg` with descriptors fails with
+/// `EPERM` and nothing is queued; a listener's setting is what its connections start
+/// with. The proxy's connections have it off except when they ask for a region
+/// ([`handshake`]).
+pub const SO_PASSRIGHTS: libc::c_int = 83;
+
 const FD_SIZE: usize = std::mem::size_of::<RawFd>();
 
 /// A failure to exchange a message.
@@ -724,29 +731,47 @@ impl From<TransportError> for HandshakeError {
 /// with it. Link news before the `Welcome` is skipped. A proxy that refuses a peer on
 /// sight (not in its allowlist) answers and closes before reading the `Hello`: when the
 /// send fails, that answer is read and its reason returned.
+///
+/// A proxy's connection refuses descriptors until it asks for one (`SO_PASSRIGHTS`
+/// off: the send fails with `EPERM`, nothing was queued): then the `Hello` goes without
+/// them, and when the proxy answers `RegionWanted` it goes again with them (see the
+/// protocol's "Descriptors").
 pub fn handshake(
     socket: BorrowedFd<'_>,
     hello: &Hello,
     fds: &[BorrowedFd<'_>],
     timeout: Duration,
 ) -> Result<(Welcome, Vec<OwnedFd>), HandshakeError> {
-    if let Err(e) = send_message(socket, &Message::Hello(hello.clone()), 1, fds) {
+    let deadline = Instant::now() + timeout;
+    let message = Message::Hello(hello.clone());
+    let mut held_back = false;
+    let sent = match send_message(socket, &message, 1, fds) {
+        Err(TransportError::Io(e)) if e.raw_os_error() == Some(libc::EPERM) && !fds.is_empty() => {
+            held_back = true;
+            send_message(socket, &message, 1, &[])
+        }
+        other => other,
+    };
+    if let Err(e) = sent {
         if let Ok((Message::Refuse { code, reason }, _, _)) = recv_message(socket, Some(Duration::ZERO)) {
             return Err(HandshakeError::Refused { code, reason });
         }
         return Err(e.into());
     }
-    let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(TransportError::Timeout.into());
         }
-        let (reply, _, fds) = recv_message(socket, Some(left))?;
+        let (reply, _, fds_in) = recv_message(socket, Some(left))?;
         match reply {
-            Message::Welcome(w) => return Ok((w, fds)),
+            Message::Welcome(w) => return Ok((w, fds_in)),
             Message::Refuse { code, reason } => return Err(HandshakeError::Refused { code, reason }),
             Message::LinkStatus { .. } => continue,
+            Message::RegionWanted if held_back => {
+                held_back = false;
+                send_message(socket, &message, 1, fds)?;
+            }
             other => return Err(HandshakeError::Unexpected(other.kind())),
         }
     }
@@ -1087,6 +1112,73 @@ mod tests {
         let got = recv_message(a.as_fd(), Some(Duration::from_secs(5))).unwrap();
         assert!(matches!(got.0, Message::Refuse { code: RefuseCode::NotAllowed, .. }), "{:?}", got.0);
         assert!(matches!(recv_message(a.as_fd(), Some(Duration::from_secs(5))), Err(TransportError::Closed)));
+    }
+
+    fn set_pass_rights(fd: BorrowedFd<'_>, on: bool) {
+        let v: libc::c_int = on as libc::c_int;
+        // SAFETY: setsockopt with an int of the stated length.
+        let rc = unsafe {
+            libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_PASSRIGHTS, (&v as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        };
+        assert_eq!(rc, 0, "SO_PASSRIGHTS (Linux 6.16+): {}", io::Error::last_os_error());
+    }
+
+    /// A proxy whose connection refuses descriptors: the guest's Hello with its memfd
+    /// fails at the kernel (`EPERM`, nothing queued), goes again without, and once the
+    /// proxy lets descriptors through and answers `RegionWanted`, goes a third time
+    /// with the memfd, which arrives.
+    #[test]
+    fn a_hello_whose_descriptor_is_refused_waits_until_the_proxy_asks_for_it() {
+        let (guest, proxy) = pair();
+        set_pass_rights(proxy.as_fd(), false);
+        let (memfd, _) = create_region_memfd("transport-passrights", 1 << 20, false).unwrap();
+        // Refused by the kernel: the sender sees EPERM.
+        assert!(matches!(
+            send_message(guest.as_fd(), &Message::Goodbye, 0, &[memfd.as_fd()]),
+            Err(TransportError::Io(e)) if e.raw_os_error() == Some(libc::EPERM)
+        ));
+        let hello = Hello {
+            version_min: PROTOCOL_VERSION,
+            version_max: PROTOCOL_VERSION,
+            flags: crate::proto::HELLO_FLAG_REATTACH,
+            region_size: 1 << 20,
+            rx_ring_entries: 0,
+            tx_ring_entries: 0,
+            app_name: "t".into(),
+            heap_bytes: 0,
+        };
+        let server = std::thread::spawn(move || {
+            let first = recv_message_and_fds(proxy.as_fd(), Some(Duration::from_secs(5)));
+            assert!(matches!(first.message, Ok((Message::Hello(_), _))), "{:?}", first.message);
+            assert!(first.fds.is_empty(), "nothing got through before it was asked for");
+            set_pass_rights(proxy.as_fd(), true);
+            send_message(proxy.as_fd(), &Message::RegionWanted, 1, &[]).unwrap();
+            let second = recv_message_and_fds(proxy.as_fd(), Some(Duration::from_secs(5)));
+            set_pass_rights(proxy.as_fd(), false);
+            assert!(matches!(second.message, Ok((Message::Hello(_), _))), "{:?}", second.message);
+            assert_eq!(second.fds.len(), 1);
+            send_message(proxy.as_fd(), &welcome(1 << 20), 1, &[]).unwrap();
+            // The goodbye below carries nothing, and a descriptor now is refused again.
+            recv_message(proxy.as_fd(), Some(Duration::from_secs(5))).unwrap();
+        });
+        let (w, fds) = handshake(guest.as_fd(), &hello, &[memfd.as_fd()], Duration::from_secs(5)).unwrap();
+        assert_eq!((w.region_size, fds.len()), (1 << 20, 0));
+        assert!(matches!(
+            send_message(guest.as_fd(), &Message::Goodbye, 0, &[memfd.as_fd()]),
+            Err(TransportError::Io(e)) if e.raw_os_error() == Some(libc::EPERM)
+        ));
+        send_message(guest.as_fd(), &Message::Goodbye, 0, &[]).unwrap();
+        server.join().unwrap();
+        // An unasked-for RegionWanted (the Hello went with its descriptor) is unexpected.
+        let (guest, proxy) = pair();
+        let server = std::thread::spawn(move || {
+            let got = recv_message_and_fds(proxy.as_fd(), Some(Duration::from_secs(5)));
+            assert_eq!(got.fds.len(), 1);
+            send_message(proxy.as_fd(), &Message::RegionWanted, 1, &[]).unwrap();
+        });
+        let err = handshake(guest.as_fd(), &hello, &[memfd.as_fd()], Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(err, HandshakeError::Unexpected(MessageKind::RegionWanted)), "{err:?}");
+        server.join().unwrap();
     }
 
     #[test]
