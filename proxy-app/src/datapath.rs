@@ -8,14 +8,16 @@
 //! handed back (state parked in the [`DataQueue`], handles dropped) when it leaves: so
 //! once `publish` returns, the control thread can set the NIC queue up again, stop the
 //! port or read the rings, and the DPDK layer refuses (`EBUSY`) if it were otherwise.
-//! The loop takes a lock only while it changes configuration, never while it polls.
+//! The loop takes a lock only while it changes configuration, never while it polls; the
+//! control thread waits for that acknowledgement on a condition variable that the loop
+//! signals (a system call) only when someone waits, never by sleeping.
 //!
 //! Packets are owned values of the DPDK layer ([`Mbuf`], [`MbufBurst`]): one the loop
 //! neither hands over nor sends is freed when it goes out of scope, back to its pool
 //! (for a guest buffer: to the guest's free ring).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dpdk::{sys, Mbuf, MbufBurst, Port, RxQueue, TxQueue};
@@ -705,6 +707,11 @@ pub struct Plane {
     seen: AtomicU64,
     running: AtomicBool,
     stop: AtomicBool,
+    /// Control threads waiting for the loop's acknowledgement (`seen`, `running`); the
+    /// loop takes `ack_lock` and signals `ack` only when there is one.
+    ack_waiters: AtomicUsize,
+    ack_lock: Mutex<()>,
+    ack: Condvar,
     /// Packets that arrived on NIC queues without a guest and were dropped.
     pub unclaimed: AtomicU64,
     /// Queues the loop could not take up (a handle refused), for the log.
@@ -725,6 +732,9 @@ impl Plane {
             seen: AtomicU64::new(0),
             running: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            ack_waiters: AtomicUsize::new(0),
+            ack_lock: Mutex::new(()),
+            ack: Condvar::new(),
             unclaimed: AtomicU64::new(0),
             refused_queues: AtomicUsize::new(0),
         }
@@ -763,17 +773,44 @@ impl Plane {
 
     /// Waits (bounded) until the loop runs configuration `version` or is not running.
     fn wait_seen(&self, version: u64) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.running.load(Ordering::SeqCst) && self.seen.load(Ordering::Acquire) < version {
-            if Instant::now() > deadline {
-                // The loop is stuck inside a driver call; what it holds stays held (and
-                // the DPDK layer refuses to set up its queues meanwhile).
-                eprintln!("dpdk-io-proxy: data loop did not pick up configuration {version} in 5 s");
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(50));
+        let acked = self.wait_ack(|| !self.running.load(Ordering::SeqCst) || self.seen.load(Ordering::SeqCst) >= version);
+        if !acked {
+            // The loop is stuck inside a driver call; what it holds stays held (and
+            // the DPDK layer refuses to set up its queues meanwhile).
+            eprintln!("dpdk-io-proxy: data loop did not pick up configuration {version} in 5 s");
         }
-        true
+        acked
+    }
+
+    /// Waits until `done` holds, for at most 5 s, woken by the loop's `acknowledge`.
+    /// False if it still does not hold then.
+    fn wait_ack(&self, done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut guard = lock(&self.ack_lock);
+        // SeqCst with the loop's store and load in `acknowledge`: either the loop sees
+        // a waiter and signals under the lock, or this check sees its store.
+        self.ack_waiters.fetch_add(1, Ordering::SeqCst);
+        let acked = loop {
+            if done() {
+                break true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            guard = self.ack.wait_timeout(guard, left).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        };
+        self.ack_waiters.fetch_sub(1, Ordering::SeqCst);
+        acked
+    }
+
+    /// The loop, after storing `seen` or `running`: wakes the control threads waiting for
+    /// that (a lock and a system call, only when one waits: a configuration change).
+    fn acknowledge(&self) {
+        if self.ack_waiters.load(Ordering::SeqCst) > 0 {
+            let _guard = lock(&self.ack_lock);
+            self.ack.notify_all();
+        }
     }
 
     pub fn request_stop(&self) {
@@ -782,10 +819,7 @@ impl Plane {
 
     /// Waits (bounded) until the loop has returned after `request_stop`.
     pub fn wait_stopped(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.running.load(Ordering::SeqCst) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(100));
-        }
+        self.wait_ack(|| !self.running.load(Ordering::SeqCst));
     }
 
     /// The polling loop; returns after `request_stop`.
@@ -808,7 +842,8 @@ impl Plane {
                 if let Ok(cfg) = self.config.try_lock().map(|c| c.clone()) {
                     self.take_up(&cfg, &mut polled, &mut idle);
                     running_version = cfg.version;
-                    self.seen.store(running_version, Ordering::Release);
+                    self.seen.store(running_version, Ordering::SeqCst);
+                    self.acknowledge();
                 }
             }
             for p in &mut polled {
@@ -825,8 +860,9 @@ impl Plane {
         }
         let none = PlaneConfig { version: u64::MAX, active: Vec::new(), idle: Vec::new() };
         self.take_up(&none, &mut polled, &mut idle);
-        self.seen.store(u64::MAX, Ordering::Release);
-        self.running.store(false, Ordering::Release);
+        self.seen.store(u64::MAX, Ordering::SeqCst);
+        self.running.store(false, Ordering::SeqCst);
+        self.acknowledge();
     }
 
     /// Makes the loop's queues those of `cfg`: queues that leave have their buffers

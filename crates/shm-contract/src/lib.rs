@@ -6,6 +6,8 @@
 //! * [`mem`]: views of shared memory ([`SharedMem`]), owned mappings, the sealed
 //!   memfd that backs a region.
 //! * [`fault`]: surviving a peer that punches holes in a shared mapping.
+//! * [`handover`]: a queue's ring state handed between its polling thread and the
+//!   control path with an acknowledgement (no sleep).
 //! * [`layout`]: the region header, its areas and the status block.
 //! * [`desc`]: the 16-byte descriptor.
 //! * [`spsc`]: the rx/tx descriptor rings (single producer, single consumer).
@@ -33,6 +35,7 @@
 
 pub mod desc;
 pub mod fault;
+pub mod handover;
 pub mod layout;
 pub mod mem;
 pub mod mpmc;

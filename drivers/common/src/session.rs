@@ -1,13 +1,13 @@
 //! A device's session with its proxy: the control socket, the handshake, the mapped
 //! region, and the watch on the socket that tells the driver when the proxy goes away.
 
-use std::ffi::{c_void, CStr};
+use std::ffi::{c_int, c_void, CStr};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use dpdk_sys as sys;
@@ -214,6 +214,8 @@ pub struct Session {
     proxy_uid: Option<u32>,
     /// `close` was called: never reconnect again.
     closed: AtomicBool,
+    /// The reconnect thread waits here between attempts; `close` wakes it at once.
+    retry_wait: (Mutex<()>, Condvar),
     /// A reconnect thread runs.
     reconnecting: AtomicBool,
     /// Successful reattachments so far.
@@ -281,6 +283,7 @@ impl Session {
             reconnect: dev.args.reconnect,
             proxy_uid: dev.args.proxy_uid,
             closed: AtomicBool::new(false),
+            retry_wait: (Mutex::new(()), Condvar::new()),
             reconnecting: AtomicBool::new(false),
             reattached: AtomicU64::new(0),
             hello,
@@ -428,13 +431,9 @@ impl Session {
 
     /// Retries until a proxy takes the region back, `close` is called, or the device is gone.
     fn reconnect_loop(self: &Arc<Self>) {
-        // Let the application's threads leave any burst that began before the loss
-        // (they see the queues inactive), then take back what the rings still hold:
-        // the new proxy zeroes them.
-        std::thread::sleep(RECONNECT_PERIOD);
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
+        // Take back what the rings still hold (the new proxy zeroes them): the driver
+        // waits there until the application's threads acknowledge that they left any
+        // burst that began before the loss.
         self.notify(DeviceEvent::Reclaim);
         let mut last_complaint = String::new();
         let mut attempts = 0u64;
@@ -455,7 +454,7 @@ impl Session {
                 Err(SessionError::Connect(e))
                     if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) =>
                 {
-                    std::thread::sleep(RECONNECT_PERIOD)
+                    self.wait_before_retry(RECONNECT_PERIOD)
                 }
                 Err(e) => {
                     let text = e.to_string();
@@ -463,10 +462,18 @@ impl Session {
                         self.log.warning(format_args!("sock:{}: cannot reattach yet: {text}; retrying", self.device_name));
                         last_complaint = text;
                     }
-                    std::thread::sleep(RECONNECT_PERIOD * 10);
+                    self.wait_before_retry(RECONNECT_PERIOD * 10);
                 }
             }
         }
+    }
+
+    /// Waits `period` before the next attempt to reach a proxy, or less if `close` is
+    /// called meanwhile.
+    fn wait_before_retry(&self, period: Duration) {
+        let (mutex, condvar) = &self.retry_wait;
+        let guard = lock(mutex);
+        let _ = condvar.wait_timeout_while(guard, period, |_| !self.closed.load(Ordering::Acquire));
     }
 
     /// One reattach attempt: a new connection, a `Hello` that hands our region back,
@@ -547,7 +554,13 @@ impl Session {
     /// Ends the session: says goodbye if the proxy is still there, stops watching the
     /// socket. The region stays mapped while anything (a mempool) still holds it.
     pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+        {
+            // Under the lock: a reconnect thread between its check and its wait still
+            // gets the notification.
+            let _retry = lock(&self.retry_wait.0);
+            self.closed.store(true, Ordering::Release);
+        }
+        self.retry_wait.1.notify_all();
         if let Some(watch) = lock(&self.watch).take() {
             watch.stop();
         }
@@ -736,25 +749,40 @@ impl SocketWatch {
         }
     }
 
+    /// Unregisters, waiting for a callback in progress on the interrupt thread to return.
     fn stop(self) {
-        // SAFETY: unregisters what `start` registered; EAL returns -EAGAIN while the callback
-        // runs, so retry briefly. From inside the callback itself, defer to the pending API.
-        unsafe {
-            let mut rc = -libc::EAGAIN;
-            for _ in 0..1000 {
-                rc = sys::rte_intr_callback_unregister(self.handle, Some(self.callback), self.arg as *mut c_void);
-                if rc != -libc::EAGAIN {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
+        // SAFETY: plain EAL query.
+        if unsafe { sys::rte_thread_is_intr() } != 0 {
+            // On the interrupt thread (an application's event callback closing the
+            // port): our callback is either not running, and unregistering works at
+            // once, or it is the one that called us, and only the deferred API works.
+            // SAFETY: unregisters what `start` registered.
+            let rc = unsafe { sys::rte_intr_callback_unregister(self.handle, Some(self.callback), self.arg as *mut c_void) };
+            if rc == -libc::EAGAIN {
+                return self.stop_deferred();
             }
+            return self.release(rc);
+        }
+        // SAFETY: unregisters what `start` registered. While the callback runs, EAL
+        // refuses (-EAGAIN); the _sync variant retries until the interrupt thread has
+        // left the callback (which waits at most for one request's timeout, the time
+        // a request in flight may hold the control lock).
+        let rc = unsafe { sys::rte_intr_callback_unregister_sync(self.handle, Some(self.callback), self.arg as *mut c_void) };
+        self.release(rc)
+    }
+
+    /// After unregistering with result `rc`: frees what the registration owned.
+    fn release(self, rc: c_int) {
+        // SAFETY: when `rc` says the registration is gone, nothing else refers to the
+        // handle or to the session reference it owned.
+        unsafe {
             if rc > 0 {
                 sys::rte_intr_instance_free(self.handle);
                 drop(Arc::from_raw(self.arg));
             } else {
-                // Still registered (a callback stuck for a second) or never matched: the
-                // registration keeps its session, and so the fd EAL polls, alive. Leaking
-                // one session beats EAL polling a closed (or reused) descriptor.
+                // Never matched: the registration (if any) keeps its session, and so the
+                // fd EAL polls, alive. Leaking one session beats EAL polling a closed (or
+                // reused) descriptor.
                 (*self.arg).log.warning(format_args!(
                     "sock:{}: cannot unregister the control socket from EAL ({}); keeping it",
                     (*self.arg).device_name,

@@ -153,12 +153,9 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
             return -libc::EINVAL;
         };
         // Both sides start the rings from index 0 on every queue start; the proxy is not
-        // polling yet, and our queues are stopped.
-        // SAFETY: the queues are stopped (not active, no burst runs before start returns).
-        unsafe {
-            rxq.reset();
-            txq.reset();
-        }
+        // polling yet.
+        rxq.reset();
+        txq.reset();
         txq.copy_pool.store(rxq.mempool, Ordering::Relaxed);
         // SAFETY: our ethdev's data, configured by ethdev before start.
         let wants_rx_intr = unsafe { (*(*dev).data).dev_conf.intr_conf.rxq() } != 0;
@@ -182,8 +179,8 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
                 return -libc::EIO;
             }
         }
-        rxq.active.store(true, Ordering::Relaxed);
-        txq.active.store(true, Ordering::Relaxed);
+        rxq.activate();
+        txq.activate();
         // SAFETY: our ethdev's data; queue 0 exists (checked above).
         unsafe {
             let data = &mut *(*dev).data;
@@ -206,8 +203,13 @@ fn stop(port: &Port, dev: *mut sys::rte_eth_dev) -> c_int {
     if !state.started {
         return 0;
     }
-    for q in [state.rxq.as_ref().map(|q| &q.active), state.txq.as_ref().map(|q| &q.active)].into_iter().flatten() {
-        q.store(false, Ordering::Relaxed);
+    // No burst runs past this (the application should not poll a stopping port; one
+    // that does finds the queues closed).
+    if let Some(q) = &state.rxq {
+        q.deactivate();
+    }
+    if let Some(q) = &state.txq {
+        q.deactivate();
     }
     let mut proxy_stopped = false;
     if let Some(session) = state.session.clone().filter(|s| s.is_alive()) {
@@ -297,8 +299,8 @@ unsafe extern "C" fn rx_queue_intr_enable(dev: *mut sys::rte_eth_dev, queue: u16
         // Wake-ups that came while the application was polling are stale now; left in
         // the socket they would pile up and could fill it.
         intr.drain();
-        // SAFETY: ethdev's rule: the thread that polls the queue arms its interrupt.
-        if unsafe { rxq.arm_wakeup() } {
+        // ethdev's rule: the thread that polls the queue arms its interrupt.
+        if rxq.arm_wakeup() {
             intr.wake_self();
         }
         0
