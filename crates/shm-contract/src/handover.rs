@@ -144,6 +144,11 @@ impl<T> PollGate<T> {
         unsafe { self.state.with_mut(f) }
     }
 
+    /// Control path: closes the gate and waits until no burst uses the state.
+    pub fn stop(&self) {
+        self.quiesce(|_| ());
+    }
+
     /// Control path: lets bursts use the state again; whatever the control path did
     /// to it before is visible to them.
     pub fn open(&self) {

@@ -3,6 +3,7 @@
 //! This crate is the single definition of everything that crosses the process
 //! boundary (see `docs/architecture.md`):
 //!
+//! * [`client`]: the guest's side, written once for the DPDK plugins and the Rust guest.
 //! * [`mem`]: views of shared memory ([`SharedMem`]), owned mappings, the sealed
 //!   memfd that backs a region.
 //! * [`fault`]: surviving a peer that punches holes in a shared mapping.
@@ -33,6 +34,7 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod client;
 pub mod desc;
 pub mod fault;
 pub mod handover;

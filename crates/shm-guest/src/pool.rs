@@ -36,6 +36,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use shm_contract::client::PoolFootprint;
 use shm_contract::layout::{RegionLayout, MBUF_HEADER_SIZE};
 use shm_contract::mem::Mapping;
 use shm_contract::mpmc::FreeRing;
@@ -65,15 +66,14 @@ pub(crate) fn plan(region: &RegionLayout, count: u32, data_room: u16) -> Result<
     if (data_room as u32) < MIN_DATA_ROOM {
         return Err(format!("data room {data_room} is below the contract's minimum {MIN_DATA_ROOM}"));
     }
-    let ring_entries = count.checked_next_power_of_two().ok_or("too many buffers")?;
-    let ring_bytes = FreeRing::bytes_for(ring_entries);
+    let stride = stride_for(data_room);
+    let footprint = PoolFootprint::new(count, stride)?;
     let heap = region.heap();
-    let first = heap.offset as u64 + ring_bytes.next_multiple_of(64);
-    let stride = (MBUF_HEADER_SIZE + data_room as u32).next_multiple_of(64);
+    let first = heap.offset as u64 + footprint.objects_start;
     let add = PoolAdd {
         pool_id: 0,
         ring_offset: heap.offset,
-        ring_entries,
+        ring_entries: footprint.ring_entries,
         first_mbuf_offset: u32::try_from(first).map_err(|_| "pool beyond 4 GiB")?,
         stride,
         count,
@@ -83,11 +83,16 @@ pub(crate) fn plan(region: &RegionLayout, count: u32, data_room: u16) -> Result<
     Ok(add)
 }
 
-/// Heap bytes a pool of `count` buffers of `data_room` bytes needs (for sizing a region).
+/// Heap bytes a pool of `count` buffers of `data_room` bytes needs (for sizing a region;
+/// 0 for a count no pool can have, which `plan` then refuses).
 pub(crate) fn heap_bytes(count: u32, data_room: u16) -> u64 {
-    let ring = FreeRing::bytes_for(count.max(1).checked_next_power_of_two().unwrap_or(1 << 31));
-    let stride = (MBUF_HEADER_SIZE as u64 + data_room as u64).next_multiple_of(64);
-    ring.next_multiple_of(64) + count as u64 * stride
+    PoolFootprint::new(count, stride_for(data_room)).map_or(0, |f| f.bytes)
+}
+
+/// Bytes from one buffer to the next: the header area and the data room, in whole
+/// cache lines.
+fn stride_for(data_room: u16) -> u32 {
+    (MBUF_HEADER_SIZE + data_room as u32).next_multiple_of(64)
 }
 
 /// Counters of the pool, written by whichever thread drops, sends or allocates.

@@ -19,6 +19,7 @@ use std::ffi::{c_int, c_uint, c_void};
 use std::sync::{Arc, Weak};
 
 use dpdk_sys as sys;
+use shm_contract::client::PoolFootprint;
 use shm_contract::{FreeRing, FreeRingError, Message, PoolAdd, PoolLayout};
 use shm_driver_common::bus::ShmBus;
 use shm_driver_common::device::ShmDevice;
@@ -270,10 +271,7 @@ fn alloc(mp: *mut sys::rte_mempool, name: &str) -> Result<GuestPool, String> {
         ));
     }
     let stride = header + elt + trailer;
-    let ring_entries = count.max(1).checked_next_power_of_two().ok_or("too many objects")?;
-    let ring_bytes = FreeRing::bytes_for(ring_entries);
-    let objects_start = ring_bytes.next_multiple_of(64);
-    let bytes = objects_start + count as u64 * stride as u64;
+    let PoolFootprint { ring_entries, objects_start, bytes } = PoolFootprint::new(count, stride)?;
     let device = choose_device(bus, mp, bytes)?;
     let session = device.session().ok_or("its device is not attached to a proxy")?;
     let region = session.region.clone();

@@ -231,10 +231,10 @@ fn on_event(dev: &Arc<ShmDevice>, event: DeviceEvent) {
             // From the interrupt thread: close the queues, do not wait for a burst in
             // progress (the reconnect thread's `Reclaim` waits for it).
             if let Some(q) = &state.rxq {
-                q.deactivate_now();
+                q.gate().close();
             }
             if let Some(q) = &state.txq {
-                q.deactivate_now();
+                q.gate().close();
             }
             port.link_down_events.fetch_add(1, Ordering::Relaxed);
         }
@@ -286,8 +286,8 @@ fn restart_after_reattach(port: &Port) {
     txq.reset();
     match start_queue(&session, &state, rxq.pool_id, rxq.depth) {
         Ok(()) => {
-            rxq.activate();
-            txq.activate();
+            rxq.gate().open();
+            txq.gate().open();
             LOG.info(format_args!("port {}: queue restarted after reattaching", port.port_id));
         }
         Err(e) => LOG.error(format_args!("port {}: cannot restart the queue after reattaching: {e}", port.port_id)),

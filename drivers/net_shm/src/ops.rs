@@ -179,8 +179,8 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
                 return -libc::EIO;
             }
         }
-        rxq.activate();
-        txq.activate();
+        rxq.gate().open();
+        txq.gate().open();
         // SAFETY: our ethdev's data; queue 0 exists (checked above).
         unsafe {
             let data = &mut *(*dev).data;
@@ -206,10 +206,10 @@ fn stop(port: &Port, dev: *mut sys::rte_eth_dev) -> c_int {
     // No burst runs past this (the application should not poll a stopping port; one
     // that does finds the queues closed).
     if let Some(q) = &state.rxq {
-        q.deactivate();
+        q.gate().stop();
     }
     if let Some(q) = &state.txq {
-        q.deactivate();
+        q.gate().stop();
     }
     let mut proxy_stopped = false;
     if let Some(session) = state.session.clone().filter(|s| s.is_alive()) {

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use dpdk_sys as sys;
+use shm_contract::client::RxChain;
 use shm_contract::handover::PollGate;
 use shm_contract::layout::RingArea;
 use shm_contract::wake;
@@ -30,8 +31,9 @@ use shm_driver_common::session::Region;
 
 use crate::offload;
 
-/// Packets of at most this many segments are accepted from the proxy.
-pub const MAX_SEGS: u32 = 64;
+/// Packets of at most this many segments are accepted from the proxy (the contract's
+/// limit, the same both ways).
+pub use shm_contract::tx::MAX_SEGS;
 /// Bursts larger than this are cut (the ring would be the limit anyway).
 const MAX_BURST_DESCS: u32 = 512;
 
@@ -119,20 +121,11 @@ impl RxQueue {
         }
     }
 
-    /// Lets bursts run (after `reset` and the proxy's `QueueStarted`).
-    pub fn activate(&self) {
-        self.ring.open();
-    }
-
-    /// Stops bursts and waits until none runs (without touching the ring).
-    pub fn deactivate(&self) {
-        self.ring.quiesce(|_| ());
-    }
-
-    /// Stops bursts without waiting for one in progress (from the interrupt thread,
-    /// which must not wait for an application thread).
-    pub fn deactivate_now(&self) {
-        self.ring.close();
+    /// The gate bursts pass (`open` after `reset` and the proxy's `QueueStarted`;
+    /// `quiesce` to stop them and wait until none runs; `close` from the interrupt
+    /// thread, which must not wait for an application thread).
+    pub fn gate(&self) -> &PollGate<DescConsumer<'static>> {
+        &self.ring
     }
 
     /// Stops bursts and starts the ring from index 0, as both sides do on every queue
@@ -211,20 +204,27 @@ impl RxQueue {
             let mut head: *mut sys::rte_mbuf = std::ptr::null_mut();
             let mut prev: *mut sys::rte_mbuf = std::ptr::null_mut();
             let mut pkt_len = 0u32;
-            let mut segs = 0u32;
+            let mut chain = RxChain::default();
             let mut bad = false;
             loop {
                 if used >= avail {
-                    // The proxy publishes whole packets; a cut one means a broken producer.
-                    // Leave it for the next burst rather than guess.
+                    // The proxy publishes whole packets: the rest of this one comes later
+                    // (read it whole next time), unless it fills the whole ring and so
+                    // never can (a broken producer: stop trusting the ring).
+                    if RxChain::never_ends(first, avail, ring.entries()) {
+                        self.ring.close();
+                        errors += 1;
+                    }
+                    // Its descriptors stay in the ring: the mbufs filled so far are
+                    // filled again from them then.
                     used = first;
                     break;
                 }
                 let d = ring.read(used);
                 used += 1;
-                segs += 1;
+                let last = chain.ends_with(&d);
                 match self.mbuf_of(&d) {
-                    Some(m) if !bad && segs <= MAX_SEGS => {
+                    Some(m) if !bad && !chain.too_long() => {
                         // SAFETY: `m` is an mbuf of our rx pool inside the mapped region,
                         // owned by this process now that the proxy passed it to us; we
                         // write our own header fields as a NIC PMD does.
@@ -246,7 +246,7 @@ impl RxQueue {
                     }
                     None => bad = true,
                 }
-                if !d.flags.contains(DescFlags::NEXT) {
+                if last {
                     break;
                 }
             }
@@ -264,7 +264,7 @@ impl RxQueue {
             // SAFETY: head is a valid mbuf filled above.
             unsafe {
                 (*head).pkt_len = pkt_len;
-                (*head).nb_segs = segs as u16;
+                (*head).nb_segs = chain.segs() as u16;
                 *pkts.add(out) = head;
             }
             if offload::rx_wants(self.offloads) {
@@ -380,19 +380,9 @@ impl TxQueue {
         }
     }
 
-    /// As [`RxQueue::activate`].
-    pub fn activate(&self) {
-        self.ring.open();
-    }
-
-    /// As [`RxQueue::deactivate`].
-    pub fn deactivate(&self) {
-        self.ring.quiesce(|_| ());
-    }
-
-    /// As [`RxQueue::deactivate_now`].
-    pub fn deactivate_now(&self) {
-        self.ring.close();
+    /// As [`RxQueue::gate`].
+    pub fn gate(&self) -> &PollGate<DescProducer<'static>> {
+        &self.ring
     }
 
     /// Stops bursts, frees the packets we published that a proxy which went away never
