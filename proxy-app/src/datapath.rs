@@ -382,8 +382,9 @@ fn find_buffer(pools: &Pools, offset: u32) -> Option<(&GuestPool, u32)> {
     pools.iter().flatten().find_map(|p| p.ctx.layout.buffer_index(offset).map(|idx| (p, idx)))
 }
 
-/// A queue the loop polls: the shared part, its state, and the NIC queues' handles.
-struct Polled {
+/// A queue in the configuration the loop runs, owned by the loop while it is: the shared
+/// part, its polling state, and the NIC queues' handles (handed back by `apply_config`).
+struct LoopQueue {
     q: Arc<DataQueue>,
     state: QueueState,
     pools: Pools,
@@ -391,7 +392,7 @@ struct Polled {
     txq: TxQueue,
 }
 
-impl Polled {
+impl LoopQueue {
     /// One poll: NIC rx to the guest, then the guest's tx to the NIC.
     #[inline]
     fn poll(&mut self, burst: &mut MbufBurst<BURST>) {
@@ -832,7 +833,7 @@ impl Plane {
     pub fn run_with(&self, mut extra: impl FnMut()) {
         self.running.store(true, Ordering::SeqCst);
         let mut burst = MbufBurst::<BURST>::new();
-        let mut polled: Vec<Polled> = Vec::new();
+        let mut owned: Vec<LoopQueue> = Vec::new();
         let mut idle: Vec<RxQueue> = Vec::new();
         let mut running_version = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
@@ -840,13 +841,13 @@ impl Plane {
                 // The control thread holds the lock only to swap the configuration: when
                 // it does, try again next round.
                 if let Ok(cfg) = self.config.try_lock().map(|c| c.clone()) {
-                    self.take_up(&cfg, &mut polled, &mut idle);
+                    self.apply_config(&cfg, &mut owned, &mut idle);
                     running_version = cfg.version;
                     self.seen.store(running_version, Ordering::SeqCst);
                     self.acknowledge();
                 }
             }
-            for p in &mut polled {
+            for p in &mut owned {
                 p.poll(&mut burst);
             }
             for rxq in &mut idle {
@@ -859,7 +860,7 @@ impl Plane {
             extra();
         }
         let none = PlaneConfig { version: u64::MAX, active: Vec::new(), idle: Vec::new() };
-        self.take_up(&none, &mut polled, &mut idle);
+        self.apply_config(&none, &mut owned, &mut idle);
         self.seen.store(u64::MAX, Ordering::SeqCst);
         self.running.store(false, Ordering::SeqCst);
         self.acknowledge();
@@ -868,10 +869,10 @@ impl Plane {
     /// Makes the loop's queues those of `cfg`: queues that leave have their buffers
     /// cached on this lcore returned, their state parked and their handles dropped,
     /// before queues that join take theirs.
-    fn take_up(&self, cfg: &PlaneConfig, polled: &mut Vec<Polled>, idle: &mut Vec<RxQueue>) {
+    fn apply_config(&self, cfg: &PlaneConfig, owned: &mut Vec<LoopQueue>, idle: &mut Vec<RxQueue>) {
         idle.clear();
         let mut kept = Vec::with_capacity(cfg.active.len());
-        for mut p in polled.drain(..) {
+        for mut p in owned.drain(..) {
             if cfg.active.iter().any(|q| Arc::ptr_eq(q, &p.q)) {
                 // Pools may have changed: buffers of a pool that left go back first.
                 let pools = lock(&p.q.pools).clone();
@@ -904,7 +905,7 @@ impl Plane {
             match (Port(q.port).rx_queue(q.queue), Port(q.port).tx_queue(q.queue)) {
                 (Ok(rxq), Ok(txq)) => {
                     let pools = lock(&q.pools).clone();
-                    kept.push(Polled { q: q.clone(), state, pools, rxq, txq });
+                    kept.push(LoopQueue { q: q.clone(), state, pools, rxq, txq });
                 }
                 _ => {
                     *lock(&q.parked) = Some(state);
@@ -912,7 +913,7 @@ impl Plane {
                 }
             }
         }
-        *polled = kept;
+        *owned = kept;
         for &(port, queue) in &cfg.idle {
             match Port(port).rx_queue(queue) {
                 Ok(rxq) => idle.push(rxq),

@@ -23,11 +23,11 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
 pub const PARAM_STRING: &str =
     "region_size=<size> rx_ring=<int> tx_ring=<int> reconnect=0|1 timeout_ms=<int> proxy_uid=<uid|user>";
 
-/// Enough for testpmd and most examples (1024 descriptors or less); applications that ask
-/// for more (Open vSwitch: 2048) name `rx_ring`/`tx_ring` in the devargs. Not 4096 by
-/// default: 4096-entry rings made the proxy count invalid free-ring entries now and then
-/// (2026-12-07, not yet explained).
-pub const DEFAULT_RING_ENTRIES: u32 = 1024;
+/// The rings' entries when the devargs name none: the contract's default, the same the
+/// proxy gives a Rust guest that asks for none (see there why it is not 4096). Enough
+/// for testpmd and most examples (1024 descriptors or less); applications that ask for
+/// more (Open vSwitch: 2048) name `rx_ring`/`tx_ring` in the devargs.
+pub use shm_contract::layout::DEFAULT_RING_ENTRIES;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
 
 #[derive(Debug, Clone, PartialEq, Eq)]

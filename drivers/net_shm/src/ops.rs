@@ -47,10 +47,10 @@ pub(crate) fn dev_ops() -> *const sys::eth_dev_ops {
             rx_queue_intr_enable: Some(rx_queue_intr_enable),
             rx_queue_intr_disable: Some(rx_queue_intr_disable),
             tx_queue_release: Some(tx_queue_release),
-            promiscuous_enable: Some(accept),
-            promiscuous_disable: Some(accept),
-            allmulticast_enable: Some(accept),
-            allmulticast_disable: Some(accept),
+            promiscuous_enable: Some(accept_rx_mode),
+            promiscuous_disable: Some(accept_rx_mode),
+            allmulticast_enable: Some(accept_rx_mode),
+            allmulticast_disable: Some(accept_rx_mode),
             mtu_set: Some(mtu_set),
             mac_addr_set: Some(mac_addr_set),
             ..Default::default()
@@ -535,7 +535,7 @@ unsafe extern "C" fn xstats_get(dev: *mut sys::rte_eth_dev, xstats: *mut sys::rt
 }
 
 /// Filtering is the proxy's NIC's business; these modes are accepted as they are.
-unsafe extern "C" fn accept(dev: *mut sys::rte_eth_dev) -> c_int {
+unsafe extern "C" fn accept_rx_mode(dev: *mut sys::rte_eth_dev) -> c_int {
     with_port("rx mode", dev, |_| 0)
 }
 
