@@ -941,6 +941,44 @@ mod tests {
         info
     }
 
+    /// The control thread's waits end on the loop's acknowledgement, not on a timer: a
+    /// configuration published while the loop runs is seen when `publish` returns, and
+    /// `wait_stopped` returns once the loop has (both well inside their 5 s bound).
+    #[test]
+    fn the_control_thread_waits_for_the_loops_acknowledgement() {
+        let plane = Arc::new(Plane::new());
+        // Not running: nobody to wait for.
+        let t = std::time::Instant::now();
+        plane.publish(Vec::new(), Vec::new());
+        assert!(t.elapsed() < Duration::from_secs(1));
+        let rounds = Arc::new(AtomicU64::new(0));
+        let looping = {
+            let (plane, rounds) = (plane.clone(), rounds.clone());
+            std::thread::spawn(move || {
+                plane.run_with(|| {
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                })
+            })
+        };
+        while rounds.load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
+        }
+        for _ in 0..100 {
+            let t = std::time::Instant::now();
+            plane.publish(Vec::new(), vec![]);
+            let version = plane.version.load(Ordering::SeqCst);
+            assert!(plane.seen.load(Ordering::SeqCst) >= version, "publish returned before the loop took it up");
+            assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+            assert!(plane.quiesce());
+        }
+        plane.request_stop();
+        let t = std::time::Instant::now();
+        plane.wait_stopped();
+        assert!(t.elapsed() < Duration::from_secs(4));
+        assert!(!plane.running.load(Ordering::SeqCst));
+        looping.join().unwrap();
+    }
+
     #[test]
     fn tx_limits_follow_the_device_and_the_mtu_set() {
         // A virtual device that states no limits (DPDK's defaults): the contract's.

@@ -7,6 +7,7 @@
 //! * [`mem`]: views of shared memory ([`SharedMem`]), owned mappings, the sealed
 //!   memfd that backs a region.
 //! * [`fault`]: surviving a peer that punches holes in a shared mapping.
+//! * [`freelist`]: held marks and parking, a process's half of a pool's free list.
 //! * [`handover`]: a queue's ring state handed between its polling thread and the
 //!   control path with an acknowledgement (no sleep).
 //! * [`layout`]: the region header, its areas and the status block.
@@ -37,6 +38,7 @@
 pub mod client;
 pub mod desc;
 pub mod fault;
+pub mod freelist;
 pub mod handover;
 pub mod layout;
 pub mod mem;

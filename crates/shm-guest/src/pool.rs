@@ -33,10 +33,11 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use shm_contract::client::PoolFootprint;
+use shm_contract::freelist::{HeldMarks, ParkLock, Parking};
 use shm_contract::layout::{RegionLayout, MBUF_HEADER_SIZE};
 use shm_contract::mem::Mapping;
 use shm_contract::mpmc::FreeRing;
@@ -52,10 +53,8 @@ const RING_RETRIES: u32 = 1 << 12;
 /// `RTE_PKTMBUF_HEADROOM`, which is also what the proxy's NIC rx leaves).
 pub const DEFAULT_HEADROOM: u16 = 128;
 
-/// The buffer is not held by this process (free ring, rings, proxy).
-const NOT_HELD: u8 = 0;
-/// A [`Buffer`] exists for it.
-const HELD: u8 = 1;
+/// Parked buffers returned to the free ring per ring operation.
+const UNPARK_CHUNK: usize = 64;
 
 /// How a pool is laid out in a region's heap: the announcement, and how many heap
 /// bytes it takes.
@@ -116,15 +115,13 @@ pub(crate) struct Pool {
     ring: FreeRing<'static>,
     pub(crate) layout: PoolLayout,
     base: *mut u8,
-    held: Box<[AtomicU8]>,
+    /// Whether a [`Buffer`] exists for each buffer.
+    held: HeldMarks,
     /// Free buffers the free ring did not take at once: a thread of ours or the proxy
     /// stopped (preempted, on a loaded machine) between claiming a cell and filling
     /// it, and the bounded retries ran out. They are returned first by the next `put`
-    /// and handed out by `get` when the ring is empty. Capacity for every buffer is
-    /// reserved up front: parking never allocates.
-    parked: Mutex<Vec<u32>>,
-    /// How many are parked, read without the lock so the usual path costs one load.
-    parked_count: AtomicUsize,
+    /// and handed out by `get` when the ring is empty.
+    parked: Parking,
     pub(crate) counters: PoolCounters,
     /// Declared last: dropped after everything that points into it.
     _mapping: Arc<Mapping>,
@@ -158,14 +155,12 @@ impl Pool {
             ring.enqueue_bulk(&offsets[..n as usize], RING_RETRIES).map_err(|e| format!("cannot fill the free ring: {e}"))?;
             next += n;
         }
-        let held = (0..layout.count()).map(|_| AtomicU8::new(NOT_HELD)).collect();
         Ok(Pool {
             ring,
             layout,
             base: mapping.as_ptr(),
-            held,
-            parked: Mutex::new(Vec::with_capacity(layout.count() as usize)),
-            parked_count: AtomicUsize::new(0),
+            held: HeldMarks::new(layout.count()),
+            parked: Parking::new(layout.count()),
             counters: PoolCounters::default(),
             _mapping: mapping,
         })
@@ -173,40 +168,25 @@ impl Pool {
 
     /// Free buffers now: in the free ring (approximate while others use it) or parked.
     pub(crate) fn free_count(&self) -> u32 {
-        let parked = self.parked_count.load(Ordering::Relaxed) as u32;
+        let parked = self.parked.count() as u32;
         (self.ring.count() + parked).min(self.layout.count())
     }
 
     /// Keeps a free buffer the ring did not take.
     fn park(&self, offset: u32) {
-        // A poisoned lock only means another thread panicked while holding it; the
-        // vector itself is always consistent (push and pop).
-        let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
-        if parked.len() < parked.capacity() {
-            parked.push(offset);
-            self.parked_count.store(parked.len(), Ordering::Relaxed);
-        } else {
+        if !self.parked.park(&[offset], ParkLock::Wait) {
             self.counters.lost.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Puts parked buffers back into the ring, until it refuses again.
     fn unpark(&self) {
-        let Ok(mut parked) = self.parked.try_lock() else { return };
-        while let Some(&offset) = parked.last() {
-            if self.ring.enqueue_bulk(&[offset], RING_RETRIES).is_err() {
-                break;
-            }
-            parked.pop();
-        }
-        self.parked_count.store(parked.len(), Ordering::Relaxed);
+        self.parked.give_back(UNPARK_CHUNK, |offsets| self.ring.enqueue_bulk(offsets, RING_RETRIES).is_ok());
     }
 
     /// Takes a parked buffer (marked held), if there is one.
     fn get_parked(&self) -> Option<u32> {
-        let mut parked = self.parked.try_lock().ok()?;
-        while let Some(offset) = parked.pop() {
-            self.parked_count.store(parked.len(), Ordering::Relaxed);
+        while let Some(offset) = self.parked.pop() {
             // Parked offsets are ours and valid; a held one would be a bug here.
             match self.layout.buffer_index(offset) {
                 Some(index) if self.take(index) => return Some(index),
@@ -221,23 +201,21 @@ impl Pool {
     /// Takes buffer `index` for this process. False if it is held already.
     #[inline]
     pub(crate) fn take(&self, index: u32) -> bool {
-        // Acquire: whatever the previous holder wrote into the buffer before giving it
-        // up (release below) is visible to the new one.
-        self.held[index as usize].compare_exchange(NOT_HELD, HELD, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        self.held.take(index)
     }
 
     /// Gives buffer `index` up (before it is published to the proxy in any way, so that
     /// whoever gets it next finds it not held).
     #[inline]
     pub(crate) fn untake(&self, index: u32) {
-        self.held[index as usize].store(NOT_HELD, Ordering::Release);
+        self.held.give_up(index);
     }
 
     /// Returns a buffer this process held to the free ring.
     #[inline]
     pub(crate) fn put(&self, index: u32) {
         self.untake(index);
-        if self.parked_count.load(Ordering::Relaxed) > 0 {
+        if self.parked.count() > 0 {
             self.unpark();
         }
         let offset = self.layout.buffer_offset(index);
@@ -255,7 +233,7 @@ impl Pool {
         for _ in 0..4 {
             let mut value = [0u32];
             if self.ring.dequeue_bulk(&mut value, RING_RETRIES).is_err() {
-                if self.parked_count.load(Ordering::Relaxed) > 0 {
+                if self.parked.count() > 0 {
                     return self.get_parked();
                 }
                 return None;
@@ -304,9 +282,9 @@ impl std::error::Error for CapacityError {}
 /// proxy's NIC rx takes buffers from); [`Guest::send`](crate::Guest::send) hands it to
 /// the proxy for transmission instead, which returns it to the free ring once sent.
 pub struct Buffer {
-    // INVARIANT: `index < pool.layout.count()`; `pool.held[index] == HELD` and this is the
-    // only `Buffer` for `index` (see the module docs: a `Buffer` is created only after a
-    // successful `Pool::take`, and `held` goes back to NOT_HELD only when it is consumed);
+    // INVARIANT: `index < pool.layout.count()`; `pool.held` marks `index` held and this is
+    // the only `Buffer` for `index` (see the module docs: a `Buffer` is created only after
+    // a successful `Pool::take`, and the mark is given up only when it is consumed);
     // `data_off as usize + len as usize <= data_room`.
     pool: Arc<Pool>,
     index: u32,
