@@ -28,7 +28,7 @@ use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::OnceLock;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::os::unix::thread::JoinHandleExt;
 use std::time::{Duration, Instant};
 
@@ -50,12 +50,21 @@ static CLOSED: AtomicU64 = AtomicU64::new(0);
 static LEAKED: AtomicU64 = AtomicU64::new(0);
 static SLOWEST_US: AtomicU64 = AtomicU64::new(0);
 static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
-/// When the close in progress began (µs since `EPOCH`, plus 1), 0 while idle.
+/// When the close in progress began (µs since `EPOCH`, plus 1), 0 while idle. Set
+/// under `WATCH_LOCK`, so that the watchdog, which waits on `WATCH` while the reaper is
+/// idle, never misses the start of a close.
 static BUSY_SINCE_US: AtomicU64 = AtomicU64::new(0);
+static WATCH_LOCK: Mutex<()> = Mutex::new(());
+static WATCH: Condvar = Condvar::new();
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 /// A close that takes longer than this is interrupted (and again every `STUCK`).
 pub const STUCK: Duration = Duration::from_millis(20);
+
+/// The watchdog's lock (nothing in it can be left inconsistent by a panic).
+fn watch_lock() -> MutexGuard<'static, ()> {
+    WATCH_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn now_us() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
@@ -73,7 +82,11 @@ pub fn start() -> Result<(), String> {
         .spawn(move || {
             for fd in incoming {
                 let t = now_us();
-                BUSY_SINCE_US.store(t, Ordering::SeqCst);
+                {
+                    let _watch = watch_lock();
+                    BUSY_SINCE_US.store(t, Ordering::SeqCst);
+                }
+                WATCH.notify_one();
                 drop(fd);
                 BUSY_SINCE_US.store(0, Ordering::SeqCst);
                 SLOWEST_US.fetch_max(now_us() - t, Ordering::Relaxed);
@@ -89,13 +102,24 @@ pub fn start() -> Result<(), String> {
             // The reaper runs for the life of the process (its queue's sender is static),
             // so its thread id stays valid.
             let _keep = reaper;
+            // Idle: wait for the reaper to begin a close (it signals). Busy: wait until
+            // that close has taken STUCK, interrupt it, and again every STUCK after.
+            let mut watch = watch_lock();
             loop {
-                std::thread::sleep(STUCK / 2);
                 let since = BUSY_SINCE_US.load(Ordering::SeqCst);
-                if since != 0 && now_us().saturating_sub(since) >= STUCK.as_micros() as u64 {
+                if since == 0 {
+                    watch = WATCH.wait(watch).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
+                let taken = Duration::from_micros(now_us().saturating_sub(since));
+                let wait = if taken >= STUCK {
                     os::interrupt(reaper_thread);
                     INTERRUPTS.fetch_add(1, Ordering::Relaxed);
-                }
+                    STUCK
+                } else {
+                    STUCK - taken
+                };
+                watch = WATCH.wait_timeout(watch, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
             }
         })
         .map_err(|e| format!("cannot start the descriptor reaper's watchdog: {e}"))?;
