@@ -206,6 +206,8 @@ impl RxQueue {
             let mut pkt_len = 0u32;
             let mut chain = RxChain::default();
             let mut bad = false;
+            // The first descriptor of the packet not linked into `head`.
+            let mut bad_from = first;
             loop {
                 if used >= avail {
                     // The proxy publishes whole packets: the rest of this one comes later
@@ -238,13 +240,13 @@ impl RxQueue {
                         }
                         prev = m;
                     }
-                    Some(m) => {
-                        // Part of a packet already judged bad (or too long): give it back.
+                    // Part of a packet judged bad (or too long): its buffers are given
+                    // back once the packet is known whole (a cut one is read again).
+                    _ if !bad => {
                         bad = true;
-                        // SAFETY: a valid mbuf of our pool, with our own consistent header.
-                        unsafe { drop_mbuf(m) };
+                        bad_from = used - 1;
                     }
-                    None => bad = true,
+                    _ => {}
                 }
                 if last {
                     break;
@@ -258,6 +260,13 @@ impl RxQueue {
                 if !head.is_null() {
                     // SAFETY: a chain of our own valid mbufs.
                     unsafe { sys::rte_pktmbuf_free(head) };
+                }
+                for i in bad_from..used {
+                    if let Some(m) = self.mbuf_of(&ring.read(i)) {
+                        // SAFETY: a valid mbuf of our pool that the proxy passed to us,
+                        // not linked into `head`; our own consistent header.
+                        unsafe { drop_mbuf(m) };
+                    }
                 }
                 continue;
             }
