@@ -142,12 +142,13 @@ impl RxQueue {
     }
 
     /// Asks the proxy for a wake-up at the next rx descriptor; true if descriptors are
-    /// already waiting or the queue is stopped (the caller must not sleep then).
+    /// already waiting (the caller must not sleep then). A stopped queue has none to
+    /// offer: the caller sleeps until a restarted queue's proxy wakes it.
     /// Called by the queue's polling thread (DPDK's rule for `rte_eth_dev_rx_intr_enable`).
     pub fn arm_wakeup(&self) -> bool {
         let Some(flag) = self.wakeup_requested else { return true };
         wake::arm(flag);
-        self.ring.poll(|ring| ring.available(1).map_or(true, |n| n > 0)).unwrap_or(true)
+        self.ring.poll(|ring| ring.available(1).map_or(true, |n| n > 0)).unwrap_or(false)
     }
 
     /// No wake-up wanted: the application polls again.
