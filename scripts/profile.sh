@@ -106,9 +106,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-under_cg_host=() under_cg_guest=()
+under_cg_host=() under_cg_guest=() proxy_extra=()
 if [ "$side" = proxy ]; then
     under_cg_host=(valgrind --tool=callgrind --callgrind-out-file="$cg")
+    # valgrind does not implement seccomp(2): the proxy would stop at its sandbox.
+    proxy_extra=(--seccomp off)
 else
     under_cg_guest=(valgrind --tool=callgrind --callgrind-out-file="$cg")
 fi
@@ -118,7 +120,7 @@ echo "socket $tmp/sock port 0 queue 0" > "$tmp/cmds"
 # writes its output from inside the proxy, after the privilege drop otherwise.
 setsid timeout $((seconds + 240)) taskset -c "$host_cpu" "${under_cg_host[@]}" "$rel/dpdk-io-proxy" \
     --lcores "0@$host_cpu" --file-prefix "prof$$-h" --no-huge -m 256 --no-pci \
-    --vdev "net_null0,copy=0,size=$size" -- --cmds "$tmp/cmds" --user root < /dev/null > "$out/$side.host.log" 2>&1 &
+    --vdev "net_null0,copy=0,size=$size" -- --cmds "$tmp/cmds" --user root "${proxy_extra[@]}" < /dev/null > "$out/$side.host.log" 2>&1 &
 host_pid=$!
 for _ in $(seq 1200); do [ -S "$tmp/sock" ] && break; sleep 0.1; done
 [ -S "$tmp/sock" ] || { echo "profile: the proxy did not start (see $out/$side.host.log)" >&2; exit 1; }

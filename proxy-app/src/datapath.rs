@@ -8,14 +8,16 @@
 //! handed back (state parked in the [`DataQueue`], handles dropped) when it leaves: so
 //! once `publish` returns, the control thread can set the NIC queue up again, stop the
 //! port or read the rings, and the DPDK layer refuses (`EBUSY`) if it were otherwise.
-//! The loop takes a lock only while it changes configuration, never while it polls.
+//! The loop takes a lock only while it changes configuration, never while it polls; the
+//! control thread waits for that acknowledgement on a condition variable that the loop
+//! signals (a system call) only when someone waits, never by sleeping.
 //!
 //! Packets are owned values of the DPDK layer ([`Mbuf`], [`MbufBurst`]): one the loop
 //! neither hands over nor sends is freed when it goes out of scope, back to its pool
 //! (for a guest buffer: to the guest's free ring).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dpdk::{sys, Mbuf, MbufBurst, Port, RxQueue, TxQueue};
@@ -443,8 +445,9 @@ fn find_buffer(pools: &Pools, offset: u32) -> Option<(&GuestPool, u32)> {
     pools.iter().flatten().find_map(|p| p.ctx.layout.buffer_index(offset).map(|idx| (p, idx)))
 }
 
-/// A queue the loop polls: the shared part, its state, and the NIC queues' handles.
-struct Polled {
+/// A queue in the configuration the loop runs, owned by the loop while it is: the shared
+/// part, its polling state, and the NIC queues' handles (handed back by `apply_config`).
+struct LoopQueue {
     q: Arc<DataQueue>,
     state: QueueState,
     pools: Pools,
@@ -454,7 +457,7 @@ struct Polled {
     empty_polls: u32,
 }
 
-impl Polled {
+impl LoopQueue {
     /// One poll: NIC rx to the guest, then the guest's tx to the NIC. Returns whether
     /// there was work: packets from the NIC, a full rx ring, or packets (or a backoff)
     /// on the guest's tx ring. `hot`: the queue is polled every round, and the ring
@@ -781,6 +784,11 @@ pub struct Plane {
     seen: AtomicU64,
     running: AtomicBool,
     stop: AtomicBool,
+    /// Control threads waiting for the loop's acknowledgement (`seen`, `running`); the
+    /// loop takes `ack_lock` and signals `ack` only when there is one.
+    ack_waiters: AtomicUsize,
+    ack_lock: Mutex<()>,
+    ack: Condvar,
     /// Packets that arrived on NIC queues without a guest and were dropped.
     pub unclaimed: AtomicU64,
     /// Queues the loop could not take up (a handle refused), for the log.
@@ -801,6 +809,9 @@ impl Plane {
             seen: AtomicU64::new(0),
             running: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            ack_waiters: AtomicUsize::new(0),
+            ack_lock: Mutex::new(()),
+            ack: Condvar::new(),
             unclaimed: AtomicU64::new(0),
             refused_queues: AtomicUsize::new(0),
         }
@@ -839,17 +850,44 @@ impl Plane {
 
     /// Waits (bounded) until the loop runs configuration `version` or is not running.
     fn wait_seen(&self, version: u64) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.running.load(Ordering::SeqCst) && self.seen.load(Ordering::Acquire) < version {
-            if Instant::now() > deadline {
-                // The loop is stuck inside a driver call; what it holds stays held (and
-                // the DPDK layer refuses to set up its queues meanwhile).
-                eprintln!("dpdk-io-proxy: data loop did not pick up configuration {version} in 5 s");
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(50));
+        let acked = self.wait_ack(|| !self.running.load(Ordering::SeqCst) || self.seen.load(Ordering::SeqCst) >= version);
+        if !acked {
+            // The loop is stuck inside a driver call; what it holds stays held (and
+            // the DPDK layer refuses to set up its queues meanwhile).
+            eprintln!("dpdk-io-proxy: data loop did not pick up configuration {version} in 5 s");
         }
-        true
+        acked
+    }
+
+    /// Waits until `done` holds, for at most 5 s, woken by the loop's `acknowledge`.
+    /// False if it still does not hold then.
+    fn wait_ack(&self, done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut guard = lock(&self.ack_lock);
+        // SeqCst with the loop's store and load in `acknowledge`: either the loop sees
+        // a waiter and signals under the lock, or this check sees its store.
+        self.ack_waiters.fetch_add(1, Ordering::SeqCst);
+        let acked = loop {
+            if done() {
+                break true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            guard = self.ack.wait_timeout(guard, left).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        };
+        self.ack_waiters.fetch_sub(1, Ordering::SeqCst);
+        acked
+    }
+
+    /// The loop, after storing `seen` or `running`: wakes the control threads waiting for
+    /// that (a lock and a system call, only when one waits: a configuration change).
+    fn acknowledge(&self) {
+        if self.ack_waiters.load(Ordering::SeqCst) > 0 {
+            let _guard = lock(&self.ack_lock);
+            self.ack.notify_all();
+        }
     }
 
     pub fn request_stop(&self) {
@@ -858,10 +896,7 @@ impl Plane {
 
     /// Waits (bounded) until the loop has returned after `request_stop`.
     pub fn wait_stopped(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.running.load(Ordering::SeqCst) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(100));
-        }
+        self.wait_ack(|| !self.running.load(Ordering::SeqCst));
     }
 
     /// The polling loop; returns after `request_stop`.
@@ -874,7 +909,7 @@ impl Plane {
     pub fn run_with(&self, mut extra: impl FnMut()) {
         self.running.store(true, Ordering::SeqCst);
         let mut burst = MbufBurst::<BURST>::new();
-        let mut rota: Rota<Polled> = Rota::new();
+        let mut rota: Rota<LoopQueue> = Rota::new();
         let mut idle: Vec<RxQueue> = Vec::new();
         let mut idle_next = 0usize;
         // Offset from the rota's rounds, so that a cold visit and a drain fall apart.
@@ -886,10 +921,11 @@ impl Plane {
                 // it does, try again next round.
                 if let Ok(cfg) = self.config.try_lock().map(|c| c.clone()) {
                     let mut polled = rota.take_all();
-                    self.take_up(&cfg, &mut polled, &mut idle);
+                    self.apply_config(&cfg, &mut polled, &mut idle);
                     rota.set(polled);
                     running_version = cfg.version;
-                    self.seen.store(running_version, Ordering::Release);
+                    self.seen.store(running_version, Ordering::SeqCst);
+                    self.acknowledge();
                 }
             }
             rota.round(|p, hot| p.poll(&mut burst, hot));
@@ -912,18 +948,19 @@ impl Plane {
         }
         let none = PlaneConfig { version: u64::MAX, active: Vec::new(), idle: Vec::new() };
         let mut polled = rota.take_all();
-        self.take_up(&none, &mut polled, &mut idle);
-        self.seen.store(u64::MAX, Ordering::Release);
-        self.running.store(false, Ordering::Release);
+        self.apply_config(&none, &mut polled, &mut idle);
+        self.seen.store(u64::MAX, Ordering::SeqCst);
+        self.running.store(false, Ordering::SeqCst);
+        self.acknowledge();
     }
 
     /// Makes the loop's queues those of `cfg`: queues that leave have their buffers
     /// cached on this lcore returned, their state parked and their handles dropped,
     /// before queues that join take theirs.
-    fn take_up(&self, cfg: &PlaneConfig, polled: &mut Vec<Polled>, idle: &mut Vec<RxQueue>) {
+    fn apply_config(&self, cfg: &PlaneConfig, owned: &mut Vec<LoopQueue>, idle: &mut Vec<RxQueue>) {
         idle.clear();
         let mut kept = Vec::with_capacity(cfg.active.len());
-        for mut p in polled.drain(..) {
+        for mut p in owned.drain(..) {
             if cfg.active.iter().any(|q| Arc::ptr_eq(q, &p.q)) {
                 // Pools may have changed: buffers of a pool that left go back first.
                 let pools = lock(&p.q.pools).clone();
@@ -957,7 +994,7 @@ impl Plane {
                 (Ok(rxq), Ok(txq)) => {
                     let pools = lock(&q.pools).clone();
                     // A queue that joins is hot: its guest just started it.
-                    kept.push(Polled { q: q.clone(), state, pools, rxq, txq, empty_polls: 0 });
+                    kept.push(LoopQueue { q: q.clone(), state, pools, rxq, txq, empty_polls: 0 });
                 }
                 _ => {
                     *lock(&q.parked) = Some(state);
@@ -965,7 +1002,7 @@ impl Plane {
                 }
             }
         }
-        *polled = kept;
+        *owned = kept;
         for &(port, queue) in &cfg.idle {
             match Port(port).rx_queue(queue) {
                 Ok(rxq) => idle.push(rxq),
@@ -982,7 +1019,7 @@ trait Heat {
     fn empty_polls(&mut self) -> &mut u32;
 }
 
-impl Heat for Polled {
+impl Heat for LoopQueue {
     fn empty_polls(&mut self) -> &mut u32 {
         &mut self.empty_polls
     }
@@ -1077,6 +1114,44 @@ mod tests {
         info.max_rx_pktlen = max_rx_pktlen;
         info.max_mtu = max_mtu;
         info
+    }
+
+    /// The control thread's waits end on the loop's acknowledgement, not on a timer: a
+    /// configuration published while the loop runs is seen when `publish` returns, and
+    /// `wait_stopped` returns once the loop has (both well inside their 5 s bound).
+    #[test]
+    fn the_control_thread_waits_for_the_loops_acknowledgement() {
+        let plane = Arc::new(Plane::new());
+        // Not running: nobody to wait for.
+        let t = std::time::Instant::now();
+        plane.publish(Vec::new(), Vec::new());
+        assert!(t.elapsed() < Duration::from_secs(1));
+        let rounds = Arc::new(AtomicU64::new(0));
+        let looping = {
+            let (plane, rounds) = (plane.clone(), rounds.clone());
+            std::thread::spawn(move || {
+                plane.run_with(|| {
+                    rounds.fetch_add(1, Ordering::Relaxed);
+                })
+            })
+        };
+        while rounds.load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
+        }
+        for _ in 0..100 {
+            let t = std::time::Instant::now();
+            plane.publish(Vec::new(), vec![]);
+            let version = plane.version.load(Ordering::SeqCst);
+            assert!(plane.seen.load(Ordering::SeqCst) >= version, "publish returned before the loop took it up");
+            assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+            assert!(plane.quiesce());
+        }
+        plane.request_stop();
+        let t = std::time::Instant::now();
+        plane.wait_stopped();
+        assert!(t.elapsed() < Duration::from_secs(4));
+        assert!(!plane.running.load(Ordering::SeqCst));
+        looping.join().unwrap();
     }
 
     #[test]

@@ -18,10 +18,11 @@
 //! frees twice, or hands over while the proxy still holds it, is refused and counted.
 
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use dpdk::{Eal, ExtBuffer, ExtPool, ExtPoolOps, ExtPoolSpec, Mempool, PktPool};
+use shm_contract::freelist::{ParkLock, Parking};
 use shm_contract::{FreeRing, FreeRingError, PoolLayout};
 
 use crate::region::GuestRegion;
@@ -53,11 +54,8 @@ pub struct ShadowCtx {
     pub invalid: AtomicU64,
     /// Buffers that could not be returned to the free ring right away (a guest thread
     /// preempted between its claim of a cell and its store, for longer than our retries):
-    /// kept here and returned first by the next `give_back`. Capacity is reserved for
-    /// every buffer of the pool up front, so parking never allocates on the data path.
-    parked: Mutex<Vec<u32>>,
-    /// How many are parked; read without the lock so the usual path costs one load.
-    parked_count: AtomicUsize,
+    /// kept here and returned first by the next `give_back`.
+    parked: Parking,
     /// Buffers given up on: the ring stayed full or corrupted while the parking space
     /// was full too (only a guest that wrote garbage into its own ring gets here).
     pub lost: AtomicU64,
@@ -78,8 +76,7 @@ impl ShadowCtx {
             layout,
             ring,
             invalid: AtomicU64::new(0),
-            parked: Mutex::new(Vec::with_capacity(layout.count() as usize)),
-            parked_count: AtomicUsize::new(0),
+            parked: Parking::new(layout.count()),
             lost: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             retries_left: AtomicU32::new(ROUND_RETRIES),
@@ -113,7 +110,7 @@ impl ShadowCtx {
     /// Gives buffers back to the guest's free ring; parks them when the ring does not
     /// take them now.
     fn give_back(&self, offsets: &[u32]) {
-        if self.parked_count.load(Ordering::Relaxed) > 0 {
+        if self.parked.count() > 0 {
             self.retry_parked();
         }
         if self.with_retries(|left| self.ring.enqueue_bulk_within(offsets, left)).is_err() {
@@ -122,35 +119,20 @@ impl ShadowCtx {
     }
 
     fn park(&self, offsets: &[u32]) {
-        // try_lock: the data loop never waits for the control thread (or the reverse).
-        if let Ok(mut parked) = self.parked.try_lock() {
-            if parked.len() + offsets.len() <= parked.capacity() {
-                parked.extend_from_slice(offsets);
-                self.parked_count.store(parked.len(), Ordering::Relaxed);
-                return;
-            }
+        // Try: the data loop never waits for the control thread (or the reverse).
+        if !self.parked.park(offsets, ParkLock::Try) {
+            self.lost.fetch_add(offsets.len() as u64, Ordering::Relaxed);
         }
-        self.lost.fetch_add(offsets.len() as u64, Ordering::Relaxed);
     }
 
     /// Returns parked buffers, newest first, until the ring refuses again.
     pub fn retry_parked(&self) {
-        let Ok(mut parked) = self.parked.try_lock() else {
-            return;
-        };
-        while !parked.is_empty() {
-            let from = parked.len().saturating_sub(CHUNK);
-            if self.with_retries(|left| self.ring.enqueue_bulk_within(&parked[from..], left)).is_err() {
-                break;
-            }
-            parked.truncate(from);
-        }
-        self.parked_count.store(parked.len(), Ordering::Relaxed);
+        self.parked.give_back(CHUNK, |offsets| self.with_retries(|left| self.ring.enqueue_bulk_within(offsets, left)).is_ok());
     }
 
     /// Buffers parked now (for `show stats`).
     pub fn parked(&self) -> usize {
-        self.parked_count.load(Ordering::Relaxed)
+        self.parked.count()
     }
 }
 

@@ -18,10 +18,11 @@
 
 use std::any::Any;
 use std::ffi::{c_int, c_uint, c_void, CStr, CString};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::{sys, Eal, Error, Mbuf, Mempool, PktPool};
+use shm_contract::freelist::HeldMarks;
 
 /// The free list of an [`ExtPool`]. Called from DPDK's mempool operations, on whatever
 /// thread allocates or frees (usually the application's data-path lcore).
@@ -37,10 +38,6 @@ pub trait ExtPoolOps: Send + Sync + 'static {
     /// `n` indices from `get` were refused: out of range, or held by this process.
     fn refused(&self, n: u32);
 }
-
-/// Marks of a buffer.
-const OUTSIDE: u8 = 0;
-const HELD: u8 = 1;
 
 /// Buffers moved per call of the ops: a stack array, no allocation.
 const CHUNK: usize = 64;
@@ -61,9 +58,9 @@ struct ExtState {
     /// Header address of each buffer, by index; set once after populate.
     headers: OnceLock<Box<[usize]>>,
     by_addr: OnceLock<AddrIndex>,
-    /// [`OUTSIDE`] or [`HELD`] per buffer: one byte each, in one small array.
-    /// Relaxed atomics: plain byte loads and stores; one thread uses a buffer at a time.
-    marks: Box<[AtomicU8]>,
+    /// Held by this process or not, per buffer: one byte each, in one small array.
+    /// Plain byte loads and stores (`take_single`): one thread uses a buffer at a time.
+    marks: HeldMarks,
     /// While DPDK populates the mempool it frees every new object: those buffers are in
     /// the free list already, so such frees are ignored.
     populating: AtomicBool,
@@ -92,36 +89,27 @@ impl ExtState {
     /// there is no such buffer.
     #[inline]
     fn hold(&self, idx: u32) -> Option<usize> {
-        let mark = self.marks.get(idx as usize)?;
-        // Evenly spaced headers: the address is computed (`marks` has `count` entries,
-        // so idx is a buffer's), which keeps the 8-byte-per-buffer table out of the cache.
+        if idx >= self.count {
+            return None;
+        }
+        // Evenly spaced headers: the address is computed (idx is a buffer's), which keeps
+        // the 8-byte-per-buffer table out of the cache.
         let addr = match self.by_addr.get()? {
             &AddrIndex::Strided { base, shift } => base + ((idx as usize) << shift),
             AddrIndex::Sorted(_) => *self.headers.get()?.get(idx as usize)?,
         };
-        if mark.load(Ordering::Relaxed) != OUTSIDE {
-            return None;
-        }
-        mark.store(HELD, Ordering::Relaxed);
-        Some(addr)
+        self.marks.take_single(idx).then_some(addr)
     }
 
     /// Buffers marked held.
     fn held(&self) -> u32 {
-        self.marks.iter().filter(|m| m.load(Ordering::Relaxed) == HELD).count() as u32
+        self.marks.held_count()
     }
 
     /// Marks buffer `idx` outside; false if it was not held.
     #[inline]
     fn unhold(&self, idx: u32) -> bool {
-        let Some(mark) = self.marks.get(idx as usize) else {
-            return false;
-        };
-        if mark.load(Ordering::Relaxed) != HELD {
-            return false;
-        }
-        mark.store(OUTSIDE, Ordering::Relaxed);
-        true
+        self.marks.give_up_single(idx)
     }
 }
 
@@ -215,7 +203,7 @@ impl ExtPool {
             count,
             headers: OnceLock::new(),
             by_addr: OnceLock::new(),
-            marks: (0..count).map(|_| AtomicU8::new(OUTSIDE)).collect(),
+            marks: HeldMarks::new(count),
             populating: AtomicBool::new(true),
         });
         let elt_size = std::mem::size_of::<sys::rte_mbuf>() as c_uint + spec.priv_size as c_uint;
@@ -569,7 +557,7 @@ mod tests {
             count,
             headers: OnceLock::new(),
             by_addr: OnceLock::new(),
-            marks: (0..count).map(|_| AtomicU8::new(OUTSIDE)).collect(),
+            marks: HeldMarks::new(count),
             populating: AtomicBool::new(false),
         }
     }

@@ -3,9 +3,13 @@
 //! This crate is the single definition of everything that crosses the process
 //! boundary (see `docs/architecture.md`):
 //!
+//! * [`client`]: the guest's side, written once for the DPDK plugins and the Rust guest.
 //! * [`mem`]: views of shared memory ([`SharedMem`]), owned mappings, the sealed
 //!   memfd that backs a region.
 //! * [`fault`]: surviving a peer that punches holes in a shared mapping.
+//! * [`freelist`]: held marks and parking, a process's half of a pool's free list.
+//! * [`handover`]: a queue's ring state handed between its polling thread and the
+//!   control path with an acknowledgement (no sleep).
 //! * [`layout`]: the region header, its areas and the status block.
 //! * [`desc`]: the 16-byte descriptor.
 //! * [`spsc`]: the rx/tx descriptor rings (single producer, single consumer).
@@ -31,8 +35,11 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod client;
 pub mod desc;
 pub mod fault;
+pub mod freelist;
+pub mod handover;
 pub mod layout;
 pub mod mem;
 pub mod mpmc;

@@ -116,14 +116,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shm_contract::client::{self, ClientError, Listener, RequestIds, RxChain, Unsolicited};
 use shm_contract::layout::{RegionLayout, StatusBlock};
-use shm_contract::mem::{check_region_fd, Mapping};
-use shm_contract::proto::transport::{
-    connect_to_proxy, handshake, recv_message, send_message, ConnectError, HandshakeError, TransportError,
-};
+use shm_contract::mem::Mapping;
+use shm_contract::proto::transport::{send_message, ConnectError, TransportError};
 use shm_contract::proto::{Hello, MAX_APP_NAME, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, QUEUE_FLAG_RX_WAKEUP};
 use shm_contract::wake::{self, WakeListener};
-use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, Message, RefuseCode, RegionFlags, SharedMem};
+use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, Message, RefuseCode, SharedMem};
+
+pub use shm_contract::client::ProxyInfo;
 
 mod hybrid;
 mod pool;
@@ -193,27 +194,6 @@ impl Default for Config {
     }
 }
 
-/// What the proxy told us about the NIC queue we are attached to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProxyInfo {
-    /// Negotiated protocol major.
-    pub protocol_version: u16,
-    /// NIC port.
-    pub port_id: u16,
-    /// NIC queue.
-    pub queue_id: u16,
-    /// The port's MAC address.
-    pub mac: [u8; 6],
-    /// The port's MTU.
-    pub mtu: u16,
-    /// Largest frame the port receives.
-    pub max_rx_frame: u32,
-    /// Size of the shared region.
-    pub region_size: u64,
-    /// Whether the region is hugepage memory.
-    pub hugepages: bool,
-}
-
 /// Why a call failed.
 #[derive(Debug)]
 pub enum Error {
@@ -279,31 +259,18 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-impl From<ConnectError> for Error {
-    fn from(e: ConnectError) -> Error {
+impl From<ClientError> for Error {
+    fn from(e: ClientError) -> Error {
         match e {
-            ConnectError::Io(e) => Error::Connect(e),
-            untrusted => Error::UntrustedServer(untrusted),
-        }
-    }
-}
-
-impl From<HandshakeError> for Error {
-    fn from(e: HandshakeError) -> Error {
-        match e {
-            HandshakeError::Refused { code, reason } => Error::Refused { code, reason },
-            HandshakeError::Transport(t) => t.into(),
-            HandshakeError::Unexpected(kind) => Error::Protocol(format!("expected Welcome, got {kind}")),
-        }
-    }
-}
-
-impl From<TransportError> for Error {
-    fn from(e: TransportError) -> Error {
-        match e {
-            TransportError::Closed => Error::Disconnected("the proxy closed the connection".into()),
-            TransportError::Timeout => Error::Timeout,
-            other => Error::Transport(other),
+            ClientError::Connect(e) => Error::Connect(e),
+            ClientError::UntrustedServer(e) => Error::UntrustedServer(e),
+            ClientError::Refused { code, reason } => Error::Refused { code, reason },
+            ClientError::Transport(e) => Error::Transport(e),
+            ClientError::Protocol(what) => Error::Protocol(what),
+            ClientError::Region(what) => Error::Region(what),
+            ClientError::Closed => Error::Disconnected("the proxy closed the connection".into()),
+            ClientError::Ended(why) => Error::Disconnected(why),
+            ClientError::Timeout => Error::Timeout,
         }
     }
 }
@@ -378,7 +345,7 @@ pub struct Guest {
     state: State,
     stats: Stats,
     timeout: Duration,
-    next_request: u32,
+    requests: RequestIds,
     polls: u32,
     closed: bool,
     /// With [`Config::rx_wakeup`]: what we sleep on, one descriptor for the guest's
@@ -398,9 +365,7 @@ impl Guest {
     /// Connects to the proxy socket at `path`, handshakes, lays out and announces the
     /// pool, and starts the queue: packets flow when this returns.
     pub fn connect(path: impl AsRef<Path>, config: &Config) -> Result<Guest, Error> {
-        // Verified (SO_PEERCRED) before the Hello: never a word to an impostor.
-        let socket = connect_to_proxy(path.as_ref(), config.proxy_uid)?;
-        // Made before the handshake: failing here (out of descriptors) costs the proxy nothing.
+        // Made before connecting: failing here (out of descriptors) costs the proxy nothing.
         let wake = if config.rx_wakeup { Some(WakeListener::new().map_err(Error::Io)?) } else { None };
         let hello = Hello {
             version_min: PROTOCOL_VERSION_MIN,
@@ -414,25 +379,12 @@ impl Guest {
             // the pages it picks.
             heap_bytes: pool::heap_bytes(config.buffers, config.data_room),
         };
-        let (welcome, mut fds) = handshake(socket.as_fd(), &hello, &[], config.timeout)?;
-        if fds.len() != 1 {
-            return Err(Error::Protocol(format!("Welcome carried {} file descriptors, expected 1", fds.len())));
-        }
-        let memfd = fds.remove(0);
-        // The memfd must be sealed against shrinking: a truncated file would make our
-        // accesses fault.
-        check_region_fd(memfd.as_fd(), welcome.region_size).map_err(|e| Error::Region(e.to_string()))?;
-        let len = usize::try_from(welcome.region_size).map_err(|_| Error::Region("too large for this machine".into()))?;
-        let mapping = Arc::new(Mapping::map(memfd.as_fd(), len).map_err(|e| Error::Region(format!("mmap: {e}")))?);
+        // The server is verified (SO_PEERCRED) before the Hello: never a word to an impostor.
+        let client::Attached { socket, welcome, info, fds } =
+            client::attach(path.as_ref(), config.proxy_uid, &hello, &[], config.timeout)?;
+        let client::MappedRegion { mapping, memfd, layout } = client::map_region(&welcome, fds)?;
         drop(memfd);
-        let layout = RegionLayout::read_header(&mapping.mem()).map_err(|e| Error::Region(e.to_string()))?;
-        if layout.page_size() != welcome.page_size {
-            return Err(Error::Region(format!(
-                "the header says {}-byte pages, the Welcome {}",
-                layout.page_size(),
-                welcome.page_size
-            )));
-        }
+        let mapping = Arc::new(mapping);
         let add = pool::plan(&layout, config.buffers, config.data_room).map_err(Error::Config)?;
         let pool_layout = add.validate(&layout, &[]).map_err(|e| {
             Error::Config(format!(
@@ -452,16 +404,6 @@ impl Guest {
         // Not started yet: views from index 0, rebuilt after QueueStarted anyway.
         let rx = DescConsumer::new(&mem, layout.rx_ring()).map_err(|e| Error::Region(e.to_string()))?;
         let tx = DescProducer::new(&mem, layout.tx_ring()).map_err(|e| Error::Region(e.to_string()))?;
-        let info = ProxyInfo {
-            protocol_version: welcome.version,
-            port_id: welcome.port_id,
-            queue_id: welcome.queue_id,
-            mac: welcome.mac,
-            mtu: welcome.mtu,
-            max_rx_frame: welcome.max_rx_frame,
-            region_size: welcome.region_size,
-            hugepages: welcome.flags.contains(RegionFlags::HUGEPAGES),
-        };
         let mut guest = Guest {
             rx,
             tx,
@@ -473,7 +415,7 @@ impl Guest {
             state: State::Stopped,
             stats: Stats::default(),
             timeout: config.timeout,
-            next_request: 2,
+            requests: RequestIds::default(),
             polls: 0,
             closed: false,
             wake,
@@ -530,6 +472,15 @@ impl Guest {
         Error::Disconnected(why)
     }
 
+    /// The connection failed with `e`: the guest stops.
+    fn fail_with(&mut self, e: ClientError) -> Error {
+        let why = match e {
+            ClientError::Ended(why) => why,
+            other => Error::from(other).to_string(),
+        };
+        self.fail(why)
+    }
+
     fn failed(&self) -> Option<Error> {
         match &self.state {
             State::Failed(why) => Some(Error::Disconnected(why.clone())),
@@ -543,28 +494,7 @@ impl Guest {
         if let Some(e) = self.failed() {
             return Err(e);
         }
-        loop {
-            match recv_message(self.socket.as_fd(), Some(Duration::ZERO)) {
-                Ok((msg, _, _fds)) => {
-                    // Descriptors nobody asked for are closed by dropping `_fds`.
-                    self.unsolicited(&msg)?;
-                }
-                Err(TransportError::Timeout) => return Ok(()),
-                Err(e) => return Err(self.fail(Error::from(e).to_string())),
-            }
-        }
-    }
-
-    /// Handles a message the proxy sends on its own; errors when it ends the connection.
-    fn unsolicited(&mut self, msg: &Message) -> Result<(), Error> {
-        match msg {
-            // The proxy keeps the status block current; `link` reads it.
-            Message::LinkStatus { .. } => Ok(()),
-            Message::Goodbye => Err(self.fail("the proxy said goodbye".into())),
-            Message::Refuse { code, reason } => Err(self.fail(format!("the proxy ended the connection ({code:?}): {reason}"))),
-            // Anything else unasked for is ignored (a later protocol minor may add some).
-            _ => Ok(()),
-        }
+        client::read_unsolicited(self.socket.as_fd(), &mut GuestListener).map_err(|e| self.fail_with(e))
     }
 
     /// Sends `request` and waits for its answer; unsolicited messages meanwhile are
@@ -579,29 +509,11 @@ impl Guest {
         if let Some(e) = self.failed() {
             return Err(e);
         }
-        let id = self.next_request;
-        self.next_request = self.next_request.wrapping_add(1).max(2);
-        if let Err(e) = send_message(self.socket.as_fd(), request, id, &[]) {
-            return Err(self.fail(Error::from(e).to_string()));
-        }
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout);
-            }
-            let (reply, reply_id, fds) = match recv_message(self.socket.as_fd(), Some(left)) {
-                Ok(r) => r,
-                Err(TransportError::Timeout) => return Err(Error::Timeout),
-                Err(e) => return Err(self.fail(Error::from(e).to_string())),
-            };
-            match reply {
-                Message::Refuse { code, reason } if reply_id == id => return Err(Error::Refused { code, reason }),
-                Message::LinkStatus { .. } | Message::Goodbye | Message::Refuse { .. } => self.unsolicited(&reply)?,
-                other if reply_id == id => return Ok((other, fds)),
-                // A stale answer to an earlier request that timed out.
-                _ => {}
-            }
+        let id = self.requests.next_id();
+        match client::transact(self.socket.as_fd(), request, id, self.timeout, &mut GuestListener) {
+            Ok(answer) => Ok(answer),
+            Err(e @ (ClientError::Refused { .. } | ClientError::Timeout)) => Err(e.into()),
+            Err(e) => Err(self.fail_with(e)),
         }
     }
 
@@ -754,15 +666,14 @@ impl Guest {
             // complete yet (it is read again, whole, next time).
             let first = used;
             let mut end = first;
-            let mut segs = 0;
+            let mut chain = RxChain::default();
             let complete = loop {
                 if end >= avail {
                     break false;
                 }
                 let d = self.rx.read(end);
                 end += 1;
-                segs += 1;
-                if !d.flags.contains(DescFlags::NEXT) || segs > MAX_SEGS {
+                if chain.ends_with(&d) {
                     break true;
                 }
             };
@@ -774,7 +685,7 @@ impl Guest {
                     avail = fresh;
                     continue;
                 }
-                if first == 0 && avail >= self.rx.entries() {
+                if RxChain::never_ends(first, avail, self.rx.entries()) {
                     // A full ring whose first packet never ends: the proxy can never
                     // publish the rest.
                     self.state = State::Failed("rx ring: a packet chain fills the whole ring".into());
@@ -783,7 +694,7 @@ impl Guest {
                 break;
             }
             used = end;
-            if segs == 1 {
+            if chain.segs() == 1 {
                 let d = self.rx.read(first);
                 match self.valid_rx(&d) {
                     Some(index) if self.pool.take(index) => {
@@ -1054,6 +965,24 @@ impl Guest {
 impl Drop for Guest {
     fn drop(&mut self) {
         let _ = self.shutdown();
+    }
+}
+
+/// What the guest does with the messages the proxy sends on its own: link news is
+/// read from the status block instead (the proxy keeps it current); a goodbye or a
+/// `Refuse` ends the connection; anything else unasked for is ignored (a later protocol
+/// minor may add some).
+struct GuestListener;
+
+impl Listener for GuestListener {
+    fn unsolicited(&mut self, msg: Unsolicited) -> Result<(), ClientError> {
+        match msg {
+            Unsolicited::Link { .. } => Ok(()),
+            Unsolicited::Goodbye => Err(ClientError::Ended("the proxy said goodbye".into())),
+            Unsolicited::Refused { code, reason } => {
+                Err(ClientError::Ended(format!("the proxy ended the connection ({code:?}): {reason}")))
+            }
+        }
     }
 }
 

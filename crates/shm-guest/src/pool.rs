@@ -33,9 +33,11 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use shm_contract::client::PoolFootprint;
+use shm_contract::freelist::{HeldMarks, ParkLock, Parking};
 use shm_contract::layout::{RegionLayout, MBUF_HEADER_SIZE};
 use shm_contract::mem::Mapping;
 use shm_contract::mpmc::FreeRing;
@@ -51,10 +53,8 @@ const RING_RETRIES: u32 = 1 << 12;
 /// `RTE_PKTMBUF_HEADROOM`, which is also what the proxy's NIC rx leaves).
 pub const DEFAULT_HEADROOM: u16 = 128;
 
-/// The buffer is not held by this process (free ring, rings, proxy).
-const NOT_HELD: u8 = 0;
-/// A [`Buffer`] exists for it.
-const HELD: u8 = 1;
+/// Parked buffers returned to the free ring per ring operation.
+const UNPARK_CHUNK: usize = 64;
 
 /// How a pool is laid out in a region's heap: the announcement, and how many heap
 /// bytes it takes.
@@ -65,15 +65,14 @@ pub(crate) fn plan(region: &RegionLayout, count: u32, data_room: u16) -> Result<
     if (data_room as u32) < MIN_DATA_ROOM {
         return Err(format!("data room {data_room} is below the contract's minimum {MIN_DATA_ROOM}"));
     }
-    let ring_entries = count.checked_next_power_of_two().ok_or("too many buffers")?;
-    let ring_bytes = FreeRing::bytes_for(ring_entries);
+    let stride = stride_for(data_room);
+    let footprint = PoolFootprint::new(count, stride)?;
     let heap = region.heap();
-    let first = heap.offset as u64 + ring_bytes.next_multiple_of(64);
-    let stride = (MBUF_HEADER_SIZE + data_room as u32).next_multiple_of(64);
+    let first = heap.offset as u64 + footprint.objects_start;
     let add = PoolAdd {
         pool_id: 0,
         ring_offset: heap.offset,
-        ring_entries,
+        ring_entries: footprint.ring_entries,
         first_mbuf_offset: u32::try_from(first).map_err(|_| "pool beyond 4 GiB")?,
         stride,
         count,
@@ -83,11 +82,16 @@ pub(crate) fn plan(region: &RegionLayout, count: u32, data_room: u16) -> Result<
     Ok(add)
 }
 
-/// Heap bytes a pool of `count` buffers of `data_room` bytes needs (for sizing a region).
+/// Heap bytes a pool of `count` buffers of `data_room` bytes needs (for sizing a region;
+/// 0 for a count no pool can have, which `plan` then refuses).
 pub(crate) fn heap_bytes(count: u32, data_room: u16) -> u64 {
-    let ring = FreeRing::bytes_for(count.max(1).checked_next_power_of_two().unwrap_or(1 << 31));
-    let stride = (MBUF_HEADER_SIZE as u64 + data_room as u64).next_multiple_of(64);
-    ring.next_multiple_of(64) + count as u64 * stride
+    PoolFootprint::new(count, stride_for(data_room)).map_or(0, |f| f.bytes)
+}
+
+/// Bytes from one buffer to the next: the header area and the data room, in whole
+/// cache lines.
+fn stride_for(data_room: u16) -> u32 {
+    (MBUF_HEADER_SIZE + data_room as u32).next_multiple_of(64)
 }
 
 /// Counters of the pool, written by whichever thread drops, sends or allocates.
@@ -111,15 +115,13 @@ pub(crate) struct Pool {
     ring: FreeRing<'static>,
     pub(crate) layout: PoolLayout,
     base: *mut u8,
-    held: Box<[AtomicU8]>,
+    /// Whether a [`Buffer`] exists for each buffer.
+    held: HeldMarks,
     /// Free buffers the free ring did not take at once: a thread of ours or the proxy
     /// stopped (preempted, on a loaded machine) between claiming a cell and filling
     /// it, and the bounded retries ran out. They are returned first by the next `put`
-    /// and handed out by `get` when the ring is empty. Capacity for every buffer is
-    /// reserved up front: parking never allocates.
-    parked: Mutex<Vec<u32>>,
-    /// How many are parked, read without the lock so the usual path costs one load.
-    parked_count: AtomicUsize,
+    /// and handed out by `get` when the ring is empty.
+    parked: Parking,
     pub(crate) counters: PoolCounters,
     /// Declared last: dropped after everything that points into it.
     _mapping: Arc<Mapping>,
@@ -153,14 +155,12 @@ impl Pool {
             ring.enqueue_bulk(&offsets[..n as usize], RING_RETRIES).map_err(|e| format!("cannot fill the free ring: {e}"))?;
             next += n;
         }
-        let held = (0..layout.count()).map(|_| AtomicU8::new(NOT_HELD)).collect();
         Ok(Pool {
             ring,
             layout,
             base: mapping.as_ptr(),
-            held,
-            parked: Mutex::new(Vec::with_capacity(layout.count() as usize)),
-            parked_count: AtomicUsize::new(0),
+            held: HeldMarks::new(layout.count()),
+            parked: Parking::new(layout.count()),
             counters: PoolCounters::default(),
             _mapping: mapping,
         })
@@ -168,40 +168,25 @@ impl Pool {
 
     /// Free buffers now: in the free ring (approximate while others use it) or parked.
     pub(crate) fn free_count(&self) -> u32 {
-        let parked = self.parked_count.load(Ordering::Relaxed) as u32;
+        let parked = self.parked.count() as u32;
         (self.ring.count() + parked).min(self.layout.count())
     }
 
     /// Keeps a free buffer the ring did not take.
     fn park(&self, offset: u32) {
-        // A poisoned lock only means another thread panicked while holding it; the
-        // vector itself is always consistent (push and pop).
-        let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
-        if parked.len() < parked.capacity() {
-            parked.push(offset);
-            self.parked_count.store(parked.len(), Ordering::Relaxed);
-        } else {
+        if !self.parked.park(&[offset], ParkLock::Wait) {
             self.counters.lost.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Puts parked buffers back into the ring, until it refuses again.
     fn unpark(&self) {
-        let Ok(mut parked) = self.parked.try_lock() else { return };
-        while let Some(&offset) = parked.last() {
-            if self.ring.enqueue_bulk(&[offset], RING_RETRIES).is_err() {
-                break;
-            }
-            parked.pop();
-        }
-        self.parked_count.store(parked.len(), Ordering::Relaxed);
+        self.parked.give_back(UNPARK_CHUNK, |offsets| self.ring.enqueue_bulk(offsets, RING_RETRIES).is_ok());
     }
 
     /// Takes a parked buffer (marked held), if there is one.
     fn get_parked(&self) -> Option<u32> {
-        let mut parked = self.parked.try_lock().ok()?;
-        while let Some(offset) = parked.pop() {
-            self.parked_count.store(parked.len(), Ordering::Relaxed);
+        while let Some(offset) = self.parked.pop() {
             // Parked offsets are ours and valid; a held one would be a bug here.
             match self.layout.buffer_index(offset) {
                 Some(index) if self.take(index) => return Some(index),
@@ -216,23 +201,21 @@ impl Pool {
     /// Takes buffer `index` for this process. False if it is held already.
     #[inline]
     pub(crate) fn take(&self, index: u32) -> bool {
-        // Acquire: whatever the previous holder wrote into the buffer before giving it
-        // up (release below) is visible to the new one.
-        self.held[index as usize].compare_exchange(NOT_HELD, HELD, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        self.held.take(index)
     }
 
     /// Gives buffer `index` up (before it is published to the proxy in any way, so that
     /// whoever gets it next finds it not held).
     #[inline]
     pub(crate) fn untake(&self, index: u32) {
-        self.held[index as usize].store(NOT_HELD, Ordering::Release);
+        self.held.give_up(index);
     }
 
     /// Returns a buffer this process held to the free ring.
     #[inline]
     pub(crate) fn put(&self, index: u32) {
         self.untake(index);
-        if self.parked_count.load(Ordering::Relaxed) > 0 {
+        if self.parked.count() > 0 {
             self.unpark();
         }
         let offset = self.layout.buffer_offset(index);
@@ -250,7 +233,7 @@ impl Pool {
         for _ in 0..4 {
             let mut value = [0u32];
             if self.ring.dequeue_bulk(&mut value, RING_RETRIES).is_err() {
-                if self.parked_count.load(Ordering::Relaxed) > 0 {
+                if self.parked.count() > 0 {
                     return self.get_parked();
                 }
                 return None;
@@ -299,9 +282,9 @@ impl std::error::Error for CapacityError {}
 /// proxy's NIC rx takes buffers from); [`Guest::send`](crate::Guest::send) hands it to
 /// the proxy for transmission instead, which returns it to the free ring once sent.
 pub struct Buffer {
-    // INVARIANT: `index < pool.layout.count()`; `pool.held[index] == HELD` and this is the
-    // only `Buffer` for `index` (see the module docs: a `Buffer` is created only after a
-    // successful `Pool::take`, and `held` goes back to NOT_HELD only when it is consumed);
+    // INVARIANT: `index < pool.layout.count()`; `pool.held` marks `index` held and this is
+    // the only `Buffer` for `index` (see the module docs: a `Buffer` is created only after
+    // a successful `Pool::take`, and the mark is given up only when it is consumed);
     // `data_off as usize + len as usize <= data_room`.
     pool: Arc<Pool>,
     index: u32,

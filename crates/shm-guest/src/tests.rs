@@ -10,7 +10,7 @@ use shm_contract::mpmc::FreeRing;
 use shm_contract::proto::transport::{recv_message, send_message};
 use shm_contract::proto::Welcome;
 use shm_contract::wake::Waker;
-use shm_contract::{DescRing, PoolLayout};
+use shm_contract::{DescRing, PoolLayout, RegionFlags};
 use std::os::fd::{AsFd, FromRawFd};
 use std::sync::mpsc;
 use std::thread;

@@ -23,11 +23,12 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
 pub const PARAM_STRING: &str =
     "region_size=<size> rx_ring=<int> tx_ring=<int> reconnect=0|1 timeout_ms=<int> proxy_uid=<uid|user>";
 
-/// Enough for testpmd and most examples (1024 descriptors or less); applications that ask
-/// for more (Open vSwitch: 2048) name `rx_ring`/`tx_ring` in the devargs. Not 4096 by
-/// default: 4096-entry rings made the proxy count invalid free-ring entries now and then
-/// (2026-12-07, not yet explained).
-pub const DEFAULT_RING_ENTRIES: u32 = 1024;
+/// The rings' entries when the devargs name none: the contract's default, the same the
+/// proxy gives a Rust guest that asks for none (see there why it is not 4096). Enough
+/// for testpmd and most examples (1024 descriptors or less); applications that ask for
+/// more (Open vSwitch: 2048) name `rx_ring`/`tx_ring` in the devargs.
+pub use shm_contract::layout::DEFAULT_RING_ENTRIES;
+use shm_contract::layout::{MAX_DESC_RING_ENTRIES, MIN_DESC_RING_ENTRIES};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,9 +145,11 @@ pub fn parse_size(text: &str) -> Option<u64> {
     number.checked_mul(1u64 << shift).filter(|&n| n > 0)
 }
 
+/// A ring size the contract allows (the texts above name its limits; a test keeps them
+/// equal).
 fn parse_ring(text: &str) -> Option<u32> {
     let n: u32 = text.parse().ok()?;
-    (n.is_power_of_two() && (64..=65536).contains(&n)).then_some(n)
+    (n.is_power_of_two() && (MIN_DESC_RING_ENTRIES..=MAX_DESC_RING_ENTRIES).contains(&n)).then_some(n)
 }
 
 /// Splits `"/run/io/sock,rx_ring=512"` into the device name and its arguments.
@@ -168,6 +171,19 @@ pub const MAX_NAME_LEN: usize = 63;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ring_limits_are_the_contracts_and_the_texts_say_so() {
+        let limits = format!("{MIN_DESC_RING_ENTRIES}..={MAX_DESC_RING_ENTRIES}");
+        for key in ["rx_ring", "tx_ring"] {
+            let help = KNOWN_KEYS.iter().find(|(k, _)| *k == key).unwrap().1;
+            assert!(help.contains(&limits), "{help}");
+        }
+        assert_eq!(parse_ring(&MIN_DESC_RING_ENTRIES.to_string()), Some(MIN_DESC_RING_ENTRIES));
+        assert_eq!(parse_ring(&MAX_DESC_RING_ENTRIES.to_string()), Some(MAX_DESC_RING_ENTRIES));
+        assert_eq!(parse_ring(&(MIN_DESC_RING_ENTRIES / 2).to_string()), None);
+        assert_eq!(parse_ring(&(MAX_DESC_RING_ENTRIES * 2).to_string()), None);
+    }
+
     use super::*;
 
     #[test]

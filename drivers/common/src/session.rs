@@ -1,41 +1,31 @@
 //! A device's session with its proxy: the control socket, the handshake, the mapped
 //! region, and the watch on the socket that tells the driver when the proxy goes away.
 
-use std::ffi::{c_void, CStr};
+use std::ffi::{c_int, c_void, CStr};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
 
 use dpdk_sys as sys;
-use shm_contract::mem::{check_region_fd, Mapping};
-use shm_contract::proto::transport::{
-    connect_to_proxy, handshake, recv_message, send_message, ConnectError, HandshakeError, TransportError,
-};
-use shm_contract::layout::RegionFlags;
-use shm_contract::proto::{Hello, Welcome, HELLO_FLAG_REATTACH, PROTOCOL_VERSION_MIN};
-use shm_contract::{Message, PoolLayout, RefuseCode, RegionLayout, SharedMem, PROTOCOL_VERSION};
+use shm_contract::client::{self, ClientError, Listener, RequestIds, Unsolicited};
+use shm_contract::mem::Mapping;
+use shm_contract::proto::transport::send_message;
+use shm_contract::proto::{Hello, HELLO_FLAG_REATTACH, PROTOCOL_VERSION_MIN};
+use shm_contract::{Message, PoolLayout, RegionLayout, SharedMem, PROTOCOL_VERSION};
 
 use crate::bus::{lock, DeviceEvent};
 use crate::device::ShmDevice;
 use crate::heap::HeapAllocator;
 use crate::log::LogType;
 
-/// What the proxy told us about the NIC queue we are attached to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyInfo {
-    pub protocol_version: u16,
-    pub port_id: u16,
-    pub queue_id: u16,
-    pub mac: [u8; 6],
-    pub mtu: u16,
-    pub max_rx_frame: u32,
-    pub link_up: bool,
-    pub link_speed_mbps: u32,
-}
+pub use shm_contract::client::ProxyInfo;
+
+/// Why a session call failed: the client core's errors.
+pub type SessionError = ClientError;
 
 /// The shared region, mapped. Outlives the session that brought it: mempools placed in it
 /// keep it alive (an application may keep using its pool after a port is detached).
@@ -138,71 +128,6 @@ impl Region {
     }
 }
 
-#[derive(Debug)]
-pub enum SessionError {
-    Connect(io::Error),
-    /// Something serves the socket as a user we do not trust: nothing was sent to it.
-    UntrustedServer(ConnectError),
-    Refused { code: RefuseCode, reason: String },
-    Transport(TransportError),
-    Protocol(String),
-    Region(String),
-    ProxyGone,
-    Timeout,
-}
-
-impl fmt::Display for SessionError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SessionError::Connect(e) if e.kind() == io::ErrorKind::NotFound => {
-                write!(f, "cannot connect: no socket at this path (is dpdk-io-proxy running and serving it?)")
-            }
-            SessionError::Connect(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                write!(f, "cannot connect: connection refused (the socket exists but no proxy listens on it)")
-            }
-            SessionError::Connect(e) => write!(f, "cannot connect: {e}"),
-            SessionError::UntrustedServer(e) => write!(f, "{e}"),
-            SessionError::Refused { code, reason } => write!(f, "the proxy refused us ({code:?}): {reason}"),
-            SessionError::Transport(e) => write!(f, "control channel: {e}"),
-            SessionError::Protocol(what) => write!(f, "protocol error: {what}"),
-            SessionError::Region(what) => write!(f, "shared region unusable: {what}"),
-            SessionError::ProxyGone => write!(f, "the proxy closed the connection"),
-            SessionError::Timeout => write!(f, "the proxy did not answer in time"),
-        }
-    }
-}
-
-impl std::error::Error for SessionError {}
-
-impl From<ConnectError> for SessionError {
-    fn from(e: ConnectError) -> Self {
-        match e {
-            ConnectError::Io(e) => SessionError::Connect(e),
-            untrusted => SessionError::UntrustedServer(untrusted),
-        }
-    }
-}
-
-impl From<HandshakeError> for SessionError {
-    fn from(e: HandshakeError) -> Self {
-        match e {
-            HandshakeError::Refused { code, reason } => SessionError::Refused { code, reason },
-            HandshakeError::Transport(t) => t.into(),
-            HandshakeError::Unexpected(kind) => SessionError::Protocol(format!("expected Welcome, got {kind}")),
-        }
-    }
-}
-
-impl From<TransportError> for SessionError {
-    fn from(e: TransportError) -> Self {
-        match e {
-            TransportError::Closed => SessionError::ProxyGone,
-            TransportError::Timeout => SessionError::Timeout,
-            other => SessionError::Transport(other),
-        }
-    }
-}
-
 pub struct Session {
     /// The control socket of the current connection; replaced when the device reattaches.
     socket: Mutex<Arc<OwnedFd>>,
@@ -214,14 +139,16 @@ pub struct Session {
     proxy_uid: Option<u32>,
     /// `close` was called: never reconnect again.
     closed: AtomicBool,
+    /// The reconnect thread waits here between attempts; `close` wakes it at once.
+    retry_wait: (Mutex<()>, Condvar),
     /// A reconnect thread runs.
     reconnecting: AtomicBool,
     /// Successful reattachments so far.
     pub reattached: AtomicU64,
     hello: Hello,
-    /// Held for a whole request/response exchange, so replies are never interleaved.
-    control: Mutex<()>,
-    next_request: AtomicU32,
+    /// Held for a whole request/response exchange, so replies are never interleaved;
+    /// the ids of the current connection's requests.
+    control: Mutex<RequestIds>,
     pub region: Arc<Region>,
     pub proxy: ProxyInfo,
     alive: AtomicBool,
@@ -247,8 +174,6 @@ impl Session {
     /// Connects to the device's socket, performs the handshake, maps the region, and
     /// starts watching the socket.
     pub fn open(dev: &Arc<ShmDevice>, log: &'static LogType) -> Result<Arc<Session>, SessionError> {
-        // Verified (SO_PEERCRED) before the Hello: never a word to an impostor.
-        let socket = connect_to_proxy(Path::new(dev.name()), dev.args.proxy_uid)?;
         let hello = Hello {
             version_min: PROTOCOL_VERSION_MIN,
             version_max: PROTOCOL_VERSION,
@@ -260,14 +185,11 @@ impl Session {
             // The application creates its pools after the handshake: no plan to state.
             heap_bytes: 0,
         };
-        let (welcome, mut fds) = handshake(socket.as_fd(), &hello, &[], dev.args.timeout)?;
-        let proxy = proxy_info(&welcome);
-        let (region_size, hugepages) = (welcome.region_size, welcome.flags.contains(RegionFlags::HUGEPAGES));
-        if fds.len() != 1 {
-            return Err(SessionError::Protocol(format!("Welcome carried {} file descriptors, expected 1", fds.len())));
-        }
-        let memfd = fds.remove(0);
-        let region = map_region(memfd, region_size, hugepages)?;
+        // The server is verified (SO_PEERCRED) before the Hello: never a word to an impostor.
+        let client::Attached { socket, welcome, info: proxy, fds } =
+            client::attach(Path::new(dev.name()), dev.args.proxy_uid, &hello, &[], dev.args.timeout)?;
+        let (region_size, hugepages) = (proxy.region_size, proxy.hugepages);
+        let region = Region::new(client::map_region(&welcome, fds)?, hugepages);
         log.info(format_args!(
             "sock:{}: attached to proxy port {} queue {}: region {} MiB on {}, protocol {}",
             dev.name(),
@@ -283,11 +205,11 @@ impl Session {
             reconnect: dev.args.reconnect,
             proxy_uid: dev.args.proxy_uid,
             closed: AtomicBool::new(false),
+            retry_wait: (Mutex::new(()), Condvar::new()),
             reconnecting: AtomicBool::new(false),
             reattached: AtomicU64::new(0),
             hello,
-            control: Mutex::new(()),
-            next_request: AtomicU32::new(2),
+            control: Mutex::new(RequestIds::default()),
             link_up: AtomicBool::new(proxy.link_up),
             link_speed: AtomicU32::new(proxy.link_speed_mbps),
             proxy,
@@ -340,56 +262,37 @@ impl Session {
     /// the answer (the wake-up end with `QueueStarted`); the caller checks them.
     pub fn transact_with_fds(&self, request: &Message) -> Result<(Message, Vec<OwnedFd>), SessionError> {
         if !self.is_alive() {
-            return Err(SessionError::ProxyGone);
+            return Err(SessionError::Closed);
         }
-        let _exchange = lock(&self.control);
+        let mut ids = lock(&self.control);
         let socket = self.socket();
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        send_message(socket.as_fd(), request, id, &[]).map_err(|e| self.fail(e.into()))?;
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(SessionError::Timeout);
-            }
-            let (reply, reply_id, fds) = recv_message(socket.as_fd(), Some(left)).map_err(|e| self.fail(e.into()))?;
-            if self.handle_unsolicited(&reply) {
-                continue;
-            }
-            if reply_id != id {
-                self.log.warning(format_args!(
-                    "sock:{}: ignoring a stale {} answer (request {reply_id}, waiting for {id})",
-                    self.device_name,
-                    reply.kind()
-                ));
-                continue;
-            }
-            return match reply {
-                Message::Refuse { code, reason } => Err(SessionError::Refused { code, reason }),
-                other => Ok((other, fds)),
-            };
-        }
+        let id = ids.next_id();
+        client::transact(socket.as_fd(), request, id, self.timeout, &mut SessionListener(self)).map_err(|e| self.fail(e))
     }
 
-    /// Messages the proxy sends on its own. Returns whether `msg` was one.
-    fn handle_unsolicited(&self, msg: &Message) -> bool {
-        match *msg {
-            Message::LinkStatus { up, speed_mbps } => {
+    /// Messages the proxy sends on its own: link news is passed on to the driver; a
+    /// goodbye (or a `Refuse` on its own) loses the connection.
+    fn handle_unsolicited(&self, msg: Unsolicited) -> Result<(), SessionError> {
+        match msg {
+            Unsolicited::Link { up, speed_mbps } => {
                 self.link_up.store(up, Ordering::Relaxed);
                 self.link_speed.store(speed_mbps, Ordering::Relaxed);
                 self.notify(DeviceEvent::Link { up, speed_mbps });
-                true
+                Ok(())
             }
-            Message::Goodbye => {
+            Unsolicited::Goodbye => {
                 self.mark_lost();
-                true
+                Err(SessionError::Ended("the proxy said goodbye".into()))
             }
-            _ => false,
+            Unsolicited::Refused { code, reason } => {
+                self.mark_lost();
+                Err(SessionError::Ended(format!("the proxy ended the connection ({code:?}): {reason}")))
+            }
         }
     }
 
     fn fail(&self, e: SessionError) -> SessionError {
-        if matches!(e, SessionError::ProxyGone | SessionError::Transport(_)) {
+        if matches!(e, SessionError::Closed | SessionError::Ended(_) | SessionError::Transport(_)) {
             self.mark_lost();
         }
         e
@@ -430,13 +333,9 @@ impl Session {
 
     /// Retries until a proxy takes the region back, `close` is called, or the device is gone.
     fn reconnect_loop(self: &Arc<Self>) {
-        // Let the application's threads leave any burst that began before the loss
-        // (they see the queues inactive), then take back what the rings still hold:
-        // the new proxy zeroes them.
-        std::thread::sleep(RECONNECT_PERIOD);
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
+        // Take back what the rings still hold (the new proxy zeroes them): the driver
+        // waits there until the application's threads acknowledge that they left any
+        // burst that began before the loss.
         self.notify(DeviceEvent::Reclaim);
         let mut last_complaint = String::new();
         let mut attempts = 0u64;
@@ -457,7 +356,7 @@ impl Session {
                 Err(SessionError::Connect(e))
                     if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) =>
                 {
-                    std::thread::sleep(RECONNECT_PERIOD)
+                    self.wait_before_retry(RECONNECT_PERIOD)
                 }
                 Err(e) => {
                     let text = e.to_string();
@@ -465,17 +364,23 @@ impl Session {
                         self.log.warning(format_args!("sock:{}: cannot reattach yet: {text}; retrying", self.device_name));
                         last_complaint = text;
                     }
-                    std::thread::sleep(RECONNECT_PERIOD * 10);
+                    self.wait_before_retry(RECONNECT_PERIOD * 10);
                 }
             }
         }
     }
 
+    /// Waits `period` before the next attempt to reach a proxy, or less if `close` is
+    /// called meanwhile.
+    fn wait_before_retry(&self, period: Duration) {
+        let (mutex, condvar) = &self.retry_wait;
+        let guard = lock(mutex);
+        let _ = condvar.wait_timeout_while(guard, period, |_| !self.closed.load(Ordering::Acquire));
+    }
+
     /// One reattach attempt: a new connection, a `Hello` that hands our region back,
     /// our pools announced again. Installs the connection only when all of it worked.
     fn reattach(self: &Arc<Self>) -> Result<(), SessionError> {
-        // Verified (SO_PEERCRED) before the Hello that hands over our region's memfd.
-        let socket = connect_to_proxy(Path::new(&self.device_name), self.proxy_uid)?;
         let region = &self.region;
         let hello = Hello {
             flags: HELLO_FLAG_REATTACH,
@@ -484,22 +389,19 @@ impl Session {
             tx_ring_entries: region.layout.tx_ring().entries,
             ..self.hello.clone()
         };
-        let (welcome, fds) = handshake(socket.as_fd(), &hello, &[region.memfd.as_fd()], self.timeout)?;
+        // The server is verified (SO_PEERCRED) before the Hello that hands over our
+        // region's memfd.
+        let client::Attached { socket, welcome, info, fds } = client::attach(
+            Path::new(&self.device_name),
+            self.proxy_uid,
+            &hello,
+            &[region.memfd.as_fd()],
+            self.timeout,
+        )?;
         drop(fds);
-        if welcome.region_size != region.len() as u64 {
-            return Err(SessionError::Region(format!(
-                "the proxy took our region as {} bytes, it is {}",
-                welcome.region_size,
-                region.len()
-            )));
-        }
         // The proxy wrote the header again: it must describe the layout our queues and
         // pools already use.
-        let layout = RegionLayout::read_header(&region.mem()).map_err(|e| SessionError::Region(e.to_string()))?;
-        if layout != region.layout {
-            return Err(SessionError::Region("the proxy laid the region out differently than before".into()));
-        }
-        let info = proxy_info(&welcome);
+        client::check_reattached(&region.mem(), &welcome, &region.layout)?;
         if (info.mac, info.mtu, info.port_id, info.queue_id) != (self.proxy.mac, self.proxy.mtu, self.proxy.port_id, self.proxy.queue_id) {
             self.log.warning(format_args!(
                 "sock:{}: the proxy now serves port {} queue {} (MAC {}, MTU {}); the ethdev keeps what it had",
@@ -510,14 +412,15 @@ impl Session {
                 info.mtu
             ));
         }
-        let mut id = 2;
+        // Nobody else uses the new connection yet: link news meanwhile is skipped (the
+        // Welcome's link state is refreshed by the next one).
+        let mut ids = RequestIds::default();
         for pool in region.pools() {
             let msg = Message::PoolAdd(pool.layout.to_pool_add());
-            match exchange(&socket, &msg, id, self.timeout)? {
-                Message::PoolAck { pool_id } if pool_id == pool.id => {}
-                other => return Err(SessionError::Protocol(format!("expected PoolAck, got {}", other.kind()))),
+            match client::transact(socket.as_fd(), &msg, ids.next_id(), self.timeout, &mut ReattachListener)? {
+                (Message::PoolAck { pool_id }, _) if pool_id == pool.id => {}
+                (other, _) => return Err(SessionError::Protocol(format!("expected PoolAck, got {}", other.kind()))),
             }
-            id += 1;
         }
         // Install the new connection: the old watch (if the loss was seen by a request
         // rather than by the watch) goes first, so it never looks at the new socket.
@@ -525,13 +428,13 @@ impl Session {
             watch.stop();
         }
         {
-            let _exchange = lock(&self.control);
+            let mut control = lock(&self.control);
             *lock(&self.socket) = Arc::new(socket);
-            self.next_request.store(id, Ordering::Relaxed);
+            *control = ids;
             self.link_up.store(welcome.link_up, Ordering::Relaxed);
             self.link_speed.store(welcome.link_speed_mbps, Ordering::Relaxed);
             if self.closed.load(Ordering::Acquire) {
-                return Err(SessionError::ProxyGone);
+                return Err(SessionError::Closed);
             }
             self.alive.store(true, Ordering::Release);
         }
@@ -549,7 +452,13 @@ impl Session {
     /// Ends the session: says goodbye if the proxy is still there, stops watching the
     /// socket. The region stays mapped while anything (a mempool) still holds it.
     pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+        {
+            // Under the lock: a reconnect thread between its check and its wait still
+            // gets the notification.
+            let _retry = lock(&self.retry_wait.0);
+            self.closed.store(true, Ordering::Release);
+        }
+        self.retry_wait.1.notify_all();
         if let Some(watch) = lock(&self.watch).take() {
             watch.stop();
         }
@@ -567,28 +476,11 @@ impl Session {
         // Wait for any request in flight: its owner reads its own answer.
         let _exchange = lock(&self.control);
         let socket = self.socket();
-        loop {
-            match recv_message(socket.as_fd(), Some(Duration::ZERO)) {
-                Ok((msg, _, _)) => {
-                    if !self.handle_unsolicited(&msg) {
-                        self.log.debug(format_args!(
-                            "sock:{}: ignoring unexpected {} from the proxy",
-                            self.device_name,
-                            msg.kind()
-                        ));
-                    }
-                }
-                Err(TransportError::Timeout) => return,
-                Err(_) => {
-                    self.mark_lost();
-                    self.stop_watch_from_callback();
-                    return;
-                }
-            }
-            if !self.is_alive() {
-                self.stop_watch_from_callback();
-                return;
-            }
+        if client::read_unsolicited(socket.as_fd(), &mut SessionListener(self)).is_err() {
+            self.mark_lost();
+        }
+        if !self.is_alive() {
+            self.stop_watch_from_callback();
         }
     }
 
@@ -609,48 +501,43 @@ impl Drop for Session {
     }
 }
 
-fn map_region(memfd: OwnedFd, region_size: u64, hugepages: bool) -> Result<Region, SessionError> {
-    check_region_fd(memfd.as_fd(), region_size).map_err(|e| SessionError::Region(e.to_string()))?;
-    let len = usize::try_from(region_size).map_err(|_| SessionError::Region("too large for this machine".into()))?;
-    let mapping = Mapping::map(memfd.as_fd(), len).map_err(|e| SessionError::Region(format!("mmap: {e}")))?;
-    let layout = RegionLayout::read_header(&mapping.mem()).map_err(|e| SessionError::Region(e.to_string()))?;
-    let heap = HeapAllocator::new(layout.heap().offset as u64, layout.heap().size as u64);
-    Ok(Region { mapping, memfd, layout, hugepages, heap: Mutex::new(heap), pools: Mutex::new(Vec::new()) })
+impl Region {
+    fn new(mapped: client::MappedRegion, hugepages: bool) -> Region {
+        let client::MappedRegion { mapping, memfd, layout } = mapped;
+        let heap = HeapAllocator::new(layout.heap().offset as u64, layout.heap().size as u64);
+        Region { mapping, memfd, layout, hugepages, heap: Mutex::new(heap), pools: Mutex::new(Vec::new()) }
+    }
 }
 
 /// How often a lost device tries to reach its proxy again.
 const RECONNECT_PERIOD: Duration = Duration::from_millis(100);
 
-/// One request and its answer on a connection nobody else uses yet (reattaching).
-/// A `LinkStatus` meanwhile is skipped: the Welcome's link state is refreshed by the next one.
-fn exchange(socket: &OwnedFd, msg: &Message, id: u32, timeout: Duration) -> Result<Message, SessionError> {
-    send_message(socket.as_fd(), msg, id, &[])?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(SessionError::Timeout);
-        }
-        let (reply, reply_id, _fds) = recv_message(socket.as_fd(), Some(left))?;
-        match reply {
-            Message::Refuse { code, reason } => return Err(SessionError::Refused { code, reason }),
-            Message::LinkStatus { .. } => continue,
-            other if reply_id == id => return Ok(other),
-            _ => continue,
-        }
+/// The session's handling of what arrives besides answers.
+struct SessionListener<'a>(&'a Session);
+
+impl Listener for SessionListener<'_> {
+    fn unsolicited(&mut self, msg: Unsolicited) -> Result<(), ClientError> {
+        self.0.handle_unsolicited(msg)
+    }
+
+    fn ignored(&mut self, msg: &Message, id: u32) {
+        self.0.log.warning(format_args!(
+            "sock:{}: ignoring an unexpected {} from the proxy (request {id})",
+            self.0.device_name,
+            msg.kind()
+        ));
     }
 }
 
-fn proxy_info(w: &Welcome) -> ProxyInfo {
-    ProxyInfo {
-        protocol_version: w.version,
-        port_id: w.port_id,
-        queue_id: w.queue_id,
-        mac: w.mac,
-        mtu: w.mtu,
-        max_rx_frame: w.max_rx_frame,
-        link_up: w.link_up,
-        link_speed_mbps: w.link_speed_mbps,
+/// A reattaching connection's: link news is skipped, a goodbye ends the attempt.
+struct ReattachListener;
+
+impl Listener for ReattachListener {
+    fn unsolicited(&mut self, msg: Unsolicited) -> Result<(), ClientError> {
+        match msg {
+            Unsolicited::Link { .. } => Ok(()),
+            _ => Err(ClientError::Closed),
+        }
     }
 }
 
@@ -738,25 +625,40 @@ impl SocketWatch {
         }
     }
 
+    /// Unregisters, waiting for a callback in progress on the interrupt thread to return.
     fn stop(self) {
-        // SAFETY: unregisters what `start` registered; EAL returns -EAGAIN while the callback
-        // runs, so retry briefly. From inside the callback itself, defer to the pending API.
-        unsafe {
-            let mut rc = -libc::EAGAIN;
-            for _ in 0..1000 {
-                rc = sys::rte_intr_callback_unregister(self.handle, Some(self.callback), self.arg as *mut c_void);
-                if rc != -libc::EAGAIN {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
+        // SAFETY: plain EAL query.
+        if unsafe { sys::rte_thread_is_intr() } != 0 {
+            // On the interrupt thread (an application's event callback closing the
+            // port): our callback is either not running, and unregistering works at
+            // once, or it is the one that called us, and only the deferred API works.
+            // SAFETY: unregisters what `start` registered.
+            let rc = unsafe { sys::rte_intr_callback_unregister(self.handle, Some(self.callback), self.arg as *mut c_void) };
+            if rc == -libc::EAGAIN {
+                return self.stop_deferred();
             }
+            return self.release(rc);
+        }
+        // SAFETY: unregisters what `start` registered. While the callback runs, EAL
+        // refuses (-EAGAIN); the _sync variant retries until the interrupt thread has
+        // left the callback (which waits at most for one request's timeout, the time
+        // a request in flight may hold the control lock).
+        let rc = unsafe { sys::rte_intr_callback_unregister_sync(self.handle, Some(self.callback), self.arg as *mut c_void) };
+        self.release(rc)
+    }
+
+    /// After unregistering with result `rc`: frees what the registration owned.
+    fn release(self, rc: c_int) {
+        // SAFETY: when `rc` says the registration is gone, nothing else refers to the
+        // handle or to the session reference it owned.
+        unsafe {
             if rc > 0 {
                 sys::rte_intr_instance_free(self.handle);
                 drop(Arc::from_raw(self.arg));
             } else {
-                // Still registered (a callback stuck for a second) or never matched: the
-                // registration keeps its session, and so the fd EAL polls, alive. Leaking
-                // one session beats EAL polling a closed (or reused) descriptor.
+                // Never matched: the registration (if any) keeps its session, and so the
+                // fd EAL polls, alive. Leaking one session beats EAL polling a closed (or
+                // reused) descriptor.
                 (*self.arg).log.warning(format_args!(
                     "sock:{}: cannot unregister the control socket from EAL ({}); keeping it",
                     (*self.arg).device_name,

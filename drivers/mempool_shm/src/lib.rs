@@ -19,6 +19,7 @@ use std::ffi::{c_int, c_uint, c_void};
 use std::sync::{Arc, Weak};
 
 use dpdk_sys as sys;
+use shm_contract::client::PoolFootprint;
 use shm_contract::{FreeRing, FreeRingError, Message, PoolAdd, PoolLayout};
 use shm_driver_common::bus::ShmBus;
 use shm_driver_common::device::ShmDevice;
@@ -88,7 +89,7 @@ plugin_constructor!(MEMPOOL_SHM_CONSTRUCTOR, init);
 
 /// One pool in a region. Lives behind `rte_mempool.pool_data` from `alloc` to `free`.
 /// Immutable after `alloc` except for `populated`, so the hot path takes no lock.
-struct GuestPool {
+struct RegionMempool {
     region: Arc<Region>,
     device: Weak<ShmDevice>,
     /// Name of the device, for messages after it is gone.
@@ -105,11 +106,11 @@ struct GuestPool {
 }
 
 // SAFETY: `base` points into the region kept alive by `region`; everything else is Sync.
-unsafe impl Send for GuestPool {}
+unsafe impl Send for RegionMempool {}
 // SAFETY: as above; the ring and layout are views with atomic access only.
-unsafe impl Sync for GuestPool {}
+unsafe impl Sync for RegionMempool {}
 
-impl GuestPool {
+impl RegionMempool {
     #[inline]
     fn offset_of(&self, obj: *mut c_void) -> u32 {
         (obj as usize).wrapping_sub(self.base as usize) as u32
@@ -126,9 +127,9 @@ impl GuestPool {
 ///
 /// # Safety
 /// `mp` is a live mempool whose ops are ours and whose `alloc` succeeded.
-unsafe fn guest_pool<'a>(mp: *const sys::rte_mempool) -> Option<&'a GuestPool> {
+unsafe fn region_mempool<'a>(mp: *const sys::rte_mempool) -> Option<&'a RegionMempool> {
     // SAFETY: pool_data is null or the Box that `pool_alloc` stored.
-    unsafe { ((*mp).__bindgen_anon_1.pool_data as *const GuestPool).as_ref() }
+    unsafe { ((*mp).__bindgen_anon_1.pool_data as *const RegionMempool).as_ref() }
 }
 
 fn mempool_name(mp: *const sys::rte_mempool) -> String {
@@ -245,7 +246,7 @@ fn host_privately(mp: *mut sys::rte_mempool) -> Result<(&'static str, c_int), St
     Ok((ops_name, rc))
 }
 
-fn alloc(mp: *mut sys::rte_mempool, name: &str) -> Result<GuestPool, String> {
+fn alloc(mp: *mut sys::rte_mempool, name: &str) -> Result<RegionMempool, String> {
     let bus = ShmBus::find().map_err(|e| e.to_string())?;
     // SAFETY: mp is a live mempool being populated; these are plain fields, and the
     // private area is a pktmbuf pool's when private_data_size says so.
@@ -270,10 +271,7 @@ fn alloc(mp: *mut sys::rte_mempool, name: &str) -> Result<GuestPool, String> {
         ));
     }
     let stride = header + elt + trailer;
-    let ring_entries = count.max(1).checked_next_power_of_two().ok_or("too many objects")?;
-    let ring_bytes = FreeRing::bytes_for(ring_entries);
-    let objects_start = ring_bytes.next_multiple_of(64);
-    let bytes = objects_start + count as u64 * stride as u64;
+    let PoolFootprint { ring_entries, objects_start, bytes } = PoolFootprint::new(count, stride)?;
     let device = choose_device(bus, mp, bytes)?;
     let session = device.session().ok_or("its device is not attached to a proxy")?;
     let region = session.region.clone();
@@ -309,7 +307,7 @@ fn alloc(mp: *mut sys::rte_mempool, name: &str) -> Result<GuestPool, String> {
     let mem = unsafe { region.mem_static() };
     let ring = FreeRing::init(&mem, heap_offset as u32, ring_entries).map_err(|e| release(format!("free ring: {e}")))?;
     region.add_pool(RegionPool { id, layout: layout.clone(), mempool: mp as usize });
-    Ok(GuestPool {
+    Ok(RegionMempool {
         base: region.base(),
         region,
         device: Arc::downgrade(&device),
@@ -327,7 +325,7 @@ unsafe extern "C" fn pool_free(mp: *mut sys::rte_mempool) {
     guard(&LOG, "free", (), || {
         // SAFETY: mp is live and its pool_data is the Box from alloc, taken back once here.
         let pool = unsafe {
-            let data = (*mp).__bindgen_anon_1.pool_data as *mut GuestPool;
+            let data = (*mp).__bindgen_anon_1.pool_data as *mut RegionMempool;
             if data.is_null() {
                 return;
             }
@@ -377,7 +375,7 @@ unsafe extern "C" fn pool_populate(
 ) -> c_int {
     guard(&LOG, "populate", -libc::EINVAL, || {
         // SAFETY: called on a pool whose alloc succeeded.
-        let Some(pool) = (unsafe { guest_pool(mp) }) else { return -libc::EINVAL };
+        let Some(pool) = (unsafe { region_mempool(mp) }) else { return -libc::EINVAL };
         let done = pool.populated.load(std::sync::atomic::Ordering::Relaxed);
         let todo = (pool.layout.count() - done).min(max_objs);
         // SAFETY: plain EAL query.
@@ -417,7 +415,7 @@ unsafe extern "C" fn pool_populate(
     })
 }
 
-fn announce(pool: &GuestPool) -> Result<(), String> {
+fn announce(pool: &RegionMempool) -> Result<(), String> {
     let session = pool.device.upgrade().and_then(|d| d.session()).ok_or("the device is gone")?;
     let request = Message::PoolAdd(pool.layout.to_pool_add());
     match session.transact(&request) {
@@ -440,7 +438,7 @@ unsafe extern "C" fn pool_enqueue(mp: *mut sys::rte_mempool, objs: *const *mut c
     guard(&LOG, "enqueue", -libc::ENOBUFS, || {
         // SAFETY: called on a pool whose alloc succeeded; DPDK passes n valid object pointers.
         let (pool, objs) = unsafe {
-            let Some(pool) = guest_pool(mp) else { return -libc::EINVAL };
+            let Some(pool) = region_mempool(mp) else { return -libc::EINVAL };
             (pool, std::slice::from_raw_parts(objs, n as usize))
         };
         let mut offsets = [0u32; CHUNK];
@@ -462,7 +460,7 @@ unsafe extern "C" fn pool_dequeue(mp: *mut sys::rte_mempool, objs: *mut *mut c_v
     guard(&LOG, "dequeue", -libc::ENOENT, || {
         // SAFETY: called on a pool whose alloc succeeded; DPDK passes room for n pointers.
         let (pool, objs) = unsafe {
-            let Some(pool) = guest_pool(mp) else { return -libc::EINVAL };
+            let Some(pool) = region_mempool(mp) else { return -libc::EINVAL };
             (pool, std::slice::from_raw_parts_mut(objs, n as usize))
         };
         let mut offsets = [0u32; CHUNK];
@@ -492,7 +490,7 @@ unsafe extern "C" fn pool_dequeue(mp: *mut sys::rte_mempool, objs: *mut *mut c_v
     })
 }
 
-fn undo_dequeue(pool: &GuestPool, objs: &[*mut c_void]) {
+fn undo_dequeue(pool: &RegionMempool, objs: &[*mut c_void]) {
     let mut offsets = [0u32; CHUNK];
     for chunk in objs.chunks(CHUNK) {
         for (dst, obj) in offsets.iter_mut().zip(chunk) {
@@ -505,6 +503,6 @@ fn undo_dequeue(pool: &GuestPool, objs: &[*mut c_void]) {
 unsafe extern "C" fn pool_get_count(mp: *const sys::rte_mempool) -> c_uint {
     guard(&LOG, "get_count", 0, || {
         // SAFETY: called on a pool whose alloc succeeded.
-        unsafe { guest_pool(mp) }.map_or(0, |pool| pool.ring.count())
+        unsafe { region_mempool(mp) }.map_or(0, |pool| pool.ring.count())
     })
 }

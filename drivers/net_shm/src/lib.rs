@@ -228,8 +228,13 @@ fn on_event(dev: &Arc<ShmDevice>, event: DeviceEvent) {
     match event {
         DeviceEvent::ProxyLost => {
             let state = lock(&port.state);
-            for active in [state.rxq.as_ref().map(|q| &q.active), state.txq.as_ref().map(|q| &q.active)].into_iter().flatten() {
-                active.store(false, Ordering::Relaxed);
+            // From the interrupt thread: close the queues, do not wait for a burst in
+            // progress (the reconnect thread's `Reclaim` waits for it).
+            if let Some(q) = &state.rxq {
+                q.gate().close();
+            }
+            if let Some(q) = &state.txq {
+                q.gate().close();
             }
             port.link_down_events.fetch_add(1, Ordering::Relaxed);
         }
@@ -252,9 +257,9 @@ fn on_event(dev: &Arc<ShmDevice>, event: DeviceEvent) {
 /// stay out of the pool (see docs/architecture.md, "Reconnecting").
 fn reclaim(port: &Port) {
     let state = lock(&port.state);
-    // SAFETY: the queues were made inactive when the proxy was lost (the reconnect thread
-    // waits before this event, so no burst that began earlier still runs), and the proxy
-    // neither produces nor consumes any more.
+    // Each queue's gate waits for a burst that began before the loss to leave (from the
+    // reconnect thread, never the interrupt thread).
+    // SAFETY: the proxy is gone: it neither produces nor consumes any more.
     let (rx, tx) = unsafe {
         (state.rxq.as_ref().map_or(0, |q| q.drain()), state.txq.as_ref().map_or(0, |q| q.reclaim_unsent()))
     };
@@ -276,15 +281,13 @@ fn restart_after_reattach(port: &Port) {
     if !state.started {
         return;
     }
-    // SAFETY: the queues are inactive since the loss, so no burst uses their ring state.
-    unsafe {
-        rxq.reset();
-        txq.reset();
-    }
+    // The queues are closed since the loss; their gates wait for any burst to leave.
+    rxq.reset();
+    txq.reset();
     match start_queue(&session, &state, rxq.pool_id, rxq.depth) {
         Ok(()) => {
-            rxq.active.store(true, Ordering::Relaxed);
-            txq.active.store(true, Ordering::Relaxed);
+            rxq.gate().open();
+            txq.gate().open();
             LOG.info(format_args!("port {}: queue restarted after reattaching", port.port_id));
         }
         Err(e) => LOG.error(format_args!("port {}: cannot restart the queue after reattaching: {e}", port.port_id)),

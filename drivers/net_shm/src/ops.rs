@@ -47,10 +47,10 @@ pub(crate) fn dev_ops() -> *const sys::eth_dev_ops {
             rx_queue_intr_enable: Some(rx_queue_intr_enable),
             rx_queue_intr_disable: Some(rx_queue_intr_disable),
             tx_queue_release: Some(tx_queue_release),
-            promiscuous_enable: Some(accept),
-            promiscuous_disable: Some(accept),
-            allmulticast_enable: Some(accept),
-            allmulticast_disable: Some(accept),
+            promiscuous_enable: Some(accept_rx_mode),
+            promiscuous_disable: Some(accept_rx_mode),
+            allmulticast_enable: Some(accept_rx_mode),
+            allmulticast_disable: Some(accept_rx_mode),
             mtu_set: Some(mtu_set),
             mac_addr_set: Some(mac_addr_set),
             ..Default::default()
@@ -153,12 +153,9 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
             return -libc::EINVAL;
         };
         // Both sides start the rings from index 0 on every queue start; the proxy is not
-        // polling yet, and our queues are stopped.
-        // SAFETY: the queues are stopped (not active, no burst runs before start returns).
-        unsafe {
-            rxq.reset();
-            txq.reset();
-        }
+        // polling yet.
+        rxq.reset();
+        txq.reset();
         txq.copy_pool.store(rxq.mempool, Ordering::Relaxed);
         // SAFETY: our ethdev's data, configured by ethdev before start.
         let wants_rx_intr = unsafe { (*(*dev).data).dev_conf.intr_conf.rxq() } != 0;
@@ -182,8 +179,8 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
                 return -libc::EIO;
             }
         }
-        rxq.active.store(true, Ordering::Relaxed);
-        txq.active.store(true, Ordering::Relaxed);
+        rxq.gate().open();
+        txq.gate().open();
         // SAFETY: our ethdev's data; queue 0 exists (checked above).
         unsafe {
             let data = &mut *(*dev).data;
@@ -206,8 +203,13 @@ fn stop(port: &Port, dev: *mut sys::rte_eth_dev) -> c_int {
     if !state.started {
         return 0;
     }
-    for q in [state.rxq.as_ref().map(|q| &q.active), state.txq.as_ref().map(|q| &q.active)].into_iter().flatten() {
-        q.store(false, Ordering::Relaxed);
+    // No burst runs past this (the application should not poll a stopping port; one
+    // that does finds the queues closed).
+    if let Some(q) = &state.rxq {
+        q.gate().stop();
+    }
+    if let Some(q) = &state.txq {
+        q.gate().stop();
     }
     let mut proxy_stopped = false;
     if let Some(session) = state.session.clone().filter(|s| s.is_alive()) {
@@ -297,8 +299,8 @@ unsafe extern "C" fn rx_queue_intr_enable(dev: *mut sys::rte_eth_dev, queue: u16
         // Wake-ups that came while the application was polling are stale now; left in
         // the socket they would pile up and could fill it.
         intr.drain();
-        // SAFETY: ethdev's rule: the thread that polls the queue arms its interrupt.
-        if unsafe { rxq.arm_wakeup() } {
+        // ethdev's rule: the thread that polls the queue arms its interrupt.
+        if rxq.arm_wakeup() {
             intr.wake_self();
         }
         0
@@ -533,7 +535,7 @@ unsafe extern "C" fn xstats_get(dev: *mut sys::rte_eth_dev, xstats: *mut sys::rt
 }
 
 /// Filtering is the proxy's NIC's business; these modes are accepted as they are.
-unsafe extern "C" fn accept(dev: *mut sys::rte_eth_dev) -> c_int {
+unsafe extern "C" fn accept_rx_mode(dev: *mut sys::rte_eth_dev) -> c_int {
     with_port("rx mode", dev, |_| 0)
 }
 

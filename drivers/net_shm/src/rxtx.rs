@@ -12,12 +12,18 @@
 //!
 //! No allocation, no syscall and no lock here; a queue is polled by one thread at a time
 //! (DPDK's rule), and the counters are single-writer atomics read by the stats callbacks.
+//!
+//! Each queue's ring state sits behind a [`PollGate`]: a burst runs only through an open
+//! gate, and the control path (stop, a lost proxy's reclaim, a restart) takes the state
+//! only after closing the gate and seeing the polling thread acknowledge that it left
+//! any burst in progress, however long that thread was descheduled.
 
-use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use dpdk_sys as sys;
+use shm_contract::client::RxChain;
+use shm_contract::handover::PollGate;
 use shm_contract::layout::RingArea;
 use shm_contract::wake;
 use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, PoolLayout, StatusBlock};
@@ -25,8 +31,9 @@ use shm_driver_common::session::Region;
 
 use crate::offload;
 
-/// Packets of at most this many segments are accepted from the proxy.
-pub const MAX_SEGS: u32 = 64;
+/// Packets of at most this many segments are accepted from the proxy (the contract's
+/// limit, the same both ways).
+pub use shm_contract::tx::MAX_SEGS;
 /// Bursts larger than this are cut (the ring would be the limit anyway).
 const MAX_BURST_DESCS: u32 = 512;
 
@@ -51,7 +58,7 @@ fn bump(counter: &AtomicU64, by: u64) {
 }
 
 pub struct RxQueue {
-    ring: UnsafeCell<DescConsumer<'static>>,
+    ring: PollGate<DescConsumer<'static>>,
     area: RingArea,
     /// Keeps the mapping alive for `ring` and `base`.
     region: Arc<Region>,
@@ -70,15 +77,13 @@ pub struct RxQueue {
     /// The rx offloads the application enabled (port and queue), done by
     /// [`offload::rx_offload`].
     offloads: u64,
-    pub active: AtomicBool,
     pub stats: QueueStats,
     /// The status block's `rx_wakeup_requested` (rx interrupts; `crate::intr`).
     wakeup_requested: Option<&'static AtomicU32>,
 }
 
 // SAFETY: the raw pointers point into the region (kept alive by `region`) or at a mempool
-// that outlives the queue; the ring state is touched only by the one polling thread or by
-// the control path while the queue is stopped (DPDK's threading rules for queues).
+// that outlives the queue; the ring state is behind its gate.
 unsafe impl Send for RxQueue {}
 // SAFETY: as above.
 unsafe impl Sync for RxQueue {}
@@ -101,7 +106,7 @@ impl RxQueue {
         let wakeup_requested = StatusBlock::from_layout(&mem, &region.layout).ok().map(|s| s.rx_wakeup_requested());
         RxQueue {
             wakeup_requested,
-            ring: UnsafeCell::new(ring),
+            ring: PollGate::new(ring),
             area,
             base: region.base(),
             region,
@@ -112,46 +117,38 @@ impl RxQueue {
             mempool,
             port_id,
             offloads,
-            active: AtomicBool::new(false),
             stats: QueueStats::default(),
         }
     }
 
-    /// Exclusive access to the ring state.
-    ///
-    /// # Safety
-    /// Only the thread that polls this queue, or the control path while the queue is stopped.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn ring(&self) -> &mut DescConsumer<'static> {
-        // SAFETY: per the contract above there is one user at a time.
-        unsafe { &mut *self.ring.get() }
+    /// The gate bursts pass (`open` after `reset` and the proxy's `QueueStarted`;
+    /// `quiesce` to stop them and wait until none runs; `close` from the interrupt
+    /// thread, which must not wait for an application thread).
+    pub fn gate(&self) -> &PollGate<DescConsumer<'static>> {
+        &self.ring
     }
 
-    /// Starts the ring from index 0, as both sides do on every queue start (the proxy
-    /// zeroes the shared indices when it accepts `QueueStart`).
-    ///
-    /// # Safety
-    /// The queue is stopped and the proxy is not producing.
-    pub unsafe fn reset(&self) {
-        // SAFETY: the region outlives self; per the contract nobody else uses the ring state.
-        unsafe {
-            let mem = self.region.mem_static();
+    /// Stops bursts and starts the ring from index 0, as both sides do on every queue
+    /// start (the proxy zeroes the shared indices when it accepts `QueueStart`). Call
+    /// while the proxy is not producing.
+    pub fn reset(&self) {
+        // SAFETY: the region outlives self (the queue holds it).
+        let mem = unsafe { self.region.mem_static() };
+        self.ring.quiesce(|ring| {
             if let Ok(fresh) = DescConsumer::new(&mem, self.area) {
-                *self.ring() = fresh;
+                *ring = fresh;
             }
-        }
+        });
     }
 
     /// Asks the proxy for a wake-up at the next rx descriptor; true if descriptors are
-    /// already waiting (the caller must not sleep then).
-    ///
-    /// # Safety
+    /// already waiting (the caller must not sleep then). A stopped queue has none to
+    /// offer: the caller sleeps until a restarted queue's proxy wakes it.
     /// Called by the queue's polling thread (DPDK's rule for `rte_eth_dev_rx_intr_enable`).
-    pub unsafe fn arm_wakeup(&self) -> bool {
+    pub fn arm_wakeup(&self) -> bool {
         let Some(flag) = self.wakeup_requested else { return true };
         wake::arm(flag);
-        // SAFETY: the polling thread (caller's contract).
-        unsafe { self.ring() }.available(1).map_or(true, |n| n > 0)
+        self.ring.poll(|ring| ring.available(1).map_or(true, |n| n > 0)).unwrap_or(false)
     }
 
     /// No wake-up wanted: the application polls again.
@@ -173,17 +170,24 @@ impl RxQueue {
 
     /// # Safety
     /// `pkts` has room for `n` pointers; called by the queue's polling thread.
+    #[inline]
     pub unsafe fn burst(&self, pkts: *mut *mut sys::rte_mbuf, n: u16) -> u16 {
-        if n == 0 || !self.active.load(Relaxed) {
+        if n == 0 {
             return 0;
         }
-        // SAFETY: we are the polling thread.
-        let ring = unsafe { self.ring() };
+        // SAFETY: the caller's contract, passed on.
+        self.ring.poll(|ring| unsafe { self.burst_on(ring, pkts, n) }).unwrap_or(0)
+    }
+
+    /// # Safety
+    /// As for [`burst`](Self::burst), with `n > 0` and the ring state held.
+    #[inline]
+    unsafe fn burst_on(&self, ring: &mut DescConsumer<'static>, pkts: *mut *mut sys::rte_mbuf, n: u16) -> u16 {
         // The proxy's index (a cache line its core keeps writing) is re-read only when
         // the cached view holds fewer descriptors than packets asked for.
         let Ok(avail) = ring.available(n as u32) else {
             // The proxy's index is impossible: stop trusting this ring until restarted.
-            self.active.store(false, Relaxed);
+            self.ring.close();
             bump(&self.stats.errors, 1);
             return 0;
         };
@@ -201,20 +205,29 @@ impl RxQueue {
             let mut head: *mut sys::rte_mbuf = std::ptr::null_mut();
             let mut prev: *mut sys::rte_mbuf = std::ptr::null_mut();
             let mut pkt_len = 0u32;
-            let mut segs = 0u32;
+            let mut chain = RxChain::default();
             let mut bad = false;
+            // The first descriptor of the packet not linked into `head`.
+            let mut bad_from = first;
             loop {
                 if used >= avail {
-                    // The proxy publishes whole packets; a cut one means a broken producer.
-                    // Leave it for the next burst rather than guess.
+                    // The proxy publishes whole packets: the rest of this one comes later
+                    // (read it whole next time), unless it fills the whole ring and so
+                    // never can (a broken producer: stop trusting the ring).
+                    if RxChain::never_ends(first, avail, ring.entries()) {
+                        self.ring.close();
+                        errors += 1;
+                    }
+                    // Its descriptors stay in the ring: the mbufs filled so far are
+                    // filled again from them then.
                     used = first;
                     break;
                 }
                 let d = ring.read(used);
                 used += 1;
-                segs += 1;
+                let last = chain.ends_with(&d);
                 match self.mbuf_of(&d) {
-                    Some(m) if !bad && segs <= MAX_SEGS => {
+                    Some(m) if !bad && !chain.too_long() => {
                         // SAFETY: `m` is an mbuf of our rx pool inside the mapped region,
                         // owned by this process now that the proxy passed it to us; we
                         // write our own header fields as a NIC PMD does.
@@ -228,15 +241,15 @@ impl RxQueue {
                         }
                         prev = m;
                     }
-                    Some(m) => {
-                        // Part of a packet already judged bad (or too long): give it back.
+                    // Part of a packet judged bad (or too long): its buffers are given
+                    // back once the packet is known whole (a cut one is read again).
+                    _ if !bad => {
                         bad = true;
-                        // SAFETY: a valid mbuf of our pool, with our own consistent header.
-                        unsafe { drop_mbuf(m) };
+                        bad_from = used - 1;
                     }
-                    None => bad = true,
+                    _ => {}
                 }
-                if !d.flags.contains(DescFlags::NEXT) {
+                if last {
                     break;
                 }
             }
@@ -249,12 +262,19 @@ impl RxQueue {
                     // SAFETY: a chain of our own valid mbufs.
                     unsafe { sys::rte_pktmbuf_free(head) };
                 }
+                for i in bad_from..used {
+                    if let Some(m) = self.mbuf_of(&ring.read(i)) {
+                        // SAFETY: a valid mbuf of our pool that the proxy passed to us,
+                        // not linked into `head`; our own consistent header.
+                        unsafe { drop_mbuf(m) };
+                    }
+                }
                 continue;
             }
             // SAFETY: head is a valid mbuf filled above.
             unsafe {
                 (*head).pkt_len = pkt_len;
-                (*head).nb_segs = segs as u16;
+                (*head).nb_segs = chain.segs() as u16;
                 *pkts.add(out) = head;
             }
             if offload::rx_wants(self.offloads) {
@@ -275,24 +295,24 @@ impl RxQueue {
         out as u16
     }
 
-    /// Frees every packet still waiting in the ring (queue stopped, proxy not producing).
+    /// Stops bursts and frees every packet still waiting in the ring.
     ///
     /// # Safety
-    /// The queue is stopped; the proxy has acknowledged that it stopped producing.
+    /// The proxy has acknowledged that it stopped producing (or is gone).
     pub unsafe fn drain(&self) -> u32 {
-        let mut freed = 0;
-        // SAFETY: per the contract, nobody else uses the ring.
-        let ring = unsafe { self.ring() };
-        let Ok(avail) = ring.available(u32::MAX) else { return 0 };
-        for i in 0..avail {
-            if let Some(m) = self.mbuf_of(&ring.read(i)) {
-                // SAFETY: a valid mbuf of our pool that was in flight to us.
-                unsafe { drop_mbuf(m) };
-                freed += 1;
+        self.ring.quiesce(|ring| {
+            let mut freed = 0;
+            let Ok(avail) = ring.available(u32::MAX) else { return 0 };
+            for i in 0..avail {
+                if let Some(m) = self.mbuf_of(&ring.read(i)) {
+                    // SAFETY: a valid mbuf of our pool that was in flight to us.
+                    unsafe { drop_mbuf(m) };
+                    freed += 1;
+                }
             }
-        }
-        ring.release(avail);
-        freed
+            ring.release(avail);
+            freed
+        })
     }
 }
 
@@ -344,13 +364,12 @@ unsafe fn drop_mbuf(m: *mut sys::rte_mbuf) {
 }
 
 pub struct TxQueue {
-    ring: UnsafeCell<DescProducer<'static>>,
+    ring: PollGate<DescProducer<'static>>,
     area: RingArea,
     region: Arc<Region>,
     base: *mut u8,
     /// Where copies of foreign mbufs are allocated (the port's rx pool, in the region).
     pub copy_pool: std::sync::atomic::AtomicPtr<sys::rte_mempool>,
-    pub active: AtomicBool,
     pub stats: QueueStats,
 }
 
@@ -362,59 +381,57 @@ unsafe impl Sync for TxQueue {}
 impl TxQueue {
     pub fn new(region: Arc<Region>, area: RingArea, ring: DescProducer<'static>) -> TxQueue {
         TxQueue {
-            ring: UnsafeCell::new(ring),
+            ring: PollGate::new(ring),
             area,
             base: region.base(),
             region,
             copy_pool: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
-            active: AtomicBool::new(false),
             stats: QueueStats::default(),
         }
     }
 
-    /// # Safety
-    /// Only the polling thread, or the control path while the queue is stopped.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn ring(&self) -> &mut DescProducer<'static> {
-        // SAFETY: per the contract above there is one user at a time.
-        unsafe { &mut *self.ring.get() }
+    /// As [`RxQueue::gate`].
+    pub fn gate(&self) -> &PollGate<DescProducer<'static>> {
+        &self.ring
     }
 
-    /// Frees the packets we published that a proxy which went away never took (see
-    /// `DescProducer::unconsumed`), then starts the ring over. Returns how many buffers.
+    /// Stops bursts, frees the packets we published that a proxy which went away never
+    /// took (see `DescProducer::unconsumed`), then starts the ring over. Returns how
+    /// many buffers.
     ///
     /// # Safety
-    /// The queue is inactive and no burst runs; the proxy is gone (not consuming).
+    /// The proxy is gone (not consuming).
     pub unsafe fn reclaim_unsent(&self) -> u32 {
         let pools = self.region.pools();
-        let mut freed = 0;
-        // SAFETY: per the contract, nobody else uses the ring state.
-        let ring = unsafe { self.ring() };
-        let _ = ring.unconsumed(|d| {
-            // Our own descriptors, but in shared memory: free only what names a buffer.
-            if pools.iter().any(|p| p.layout.buffer_index(d.offset).is_some()) {
-                // SAFETY: a segment of ours that the proxy never took; nobody else holds it.
-                unsafe { drop_mbuf(self.base.wrapping_add(d.offset as usize) as *mut sys::rte_mbuf) };
-                freed += 1;
+        // SAFETY: the region outlives self (the queue holds it).
+        let mem = unsafe { self.region.mem_static() };
+        self.ring.quiesce(|ring| {
+            let mut freed = 0;
+            let _ = ring.unconsumed(|d| {
+                // Our own descriptors, but in shared memory: free only what names a buffer.
+                if pools.iter().any(|p| p.layout.buffer_index(d.offset).is_some()) {
+                    // SAFETY: a segment of ours that the proxy never took; nobody else holds it.
+                    unsafe { drop_mbuf(self.base.wrapping_add(d.offset as usize) as *mut sys::rte_mbuf) };
+                    freed += 1;
+                }
+            });
+            // A second call then finds nothing to free.
+            if let Ok(fresh) = DescProducer::new(&mem, self.area) {
+                *ring = fresh;
             }
-        });
-        // SAFETY: as above; a second call then finds nothing to free.
-        unsafe { self.reset() };
-        freed
+            freed
+        })
     }
 
-    /// Starts the ring from index 0 (see [`RxQueue::reset`]).
-    ///
-    /// # Safety
-    /// The queue is stopped and the proxy is not consuming.
-    pub unsafe fn reset(&self) {
-        // SAFETY: as for RxQueue::reset.
-        unsafe {
-            let mem = self.region.mem_static();
+    /// Stops bursts and starts the ring from index 0 (see [`RxQueue::reset`]).
+    pub fn reset(&self) {
+        // SAFETY: the region outlives self (the queue holds it).
+        let mem = unsafe { self.region.mem_static() };
+        self.ring.quiesce(|ring| {
             if let Ok(fresh) = DescProducer::new(&mem, self.area) {
-                *self.ring() = fresh;
+                *ring = fresh;
             }
-        }
+        });
     }
 
     /// Whether every segment of `m` can be handed to the proxy as it is: its header lies
@@ -444,16 +461,23 @@ impl TxQueue {
 
     /// # Safety
     /// `pkts` holds `n` valid mbufs owned by the caller; called by the polling thread.
+    #[inline]
     pub unsafe fn burst(&self, pkts: *mut *mut sys::rte_mbuf, n: u16) -> u16 {
-        if n == 0 || !self.active.load(Relaxed) {
+        if n == 0 {
             return 0;
         }
-        // SAFETY: we are the polling thread.
-        let ring = unsafe { self.ring() };
+        // SAFETY: the caller's contract, passed on.
+        self.ring.poll(|ring| unsafe { self.burst_on(ring, pkts, n) }).unwrap_or(0)
+    }
+
+    /// # Safety
+    /// As for [`burst`](Self::burst), with `n > 0` and the ring state held.
+    #[inline]
+    unsafe fn burst_on(&self, ring: &mut DescProducer<'static>, pkts: *mut *mut sys::rte_mbuf, n: u16) -> u16 {
         // As for rx: the proxy's consumer index is re-read only when the cached room is
         // short of one slot per packet (the loop below re-reads once when chains need more).
         let Ok(mut free) = ring.free_slots(n as u32) else {
-            self.active.store(false, Relaxed);
+            self.ring.close();
             return 0;
         };
         // The proxy's core last read these slots: take their lines now, all at once,

@@ -228,7 +228,7 @@ fn run(input: &mut Input<'_>, region: &RegionLayout, pools: [PoolLayout; 2], bac
                     model.owner[p][i as usize] = Owner::Guest;
                 }
             }
-            // One poll of the data loop, exactly as `Polled::send_to_nic` does it.
+            // One poll of the data loop, exactly as `LoopQueue::send_to_nic` does it.
             _ => {
                 let pending = scan.waiting();
                 let avail = match ring.available((BURST as u32).max(pending + 1)) {
