@@ -120,14 +120,18 @@ pub fn plan(
             ),
         )
     };
-    let small = size_on(NORMAL_PAGE).ok_or_else(|| too_large(heap_bytes))?.next_multiple_of(NORMAL_PAGE);
+    // Rounded with a check: a guest may ask for up to 2^64 - 1 bytes (which rounded
+    // up without one wraps to 0 in release builds and panics in debug ones).
+    let small = size_on(NORMAL_PAGE)
+        .and_then(|s| s.checked_next_multiple_of(NORMAL_PAGE))
+        .ok_or_else(|| too_large(if asked != 0 { asked } else { heap_bytes }))?;
     if small > limits.max_size {
         return Err(too_large(small));
     }
     let mut fallback = None;
     if limits.try_hugepages && mem.hugepage_size != 0 {
         let page = mem.hugepage_size;
-        match size_on(page).map(|s| s.next_multiple_of(page)).filter(|&s| s <= limits.max_size) {
+        match size_on(page).and_then(|s| s.checked_next_multiple_of(page)).filter(|&s| s <= limits.max_size) {
             Some(huge) if huge > 2 * small => {
                 fallback = Some(format!(
                     "hugepages would take {} MiB for {} KiB",
@@ -269,6 +273,12 @@ mod tests {
         assert_eq!(code, RefuseCode::TooLarge);
         let (code, _) = plan(0, u64::MAX, &ONE_PAIR, &limits(), &mem(GIB)).unwrap_err();
         assert_eq!(code, RefuseCode::TooLarge);
+        // Sizes whose rounding to a page would overflow (the hostile harness asks).
+        for asked in [u64::MAX, u64::MAX - 4095, u64::MAX - 2 * MIB + 2] {
+            let (code, why) = plan(asked, 0, 1024, 1024, &limits(), &mem(GIB)).unwrap_err();
+            assert_eq!(code, RefuseCode::TooLarge, "{asked}: {why}");
+            assert!(why.contains("--max-region-size"), "{why}");
+        }
         // Normal pages the machine cannot spare.
         let tight = MemInfo { available: 2 * GIB, ..mem(0) };
         let (code, why) = plan(1536 * MIB, 0, &ONE_PAIR, &limits(), &tight).unwrap_err();
