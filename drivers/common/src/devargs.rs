@@ -4,11 +4,13 @@
 use std::fmt;
 use std::time::Duration;
 
+use shm_contract::layout::DEFAULT_RING_ENTRIES;
+
 /// Keys users may give, with their meaning; printed in the error for an unknown key.
 pub const KNOWN_KEYS: &[(&str, &str)] = &[
     ("region_size", "size of the shared region to ask the proxy for (K/M/G suffixes; default: the proxy's default)"),
-    ("rx_ring", "rx descriptor ring entries, a power of two in 64..=65536 (default 1024)"),
-    ("tx_ring", "tx descriptor ring entries, a power of two in 64..=65536 (default 1024)"),
+    ("rx_ring", "rx descriptor ring entries, a power of two in 64..=65536 (default 4096)"),
+    ("tx_ring", "tx descriptor ring entries, a power of two in 64..=65536 (default 4096)"),
     ("reconnect", "1 (default) reconnects by itself when the proxy comes back; 0 stays down"),
     ("timeout_ms", "how long to wait for each answer of the proxy, in ms (default 5000)"),
     (
@@ -23,11 +25,6 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
 pub const PARAM_STRING: &str =
     "region_size=<size> rx_ring=<int> tx_ring=<int> reconnect=0|1 timeout_ms=<int> proxy_uid=<uid|user>";
 
-/// Enough for testpmd and most examples (1024 descriptors or less); applications that ask
-/// for more (Open vSwitch: 2048) name `rx_ring`/`tx_ring` in the devargs. Not 4096 by
-/// default: 4096-entry rings made the proxy count invalid free-ring entries now and then
-/// (2026-12-07, not yet explained).
-pub const DEFAULT_RING_ENTRIES: u32 = 1024;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +173,15 @@ mod tests {
         let known: Vec<&str> = KNOWN_KEYS.iter().map(|(k, _)| *k).collect();
         assert_eq!(listed, known);
         assert!(!PARAM_STRING.contains('"') && !PARAM_STRING.contains('\\'), "embedded in JSON unescaped");
+    }
+
+    #[test]
+    fn the_ring_keys_state_the_contracts_default() {
+        for key in ["rx_ring", "tx_ring"] {
+            let (_, text) = KNOWN_KEYS.iter().find(|(k, _)| *k == key).unwrap();
+            assert!(text.contains(&format!("(default {DEFAULT_RING_ENTRIES})")), "{key}: {text}");
+        }
+        assert_eq!(DevArgs::default().rx_ring, DEFAULT_RING_ENTRIES);
     }
 
     #[test]
