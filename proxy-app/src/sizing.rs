@@ -275,7 +275,7 @@ mod tests {
         assert_eq!(code, RefuseCode::TooLarge);
         // Sizes whose rounding to a page would overflow (the hostile harness asks).
         for asked in [u64::MAX, u64::MAX - 4095, u64::MAX - 2 * MIB + 2] {
-            let (code, why) = plan(asked, 0, 1024, 1024, &limits(), &mem(GIB)).unwrap_err();
+            let (code, why) = plan(asked, 0, &ONE_PAIR, &limits(), &mem(GIB)).unwrap_err();
             assert_eq!(code, RefuseCode::TooLarge, "{asked}: {why}");
             assert!(why.contains("--max-region-size"), "{why}");
         }

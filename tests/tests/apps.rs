@@ -157,8 +157,8 @@ fn ovs_bridge_ping(readd: bool) {
     let plugins: Vec<String> = PLUGINS.iter().map(|p| format!("-d {p}")).collect();
     let dpdk_extra = format!("--no-huge --legacy-mem -m 512 --no-pci --file-prefix {} {}", s.prefix("ovs"), plugins.join(" "));
     let ovs = Ovs::start(&s, &ovs_ns.0, &dpdk_extra);
-    // Open vSwitch asks for 2048 rx and tx descriptors: rings of 4096 hold them.
-    let dev = format!("sock:{},rx_ring=4096,tx_ring=4096", sock.display());
+    // OVS's defaults: 2048 rx and tx descriptors, which the default rings (4096) hold.
+    let dev = format!("sock:{}", sock.display());
     ovs.vsctl(&["add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev"]);
     ovs.vsctl(&["add-port", "br0", "dpdk0", "--", "set", "Interface", "dpdk0", "type=dpdk", &format!("options:dpdk-devargs={dev}")]);
     wait_or_dump(&proxy, "queue started", 30);
@@ -294,7 +294,7 @@ fn testpmd_gets_the_4096_descriptors_it_asks_for() {
         &s,
         &GuestConfig {
             socket: &sock,
-            devargs: "region_size=128M,rx_ring=4096,tx_ring=4096",
+            devargs: "region_size=128M",
             memory_mb: 32,
             testpmd_args: ["--forward-mode=macswap", "--rxd=4096", "--txd=4096", "--total-num-mbufs=16384", "--stats-period", "1"]
                 .map(String::from)
@@ -308,9 +308,9 @@ fn testpmd_gets_the_4096_descriptors_it_asks_for() {
     assert!(testpmd_port_stats(&gout, 0).get("TX-packets").copied().unwrap_or(0) > 1000, "{gout}");
     wait_until_or_dump(&proxy, "goodbye", 20, |t| count(t, "detached: the guest said goodbye") >= 1);
 
-    // The limits dev_info reports are the rings' entries: 1024 by default, what the
+    // The limits dev_info reports are the rings' entries: 4096 by default, what the
     // devargs ask for otherwise; any count from 1 up to that is taken.
-    for (devargs, limit) in [("region_size=64M", 1024), ("region_size=64M,rx_ring=4096,tx_ring=512", 4096)] {
+    for (devargs, limit) in [("region_size=64M", 4096), ("region_size=64M,rx_ring=1024,tx_ring=512", 1024)] {
         let mut info = start_testpmd(
             &s,
             &GuestConfig {
@@ -318,7 +318,7 @@ fn testpmd_gets_the_4096_descriptors_it_asks_for() {
                 devargs,
                 memory_mb: 32,
                 testpmd_args: ["-i", "--total-num-mbufs=4096"].map(String::from).to_vec(),
-                name: if limit == 1024 { "info" } else { "asked" },
+                name: if limit == 4096 { "info" } else { "asked" },
             },
         );
         wait_or_dump(&info, "Checking link statuses", 30);
@@ -327,7 +327,7 @@ fn testpmd_gets_the_4096_descriptors_it_asks_for() {
         let text = info.out.text();
         info.send("quit");
         let _ = info.wait(Duration::from_secs(30));
-        let tx_limit = if limit == 1024 { 1024 } else { 512 };
+        let tx_limit = if limit == 4096 { 4096 } else { 512 };
         for line in [
             format!("Max possible number of RXDs per queue: {limit}"),
             "Min possible number of RXDs per queue: 1".to_string(),

@@ -163,7 +163,7 @@ fn each_plugin_has_a_log_type_that_honours_log_level() {
     let sock = s.path("q0/sock");
     let proxy = null_proxy(&s, "net_null0", &sock);
     let dev = format!("sock:{}", sock.display());
-    let debug_line = "net_shm: port 0: proxy port 0 queue 0, rx ring 1024 / tx ring 1024 entries";
+    let debug_line = "net_shm: port 0: proxy port 0 queue 0, rx ring 4096 / tx ring 4096 entries";
     let attach_line = format!("bus_shm: sock:{}: attached to proxy port 0 queue 0", sock.display());
     let pool_line = "placed in the shared region";
     let mut runs = Vec::new();

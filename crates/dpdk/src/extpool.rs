@@ -85,6 +85,20 @@ impl ExtState {
         (idx < self.count).then_some(idx)
     }
 
+    /// Header address of buffer `idx`, if there is such a buffer (and the pool is made).
+    #[inline]
+    fn header(&self, idx: u32) -> Option<usize> {
+        if idx >= self.count {
+            return None;
+        }
+        // Evenly spaced headers: the address is computed (idx is below `count`, so it is
+        // a buffer's), which keeps the 8-byte-per-buffer table out of the cache.
+        match self.by_addr.get()? {
+            &AddrIndex::Strided { base, shift } => Some(base + ((idx as usize) << shift)),
+            AddrIndex::Sorted(_) => self.headers.get()?.get(idx as usize).copied(),
+        }
+    }
+
     /// Marks buffer `idx` held; its header address, or None if it was held already or
     /// there is no such buffer.
     #[inline]
@@ -465,43 +479,97 @@ unsafe extern "C" fn ops_dequeue(mp: *mut sys::rte_mempool, objs: *mut *mut c_vo
         else {
             return -libc::EINVAL;
         };
-        let mut got = 0usize;
-        let mut idx = [0u32; CHUNK];
-        // Refused entries are asked for again; a free list that keeps yielding garbage
-        // must not keep the caller here, so the rounds are bounded (an honest one needs
-        // exactly ceil(n / CHUNK)).
-        let mut rounds = out.len().div_ceil(CHUNK) + 2;
-        while got < out.len() {
-            if rounds == 0 {
-                undo_dequeue(st, &out[..got]);
-                return -libc::ENOBUFS;
-            }
-            rounds -= 1;
-            let want = (out.len() - got).min(CHUNK);
-            let have = st.ops.get(&mut idx[..want]).min(want);
-            if have == 0 {
-                // All or nothing: give back what this call took.
-                undo_dequeue(st, &out[..got]);
-                return -libc::ENOBUFS;
-            }
-            let mut refused = 0;
-            for &i in &idx[..have] {
-                match st.hold(i) {
-                    // DPDK owns the object from here (the mempool hands it out).
-                    Some(addr) => {
-                        out[got] = addr as *mut c_void;
-                        got += 1;
-                    }
-                    None => refused += 1,
-                }
-            }
-            if refused > 0 {
-                st.ops.refused(refused);
-            }
-        }
-        0
+        dequeue(st, out)
     })
     .unwrap_or(-libc::EINVAL)
+}
+
+/// Most objects one dequeue gathers before it writes any into the caller's array: the
+/// size of a per-lcore cache's array, the most DPDK ever dequeues into one.
+const STAGED_MAX: usize = 2 * sys::RTE_MEMPOOL_CACHE_MAX_SIZE as usize;
+
+/// Fills `out` with the headers of `out.len()` buffers taken from the free list and
+/// marked held (0), or takes none (`-ENOBUFS`).
+///
+/// A failed dequeue leaves `out` as it was: DPDK 22.11's `rte_mempool_do_generic_get`
+/// refills a per-lcore cache by dequeuing straight into the cache's array, and when
+/// that fails it keeps the objects the array held before, taking them as "intact".
+/// Writing into it and then failing put headers of buffers given back to the free list
+/// in the cache, in place of held ones: the cache then handed out buffers the free list
+/// (in the proxy: the guest) also had, and the held ones were never seen again. That
+/// happened whenever the free list ran short in the middle of a refill (a guest whose
+/// rx ring can take all its buffers). Requests larger than [`STAGED_MAX`] go only to
+/// the caller's own array (DPDK dequeues them there directly), which is written in
+/// parts of [`STAGED_MAX`].
+fn dequeue(st: &ExtState, out: &mut [*mut c_void]) -> c_int {
+    let mut staged = [0u32; STAGED_MAX];
+    let mut done = 0;
+    while done < out.len() {
+        let part = (out.len() - done).min(STAGED_MAX);
+        let staged = &mut staged[..part];
+        if !take_held(st, staged) {
+            undo_dequeue(st, &out[..done]);
+            return -libc::ENOBUFS;
+        }
+        for (k, &i) in staged.iter().enumerate() {
+            match st.header(i) {
+                Some(addr) => out[done + k] = addr as *mut c_void,
+                None => {
+                    // Cannot happen: `hold` found this header. Give everything back.
+                    give_back_held(st, staged);
+                    undo_dequeue(st, &out[..done]);
+                    return -libc::ENOBUFS;
+                }
+            }
+        }
+        done += part;
+    }
+    0
+}
+
+/// Takes `out.len()` buffers from the free list into `out`, each marked held; or, if it
+/// cannot get them all, gives back what it took and returns false.
+fn take_held(st: &ExtState, out: &mut [u32]) -> bool {
+    let mut got = 0usize;
+    let mut idx = [0u32; CHUNK];
+    // Refused entries are asked for again; a free list that keeps yielding garbage
+    // must not keep the caller here, so the rounds are bounded (an honest one needs
+    // exactly ceil(n / CHUNK)).
+    let mut rounds = out.len().div_ceil(CHUNK) + 2;
+    while got < out.len() {
+        let want = (out.len() - got).min(CHUNK);
+        let have = if rounds == 0 { 0 } else { st.ops.get(&mut idx[..want]).min(want) };
+        rounds = rounds.saturating_sub(1);
+        if have == 0 {
+            // All or nothing: give back what this call took.
+            give_back_held(st, &out[..got]);
+            return false;
+        }
+        let mut refused = 0;
+        for &i in &idx[..have] {
+            // DPDK owns the object from here (the mempool hands it out).
+            if st.hold(i).is_some() {
+                out[got] = i;
+                got += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        if refused > 0 {
+            st.ops.refused(refused);
+        }
+    }
+    true
+}
+
+/// Gives back buffers this process marked held and nobody else saw.
+fn give_back_held(st: &ExtState, idx: &[u32]) {
+    for &i in idx {
+        st.unhold(i);
+    }
+    if !idx.is_empty() {
+        st.ops.put(idx);
+    }
 }
 
 /// Gives back the objects a failed dequeue took.
@@ -552,8 +620,12 @@ mod tests {
     }
 
     fn unpopulated(count: u32) -> ExtState {
+        unpopulated_with(count, Arc::new(NoOps))
+    }
+
+    fn unpopulated_with(count: u32, ops: Arc<dyn ExtPoolOps>) -> ExtState {
         ExtState {
-            ops: Arc::new(NoOps),
+            ops,
             count,
             headers: OnceLock::new(),
             by_addr: OnceLock::new(),
@@ -595,5 +667,103 @@ mod tests {
         assert_eq!(sorted.hold(0), None, "no header table yet");
         let _ = sorted.headers.set(vec![0x9000, 0x7000].into());
         assert_eq!(sorted.hold(0), Some(0x9000));
+    }
+
+    /// A free list of a few buffers, like a guest's free ring that runs short.
+    #[derive(Default)]
+    struct Short {
+        free: std::sync::Mutex<Vec<u32>>,
+        refused: std::sync::atomic::AtomicU32,
+    }
+
+    impl ExtPoolOps for Short {
+        fn put(&self, idx: &[u32]) {
+            self.free.lock().unwrap().extend_from_slice(idx);
+        }
+        fn get(&self, out: &mut [u32]) -> usize {
+            let mut free = self.free.lock().unwrap();
+            // All or nothing, as a free ring's bulk dequeue.
+            if free.len() < out.len() {
+                return 0;
+            }
+            let from = free.len() - out.len();
+            out.copy_from_slice(&free[from..]);
+            free.truncate(from);
+            out.len()
+        }
+        fn count(&self) -> u32 {
+            self.free.lock().unwrap().len() as u32
+        }
+        fn refused(&self, n: u32) {
+            self.refused.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn strided_with(count: u32, ops: Arc<dyn ExtPoolOps>) -> ExtState {
+        let st = unpopulated_with(count, ops);
+        let _ = st.by_addr.set(AddrIndex::Strided { base: 0x10000, shift: 8 });
+        st
+    }
+
+    #[test]
+    fn a_failed_dequeue_leaves_the_callers_array_as_it_was() {
+        // 100 buffers free, a request for 150 (DPDK refilling an lcore cache of 128 plus
+        // a burst of 22, straight into the cache's array, which holds two cached
+        // objects it keeps if the refill fails).
+        let ops = Arc::new(Short::default());
+        ops.put(&(0..100).collect::<Vec<_>>());
+        let st = strided_with(512, ops.clone());
+        let cached = [0x10000 + 500 * 256, 0x10000 + 501 * 256];
+        for &addr in &cached {
+            st.hold(st.index_of_addr(addr).unwrap()).unwrap();
+        }
+        let mut array: Vec<*mut c_void> = vec![std::ptr::null_mut(); 1024];
+        array[0] = cached[0] as *mut c_void;
+        array[1] = cached[1] as *mut c_void;
+        let before = array.clone();
+        assert_eq!(dequeue(&st, &mut array[..150]), -libc::ENOBUFS);
+        assert!(array == before, "a failed dequeue wrote into the array: {:?}...", &array[..4]);
+        // Everything it took went back, unheld; the cached objects are still held.
+        assert_eq!(ops.count(), 100);
+        assert_eq!(st.held(), 2);
+        // A request that fits is served, and every buffer it hands out is held once.
+        assert_eq!(dequeue(&st, &mut array[2..92]), 0);
+        assert_eq!(st.held(), 92);
+        assert_eq!(ops.count(), 10);
+        let mut got: Vec<u32> = array[..92].iter().map(|&p| st.index_of_addr(p as usize).unwrap()).collect();
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got.len(), 92);
+        assert_eq!(ops.refused.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_dequeue_larger_than_a_cache_is_all_or_nothing_too() {
+        let ops = Arc::new(Short::default());
+        let n = STAGED_MAX as u32 + 100;
+        ops.put(&(0..n).collect::<Vec<_>>());
+        let st = strided_with(n, ops.clone());
+        let mut array: Vec<*mut c_void> = vec![std::ptr::null_mut(); n as usize + 1];
+        // One more than there is: nothing is taken (the caller's own array may be written).
+        assert_eq!(dequeue(&st, &mut array), -libc::ENOBUFS);
+        assert_eq!((ops.count(), st.held()), (n, 0));
+        assert_eq!(dequeue(&st, &mut array[..n as usize]), 0);
+        assert_eq!((ops.count(), st.held()), (0, n));
+    }
+
+    #[test]
+    fn entries_the_free_list_should_not_have_given_are_refused_and_asked_again() {
+        let ops = Arc::new(Short::default());
+        ops.put(&[1, 2, 3, 999, 4]);
+        let st = strided_with(8, ops.clone());
+        // Held here already: the free list must not hand it out.
+        st.hold(3).unwrap();
+        let mut array = [std::ptr::null_mut(); 2];
+        // 999 (no such buffer) and 4, then 3 (held), then 2: two refused.
+        assert_eq!(dequeue(&st, &mut array), 0);
+        assert_eq!(ops.refused.load(Ordering::Relaxed), 2);
+        let got: Vec<u32> = array.iter().map(|&p| st.index_of_addr(p as usize).unwrap()).collect();
+        assert_eq!(got, [4, 2]);
+        assert_eq!(st.held(), 3);
     }
 }

@@ -52,18 +52,23 @@
 //!   consumer's read of the old value is done; a consumer that sees a cell full
 //!   sees the value (and everything its producer wrote before it).
 //!
-//! # Nobody waits for anybody
+//! # Nobody waits for anybody for long
 //!
-//! No party ever waits for another to finish. A party that stalls or dies after
-//! its CAS leaves its cells reading "not ready" (an unfilled cell reads as empty,
-//! an un-emptied one as full); the others see the ring as full or empty at that
-//! point and return [`FreeRingError::Full`] / [`FreeRingError::Empty`] at once
-//! instead of spinning. Only a stale position or a lost CAS is retried, and at
-//! most `max_retries` times ([`FreeRingError::Contended`]): the proxy passes a
-//! small bound, so a hostile guest rewriting `enq_pos`/`deq_pos` or the cells can
-//! neither make it spin nor make it touch memory outside the ring. Garbage in the
-//! cells can at worst hand the proxy garbage values, which it validates
-//! ([`PoolLayout::buffer_index`](crate::pool::PoolLayout::buffer_index)).
+//! No party ever waits without bound for another to finish. A party that stalls or
+//! dies after its CAS leaves its cells reading "not ready" (an unfilled cell reads
+//! as empty, an un-emptied one as full). A stale position, a lost CAS, or such a
+//! claimed but unwritten cell is retried, at most `max_retries` times: the proxy
+//! passes a small bound, so a hostile guest rewriting `enq_pos`/`deq_pos` or the
+//! cells can neither make it spin nor make it touch memory outside the ring. When
+//! the retries run out, a lost race or a stale position gives
+//! [`FreeRingError::Contended`]; a claimed cell not yet written gives
+//! [`FreeRingError::Full`] (enqueue) or [`FreeRingError::Empty`] (dequeue): the room
+//! or the values are simply not there yet. That is the usual state of a free ring
+//! that runs almost empty (a consumer right behind a producer meets the cell the
+//! producer is filling, for as long as the producer's thread is descheduled between
+//! its CAS and its store), not anybody's fault: callers must not count it against
+//! the other side. Garbage in the cells can at worst hand the proxy garbage values,
+//! which it validates ([`PoolLayout::buffer_index`](crate::pool::PoolLayout::buffer_index)).
 
 use std::fmt;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -83,9 +88,13 @@ pub const CELLS_OFFSET: u32 = 256;
 /// Why a bulk operation on a free ring did nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FreeRingError {
-    /// Not enough empty cells for the whole bulk (also: bulk larger than the ring).
+    /// Not enough empty cells for the whole bulk (also: bulk larger than the ring, or
+    /// the retries ran out waiting for a cell whose consumer has claimed it but not yet
+    /// emptied it).
     Full,
-    /// Not enough full cells for the whole bulk (also: bulk larger than the ring).
+    /// Not enough full cells for the whole bulk (also: bulk larger than the ring, or
+    /// the retries ran out waiting for a cell whose producer has claimed it but not yet
+    /// filled it).
     Empty,
     /// `max_retries` exhausted by lost CAS races or stale positions.
     Contended,
@@ -228,6 +237,10 @@ impl<'a> FreeRing<'a> {
         };
         let mut pos = self.enq_pos.load(Relaxed);
         loop {
+            // What stopped this attempt, if the retries run out now: a lost race or a
+            // stale position (Contended), or a cell a consumer claimed and has not
+            // emptied yet (Full: that room is not there yet; nobody did anything wrong).
+            let mut out_of_retries = FreeRingError::Contended;
             match self.check_empty(pos, n) {
                 Range::Ready => {
                     match self
@@ -261,13 +274,14 @@ impl<'a> FreeRing<'a> {
                         if used > self.entries() as i32 {
                             return Err(FreeRingError::Full);
                         }
+                        out_of_retries = FreeRingError::Full;
                     }
                     pos = current;
                 }
                 Range::Stale => pos = self.enq_pos.load(Relaxed),
             }
             if *retries_left == 0 {
-                return Err(FreeRingError::Contended);
+                return Err(out_of_retries);
             }
             *retries_left -= 1;
         }
@@ -311,6 +325,11 @@ impl<'a> FreeRing<'a> {
         };
         let mut pos = self.deq_pos.load(Relaxed);
         loop {
+            // As for enqueue: Contended for a lost race or a stale position, Empty for a
+            // cell a producer claimed and has not filled yet (its value is not there yet:
+            // a consumer that catches up with a producer meets this all the time, e.g.
+            // on a free ring that runs almost empty).
+            let mut out_of_retries = FreeRingError::Contended;
             match self.check_full_and_copy(pos, out) {
                 Range::Ready => {
                     match self
@@ -343,13 +362,14 @@ impl<'a> FreeRing<'a> {
                         if avail < n as i32 || avail > self.entries() as i32 {
                             return Err(FreeRingError::Empty);
                         }
+                        out_of_retries = FreeRingError::Empty;
                     }
                     pos = current;
                 }
                 Range::Stale => pos = self.deq_pos.load(Relaxed),
             }
             if *retries_left == 0 {
-                return Err(FreeRingError::Contended);
+                return Err(out_of_retries);
             }
             *retries_left -= 1;
         }
@@ -532,6 +552,51 @@ mod tests {
         assert_eq!(out, [1, 2, 3]);
         ring.deq_pos.store(0, SeqCst);
         assert_eq!(ring.dequeue_bulk(&mut out[..1], 3), Err(FreeRingError::Contended));
+    }
+
+    #[test]
+    fn a_cell_claimed_but_not_yet_filled_is_empty_for_now_not_contention() {
+        // A consumer right behind a producer: the producer has moved enq_pos past
+        // position 2 (its CAS) and not yet written cell 2 (its store), e.g. because its
+        // thread was descheduled in between. Nobody misbehaved: the value is just not
+        // there yet.
+        let heap = ring_mem(8);
+        let mem = heap.mem();
+        let ring = FreeRing::init(&mem, 0, 8).unwrap();
+        ring.enqueue_bulk(&[1, 2], 0).unwrap();
+        ring.enq_pos.store(3, SeqCst);
+        let mut left = 5;
+        let mut out = [0u32; 3];
+        assert_eq!(ring.dequeue_bulk_within(&mut out, &mut left), Err(FreeRingError::Empty));
+        assert_eq!(left, 0, "the retries were spent waiting for the store");
+        assert_eq!(ring.dequeue_bulk(&mut out, 0), Err(FreeRingError::Empty));
+        assert_eq!(ring.count(), 3);
+        // A bulk that stops short of the claimed cell is served.
+        ring.dequeue_bulk(&mut out[..1], 0).unwrap();
+        assert_eq!(out[0], 1);
+        // The producer's store lands: the value is there.
+        ring.cell_at(2).store(cell(3, 7), SeqCst);
+        ring.dequeue_bulk(&mut out[..2], 0).unwrap();
+        assert_eq!(out[..2], [2, 7]);
+    }
+
+    #[test]
+    fn a_cell_claimed_but_not_yet_emptied_is_full_for_now_not_contention() {
+        // The mirror image on a full ring: a consumer has moved deq_pos past position 0
+        // and not yet marked cell 0 empty for the next lap.
+        let heap = ring_mem(8);
+        let mem = heap.mem();
+        let ring = FreeRing::init(&mem, 0, 8).unwrap();
+        ring.enqueue_bulk(&[0, 1, 2, 3, 4, 5, 6, 7], 0).unwrap();
+        ring.deq_pos.store(1, SeqCst);
+        let mut left = 5;
+        assert_eq!(ring.enqueue_bulk_within(&[8], &mut left), Err(FreeRingError::Full));
+        assert_eq!(left, 0);
+        assert_eq!(ring.enqueue_bulk(&[8], 0), Err(FreeRingError::Full));
+        // The consumer's store lands: room for one.
+        ring.cell_at(0).store(cell(8, 0), SeqCst);
+        ring.enqueue_bulk(&[8], 0).unwrap();
+        assert_eq!(ring.enqueue_bulk(&[9], 0), Err(FreeRingError::Full));
     }
 
     #[test]

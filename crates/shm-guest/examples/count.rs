@@ -48,7 +48,13 @@ fn main() -> ExitCode {
         }
     };
     let info = guest.info().clone();
-    println!("count: attached to port {} queue {}, {} buffers", info.port_id, info.queue_id, guest.pool().capacity());
+    let (rx_ring, tx_ring) = guest.ring_entries();
+    println!(
+        "count: attached to port {} queue {}, {} buffers, rx ring {rx_ring} / tx ring {tx_ring} entries",
+        info.port_id,
+        info.queue_id,
+        guest.pool().capacity()
+    );
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut burst: Vec<Buffer> = Vec::with_capacity(64);

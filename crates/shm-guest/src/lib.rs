@@ -161,7 +161,8 @@ pub struct Config {
     /// `Hello` states the pool's heap bytes and the proxy sizes the region for its page
     /// size.
     pub region_size: u64,
-    /// rx and tx descriptor ring entries (0: the proxy's default, 1024).
+    /// rx and tx descriptor ring entries (0: the proxy's default,
+    /// `shm_contract::layout::DEFAULT_RING_ENTRIES`, 4096).
     pub rx_ring: u32,
     /// See [`rx_ring`](Self::rx_ring).
     pub tx_ring: u32,
@@ -432,6 +433,11 @@ impl Guest {
     /// What the proxy said about its NIC queue.
     pub fn info(&self) -> &ProxyInfo {
         &self.info
+    }
+
+    /// Entries of the rx and tx descriptor rings the proxy made.
+    pub fn ring_entries(&self) -> (u32, u32) {
+        (self.layout.rx_ring().entries, self.layout.tx_ring().entries)
     }
 
     /// A handle for allocating buffers to send (from any thread).

@@ -7,8 +7,8 @@ use std::time::Duration;
 /// Keys users may give, with their meaning; printed in the error for an unknown key.
 pub const KNOWN_KEYS: &[(&str, &str)] = &[
     ("region_size", "size of the shared region to ask the proxy for (K/M/G suffixes; default: the proxy's default)"),
-    ("rx_ring", "rx descriptor ring entries, a power of two in 64..=65536 (default 1024)"),
-    ("tx_ring", "tx descriptor ring entries, a power of two in 64..=65536 (default 1024)"),
+    ("rx_ring", "rx descriptor ring entries, a power of two in 64..=65536 (default 4096)"),
+    ("tx_ring", "tx descriptor ring entries, a power of two in 64..=65536 (default 4096)"),
     ("reconnect", "1 (default) reconnects by itself when the proxy comes back; 0 stays down"),
     ("timeout_ms", "how long to wait for each answer of the proxy, in ms (default 5000)"),
     (
@@ -24,9 +24,7 @@ pub const PARAM_STRING: &str =
     "region_size=<size> rx_ring=<int> tx_ring=<int> reconnect=0|1 timeout_ms=<int> proxy_uid=<uid|user>";
 
 /// The rings' entries when the devargs name none: the contract's default, the same the
-/// proxy gives a Rust guest that asks for none (see there why it is not 4096). Enough
-/// for testpmd and most examples (1024 descriptors or less); applications that ask for
-/// more (Open vSwitch: 2048) name `rx_ring`/`tx_ring` in the devargs.
+/// proxy gives a Rust guest that asks for none.
 pub use shm_contract::layout::DEFAULT_RING_ENTRIES;
 use shm_contract::layout::{MAX_DESC_RING_ENTRIES, MIN_DESC_RING_ENTRIES};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
@@ -192,6 +190,15 @@ mod tests {
         let known: Vec<&str> = KNOWN_KEYS.iter().map(|(k, _)| *k).collect();
         assert_eq!(listed, known);
         assert!(!PARAM_STRING.contains('"') && !PARAM_STRING.contains('\\'), "embedded in JSON unescaped");
+    }
+
+    #[test]
+    fn the_ring_keys_state_the_contracts_default() {
+        for key in ["rx_ring", "tx_ring"] {
+            let (_, text) = KNOWN_KEYS.iter().find(|(k, _)| *k == key).unwrap();
+            assert!(text.contains(&format!("(default {DEFAULT_RING_ENTRIES})")), "{key}: {text}");
+        }
+        assert_eq!(DevArgs::default().rx_ring, DEFAULT_RING_ENTRIES);
     }
 
     #[test]

@@ -113,14 +113,26 @@ unsafe impl Sync for RegionMempool {}
 impl RegionMempool {
     #[inline]
     fn offset_of(&self, obj: *mut c_void) -> u32 {
-        (obj as usize).wrapping_sub(self.base as usize) as u32
+        offset_in(self.base, obj)
     }
 
     #[inline]
     fn object_at(&self, offset: u32) -> *mut c_void {
-        // SAFETY (for callers): the offset was validated by `layout.buffer_index`.
-        self.base.wrapping_add(offset as usize) as *mut c_void
+        object_in(self.base, offset)
     }
+}
+
+/// Region offset of an object of the region mapped at `base`.
+#[inline]
+fn offset_in(base: *mut u8, obj: *mut c_void) -> u32 {
+    (obj as usize).wrapping_sub(base as usize) as u32
+}
+
+/// The object at `offset` of the region mapped at `base`.
+#[inline]
+fn object_in(base: *mut u8, offset: u32) -> *mut c_void {
+    // SAFETY (for callers): the offset was validated by `layout.buffer_index`.
+    base.wrapping_add(offset as usize) as *mut c_void
 }
 
 /// The pool state of a mempool that uses our ops.
@@ -463,40 +475,98 @@ unsafe extern "C" fn pool_dequeue(mp: *mut sys::rte_mempool, objs: *mut *mut c_v
             let Some(pool) = region_mempool(mp) else { return -libc::EINVAL };
             (pool, std::slice::from_raw_parts_mut(objs, n as usize))
         };
-        let mut offsets = [0u32; CHUNK];
-        let mut taken = 0;
-        while taken < objs.len() {
-            let want = (objs.len() - taken).min(CHUNK);
-            let chunk = &mut offsets[..want];
-            if let Err(e) = pool.ring.dequeue_bulk(chunk, GUEST_RETRIES) {
-                // All or nothing: give back what this call already took.
-                undo_dequeue(pool, &objs[..taken]);
-                return if e == FreeRingError::Empty { -libc::ENOENT } else { -libc::ENOBUFS };
+        match dequeue_objects(&pool.ring, &pool.layout, pool.base, objs) {
+            Ok(()) => 0,
+            Err(TakeError::Ring(FreeRingError::Empty)) => -libc::ENOENT,
+            Err(TakeError::Ring(_)) => -libc::ENOBUFS,
+            Err(TakeError::Invalid(offset)) => {
+                LOG.error(format_args!("pool '{}': dropped invalid offset {offset:#x} from the free ring", pool.name));
+                -libc::ENOENT
             }
-            for (i, &offset) in chunk.iter().enumerate() {
-                // The proxy writes this ring too: never turn a value into a pointer unchecked.
-                if pool.layout.buffer_index(offset).is_none() {
-                    LOG.error(format_args!("pool '{}': dropped invalid offset {offset:#x} from the free ring", pool.name));
-                    let good: Vec<u32> = chunk[..i].iter().chain(&chunk[i + 1..]).copied().collect();
-                    let _ = pool.ring.enqueue_bulk(&good, GUEST_RETRIES);
-                    undo_dequeue(pool, &objs[..taken]);
-                    return -libc::ENOENT;
-                }
-                objs[taken + i] = pool.object_at(offset);
-            }
-            taken += want;
         }
-        0
     })
 }
 
-fn undo_dequeue(pool: &RegionMempool, objs: &[*mut c_void]) {
-    let mut offsets = [0u32; CHUNK];
-    for chunk in objs.chunks(CHUNK) {
-        for (dst, obj) in offsets.iter_mut().zip(chunk) {
-            *dst = pool.offset_of(*obj);
+/// Fills `objs` with objects of the pool at `base` taken from its free ring, or takes
+/// none and leaves `objs` as it was (up to [`STAGED_MAX`] objects; see there).
+fn dequeue_objects(ring: &FreeRing<'_>, layout: &PoolLayout, base: *mut u8, objs: &mut [*mut c_void]) -> Result<(), TakeError> {
+    let mut staged = [0u32; STAGED_MAX];
+    let mut done = 0;
+    while done < objs.len() {
+        let part = (objs.len() - done).min(STAGED_MAX);
+        if let Err(e) = take_offsets(ring, layout, &mut staged[..part]) {
+            // All or nothing: give back what this call already took.
+            let mut offsets = [0u32; CHUNK];
+            for chunk in objs[..done].chunks(CHUNK) {
+                for (dst, &obj) in offsets.iter_mut().zip(chunk) {
+                    *dst = offset_in(base, obj);
+                }
+                give_back_offsets(ring, &offsets[..chunk.len()]);
+            }
+            return Err(e);
         }
-        let _ = pool.ring.enqueue_bulk(&offsets[..chunk.len()], GUEST_RETRIES);
+        for (dst, &offset) in objs[done..done + part].iter_mut().zip(&staged[..part]) {
+            // take_offsets validated the offset (`layout.buffer_index`).
+            *dst = object_in(base, offset);
+        }
+        done += part;
+    }
+    Ok(())
+}
+
+/// Most objects one dequeue gathers before it writes any into the caller's array: the
+/// size of a per-lcore cache's array, the most DPDK ever dequeues into one.
+///
+/// A failed dequeue must leave the array as it was: DPDK 22.11's
+/// `rte_mempool_do_generic_get` refills a per-lcore cache by dequeuing straight into
+/// the cache's array, and when that fails it keeps the objects the array held before,
+/// taking them as "intact". Objects written into it by a dequeue that then failed and
+/// gave them back to the free ring would stay in the cache: handed out by this process
+/// while the free ring (and so the proxy's NIC) had them too, while the objects they
+/// replaced were never seen again. A free ring that runs short in the middle of a
+/// refill (rings that can take all of a pool's buffers) made that happen. Requests
+/// larger than this go only to the caller's own array (DPDK dequeues them there
+/// directly), which is written in parts of this size.
+const STAGED_MAX: usize = 2 * sys::RTE_MEMPOOL_CACHE_MAX_SIZE as usize;
+
+/// Why [`take_offsets`] took nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TakeError {
+    /// The free ring did not have them (or was contended).
+    Ring(FreeRingError),
+    /// The free ring held a value that is no object of the pool (the proxy writes the
+    /// ring too): dropped, the rest given back.
+    Invalid(u32),
+}
+
+/// Takes `out.len()` offsets of the pool's objects from its free ring into `out`, or
+/// none: what it took is given back.
+fn take_offsets(ring: &FreeRing<'_>, layout: &PoolLayout, out: &mut [u32]) -> Result<(), TakeError> {
+    let mut taken = 0;
+    while taken < out.len() {
+        let want = (out.len() - taken).min(CHUNK);
+        let chunk = &mut out[taken..taken + want];
+        if let Err(e) = ring.dequeue_bulk(chunk, GUEST_RETRIES) {
+            give_back_offsets(ring, &out[..taken]);
+            return Err(TakeError::Ring(e));
+        }
+        // The proxy writes this ring too: never turn a value into a pointer unchecked.
+        if let Some(&bad) = chunk.iter().find(|&&offset| layout.buffer_index(offset).is_none()) {
+            for &offset in chunk.iter().filter(|&&offset| layout.buffer_index(offset).is_some()) {
+                give_back_offsets(ring, &[offset]);
+            }
+            give_back_offsets(ring, &out[..taken]);
+            return Err(TakeError::Invalid(bad));
+        }
+        taken += want;
+    }
+    Ok(())
+}
+
+/// Returns offsets this process took from the free ring.
+fn give_back_offsets(ring: &FreeRing<'_>, offsets: &[u32]) {
+    for chunk in offsets.chunks(CHUNK) {
+        let _ = ring.enqueue_bulk(chunk, GUEST_RETRIES);
     }
 }
 
@@ -505,4 +575,98 @@ unsafe extern "C" fn pool_get_count(mp: *const sys::rte_mempool) -> c_uint {
         // SAFETY: called on a pool whose alloc succeeded.
         unsafe { region_mempool(mp) }.map_or(0, |pool| pool.ring.count())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shm_contract::layout::{RegionFlags, RegionLayout};
+    use shm_contract::mem::HeapMem;
+
+    /// A pool of `count` buffers whose free ring has `count.next_power_of_two()` cells,
+    /// in heap memory, the ring empty.
+    fn pool(count: u32) -> (HeapMem, PoolLayout) {
+        let region = RegionLayout::new(64 << 20, 4096, 1024, 1024, RegionFlags::empty()).unwrap();
+        let ring_entries = count.next_power_of_two();
+        let ring_bytes = FreeRing::bytes_for(ring_entries) as u32;
+        let add = PoolAdd {
+            pool_id: 0,
+            ring_offset: region.heap().offset,
+            ring_entries,
+            first_mbuf_offset: region.heap().offset + ring_bytes.next_multiple_of(64),
+            stride: 2432,
+            count,
+            mbuf_size: 128,
+            data_room: 2176,
+        };
+        let layout = add.validate(&region, &[]).unwrap();
+        let mem = HeapMem::new(64 << 20);
+        FreeRing::init(&mem.mem(), layout.ring_offset(), ring_entries).unwrap();
+        (mem, layout)
+    }
+
+    #[test]
+    fn a_failed_take_gives_everything_back_and_writes_nothing_past_what_it_took() {
+        let (mem, layout) = pool(4096);
+        let view = mem.mem();
+        let ring = FreeRing::new(&view, layout.ring_offset(), layout.ring_entries()).unwrap();
+        let offsets: Vec<u32> = (0..100).map(|i| layout.buffer_offset(i)).collect();
+        give_back_offsets(&ring, &offsets);
+        // A cache refill of 150 with 100 free: nothing taken.
+        let mut staged = [0u32; 150];
+        assert_eq!(take_offsets(&ring, &layout, &mut staged), Err(TakeError::Ring(FreeRingError::Empty)));
+        assert_eq!(ring.count(), 100);
+        // 100 are there: taken, each once.
+        let mut all = [0u32; 100];
+        take_offsets(&ring, &layout, &mut all).unwrap();
+        let mut sorted = all.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(sorted, offsets);
+        assert_eq!(ring.count(), 0);
+    }
+
+    #[test]
+    fn a_failed_dequeue_leaves_the_callers_array_as_it_was() {
+        let (mem, layout) = pool(4096);
+        let view = mem.mem();
+        let ring = FreeRing::new(&view, layout.ring_offset(), layout.ring_entries()).unwrap();
+        let base = std::ptr::null_mut::<u8>().wrapping_add(1 << 40);
+        give_back_offsets(&ring, &(0..100).map(|i| layout.buffer_offset(i)).collect::<Vec<_>>());
+        // DPDK refilling an lcore cache that holds two objects (4000 and 4001) with 150
+        // more, straight into the cache's array; it keeps the two if the refill fails.
+        let mut cache: Vec<*mut c_void> = vec![std::ptr::null_mut(); STAGED_MAX];
+        cache[0] = object_in(base, layout.buffer_offset(4000));
+        cache[1] = object_in(base, layout.buffer_offset(4001));
+        let before = cache.clone();
+        assert_eq!(dequeue_objects(&ring, &layout, base, &mut cache[..150]), Err(TakeError::Ring(FreeRingError::Empty)));
+        assert!(cache == before, "a failed dequeue wrote into the array: {:?}...", &cache[..4]);
+        assert_eq!(ring.count(), 100);
+        // Larger than a cache's array, and more than there is: nothing taken either.
+        let mut big: Vec<*mut c_void> = vec![std::ptr::null_mut(); STAGED_MAX + 1];
+        give_back_offsets(&ring, &(100..4096).map(|i| layout.buffer_offset(i)).collect::<Vec<_>>());
+        let mut all = vec![std::ptr::null_mut(); 4096];
+        dequeue_objects(&ring, &layout, base, &mut all[..4096 - STAGED_MAX]).unwrap();
+        assert_eq!(dequeue_objects(&ring, &layout, base, &mut big), Err(TakeError::Ring(FreeRingError::Empty)));
+        assert_eq!(ring.count(), STAGED_MAX as u32);
+        dequeue_objects(&ring, &layout, base, &mut big[..STAGED_MAX]).unwrap();
+        assert_eq!(ring.count(), 0);
+        let mut got: Vec<u32> = all[..4096 - STAGED_MAX].iter().chain(&big[..STAGED_MAX]).map(|&o| offset_in(base, o)).collect();
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got.len(), 4096, "every object handed out once");
+    }
+
+    #[test]
+    fn a_value_that_is_no_object_is_dropped_and_the_rest_given_back() {
+        let (mem, layout) = pool(256);
+        let view = mem.mem();
+        let ring = FreeRing::new(&view, layout.ring_offset(), layout.ring_entries()).unwrap();
+        let good: Vec<u32> = (0..70).map(|i| layout.buffer_offset(i)).collect();
+        give_back_offsets(&ring, &good[..66]);
+        give_back_offsets(&ring, &[12345]);
+        give_back_offsets(&ring, &good[66..]);
+        let mut staged = [0u32; 71];
+        assert_eq!(take_offsets(&ring, &layout, &mut staged), Err(TakeError::Invalid(12345)));
+        assert_eq!(ring.count(), 70, "every good offset back, the bad one gone");
+    }
 }

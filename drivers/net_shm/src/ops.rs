@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use dpdk_sys as sys;
 use shm_contract::{DescConsumer, DescProducer, Message};
 use shm_driver_common::bus::lock;
-use shm_driver_common::devargs::DEFAULT_RING_ENTRIES;
+use shm_contract::layout::DEFAULT_RING_ENTRIES;
 use shm_driver_common::errno_text;
 use shm_driver_common::ffi::guard;
 use shm_driver_common::session::{Region, Session};
