@@ -291,7 +291,7 @@ impl Control {
             let (port, queues) = (ep.port, ep.queues.clone());
             let shown = ep.queues_text();
             let leftover =
-                Leftover { socket: ep.path.clone(), port, queues, app: guest.app, pools, since: Instant::now() };
+                Leftover { socket: ep.path.clone(), owner: conn.fd.owner(), port, queues, app: guest.app, pools, since: Instant::now() };
             // The queue has no guest now: the loop drains it as idle (for a NIC that
             // keeps sent buffers on its rx side, like `net_ring`, that gives them back),
             // and once it has taken that up it no longer frees anything into a pool whose

@@ -28,7 +28,7 @@ use super::listen::Endpoint;
 use super::{bump, Control};
 use crate::datapath::Invalid;
 use crate::os;
-use crate::quarantine::{self, Leftover};
+use crate::quarantine;
 use crate::reaper::{self, PeerFd};
 use crate::region::{GuestRegion, RegionRequest};
 use crate::sizing;
@@ -426,9 +426,9 @@ impl Control {
             try_hugepages: plan.hugepages,
         };
         let (port, queue, shown) = (ep.port, ep.queues[0], ep.queues_text());
-        let leftovers: Vec<&Leftover> = self.quarantine.iter().filter(|l| l.socket == ep.path).collect();
-        let in_nic = leftovers.iter().map(|l| l.in_nic()).sum();
-        if let Err(reason) = quarantine::admits(leftovers.len(), in_nic, port, &shown) {
+        let uid = ep.conn.as_ref().map_or(u32::MAX, |c| c.fd.owner());
+        let leftovers = self.quarantine.iter().filter(|l| l.socket == ep.path);
+        if let Err(reason) = quarantine::admits(leftovers, uid, port, &shown) {
             return refuse(self, RefuseCode::Busy, reason);
         }
         let name = format!("dpdk-io-proxy:{path}");
