@@ -36,6 +36,8 @@ use crate::quarantine::Leftover;
 use crate::reaper;
 use crate::{log_info, log_warn};
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod guest;
 mod listen;
 mod reload;
@@ -79,6 +81,9 @@ pub struct Control {
     quarantine: Vec<Leftover>,
     quit: bool,
     stdin_open: bool,
+    /// Our own line buffer over stdin's raw fd: a buffered reader would keep a second
+    /// line that arrived in the same read where poll(2) cannot see it ("show stats\nquit\n").
+    stdin_pending: Vec<u8>,
     pool_serial: u32,
     last_link_check: Instant,
     last_stats: Instant,
@@ -108,6 +113,7 @@ impl Control {
             quarantine: Vec::new(),
             quit: false,
             stdin_open: true,
+            stdin_pending: Vec::new(),
             pool_serial: 0,
             last_link_check: Instant::now(),
             last_stats: Instant::now(),
@@ -228,87 +234,91 @@ impl Control {
 
     /// The control loop; returns when asked to quit.
     pub fn run(&mut self) {
-        let stdin_fd = std::io::stdin().as_raw_fd();
-        // Our own line buffer over the raw fd: a buffered reader would keep a second line
-        // that arrived in the same read where poll(2) cannot see it ("show stats\nquit\n").
-        let mut pending: Vec<u8> = Vec::new();
         while !self.quit && !QUIT_SIGNAL.load(Ordering::Relaxed) {
-            let mut fds: Vec<libc::pollfd> = Vec::new();
-            let mut owners: Vec<(usize, bool)> = Vec::new(); // (endpoint, is_conn)
-            if self.stdin_open {
-                fds.push(pollfd(stdin_fd));
-                owners.push((usize::MAX, false));
-            }
-            // A peer whose connection may carry descriptors (a kernel without
-            // SO_PASSRIGHTS, or a reattaching guest asked for its region) is read, and a
-            // socket whose connections start so accepted, only while the reaper has room
-            // for all that one more message or connection can bring (reaper.rs); a
-            // reaper stuck on a close holds up only those, never connections that refuse
-            // descriptors, commands or the data loop.
-            let peers_welcome = reaper::room_for_peer_input(self.endpoints.len());
-            for (i, ep) in self.endpoints.iter().enumerate() {
-                if peers_welcome || !ep.connections_pass_fds {
-                    fds.push(pollfd(ep.listener.as_fd().as_raw_fd()));
-                    owners.push((i, false));
-                }
-                if let Some(c) = &ep.conn {
-                    if peers_welcome || !c.fd.passes() {
-                        fds.push(pollfd(c.fd.as_fd().as_raw_fd()));
-                        owners.push((i, true));
-                    }
-                }
-            }
-            let admin_fds = fds.len();
-            if let Some(a) = &self.admin {
-                a.poll_fds(&mut fds);
-            }
-            let n = os::poll(&mut fds, 100).unwrap_or(0);
-            if n > 0 {
-                for (pfd, &(idx, is_conn)) in fds.iter().zip(&owners) {
-                    if pfd.revents == 0 {
-                        continue;
-                    }
-                    if idx == usize::MAX {
-                        let mut chunk = [0u8; 4096];
-                        let n = os::read(std::io::stdin().as_fd(), &mut chunk);
-                        if let Ok(n @ 1..) = n {
-                            pending.extend_from_slice(&chunk[..n]);
-                        } else if n.as_ref().map_or_else(|e| e.kind() != std::io::ErrorKind::Interrupted, |_| true) {
-                            // End of input: a last line without a newline still counts.
-                            self.stdin_open = false;
-                            if !pending.is_empty() {
-                                pending.push(b'\n');
-                            }
-                        }
-                        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                            let line: Vec<u8> = pending.drain(..=end).collect();
-                            self.command_line(&String::from_utf8_lossy(&line));
-                            if self.quit {
-                                break;
-                            }
-                        }
-                    } else if idx < self.endpoints.len() {
-                        if is_conn {
-                            self.service_conn(idx);
-                        } else {
-                            self.accept(idx);
-                        }
-                    }
-                }
-            }
-            if let Some(mut admin) = self.admin.take() {
-                admin.service(&fds[admin_fds..], |line| self.answer(line));
-                self.admin = Some(admin);
-            }
-            if reload::RELOAD_SIGNAL.swap(false, Ordering::Relaxed) {
-                match self.config_file.clone() {
-                    Some(file) => self.reload(&file),
-                    None => log_warn!("SIGHUP: there is no configuration file (--cmds) to read again"),
-                }
-            }
-            self.housekeeping();
+            self.poll_once(100);
         }
         self.shutdown();
+    }
+
+    /// One round of the control loop: waits up to `timeout_ms` for stdin, the admin
+    /// socket, the listeners and the connections, serves what is ready, then does the
+    /// housekeeping.
+    pub(crate) fn poll_once(&mut self, timeout_ms: i32) {
+        let stdin_fd = std::io::stdin().as_raw_fd();
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut owners: Vec<(usize, bool)> = Vec::new(); // (endpoint, is_conn)
+        if self.stdin_open {
+            fds.push(pollfd(stdin_fd));
+            owners.push((usize::MAX, false));
+        }
+        // A peer whose connection may carry descriptors (a kernel without
+        // SO_PASSRIGHTS, or a reattaching guest asked for its region) is read, and a
+        // socket whose connections start so accepted, only while the reaper has room
+        // for all that one more message or connection can bring (reaper.rs); a
+        // reaper stuck on a close holds up only those, never connections that refuse
+        // descriptors, commands or the data loop.
+        let peers_welcome = reaper::room_for_peer_input(self.endpoints.len());
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            if peers_welcome || !ep.connections_pass_fds {
+                fds.push(pollfd(ep.listener.as_fd().as_raw_fd()));
+                owners.push((i, false));
+            }
+            if let Some(c) = &ep.conn {
+                if peers_welcome || !c.fd.passes() {
+                    fds.push(pollfd(c.fd.as_fd().as_raw_fd()));
+                    owners.push((i, true));
+                }
+            }
+        }
+        let admin_fds = fds.len();
+        if let Some(a) = &self.admin {
+            a.poll_fds(&mut fds);
+        }
+        let n = os::poll(&mut fds, timeout_ms).unwrap_or(0);
+        if n > 0 {
+            for (pfd, &(idx, is_conn)) in fds.iter().zip(&owners) {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                if idx == usize::MAX {
+                    let mut chunk = [0u8; 4096];
+                    let n = os::read(std::io::stdin().as_fd(), &mut chunk);
+                    if let Ok(n @ 1..) = n {
+                        self.stdin_pending.extend_from_slice(&chunk[..n]);
+                    } else if n.as_ref().map_or_else(|e| e.kind() != std::io::ErrorKind::Interrupted, |_| true) {
+                        // End of input: a last line without a newline still counts.
+                        self.stdin_open = false;
+                        if !self.stdin_pending.is_empty() {
+                            self.stdin_pending.push(b'\n');
+                        }
+                    }
+                    while let Some(end) = self.stdin_pending.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = self.stdin_pending.drain(..=end).collect();
+                        self.command_line(&String::from_utf8_lossy(&line));
+                        if self.quit {
+                            break;
+                        }
+                    }
+                } else if idx < self.endpoints.len() {
+                    if is_conn {
+                        self.service_conn(idx);
+                    } else {
+                        self.accept(idx);
+                    }
+                }
+            }
+        }
+        if let Some(mut admin) = self.admin.take() {
+            admin.service(&fds[admin_fds..], |line| self.answer(line));
+            self.admin = Some(admin);
+        }
+        if reload::RELOAD_SIGNAL.swap(false, Ordering::Relaxed) {
+            match self.config_file.clone() {
+                Some(file) => self.reload(&file),
+                None => log_warn!("SIGHUP: there is no configuration file (--cmds) to read again"),
+            }
+        }
+        self.housekeeping();
     }
 
     /// The file SIGHUP reads again (the startup commands).

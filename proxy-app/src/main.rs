@@ -5,44 +5,14 @@
 //! Threads: the EAL main lcore runs the data loop (`datapath`); a control thread serves
 //! the sockets and stdin (`control`).
 
-mod access;
-mod admin;
-mod cmds;
-mod control;
-// Shared with dpdk-io-proxy-ctl, which alone reads answers (error_line).
-#[allow(dead_code)]
-mod ctl_proto;
-mod datapath;
-mod nic;
-mod os;
-mod quarantine;
-mod reaper;
-mod region;
-mod sandbox;
-mod shadow;
-mod shown;
-mod sizing;
-mod sockpath;
-mod telemetry;
-
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use control::{Control, Options, QUIT_SIGNAL};
-use datapath::Plane;
-
-/// Logs a line to stderr, prefixed `IO_PROXY: `.
-#[macro_export]
-macro_rules! log_info {
-    ($($arg:tt)*) => { eprintln!("IO_PROXY: {}", format_args!($($arg)*)) };
-}
-
-/// Logs a warning to stderr, prefixed `IO_PROXY: warning: `.
-#[macro_export]
-macro_rules! log_warn {
-    ($($arg:tt)*) => { eprintln!("IO_PROXY: warning: {}", format_args!($($arg)*)) };
-}
+use proxy_app::control::{self, Control, Options, QUIT_SIGNAL};
+use proxy_app::datapath::Plane;
+use proxy_app::{access, admin, cmds, ctl_proto, os, reaper, sandbox, shadow, telemetry};
+use proxy_app::{log_info, log_warn};
 
 const DEFAULT_CMDS: &str = "dpdk-io-proxy.cmds";
 /// The dedicated user the proxy runs as after start-up unless `--user` says otherwise.

@@ -119,13 +119,28 @@ struct EalInner {
     _private: (),
 }
 
+/// The argv array given to `rte_eal_init`: pointers into [`EalState::args`].
+struct Argv {
+    _ptrs: Vec<*mut c_char>,
+}
+
+// SAFETY: the pointers are never dereferenced from Rust; they only keep EAL's argv
+// (and the strings it points to, owned beside it) alive.
+unsafe impl Send for Argv {}
+
 /// Whether EAL was initialised, and the handle while it lives.
 struct EalState {
     initialised: bool,
     current: Weak<EalInner>,
+    /// The arguments EAL was given: it keeps pointers into them (and may permute the
+    /// array), so they live as long as the process, reachable from here (so a leak
+    /// checker does not report them).
+    args: Vec<CString>,
+    argv: Argv,
 }
 
-static EAL: Mutex<EalState> = Mutex::new(EalState { initialised: false, current: Weak::new() });
+static EAL: Mutex<EalState> =
+    Mutex::new(EalState { initialised: false, current: Weak::new(), args: Vec::new(), argv: Argv { _ptrs: Vec::new() } });
 
 fn eal_state() -> MutexGuard<'static, EalState> {
     // The state is two plain fields, each always consistent: a panic elsewhere while
@@ -156,8 +171,8 @@ impl Eal {
         // SAFETY: argv holds argc valid NUL-terminated strings and a final null; the
         // lock on the state serialises initialisations.
         let rc = unsafe { sys::rte_eal_init(argc, argv.as_mut_ptr()) };
-        std::mem::forget(cstrings);
-        std::mem::forget(argv);
+        state.args = cstrings;
+        state.argv = Argv { _ptrs: argv };
         if rc < 0 {
             return Err(Error::from_rte_errno("rte_eal_init"));
         }

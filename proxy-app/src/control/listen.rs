@@ -65,7 +65,7 @@ pub(super) struct StartBudget {
 }
 
 impl StartBudget {
-    fn new() -> StartBudget {
+    pub(super) fn new() -> StartBudget {
         StartBudget { tokens: QUEUE_START_BURST, at: Instant::now() }
     }
 

@@ -205,6 +205,6 @@ fn pair_line(socket: &str, k: usize, port: u16, queue: u16, st: &crate::datapath
 }
 
 /// How many mempools exist in this process.
-fn mempool_count() -> usize {
+pub(super) fn mempool_count() -> usize {
     dpdk::mempool_count()
 }

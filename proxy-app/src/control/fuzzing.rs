@@ -1,0 +1,505 @@
+//! The control plane's fuzzing harness (feature `fuzzing`; the target is
+//! proxy-app/fuzz/fuzz_targets/session.rs). It is the real proxy control thread, not a
+//! model: EAL (`--no-huge --no-shconf`, no PCI), one `net_null` port, one served socket,
+//! the real [`Control`] with its poll loop, session state machine, region, shadow pools
+//! and NIC queue switching; only the data loop is not running (so a publish does not
+//! wait for it). A guest whose every step comes from the fuzzer talks to it over the
+//! socket: it connects (more than once), sends any message in any order (structured,
+//! or raw bytes), passes descriptors with them (its region back, fresh memfds, pipes, its
+//! own socket), and writes into its shared region (ring indices, descriptors, free
+//! rings, the header) between requests.
+//!
+//! A session lives across inputs (each input continues it), as a real guest's does:
+//! starting a region per input would cost more than everything else the input does.
+//! Whenever the socket has no guest, and at the end of each session (the guest hangs
+//! up after at most `SESSION_INPUTS` inputs), what must then hold is checked: the socket
+//! is back to Listening, no departed guest's pools wait in the quarantine (`net_null`
+//! holds no buffer), and the process has exactly the mempools it had before the first
+//! input (no shadow pool leaked). Every answer the proxy sent must decode. A failed
+//! check panics; the fuzzer keeps the last input, and the harness prints all inputs of
+//! the session, which [`Harness::replay`] runs again.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shm_contract::layout::{RegionLayout, MBUF_HEADER_SIZE};
+use shm_contract::mem::{create_region_memfd, Mapping};
+use shm_contract::mpmc::FreeRing;
+use shm_contract::pool::MAX_POOLS;
+use shm_contract::proto::transport::{connect_to_proxy, recv_message_and_fds, send_message, Received, TransportError};
+use shm_contract::proto::{Hello, HELLO_FLAG_REATTACH, QUEUE_FLAG_RX_WAKEUP};
+use shm_contract::{Desc, DescProducer, Message, PoolAdd, PROTOCOL_VERSION};
+
+use super::listen::StartBudget;
+use super::session::State;
+use super::{Control, Options};
+use crate::access::Access;
+use crate::cmds::{Command, SocketAccess};
+use crate::datapath::Plane;
+
+/// The proxy's default region size here (a Hello with size 0) and its limit: small, so
+/// that a session costs microseconds.
+const REGION_SIZE: u64 = 128 << 10;
+const MAX_REGION_SIZE: u64 = 256 << 10;
+/// Buffers per guest (`--max-guest-buffers`).
+const MAX_GUEST_BUFFERS: u64 = 1024;
+/// Steps of one input, and guest connections open at once.
+const MAX_STEPS: usize = 24;
+/// Inputs one session lasts at most: then its guest hangs up (and the checks run).
+const SESSION_INPUTS: usize = 64;
+const MAX_CONNS: usize = 3;
+
+/// The proxy under test and what it must come back to after each input.
+pub struct Harness {
+    ctl: Control,
+    /// EAL lives as long as the harness, which the fuzz target keeps until it exits.
+    _eal: dpdk::Eal,
+    path: PathBuf,
+    /// The process's mempools without a guest (the port's parking pool).
+    mempools: usize,
+    /// The guest's connections, and the inputs of the session so far.
+    conns: Vec<Conn>,
+    history: Vec<Vec<u8>>,
+}
+
+/// The fuzzer's bytes, read as the guest's choices (0 when they run out).
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from(self.u32()) | u64::from(self.u32()) << 32
+    }
+    fn bytes(&mut self, n: usize) -> &[u8] {
+        let n = n.min(self.0.len());
+        let (b, rest) = self.0.split_at(n);
+        self.0 = rest;
+        b
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The guest's side of one connection.
+struct Conn {
+    sock: OwnedFd,
+    /// The region from the Welcome, mapped, and its layout.
+    region: Option<(OwnedFd, Mapping, RegionLayout)>,
+    next_id: u32,
+}
+
+impl Harness {
+    /// Starts EAL and the proxy's control plane (once per process).
+    pub fn new() -> Harness {
+        let prefix = format!("proxy-fuzz-{}", std::process::id());
+        let args: Vec<String> = [
+            "proxy-fuzz",
+            "--no-huge",
+            "-m",
+            "256",
+            "--no-shconf",
+            "--no-pci",
+            "--no-telemetry",
+            "--vdev=net_null0",
+            "--iova-mode=va",
+            "--log-level=*:error",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            format!("--file-prefix={prefix}"),
+            // Every thread of the process on one CPU (the threads started after EAL
+            // init inherit the main lcore's): an munmap (each session ends with a few)
+            // then needs no TLB shootdown of other CPUs, which in a VM costs more than
+            // the whole session.
+            // SAFETY: sched_getcpu has no arguments and no side effects.
+            format!("--lcores=0@{}", unsafe { libc::sched_getcpu() }.max(0)),
+        ])
+        .collect();
+        let (eal, _) = dpdk::Eal::init(&args).expect("EAL init (--no-huge --no-shconf, net_null)");
+        crate::shadow::register_ops(&eal).expect("shadow mempool ops");
+        crate::reaper::start().expect("reaper thread");
+        let dir = std::env::temp_dir().join(prefix);
+        let path = dir.join("sock");
+        let runs_as = crate::os::effective_uid();
+        let opts = Options {
+            region_size: REGION_SIZE,
+            max_region_size: MAX_REGION_SIZE,
+            max_guest_buffers: MAX_GUEST_BUFFERS,
+            try_hugepages: false,
+            access: Access { owner: None, group: None, mode: 0o600, allow_uids: Vec::new(), allow_gids: Vec::new() },
+            mtu: None,
+            queues: None,
+            stats_period: None,
+            runs_as,
+        };
+        let startup = vec![(1, Command::Socket { path: path.clone(), port: 0, queue: 0, access: SocketAccess::default() })];
+        let mut ctl = Control::new(opts, Arc::new(Plane::new()), startup, "fuzz").expect("control plane");
+        // The fuzzer's stdin is not a command stream.
+        ctl.stdin_open = false;
+        let mempools = crate::control::reports::mempool_count();
+        Harness { ctl, _eal: eal, path, mempools, conns: Vec::new(), history: Vec::new() }
+    }
+
+    /// Runs one guest life (or several: connections come and go) from `data`.
+    /// Continues the guest's life with the steps in `data`. A session (the guest's
+    /// connections and what the proxy holds for them) lives across inputs, as a real
+    /// one does, until its guest hangs up, the proxy cuts it, or `SESSION_INPUTS`
+    /// inputs have gone by; the inputs since it began are printed when a check fails or
+    /// the proxy panics, so that the whole session can be replayed ([`Harness::replay`]).
+    pub fn run(&mut self, data: &[u8]) {
+        self.history.push(data.to_vec());
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.continue_session(data)));
+        if let Err(panic) = result {
+            eprintln!("proxy-app session fuzzer: the session's inputs, oldest first (Harness::replay):");
+            for input in &self.history {
+                eprintln!("  {input:02x?}");
+            }
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// Runs `inputs` as one fresh session (what a regression test does with the inputs
+    /// `run` printed).
+    pub fn replay(&mut self, inputs: &[&[u8]]) {
+        self.end_session();
+        for input in inputs {
+            self.run(input);
+        }
+        self.end_session();
+    }
+
+    fn continue_session(&mut self, data: &[u8]) {
+        let mut input = Input(data);
+        let mut conns = std::mem::take(&mut self.conns);
+        for _ in 0..MAX_STEPS {
+            if input.is_empty() {
+                break;
+            }
+            self.step(&mut input, &mut conns);
+            self.ctl.poll_once(0);
+            for c in &mut conns {
+                drain_answers(c);
+            }
+        }
+        self.conns = conns;
+        if self.history.len() >= SESSION_INPUTS {
+            self.end_session();
+        } else if self.ctl.endpoints[0].guest().is_none() {
+            // No guest (none yet, or the proxy cut it): nothing of one may remain.
+            self.check_no_guest_left();
+            if self.conns.is_empty() && self.ctl.endpoints[0].state() == State::Listening {
+                self.history.clear();
+            }
+        }
+    }
+
+    /// Hangs up every connection of the guest; the proxy must see it and tear the
+    /// session down, leaving nothing behind.
+    fn end_session(&mut self) {
+        self.conns.clear();
+        for _ in 0..16 {
+            self.ctl.poll_once(0);
+            if self.ctl.endpoints[0].state() == State::Listening {
+                break;
+            }
+        }
+        assert_eq!(self.ctl.endpoints[0].state(), State::Listening, "the session did not end when its guest hung up");
+        self.check_no_guest_left();
+        self.history.clear();
+        // Queue starts are limited per socket per second (listen.rs): each session is
+        // the life of a fresh socket, or starts would only be refused after the first 20.
+        self.ctl.endpoints[0].queue_starts = StartBudget::new();
+    }
+
+    fn check_no_guest_left(&self) {
+        assert!(self.ctl.quarantine.is_empty(), "pools in quarantine although net_null holds no buffer");
+        let mempools = crate::control::reports::mempool_count();
+        assert_eq!(mempools, self.mempools, "mempools leaked (or freed) by a session: {mempools} now, {} before", self.mempools);
+    }
+
+    fn step(&mut self, input: &mut Input<'_>, conns: &mut Vec<Conn>) {
+        let op = input.u8();
+        if op % 16 == 0 || conns.is_empty() {
+            if conns.len() < MAX_CONNS {
+                // As a guest connects: checking that the server is the proxy (us).
+                if let Ok(sock) = connect_to_proxy(&self.path, Some(self.ctl.opts.runs_as)) {
+                    conns.push(Conn { sock, region: None, next_id: 1 });
+                }
+            }
+            if op % 16 == 0 {
+                return;
+            }
+        }
+        let which = (op as usize >> 4) % conns.len();
+        let c = &mut conns[which];
+        let id = c.next_id;
+        c.next_id = c.next_id.wrapping_add(1);
+        let msg = match op % 16 {
+            1..=2 => Some(Message::Hello(hello(input))),
+            3..=5 => Some(Message::PoolAdd(pool_add(input, c.region.as_ref()))),
+            6 => Some(Message::PoolDel { pool_id: small_or_any(input, MAX_POOLS + 1) }),
+            7 | 8 => {
+                let flags = match input.u8() % 4 {
+                    0 => QUEUE_FLAG_RX_WAKEUP,
+                    1 => input.u32(),
+                    _ => 0,
+                };
+                Some(Message::QueueStart { rx_pool_id: small_or_any(input, MAX_POOLS + 1), flags, rx_depth: input.u32() % 2048 })
+            }
+            9 => Some(Message::QueueStop),
+            10 => Some(Message::Goodbye),
+            11 => {
+                // Raw bytes: a datagram that need not decode.
+                let n = input.u8() as usize;
+                let raw = input.bytes(n).to_vec();
+                send_raw(c.sock.as_fd(), &raw);
+                None
+            }
+            12 | 13 => {
+                scribble(input, c);
+                None
+            }
+            14 => {
+                publish_tx(input, c);
+                None
+            }
+            _ => {
+                // The guest hangs up.
+                conns.remove(which);
+                return;
+            }
+        };
+        if let Some(msg) = msg {
+            let fds = descriptors(input, c);
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            let _ = send_message(c.sock.as_fd(), &msg, id, &borrowed);
+        }
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Mostly a small value (below `small`), sometimes any.
+fn small_or_any(input: &mut Input<'_>, small: u32) -> u32 {
+    let b = input.u8();
+    if b < 240 {
+        u32::from(b) % small
+    } else {
+        input.u32()
+    }
+}
+
+fn hello(input: &mut Input<'_>) -> Hello {
+    let sel = input.u8();
+    let (version_min, version_max) = match sel % 8 {
+        0 => (input.u16(), input.u16()),
+        1 => (1, 1),
+        _ => (PROTOCOL_VERSION, PROTOCOL_VERSION),
+    };
+    let region_size = match (sel >> 3) % 8 {
+        0 => input.u64(),
+        1 => REGION_SIZE + 4096,
+        2 => MAX_REGION_SIZE,
+        3 => MAX_REGION_SIZE + 4096,
+        4 => REGION_SIZE,
+        _ => 0,
+    };
+    let entries = |input: &mut Input<'_>| match input.u8() % 6 {
+        0 => input.u32(),
+        1 => 64,
+        2 => 256,
+        3 => 1000,
+        _ => 0,
+    };
+    let rx_ring_entries = entries(input);
+    let tx_ring_entries = entries(input);
+    let flags = match sel >> 6 {
+        0 => HELLO_FLAG_REATTACH,
+        1 => input.u32(),
+        _ => 0,
+    };
+    let n = input.u8() as usize % 40;
+    let app_name = String::from_utf8_lossy(input.bytes(n)).into_owned();
+    Hello { version_min, version_max, flags, region_size, rx_ring_entries, tx_ring_entries, app_name }
+}
+
+/// A pool announcement: mostly one a guest would make (in one of four slots of the heap,
+/// its free ring filled with its buffers), sometimes any fields at all.
+fn pool_add(input: &mut Input<'_>, region: Option<&(OwnedFd, Mapping, RegionLayout)>) -> PoolAdd {
+    let sel = input.u8();
+    let pool_id = small_or_any(input, MAX_POOLS + 1);
+    let Some((_, map, layout)) = region.filter(|_| sel % 8 != 0) else {
+        return PoolAdd {
+            pool_id,
+            ring_offset: input.u32(),
+            ring_entries: input.u32(),
+            first_mbuf_offset: input.u32(),
+            stride: input.u32(),
+            count: input.u32(),
+            mbuf_size: input.u16(),
+            data_room: input.u16(),
+        };
+    };
+    let heap = layout.heap();
+    let slot_bytes = heap.size / 4;
+    let slot = u32::from(input.u8() % 4);
+    let data_room: u16 = match input.u8() % 3 {
+        0 => 64,
+        1 => 1024,
+        _ => 2048,
+    };
+    let stride = (MBUF_HEADER_SIZE + u32::from(data_room)).next_multiple_of(64);
+    // As many buffers as fit in the slot, mostly (a free ring of up to 256 cells first).
+    let fit = (slot_bytes.saturating_sub(FreeRing::bytes_for(256) as u32 + 64) / stride).max(1);
+    let count = 1 + u32::from(input.u16()) % (fit + fit / 8);
+    let ring_entries = count.next_power_of_two();
+    let ring_offset = heap.offset + slot * slot_bytes;
+    let first = (ring_offset as u64 + FreeRing::bytes_for(ring_entries)).next_multiple_of(64) as u32;
+    let add = PoolAdd {
+        pool_id,
+        ring_offset,
+        ring_entries,
+        first_mbuf_offset: first,
+        stride,
+        count,
+        mbuf_size: MBUF_HEADER_SIZE as u16,
+        data_room,
+    };
+    // The guest puts its buffers in the free ring, as a real one would (or not, sel).
+    if sel % 8 != 1 {
+        if let Ok(layout) = add.validate(layout, &[]) {
+            let mem = map.mem();
+            if let Ok(ring) = FreeRing::init(&mem, ring_offset, ring_entries) {
+                let offsets: Vec<u32> = (0..count).map(|i| layout.buffer_offset(i)).collect();
+                let _ = ring.enqueue_bulk(&offsets, 16);
+            }
+        }
+    }
+    add
+}
+
+/// The guest writes into its shared region: an index, a descriptor, a free-ring cell,
+/// the header, anywhere.
+fn scribble(input: &mut Input<'_>, c: &Conn) {
+    let Some((_, map, layout)) = &c.region else { return };
+    let mem = map.mem();
+    let len = mem.len() as u64;
+    let area = match input.u8() % 5 {
+        0 => layout.rx_ring().area(),
+        1 => layout.tx_ring().area(),
+        2 => layout.heap(),
+        _ => shm_contract::layout::Area { offset: 0, size: len as u32 },
+    };
+    let size = u64::from(area.size.max(1));
+    let at = u64::from(area.offset) + u64::from(input.u32()) % size;
+    let n = (input.u8() % 17) as usize;
+    let bytes = input.bytes(n).to_vec();
+    for (i, b) in bytes.iter().enumerate() {
+        let off = at + i as u64;
+        if off < len {
+            let _ = mem.write_bytes(off as usize, &[*b]);
+        }
+    }
+}
+
+/// The guest publishes tx descriptors (the proxy reads them when it stops the queue,
+/// to give unsent buffers back): buffers of its pools or any offsets.
+fn publish_tx(input: &mut Input<'_>, c: &Conn) {
+    let Some((_, map, layout)) = &c.region else { return };
+    let mem = map.mem();
+    let Ok(mut tx) = DescProducer::new(&mem, layout.tx_ring()) else { return };
+    let n = input.u8() % 8;
+    let descs: Vec<Desc> = (0..n)
+        .map(|_| Desc {
+            offset: match input.u8() % 2 {
+                0 => layout.heap().offset + input.u32() % layout.heap().size.max(1),
+                _ => input.u32(),
+            },
+            data_off: input.u16() % 256,
+            data_len: input.u16() % 2048,
+            flags: shm_contract::DescFlags::from_bits_retain(input.u16()),
+            vlan_tci: 0,
+            rss_hash: 0,
+        })
+        .collect();
+    let _ = tx.push_burst(&descs);
+}
+
+/// Descriptors to pass with a message: mostly none.
+fn descriptors(input: &mut Input<'_>, c: &Conn) -> Vec<OwnedFd> {
+    let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().ok();
+    match input.u8() % 12 {
+        0 => c.region.as_ref().and_then(|(fd, _, _)| dup(fd.as_fd())).into_iter().collect(),
+        1 => {
+            let size = [REGION_SIZE, 4096][input.u8() as usize % 2];
+            create_region_memfd("fuzz", size, false).map(|(fd, _)| vec![fd]).unwrap_or_default()
+        }
+        2 => pipe().into_iter().flat_map(|(r, w)| [r, w]).collect(),
+        3 => dup(c.sock.as_fd()).into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Reads what the proxy answered; keeps the region of a Welcome. Every answer decodes.
+fn drain_answers(c: &mut Conn) {
+    for _ in 0..64 {
+        let Received { message, fds } = recv_message_and_fds(c.sock.as_fd(), Some(Duration::ZERO));
+        match message {
+            Ok((Message::Welcome(w), _)) => {
+                let mut fds = fds.into_iter();
+                if let Some(fd) = fds.next() {
+                    if let Ok(map) = Mapping::map(fd.as_fd(), w.region_size as usize) {
+                        if let Ok(layout) = RegionLayout::read_header(&map.mem()) {
+                            c.region = Some((fd, map, layout));
+                        }
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(TransportError::Timeout | TransportError::Closed) => return,
+            Err(e @ (TransportError::Decode(_) | TransportError::Truncated | TransportError::TooManyFds { .. })) => {
+                panic!("the proxy sent a message that does not decode: {e}")
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// One datagram of any bytes.
+fn send_raw(fd: BorrowedFd<'_>, bytes: &[u8]) {
+    // SAFETY: `bytes` is valid for its length; MSG_NOSIGNAL: a closed peer is an error,
+    // not SIGPIPE.
+    let _ = unsafe { libc::send(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+}
+
+fn pipe() -> Option<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return None;
+    }
+    // SAFETY: both are fresh descriptors of this process, owned by nobody else.
+    Some(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
