@@ -38,9 +38,10 @@ if [ ${#filter[@]} -eq 0 ]; then
         cargo test --release -p shm-contract --lib -- --test-threads=1 loom
 fi
 
-# Each fuzz target of crates/shm-contract/fuzz for a bounded time (libFuzzer, with the
+# Each fuzz target of crates/shm-contract/fuzz and proxy-app/fuzz (the proxy's control
+# plane with EAL and net_null: it starts DPDK) for a bounded time (libFuzzer, with the
 # sanitizers cargo-fuzz turns on). A crash fails the run; libFuzzer keeps the input in
-# crates/shm-contract/fuzz/artifacts/<target>/ (make it a regression test, then fix).
+# <dir>/artifacts/<target>/ (make it a regression test, then fix).
 fuzz_seconds="${FUZZ_SECONDS:-30}"
 if [ ${#filter[@]} -eq 0 ] && [ "$fuzz_seconds" != 0 ]; then
     step "fuzzing (${fuzz_seconds} s per target)"
@@ -54,8 +55,8 @@ if [ ${#filter[@]} -eq 0 ] && [ "$fuzz_seconds" != 0 ]; then
             # cargo-fuzz needs -Z flags: let stable accept them.
             export RUSTC_BOOTSTRAP=1
         fi
-        (
-            cd crates/shm-contract/fuzz
+        for dir in crates/shm-contract/fuzz proxy-app/fuzz; do (
+            cd "$dir"
             for target in $("${fuzz[@]}" list); do
                 log="$repo/target/fuzz-$target.log"
                 mkdir -p "$repo/target"
@@ -63,13 +64,13 @@ if [ ${#filter[@]} -eq 0 ] && [ "$fuzz_seconds" != 0 ]; then
                 if ! "${fuzz[@]}" run "$target" -- -max_total_time="$fuzz_seconds" -print_final_stats=1 \
                         >"$log" 2>&1; then
                     tail -40 "$log"
-                    echo "fuzz target $target failed; its input is in crates/shm-contract/fuzz/artifacts/$target/"
+                    echo "fuzz target $target failed; its input is in $dir/artifacts/$target/"
                     exit 1
                 fi
                 runs=$(awk '/stat::number_of_executed_units:/ {print $2}' "$log" | tail -1)
                 echo "$target: ${runs:-?} executions in ${fuzz_seconds} s"
             done
-        )
+        ) || exit 1; done
     fi
 fi
 

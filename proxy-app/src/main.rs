@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use proxy_app::control::{self, Control, Options, QUIT_SIGNAL};
 use proxy_app::datapath::Plane;
-use proxy_app::{access, admin, cmds, ctl_proto, os, reaper, sandbox, shadow, telemetry};
+use proxy_app::{access, admin, cmds, ctl_proto, os, reaper, sandbox, shadow, sizing, telemetry};
 use proxy_app::{log_info, log_warn};
 
 const DEFAULT_CMDS: &str = "dpdk-io-proxy.cmds";

@@ -144,6 +144,7 @@ impl Harness {
             max_region_size: MAX_REGION_SIZE,
             max_guest_buffers: MAX_GUEST_BUFFERS,
             try_hugepages: false,
+            hugepage_share: 0,
             access: Access { owner: None, group: None, mode: 0o600, allow_uids: Vec::new(), allow_gids: Vec::new() },
             mtu: None,
             queues: None,
@@ -342,7 +343,13 @@ fn hello(input: &mut Input<'_>) -> Hello {
     };
     let n = input.u8() as usize % 40;
     let app_name = String::from_utf8_lossy(input.bytes(n)).into_owned();
-    Hello { version_min, version_max, flags, region_size, rx_ring_entries, tx_ring_entries, app_name }
+    // The guest's pool plan: none, a heap a small region holds, or any.
+    let heap_bytes = match input.u8() % 4 {
+        0 => input.u64(),
+        1 => 64 << 10,
+        _ => 0,
+    };
+    Hello { version_min, version_max, flags, region_size, rx_ring_entries, tx_ring_entries, app_name, heap_bytes }
 }
 
 /// A pool announcement: mostly one a guest would make (in one of four slots of the heap,
