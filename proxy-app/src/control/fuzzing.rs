@@ -151,7 +151,7 @@ impl Harness {
             stats_period: None,
             runs_as,
         };
-        let startup = vec![(1, Command::Socket { path: path.clone(), port: 0, queue: 0, access: SocketAccess::default() })];
+        let startup = vec![(1, Command::Socket { path: path.clone(), port: 0, queues: vec![0], access: SocketAccess::default() })];
         let mut ctl = Control::new(opts, Arc::new(Plane::new()), startup, "fuzz").expect("control plane");
         // The fuzzer's stdin is not a command stream.
         ctl.stdin_open = false;
@@ -263,9 +263,14 @@ impl Harness {
                     1 => input.u32(),
                     _ => 0,
                 };
-                Some(Message::QueueStart { rx_pool_id: small_or_any(input, MAX_POOLS + 1), flags, rx_depth: input.u32() % 2048 })
+                Some(Message::QueueStart {
+                    rx_pool_id: small_or_any(input, MAX_POOLS + 1),
+                    flags,
+                    rx_depth: input.u32() % 2048,
+                    queue: u16::from(input.u8() % 3),
+                })
             }
-            9 => Some(Message::QueueStop),
+            9 => Some(Message::QueueStop { queue: u16::from(input.u8() % 3) }),
             10 => Some(Message::Goodbye),
             11 => {
                 // Raw bytes: a datagram that need not decode.
