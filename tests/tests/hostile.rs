@@ -1724,7 +1724,8 @@ fn hostile_guests_do_not_disturb_a_good_one() {
         let d = |a: &Stats, z: &Stats, k: &str| strict(z, k).wrapping_sub(strict(a, k));
         let text = b.proxy.out.text();
         let bad_path = b.bad_sock.display().to_string();
-        let warns = text[out0..].lines().filter(|l| l.contains("warning") && l.contains(&bad_path)).count();
+        let warn_lines: Vec<&str> = text[out0..].lines().filter(|l| l.contains("warning") && l.contains(&bad_path)).collect();
+        let warns = warn_lines.len();
         let mut errs = Vec::new();
         if let Some(shown) = SHOWN_AS.lock().unwrap_or_else(|e| e.into_inner()).take() {
             if h1.get("guest") != Some(&shown) {
@@ -1836,7 +1837,7 @@ fn hostile_guests_do_not_disturb_a_good_one() {
         // line (one per 10 s) and a detach line.
         let allowed = 5 * (1 + t.elapsed().as_secs() as usize / 10) + 4;
         if warns > allowed {
-            errs.push(format!("{warns} warning lines (more than {allowed})"));
+            errs.push(format!("{warns} warning lines (more than {allowed}), the first: {:?}", &warn_lines[..3.min(warns)]));
         }
         table.push(format!(
             "{:<48} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>6} {:>5} {:>9.0} {:>9.0} {:>6.2} {:>9} {:>9}  {}",

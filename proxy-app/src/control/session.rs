@@ -499,6 +499,10 @@ impl Control {
         );
         let ep = &mut self.endpoints[idx];
         ep.guests_served += 1;
+        // The socket's count includes earlier guests' (kept at detach), on the socket and
+        // on its queue pairs: only what this guest adds is reported as its own. The same
+        // sum as `check_session` compares with.
+        let invalid_before = ep.totals().invalid.load(Ordering::Relaxed);
         if let Some(conn) = ep.conn.as_mut() {
             conn.session = Session::Attached(Guest {
                 app,
@@ -506,9 +510,7 @@ impl Control {
                 pools: Vec::new(),
                 deleting: Vec::new(),
                 queues: vec![None; queue_pairs],
-                // The socket's count includes earlier guests' (kept at detach): only
-                // what this guest adds is reported as its own.
-                invalid_reported: ep.stats.invalid.load(Ordering::Relaxed),
+                invalid_reported: invalid_before,
                 last_invalid_log: None,
             });
         }
