@@ -177,3 +177,65 @@ fn run_until(mut g: Proc, needle: &str) -> String {
     g.send("quit");
     g.wait(Duration::from_secs(20)).1
 }
+
+#[test]
+fn each_queue_pair_has_its_own_rings_and_refusals_name_the_pair() {
+    use e2e_tests::hostile::{hello, Attached};
+    use shm_contract::spsc::PROD_INDEX_OFFSET;
+    use shm_contract::{Message, RefuseCode};
+    use std::sync::atomic::Ordering;
+
+    let s = Scratch::new("mqraw");
+    let sock = s.path("mq/sock");
+    let mut proxy = start_proxy(
+        &s,
+        &ProxyConfig {
+            eal: vec!["--vdev".into(), "net_null0".into()],
+            commands: vec![format!("socket {} port 0 queues 0,1", sock.display())],
+            extra: vec![],
+            netns: None,
+        },
+    );
+    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    let mut g = Attached::attach(&sock, &hello(8 << 20, 256)).unwrap();
+    assert_eq!(g.welcome.queue_pairs, 2);
+    assert_eq!(g.layout.queue_pairs(), 2);
+    g.add_pool(1024, 0).unwrap();
+    let refused = |answer: Message, reason: &str| match answer {
+        Message::Refuse { code: RefuseCode::BadRequest, reason: r } => assert_eq!(r, reason),
+        other => panic!("expected a refusal '{reason}', got {other:?}"),
+    };
+    let start = |queue: u16| Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0, queue };
+    refused(g.request(&start(2)).unwrap(), "queue 2 does not exist: this socket offers 2 queue pair(s)");
+    refused(g.request(&Message::QueueStop { queue: 9 }).unwrap(), "queue 9 does not exist: this socket offers 2 queue pair(s)");
+    // Pair 1 only: NIC queue 1's packets fill pair 1's rx ring; pair 0's stays empty.
+    assert_eq!(g.request(&start(1)).unwrap(), Message::QueueStarted);
+    refused(g.request(&start(1)).unwrap(), "queue 1 is already started");
+    wait_until_or_dump(&proxy, "pair 1 started", 10, |t| t.contains("queue started (pair 1: port 0 queue 1)"));
+    std::thread::sleep(Duration::from_millis(500));
+    let produced = |pair: u32| {
+        let (rx, _) = g.layout.rings_of(pair).unwrap();
+        g.mem().atomic_u32((rx.offset + PROD_INDEX_OFFSET) as usize).unwrap().load(Ordering::Acquire)
+    };
+    assert_eq!(produced(0), 0, "pair 0 is not started");
+    // The guest consumes nothing: the proxy fills the ring as far as it has room for
+    // bursts, then leaves the packets in the NIC.
+    let filled = produced(1);
+    assert!(filled > 128 && filled <= 256, "pair 1's rx ring holds {filled}");
+    proxy.send("show stats");
+    let pair_line = |k: usize| format!("pair={k} of={} ", sock.display());
+    wait_until_or_dump(&proxy, "pair lines", 10, |t| t.contains(&pair_line(1)));
+    let out = proxy.out.text();
+    let (p0, p1) = (last_line(&out, &pair_line(0)), last_line(&out, &pair_line(1)));
+    assert_eq!((must(&p0, "rx_packets"), must(&p0, "tx_packets")), (0, 0), "{p0:?}");
+    // net_null's packets are one segment: one descriptor each.
+    assert_eq!(must(&p1, "rx_packets"), filled as u64, "{p1:?}");
+    let total = last_line(&out, &format!("socket={} ", sock.display()));
+    assert_eq!(must(&total, "bad_requests"), 3, "{total:?}");
+    assert_eq!(must(&total, "rx_packets"), filled as u64, "{total:?}");
+    assert_eq!(g.request(&Message::QueueStop { queue: 1 }).unwrap(), Message::QueueStopped);
+    drop(g);
+    proxy.send("quit");
+    let (code, out) = proxy.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{out}");
+}
