@@ -197,7 +197,7 @@ fn each_queue_pair_has_its_own_rings_and_refusals_name_the_pair() {
         },
     );
     wait_or_dump(&proxy, "IO_PROXY: ready", 30);
-    let mut g = Attached::attach(&sock, &hello(8 << 20, 256)).unwrap();
+    let mut g = Attached::attach(&sock, &hello(32 << 20, 256)).unwrap();
     assert_eq!(g.welcome.queue_pairs, 2);
     assert_eq!(g.layout.queue_pairs(), 2);
     g.add_pool(1024, 0).unwrap();
