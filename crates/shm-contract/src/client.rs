@@ -55,6 +55,9 @@ pub struct ProxyInfo {
     pub region_size: u64,
     /// Whether the region is hugepage memory.
     pub hugepages: bool,
+    /// Queue pairs the socket offers (ring pairs in the region; `queue_id` is pair 0's
+    /// NIC queue).
+    pub queue_pairs: u16,
 }
 
 impl ProxyInfo {
@@ -71,6 +74,7 @@ impl ProxyInfo {
             link_speed_mbps: w.link_speed_mbps,
             region_size: w.region_size,
             hugepages: w.flags.contains(RegionFlags::HUGEPAGES),
+            queue_pairs: w.queue_pairs,
         }
     }
 }

@@ -2,9 +2,11 @@
 //! `librte_net_shm.so`: the ethdev of a `sock:` device.
 //!
 //! The bus probes a device once it is connected to its proxy; this driver then creates
-//! an ethdev named after the socket path with one rx and one tx queue (one NIC queue of
-//! the proxy). Starting the port tells the proxy which pool to fill NIC rx from; the
-//! bursts in [`rxtx`] move descriptors over the rings in the shared region.
+//! an ethdev named after the socket path with up to as many rx and tx queues as the
+//! socket offers queue pairs (each pair: a ring pair in the region and one NIC queue of
+//! the proxy; rx queue k and tx queue k are pair k). Starting the port tells the proxy
+//! which pool to fill each pair's NIC rx from; the bursts in [`rxtx`] move descriptors
+//! over the rings in the shared region.
 
 mod capi;
 mod intr;
@@ -99,14 +101,41 @@ unsafe impl Sync for Port {}
 #[derive(Default)]
 pub(crate) struct PortState {
     pub session: Option<Arc<Session>>,
-    pub rxq: Option<Arc<rxtx::RxQueue>>,
-    pub txq: Option<Arc<rxtx::TxQueue>>,
+    /// The rx queues by queue id (= queue pair), as set up.
+    pub rxq: Vec<Option<Arc<rxtx::RxQueue>>>,
+    /// The tx queues by queue id (= queue pair), as set up.
+    pub txq: Vec<Option<Arc<rxtx::TxQueue>>>,
     pub started: bool,
+    /// The queue pairs the proxy runs for us (0..this) while `started`.
+    pub pairs: u16,
     /// Rx interrupts, once the application started the port with `intr_conf.rxq`; kept
     /// until close (the application's epoll registration refers to its fd).
     pub rx_intr: Option<intr::RxInterrupt>,
     /// Counter values at the last stats reset.
     pub stats_base: xstats::Snapshot,
+}
+
+impl PortState {
+    /// Every rx and tx queue set up.
+    pub(crate) fn all_queues(&self) -> (impl Iterator<Item = &Arc<rxtx::RxQueue>>, impl Iterator<Item = &Arc<rxtx::TxQueue>>) {
+        (self.rxq.iter().flatten(), self.txq.iter().flatten())
+    }
+
+    /// The rx and tx queue of pairs `0..n`, if each has both.
+    pub(crate) fn pairs_set_up(&self, n: u16) -> Option<Vec<(Arc<rxtx::RxQueue>, Arc<rxtx::TxQueue>)>> {
+        (0..n as usize)
+            .map(|q| Some((self.rxq.get(q)?.clone()?, self.txq.get(q)?.clone()?)))
+            .collect()
+    }
+}
+
+/// Stores `q` as queue `queue` of `slots`, growing it as needed.
+pub(crate) fn put_queue<T>(slots: &mut Vec<Option<T>>, queue: u16, q: Option<T>) {
+    let i = queue as usize;
+    if slots.len() <= i {
+        slots.resize_with(i + 1, || None);
+    }
+    slots[i] = q;
 }
 
 impl Port {
@@ -230,12 +259,9 @@ fn on_event(dev: &Arc<ShmDevice>, event: DeviceEvent) {
             let state = lock(&port.state);
             // From the interrupt thread: close the queues, do not wait for a burst in
             // progress (the reconnect thread's `Reclaim` waits for it).
-            if let Some(q) = &state.rxq {
-                q.gate().close();
-            }
-            if let Some(q) = &state.txq {
-                q.gate().close();
-            }
+            let (rx, tx) = state.all_queues();
+            rx.for_each(|q| q.gate().close());
+            tx.for_each(|q| q.gate().close());
             port.link_down_events.fetch_add(1, Ordering::Relaxed);
         }
         DeviceEvent::Reclaim => reclaim(&port),
@@ -261,7 +287,8 @@ fn reclaim(port: &Port) {
     // reconnect thread, never the interrupt thread).
     // SAFETY: the proxy is gone: it neither produces nor consumes any more.
     let (rx, tx) = unsafe {
-        (state.rxq.as_ref().map_or(0, |q| q.drain()), state.txq.as_ref().map_or(0, |q| q.reclaim_unsent()))
+        let (rxqs, txqs) = state.all_queues();
+        (rxqs.map(|q| q.drain()).sum::<u32>(), txqs.map(|q| q.reclaim_unsent()).sum::<u32>())
     };
     if rx + tx > 0 {
         LOG.info(format_args!(
@@ -272,40 +299,45 @@ fn reclaim(port: &Port) {
 }
 
 /// A new proxy took our region back: if the application had the port started, start
-/// the queue again (the rings restart from index 0 on both sides, as on every start).
+/// the queues again (the rings restart from index 0 on both sides, as on every start).
 fn restart_after_reattach(port: &Port) {
     let state = lock(&port.state);
-    let (Some(session), Some(rxq), Some(txq)) = (state.session.clone(), state.rxq.clone(), state.txq.clone()) else {
-        return;
-    };
+    let Some(session) = state.session.clone() else { return };
     if !state.started {
         return;
     }
-    // The queues are closed since the loss; their gates wait for any burst to leave.
-    rxq.reset();
-    txq.reset();
-    match start_queue(&session, &state, rxq.pool_id, rxq.depth) {
-        Ok(()) => {
-            rxq.gate().open();
-            txq.gate().open();
-            LOG.info(format_args!("port {}: queue restarted after reattaching", port.port_id));
+    let Some(pairs) = state.pairs_set_up(state.pairs) else { return };
+    for (pair, (rxq, txq)) in pairs.iter().enumerate() {
+        // The queues are closed since the loss; their gates wait for any burst to leave.
+        rxq.reset();
+        txq.reset();
+        match start_queue(&session, &state, pair as u16, rxq.pool_id, rxq.depth) {
+            Ok(()) => {
+                rxq.gate().open();
+                txq.gate().open();
+                LOG.info(format_args!("port {}: queue {pair} restarted after reattaching", port.port_id));
+            }
+            Err(e) => {
+                LOG.error(format_args!("port {}: cannot restart queue {pair} after reattaching: {e}", port.port_id))
+            }
         }
-        Err(e) => LOG.error(format_args!("port {}: cannot restart the queue after reattaching: {e}", port.port_id)),
     }
 }
 
-/// Sends `QueueStart` for the rx pool `pool_id`, asking for rx wake-ups when the
-/// application uses rx interrupts; the proxy's `QueueStarted` then carries the wake-up
-/// end, which is checked and put behind the port's interrupt descriptor.
-pub(crate) fn start_queue(session: &Session, state: &PortState, pool_id: u32, rx_depth: u32) -> Result<(), String> {
-    let flags = if state.rx_intr.is_some() { QUEUE_FLAG_RX_WAKEUP } else { 0 };
+/// Sends `QueueStart` for queue pair `pair` and the rx pool `pool_id`, asking for rx
+/// wake-ups when the application uses rx interrupts (queue 0 only: the port has one
+/// interrupt descriptor); the proxy's `QueueStarted` then carries the wake-up end, which
+/// is checked and put behind the port's interrupt descriptor.
+pub(crate) fn start_queue(session: &Session, state: &PortState, pair: u16, pool_id: u32, rx_depth: u32) -> Result<(), String> {
+    let wake = state.rx_intr.as_ref().filter(|_| pair == 0);
+    let flags = if wake.is_some() { QUEUE_FLAG_RX_WAKEUP } else { 0 };
     let (answer, mut fds) = session
-        .transact_with_fds(&Message::QueueStart { rx_pool_id: pool_id, flags, rx_depth, queue: 0 })
+        .transact_with_fds(&Message::QueueStart { rx_pool_id: pool_id, flags, rx_depth, queue: pair })
         .map_err(|e| e.to_string())?;
     if answer != Message::QueueStarted {
         return Err(format!("the proxy answered {} to QueueStart", answer.kind()));
     }
-    match &state.rx_intr {
+    match wake {
         Some(intr) if fds.len() == 1 => intr.attach(fds.remove(0)),
         Some(_) => Err(format!("QueueStarted came with {} descriptors, not the one wake-up socket", fds.len())),
         None if fds.is_empty() => Ok(()),

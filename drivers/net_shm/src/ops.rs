@@ -16,8 +16,8 @@ use shm_driver_common::session::{Region, Session};
 use crate::intr::RxInterrupt;
 use crate::offload;
 use crate::rxtx::{OwnedMempool, RxQueue, TxQueue, MAX_SEGS};
-use crate::xstats::{Snapshot, XSTAT_NAMES};
-use crate::{Port, LOG};
+use crate::xstats::{Snapshot, QUEUE_STATS, XSTAT_NAMES};
+use crate::{put_queue, Port, LOG};
 
 struct Ops(sys::eth_dev_ops);
 // SAFETY: a table of function pointers, immutable once built.
@@ -86,20 +86,39 @@ pub(crate) unsafe extern "C" fn tx_burst(q: *mut c_void, pkts: *mut *mut sys::rt
 }
 
 unsafe extern "C" fn dev_configure(dev: *mut sys::rte_eth_dev) -> c_int {
-    with_port("dev_configure", dev, |_| 0)
+    with_port("dev_configure", dev, |port| {
+        // SAFETY: our ethdev's data, as ethdev configured it (within dev_info's maxima).
+        let (rx, tx) = unsafe { ((*(*dev).data).nb_rx_queues, (*(*dev).data).nb_tx_queues) };
+        // Queue k of each direction is queue pair k: one NIC queue of the proxy, rx and tx.
+        if rx != tx {
+            LOG.error(format_args!(
+                "port {}: {rx} rx and {tx} tx queues: each queue pair of a sock: port is one rx and one tx queue \
+                 (one NIC queue of the proxy); configure as many rx as tx queues",
+                port.port_id
+            ));
+            return -libc::EINVAL;
+        }
+        0
+    })
 }
 
 unsafe extern "C" fn dev_infos_get(dev: *mut sys::rte_eth_dev, info: *mut sys::rte_eth_dev_info) -> c_int {
     with_port("dev_infos_get", dev, |port| {
-        let (max_frame, rx_entries, tx_entries) = match port.session() {
-            Some(s) => (s.proxy.max_rx_frame, s.region.layout.rx_ring().entries, s.region.layout.tx_ring().entries),
-            None => (1518, DEFAULT_RING_ENTRIES, DEFAULT_RING_ENTRIES),
+        let (max_frame, rx_entries, tx_entries, pairs) = match port.session() {
+            Some(s) => (
+                s.proxy.max_rx_frame,
+                s.region.layout.rx_ring().entries,
+                s.region.layout.tx_ring().entries,
+                // What the socket offers and the region holds rings for.
+                (s.proxy.queue_pairs as u32).min(s.region.layout.queue_pairs()).max(1) as u16,
+            ),
+            None => (1518, DEFAULT_RING_ENTRIES, DEFAULT_RING_ENTRIES, 1),
         };
         let overhead = (sys::RTE_ETHER_HDR_LEN + sys::RTE_ETHER_CRC_LEN) as u32;
         // SAFETY: ethdev passes a zeroed dev_info to fill.
         let info = unsafe { &mut *info };
-        info.max_rx_queues = 1;
-        info.max_tx_queues = 1;
+        info.max_rx_queues = pairs;
+        info.max_tx_queues = pairs;
         info.max_mac_addrs = 1;
         info.min_rx_bufsize = 64;
         info.max_rx_pktlen = max_frame;
@@ -148,15 +167,19 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
             LOG.error(format_args!("port {}: cannot start: not connected to the proxy", port.port_id));
             return -libc::ENOTCONN;
         };
-        let (Some(rxq), Some(txq)) = (state.rxq.clone(), state.txq.clone()) else {
-            LOG.error(format_args!("port {}: cannot start: set up one rx and one tx queue first", port.port_id));
+        // SAFETY: our ethdev's data, configured by ethdev before start.
+        let n = unsafe { (*(*dev).data).nb_rx_queues };
+        let Some(pairs) = state.pairs_set_up(n).filter(|_| n > 0) else {
+            LOG.error(format_args!("port {}: cannot start: set up each of the {n} rx and tx queues first", port.port_id));
             return -libc::EINVAL;
         };
-        // Both sides start the rings from index 0 on every queue start; the proxy is not
-        // polling yet.
-        rxq.reset();
-        txq.reset();
-        txq.copy_pool.store(rxq.mempool, Ordering::Relaxed);
+        for (rxq, txq) in &pairs {
+            // Both sides start the rings from index 0 on every queue start; the proxy is
+            // not polling yet.
+            rxq.reset();
+            txq.reset();
+            txq.copy_pool.store(rxq.mempool, Ordering::Relaxed);
+        }
         // SAFETY: our ethdev's data, configured by ethdev before start.
         let wants_rx_intr = unsafe { (*(*dev).data).dev_conf.intr_conf.rxq() } != 0;
         if wants_rx_intr && state.rx_intr.is_none() {
@@ -172,21 +195,28 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
                 }
             }
         }
-        match crate::start_queue(&session, &state, rxq.pool_id, rxq.depth) {
-            Ok(()) => {}
-            Err(e) => {
-                LOG.error(format_args!("port {}: cannot start: {e}", port.port_id));
+        for (pair, (rxq, _)) in pairs.iter().enumerate() {
+            if let Err(e) = crate::start_queue(&session, &state, pair as u16, rxq.pool_id, rxq.depth) {
+                LOG.error(format_args!("port {}: cannot start queue {pair}: {e}", port.port_id));
+                // The pairs started before it are stopped again: the port is not started.
+                for earlier in 0..pair as u16 {
+                    let _ = session.transact(&Message::QueueStop { queue: earlier });
+                }
                 return -libc::EIO;
             }
         }
-        rxq.gate().open();
-        txq.gate().open();
-        // SAFETY: our ethdev's data; queue 0 exists (checked above).
-        unsafe {
-            let data = &mut *(*dev).data;
-            *data.rx_queue_state.as_mut_ptr() = sys::RTE_ETH_QUEUE_STATE_STARTED as u8;
-            *data.tx_queue_state.as_mut_ptr() = sys::RTE_ETH_QUEUE_STATE_STARTED as u8;
+        for (pair, (rxq, txq)) in pairs.iter().enumerate() {
+            rxq.gate().open();
+            txq.gate().open();
+            // SAFETY: our ethdev's data; its queue state arrays have RTE_MAX_QUEUES_PER_PORT
+            // entries, and pair < nb_rx_queues = nb_tx_queues.
+            unsafe {
+                let data = &mut *(*dev).data;
+                data.rx_queue_state[pair] = sys::RTE_ETH_QUEUE_STATE_STARTED as u8;
+                data.tx_queue_state[pair] = sys::RTE_ETH_QUEUE_STATE_STARTED as u8;
+            }
         }
+        state.pairs = n;
         state.started = true;
         drop(state);
         port.update_link();
@@ -205,35 +235,36 @@ fn stop(port: &Port, dev: *mut sys::rte_eth_dev) -> c_int {
     }
     // No burst runs past this (the application should not poll a stopping port; one
     // that does finds the queues closed).
-    if let Some(q) = &state.rxq {
-        q.gate().stop();
-    }
-    if let Some(q) = &state.txq {
-        q.gate().stop();
-    }
-    let mut proxy_stopped = false;
-    if let Some(session) = state.session.clone().filter(|s| s.is_alive()) {
-        match session.transact(&Message::QueueStop { queue: 0 }) {
-            Ok(Message::QueueStopped) => proxy_stopped = true,
-            Ok(other) => LOG.warning(format_args!("port {}: the proxy answered {} to QueueStop", port.port_id, other.kind())),
-            Err(e) => LOG.warning(format_args!("port {}: stopping the proxy's queue: {e}", port.port_id)),
-        }
-    }
-    if let Some(rxq) = &state.rxq {
-        if proxy_stopped || state.session.as_ref().is_none_or(|s| !s.is_alive()) {
-            // SAFETY: our queue is stopped and the proxy no longer produces.
-            let freed = unsafe { rxq.drain() };
-            if freed > 0 {
-                LOG.debug(format_args!("port {}: freed {freed} packets left in the rx ring", port.port_id));
+    let (rxqs, txqs) = state.all_queues();
+    rxqs.for_each(|q| q.gate().stop());
+    txqs.for_each(|q| q.gate().stop());
+    for pair in 0..state.pairs {
+        let mut proxy_stopped = false;
+        if let Some(session) = state.session.clone().filter(|s| s.is_alive()) {
+            match session.transact(&Message::QueueStop { queue: pair }) {
+                Ok(Message::QueueStopped) => proxy_stopped = true,
+                Ok(other) => LOG.warning(format_args!("port {}: the proxy answered {} to QueueStop", port.port_id, other.kind())),
+                Err(e) => LOG.warning(format_args!("port {}: stopping the proxy's queue {pair}: {e}", port.port_id)),
             }
         }
+        if let Some(Some(rxq)) = state.rxq.get(pair as usize) {
+            if proxy_stopped || state.session.as_ref().is_none_or(|s| !s.is_alive()) {
+                // SAFETY: our queue is stopped and the proxy no longer produces.
+                let freed = unsafe { rxq.drain() };
+                if freed > 0 {
+                    LOG.debug(format_args!("port {}: freed {freed} packets left in rx ring {pair}", port.port_id));
+                }
+            }
+        }
+        // SAFETY: our ethdev's data; its queue state arrays have RTE_MAX_QUEUES_PER_PORT
+        // entries, and the pair was started.
+        unsafe {
+            let data = &mut *(*dev).data;
+            data.rx_queue_state[pair as usize] = sys::RTE_ETH_QUEUE_STATE_STOPPED as u8;
+            data.tx_queue_state[pair as usize] = sys::RTE_ETH_QUEUE_STATE_STOPPED as u8;
+        }
     }
-    // SAFETY: our ethdev's data; queue 0 exists when the port was started.
-    unsafe {
-        let data = &mut *(*dev).data;
-        *data.rx_queue_state.as_mut_ptr() = sys::RTE_ETH_QUEUE_STATE_STOPPED as u8;
-        *data.tx_queue_state.as_mut_ptr() = sys::RTE_ETH_QUEUE_STATE_STOPPED as u8;
-    }
+    state.pairs = 0;
     state.started = false;
     drop(state);
     port.update_link();
@@ -255,18 +286,23 @@ unsafe extern "C" fn dev_close(dev: *mut sys::rte_eth_dev) -> c_int {
         stop(&port, dev);
         {
             let mut state = lock(&port.state);
-            // SAFETY: our ethdev's queue arrays; DPDK frees the arrays, we free the queues.
+            // SAFETY: our ethdev's queue arrays (nb_*_queues entries); DPDK frees the
+            // arrays, we free the queues.
             unsafe {
                 let data = &mut *(*dev).data;
-                if !data.rx_queues.is_null() && data.nb_rx_queues > 0 {
-                    *data.rx_queues = std::ptr::null_mut();
+                if !data.rx_queues.is_null() {
+                    for q in 0..data.nb_rx_queues as usize {
+                        *data.rx_queues.add(q) = std::ptr::null_mut();
+                    }
                 }
-                if !data.tx_queues.is_null() && data.nb_tx_queues > 0 {
-                    *data.tx_queues = std::ptr::null_mut();
+                if !data.tx_queues.is_null() {
+                    for q in 0..data.nb_tx_queues as usize {
+                        *data.tx_queues.add(q) = std::ptr::null_mut();
+                    }
                 }
             }
-            state.rxq = None;
-            state.txq = None;
+            state.rxq.clear();
+            state.txq.clear();
             if state.rx_intr.take().is_some() {
                 // SAFETY: our ethdev; the handle is freed right after (with rx_intr).
                 unsafe { (*dev).intr_handle = std::ptr::null_mut() };
@@ -290,9 +326,10 @@ unsafe extern "C" fn dev_close(dev: *mut sys::rte_eth_dev) -> c_int {
 unsafe extern "C" fn rx_queue_intr_enable(dev: *mut sys::rte_eth_dev, queue: u16) -> c_int {
     with_port("rx_queue_intr_enable", dev, |port| {
         let state = lock(&port.state);
-        let (Some(intr), Some(rxq)) = (&state.rx_intr, &state.rxq) else {
+        let (Some(intr), Some(Some(rxq))) = (&state.rx_intr, state.rxq.first()) else {
             return -libc::ENOTSUP;
         };
+        // One interrupt descriptor per port: rx interrupts for queue 0 only.
         if queue != 0 {
             return -libc::EINVAL;
         }
@@ -310,7 +347,7 @@ unsafe extern "C" fn rx_queue_intr_enable(dev: *mut sys::rte_eth_dev, queue: u16
 unsafe extern "C" fn rx_queue_intr_disable(dev: *mut sys::rte_eth_dev, queue: u16) -> c_int {
     with_port("rx_queue_intr_disable", dev, |port| {
         let state = lock(&port.state);
-        let Some(rxq) = &state.rxq else { return -libc::ENOTSUP };
+        let Some(Some(rxq)) = state.rxq.first() else { return -libc::ENOTSUP };
         if queue != 0 {
             return -libc::EINVAL;
         }
@@ -328,15 +365,16 @@ unsafe extern "C" fn rx_queue_setup(
     mp: *mut sys::rte_mempool,
 ) -> c_int {
     with_port("rx_queue_setup", dev, |port| {
-        if queue != 0 {
-            return -libc::EINVAL;
-        }
         let mut state = lock(&port.state);
         let Some(session) = state.session.clone() else { return -libc::ENOTCONN };
         let region = session.region.clone();
+        let Some((area, _)) = region.layout.rings_of(queue as u32) else {
+            LOG.error(format_args!("port {}: rx queue {queue}: the proxy offers {} queue pair(s)", port.port_id, region.layout.queue_pairs()));
+            return -libc::EINVAL;
+        };
         let (pool, mempool, own) = match region.pool_of_mempool(mp as usize) {
             Some(pool) => (pool, mp, None),
-            None => match internal_pool(port, &session, mp, nb_desc, socket) {
+            None => match internal_pool(port, &session, mp, queue, nb_desc, socket) {
                 Ok((pool, owned)) => (pool, owned.0, Some(owned)),
                 Err(e) => {
                     LOG.error(format_args!("port {}: rx queue: {e}", port.port_id));
@@ -346,20 +384,31 @@ unsafe extern "C" fn rx_queue_setup(
         };
         // SAFETY: the queue keeps an Arc<Region>, so the view stays valid.
         let mem = unsafe { region.mem_static() };
-        let ring = match DescConsumer::new(&mem, region.layout.rx_ring()) {
+        let ring = match DescConsumer::new(&mem, area) {
             Ok(r) => r,
             Err(e) => {
-                LOG.error(format_args!("port {}: rx ring: {e}", port.port_id));
+                LOG.error(format_args!("port {}: rx ring {queue}: {e}", port.port_id));
                 return -libc::EINVAL;
             }
         };
-        let area = region.layout.rx_ring();
         // SAFETY: our ethdev's configured data; `conf` is ethdev's (never null) for this call.
         let offloads = unsafe { (*(*dev).data).dev_conf.rxmode.offloads | conf.as_ref().map_or(0, |c| c.offloads) };
-        let rxq = Arc::new(RxQueue::new(region, area, ring, pool.layout, pool.id, nb_desc as u32, mempool, own, port.port_id, offloads));
-        // SAFETY: our ethdev's rx queue array has nb_rx_queues >= 1 entries.
-        unsafe { *(*(*dev).data).rx_queues = Arc::as_ptr(&rxq) as *mut c_void };
-        state.rxq = Some(rxq);
+        let rxq = Arc::new(RxQueue::new(
+            region,
+            area,
+            ring,
+            pool.layout,
+            pool.id,
+            nb_desc as u32,
+            mempool,
+            own,
+            port.port_id,
+            offloads,
+            queue as u32,
+        ));
+        // SAFETY: ethdev calls this for queue < nb_rx_queues, the length of the array.
+        unsafe { *(*(*dev).data).rx_queues.add(queue as usize) = Arc::as_ptr(&rxq) as *mut c_void };
+        put_queue(&mut state.rxq, queue, Some(rxq));
         0
     })
 }
@@ -370,6 +419,7 @@ fn internal_pool(
     port: &Port,
     session: &Arc<Session>,
     app_pool: *mut sys::rte_mempool,
+    queue: u16,
     nb_desc: u16,
     socket: c_uint,
 ) -> Result<(shm_driver_common::session::RegionPool, OwnedMempool), String> {
@@ -377,7 +427,9 @@ fn internal_pool(
     // SAFETY: the application's pool is a live pktmbuf pool (ethdev checked it).
     let data_room = unsafe { sys::rte_pktmbuf_data_room_size(app_pool) };
     let count = (session.region.layout.rx_ring().entries * 2 + nb_desc as u32 + 1024).max(2048);
-    let name = CString::new(format!("shm_rx_{}", port.port_id)).map_err(|_| "bad name")?;
+    // Queue 0's keeps the name it had before ports had several queues.
+    let name = if queue == 0 { format!("shm_rx_{}", port.port_id) } else { format!("shm_rx_{}_{queue}", port.port_id) };
+    let name = CString::new(name).map_err(|_| "bad name")?;
     // SAFETY: standard pktmbuf pool construction, with our ops and our device as the ops'
     // pool_config so that the pool lands in this port's region.
     unsafe {
@@ -421,34 +473,34 @@ unsafe extern "C" fn tx_queue_setup(
     _conf: *const sys::rte_eth_txconf,
 ) -> c_int {
     with_port("tx_queue_setup", dev, |port| {
-        if queue != 0 {
-            return -libc::EINVAL;
-        }
         let mut state = lock(&port.state);
         let Some(session) = state.session.clone() else { return -libc::ENOTCONN };
         let region: Arc<Region> = session.region.clone();
+        let Some((_, area)) = region.layout.rings_of(queue as u32) else {
+            LOG.error(format_args!("port {}: tx queue {queue}: the proxy offers {} queue pair(s)", port.port_id, region.layout.queue_pairs()));
+            return -libc::EINVAL;
+        };
         // SAFETY: the queue keeps an Arc<Region>.
         let mem = unsafe { region.mem_static() };
-        let ring = match DescProducer::new(&mem, region.layout.tx_ring()) {
+        let ring = match DescProducer::new(&mem, area) {
             Ok(r) => r,
             Err(e) => {
-                LOG.error(format_args!("port {}: tx ring: {e}", port.port_id));
+                LOG.error(format_args!("port {}: tx ring {queue}: {e}", port.port_id));
                 return -libc::EINVAL;
             }
         };
-        let area = region.layout.tx_ring();
         let txq = Arc::new(TxQueue::new(region, area, ring));
-        // SAFETY: our ethdev's tx queue array has nb_tx_queues >= 1 entries.
-        unsafe { *(*(*dev).data).tx_queues = Arc::as_ptr(&txq) as *mut c_void };
-        state.txq = Some(txq);
+        // SAFETY: ethdev calls this for queue < nb_tx_queues, the length of the array.
+        unsafe { *(*(*dev).data).tx_queues.add(queue as usize) = Arc::as_ptr(&txq) as *mut c_void };
+        put_queue(&mut state.txq, queue, Some(txq));
         0
     })
 }
 
 unsafe extern "C" fn rx_queue_release(dev: *mut sys::rte_eth_dev, queue: u16) {
     with_port("rx_queue_release", dev, |port| {
-        if queue == 0 {
-            lock(&port.state).rxq = None;
+        if let Some(slot) = lock(&port.state).rxq.get_mut(queue as usize) {
+            *slot = None;
         }
         0
     });
@@ -456,8 +508,8 @@ unsafe extern "C" fn rx_queue_release(dev: *mut sys::rte_eth_dev, queue: u16) {
 
 unsafe extern "C" fn tx_queue_release(dev: *mut sys::rte_eth_dev, queue: u16) {
     with_port("tx_queue_release", dev, |port| {
-        if queue == 0 {
-            lock(&port.state).txq = None;
+        if let Some(slot) = lock(&port.state).txq.get_mut(queue as usize) {
+            *slot = None;
         }
         0
     });
@@ -465,7 +517,7 @@ unsafe extern "C" fn tx_queue_release(dev: *mut sys::rte_eth_dev, queue: u16) {
 
 pub(crate) fn snapshot(port: &Port) -> (Snapshot, Snapshot) {
     let state = lock(&port.state);
-    let now = Snapshot::read(state.rxq.as_deref(), state.txq.as_deref(), port.link_down_events.load(Ordering::Relaxed));
+    let now = Snapshot::read(&state.rxq, &state.txq, port.link_down_events.load(Ordering::Relaxed));
     (now, state.stats_base)
 }
 
@@ -481,11 +533,14 @@ unsafe extern "C" fn stats_get(dev: *mut sys::rte_eth_dev, stats: *mut sys::rte_
         out.opackets = s.tx_packets;
         out.obytes = s.tx_bytes;
         out.oerrors = s.tx_dropped;
-        out.q_ipackets[0] = s.rx_packets;
-        out.q_ibytes[0] = s.rx_bytes;
-        out.q_errors[0] = s.rx_invalid;
-        out.q_opackets[0] = s.tx_packets;
-        out.q_obytes[0] = s.tx_bytes;
+        // Per queue (ethdev makes the rx_q<k>_*/tx_q<k>_* xstats of them).
+        for q in 0..QUEUE_STATS {
+            out.q_ipackets[q] = s.queues[q].rx_packets;
+            out.q_ibytes[q] = s.queues[q].rx_bytes;
+            out.q_errors[q] = s.queues[q].rx_invalid;
+            out.q_opackets[q] = s.queues[q].tx_packets;
+            out.q_obytes[q] = s.queues[q].tx_bytes;
+        }
         0
     })
 }

@@ -78,7 +78,8 @@ pub struct RxQueue {
     /// [`offload::rx_offload`].
     offloads: u64,
     pub stats: QueueStats,
-    /// The status block's `rx_wakeup_requested` (rx interrupts; `crate::intr`).
+    /// The status block's `rx_wakeup_requested` of this queue's pair (rx interrupts;
+    /// `crate::intr`).
     wakeup_requested: Option<&'static AtomicU32>,
 }
 
@@ -100,10 +101,12 @@ impl RxQueue {
         own_mempool: Option<OwnedMempool>,
         port_id: u16,
         offloads: u64,
+        pair: u32,
     ) -> RxQueue {
         // SAFETY: the view lives in `region`, which the queue holds.
         let mem = unsafe { region.mem_static() };
-        let wakeup_requested = StatusBlock::from_layout(&mem, &region.layout).ok().map(|s| s.rx_wakeup_requested());
+        let wakeup_requested =
+            StatusBlock::from_layout(&mem, &region.layout).ok().and_then(|s| s.rx_wakeup_requested_of(pair));
         RxQueue {
             wakeup_requested,
             ring: PollGate::new(ring),

@@ -1,10 +1,41 @@
 //! Counters of a port: the basic ethdev stats and the driver's own xstats.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use dpdk_sys as sys;
 
 use crate::rxtx::{RxQueue, TxQueue};
 
-/// Every counter of a port at one moment; a stats reset stores one as the new zero.
+/// Queues with counters of their own in `rte_eth_stats` (DPDK's
+/// `RTE_ETHDEV_QUEUE_STAT_CNTRS`; at least a region's queue pairs).
+pub const QUEUE_STATS: usize = sys::RTE_ETHDEV_QUEUE_STAT_CNTRS as usize;
+const _: () = assert!(QUEUE_STATS >= shm_contract::layout::MAX_QUEUE_PAIRS as usize);
+
+/// One queue's share of the counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_invalid: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+impl QueueCounters {
+    fn since(&self, base: &QueueCounters) -> QueueCounters {
+        QueueCounters {
+            rx_packets: self.rx_packets.saturating_sub(base.rx_packets),
+            rx_bytes: self.rx_bytes.saturating_sub(base.rx_bytes),
+            rx_invalid: self.rx_invalid.saturating_sub(base.rx_invalid),
+            tx_packets: self.tx_packets.saturating_sub(base.tx_packets),
+            tx_bytes: self.tx_bytes.saturating_sub(base.tx_bytes),
+        }
+    }
+}
+
+/// Every counter of a port at one moment (all queues added up, and per queue); a stats
+/// reset stores one as the new zero.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Snapshot {
     pub rx_packets: u64,
@@ -16,22 +47,36 @@ pub struct Snapshot {
     pub tx_copies: u64,
     pub tx_ring_full: u64,
     pub link_down_events: u64,
+    /// Queue k's share (k below [`QUEUE_STATS`]).
+    pub queues: [QueueCounters; QUEUE_STATS],
 }
 
 impl Snapshot {
-    pub fn read(rxq: Option<&RxQueue>, txq: Option<&TxQueue>, link_down_events: u64) -> Snapshot {
+    /// The counters of the queues set up, by queue id.
+    pub fn read(rxqs: &[Option<Arc<RxQueue>>], txqs: &[Option<Arc<TxQueue>>], link_down_events: u64) -> Snapshot {
         let mut s = Snapshot { link_down_events, ..Default::default() };
-        if let Some(q) = rxq {
-            s.rx_packets = q.stats.packets.load(Relaxed);
-            s.rx_bytes = q.stats.bytes.load(Relaxed);
-            s.rx_invalid = q.stats.errors.load(Relaxed);
+        for (k, q) in rxqs.iter().enumerate() {
+            let Some(q) = q else { continue };
+            let (packets, bytes, errors) =
+                (q.stats.packets.load(Relaxed), q.stats.bytes.load(Relaxed), q.stats.errors.load(Relaxed));
+            s.rx_packets += packets;
+            s.rx_bytes += bytes;
+            s.rx_invalid += errors;
+            if let Some(c) = s.queues.get_mut(k) {
+                (c.rx_packets, c.rx_bytes, c.rx_invalid) = (packets, bytes, errors);
+            }
         }
-        if let Some(q) = txq {
-            s.tx_packets = q.stats.packets.load(Relaxed);
-            s.tx_bytes = q.stats.bytes.load(Relaxed);
-            s.tx_dropped = q.stats.errors.load(Relaxed);
-            s.tx_copies = q.stats.copies.load(Relaxed);
-            s.tx_ring_full = q.stats.ring_full.load(Relaxed);
+        for (k, q) in txqs.iter().enumerate() {
+            let Some(q) = q else { continue };
+            let (packets, bytes) = (q.stats.packets.load(Relaxed), q.stats.bytes.load(Relaxed));
+            s.tx_packets += packets;
+            s.tx_bytes += bytes;
+            s.tx_dropped += q.stats.errors.load(Relaxed);
+            s.tx_copies += q.stats.copies.load(Relaxed);
+            s.tx_ring_full += q.stats.ring_full.load(Relaxed);
+            if let Some(c) = s.queues.get_mut(k) {
+                (c.tx_packets, c.tx_bytes) = (packets, bytes);
+            }
         }
         s
     }
@@ -49,6 +94,7 @@ impl Snapshot {
             tx_copies: self.tx_copies.saturating_sub(base.tx_copies),
             tx_ring_full: self.tx_ring_full.saturating_sub(base.tx_ring_full),
             link_down_events: self.link_down_events.saturating_sub(base.link_down_events),
+            queues: std::array::from_fn(|k| self.queues[k].since(&base.queues[k])),
         }
     }
 
@@ -80,6 +126,13 @@ mod tests {
         assert_eq!(d.rx_packets, 5);
         assert_eq!(d.tx_copies, 0);
         assert_eq!(d.tx_packets, 7);
+        let mut base = Snapshot::default();
+        base.queues[1].rx_packets = 4;
+        let mut now = Snapshot::default();
+        now.queues[1].rx_packets = 10;
+        now.queues[3].tx_bytes = 9;
+        let d = now.since(&base);
+        assert_eq!((d.queues[1].rx_packets, d.queues[3].tx_bytes, d.queues[0].rx_packets), (6, 9, 0));
     }
 
     #[test]
