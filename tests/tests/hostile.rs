@@ -1652,7 +1652,7 @@ fn cases() -> Vec<Case> {
         Case { name: "queue stop/start flapping", run: case_queue_flapping, expect: Expect { bad_requests: true, disconnected: Some(false), control_plane: true, ..Expect::default() } },
         // Passed descriptors (issue 16 item 2): see FdProbe.
         Case { name: "fds: lingering TCP socket with every message", run: case_fds_lingering_tcp, expect: fds },
-        Case { name: "fds: lingering sockets from a refused peer", run: case_fds_refused_peer, expect: Expect { fd_attack: true, disconnected: Some(true), ..Expect::default() } },
+        Case { name: "fds: lingering sockets from a refused peer", run: case_fds_refused_peer, expect: Expect { fd_attack: true, disconnected: Some(true), control_plane: true, ..Expect::default() } },
         Case { name: "fds: directory, pipe, memfd, socket", run: case_fds_other_kinds, expect: fds },
         Case { name: "fds: 253 per message", run: case_fds_many_per_message, expect: fds },
         Case { name: "fds: unread when the connection closes", run: case_fds_unread_at_close, expect: Expect { refused: false, touches_good_socket: true, ..fds } },
