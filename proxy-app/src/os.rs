@@ -5,7 +5,6 @@
 use std::ffi::{c_int, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
@@ -383,18 +382,9 @@ pub fn stat_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> io::Result<FileSt
     Ok(FileStat::from(&st))
 }
 
-/// The target of the symbolic link opened (with [`open_path_at`]) as `link`.
-pub fn read_link(link: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
-    let mut buf = vec![0u8; libc::PATH_MAX as usize];
-    // SAFETY: readlinkat(2) with an empty path reads the link `link` itself, into a
-    // buffer of the given length; it does not NUL-terminate.
-    let n = unsafe { libc::readlinkat(link.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(std::path::PathBuf::from(std::ffi::OsString::from_vec(buf)))
-}
+/// The target of the symbolic link opened (with [`open_path_at`]) as `link`: the guests'
+/// path check reads links the same way.
+pub use shm_contract::proto::transport::read_link;
 
 /// `mkdirat(2)`: a directory `name` in `dir` with permissions `mode` (less the umask).
 pub fn mkdir_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr, mode: u32) -> io::Result<()> {

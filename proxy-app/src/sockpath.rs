@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::access::Access;
 use crate::os::{self, FileStat};
+use shm_contract::proto::transport::push_components;
 
 /// Symbolic links followed while walking one path (the kernel's own limit).
 const MAX_LINKS: u32 = 40;
@@ -113,17 +114,6 @@ struct DirSpec {
     mode: u32,
 }
 
-/// Pushes the components of `path` to the front of `pending`, in order.
-fn push_front(pending: &mut VecDeque<OsString>, path: &Path) {
-    for c in path.components().rev() {
-        match c {
-            Component::Normal(n) => pending.push_front(n.to_owned()),
-            Component::ParentDir => pending.push_front("..".into()),
-            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
-        }
-    }
-}
-
 /// Opens directory `path`, checking every step from `/` ([`check_dir`]; symbolic links
 /// are followed only when root or the proxy's user owns them). With `make`, missing
 /// directories are made (recorded in `made`, first the topmost).
@@ -139,7 +129,7 @@ fn walk(who: ProxyUser, path: &Path, make: Option<DirSpec>, made: &mut Vec<MadeD
     check_dir(who, &root_shown, &root_stat)?;
     let mut stack = vec![Dir { fd: root_fd, shown: root_shown, stat: root_stat }];
     let mut pending = VecDeque::new();
-    push_front(&mut pending, &absolute);
+    push_components(&mut pending, &absolute);
     let mut links = 0;
     while let Some(name) = pending.pop_front() {
         if name == ".." {
@@ -176,7 +166,7 @@ fn walk(who: ProxyUser, path: &Path, make: Option<DirSpec>, made: &mut Vec<MadeD
             if target.is_absolute() {
                 stack.truncate(1);
             }
-            push_front(&mut pending, &target);
+            push_components(&mut pending, &target);
             continue;
         }
         if !st.is_dir() {

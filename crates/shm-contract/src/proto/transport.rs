@@ -445,7 +445,9 @@ fn open_step(dir: Option<BorrowedFd<'_>>, name: &std::ffi::OsStr) -> io::Result<
     Ok((fd, st))
 }
 
-fn read_link(link: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
+/// The target of the symbolic link opened (`O_PATH|O_NOFOLLOW`) as `link`. The proxy's
+/// own path walk uses it too.
+pub fn read_link(link: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
     use std::os::unix::ffi::OsStringExt;
     let mut buf = vec![0u8; libc::PATH_MAX as usize];
     // SAFETY: readlinkat(2) with an empty path reads the link opened as `link` (O_PATH)
@@ -458,8 +460,9 @@ fn read_link(link: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
     Ok(std::path::PathBuf::from(std::ffi::OsString::from_vec(buf)))
 }
 
-/// Pushes the components of `path` to the front of `pending`, in order.
-fn push_components(pending: &mut std::collections::VecDeque<std::ffi::OsString>, path: &Path) {
+/// Pushes the components of `path` to the front of `pending`, in order (`..` kept as a
+/// step, `.` and `/` dropped). The proxy's own path walk uses it too.
+pub fn push_components(pending: &mut std::collections::VecDeque<std::ffi::OsString>, path: &Path) {
     use std::path::Component;
     for c in path.components().rev() {
         match c {
