@@ -420,9 +420,24 @@ pub fn proxy_socket_stats(output: &str, socket: &Path) -> HashMap<String, String
         .unwrap_or_default()
 }
 
-/// A numeric counter from [`proxy_socket_stats`] (0 when absent).
+/// A numeric counter from [`proxy_socket_stats`]. Panics when the line has no such
+/// counter (a renamed or removed counter must fail the test, not read as 0), or when no
+/// line was found at all (an empty map).
 pub fn counter(stats: &HashMap<String, String>, key: &str) -> u64 {
-    stats.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+    match stats.get(key) {
+        Some(v) => v.parse().unwrap_or_else(|_| panic!("counter {key}={v} is not a number: {stats:?}")),
+        None => panic!("no counter {key} in the proxy's line: {stats:?}"),
+    }
+}
+
+/// [`counter`] for waits on output that may not have the socket's line yet: 0 while
+/// no line was printed (an empty map), and the strict lookup once one was.
+pub fn shown_counter(stats: &HashMap<String, String>, key: &str) -> u64 {
+    if stats.is_empty() {
+        0
+    } else {
+        counter(stats, key)
+    }
 }
 
 /// Runs a short command to completion (setup steps: ip, ping), failing the test on error.

@@ -91,7 +91,7 @@ fn pcap_macswap_is_byte_for_byte() {
     wait_or_dump(&proxy, "queue started", 30);
     let n = packets.len() as u64;
     let done = proxy.out.wait_for("every packet forwarded", Duration::from_secs(30), |t| {
-        counter(&proxy_socket_stats(t, &sock), "tx_packets") >= n
+        shown_counter(&proxy_socket_stats(t, &sock), "tx_packets") >= n
     });
     let stats = proxy_stats(&proxy, &sock);
     proxy.send("quit");

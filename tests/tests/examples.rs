@@ -124,7 +124,7 @@ fn json_number(text: &str, key: &str) -> u64 {
 fn wait_proxy_counter(pair: &PcapPair, sock: usize, key: &str, least: u64, app: &Proc) {
     let path = pair.socks[sock].clone();
     if let Err(e) = pair.proxy.out.wait_for(&format!("{key} >= {least}"), Duration::from_secs(30), |t| {
-        counter(&proxy_socket_stats(t, &path), key) >= least
+        shown_counter(&proxy_socket_stats(t, &path), key) >= least
     }) {
         panic!("{e}\n--- proxy ---\n{}\n--- {} ---\n{}", pair.proxy.out.text(), app.name, app.out.text());
     }

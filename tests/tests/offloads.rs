@@ -84,7 +84,7 @@ fn testpmd_csum_engine_sees_rx_checksum_flags_and_gets_tx_checksums_done() {
     wait_until_or_dump(&proxy, "second queue start", 20, |t| count(t, "queue started") >= 2);
     g.send("start");
     let done = proxy.out.wait_for("every packet forwarded", Duration::from_secs(30), |t| {
-        counter(&proxy_socket_stats(t, &sock), "tx_packets") >= n
+        shown_counter(&proxy_socket_stats(t, &sock), "tx_packets") >= n
     });
     g.send("stop");
     wait_or_dump(&g, "Bad-ipcsum", 20);
@@ -197,7 +197,7 @@ fn testpmd_sees_vlan_tags_stripped_and_gets_its_tag_inserted() {
     wait_until_or_dump(&proxy, "second queue start", 20, |t| count(t, "queue started") >= 2);
     g.send("start");
     let done = proxy.out.wait_for("every packet forwarded", Duration::from_secs(30), |t| {
-        counter(&proxy_socket_stats(t, &sock), "tx_packets") >= n
+        shown_counter(&proxy_socket_stats(t, &sock), "tx_packets") >= n
     });
     g.send("stop");
     wait_or_dump(&g, "Forward statistics for port 0", 20);

@@ -171,7 +171,7 @@ fn rust_udp_echo_answers_every_udp_packet_of_a_pcap_byte_for_byte() {
     wait_or_dump(&proxy, "queue started", 30);
     let n = udp.len() as u64;
     let done = proxy.out.wait_for("every answer sent", Duration::from_secs(30), |t| {
-        counter(&proxy_socket_stats(t, &sock), "tx_packets") >= n
+        shown_counter(&proxy_socket_stats(t, &sock), "tx_packets") >= n
     });
     let stats = fresh_stats(&mut proxy, &sock);
     proxy.send("quit");

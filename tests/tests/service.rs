@@ -134,7 +134,7 @@ fn dumpcap_starts_and_stops_ten_times_while_a_guest_forwards() {
     eprintln!("capture cycles with a forwarding guest: {cycles}");
     // The guest forwarded all along: what it sent went out through the proxy.
     proxy.send("show stats");
-    wait_until_or_dump(&proxy, "show stats", 10, |t| counter(&proxy_socket_stats(t, &sock), "tx_packets") > 0);
+    wait_until_or_dump(&proxy, "show stats", 10, |t| shown_counter(&proxy_socket_stats(t, &sock), "tx_packets") > 0);
     g.send("stop");
     g.send("quit");
     let (gcode, gout) = g.wait(Duration::from_secs(20));
