@@ -22,7 +22,7 @@
 use std::cell::UnsafeCell;
 use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use dpdk_sys as sys;
 use shm_driver_common::bus::{lock, ShmBus};
@@ -30,7 +30,7 @@ use shm_driver_common::devargs::{self, DevArgs};
 use shm_driver_common::device::ShmDevice;
 use shm_driver_common::ffi::{guard, str_from_c};
 use shm_driver_common::log::{LogType, INFO};
-use shm_driver_common::session::Session;
+use shm_driver_common::session::{Region, Session};
 use shm_driver_common::plugin_constructor;
 
 static LOG: LogType = LogType::new("bus.shm", "bus_shm");
@@ -104,6 +104,29 @@ fn init() {
     }
 }
 plugin_constructor!(BUS_SHM_CONSTRUCTOR, init);
+
+/// The region of each socket's last session, by socket path: when a device is removed
+/// while pools of the application still live in its region (Open vSwitch keeps its
+/// packet pool across `del-port`/`add-port`; testpmd keeps its pools across `device
+/// detach`/`port attach`), probing the same socket again hands that region back to the
+/// proxy, so those pools serve the new port without copies. Weak: the pools keep a
+/// region alive, not this list.
+static EARLIER_REGIONS: Mutex<Vec<(String, Weak<Region>)>> = Mutex::new(Vec::new());
+
+/// The earlier region of socket `path` if pools still live in it and no session uses it.
+fn earlier_region(path: &str) -> Option<Arc<Region>> {
+    let mut regions = lock(&EARLIER_REGIONS);
+    regions.retain(|(_, r)| r.strong_count() > 0);
+    let region = regions.iter().find(|(p, _)| p == path)?.1.upgrade()?;
+    let in_use = BUS.devices().iter().any(|d| d.session().is_some_and(|s| Arc::ptr_eq(&s.region, &region)));
+    (!in_use && !region.pools().is_empty()).then_some(region)
+}
+
+fn remember_region(path: &str, region: &Arc<Region>) {
+    let mut regions = lock(&EARLIER_REGIONS);
+    regions.retain(|(p, r)| r.strong_count() > 0 && p != path);
+    regions.push((path.to_string(), Arc::downgrade(region)));
+}
 
 /// Names we already complained about: EAL asks `parse` about a name several times.
 static REPORTED_NAMES: Mutex<Option<HashSet<String>>> = Mutex::new(None);
@@ -202,13 +225,14 @@ fn probe_device(dev: &Arc<ShmDevice>) -> Result<(), ()> {
         ));
         return Err(());
     };
-    let session = match Session::open(dev, &LOG) {
+    let session = match Session::open(dev, &LOG, earlier_region(dev.name())) {
         Ok(session) => session,
         Err(e) => {
             LOG.error(format_args!("sock:{}: {e}", dev.name()));
             return Err(());
         }
     };
+    remember_region(dev.name(), &session.region);
     dev.set_session(Some(session.clone()));
     shm_driver_common::session::use_shared_mempool_ops(&LOG);
     if let Err(e) = (driver.probe)(dev) {

@@ -173,7 +173,15 @@ impl fmt::Debug for Session {
 impl Session {
     /// Connects to the device's socket, performs the handshake, maps the region, and
     /// starts watching the socket.
-    pub fn open(dev: &Arc<ShmDevice>, log: &'static LogType) -> Result<Arc<Session>, SessionError> {
+    ///
+    /// `earlier` is the region of an earlier session on the same socket that pools of
+    /// this process still live in (the device was removed and is probed again; Open
+    /// vSwitch keeps its packet pool across `del-port` and `add-port`): it is handed to
+    /// the proxy as a reconnect hands it back, so those pools serve the new session as
+    /// they did the old one. If the proxy cannot take it (the socket now has another
+    /// queue count, so another layout), the session gets a new region and the log says
+    /// that packets of those pools will be copied.
+    pub fn open(dev: &Arc<ShmDevice>, log: &'static LogType, earlier: Option<Arc<Region>>) -> Result<Arc<Session>, SessionError> {
         let hello = Hello {
             version_min: PROTOCOL_VERSION_MIN,
             version_max: PROTOCOL_VERSION,
@@ -185,20 +193,52 @@ impl Session {
             // The application creates its pools after the handshake: no plan to state.
             heap_bytes: 0,
         };
-        // The server is verified (SO_PEERCRED) before the Hello: never a word to an impostor.
-        let client::Attached { socket, welcome, info: proxy, fds } =
-            client::attach(Path::new(dev.name()), dev.args.proxy_uid, &hello, &[], dev.args.timeout)?;
-        let (region_size, hugepages) = (proxy.region_size, proxy.hugepages);
-        let region = Region::new(client::map_region(&welcome, fds)?, hugepages);
-        log.info(format_args!(
-            "sock:{}: attached to proxy port {} queue {}: region {} MiB on {}, protocol {}",
-            dev.name(),
-            proxy.port_id,
-            proxy.queue_id,
-            region_size >> 20,
-            if hugepages { format!("{} KiB hugepages", region.layout.page_size() >> 10) } else { "normal 4 KiB pages".into() },
-            proxy.protocol_version
-        ));
+        let path = Path::new(dev.name());
+        let mut attached = None;
+        if let Some(region) = earlier {
+            match attach_region(path, dev.args.proxy_uid, &hello, &region, dev.args.timeout) {
+                Ok(RegionAttached { socket, welcome, info, ids }) => {
+                    log.info(format_args!(
+                        "sock:{}: attached to proxy port {} queue {} with the region of the earlier session on this \
+                         socket ({} MiB, its {} pool(s) of this process stay zero-copy), protocol {}",
+                        dev.name(),
+                        info.port_id,
+                        info.queue_id,
+                        region.len() >> 20,
+                        region.pools().len(),
+                        info.protocol_version
+                    ));
+                    attached = Some((socket, welcome.link_up, welcome.link_speed_mbps, info, region, ids));
+                }
+                // A proxy that is not there or refuses us outright refuses a new region too.
+                Err(e @ (SessionError::Connect(_) | SessionError::UntrustedServer(_))) => return Err(e),
+                Err(e) => log.notice(format_args!(
+                    "sock:{}: the proxy did not take back the region of the earlier session ({e}); using a new \
+                     region: packets of pools in the earlier one are copied on tx",
+                    dev.name()
+                )),
+            }
+        }
+        let (socket, link_up, link_speed_mbps, proxy, region, ids) = match attached {
+            Some(a) => a,
+            None => {
+                // The server is verified (SO_PEERCRED) before the Hello: never a word to an impostor.
+                let client::Attached { socket, welcome, info: proxy, fds } =
+                    client::attach(path, dev.args.proxy_uid, &hello, &[], dev.args.timeout)?;
+                let (region_size, hugepages) = (proxy.region_size, proxy.hugepages);
+                let region = Region::new(client::map_region(&welcome, fds)?, hugepages);
+                log.info(format_args!(
+                    "sock:{}: attached to proxy port {} queue {}: region {} MiB on {}, protocol {}",
+                    dev.name(),
+                    proxy.port_id,
+                    proxy.queue_id,
+                    region_size >> 20,
+                    if hugepages { format!("{} KiB hugepages", region.layout.page_size() >> 10) } else { "normal 4 KiB pages".into() },
+                    proxy.protocol_version
+                ));
+                (socket, welcome.link_up, welcome.link_speed_mbps, proxy, Arc::new(region), RequestIds::default())
+            }
+        };
         let session = Arc::new_cyclic(|me| Session {
             socket: Mutex::new(Arc::new(socket)),
             me: me.clone(),
@@ -209,11 +249,11 @@ impl Session {
             reconnecting: AtomicBool::new(false),
             reattached: AtomicU64::new(0),
             hello,
-            control: Mutex::new(RequestIds::default()),
-            link_up: AtomicBool::new(proxy.link_up),
-            link_speed: AtomicU32::new(proxy.link_speed_mbps),
+            control: Mutex::new(ids),
+            link_up: AtomicBool::new(link_up),
+            link_speed: AtomicU32::new(link_speed_mbps),
             proxy,
-            region: Arc::new(region),
+            region,
             alive: AtomicBool::new(true),
             timeout: dev.args.timeout,
             device: Arc::downgrade(dev),
@@ -381,27 +421,8 @@ impl Session {
     /// One reattach attempt: a new connection, a `Hello` that hands our region back,
     /// our pools announced again. Installs the connection only when all of it worked.
     fn reattach(self: &Arc<Self>) -> Result<(), SessionError> {
-        let region = &self.region;
-        let hello = Hello {
-            flags: HELLO_FLAG_REATTACH,
-            region_size: region.len() as u64,
-            rx_ring_entries: region.layout.rx_ring().entries,
-            tx_ring_entries: region.layout.tx_ring().entries,
-            ..self.hello.clone()
-        };
-        // The server is verified (SO_PEERCRED) before the Hello that hands over our
-        // region's memfd.
-        let client::Attached { socket, welcome, info, fds } = client::attach(
-            Path::new(&self.device_name),
-            self.proxy_uid,
-            &hello,
-            &[region.memfd.as_fd()],
-            self.timeout,
-        )?;
-        drop(fds);
-        // The proxy wrote the header again: it must describe the layout our queues and
-        // pools already use.
-        client::check_reattached(&region.mem(), &welcome, &region.layout)?;
+        let RegionAttached { socket, welcome, info, ids } =
+            attach_region(Path::new(&self.device_name), self.proxy_uid, &self.hello, &self.region, self.timeout)?;
         if (info.mac, info.mtu, info.port_id, info.queue_id) != (self.proxy.mac, self.proxy.mtu, self.proxy.port_id, self.proxy.queue_id) {
             self.log.warning(format_args!(
                 "sock:{}: the proxy now serves port {} queue {} (MAC {}, MTU {}); the ethdev keeps what it had",
@@ -411,16 +432,6 @@ impl Session {
                 info.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
                 info.mtu
             ));
-        }
-        // Nobody else uses the new connection yet: link news meanwhile is skipped (the
-        // Welcome's link state is refreshed by the next one).
-        let mut ids = RequestIds::default();
-        for pool in region.pools() {
-            let msg = Message::PoolAdd(pool.layout.to_pool_add());
-            match client::transact(socket.as_fd(), &msg, ids.next_id(), self.timeout, &mut ReattachListener)? {
-                (Message::PoolAck { pool_id }, _) if pool_id == pool.id => {}
-                (other, _) => return Err(SessionError::Protocol(format!("expected PoolAck, got {}", other.kind()))),
-            }
         }
         // Install the new connection: the old watch (if the loss was seen by a request
         // rather than by the watch) goes first, so it never looks at the new socket.
@@ -511,6 +522,48 @@ impl Region {
 
 /// How often a lost device tries to reach its proxy again.
 const RECONNECT_PERIOD: Duration = Duration::from_millis(100);
+
+/// A connection to a proxy that took a region of ours back.
+struct RegionAttached {
+    socket: OwnedFd,
+    welcome: shm_contract::proto::Welcome,
+    info: ProxyInfo,
+    /// The ids the connection used so far (one per pool announced).
+    ids: RequestIds,
+}
+
+/// Attaches to the proxy at `path` handing it `region` (whose pools live in this
+/// process): a reattaching `Hello` with the region's memfd and sizes, the proxy's layout
+/// checked to be the one our queues and pools use, every pool announced again. Used
+/// when the proxy comes back (reconnect) and when a device is probed again on a socket
+/// whose earlier region still holds pools.
+fn attach_region(path: &Path, proxy_uid: Option<u32>, base: &Hello, region: &Region, timeout: Duration) -> Result<RegionAttached, SessionError> {
+    let hello = Hello {
+        flags: HELLO_FLAG_REATTACH,
+        region_size: region.len() as u64,
+        rx_ring_entries: region.layout.rx_ring().entries,
+        tx_ring_entries: region.layout.tx_ring().entries,
+        ..base.clone()
+    };
+    // The server is verified (SO_PEERCRED) before the Hello that hands over our
+    // region's memfd.
+    let client::Attached { socket, welcome, info, fds } = client::attach(path, proxy_uid, &hello, &[region.memfd.as_fd()], timeout)?;
+    drop(fds);
+    // The proxy wrote the header again: it must describe the layout our queues and
+    // pools already use.
+    client::check_reattached(&region.mem(), &welcome, &region.layout)?;
+    // Nobody else uses the new connection yet: link news meanwhile is skipped (the
+    // Welcome's link state is refreshed by the next one).
+    let mut ids = RequestIds::default();
+    for pool in region.pools() {
+        let msg = Message::PoolAdd(pool.layout.to_pool_add());
+        match client::transact(socket.as_fd(), &msg, ids.next_id(), timeout, &mut ReattachListener)? {
+            (Message::PoolAck { pool_id }, _) if pool_id == pool.id => {}
+            (other, _) => return Err(SessionError::Protocol(format!("expected PoolAck, got {}", other.kind()))),
+        }
+    }
+    Ok(RegionAttached { socket, welcome, info, ids })
+}
 
 /// The session's handling of what arrives besides answers.
 struct SessionListener<'a>(&'a Session);

@@ -26,7 +26,7 @@ use shm_driver_common::device::ShmDevice;
 use shm_driver_common::ffi::{guard, str_from_c};
 use shm_driver_common::log::{LogType, INFO};
 use shm_driver_common::plugin_constructor;
-use shm_driver_common::session::{Region, RegionPool};
+use shm_driver_common::session::{Region, RegionPool, Session};
 
 static LOG: LogType = LogType::new("mempool.shm", "mempool_shm");
 
@@ -344,7 +344,7 @@ unsafe extern "C" fn pool_free(mp: *mut sys::rte_mempool) {
             (*mp).__bindgen_anon_1.pool_data = std::ptr::null_mut();
             Box::from_raw(data)
         };
-        if let Some(session) = pool.device.upgrade().and_then(|d| d.session()) {
+        if let Some(session) = current_session(&pool) {
             if session.is_alive() {
                 if let Err(e) = session.transact(&Message::PoolDel { pool_id: pool.id }) {
                     LOG.warning(format_args!("sock:{}: pool '{}': the proxy did not release it: {e}", pool.device_name, pool.name));
@@ -427,8 +427,16 @@ unsafe extern "C" fn pool_populate(
     })
 }
 
+/// The session that serves the pool's region now: its device's, or, once that device
+/// was removed and its socket probed again with the same region (see `bus_shm`), the new
+/// device's.
+fn current_session(pool: &RegionMempool) -> Option<Arc<Session>> {
+    let device = pool.device.upgrade().or_else(|| ShmBus::find().ok()?.device_by_name(&pool.device_name))?;
+    device.session().filter(|s| Arc::ptr_eq(&s.region, &pool.region))
+}
+
 fn announce(pool: &RegionMempool) -> Result<(), String> {
-    let session = pool.device.upgrade().and_then(|d| d.session()).ok_or("the device is gone")?;
+    let session = current_session(pool).ok_or("the device is gone")?;
     let request = Message::PoolAdd(pool.layout.to_pool_add());
     match session.transact(&request) {
         Ok(Message::PoolAck { pool_id }) if pool_id == pool.id => {
