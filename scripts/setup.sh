@@ -10,7 +10,10 @@
 #      libpcap, iproute2/ping/tcpdump for the end-to-end tests, meson/ninja for the meson build,
 #      cbindgen for the C header of the plugins' API (rte_pmd_shm.h), python3-matplotlib for
 #      the chart of scripts/bench.sh, valgrind for scripts/profile.sh, Open vSwitch with DPDK
-#      (openvswitch-switch-dpdk) for the Open vSwitch guest test.
+#      (openvswitch-switch-dpdk) for the Open vSwitch guest test, systemd and util-linux
+#      for the service test (tests/tests/systemd.rs: /usr/lib/systemd/systemd run in
+#      namespaces of its own, systemd-analyze, systemd-sysusers, systemd-tmpfiles,
+#      unshare, nsenter; also systemd.pc, where meson finds systemd's directories).
 #   2. The DPDK driver-SDK headers (bus_driver.h, dev_driver.h, ethdev_driver.h,
 #      bus_vdev_driver.h) that Debian
 #      does not ship: the Debian source package of exactly the installed DPDK version is
@@ -48,6 +51,7 @@ apt_packages=(
     dpkg-dev xz-utils ca-certificates
     python3-matplotlib valgrind
     openvswitch-switch-dpdk
+    systemd util-linux
 )
 
 missing_packages() {

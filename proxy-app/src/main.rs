@@ -226,6 +226,13 @@ fn parse_app_args(args: &[String]) -> Result<AppArgs, String> {
 }
 
 fn main() -> ExitCode {
+    // Whether stderr goes to the journal is decided now, before the privilege drop and
+    // the seccomp filter (it needs a dup and an fstat).
+    let _ = proxy_app::journal_level(proxy_app::LOG_INFO);
+    // SIGHUP only asks for a reload, from the start: `systemctl reload` while EAL is
+    // still starting must not end the service. The control loop applies it once it runs
+    // (the file is then read again, which changes nothing if it did not change).
+    control::reload_on_sighup();
     let argv: Vec<String> = std::env::args().collect();
     let prog = argv.first().cloned().unwrap_or_else(|| "dpdk-io-proxy".into());
     // RFC style: a single lcore number.
@@ -249,7 +256,7 @@ fn main() -> ExitCode {
     let app = match parse_app_args(&app_args) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("dpdk-io-proxy: {e}");
+            eprintln!("{}dpdk-io-proxy: {e}", proxy_app::journal_level(proxy_app::LOG_ERR));
             return ExitCode::from(2);
         }
     };
@@ -259,25 +266,25 @@ fn main() -> ExitCode {
             Ok(text) => match cmds::parse_file(&text, path) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("dpdk-io-proxy: {e}");
+                    eprintln!("{}dpdk-io-proxy: {e}", proxy_app::journal_level(proxy_app::LOG_ERR));
                     return ExitCode::from(2);
                 }
             },
             Err(e) => {
-                eprintln!("dpdk-io-proxy: cannot read {path}: {e}");
+                eprintln!("{}dpdk-io-proxy: cannot read {path}: {e}", proxy_app::journal_level(proxy_app::LOG_ERR));
                 return ExitCode::from(2);
             }
         },
         None => {
             if rfc_lcore.is_some() {
-                eprintln!("dpdk-io-proxy: no ./{DEFAULT_CMDS} here; sockets can be added on stdin (try 'help')");
+                eprintln!("{}dpdk-io-proxy: no ./{DEFAULT_CMDS} here; sockets can be added on stdin (try 'help')", proxy_app::journal_level(proxy_app::LOG_INFO));
             }
             Vec::new()
         }
     };
 
     if let Err(e) = refuse_iova_pa_option(&eal_args) {
-        eprintln!("dpdk-io-proxy: {e}");
+        eprintln!("{}dpdk-io-proxy: {e}", proxy_app::journal_level(proxy_app::LOG_ERR));
         return ExitCode::from(2);
     }
     let mut eal_args = eal_args;
@@ -288,7 +295,7 @@ fn main() -> ExitCode {
     let identity = match identity_for(&app.user, app.opts.access.group) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("dpdk-io-proxy: --user: {e}");
+            eprintln!("{}dpdk-io-proxy: --user: {e}", proxy_app::journal_level(proxy_app::LOG_ERR));
             return ExitCode::from(2);
         }
     };
@@ -311,19 +318,19 @@ fn main() -> ExitCode {
     let (eal, _) = match dpdk::Eal::init(&eal_args) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("dpdk-io-proxy: cannot initialise EAL: {e}");
+            eprintln!("{}dpdk-io-proxy: cannot initialise EAL: {e}", proxy_app::journal_level(proxy_app::LOG_ERR));
             return ExitCode::FAILURE;
         }
     };
     if !eal.iova_is_va() {
-        eprintln!("dpdk-io-proxy: EAL chose IOVA as physical addresses; {IOVA_PA_REFUSAL}");
+        eprintln!("{}dpdk-io-proxy: EAL chose IOVA as physical addresses; {IOVA_PA_REFUSAL}", proxy_app::journal_level(proxy_app::LOG_ERR));
         return ExitCode::FAILURE;
     }
     // After EAL init, so after the drivers' mempool ops: a mempool names its ops by index
     // in a per-process table, and secondary processes (dpdk-dumpcap) allocate from their
     // pools in this process, so the table must start like theirs.
     if let Err(e) = shadow::register_ops(&eal) {
-        eprintln!("dpdk-io-proxy: {e}");
+        eprintln!("{}dpdk-io-proxy: {e}", proxy_app::journal_level(proxy_app::LOG_ERR));
         return ExitCode::FAILURE;
     }
     os::set_quit_flag_on_signals(&QUIT_SIGNAL);
@@ -336,7 +343,7 @@ fn main() -> ExitCode {
                 Some(probe)
             }
             Err(e) => {
-                eprintln!("dpdk-io-proxy: --bench-latency: {e}");
+                eprintln!("{}dpdk-io-proxy: --bench-latency: {e}", proxy_app::journal_level(proxy_app::LOG_ERR));
                 return ExitCode::FAILURE;
             }
         },
@@ -345,7 +352,7 @@ fn main() -> ExitCode {
     // Whatever peers pass is closed on the reaper thread, never on the control thread.
     let fd_limit = os::raise_fd_limit();
     if let Err(e) = reaper::start() {
-        eprintln!("dpdk-io-proxy: {e}");
+        eprintln!("{}dpdk-io-proxy: {e}", proxy_app::journal_level(proxy_app::LOG_ERR));
         return ExitCode::FAILURE;
     }
     if fd_limit < 4 * reaper::CAPACITY as u64 {
@@ -356,21 +363,20 @@ fn main() -> ExitCode {
     let mut control = match Control::new(opts, plane.clone(), startup, &source) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("dpdk-io-proxy: {e}");
+            eprintln!("{}dpdk-io-proxy: {e}", proxy_app::journal_level(proxy_app::LOG_ERR));
             return ExitCode::FAILURE;
         }
     };
     if let Some(file) = &cmds_path {
         control.set_config_file(file.into());
     }
-    control::reload_on_sighup();
     // The admin socket is made here, before the control thread starts (and while the
     // process still has the privileges to make it under /run).
     if let Some(spec) = &app.ctl {
         match admin::Admin::bind(spec) {
             Ok(a) => control.set_admin(a),
             Err(e) if app.ctl_explicit => {
-                eprintln!("dpdk-io-proxy: {e}");
+                eprintln!("{}dpdk-io-proxy: {e}", proxy_app::journal_level(proxy_app::LOG_ERR));
                 control.close_ports();
                 return ExitCode::FAILURE;
             }
@@ -391,7 +397,7 @@ fn main() -> ExitCode {
     // (docs/threat-model.md, "Least privilege"). The control thread, started next,
     // inherits the result.
     if let Err(e) = confine(identity.as_ref(), app.seccomp) {
-        eprintln!("dpdk-io-proxy: cannot drop privileges: {e}");
+        eprintln!("{}dpdk-io-proxy: cannot drop privileges: {e}", proxy_app::journal_level(proxy_app::LOG_ERR));
         control.close_ports();
         return ExitCode::FAILURE;
     }
@@ -402,14 +408,14 @@ fn main() -> ExitCode {
         log_info!("ready; data path on lcore {main_lcore}; type 'help' for commands");
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| control.run()));
         if result.is_err() {
-            eprintln!("dpdk-io-proxy: the control thread panicked; stopping");
+            eprintln!("{}dpdk-io-proxy: the control thread panicked; stopping", proxy_app::journal_level(proxy_app::LOG_ERR));
         }
         (control, result.is_ok())
     });
     let control_thread = match control_thread {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("dpdk-io-proxy: cannot start the control thread: {e}");
+            eprintln!("{}dpdk-io-proxy: cannot start the control thread: {e}", proxy_app::journal_level(proxy_app::LOG_ERR));
             return ExitCode::FAILURE;
         }
     };
@@ -422,7 +428,7 @@ fn main() -> ExitCode {
     }));
     if looped.is_err() {
         plane.request_stop();
-        eprintln!("dpdk-io-proxy: the data loop panicked; stopping");
+        eprintln!("{}dpdk-io-proxy: the data loop panicked; stopping", proxy_app::journal_level(proxy_app::LOG_ERR));
     }
     let ok = match control_thread.join() {
         Ok((mut control, ok)) => {
