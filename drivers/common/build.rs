@@ -1,5 +1,6 @@
 //! BUILD_ID identifies this compilation of the shared plugin code. The three plugins
-//! share Rust types through the bus object; a plugin from another build must be refused
+//! reach each other through the bus's versioned `#[repr(C)]` interface, but the device
+//! records it hands out are Rust types; a plugin from another build must be refused
 //! before it touches them, so the id covers the sources, the compiler and the profile.
 
 use std::collections::hash_map::DefaultHasher;

@@ -16,8 +16,9 @@
 //! log line and skipped: the application keeps its other ports.
 //!
 //! The callbacks below are EAL's entry points; each catches panics and logs. The state
-//! they work on (devices, drivers, sessions) is `shm_driver_common::bus::ShmBus`, which
-//! the net and mempool plugins find by the bus name `sock`.
+//! they work on (devices, drivers, sessions) is the [`Registry`] here; the net and mempool
+//! plugins find the bus by its name `sock` and reach the registry only through the
+//! `#[repr(C)]`, versioned `shm_driver_common::bus::BusInterface` behind its header.
 
 use std::cell::UnsafeCell;
 use std::collections::HashSet;
@@ -25,13 +26,13 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, Mutex, Weak};
 
 use dpdk_sys as sys;
-use shm_driver_common::bus::{lock, ShmBus};
+use shm_driver_common::bus::{lock, BusFunctions, BusInterface, DevicePtr, DriverInterface, ShmBus};
 use shm_driver_common::devargs::{self, DevArgs};
 use shm_driver_common::device::ShmDevice;
 use shm_driver_common::ffi::{guard, str_from_c};
 use shm_driver_common::log::{LogType, INFO};
 use shm_driver_common::session::{Region, Session};
-use shm_driver_common::plugin_constructor;
+use shm_driver_common::{errno_text, plugin_constructor};
 
 static LOG: LogType = LogType::new("bus.shm", "bus_shm");
 
@@ -42,7 +43,8 @@ const NAME_PREFIX: &str = "sock:";
 /// us through the vdev driver below, so there is nothing to scan or probe here, and
 /// `parse` claims no name (a name this bus claimed would be this bus's device, which
 /// the ethdev iterator cannot walk).
-static BUS: ShmBus = ShmBus::new(sys::rte_bus {
+static BUS: ShmBus = ShmBus::new(
+    sys::rte_bus {
     next: sys::rte_bus__bindgen_ty_1 { tqe_next: std::ptr::null_mut(), tqe_prev: std::ptr::null_mut() },
     name: std::ptr::null(),
     scan: Some(bus_scan),
@@ -60,7 +62,130 @@ static BUS: ShmBus = ShmBus::new(sys::rte_bus {
     hot_unplug_handler: None,
     sigbus_handler: None,
     cleanup: Some(bus_cleanup),
-});
+    },
+    BusInterface::new(BusFunctions {
+        register_driver: if_register_driver,
+        unregister_driver: if_unregister_driver,
+        device_by_rte: if_device_by_rte,
+        device_at: if_device_at,
+        device_retain: if_device_retain,
+        device_release: if_device_release,
+        device_downgrade: if_device_downgrade,
+        weak_upgrade: if_weak_upgrade,
+        weak_release: if_weak_release,
+    }),
+);
+
+/// The registry: the drivers of `sock:` devices (the net plugin's) and the devices.
+/// Only this plugin's code touches it; the others go through the bus interface.
+struct Registry {
+    drivers: Mutex<Vec<&'static DriverInterface>>,
+    devices: Mutex<Vec<Arc<ShmDevice>>>,
+}
+
+static REGISTRY: Registry = Registry { drivers: Mutex::new(Vec::new()), devices: Mutex::new(Vec::new()) };
+
+impl Registry {
+    /// The driver for a device. This bus has one kind of device, so the first driver serves it.
+    fn driver(&self) -> Option<&'static DriverInterface> {
+        lock(&self.drivers).first().copied()
+    }
+
+    fn devices(&self) -> Vec<Arc<ShmDevice>> {
+        lock(&self.devices).clone()
+    }
+
+    fn add_device(&self, device: Arc<ShmDevice>) {
+        lock(&self.devices).push(device);
+    }
+
+    fn remove_device(&self, device: &Arc<ShmDevice>) {
+        lock(&self.devices).retain(|d| !Arc::ptr_eq(d, device));
+    }
+
+    fn device_by_name(&self, name: &str) -> Option<Arc<ShmDevice>> {
+        lock(&self.devices).iter().find(|d| d.name() == name).cloned()
+    }
+
+    /// Our device behind an `rte_device` pointer EAL (or one of our plugins) gives us, or
+    /// `None` if it is not one of ours (never cast blindly: EAL callbacks can be handed
+    /// other buses' devices).
+    fn device_by_rte(&self, rte: *const sys::rte_device) -> Option<Arc<ShmDevice>> {
+        lock(&self.devices).iter().find(|d| std::ptr::eq(d.rte_ptr(), rte)).cloned()
+    }
+}
+
+// The bus interface's functions. Devices cross it as `Arc::into_raw` pointers (one
+// strong reference each) and weak references as `Weak::into_raw`; only these functions
+// turn them back.
+
+unsafe extern "C" fn if_register_driver(driver: *const DriverInterface) -> c_int {
+    guard(&LOG, "register_driver", -libc::EIO, || {
+        // SAFETY: the caller passes its static driver table (or garbage of another
+        // version, which the header check refuses before anything else is read).
+        let driver: &'static DriverInterface = match unsafe { DriverInterface::checked(driver) } {
+            Ok(driver) => driver,
+            Err(why) => {
+                LOG.error(format_args!("a sock: driver was refused: {why}; use the three plugins of one build"));
+                return -libc::EPROTO;
+            }
+        };
+        let mut drivers = lock(&REGISTRY.drivers);
+        if drivers.iter().any(|d| std::ptr::eq(*d, driver) || d.name() == driver.name()) {
+            return 0;
+        }
+        drivers.push(driver);
+        1
+    })
+}
+
+unsafe extern "C" fn if_unregister_driver(driver: *const DriverInterface) {
+    guard(&LOG, "unregister_driver", (), || lock(&REGISTRY.drivers).retain(|d| !std::ptr::eq(*d, driver)))
+}
+
+unsafe extern "C" fn if_device_by_rte(rte: *const sys::rte_device) -> DevicePtr {
+    guard(&LOG, "device_by_rte", std::ptr::null(), || REGISTRY.device_by_rte(rte).map_or(std::ptr::null(), Arc::into_raw))
+}
+
+unsafe extern "C" fn if_device_at(index: usize) -> DevicePtr {
+    guard(&LOG, "device_at", std::ptr::null(), || {
+        lock(&REGISTRY.devices).get(index).cloned().map_or(std::ptr::null(), Arc::into_raw)
+    })
+}
+
+unsafe extern "C" fn if_device_retain(device: DevicePtr) {
+    // SAFETY: the caller holds a reference this interface handed out (or the pointer
+    // passed to its driver callback, which the bus holds for the call).
+    unsafe { Arc::increment_strong_count(device) }
+}
+
+unsafe extern "C" fn if_device_release(device: DevicePtr) {
+    // SAFETY: the caller gives back one reference this interface handed out.
+    unsafe { Arc::decrement_strong_count(device) }
+}
+
+unsafe extern "C" fn if_device_downgrade(device: DevicePtr) -> *const c_void {
+    guard(&LOG, "device_downgrade", std::ptr::null(), || {
+        // SAFETY: the caller holds a reference (as for retain); the temporary Arc is
+        // forgotten, so its count is unchanged.
+        let strong = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(device) });
+        Weak::into_raw(Arc::downgrade(&strong)) as *const c_void
+    })
+}
+
+unsafe extern "C" fn if_weak_upgrade(weak: *const c_void) -> DevicePtr {
+    guard(&LOG, "weak_upgrade", std::ptr::null(), || {
+        // SAFETY: the caller holds this weak reference (from device_downgrade); the
+        // temporary Weak is forgotten, so its count is unchanged.
+        let weak = std::mem::ManuallyDrop::new(unsafe { Weak::from_raw(weak as *const ShmDevice) });
+        weak.upgrade().map_or(std::ptr::null(), Arc::into_raw)
+    })
+}
+
+unsafe extern "C" fn if_weak_release(weak: *const c_void) {
+    // SAFETY: the caller gives back one weak reference from device_downgrade.
+    drop(unsafe { Weak::from_raw(weak as *const ShmDevice) })
+}
 
 /// Our driver on the vdev bus, linked into its driver list by `rte_vdev_register`.
 struct VdevDriver(UnsafeCell<sys::rte_vdev_driver>);
@@ -118,7 +243,7 @@ fn earlier_region(path: &str) -> Option<Arc<Region>> {
     let mut regions = lock(&EARLIER_REGIONS);
     regions.retain(|(_, r)| r.strong_count() > 0);
     let region = regions.iter().find(|(p, _)| p == path)?.1.upgrade()?;
-    let in_use = BUS.devices().iter().any(|d| d.session().is_some_and(|s| Arc::ptr_eq(&s.region, &region)));
+    let in_use = REGISTRY.devices().iter().any(|d| d.session().is_some_and(|s| Arc::ptr_eq(&s.region, &region)));
     (!in_use && !region.pools().is_empty()).then_some(region)
 }
 
@@ -189,14 +314,14 @@ unsafe extern "C" fn vdev_probe(vdev: *mut sys::rte_vdev_device) -> c_int {
             LOG.error(format_args!("{name}: not a sock:<socket path> name; device skipped"));
             return -libc::EINVAL;
         };
-        if let Some(old) = BUS.device_by_name(path) {
+        if let Some(old) = REGISTRY.device_by_name(path) {
             // Another EAL device for the same socket path (the same path given twice,
             // e.g. once with different arguments): one socket serves one device.
             if !std::ptr::eq(old.rte_ptr(), rte) {
                 LOG.error(format_args!("sock:{path}: this socket is already used by another device; device skipped"));
                 return -libc::EEXIST;
             }
-            BUS.remove_device(&old);
+            REGISTRY.remove_device(&old);
         }
         let parsed = match DevArgs::parse(&args) {
             Ok(parsed) => parsed,
@@ -206,11 +331,11 @@ unsafe extern "C" fn vdev_probe(vdev: *mut sys::rte_vdev_device) -> c_int {
             }
         };
         let dev = ShmDevice::new(path, parsed, rte);
-        BUS.add_device(dev.clone());
+        REGISTRY.add_device(dev.clone());
         match probe_device(&dev) {
             Ok(()) => 0,
             Err(()) => {
-                BUS.remove_device(&dev);
+                REGISTRY.remove_device(&dev);
                 -libc::EIO
             }
         }
@@ -218,7 +343,7 @@ unsafe extern "C" fn vdev_probe(vdev: *mut sys::rte_vdev_device) -> c_int {
 }
 
 fn probe_device(dev: &Arc<ShmDevice>) -> Result<(), ()> {
-    let Some(driver) = BUS.driver() else {
+    let Some(driver) = REGISTRY.driver() else {
         LOG.error(format_args!(
             "sock:{}: no driver for sock: devices; load librte_net_shm.so (-d) to get an ethdev",
             dev.name()
@@ -235,8 +360,10 @@ fn probe_device(dev: &Arc<ShmDevice>) -> Result<(), ()> {
     remember_region(dev.name(), &session.region);
     dev.set_session(Some(session.clone()));
     shm_driver_common::session::use_shared_mempool_ops(&LOG);
-    if let Err(e) = (driver.probe)(dev) {
-        LOG.error(format_args!("sock:{}: {e}", dev.name()));
+    // SAFETY: a checked driver table; the device lives for the call (we hold `dev`).
+    let rc = unsafe { (driver.probe)(Arc::as_ptr(dev)) };
+    if rc != 0 {
+        LOG.error(format_args!("sock:{}: the net driver did not take the device ({})", dev.name(), errno_text(-rc)));
         dev.set_session(None);
         session.close();
         return Err(());
@@ -253,7 +380,7 @@ unsafe extern "C" fn vdev_remove(vdev: *mut sys::rte_vdev_device) -> c_int {
     guard(&LOG, "remove", -libc::EIO, || {
         // SAFETY: the vdev bus passes a live device.
         let rte = unsafe { std::ptr::addr_of_mut!((*vdev).device) };
-        let Some(dev) = BUS.device_by_rte(rte) else { return -libc::ENODEV };
+        let Some(dev) = REGISTRY.device_by_rte(rte) else { return -libc::ENODEV };
         remove_device(&dev);
         0
     })
@@ -273,22 +400,24 @@ unsafe extern "C" fn bus_find_device(
 
 fn remove_device(dev: &Arc<ShmDevice>) {
     if let Some(driver) = dev.driver() {
-        if let Err(e) = (driver.remove)(dev) {
-            LOG.warning(format_args!("sock:{}: remove: {e}", dev.name()));
+        // SAFETY: a checked driver table; the device lives for the call (we hold `dev`).
+        let rc = unsafe { (driver.remove)(Arc::as_ptr(dev)) };
+        if rc != 0 {
+            LOG.warning(format_args!("sock:{}: remove: {}", dev.name(), errno_text(-rc)));
         }
     }
     dev.set_driver(None);
     if let Some(session) = dev.set_session(None) {
         session.close();
     }
-    BUS.remove_device(dev);
+    REGISTRY.remove_device(dev);
 }
 
 /// EAL cleanup: the vdev bus removes its devices first (it was registered before us);
 /// whatever is left in the registry ends here.
 unsafe extern "C" fn bus_cleanup() -> c_int {
     guard(&LOG, "cleanup", -1, || {
-        for dev in BUS.devices() {
+        for dev in REGISTRY.devices() {
             remove_device(&dev);
         }
         0

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use dpdk_sys as sys;
 
-use crate::bus::{lock, ShmDriver};
+use crate::bus::{lock, DriverInterface};
 use crate::devargs::DevArgs;
 use crate::session::Session;
 
@@ -21,7 +21,7 @@ pub struct ShmDevice {
     /// The socket path (the EAL name without `sock:`).
     name: CString,
     pub args: DevArgs,
-    driver: Mutex<Option<&'static ShmDriver>>,
+    driver: Mutex<Option<&'static DriverInterface>>,
     session: Mutex<Option<Arc<Session>>>,
     /// The driver's own state for this device (the net driver keeps its port here).
     driver_data: Mutex<Option<Arc<dyn Any + Send + Sync>>>,
@@ -60,13 +60,13 @@ impl ShmDevice {
         sys::SOCKET_ID_ANY
     }
 
-    pub fn driver(&self) -> Option<&'static ShmDriver> {
+    pub fn driver(&self) -> Option<&'static DriverInterface> {
         *lock(&self.driver)
     }
 
     /// Records (or clears) the net driver that took this device. EAL's view of the
     /// driver is the vdev bus's business (it records our vdev driver after probe).
-    pub fn set_driver(&self, driver: Option<&'static ShmDriver>) {
+    pub fn set_driver(&self, driver: Option<&'static DriverInterface>) {
         *lock(&self.driver) = driver;
     }
 

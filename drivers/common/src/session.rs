@@ -456,7 +456,7 @@ impl Session {
     fn notify(&self, event: DeviceEvent) {
         let Some(dev) = self.device.upgrade() else { return };
         if let Some(driver) = dev.driver() {
-            (driver.event)(&dev, event);
+            driver.notify(&dev, event);
         }
     }
 

@@ -16,13 +16,12 @@
 //! memory; the net driver copies its packets into region buffers on tx.
 
 use std::ffi::{c_int, c_uint, c_void};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use dpdk_sys as sys;
 use shm_contract::client::PoolFootprint;
 use shm_contract::{FreeRing, FreeRingError, Message, PoolAdd, PoolLayout};
-use shm_driver_common::bus::ShmBus;
-use shm_driver_common::device::ShmDevice;
+use shm_driver_common::bus::{BusInterface, DeviceHandle, WeakDevice};
 use shm_driver_common::ffi::{guard, str_from_c};
 use shm_driver_common::log::{LogType, INFO};
 use shm_driver_common::plugin_constructor;
@@ -91,7 +90,7 @@ plugin_constructor!(MEMPOOL_SHM_CONSTRUCTOR, init);
 /// Immutable after `alloc` except for `populated`, so the hot path takes no lock.
 struct RegionMempool {
     region: Arc<Region>,
-    device: Weak<ShmDevice>,
+    device: WeakDevice,
     /// Name of the device, for messages after it is gone.
     device_name: String,
     id: u32,
@@ -151,13 +150,16 @@ fn mempool_name(mp: *const sys::rte_mempool) -> String {
 
 /// Which device's region a new pool goes to: the one named by `pool_config` (the net
 /// driver's internal pools), else the first attached device with room.
-fn choose_device(bus: &ShmBus, mp: *const sys::rte_mempool, bytes: u64) -> Result<Arc<ShmDevice>, String> {
+fn choose_device(bus: &'static BusInterface, mp: *const sys::rte_mempool, bytes: u64) -> Result<DeviceHandle, String> {
     // SAFETY: reading a plain field of a live mempool.
     let config = unsafe { (*mp).pool_config };
     if !config.is_null() {
-        return bus.device_by_ptr(config).ok_or_else(|| "pool_config does not name a sock: device".to_string());
+        // The net driver names its device by EAL's device pointer; the bus only compares it.
+        return bus
+            .device_by_rte(config as *const sys::rte_device)
+            .ok_or_else(|| "pool_config does not name a sock: device".to_string());
     }
-    let attached: Vec<Arc<ShmDevice>> = bus.devices().into_iter().filter(|d| d.session().is_some()).collect();
+    let attached: Vec<DeviceHandle> = bus.devices().into_iter().filter(|d| d.session().is_some()).collect();
     if attached.is_empty() {
         return Err("no sock: device is attached, so there is no shared region to place it in".into());
     }
@@ -259,7 +261,7 @@ fn host_privately(mp: *mut sys::rte_mempool) -> Result<(&'static str, c_int), St
 }
 
 fn alloc(mp: *mut sys::rte_mempool, name: &str) -> Result<RegionMempool, String> {
-    let bus = ShmBus::find().map_err(|e| e.to_string())?;
+    let bus = BusInterface::find().map_err(|e| e.to_string())?;
     // SAFETY: mp is a live mempool being populated; these are plain fields, and the
     // private area is a pktmbuf pool's when private_data_size says so.
     let (count, header, elt, trailer, data_room, priv_size) = unsafe {
@@ -322,7 +324,7 @@ fn alloc(mp: *mut sys::rte_mempool, name: &str) -> Result<RegionMempool, String>
     Ok(RegionMempool {
         base: region.base(),
         region,
-        device: Arc::downgrade(&device),
+        device: device.downgrade(),
         device_name: device.name().to_string(),
         id,
         heap_offset,
@@ -431,7 +433,10 @@ unsafe extern "C" fn pool_populate(
 /// was removed and its socket probed again with the same region (see `bus_shm`), the new
 /// device's.
 fn current_session(pool: &RegionMempool) -> Option<Arc<Session>> {
-    let device = pool.device.upgrade().or_else(|| ShmBus::find().ok()?.device_by_name(&pool.device_name))?;
+    let device = pool
+        .device
+        .upgrade()
+        .or_else(|| BusInterface::find().ok()?.devices().into_iter().find(|d| d.name() == pool.device_name))?;
     device.session().filter(|s| Arc::ptr_eq(&s.region, &pool.region))
 }
 

@@ -17,11 +17,13 @@ mod xstats;
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::ffi::c_int;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dpdk_sys as sys;
-use shm_driver_common::bus::{lock, DeviceEvent, ShmBus, ShmDriver};
+use shm_driver_common::bus::{lock, BusInterface, DeviceEvent, DeviceEventRecord, DevicePtr, DriverInterface, WeakDevice};
 use shm_driver_common::device::ShmDevice;
+use shm_driver_common::ffi::guard;
 use shm_driver_common::log::{LogType, INFO};
 use shm_driver_common::plugin_constructor;
 use shm_contract::proto::QUEUE_FLAG_RX_WAKEUP;
@@ -30,7 +32,10 @@ use shm_driver_common::session::Session;
 
 pub(crate) static LOG: LogType = LogType::new("pmd.net.shm", "net_shm");
 
-static DRIVER: ShmDriver = ShmDriver::new(c"net_shm", probe, remove, on_event);
+static DRIVER: DriverInterface = DriverInterface::new(c"net_shm", probe_entry, remove_entry, event_entry);
+
+/// The bus this driver registered with (set once, by the constructor).
+static BUS: OnceLock<&'static BusInterface> = OnceLock::new();
 
 /// The driver's name and device arguments where `dpdk-pmdinfo.py` looks for them: a
 /// `PMD_INFO_STRING= {json}` string in `.rodata`, what DPDK's buildtools/pmdinfogen
@@ -63,17 +68,20 @@ fn init() {
     LOG.register(INFO);
     // Keeps PMD_INFO through the linker's section garbage collection.
     std::hint::black_box(&PMD_INFO);
-    match ShmBus::find_or_load() {
+    match BusInterface::find_or_load() {
         Ok(bus) => {
-            if !bus.register_driver(&DRIVER) {
-                LOG.notice(format_args!(
+            let _ = BUS.set(bus);
+            match bus.register_driver(&DRIVER) {
+                Ok(true) => {}
+                Ok(false) => LOG.notice(format_args!(
                     "a net_shm driver is already registered (another copy of librte_net_shm.so was loaded first); this copy stays inactive"
-                ));
+                )),
+                Err(e) => LOG.error(format_args!("the sock bus refused the net_shm driver: {e}")),
             }
         }
         // The bus of another copy (`-d` plus the installed plugins) serves, with its own
         // net driver.
-        Err(e @ shm_driver_common::bus::BusLookupError::OtherBuild { .. }) => {
+        Err(e @ shm_driver_common::bus::BusLookupError::Refused(shm_driver_common::bus::InterfaceError::OtherBuild { .. })) => {
             LOG.notice(format_args!("this copy of librte_net_shm.so stays inactive: {e}"))
         }
         Err(e) => LOG.error(format_args!("cannot register the net_shm driver: {e}")),
@@ -84,7 +92,7 @@ plugin_constructor!(NET_SHM_CONSTRUCTOR, init);
 /// This driver's state for one ethdev. The ethdev's `process_private` holds one strong
 /// reference from probe until close.
 pub(crate) struct Port {
-    pub device: Weak<ShmDevice>,
+    pub device: WeakDevice,
     pub name: String,
     pub port_id: u16,
     pub eth_dev: *mut sys::rte_eth_dev,
@@ -174,7 +182,45 @@ impl Port {
     }
 }
 
-fn probe(dev: &Arc<ShmDevice>) -> Result<(), String> {
+unsafe extern "C" fn probe_entry(dev: DevicePtr) -> c_int {
+    guard(&LOG, "probe", -libc::EIO, || {
+        // SAFETY: the bus passes a device it holds for the call.
+        let Some(device) = (unsafe { dev.as_ref() }) else { return -libc::EINVAL };
+        match probe(dev, device) {
+            Ok(()) => 0,
+            Err(e) => {
+                LOG.error(format_args!("sock:{}: {e}", device.name()));
+                -libc::EIO
+            }
+        }
+    })
+}
+
+unsafe extern "C" fn remove_entry(dev: DevicePtr) -> c_int {
+    guard(&LOG, "remove", -libc::EIO, || {
+        // SAFETY: the bus passes a device it holds for the call.
+        let Some(device) = (unsafe { dev.as_ref() }) else { return -libc::EINVAL };
+        match remove(device) {
+            Ok(()) => 0,
+            Err(e) => {
+                LOG.warning(format_args!("sock:{}: remove: {e}", device.name()));
+                -libc::EIO
+            }
+        }
+    })
+}
+
+unsafe extern "C" fn event_entry(dev: DevicePtr, event: DeviceEventRecord) {
+    guard(&LOG, "event", (), || {
+        // SAFETY: the bus passes a device it holds for the call.
+        let (Some(device), Some(event)) = ((unsafe { dev.as_ref() }), event.event()) else { return };
+        on_event(device, event)
+    })
+}
+
+/// `ptr` is `dev` as the bus passed it (for a weak reference to it).
+fn probe(ptr: DevicePtr, dev: &ShmDevice) -> Result<(), String> {
+    let bus = BUS.get().ok_or("probed by a bus this driver did not register with")?;
     let session = dev.session().ok_or("probed without a session")?;
     let name = CString::new(dev.name()).map_err(|_| "device name contains NUL")?;
     // SAFETY: EAL call with a valid name; returns null when the name is taken.
@@ -205,7 +251,8 @@ fn probe(dev: &Arc<ShmDevice>) -> Result<(), String> {
         data.port_id
     };
     let port = Arc::new(Port {
-        device: Arc::downgrade(dev),
+        // SAFETY: the bus holds the device for this call.
+        device: unsafe { bus.downgrade(ptr) },
         name: dev.name().to_string(),
         port_id,
         eth_dev,
@@ -234,7 +281,7 @@ fn probe(dev: &Arc<ShmDevice>) -> Result<(), String> {
 
 /// The bus is unplugging the device (`port detach`, exit): close the ethdev if the
 /// application has not.
-fn remove(dev: &Arc<ShmDevice>) -> Result<(), String> {
+fn remove(dev: &ShmDevice) -> Result<(), String> {
     let Some(port) = dev.driver_data::<Port>() else { return Ok(()) };
     dev.set_driver_data(None);
     // SAFETY: rte_eth_devices is DPDK's static array; we only compare fields.
@@ -252,7 +299,7 @@ fn remove(dev: &Arc<ShmDevice>) -> Result<(), String> {
 }
 
 /// News about the proxy, from the EAL interrupt thread.
-fn on_event(dev: &Arc<ShmDevice>, event: DeviceEvent) {
+fn on_event(dev: &ShmDevice, event: DeviceEvent) {
     let Some(port) = dev.driver_data::<Port>() else { return };
     match event {
         DeviceEvent::ProxyLost => {
