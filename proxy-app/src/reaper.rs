@@ -39,7 +39,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use shm_contract::proto::transport::SCM_MAX_FD;
@@ -81,6 +82,28 @@ static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 /// Uids whose descriptor's close never ended (see the module's text).
 static WEDGED_UIDS: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
 static EPOCH: OnceLock<Instant> = OnceLock::new();
+/// The watchdog thread, unparked by a worker when a close begins.
+static WATCHDOG: OnceLock<Thread> = OnceLock::new();
+/// Counts the changes the reaper's counters show (a close ended, a descriptor left open,
+/// a uid wedged); waiters (`wait_for`) are woken at each.
+static PROGRESS: (Mutex<u64>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// Tells waiters that the reaper's state changed.
+fn progressed() {
+    let (count, changed) = &PROGRESS;
+    *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    changed.notify_all();
+}
+
+/// Waits until `cond` holds (checked at each change of the reaper's state), at most
+/// `timeout`; returns whether it holds.
+#[cfg(test)]
+pub fn wait_for(timeout: Duration, cond: impl Fn() -> bool) -> bool {
+    let (count, changed) = &PROGRESS;
+    let guard = count.lock().unwrap_or_else(|e| e.into_inner());
+    let (_guard, result) = changed.wait_timeout_while(guard, timeout, |_| !cond()).unwrap_or_else(|e| e.into_inner());
+    !result.timed_out() || cond()
+}
 
 /// A close that takes longer than this is interrupted (and again every `STUCK`).
 pub const STUCK: Duration = Duration::from_millis(20);
@@ -102,6 +125,7 @@ pub fn is_wedged(owner: u32) -> bool {
 
 fn wedge(owner: u32) {
     WEDGED_UIDS.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashSet::new).insert(owner);
+    progressed();
 }
 
 fn wedged_count() -> usize {
@@ -126,16 +150,22 @@ fn spawn_worker(incoming: Arc<Mutex<Receiver<Item>>>) -> Result<Arc<Worker>, Str
                     std::mem::forget(fd);
                     LEAKED.fetch_add(1, Ordering::Relaxed);
                     PENDING.fetch_sub(1, Ordering::Release);
+                    progressed();
                     continue;
                 }
                 let t = now_us();
                 me.owner.store(owner, Ordering::SeqCst);
                 me.busy_since_us.store(t, Ordering::SeqCst);
+                // The watchdog sleeps while no close runs: this one starts its clock.
+                if let Some(watchdog) = WATCHDOG.get() {
+                    watchdog.unpark();
+                }
                 drop(fd);
                 me.busy_since_us.store(0, Ordering::SeqCst);
                 SLOWEST_US.fetch_max(now_us() - t, Ordering::Relaxed);
                 CLOSED.fetch_add(1, Ordering::Relaxed);
                 PENDING.fetch_sub(1, Ordering::Release);
+                progressed();
                 if me.left_behind.load(Ordering::SeqCst) {
                     return;
                 }
@@ -167,17 +197,27 @@ pub fn start() -> Result<(), String> {
     let incoming = Arc::new(Mutex::new(incoming));
     let mut active = spawn_worker(incoming.clone())?;
     let spare = incoming;
-    std::thread::Builder::new()
+    let watchdog = std::thread::Builder::new()
         .name("fd-reaper-watch".into())
         .spawn(move || {
             let mut left_behind = 0usize;
             loop {
-                std::thread::sleep(STUCK / 2);
                 let since = active.busy_since_us.load(Ordering::SeqCst);
                 if since == 0 {
+                    // No close runs: wait for the worker to start one (it unparks us
+                    // after it stores `busy_since_us`; an unpark that comes before this
+                    // park makes it return at once, so none is missed).
+                    std::thread::park();
                     continue;
                 }
                 let busy = now_us().saturating_sub(since);
+                if busy < STUCK.as_micros() as u64 {
+                    // A deadline on the close in progress, not a wait for another
+                    // thread's answer: wake when it would be stuck (or earlier, when
+                    // another close starts) and look again.
+                    std::thread::park_timeout(Duration::from_micros(STUCK.as_micros() as u64 - busy));
+                    continue;
+                }
                 if busy >= WEDGED.as_micros() as u64 && left_behind < MAX_WEDGED_THREADS {
                     let owner = active.owner.load(Ordering::SeqCst);
                     if let Ok(next) = spawn_worker(spare.clone()) {
@@ -190,13 +230,21 @@ pub fn start() -> Result<(), String> {
                         );
                         active = next;
                     }
-                } else if busy >= STUCK.as_micros() as u64 {
-                    os::interrupt(active.thread);
+                } else {
+                    // Counted first: the interrupted close ends at once, and whoever
+                    // sees it end (`wait_for`) sees the count.
                     INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+                    os::interrupt(active.thread);
                 }
+                // Stuck: interrupted again every STUCK until the close ends or is left
+                // behind (a deadline again, see above).
+                std::thread::park_timeout(STUCK);
             }
         })
         .map_err(|e| format!("cannot start the descriptor reaper's watchdog: {e}"))?;
+    let _ = WATCHDOG.set(watchdog.thread().clone());
+    // A close that began before the watchdog's handle was published: look once.
+    watchdog.thread().unpark();
     let _ = REAPER.set(Reaper { queue });
     *started = true;
     Ok(())
@@ -338,11 +386,7 @@ mod tests {
     }
 
     fn wait_until(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
-        let t = Instant::now();
-        while !cond() {
-            assert!(t.elapsed() < timeout, "{what}: not within {timeout:?} ({})", stats_text());
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        assert!(wait_for(timeout, cond), "{what}: not within {timeout:?} ({})", stats_text());
     }
 
     /// A FUSE file system of one file, `f`, whose server answers everything a lookup and
@@ -604,9 +648,7 @@ mod tests {
         let interrupts = INTERRUPTS.load(Ordering::Relaxed);
         let t = Instant::now();
         drop(PeerFd::new(conn.into(), 1000));
-        while CLOSED.load(Ordering::Relaxed) == closed && t.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until("the connection closed", Duration::from_secs(10), || CLOSED.load(Ordering::Relaxed) > closed);
         assert!(t.elapsed() < Duration::from_secs(2), "the reaper took {:?}", t.elapsed());
         assert!(INTERRUPTS.load(Ordering::Relaxed) > interrupts, "the close was interrupted");
     }
@@ -620,11 +662,7 @@ mod tests {
         let t = Instant::now();
         drop(PeerFd::new(fd, 1000));
         assert!(t.elapsed() < Duration::from_millis(50));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while CLOSED.load(Ordering::Relaxed) == before && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert!(CLOSED.load(Ordering::Relaxed) > before);
+        wait_until("the descriptor closed", Duration::from_secs(5), || CLOSED.load(Ordering::Relaxed) > before);
         assert!(room_for_peer_input(0));
         // A kept descriptor is not closed.
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();

@@ -428,12 +428,12 @@ fn a_proxy_goodbye_ends_the_guest() {
     assert_eq!(guest.link(), (false, 0), "the fake proxy never writes the status block");
     proxy.goodbye();
     let mut err = None;
+    // `goodbye` returns once the stand-in proxy has sent it and closed: it is queued.
     for _ in 0..100 {
         if let Err(e) = guest.poll_control() {
             err = Some(e);
             break;
         }
-        thread::sleep(Duration::from_millis(10));
     }
     assert!(matches!(err, Some(Error::Disconnected(ref why)) if why.contains("goodbye")), "{err:?}");
     assert!(matches!(guest.recv(), Err(Error::Disconnected(_))));
@@ -573,6 +573,20 @@ fn sleepy() -> Config {
     Config { rx_wakeup: true, ..small() }
 }
 
+/// Waits (at most 10 s) until the guest, on another thread, is asleep: it has armed its
+/// rx wake-up request. The flag is the guest's acknowledgement; no sleep guesses it.
+/// Returns whether it was seen armed (the caller asserts it once the guest is woken).
+fn until_asleep(flag: &AtomicU32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while flag.load(Ordering::Acquire) == 0 {
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::yield_now();
+    }
+    true
+}
+
 #[test]
 fn wait_rx_sleeps_until_the_proxy_signals_and_every_start_sends_the_socket() {
     let mut proxy = FakeProxy::start("wait");
@@ -596,9 +610,7 @@ fn wait_rx_sleeps_until_the_proxy_signals_and_every_start_sends_the_socket() {
         let rx = &mut rx;
         sc.spawn(|| {
             // Until the guest is asleep (armed); then publish as the proxy does.
-            while flag.load(Ordering::Relaxed) == 0 {
-                thread::sleep(Duration::from_millis(1));
-            }
+            assert!(until_asleep(flag), "the guest never armed its wake-up request");
             let off = plane.take_free();
             plane.write_data(off, 128, b"wake");
             assert!(plane.publish_and_wake(rx, desc(off, 128, 4), &waker), "the guest asked");
@@ -670,6 +682,8 @@ fn wait_rx_hybrid_returns_with_the_packet_whether_it_spins_or_sleeps() {
         sc.spawn(|| {
             let free = plane.free_ring();
             for i in 0..rounds {
+                // Pacing (not a wait): some packets come while the guest spins, some
+                // after it fell asleep.
                 thread::sleep(Duration::from_micros(if i % 2 == 0 { 5 } else { 300 }));
                 let mut v = [0u32];
                 while free.dequeue_bulk(&mut v, 64).is_err() {
@@ -713,6 +727,7 @@ fn no_wakeup_is_lost_when_packets_race_the_sleeps() {
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
                 match rng % 8 {
+                    // Random pacing (not a wait), so that wake-ups race the guest's arming.
                     0 => thread::sleep(Duration::from_micros(rng % 200)),
                     1 | 2 => thread::yield_now(),
                     _ => (0..rng % 2000).for_each(|_| std::hint::spin_loop()),
@@ -745,18 +760,23 @@ fn no_wakeup_is_lost_when_packets_race_the_sleeps() {
 fn a_sleeping_guest_wakes_when_the_proxy_leaves_and_wake_ups_are_opt_in() {
     let mut proxy = FakeProxy::start("sleep-bye");
     let mut guest = Guest::connect(&proxy.path, &sleepy()).unwrap();
-    let _plane = proxy.plane();
+    let plane = proxy.plane();
     let _waker = proxy.waker();
-    thread::scope(|sc| {
-        sc.spawn(|| {
-            thread::sleep(Duration::from_millis(100));
+    let flag = plane.status().rx_wakeup_requested();
+    let was_asleep = thread::scope(|sc| {
+        let leave = sc.spawn(|| {
+            // The proxy leaves once the guest is asleep.
+            let asleep = until_asleep(flag);
             proxy.goodbye();
+            asleep
         });
         let t = Instant::now();
         let e = guest.wait_rx(None).unwrap_err();
         assert!(matches!(e, Error::Disconnected(ref why) if why.contains("goodbye")), "{e}");
-        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(t.elapsed() < Duration::from_secs(15));
+        leave.join().unwrap()
     });
+    assert!(was_asleep, "the proxy left before the guest was asleep");
     assert!(matches!(guest.wait_rx(None), Err(Error::Disconnected(_))));
     drop(guest);
 
@@ -792,6 +812,7 @@ fn async_recv_sleeps_in_the_reactor_and_is_cancel_safe() {
                 plane.write_data(v[0], 128, &i.to_le_bytes());
                 plane.publish_and_wake(&mut rx, desc(v[0], 128, 8), &waker);
                 if i % 4 == 0 {
+                    // Pacing (not a wait): lets the receiver fall asleep now and then.
                     thread::sleep(Duration::from_micros(200));
                 }
             }
@@ -823,15 +844,18 @@ fn async_recv_sleeps_in_the_reactor_and_is_cancel_safe() {
     assert_eq!(flag.load(Ordering::Relaxed), 0, "a cancelled wait disarms");
     // The proxy leaving ends a wait.
     let t = Instant::now();
-    let e = thread::scope(|sc| {
-        sc.spawn(|| {
-            thread::sleep(Duration::from_millis(50));
+    let (e, was_asleep) = thread::scope(|sc| {
+        let leave = sc.spawn(|| {
+            // The proxy leaves once the guest sleeps in the reactor.
+            let asleep = until_asleep(flag);
             proxy.goodbye();
+            asleep
         });
-        rt.block_on(guest.recv()).unwrap_err()
+        (rt.block_on(guest.recv()).unwrap_err(), leave.join().unwrap())
     });
     assert!(matches!(e, Error::Disconnected(_)), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(was_asleep, "the proxy left before the guest was asleep");
+    assert!(t.elapsed() < Duration::from_secs(15));
     drop(guest.into_inner());
 }
 

@@ -241,6 +241,8 @@ fn run(eal: &dpdk::Eal, args: &Args) -> Result<(), String> {
     let mut tick = start;
     let (mut last_rx, mut last_tx) = (0, 0);
     while !QUIT.load(Ordering::Relaxed) && args.seconds.is_none_or(|s| start.elapsed().as_secs_f64() < s) {
+        // The report's tick (and how soon Ctrl-C is seen), not a wait for the lcores:
+        // they run until QUIT and are joined below.
         std::thread::sleep(Duration::from_millis(100));
         let now = Instant::now();
         let secs = now.duration_since(tick).as_secs_f64();
