@@ -283,43 +283,9 @@ pub fn peer_credentials(fd: BorrowedFd<'_>) -> Option<Credentials> {
     Some(Credentials { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups })
 }
 
-/// What `fstat(2)` says about a file, the part the socket-path checks use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStat {
-    pub dev: u64,
-    pub ino: u64,
-    pub uid: u32,
-    pub gid: u32,
-    /// Type and permission bits (`st_mode`).
-    pub mode: u32,
-}
-
-impl FileStat {
-    fn from(st: &libc::stat) -> FileStat {
-        FileStat { dev: st.st_dev, ino: st.st_ino, uid: st.st_uid, gid: st.st_gid, mode: st.st_mode }
-    }
-
-    fn kind(&self) -> u32 {
-        self.mode & libc::S_IFMT
-    }
-
-    pub fn is_dir(&self) -> bool {
-        self.kind() == libc::S_IFDIR
-    }
-
-    pub fn is_symlink(&self) -> bool {
-        self.kind() == libc::S_IFLNK
-    }
-
-    pub fn is_socket(&self) -> bool {
-        self.kind() == libc::S_IFSOCK
-    }
-
-    /// The same file (device and inode) as `other`.
-    pub fn same_file(&self, other: &FileStat) -> bool {
-        (self.dev, self.ino) == (other.dev, other.ino)
-    }
-}
+/// What `fstat(2)` says about a file, the part the socket-path checks use (the
+/// contract's path walk reports the same).
+pub use shm_contract::pathwalk::StepStat as FileStat;
 
 /// A file name for the `*at` calls: one path component, no NUL.
 fn c_name(name: &std::ffi::OsStr) -> io::Result<CString> {
@@ -347,7 +313,7 @@ fn check(rc: c_int) -> io::Result<()> {
 }
 
 /// Opens `name` in `dir` as an `O_PATH` descriptor without following a symbolic link
-/// there: a link is opened as itself (see [`read_link`]).
+/// there: a link is opened as itself.
 pub fn open_path_at(dir: Option<BorrowedFd<'_>>, name: &std::ffi::OsStr) -> io::Result<OwnedFd> {
     let name = c_name(name)?;
     // SAFETY: openat(2) with a valid C string; the result is owned right away.
@@ -369,7 +335,7 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileStat> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat(2) into a stat buffer we own.
     check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
-    Ok(FileStat::from(&st))
+    Ok(FileStat::from_stat(&st))
 }
 
 /// `fstatat(2)` of `name` in `dir`, not following a symbolic link.
@@ -379,12 +345,8 @@ pub fn stat_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> io::Result<FileSt
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstatat(2) with a valid C string into a stat buffer we own.
     check(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
-    Ok(FileStat::from(&st))
+    Ok(FileStat::from_stat(&st))
 }
-
-/// The target of the symbolic link opened (with [`open_path_at`]) as `link`: the guests'
-/// path check reads links the same way.
-pub use shm_contract::proto::transport::read_link;
 
 /// `mkdirat(2)`: a directory `name` in `dir` with permissions `mode` (less the umask).
 pub fn mkdir_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr, mode: u32) -> io::Result<()> {

@@ -5,7 +5,8 @@
 //! swap in a symbolic link so that root changes the owner and mode of another file. So:
 //!
 //! * The socket's directory is opened by walking its path one component at a time from
-//!   `/` (`openat` with `O_NOFOLLOW`, [`walk`]). Every directory and symbolic link on
+//!   `/` (`openat` with `O_NOFOLLOW`, [`walk`]: the contract's `pathwalk`, which the
+//!   guests' check of a server's path uses too). Every directory and symbolic link on
 //!   the way must belong to root or to the proxy's user (the one it runs as after
 //!   start-up, `--user`, or its own), and no directory may be
 //!   writable by its group or others unless it is sticky (then nobody else can remove or
@@ -28,21 +29,15 @@
 //!   file it made (same device and inode), and the directories it made only if they are
 //!   still those and empty, all relative to directory descriptors held since.
 
-use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::access::Access;
 use crate::os::{self, FileStat};
-use shm_contract::proto::transport::push_components;
-
-/// Symbolic links followed while walking one path (the kernel's own limit).
-const MAX_LINKS: u32 = 40;
-/// The sticky bit of a directory's mode.
-const STICKY: u32 = 0o1000;
+use shm_contract::pathwalk::{self, Step, Target, Visitor, WalkFailure, WalkedDir};
 /// Name of the socket inside the private directory it is made in.
 const PRIVATE_NAME: &str = "sock";
 /// Listen backlog of a socket (one guest at a time; more are refused on sight).
@@ -64,11 +59,6 @@ impl ProxyUser {
     }
 }
 
-/// Group or others may write it.
-fn writable_by_others(st: &FileStat) -> bool {
-    st.mode & 0o022 != 0
-}
-
 /// Refuses a directory that someone other than root or the proxy could change.
 fn check_dir(who: ProxyUser, shown: &Path, st: &FileStat) -> Result<(), String> {
     if !who.trusts(st.uid) {
@@ -79,7 +69,7 @@ fn check_dir(who: ProxyUser, shown: &Path, st: &FileStat) -> Result<(), String> 
             st.uid
         ));
     }
-    if writable_by_others(st) && st.mode & STICKY == 0 {
+    if st.open_to_others() {
         return Err(format!(
             "{} is writable by its group or others (mode {:04o}) and not sticky: whoever can write it could replace \
              the socket; use a directory only the proxy can write (or a sticky one)",
@@ -90,13 +80,8 @@ fn check_dir(who: ProxyUser, shown: &Path, st: &FileStat) -> Result<(), String> 
     Ok(())
 }
 
-/// An open directory on a checked path.
-struct Dir {
-    fd: OwnedFd,
-    /// Its path as walked (for messages).
-    shown: PathBuf,
-    stat: FileStat,
-}
+/// An open directory on a checked path (its path as walked, for messages).
+type Dir = WalkedDir;
 
 /// A directory the proxy made: removed again (when still it, and empty) with its socket.
 struct MadeDir {
@@ -114,68 +99,59 @@ struct DirSpec {
     mode: u32,
 }
 
-/// Opens directory `path`, checking every step from `/` ([`check_dir`]; symbolic links
-/// are followed only when root or the proxy's user owns them). With `make`, missing
-/// directories are made (recorded in `made`, first the topmost).
-fn walk(who: ProxyUser, path: &Path, make: Option<DirSpec>, made: &mut Vec<MadeDir>) -> Result<Dir, String> {
-    let absolute = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir().map_err(|e| format!("cannot find the current directory: {e}"))?.join(path)
-    };
-    let root_shown = PathBuf::from("/");
-    let root_fd = os::open_path_at(None, OsStr::new("/")).map_err(|e| format!("cannot open /: {e}"))?;
-    let root_stat = os::fstat(root_fd.as_fd()).map_err(|e| format!("cannot stat /: {e}"))?;
-    check_dir(who, &root_shown, &root_stat)?;
-    let mut stack = vec![Dir { fd: root_fd, shown: root_shown, stat: root_stat }];
-    let mut pending = VecDeque::new();
-    push_components(&mut pending, &absolute);
-    let mut links = 0;
-    while let Some(name) = pending.pop_front() {
-        if name == ".." {
-            if stack.len() > 1 {
-                stack.pop();
-            }
-            continue;
-        }
-        let top = stack.last().expect("the root stays on the stack");
-        let shown = top.shown.join(&name);
-        let fd = match os::open_path_at(Some(top.fd.as_fd()), &name) {
-            Ok(fd) => fd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match make {
-                Some(spec) => make_dir(top, &name, &shown, spec, made)?,
-                None => return Err(format!("{} does not exist", shown.display())),
-            },
-            Err(e) => return Err(format!("cannot open {}: {e}", shown.display())),
-        };
-        let st = os::fstat(fd.as_fd()).map_err(|e| format!("cannot stat {}: {e}", shown.display()))?;
-        if st.is_symlink() {
-            if !who.trusts(st.uid) {
-                return Err(format!(
-                    "{} is a symbolic link that belongs to uid {}: links on a socket's path must belong to root or to \
-                     the proxy's user",
-                    shown.display(),
-                    st.uid
-                ));
-            }
-            links += 1;
-            if links > MAX_LINKS {
-                return Err(format!("too many symbolic links on the way to {}", path.display()));
-            }
-            let target = os::read_link(fd.as_fd()).map_err(|e| format!("cannot read the link {}: {e}", shown.display()))?;
-            if target.is_absolute() {
-                stack.truncate(1);
-            }
-            push_components(&mut pending, &target);
-            continue;
-        }
-        if !st.is_dir() {
-            return Err(format!("{} is not a directory", shown.display()));
-        }
-        check_dir(who, &shown, &st)?;
-        stack.push(Dir { fd, shown, stat: st });
+/// The proxy's judgement of each step of a socket's directory path ([`walk`]).
+struct ServedPathSteps<'a> {
+    who: ProxyUser,
+    /// The path asked for (for messages).
+    path: &'a Path,
+    make: Option<DirSpec>,
+    made: &'a mut Vec<MadeDir>,
+}
+
+impl Visitor for ServedPathSteps<'_> {
+    type Error = String;
+
+    fn directory(&mut self, step: Step<'_>) -> Result<(), String> {
+        check_dir(self.who, step.shown, step.stat)
     }
-    Ok(stack.pop().expect("the root stays on the stack"))
+
+    fn link(&mut self, step: Step<'_>) -> Result<(), String> {
+        if !self.who.trusts(step.stat.uid) {
+            return Err(format!(
+                "{} is a symbolic link that belongs to uid {}: links on a socket's path must belong to root or to \
+                 the proxy's user",
+                step.shown.display(),
+                step.stat.uid
+            ));
+        }
+        Ok(())
+    }
+
+    fn cannot_open(&mut self, parent: &Dir, name: &OsStr, shown: &Path, e: io::Error) -> Result<OwnedFd, String> {
+        match self.make {
+            Some(spec) if e.kind() == io::ErrorKind::NotFound => make_dir(parent, name, shown, spec, self.made),
+            None if e.kind() == io::ErrorKind::NotFound => Err(format!("{} does not exist", shown.display())),
+            _ => Err(format!("cannot open {}: {e}", shown.display())),
+        }
+    }
+
+    fn failed(&mut self, failure: WalkFailure) -> String {
+        match failure {
+            WalkFailure::CurrentDir(e) => format!("cannot find the current directory: {e}"),
+            WalkFailure::Io { shown, what, error } => format!("cannot {what} {}: {error}", shown.display()),
+            WalkFailure::TooManyLinks => format!("too many symbolic links on the way to {}", self.path.display()),
+            WalkFailure::NotADirectory { shown } => format!("{} is not a directory", shown.display()),
+        }
+    }
+}
+
+/// Opens directory `path`, checking every step from `/` (the contract's one path walk,
+/// [`pathwalk::walk`]: every directory by [`check_dir`]; symbolic links are followed
+/// only when root or the proxy's user owns them). With `make`, missing directories are
+/// made (recorded in `made`, first the topmost).
+fn walk(who: ProxyUser, path: &Path, make: Option<DirSpec>, made: &mut Vec<MadeDir>) -> Result<Dir, String> {
+    let mut steps = ServedPathSteps { who, path, make, made };
+    Ok(pathwalk::walk(path, Target::Directory, &mut steps)?.dir)
 }
 
 /// Makes directory `name` in `parent` and gives it `spec`'s group and mode through its
@@ -281,7 +257,7 @@ fn has_listener_at(dir: &OwnedFd, name: &OsStr) -> bool {
 /// given its owner, group and mode in a private directory, then moved into place.
 fn bind_in(who: ProxyUser, dir: &Dir, name: &OsStr, path: &Path, access: &Access) -> Result<(FileStat, OwnedFd), String> {
     let shown = path.display();
-    if writable_by_others(&dir.stat) {
+    if dir.stat.writable_by_others() {
         if let Some(owner) = access.owner.filter(|&u| !who.trusts(u)) {
             return Err(format!(
                 "{} is writable by others (sticky, mode {:04o}): a socket there must stay the proxy's, not belong to \
@@ -366,6 +342,7 @@ fn bind_privately(
 mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::PathBuf;
 
     /// A uid and gid that are not the test's (the tests run as root: `nobody`).
     const OTHER: u32 = 65534;

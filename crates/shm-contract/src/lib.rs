@@ -14,6 +14,8 @@
 //! * [`desc`]: the 16-byte descriptor.
 //! * [`spsc`]: the rx/tx descriptor rings (single producer, single consumer).
 //! * [`mpmc`]: the per-pool free ring (multi producer, multi consumer).
+//! * [`pathwalk`]: the one walk of a socket's path, link by link from `/`, for the
+//!   proxy (before it serves) and the guests (before they trust a server).
 //! * [`pool`]: pool announcements and the proxy's validated view of a pool.
 //! * [`proto`]: the handshake messages and their transport over a
 //!   `SOCK_SEQPACKET` unix socket.
@@ -43,6 +45,7 @@ pub mod handover;
 pub mod layout;
 pub mod mem;
 pub mod mpmc;
+pub mod pathwalk;
 pub mod pool;
 pub mod prefetch;
 pub mod proto;

@@ -16,6 +16,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::pathwalk::{self, Step, Target, Visitor, WalkFailure, WalkedDir};
+
 use super::{decode, encode, DecodeError, EncodeError, Hello, Message, MessageKind, RefuseCode, Welcome, MAX_MESSAGE};
 
 /// Most descriptors one message may carry.
@@ -396,11 +398,6 @@ pub fn peer_uid(socket: BorrowedFd<'_>) -> io::Result<(i32, u32)> {
     Ok((cred.pid, cred.uid))
 }
 
-/// Symbolic links followed while checking one socket path (the kernel's own limit).
-const MAX_LINKS: u32 = 40;
-/// The sticky bit of a directory's mode.
-const STICKY: u32 = 0o1000;
-
 /// One directory or symbolic link on the way to a socket, as [`walk_socket_path`] found it.
 #[derive(Debug)]
 struct PathStep {
@@ -424,142 +421,68 @@ fn untrusted_path(path: &Path, reason: String) -> ConnectError {
     ConnectError::UntrustedPath { path: path.to_path_buf(), reason }
 }
 
-fn open_step(dir: Option<BorrowedFd<'_>>, name: &std::ffi::OsStr) -> io::Result<(OwnedFd, libc::stat)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let at = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
-    // SAFETY: openat(2) with a valid C string; O_PATH|O_NOFOLLOW opens a link itself and
-    // never reaches the file's contents.
-    let fd = unsafe { libc::openat(at, c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: stat is plain data; all-zero is a valid value.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat(2) of a descriptor we own, into a buffer we own.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((fd, st))
+/// The guest's judgement of each step of a socket's path ([`walk_socket_path`]).
+struct SocketPathSteps<'a> {
+    path: &'a Path,
+    steps: Vec<PathStep>,
 }
 
-/// The target of the symbolic link opened (`O_PATH|O_NOFOLLOW`) as `link`. The proxy's
-/// own path walk uses it too.
-pub fn read_link(link: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
-    use std::os::unix::ffi::OsStringExt;
-    let mut buf = vec![0u8; libc::PATH_MAX as usize];
-    // SAFETY: readlinkat(2) with an empty path reads the link opened as `link` (O_PATH)
-    // into a buffer of the given length; it does not NUL-terminate.
-    let n = unsafe { libc::readlinkat(link.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(std::path::PathBuf::from(std::ffi::OsString::from_vec(buf)))
-}
-
-/// Pushes the components of `path` to the front of `pending`, in order (`..` kept as a
-/// step, `.` and `/` dropped). The proxy's own path walk uses it too.
-pub fn push_components(pending: &mut std::collections::VecDeque<std::ffi::OsString>, path: &Path) {
-    use std::path::Component;
-    for c in path.components().rev() {
-        match c {
-            Component::Normal(n) => pending.push_front(n.to_owned()),
-            Component::ParentDir => pending.push_front("..".into()),
-            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
-        }
+impl SocketPathSteps<'_> {
+    fn record(&mut self, step: &Step<'_>) {
+        let open_parent = step
+            .parent
+            .filter(|p| p.stat.writable_by_others())
+            .map(|p| (p.shown.clone(), p.stat.mode & 0o7777));
+        self.steps.push(PathStep { shown: step.shown.to_path_buf(), uid: step.stat.uid, open_parent });
     }
 }
 
-fn writable_by_others(mode: u32) -> bool {
-    mode & 0o022 != 0
-}
+impl Visitor for SocketPathSteps<'_> {
+    type Error = ConnectError;
 
-/// Walks `path` from `/` one component at a time (`O_PATH|O_NOFOLLOW`; a symbolic link is
-/// read and its target walked in turn, so every link is seen), recording the owner of
-/// every directory and link and whether others could write the directory it is in. A
-/// directory that its group or others may write and that is not sticky is refused here
-/// (whoever can write it could replace the socket); the last component must be a socket.
-fn walk_socket_path(path: &Path) -> Result<SocketPath, ConnectError> {
-    let absolute = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir().map_err(ConnectError::Io)?.join(path)
-    };
-    let (root_fd, root_st) = open_step(None, std::ffi::OsStr::new("/")).map_err(ConnectError::Io)?;
-    struct Dir {
-        fd: OwnedFd,
-        shown: std::path::PathBuf,
-        uid: u32,
-        mode: u32,
-    }
-    let check_dir = |shown: &Path, mode: u32| {
-        if writable_by_others(mode) && mode & STICKY == 0 {
-            Err(untrusted_path(
-                path,
+    fn directory(&mut self, step: Step<'_>) -> Result<(), ConnectError> {
+        if step.stat.open_to_others() {
+            return Err(untrusted_path(
+                self.path,
                 format!(
                     "{} is writable by its group or others (mode {:04o}) and not sticky: whoever can write it could \
                      replace the socket",
-                    shown.display(),
-                    mode & 0o7777
+                    step.shown.display(),
+                    step.stat.mode & 0o7777
                 ),
-            ))
-        } else {
-            Ok(())
+            ));
         }
-    };
-    let root_shown = std::path::PathBuf::from("/");
-    check_dir(&root_shown, root_st.st_mode)?;
-    let mut steps = vec![PathStep { shown: root_shown.clone(), uid: root_st.st_uid, open_parent: None }];
-    let mut stack = vec![Dir { fd: root_fd, shown: root_shown, uid: root_st.st_uid, mode: root_st.st_mode }];
-    let mut pending = std::collections::VecDeque::new();
-    push_components(&mut pending, &absolute);
-    if pending.is_empty() {
-        return Err(ConnectError::Io(io::Error::from_raw_os_error(libc::ENOTSOCK)));
+        self.record(&step);
+        Ok(())
     }
-    let mut links = 0;
-    while let Some(name) = pending.pop_front() {
-        if name == ".." {
-            if stack.len() > 1 {
-                stack.pop();
-            }
-            continue;
-        }
-        let top = stack.last().expect("the root stays on the stack");
-        let shown = top.shown.join(&name);
-        let (fd, st) = open_step(Some(top.fd.as_fd()), &name).map_err(ConnectError::Io)?;
-        let open_parent = writable_by_others(top.mode).then(|| (top.shown.clone(), top.mode & 0o7777));
-        let kind = st.st_mode & libc::S_IFMT;
-        if kind == libc::S_IFLNK {
-            steps.push(PathStep { shown: shown.clone(), uid: st.st_uid, open_parent });
-            links += 1;
-            if links > MAX_LINKS {
-                return Err(ConnectError::Io(io::Error::from_raw_os_error(libc::ELOOP)));
-            }
-            let target = read_link(fd.as_fd()).map_err(ConnectError::Io)?;
-            if target.is_absolute() {
-                stack.truncate(1);
-            }
-            push_components(&mut pending, &target);
-            continue;
-        }
-        if pending.is_empty() {
-            if kind != libc::S_IFSOCK {
-                return Err(ConnectError::Io(io::Error::from_raw_os_error(libc::ENOTSOCK)));
-            }
-            return Ok(SocketPath { steps, dir_uid: top.uid });
-        }
-        if kind != libc::S_IFDIR {
-            return Err(ConnectError::Io(io::Error::from_raw_os_error(libc::ENOTDIR)));
-        }
-        check_dir(&shown, st.st_mode)?;
-        steps.push(PathStep { shown: shown.clone(), uid: st.st_uid, open_parent });
-        stack.push(Dir { fd, shown, uid: st.st_uid, mode: st.st_mode });
+
+    fn link(&mut self, step: Step<'_>) -> Result<(), ConnectError> {
+        self.record(&step);
+        Ok(())
     }
-    // The path ended in `..` or a link to a directory: no socket there.
-    Err(ConnectError::Io(io::Error::from_raw_os_error(libc::ENOTSOCK)))
+
+    fn cannot_open(&mut self, _: &WalkedDir, _: &std::ffi::OsStr, _: &Path, error: io::Error) -> Result<OwnedFd, ConnectError> {
+        Err(ConnectError::Io(error))
+    }
+
+    fn failed(&mut self, failure: WalkFailure) -> ConnectError {
+        ConnectError::Io(failure.into_io())
+    }
+}
+
+/// Walks `path` from `/` ([`pathwalk::walk`]: every link is seen), recording the owner
+/// of every directory and link and whether others could write the directory it is in.
+/// A directory that its group or others may write and that is not sticky is refused
+/// here (whoever can write it could replace the socket); the last component must be a
+/// socket.
+fn walk_socket_path(path: &Path) -> Result<SocketPath, ConnectError> {
+    let mut visitor = SocketPathSteps { path, steps: Vec::new() };
+    let walked = pathwalk::walk(path, Target::Entry, &mut visitor)?;
+    match walked.entry {
+        Some((_, stat)) if stat.is_socket() => Ok(SocketPath { steps: visitor.steps, dir_uid: walked.dir.stat.uid }),
+        // Not a socket, or the path ended in `/`, `..` or a link to a directory.
+        _ => Err(ConnectError::Io(io::Error::from_raw_os_error(libc::ENOTSOCK))),
+    }
 }
 
 /// The uids a guest accepts as the server of the socket at `path`: `proxy_uid` when given
