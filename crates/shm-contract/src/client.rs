@@ -10,8 +10,8 @@
 //! * [`transact`] and [`read_unsolicited`]: the request/answer exchange, with the
 //!   messages the proxy sends on its own ([`Unsolicited`]) handled on the way;
 //! * [`PoolFootprint`]: where a pool's free ring and objects go in the heap;
-//! * [`RxChain`]: the walk over one received packet's descriptor chain (the segment
-//!   limit, and a chain that never ends).
+//! * the walk over one received packet's descriptor chain is the contract's
+//!   [`DescChain`](crate::desc::DescChain), the one the proxy's tx validation walks with.
 //!
 //! Nothing here knows DPDK; the layers above bring their logging, their threads and
 //! their data structures.
@@ -22,7 +22,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::desc::{Desc, DescFlags};
 use crate::layout::{RegionFlags, RegionLayout};
 use crate::mem::{check_region_fd, Mapping, SharedMem};
 use crate::mpmc::FreeRing;
@@ -30,7 +29,6 @@ use crate::proto::transport::{
     connect_to_proxy, handshake, recv_message, send_message, ConnectError, HandshakeError, TransportError,
 };
 use crate::proto::{Hello, Message, RefuseCode, Welcome};
-use crate::tx::MAX_SEGS;
 
 /// What the proxy told us about the NIC queue we are attached to (its `Welcome`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -389,70 +387,9 @@ impl PoolFootprint {
     }
 }
 
-/// One received packet's walk over its descriptor chain: one descriptor after another
-/// until one without [`DescFlags::NEXT`], but never more than [`MAX_SEGS`] + 1 (a
-/// longer chain is cut there and is one invalid packet, as the proxy does on tx).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RxChain {
-    segs: u32,
-}
-
-impl RxChain {
-    /// Counts `d`, the chain's next descriptor; true if the packet ends with it.
-    #[inline]
-    pub fn ends_with(&mut self, d: &Desc) -> bool {
-        self.segs += 1;
-        !d.flags.contains(DescFlags::NEXT) || self.segs > MAX_SEGS
-    }
-
-    /// Descriptors counted so far.
-    #[inline]
-    pub fn segs(&self) -> u32 {
-        self.segs
-    }
-
-    /// Whether the chain is longer than the limit (an invalid packet).
-    #[inline]
-    pub fn too_long(&self) -> bool {
-        self.segs > MAX_SEGS
-    }
-
-    /// A chain that starts at `first` and has not ended by `avail` (the descriptors
-    /// readable now) in a ring of `entries`: whether it never can. The producer
-    /// publishes whole packets, so a packet that fills the whole ring from its start
-    /// without ending is a broken producer, and the queue must stop rather than wait.
-    #[inline]
-    pub fn never_ends(first: u32, avail: u32, entries: u32) -> bool {
-        first == 0 && avail >= entries
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn seg(more: bool) -> Desc {
-        Desc { flags: if more { DescFlags::NEXT } else { DescFlags::empty() }, ..Desc::default() }
-    }
-
-    #[test]
-    fn a_chain_ends_at_its_last_descriptor_or_after_the_limit() {
-        let mut one = RxChain::default();
-        assert!(one.ends_with(&seg(false)));
-        assert_eq!((one.segs(), one.too_long()), (1, false));
-        let mut three = RxChain::default();
-        assert!(!three.ends_with(&seg(true)));
-        assert!(!three.ends_with(&seg(true)));
-        assert!(three.ends_with(&seg(false)));
-        assert_eq!(three.segs(), 3);
-        let mut endless = RxChain::default();
-        let cut = (1..).find(|_| endless.ends_with(&seg(true))).unwrap();
-        assert_eq!(cut, MAX_SEGS + 1);
-        assert!(endless.too_long());
-        assert!(RxChain::never_ends(0, 8, 8));
-        assert!(!RxChain::never_ends(1, 8, 8));
-        assert!(!RxChain::never_ends(0, 7, 8));
-    }
 
     #[test]
     fn request_ids_skip_the_hello_and_unsolicited_ids() {

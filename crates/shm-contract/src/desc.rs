@@ -13,6 +13,8 @@
 //! | w1   | 32..64  | `rss_hash` (valid with [`DescFlags::RSS_HASH`]) |
 
 use std::fmt;
+
+use crate::tx::MAX_SEGS;
 use std::ops::{BitOr, BitOrAssign};
 
 /// Flags of a descriptor. Bits this build does not know are kept (so they can be
@@ -152,9 +154,76 @@ impl Desc {
     }
 }
 
+/// The walk over one packet's descriptor chain, for whoever consumes a ring (the guests
+/// on rx, the proxy's tx validation, [`crate::tx`]): one descriptor after another until
+/// one without [`DescFlags::NEXT`], but never more than [`MAX_SEGS`] + 1 (a longer
+/// chain is cut there and is one invalid packet).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DescChain {
+    segs: u32,
+}
+
+impl DescChain {
+    /// Counts `d`, the chain's next descriptor; true if the packet ends with it.
+    #[inline]
+    pub fn ends_with(&mut self, d: &Desc) -> bool {
+        self.segs += 1;
+        !d.flags.contains(DescFlags::NEXT) || self.segs > MAX_SEGS
+    }
+
+    /// Descriptors counted so far.
+    #[inline]
+    pub fn segs(&self) -> u32 {
+        self.segs
+    }
+
+    /// Whether the chain is longer than the limit (an invalid packet).
+    #[inline]
+    pub fn too_long(&self) -> bool {
+        self.segs > MAX_SEGS
+    }
+
+    /// A chain that starts at `first` and has not ended by `avail` (the descriptors
+    /// readable now) in a ring of `entries`: whether it never can. The producer
+    /// publishes whole packets, so a packet that fills the whole ring from its start
+    /// without ending is a broken producer, and the queue must stop rather than wait.
+    #[inline]
+    pub fn never_ends(first: u32, avail: u32, entries: u32) -> bool {
+        first == 0 && avail >= entries
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seg(more: bool) -> Desc {
+        Desc { flags: if more { DescFlags::NEXT } else { DescFlags::empty() }, ..Desc::default() }
+    }
+
+    #[test]
+    fn a_chain_ends_at_its_last_descriptor_or_after_the_limit() {
+        let mut one = DescChain::default();
+        assert!(one.ends_with(&seg(false)));
+        assert_eq!((one.segs(), one.too_long()), (1, false));
+        let mut three = DescChain::default();
+        assert!(!three.ends_with(&seg(true)));
+        assert!(!three.ends_with(&seg(true)));
+        assert!(three.ends_with(&seg(false)));
+        assert_eq!(three.segs(), 3);
+        let mut endless = DescChain::default();
+        let cut = (1..).find(|_| endless.ends_with(&seg(true))).unwrap();
+        assert_eq!(cut, MAX_SEGS + 1);
+        assert!(endless.too_long());
+        // The 65th descriptor is too many even when it ends the chain.
+        let mut longest = DescChain::default();
+        (0..MAX_SEGS).for_each(|_| assert!(!longest.ends_with(&seg(true))));
+        assert!(!longest.too_long());
+        assert!(longest.ends_with(&seg(false)) && longest.too_long());
+        assert!(DescChain::never_ends(0, 8, 8));
+        assert!(!DescChain::never_ends(1, 8, 8));
+        assert!(!DescChain::never_ends(0, 7, 8));
+    }
 
     #[test]
     fn words_round_trip_and_layout() {

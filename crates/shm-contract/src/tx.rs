@@ -58,7 +58,7 @@
 //! from an atomic load of the ring words), so a guest rewriting the ring meanwhile
 //! only changes which (validated) values are seen.
 
-use crate::desc::{Desc, DescFlags};
+use crate::desc::{Desc, DescChain, DescFlags};
 
 /// Longest packet chain the proxy accepts from a guest (and hands to one).
 pub const MAX_SEGS: u32 = 64;
@@ -113,8 +113,8 @@ pub trait TxSink {
 /// drops the ring's contents (queue stop).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChainScan {
-    /// Descriptors of the chain at the read position already scanned.
-    scanned: u32,
+    /// The walk over the chain at the read position: its descriptors already scanned.
+    chain: DescChain,
     /// The last of them ends the chain: it waits for budget to be taken.
     complete: bool,
     /// The first check one of them failed: the chain is invalid, scanned to its end.
@@ -130,7 +130,7 @@ impl ChainScan {
         if self.complete {
             0
         } else {
-            self.scanned
+            self.chain.segs()
         }
     }
 
@@ -186,7 +186,7 @@ pub fn take_packet<S: TxSink>(
     if first >= avail || *budget == 0 {
         return TxPacket::Incomplete;
     }
-    if scan.scanned == 0 {
+    if scan.chain.segs() == 0 {
         // A packet that starts here: its first descriptor says which kind.
         let d = read(first);
         if !d.flags.contains(DescFlags::NEXT) {
@@ -200,7 +200,9 @@ pub fn take_packet<S: TxSink>(
         }
         // A chain: this is the first descriptor of its scan.
         *budget -= 1;
-        *scan = ChainScan { scanned: 1, complete: false, bad: check_segment(&d, sink).err() };
+        let mut chain = DescChain::default();
+        chain.ends_with(&d);
+        *scan = ChainScan { chain, complete: false, bad: check_segment(&d, sink).err() };
     }
     take_chain(read, used, avail, budget, scan, sink)
 }
@@ -254,16 +256,16 @@ fn take_chain<S: TxSink>(
     let first = *used;
     // 1. To its end, each descriptor checked, nothing taken; resumed where an earlier
     // call stopped.
-    let mut at = first.saturating_add(scan.scanned);
+    let mut at = first.saturating_add(scan.chain.segs());
     while !scan.complete {
         if at >= avail || *budget == 0 {
-            scan.scanned = at - first;
             return TxPacket::Incomplete;
         }
         let d = read(at);
         at += 1;
         *budget -= 1;
-        if at - first > MAX_SEGS {
+        let ends = scan.chain.ends_with(&d);
+        if scan.chain.too_long() {
             // Cut after the 65th: a chain that never ends costs a bounded amount.
             scan.reset();
             *used = at;
@@ -272,9 +274,9 @@ fn take_chain<S: TxSink>(
         if scan.bad.is_none() {
             scan.bad = check_segment(&d, sink).err();
         }
-        scan.complete = !d.flags.contains(DescFlags::NEXT);
+        scan.complete = ends;
     }
-    let segs = at - first;
+    let segs = scan.chain.segs();
     if let Some(kind) = scan.bad {
         scan.reset();
         *used = at;
@@ -282,7 +284,6 @@ fn take_chain<S: TxSink>(
     }
     if *budget < segs {
         // Scanned whole; taken with the next poll's budget.
-        scan.scanned = segs;
         return TxPacket::Incomplete;
     }
     scan.reset();

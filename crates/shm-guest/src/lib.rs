@@ -116,7 +116,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shm_contract::client::{self, ClientError, Listener, RequestIds, RxChain, Unsolicited};
+use shm_contract::client::{self, ClientError, Listener, RequestIds, Unsolicited};
+use shm_contract::desc::DescChain;
 use shm_contract::layout::{RegionLayout, StatusBlock};
 use shm_contract::mem::Mapping;
 use shm_contract::proto::transport::{send_message, ConnectError, TransportError};
@@ -672,7 +673,7 @@ impl Guest {
             // complete yet (it is read again, whole, next time).
             let first = used;
             let mut end = first;
-            let mut chain = RxChain::default();
+            let mut chain = DescChain::default();
             let complete = loop {
                 if end >= avail {
                     break false;
@@ -691,7 +692,7 @@ impl Guest {
                     avail = fresh;
                     continue;
                 }
-                if RxChain::never_ends(first, avail, self.rx.entries()) {
+                if DescChain::never_ends(first, avail, self.rx.entries()) {
                     // A full ring whose first packet never ends: the proxy can never
                     // publish the rest.
                     self.state = State::Failed("rx ring: a packet chain fills the whole ring".into());

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use dpdk_sys as sys;
-use shm_contract::client::RxChain;
+use shm_contract::desc::DescChain;
 use shm_contract::handover::PollGate;
 use shm_contract::layout::RingArea;
 use shm_contract::wake;
@@ -208,7 +208,7 @@ impl RxQueue {
             let mut head: *mut sys::rte_mbuf = std::ptr::null_mut();
             let mut prev: *mut sys::rte_mbuf = std::ptr::null_mut();
             let mut pkt_len = 0u32;
-            let mut chain = RxChain::default();
+            let mut chain = DescChain::default();
             let mut bad = false;
             // The first descriptor of the packet not linked into `head`.
             let mut bad_from = first;
@@ -217,7 +217,7 @@ impl RxQueue {
                     // The proxy publishes whole packets: the rest of this one comes later
                     // (read it whole next time), unless it fills the whole ring and so
                     // never can (a broken producer: stop trusting the ring).
-                    if RxChain::never_ends(first, avail, ring.entries()) {
+                    if DescChain::never_ends(first, avail, ring.entries()) {
                         self.ring.close();
                         errors += 1;
                     }
