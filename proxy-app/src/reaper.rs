@@ -279,6 +279,11 @@ pub fn room_for_peer_input(reserve: usize) -> bool {
     PENDING.load(Ordering::Acquire) + SCM_MAX_FD + 1 + reserve <= CAPACITY
 }
 
+/// Descriptors handed over and not closed yet.
+pub fn pending() -> usize {
+    PENDING.load(Ordering::Acquire)
+}
+
 /// `reaper_pending=.. reaper_closed=.. reaper_leaked=.. reaper_slowest_us=.. reaper_interrupts=.. reaper_wedged_uids=..`
 pub fn stats_text() -> String {
     format!(

@@ -9,15 +9,20 @@
 //! own socket), and writes into its shared region (ring indices, descriptors, free
 //! rings, the header) between requests.
 //!
-//! A session lives across inputs (each input continues it), as a real guest's does:
-//! starting a region per input would cost more than everything else the input does.
-//! Whenever the socket has no guest, and at the end of each session (the guest hangs
-//! up after at most `SESSION_INPUTS` inputs), what must then hold is checked: the socket
-//! is back to Listening, no departed guest's pools wait in the quarantine (`net_null`
-//! holds no buffer), and the process has exactly the mempools it had before the first
-//! input (no shadow pool leaked). Every answer the proxy sent must decode. A failed
-//! check panics; the fuzzer keeps the last input, and the harness prints all inputs of
-//! the session, which [`Harness::replay`] runs again.
+//! Each input is one whole session, from a socket with no guest back to one: the guest
+//! hangs up at the end of the input, and then what must hold is checked: the socket is
+//! back to Listening, no departed guest's pools wait in the quarantine (`net_null` holds
+//! no buffer), and the process has exactly the mempools it had before the first input
+//! (no shadow pool leaked). Every answer the proxy sent must decode. A failed check
+//! panics, and the input alone reproduces it: nothing one input does reaches the next
+//! (the per-socket limits that span guests are reset, see [`Harness::end_session`]).
+//! What stays up between inputs is what a proxy keeps for its whole life: EAL, the
+//! port, the served socket and the control plane.
+//!
+//! `PROXY_FUZZ_OUTCOMES=check` runs every input a second time, after another input,
+//! and fails when the outcome (every answer the guest got, the socket's counters)
+//! differs: the check that inputs are independent. `=print` prints each outcome's
+//! digest to stderr.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -39,17 +44,21 @@ use crate::access::Access;
 use crate::cmds::{Command, SocketAccess};
 use crate::datapath::Plane;
 
-/// The proxy's default region size here (a Hello with size 0) and its limit: small, so
-/// that a session costs microseconds.
-const REGION_SIZE: u64 = 128 << 10;
-const MAX_REGION_SIZE: u64 = 256 << 10;
+/// The proxy's default region size here (a Hello with size 0) and its limit: a few
+/// pages, as every page of a region is allocated, zeroed, mapped and freed again in each
+/// input that attaches (the kernel's work for a region grows with its pages, and was
+/// most of an input at 32 to 64 pages); big enough for the header, rings of up to 1024
+/// entries and pools of a few buffers.
+const REGION_SIZE: u64 = 32 << 10;
+const MAX_REGION_SIZE: u64 = 64 << 10;
 /// Buffers per guest (`--max-guest-buffers`).
 const MAX_GUEST_BUFFERS: u64 = 1024;
-/// Steps of one input, and guest connections open at once.
-const MAX_STEPS: usize = 24;
-/// Inputs one session lasts at most: then its guest hangs up (and the checks run).
-const SESSION_INPUTS: usize = 64;
+/// Steps of one input (one session), and guest connections open at once.
+const MAX_STEPS: usize = 48;
 const MAX_CONNS: usize = 3;
+/// Descriptors the reaper may still have to close when an input starts (see
+/// `Harness::end_session`).
+const REAPER_BACKLOG: usize = 64;
 
 /// The proxy under test and what it must come back to after each input.
 pub struct Harness {
@@ -59,9 +68,40 @@ pub struct Harness {
     path: PathBuf,
     /// The process's mempools without a guest (the port's parking pool).
     mempools: usize,
-    /// The guest's connections, and the inputs of the session so far.
-    conns: Vec<Conn>,
-    history: Vec<Vec<u8>>,
+    /// What the guest saw in the current input (see [`Outcome`]).
+    outcome: Outcome,
+    outcomes: OutcomeMode,
+    /// The input before the current one (`PROXY_FUZZ_OUTCOMES=check`).
+    previous: Vec<u8>,
+}
+
+/// What `PROXY_FUZZ_OUTCOMES` asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OutcomeMode {
+    Off,
+    Print,
+    Check,
+}
+
+/// A digest of what one input made the proxy do, as the guest and `show stats` see it:
+/// every answer (its kind and fields, a refusal's code; not a refusal's text, which may
+/// name a mempool by its serial number) and descriptors received, in order, and what
+/// the socket's counters gained.
+struct Outcome(std::hash::DefaultHasher);
+
+impl Outcome {
+    fn new() -> Outcome {
+        // Fixed keys: the same events give the same digest in every process.
+        Outcome(std::hash::DefaultHasher::new())
+    }
+
+    fn add(&mut self, what: impl std::hash::Hash) {
+        what.hash(&mut self.0);
+    }
+
+    fn digest(&self) -> u64 {
+        std::hash::Hasher::finish(&self.0)
+    }
 }
 
 /// The fuzzer's bytes, read as the guest's choices (0 when they run out).
@@ -100,9 +140,37 @@ impl Input<'_> {
 /// The guest's side of one connection.
 struct Conn {
     sock: OwnedFd,
-    /// The region from the Welcome, mapped, and its layout.
-    region: Option<(OwnedFd, Mapping, RegionLayout)>,
+    /// The region from the Welcome.
+    region: Option<Region>,
     next_id: u32,
+}
+
+/// A region the proxy handed over: its memfd, mapped (and its layout read from its
+/// header) when the guest first touches it, as mapping it costs a page fault per page.
+struct Region {
+    memfd: OwnedFd,
+    size: usize,
+    /// `None` until first touched; then the mapping, or `None` if it failed.
+    mapped: Option<Option<(Mapping, RegionLayout)>>,
+}
+
+impl Region {
+    fn view(&mut self) -> Option<(&Mapping, &RegionLayout)> {
+        let (memfd, size) = (&self.memfd, self.size);
+        self.mapped
+            .get_or_insert_with(|| {
+                let map = Mapping::map(memfd.as_fd(), size).ok()?;
+                let layout = RegionLayout::read_header(&map.mem()).ok()?;
+                Some((map, layout))
+            })
+            .as_ref()
+            .map(|(m, l)| (m, l))
+    }
+}
+
+/// The conn's region, mapped.
+fn region_of(c: &mut Conn) -> Option<(&Mapping, &RegionLayout)> {
+    c.region.as_mut().and_then(Region::view)
 }
 
 impl Harness {
@@ -156,40 +224,41 @@ impl Harness {
         // The fuzzer's stdin is not a command stream.
         ctl.stdin_open = false;
         let mempools = crate::control::reports::mempool_count();
-        Harness { ctl, _eal: eal, path, mempools, conns: Vec::new(), history: Vec::new() }
+        let outcomes = match std::env::var("PROXY_FUZZ_OUTCOMES").as_deref() {
+            Ok("check") => OutcomeMode::Check,
+            Ok("print") => OutcomeMode::Print,
+            _ => OutcomeMode::Off,
+        };
+        Harness { ctl, _eal: eal, path, mempools, outcome: Outcome::new(), outcomes, previous: Vec::new() }
     }
 
-    /// Runs one guest life (or several: connections come and go) from `data`.
-    /// Continues the guest's life with the steps in `data`. A session (the guest's
-    /// connections and what the proxy holds for them) lives across inputs, as a real
-    /// one does, until its guest hangs up, the proxy cuts it, or `SESSION_INPUTS`
-    /// inputs have gone by; the inputs since it began are printed when a check fails or
-    /// the proxy panics, so that the whole session can be replayed ([`Harness::replay`]).
-    pub fn run(&mut self, data: &[u8]) {
-        self.history.push(data.to_vec());
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.continue_session(data)));
-        if let Err(panic) = result {
-            eprintln!("proxy-app session fuzzer: the session's inputs, oldest first (Harness::replay):");
-            for input in &self.history {
-                eprintln!("  {input:02x?}");
+    /// Runs one guest's whole session from `data` (the guest may connect more than
+    /// once, and hangs up at the end), then checks that the proxy is back where it
+    /// started. Returns the digest of what happened ([`Outcome`]).
+    pub fn run(&mut self, data: &[u8]) -> u64 {
+        let digest = self.session(data);
+        match self.outcomes {
+            OutcomeMode::Off => {}
+            OutcomeMode::Print => eprintln!("proxy-app session fuzzer: outcome {digest:016x}"),
+            OutcomeMode::Check => {
+                // The same input again, after another one: the same outcome, or an input
+                // depends on what ran before it and a crash could not be reproduced
+                // from its input alone.
+                let previous = std::mem::take(&mut self.previous);
+                self.session(&previous);
+                let again = self.session(data);
+                assert_eq!(again, digest, "the same input had another outcome after another input ran");
+                self.previous = data.to_vec();
             }
-            std::panic::resume_unwind(panic);
         }
+        digest
     }
 
-    /// Runs `inputs` as one fresh session (what a regression test does with the inputs
-    /// `run` printed).
-    pub fn replay(&mut self, inputs: &[&[u8]]) {
-        self.end_session();
-        for input in inputs {
-            self.run(input);
-        }
-        self.end_session();
-    }
-
-    fn continue_session(&mut self, data: &[u8]) {
+    fn session(&mut self, data: &[u8]) -> u64 {
+        self.outcome = Outcome::new();
+        let before = self.counters();
         let mut input = Input(data);
-        let mut conns = std::mem::take(&mut self.conns);
+        let mut conns = Vec::new();
         for _ in 0..MAX_STEPS {
             if input.is_empty() {
                 break;
@@ -197,25 +266,27 @@ impl Harness {
             self.step(&mut input, &mut conns);
             self.ctl.poll_once(0);
             for c in &mut conns {
-                drain_answers(c);
+                drain_answers(c, &mut self.outcome);
             }
         }
-        self.conns = conns;
-        if self.history.len() >= SESSION_INPUTS {
-            self.end_session();
-        } else if self.ctl.endpoints[0].guest().is_none() {
-            // No guest (none yet, or the proxy cut it): nothing of one may remain.
-            self.check_no_guest_left();
-            if self.conns.is_empty() && self.ctl.endpoints[0].state() == State::Listening {
-                self.history.clear();
-            }
-        }
+        self.end_session(conns);
+        let gained: Vec<u64> = self.counters().iter().zip(before).map(|(now, was)| now - was).collect();
+        self.outcome.add(gained);
+        self.outcome.digest()
+    }
+
+    /// The socket's counters an input can change (`show stats`).
+    fn counters(&self) -> [u64; 5] {
+        let t = self.ctl.endpoints[0].totals();
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        [get(&t.invalid), get(&t.refused), get(&t.bad_requests), get(&t.unwanted_fds), get(&t.tx_returned)]
     }
 
     /// Hangs up every connection of the guest; the proxy must see it and tear the
-    /// session down, leaving nothing behind.
-    fn end_session(&mut self) {
-        self.conns.clear();
+    /// session down, leaving nothing behind. Then what a socket keeps across its guests
+    /// is made fresh, so that the next input starts where this one did.
+    fn end_session(&mut self, conns: Vec<Conn>) {
+        drop(conns);
         for _ in 0..16 {
             self.ctl.poll_once(0);
             if self.ctl.endpoints[0].state() == State::Listening {
@@ -223,17 +294,19 @@ impl Harness {
             }
         }
         assert_eq!(self.ctl.endpoints[0].state(), State::Listening, "the session did not end when its guest hung up");
-        self.check_no_guest_left();
-        self.history.clear();
-        // Queue starts are limited per socket per second (listen.rs): each session is
-        // the life of a fresh socket, or starts would only be refused after the first 20.
-        self.ctl.endpoints[0].queue_starts = StartBudget::new();
-    }
-
-    fn check_no_guest_left(&self) {
         assert!(self.ctl.quarantine.is_empty(), "pools in quarantine although net_null holds no buffer");
         let mempools = crate::control::reports::mempool_count();
         assert_eq!(mempools, self.mempools, "mempools leaked (or freed) by a session: {mempools} now, {} before", self.mempools);
+        // Queue starts are limited per socket per second (listen.rs): each session is
+        // the life of a fresh socket, or starts would be refused after the first 20.
+        self.ctl.endpoints[0].queue_starts = StartBudget::new();
+        // The control thread reads a connection that may carry descriptors only while
+        // the reaper has room for them: with no more than this many left to close, it
+        // has room for all that one input can pass, whenever it runs (the reaper is on
+        // this CPU too).
+        while crate::reaper::pending() > REAPER_BACKLOG {
+            std::thread::sleep(Duration::from_micros(50));
+        }
     }
 
     fn step(&mut self, input: &mut Input<'_>, conns: &mut Vec<Conn>) {
@@ -255,7 +328,7 @@ impl Harness {
         c.next_id = c.next_id.wrapping_add(1);
         let msg = match op % 16 {
             1..=2 => Some(Message::Hello(hello(input))),
-            3..=5 => Some(Message::PoolAdd(pool_add(input, c.region.as_ref()))),
+            3..=5 => Some(Message::PoolAdd(pool_add(input, c))),
             6 => Some(Message::PoolDel { pool_id: small_or_any(input, MAX_POOLS + 1) }),
             7 | 8 => {
                 let flags = match input.u8() % 4 {
@@ -351,7 +424,7 @@ fn hello(input: &mut Input<'_>) -> Hello {
     // The guest's pool plan: none, a heap a small region holds, or any.
     let heap_bytes = match input.u8() % 4 {
         0 => input.u64(),
-        1 => 64 << 10,
+        1 => 16 << 10,
         _ => 0,
     };
     Hello { version_min, version_max, flags, region_size, rx_ring_entries, tx_ring_entries, app_name, heap_bytes }
@@ -359,10 +432,10 @@ fn hello(input: &mut Input<'_>) -> Hello {
 
 /// A pool announcement: mostly one a guest would make (in one of four slots of the heap,
 /// its free ring filled with its buffers), sometimes any fields at all.
-fn pool_add(input: &mut Input<'_>, region: Option<&(OwnedFd, Mapping, RegionLayout)>) -> PoolAdd {
+fn pool_add(input: &mut Input<'_>, c: &mut Conn) -> PoolAdd {
     let sel = input.u8();
     let pool_id = small_or_any(input, MAX_POOLS + 1);
-    let Some((_, map, layout)) = region.filter(|_| sel % 8 != 0) else {
+    let Some((map, layout)) = Some(c).filter(|_| sel % 8 != 0).and_then(region_of) else {
         return PoolAdd {
             pool_id,
             ring_offset: input.u32(),
@@ -414,8 +487,8 @@ fn pool_add(input: &mut Input<'_>, region: Option<&(OwnedFd, Mapping, RegionLayo
 
 /// The guest writes into its shared region: an index, a descriptor, a free-ring cell,
 /// the header, anywhere.
-fn scribble(input: &mut Input<'_>, c: &Conn) {
-    let Some((_, map, layout)) = &c.region else { return };
+fn scribble(input: &mut Input<'_>, c: &mut Conn) {
+    let Some((map, layout)) = region_of(c) else { return };
     let mem = map.mem();
     let len = mem.len() as u64;
     let area = match input.u8() % 5 {
@@ -438,8 +511,8 @@ fn scribble(input: &mut Input<'_>, c: &Conn) {
 
 /// The guest publishes tx descriptors (the proxy reads them when it stops the queue,
 /// to give unsent buffers back): buffers of its pools or any offsets.
-fn publish_tx(input: &mut Input<'_>, c: &Conn) {
-    let Some((_, map, layout)) = &c.region else { return };
+fn publish_tx(input: &mut Input<'_>, c: &mut Conn) {
+    let Some((map, layout)) = region_of(c) else { return };
     let mem = map.mem();
     let Ok(mut tx) = DescProducer::new(&mem, layout.tx_ring()) else { return };
     let n = input.u8() % 8;
@@ -463,7 +536,7 @@ fn publish_tx(input: &mut Input<'_>, c: &Conn) {
 fn descriptors(input: &mut Input<'_>, c: &Conn) -> Vec<OwnedFd> {
     let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().ok();
     match input.u8() % 12 {
-        0 => c.region.as_ref().and_then(|(fd, _, _)| dup(fd.as_fd())).into_iter().collect(),
+        0 => c.region.as_ref().and_then(|r| dup(r.memfd.as_fd())).into_iter().collect(),
         1 => {
             let size = [REGION_SIZE, 4096][input.u8() as usize % 2];
             create_region_memfd("fuzz", size, false).map(|(fd, _)| vec![fd]).unwrap_or_default()
@@ -475,18 +548,18 @@ fn descriptors(input: &mut Input<'_>, c: &Conn) -> Vec<OwnedFd> {
 }
 
 /// Reads what the proxy answered; keeps the region of a Welcome. Every answer decodes.
-fn drain_answers(c: &mut Conn) {
+fn drain_answers(c: &mut Conn, outcome: &mut Outcome) {
     for _ in 0..64 {
         let Received { message, fds } = recv_message_and_fds(c.sock.as_fd(), Some(Duration::ZERO));
+        match &message {
+            Ok((Message::Refuse { code, .. }, id)) => outcome.add((*id, *code, fds.len())),
+            Ok((m, id)) => outcome.add((*id, format!("{m:?}"), fds.len())),
+            Err(_) => {}
+        }
         match message {
             Ok((Message::Welcome(w), _)) => {
-                let mut fds = fds.into_iter();
-                if let Some(fd) = fds.next() {
-                    if let Ok(map) = Mapping::map(fd.as_fd(), w.region_size as usize) {
-                        if let Ok(layout) = RegionLayout::read_header(&map.mem()) {
-                            c.region = Some((fd, map, layout));
-                        }
-                    }
+                if let (Some(memfd), Ok(size)) = (fds.into_iter().next(), usize::try_from(w.region_size)) {
+                    c.region = Some(Region { memfd, size, mapped: None });
                 }
             }
             Ok(_) => {}

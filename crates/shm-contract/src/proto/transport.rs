@@ -272,12 +272,17 @@ pub struct Received {
 /// [`SCM_MAX_FD`], all the kernel allows), waiting at most `timeout` (forever if
 /// `None`). Nothing received is closed here.
 pub fn recv_message_and_fds(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Received {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    // No wait at all (the proxy's control thread reads what poll found): no poll first,
+    // a datagram or EAGAIN (Timeout) straight from recvmsg.
+    let at_once = timeout == Some(Duration::ZERO);
+    let deadline = if at_once { None } else { timeout.map(|t| Instant::now() + t) };
     let failed = |e: TransportError| Received { message: Err(e), fds: Vec::new() };
     let mut reset_seen = false;
     loop {
-        if let Err(e) = wait_readable(fd, deadline) {
-            return failed(e);
+        if !at_once {
+            if let Err(e) = wait_readable(fd, deadline) {
+                return failed(e);
+            }
         }
         let mut buf = [0u8; MAX_MESSAGE];
         let mut cmsg = CmsgBuf([0; CMSG_BUF_LEN]);
@@ -292,7 +297,7 @@ pub fn recv_message_and_fds(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Re
         hdr.msg_control = cmsg.0.as_mut_ptr().cast();
         hdr.msg_controllen = CMSG_BUF_LEN as _;
         // SAFETY: `hdr` points at live buffers of the sizes it states.
-        // MSG_DONTWAIT: poll said readable, but never block if that was stale.
+        // MSG_DONTWAIT: never block (with no poll first, or a stale readiness).
         let rc = unsafe {
             libc::recvmsg(
                 fd.as_raw_fd(),
@@ -303,6 +308,7 @@ pub fn recv_message_and_fds(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Re
         if rc < 0 {
             let err = io::Error::last_os_error();
             match err.raw_os_error() {
+                Some(libc::EAGAIN) if at_once => return failed(TransportError::Timeout),
                 Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
                 // A peer that closed with our datagrams unread reports ECONNRESET once;
                 // what it sent before closing (a refusal, say) is still queued.
