@@ -9,15 +9,23 @@
 //! own socket), and writes into its shared region (ring indices, descriptors, free
 //! rings, the header) between requests.
 //!
-//! Each input is one whole session, from a socket with no guest back to one: the guest
-//! hangs up at the end of the input, and then what must hold is checked: the socket is
-//! back to Listening, no departed guest's pools wait in the quarantine (`net_null` holds
-//! no buffer), and the process has exactly the mempools it had before the first input
-//! (no shadow pool leaked). Every answer the proxy sent must decode. A failed check
-//! panics, and the input alone reproduces it: nothing one input does reaches the next
-//! (the per-socket limits that span guests are reset, see [`Harness::end_session`]).
-//! What stays up between inputs is what a proxy keeps for its whole life: EAL, the
-//! port, the served socket and the control plane.
+//! Every input starts from the same state: a guest attached (connected, its Hello
+//! answered, its region mapped on both sides) with no pool and no queue, its region's
+//! bytes exactly as the Welcome left them. The input may use that guest, hang it up
+//! (then new connections do their own handshakes), or open more connections. At the
+//! end of the input the other connections hang up; if the first guest is still
+//! attached, it is brought back to the starting state through the proxy's own request
+//! handling (its queue stopped, its pools deleted) and its region's bytes are written
+//! back, otherwise it hangs up too and the next input attaches a new one. Setting up a
+//! guest (a connection, a region memfd, its pages and mappings) cost most of an input
+//! when every input did it. After each input what must hold is checked: no pool of
+//! the guest's left, no departed guest's pools in the quarantine (`net_null` holds no
+//! buffer), exactly the mempools of the process before the first input (no shadow pool
+//! leaked), the socket back to Listening when its guest left. Every answer the proxy
+//! sent must decode. A failed check panics, and the input alone reproduces it: nothing
+//! one input does reaches the next (see [`Harness::end_input`]). What stays up between
+//! inputs is what a proxy keeps for its whole life (EAL, the port, the served socket,
+//! the control plane) and the attached guest.
 //!
 //! `PROXY_FUZZ_OUTCOMES=check` runs every input a second time, after another input,
 //! and fails when the outcome (every answer the guest got, the socket's counters)
@@ -59,6 +67,8 @@ const MAX_CONNS: usize = 3;
 /// Descriptors the reaper may still have to close when an input starts (see
 /// `Harness::end_session`).
 const REAPER_BACKLOG: usize = 64;
+/// Ring entries of the first guest.
+const FIRST_RING_ENTRIES: u32 = 256;
 
 /// The proxy under test and what it must come back to after each input.
 pub struct Harness {
@@ -73,6 +83,9 @@ pub struct Harness {
     outcomes: OutcomeMode,
     /// The input before the current one (`PROXY_FUZZ_OUTCOMES=check`).
     previous: Vec<u8>,
+    /// The attached guest the next input starts with, once made, and its region's
+    /// bytes after the Welcome.
+    first: Option<(Conn, Vec<u8>)>,
 }
 
 /// What `PROXY_FUZZ_OUTCOMES` asks for.
@@ -143,6 +156,10 @@ struct Conn {
     /// The region from the Welcome.
     region: Option<Region>,
     next_id: u32,
+    /// The guest every input starts with.
+    first: bool,
+    /// The proxy closed it.
+    closed: bool,
 }
 
 /// A region the proxy handed over: its memfd, mapped (and its layout read from its
@@ -229,7 +246,7 @@ impl Harness {
             Ok("print") => OutcomeMode::Print,
             _ => OutcomeMode::Off,
         };
-        Harness { ctl, _eal: eal, path, mempools, outcome: Outcome::new(), outcomes, previous: Vec::new() }
+        Harness { ctl, _eal: eal, path, mempools, outcome: Outcome::new(), outcomes, previous: Vec::new(), first: None }
     }
 
     /// Runs one guest's whole session from `data` (the guest may connect more than
@@ -258,7 +275,13 @@ impl Harness {
         self.outcome = Outcome::new();
         let before = self.counters();
         let mut input = Input(data);
-        let mut conns = Vec::new();
+        let (mut first, snapshot) = match self.first.take() {
+            Some(f) => f,
+            None => self.attach_first(),
+        };
+        // The same request ids in every input.
+        first.next_id = 1;
+        let mut conns = vec![first];
         for _ in 0..MAX_STEPS {
             if input.is_empty() {
                 break;
@@ -269,7 +292,7 @@ impl Harness {
                 drain_answers(c, &mut self.outcome);
             }
         }
-        self.end_session(conns);
+        self.end_input(conns, snapshot);
         let gained: Vec<u64> = self.counters().iter().zip(before).map(|(now, was)| now - was).collect();
         self.outcome.add(gained);
         self.outcome.digest()
@@ -282,22 +305,85 @@ impl Harness {
         [get(&t.invalid), get(&t.refused), get(&t.bad_requests), get(&t.unwanted_fds), get(&t.tx_returned)]
     }
 
-    /// Hangs up every connection of the guest; the proxy must see it and tear the
-    /// session down, leaving nothing behind. Then what a socket keeps across its guests
-    /// is made fresh, so that the next input starts where this one did.
-    fn end_session(&mut self, conns: Vec<Conn>) {
-        drop(conns);
-        for _ in 0..16 {
+    /// Connects the guest every input starts with and attaches it (a Hello the harness
+    /// chooses); returns it with its region's bytes after the Welcome.
+    fn attach_first(&mut self) -> (Conn, Vec<u8>) {
+        let sock = connect_to_proxy(&self.path, Some(self.ctl.opts.runs_as)).expect("the first guest connects");
+        let mut c = Conn { sock, region: None, next_id: 1, first: true, closed: false };
+        let hello = Hello {
+            version_min: PROTOCOL_VERSION,
+            version_max: PROTOCOL_VERSION,
+            flags: 0,
+            region_size: 0,
+            rx_ring_entries: FIRST_RING_ENTRIES,
+            tx_ring_entries: FIRST_RING_ENTRIES,
+            app_name: "fuzz".into(),
+            heap_bytes: 0,
+        };
+        send_message(c.sock.as_fd(), &Message::Hello(hello), 0, &[]).expect("the first guest's Hello");
+        let mut seen = Outcome::new();
+        for _ in 0..4 {
             self.ctl.poll_once(0);
-            if self.ctl.endpoints[0].state() == State::Listening {
-                break;
+            drain_answers(&mut c, &mut seen);
+        }
+        assert_eq!(self.ctl.endpoints[0].state(), State::Attached, "the first guest was not attached");
+        let (map, _) = region_of(&mut c).expect("the first guest's region");
+        let mem = map.mem();
+        let mut snapshot = vec![0u8; mem.len()];
+        mem.read_bytes(0, &mut snapshot).expect("the region's bytes");
+        (c, snapshot)
+    }
+
+    /// Ends the input: the other connections hang up; the first guest, if the proxy
+    /// still serves it, is brought back to the starting state (queue stopped and pools
+    /// deleted by its own requests, its region's bytes written back), else it hangs up
+    /// too and the proxy must tear its session down. What must hold is checked, and what
+    /// a socket keeps across its guests is made fresh, so that the next input starts
+    /// where this one did.
+    fn end_input(&mut self, conns: Vec<Conn>, snapshot: Vec<u8>) {
+        let mut first = None;
+        for c in conns {
+            if c.first {
+                first = Some(c);
             }
         }
-        assert_eq!(self.ctl.endpoints[0].state(), State::Listening, "the session did not end when its guest hung up");
+        // The others are closed now: the proxy sees it at its next look.
+        for _ in 0..2 {
+            self.ctl.poll_once(0);
+            if let Some(c) = &mut first {
+                drain_answers(c, &mut self.outcome);
+            }
+        }
+        let state = self.ctl.endpoints[0].state();
+        let mut first = first.filter(|c| !c.closed && matches!(state, State::Attached | State::Running));
+        if let Some(c) = &mut first {
+            if !self.reset_first(c, &snapshot) {
+                first = None;
+            }
+        }
+        match first {
+            Some(c) => {
+                assert_eq!(self.ctl.endpoints[0].state(), State::Attached, "the first guest was not reset");
+                self.first = Some((c, snapshot));
+            }
+            None => {
+                for _ in 0..16 {
+                    self.ctl.poll_once(0);
+                    if self.ctl.endpoints[0].state() == State::Listening {
+                        break;
+                    }
+                }
+                assert_eq!(
+                    self.ctl.endpoints[0].state(),
+                    State::Listening,
+                    "the session did not end when its guest hung up"
+                );
+            }
+        }
         assert!(self.ctl.quarantine.is_empty(), "pools in quarantine although net_null holds no buffer");
         let mempools = crate::control::reports::mempool_count();
         assert_eq!(mempools, self.mempools, "mempools leaked (or freed) by a session: {mempools} now, {} before", self.mempools);
-        // Queue starts are limited per socket per second (listen.rs): each session is
+        // Queue starts are limited per socket per second (listen.rs): each input is
         // the life of a fresh socket, or starts would be refused after the first 20.
         self.ctl.endpoints[0].queue_starts = StartBudget::new();
         // The control thread reads a connection that may carry descriptors only while
@@ -309,13 +395,37 @@ impl Harness {
         }
     }
 
+    /// Stops the first guest's queue and deletes its pools with its own requests, and
+    /// writes its region's bytes back; false if the proxy did not come back to the
+    /// attached state with nothing in it (the guest then hangs up).
+    fn reset_first(&mut self, c: &mut Conn, snapshot: &[u8]) -> bool {
+        let Some(guest) = self.ctl.endpoints[0].guest() else { return false };
+        let pools: Vec<u32> = guest.pools.iter().map(|(id, _)| *id).collect();
+        let queues: Vec<u16> = (0..guest.queues.len()).filter(|&q| guest.queues[q].is_some()).map(|q| q as u16).collect();
+        let mut answers = Outcome::new();
+        let requests = queues.iter().map(|&queue| Message::QueueStop { queue }).chain(pools.iter().map(|&pool_id| Message::PoolDel { pool_id }));
+        for msg in requests {
+            if send_message(c.sock.as_fd(), &msg, 0, &[]).is_err() {
+                return false;
+            }
+            self.ctl.poll_once(0);
+            drain_answers(c, &mut answers);
+        }
+        let Some(guest) = self.ctl.endpoints[0].guest() else { return false };
+        if c.closed || !guest.pools.is_empty() || !guest.deleting.is_empty() || guest.running() {
+            return false;
+        }
+        let Some((map, _)) = region_of(c) else { return false };
+        map.mem().write_bytes(0, snapshot).is_ok()
+    }
+
     fn step(&mut self, input: &mut Input<'_>, conns: &mut Vec<Conn>) {
         let op = input.u8();
         if op % 16 == 0 || conns.is_empty() {
             if conns.len() < MAX_CONNS {
                 // As a guest connects: checking that the server is the proxy (us).
                 if let Ok(sock) = connect_to_proxy(&self.path, Some(self.ctl.opts.runs_as)) {
-                    conns.push(Conn { sock, region: None, next_id: 1 });
+                    conns.push(Conn { sock, region: None, next_id: 1, first: false, closed: false });
                 }
             }
             if op % 16 == 0 {
@@ -563,7 +673,11 @@ fn drain_answers(c: &mut Conn, outcome: &mut Outcome) {
                 }
             }
             Ok(_) => {}
-            Err(TransportError::Timeout | TransportError::Closed) => return,
+            Err(TransportError::Timeout) => return,
+            Err(TransportError::Closed) => {
+                c.closed = true;
+                return;
+            }
             Err(e @ (TransportError::Decode(_) | TransportError::Truncated | TransportError::TooManyFds { .. })) => {
                 panic!("the proxy sent a message that does not decode: {e}")
             }
