@@ -786,6 +786,21 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_timeout_reads_what_is_queued_without_waiting() {
+        let (a, b) = pair();
+        assert!(matches!(recv_message(b.as_fd(), Some(Duration::ZERO)), Err(TransportError::Timeout)));
+        send_message(a.as_fd(), &Message::Goodbye, 7, &[]).unwrap();
+        send_message(a.as_fd(), &Message::QueueStopped, 8, &[]).unwrap();
+        drop(a);
+        // What the peer sent before it closed comes first, then the close.
+        let (got, id, _) = recv_message(b.as_fd(), Some(Duration::ZERO)).unwrap();
+        assert_eq!((got, id), (Message::Goodbye, 7));
+        let (got, id, _) = recv_message(b.as_fd(), Some(Duration::ZERO)).unwrap();
+        assert_eq!((got, id), (Message::QueueStopped, 8));
+        assert!(matches!(recv_message(b.as_fd(), Some(Duration::ZERO)), Err(TransportError::Closed)));
+    }
+
+    #[test]
     fn oversized_and_garbage_datagrams() {
         let (a, b) = pair();
         let big = vec![0u8; MAX_MESSAGE + 1];
