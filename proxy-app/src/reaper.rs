@@ -96,8 +96,8 @@ fn progressed() {
 }
 
 /// Waits until `cond` holds (checked at each change of the reaper's state), at most
-/// `timeout`; returns whether it holds.
-#[cfg(test)]
+/// `timeout`; returns whether it holds. (Tests, and the fuzz target between inputs.)
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn wait_for(timeout: Duration, cond: impl Fn() -> bool) -> bool {
     let (count, changed) = &PROGRESS;
     let guard = count.lock().unwrap_or_else(|e| e.into_inner());

@@ -390,9 +390,8 @@ impl Harness {
         // the reaper has room for them: with no more than this many left to close, it
         // has room for all that one input can pass, whenever it runs (the reaper is on
         // this CPU too).
-        while crate::reaper::pending() > REAPER_BACKLOG {
-            std::thread::sleep(Duration::from_micros(50));
-        }
+        let caught_up = crate::reaper::wait_for(Duration::from_secs(10), || crate::reaper::pending() <= REAPER_BACKLOG);
+        assert!(caught_up, "the reaper did not close the descriptors of the input in 10 s");
     }
 
     /// Stops the first guest's queue and deletes its pools with its own requests, and
