@@ -808,7 +808,25 @@ fn case_reattach_foreign_fd(c: &Ctx<'_>) -> Seen {
     Seen { problem: (!wrong.is_empty()).then(|| wrong.join("; ")), disconnected: Some(all), note: format!("{outcomes:?}") }
 }
 
+/// Runs a control-plane case and appends to its note where the CPU went meanwhile
+/// (`e2e_tests::cpu`): what each thread of the proxy, of the good guest and of this
+/// test (the attacker) ran and waited, and each CPU's softirq and steal time. The good
+/// guest loses what its CPU and the data loop's give to others: the proxy's control
+/// thread and reaper share the data loop's CPU.
+fn with_cpu_report(c: &Ctx<'_>, run: fn(&Ctx<'_>) -> Seen) -> Seen {
+    let guest = e2e_tests::cpu::pid_with_arg(&format!("sock:{}", c.good.display())).unwrap_or(0);
+    let procs = [("proxy", c.proxy_pid), ("guest", guest), ("test", std::process::id())];
+    let before = e2e_tests::cpu::CpuSnapshot::take(&procs);
+    let mut seen = run(c);
+    seen.note = format!("{}; {}", seen.note, e2e_tests::cpu::CpuSnapshot::take(&procs).report_since(&before));
+    seen
+}
+
 fn case_queue_flapping(c: &Ctx<'_>) -> Seen {
+    with_cpu_report(c, queue_flapping)
+}
+
+fn queue_flapping(c: &Ctx<'_>) -> Seen {
     // Stops and starts its queue as fast as the proxy answers. On a device without
     // runtime queue setup (net_null) every switch restarts the port, pausing the good
     // guest's queue too; the proxy must not let one guest do that without bound: after
@@ -841,6 +859,10 @@ fn case_queue_flapping(c: &Ctx<'_>) -> Seen {
 }
 
 fn case_huge_pool(c: &Ctx<'_>) -> Seen {
+    with_cpu_report(c, huge_pool)
+}
+
+fn huge_pool(c: &Ctx<'_>) -> Seen {
     // The largest region, carved into the smallest buffers: the proxy's shadow memory
     // grows with the buffer count. It must refuse or serve it, and nobody else may
     // notice.
@@ -1148,6 +1170,10 @@ fn pass_with_every_message(c: &Ctx<'_>, mut make: impl FnMut() -> Vec<OwnedFd>) 
 }
 
 fn case_fds_lingering_tcp(c: &Ctx<'_>) -> Seen {
+    with_cpu_report(c, fds_lingering_tcp)
+}
+
+fn fds_lingering_tcp(c: &Ctx<'_>) -> Seen {
     let mut keep = Vec::new();
     let (attempts, cut, kept) = pass_with_every_message(c, || vec![lingering(&mut keep)]);
     // The attack is real here: such a close blocks its caller.
@@ -1161,6 +1187,10 @@ fn case_fds_lingering_tcp(c: &Ctx<'_>) -> Seen {
 }
 
 fn case_fds_refused_peer(c: &Ctx<'_>) -> Seen {
+    with_cpu_report(c, fds_refused_peer)
+}
+
+fn fds_refused_peer(c: &Ctx<'_>) -> Seen {
     // A peer the allowlist refuses sends lingering sockets with everything, before
     // and after the proxy accepted it: nothing it sends is ever read.
     let mut keep = Vec::new();
@@ -1206,6 +1236,10 @@ fn case_fds_refused_peer(c: &Ctx<'_>) -> Seen {
 }
 
 fn case_fds_other_kinds(c: &Ctx<'_>) -> Seen {
+    with_cpu_report(c, fds_other_kinds)
+}
+
+fn fds_other_kinds(c: &Ctx<'_>) -> Seen {
     // A directory, a pipe, an unsealed memfd and a socket pair end, with every message.
     let mut round = 0u32;
     let (attempts, cut, kept) = pass_with_every_message(c, || {
@@ -1224,6 +1258,10 @@ fn case_fds_other_kinds(c: &Ctx<'_>) -> Seen {
 }
 
 fn case_fds_many_per_message(c: &Ctx<'_>) -> Seen {
+    with_cpu_report(c, fds_many_per_message)
+}
+
+fn fds_many_per_message(c: &Ctx<'_>) -> Seen {
     // All the kernel lets one message carry (253): one lingering socket, pipes and
     // directories; every one must reach the reaper (none released inside recvmsg).
     let mut keep = Vec::new();
