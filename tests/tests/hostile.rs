@@ -816,10 +816,38 @@ fn case_reattach_foreign_fd(c: &Ctx<'_>) -> Seen {
 fn with_cpu_report(c: &Ctx<'_>, run: fn(&Ctx<'_>) -> Seen) -> Seen {
     let guest = e2e_tests::cpu::pid_with_arg(&format!("sock:{}", c.good.display())).unwrap_or(0);
     let procs = [("proxy", c.proxy_pid), ("guest", guest), ("test", std::process::id())];
+    let budget0 = budget_counters(c);
     let before = e2e_tests::cpu::CpuSnapshot::take(&procs);
     let mut seen = run(c);
-    seen.note = format!("{}; {}", seen.note, e2e_tests::cpu::CpuSnapshot::take(&procs).report_since(&before));
+    let cpu = e2e_tests::cpu::CpuSnapshot::take(&procs).report_since(&before);
+    let budget1 = budget_counters(c);
+    let d: Vec<String> = budget1.iter().zip(&budget0).map(|((k, a), (_, b))| format!("{k} {}", a.saturating_sub(*b))).collect();
+    seen.note = format!("{}; {cpu}; proxy counted: {}", seen.note, d.join(", "));
     seen
+}
+
+/// The proxy's own account of its control thread (asked on its admin socket, which
+/// no uid's budget is charged for): its CPU time, what it charged to peers' uids, how
+/// often a uid went over its budget, and how often a peer was put off for that (all
+/// sockets).
+fn budget_counters(c: &Ctx<'_>) -> Vec<(&'static str, u64)> {
+    use std::io::{Read, Write};
+    let admin = c.bad.parent().and_then(Path::parent).expect("the test directory").join(ADMIN_SOCKET);
+    let mut text = String::new();
+    if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&admin) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.write_all(b"show stats\n");
+        let _ = s.read_to_string(&mut text);
+    }
+    let value = |key: &str| -> u64 {
+        text.split_whitespace().filter_map(|kv| kv.strip_prefix(key)).filter_map(|v| v.parse::<u64>().ok()).sum()
+    };
+    vec![
+        ("control_cpu_ms", value("control_cpu_ms=")),
+        ("budget_charged_ms", value("budget_charged_ms=")),
+        ("budget_over", value("budget_over=")),
+        ("deferred", value("deferred=")),
+    ]
 }
 
 fn case_queue_flapping(c: &Ctx<'_>) -> Seen {
