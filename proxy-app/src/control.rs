@@ -292,9 +292,11 @@ impl Control {
         if let Some(a) = &self.admin {
             a.poll_fds(&mut fds);
         }
-        // Wake up when the first uid held back may be served again.
+        // Wake up when the first uid held back may be served again, but not sooner than
+        // `budget::MIN_WAKEUP`: a round costs this thread too, and one per message
+        // would cost more than the messages (the uid is then served a batch at a time).
         let timeout_ms = match self.budgets.next_refill(now) {
-            Some(wait) => timeout_ms.min(wait.as_millis().clamp(1, i32::MAX as u128) as i32),
+            Some(wait) => timeout_ms.min(wait.max(budget::MIN_WAKEUP).as_millis().min(i32::MAX as u128) as i32),
             None => timeout_ms,
         };
         let n = os::poll(&mut fds, timeout_ms).unwrap_or(0);

@@ -32,6 +32,8 @@ pub(super) const CPU_PER_SEC: Duration = Duration::from_millis(50);
 pub(super) const CPU_BURST: Duration = Duration::from_millis(400);
 /// The longest a uid in debt waits: its debt is capped at this much refill.
 pub(super) const MAX_WAIT: Duration = Duration::from_secs(2);
+/// The control loop wakes up for a uid whose budget refills no more often than this.
+pub(super) const MIN_WAKEUP: Duration = Duration::from_millis(10);
 
 struct Bucket {
     /// ns of CPU time the uid may still use; below zero, it is in debt.
