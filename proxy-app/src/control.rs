@@ -11,6 +11,7 @@
 //! - [`guest`]: what an attached guest holds (region, pools, queue), the pool and queue
 //!   requests, and teardown (detach, pool deletes and departed guests' buffers that
 //!   wait for the NIC);
+//! - [`budget`]: what one user (uid) may cost this thread, in CPU time;
 //! - [`reports`]: `show stats`, `show sockets` and the telemetry views;
 //! - [`reload`]: SIGHUP re-reads the configuration file.
 //!
@@ -36,6 +37,7 @@ use crate::quarantine::Leftover;
 use crate::reaper;
 use crate::{log_info, log_warn};
 
+mod budget;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod guest;
@@ -91,6 +93,11 @@ pub struct Control {
     admin: Option<crate::admin::Admin>,
     /// The configuration file that SIGHUP reloads.
     config_file: Option<PathBuf>,
+    /// Each uid's budget of this thread's CPU time (budget.rs).
+    budgets: budget::UidBudgets,
+    /// Rounds of the control loop: where serving starts in the next one rotates, so
+    /// that connections of one uid share its budget.
+    round: usize,
 }
 
 impl Control {
@@ -119,6 +126,8 @@ impl Control {
             last_stats: Instant::now(),
             admin: None,
             config_file: None,
+            budgets: budget::UidBudgets::new(budget::CPU_PER_SEC, budget::CPU_BURST, budget::MAX_WAIT),
+            round: 0,
         };
         // Every port gets as many queues as the whole file names for it, before its
         // first socket is made.
@@ -258,13 +267,22 @@ impl Control {
         // reaper stuck on a close holds up only those, never connections that refuse
         // descriptors, commands or the data loop.
         let peers_welcome = reaper::room_for_peer_input(self.endpoints.len());
+        // A uid over its CPU budget (budget.rs) is not read, nor accepted on a socket
+        // where it went over, until the budget has refilled: what it sends waits in the
+        // kernel meanwhile.
+        let now = Instant::now();
+        for ep in self.endpoints.iter_mut() {
+            if ep.listener_held_for.is_some_and(|uid| self.budgets.allows(uid, now)) {
+                ep.listener_held_for = None;
+            }
+        }
         for (i, ep) in self.endpoints.iter().enumerate() {
-            if peers_welcome || !ep.connections_pass_fds {
+            if (peers_welcome || !ep.connections_pass_fds) && ep.listener_held_for.is_none() {
                 fds.push(pollfd(ep.listener.as_fd().as_raw_fd()));
                 owners.push((i, false));
             }
             if let Some(c) = &ep.conn {
-                if peers_welcome || !c.fd.passes() {
+                if (peers_welcome || !c.fd.passes()) && self.budgets.allows(c.fd.owner(), now) {
                     fds.push(pollfd(c.fd.as_fd().as_raw_fd()));
                     owners.push((i, true));
                 }
@@ -274,9 +292,22 @@ impl Control {
         if let Some(a) = &self.admin {
             a.poll_fds(&mut fds);
         }
+        // Wake up when the first uid held back may be served again, but not sooner than
+        // `budget::MIN_WAKEUP`: a round costs this thread too, and one per message
+        // would cost more than the messages (the uid is then served a batch at a time).
+        let timeout_ms = match self.budgets.next_refill(now) {
+            Some(wait) => timeout_ms.min(wait.max(budget::MIN_WAKEUP).as_millis().min(i32::MAX as u128) as i32),
+            None => timeout_ms,
+        };
         let n = os::poll(&mut fds, timeout_ms).unwrap_or(0);
         if n > 0 {
-            for (pfd, &(idx, is_conn)) in fds.iter().zip(&owners) {
+            // Served from a rotating start: peers of one uid take turns at its budget.
+            self.round = self.round.wrapping_add(1);
+            let ready = owners.len();
+            let first = if ready > 0 { self.round % ready } else { 0 };
+            let order: Vec<usize> = (0..ready).map(|k| (first + k) % ready).collect();
+            for k in order {
+                let (pfd, &(idx, is_conn)) = (&fds[k], &owners[k]);
                 if pfd.revents == 0 {
                     continue;
                 }
@@ -406,6 +437,7 @@ impl Control {
         if now.duration_since(self.last_link_check) >= Duration::from_millis(500) {
             self.last_link_check = now;
             self.check_links();
+            self.budgets.forget_idle(now);
         }
         crate::telemetry::refresh(now, || self.telemetry_views());
         if let Some(period) = self.opts.stats_period {

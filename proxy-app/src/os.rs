@@ -481,6 +481,17 @@ pub fn group_id(name: &str) -> Option<u32> {
     lookup_id(Db::Group, name).map(|(gid, _)| gid)
 }
 
+/// The CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): what the
+/// control thread charges to the peer whose event it handled.
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec, which `ts` is.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// This process's effective uid.
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid(2) has no preconditions.

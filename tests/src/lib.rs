@@ -494,6 +494,7 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+pub mod cpu;
 pub mod hostile;
 pub mod packet;
 pub mod pcap;

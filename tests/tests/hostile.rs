@@ -74,8 +74,12 @@ fn min_ratio() -> f64 {
 /// machine the control thread shares the data loop's CPU (the other one is the good
 /// guest's), so what such a case costs the good guest is the control thread's CPU
 /// time, not the data loop's per-round bounds; measured 0.45-0.66x in the run of
-/// 2026-12-07. Until the control thread has a CPU of its own, these cases are held to
-/// this lower floor and the table shows their real ratio.
+/// 2026-12-07. Each uid's share of the control thread is now bounded (budget.rs: 5% of
+/// a CPU, a 400 ms burst; each case prints the CPU time it cost), but one region's
+/// allocation is not split, and the attacker's own process costs the machine what no
+/// proxy can give back (the sink case measures it). Until the control thread has a CPU
+/// of its own, these cases are held to this lower floor and the table shows their real
+/// ratio.
 fn control_plane_min_ratio() -> f64 {
     std::env::var("HOSTILE_CONTROL_MIN_RATIO").ok().and_then(|v| v.parse().ok()).unwrap_or(0.3)
 }
@@ -248,6 +252,10 @@ struct Expect {
     unwanted_fds: bool,
     /// The attack's cost lands on the control thread: held to `control_plane_min_ratio`.
     control_plane: bool,
+    /// A reference, not an attack on the proxy: the same attacker against a sink of
+    /// this test, to show what the attack costs the machine by itself. Its ratio is
+    /// printed and held to no floor.
+    reference: bool,
 }
 
 /// What a case saw itself.
@@ -808,7 +816,56 @@ fn case_reattach_foreign_fd(c: &Ctx<'_>) -> Seen {
     Seen { problem: (!wrong.is_empty()).then(|| wrong.join("; ")), disconnected: Some(all), note: format!("{outcomes:?}") }
 }
 
+/// Runs a control-plane case and appends to its note where the CPU went meanwhile
+/// (`e2e_tests::cpu`): what each thread of the proxy, of the good guest and of this
+/// test (the attacker) ran and waited, each CPU's softirq and steal time, and the
+/// proxy's own account. The good guest loses what its CPU and the data loop's give to
+/// others: the proxy's control thread and reaper share the data loop's CPU. The
+/// attacker runs at nice 0 (at nice 19 it would hardly run beside two pinned pollers,
+/// and a control-plane attack needs CPU of its own, unlike a ring index store): what
+/// its own process costs the machine is shown by the sink case.
+fn with_cpu_report(c: &Ctx<'_>, run: fn(&Ctx<'_>) -> Seen) -> Seen {
+    let guest = e2e_tests::cpu::pid_with_arg(&format!("sock:{}", c.good.display())).unwrap_or(0);
+    let procs = [("proxy", c.proxy_pid), ("guest", guest), ("test", std::process::id())];
+    let budget0 = budget_counters(c);
+    let before = e2e_tests::cpu::CpuSnapshot::take(&procs);
+    let mut seen = run(c);
+    let cpu = e2e_tests::cpu::CpuSnapshot::take(&procs).report_since(&before);
+    let budget1 = budget_counters(c);
+    let d: Vec<String> = budget1.iter().zip(&budget0).map(|((k, a), (_, b))| format!("{k} {}", a.saturating_sub(*b))).collect();
+    seen.note = format!("{}; {cpu}; proxy counted: {}", seen.note, d.join(", "));
+    seen
+}
+
+/// The proxy's own account of its control thread (asked on its admin socket, which
+/// no uid's budget is charged for): its CPU time, what it charged to peers' uids, how
+/// often a uid went over its budget, and how often a peer was put off for that (all
+/// sockets).
+fn budget_counters(c: &Ctx<'_>) -> Vec<(&'static str, u64)> {
+    use std::io::{Read, Write};
+    let admin = c.bad.parent().and_then(Path::parent).expect("the test directory").join(ADMIN_SOCKET);
+    let mut text = String::new();
+    if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&admin) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.write_all(b"show stats\n");
+        let _ = s.read_to_string(&mut text);
+    }
+    let value = |key: &str| -> u64 {
+        text.split_whitespace().filter_map(|kv| kv.strip_prefix(key)).filter_map(|v| v.parse::<u64>().ok()).sum()
+    };
+    vec![
+        ("control_cpu_ms", value("control_cpu_ms=")),
+        ("budget_charged_ms", value("budget_charged_ms=")),
+        ("budget_over", value("budget_over=")),
+        ("deferred", value("deferred=")),
+    ]
+}
+
 fn case_queue_flapping(c: &Ctx<'_>) -> Seen {
+    with_cpu_report(c, queue_flapping)
+}
+
+fn queue_flapping(c: &Ctx<'_>) -> Seen {
     // Stops and starts its queue as fast as the proxy answers. On a device without
     // runtime queue setup (net_null) every switch restarts the port, pausing the good
     // guest's queue too; the proxy must not let one guest do that without bound: after
@@ -841,6 +898,10 @@ fn case_queue_flapping(c: &Ctx<'_>) -> Seen {
 }
 
 fn case_huge_pool(c: &Ctx<'_>) -> Seen {
+    with_cpu_report(c, huge_pool)
+}
+
+fn huge_pool(c: &Ctx<'_>) -> Seen {
     // The largest region, carved into the smallest buffers: the proxy's shadow memory
     // grows with the buffer count. It must refuse or serve it, and nobody else may
     // notice.
@@ -1148,6 +1209,10 @@ fn pass_with_every_message(c: &Ctx<'_>, mut make: impl FnMut() -> Vec<OwnedFd>) 
 }
 
 fn case_fds_lingering_tcp(c: &Ctx<'_>) -> Seen {
+    with_cpu_report(c, fds_lingering_tcp)
+}
+
+fn fds_lingering_tcp(c: &Ctx<'_>) -> Seen {
     let mut keep = Vec::new();
     let (attempts, cut, kept) = pass_with_every_message(c, || vec![lingering(&mut keep)]);
     // The attack is real here: such a close blocks its caller.
@@ -1161,8 +1226,48 @@ fn case_fds_lingering_tcp(c: &Ctx<'_>) -> Seen {
 }
 
 fn case_fds_refused_peer(c: &Ctx<'_>) -> Seen {
+    with_cpu_report(c, fds_refused_peer)
+}
+
+fn fds_refused_peer(c: &Ctx<'_>) -> Seen {
     // A peer the allowlist refuses sends lingering sockets with everything, before
     // and after the proxy accepted it: nothing it sends is ever read.
+    let (attempts, told, note) = refused_peer_attack(c.allow);
+    // Each connection refused once on the allowlist socket, none of its descriptors
+    // taken; nothing of it on the hostile socket.
+    expect(Scope::Allow, &["refused"], attempts as u64, attempts as u64);
+    expect(Scope::Allow, &["unwanted_fds"], 0, 0);
+    expect(Scope::Allow, &["bad_requests"], 0, 0);
+    expect_exact("refused", 0);
+    expect(Scope::Global, &["reaper_leaked"], 0, 0);
+    Seen { problem: (told != attempts).then(|| note.clone()), disconnected: Some(told == attempts), note }
+}
+
+fn case_fds_refused_peer_on_a_sink(c: &Ctx<'_>) -> Seen {
+    with_cpu_report(c, fds_refused_peer_on_a_sink)
+}
+
+fn fds_refused_peer_on_a_sink(c: &Ctx<'_>) -> Seen {
+    // The attacker of "fds: lingering sockets from a refused peer", against a listener
+    // of this test that does the least a refusal takes (accept, send the reason, close),
+    // on the CPU of the proxy's control thread and data loop: what the good guest loses
+    // here is the machine's share of that attack (the attacker's own CPU time, the
+    // kernel's work for its TCP sockets and connections), none of it the proxy's.
+    let path = c.bad.parent().and_then(Path::parent).expect("the test directory").join("sink/sock");
+    let sink = RefusingSink::start(&path, 0);
+    let (attempts, told, note) = refused_peer_attack(&path);
+    let accepted = sink.stop();
+    Seen {
+        problem: (told != attempts || accepted != attempts as u64).then(|| format!("{note}; the sink accepted {accepted}")),
+        disconnected: Some(told == attempts),
+        note: format!("{note}; on a sink of this test pinned to cpu 0"),
+    }
+}
+
+/// Connects to `target` again and again for CASE_TIME, sending up to 10 lingering
+/// sockets with every kind of message each time, and waits to be told 'not allowed':
+/// (connections, told, a note).
+fn refused_peer_attack(target: &Path) -> (u32, u32, String) {
     let mut keep = Vec::new();
     let (mut attempts, mut told) = (0u32, 0u32);
     let mut last = None;
@@ -1171,7 +1276,7 @@ fn case_fds_refused_peer(c: &Ctx<'_>) -> Seen {
     while Instant::now() < deadline {
         attempts += 1;
         let t = Instant::now();
-        let sock = connect(c.allow).unwrap();
+        let sock = connect(target).unwrap();
         let connected = t.elapsed();
         for (_, _, msg) in message_kinds() {
             let fd = lingering(&mut keep);
@@ -1190,22 +1295,105 @@ fn case_fds_refused_peer(c: &Ctx<'_>) -> Seen {
         }
         last = Some(peer);
     }
-    // Each connection refused once on the allowlist socket, none of its descriptors
-    // taken; nothing of it on the hostile socket.
-    expect(Scope::Allow, &["refused"], attempts as u64, attempts as u64);
-    expect(Scope::Allow, &["unwanted_fds"], 0, 0);
-    expect(Scope::Allow, &["bad_requests"], 0, 0);
-    expect_exact("refused", 0);
-    expect(Scope::Global, &["reaper_leaked"], 0, 0);
-    let problem = (told != attempts).then(|| format!("{told}/{attempts} refused peers were told why; last {last:?}"));
-    Seen {
-        problem,
-        disconnected: Some(told == attempts),
-        note: format!("{attempts} refused connections, up to 10 lingering sockets each; {told} told 'not allowed'; slowest: connected {:?}, sent {:?}, closed {:?}", slowest.0, slowest.1, slowest.2),
+    let mut note = format!(
+        "{attempts} refused connections, up to 10 lingering sockets each; {told} told 'not allowed'; slowest: connected {:?}, sent {:?}, closed {:?}",
+        slowest.0, slowest.1, slowest.2
+    );
+    if told != attempts {
+        note += &format!("; last {last:?}");
+    }
+    (attempts, told, note)
+}
+
+/// A listener of this test that refuses every connection as the proxy refuses a peer
+/// its allowlist does not admit (descriptors refused by the kernel, the reason sent,
+/// the connection closed), on a thread pinned to `cpu`.
+struct RefusingSink {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<u64>,
+}
+
+impl RefusingSink {
+    fn start(path: &Path, cpu: usize) -> RefusingSink {
+        let _ = std::fs::create_dir_all(path.parent().unwrap());
+        let _ = std::fs::remove_file(path);
+        let listener = seqpacket_listener(path);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            // Where the proxy's control thread runs.
+            // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity on
+            // this thread.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
+            let refusal = Message::refuse(RefuseCode::NotAllowed, "the sink: not allowed");
+            let mut accepted = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd.
+                if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
+                    continue;
+                }
+                // SAFETY: accept4 on our listener; the descriptor is owned at once.
+                let fd = unsafe { libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+                if fd >= 0 {
+                    // SAFETY: a fresh descriptor nothing else owns.
+                    let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+                    let _ = send_message(conn.as_fd(), &refusal, 0, &[]);
+                    accepted += 1;
+                }
+            }
+            accepted
+        });
+        RefusingSink { stop, thread }
+    }
+
+    /// Stops it: how many connections it refused.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+/// A unix seqpacket listener at `path` whose connections refuse descriptors
+/// (`SO_PASSRIGHTS` off where the kernel has it), as the proxy's do.
+fn seqpacket_listener(path: &Path) -> OwnedFd {
+    // SAFETY: plain socket/bind/listen/setsockopt on a descriptor owned at once; addr is
+    // a valid sockaddr_un holding the path.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = path.as_os_str().as_encoded_bytes();
+        assert!(bytes.len() < addr.sun_path.len());
+        for (d, b) in addr.sun_path.iter_mut().zip(bytes) {
+            *d = *b as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        assert_eq!(libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len), 0, "bind {}", path.display());
+        assert_eq!(libc::listen(fd.as_raw_fd(), 8), 0);
+        let off: libc::c_int = 0;
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            shm_contract::proto::transport::SO_PASSRIGHTS,
+            (&off as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        fd
     }
 }
 
 fn case_fds_other_kinds(c: &Ctx<'_>) -> Seen {
+    with_cpu_report(c, fds_other_kinds)
+}
+
+fn fds_other_kinds(c: &Ctx<'_>) -> Seen {
     // A directory, a pipe, an unsealed memfd and a socket pair end, with every message.
     let mut round = 0u32;
     let (attempts, cut, kept) = pass_with_every_message(c, || {
@@ -1224,6 +1412,10 @@ fn case_fds_other_kinds(c: &Ctx<'_>) -> Seen {
 }
 
 fn case_fds_many_per_message(c: &Ctx<'_>) -> Seen {
+    with_cpu_report(c, fds_many_per_message)
+}
+
+fn fds_many_per_message(c: &Ctx<'_>) -> Seen {
     // All the kernel lets one message carry (253): one lingering socket, pipes and
     // directories; every one must reach the reaper (none released inside recvmsg).
     let mut keep = Vec::new();
@@ -1653,6 +1845,7 @@ fn cases() -> Vec<Case> {
         // Passed descriptors (issue 16 item 2): see FdProbe.
         Case { name: "fds: lingering TCP socket with every message", run: case_fds_lingering_tcp, expect: fds },
         Case { name: "fds: lingering sockets from a refused peer", run: case_fds_refused_peer, expect: Expect { fd_attack: true, disconnected: Some(true), control_plane: true, ..Expect::default() } },
+        Case { name: "fds: the same refused peer on a sink (machine's share)", run: case_fds_refused_peer_on_a_sink, expect: Expect { disconnected: Some(true), reference: true, ..Expect::default() } },
         Case { name: "fds: directory, pipe, memfd, socket", run: case_fds_other_kinds, expect: fds },
         Case { name: "fds: 253 per message", run: case_fds_many_per_message, expect: fds },
         Case { name: "fds: unread when the connection closes", run: case_fds_unread_at_close, expect: Expect { refused: false, touches_good_socket: true, ..fds } },
@@ -1754,7 +1947,7 @@ fn hostile_guests_do_not_disturb_a_good_one() {
             errs.push(format!("the good guest lost its attachment: {g1:?}"));
         }
         let ratio = if case.expect.control_plane { control_plane_min_ratio() } else { data_ratio };
-        if rate < ratio * before_rate || rate <= 0.0 {
+        if !case.expect.reference && (rate < ratio * before_rate || rate <= 0.0) {
             // The machines are shared: a slow window may be the neighbours. Only a rate
             // below the fraction of the rates on both sides of the case counts.
             let after_rate = b.good_rate(Duration::from_secs(1));

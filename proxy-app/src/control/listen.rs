@@ -106,6 +106,13 @@ pub(super) struct Endpoint {
     peer_log: std::cell::RefCell<LogLimit>,
     /// Per socket, not per guest: reconnecting does not refill it.
     pub(super) queue_starts: StartBudget,
+    /// The uid whose accept put it over its CPU budget (budget.rs): the listener is not
+    /// polled until that uid may be served again (its next connections wait in the
+    /// backlog, not on the control thread).
+    pub(super) listener_held_for: Option<u32>,
+    /// Times the control thread put off this socket's peers for their uid's budget: a
+    /// connection left unread, or the listener held.
+    pub(super) deferred: u64,
 }
 
 impl Endpoint {
@@ -169,20 +176,40 @@ impl Control {
             guests_served: 0,
             peer_log: Default::default(),
             queue_starts: StartBudget::new(),
+            listener_held_for: None,
+            deferred: 0,
         });
         Ok(())
     }
 
+    /// Accepts one connection on socket `idx`, charging what that took to the peer's
+    /// uid (budget.rs); when that puts the uid over its budget, the listener is held
+    /// until the uid may be served again.
     pub(super) fn accept(&mut self, idx: usize) {
+        let t0 = os::thread_cpu_time();
+        let Some(uid) = self.accept_one(idx) else { return };
+        let now = Instant::now();
+        self.budgets.charge(uid, os::thread_cpu_time().saturating_sub(t0), now);
+        if !self.budgets.allows(uid, now) {
+            let ep = &mut self.endpoints[idx];
+            ep.listener_held_for = Some(uid);
+            ep.deferred += 1;
+        }
+    }
+
+    /// Accepts one connection: the peer's uid (`u32::MAX` when the kernel did not say),
+    /// `None` when there was nothing to accept.
+    fn accept_one(&mut self, idx: usize) -> Option<u32> {
         let ep = &mut self.endpoints[idx];
         // Non-blocking: a guest that does not read its socket must never block this
         // thread in a send (see `reply`).
-        let Ok(fd) = os::accept(ep.listener.as_fd()) else { return };
+        let Ok(fd) = os::accept(ep.listener.as_fd()) else { return None };
         let cred = access::peer_cred(fd.as_fd());
         // Messages it queued before we accepted carry descriptors only where the kernel
         // lets them through (no SO_PASSRIGHTS): then, whatever happens to this
         // connection, it is closed by the reaper, charged to its uid.
-        let fd = PeerFd::connection(fd, cred.as_ref().map_or(u32::MAX, |c| c.uid));
+        let peer_uid = cred.as_ref().map_or(u32::MAX, |c| c.uid);
+        let fd = PeerFd::connection(fd, peer_uid);
         let pid = cred.as_ref().map_or(-1, |c| c.pid);
         if let Some(uid) = cred.as_ref().map(|c| c.uid).filter(|&u| crate::reaper::is_wedged(u)) {
             let reason = format!(
@@ -193,7 +220,7 @@ impl Control {
             let _ = send_message(fd.as_fd(), &Message::refuse(RefuseCode::NotAllowed, &reason), 0, &[]);
             bump(&ep.stats.refused);
             self.warn_peer(idx, &format!("refused a peer (pid {pid} uid {uid}): its descriptor wedged a reaper thread"));
-            return;
+            return Some(peer_uid);
         }
         let allowed = cred.as_ref().map(|c| ep.access.admits(c));
         if allowed != Some(true) && (ep.access.has_allowlist() || allowed.is_none()) {
@@ -204,7 +231,7 @@ impl Control {
             let _ = send_message(fd.as_fd(), &Message::refuse(RefuseCode::NotAllowed, &reason), 0, &[]);
             bump(&ep.stats.refused);
             self.warn_peer(idx, &format!("refused a peer (pid {pid} uid {uid} gid {gid}): not in the allowlist"));
-            return;
+            return Some(peer_uid);
         }
         if let Some(current) = &ep.conn {
             let who = current.guest().map_or("a connecting guest".to_string(), |g| format!("guest '{}'", g.app));
@@ -212,9 +239,10 @@ impl Control {
             let _ = send_message(fd.as_fd(), &Message::refuse(RefuseCode::Busy, &reason), 0, &[]);
             bump(&ep.stats.refused);
             self.warn_peer(idx, &format!("refused a second guest (pid {pid}): busy"));
-            return;
+            return Some(peer_uid);
         }
         ep.conn = Some(Conn::new(fd, pid));
+        Some(peer_uid)
     }
 
     /// A rate-limited warning about the peer of socket `idx`.

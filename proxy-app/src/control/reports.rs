@@ -99,7 +99,7 @@ impl Control {
             s += &format!(
                 "socket={} port={} queue={} guest={} guests_served={} rx_packets={} rx_bytes={} rx_dropped={} \
                  tx_packets={} tx_bytes={} tx_dropped={} tx_refused={} tx_invalid={} tx_returned={} copies={} invalid={} refused={} bad_requests={} \
-                 pools={} pool_buffers={} free_ring={} shadow_in_use={} parked={} lost={} rx_wakeups={} unwanted_fds={}\n",
+                 pools={} pool_buffers={} free_ring={} shadow_in_use={} parked={} lost={} rx_wakeups={} unwanted_fds={} deferred={}\n",
                 ep.path.display(),
                 ep.port,
                 ep.queues_text(),
@@ -126,6 +126,7 @@ impl Control {
                 guest.map_or(0, |g| g.pools.iter().map(|(_, p)| p.ctx.lost.load(Ordering::Relaxed)).sum::<u64>()),
                 ld(&st.rx_wakeups),
                 ld(&st.unwanted_fds),
+                ep.deferred,
             );
         }
         for (&port, nic) in &self.ports {
@@ -158,13 +159,18 @@ impl Control {
         let in_nic: u64 = self.quarantine.iter().map(|l| l.in_nic()).sum::<u64>()
             + deleting.iter().map(|d| u64::from(d.pool.in_nic())).sum::<u64>();
         s += &format!(
-            "unclaimed={} mempools={} quarantined={} deleting={} quarantined_in_nic={} {}\n",
+            "unclaimed={} mempools={} quarantined={} deleting={} quarantined_in_nic={} {} budget_over={} budget_uids_held={} budget_charged_ms={} control_cpu_ms={}\n",
             self.plane.unclaimed.load(Ordering::Relaxed),
             mempool_count(),
             self.quarantine.len(),
             deleting.len(),
             in_nic,
-            reaper::stats_text()
+            reaper::stats_text(),
+            self.budgets.times_over,
+            self.budgets.over_now(),
+            self.budgets.charged.as_millis(),
+            // `show stats` runs on the control thread: its own CPU time.
+            crate::os::thread_cpu_time().as_millis()
         );
         s
     }

@@ -112,59 +112,78 @@ impl Endpoint {
 }
 
 impl Control {
-    /// Reads and answers everything the guest sent.
+    /// Reads and answers what the guest sent, one message at a time while its uid's
+    /// budget of control-thread CPU time lasts (budget.rs): each message, and what
+    /// answering it took, is charged to the uid; the rest waits in the socket until the
+    /// budget has refilled (the poll loop leaves the connection out meanwhile).
     pub(super) fn service_conn(&mut self, idx: usize) {
         loop {
-            let Some(conn) = self.endpoints[idx].conn.as_ref() else { return };
-            if conn.unanswerable.get() {
-                bump(&self.endpoints[idx].stats.bad_requests);
-                self.disconnect(idx, "the guest does not read its socket", false);
+            let Some(owner) = self.endpoints[idx].conn.as_ref().map(|c| c.fd.owner()) else { return };
+            if !self.budgets.allows(owner, Instant::now()) {
+                self.endpoints[idx].deferred += 1;
                 return;
             }
-            if conn.fd.passes() && !reaper::room_for_peer_input(self.endpoints.len()) {
-                // Read on when the reaper has caught up (the poll loop skips peers meanwhile).
+            let t0 = os::thread_cpu_time();
+            let more = self.service_one(idx);
+            self.budgets.charge(owner, os::thread_cpu_time().saturating_sub(t0), Instant::now());
+            if !more {
                 return;
             }
-            let Received { message, fds } = recv_message_and_fds(conn.fd.as_fd(), Some(Duration::ZERO));
-            let owner = conn.fd.owner();
-            let fds: Vec<PeerFd> = fds.into_iter().map(|f| PeerFd::new(f, owner)).collect();
-            if !fds.is_empty() && !self.expects_fd(idx, &message) {
-                self.unwanted_fds(idx, &message, fds);
-                return;
-            }
-            let (msg, id) = match message {
-                Ok((msg, id)) => (msg, id),
-                Err(TransportError::Timeout) => return,
-                Err(TransportError::Closed) => {
-                    if !self.has_guest(idx) {
-                        // Gone before its Hello (a probe, or a connection flood).
-                        bump(&self.endpoints[idx].stats.refused);
-                        self.warn_peer(idx, "a connection closed before its Hello");
-                    }
-                    self.disconnect(idx, "the guest closed the connection", false);
-                    return;
-                }
-                Err(e @ (TransportError::Decode(_) | TransportError::Truncated | TransportError::TooManyFds { .. })) => {
-                    let reason = format!("malformed message: {e}");
-                    self.reply(idx, &Message::refuse(RefuseCode::BadRequest, &reason), 0);
-                    bump(&self.endpoints[idx].stats.bad_requests);
-                    if !self.has_guest(idx) {
-                        // Not even a handshake: nothing to keep this connection for.
-                        bump(&self.endpoints[idx].stats.refused);
-                        self.warn_peer(idx, &format!("{reason} before Hello; disconnected"));
-                        self.disconnect(idx, &reason, false);
-                        return;
-                    }
-                    self.warn_peer(idx, &reason);
-                    continue;
-                }
-                Err(e) => {
-                    self.disconnect(idx, &format!("control socket error: {e}"), false);
-                    return;
-                }
-            };
-            self.handle(idx, msg, id, fds);
         }
+    }
+
+    /// Reads and answers one message; whether the connection may have more to read.
+    fn service_one(&mut self, idx: usize) -> bool {
+        let Some(conn) = self.endpoints[idx].conn.as_ref() else { return false };
+        if conn.unanswerable.get() {
+            bump(&self.endpoints[idx].stats.bad_requests);
+            self.disconnect(idx, "the guest does not read its socket", false);
+            return false;
+        }
+        if conn.fd.passes() && !reaper::room_for_peer_input(self.endpoints.len()) {
+            // Read on when the reaper has caught up (the poll loop skips peers meanwhile).
+            return false;
+        }
+        let Received { message, fds } = recv_message_and_fds(conn.fd.as_fd(), Some(Duration::ZERO));
+        let owner = conn.fd.owner();
+        let fds: Vec<PeerFd> = fds.into_iter().map(|f| PeerFd::new(f, owner)).collect();
+        if !fds.is_empty() && !self.expects_fd(idx, &message) {
+            self.unwanted_fds(idx, &message, fds);
+            return false;
+        }
+        let (msg, id) = match message {
+            Ok((msg, id)) => (msg, id),
+            Err(TransportError::Timeout) => return false,
+            Err(TransportError::Closed) => {
+                if !self.has_guest(idx) {
+                    // Gone before its Hello (a probe, or a connection flood).
+                    bump(&self.endpoints[idx].stats.refused);
+                    self.warn_peer(idx, "a connection closed before its Hello");
+                }
+                self.disconnect(idx, "the guest closed the connection", false);
+                return false;
+            }
+            Err(e @ (TransportError::Decode(_) | TransportError::Truncated | TransportError::TooManyFds { .. })) => {
+                let reason = format!("malformed message: {e}");
+                self.reply(idx, &Message::refuse(RefuseCode::BadRequest, &reason), 0);
+                bump(&self.endpoints[idx].stats.bad_requests);
+                if !self.has_guest(idx) {
+                    // Not even a handshake: nothing to keep this connection for.
+                    bump(&self.endpoints[idx].stats.refused);
+                    self.warn_peer(idx, &format!("{reason} before Hello; disconnected"));
+                    self.disconnect(idx, &reason, false);
+                    return false;
+                }
+                self.warn_peer(idx, &reason);
+                return true;
+            }
+            Err(e) => {
+                self.disconnect(idx, &format!("control socket error: {e}"), false);
+                return false;
+            }
+        };
+        self.handle(idx, msg, id, fds);
+        true
     }
 
     pub(super) fn reply(&self, idx: usize, msg: &Message, id: u32) {

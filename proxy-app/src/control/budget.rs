@@ -1,0 +1,240 @@
+//! What one user may cost the control thread: a budget of its CPU time per uid.
+//!
+//! The control thread shares a CPU with the data loop wherever the machine has no core
+//! to spare for it, so every millisecond it spends on a peer's connections (accepting
+//! and refusing them, handshakes, regions, pools, port restarts for queue starts and
+//! stops, descriptors to hand to the reaper) is a millisecond the data loop, and every
+//! guest, loses. Each uid therefore has a token bucket of control-thread CPU time
+//! (`CLOCK_THREAD_CPUTIME_ID`, charged around each event of its connections: an accept,
+//! a message and what answering it took). While a uid's balance is below zero its
+//! connections are left out of the poll set and a listener whose last accepted peer
+//! was that uid is not polled either: what the uid sends waits in its socket (and new
+//! connections in the listener's backlog) until the budget has refilled; nothing is
+//! refused and nothing is lost. Other users' connections, commands, `show stats` and
+//! the data loop do not wait for it.
+//!
+//! The burst covers what well-behaved guests of one user cost at once: an attach with
+//! its region, pools and queue start is 1 to 200 ms (a region's pages are allocated and
+//! zeroed here, about 0.35 ms per MiB of 4 KiB pages: 180 ms for the default 512 MiB),
+//! so a guest that reconnects a few times, or 64 small guests attached one after the
+//! other (scripts/bench-scale.sh), are never held back; the rate bounds what one user's steady stream of requests may take from
+//! the data loop's CPU. One event can cost more than the whole burst (a region of
+//! `--max-region-size`, 2 GiB: about 0.7 s): the debt is capped at `MAX_WAIT` of
+//! refill, so the uid's next message (that guest's first pool) waits at most that
+//! long, within a guest's answer timeout (5 s by default).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Control-thread CPU time one uid may use per second, on average (5% of a CPU).
+pub(super) const CPU_PER_SEC: Duration = Duration::from_millis(50);
+/// And at once, from a full budget.
+pub(super) const CPU_BURST: Duration = Duration::from_millis(400);
+/// The longest a uid in debt waits: its debt is capped at this much refill.
+pub(super) const MAX_WAIT: Duration = Duration::from_secs(2);
+/// The control loop wakes up for a uid whose budget refills no more often than this.
+pub(super) const MIN_WAKEUP: Duration = Duration::from_millis(10);
+
+struct Bucket {
+    /// ns of CPU time the uid may still use; below zero, it is in debt.
+    balance_ns: i64,
+    at: Instant,
+    /// In debt since its last charge (counted once per time it went over).
+    over: bool,
+}
+
+/// The budgets of the uids that used the control thread lately.
+pub(super) struct UidBudgets {
+    rate_ns_per_sec: i64,
+    burst_ns: i64,
+    /// The lowest balance (a negative number of ns).
+    floor_ns: i64,
+    buckets: HashMap<u32, Bucket>,
+    /// How many times a uid went over its budget.
+    pub(super) times_over: u64,
+    /// All the CPU time charged to peers.
+    pub(super) charged: Duration,
+}
+
+impl UidBudgets {
+    pub(super) fn new(per_sec: Duration, burst: Duration, max_wait: Duration) -> UidBudgets {
+        let rate_ns_per_sec = per_sec.as_nanos() as i64;
+        UidBudgets {
+            rate_ns_per_sec,
+            burst_ns: burst.as_nanos() as i64,
+            floor_ns: -((rate_ns_per_sec as i128 * max_wait.as_nanos() as i128 / 1_000_000_000) as i64),
+            buckets: HashMap::new(),
+            times_over: 0,
+            charged: Duration::ZERO,
+        }
+    }
+
+    /// The uid's bucket, refilled up to `now`.
+    fn refilled(&mut self, uid: u32, now: Instant) -> &mut Bucket {
+        let (rate, burst) = (self.rate_ns_per_sec, self.burst_ns);
+        let b = self.buckets.entry(uid).or_insert(Bucket { balance_ns: burst, at: now, over: false });
+        let elapsed = now.saturating_duration_since(b.at).as_nanos().min(u128::from(u32::MAX) * 1_000_000_000) as i64;
+        // elapsed (ns) x rate (ns per s) / 1e9, without overflow for any elapsed time.
+        let refill = (elapsed as i128 * rate as i128 / 1_000_000_000) as i64;
+        b.balance_ns = b.balance_ns.saturating_add(refill).min(burst);
+        b.at = now;
+        if b.balance_ns >= 0 {
+            b.over = false;
+        }
+        b
+    }
+
+    /// Whether uid's events may be served now (it is not in debt).
+    pub(super) fn allows(&mut self, uid: u32, now: Instant) -> bool {
+        if !self.buckets.contains_key(&uid) {
+            return true;
+        }
+        self.refilled(uid, now).balance_ns >= 0
+    }
+
+    /// Charges `spent` of control-thread CPU time to uid.
+    pub(super) fn charge(&mut self, uid: u32, spent: Duration, now: Instant) {
+        self.charged += spent;
+        let floor = self.floor_ns;
+        let b = self.refilled(uid, now);
+        b.balance_ns = b.balance_ns.saturating_sub(spent.as_nanos().min(i64::MAX as u128) as i64).max(floor);
+        if b.balance_ns < 0 && !b.over {
+            b.over = true;
+            self.times_over += 1;
+        }
+    }
+
+    /// How long until the first uid in debt may be served again (`None`: nobody is).
+    pub(super) fn next_refill(&self, now: Instant) -> Option<Duration> {
+        self.buckets
+            .values()
+            .filter(|b| b.balance_ns < 0)
+            .map(|b| {
+                let ns = (-b.balance_ns) as u128 * 1_000_000_000 / self.rate_ns_per_sec.max(1) as u128;
+                let due = b.at + Duration::from_nanos(ns.min(u64::MAX as u128) as u64);
+                due.saturating_duration_since(now)
+            })
+            .min()
+    }
+
+    /// Uids in debt now.
+    pub(super) fn over_now(&self) -> usize {
+        self.buckets.values().filter(|b| b.balance_ns < 0).count()
+    }
+
+    /// Forgets the uids whose budget is full again (a new bucket would be the same):
+    /// the map holds only users that were busy lately.
+    pub(super) fn forget_idle(&mut self, now: Instant) {
+        let uids: Vec<u32> = self.buckets.keys().copied().collect();
+        for uid in uids {
+            if self.refilled(uid, now).balance_ns >= self.burst_ns {
+                self.buckets.remove(&uid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_new_uid_has_the_whole_burst() {
+        let mut b = UidBudgets::new(100 * MS, 300 * MS, Duration::from_secs(2));
+        let t = Instant::now();
+        assert!(b.allows(7, t));
+        b.charge(7, 299 * MS, t);
+        assert!(b.allows(7, t));
+        assert_eq!(b.times_over, 0);
+        assert_eq!(b.next_refill(t), None);
+    }
+
+    #[test]
+    fn a_uid_in_debt_waits_for_the_refill_and_others_do_not() {
+        let mut b = UidBudgets::new(100 * MS, 300 * MS, Duration::from_secs(2));
+        let t = Instant::now();
+        b.charge(7, 310 * MS, t);
+        assert!(!b.allows(7, t));
+        assert!(b.allows(8, t), "another uid is not held back");
+        assert_eq!(b.times_over, 1);
+        assert_eq!(b.over_now(), 1);
+        // 10 ms of debt at 100 ms per second: 100 ms.
+        let wait = b.next_refill(t).unwrap();
+        assert!(wait > 99 * MS && wait <= 100 * MS, "{wait:?}");
+        assert!(!b.allows(7, t + 99 * MS));
+        assert!(b.allows(7, t + 100 * MS));
+        // Going over again counts again.
+        b.charge(7, 1 * MS, t + 100 * MS);
+        assert_eq!(b.times_over, 2);
+    }
+
+    #[test]
+    fn the_steady_rate_is_what_the_budget_says() {
+        // A uid that is served whenever it may be, 1 ms a time, for 10 s gets the burst
+        // plus 100 ms per second.
+        let mut b = UidBudgets::new(100 * MS, 300 * MS, Duration::from_secs(2));
+        let t0 = Instant::now();
+        let mut used = Duration::ZERO;
+        let mut t = t0;
+        while t < t0 + Duration::from_secs(10) {
+            if b.allows(1, t) {
+                b.charge(1, MS, t);
+                used += MS;
+            }
+            t += 100 * Duration::from_micros(1);
+        }
+        assert!(used >= 1290 * MS && used <= 1310 * MS, "{used:?}");
+    }
+
+    #[test]
+    fn a_legit_guest_that_reconnects_a_few_times_is_never_held_back() {
+        // Attached with the default 512 MiB region (180 ms), reconnected once a second:
+        // once more with it, then four times with 64 MiB (25 ms).
+        let mut b = UidBudgets::new(CPU_PER_SEC, CPU_BURST, MAX_WAIT);
+        let t0 = Instant::now();
+        for (k, cost) in [180, 180, 25, 25, 25, 25].into_iter().enumerate() {
+            let t = t0 + k as u32 * Duration::from_secs(1);
+            assert!(b.allows(0, t), "attach {k} held back");
+            b.charge(0, cost * MS, t);
+        }
+        assert_eq!(b.times_over, 0);
+    }
+
+    #[test]
+    fn one_huge_event_makes_its_uid_wait_at_most_max_wait() {
+        // A 2 GiB region: 700 ms at once.
+        let mut b = UidBudgets::new(CPU_PER_SEC, CPU_BURST, MAX_WAIT);
+        let t = Instant::now();
+        b.charge(3, 700 * MS, t);
+        assert!(!b.allows(3, t));
+        assert_eq!(b.next_refill(t), Some(MAX_WAIT));
+        assert!(b.allows(3, t + MAX_WAIT));
+    }
+
+    #[test]
+    fn sixty_four_attaches_in_a_row_fit_the_burst() {
+        // scripts/bench-scale.sh: 64 idle guests of one user attached one after the
+        // other, a few ms each, every 5 ms.
+        let mut b = UidBudgets::new(CPU_PER_SEC, CPU_BURST, MAX_WAIT);
+        let t0 = Instant::now();
+        for k in 0..64 {
+            let t = t0 + k * 5 * MS;
+            assert!(b.allows(0, t), "attach {k} held back");
+            b.charge(0, 4 * MS, t);
+        }
+    }
+
+    #[test]
+    fn full_buckets_are_forgotten() {
+        let mut b = UidBudgets::new(100 * MS, 300 * MS, Duration::from_secs(2));
+        let t = Instant::now();
+        b.charge(1, 10 * MS, t);
+        b.charge(2, 200 * MS, t);
+        b.forget_idle(t + Duration::from_millis(500));
+        assert_eq!(b.buckets.len(), 1, "uid 2 still has 150 ms to get back");
+        b.forget_idle(t + Duration::from_secs(2));
+        assert!(b.buckets.is_empty());
+    }
+}
