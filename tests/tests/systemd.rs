@@ -175,14 +175,25 @@ impl Manager {
         fs::write(&console, b"").unwrap();
 
         let parent = cgroup2_home();
+        // Cgroups a killed run of this test left (their test process is gone).
+        for entry in fs::read_dir(&parent).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("dpdk-io-proxy-e2e-") {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = remove_cgroup_tree(&entry.path());
+                }
+            }
+        }
         let cgroup = parent.join(format!("dpdk-io-proxy-e2e-{}", std::process::id()));
         let _ = remove_cgroup_tree(&cgroup);
         fs::create_dir(&cgroup).unwrap_or_else(|e| panic!("{}: {e}", cgroup.display()));
         let mut cmd = Command::new("sh");
         // The wrapper moves itself into the new cgroup, so that the cgroup namespace
-        // unshare makes is rooted there.
+        // unshare makes is rooted there. Should the test process die without its Drop,
+        // its end kills unshare (setpriv --pdeathsig) and unshare's the manager
+        // (--kill-child), so no manager outlives it.
         cmd.arg("-c")
-            .arg(r#"echo $$ > "$CGROUP/cgroup.procs" && exec unshare --pid --mount --cgroup --uts --fork --mount-proc --propagation private sh -c "$SETUP""#)
+            .arg(r#"echo $$ > "$CGROUP/cgroup.procs" && exec setpriv --pdeathsig KILL unshare --kill-child=KILL --pid --mount --cgroup --uts --fork --mount-proc --propagation private sh -c "$SETUP""#)
             .env("CGROUP", &cgroup)
             .env("SETUP", NAMESPACE_SETUP)
             .env("STAGE", stage)
@@ -207,8 +218,21 @@ impl Manager {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let (code, out) = manager.systemctl(&["is-system-running", "--wait"]);
-        assert!(code == 0 && out.trim() == "running", "the manager is not running: {out}\n{}", manager.diagnostics());
+        // systemctl reaches the manager through /run/systemd/private, which exists once the
+        // manager runs (before, systemctl says "offline"); then it waits for the start-up.
+        let private = format!("/proc/{}/root/run/systemd/private", manager.pid);
+        loop {
+            let (code, out) = if Path::new(&private).exists() {
+                manager.systemctl(&["is-system-running", "--wait"])
+            } else {
+                (-1, "no /run/systemd/private yet".to_string())
+            };
+            if code == 0 && out.trim() == "running" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the manager is not running: {out}\n{}", manager.diagnostics());
+            std::thread::sleep(Duration::from_millis(50));
+        }
         manager
     }
 
@@ -309,7 +333,7 @@ fn testpmd_inside(m: &Manager, s: &Scratch, socket: &Path, name: &str) -> Proc {
 #[test]
 fn the_installed_unit_runs_under_systemd_reloads_the_difference_and_logs_to_the_journal() {
     assert!(is_root(), "this test runs a systemd manager in namespaces of its own: it needs root");
-    for program in ["meson", "ninja", "unshare", "nsenter", "systemd-analyze", "systemd-sysusers", "systemd-tmpfiles"] {
+    for program in ["meson", "ninja", "unshare", "nsenter", "setpriv", "systemd-analyze", "systemd-sysusers", "systemd-tmpfiles"] {
         assert!(have(program), "{program} is needed (scripts/setup.sh installs it)");
     }
     assert!(Path::new("/usr/lib/systemd/systemd").exists(), "/usr/lib/systemd/systemd is needed (package systemd)");
