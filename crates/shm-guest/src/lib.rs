@@ -116,16 +116,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shm_contract::client::{self, ClientError, Listener, RequestIds, Unsolicited};
+use shm_contract::client::{self, Listener, RequestIds, Unsolicited};
 use shm_contract::desc::DescChain;
 use shm_contract::layout::{RegionLayout, StatusBlock};
 use shm_contract::mem::Mapping;
-use shm_contract::proto::transport::{send_message, ConnectError, TransportError};
+use shm_contract::proto::transport::send_message;
 use shm_contract::proto::{Hello, MAX_APP_NAME, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, QUEUE_FLAG_RX_WAKEUP};
 use shm_contract::wake::{self, WakeListener};
-use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, Message, RefuseCode, SharedMem};
+use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, Message, SharedMem};
 
-pub use shm_contract::client::ProxyInfo;
+pub use shm_contract::client::{ClientError, ProxyInfo};
 
 mod hybrid;
 mod pool;
@@ -175,7 +175,7 @@ pub struct Config {
     pub rx_wakeup: bool,
     /// The uid the proxy must run as: the server of the socket is checked with
     /// `SO_PEERCRED` before anything is sent to it, and refused
-    /// ([`Error::UntrustedServer`]) if it runs as anyone else. None: root or the owner of
+    /// ([`ClientError::UntrustedServer`] in [`Error::Client`]) if it runs as anyone else. None: root or the owner of
     /// the socket's directory.
     pub proxy_uid: Option<u32>,
 }
@@ -199,28 +199,12 @@ impl Default for Config {
 /// Why a call failed.
 #[derive(Debug)]
 pub enum Error {
-    /// The socket could not be reached.
-    Connect(io::Error),
-    /// Something serves the socket as a user we do not trust (who, and whom we expected):
-    /// nothing was sent to it.
-    UntrustedServer(ConnectError),
-    /// The proxy refused a request (or the connection).
-    Refused {
-        /// Its code.
-        code: RefuseCode,
-        /// Its reason.
-        reason: String,
-    },
-    /// The control socket failed.
-    Transport(TransportError),
-    /// The proxy answered something unexpected.
-    Protocol(String),
-    /// The region the proxy sent is unusable.
-    Region(String),
+    /// What the client core says (connecting, verifying the server, the handshake, the
+    /// region, a request and its answer): one error type for both guest kinds. A closed
+    /// or ended connection is [`Error::Disconnected`] instead.
+    Client(ClientError),
     /// The configuration cannot work (the pool does not fit the region, ...).
     Config(String),
-    /// The proxy did not answer in time.
-    Timeout,
     /// The connection to the proxy is gone (why).
     Disconnected(String),
     /// The proxy wrote an impossible ring index; the queue is unusable.
@@ -235,20 +219,23 @@ pub enum Error {
     Io(io::Error),
 }
 
+impl Error {
+    /// The region the proxy sent is unusable.
+    fn region(what: impl fmt::Display) -> Error {
+        Error::Client(ClientError::Region(what.to_string()))
+    }
+
+    /// The proxy answered something unexpected.
+    fn protocol(what: impl fmt::Display) -> Error {
+        Error::Client(ClientError::Protocol(what.to_string()))
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Connect(e) if e.kind() == io::ErrorKind::NotFound => {
-                write!(f, "cannot connect: no socket at this path (is dpdk-io-proxy serving it?)")
-            }
-            Error::Connect(e) => write!(f, "cannot connect: {e}"),
-            Error::UntrustedServer(e) => write!(f, "{e}"),
-            Error::Refused { code, reason } => write!(f, "the proxy refused ({code:?}): {reason}"),
-            Error::Transport(e) => write!(f, "control socket: {e}"),
-            Error::Protocol(what) => write!(f, "protocol error: {what}"),
-            Error::Region(what) => write!(f, "shared region unusable: {what}"),
+            Error::Client(e) => write!(f, "{e}"),
             Error::Config(what) => write!(f, "configuration: {what}"),
-            Error::Timeout => write!(f, "the proxy did not answer in time"),
             Error::Disconnected(why) => write!(f, "disconnected from the proxy: {why}"),
             Error::RingCorrupt(what) => write!(f, "descriptor ring corrupt: {what}"),
             Error::NotRunning => write!(f, "the queue is not started"),
@@ -264,15 +251,9 @@ impl std::error::Error for Error {}
 impl From<ClientError> for Error {
     fn from(e: ClientError) -> Error {
         match e {
-            ClientError::Connect(e) => Error::Connect(e),
-            ClientError::UntrustedServer(e) => Error::UntrustedServer(e),
-            ClientError::Refused { code, reason } => Error::Refused { code, reason },
-            ClientError::Transport(e) => Error::Transport(e),
-            ClientError::Protocol(what) => Error::Protocol(what),
-            ClientError::Region(what) => Error::Region(what),
             ClientError::Closed => Error::Disconnected("the proxy closed the connection".into()),
             ClientError::Ended(why) => Error::Disconnected(why),
-            ClientError::Timeout => Error::Timeout,
+            other => Error::Client(other),
         }
     }
 }
@@ -396,16 +377,16 @@ impl Guest {
                 layout.heap().size >> 10
             ))
         })?;
-        let pool = Arc::new(Pool::create(mapping.clone(), pool_layout).map_err(Error::Region)?);
+        let pool = Arc::new(Pool::create(mapping.clone(), pool_layout).map_err(Error::region)?);
         // SAFETY: the view covers the mapping, kept alive by `mapping` in the Guest (and
         // by the pool) for as long as the views built from it; the ring and status areas
         // are only ever accessed through atomics in this process (the `Buffer`s reference
         // data rooms only, which the validated layout keeps apart from them).
         let mem: SharedMem<'static> = unsafe { SharedMem::from_raw(mapping.as_ptr(), mapping.len()) };
-        let status = StatusBlock::from_layout(&mem, &layout).map_err(|e| Error::Region(e.to_string()))?;
+        let status = StatusBlock::from_layout(&mem, &layout).map_err(Error::region)?;
         // Not started yet: views from index 0, rebuilt after QueueStarted anyway.
-        let rx = DescConsumer::new(&mem, layout.rx_ring()).map_err(|e| Error::Region(e.to_string()))?;
-        let tx = DescProducer::new(&mem, layout.tx_ring()).map_err(|e| Error::Region(e.to_string()))?;
+        let rx = DescConsumer::new(&mem, layout.rx_ring()).map_err(Error::region)?;
+        let tx = DescProducer::new(&mem, layout.tx_ring()).map_err(Error::region)?;
         let mut guest = Guest {
             rx,
             tx,
@@ -425,7 +406,7 @@ impl Guest {
         };
         match guest.transact(&Message::PoolAdd(add))? {
             Message::PoolAck { pool_id } if pool_id == add.pool_id => {}
-            other => return Err(Error::Protocol(format!("expected PoolAck, got {}", other.kind()))),
+            other => return Err(Error::protocol(format!("expected PoolAck, got {}", other.kind()))),
         }
         guest.start()?;
         Ok(guest)
@@ -505,7 +486,7 @@ impl Guest {
     }
 
     /// Sends `request` and waits for its answer; unsolicited messages meanwhile are
-    /// handled. A `Refuse` answer is [`Error::Refused`].
+    /// handled. A `Refuse` answer is [`ClientError::Refused`] in [`Error::Client`].
     fn transact(&mut self, request: &Message) -> Result<Message, Error> {
         self.transact_with_fds(request).map(|(answer, _)| answer)
     }
@@ -540,24 +521,24 @@ impl Guest {
         let flags = if self.wake.is_some() { QUEUE_FLAG_RX_WAKEUP } else { 0 };
         let (answer, mut fds) = self.transact_with_fds(&Message::QueueStart { rx_pool_id: 0, flags, rx_depth: 0, queue: 0 })?;
         if answer != Message::QueueStarted {
-            return Err(Error::Protocol(format!("expected QueueStarted, got {}", answer.kind())));
+            return Err(Error::protocol(format!("expected QueueStarted, got {}", answer.kind())));
         }
         match &mut self.wake {
-            Some(listener) if fds.len() == 1 => listener.attach(fds.remove(0)).map_err(Error::Protocol)?,
+            Some(listener) if fds.len() == 1 => listener.attach(fds.remove(0)).map_err(Error::protocol)?,
             Some(_) => {
-                return Err(Error::Protocol(format!(
+                return Err(Error::protocol(format!(
                     "QueueStarted came with {} descriptors, not the one wake-up socket",
                     fds.len()
                 )))
             }
             None if fds.is_empty() => {}
-            None => return Err(Error::Protocol(format!("QueueStarted came with {} descriptors, none asked for", fds.len()))),
+            None => return Err(Error::protocol(format!("QueueStarted came with {} descriptors, none asked for", fds.len()))),
         }
         // SAFETY: as in `connect`: the mapping outlives the views (INVARIANT of Guest).
         let mem: SharedMem<'static> = unsafe { SharedMem::from_raw(self.mapping.as_ptr(), self.mapping.len()) };
         // The proxy zeroed both rings before answering.
-        self.rx = DescConsumer::new(&mem, self.layout.rx_ring()).map_err(|e| Error::Region(e.to_string()))?;
-        self.tx = DescProducer::new(&mem, self.layout.tx_ring()).map_err(|e| Error::Region(e.to_string()))?;
+        self.rx = DescConsumer::new(&mem, self.layout.rx_ring()).map_err(Error::region)?;
+        self.tx = DescProducer::new(&mem, self.layout.tx_ring()).map_err(Error::region)?;
         self.state = State::Running;
         Ok(())
     }
@@ -580,7 +561,7 @@ impl Guest {
                 }
                 Ok(())
             }
-            other => Err(Error::Protocol(format!("expected QueueStopped, got {}", other.kind()))),
+            other => Err(Error::protocol(format!("expected QueueStopped, got {}", other.kind()))),
         }
     }
 

@@ -7,7 +7,8 @@ use super::*;
 use shm_contract::layout::RegionLayout;
 use shm_contract::mem::create_region_memfd;
 use shm_contract::mpmc::FreeRing;
-use shm_contract::proto::transport::{recv_message, send_message};
+use shm_contract::proto::transport::{recv_message, send_message, TransportError};
+use shm_contract::RefuseCode;
 use shm_contract::proto::Welcome;
 use shm_contract::wake::Waker;
 use shm_contract::{DescRing, PoolLayout, RegionFlags};
@@ -866,7 +867,7 @@ fn a_server_running_as_another_user_than_expected_gets_nothing() {
     let me = unsafe { libc::geteuid() };
     let err = Guest::connect(&proxy.path, &Config { proxy_uid: Some(me + 4242), ..small() }).unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, Error::UntrustedServer(_)), "{text}");
+    assert!(matches!(err, Error::Client(ClientError::UntrustedServer(_))), "{text}");
     assert!(text.contains(&format!("server uid {me}")) && text.contains(&format!("expected uid {}", me + 4242)), "{text}");
     // The stand-in saw the connection close without a single message (no Hello).
     assert_eq!(proxy.finish(), Vec::<String>::new());

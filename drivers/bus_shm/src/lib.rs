@@ -26,7 +26,7 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, Mutex, Weak};
 
 use dpdk_sys as sys;
-use shm_driver_common::bus::{lock, BusFunctions, BusInterface, DevicePtr, DriverInterface, ShmBus};
+use shm_driver_common::bus::{lock, BusInterface, DevicePtr, DriverInterface, ShmBus};
 use shm_driver_common::devargs::{self, DevArgs};
 use shm_driver_common::device::ShmDevice;
 use shm_driver_common::ffi::{guard, str_from_c};
@@ -63,7 +63,9 @@ static BUS: ShmBus = ShmBus::new(
     sigbus_handler: None,
     cleanup: Some(bus_cleanup),
     },
-    BusInterface::new(BusFunctions {
+    BusInterface {
+        header: BusInterface::HEADER,
+        build_id: BusInterface::BUILD_ID,
         register_driver: if_register_driver,
         unregister_driver: if_unregister_driver,
         device_by_rte: if_device_by_rte,
@@ -73,7 +75,7 @@ static BUS: ShmBus = ShmBus::new(
         device_downgrade: if_device_downgrade,
         weak_upgrade: if_weak_upgrade,
         weak_release: if_weak_release,
-    }),
+    },
 );
 
 /// The registry: the drivers of `sock:` devices (the net plugin's) and the devices.

@@ -269,35 +269,12 @@ pub struct ShmBus {
 // any other thread exists; the interface is constant.
 unsafe impl Sync for ShmBus {}
 
-/// The functions of a [`BusInterface`], from the bus plugin.
-pub struct BusFunctions {
-    pub register_driver: unsafe extern "C" fn(*const DriverInterface) -> c_int,
-    pub unregister_driver: unsafe extern "C" fn(*const DriverInterface),
-    pub device_by_rte: unsafe extern "C" fn(*const sys::rte_device) -> DevicePtr,
-    pub device_at: unsafe extern "C" fn(usize) -> DevicePtr,
-    pub device_retain: unsafe extern "C" fn(DevicePtr),
-    pub device_release: unsafe extern "C" fn(DevicePtr),
-    pub device_downgrade: unsafe extern "C" fn(DevicePtr) -> *const c_void,
-    pub weak_upgrade: unsafe extern "C" fn(*const c_void) -> DevicePtr,
-    pub weak_release: unsafe extern "C" fn(*const c_void),
-}
-
 impl BusInterface {
-    pub const fn new(f: BusFunctions) -> Self {
-        BusInterface {
-            header: InterfaceHeader::of::<BusInterface>(BUS_INTERFACE_MAGIC),
-            build_id: build_id_bytes(),
-            register_driver: f.register_driver,
-            unregister_driver: f.unregister_driver,
-            device_by_rte: f.device_by_rte,
-            device_at: f.device_at,
-            device_retain: f.device_retain,
-            device_release: f.device_release,
-            device_downgrade: f.device_downgrade,
-            weak_upgrade: f.weak_upgrade,
-            weak_release: f.weak_release,
-        }
-    }
+    /// The header of this build's table: the bus plugin writes its table as
+    /// `BusInterface { header: BusInterface::HEADER, build_id: BusInterface::BUILD_ID, <its functions> }`.
+    pub const HEADER: InterfaceHeader = InterfaceHeader::of::<BusInterface>(BUS_INTERFACE_MAGIC);
+    /// The build id this build's table carries.
+    pub const BUILD_ID: [u8; 16] = build_id_bytes();
 }
 
 #[derive(Debug)]
@@ -554,7 +531,9 @@ mod tests {
     unsafe extern "C" fn no_weak_release(_: *const c_void) {}
 
     fn bus() -> BusInterface {
-        BusInterface::new(BusFunctions {
+        BusInterface {
+            header: BusInterface::HEADER,
+            build_id: BusInterface::BUILD_ID,
             register_driver: no_register,
             unregister_driver: no_unregister,
             device_by_rte: no_device,
@@ -564,8 +543,9 @@ mod tests {
             device_downgrade: no_weak,
             weak_upgrade: no_upgrade,
             weak_release: no_weak_release,
-        })
+        }
     }
+
 
     #[test]
     fn a_bus_of_this_version_and_build_is_taken() {
