@@ -623,6 +623,9 @@ mod tests {
 
     #[test]
     fn a_lingering_socket_blocks_its_closer_unless_disarmed() {
+        // Serial: run beside the FUSE wedge test, the first close below was seen to end
+        // after 3-99 ms instead of the linger second (2 of 20 runs; cause not found).
+        let _serial = serial();
         // The attack: the last close waits for the linger time.
         let (fd, _server) = lingering_tcp(1);
         let t = Instant::now();
