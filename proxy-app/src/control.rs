@@ -50,6 +50,10 @@ pub use reload::reload_on_sighup;
 /// Set by SIGINT/SIGTERM.
 pub static QUIT_SIGNAL: AtomicBool = AtomicBool::new(false);
 
+/// The control loop's periodic checks (sessions, quarantine, links, telemetry) run at
+/// most this often.
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(10);
+
 /// Settings from the command line.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -98,6 +102,11 @@ pub struct Control {
     /// Rounds of the control loop: where serving starts in the next one rotates, so
     /// that connections of one uid share its budget.
     round: usize,
+    /// Housekeeping runs at most this often, not in every round: a peer whose messages
+    /// wake the loop thousands of times a second would otherwise make it run that often
+    /// too, on this thread's time and charged to nobody.
+    housekeeping_period: Duration,
+    last_housekeeping: Option<Instant>,
 }
 
 impl Control {
@@ -128,6 +137,8 @@ impl Control {
             config_file: None,
             budgets: budget::UidBudgets::new(budget::CPU_PER_SEC, budget::CPU_BURST, budget::MAX_WAIT),
             round: 0,
+            housekeeping_period: HOUSEKEEPING_PERIOD,
+            last_housekeeping: None,
         };
         // Every port gets as many queues as the whole file names for it, before its
         // first socket is made.
@@ -430,6 +441,10 @@ impl Control {
 
     fn housekeeping(&mut self) {
         let now = Instant::now();
+        if self.last_housekeeping.is_some_and(|t| now.duration_since(t) < self.housekeeping_period) {
+            return;
+        }
+        self.last_housekeeping = Some(now);
         for idx in 0..self.endpoints.len() {
             self.check_session(idx, now);
         }

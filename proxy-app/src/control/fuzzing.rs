@@ -240,6 +240,12 @@ impl Harness {
         let mut ctl = Control::new(opts, Arc::new(Plane::new()), startup, "fuzz").expect("control plane");
         // The fuzzer's stdin is not a command stream.
         ctl.stdin_open = false;
+        // Every input is served at once and every round does the housekeeping: the
+        // fuzzer drives the requests' handling at its own speed (one uid, thousands of
+        // sessions a second), which the per-uid budget would put off (budget.rs has
+        // its own tests), and checks what housekeeping decides after each step.
+        ctl.budgets = super::budget::UidBudgets::unlimited();
+        ctl.housekeeping_period = Duration::ZERO;
         let mempools = crate::control::reports::mempool_count();
         let outcomes = match std::env::var("PROXY_FUZZ_OUTCOMES").as_deref() {
             Ok("check") => OutcomeMode::Check,
