@@ -10,8 +10,10 @@
 #
 #   scripts/bench-rust-guest.sh [--reps N] [--seconds N] [--out DIR] [--no-docs]
 #                               [--host-cpu N] [--guest-cpu N] [--modes LIST] [--loads LIST]
+#                               [--hybrid-args "ARGS"]
 #
-# --modes: poll,async,hybrid (default all); --loads: max,100k,1 (default all).
+# --modes: poll,async,hybrid (default all); --loads: max,100k,1 (default all);
+# --hybrid-args: more arguments of macswap --wait=hybrid (e.g. "--max-share 40").
 #
 # Writes DIR/rust-guest.json and DIR/rust-guest.md, and (unless --no-docs) the
 # "Rust guest" section of docs/benchmarks.md. Needs a release build with examples
@@ -20,6 +22,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 reps=3 seconds=10 out="$repo/bench-out" docs=yes host_cpu=0 guest_cpu=1 modes=poll,async,hybrid loads=max,100k,1
+hybrid_args=
 while [ $# -gt 0 ]; do
     case $1 in
         --reps) reps=$2; shift 2 ;;
@@ -30,6 +33,7 @@ while [ $# -gt 0 ]; do
         --guest-cpu) guest_cpu=$2; shift 2 ;;
         --modes) modes=$2; shift 2 ;;
         --loads) loads=$2; shift 2 ;;
+        --hybrid-args) hybrid_args=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-rust-guest: unknown option $1" >&2; exit 2 ;;
     esac
@@ -68,10 +72,11 @@ one() {
         --file-prefix "$prefix" --no-pci "${nic[@]}" -- --cmds "$dir/cmds" "${probe[@]}" \
         < /dev/null > "$out/logs/rust-guest-$mode-$load-$rep.proxy.log" 2>&1 &
     proxy_pid=$!
-    local i
+    local i extra=()
+    [ "$mode" != hybrid ] || read -r -a extra <<< "$hybrid_args"
     for i in $(seq 100); do [ -S "$dir/sock" ] && break; sleep 0.1; done
     timeout $((seconds + 20)) taskset -c "$guest_cpu" "$rel/examples/macswap" "$dir/sock" --wait="$mode" \
-        --seconds "$guest_seconds" > "$out/logs/rust-guest-$mode-$load-$rep.log" 2>&1 || true
+        --seconds "$guest_seconds" "${extra[@]}" > "$out/logs/rust-guest-$mode-$load-$rep.log" 2>&1 || true
     kill -INT -- "-$proxy_pid" 2>/dev/null || true
     wait "$proxy_pid" 2>/dev/null || true
     proxy_pid=

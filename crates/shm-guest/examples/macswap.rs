@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! macswap <socket> [--wait=poll|async|hybrid] [--seconds S] [--buffers N]
+//!         [--max-share PERCENT] [--max-spin MICROSECONDS]
 //! ```
 //!
 //! * `poll`: busy polling on the calling thread (one CPU at 100 %, lowest latency).
@@ -11,10 +12,12 @@
 //!   the proxy's rx wake-ups as soon as the rx ring is empty
 //!   (`SpinPolicy::SLEEP_AT_ONCE`), so CPU use follows the load;
 //! * `hybrid`: the same, waiting as `AsyncGuest` does by default: it polls the empty
-//!   ring for a short, adaptive time before it sleeps.
+//!   ring for a short, adaptive time before it sleeps. `--max-share` and `--max-spin`
+//!   set its `SpinPolicy` (default `SpinPolicy::default()`).
 //!
 //! Every second it prints `macswap: pps=<forwarded per second> cpu=<percent of one CPU>`,
-//! and at the end `macswap: packets=N tx_full_drops=N cpu_ms=N wall_ms=N wait=... spin_caught=N`.
+//! and at the end `macswap: packets=N tx_full_drops=N cpu_ms=N wall_ms=N wait=... spin_caught=N
+//! spin_slept=N` (the hybrid waits that ended while polling, and asleep).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -105,7 +108,7 @@ fn run_poll(guest: &mut Guest, meter: &mut Meter) -> Result<(), Error> {
     }
 }
 
-fn run_async(guest: Guest, meter: &mut Meter, policy: SpinPolicy) -> Result<(Guest, u64), Error> {
+fn run_async(guest: Guest, meter: &mut Meter, policy: SpinPolicy) -> Result<(Guest, u64, u64), Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -125,22 +128,33 @@ fn run_async(guest: Guest, meter: &mut Meter, policy: SpinPolicy) -> Result<(Gue
                 Err(_elapsed) => {}
             }
         }
-        let caught = ag.spin().caught_spinning();
-        Ok((ag.into_inner(), caught))
+        let (caught, slept) = (ag.spin().caught_spinning(), ag.spin().slept());
+        Ok((ag.into_inner(), caught, slept))
     })
 }
 
 fn main() -> ExitCode {
-    let usage = "usage: macswap <socket> [--wait=poll|async|hybrid] [--seconds S] [--buffers N]";
+    let usage = "usage: macswap <socket> [--wait=poll|async|hybrid] [--seconds S] [--buffers N] \
+                 [--max-share PERCENT] [--max-spin MICROSECONDS]";
     let mut socket = None;
     let mut seconds = None;
     let mut buffers = 8192u32;
     let mut wait = "poll".to_string();
+    let mut policy = SpinPolicy::default();
+    let mut bad = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()),
             "--buffers" => buffers = args.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+            "--max-share" => match args.next().and_then(|v| v.parse().ok()).filter(|p| *p <= 100) {
+                Some(p) => policy.max_share_percent = p,
+                None => bad = true,
+            },
+            "--max-spin" => match args.next().and_then(|v| v.parse().ok()) {
+                Some(us) => policy.max_spin = Duration::from_micros(us),
+                None => bad = true,
+            },
             w if w.starts_with("--wait=") => wait = w["--wait=".len()..].to_string(),
             s if !s.starts_with('-') && socket.is_none() => socket = Some(s.to_string()),
             s => {
@@ -149,7 +163,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let (Some(socket), true) = (socket, ["poll", "async", "hybrid"].contains(&wait.as_str())) else {
+    let (Some(socket), true, false) = (socket, ["poll", "async", "hybrid"].contains(&wait.as_str()), bad) else {
         eprintln!("{usage}");
         return ExitCode::from(2);
     };
@@ -164,15 +178,15 @@ fn main() -> ExitCode {
     };
     println!("macswap: attached, {} buffers, wait={wait}", guest.pool().capacity());
     let mut meter = Meter::new(seconds);
-    let mut spin_caught = 0;
+    let (mut spin_caught, mut spin_slept) = (0, 0);
     let result = match wait.as_str() {
-        "async" => run_async(guest, &mut meter, SpinPolicy::SLEEP_AT_ONCE).map(|(_, n)| spin_caught = n),
-        "hybrid" => run_async(guest, &mut meter, SpinPolicy::default()).map(|(_, n)| spin_caught = n),
+        "async" => run_async(guest, &mut meter, SpinPolicy::SLEEP_AT_ONCE).map(|(_, c, s)| (spin_caught, spin_slept) = (c, s)),
+        "hybrid" => run_async(guest, &mut meter, policy).map(|(_, c, s)| (spin_caught, spin_slept) = (c, s)),
         _ => run_poll(&mut guest, &mut meter),
     };
     let wall_ms = meter.start.elapsed().as_millis();
     println!(
-        "macswap: packets={} tx_full_drops={} cpu_ms={} wall_ms={wall_ms} wait={wait} spin_caught={spin_caught}",
+        "macswap: packets={} tx_full_drops={} cpu_ms={} wall_ms={wall_ms} wait={wait} spin_caught={spin_caught} spin_slept={spin_slept}",
         meter.packets,
         meter.dropped,
         cpu_ms() - meter.cpu0
