@@ -10,10 +10,15 @@
 #
 #   scripts/bench-rust-guest.sh [--reps N] [--seconds N] [--out DIR] [--no-docs]
 #                               [--host-cpu N] [--guest-cpu N] [--modes LIST] [--loads LIST]
-#                               [--hybrid-args "ARGS"]
+#                               [--hybrid-args "ARGS"] [--autogroup-nice N]
 #
 # --modes: poll,async,hybrid (default all); --loads: max,100k,1 (default all);
 # --hybrid-args: more arguments of macswap --wait=hybrid (e.g. "--max-share 40").
+# --autogroup-nice: the nice value of the scheduler autogroups of the proxy and the
+# guest (root). With autogroups on (/proc/sys/kernel/sched_autogroup_enabled), CPU time
+# is shared between sessions first, whatever the nice value of each process: another
+# session's `nice -n 10` build takes as much of a CPU as the measured process unless
+# the measured processes' groups are given a lower nice value.
 #
 # Writes DIR/rust-guest.json and DIR/rust-guest.md, and (unless --no-docs) the
 # "Rust guest" section of docs/benchmarks.md. Needs a release build with examples
@@ -22,7 +27,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 reps=3 seconds=10 out="$repo/bench-out" docs=yes host_cpu=0 guest_cpu=1 modes=poll,async,hybrid loads=max,100k,1
-hybrid_args=
+hybrid_args= autogroup_nice=
 while [ $# -gt 0 ]; do
     case $1 in
         --reps) reps=$2; shift 2 ;;
@@ -34,6 +39,7 @@ while [ $# -gt 0 ]; do
         --modes) modes=$2; shift 2 ;;
         --loads) loads=$2; shift 2 ;;
         --hybrid-args) hybrid_args=$2; shift 2 ;;
+        --autogroup-nice) autogroup_nice=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-rust-guest: unknown option $1" >&2; exit 2 ;;
     esac
@@ -75,6 +81,8 @@ one() {
     local i extra=()
     [ "$mode" != hybrid ] || read -r -a extra <<< "$hybrid_args"
     for i in $(seq 100); do [ -S "$dir/sock" ] && break; sleep 0.1; done
+    # Now that setsid has made the proxy's session (and its autogroup).
+    [ -z "$autogroup_nice" ] || echo "$autogroup_nice" > "/proc/$proxy_pid/autogroup" || true
     timeout $((seconds + 20)) taskset -c "$guest_cpu" "$rel/examples/macswap" "$dir/sock" --wait="$mode" \
         --seconds "$guest_seconds" "${extra[@]}" > "$out/logs/rust-guest-$mode-$load-$rep.log" 2>&1 || true
     kill -INT -- "-$proxy_pid" 2>/dev/null || true
@@ -93,6 +101,8 @@ one() {
         "$out/logs/rust-guest-$mode-$load-$rep.log" >> "$raw"
 }
 
+# The guest runs in this script's session.
+[ -z "$autogroup_nice" ] || echo "$autogroup_nice" > /proc/self/autogroup
 echo "bench-rust-guest: modes $modes x loads $loads x $reps repetitions of $seconds s (host CPU $host_cpu, guest CPU $guest_cpu)" >&2
 for rep in $(seq "$reps"); do
     for load in ${loads//,/ }; do

@@ -17,7 +17,8 @@
 //!
 //! Every second it prints `macswap: pps=<forwarded per second> cpu=<percent of one CPU>`,
 //! and at the end `macswap: packets=N tx_full_drops=N cpu_ms=N wall_ms=N wait=... spin_caught=N
-//! spin_slept=N` (the hybrid waits that ended while polling, and asleep).
+//! spin_slept=N spun_then_slept=N` (the waits that ended while polling, asleep, and
+//! asleep after polling).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -108,7 +109,7 @@ fn run_poll(guest: &mut Guest, meter: &mut Meter) -> Result<(), Error> {
     }
 }
 
-fn run_async(guest: Guest, meter: &mut Meter, policy: SpinPolicy) -> Result<(Guest, u64, u64), Error> {
+fn run_async(guest: Guest, meter: &mut Meter, policy: SpinPolicy) -> Result<(Guest, [u64; 3]), Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -128,8 +129,9 @@ fn run_async(guest: Guest, meter: &mut Meter, policy: SpinPolicy) -> Result<(Gue
                 Err(_elapsed) => {}
             }
         }
-        let (caught, slept) = (ag.spin().caught_spinning(), ag.spin().slept());
-        Ok((ag.into_inner(), caught, slept))
+        let spin = ag.spin();
+        let counts = [spin.caught_spinning(), spin.slept(), spin.spun_then_slept()];
+        Ok((ag.into_inner(), counts))
     })
 }
 
@@ -178,18 +180,21 @@ fn main() -> ExitCode {
     };
     println!("macswap: attached, {} buffers, wait={wait}", guest.pool().capacity());
     let mut meter = Meter::new(seconds);
-    let (mut spin_caught, mut spin_slept) = (0, 0);
+    let mut spin = [0; 3];
     let result = match wait.as_str() {
-        "async" => run_async(guest, &mut meter, SpinPolicy::SLEEP_AT_ONCE).map(|(_, c, s)| (spin_caught, spin_slept) = (c, s)),
-        "hybrid" => run_async(guest, &mut meter, policy).map(|(_, c, s)| (spin_caught, spin_slept) = (c, s)),
+        "async" => run_async(guest, &mut meter, SpinPolicy::SLEEP_AT_ONCE).map(|(_, c)| spin = c),
+        "hybrid" => run_async(guest, &mut meter, policy).map(|(_, c)| spin = c),
         _ => run_poll(&mut guest, &mut meter),
     };
     let wall_ms = meter.start.elapsed().as_millis();
     println!(
-        "macswap: packets={} tx_full_drops={} cpu_ms={} wall_ms={wall_ms} wait={wait} spin_caught={spin_caught} spin_slept={spin_slept}",
+        "macswap: packets={} tx_full_drops={} cpu_ms={} wall_ms={wall_ms} wait={wait} spin_caught={} spin_slept={} spun_then_slept={}",
         meter.packets,
         meter.dropped,
-        cpu_ms() - meter.cpu0
+        cpu_ms() - meter.cpu0,
+        spin[0],
+        spin[1],
+        spin[2]
     );
     match result {
         Ok(()) => ExitCode::SUCCESS,

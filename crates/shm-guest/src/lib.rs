@@ -96,8 +96,9 @@
 //!   until the rx ring has descriptors, a timeout passes, a signal arrives, or the
 //!   connection ends;
 //! * [`Guest::wait_rx_hybrid`] polls the ring for a short, adaptive time
-//!   ([`AdaptiveSpin`]) before it sleeps in `wait_rx`: no wake-up when the next packet
-//!   follows closely, no spinning when it does not;
+//!   ([`AdaptiveSpin`]: about the gap between packets, when that is at most
+//!   [`DEFAULT_MAX_SPIN`], within a share of the CPU) before it sleeps in `wait_rx`: no
+//!   wake-up for most packets that follow closely, no spinning for packets far apart;
 //! * with the cargo feature `tokio`, `AsyncGuest` offers `recv().await` and
 //!   `recv_burst(..).await` under a tokio runtime (no thread of its own); it waits the
 //!   hybrid way by default ([`SpinPolicy::SLEEP_AT_ONCE`] turns the polling off);

@@ -52,8 +52,10 @@ enum Woken {
 ///
 /// When the ring runs dry, `recv` and `recv_burst` wait the hybrid way: they poll the
 /// ring for a short, adaptive time ([`AdaptiveSpin`], at most
-/// [`DEFAULT_MAX_SPIN`](crate::DEFAULT_MAX_SPIN) by default, during which the runtime's
-/// thread runs nothing else), then sleep in the reactor.
+/// [`DEFAULT_MAX_SPIN`](crate::DEFAULT_MAX_SPIN) at a time and
+/// [`DEFAULT_MAX_SHARE_PERCENT`](crate::DEFAULT_MAX_SHARE_PERCENT) % of the time by
+/// default, during which the runtime's thread runs nothing else), then sleep in the
+/// reactor.
 /// [`set_spin_policy`](Self::set_spin_policy)`(`[`SpinPolicy::SLEEP_AT_ONCE`]`)` makes
 /// them sleep at once.
 ///
