@@ -51,8 +51,11 @@ done
 mkdir -p "$out/logs"
 tmp=$(mktemp -d /tmp/dpdk-bench-rg.XXXXXX)
 proxy_pid=
+autogroup_before=
 cleanup() {
     [ -z "$proxy_pid" ] || kill -INT -- "-$proxy_pid" 2>/dev/null || true
+    # The caller's session is its autogroup too: give it back its nice value.
+    [ -z "$autogroup_before" ] || echo "$autogroup_before" > /proc/self/autogroup || true
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -101,8 +104,11 @@ one() {
         "$out/logs/rust-guest-$mode-$load-$rep.log" >> "$raw"
 }
 
-# The guest runs in this script's session.
-[ -z "$autogroup_nice" ] || echo "$autogroup_nice" > /proc/self/autogroup
+# The guest runs in this script's session (the caller's: set back at exit).
+if [ -n "$autogroup_nice" ]; then
+    autogroup_before=$(awk '{ print $3 }' /proc/self/autogroup)
+    echo "$autogroup_nice" > /proc/self/autogroup
+fi
 echo "bench-rust-guest: modes $modes x loads $loads x $reps repetitions of $seconds s (host CPU $host_cpu, guest CPU $guest_cpu)" >&2
 for rep in $(seq "$reps"); do
     for load in ${loads//,/ }; do
