@@ -45,8 +45,9 @@ pub const DEFAULT_MAX_SPIN: Duration = Duration::from_micros(50);
 /// of a CPU (over the last few milliseconds); the work and the sleeps come on top.
 /// With less, fewer packets of a steady 100 kpps find the guest spinning (a sleep on
 /// a VM outlasts a 10 µs gap): docs/benchmarks.md measured a round-trip p50 of 10 µs
-/// at 30 % against 5.6 µs at 40 %.
-pub const DEFAULT_MAX_SHARE_PERCENT: u32 = 40;
+/// at 30 %, 5.6 µs at 40 % and 1.65 µs at 50 %, each at 76–81 % of a core in all on
+/// a busy machine, where each sleep costs more than spinning through a gap.
+pub const DEFAULT_MAX_SHARE_PERCENT: u32 = 50;
 /// The time over which the spin share is averaged: older time counts half once this
 /// much has passed.
 const SHARE_WINDOW_NS: u64 = 2_000_000;
