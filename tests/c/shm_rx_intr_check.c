@@ -6,8 +6,14 @@
  * rte_epoll_wait until the proxy wakes it. It prints what it received, how often it
  * was woken and how much CPU it used, so a test can tell sleeping from polling.
  *
- * usage: shm_rx_intr_check [EAL options] -- SECONDS
+ * With QUEUES > 1 it configures that many rx (and tx) queues, registers each queue's
+ * event fd (its queue id as the event's data), polls them all and sleeps only when all
+ * were empty, with every queue's interrupt armed; it prints each queue's packets and
+ * the wake-ups that named it.
+ *
+ * usage: shm_rx_intr_check [EAL options] -- SECONDS [QUEUES]
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +56,9 @@ int main(int argc, char **argv)
 	argc -= used;
 	argv += used;
 	double seconds = argc > 1 ? atof(argv[1]) : 5.0;
+	uint16_t queues = argc > 2 ? (uint16_t)atoi(argv[2]) : 1;
+	if (queues < 1 || queues > 16)
+		FAIL("QUEUES must be 1..16");
 	uint16_t port = 0;
 	if (rte_eth_dev_count_avail() != 1)
 		FAIL("expected one port, found %u", rte_eth_dev_count_avail());
@@ -62,41 +71,62 @@ int main(int argc, char **argv)
 	struct rte_eth_conf conf;
 	memset(&conf, 0, sizeof(conf));
 	conf.intr_conf.rxq = 1;
-	if (rte_eth_dev_configure(port, 1, 1, &conf) != 0 ||
-	    rte_eth_rx_queue_setup(port, 0, 512, rte_socket_id(), NULL, mp) != 0 ||
-	    rte_eth_tx_queue_setup(port, 0, 512, rte_socket_id(), NULL) != 0 ||
-	    rte_eth_dev_start(port) != 0)
-		FAIL("cannot configure and start the port");
-	int rc = rte_eth_dev_rx_intr_ctl_q(port, 0, RTE_EPOLL_PER_THREAD, RTE_INTR_EVENT_ADD, NULL);
-	if (rc != 0)
-		FAIL("rte_eth_dev_rx_intr_ctl_q: %s", rte_strerror(-rc));
+	if (rte_eth_dev_configure(port, queues, queues, &conf) != 0)
+		FAIL("cannot configure the port with %u queues", queues);
+	for (uint16_t q = 0; q < queues; q++)
+		if (rte_eth_rx_queue_setup(port, q, 256, rte_socket_id(), NULL, mp) != 0 ||
+		    rte_eth_tx_queue_setup(port, q, 256, rte_socket_id(), NULL) != 0)
+			FAIL("cannot set up queue %u", q);
+	if (rte_eth_dev_start(port) != 0)
+		FAIL("cannot start the port");
+	int rc;
+	for (uint16_t q = 0; q < queues; q++) {
+		rc = rte_eth_dev_rx_intr_ctl_q(port, q, RTE_EPOLL_PER_THREAD, RTE_INTR_EVENT_ADD,
+					       (void *)(uintptr_t)q);
+		if (rc != 0)
+			FAIL("rte_eth_dev_rx_intr_ctl_q(queue %u): %s", q, rte_strerror(-rc));
+	}
 	printf("rx_intr: ready\n");
 	fflush(stdout);
 
 	uint64_t packets = 0, wakeups = 0, timeouts = 0, empty_after_wake = 0;
+	uint64_t queue_packets[16] = {0}, queue_wakeups[16] = {0};
 	long cpu0 = cpu_ms();
 	double t0 = now_s(), end = t0 + seconds;
 	int woken = 0;
 	while (now_s() < end) {
 		struct rte_mbuf *pkts[32];
-		uint16_t n = rte_eth_rx_burst(port, 0, pkts, 32);
-		if (n > 0) {
-			packets += n;
+		uint16_t got = 0;
+		for (uint16_t q = 0; q < queues; q++) {
+			uint16_t n = rte_eth_rx_burst(port, q, pkts, 32);
+			queue_packets[q] += n;
+			got += n;
 			rte_pktmbuf_free_bulk(pkts, n);
+		}
+		if (got > 0) {
+			packets += got;
 			woken = 0;
 			continue;
 		}
 		if (woken)
 			empty_after_wake++;
 		/* Nothing to do: sleep until the proxy has something for us (or 100 ms). */
-		rc = rte_eth_dev_rx_intr_enable(port, 0);
-		if (rc != 0)
-			FAIL("rte_eth_dev_rx_intr_enable: %s", rte_strerror(-rc));
-		struct rte_epoll_event event;
-		int k = rte_epoll_wait(RTE_EPOLL_PER_THREAD, &event, 1, 100);
-		rte_eth_dev_rx_intr_disable(port, 0);
+		for (uint16_t q = 0; q < queues; q++) {
+			rc = rte_eth_dev_rx_intr_enable(port, q);
+			if (rc != 0)
+				FAIL("rte_eth_dev_rx_intr_enable(queue %u): %s", q, rte_strerror(-rc));
+		}
+		struct rte_epoll_event events[16];
+		int k = rte_epoll_wait(RTE_EPOLL_PER_THREAD, events, queues, 100);
+		for (uint16_t q = 0; q < queues; q++)
+			rte_eth_dev_rx_intr_disable(port, q);
 		if (k > 0) {
 			wakeups++;
+			for (int e = 0; e < k; e++) {
+				uintptr_t q = (uintptr_t)events[e].epdata.data;
+				if (q < queues)
+					queue_wakeups[q]++;
+			}
 			woken = 1;
 		} else {
 			timeouts++;
@@ -108,6 +138,10 @@ int main(int argc, char **argv)
 	printf("rx_intr: packets=%lu wakeups=%lu timeouts=%lu empty_after_wake=%lu cpu_ms=%ld wall_ms=%.0f\n",
 	       (unsigned long)packets, (unsigned long)wakeups, (unsigned long)timeouts,
 	       (unsigned long)empty_after_wake, cpu, wall * 1000.0);
+	fflush(stdout);
+	for (uint16_t q = 0; q < queues; q++)
+		printf("rx_intr: queue %u packets=%lu wakeups=%lu\n", q, (unsigned long)queue_packets[q],
+		       (unsigned long)queue_wakeups[q]);
 	fflush(stdout);
 	rte_eth_dev_stop(port);
 	rte_eth_dev_close(port);

@@ -546,6 +546,11 @@ pub struct TapProxy {
 /// Starts a [`TapProxy`]; `tag` (a few letters) keeps the namespace and interface
 /// names of concurrent tests apart. Needs root.
 pub fn start_tap_proxy(s: &Scratch, tag: &str, addr: &str) -> TapProxy {
+    start_tap_proxy_on(s, tag, addr, "queue 0")
+}
+
+/// [`start_tap_proxy`] with the socket serving `queues` (`queue 0`, `queues 0,1`, ...).
+pub fn start_tap_proxy_on(s: &Scratch, tag: &str, addr: &str, queues: &str) -> TapProxy {
     assert!(is_root(), "this test needs root for a network namespace and a tap device (CI runs as root)");
     let ns = Netns(format!("iop-{tag}-{}", std::process::id()));
     run("ip", &["netns", "add", &ns.0]);
@@ -556,7 +561,7 @@ pub fn start_tap_proxy(s: &Scratch, tag: &str, addr: &str) -> TapProxy {
         s,
         &ProxyConfig {
             eal: vec!["--vdev".into(), format!("net_tap0,iface={tap}")],
-            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
+            commands: vec![format!("socket {} port 0 {queues}", sock.display())],
             extra: vec![],
             netns: Some(ns.0.clone()),
         },

@@ -127,24 +127,34 @@ fn interface_stat(ovs: &Ovs, iface: &str, key: &str) -> u64 {
 
 #[test]
 fn ovs_bridge_with_a_sock_port_answers_the_kernels_ping() {
-    ovs_bridge_ping(false);
+    ovs_bridge_ping(false, false);
+}
+
+/// A socket with two queue pairs and OVS's defaults: OVS configures one rx queue and
+/// min(its cores + 1, max_tx_queues) = 2 tx queues; what the proxy's tap steers to the
+/// second NIC queue is received on rx queue 0 (its ring is folded into it).
+#[test]
+fn ovs_with_its_defaults_on_a_two_queue_socket_answers_the_kernels_ping() {
+    ovs_bridge_ping(false, true);
 }
 
 /// Open vSwitch keeps its packet pool (in the first session's region) across `del-port`
 /// and `add-port`: the second session gets that region back and forwards as the first.
 #[test]
 fn ovs_answers_again_after_the_sock_port_is_deleted_and_added() {
-    ovs_bridge_ping(true);
+    ovs_bridge_ping(true, false);
 }
 
 /// A netdev bridge with a `type=dpdk` port attached by `dpdk-devargs=sock:<path>`; the
 /// kernel in the proxy's tap namespace pings br0's address through the proxy and OVS.
-/// With `readd`, the port is deleted and added again and pinged once more.
-fn ovs_bridge_ping(readd: bool) {
+/// With `readd`, the port is deleted and added again and pinged once more; with
+/// `two_queues`, the socket serves two NIC queues of the tap.
+fn ovs_bridge_ping(readd: bool, two_queues: bool) {
     assert!(is_root(), "this test needs root for network namespaces and tap devices (CI runs as root)");
     assert!(Path::new(OVS_VSWITCHD_DPDK).exists(), "{OVS_VSWITCHD_DPDK} is missing: scripts/setup.sh installs openvswitch-switch-dpdk");
     let s = Scratch::new("ovs");
-    let TapProxy { mut proxy, sock, ns, .. } = start_tap_proxy(&s, "ovs", "10.206.0.1/24");
+    let queues = if two_queues { "queues 0,1" } else { "queue 0" };
+    let TapProxy { mut proxy, sock, ns, tap } = start_tap_proxy_on(&s, "ovs", "10.206.0.1/24", queues);
     let ovs_ns = Netns(format!("iop-ovsb-{}", std::process::id()));
     run("ip", &["netns", "add", &ovs_ns.0]);
     let plugins: Vec<String> = PLUGINS.iter().map(|p| format!("-d {p}")).collect();
@@ -154,7 +164,8 @@ fn ovs_bridge_ping(readd: bool) {
     let dev = format!("sock:{}", sock.display());
     ovs.vsctl(&["add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev"]);
     ovs.vsctl(&["add-port", "br0", "dpdk0", "--", "set", "Interface", "dpdk0", "type=dpdk", &format!("options:dpdk-devargs={dev}")]);
-    wait_or_dump(&proxy, "queue started", 30);
+    let pairs = if two_queues { 2 } else { 1 };
+    wait_until_or_dump(&proxy, "queue started", 30, |t| count(t, "queue started") >= pairs);
     run("ip", &["-n", &ovs_ns.0, "addr", "add", "10.206.0.2/24", "dev", "br0"]);
     run("ip", &["-n", &ovs_ns.0, "link", "set", "br0", "up"]);
     // The queue start restarted the tap port; let the kernel see its link again.
@@ -167,6 +178,63 @@ fn ovs_bridge_ping(readd: bool) {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let first = ping(100);
+    // More flows, from other addresses of the tap's namespace, until one reached the
+    // proxy on NIC queue 1: the kernel puts a flow's first packets on a tap queue by the
+    // flow's hash (later ones on the queue its replies came back on, pair 0's here).
+    let mut more = String::new();
+    let mut flows = 0;
+    if two_queues {
+        let pair1_line = format!("pair=1 of={} ", sock.display());
+        let pair1_rx = |proxy: &mut Proc| {
+            let before = count(&proxy.out.text(), &pair1_line);
+            proxy.send("show stats");
+            wait_until_or_dump(proxy, "pair 1's stats", 10, |t| count(t, &pair1_line) > before);
+            let text = proxy.out.text();
+            let line = text.lines().rev().find(|l| l.starts_with(&pair1_line)).unwrap_or_default().to_string();
+            let value = line.split_whitespace().find_map(|kv| kv.strip_prefix("rx_packets=")).and_then(|v| v.parse::<u64>().ok());
+            value.unwrap_or_else(|| panic!("no rx_packets in '{line}'"))
+        };
+        let start = pair1_rx(&mut proxy);
+        for k in 0..24 {
+            let from = format!("10.206.0.{}", 20 + k);
+            run("ip", &["-n", &ns.0, "addr", "add", &format!("{from}/24"), "dev", &tap]);
+            // -w: wait up to 10 s for the 5 replies (a loaded machine delays some).
+            let out = Command::new("ip")
+                .args(["netns", "exec", &ns.0, "ping", "-c", "5", "-i", "0.05", "-w", "10", "-I", &from, "10.206.0.2"])
+                .output()
+                .expect("ping");
+            more += &String::from_utf8_lossy(&out.stdout);
+            flows += 1;
+            if flows >= 2 && pair1_rx(&mut proxy) > start {
+                break;
+            }
+        }
+        // OVS received every packet the proxy delivered on either pair (its counters
+        // reach the database every few seconds): pair 1's came through rx queue 0.
+        let delivered = |proxy: &mut Proc| {
+            let before = count(&proxy.out.text(), &pair1_line);
+            proxy.send("show stats");
+            wait_until_or_dump(proxy, "pair stats", 10, |t| count(t, &pair1_line) > before);
+            let text = proxy.out.text();
+            (0..2)
+                .map(|k| {
+                    let prefix = format!("pair={k} of={} ", sock.display());
+                    let line = text.lines().rev().find(|l| l.starts_with(&prefix)).unwrap_or_default();
+                    line.split_whitespace().find_map(|kv| kv.strip_prefix("rx_packets=")).and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("no rx_packets in '{line}'"))
+                })
+                .sum::<u64>()
+        };
+        let (mut proxy_rx, mut ovs_rx) = (0, 0);
+        for _ in 0..20 {
+            proxy_rx = delivered(&mut proxy);
+            ovs_rx = interface_stat(&ovs, "dpdk0", "rx_packets");
+            if ovs_rx == proxy_rx {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        assert_eq!(ovs_rx, proxy_rx, "OVS's dpdk0 rx_packets against what the proxy delivered on both pairs");
+    }
     // OVS writes an interface's statistics into its database every few seconds
     // (stats-update-interval, 5 s by default): wait for an update that shows the ping.
     let (mut rx, mut tx) = (0, 0);
@@ -201,6 +269,23 @@ fn ovs_bridge_ping(readd: bool) {
     let (pcode, pout) = proxy.wait(Duration::from_secs(20));
     let report = format!("--- ping ---\n{first}\n{second}\n--- ovs ---\n{olog}\n--- proxy ---\n{pout}");
     assert!(first.contains("100 packets transmitted, 100 received"), "{report}");
+    if two_queues {
+        assert_eq!(count(&more, "5 packets transmitted, 5 received"), flows, "{more}\n{report}");
+        // OVS's defaults on this socket: 1 rx queue and 2 tx queues, both pairs started.
+        assert!(status.contains("max_rx_queues=\"2\"") && status.contains("max_tx_queues=\"2\""), "{status}");
+        assert!(olog.contains("port 0: 1 rx and 2 tx queues"), "{report}");
+        assert!(pout.contains("queue started (pair 1: port 0 queue 1)"), "{report}");
+        let pair = |k: usize| {
+            let line = pout.lines().rev().find(|l| l.starts_with(&format!("pair={k} of={} ", sock.display()))).unwrap_or_default();
+            line.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::HashMap<_, _>>()
+        };
+        let (p0, p1) = (pair(0), pair(1));
+        eprintln!("{flows} more flows; pair 0: rx_packets={} tx_packets={}; pair 1: rx_packets={} tx_packets={}", counter(&p0, "rx_packets"), counter(&p0, "tx_packets"), counter(&p1, "rx_packets"), counter(&p1, "tx_packets"));
+        // Something came in on NIC queue 1 and every flow was answered: nothing the NIC
+        // steered there was lost to OVS's single rx queue.
+        assert!(counter(&p1, "rx_packets") > 0, "{p1:?}\n{report}");
+        assert_eq!(counter(&p1, "rx_dropped") + counter(&p0, "rx_dropped"), 0, "{p0:?} {p1:?}");
+    }
     if readd {
         assert!(second.contains("20 packets transmitted, 20 received"), "{report}");
     }

@@ -535,6 +535,71 @@ fn rx_interrupts_let_an_application_sleep_until_the_proxy_has_packets() {
     assert_eq!(pcode, Some(0), "{pout}");
 }
 
+/// Rx interrupts on every queue: a socket with two NIC queues of a tap, an application
+/// with two rx queues that registers both queues' event fds, arms both and sleeps until
+/// one fires. Pings from several source addresses are spread over the tap's two queues
+/// by the kernel (by flow hash); each queue's packets and the wake-ups that named it are
+/// counted.
+#[test]
+fn rx_interrupts_wake_the_application_on_each_queue_of_a_two_queue_socket() {
+    assert!(is_root(), "this test needs root for a network namespace and a tap device (CI runs as root)");
+    let s = Scratch::new("rxintr2");
+    let program = compile_c(&s, "shm_rx_intr_check", &[]);
+    let TapProxy { mut proxy, sock, tap, ns } = start_tap_proxy_on(&s, "in2", "10.205.0.1/24", "queues 0,1");
+
+    let (_, cpu) = cpus();
+    let mut cmd = Command::new(&program);
+    cmd.args(["--lcores", &format!("0@{cpu}"), "--no-huge", "-m", "64", "--no-pci", "--file-prefix", &s.prefix("intr")]);
+    cmd.args(plugin_args());
+    cmd.env("LD_LIBRARY_PATH", plugin_dir());
+    cmd.arg("-a").arg(format!("sock:{},region_size=64M", sock.display()));
+    cmd.args(["--", "10", "2"]);
+    let app = Proc::spawn("rx_intr", cmd);
+    wait_or_dump(&app, "rx_intr: ready", 30);
+    wait_until_or_dump(&proxy, "both pairs started", 30, |t| t.matches("queue started (pair").count() >= 2);
+    std::thread::sleep(Duration::from_secs(1));
+    run("ip", &["-n", &ns.0, "neigh", "replace", "10.205.0.2", "lladdr", "02:00:00:00:00:02", "dev", &tap]);
+    // The application never answers: the tap learns no flow's queue, so the kernel puts
+    // each flow on a queue by its hash. Twelve flows.
+    let (flows, each) = (12, 3);
+    let mut pings = Vec::new();
+    for k in 0..flows {
+        let from = format!("10.205.0.{}", 20 + k);
+        run("ip", &["-n", &ns.0, "addr", "add", &format!("{from}/24"), "dev", &tap]);
+        pings.push(
+            Command::new("ip")
+                .args(["netns", "exec", &ns.0, "ping", "-q", "-c", &each.to_string(), "-i", "0.2", "-W", "1", "-I", &from, "10.205.0.2"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("ping"),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for mut ping in pings {
+        assert!(ping.wait().expect("ping").code().is_some(), "ping did not run");
+    }
+    let (code, out) = app.wait(Duration::from_secs(30));
+    proxy.send("show stats");
+    proxy.out.wait_for("stats", Duration::from_secs(10), |t| t.contains("rx_wakeups=")).unwrap();
+    let stats = proxy_socket_stats(&proxy.out.text(), &sock);
+    let (pcode, pout) = quit(proxy);
+    assert_eq!(code, Some(0), "the C program failed:\n{out}\n--- proxy ---\n{pout}");
+    eprintln!("{}", out.lines().filter(|l| l.starts_with("rx_intr:")).collect::<Vec<_>>().join("\n"));
+    eprintln!("proxy: rx_packets={} rx_wakeups={}", counter(&stats, "rx_packets"), counter(&stats, "rx_wakeups"));
+    let packets = summary(&out, "rx_intr: packets", "packets");
+    assert!(packets >= flows * each, "{out}");
+    assert_eq!(packets, counter(&stats, "rx_packets"), "the application got what the proxy delivered: {stats:?}");
+    for q in 0..2 {
+        let prefix = format!("rx_intr: queue {q} ");
+        let (qp, qw) = (summary(&out, &prefix, "packets"), summary(&out, &prefix, "wakeups"));
+        // Each queue carried packets, and its own event fd woke the application.
+        assert!(qp > 0 && qw > 0, "queue {q}: {qp} packets, {qw} wake-ups\n{out}");
+    }
+    let (cpu_ms, wall_ms) = (summary(&out, "rx_intr: packets", "cpu_ms"), summary(&out, "rx_intr: packets", "wall_ms"));
+    assert!(cpu_ms * 5 < wall_ms, "the application used {cpu_ms} ms of CPU in {wall_ms} ms\n{out}");
+    assert_eq!(pcode, Some(0), "{pout}");
+}
+
 /// A guest chooses its application name (in `Hello`). One with quotes, a newline, an
 /// `=`, spaces and a terminal escape sequence is shown percent-escaped in the proxy's
 /// log, in `show stats` (where it can no longer forge a counter) and in telemetry (where

@@ -163,13 +163,15 @@ impl Waker {
 }
 
 /// What a guest waits on: one epoll descriptor for its whole life, watching the
-/// wake-up end of the current queue start and a private eventfd for waking itself.
+/// wake-up end of the current queue start (or the ends of several queue pairs one
+/// receive queue reads, see [`attach_also`](WakeListener::attach_also)) and a private
+/// eventfd for waking itself.
 #[derive(Debug)]
 pub struct WakeListener {
     epoll: OwnedFd,
     self_wake: OwnedFd,
-    /// The end the proxy handed over with the latest `QueueStarted`.
-    current: Option<OwnedFd>,
+    /// The ends the proxy handed over with the latest `QueueStarted`(s).
+    current: Vec<OwnedFd>,
 }
 
 fn epoll_ctl(epoll: BorrowedFd<'_>, op: libc::c_int, fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -199,7 +201,7 @@ impl WakeListener {
         // SAFETY: as above.
         let self_wake = unsafe { OwnedFd::from_raw_fd(efd) };
         epoll_ctl(epoll.as_fd(), libc::EPOLL_CTL_ADD, self_wake.as_fd())?;
-        Ok(WakeListener { epoll, self_wake, current: None })
+        Ok(WakeListener { epoll, self_wake, current: Vec::new() })
     }
 
     /// The descriptor to wait on (readable once woken); the same for the listener's life.
@@ -212,25 +214,37 @@ impl WakeListener {
     /// anything else is refused and closed.
     pub fn attach(&mut self, end: OwnedFd) -> Result<(), String> {
         check_wake_socket(end.as_fd())?;
+        self.detach();
+        self.watch(end)
+    }
+
+    /// Takes one more wake-up end besides those attached (checked as in
+    /// [`attach`](Self::attach)): for a receive queue that also reads the rings of other
+    /// queue pairs, each started with wake-ups of its own.
+    pub fn attach_also(&mut self, end: OwnedFd) -> Result<(), String> {
+        check_wake_socket(end.as_fd())?;
+        self.watch(end)
+    }
+
+    fn watch(&mut self, end: OwnedFd) -> Result<(), String> {
         // Ours to read without ever blocking, whatever flags it came with.
         // SAFETY: fcntl on a descriptor we own.
         unsafe { libc::fcntl(end.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-        self.detach();
         epoll_ctl(self.epoll.as_fd(), libc::EPOLL_CTL_ADD, end.as_fd()).map_err(|e| format!("epoll_ctl: {e}"))?;
-        self.current = Some(end);
+        self.current.push(end);
         Ok(())
     }
 
-    /// Forgets the current wake-up end (the queue stopped: no proxy signals on it).
+    /// Forgets the current wake-up ends (the queue stopped: no proxy signals on them).
     pub fn detach(&mut self) {
-        if let Some(old) = self.current.take() {
+        for old in self.current.drain(..) {
             let _ = epoll_ctl(self.epoll.as_fd(), libc::EPOLL_CTL_DEL, old.as_fd());
         }
     }
 
     /// Whether an end from the proxy is attached.
     pub fn is_attached(&self) -> bool {
-        self.current.is_some()
+        !self.current.is_empty()
     }
 
     /// Reads every pending wake-up (the proxy's and our own); returns how many came
@@ -239,7 +253,7 @@ impl WakeListener {
         let mut counter = [0u8; 8];
         // SAFETY: read of 8 bytes from our non-blocking eventfd.
         unsafe { libc::read(self.self_wake.as_raw_fd(), counter.as_mut_ptr().cast(), counter.len()) };
-        self.current.as_ref().map_or(0, |c| drain_socket(c.as_fd()))
+        self.current.iter().map(|c| drain_socket(c.as_fd())).sum()
     }
 
     /// Makes the listener readable now (for a guest that finds work while arming on
@@ -300,6 +314,28 @@ mod tests {
         assert!(new.wake());
         assert!(readable(listener.fd()));
         assert_eq!(listener.drain(), 1);
+        listener.detach();
+        assert!(!listener.is_attached());
+    }
+
+    #[test]
+    fn ends_attached_also_wake_the_same_descriptor_until_a_new_attach() {
+        let mut listener = WakeListener::new().unwrap();
+        let (own, end) = Waker::pair().unwrap();
+        listener.attach(end).unwrap();
+        let (folded, end) = Waker::pair().unwrap();
+        listener.attach_also(end).unwrap();
+        assert!(folded.wake());
+        assert!(readable(listener.fd()), "a folded pair's wake-up reaches the queue's descriptor");
+        assert!(own.wake());
+        assert_eq!(listener.drain(), 2);
+        assert!(!readable(listener.fd()));
+        let (next, end) = Waker::pair().unwrap();
+        listener.attach(end).unwrap();
+        assert!(!own.wake() && !folded.wake(), "attach closed every earlier end");
+        assert!(next.wake());
+        assert_eq!(listener.drain(), 1);
+        assert!(listener.attach_also(OwnedFd::from(std::fs::File::open("/dev/null").unwrap())).is_err(), "checked as attach");
         listener.detach();
         assert!(!listener.is_attached());
     }

@@ -2,13 +2,14 @@
 //! application sleeps in `rte_epoll_wait` while the rx ring is empty and the proxy
 //! wakes it (protocol: `shm_contract::wake`).
 //!
-//! The port owns a wake-up listener for its whole life: its descriptor (an epoll
-//! descriptor) is the queue's event fd in the ethdev's interrupt handle, so an
-//! application's epoll registration survives a port restart and a reattachment to a new
-//! proxy. Behind it sits the wake-up end the proxy handed over with the latest
-//! `QueueStarted` (checked to be a unix datagram socket), replaced at every queue start.
-//! The handle has type `EXT`: EAL does not read the fd on an event; we drain it
-//! ourselves when the application arms the queue again.
+//! The port owns one wake-up listener per rx queue its socket offers, for its whole
+//! life: each listener's descriptor (an epoll descriptor) is that queue's event fd in
+//! the ethdev's interrupt handle (vector k is queue k), so an application's epoll
+//! registrations survive a port restart, a reconfiguration and a reattachment to a new
+//! proxy. Behind listener k sits the wake-up end the proxy handed over with the latest
+//! `QueueStarted` of pair k (checked to be a unix datagram socket), replaced at every
+//! queue start. The handle has type `EXT`: EAL does not read the fds on an event; we
+//! drain them ourselves when the application arms the queue again.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Mutex;
@@ -17,40 +18,48 @@ use dpdk_sys as sys;
 use shm_contract::wake::WakeListener;
 use shm_driver_common::bus::lock;
 
-/// The interrupt handle of one port and the wake-up listener behind its rx event.
+/// The interrupt handle of one port and the wake-up listeners behind its rx events.
 pub struct RxInterrupt {
     // INVARIANT: a live handle from rte_intr_instance_alloc, freed only in Drop, whose
-    // event fd 0 is `listener`'s descriptor (which never changes).
+    // event fd k is `listeners[k]`'s descriptor (which never changes).
     handle: *mut sys::rte_intr_handle,
-    listener: Mutex<WakeListener>,
+    listeners: Vec<Mutex<WakeListener>>,
 }
 
 // SAFETY: the handle is DPDK's heap object, used under the port's lock or by ethdev
-// calls the application serialises; the listener is behind a mutex.
+// calls the application serialises; the listeners are behind mutexes.
 unsafe impl Send for RxInterrupt {}
 // SAFETY: as above.
 unsafe impl Sync for RxInterrupt {}
 
 impl RxInterrupt {
-    /// A handle with one rx vector (queue 0) on a fresh wake-up listener.
-    pub fn new() -> Result<RxInterrupt, String> {
-        let listener = WakeListener::new().map_err(|e| format!("wake-up listener: {e}"))?;
-        let listen = listener.fd().as_raw_fd();
+    /// A handle with `queues` rx vectors (queue k: vector k), each on a fresh wake-up
+    /// listener.
+    pub fn new(queues: u16) -> Result<RxInterrupt, String> {
+        let queues = queues.clamp(1, sys::RTE_MAX_RXTX_INTR_VEC_ID as u16);
+        let listeners = (0..queues)
+            .map(|_| WakeListener::new().map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("wake-up listener: {e}"))?;
         // SAFETY: a plain allocation; checked for null.
         let handle = unsafe { sys::rte_intr_instance_alloc(sys::RTE_INTR_INSTANCE_F_PRIVATE) };
         if handle.is_null() {
             return Err("rte_intr_instance_alloc failed".into());
         }
-        let intr = RxInterrupt { handle, listener: Mutex::new(listener) };
-        // SAFETY: `handle` is live; each setter only stores into it.
+        let intr = RxInterrupt { handle, listeners };
+        let first = lock(&intr.listeners[0]).fd().as_raw_fd();
+        // SAFETY: `handle` is live; each setter only stores into it (indices below the
+        // counts set first; the vector list is allocated with one entry per queue).
         let failed = unsafe {
             sys::rte_intr_type_set(handle, sys::RTE_INTR_HANDLE_EXT) != 0
-                || sys::rte_intr_fd_set(handle, listen) != 0
-                || sys::rte_intr_efds_index_set(handle, 0, listen) != 0
-                || sys::rte_intr_nb_efd_set(handle, 1) != 0
-                || sys::rte_intr_max_intr_set(handle, 2) != 0
-                || sys::rte_intr_vec_list_alloc(handle, c"net_shm_intr_vec".as_ptr(), 1) != 0
-                || sys::rte_intr_vec_list_index_set(handle, 0, sys::RTE_INTR_VEC_RXTX_OFFSET as i32) != 0
+                || sys::rte_intr_fd_set(handle, first) != 0
+                || sys::rte_intr_nb_efd_set(handle, queues as i32) != 0
+                || sys::rte_intr_max_intr_set(handle, queues as i32 + 1) != 0
+                || sys::rte_intr_vec_list_alloc(handle, c"net_shm_intr_vec".as_ptr(), queues as i32) != 0
+                || intr.listeners.iter().enumerate().any(|(k, l)| {
+                    sys::rte_intr_efds_index_set(handle, k as i32, lock(l).fd().as_raw_fd()) != 0
+                        || sys::rte_intr_vec_list_index_set(handle, k as i32, sys::RTE_INTR_VEC_RXTX_OFFSET as i32 + k as i32) != 0
+                })
         };
         if failed {
             return Err("cannot set up the rx interrupt handle".into());
@@ -63,20 +72,29 @@ impl RxInterrupt {
         self.handle
     }
 
-    /// Puts the wake-up end that came with `QueueStarted` behind the event fd (it must
-    /// be a unix datagram socket; anything else is refused and closed).
-    pub fn attach(&self, end: OwnedFd) -> Result<(), String> {
-        lock(&self.listener).attach(end)
+    /// Puts the wake-up end that came with a pair's `QueueStarted` behind rx queue
+    /// `queue`'s event fd (it must be a unix datagram socket; anything else is refused and
+    /// closed).
+    /// With `also`, it is added to what the fd watches (a pair folded into the queue).
+    pub fn attach(&self, queue: u16, end: OwnedFd, also: bool) -> Result<(), String> {
+        let listener = self.listeners.get(queue as usize).ok_or_else(|| format!("no rx interrupt vector for queue {queue}"))?;
+        if also {
+            lock(listener).attach_also(end)
+        } else {
+            lock(listener).attach(end)
+        }
     }
 
-    /// Reads the wake-ups that already woke (or would wake) the application.
-    pub fn drain(&self) -> usize {
-        lock(&self.listener).drain()
+    /// Reads the wake-ups that already woke (or would wake) the application on `queue`;
+    /// `None`: the port has no vector for it.
+    pub fn drain(&self, queue: u16) -> Option<usize> {
+        self.listeners.get(queue as usize).map(|l| lock(l).drain())
     }
 
-    /// Makes the event fd readable now (the ring had packets when the application armed it).
-    pub fn wake_self(&self) -> bool {
-        lock(&self.listener).wake_self()
+    /// Makes `queue`'s event fd readable now (its ring had packets when the application
+    /// armed it).
+    pub fn wake_self(&self, queue: u16) -> bool {
+        self.listeners.get(queue as usize).is_some_and(|l| lock(l).wake_self())
     }
 }
 

@@ -114,25 +114,67 @@ pub(crate) struct PortState {
     /// The tx queues by queue id (= queue pair), as set up.
     pub txq: Vec<Option<Arc<rxtx::TxQueue>>>,
     pub started: bool,
-    /// The queue pairs the proxy runs for us (0..this) while `started`.
+    /// The queue pairs the proxy runs for us (0..this) while `started`: as many as the
+    /// larger of the rx and tx queue counts.
     pub pairs: u16,
+    /// The application's rx queues while `started`.
+    pub rx_queues: u16,
+    /// While `started`: the hidden rx queue of each pair beyond the application's rx
+    /// queues (by pair), folded into rx queue `pair % rx_queues` ([`rxtx::RxQueue::fold`]).
+    pub folded: Vec<Option<Arc<rxtx::RxQueue>>>,
     /// Rx interrupts, once the application started the port with `intr_conf.rxq`; kept
-    /// until close (the application's epoll registration refers to its fd).
+    /// until close (the application's epoll registrations refer to their fds).
     pub rx_intr: Option<intr::RxInterrupt>,
     /// Counter values at the last stats reset.
     pub stats_base: xstats::Snapshot,
 }
 
+/// One queue pair as started. Pair k is rx queue k and tx queue k of the application.
+/// The counts may differ: a pair beyond the rx queues is received through a hidden
+/// queue folded into rx queue `k % rx_queues` (nothing the proxy's NIC steers to it is
+/// lost), and a pair beyond the tx queues simply never transmits.
+pub(crate) struct Pair {
+    /// Its rx queue, the application's or a hidden one.
+    pub rx: Arc<rxtx::RxQueue>,
+    /// The application's rx queue that receives this pair's packets (the pair itself,
+    /// or the one its hidden queue is folded into).
+    pub rx_queue: u16,
+    pub tx: Option<Arc<rxtx::TxQueue>>,
+}
+
 impl PortState {
-    /// Every rx and tx queue set up.
+    /// Every rx queue (hidden ones included) and every tx queue set up.
     pub(crate) fn all_queues(&self) -> (impl Iterator<Item = &Arc<rxtx::RxQueue>>, impl Iterator<Item = &Arc<rxtx::TxQueue>>) {
-        (self.rxq.iter().flatten(), self.txq.iter().flatten())
+        (self.rxq.iter().flatten().chain(self.folded.iter().flatten()), self.txq.iter().flatten())
     }
 
-    /// The rx and tx queue of pairs `0..n`, if each has both.
-    pub(crate) fn pairs_set_up(&self, n: u16) -> Option<Vec<(Arc<rxtx::RxQueue>, Arc<rxtx::TxQueue>)>> {
-        (0..n as usize)
-            .map(|q| Some((self.rxq.get(q)?.clone()?, self.txq.get(q)?.clone()?)))
+    /// The application's rx queues `0..rx` and tx queues `0..tx`, each as a pair's
+    /// side (`None` for a pair beyond the rx queues: its hidden queue is made at start),
+    /// if each of them is set up and there is at least one rx queue.
+    pub(crate) fn queues_set_up(&self, rx: u16, tx: u16) -> Option<Vec<(Option<Arc<rxtx::RxQueue>>, Option<Arc<rxtx::TxQueue>>)>> {
+        if rx == 0 {
+            return None;
+        }
+        (0..rx.max(tx) as usize)
+            .map(|q| {
+                let rxq = if q < rx as usize { Some(self.rxq.get(q)?.clone()?) } else { None };
+                let txq = if q < tx as usize { Some(self.txq.get(q)?.clone()?) } else { None };
+                Some((rxq, txq))
+            })
+            .collect()
+    }
+
+    /// The pairs running now (`pairs` of them).
+    pub(crate) fn running_pairs(&self) -> Vec<Pair> {
+        (0..self.pairs as usize)
+            .filter_map(|q| {
+                let own = self.rxq.get(q).cloned().flatten().filter(|_| q < self.rx_queues as usize);
+                let (rx, rx_queue) = match own {
+                    Some(rx) => (rx, q as u16),
+                    None => (self.folded.get(q).cloned().flatten()?, (q % self.rx_queues.max(1) as usize) as u16),
+                };
+                Some(Pair { rx, rx_queue, tx: self.txq.get(q).cloned().flatten() })
+            })
             .collect()
     }
 }
@@ -353,15 +395,18 @@ fn restart_after_reattach(port: &Port) {
     if !state.started {
         return;
     }
-    let Some(pairs) = state.pairs_set_up(state.pairs) else { return };
-    for (pair, (rxq, txq)) in pairs.iter().enumerate() {
+    for (pair, queues) in state.running_pairs().iter().enumerate() {
         // The queues are closed since the loss; their gates wait for any burst to leave.
-        rxq.reset();
-        txq.reset();
-        match start_queue(&session, &state, pair as u16, rxq.pool_id, rxq.depth) {
+        queues.rx.reset();
+        if let Some(q) = &queues.tx {
+            q.reset();
+        }
+        match start_pair(&session, &state, pair as u16, queues) {
             Ok(()) => {
-                rxq.gate().open();
-                txq.gate().open();
+                queues.rx.gate().open();
+                if let Some(q) = &queues.tx {
+                    q.gate().open();
+                }
                 LOG.info(format_args!("port {}: queue {pair} restarted after reattaching", port.port_id));
             }
             Err(e) => {
@@ -371,21 +416,23 @@ fn restart_after_reattach(port: &Port) {
     }
 }
 
-/// Sends `QueueStart` for queue pair `pair` and the rx pool `pool_id`, asking for rx
-/// wake-ups when the application uses rx interrupts (queue 0 only: the port has one
-/// interrupt descriptor); the proxy's `QueueStarted` then carries the wake-up end, which
-/// is checked and put behind the port's interrupt descriptor.
-pub(crate) fn start_queue(session: &Session, state: &PortState, pair: u16, pool_id: u32, rx_depth: u32) -> Result<(), String> {
-    let wake = state.rx_intr.as_ref().filter(|_| pair == 0);
+/// Sends `QueueStart` for queue pair `pair`: the proxy fills its NIC rx from the pool
+/// of the pair's rx queue (a hidden queue has its application queue's), keeping at most
+/// that queue's descriptor count in the ring. With rx interrupts on, every pair asks for
+/// wake-ups; the proxy's `QueueStarted` then carries the wake-up end, which is checked
+/// and put behind the event fd of the application's rx queue that receives the pair
+/// (a pair of its own replaces what that fd watched, a folded one adds to it: the
+/// pairs start in order, own ones first).
+pub(crate) fn start_pair(session: &Session, state: &PortState, pair: u16, queues: &Pair) -> Result<(), String> {
+    let wake = state.rx_intr.as_ref();
     let flags = if wake.is_some() { QUEUE_FLAG_RX_WAKEUP } else { 0 };
-    let (answer, mut fds) = session
-        .transact_with_fds(&Message::QueueStart { rx_pool_id: pool_id, flags, rx_depth, queue: pair })
-        .map_err(|e| e.to_string())?;
+    let request = Message::QueueStart { rx_pool_id: queues.rx.pool_id, flags, rx_depth: queues.rx.depth, queue: pair };
+    let (answer, mut fds) = session.transact_with_fds(&request).map_err(|e| e.to_string())?;
     if answer != Message::QueueStarted {
         return Err(format!("the proxy answered {} to QueueStart", answer.kind()));
     }
     match wake {
-        Some(intr) if fds.len() == 1 => intr.attach(fds.remove(0)),
+        Some(intr) if fds.len() == 1 => intr.attach(queues.rx_queue, fds.remove(0), queues.rx_queue != pair),
         Some(_) => Err(format!("QueueStarted came with {} descriptors, not the one wake-up socket", fds.len())),
         None if fds.is_empty() => Ok(()),
         None => Err(format!("QueueStarted came with {} descriptors, none asked for", fds.len())),

@@ -89,11 +89,14 @@ unsafe extern "C" fn dev_configure(dev: *mut sys::rte_eth_dev) -> c_int {
     with_port("dev_configure", dev, |port| {
         // SAFETY: our ethdev's data, as ethdev configured it (within dev_info's maxima).
         let (rx, tx) = unsafe { ((*(*dev).data).nb_rx_queues, (*(*dev).data).nb_tx_queues) };
-        // Queue k of each direction is queue pair k: one NIC queue of the proxy, rx and tx.
-        if rx != tx {
+        // Queue k of each direction is queue pair k, one NIC queue of the proxy (ethdev
+        // keeps both counts within max_rx_queues = max_tx_queues = the pairs offered).
+        // The counts may differ: a pair beyond the rx queues runs transmit-only. The
+        // first rx queue's pool serves such pairs (copies on tx), so one is needed.
+        if rx == 0 && tx > 0 {
             LOG.error(format_args!(
-                "port {}: {rx} rx and {tx} tx queues: each queue pair of a sock: port is one rx and one tx queue \
-                 (one NIC queue of the proxy); configure as many rx as tx queues",
+                "port {}: {tx} tx queues and no rx queue: a sock: port needs at least one rx queue \
+                 (its pool, in the shared region, is where transmitted packets of other pools are copied)",
                 port.port_id
             ));
             return -libc::EINVAL;
@@ -109,8 +112,7 @@ unsafe extern "C" fn dev_infos_get(dev: *mut sys::rte_eth_dev, info: *mut sys::r
                 s.proxy.max_rx_frame,
                 s.region.layout.rx_ring().entries,
                 s.region.layout.tx_ring().entries,
-                // What the socket offers and the region holds rings for.
-                (s.proxy.queue_pairs as u32).min(s.region.layout.queue_pairs()).max(1) as u16,
+                offered_pairs(&s),
             ),
             None => (1518, DEFAULT_RING_ENTRIES, DEFAULT_RING_ENTRIES, 1),
         };
@@ -168,22 +170,60 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
             return -libc::ENOTCONN;
         };
         // SAFETY: our ethdev's data, configured by ethdev before start.
-        let n = unsafe { (*(*dev).data).nb_rx_queues };
-        let Some(pairs) = state.pairs_set_up(n).filter(|_| n > 0) else {
-            LOG.error(format_args!("port {}: cannot start: set up each of the {n} rx and tx queues first", port.port_id));
+        let (n_rx, n_tx) = unsafe { ((*(*dev).data).nb_rx_queues, (*(*dev).data).nb_tx_queues) };
+        let Some(queues) = state.queues_set_up(n_rx, n_tx) else {
+            LOG.error(format_args!(
+                "port {}: cannot start: set up each of the {n_rx} rx and {n_tx} tx queues first",
+                port.port_id
+            ));
             return -libc::EINVAL;
         };
-        for (rxq, txq) in &pairs {
+        // Pairs beyond the rx queues get hidden rx queues, each read by rx queue
+        // `pair % n_rx` after its own ring.
+        let mut pairs = Vec::with_capacity(queues.len());
+        let mut folded: Vec<Option<Arc<RxQueue>>> = vec![None; queues.len()];
+        let mut folds: Vec<Vec<Arc<RxQueue>>> = vec![Vec::new(); n_rx as usize];
+        for (pair, (rxq, txq)) in queues.into_iter().enumerate() {
+            let (rx, rx_queue) = match rxq {
+                Some(rx) => (rx, pair as u16),
+                None => {
+                    let into = pair % n_rx as usize;
+                    // Pairs 0..n_rx (the application's rx queues) are already in `pairs`.
+                    let Some(parent) = pairs.get(into).map(|p: &crate::Pair| p.rx.clone()) else { return -libc::EINVAL };
+                    let hidden = match parent.folded_queue(pair as u32) {
+                        Ok(q) => Arc::new(q),
+                        Err(e) => {
+                            LOG.error(format_args!("port {}: cannot start: queue pair {pair}: {e}", port.port_id));
+                            return -libc::EINVAL;
+                        }
+                    };
+                    folds[into].push(hidden.clone());
+                    folded[pair] = Some(hidden.clone());
+                    (hidden, into as u16)
+                }
+            };
+            pairs.push(crate::Pair { rx, rx_queue, tx: txq });
+        }
+        for (q, hidden) in folds.into_iter().enumerate() {
+            pairs[q].rx.fold(hidden);
+        }
+        for queues in &pairs {
             // Both sides start the rings from index 0 on every queue start; the proxy is
             // not polling yet.
-            rxq.reset();
-            txq.reset();
-            txq.copy_pool.store(rxq.mempool, Ordering::Relaxed);
+            queues.rx.reset();
+            if let Some(txq) = &queues.tx {
+                txq.reset();
+                // Copies of other pools' packets go to the pair's rx pool.
+                txq.copy_pool.store(queues.rx.mempool, Ordering::Relaxed);
+            }
         }
         // SAFETY: our ethdev's data, configured by ethdev before start.
         let wants_rx_intr = unsafe { (*(*dev).data).dev_conf.intr_conf.rxq() } != 0;
         if wants_rx_intr && state.rx_intr.is_none() {
-            match RxInterrupt::new() {
+            // One event descriptor per rx queue the socket offers, made once: the
+            // application's epoll registrations outlive restarts and reconfigurations.
+            let offered = state.session.as_ref().map_or(1, |s| offered_pairs(s));
+            match RxInterrupt::new(offered) {
                 Ok(intr) => {
                     // SAFETY: our ethdev; the handle lives until close, which clears this.
                     unsafe { (*dev).intr_handle = intr.handle() };
@@ -195,8 +235,8 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
                 }
             }
         }
-        for (pair, (rxq, _)) in pairs.iter().enumerate() {
-            if let Err(e) = crate::start_queue(&session, &state, pair as u16, rxq.pool_id, rxq.depth) {
+        for (pair, queues) in pairs.iter().enumerate() {
+            if let Err(e) = crate::start_pair(&session, &state, pair as u16, queues) {
                 LOG.error(format_args!("port {}: cannot start queue {pair}: {e}", port.port_id));
                 // The pairs started before it are stopped again: the port is not started.
                 for earlier in 0..pair as u16 {
@@ -205,23 +245,42 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
                 return -libc::EIO;
             }
         }
-        for (pair, (rxq, txq)) in pairs.iter().enumerate() {
-            rxq.gate().open();
-            txq.gate().open();
+        for (pair, queues) in pairs.iter().enumerate() {
+            queues.rx.gate().open();
+            if let Some(txq) = &queues.tx {
+                txq.gate().open();
+            }
             // SAFETY: our ethdev's data; its queue state arrays have RTE_MAX_QUEUES_PER_PORT
-            // entries, and pair < nb_rx_queues = nb_tx_queues.
-            unsafe {
-                let data = &mut *(*dev).data;
+            // entries, and each queue below its direction's count exists.
+            let data = unsafe { &mut *(*dev).data };
+            if pair < n_rx as usize {
                 data.rx_queue_state[pair] = sys::RTE_ETH_QUEUE_STATE_STARTED as u8;
+            }
+            if pair < n_tx as usize {
                 data.tx_queue_state[pair] = sys::RTE_ETH_QUEUE_STATE_STARTED as u8;
             }
         }
-        state.pairs = n;
+        if n_rx < n_tx {
+            LOG.info(format_args!(
+                "port {}: {n_rx} rx and {n_tx} tx queues: the rx rings of queue pairs {n_rx}..{} are read by rx queues \
+                 pair % {n_rx}",
+                port.port_id,
+                n_tx - 1
+            ));
+        }
+        state.rx_queues = n_rx;
+        state.folded = folded;
+        state.pairs = pairs.len() as u16;
         state.started = true;
         drop(state);
         port.update_link();
         0
     })
+}
+
+/// The queue pairs the socket offers and the region holds rings for.
+pub(crate) fn offered_pairs(s: &Session) -> u16 {
+    (s.proxy.queue_pairs as u32).min(s.region.layout.queue_pairs()).max(1) as u16
 }
 
 unsafe extern "C" fn dev_stop(dev: *mut sys::rte_eth_dev) -> c_int {
@@ -247,7 +306,11 @@ fn stop(port: &Port, dev: *mut sys::rte_eth_dev) -> c_int {
                 Err(e) => LOG.warning(format_args!("port {}: stopping the proxy's queue {pair}: {e}", port.port_id)),
             }
         }
-        if let Some(Some(rxq)) = state.rxq.get(pair as usize) {
+        let rxq = match state.rxq.get(pair as usize) {
+            Some(Some(own)) if pair < state.rx_queues => Some(own),
+            _ => state.folded.get(pair as usize).and_then(Option::as_ref),
+        };
+        if let Some(rxq) = rxq {
             if proxy_stopped || state.session.as_ref().is_none_or(|s| !s.is_alive()) {
                 // SAFETY: our queue is stopped and the proxy no longer produces.
                 let freed = unsafe { rxq.drain() };
@@ -257,13 +320,18 @@ fn stop(port: &Port, dev: *mut sys::rte_eth_dev) -> c_int {
             }
         }
         // SAFETY: our ethdev's data; its queue state arrays have RTE_MAX_QUEUES_PER_PORT
-        // entries, and the pair was started.
+        // entries (a pair's missing side was never started: stopped is what it says).
         unsafe {
             let data = &mut *(*dev).data;
             data.rx_queue_state[pair as usize] = sys::RTE_ETH_QUEUE_STATE_STOPPED as u8;
             data.tx_queue_state[pair as usize] = sys::RTE_ETH_QUEUE_STATE_STOPPED as u8;
         }
     }
+    // The hidden queues go (each start makes them anew); the application's queues stay.
+    for own in state.rxq.iter().flatten() {
+        own.fold(Vec::new());
+    }
+    state.folded.clear();
     state.pairs = 0;
     state.started = false;
     drop(state);
@@ -302,6 +370,7 @@ unsafe extern "C" fn dev_close(dev: *mut sys::rte_eth_dev) -> c_int {
                 }
             }
             state.rxq.clear();
+            state.folded.clear();
             state.txq.clear();
             if state.rx_intr.take().is_some() {
                 // SAFETY: our ethdev; the handle is freed right after (with rx_intr).
@@ -326,19 +395,17 @@ unsafe extern "C" fn dev_close(dev: *mut sys::rte_eth_dev) -> c_int {
 unsafe extern "C" fn rx_queue_intr_enable(dev: *mut sys::rte_eth_dev, queue: u16) -> c_int {
     with_port("rx_queue_intr_enable", dev, |port| {
         let state = lock(&port.state);
-        let (Some(intr), Some(Some(rxq))) = (&state.rx_intr, state.rxq.first()) else {
+        let (Some(intr), Some(Some(rxq))) = (&state.rx_intr, state.rxq.get(queue as usize)) else {
             return -libc::ENOTSUP;
         };
-        // One interrupt descriptor per port: rx interrupts for queue 0 only.
-        if queue != 0 {
-            return -libc::EINVAL;
-        }
         // Wake-ups that came while the application was polling are stale now; left in
         // the socket they would pile up and could fill it.
-        intr.drain();
+        if intr.drain(queue).is_none() {
+            return -libc::EINVAL;
+        }
         // ethdev's rule: the thread that polls the queue arms its interrupt.
         if rxq.arm_wakeup() {
-            intr.wake_self();
+            intr.wake_self(queue);
         }
         0
     })
@@ -347,10 +414,7 @@ unsafe extern "C" fn rx_queue_intr_enable(dev: *mut sys::rte_eth_dev, queue: u16
 unsafe extern "C" fn rx_queue_intr_disable(dev: *mut sys::rte_eth_dev, queue: u16) -> c_int {
     with_port("rx_queue_intr_disable", dev, |port| {
         let state = lock(&port.state);
-        let Some(Some(rxq)) = state.rxq.first() else { return -libc::ENOTSUP };
-        if queue != 0 {
-            return -libc::EINVAL;
-        }
+        let Some(Some(rxq)) = state.rxq.get(queue as usize) else { return -libc::ENOTSUP };
         rxq.disarm_wakeup();
         0
     })

@@ -57,8 +57,18 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(by), Relaxed);
 }
 
+/// What an rx queue's polling thread works on: its own ring, and the hidden queues of
+/// the queue pairs folded into it.
+pub struct RxRings {
+    ring: DescConsumer<'static>,
+    /// Queue pairs beyond the application's rx queues (it configured fewer rx than tx
+    /// queues): their rings are read by this queue's bursts after its own, so what the
+    /// proxy's NIC steers to them is received too ([`RxQueue::fold`]). Set at port start.
+    folded: Vec<Arc<RxQueue>>,
+}
+
 pub struct RxQueue {
-    ring: PollGate<DescConsumer<'static>>,
+    ring: PollGate<RxRings>,
     area: RingArea,
     /// Keeps the mapping alive for `ring` and `base`.
     region: Arc<Region>,
@@ -77,7 +87,8 @@ pub struct RxQueue {
     /// The rx offloads the application enabled (port and queue), done by
     /// [`offload::rx_offload`].
     offloads: u64,
-    pub stats: QueueStats,
+    /// Shared with the queues folded into this one (the same thread writes both).
+    pub stats: Arc<QueueStats>,
     /// The status block's `rx_wakeup_requested` of this queue's pair (rx interrupts;
     /// `crate::intr`).
     wakeup_requested: Option<&'static AtomicU32>,
@@ -109,7 +120,7 @@ impl RxQueue {
             StatusBlock::from_layout(&mem, &region.layout).ok().and_then(|s| s.rx_wakeup_requested_of(pair));
         RxQueue {
             wakeup_requested,
-            ring: PollGate::new(ring),
+            ring: PollGate::new(RxRings { ring, folded: Vec::new() }),
             area,
             base: region.base(),
             region,
@@ -120,26 +131,58 @@ impl RxQueue {
             mempool,
             port_id,
             offloads,
-            stats: QueueStats::default(),
+            stats: Arc::new(QueueStats::default()),
         }
+    }
+
+    /// A hidden queue on the rx ring of queue pair `pair`, for pairs beyond the
+    /// application's rx queues: the same pool, depth, offloads and counters as this
+    /// queue, which reads it ([`fold`](Self::fold)); the proxy fills it from this
+    /// queue's pool.
+    pub fn folded_queue(&self, pair: u32) -> Result<RxQueue, String> {
+        let (area, _) = self.region.layout.rings_of(pair).ok_or_else(|| format!("the region has no queue pair {pair}"))?;
+        // SAFETY: the new queue keeps an Arc<Region>, so the view stays valid.
+        let mem = unsafe { self.region.mem_static() };
+        let ring = DescConsumer::new(&mem, area).map_err(|e| format!("rx ring {pair}: {e}"))?;
+        let mut q = RxQueue::new(
+            self.region.clone(),
+            area,
+            ring,
+            self.pool.clone(),
+            self.pool_id,
+            self.depth,
+            self.mempool,
+            None,
+            self.port_id,
+            self.offloads,
+            pair,
+        );
+        q.stats = self.stats.clone();
+        Ok(q)
+    }
+
+    /// Makes this queue's bursts also read `queues` (hidden queues of other pairs, see
+    /// [`folded_queue`](Self::folded_queue)). Control path; leaves the gate closed.
+    pub fn fold(&self, queues: Vec<Arc<RxQueue>>) {
+        self.ring.quiesce(|rings| rings.folded = queues);
     }
 
     /// The gate bursts pass (`open` after `reset` and the proxy's `QueueStarted`;
     /// `quiesce` to stop them and wait until none runs; `close` from the interrupt
     /// thread, which must not wait for an application thread).
-    pub fn gate(&self) -> &PollGate<DescConsumer<'static>> {
+    pub fn gate(&self) -> &PollGate<RxRings> {
         &self.ring
     }
 
     /// Stops bursts and starts the ring from index 0, as both sides do on every queue
     /// start (the proxy zeroes the shared indices when it accepts `QueueStart`). Call
-    /// while the proxy is not producing.
+    /// while the proxy is not producing. Folded queues are reset by their own call.
     pub fn reset(&self) {
         // SAFETY: the region outlives self (the queue holds it).
         let mem = unsafe { self.region.mem_static() };
-        self.ring.quiesce(|ring| {
+        self.ring.quiesce(|rings| {
             if let Ok(fresh) = DescConsumer::new(&mem, self.area) {
-                *ring = fresh;
+                rings.ring = fresh;
             }
         });
     }
@@ -148,10 +191,17 @@ impl RxQueue {
     /// already waiting (the caller must not sleep then). A stopped queue has none to
     /// offer: the caller sleeps until a restarted queue's proxy wakes it.
     /// Called by the queue's polling thread (DPDK's rule for `rte_eth_dev_rx_intr_enable`).
+    /// Folded queues are armed with it (their wake-ups reach this queue's event fd).
     pub fn arm_wakeup(&self) -> bool {
         let Some(flag) = self.wakeup_requested else { return true };
         wake::arm(flag);
-        self.ring.poll(|ring| ring.available(1).map_or(true, |n| n > 0)).unwrap_or(false)
+        self.ring
+            .poll(|rings| {
+                // Every folded queue is armed, even when an earlier one has packets.
+                let folded = rings.folded.iter().fold(false, |any, q| q.arm_wakeup() | any);
+                rings.ring.available(1).map_or(true, |n| n > 0) || folded
+            })
+            .unwrap_or(false)
     }
 
     /// No wake-up wanted: the application polls again.
@@ -159,6 +209,7 @@ impl RxQueue {
         if let Some(flag) = self.wakeup_requested {
             wake::disarm(flag);
         }
+        self.ring.poll(|rings| rings.folded.iter().for_each(|q| q.disarm_wakeup()));
     }
 
     /// The mbuf a descriptor names, after checking it really is one of the rx pool's.
@@ -178,8 +229,20 @@ impl RxQueue {
         if n == 0 {
             return 0;
         }
-        // SAFETY: the caller's contract, passed on.
-        self.ring.poll(|ring| unsafe { self.burst_on(ring, pkts, n) }).unwrap_or(0)
+        self.ring
+            .poll(|rings| {
+                // SAFETY: the caller's contract, passed on.
+                let mut got = unsafe { self.burst_on(&mut rings.ring, pkts, n) };
+                for q in &rings.folded {
+                    if got >= n {
+                        break;
+                    }
+                    // SAFETY: room for n - got more pointers; only this thread polls the folded queue.
+                    got += unsafe { q.burst(pkts.add(got as usize), n - got) };
+                }
+                got
+            })
+            .unwrap_or(0)
     }
 
     /// # Safety
@@ -303,7 +366,7 @@ impl RxQueue {
     /// # Safety
     /// The proxy has acknowledged that it stopped producing (or is gone).
     pub unsafe fn drain(&self) -> u32 {
-        self.ring.quiesce(|ring| {
+        self.ring.quiesce(|RxRings { ring, .. }| {
             let mut freed = 0;
             let Ok(avail) = ring.available(u32::MAX) else { return 0 };
             for i in 0..avail {
