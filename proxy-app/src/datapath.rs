@@ -33,10 +33,22 @@ use crate::shadow::GuestPool;
 pub const BURST: usize = 32;
 /// Longest packet chain accepted from a guest (and handed to it).
 pub const MAX_SEGS: u32 = shm_contract::tx::MAX_SEGS;
-/// Polls of a guest's tx ring skipped after one that found an invalid or a refused
-/// packet: what such a packet costs the loop (claims given back, buffers freed) is
-/// then spread over this many rounds more. An honest guest never sends one.
-const TX_BACKOFF_POLLS: u32 = 4;
+/// A guest queue is not polled for a while after a poll that met invalid input from the
+/// guest (on its tx ring an invalid or a refused packet; from its free ring an entry that
+/// is no buffer of the pool, a buffer the proxy holds, or positions that used up the
+/// round's retries): `PENALTY_FIRST` after the first such poll, twice as long after each
+/// further one, at most `PENALTY_MAX`; only `PENALTY_MAX` of polls without invalid input
+/// after a penalty start it again from `PENALTY_FIRST` ([`Penalty`]). So a guest that
+/// keeps sending bad input, however it times it, gets at most about one poll that meets
+/// it per `PENALTY_MAX`: what bad input costs the loop (a chain whose last descriptor is a
+/// duplicate: 63 claims given back, their buffers freed; free-ring operations that fail;
+/// at most one poll's bounded work) is a few microseconds per millisecond. Time, not a
+/// count of polls: the loop polls millions of times a second when it has little to do,
+/// so a penalty of a few hundred polls still let such chains take a fifth of it. An
+/// honest guest never meets a penalty and never reads the clock for one
+/// (docs/threat-model.md, R4).
+const PENALTY_FIRST: Duration = Duration::from_micros(2);
+const PENALTY_MAX: Duration = Duration::from_millis(1);
 /// Ring slots assumed per received packet when the guest's rx ring is nearly full.
 const RX_SEGS_ASSUMED: u32 = 8;
 const RX_ROOM_FOR_BURST: u32 = BURST as u32 * RX_SEGS_ASSUMED;
@@ -92,6 +104,9 @@ pub struct SocketStats {
     /// Control thread: descriptors peers passed where the protocol passes none (each
     /// such message cuts the connection; the descriptors are closed by the reaper).
     pub unwanted_fds: AtomicU64,
+    /// Polls of the guest's queues skipped because earlier polls met invalid input
+    /// (`PENALTY_FIRST`).
+    pub penalty_polls: AtomicU64,
 }
 
 impl SocketStats {
@@ -113,6 +128,7 @@ impl SocketStats {
             &self.bad_requests,
             &self.rx_wakeups,
             &self.unwanted_fds,
+            &self.penalty_polls,
         ]
     }
 
@@ -125,7 +141,7 @@ impl SocketStats {
 }
 
 /// How many counters a [`SocketStats`] has.
-const COUNTERS: usize = 15;
+const COUNTERS: usize = 16;
 // A counter added to the struct but not to `counters` would not be summed: the struct
 // is exactly that many counters.
 const _: () = assert!(std::mem::size_of::<SocketStats>() == COUNTERS * 8);
@@ -283,8 +299,8 @@ struct QueueState {
     /// The tx chain at the ring's read position that is not complete yet: how far it
     /// was scanned (kept across polls, so each descriptor is scanned once).
     tx_scan: ChainScan,
-    /// Tx polls still to skip after invalid or refused packets (`TX_BACKOFF_POLLS`).
-    tx_backoff: u32,
+    /// Not polled for a while after polls that met invalid input (`PENALTY_FIRST`).
+    penalty: Penalty,
     /// Keeps the mapping the ring views (and the wake-up flag) point into.
     _region: Arc<GuestRegion>,
 }
@@ -337,7 +353,7 @@ impl DataQueue {
                 rx_pool,
                 rx_wake,
                 tx_scan: ChainScan::default(),
-                tx_backoff: 0,
+                penalty: Penalty::default(),
                 _region: region.clone(),
             })),
             pools: Mutex::new(Default::default()),
@@ -439,6 +455,54 @@ fn room_for(ring: &mut DescProducer<'_>, free: &mut u32, slot: u32, segs: u32) -
     segs <= *free - slot
 }
 
+/// Invalid entries met in the guest's free rings so far, all pools (`ShadowCtx::invalid`).
+#[inline]
+fn pools_invalid(pools: &Pools) -> u64 {
+    pools.iter().flatten().map(|p| p.ctx.invalid.load(Ordering::Relaxed)).fold(0, u64::wrapping_add)
+}
+
+/// For how long a guest queue is not polled after polls that met invalid input
+/// (`PENALTY_FIRST`): each faulty poll doubles the penalty, up to `PENALTY_MAX`, until the
+/// guest was polled without one for `PENALTY_MAX` after its penalty ended. (A reset after
+/// one clean poll would let a guest that alternates clean and faulty polls, or whose
+/// chains take a poll to scan and one to take, stay at the first penalty.) The clock is
+/// read only while a penalty runs or may be reset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Penalty {
+    /// Not polled before this.
+    until: Option<Instant>,
+    /// The last penalty imposed (zero: none since the last reset).
+    last: Duration,
+}
+
+impl Penalty {
+    /// At the start of a poll: whether to skip it (the penalty runs).
+    #[inline]
+    fn skip(&mut self, now: impl FnOnce() -> Instant) -> bool {
+        match self.until {
+            None => false,
+            Some(until) => now() < until,
+        }
+    }
+
+    /// After a poll that was not skipped, which met invalid input if `faulty`: returns
+    /// the penalty imposed now (zero: none).
+    #[inline]
+    fn after_poll(&mut self, faulty: bool, now: impl FnOnce() -> Instant) -> Duration {
+        if faulty {
+            self.last = (self.last * 2).clamp(PENALTY_FIRST, PENALTY_MAX);
+            self.until = Some(now() + self.last);
+            return self.last;
+        }
+        if let Some(until) = self.until {
+            if now().saturating_duration_since(until) >= PENALTY_MAX {
+                *self = Penalty::default();
+            }
+        }
+        Duration::ZERO
+    }
+}
+
 /// The pool and index of the guest buffer whose mbuf is at `offset`, if it is one.
 #[inline]
 fn find_buffer(pools: &Pools, offset: u32) -> Option<(&GuestPool, u32)> {
@@ -455,6 +519,10 @@ struct LoopQueue {
     txq: TxQueue,
     /// Polls in a row that found nothing to do (`HOT_EMPTY_POLLS`).
     empty_polls: u32,
+    /// The pools' invalid free-ring entries ([`pools_invalid`]) after the last poll.
+    free_invalid_seen: u64,
+    /// This poll's tx met an invalid or a refused packet.
+    tx_faulty: bool,
 }
 
 impl LoopQueue {
@@ -466,6 +534,12 @@ impl LoopQueue {
     fn poll(&mut self, burst: &mut MbufBurst<BURST>, hot: bool) -> bool {
         if self.q.broken.load(Ordering::Relaxed) {
             return false;
+        }
+        if self.state.penalty.skip(Instant::now) {
+            // Skipped polls count as work: the queue stays hot, so it is polled again
+            // as soon as its penalty ends.
+            bump(&self.q.stats.penalty_polls, 1);
+            return true;
         }
         for p in self.pools.iter().flatten() {
             p.ctx.new_round();
@@ -495,7 +569,14 @@ impl LoopQueue {
             busy = true;
             self.deliver_to_guest(burst);
         }
-        self.send_to_nic(burst) | busy
+        busy |= self.send_to_nic(burst);
+        // Invalid input from the free ring shows in the pools' counters (NIC rx took
+        // buffers from it, buffers went back; or the control thread met some).
+        let free_invalid = pools_invalid(&self.pools);
+        let faulty = std::mem::take(&mut self.tx_faulty) || free_invalid != self.free_invalid_seen;
+        self.free_invalid_seen = free_invalid;
+        self.state.penalty.after_poll(faulty, Instant::now);
+        busy
     }
 
     /// Hands received packets to the guest: their buffers are the guest's already.
@@ -624,12 +705,9 @@ impl LoopQueue {
     }
 
     /// Takes the guest's published packets, validated, and sends them. Returns whether
-    /// the tx ring had descriptors for it (or it is backing off).
+    /// the tx ring had descriptors for it; sets `tx_faulty` when one was invalid or
+    /// refused.
     fn send_to_nic(&mut self, burst: &mut MbufBurst<BURST>) -> bool {
-        if self.state.tx_backoff > 0 {
-            self.state.tx_backoff -= 1;
-            return true;
-        }
         let q = &*self.q;
         let ring = &mut self.state.tx_ring;
         let scan = &mut self.state.tx_scan;
@@ -694,7 +772,7 @@ impl LoopQueue {
         }
         bump(&q.stats.tx_refused, refused);
         if invalid + refused > 0 {
-            self.state.tx_backoff = TX_BACKOFF_POLLS;
+            self.tx_faulty = true;
         }
         if burst.is_empty() {
             return true;
@@ -974,6 +1052,7 @@ impl Plane {
                     }
                 }
                 p.pools = pools;
+                p.free_invalid_seen = pools_invalid(&p.pools);
                 kept.push(p);
             } else {
                 p.flush_caches();
@@ -994,7 +1073,17 @@ impl Plane {
                 (Ok(rxq), Ok(txq)) => {
                     let pools = lock(&q.pools).clone();
                     // A queue that joins is hot: its guest just started it.
-                    kept.push(LoopQueue { q: q.clone(), state, pools, rxq, txq, empty_polls: 0 });
+                    let free_invalid_seen = pools_invalid(&pools);
+                    kept.push(LoopQueue {
+                        q: q.clone(),
+                        state,
+                        pools,
+                        rxq,
+                        txq,
+                        empty_polls: 0,
+                        free_invalid_seen,
+                        tx_faulty: false,
+                    });
                 }
                 _ => {
                     *lock(&q.parked) = Some(state);
@@ -1240,6 +1329,61 @@ mod tests {
     }
 
     #[test]
+    fn a_penalty_doubles_with_each_faulty_poll_and_ends_after_a_clean_stretch() {
+        // A loop polling every microsecond, on a clock of its own.
+        let t0 = Instant::now();
+        let us = |n: u64| t0 + Duration::from_micros(n);
+        let mut p = Penalty::default();
+        // An honest guest: never skipped, and the clock is never read for it.
+        for _ in 0..1000 {
+            assert!(!p.skip(|| unreachable!()));
+            assert_eq!(p.after_poll(false, || unreachable!()), Duration::ZERO);
+        }
+        // A guest whose every poll that is done meets invalid input, or every other one
+        // (a chain scanned in one poll and taken in the next), or after any number of
+        // clean polls short of PENALTY_MAX: the penalty doubles to PENALTY_MAX and stays
+        // there, so over a second at most about one poll per PENALTY_MAX meets bad input.
+        let max_us = PENALTY_MAX.as_micros() as u64;
+        for clean_between in [0, 1, 2, 10, max_us / 2] {
+            let mut p = Penalty::default();
+            let (mut faulty, mut since, mut imposed) = (0u64, 0u64, Vec::new());
+            for t in 0..1_000_000 {
+                if p.skip(|| us(t)) {
+                    continue;
+                }
+                let fault = since >= clean_between;
+                since = if fault { 0 } else { since + 1 };
+                if fault {
+                    faulty += 1;
+                    imposed.push(p.after_poll(true, || us(t)));
+                } else {
+                    assert_eq!(p.after_poll(false, || us(t)), Duration::ZERO);
+                }
+            }
+            let first: Vec<u128> = imposed.iter().take(10).map(|d| d.as_micros()).collect();
+            assert_eq!(first, [2, 4, 8, 16, 32, 64, 128, 256, 512, 1000], "{clean_between} clean between");
+            assert!(imposed.iter().all(|&d| d <= PENALTY_MAX));
+            assert!(faulty <= 12 + 1_000_000 / max_us, "{clean_between} clean between: {faulty} faulty polls");
+        }
+        // Clean for PENALTY_MAX after the penalty ended: the next fault costs the first
+        // penalty again, not the cap.
+        let mut p = Penalty::default();
+        for k in 0..20 {
+            p.after_poll(true, || us(k));
+        }
+        let end = 19 + max_us;
+        assert!(p.skip(|| us(end - 1)));
+        assert!(!p.skip(|| us(end)));
+        assert_eq!(p.after_poll(false, || us(end)), Duration::ZERO);
+        assert_eq!(p.after_poll(true, || us(end + 1)), PENALTY_MAX, "not clean for long enough");
+        let end = end + 1 + max_us;
+        assert_eq!(p.after_poll(false, || us(end + max_us)), Duration::ZERO);
+        assert_eq!(p.after_poll(true, || us(end + max_us + 1)), PENALTY_FIRST);
+        assert!(p.skip(|| us(end + max_us + 2)));
+        assert!(!p.skip(|| us(end + max_us + 3)));
+    }
+
+    #[test]
     fn socket_stats_add_every_counter() {
         let a = SocketStats::default();
         let b = SocketStats::default();
@@ -1253,7 +1397,8 @@ mod tests {
         }
         // Named fields land where they belong.
         assert_eq!(a.rx_packets.load(Ordering::Relaxed), 2);
-        assert_eq!(a.unwanted_fds.load(Ordering::Relaxed), 2 * COUNTERS as u64);
+        assert_eq!(a.unwanted_fds.load(Ordering::Relaxed), 2 * (COUNTERS as u64 - 1));
+        assert_eq!(a.penalty_polls.load(Ordering::Relaxed), 2 * COUNTERS as u64);
     }
 
     #[test]

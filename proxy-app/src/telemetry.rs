@@ -230,6 +230,7 @@ fn socket_dict(s: &SocketView) -> TelDict {
     out.u64("tx_returned", ld(&st.tx_returned));
     out.u64("rx_wakeups", ld(&st.rx_wakeups));
     out.u64("unwanted_fds", ld(&st.unwanted_fds));
+    out.u64("penalty_polls", ld(&st.penalty_polls));
     out.u64("copies", ld(&st.copies));
     out.u64("invalid", ld(&st.invalid) + s.pool_invalid);
     if s.pairs.len() > 1 {
@@ -330,7 +331,8 @@ mod tests {
         let names: Vec<&str> = d.entries().iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names.first(), Some(&"path"));
         assert_eq!(names.last(), Some(&"guest_connected"));
-        assert_eq!(names.len(), 18);
+        assert_eq!(names.len(), 19);
+        assert!(names.contains(&"penalty_polls"));
         assert!(d.entries().contains(&("invalid".to_string(), dpdk::telemetry::TelValue::U64(4))));
     }
 

@@ -10,10 +10,29 @@
 //! the hostile client did and, where the rule says so, disconnected it; that its
 //! warnings are rate-limited, and that the good guest lost nothing (its
 //! socket's `tx_dropped`, `rx_dropped`, `invalid` stay 0) and kept forwarding at no
-//! less than `HOSTILE_MIN_RATIO` (default 0.5; the goal is 0.8) of its rate just before the case (or,
-//! when the neighbours on a shared machine made that window slow, of its rate just
-//! after). A table of every case's numbers, the ratio included, is printed (run with
-//! `--nocapture` to see it).
+//! less than `HOSTILE_MIN_RATIO` (0.8, issue 16's goal) of its rate without the attack
+//! (`HOSTILE_AROUND_MIN_RATIO` for a case without an attack loop, whose measurement
+//! cannot cancel the VM's rate steps, and `HOSTILE_CONTROL_MIN_RATIO` for the cases
+//! whose cost lands on the proxy's control thread: see each floor's comment). A table
+//! of every case's numbers, the ratio and how it was measured included, is printed
+//! (run with `--nocapture` to see it).
+//!
+//! How the ratio is measured: on this 2-vCPU VM the good guest's own rate moves 2x with
+//! where the hypervisor puts the vCPUs, in steps, at any time; one window before a case
+//! against one during it measured that as much as the proxy. So the case runs on a
+//! thread of its own while the harness measures the good guest in windows of 100 ms
+//! (`WINDOW`, from the proxy's counters), alternately with the attack paused and
+//! running: every attack loop asks [`attacking`] before each burst and waits there
+//! while the harness measures an "off" window (an attack that leaves work in its rings,
+//! a tx ring republished full, first waits until the proxy has consumed it). Each "on"
+//! window is compared with the mean of the "off" windows on both sides of it, and the
+//! median of the 16 ratios (`PAIRS`) is the case's ratio: a drift slower than a window
+//! pair cancels, a step or a burst of a neighbour's work spoils one or two pairs, not
+//! the median. The hostile guest stays attached in the "off" windows (an idle guest,
+//! polled like one): the difference is what the attack itself costs. A case with no attack loop (a few messages or writes, one after the
+//! other) is measured over its whole time against the mean of the medians of four
+//! windows before it and four after. The table's `method` column says which, with the
+//! lowest and highest pair ratio.
 //!
 //! Why the ratio measures the proxy and not the machine: on a 2-core machine the proxy
 //! and the good guest are pinned one to each CPU and poll without pause, so a hostile
@@ -24,6 +43,10 @@
 //! the proxy finds hostile work in every round, and the cases that keep a ring full say
 //! how often the writer found it drained. What the good guest loses is then what the
 //! proxy's data loop spends on the hostile guest: its per-round bounds (docs/threat-model.md).
+//! (The clients of the control-plane cases, which send messages and pass descriptors,
+//! run at normal priority but spend their time waiting for the proxy's answers and in
+//! the kernel; what they cost the good guest is the proxy's control thread, which shares
+//! the data loop's CPU here.)
 //!
 //! Exact outcomes: each case says what the proxy's counters must show after it (`Want`:
 //! the change of a counter of the hostile socket, the good one, the allowlist socket or
@@ -45,7 +68,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -59,14 +82,26 @@ use shm_contract::{Desc, DescFlags, Message, PoolAdd, RefuseCode, RegionFlags};
 /// Each case lasts at least this long (the good guest's rate is measured over it).
 const CASE_TIME: Duration = Duration::from_secs(2);
 
-/// The floor for the good guest's rate during a case. Issue 16's goal is 0.8, and the
-/// bounded-work classes met it in the runs of 2026-12-07 (63+1 chains: 1.00, 0.81,
-/// 0.93); but on this 2-vCPU VM the placement of the two vCPUs alone moves the good
-/// guest's rate by 2x within one run (7 and 14 Mpps), so a light 20-descriptor case once
-/// read 0.66. The test fails below this floor; the table prints every ratio against the
-/// goal.
+/// The floor for the good guest's rate during a case measured in paired windows (its
+/// attack is a loop the harness pauses and resumes): issue 16's goal. Each data-plane
+/// class met it in the two full runs of 2026-12-07 09:01 and 09:08 with the proxy's
+/// penalty (lowest 0.83: free ring positions rewritten, chains of 63+1 with a duplicate
+/// and the free ring poisoned; docs/threat-model.md); before the penalty, chains with a
+/// duplicate read 0.65-0.71 with this same measurement, and with a deliberately
+/// weakened proxy (2048 descriptors per poll, no backoff) 0.49.
 fn min_ratio() -> f64 {
-    std::env::var("HOSTILE_MIN_RATIO").ok().and_then(|v| v.parse().ok()).unwrap_or(0.5)
+    std::env::var("HOSTILE_MIN_RATIO").ok().and_then(|v| v.parse().ok()).unwrap_or(0.8)
+}
+
+/// The floor for a case without an attack loop (a few messages or writes, then checks),
+/// measured over its whole time against windows before and after it. What such an
+/// attack costs the proxy is microseconds (a few descriptors, a handshake), but that
+/// comparison cannot cancel a step of this VM's vCPU placement (2x, at any moment): in
+/// the run of 2026-12-07 09:01 "misaligned offsets" (6 descriptors) read 0.63 with the
+/// windows before it at 1.8 Mpps and those after at 4.8 Mpps. The table prints every
+/// ratio.
+fn around_min_ratio() -> f64 {
+    std::env::var("HOSTILE_AROUND_MIN_RATIO").ok().and_then(|v| v.parse().ok()).unwrap_or(0.5)
 }
 
 /// The floor for cases whose cost lands on the proxy's control thread (system calls,
@@ -82,6 +117,120 @@ fn min_ratio() -> f64 {
 /// ratio.
 fn control_plane_min_ratio() -> f64 {
     std::env::var("HOSTILE_CONTROL_MIN_RATIO").ok().and_then(|v| v.parse().ok()).unwrap_or(0.3)
+}
+
+/// The good guest's rate is measured in windows this long, alternately with the attack
+/// running and paused ([`attacking`]), ...
+const WINDOW: Duration = Duration::from_millis(100);
+/// ... this many "on" windows per case, each between two "off" ones.
+const PAIRS: usize = 16;
+/// After the switch is thrown (and, for an "off" window, once the proxy consumed what
+/// the attack had published), before a window starts.
+const SETTLE: Duration = Duration::from_millis(5);
+/// An attack told to pause waits at most this long for the proxy to consume what it
+/// published; an "off" window that had to start without that is a failure. (A full
+/// 65536-entry ring of invalid packets takes seconds: the proxy takes 32 of them about
+/// once a millisecond from such a guest, `PENALTY_MAX` in proxy-app's datapath.rs.)
+const DRAIN_LIMIT: Duration = Duration::from_secs(8);
+/// The harness stops taking window pairs after this long (with at least `MIN_PAIRS`),
+/// for the attacks that take long to drain.
+const PAIRS_TIME: Duration = Duration::from_secs(12);
+const MIN_PAIRS: usize = 4;
+
+/// The hostile client's switch, worked by the harness while the case runs on a thread
+/// of its own: the harness measures the good guest's rate in windows, alternately with
+/// the attack paused ("off") and running ("on"), and compares each "on" window with the
+/// "off" windows on both sides of it (module docs). An attack loop asks [`attacking`]
+/// before each of its bursts.
+struct Switch {
+    state: Mutex<SwitchState>,
+    changed: Condvar,
+}
+
+#[derive(Clone, Copy)]
+struct SwitchState {
+    /// The harness measures an "off" window: attack loops wait.
+    paused: bool,
+    /// The harness has its windows: attack loops end, and the case checks its outcome.
+    done: bool,
+    /// An attack loop has asked (the case's set-up, attaching included, is behind it).
+    started: bool,
+    /// An attack loop waits in [`attacking`] now.
+    waiting: bool,
+    /// Times an attack loop paused before the proxy had consumed what it published
+    /// (`DRAIN_LIMIT`).
+    undrained: usize,
+}
+
+static SWITCH: Switch = Switch {
+    state: Mutex::new(SwitchState { paused: true, done: false, started: false, waiting: false, undrained: 0 }),
+    changed: Condvar::new(),
+};
+
+/// Asked by an attack loop before each burst: waits while the harness measures an
+/// "off" window; false once the harness has measured its windows (the loop ends).
+fn attacking() -> bool {
+    attacking_then(|| true)
+}
+
+/// [`attacking`] for an attack whose work stays in its rings after its last burst
+/// (a tx ring republished full): told to pause, it first waits (up to `DRAIN_LIMIT`)
+/// until `consumed` says the proxy has taken it all, so that an "off" window sees none
+/// of the attack's work.
+fn attacking_then(mut consumed: impl FnMut() -> bool) -> bool {
+    {
+        let mut s = SWITCH.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !s.started {
+            s.started = true;
+            SWITCH.changed.notify_all();
+        }
+        if !s.paused || s.done {
+            return !s.done;
+        }
+    }
+    let t = Instant::now();
+    while !consumed() && t.elapsed() < DRAIN_LIMIT {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let drained = consumed();
+    let mut s = SWITCH.state.lock().unwrap_or_else(|e| e.into_inner());
+    if !drained {
+        s.undrained += 1;
+    }
+    s.waiting = true;
+    SWITCH.changed.notify_all();
+    while s.paused && !s.done {
+        s = SWITCH.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+    }
+    s.waiting = false;
+    !s.done
+}
+
+impl Switch {
+    fn get(&self) -> SwitchState {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, f: impl FnOnce(&mut SwitchState)) {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+        self.changed.notify_all();
+    }
+
+    /// Before a case: paused (the first window is an "off" one), nothing started.
+    fn reset(&self) {
+        self.set(|s| *s = SwitchState { paused: true, done: false, started: false, waiting: false, undrained: 0 });
+    }
+}
+
+/// The median of `v` (0 for none).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 type Stats = HashMap<String, String>;
@@ -204,13 +353,80 @@ impl Bench {
         self.stats().0
     }
 
-    /// The good guest's packets forwarded through the proxy per second, over `window`.
-    fn good_rate(&mut self, window: Duration) -> f64 {
+    /// Spends `d`; with `probe`, asks for `show stats` every 50 ms and attaches a new
+    /// guest on the probe socket every 300 ms meanwhile (`Expect::fd_attack`).
+    fn pass(&mut self, d: Duration, probe: &mut Option<FdProbe>) {
+        let end = Instant::now() + d;
+        let Some(p) = probe else {
+            thread::sleep(d);
+            return;
+        };
+        let probe_sock = self.probe_sock.clone();
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                return;
+            }
+            if p.last_stats.is_none_or(|t| t.elapsed() >= Duration::from_millis(50)) {
+                p.last_stats = Some(Instant::now());
+                let took = self.stats_latency();
+                p.stats.push(took);
+            }
+            if p.last_attach.is_none_or(|t| t.elapsed() >= Duration::from_millis(300)) {
+                p.last_attach = Some(Instant::now());
+                p.attach_once(&probe_sock);
+            }
+            thread::sleep(end.saturating_duration_since(Instant::now()).min(Duration::from_millis(5)));
+        }
+    }
+
+    /// The good guest's packets forwarded through the proxy per second, over a window
+    /// of `w` (`probe`: as in [`Bench::pass`]).
+    fn window_rate(&mut self, w: Duration, probe: &mut Option<FdProbe>) -> f64 {
         let (a, _) = self.stats();
         let t = Instant::now();
-        thread::sleep(window);
+        self.pass(w, probe);
         let (b, _) = self.stats();
         (strict(&b, "tx_packets") - strict(&a, "tx_packets")) as f64 / t.elapsed().as_secs_f64()
+    }
+
+    /// While the case runs (`finished` says when it has ended): once its attack loop
+    /// asks [`attacking`] for the first time (its set-up done), windows of the good
+    /// guest's rate, alternately with the attack paused and running: off, on, off, ...,
+    /// off, up to `PAIRS` on windows. Returns (off rates, on rates, off windows the
+    /// attack did not pause for), or None when the case ended without an attack loop.
+    fn paired_windows(&mut self, finished: &dyn Fn() -> bool, probe: &mut Option<FdProbe>) -> Option<(Vec<f64>, Vec<f64>, usize)> {
+        while !SWITCH.get().started {
+            if finished() {
+                return None;
+            }
+            self.pass(Duration::from_millis(1), probe);
+        }
+        let (mut offs, mut ons, mut unpaused) = (Vec::new(), Vec::new(), 0);
+        let t0 = Instant::now();
+        loop {
+            // Off: the attack loop waits in `attacking` (or has ended with the case).
+            let t = Instant::now();
+            while !SWITCH.get().waiting && !finished() {
+                // The attack first waits for the proxy to consume its rings.
+                if t.elapsed() > DRAIN_LIMIT + Duration::from_secs(2) {
+                    unpaused += 1;
+                    break;
+                }
+                self.pass(Duration::from_millis(1), probe);
+            }
+            self.pass(SETTLE, probe);
+            offs.push(self.window_rate(WINDOW, probe));
+            if ons.len() == PAIRS || (ons.len() >= MIN_PAIRS && t0.elapsed() > PAIRS_TIME) || finished() {
+                break;
+            }
+            SWITCH.set(|s| s.paused = false);
+            self.pass(SETTLE, probe);
+            ons.push(self.window_rate(WINDOW, probe));
+            SWITCH.set(|s| s.paused = true);
+        }
+        SWITCH.set(|s| s.done = true);
+        Some((offs, ons, unpaused))
     }
 
     /// Waits until the proxy shows no guest on the hostile socket.
@@ -336,8 +552,12 @@ fn case_not_owned(c: &Ctx<'_>) -> Seen {
     // (net_null receives without pause) brings most of them back to the guest in its rx
     // ring, and a buffer delivered to the guest is the guest's to send: those go out.
     // So each of the 265 packets is either counted invalid or sent, at least 9 invalid.
+    // A buffer sent while it still sat in the free ring is in the free ring twice once
+    // the NIC gives it back: when the proxy takes it the second time while it holds it,
+    // that is one invalid free-ring entry (`invalid`, not `tx_invalid`), at most one per
+    // such buffer; whether the proxy gets there within the case is timing.
     expect_sum(&["tx_invalid", "tx_packets"], 265 + 1);
-    expect_sum(&["invalid", "tx_packets"], 265 + 1);
+    expect(Scope::Bad, &["invalid", "tx_packets"], 265 + 1, 265 + 1 + 256);
     expect_at_least("tx_invalid", 9);
     bad_descs(c, None, |g| {
         let p = g.pool.unwrap();
@@ -458,20 +678,27 @@ fn case_header(c: &Ctx<'_>) -> Seen {
     Seen { problem: None, disconnected: open_or_closed(&peer), note: format!("header scribbled, then {n} good packets") }
 }
 
-/// Runs `f` repeatedly for `CASE_TIME` on another thread (at the lowest priority: the
-/// module docs) while the main one waits.
+/// Runs `f` repeatedly on another thread (at the lowest priority: the module docs) for
+/// as long as the harness measures, pausing while it measures an "off" window
+/// ([`attacking`]); the calling thread waits.
 fn for_a_while(mut f: impl FnMut() + Send) {
-    let stop = Arc::new(AtomicBool::new(false));
+    for_a_while_on(&mut (), |_| f(), |_| true);
+}
+
+/// [`for_a_while`] on `state`, for an attack whose work stays in its rings: before each
+/// pause, the proxy consumes what it published (`consumed`, [`attacking_then`]).
+fn for_a_while_on<T: Send>(state: &mut T, mut burst: impl FnMut(&mut T) + Send, consumed: impl Fn(&T) -> bool + Send) {
     thread::scope(|s| {
-        let stop2 = stop.clone();
         s.spawn(move || {
             lowest_priority_for_this_thread().expect("setpriority");
-            while !stop2.load(Ordering::Relaxed) {
-                f();
+            loop {
+                let st = &mut *state;
+                if !attacking_then(|| consumed(st)) {
+                    break;
+                }
+                burst(state);
             }
         });
-        thread::sleep(CASE_TIME);
-        stop.store(true, Ordering::Relaxed);
     });
 }
 
@@ -691,8 +918,7 @@ fn case_request_flood(c: &Ctx<'_>) -> Seen {
     let g = ready(c);
     let msg = encode_to_vec(&Message::PoolDel { pool_id: 3 }, 7).unwrap();
     let mut sent = 0u64;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
+    while attacking() {
         match send_raw(&g.sock, &msg) {
             Ok(true) => sent += 1,
             Ok(false) => thread::sleep(Duration::from_millis(1)),
@@ -872,8 +1098,7 @@ fn queue_flapping(c: &Ctx<'_>) -> Seen {
     // a burst, starts beyond 10 per second are refused.
     let mut g = ready(c);
     let (mut ok, mut refused, mut other_reason) = (0u32, 0u32, None);
-    let deadline = Instant::now() + CASE_TIME;
-    while Instant::now() < deadline {
+    while attacking() {
         for msg in [Message::QueueStop { queue: 0 }, Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0, queue: 0 }] {
             match g.request(&msg) {
                 Ok(Message::Refuse { code: RefuseCode::BadRequest, reason }) if reason.contains("queue starts per second") => refused += 1,
@@ -1036,17 +1261,17 @@ fn case_tx_ring_garbage_flood(c: &Ctx<'_>) -> Seen {
     let mut g = Attached::ready_with(c.bad, 65536, 512, 256).unwrap_or_else(|e| panic!("hostile attach: {e}"));
     let start = g.tx_prod;
     let mut rounds = 0u64;
-    let g_ref = &mut g;
-    for_a_while(|| {
-        let cons = g_ref.tx_cons();
-        if cons == g_ref.tx_prod.wrapping_sub(65536) {
+    let burst = |g: &mut Attached| {
+        let cons = g.tx_cons();
+        if cons == g.tx_prod.wrapping_sub(65536) {
             std::thread::sleep(Duration::from_micros(50));
             return;
         }
         // Slots keep whatever they held (zeros: offset 0, the region header).
-        g_ref.set_tx_prod(cons.wrapping_add(65536));
+        g.set_tx_prod(cons.wrapping_add(65536));
         rounds += 1;
-    });
+    };
+    for_a_while_on(&mut g, burst, |g| g.tx_cons() == g.tx_prod);
     // Every descriptor published is a packet of one invalid segment, counted once.
     let consumed = tx_all_consumed(&g);
     let published = g.tx_prod.wrapping_sub(start) as u64;
@@ -1063,7 +1288,7 @@ fn case_tx_ring_garbage_flood(c: &Ctx<'_>) -> Seen {
 
 // ---- Passed descriptors (issue 16, item 2). Each case passes descriptors the protocol
 // does not expect, or has a refused or busy peer's queued ones released by a close,
-// again and again for CASE_TIME, while the harness measures `show stats` latency and
+// again and again while the harness measures (`attacking`), and `show stats` latency and
 // how long a new guest needs to attach on the probe socket (`Expect::fd_attack`). The
 // lingering TCP sockets would each block a closing thread for LINGER_SECS.
 
@@ -1137,8 +1362,8 @@ fn message_kinds() -> Vec<(&'static str, bool, Option<Message>)> {
 }
 
 /// Passes descriptors made by `make` with every kind of message, each on a fresh
-/// connection (attached first where the message needs a guest), until CASE_TIME is
-/// over; returns (attempts, stopped, the kinds that were not stopped), and says what the
+/// connection (attached first where the message needs a guest), while the harness
+/// measures ([`attacking`]); returns (attempts, stopped, the kinds that were not stopped), and says what the
 /// hostile socket's counters must show. Stopped: the kernel refuses the descriptors on
 /// every connection (`EPERM`: an attached guest's and a plain one take none), and on a
 /// connection the proxy asked for its region (the one window a peer has) the proxy cuts
@@ -1149,8 +1374,7 @@ fn message_kinds() -> Vec<(&'static str, bool, Option<Message>)> {
 fn pass_with_every_message(c: &Ctx<'_>, mut make: impl FnMut() -> Vec<OwnedFd>) -> (u32, u32, Vec<&'static str>) {
     let (mut attempts, mut cut, mut kept) = (0, 0, Vec::new());
     let (mut unwanted, mut passed, mut before_guest, mut with_guest) = (0u64, 0u64, 0u64, 0u64);
-    let deadline = Instant::now() + CASE_TIME;
-    while Instant::now() < deadline {
+    while attacking() {
         for (name, attached, msg) in message_kinds() {
             let fds = make();
             let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
@@ -1264,16 +1488,15 @@ fn fds_refused_peer_on_a_sink(c: &Ctx<'_>) -> Seen {
     }
 }
 
-/// Connects to `target` again and again for CASE_TIME, sending up to 10 lingering
-/// sockets with every kind of message each time, and waits to be told 'not allowed':
-/// (connections, told, a note).
+/// Connects to `target` again and again while the harness measures ([`attacking`]),
+/// sending up to 10 lingering sockets with every kind of message each time, and waits
+/// to be told 'not allowed': (connections, told, a note).
 fn refused_peer_attack(target: &Path) -> (u32, u32, String) {
     let mut keep = Vec::new();
     let (mut attempts, mut told) = (0u32, 0u32);
     let mut last = None;
     let mut slowest = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    let deadline = Instant::now() + CASE_TIME;
-    while Instant::now() < deadline {
+    while attacking() {
         attempts += 1;
         let t = Instant::now();
         let sock = connect(target).unwrap();
@@ -1440,8 +1663,7 @@ fn case_fds_unread_at_close(c: &Ctx<'_>) -> Seen {
     // tries ten (the kernel refuses them: it takes no descriptors).
     let mut keep = Vec::new();
     let (mut attempts, mut busy_told) = (0u32, 0u32);
-    let deadline = Instant::now() + CASE_TIME;
-    while Instant::now() < deadline {
+    while attacking() {
         attempts += 1;
         let g = window(c.bad);
         for i in 0..10 {
@@ -1485,6 +1707,8 @@ struct FdProbe {
     stats: Vec<Duration>,
     attach: Vec<Duration>,
     attach_failures: Vec<String>,
+    last_stats: Option<Instant>,
+    last_attach: Option<Instant>,
 }
 
 impl FdProbe {
@@ -1647,22 +1871,22 @@ fn republished_chains(c: &Ctx<'_>, tail: ChainTail, poison: bool) -> Seen {
     let start = g.tx_cons();
     let (mut wakeups, mut drained) = (0u64, 0u64);
     let mut rng = Rng(0xc4a12);
-    let g_ref = &mut g;
-    for_a_while(|| {
-        let cons = g_ref.tx_cons();
+    let burst = |g: &mut Attached| {
+        let cons = g.tx_cons();
         wakeups += 1;
-        if cons == g_ref.tx_prod {
+        if cons == g.tx_prod {
             drained += 1;
         }
         // The proxy releases whole packets only: `cons` starts a chain.
-        g_ref.set_tx_prod(cons.wrapping_add(CHAIN_RING));
+        g.set_tx_prod(cons.wrapping_add(CHAIN_RING));
         if poison {
-            let mem = g_ref.mem();
+            let mem = g.mem();
             mem.atomic_u32((p.ring_offset() + ENQ_POS_OFFSET) as usize).unwrap().store(rng.next_u64() as u32, Ordering::Relaxed);
             mem.atomic_u32((p.ring_offset() + DEQ_POS_OFFSET) as usize).unwrap().store(rng.next_u64() as u32, Ordering::Relaxed);
         }
         thread::sleep(Duration::from_micros(200));
-    });
+    };
+    for_a_while_on(&mut g, burst, |g| g.tx_cons() == g.tx_prod);
     let consumed = tx_all_consumed(&g);
     let chains = g.tx_prod.wrapping_sub(start) / 64;
     expect_exact("tx_invalid", chains as u64);
@@ -1800,6 +2024,21 @@ fn case_app_name(c: &Ctx<'_>) -> Seen {
     Seen { problem: None, disconnected: open_or_closed(&peer), note: "app name with a newline, '=', spaces, ESC and '%'".into() }
 }
 
+/// The good guest's rate during a case against its rate without the attack.
+struct Measured {
+    /// Without the attack: the median of the "off" windows, or the mean of the
+    /// medians of the windows before and after the case.
+    base: f64,
+    /// With it: the median of the "on" windows, or over the whole case.
+    rate: f64,
+    /// What the floor is compared with: the median of the pairs' ratios, or
+    /// `rate / base`.
+    ratio: f64,
+    /// How it was measured: "paired xN lo-hi" (N pairs, their lowest and highest
+    /// ratio) or "around B/A" (the medians before and after).
+    method: String,
+}
+
 struct Case {
     name: &'static str,
     run: CaseFn,
@@ -1869,47 +2108,38 @@ fn hostile_guests_do_not_disturb_a_good_one() {
     let only = std::env::var("HOSTILE_CASES").ok();
     let mut failures = Vec::new();
     let mut table = vec![format!(
-        "{:<48} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>6} {:>5} {:>9} {:>9} {:>6} {:>9} {:>9}  note",
-        "case", "invalid", "tx_inv", "refused", "bad_req", "tx_pkts", "unw_fds", "exact", "cut", "warns", "good_pps0", "good_pps", "ratio", "stats_ms", "attach_ms"
+        "{:<48} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>6} {:>5} {:>9} {:>9} {:>6} {:<24} {:>9} {:>9}  note",
+        "case", "invalid", "tx_inv", "refused", "bad_req", "tx_pkts", "unw_fds", "exact", "cut", "warns", "good_off", "good_on", "ratio", "method", "stats_ms", "attach_ms"
     )];
     for case in cases() {
         // HOSTILE_CASES: substrings of case names, separated by '|'.
         if only.as_deref().is_some_and(|f| !f.split('|').any(|f| case.name.contains(f))) {
             continue;
         }
-        let before_rate = b.good_rate(Duration::from_secs(1));
+        // The good guest's rate before the case: windows of WINDOW, their median.
+        let before: Vec<f64> = (0..4).map(|_| b.window_rate(WINDOW, &mut None)).collect();
         let (g0, h0) = b.stats();
         let allow_sock = b.allow_sock.clone();
         let (a0, global0) = b.socket_and_global_stats(&allow_sock);
         let out0 = b.proxy.out.text().len();
         let t = Instant::now();
         EXACT.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        let (bad, good, probe) = (b.bad_sock.clone(), b.good_sock.clone(), b.probe_sock.clone());
+        SWITCH.reset();
+        let (bad, good) = (b.bad_sock.clone(), b.good_sock.clone());
         let ctx = Ctx { bad: &bad, good: &good, allow: &allow_sock, proxy_pid: b.proxy.pid() };
-        let mut fd_probe = None;
-        let seen = if case.expect.fd_attack {
-            // The attack runs on its own thread; here, the proxy is asked for its stats
-            // every 50 ms and a new guest attaches every 300 ms.
-            thread::scope(|sc| {
-                let attack = sc.spawn(|| (case.run)(&ctx));
-                let mut p = FdProbe::default();
-                let mut last_attach = Instant::now();
-                while !attack.is_finished() {
-                    p.stats.push(b.stats_latency());
-                    if last_attach.elapsed() >= Duration::from_millis(300) {
-                        last_attach = Instant::now();
-                        p.attach_once(&probe);
-                    }
-                    thread::sleep(Duration::from_millis(50));
-                }
-                fd_probe = Some(p);
-                attack.join().expect("the attack panicked")
-            })
-        } else {
-            (case.run)(&ctx)
-        };
+        let mut fd_probe = case.expect.fd_attack.then(FdProbe::default);
+        // The case runs on its own thread; here, the good guest's rate is measured in
+        // windows with its attack paused and running (and the descriptor probes run).
+        let (seen, paired) = thread::scope(|sc| {
+            let attack = sc.spawn(|| (case.run)(&ctx));
+            let paired = b.paired_windows(&|| attack.is_finished(), &mut fd_probe);
+            while !attack.is_finished() {
+                b.pass(Duration::from_millis(5), &mut fd_probe);
+            }
+            (attack.join().expect("the case panicked"), paired)
+        });
         if let Some(left) = CASE_TIME.checked_sub(t.elapsed()) {
-            thread::sleep(left);
+            b.pass(left, &mut fd_probe);
         }
         let (g1, h1) = b.stats();
         let elapsed = t.elapsed().as_secs_f64();
@@ -1946,14 +2176,52 @@ fn hostile_guests_do_not_disturb_a_good_one() {
         if strict(&g1, "guests_served") != 1 || g1.get("guest").is_none_or(|g| g == "-") {
             errs.push(format!("the good guest lost its attachment: {g1:?}"));
         }
-        let ratio = if case.expect.control_plane { control_plane_min_ratio() } else { data_ratio };
-        if !case.expect.reference && (rate < ratio * before_rate || rate <= 0.0) {
-            // The machines are shared: a slow window may be the neighbours. Only a rate
-            // below the fraction of the rates on both sides of the case counts.
-            let after_rate = b.good_rate(Duration::from_secs(1));
-            if rate < ratio * after_rate || rate <= 0.0 {
-                errs.push(format!("good rate {rate:.0}/s below {ratio} x {before_rate:.0}/s (before) and x {after_rate:.0}/s (after)"));
+        // What the ratio compares (printed in the table's `method` column):
+        // - paired: the case has an attack loop. Each "on" window against the mean of the
+        //   "off" windows on both sides of it, and the median of those ratios: drifts
+        //   slower than a window pair (the vCPUs' placement) cancel, and one window that
+        //   a neighbour on the machine slowed does not decide. The case's set-up (the
+        //   hostile guest's attach, which restarts net_null's port) and its checks
+        //   after the attack are in no window.
+        // - around: an attack of a few messages or writes, no loop to pause. The case's
+        //   whole time (set-up included, at least CASE_TIME) against the mean of the
+        //   medians of the windows before and after it.
+        // (An attack that ended within MIN_PAIRS pairs, a request flood cut at once, is
+        // measured as one without a loop.)
+        let m = match &paired {
+            Some((offs, ons, unpaused)) if ons.len() >= MIN_PAIRS => {
+                let pairs: Vec<f64> = ons.iter().enumerate().map(|(i, on)| on / ((offs[i] + offs[i + 1]) / 2.0).max(1.0)).collect();
+                if *unpaused > 0 {
+                    errs.push(format!("the attack did not pause for {unpaused} off windows"));
+                }
+                let undrained = SWITCH.get().undrained;
+                if undrained > 0 {
+                    errs.push(format!("{undrained} off windows began before the proxy had consumed the attack's rings"));
+                }
+                let lo = pairs.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = pairs.iter().copied().fold(0.0, f64::max);
+                Measured {
+                    base: median(offs),
+                    rate: median(ons),
+                    ratio: median(&pairs),
+                    method: format!("paired x{} {lo:.2}-{hi:.2}", pairs.len()),
+                }
             }
+            _ => {
+                let after: Vec<f64> = (0..4).map(|_| b.window_rate(WINDOW, &mut None)).collect();
+                let base = (median(&before) + median(&after)) / 2.0;
+                Measured { base, rate, ratio: rate / base.max(1.0), method: format!("around {:.0}/{:.0}", median(&before), median(&after)) }
+            }
+        };
+        let floor = if case.expect.control_plane {
+            control_plane_min_ratio()
+        } else if m.method.starts_with("paired") {
+            data_ratio
+        } else {
+            around_min_ratio()
+        };
+        if !case.expect.reference && (m.ratio < floor || m.rate <= 0.0) {
+            errs.push(format!("good guest at {:.2}x of its rate ({:.0}/s against {:.0}/s, {}), below {floor}", m.ratio, m.rate, m.base, m.method));
         }
         let e = case.expect;
         if e.invalid && d(&h0, &h1, "invalid") == 0 {
@@ -2033,7 +2301,7 @@ fn hostile_guests_do_not_disturb_a_good_one() {
             errs.push(format!("{warns} warning lines (more than {allowed}), the first: {:?}", &warn_lines[..3.min(warns)]));
         }
         table.push(format!(
-            "{:<48} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>6} {:>5} {:>9.0} {:>9.0} {:>6.2} {:>9} {:>9}  {}",
+            "{:<48} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>6} {:>5} {:>9.0} {:>9.0} {:>6.2} {:<24} {:>9} {:>9}  {}",
             case.name,
             d(&h0, &h1, "invalid"),
             d(&h0, &h1, "tx_invalid"),
@@ -2044,9 +2312,10 @@ fn hostile_guests_do_not_disturb_a_good_one() {
             exact_col,
             seen.disconnected.map_or("-".to_string(), |c| c.to_string()),
             warns,
-            before_rate,
-            rate,
-            rate / before_rate.max(1.0),
+            m.base,
+            m.rate,
+            m.ratio,
+            m.method,
             stats_col,
             attach_col,
             seen.note
