@@ -99,7 +99,7 @@ impl Control {
             s += &format!(
                 "socket={} port={} queue={} guest={} guests_served={} rx_packets={} rx_bytes={} rx_dropped={} \
                  tx_packets={} tx_bytes={} tx_dropped={} tx_refused={} tx_invalid={} tx_returned={} copies={} invalid={} refused={} bad_requests={} \
-                 pools={} pool_buffers={} free_ring={} shadow_in_use={} parked={} lost={} rx_wakeups={} unwanted_fds={} deferred={}\n",
+                 pools={} pool_buffers={} free_ring={} shadow_in_use={} parked={} lost={} rx_wakeups={} unwanted_fds={} deferred={} penalty_polls={}\n",
                 ep.path.display(),
                 ep.port,
                 ep.queues_text(),
@@ -127,6 +127,7 @@ impl Control {
                 ld(&st.rx_wakeups),
                 ld(&st.unwanted_fds),
                 ep.deferred,
+                ld(&st.penalty_polls),
             );
         }
         for (&port, nic) in &self.ports {
@@ -194,7 +195,7 @@ fn pair_line(socket: &str, k: usize, port: u16, queue: u16, st: &crate::datapath
     let ld = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     format!(
         "pair={k} of={socket} port={port} queue={queue} rx_packets={} rx_bytes={} rx_dropped={} tx_packets={} \
-         tx_bytes={} tx_dropped={} tx_refused={} tx_invalid={} tx_returned={} copies={} invalid={} rx_wakeups={}\n",
+         tx_bytes={} tx_dropped={} tx_refused={} tx_invalid={} tx_returned={} copies={} invalid={} rx_wakeups={} penalty_polls={}\n",
         ld(&st.rx_packets),
         ld(&st.rx_bytes),
         ld(&st.rx_dropped),
@@ -207,6 +208,7 @@ fn pair_line(socket: &str, k: usize, port: u16, queue: u16, st: &crate::datapath
         ld(&st.copies),
         ld(&st.invalid),
         ld(&st.rx_wakeups),
+        ld(&st.penalty_polls),
     )
 }
 
