@@ -22,8 +22,10 @@
 //! the guest's left, no departed guest's pools in the quarantine (`net_null` holds no
 //! buffer), exactly the mempools of the process before the first input (no shadow pool
 //! leaked), the socket back to Listening when its guest left. Every answer the proxy
-//! sent must decode. A failed check panics, and the input alone reproduces it: nothing
-//! one input does reaches the next (see [`Harness::end_input`]). What stays up between
+//! sent must decode. A failed check panics. The input alone should reproduce it: what
+//! one input leaves behind is undone (see [`Harness::end_input`]), but
+//! `PROXY_FUZZ_OUTCOMES=check` still finds inputs whose outcome depends on the one
+//! before (docs/threat-model.md, "Fuzzing"). What stays up between
 //! inputs is what a proxy keeps for its whole life (EAL, the port, the served socket,
 //! the control plane) and the attached guest.
 //!
