@@ -529,7 +529,11 @@ fn rx_interrupts_let_an_application_sleep_until_the_proxy_has_packets() {
     assert_eq!(packets, counter(&stats, "rx_packets"), "the application got what the proxy delivered: {stats:?}");
     // It slept between them and the proxy woke it: most packets came after a wake-up.
     assert!(wakeups * 2 >= pings, "only {wakeups} wake-ups for {pings} pings\n{out}");
-    assert!(counter(&stats, "rx_wakeups") >= wakeups, "{stats:?}\n{out}");
+    // And the proxy sent those wake-ups. Not one for each of the application's: when
+    // packets arrive between its empty burst and its arming, the driver wakes the
+    // application itself (`rx_queue_intr_enable`), which the proxy does not count
+    // (seen: 36 wake-ups in the application, 35 sent by the proxy).
+    assert!(counter(&stats, "rx_wakeups") * 2 >= pings, "the proxy sent few wake-ups: {stats:?}\n{out}");
     // A polling application uses its whole CPU; a sleeping one almost none.
     assert!(cpu_ms * 5 < wall_ms, "the application used {cpu_ms} ms of CPU in {wall_ms} ms\n{out}");
     assert_eq!(pcode, Some(0), "{pout}");
