@@ -14,6 +14,30 @@ use std::time::Duration;
 
 use e2e_tests::*;
 
+/// A proxy on a `net_null` port that serves `sock` with the port's NIC queues `queues`
+/// (`"0,1"`: pair 0 is NIC queue 0, pair 1 NIC queue 1), once it is ready.
+fn null_proxy_on_queues(s: &Scratch, sock: &Path, queues: &str) -> Proc {
+    let proxy = start_proxy(
+        s,
+        &ProxyConfig {
+            eal: vec!["--vdev".into(), "net_null0".into()],
+            commands: vec![format!("socket {} port 0 queues {queues}", sock.display())],
+            extra: vec![],
+            netns: None,
+        },
+    );
+    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    proxy
+}
+
+/// Quits the proxy, which must exit with 0; its output.
+fn quit_proxy(mut proxy: Proc) -> String {
+    proxy.send("quit");
+    let (code, out) = proxy.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{out}");
+    out
+}
+
 /// testpmd with a main lcore and `forwarding` more, all on the guest's CPU (they share
 /// it: the point is two forwarding threads on two queues, not speed).
 fn testpmd_lcores(scratch: &Scratch, socket: &Path, name: &str, forwarding: usize, args: &[&str]) -> Proc {
@@ -63,16 +87,7 @@ fn xstat(out: &str, name: &str) -> u64 {
 fn testpmd_forwards_on_two_queue_pairs_of_one_socket_with_two_lcores() {
     let s = Scratch::new("mq");
     let sock = s.path("mq/sock");
-    let mut proxy = start_proxy(
-        &s,
-        &ProxyConfig {
-            eal: vec!["--vdev".into(), "net_null0".into()],
-            commands: vec![format!("socket {} port 0 queues 0,1", sock.display())],
-            extra: vec![],
-            netns: None,
-        },
-    );
-    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    let mut proxy = null_proxy_on_queues(&s, &sock, "0,1");
     let mut g = testpmd_lcores(
         &s,
         &sock,
@@ -134,25 +149,14 @@ fn testpmd_forwards_on_two_queue_pairs_of_one_socket_with_two_lcores() {
     assert_eq!((xstat(&gout, "rx_good_packets"), xstat(&gout, "tx_good_packets")), (q_rx, q_tx));
     assert_eq!(xstat(&gout, "tx_copied_packets"), 0);
     assert_eq!(xstat(&gout, "rx_invalid_descriptors"), 0);
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
 }
 
 #[test]
 fn a_multi_queue_socket_refuses_more_queues_than_it_offers() {
     let s = Scratch::new("mqlim");
     let sock = s.path("mq/sock");
-    let mut proxy = start_proxy(
-        &s,
-        &ProxyConfig {
-            eal: vec!["--vdev".into(), "net_null0".into()],
-            commands: vec![format!("socket {} port 0 queues 1,0", sock.display())],
-            extra: vec![],
-            netns: None,
-        },
-    );
-    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    let proxy = null_proxy_on_queues(&s, &sock, "1,0");
     // Three queues on a socket with two: testpmd sees the device's maxima and gives up.
     let out = run_until(testpmd_lcores(&s, &sock, "mq3", 1, &["-i", "--rxq=3", "--txq=3", "--total-num-mbufs=8192"]), "max_rx_queues (2)");
     assert!(out.contains("can't be greater than max_rx_queues (2)"), "{out}");
@@ -162,9 +166,7 @@ fn a_multi_queue_socket_refuses_more_queues_than_it_offers() {
     wait_until_or_dump(&proxy, "pair 0 started", 30, |t| t.contains("queue started (pair 0: port 0 queue 1)"));
     g.send("quit");
     let _ = g.wait(Duration::from_secs(20));
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    let out = quit_proxy(proxy);
     assert!(!out.contains("queue started (pair 1"), "a one-queue guest started pair 1:\n{out}");
 }
 
@@ -184,16 +186,7 @@ fn each_queue_pair_has_its_own_rings_and_refusals_name_the_pair() {
 
     let s = Scratch::new("mqraw");
     let sock = s.path("mq/sock");
-    let mut proxy = start_proxy(
-        &s,
-        &ProxyConfig {
-            eal: vec!["--vdev".into(), "net_null0".into()],
-            commands: vec![format!("socket {} port 0 queues 0,1", sock.display())],
-            extra: vec![],
-            netns: None,
-        },
-    );
-    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    let mut proxy = null_proxy_on_queues(&s, &sock, "0,1");
     let mut g = Attached::attach(&sock, &hello(32 << 20, 256)).unwrap();
     assert_eq!(g.welcome.queue_pairs, 2);
     assert_eq!(g.layout.queue_pairs(), 2);
@@ -232,9 +225,7 @@ fn each_queue_pair_has_its_own_rings_and_refusals_name_the_pair() {
     assert_eq!(must(&total, "rx_packets"), filled as u64, "{total:?}");
     assert_eq!(g.request(&Message::QueueStop { queue: 1 }).unwrap(), Message::QueueStopped);
     drop(g);
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
 }
 
 /// Fewer rx than tx queues (what Open vSwitch configures by default: one rx queue, a tx
@@ -245,16 +236,7 @@ fn each_queue_pair_has_its_own_rings_and_refusals_name_the_pair() {
 fn fewer_rx_than_tx_queues_receive_every_pair_on_the_rx_queues_there_are() {
     let s = Scratch::new("mqneq");
     let sock = s.path("mq/sock");
-    let mut proxy = start_proxy(
-        &s,
-        &ProxyConfig {
-            eal: vec!["--vdev".into(), "net_null0".into()],
-            commands: vec![format!("socket {} port 0 queues 0,1", sock.display())],
-            extra: vec![],
-            netns: None,
-        },
-    );
-    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    let mut proxy = null_proxy_on_queues(&s, &sock, "0,1");
     let mut g = testpmd_lcores(&s, &sock, "mq12", 1, &["-i", "--forward-mode=macswap", "--rxq=1", "--txq=2", "--total-num-mbufs=16384"]);
     wait_or_dump(&g, "Checking link statuses", 30);
     wait_until_or_dump(&proxy, "both pairs started", 30, |t| t.matches("queue started (pair").count() >= 2);
@@ -299,7 +281,5 @@ fn fewer_rx_than_tx_queues_receive_every_pair_on_the_rx_queues_there_are() {
     let (gcode, gout) = g.wait(Duration::from_secs(20));
     assert_eq!(gcode, Some(0), "{gout}");
     assert!(xstat(&gout, "tx_q0_packets") > 10_000, "{gout}");
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
 }
