@@ -485,12 +485,27 @@ fn c_api_header_compiles_and_reports_a_live_port() {
     assert_eq!(proxy_tx, 128, "{stats:?}\n{pout}");
 }
 
+/// Ends an rx-interrupt run: waits for the C program (it must succeed), reads the
+/// proxy's counters for `sock` and quits the proxy. The program's output, the socket's
+/// counters, the proxy's exit code and output.
+fn end_rx_intr_run(app: Proc, mut proxy: Proc, sock: &Path) -> (String, std::collections::HashMap<String, String>, Option<i32>, String) {
+    let (code, out) = app.wait(Duration::from_secs(30));
+    proxy.send("show stats");
+    proxy.out.wait_for("stats", Duration::from_secs(10), |t| t.contains("rx_wakeups=")).unwrap();
+    let stats = proxy_socket_stats(&proxy.out.text(), sock);
+    let (pcode, pout) = quit(proxy);
+    assert_eq!(code, Some(0), "the C program failed:\n{out}\n--- proxy ---\n{pout}");
+    eprintln!("{}", out.lines().filter(|l| l.starts_with("rx_intr:")).collect::<Vec<_>>().join("\n"));
+    eprintln!("proxy: rx_packets={} rx_wakeups={}", counter(&stats, "rx_packets"), counter(&stats, "rx_wakeups"));
+    (out, stats, pcode, pout)
+}
+
 #[test]
 fn rx_interrupts_let_an_application_sleep_until_the_proxy_has_packets() {
     assert!(is_root(), "this test needs root for a network namespace and a tap device (CI runs as root)");
     let s = Scratch::new("rxintr");
     let program = compile_c(&s, "shm_rx_intr_check", &[]);
-    let TapProxy { mut proxy, sock, tap, ns } = start_tap_proxy(&s, "int", "10.204.0.1/24");
+    let TapProxy { proxy, sock, tap, ns } = start_tap_proxy(&s, "int", "10.204.0.1/24");
 
     let (_, cpu) = cpus();
     let plugins = plugin_dir();
@@ -514,14 +529,7 @@ fn rx_interrupts_let_an_application_sleep_until_the_proxy_has_packets() {
         .output()
         .expect("ping");
     assert!(ping.status.code().is_some(), "ping did not run");
-    let (code, out) = app.wait(Duration::from_secs(30));
-    proxy.send("show stats");
-    proxy.out.wait_for("stats", Duration::from_secs(10), |t| t.contains("rx_wakeups=")).unwrap();
-    let stats = proxy_socket_stats(&proxy.out.text(), &sock);
-    let (pcode, pout) = quit(proxy);
-    assert_eq!(code, Some(0), "the C program failed:\n{out}\n--- proxy ---\n{pout}");
-    eprintln!("{}", out.lines().filter(|l| l.starts_with("rx_intr:")).collect::<Vec<_>>().join("\n"));
-    eprintln!("proxy: rx_packets={} rx_wakeups={}", counter(&stats, "rx_packets"), counter(&stats, "rx_wakeups"));
+    let (out, stats, pcode, pout) = end_rx_intr_run(app, proxy, &sock);
     let (packets, wakeups) = (summary(&out, "rx_intr: packets", "packets"), summary(&out, "rx_intr: packets", "wakeups"));
     let (cpu_ms, wall_ms) = (summary(&out, "rx_intr: packets", "cpu_ms"), summary(&out, "rx_intr: packets", "wall_ms"));
     // Every ping reached the application (the kernel may add a few packets of its own).
@@ -549,7 +557,7 @@ fn rx_interrupts_wake_the_application_on_each_queue_of_a_two_queue_socket() {
     assert!(is_root(), "this test needs root for a network namespace and a tap device (CI runs as root)");
     let s = Scratch::new("rxintr2");
     let program = compile_c(&s, "shm_rx_intr_check", &[]);
-    let TapProxy { mut proxy, sock, tap, ns } = start_tap_proxy_on(&s, "in2", "10.205.0.1/24", "queues 0,1");
+    let TapProxy { proxy, sock, tap, ns } = start_tap_proxy_on(&s, "in2", "10.205.0.1/24", "queues 0,1");
 
     let (_, cpu) = cpus();
     let mut cmd = Command::new(&program);
@@ -582,14 +590,7 @@ fn rx_interrupts_wake_the_application_on_each_queue_of_a_two_queue_socket() {
     for mut ping in pings {
         assert!(ping.wait().expect("ping").code().is_some(), "ping did not run");
     }
-    let (code, out) = app.wait(Duration::from_secs(30));
-    proxy.send("show stats");
-    proxy.out.wait_for("stats", Duration::from_secs(10), |t| t.contains("rx_wakeups=")).unwrap();
-    let stats = proxy_socket_stats(&proxy.out.text(), &sock);
-    let (pcode, pout) = quit(proxy);
-    assert_eq!(code, Some(0), "the C program failed:\n{out}\n--- proxy ---\n{pout}");
-    eprintln!("{}", out.lines().filter(|l| l.starts_with("rx_intr:")).collect::<Vec<_>>().join("\n"));
-    eprintln!("proxy: rx_packets={} rx_wakeups={}", counter(&stats, "rx_packets"), counter(&stats, "rx_wakeups"));
+    let (out, stats, pcode, pout) = end_rx_intr_run(app, proxy, &sock);
     let packets = summary(&out, "rx_intr: packets", "packets");
     assert!(packets >= flows * each, "{out}");
     assert_eq!(packets, counter(&stats, "rx_packets"), "the application got what the proxy delivered: {stats:?}");
