@@ -344,6 +344,7 @@ contender_pipeline() {
 # (socket-abstract=no) so it lives in our private directory. Both on hugepages.
 memif_contender() {  # memif_contender NAME SIZE CLIENT-EXTRA [latency SPEC]
     local name=$1 size=$2 extra=$3 sock="$tmp/$1-$2-$rep${4:+-lat}/memif.sock"
+    rm -rf "$(dirname "$sock")"      # fresh each run, as for ours (contender_ours)
     mkdir -p "$(dirname "$sock")"
     local vdev="net_memif0,role=server,socket=$sock,socket-abstract=no"
     if [ "${4:-}" = latency ]; then
@@ -390,6 +391,11 @@ contender_ours() {
         "$rel/librte_net_shm.so"; do
         [ -e "$f" ] || { skip="not built, skipped"; return; }
     done
+    # A fresh directory each run: the latency runs of one size and repetition share the
+    # path, and the proxy, once it runs as its own user, cannot unlink its socket in
+    # our root-owned directory when it exits. A socket file left by the run before
+    # satisfied host_ready at once, and the guest met "connection refused".
+    rm -rf "$dir"
     mkdir -p "$dir/sock0"
     echo "socket $sock port 0 queue 0" > "$dir/proxy.cmds"
     local hp="$run_id-ours-$size-h$rep" nic=(--vdev "net_null0,copy=0,size=$size") bench=()
