@@ -146,7 +146,7 @@ packets=$(awk '/TX-packets:/ { v = $2 } END { print v + 0 }' "$out/$side.guest.l
     exit 1
 }
 if [ "$side" = proxy ]; then
-    total=$(inclusive 'datapath[.]rs:dpdk_io_proxy::datapath::Plane::run')
+    total=$(inclusive 'datapath[.]rs:(dpdk_io_proxy|proxy_app)::datapath::Plane::run')
     nic=$(inclusive 'static_wrappers[.]c:rte_eth_(rx|tx)_burst__extern')
 else
     total=$(inclusive 'ops[.]rs:rte_net_shm::ops::(rx|tx)_burst')

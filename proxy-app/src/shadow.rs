@@ -248,7 +248,7 @@ impl ShadowPool {
         let pool = unsafe { ExtPool::new(&spec, buffer, ctx.clone(), Box::new(region.clone())) }
             .map_err(|e| format!("{name}: {e}"))?;
         if !pool.strided() {
-            crate::log_info!("{name}: shadows not evenly spaced; their index is looked up by address");
+            crate::log_info!("{name}: shadows not in a few runs of one power-of-two stride; their index is searched for by address (a binary search per packet)");
         }
         Ok(ShadowPool { ctx, pool })
     }

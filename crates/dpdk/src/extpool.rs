@@ -44,12 +44,28 @@ const CHUNK: usize = 64;
 
 /// How a header's address gives its buffer's index.
 enum AddrIndex {
-    /// The headers lie at `base + (index << shift)` (one populated chunk, as usual): the
-    /// index is computed, without touching the header.
+    /// The headers lie at `base + (index << shift)` (one populated chunk): the index is
+    /// computed, without touching the header.
     Strided { base: usize, shift: u32 },
+    /// The headers lie in a few runs of that shape, one per chunk DPDK populated (it
+    /// takes memory page by page when no contiguous zone of the pool's size is free,
+    /// as on a proxy whose hugepages other guests' pools have fragmented): the run is
+    /// found by a scan of at most [`MAX_RUNS`], the index computed within it.
+    Runs { shift: u32, runs: Box<[Run]> },
     /// Otherwise: (address, index) sorted by address, searched.
     Sorted(Box<[(usize, u32)]>),
 }
+
+/// Buffers `first..first + count`, their headers at `base + ((index - first) << shift)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    base: usize,
+    first: u32,
+    count: u32,
+}
+
+/// The most runs [`AddrIndex::Runs`] scans: beyond that a binary search is cheaper.
+const MAX_RUNS: usize = 8;
 
 /// What the mempool's operations use; `pool_data` points at it.
 struct ExtState {
@@ -66,6 +82,35 @@ struct ExtState {
     populating: AtomicBool,
 }
 
+impl AddrIndex {
+    /// The index of headers at `headers` (by buffer index).
+    fn of(headers: &[usize]) -> AddrIndex {
+        match strided_runs(headers) {
+            Some((shift, runs)) if runs.len() == 1 => AddrIndex::Strided { base: runs[0].base, shift },
+            Some((shift, runs)) => AddrIndex::Runs { shift, runs: runs.into_boxed_slice() },
+            None => {
+                let mut sorted: Vec<(usize, u32)> = headers.iter().enumerate().map(|(i, &a)| (a, i as u32)).collect();
+                sorted.sort_unstable();
+                AddrIndex::Sorted(sorted.into_boxed_slice())
+            }
+        }
+    }
+
+    /// Header address of buffer `idx` (below the pool's count): computed where the
+    /// headers are strided, which keeps the 8-byte-per-buffer table out of the cache.
+    #[inline]
+    fn header(&self, idx: u32, headers: &OnceLock<Box<[usize]>>) -> Option<usize> {
+        match self {
+            &AddrIndex::Strided { base, shift } => Some(base + ((idx as usize) << shift)),
+            AddrIndex::Runs { shift, runs } => {
+                let run = runs.iter().find(|r| idx.wrapping_sub(r.first) < r.count)?;
+                Some(run.base + (((idx - run.first) as usize) << shift))
+            }
+            AddrIndex::Sorted(_) => headers.get()?.get(idx as usize).copied(),
+        }
+    }
+}
+
 impl ExtState {
     #[inline]
     fn index_of_addr(&self, addr: usize) -> Option<u32> {
@@ -76,6 +121,15 @@ impl ExtState {
                     return None;
                 }
                 u32::try_from(from_base >> shift).ok()?
+            }
+            AddrIndex::Runs { shift, runs } => {
+                // Header addresses are distinct, so at most one run holds `addr`.
+                let run = runs.iter().find(|r| addr.wrapping_sub(r.base) < (r.count as usize) << shift)?;
+                let from_base = addr - run.base;
+                if from_base & ((1usize << shift) - 1) != 0 {
+                    return None;
+                }
+                run.first + (from_base >> shift) as u32
             }
             AddrIndex::Sorted(sorted) => {
                 let at = sorted.binary_search_by_key(&addr, |&(a, _)| a).ok()?;
@@ -93,10 +147,7 @@ impl ExtState {
         }
         // Evenly spaced headers: the address is computed (idx is below `count`, so it is
         // a buffer's), which keeps the 8-byte-per-buffer table out of the cache.
-        match self.by_addr.get()? {
-            &AddrIndex::Strided { base, shift } => Some(base + ((idx as usize) << shift)),
-            AddrIndex::Sorted(_) => self.headers.get()?.get(idx as usize).copied(),
-        }
+        self.by_addr.get()?.header(idx, &self.headers)
     }
 
     /// Marks buffer `idx` held; its header address, or None if it was held already or
@@ -108,10 +159,7 @@ impl ExtState {
         }
         // Evenly spaced headers: the address is computed (idx is a buffer's), which keeps
         // the 8-byte-per-buffer table out of the cache.
-        let addr = match self.by_addr.get()? {
-            &AddrIndex::Strided { base, shift } => base + ((idx as usize) << shift),
-            AddrIndex::Sorted(_) => *self.headers.get()?.get(idx as usize)?,
-        };
+        let addr = self.by_addr.get()?.header(idx, &self.headers)?;
         self.marks.take_single(idx).then_some(addr)
     }
 
@@ -278,14 +326,7 @@ impl ExtPool {
         if headers.contains(&0) {
             return Err(Error::new("rte_mempool_obj_iter", libc::EFAULT));
         }
-        let by_addr = match even_spacing(&headers) {
-            Some((base, shift)) => AddrIndex::Strided { base, shift },
-            None => {
-                let mut sorted: Vec<(usize, u32)> = headers.iter().enumerate().map(|(i, &a)| (a, i as u32)).collect();
-                sorted.sort_unstable();
-                AddrIndex::Sorted(sorted.into_boxed_slice())
-            }
-        };
+        let by_addr = AddrIndex::of(&headers);
         // Headers first: `hold` hands out nothing before the address index is set.
         let _ = state.headers.set(headers.into_boxed_slice());
         let _ = state.by_addr.set(by_addr);
@@ -305,9 +346,10 @@ impl ExtPool {
         self.pool.mempool()
     }
 
-    /// Whether an index is computed from an address (the headers are evenly spaced).
+    /// Whether an index is computed from an address (the headers lie at one
+    /// power-of-two stride, in at most `MAX_RUNS` runs), not searched for.
     pub fn strided(&self) -> bool {
-        matches!(self.state.by_addr.get(), Some(AddrIndex::Strided { .. }))
+        matches!(self.state.by_addr.get(), Some(AddrIndex::Strided { .. } | AddrIndex::Runs { .. }))
     }
 
     /// How many buffers this process holds now: taken or allocated and not yet given
@@ -391,8 +433,10 @@ unsafe extern "C" fn init_header(_mp: *mut sys::rte_mempool, opaque: *mut c_void
     }));
 }
 
-/// `(base, shift)` when `addrs[i] == base + (i << shift)` for every i.
-fn even_spacing(addrs: &[usize]) -> Option<(usize, u32)> {
+/// The headers as runs of one power-of-two stride (the first two headers' distance),
+/// each run starting where the one before cannot go on; `None` if the stride is not
+/// a power of two or there are more than [`MAX_RUNS`] runs.
+fn strided_runs(addrs: &[usize]) -> Option<(u32, Vec<Run>)> {
     let base = *addrs.first()?;
     let stride = match addrs.get(1) {
         Some(&next) => next.checked_sub(base)?,
@@ -402,7 +446,18 @@ fn even_spacing(addrs: &[usize]) -> Option<(usize, u32)> {
         return None;
     }
     let shift = stride.trailing_zeros();
-    addrs.iter().enumerate().all(|(i, &a)| a == base + (i << shift)).then_some((base, shift))
+    let mut runs = vec![Run { base, first: 0, count: 1 }];
+    for (i, &addr) in addrs.iter().enumerate().skip(1) {
+        let last = runs.last_mut()?;
+        if addr == last.base.wrapping_add((last.count as usize) << shift) {
+            last.count += 1;
+        } else if runs.len() == MAX_RUNS {
+            return None;
+        } else {
+            runs.push(Run { base: addr, first: u32::try_from(i).ok()?, count: 1 });
+        }
+    }
+    Some((shift, runs))
 }
 
 /// The state of a mempool with our ops.
@@ -592,13 +647,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn even_spacing_is_found_only_when_every_header_fits_it() {
-        assert_eq!(even_spacing(&[4096, 4352, 4608]), Some((4096, 8)));
-        assert_eq!(even_spacing(&[4096]), Some((4096, 0)));
-        assert_eq!(even_spacing(&[4096, 4352, 4609]), None);
-        assert_eq!(even_spacing(&[4096, 4288]), None, "192 is not a power of two");
-        assert_eq!(even_spacing(&[4096, 4000]), None);
-        assert_eq!(even_spacing(&[]), None);
+    fn strided_runs_are_found_only_when_every_header_fits_them() {
+        let one = |base, count| Run { base, first: 0, count };
+        assert_eq!(strided_runs(&[4096, 4352, 4608]), Some((8, vec![one(4096, 3)])));
+        assert_eq!(strided_runs(&[4096]), Some((0, vec![one(4096, 1)])));
+        assert_eq!(strided_runs(&[4096, 4288]), None, "192 is not a power of two");
+        assert_eq!(strided_runs(&[4096, 4000]), None);
+        assert_eq!(strided_runs(&[]), None);
+        // Two chunks (a page apart), then a header off the stride: three runs.
+        assert_eq!(
+            strided_runs(&[4096, 4352, 0x20000, 0x20100, 0x20201]),
+            Some((
+                8,
+                vec![
+                    one(4096, 2),
+                    Run { base: 0x20000, first: 2, count: 2 },
+                    Run { base: 0x20201, first: 4, count: 1 }
+                ]
+            ))
+        );
+        let scattered: Vec<usize> = (0..=MAX_RUNS).map(|i| 0x10000 * (i + 1)).collect();
+        assert_eq!(strided_runs(&scattered[..2]), Some((16, vec![one(0x10000, 2)])));
+        assert_eq!(strided_runs(&[0x10000, 0x20000, 0x50000]).map(|(_, r)| r.len()), Some(2));
+        let far: Vec<usize> = (0..=MAX_RUNS).flat_map(|i| [0x100000 * (i + 1), 0x100000 * (i + 1) + 0x100]).collect();
+        assert_eq!(strided_runs(&far), None, "more runs than MAX_RUNS");
+    }
+
+    #[test]
+    fn runs_map_addresses_and_indices_both_ways() {
+        // Buffers 0-2 in a chunk at 0x20000, 3-4 in one below it at 0x8000.
+        let headers = [0x20000, 0x20100, 0x20200, 0x8000, 0x8100];
+        let index = AddrIndex::of(&headers);
+        assert!(matches!(index, AddrIndex::Runs { shift: 8, ref runs } if runs.len() == 2));
+        let st = state(5, index);
+        for (i, &addr) in headers.iter().enumerate() {
+            assert_eq!(st.index_of_addr(addr), Some(i as u32));
+            assert_eq!(st.by_addr.get().unwrap().header(i as u32, &OnceLock::new()), Some(addr));
+        }
+        assert_eq!(st.index_of_addr(0x20300), None, "past the first run");
+        assert_eq!(st.index_of_addr(0x8200), None, "past the second run");
+        assert_eq!(st.index_of_addr(0x20080), None, "inside a header");
+        assert_eq!(st.index_of_addr(0x7f00), None, "before every run");
+        assert_eq!(st.by_addr.get().unwrap().header(5, &OnceLock::new()), None, "no such buffer");
     }
 
     struct NoOps;
