@@ -27,7 +27,8 @@
 #      tests/tests/examples.rs run them as guests of the proxy.
 #   3. Hugepages: as root, if no 2 MiB hugepage is free, reserve some (HUGEPAGES, default 512
 #      = 1 GiB). Everything also works without hugepages; the proxy then uses normal pages.
-#   4. Rust: checks that cargo is on PATH (the toolchain is not installed by this script).
+#   4. Rust: checks that cargo is on PATH (the toolchain is not installed by this script)
+#      and adds rustup's clippy component when it is missing (scripts/test.sh runs clippy).
 #   5. Fuzzing (optional; scripts/test.sh skips the fuzz runs without it): cargo-fuzz from
 #      crates.io, and rustup's nightly toolchain for cargo-fuzz's sanitizer flags. When
 #      rustup cannot get a nightly, stable runs cargo-fuzz with RUSTC_BOOTSTRAP=1 instead.
@@ -198,6 +199,12 @@ check_rust() {
         [ -x "$HOME/.cargo/bin/cargo" ] || die "cargo not found; install Rust (https://rustup.rs) first"
     fi
     log "rust: $(PATH="$HOME/.cargo/bin:$PATH" cargo --version)"
+    # scripts/test.sh runs clippy (warnings denied).
+    if ! PATH="$HOME/.cargo/bin:$PATH" cargo clippy --version >/dev/null 2>&1; then
+        PATH="$HOME/.cargo/bin:$PATH" rustup component add clippy >/dev/null 2>&1 \
+            || die "clippy is missing and rustup could not add it (rustup component add clippy)"
+    fi
+    log "clippy: $(PATH="$HOME/.cargo/bin:$PATH" cargo clippy --version)"
 }
 
 # The dedicated user the proxy becomes after start-up (its default --user; see

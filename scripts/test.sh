@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what is missing (scripts/setup.sh), builds the
-# release binaries the end-to-end tests start, then runs every unit, integration and
-# end-to-end test, and the loom model checks of the shared rings.
+# release binaries the end-to-end tests start, runs clippy over every crate with
+# warnings denied (the lints of the root Cargo.toml's [workspace.lints], among them
+# clippy::undocumented_unsafe_blocks and unsafe_op_in_unsafe_fn: a warning fails the
+# run), then every unit, integration and end-to-end test, and the loom model checks of
+# the shared rings.
 #
 #   scripts/test.sh              everything, then each cargo-fuzz target for FUZZ_SECONDS
 #                                (default 30; 0 skips fuzzing)
@@ -27,6 +30,19 @@ scripts/setup.sh
 
 step "build (release)"
 cargo build --release --workspace --all-targets
+
+step "clippy (warnings denied)"
+# The workspace as built, the proxy's fuzzing harness (feature `fuzzing`), the rings'
+# loom models (--cfg loom, their own target dir as below; the library with its unit
+# tests only: the integration tests need the API that loom builds leave out) and the
+# two fuzz crates, which are workspaces of their own.
+cargo clippy --release --workspace --all-targets -- -D warnings
+cargo clippy --release -p proxy-app --features fuzzing --all-targets -- -D warnings
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$repo/target/loom" \
+    cargo clippy -p shm-contract --lib --profile test -- -D warnings
+for dir in crates/shm-contract/fuzz proxy-app/fuzz; do
+    (cd "$dir" && cargo clippy --release --all-targets -- -D warnings)
+done
 
 step "tests (unit, integration, end-to-end)"
 cargo test --release --workspace --no-fail-fast -- --test-threads=1 "${filter[@]}"

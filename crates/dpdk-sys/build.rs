@@ -93,7 +93,7 @@ fn main() {
         .header(manifest_dir.join("csrc/wrapper.h").display().to_string())
         .clang_args(&clang_args)
         .allowlist_file(r".*/dpdk/.*\.h")
-        .allowlist_file(&format!(r"{}/.*\.h", regex_escape(&sdk_include.display().to_string())))
+        .allowlist_file(format!(r"{}/.*\.h", regex_escape(&sdk_include.display().to_string())))
         .allowlist_file(r".*/csrc/wrapper\.h")
         // These carry packed/bitfield unions that bindgen cannot lay out; no code here
         // needs their insides.

@@ -1011,7 +1011,7 @@ impl Plane {
             // rounds, like cold queues (what they cannot hold meanwhile the NIC drops
             // and counts as missed).
             idle_round = idle_round.wrapping_add(1);
-            if !idle.is_empty() && idle_round % COLD_VISIT_EVERY == 0 {
+            if !idle.is_empty() && idle_round.is_multiple_of(COLD_VISIT_EVERY) {
                 if idle_next >= idle.len() {
                     idle_next = 0;
                 }
@@ -1173,7 +1173,7 @@ impl<T: Heat> Rota<T> {
                 i += 1;
             }
         }
-        if self.cold.is_empty() || !(self.hot.is_empty() || self.rounds % COLD_VISIT_EVERY == 0) {
+        if self.cold.is_empty() || !(self.hot.is_empty() || self.rounds.is_multiple_of(COLD_VISIT_EVERY)) {
             return;
         }
         if self.next >= self.cold.len() {

@@ -499,31 +499,6 @@ pub mod hostile;
 pub mod packet;
 pub mod pcap;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_testpmd_forward_statistics() {
-        let out = "\n  ---------------------- Forward statistics for port 0  ----------------------\n  RX-packets: 1234           RX-dropped: 0             RX-total: 1234\n  TX-packets: 1200           TX-dropped: 34            TX-total: 1234\n  ----------------------------------------------------------------------------\n";
-        let s = testpmd_port_stats(out, 0);
-        assert_eq!(s["RX-packets"], 1234);
-        assert_eq!(s["TX-dropped"], 34);
-        assert_eq!(s["TX-total"], 1234);
-        assert!(testpmd_port_stats(out, 1).is_empty());
-    }
-
-    #[test]
-    fn scratch_is_unique_and_cleaned() {
-        let a = Scratch::new("unit");
-        let b = Scratch::new("unit");
-        assert_ne!(a.dir, b.dir);
-        let dir = a.dir.clone();
-        drop(a);
-        assert!(!dir.exists());
-    }
-}
-
 /// Deletes a network namespace when dropped.
 pub struct Netns(pub String);
 
@@ -580,4 +555,29 @@ pub fn summary(out: &str, prefix: &str, key: &str) -> u64 {
         .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key}= in '{line}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_testpmd_forward_statistics() {
+        let out = "\n  ---------------------- Forward statistics for port 0  ----------------------\n  RX-packets: 1234           RX-dropped: 0             RX-total: 1234\n  TX-packets: 1200           TX-dropped: 34            TX-total: 1234\n  ----------------------------------------------------------------------------\n";
+        let s = testpmd_port_stats(out, 0);
+        assert_eq!(s["RX-packets"], 1234);
+        assert_eq!(s["TX-dropped"], 34);
+        assert_eq!(s["TX-total"], 1234);
+        assert!(testpmd_port_stats(out, 1).is_empty());
+    }
+
+    #[test]
+    fn scratch_is_unique_and_cleaned() {
+        let a = Scratch::new("unit");
+        let b = Scratch::new("unit");
+        assert_ne!(a.dir, b.dir);
+        let dir = a.dir.clone();
+        drop(a);
+        assert!(!dir.exists());
+    }
 }

@@ -311,7 +311,7 @@ fn sighup_applies_the_difference_and_refuses_a_bad_file() {
         proxy.signal(libc::SIGHUP);
         wait_until_or_dump(&proxy, "reload refused", 10, |t| t.matches("reload refused").count() > refusals);
         let text = proxy.out.text();
-        let refusal = text.lines().filter(|l| l.contains("reload refused")).last().unwrap().to_string();
+        let refusal = text.lines().rfind(|l| l.contains("reload refused")).unwrap().to_string();
         assert!(refusal.contains(&format!("{}{why}", cmds.display())), "{refusal}");
         assert_eq!(served(&proxy), [true, false, true, false], "{bad}\n{text}");
         assert!(!d.exists(), "{bad}\n{text}");

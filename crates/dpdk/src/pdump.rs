@@ -47,8 +47,8 @@ const OP_ENABLE: u16 = 2;
 const VERSION_PCAP: u16 = 1;
 const VERSION_PCAPNG: u16 = 2;
 /// `RTE_PDUMP_FLAG_*` (rte_pdump.h).
-const FLAG_RX: u32 = sys::RTE_PDUMP_FLAG_RX as u32;
-const FLAG_TX: u32 = sys::RTE_PDUMP_FLAG_TX as u32;
+const FLAG_RX: u32 = sys::RTE_PDUMP_FLAG_RX;
+const FLAG_TX: u32 = sys::RTE_PDUMP_FLAG_TX;
 const ALL_QUEUES: u16 = sys::RTE_PDUMP_ALL_QUEUES as u16;
 const MAX_PORTS: usize = sys::RTE_MAX_ETHPORTS as usize;
 const MAX_QUEUES: usize = sys::RTE_MAX_QUEUES_PER_PORT as usize;
@@ -582,7 +582,7 @@ unsafe fn copy_uncached(src: *const sys::rte_mbuf, mp: *mut sys::rte_mempool, ma
                 }
                 return null_mut();
             }
-            if got != dst as *const u8 {
+            if !std::ptr::eq(got, dst) {
                 ptr::copy_nonoverlapping(got, dst, chunk as usize);
             }
             (*m).data_len = chunk as u16;
@@ -612,8 +612,8 @@ unsafe fn free_uncached(mut m: *mut sys::rte_mbuf, mp: *mut sys::rte_mempool) {
             let next = (*m).next;
             (*m).next = null_mut();
             (*m).nb_segs = 1;
-            let mut obj = m as *mut c_void;
-            sys::rte_mempool_generic_put(mp, &mut obj, 1, null_mut());
+            let obj = m as *mut c_void;
+            sys::rte_mempool_generic_put(mp, &obj, 1, null_mut());
             m = next;
         }
     }

@@ -122,11 +122,13 @@ impl<T> PollGate<T> {
         while self.epoch.load(Ordering::Acquire) == seen {
             // A burst is bounded work; a long wait means its thread was descheduled:
             // give the CPU away rather than spin against it.
-            if spins < SPINS_BEFORE_YIELD {
+            // (`==`, not `>=`: under loom the constant is 0, and a comparison that is
+            // always true there is what clippy rejects.)
+            if spins == SPINS_BEFORE_YIELD {
+                yield_now();
+            } else {
                 spins += 1;
                 std::hint::spin_loop();
-            } else {
-                yield_now();
             }
         }
     }
@@ -248,7 +250,7 @@ mod tests {
                         for _ in 0..(ran % 64) {
                             std::hint::spin_loop();
                         }
-                        if ran % 97 == 0 {
+                        if ran.is_multiple_of(97) {
                             std::thread::yield_now();
                         }
                         *n += 1;

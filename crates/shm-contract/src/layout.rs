@@ -757,7 +757,7 @@ impl RegionLayout {
             check_ring_entries(AreaKind::RxRing, rx.entries)?;
             check_ring_entries(AreaKind::TxRing, tx.entries)?;
         }
-        let status_ok = self.status_offset % CACHE_LINE == 0
+        let status_ok = self.status_offset.is_multiple_of(CACHE_LINE)
             && self.status_offset >= HEADER_FIELDS_LEN
             && self.status_offset as u64 + STATUS_BLOCK_SIZE as u64 <= HEADER_SIZE as u64;
         if !status_ok {
@@ -778,7 +778,7 @@ impl RegionLayout {
         areas[1 + 2 * pairs.len()] = (AreaKind::Heap, self.heap);
         let areas = &areas[..2 + 2 * pairs.len()];
         for &(kind, area) in &areas[1..] {
-            if area.offset as u64 % self.page_size != 0 {
+            if !(area.offset as u64).is_multiple_of(self.page_size) {
                 return Err(LayoutError::AreaMisaligned {
                     area: kind,
                     offset: area.offset,
@@ -973,7 +973,7 @@ fn check_region_size(region_size: u64, page_size: u64) -> Result<(), LayoutError
     if region_size > MAX_REGION_SIZE {
         return Err(LayoutError::RegionTooLarge { region_size });
     }
-    if region_size % page_size != 0 {
+    if !region_size.is_multiple_of(page_size) {
         return Err(LayoutError::RegionNotPageMultiple {
             region_size,
             page_size,
@@ -1011,6 +1011,8 @@ pub struct StatusBlock<'a> {
 
 // Every queue pair's wake-up flag fits the guest-written half of the status block.
 const _: () = assert!(STATUS_RX_WAKEUP + 4 * MAX_QUEUE_PAIRS <= STATUS_BLOCK_SIZE);
+// The header's fields with the largest number of queue pairs end before the status block.
+const _: () = assert!(MAX_HEADER_FIELDS_LEN < STATUS_BLOCK_OFFSET);
 
 impl<'a> StatusBlock<'a> {
     /// The status block at `offset` in `mem`.
@@ -1351,7 +1353,6 @@ mod tests {
         // The largest number of pairs fits the header fields.
         let max = RegionLayout::with_queue_pairs(4 * MIB, 4096, 64, 64, MAX_QUEUE_PAIRS, RegionFlags::empty()).unwrap();
         assert_eq!(max.header_bytes().len(), MAX_HEADER_FIELDS_LEN as usize);
-        assert!(MAX_HEADER_FIELDS_LEN < STATUS_BLOCK_OFFSET);
         let heap = HeapMem::new(max.region_size() as usize);
         max.write_header(&heap.mem()).unwrap();
         assert_eq!(RegionLayout::read_header(&heap.mem()).unwrap(), max);

@@ -35,6 +35,9 @@
 //! `fields_len`), new flag bits that older readers ignore. Protocol messages may
 //! grow trailing bytes within a major; older readers ignore them.
 
+// The workspace's lints (root Cargo.toml) apply too; this public API also documents
+// every item.
+#![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod client;

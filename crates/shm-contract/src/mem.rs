@@ -153,7 +153,7 @@ impl<'a> SharedMem<'a> {
         // `wrapping_add` keeps this free of pointer-arithmetic preconditions; the
         // bounds check above makes it an in-bounds address anyway.
         let ptr = self.base.wrapping_add(offset);
-        if (ptr as usize) % align != 0 {
+        if !(ptr as usize).is_multiple_of(align) {
             return Err(MemError::Misaligned { offset, align });
         }
         Ok(ptr)
@@ -668,7 +668,7 @@ pub fn inspect_region_fd(fd: BorrowedFd<'_>, expected_len: u64) -> Result<Region
     check_region_fd(fd, expected_len)?;
     let page = fd_block_size(fd).map_err(RegionFdError::Stat)?;
     let normal = normal_page_size();
-    if !page.is_power_of_two() || page < normal || expected_len % page != 0 || expected_len == 0 {
+    if !page.is_power_of_two() || page < normal || !expected_len.is_multiple_of(page) || expected_len == 0 {
         return Err(RegionFdError::BadPageSize { page });
     }
     Ok(RegionBacking { hugepages: page > normal, page_size: page, size: expected_len })

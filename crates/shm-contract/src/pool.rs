@@ -206,13 +206,13 @@ impl PoolAdd {
                 needed: object_size,
             });
         }
-        if self.stride % CACHE_LINE != 0 {
+        if !self.stride.is_multiple_of(CACHE_LINE) {
             return Err(PoolError::StrideMisaligned { stride: self.stride });
         }
-        if self.first_mbuf_offset % CACHE_LINE != 0 {
+        if !self.first_mbuf_offset.is_multiple_of(CACHE_LINE) {
             return Err(PoolError::MbufMisaligned { offset: self.first_mbuf_offset });
         }
-        if self.ring_offset % CACHE_LINE != 0 {
+        if !self.ring_offset.is_multiple_of(CACHE_LINE) {
             return Err(PoolError::RingMisaligned { offset: self.ring_offset });
         }
         let heap = region.heap();
@@ -563,7 +563,7 @@ mod tests {
         }
         let rel = offset - first;
         let idx = rel / p.stride();
-        (rel % p.stride() == 0 && idx < p.count()).then_some(idx)
+        (rel.is_multiple_of(p.stride()) && idx < p.count()).then_some(idx)
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl DescRing {
 
     fn check_slots(slots: &[AtomicU64]) -> Result<u32, RingSetupError> {
         let entries = u32::try_from(slots.len() / 2).unwrap_or(u32::MAX);
-        if slots.len() % 2 != 0 {
+        if !slots.len().is_multiple_of(2) {
             return Err(RingSetupError::Entries { entries });
         }
         check_entries(entries)?;

@@ -138,7 +138,7 @@ fn churn(free: FreeRing<'_>, pool: &PoolLayout, stop: &AtomicU32, seed: u64) -> 
     while stop.load(Ordering::Acquire) == 0 {
         assert!(Instant::now() < deadline, "churn never told to stop");
         let k = rng.upto(8) as usize;
-        if held.len() >= k && (rng.next() % 2 == 0 || held.len() > 64) {
+        if held.len() >= k && (rng.next().is_multiple_of(2) || held.len() > 64) {
             let at = held.len() - k;
             if free.enqueue_bulk(&held[at..], 1000).is_ok() {
                 held.truncate(at);

@@ -71,7 +71,7 @@ fn main() -> ExitCode {
         if stopped() {
             break "signal".into();
         }
-        if polls % 1024 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+        if polls.is_multiple_of(1024) && deadline.is_some_and(|d| Instant::now() >= d) {
             break "time is up".into();
         }
         match guest.recv_burst(&mut burst, 64) {

@@ -100,7 +100,7 @@ fn run_poll(guest: &mut Guest, meter: &mut Meter) -> Result<(), Error> {
     let mut polls = 0u32;
     loop {
         polls = polls.wrapping_add(1);
-        if polls % 4096 == 0 && !meter.keep_going() {
+        if polls.is_multiple_of(4096) && !meter.keep_going() {
             return Ok(());
         }
         if guest.recv_burst(&mut burst, BURST)? > 0 {

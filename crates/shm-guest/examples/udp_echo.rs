@@ -247,7 +247,7 @@ impl Echo {
         let mut polls = 0u32;
         loop {
             polls = polls.wrapping_add(1);
-            if let Some(why) = self.should_end(polls % 1024 == 0) {
+            if let Some(why) = self.should_end(polls.is_multiple_of(1024)) {
                 return Ok(why);
             }
             let got = match guest.recv_burst(&mut self.rx, 32) {

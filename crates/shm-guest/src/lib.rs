@@ -109,6 +109,10 @@
 //! The cost is latency: a sleeping guest answers after a datagram and a scheduler
 //! wake-up (tens of microseconds) instead of at once. Poll while busy, sleep when idle.
 
+// The workspace's lints (root Cargo.toml) apply too; this public API also documents
+// every item.
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -635,7 +639,7 @@ impl Guest {
 
     fn recv_with(&mut self, max: usize, mut deliver: impl FnMut(Buffer)) -> Result<usize, Error> {
         self.polls = self.polls.wrapping_add(1);
-        if self.polls % CONTROL_POLL_EVERY == 0 {
+        if self.polls.is_multiple_of(CONTROL_POLL_EVERY) {
             self.poll_control()?;
         }
         if let Some(e) = self.failed() {

@@ -1,7 +1,7 @@
 //! DPDK logging from Rust: each plugin registers its own log type (`bus.shm`,
 //! `mempool.shm`, `pmd.net.shm`), so `--log-level=pmd.net.shm:debug` works as users expect.
 
-use std::ffi::{c_char, CString};
+use std::ffi::CString;
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -53,11 +53,11 @@ impl LogType {
             return;
         }
         let mut line = String::with_capacity(128);
-        let _ = write!(line, "{}: {}\n", self.prefix, args);
+        let _ = writeln!(line, "{}: {}", self.prefix, args);
         let line = CString::new(line.replace('\0', "\\0")).unwrap_or_default();
         // SAFETY: "%s" with one valid C string argument.
         unsafe {
-            sys::rte_log(level, self.id(), b"%s\0".as_ptr() as *const c_char, line.as_ptr());
+            sys::rte_log(level, self.id(), c"%s".as_ptr(), line.as_ptr());
         }
     }
 

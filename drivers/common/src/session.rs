@@ -101,12 +101,12 @@ impl Region {
     /// A pool id not used by another live pool of this region.
     pub fn free_pool_id(&self) -> Option<u32> {
         let pools = lock(&self.pools);
-        (0..shm_contract::pool::MAX_POOLS as u32).find(|id| pools.iter().all(|p| p.id != *id))
+        (0..shm_contract::pool::MAX_POOLS).find(|id| pools.iter().all(|p| p.id != *id))
     }
 
     /// The layouts of the other pools, which a new pool must not overlap.
     pub fn pool_layouts(&self) -> Vec<PoolLayout> {
-        lock(&self.pools).iter().map(|p| p.layout.clone()).collect()
+        lock(&self.pools).iter().map(|p| p.layout).collect()
     }
 
     pub fn add_pool(&self, pool: RegionPool) {
@@ -745,7 +745,6 @@ impl SocketWatch {
                 drop(Arc::from_raw(self.arg));
             }
         }
-        std::mem::forget(self);
     }
 }
 

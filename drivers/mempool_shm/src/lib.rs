@@ -320,7 +320,7 @@ fn alloc(mp: *mut sys::rte_mempool, name: &str) -> Result<RegionMempool, String>
     // SAFETY: the Arc<Region> stored in the pool keeps the mapping alive for the view.
     let mem = unsafe { region.mem_static() };
     let ring = FreeRing::init(&mem, heap_offset as u32, ring_entries).map_err(|e| release(format!("free ring: {e}")))?;
-    region.add_pool(RegionPool { id, layout: layout.clone(), mempool: mp as usize });
+    region.add_pool(RegionPool { id, layout, mempool: mp as usize });
     Ok(RegionMempool {
         base: region.base(),
         region,

@@ -142,6 +142,10 @@ pub(crate) struct Pair {
     pub tx: Option<Arc<rxtx::TxQueue>>,
 }
 
+/// One queue pair as the application set it up: its rx side (`None` for a pair beyond
+/// the rx queues) and its tx side (`None` for a pair beyond the tx queues).
+pub(crate) type PairSides = (Option<Arc<rxtx::RxQueue>>, Option<Arc<rxtx::TxQueue>>);
+
 impl PortState {
     /// Every rx queue (hidden ones included) and every tx queue set up.
     pub(crate) fn all_queues(&self) -> (impl Iterator<Item = &Arc<rxtx::RxQueue>>, impl Iterator<Item = &Arc<rxtx::TxQueue>>) {
@@ -151,7 +155,7 @@ impl PortState {
     /// The application's rx queues `0..rx` and tx queues `0..tx`, each as a pair's
     /// side (`None` for a pair beyond the rx queues: its hidden queue is made at start),
     /// if each of them is set up and there is at least one rx queue.
-    pub(crate) fn queues_set_up(&self, rx: u16, tx: u16) -> Option<Vec<(Option<Arc<rxtx::RxQueue>>, Option<Arc<rxtx::TxQueue>>)>> {
+    pub(crate) fn queues_set_up(&self, rx: u16, tx: u16) -> Option<Vec<PairSides>> {
         if rx == 0 {
             return None;
         }
@@ -213,8 +217,7 @@ impl Port {
             Some(s) if started => s.link(),
             _ => (false, 0),
         };
-        let mut link = sys::rte_eth_link::default();
-        link.link_speed = if up { speed } else { sys::RTE_ETH_SPEED_NUM_NONE };
+        let mut link = sys::rte_eth_link { link_speed: if up { speed } else { sys::RTE_ETH_SPEED_NUM_NONE }, ..Default::default() };
         // link_duplex, link_autoneg, link_status are bitfields.
         link.set_link_duplex(sys::RTE_ETH_LINK_FULL_DUPLEX as u16);
         link.set_link_autoneg(sys::RTE_ETH_LINK_FIXED as u16);

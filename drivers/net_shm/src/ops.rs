@@ -15,7 +15,7 @@ use shm_driver_common::session::{Region, Session};
 
 use crate::intr::RxInterrupt;
 use crate::offload;
-use crate::rxtx::{OwnedMempool, RxQueue, TxQueue, MAX_SEGS};
+use crate::rxtx::{OwnedMempool, RxQueue, RxQueueConf, TxQueue, MAX_SEGS};
 use crate::xstats::{Snapshot, QUEUE_STATS, XSTAT_NAMES};
 use crate::{put_queue, Port, LOG};
 
@@ -116,7 +116,7 @@ unsafe extern "C" fn dev_infos_get(dev: *mut sys::rte_eth_dev, info: *mut sys::r
             ),
             None => (1518, DEFAULT_RING_ENTRIES, DEFAULT_RING_ENTRIES, 1),
         };
-        let overhead = (sys::RTE_ETHER_HDR_LEN + sys::RTE_ETHER_CRC_LEN) as u32;
+        let overhead = sys::RTE_ETHER_HDR_LEN + sys::RTE_ETHER_CRC_LEN;
         // SAFETY: ethdev passes a zeroed dev_info to fill.
         let info = unsafe { &mut *info };
         info.max_rx_queues = pairs;
@@ -457,19 +457,15 @@ unsafe extern "C" fn rx_queue_setup(
         };
         // SAFETY: our ethdev's configured data; `conf` is ethdev's (never null) for this call.
         let offloads = unsafe { (*(*dev).data).dev_conf.rxmode.offloads | conf.as_ref().map_or(0, |c| c.offloads) };
-        let rxq = Arc::new(RxQueue::new(
-            region,
-            area,
-            ring,
-            pool.layout,
-            pool.id,
-            nb_desc as u32,
+        let conf = RxQueueConf {
+            pool: pool.layout,
+            pool_id: pool.id,
+            depth: nb_desc as u32,
             mempool,
-            own,
-            port.port_id,
+            port_id: port.port_id,
             offloads,
-            queue as u32,
-        ));
+        };
+        let rxq = Arc::new(RxQueue::new(region, area, ring, conf, own, queue as u32));
         // SAFETY: ethdev calls this for queue < nb_rx_queues, the length of the array.
         unsafe { *(*(*dev).data).rx_queues.add(queue as usize) = Arc::as_ptr(&rxq) as *mut c_void };
         put_queue(&mut state.rxq, queue, Some(rxq));

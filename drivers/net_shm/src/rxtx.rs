@@ -100,20 +100,31 @@ unsafe impl Send for RxQueue {}
 // SAFETY: as above.
 unsafe impl Sync for RxQueue {}
 
+/// What an rx queue receives into and how: the application's setup of the queue (a
+/// hidden queue takes the one of the queue that reads it).
+#[derive(Clone, Copy)]
+pub struct RxQueueConf {
+    /// The pool the proxy fills NIC rx from.
+    pub pool: PoolLayout,
+    pub pool_id: u32,
+    /// The descriptors the application asked for.
+    pub depth: u32,
+    pub mempool: *mut sys::rte_mempool,
+    pub port_id: u16,
+    /// The rx offloads the application enabled (port and queue).
+    pub offloads: u64,
+}
+
 impl RxQueue {
     pub fn new(
         region: Arc<Region>,
         area: RingArea,
         ring: DescConsumer<'static>,
-        pool: PoolLayout,
-        pool_id: u32,
-        depth: u32,
-        mempool: *mut sys::rte_mempool,
+        conf: RxQueueConf,
         own_mempool: Option<OwnedMempool>,
-        port_id: u16,
-        offloads: u64,
         pair: u32,
     ) -> RxQueue {
+        let RxQueueConf { pool, pool_id, depth, mempool, port_id, offloads } = conf;
         // SAFETY: the view lives in `region`, which the queue holds.
         let mem = unsafe { region.mem_static() };
         let wakeup_requested =
@@ -144,19 +155,15 @@ impl RxQueue {
         // SAFETY: the new queue keeps an Arc<Region>, so the view stays valid.
         let mem = unsafe { self.region.mem_static() };
         let ring = DescConsumer::new(&mem, area).map_err(|e| format!("rx ring {pair}: {e}"))?;
-        let mut q = RxQueue::new(
-            self.region.clone(),
-            area,
-            ring,
-            self.pool.clone(),
-            self.pool_id,
-            self.depth,
-            self.mempool,
-            None,
-            self.port_id,
-            self.offloads,
-            pair,
-        );
+        let conf = RxQueueConf {
+            pool: self.pool,
+            pool_id: self.pool_id,
+            depth: self.depth,
+            mempool: self.mempool,
+            port_id: self.port_id,
+            offloads: self.offloads,
+        };
+        let mut q = RxQueue::new(self.region.clone(), area, ring, conf, None, pair);
         q.stats = self.stats.clone();
         Ok(q)
     }
@@ -505,7 +512,7 @@ impl TxQueue {
     /// not shared (the proxy will recycle the buffer once sent).
     #[inline]
     fn zero_copy_ok(&self, mut m: *mut sys::rte_mbuf) -> bool {
-        let indirect = (sys::RTE_MBUF_F_INDIRECT | sys::RTE_MBUF_F_EXTERNAL) as u64;
+        let indirect = sys::RTE_MBUF_F_INDIRECT | sys::RTE_MBUF_F_EXTERNAL;
         // A one-segment packet has next == NULL (DPDK's mbuf invariant): not reading it
         // keeps the header's second cache line out of the burst. nb_segs is the head's.
         // SAFETY: m is the application's valid packet.
@@ -608,7 +615,7 @@ impl TxQueue {
                 bytes += (*m).pkt_len as u64;
                 // Still set only when the tag did not fit in the headroom: the proxy's
                 // NIC is asked to insert it.
-                let vlan = (*m).ol_flags & sys::RTE_MBUF_F_TX_VLAN as u64 != 0;
+                let vlan = (*m).ol_flags & sys::RTE_MBUF_F_TX_VLAN != 0;
                 let single = (*m).nb_segs == 1;
                 let mut seg = m;
                 while !seg.is_null() {
@@ -617,10 +624,10 @@ impl TxQueue {
                     let next = if single { std::ptr::null_mut() } else { (*seg).next };
                     let mut flags = DescFlags::empty();
                     if !next.is_null() {
-                        flags = flags | DescFlags::NEXT;
+                        flags |= DescFlags::NEXT;
                     }
                     if vlan {
-                        flags = flags | DescFlags::VLAN;
+                        flags |= DescFlags::VLAN;
                     }
                     ring.write(
                         slot,

@@ -441,14 +441,14 @@ impl Harness {
 
     fn step(&mut self, input: &mut Input<'_>, conns: &mut Vec<Conn>) {
         let op = input.u8();
-        if op % 16 == 0 || conns.is_empty() {
+        if op.is_multiple_of(16) || conns.is_empty() {
             if conns.len() < MAX_CONNS {
                 // As a guest connects: checking that the server is the proxy (us).
                 if let Ok(sock) = connect_to_proxy(&self.path, Some(self.ctl.opts.runs_as)) {
                     conns.push(Conn { sock, region: None, next_id: 1, first: false, closed: false });
                 }
             }
-            if op % 16 == 0 {
+            if op.is_multiple_of(16) {
                 return;
             }
         }
@@ -565,7 +565,7 @@ fn hello(input: &mut Input<'_>) -> Hello {
 fn pool_add(input: &mut Input<'_>, c: &mut Conn) -> PoolAdd {
     let sel = input.u8();
     let pool_id = small_or_any(input, MAX_POOLS + 1);
-    let Some((map, layout)) = Some(c).filter(|_| sel % 8 != 0).and_then(region_of) else {
+    let Some((map, layout)) = Some(c).filter(|_| !sel.is_multiple_of(8)).and_then(region_of) else {
         return PoolAdd {
             pool_id,
             ring_offset: input.u32(),

@@ -72,7 +72,7 @@ fn check_invariants(l: &RegionLayout, mapped: u64) {
     assert!(page.is_power_of_two() && (MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page));
     assert_eq!(l.region_size() % page, 0);
     let status = l.status_offset();
-    assert!(status >= HEADER_FIELDS_LEN && status % 64 == 0);
+    assert!(status >= HEADER_FIELDS_LEN && status.is_multiple_of(64));
     assert!(status as u64 + STATUS_BLOCK_SIZE as u64 <= HEADER_SIZE as u64);
     let areas = [
         Area { offset: 0, size: HEADER_SIZE },

@@ -288,7 +288,7 @@ fn run(input: &mut Input<'_>, region: &RegionLayout, pools: [PoolLayout; 2], bac
                         }
                         TxPacket::Valid { segs, len, vlan: _ } => {
                             assert_eq!(segs, used - before);
-                            assert!(segs >= 1 && segs <= MAX_SEGS);
+                            assert!((1..=MAX_SEGS).contains(&segs));
                             assert_eq!(segs as usize, model.building.len());
                             assert_eq!(scan.waiting(), 0);
                             let mut sum = 0u32;

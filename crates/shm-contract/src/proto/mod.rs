@@ -876,7 +876,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Message, u32), DecodeError> {
                 return Err(DecodeError::BadValue { field: "page_size", value: page });
             }
             let size = welcome.region_size;
-            if size < HEADER_SIZE as u64 || size > MAX_REGION_SIZE || size % page != 0 {
+            if size < HEADER_SIZE as u64 || size > MAX_REGION_SIZE || !size.is_multiple_of(page) {
                 return Err(DecodeError::BadValue { field: "region_size", value: size });
             }
             Message::Welcome(welcome)
