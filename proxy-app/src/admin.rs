@@ -7,6 +7,11 @@
 //! descriptor is non-blocking and served from the control thread's poll loop, at most
 //! `MAX_CONNS` at a time, each for at most `CONN_DEADLINE`: a client that does not send
 //! or does not read never blocks the control thread. One command per connection.
+//!
+//! No descriptor comes in: the listener has `SO_PASSRIGHTS` off (a peer's send with one
+//! fails with `EPERM`), so closing a connection, a refused peer's too, releases nothing
+//! that peer chose (a TCP socket lingering on close, a FUSE file); on a kernel without
+//! that switch a connection is closed by the reaper (`PeerFd`), never here.
 
 use std::fs;
 use std::io;
@@ -17,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::ctl_proto::MAX_REQUEST;
 use crate::os;
+use crate::reaper::PeerFd;
 use crate::{log_info, log_warn};
 
 /// Connections served at once; more are closed unanswered.
@@ -37,7 +43,7 @@ pub struct AdminSpec {
 }
 
 struct AdminConn {
-    fd: OwnedFd,
+    fd: PeerFd,
     since: Instant,
     input: Vec<u8>,
     /// The answer and how much of it is sent; None while the command is being read.
@@ -46,7 +52,9 @@ struct AdminConn {
 
 /// The listening admin socket and its connections.
 pub struct Admin {
-    listener: OwnedFd,
+    /// Closed by the reaper: its backlog may hold connections with descriptors (a kernel
+    /// without `SO_PASSRIGHTS`).
+    listener: PeerFd,
     path: PathBuf,
     /// The socket file this proxy made (device, inode): removed at exit only if it is
     /// still that file.
@@ -97,10 +105,13 @@ impl Admin {
         }
         let addr = os::UnixAddr::new(path)?;
         let listener = stream_socket().map_err(|e| format!("--ctl {shown}: socket: {e}"))?;
+        // Connections take no descriptors (inherited from the listener, even before
+        // they are accepted). A kernel before 6.16 has no such switch: `PeerFd` below.
+        let _ = os::set_pass_rights(listener.as_fd(), false);
         os::bind(listener.as_fd(), &addr).map_err(|e| format!("--ctl {shown}: bind: {e}"))?;
         let made = fs::symlink_metadata(path).map(|m| (m.dev(), m.ino())).map_err(|e| format!("--ctl {shown}: {e}"))?;
         let admin = Admin {
-            listener,
+            listener: PeerFd::new(listener, euid),
             path: path.clone(),
             made,
             allowed: [0, euid].into_iter().chain(spec.owner).collect(),
@@ -121,10 +132,10 @@ impl Admin {
 
     /// Adds what to poll: the listener, then each connection (reading or writing).
     pub fn poll_fds(&self, fds: &mut Vec<libc::pollfd>) {
-        fds.push(libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        fds.push(libc::pollfd { fd: self.listener.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 });
         for c in &self.conns {
             let events = if c.output.is_some() { libc::POLLOUT } else { libc::POLLIN };
-            fds.push(libc::pollfd { fd: c.fd.as_raw_fd(), events, revents: 0 });
+            fds.push(libc::pollfd { fd: c.fd.as_fd().as_raw_fd(), events, revents: 0 });
         }
     }
 
@@ -156,6 +167,8 @@ impl Admin {
                 Err(_) => return,
             };
             let peer = os::peer_credentials(fd.as_fd());
+            // Dropped here when refused: closed by the reaper if it may hold descriptors.
+            let fd = PeerFd::connection(fd, peer.as_ref().map_or(u32::MAX, |p| p.uid));
             let admitted = peer.as_ref().is_some_and(|p| self.allowed.contains(&p.uid));
             if !admitted || self.conns.len() >= MAX_CONNS {
                 self.refused += 1;
@@ -231,7 +244,7 @@ fn serve_conn(c: &mut AdminConn, execute: &mut impl FnMut(&str) -> String) {
             // not a SIGPIPE; MSG_DONTWAIT: never blocks.
             let n = unsafe {
                 libc::send(
-                    c.fd.as_raw_fd(),
+                    c.fd.as_fd().as_raw_fd(),
                     out[*sent..].as_ptr().cast(),
                     out.len() - *sent,
                     libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
@@ -352,6 +365,23 @@ mod tests {
         admin.conns[0].since = Instant::now() - CONN_DEADLINE;
         admin.service(&[], |_| String::new());
         assert!(admin.conns.is_empty(), "dropped at its deadline");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Nobody can pass the admin socket a descriptor: closing a connection (a refused
+    /// peer's is closed on the control thread) then releases nothing a peer chose.
+    #[test]
+    fn the_admin_socket_takes_no_descriptors() {
+        use shm_contract::proto::transport::send_message;
+        let dir = scratch("nofds");
+        let path = dir.join("ctl.sock");
+        let admin = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }).unwrap();
+        let client = UnixStream::connect(&path).unwrap();
+        let (pipe_r, _pipe_w) = std::io::pipe().unwrap();
+        // Before the proxy accepts: the connection has its listener's setting already.
+        let err = send_message(client.as_fd(), &shm_contract::Message::Goodbye, 0, &[pipe_r.as_fd()]).unwrap_err();
+        assert!(err.to_string().contains("os error 1)"), "refused by the kernel (EPERM): {err}");
+        drop(admin);
         let _ = fs::remove_dir_all(&dir);
     }
 

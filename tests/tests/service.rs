@@ -336,3 +336,101 @@ fn version_names_the_dpdk_it_was_built_for() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("dpdk-io-proxy ") && text.contains("(built for DPDK 22.11"), "{text}");
 }
+
+/// Connects to the unix stream socket at `path` as uid/gid 65534 (the kernel records
+/// the effective ids at connect time, `SO_PEERCRED`) and sends `bytes` with descriptor
+/// `fd` at once, again on a new connection while the proxy was quicker (it accepted and
+/// closed the connection first: `EPIPE`), at most `tries` times. The ids of a thread of
+/// its own are changed with the raw system call (glibc's wrapper would change every
+/// thread's) and given back before it returns. Returns the tries and the last send's
+/// result.
+fn send_fd_as_nobody(path: &Path, bytes: &'static [u8], fd: std::os::fd::RawFd, tries: usize) -> (usize, std::io::Result<()>) {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        // SAFETY: raw setresgid/setresuid on this thread only; -1 keeps an id. The real
+        // and saved ids stay 0, so the effective ones can be given back below.
+        let set = |gid: i32, uid: i32| unsafe {
+            libc::syscall(libc::SYS_setresgid, -1i32, gid, -1i32) == 0 && libc::syscall(libc::SYS_setresuid, -1i32, uid, -1i32) == 0
+        };
+        assert!(set(65534, 65534), "setresuid: {}", std::io::Error::last_os_error());
+        // SAFETY: the caller keeps `fd` open until this thread has ended.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let mut last = Err(std::io::Error::other("not tried"));
+        let mut n = 0;
+        while n < tries {
+            n += 1;
+            last = std::os::unix::net::UnixStream::connect(&path)
+                .and_then(|c| e2e_tests::hostile::send_with_fds(&std::os::fd::OwnedFd::from(c), bytes, &[fd]));
+            if !matches!(&last, Err(e) if e.raw_os_error() == Some(libc::EPIPE) || e.raw_os_error() == Some(libc::ECONNRESET)) {
+                break;
+            }
+        }
+        // SAFETY: as above (uid first: root again may change the gid).
+        let back = unsafe { libc::syscall(libc::SYS_setresuid, -1i32, 0i32, -1i32) == 0 && libc::syscall(libc::SYS_setresgid, -1i32, 0i32, -1i32) == 0 };
+        assert!(back, "back to root: {}", std::io::Error::last_os_error());
+        (n, last)
+    })
+    .join()
+    .unwrap()
+}
+
+/// Issue 16 item 2 on the admin socket: a user the peer check refuses must not be able
+/// to hold the control thread. Before, a refused connection was closed on the control
+/// thread, and with it the descriptors queued in its unread messages: a TCP socket with
+/// `SO_LINGER` 30 s and unsent data made that close (and `show stats`, every guest)
+/// wait 30 s. Now the admin socket takes no descriptors (`SO_PASSRIGHTS` off; the send
+/// fails with `EPERM`) and a connection that could hold some is closed by the reaper.
+#[test]
+fn a_refused_admin_peer_cannot_hold_the_control_thread_with_a_lingering_socket() {
+    assert!(is_root(), "this test needs root (CI runs as root)");
+    let s = Scratch::new("admin-fds");
+    let sock = s.path("q0/sock");
+    // The peer check is what refuses here: the file lets everybody connect.
+    let mut proxy = null_proxy(&s, &[&sock], &["--ctl-mode", "0666"]);
+    let admin = s.path(ADMIN_SOCKET);
+    let (tcp, _unread) = e2e_tests::hostile::lingering_tcp(30).expect("a lingering TCP connection");
+    // The proxy accepts and refuses at once: the send races its close (EPIPE), so the
+    // attacker tries again until its descriptor is queued (or refused: EPERM).
+    let (tries, sent) = send_fd_as_nobody(&admin, b"show stats\n", std::os::fd::AsRawFd::as_raw_fd(&tcp), 1000);
+    match &sent {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+        Err(e) => panic!("sending the descriptor failed otherwise after {tries} tries: {e}"),
+    }
+    // Disarmed only if the proxy never got it: then ours is the last copy.
+    if sent.is_err() {
+        let off = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: setsockopt with a valid linger struct on our own socket.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&tcp),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&off as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+    }
+    drop(tcp);
+    wait_or_dump(&proxy, "admin socket: refused pid", 10);
+    // `show stats` on stdin, five times over a second: each answered at once.
+    let key = format!("socket={} ", sock.display());
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let before = proxy.out.text().lines().filter(|l| l.starts_with(&key)).count();
+        let t = Instant::now();
+        proxy.send("show stats");
+        let answered = proxy.out.wait_for("show stats", Duration::from_secs(60), |t| t.lines().filter(|l| l.starts_with(&key)).count() > before);
+        slowest = slowest.max(t.elapsed());
+        answered.unwrap_or_else(|e| panic!("{e}\n{}", proxy.out.text()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    proxy.send("quit");
+    let (code, out) = proxy.wait(Duration::from_secs(60));
+    assert!(
+        slowest < Duration::from_millis(500),
+        "show stats took {slowest:?} after a refused admin peer passed a lingering socket (send: {sent:?} after {tries} tries)\n{out}"
+    );
+    assert_eq!(code, Some(0), "{out}");
+    eprintln!("refused admin peer's descriptor: send {sent:?} after {tries} tries; slowest show stats {slowest:?}");
+}
