@@ -404,6 +404,13 @@ pub fn testpmd_port_stats(output: &str, port: u16) -> HashMap<String, u64> {
     stats
 }
 
+/// A counter from [`testpmd_port_stats`]. Panics when it is missing (no statistics block
+/// was printed, or the counter was renamed): a missing counter must fail the test, not
+/// read as 0.
+pub fn testpmd_counter(stats: &HashMap<String, u64>, key: &str) -> u64 {
+    *stats.get(key).unwrap_or_else(|| panic!("no counter {key} in testpmd's forward statistics: {stats:?}"))
+}
+
 /// The proxy's `key=value` counter lines: the last line for `socket=<path>`.
 pub fn proxy_socket_stats(output: &str, socket: &Path) -> HashMap<String, String> {
     let key = format!("socket={} ", socket.display());

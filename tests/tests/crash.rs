@@ -53,16 +53,17 @@ fn line_kv(answer: &str, prefix: &str) -> HashMap<String, String> {
         .unwrap_or_else(|| panic!("no line starting with '{prefix}' in\n{answer}"))
 }
 
-/// Open descriptors and resident memory (KiB) of a process.
+/// Open descriptors and resident memory (KiB) of a process. Panics when they cannot be
+/// read (a process gone reads as no leak otherwise).
 fn fds_and_rss(pid: u32) -> (usize, u64) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
     let rss = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status:\n{status}"));
     (fds, rss)
 }
 
@@ -252,7 +253,7 @@ fn a_killed_proxy_is_replaced_and_the_guest_reconnects_by_itself() {
     g.send("quit");
     let (_, gout) = g.wait(Duration::from_secs(20));
     let fwd = testpmd_port_stats(&gout, 0);
-    assert!(fwd.get("TX-packets").copied().unwrap_or(0) > 10_000, "{gout}");
+    assert!(testpmd_counter(&fwd, "TX-packets") > 10_000, "{gout}");
     proxy.send("quit");
     let (code, out) = proxy.wait(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{out}");

@@ -452,7 +452,7 @@ fn hugepages_free() -> u64 {
             .lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.trim_start_matches(':').split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+            .unwrap_or_else(|| panic!("no {name} in /proc/meminfo"))
     };
     (field("HugePages_Free") - field("HugePages_Rsvd")) * field("Hugepagesize") * 1024
 }

@@ -21,6 +21,9 @@ fn eal_args() -> Vec<String> {
         "--vdev=net_null0",
         "--log-level=lib.eal:error",
         "--no-telemetry",
+        // Two lcores on CPU 0, so that the launch checks always have a worker lcore
+        // (whatever CPUs the machine has).
+        "--lcores=0@0,1@0",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -199,7 +202,8 @@ fn packet_rings_between_lcores(eal: &Eal, pool: &PktPool) {
     let mut burst = MbufBurst::<8>::new();
     assert_eq!(burst.alloc_from(pool, 8), 8);
     assert_eq!(producer.enqueue_burst(&mut burst).0, 8);
-    if let Some(&worker) = eal.worker_lcores().first() {
+    {
+        let worker = *eal.worker_lcores().first().expect("--lcores gives a worker lcore");
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         eal.launch(worker, move || {
             let mut got = MbufBurst::<8>::new();
@@ -210,10 +214,16 @@ fn packet_rings_between_lcores(eal: &Eal, pool: &PktPool) {
         assert_eq!(eal.wait_lcore(worker), 0);
         assert_eq!(done_rx.recv().expect("ran"), 8);
         assert_eq!(in_use(), 0, "the worker's burst freed its packets");
-        eal.launch(worker, || panic!("a panic on an lcore (expected by the test)")).expect("launch");
-        assert_eq!(eal.wait_lcore(worker), -1, "the panic is caught");
-    } else {
-        drop(consumer);
+        // The panic below is expected: without a hook of our own the default one would
+        // print it as if the test had failed. Only for the launch and the wait (nothing
+        // else panics meanwhile), then the default hook is back for the asserts.
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let launched = eal.launch(worker, || panic!("a panic on an lcore (expected by the test)"));
+        let result = launched.is_ok().then(|| eal.wait_lcore(worker));
+        std::panic::set_hook(default_hook);
+        launched.expect("launch");
+        assert_eq!(result, Some(-1), "the panic is caught");
     }
     // Packets left in a ring are freed with its last end.
     let before = in_use();
