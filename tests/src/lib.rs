@@ -554,6 +554,36 @@ pub fn start_tap_proxy_on(s: &Scratch, tag: &str, addr: &str, queues: &str) -> T
     TapProxy { proxy, sock, tap, ns }
 }
 
+/// A proxy whose `net_pcap` port replays a capture and records what it sends, serving
+/// its queue 0 on `sock`; see [`start_pcap_proxy`].
+pub struct PcapProxy {
+    pub proxy: Proc,
+    pub sock: PathBuf,
+    /// Where the port writes what it transmits (`out.pcap` of the scratch directory).
+    pub output: PathBuf,
+}
+
+/// Writes `packets` to `in.pcap` of `s`, starts a proxy (counters every second) whose
+/// `net_pcap` port replays them and writes what it sends to `out.pcap`, and waits until
+/// it is ready.
+pub fn start_pcap_proxy(s: &Scratch, packets: &[Vec<u8>]) -> PcapProxy {
+    let input = s.path("in.pcap");
+    let output = s.path("out.pcap");
+    pcap::write(&input, packets);
+    let sock = s.path("q0/sock");
+    let proxy = start_proxy(
+        s,
+        &ProxyConfig {
+            eal: vec!["--vdev".into(), format!("net_pcap0,rx_pcap={},tx_pcap={}", input.display(), output.display())],
+            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
+            extra: vec!["--stats-period".into(), "1".into()],
+            netns: None,
+        },
+    );
+    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    PcapProxy { proxy, sock, output }
+}
+
 /// The number after `key=` on the last line of `out` that starts with `prefix` (the
 /// summary line of an example or a test program).
 pub fn summary(out: &str, prefix: &str, key: &str) -> u64 {

@@ -66,20 +66,7 @@ fn pcap_macswap_is_byte_for_byte() {
             p
         })
         .collect();
-    let input = s.path("in.pcap");
-    let output = s.path("out.pcap");
-    pcap::write(&input, &packets);
-    let sock = s.path("q0/sock");
-    let mut proxy = start_proxy(
-        &s,
-        &ProxyConfig {
-            eal: vec!["--vdev".into(), format!("net_pcap0,rx_pcap={},tx_pcap={}", input.display(), output.display())],
-            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
-            extra: vec!["--stats-period".into(), "1".into()],
-            netns: None,
-        },
-    );
-    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    let PcapProxy { mut proxy, sock, output } = start_pcap_proxy(&s, &packets);
     // --no-flush-rx: testpmd otherwise drops whatever arrived before forwarding starts,
     // and the capture is replayed the moment the guest's queue starts.
     let g = guest(

@@ -44,20 +44,7 @@ fn testpmd_csum_engine_sees_rx_checksum_flags_and_gets_tx_checksums_done() {
         packets.push(p);
     }
     let n = packets.len() as u64;
-    let input = s.path("in.pcap");
-    let output = s.path("out.pcap");
-    pcap::write(&input, &packets);
-    let sock = s.path("q0/sock");
-    let mut proxy = start_proxy(
-        &s,
-        &ProxyConfig {
-            eal: vec!["--vdev".into(), format!("net_pcap0,rx_pcap={},tx_pcap={}", input.display(), output.display())],
-            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
-            extra: vec!["--stats-period".into(), "1".into()],
-            netns: None,
-        },
-    );
-    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    let PcapProxy { mut proxy, sock, output } = start_pcap_proxy(&s, &packets);
     let mut g = start_testpmd(
         &s,
         &GuestConfig {
@@ -161,20 +148,7 @@ fn testpmd_sees_vlan_tags_stripped_and_gets_its_tag_inserted() {
         }
     }
     let n = packets.len() as u64;
-    let input = s.path("in.pcap");
-    let output = s.path("out.pcap");
-    pcap::write(&input, &packets);
-    let sock = s.path("q0/sock");
-    let mut proxy = start_proxy(
-        &s,
-        &ProxyConfig {
-            eal: vec!["--vdev".into(), format!("net_pcap0,rx_pcap={},tx_pcap={}", input.display(), output.display())],
-            commands: vec![format!("socket {} port 0 queue 0", sock.display())],
-            extra: vec!["--stats-period".into(), "1".into()],
-            netns: None,
-        },
-    );
-    wait_or_dump(&proxy, "IO_PROXY: ready", 30);
+    let PcapProxy { mut proxy, sock, output } = start_pcap_proxy(&s, &packets);
     let mut g = start_testpmd(
         &s,
         &GuestConfig {
