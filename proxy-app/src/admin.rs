@@ -13,15 +13,15 @@
 //! that peer chose (a TCP socket lingering on close, a FUSE file); on a kernel without
 //! that switch a connection is closed by the reaper (`PeerFd`), never here.
 
-use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::access::Access;
 use crate::ctl_proto::MAX_REQUEST;
 use crate::os;
+use crate::sockpath::{ProxyUser, SocketFile, SocketKind};
 use crate::reaper::PeerFd;
 use crate::{log_info, log_warn};
 
@@ -55,10 +55,8 @@ pub struct Admin {
     /// Closed by the reaper: its backlog may hold connections with descriptors (a kernel
     /// without `SO_PASSRIGHTS`).
     listener: PeerFd,
-    path: PathBuf,
-    /// The socket file this proxy made (device, inode): removed at exit only if it is
-    /// still that file.
-    made: (u64, u64),
+    /// Removed at exit only if it is still the file this proxy made.
+    file: SocketFile,
     allowed: Vec<u32>,
     conns: Vec<AdminConn>,
     refused: u64,
@@ -66,68 +64,31 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Makes the socket: its directory is created (0755) if missing and must then be a
-    /// real directory owned by root or this user, writable by nobody else unless sticky;
-    /// a socket file left behind by a proxy that is gone is replaced, one a live proxy
-    /// listens on is an error, anything else at the path is an error.
-    pub fn bind(spec: &AdminSpec) -> Result<Admin, String> {
-        let path = &spec.path;
-        let shown = path.display();
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        match fs::DirBuilder::new().mode(0o755).create(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("--ctl {shown}: cannot create {}: {e}", dir.display())),
-        }
-        let meta = fs::symlink_metadata(dir).map_err(|e| format!("--ctl {shown}: {}: {e}", dir.display()))?;
-        // SAFETY: geteuid(2) cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        let mode = meta.permissions().mode();
-        if !meta.file_type().is_dir()
-            || (meta.uid() != 0 && meta.uid() != euid)
-            || (mode & 0o022 != 0 && mode & 0o1000 == 0)
-        {
-            return Err(format!(
-                "--ctl {shown}: {} must be a directory owned by root or this user that others cannot write to",
-                dir.display()
-            ));
-        }
-        match fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() && (m.uid() == euid || m.uid() == 0) => {
-                if stream_connects(path) {
-                    return Err(format!("--ctl {shown}: a running proxy serves it"));
-                }
-                fs::remove_file(path).map_err(|e| format!("--ctl {shown}: cannot replace the stale socket: {e}"))?;
-            }
-            Ok(_) => return Err(format!("--ctl {shown}: the path exists and is not this user's socket")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("--ctl {shown}: {e}")),
-        }
-        let addr = os::UnixAddr::new(path)?;
-        let listener = stream_socket().map_err(|e| format!("--ctl {shown}: socket: {e}"))?;
+    /// Makes the socket as the guests' sockets are made ([`SocketFile::create_kind`]):
+    /// its path walked from `/` without following links, every step owned by root or the
+    /// proxy's user and writable by nobody else unless sticky; missing directories made
+    /// for the proxy's user; the socket bound, listening and given its owner, group and
+    /// mode in a private directory, then moved into place. A socket file left behind by
+    /// a proxy that is gone is replaced, one a live proxy listens on is an error,
+    /// anything else at the path is an error.
+    pub fn bind(spec: &AdminSpec, who: ProxyUser) -> Result<Admin, String> {
+        let shown = spec.path.display();
+        let access = Access { owner: spec.owner, group: spec.group, mode: spec.mode & 0o777, allow_uids: vec![], allow_gids: vec![] };
+        let (file, listener) = SocketFile::create_kind(&spec.path, &access, who, SocketKind::Stream { backlog: MAX_CONNS as i32 })
+            .map_err(|e| format!("--ctl {shown}: {e}"))?;
         // Connections take no descriptors (inherited from the listener, even before
         // they are accepted). A kernel before 6.16 has no such switch: `PeerFd` below.
         let _ = os::set_pass_rights(listener.as_fd(), false);
-        os::bind(listener.as_fd(), &addr).map_err(|e| format!("--ctl {shown}: bind: {e}"))?;
-        let made = fs::symlink_metadata(path).map(|m| (m.dev(), m.ino())).map_err(|e| format!("--ctl {shown}: {e}"))?;
-        let admin = Admin {
+        let euid = os::effective_uid();
+        log_info!("admin socket {shown} (mode {:04o}; dpdk-io-proxy-ctl --ctl {shown} <command>)", spec.mode & 0o777);
+        Ok(Admin {
             listener: PeerFd::new(listener, euid),
-            path: path.clone(),
-            made,
+            file,
             allowed: [0, euid].into_iter().chain(spec.owner).collect(),
             conns: Vec::new(),
             refused: 0,
             last_refusal_log: None,
-        };
-        // (Dropping `admin` on an error below removes the file again.)
-        fs::set_permissions(path, fs::Permissions::from_mode(spec.mode & 0o777))
-            .map_err(|e| format!("--ctl {shown}: chmod: {e}"))?;
-        if spec.owner.is_some() || spec.group.is_some() {
-            std::os::unix::fs::lchown(path, spec.owner, spec.group).map_err(|e| format!("--ctl {shown}: chown: {e}"))?;
-        }
-        os::listen(admin.listener.as_fd(), MAX_CONNS as i32).map_err(|e| format!("--ctl {shown}: listen: {e}"))?;
-        log_info!("admin socket {shown} (mode {:04o}; dpdk-io-proxy-ctl --ctl {shown} <command>)", spec.mode & 0o777);
-        Ok(admin)
+        })
     }
 
     /// Adds what to poll: the listener, then each connection (reading or writing).
@@ -187,10 +148,7 @@ impl Admin {
 
 impl Drop for Admin {
     fn drop(&mut self) {
-        // Only the file this proxy made (another proxy may have replaced a stale one).
-        if fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.made) {
-            let _ = fs::remove_file(&self.path);
-        }
+        self.file.remove();
     }
 }
 
@@ -265,29 +223,11 @@ fn serve_conn(c: &mut AdminConn, execute: &mut impl FnMut(&str) -> String) {
 }
 
 /// A new non-blocking, close-on-exec unix stream socket.
-fn stream_socket() -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Whether a process listens on the stream socket at `path`.
-fn stream_connects(path: &Path) -> bool {
-    let (Ok(addr), Ok(fd)) = (os::UnixAddr::new(path), stream_socket()) else { return false };
-    match os::connect(fd.as_fd(), &addr) {
-        Ok(()) => true,
-        // Non-blocking: a listener whose backlog is full still exists.
-        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
 
@@ -297,6 +237,11 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         dir
+    }
+
+    /// The proxy as these tests run it: it keeps its user.
+    fn me() -> ProxyUser {
+        ProxyUser { runs_as: os::effective_uid() }
     }
 
     /// Runs the admin's poll loop on this thread until `done` returns true.
@@ -314,13 +259,13 @@ mod tests {
     fn one_command_per_connection_and_bounded_lines() {
         let dir = scratch("cmd");
         let path = dir.join("ctl.sock");
-        let mut admin = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }).unwrap();
+        let mut admin = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }, me()).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         // A second proxy on the same path is refused while this one lives.
-        assert!(Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 })
+        assert!(Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }, me())
             .err()
             .unwrap()
-            .contains("a running proxy serves it"));
+            .contains("is served by another process"));
 
         let client = std::thread::spawn({
             let path = path.clone();
@@ -350,7 +295,7 @@ mod tests {
     fn a_silent_client_does_not_block_and_is_dropped() {
         let dir = scratch("silent");
         let path = dir.join("ctl.sock");
-        let mut admin = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }).unwrap();
+        let mut admin = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }, me()).unwrap();
         let _silent = UnixStream::connect(&path).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while admin.conns.is_empty() && Instant::now() < deadline {
@@ -375,7 +320,7 @@ mod tests {
         use shm_contract::proto::transport::send_message;
         let dir = scratch("nofds");
         let path = dir.join("ctl.sock");
-        let admin = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }).unwrap();
+        let admin = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }, me()).unwrap();
         let client = UnixStream::connect(&path).unwrap();
         let (pipe_r, _pipe_w) = std::io::pipe().unwrap();
         // Before the proxy accepts: the connection has its listener's setting already.
@@ -385,17 +330,41 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
+    /// The admin socket's path is checked as a guest socket's: a directory another user
+    /// owns (who could swap the socket or put a link for root's chmod there) is refused,
+    /// and nothing is made in it. (The tests run as root: uid 65534 is `nobody`.)
+    #[test]
+    fn a_directory_another_user_owns_is_refused() {
+        let dir = scratch("theirs");
+        let theirs = dir.join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let path = theirs.join("ctl.sock");
+        let e = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }, me()).err().unwrap();
+        assert!(e.starts_with(&format!("--ctl {}", path.display())), "{e}");
+        assert!(e.contains("belongs to uid 65534"), "{e}");
+        assert_eq!(fs::read_dir(&theirs).unwrap().count(), 0, "nothing made there");
+        // A missing directory is made search-only for others (guest sockets may go there too).
+        let made = dir.join("made");
+        let admin = Admin::bind(&AdminSpec { path: made.join("ctl.sock"), owner: None, group: None, mode: 0o600 }, me()).unwrap();
+        assert_eq!(fs::metadata(&made).unwrap().permissions().mode() & 0o7777, 0o711);
+        assert_eq!(fs::metadata(made.join("ctl.sock")).unwrap().permissions().mode() & 0o777, 0o600);
+        drop(admin);
+        assert!(!made.exists(), "the socket and the directory made for it are removed at exit");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_stale_socket_is_replaced_and_other_files_are_not() {
         let dir = scratch("stale");
         let path = dir.join("ctl.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        let admin = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }).unwrap();
+        let admin = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }, me()).unwrap();
         drop(admin);
         fs::write(&path, b"not a socket").unwrap();
-        let e = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }).err().unwrap();
-        assert!(e.contains("is not this user's socket"), "{e}");
+        let e = Admin::bind(&AdminSpec { path: path.clone(), owner: None, group: None, mode: 0o600 }, me()).err().unwrap();
+        assert!(e.contains("exists and is not a socket"), "{e}");
         assert_eq!(fs::read(&path).unwrap(), b"not a socket");
         let _ = fs::remove_dir_all(&dir);
     }

@@ -360,6 +360,7 @@ fn main() -> ExitCode {
     }
     let plane = Arc::new(Plane::new());
     let source = cmds_path.clone().unwrap_or_default();
+    let admin_runs_as = opts.runs_as;
     let mut control = match Control::new(opts, plane.clone(), startup, &source) {
         Ok(c) => c,
         Err(e) => {
@@ -373,7 +374,7 @@ fn main() -> ExitCode {
     // The admin socket is made here, before the control thread starts (and while the
     // process still has the privileges to make it under /run).
     if let Some(spec) = &app.ctl {
-        match admin::Admin::bind(spec) {
+        match admin::Admin::bind(spec, proxy_app::sockpath::ProxyUser { runs_as: admin_runs_as }) {
             Ok(a) => control.set_admin(a),
             Err(e) if app.ctl_explicit => {
                 eprintln!("{}dpdk-io-proxy: {e}", proxy_app::journal_level(proxy_app::LOG_ERR));

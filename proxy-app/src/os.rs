@@ -66,6 +66,18 @@ pub fn seqpacket_socket(nonblocking: bool) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A unix stream socket (close-on-exec), non-blocking or not.
+pub fn stream_socket(nonblocking: bool) -> io::Result<OwnedFd> {
+    let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The address of a unix socket at a path.
 pub struct UnixAddr(libc::sockaddr_un);
 

@@ -40,8 +40,32 @@ use crate::os::{self, FileStat};
 use shm_contract::pathwalk::{self, Step, Target, Visitor, WalkFailure, WalkedDir};
 /// Name of the socket inside the private directory it is made in.
 const PRIVATE_NAME: &str = "sock";
-/// Listen backlog of a socket (one guest at a time; more are refused on sight).
+/// Listen backlog of a guest socket (one guest at a time; more are refused on sight).
 const BACKLOG: i32 = 8;
+
+/// The kind of a socket file: a guest socket (seqpacket, the protocol's transport) or
+/// the admin socket (a stream of command lines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketKind {
+    Seqpacket,
+    Stream { backlog: i32 },
+}
+
+impl SocketKind {
+    fn socket(self, nonblocking: bool) -> io::Result<OwnedFd> {
+        match self {
+            SocketKind::Seqpacket => os::seqpacket_socket(nonblocking),
+            SocketKind::Stream { .. } => os::stream_socket(nonblocking),
+        }
+    }
+
+    fn backlog(self) -> i32 {
+        match self {
+            SocketKind::Seqpacket => BACKLOG,
+            SocketKind::Stream { backlog } => backlog,
+        }
+    }
+}
 
 /// Who the proxy is: root (or whoever started it) now, and the user it runs as once
 /// started (`--user`), which must still be able to remove what it made.
@@ -205,6 +229,11 @@ impl SocketFile {
     /// socket (nobody listening) is replaced; a live one is an error. On any error
     /// nothing is left behind: neither a socket file nor a directory made here.
     pub fn create(path: &Path, access: &Access, who: ProxyUser) -> Result<(SocketFile, OwnedFd), String> {
+        SocketFile::create_kind(path, access, who, SocketKind::Seqpacket)
+    }
+
+    /// [`SocketFile::create`] for a socket of `kind`.
+    pub fn create_kind(path: &Path, access: &Access, who: ProxyUser, kind: SocketKind) -> Result<(SocketFile, OwnedFd), String> {
         let name = match path.components().next_back() {
             Some(Component::Normal(n)) => n.to_owned(),
             _ => return Err(format!("{} names no socket file", path.display())),
@@ -212,10 +241,17 @@ impl SocketFile {
         // Guests connect by this path: it must fit a unix socket address.
         os::UnixAddr::new(path)?;
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let spec = DirSpec { owner: who.runs_as, group: access.group, mode: access.dir_mode(who.runs_as) };
+        // The admin socket's directories are search-only for everyone (0711), as the
+        // default one (/run/dpdk-io-proxy) is where guest sockets go too; the admin
+        // socket's own mode keeps others out of it.
+        let mode = match kind {
+            SocketKind::Seqpacket => access.dir_mode(who.runs_as),
+            SocketKind::Stream { .. } => access.dir_mode(who.runs_as) | 0o011,
+        };
+        let spec = DirSpec { owner: who.runs_as, group: access.group, mode };
         let mut made = Vec::new();
         let result = walk(who, parent, Some(spec), &mut made).and_then(|dir| {
-            let (file, listener) = bind_in(who, &dir, &name, path, access)?;
+            let (file, listener) = bind_in(who, &dir, &name, path, access, kind)?;
             Ok((dir.fd, file, listener))
         });
         match result {
@@ -237,25 +273,36 @@ impl SocketFile {
     }
 }
 
-/// Whether the unix seqpacket socket `name` in `dir` has a listener. The file is opened
+/// Whether the unix socket `name` (of `kind`) in `dir` has a listener. The file is opened
 /// first (`O_PATH|O_NOFOLLOW`) and must be a socket; the probe then connects through
 /// that descriptor (`/proc/self/fd/<n>`), never by name: a symbolic link swapped in for
 /// a stale socket (in a sticky directory its owner may do that) is not followed, so
 /// root never connects to a listener someone else chose.
-fn has_listener_at(dir: &OwnedFd, name: &OsStr) -> bool {
+fn has_listener_at(dir: &OwnedFd, name: &OsStr, kind: SocketKind) -> bool {
     let Ok(file) = os::open_path_at(Some(dir.as_fd()), name) else { return false };
     if !os::fstat(file.as_fd()).is_ok_and(|st| st.is_socket()) {
         return false;
     }
     let Ok(addr) = os::UnixAddr::new(&os::fd_path(file.as_fd())) else { return false };
-    // A probe connect on a fresh socket that is closed right after.
-    let Ok(fd) = os::seqpacket_socket(false) else { return false };
-    os::connect(fd.as_fd(), &addr).is_ok()
+    // A probe connect on a fresh non-blocking socket that is closed right after: a
+    // listener whose backlog is full still exists.
+    let Ok(fd) = kind.socket(true) else { return false };
+    match os::connect(fd.as_fd(), &addr) {
+        Ok(()) => true,
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    }
 }
 
 /// Makes the listening socket `name` in `dir` (checked by [`walk`]): bound, listening and
 /// given its owner, group and mode in a private directory, then moved into place.
-fn bind_in(who: ProxyUser, dir: &Dir, name: &OsStr, path: &Path, access: &Access) -> Result<(FileStat, OwnedFd), String> {
+fn bind_in(
+    who: ProxyUser,
+    dir: &Dir,
+    name: &OsStr,
+    path: &Path,
+    access: &Access,
+    kind: SocketKind,
+) -> Result<(FileStat, OwnedFd), String> {
     let shown = path.display();
     if dir.stat.writable_by_others() {
         if let Some(owner) = access.owner.filter(|&u| !who.trusts(u)) {
@@ -269,7 +316,7 @@ fn bind_in(who: ProxyUser, dir: &Dir, name: &OsStr, path: &Path, access: &Access
     }
     let stale = match os::stat_at(dir.fd.as_fd(), name) {
         Ok(st) if !st.is_socket() => return Err(format!("{shown} exists and is not a socket")),
-        Ok(_) if has_listener_at(&dir.fd, name) => return Err(format!("{shown} is served by another process")),
+        Ok(_) if has_listener_at(&dir.fd, name, kind) => return Err(format!("{shown} is served by another process")),
         Ok(_) => true,
         Err(e) if e.kind() == io::ErrorKind::NotFound => false,
         Err(e) => return Err(format!("cannot look at {shown}: {e}")),
@@ -283,7 +330,7 @@ fn bind_in(who: ProxyUser, dir: &Dir, name: &OsStr, path: &Path, access: &Access
     let made = os::open_dir_at(dir.fd.as_fd(), &private)
         .map_err(|e| format!("cannot open the private directory in {}: {e}", dir.shown.display()))
         .and_then(|private_dir| {
-            let result = bind_privately(dir, &private_dir, name, stale, path, access);
+            let result = bind_privately(dir, &private_dir, name, stale, path, access, kind);
             let _ = os::unlink_at(private_dir.as_fd(), OsStr::new(PRIVATE_NAME), false);
             result
         });
@@ -298,6 +345,7 @@ fn bind_privately(
     stale: bool,
     path: &Path,
     access: &Access,
+    kind: SocketKind,
 ) -> Result<(FileStat, OwnedFd), String> {
     let shown = path.display();
     let st = os::fstat(private_dir.as_fd()).map_err(|e| format!("private directory: {e}"))?;
@@ -305,14 +353,14 @@ fn bind_privately(
         return Err(format!("the private directory in {} is not the proxy's alone", dir.shown.display()));
     }
     let inner = OsStr::new(PRIVATE_NAME);
-    let listener = os::seqpacket_socket(true).map_err(|e| format!("socket: {e}"))?;
+    let listener = kind.socket(true).map_err(|e| format!("socket: {e}"))?;
     let addr = os::UnixAddr::new(&os::path_in_fd(private_dir.as_fd(), inner))?;
     os::bind(listener.as_fd(), &addr).map_err(|e| format!("cannot bind {shown}: {e}"))?;
     // Connections start refusing descriptors (a guest's sendmsg with any fails, nothing is
     // queued): only a reattaching guest gets to pass one, when asked (control/session.rs).
     // A kernel before 6.16 has no such switch; the reaper then takes what comes.
     let _ = os::set_pass_rights(listener.as_fd(), false);
-    os::listen(listener.as_fd(), BACKLOG).map_err(|e| format!("cannot listen on {shown}: {e}"))?;
+    os::listen(listener.as_fd(), kind.backlog()).map_err(|e| format!("cannot listen on {shown}: {e}"))?;
     os::chown_chmod_at(private_dir.as_fd(), inner, access.owner, access.group, access.mode).map_err(|e| {
         format!("cannot give {shown} owner {:?} group {:?} mode {:04o}: {e}", access.owner, access.group, access.mode)
     })?;
@@ -386,7 +434,7 @@ mod tests {
     /// [`has_listener_at`] for a path.
     fn has_listener(path: &Path) -> bool {
         let dir = os::open_path_at(None, path.parent().unwrap().as_os_str()).unwrap();
-        has_listener_at(&dir, path.file_name().unwrap())
+        has_listener_at(&dir, path.file_name().unwrap(), SocketKind::Seqpacket)
     }
 
     /// The sockets the proxy serves take no descriptors (`SO_PASSRIGHTS` off, inherited
