@@ -24,7 +24,7 @@ use crate::device::ShmDevice;
 use crate::heap::HeapAllocator;
 use shm_driver_common::log::LogType;
 
-pub use shm_contract::client::ProxyInfo;
+use shm_contract::proto::Welcome;
 
 /// Why a session call failed: the client core's errors.
 pub type SessionError = ClientError;
@@ -177,7 +177,8 @@ pub struct Session {
     /// the ids of the current connection's requests.
     control: Mutex<RequestIds>,
     pub region: Arc<Region>,
-    pub proxy: ProxyInfo,
+    /// What the proxy said at the handshake.
+    pub proxy: Welcome,
     alive: AtomicBool,
     link_up: AtomicBool,
     link_speed: AtomicU32,
@@ -224,7 +225,7 @@ impl Session {
         let mut attached = None;
         if let Some(region) = earlier {
             match attach_region(path, dev.args.proxy_uid, &hello, &region, dev.args.timeout) {
-                Ok(RegionAttached { socket, welcome, info, ids }) => {
+                Ok(RegionAttached { socket, welcome: info, ids }) => {
                     log.info(format_args!(
                         "sock:{}: attached to proxy port {} queue {} with the region of the earlier session on this \
                          socket ({} MiB, its {} pool(s) of this process stay zero-copy), protocol {}",
@@ -233,9 +234,9 @@ impl Session {
                         info.queue_id,
                         region.len() >> 20,
                         region.pools().len(),
-                        info.protocol_version
+                        info.version
                     ));
-                    attached = Some((socket, welcome.link_up, welcome.link_speed_mbps, info, region, ids));
+                    attached = Some((socket, info.link_up, info.link_speed_mbps, info, region, ids));
                 }
                 // A proxy that is not there or refuses us outright refuses a new region too.
                 Err(e @ (SessionError::Connect(_) | SessionError::UntrustedServer(_))) => return Err(e),
@@ -250,10 +251,10 @@ impl Session {
             Some(a) => a,
             None => {
                 // The server is verified (SO_PEERCRED) before the Hello: never a word to an impostor.
-                let client::Attached { socket, welcome, info: proxy, fds } =
+                let client::Attached { socket, welcome: proxy, fds } =
                     client::attach(path, dev.args.proxy_uid, &hello, &[], dev.args.timeout)?;
-                let (region_size, hugepages) = (proxy.region_size, proxy.hugepages);
-                let region = Region::new(client::map_region(&welcome, fds)?, hugepages);
+                let (region_size, hugepages) = (proxy.region_size, proxy.hugepages());
+                let region = Region::new(client::map_region(&proxy, fds)?, hugepages);
                 log.info(format_args!(
                     "sock:{}: attached to proxy port {} queue {}: region {} MiB on {}, protocol {}",
                     dev.name(),
@@ -261,9 +262,9 @@ impl Session {
                     proxy.queue_id,
                     region_size >> 20,
                     if hugepages { format!("{} KiB hugepages", region.layout.page_size() >> 10) } else { "normal 4 KiB pages".into() },
-                    proxy.protocol_version
+                    proxy.version
                 ));
-                (socket, welcome.link_up, welcome.link_speed_mbps, proxy, Arc::new(region), RequestIds::default())
+                (socket, proxy.link_up, proxy.link_speed_mbps, proxy, Arc::new(region), RequestIds::default())
             }
         };
         let session = Arc::new_cyclic(|me| Session {
@@ -444,7 +445,7 @@ impl Session {
     /// One reattach attempt: a new connection, a `Hello` that hands our region back,
     /// our pools announced again. Installs the connection only when all of it worked.
     fn reattach(self: &Arc<Self>) -> Result<(), SessionError> {
-        let RegionAttached { socket, welcome, info, ids } =
+        let RegionAttached { socket, welcome: info, ids } =
             attach_region(Path::new(&self.device_name), self.proxy_uid, &self.hello, &self.region, self.timeout)?;
         if (info.mac, info.mtu, info.port_id, info.queue_id) != (self.proxy.mac, self.proxy.mtu, self.proxy.port_id, self.proxy.queue_id) {
             self.log.warning(format_args!(
@@ -465,8 +466,8 @@ impl Session {
             let mut control = lock(&self.control);
             *lock(&self.socket) = Arc::new(socket);
             *control = ids;
-            self.link_up.store(welcome.link_up, Ordering::Relaxed);
-            self.link_speed.store(welcome.link_speed_mbps, Ordering::Relaxed);
+            self.link_up.store(info.link_up, Ordering::Relaxed);
+            self.link_speed.store(info.link_speed_mbps, Ordering::Relaxed);
             if self.closed.load(Ordering::Acquire) {
                 return Err(SessionError::Closed);
             }
@@ -549,8 +550,7 @@ const RECONNECT_PERIOD: Duration = Duration::from_millis(100);
 /// A connection to a proxy that took a region of ours back.
 struct RegionAttached {
     socket: OwnedFd,
-    welcome: shm_contract::proto::Welcome,
-    info: ProxyInfo,
+    welcome: Welcome,
     /// The ids the connection used so far (one per pool announced).
     ids: RequestIds,
 }
@@ -570,7 +570,7 @@ fn attach_region(path: &Path, proxy_uid: Option<u32>, base: &Hello, region: &Reg
     };
     // The server is verified (SO_PEERCRED) before the Hello that hands over our
     // region's memfd.
-    let client::Attached { socket, welcome, info, fds } = client::attach(path, proxy_uid, &hello, &[region.memfd.as_fd()], timeout)?;
+    let client::Attached { socket, welcome, fds } = client::attach(path, proxy_uid, &hello, &[region.memfd.as_fd()], timeout)?;
     drop(fds);
     // The proxy wrote the header again: it must describe the layout our queues and
     // pools already use.
@@ -585,7 +585,7 @@ fn attach_region(path: &Path, proxy_uid: Option<u32>, base: &Hello, region: &Reg
             (other, _) => return Err(SessionError::Protocol(format!("expected PoolAck, got {}", other.kind()))),
         }
     }
-    Ok(RegionAttached { socket, welcome, info, ids })
+    Ok(RegionAttached { socket, welcome, ids })
 }
 
 /// The session's handling of what arrives besides answers.

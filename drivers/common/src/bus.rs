@@ -197,7 +197,7 @@ impl DeviceEventRecord {
 /// names are shorter still).
 pub const DEVICE_NAME_CAP: usize = 128;
 
-/// What the proxy told a device at the handshake (the contract's `ProxyInfo`, as plain
+/// What the proxy told a device at the handshake (the contract's `Welcome`, as plain
 /// numbers).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -220,17 +220,17 @@ pub struct ProxyRecord {
     pub hugepages: u32,
 }
 
-impl From<&shm_contract::client::ProxyInfo> for ProxyRecord {
-    fn from(p: &shm_contract::client::ProxyInfo) -> Self {
+impl From<&shm_contract::proto::Welcome> for ProxyRecord {
+    fn from(p: &shm_contract::proto::Welcome) -> Self {
         ProxyRecord {
-            protocol_version: p.protocol_version,
+            protocol_version: p.version,
             port_id: p.port_id,
             queue_id: p.queue_id,
             queue_pairs: p.queue_pairs,
             mac: p.mac,
             mtu: p.mtu,
             max_rx_frame: p.max_rx_frame,
-            hugepages: p.hugepages as u32,
+            hugepages: p.hugepages() as u32,
         }
     }
 }
