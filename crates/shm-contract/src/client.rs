@@ -3,7 +3,7 @@
 //! (`shm-guest`). Each is a thin layer over what is here:
 //!
 //! * [`attach`]: connect (the server checked with `SO_PEERCRED` first), handshake,
-//!   and the [`Welcome`] read into a [`ProxyInfo`];
+//!   and the [`Welcome`], which both kinds of guest keep as it is;
 //! * [`map_region`]: the region memfd checked (sealed, its size), mapped, its header
 //!   validated against the `Welcome` (page size too); [`check_reattached`] for a region
 //!   handed back to a new proxy;
@@ -22,60 +22,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::layout::{RegionFlags, RegionLayout};
+use crate::layout::RegionLayout;
 use crate::mem::{check_region_fd, Mapping, SharedMem};
 use crate::mpmc::FreeRing;
 use crate::proto::transport::{
     connect_to_proxy, handshake, recv_message, send_message, ConnectError, HandshakeError, TransportError,
 };
 use crate::proto::{Hello, Message, RefuseCode, Welcome};
-
-/// What the proxy told us about the NIC queue we are attached to (its `Welcome`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProxyInfo {
-    /// Negotiated protocol major.
-    pub protocol_version: u16,
-    /// NIC port.
-    pub port_id: u16,
-    /// NIC queue.
-    pub queue_id: u16,
-    /// The port's MAC address.
-    pub mac: [u8; 6],
-    /// The port's MTU.
-    pub mtu: u16,
-    /// Largest frame the port receives.
-    pub max_rx_frame: u32,
-    /// Link state at the handshake.
-    pub link_up: bool,
-    /// Link speed at the handshake, Mbit/s.
-    pub link_speed_mbps: u32,
-    /// Size of the shared region.
-    pub region_size: u64,
-    /// Whether the region is hugepage memory.
-    pub hugepages: bool,
-    /// Queue pairs the socket offers (ring pairs in the region; `queue_id` is pair 0's
-    /// NIC queue).
-    pub queue_pairs: u16,
-}
-
-impl ProxyInfo {
-    /// The guest's view of a `Welcome`.
-    pub fn from_welcome(w: &Welcome) -> ProxyInfo {
-        ProxyInfo {
-            protocol_version: w.version,
-            port_id: w.port_id,
-            queue_id: w.queue_id,
-            mac: w.mac,
-            mtu: w.mtu,
-            max_rx_frame: w.max_rx_frame,
-            link_up: w.link_up,
-            link_speed_mbps: w.link_speed_mbps,
-            region_size: w.region_size,
-            hugepages: w.flags.contains(RegionFlags::HUGEPAGES),
-            queue_pairs: w.queue_pairs,
-        }
-    }
-}
 
 /// Why talking to the proxy failed.
 #[derive(Debug)]
@@ -163,10 +116,9 @@ impl From<TransportError> for ClientError {
 pub struct Attached {
     /// The control socket.
     pub socket: OwnedFd,
-    /// The proxy's answer.
+    /// The proxy's answer: what it says about the NIC queue and the region (both kinds
+    /// of guest keep it as it is).
     pub welcome: Welcome,
-    /// What it says about the NIC queue.
-    pub info: ProxyInfo,
     /// Descriptors that came with the `Welcome`.
     pub fds: Vec<OwnedFd>,
 }
@@ -183,8 +135,7 @@ pub fn attach(
 ) -> Result<Attached, ClientError> {
     let socket = connect_to_proxy(path, proxy_uid)?;
     let (welcome, fds) = handshake(socket.as_fd(), hello, fds, timeout)?;
-    let info = ProxyInfo::from_welcome(&welcome);
-    Ok(Attached { socket, welcome, info, fds })
+    Ok(Attached { socket, welcome, fds })
 }
 
 /// A region, mapped and its header validated.

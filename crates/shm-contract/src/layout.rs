@@ -707,6 +707,26 @@ impl RegionLayout {
         Ok(layout)
     }
 
+    /// A layout from its parts: a copy of a layout validated elsewhere (the guest
+    /// plugins hand one another a region's layout as plain numbers), checked again by
+    /// the same rules as a header. `rings` holds one (rx, tx) entry per queue pair.
+    pub fn from_parts(
+        region_size: u64,
+        page_size: u64,
+        flags: RegionFlags,
+        rings: &[(RingArea, RingArea)],
+        status_offset: u32,
+        heap: Area,
+    ) -> Result<Self, LayoutError> {
+        let queue_pairs = u32::try_from(rings.len()).unwrap_or(u32::MAX);
+        check_queue_pairs(queue_pairs)?;
+        let mut all = [NO_RINGS; MAX_QUEUE_PAIRS as usize];
+        all[..rings.len()].copy_from_slice(rings);
+        let layout = RegionLayout { region_size, page_size, flags, rings: all, queue_pairs, status_offset, heap };
+        layout.validate()?;
+        Ok(layout)
+    }
+
     /// Size of the region in bytes.
     pub fn region_size(&self) -> u64 {
         self.region_size
@@ -1101,6 +1121,22 @@ mod tests {
         assert_eq!(l.heap().size, 4096);
         assert_eq!(RegionLayout::size_for_heap_with_pairs(4096, 1024, 1024, 0, 4096), None);
         assert_eq!(RegionLayout::size_for_heap_with_pairs(4096, 1024, 1024, MAX_QUEUE_PAIRS + 1, 4096), None);
+    }
+
+    #[test]
+    fn a_layout_rebuilt_from_its_parts_is_the_same_and_broken_parts_are_refused() {
+        let l = RegionLayout::with_queue_pairs(64 * MIB, 4096, 1024, 512, 3, RegionFlags::HUGEPAGES).unwrap();
+        let rings: Vec<_> = (0..l.queue_pairs()).map(|p| l.rings_of(p).unwrap()).collect();
+        let again = RegionLayout::from_parts(l.region_size(), l.page_size(), l.flags(), &rings, l.status_offset(), l.heap());
+        assert_eq!(again, Ok(l));
+        let parts = |rings: &[(RingArea, RingArea)], heap: Area| {
+            RegionLayout::from_parts(l.region_size(), l.page_size(), l.flags(), rings, l.status_offset(), heap)
+        };
+        assert_eq!(parts(&[], l.heap()), Err(LayoutError::QueuePairs { queue_pairs: 0 }));
+        assert_eq!(parts(&[rings[0]; MAX_QUEUE_PAIRS as usize + 1], l.heap()), Err(LayoutError::QueuePairs { queue_pairs: MAX_QUEUE_PAIRS + 1 }));
+        // Two pairs on the same rings overlap; a heap over the rings overlaps them.
+        assert!(parts(&[rings[0], rings[0]], l.heap()).is_err());
+        assert!(parts(&rings, Area { offset: 4096, size: l.heap().size }).is_err());
     }
 
     #[test]

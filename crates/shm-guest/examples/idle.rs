@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         info.port_id,
         info.queue_id,
         info.region_size >> 10,
-        info.hugepages as u8
+        info.hugepages() as u8
     );
     let deadline = seconds.map(|s| begin + Duration::from_secs_f64(s));
     let mut burst: Vec<Buffer> = Vec::with_capacity(64);

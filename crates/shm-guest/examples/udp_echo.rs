@@ -336,7 +336,7 @@ fn main() -> ExitCode {
         info.queue_id,
         guest.pool().capacity(),
         info.region_size >> 20,
-        if info.hugepages { " (hugepages)" } else { "" },
+        if info.hugepages() { " (hugepages)" } else { "" },
         args.wait.name()
     );
     let started = Instant::now();

@@ -130,7 +130,8 @@ use shm_contract::proto::{Hello, MAX_APP_NAME, PROTOCOL_VERSION, PROTOCOL_VERSIO
 use shm_contract::wake::{self, WakeListener};
 use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, Message, SharedMem};
 
-pub use shm_contract::client::{ClientError, ProxyInfo};
+pub use shm_contract::client::ClientError;
+pub use shm_contract::proto::Welcome;
 
 mod hybrid;
 mod pool;
@@ -329,7 +330,7 @@ pub struct Guest {
     socket: OwnedFd,
     pool: Arc<Pool>,
     layout: RegionLayout,
-    info: ProxyInfo,
+    info: Welcome,
     state: State,
     stats: Stats,
     timeout: Duration,
@@ -368,7 +369,7 @@ impl Guest {
             heap_bytes: pool::heap_bytes(config.buffers, config.data_room),
         };
         // The server is verified (SO_PEERCRED) before the Hello: never a word to an impostor.
-        let client::Attached { socket, welcome, info, fds } =
+        let client::Attached { socket, welcome, fds } =
             client::attach(path.as_ref(), config.proxy_uid, &hello, &[], config.timeout)?;
         let client::MappedRegion { mapping, memfd, layout } = client::map_region(&welcome, fds)?;
         drop(memfd);
@@ -399,7 +400,7 @@ impl Guest {
             socket,
             pool,
             layout,
-            info,
+            info: welcome,
             state: State::Stopped,
             stats: Stats::default(),
             timeout: config.timeout,
@@ -418,7 +419,7 @@ impl Guest {
     }
 
     /// What the proxy said about its NIC queue.
-    pub fn info(&self) -> &ProxyInfo {
+    pub fn info(&self) -> &Welcome {
         &self.info
     }
 

@@ -20,19 +20,32 @@
 //! plugins find the bus by its name `sock` and reach the registry only through the
 //! `#[repr(C)]`, versioned `shm_driver_common::bus::BusInterface` behind its header.
 
+mod device;
+mod handles;
+mod heap;
+mod session;
+
 use std::cell::UnsafeCell;
 use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void};
+use std::os::fd::IntoRawFd;
 use std::sync::{Arc, Mutex, Weak};
 
 use dpdk_sys as sys;
-use shm_driver_common::bus::{lock, BusInterface, DevicePtr, DriverInterface, ShmBus};
+use shm_contract::proto::QUEUE_FLAG_RX_WAKEUP;
+use shm_contract::Message;
+use shm_driver_common::bus::{
+    lock, BusInterface, DeviceEvent, DeviceInfo, DriverInterface, Handle, PoolRecord, PoolRequest, ProxyRecord,
+    QueueStartRequest, Reason, RegionView, ShmBus,
+};
 use shm_driver_common::devargs::{self, DevArgs};
-use shm_driver_common::device::ShmDevice;
 use shm_driver_common::ffi::{guard, str_from_c};
 use shm_driver_common::log::{LogType, INFO};
-use shm_driver_common::session::{Region, Session};
 use shm_driver_common::{errno_text, plugin_constructor};
+
+use crate::device::ShmDevice;
+use crate::handles::HANDLES;
+use crate::session::{Region, Session};
 
 static LOG: LogType = LogType::new("bus.shm", "bus_shm");
 
@@ -65,7 +78,6 @@ static BUS: ShmBus = ShmBus::new(
     },
     BusInterface {
         header: BusInterface::HEADER,
-        build_id: BusInterface::BUILD_ID,
         register_driver: if_register_driver,
         unregister_driver: if_unregister_driver,
         device_by_rte: if_device_by_rte,
@@ -75,6 +87,19 @@ static BUS: ShmBus = ShmBus::new(
         device_downgrade: if_device_downgrade,
         weak_upgrade: if_weak_upgrade,
         weak_release: if_weak_release,
+        device_info: if_device_info,
+        device_region: if_device_region,
+        queue_start: if_queue_start,
+        queue_stop: if_queue_stop,
+        close_session: if_close_session,
+        region_retain: if_region_retain,
+        region_release: if_region_release,
+        region_view: if_region_view,
+        region_largest_free: if_region_largest_free,
+        pool_place: if_pool_place,
+        pool_announce: if_pool_announce,
+        pool_remove: if_pool_remove,
+        pool_at: if_pool_at,
     },
 );
 
@@ -117,9 +142,8 @@ impl Registry {
     }
 }
 
-// The bus interface's functions. Devices cross it as `Arc::into_raw` pointers (one
-// strong reference each) and weak references as `Weak::into_raw`; only these functions
-// turn them back.
+// The bus interface's functions. Devices and regions cross it as handles (see
+// `handles`): each function looks its handle up and refuses one it does not know.
 
 unsafe extern "C" fn if_register_driver(driver: *const DriverInterface) -> c_int {
     guard(&LOG, "register_driver", -libc::EIO, || {
@@ -128,7 +152,7 @@ unsafe extern "C" fn if_register_driver(driver: *const DriverInterface) -> c_int
         let driver: &'static DriverInterface = match unsafe { DriverInterface::checked(driver) } {
             Ok(driver) => driver,
             Err(why) => {
-                LOG.error(format_args!("a sock: driver was refused: {why}; use the three plugins of one build"));
+                LOG.error(format_args!("a sock: driver was refused: {why}; use the three plugins of one release"));
                 return -libc::EPROTO;
             }
         };
@@ -145,48 +169,280 @@ unsafe extern "C" fn if_unregister_driver(driver: *const DriverInterface) {
     guard(&LOG, "unregister_driver", (), || lock(&REGISTRY.drivers).retain(|d| !std::ptr::eq(*d, driver)))
 }
 
-unsafe extern "C" fn if_device_by_rte(rte: *const sys::rte_device) -> DevicePtr {
-    guard(&LOG, "device_by_rte", std::ptr::null(), || REGISTRY.device_by_rte(rte).map_or(std::ptr::null(), Arc::into_raw))
-}
-
-unsafe extern "C" fn if_device_at(index: usize) -> DevicePtr {
-    guard(&LOG, "device_at", std::ptr::null(), || {
-        lock(&REGISTRY.devices).get(index).cloned().map_or(std::ptr::null(), Arc::into_raw)
+unsafe extern "C" fn if_device_by_rte(rte: *const sys::rte_device) -> Handle {
+    guard(&LOG, "device_by_rte", Handle::NONE, || {
+        REGISTRY.device_by_rte(rte).map_or(Handle::NONE, |d| HANDLES.devices.insert(d))
     })
 }
 
-unsafe extern "C" fn if_device_retain(device: DevicePtr) {
-    // SAFETY: the caller holds a reference this interface handed out (or the pointer
-    // passed to its driver callback, which the bus holds for the call).
-    unsafe { Arc::increment_strong_count(device) }
-}
-
-unsafe extern "C" fn if_device_release(device: DevicePtr) {
-    // SAFETY: the caller gives back one reference this interface handed out.
-    unsafe { Arc::decrement_strong_count(device) }
-}
-
-unsafe extern "C" fn if_device_downgrade(device: DevicePtr) -> *const c_void {
-    guard(&LOG, "device_downgrade", std::ptr::null(), || {
-        // SAFETY: the caller holds a reference (as for retain); the temporary Arc is
-        // forgotten, so its count is unchanged.
-        let strong = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(device) });
-        Weak::into_raw(Arc::downgrade(&strong)) as *const c_void
+unsafe extern "C" fn if_device_at(index: usize) -> Handle {
+    guard(&LOG, "device_at", Handle::NONE, || {
+        let device = lock(&REGISTRY.devices).get(index).cloned();
+        device.map_or(Handle::NONE, |d| HANDLES.devices.insert(d))
     })
 }
 
-unsafe extern "C" fn if_weak_upgrade(weak: *const c_void) -> DevicePtr {
-    guard(&LOG, "weak_upgrade", std::ptr::null(), || {
-        // SAFETY: the caller holds this weak reference (from device_downgrade); the
-        // temporary Weak is forgotten, so its count is unchanged.
-        let weak = std::mem::ManuallyDrop::new(unsafe { Weak::from_raw(weak as *const ShmDevice) });
-        weak.upgrade().map_or(std::ptr::null(), Arc::into_raw)
+unsafe extern "C" fn if_device_retain(device: Handle) -> Handle {
+    guard(&LOG, "device_retain", Handle::NONE, || HANDLES.devices.get(device).map_or(Handle::NONE, |d| HANDLES.devices.insert(d)))
+}
+
+unsafe extern "C" fn if_device_release(device: Handle) -> c_int {
+    guard(&LOG, "device_release", -libc::EIO, || if HANDLES.devices.remove(device).is_some() { 0 } else { -libc::EINVAL })
+}
+
+unsafe extern "C" fn if_device_downgrade(device: Handle) -> Handle {
+    guard(&LOG, "device_downgrade", Handle::NONE, || {
+        HANDLES.devices.get(device).map_or(Handle::NONE, |d| HANDLES.weak_devices.insert(Arc::downgrade(&d)))
     })
 }
 
-unsafe extern "C" fn if_weak_release(weak: *const c_void) {
-    // SAFETY: the caller gives back one weak reference from device_downgrade.
-    drop(unsafe { Weak::from_raw(weak as *const ShmDevice) })
+unsafe extern "C" fn if_weak_upgrade(weak: Handle) -> Handle {
+    guard(&LOG, "weak_upgrade", Handle::NONE, || {
+        HANDLES.weak_devices.get(weak).and_then(|w| w.upgrade()).map_or(Handle::NONE, |d| HANDLES.devices.insert(d))
+    })
+}
+
+unsafe extern "C" fn if_weak_release(weak: Handle) -> c_int {
+    guard(&LOG, "weak_release", -libc::EIO, || if HANDLES.weak_devices.remove(weak).is_some() { 0 } else { -libc::EINVAL })
+}
+
+unsafe extern "C" fn if_device_info(device: Handle, out: *mut DeviceInfo) -> c_int {
+    guard(&LOG, "device_info", -libc::EIO, || {
+        let Some(dev) = HANDLES.devices.get(device) else { return -libc::EINVAL };
+        if out.is_null() {
+            return -libc::EINVAL;
+        }
+        let mut info = DeviceInfo::empty();
+        info.serial = dev.serial();
+        info.rte = dev.rte_ptr();
+        info.numa_node = dev.numa_node();
+        info.set_name(dev.name());
+        if let Some(session) = dev.session() {
+            let (up, speed) = session.link();
+            info.attached = 1;
+            info.alive = session.is_alive() as u32;
+            info.link_up = up as u32;
+            info.link_speed_mbps = speed;
+            info.proxy = ProxyRecord::from(&session.proxy);
+        }
+        // SAFETY: checked non-null; the caller gives room for one record.
+        unsafe { out.write(info) };
+        0
+    })
+}
+
+unsafe extern "C" fn if_device_region(device: Handle) -> Handle {
+    guard(&LOG, "device_region", Handle::NONE, || {
+        let session = HANDLES.devices.get(device).and_then(|d| d.session());
+        session.map_or(Handle::NONE, |s| HANDLES.regions.insert(s.region.clone()))
+    })
+}
+
+/// The device's session if it is alive; else -ENOTCONN (or -EINVAL: an unknown
+/// handle), and why.
+fn live_session(device: Handle) -> Result<Arc<Session>, (c_int, String)> {
+    let dev = HANDLES.devices.get(device).ok_or((-libc::EINVAL, "not a device handle of this bus".to_string()))?;
+    dev.session().filter(|s| s.is_alive()).ok_or((-libc::ENOTCONN, "not connected to the proxy".to_string()))
+}
+
+unsafe extern "C" fn if_queue_start(device: Handle, request: *const QueueStartRequest, wake_fd: *mut c_int, reason: *mut Reason) -> c_int {
+    guard(&LOG, "queue_start", -libc::EIO, || {
+        // SAFETY: the caller's request for this call, or null.
+        let Some(request) = (unsafe { request.as_ref() }).copied() else { return -libc::EINVAL };
+        if wake_fd.is_null() {
+            return -libc::EINVAL;
+        }
+        // SAFETY: checked non-null; the caller's int.
+        unsafe { wake_fd.write(-1) };
+        let fail = |rc: c_int, why: String| {
+            // SAFETY: the caller's reason, or null.
+            unsafe { Reason::write(reason, &why) };
+            rc
+        };
+        let session = match live_session(device) {
+            Ok(s) => s,
+            Err((rc, why)) => return fail(rc, why),
+        };
+        let message = Message::QueueStart {
+            rx_pool_id: request.rx_pool_id,
+            flags: request.flags,
+            rx_depth: request.rx_depth,
+            queue: request.queue,
+        };
+        let (answer, mut fds) = match session.transact_with_fds(&message) {
+            Ok(a) => a,
+            Err(e) => return fail(-libc::EIO, e.to_string()),
+        };
+        if answer != Message::QueueStarted {
+            return fail(-libc::EPROTO, format!("the proxy answered {} to QueueStart", answer.kind()));
+        }
+        let wanted = if request.flags & QUEUE_FLAG_RX_WAKEUP != 0 { 1 } else { 0 };
+        if fds.len() != wanted {
+            return fail(
+                -libc::EPROTO,
+                format!("QueueStarted came with {} descriptors, {wanted} asked for", fds.len()),
+            );
+        }
+        if let Some(fd) = fds.pop() {
+            // SAFETY: checked non-null; the caller owns the descriptor from here.
+            unsafe { wake_fd.write(fd.into_raw_fd()) };
+        }
+        0
+    })
+}
+
+unsafe extern "C" fn if_queue_stop(device: Handle, queue: u16, reason: *mut Reason) -> c_int {
+    guard(&LOG, "queue_stop", -libc::EIO, || {
+        let fail = |rc: c_int, why: String| {
+            // SAFETY: the caller's reason, or null.
+            unsafe { Reason::write(reason, &why) };
+            rc
+        };
+        let session = match live_session(device) {
+            Ok(s) => s,
+            Err((rc, why)) => return fail(rc, why),
+        };
+        match session.transact(&Message::QueueStop { queue }) {
+            Ok(Message::QueueStopped) => 0,
+            Ok(other) => fail(-libc::EPROTO, format!("the proxy answered {} to QueueStop", other.kind())),
+            Err(e) => fail(-libc::EIO, e.to_string()),
+        }
+    })
+}
+
+unsafe extern "C" fn if_close_session(device: Handle) -> c_int {
+    guard(&LOG, "close_session", -libc::EIO, || {
+        let Some(dev) = HANDLES.devices.get(device) else { return -libc::EINVAL };
+        if let Some(session) = dev.session() {
+            session.close();
+        }
+        0
+    })
+}
+
+unsafe extern "C" fn if_region_retain(region: Handle) -> Handle {
+    guard(&LOG, "region_retain", Handle::NONE, || HANDLES.regions.get(region).map_or(Handle::NONE, |r| HANDLES.regions.insert(r)))
+}
+
+unsafe extern "C" fn if_region_release(region: Handle) -> c_int {
+    guard(&LOG, "region_release", -libc::EIO, || if HANDLES.regions.remove(region).is_some() { 0 } else { -libc::EINVAL })
+}
+
+unsafe extern "C" fn if_region_view(region: Handle, out: *mut RegionView) -> c_int {
+    guard(&LOG, "region_view", -libc::EIO, || {
+        let Some(region) = HANDLES.regions.get(region) else { return -libc::EINVAL };
+        if out.is_null() {
+            return -libc::EINVAL;
+        }
+        // SAFETY: checked non-null; the caller gives room for one record.
+        unsafe { out.write(region.view()) };
+        0
+    })
+}
+
+unsafe extern "C" fn if_region_largest_free(region: Handle, align: u64) -> u64 {
+    guard(&LOG, "region_largest_free", 0, || HANDLES.regions.get(region).map_or(0, |r| r.heap_largest_free(align)))
+}
+
+/// The device whose session uses `region` now, and that session.
+fn device_of_region(region: &Arc<Region>) -> Option<(Arc<ShmDevice>, Arc<Session>)> {
+    REGISTRY.devices().into_iter().find_map(|d| {
+        let session = d.session().filter(|s| Arc::ptr_eq(&s.region, region))?;
+        Some((d, session))
+    })
+}
+
+unsafe extern "C" fn if_pool_place(region: Handle, request: *const PoolRequest, out: *mut PoolRecord, reason: *mut Reason) -> c_int {
+    guard(&LOG, "pool_place", -libc::EIO, || {
+        let Some(region) = HANDLES.regions.get(region) else { return -libc::EINVAL };
+        // SAFETY: the caller's request for this call, or null.
+        let Some(request) = (unsafe { request.as_ref() }).copied() else { return -libc::EINVAL };
+        if out.is_null() {
+            return -libc::EINVAL;
+        }
+        let name = device_of_region(&region).map(|(d, _)| d.name().to_string()).unwrap_or_default();
+        match region.place_pool(&request, &name) {
+            Ok(record) => {
+                // SAFETY: checked non-null; the caller gives room for one record.
+                unsafe { out.write(record) };
+                0
+            }
+            Err((rc, why)) => {
+                // SAFETY: the caller's reason, or null.
+                unsafe { Reason::write(reason, &why) };
+                rc
+            }
+        }
+    })
+}
+
+unsafe extern "C" fn if_pool_announce(region: Handle, pool_id: u32, reason: *mut Reason) -> c_int {
+    guard(&LOG, "pool_announce", -libc::EIO, || {
+        let fail = |rc: c_int, why: String| {
+            // SAFETY: the caller's reason, or null.
+            unsafe { Reason::write(reason, &why) };
+            rc
+        };
+        let Some(region) = HANDLES.regions.get(region) else { return -libc::EINVAL };
+        let Some(pool) = region.pools().into_iter().find(|p| p.id == pool_id) else {
+            return fail(-libc::ENOENT, format!("the region has no pool {pool_id}"));
+        };
+        let Some((_, session)) = device_of_region(&region) else { return fail(-libc::ENODEV, "the device is gone".into()) };
+        match session.transact(&Message::PoolAdd(pool.layout.to_pool_add())) {
+            Ok(Message::PoolAck { pool_id: acked }) if acked == pool_id => 0,
+            Ok(other) => fail(-libc::EPROTO, format!("the proxy answered {} to the pool announcement", other.kind())),
+            Err(e) => fail(-libc::EIO, format!("the proxy did not accept the pool: {e}")),
+        }
+    })
+}
+
+unsafe extern "C" fn if_pool_remove(region: Handle, pool_id: u32, reason: *mut Reason) -> c_int {
+    guard(&LOG, "pool_remove", -libc::EIO, || {
+        let Some(region) = HANDLES.regions.get(region) else { return -libc::EINVAL };
+        let mut rc = 0;
+        if let Some((_, session)) = device_of_region(&region).filter(|(_, s)| s.is_alive()) {
+            if let Err(e) = session.transact(&Message::PoolDel { pool_id }) {
+                // SAFETY: the caller's reason, or null.
+                unsafe { Reason::write(reason, &format!("the proxy did not release it: {e}")) };
+                rc = 1;
+            }
+        }
+        if !region.forget_pool(pool_id) {
+            return -libc::EINVAL;
+        }
+        rc
+    })
+}
+
+unsafe extern "C" fn if_pool_at(region: Handle, index: usize, out: *mut PoolRecord) -> c_int {
+    guard(&LOG, "pool_at", -libc::EIO, || {
+        let Some(region) = HANDLES.regions.get(region) else { return -libc::EINVAL };
+        if out.is_null() {
+            return -libc::EINVAL;
+        }
+        let Some(pool) = region.pools().get(index).map(|p| p.record()) else { return -libc::ENOENT };
+        // SAFETY: checked non-null; the caller gives room for one record.
+        unsafe { out.write(pool) };
+        0
+    })
+}
+
+/// Calls `driver` about `dev` with a handle valid for the call.
+fn call_driver(dev: &Arc<ShmDevice>, call: impl FnOnce(Handle) -> c_int) -> c_int {
+    let handle = HANDLES.devices.insert(dev.clone());
+    let rc = call(handle);
+    HANDLES.devices.remove(handle);
+    rc
+}
+
+/// Tells the device's driver about `event` (from the session: the interrupt thread or
+/// the reconnect thread).
+pub(crate) fn notify_driver(driver: &'static DriverInterface, dev: &Arc<ShmDevice>, event: DeviceEvent) {
+    call_driver(dev, |handle| {
+        // SAFETY: a checked driver table; the handle is valid for the call.
+        unsafe { (driver.event)(handle, event.into()) };
+        0
+    });
 }
 
 /// Our driver on the vdev bus, linked into its driver list by `rte_vdev_register`.
@@ -361,9 +617,9 @@ fn probe_device(dev: &Arc<ShmDevice>) -> Result<(), ()> {
     };
     remember_region(dev.name(), &session.region);
     dev.set_session(Some(session.clone()));
-    shm_driver_common::session::use_shared_mempool_ops(&LOG);
-    // SAFETY: a checked driver table; the device lives for the call (we hold `dev`).
-    let rc = unsafe { (driver.probe)(Arc::as_ptr(dev)) };
+    session::use_shared_mempool_ops(&LOG);
+    // SAFETY: a checked driver table; the handle is valid for the call.
+    let rc = call_driver(dev, |handle| unsafe { (driver.probe)(handle) });
     if rc != 0 {
         LOG.error(format_args!("sock:{}: the net driver did not take the device ({})", dev.name(), errno_text(-rc)));
         dev.set_session(None);
@@ -402,8 +658,8 @@ unsafe extern "C" fn bus_find_device(
 
 fn remove_device(dev: &Arc<ShmDevice>) {
     if let Some(driver) = dev.driver() {
-        // SAFETY: a checked driver table; the device lives for the call (we hold `dev`).
-        let rc = unsafe { (driver.remove)(Arc::as_ptr(dev)) };
+        // SAFETY: a checked driver table; the handle is valid for the call.
+        let rc = call_driver(dev, |handle| unsafe { (driver.remove)(handle) });
         if rc != 0 {
             LOG.warning(format_args!("sock:{}: remove: {}", dev.name(), errno_text(-rc)));
         }
@@ -429,4 +685,106 @@ unsafe extern "C" fn bus_cleanup() -> c_int {
 /// Our devices do no DMA of their own: any IOVA mode suits them.
 unsafe extern "C" fn bus_get_iommu_class() -> sys::rte_iova_mode {
     sys::RTE_IOVA_DC
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device record of this plugin without a session (none can be made without a
+    /// proxy), behind a handle; and a weak handle to it.
+    fn device() -> (Arc<ShmDevice>, Handle, Handle) {
+        let dev = ShmDevice::new("/run/test/sock", DevArgs::default(), std::ptr::null_mut());
+        let handle = HANDLES.devices.insert(dev.clone());
+        let weak = HANDLES.weak_devices.insert(Arc::downgrade(&dev));
+        (dev, handle, weak)
+    }
+
+    #[test]
+    fn every_table_function_refuses_a_null_or_foreign_handle() {
+        let (_dev, device, weak) = device();
+        // Null, never handed out, and handles of another kind (a weak handle where a
+        // device is wanted, a device handle where a region or a weak one is wanted).
+        let not_devices = [Handle::NONE, Handle(u64::MAX), Handle(0x5eed_0000_0000), weak];
+        let not_regions = [Handle::NONE, Handle(u64::MAX), device, weak];
+        let not_weak = [Handle::NONE, Handle(u64::MAX), device];
+        let einval = -libc::EINVAL;
+        // SAFETY: the functions are called as the other plugins call them, with valid
+        // out-pointers; the handles are what is tested.
+        unsafe {
+            for bad in not_devices {
+                assert_eq!(if_device_retain(bad), Handle::NONE);
+                assert_eq!(if_device_release(bad), einval);
+                assert_eq!(if_device_downgrade(bad), Handle::NONE);
+                let mut info = DeviceInfo::empty();
+                info.serial = 77;
+                assert_eq!(if_device_info(bad, &mut info), einval);
+                assert_eq!(info.serial, 77, "nothing written for a refused handle");
+                assert_eq!(if_device_region(bad), Handle::NONE);
+                let mut fd = 5;
+                let mut reason = Reason::default();
+                assert_eq!(if_queue_start(bad, &QueueStartRequest::default(), &mut fd, &mut reason), einval);
+                assert_eq!(fd, -1);
+                assert!(reason.as_str().contains("not a device handle"), "{reason:?}");
+                assert_eq!(if_queue_stop(bad, 0, &mut reason), einval);
+                assert_eq!(if_close_session(bad), einval);
+            }
+            for bad in not_weak {
+                assert_eq!(if_weak_upgrade(bad), Handle::NONE);
+                assert_eq!(if_weak_release(bad), einval);
+            }
+            for bad in not_regions {
+                assert_eq!(if_region_retain(bad), Handle::NONE);
+                assert_eq!(if_region_release(bad), einval);
+                let mut view = RegionView::empty();
+                assert_eq!(if_region_view(bad, &mut view), einval);
+                assert!(view.base.is_null());
+                assert_eq!(if_region_largest_free(bad, 4096), 0);
+                let mut pool = PoolRecord::default();
+                let mut reason = Reason::default();
+                let request = PoolRequest { count: 1024, stride: 2432, mbuf_size: 128, data_room: 2176, ..Default::default() };
+                assert_eq!(if_pool_place(bad, &request, &mut pool, &mut reason), einval);
+                assert_eq!(pool, PoolRecord::default());
+                assert_eq!(if_pool_announce(bad, 0, &mut reason), einval);
+                assert_eq!(if_pool_remove(bad, 0, &mut reason), einval);
+                assert_eq!(if_pool_at(bad, 0, &mut pool), einval);
+            }
+            // The handles tested stay live: nothing above released them by mistake.
+            assert_eq!(if_device_release(device), 0);
+            assert_eq!(if_weak_release(weak), 0);
+        }
+    }
+
+    #[test]
+    fn a_device_handle_is_one_reference_and_a_released_one_is_refused() {
+        let (dev, device, weak) = device();
+        // SAFETY: as above.
+        unsafe {
+            let mut info = DeviceInfo::empty();
+            assert_eq!(if_device_info(device, &mut info), 0);
+            assert_eq!((info.serial, info.name(), info.attached, info.alive), (dev.serial(), "/run/test/sock", 0, 0));
+            assert_eq!(if_device_info(device, std::ptr::null_mut()), -libc::EINVAL);
+            // Not attached: no region, no queue to start, nothing to close.
+            assert_eq!(if_device_region(device), Handle::NONE);
+            let mut fd = 0;
+            assert_eq!(if_queue_start(device, &QueueStartRequest::default(), &mut fd, std::ptr::null_mut()), -libc::ENOTCONN);
+            assert_eq!(if_queue_start(device, std::ptr::null(), &mut fd, std::ptr::null_mut()), -libc::EINVAL);
+            assert_eq!(if_queue_stop(device, 0, std::ptr::null_mut()), -libc::ENOTCONN);
+            assert_eq!(if_close_session(device), 0);
+            let again = if_device_retain(device);
+            assert!(!again.is_none() && again != device);
+            assert_eq!(Arc::strong_count(&dev), 3);
+            assert_eq!(if_device_release(device), 0);
+            assert_eq!(if_device_release(device), -libc::EINVAL, "released twice");
+            assert_eq!(if_device_info(device, &mut info), -libc::EINVAL, "used after release");
+            let upgraded = if_weak_upgrade(weak);
+            assert!(!upgraded.is_none());
+            assert_eq!(if_device_release(upgraded), 0);
+            assert_eq!(if_device_release(again), 0);
+            assert_eq!(Arc::strong_count(&dev), 1);
+            drop(dev);
+            assert_eq!(if_weak_upgrade(weak), Handle::NONE, "the device is gone");
+            assert_eq!(if_weak_release(weak), 0);
+        }
+    }
 }

@@ -1,17 +1,15 @@
-//! What the three guest plugins share: the `sock` bus object and its devices, the
-//! session with the proxy (control socket, mapped region), device arguments, FFI guards
-//! and DPDK logging.
+//! What the three guest plugins share as code: the `sock` bus's `#[repr(C)]`, versioned
+//! interface and the wrappers that call it, device arguments, FFI guards and DPDK
+//! logging.
 //!
-//! Each plugin links this crate statically; the bus plugin owns the one live instance of
-//! the shared state (see [`bus`]).
+//! Each plugin links this crate statically. Only code crosses from here into every
+//! plugin, never state: the bus plugin owns the devices, sessions and regions (its own
+//! modules), and the other plugins reach them only through [`bus::BusInterface`].
 
 pub mod bus;
 pub mod devargs;
-pub mod device;
 pub mod ffi;
-pub mod heap;
 pub mod log;
-pub mod session;
 
 /// `rte_strerror` text for a positive errno value.
 pub fn errno_text(errno: i32) -> String {

@@ -16,16 +16,14 @@
 //! memory; the net driver copies its packets into region buffers on tx.
 
 use std::ffi::{c_int, c_uint, c_void};
-use std::sync::Arc;
 
 use dpdk_sys as sys;
 use shm_contract::client::PoolFootprint;
-use shm_contract::{FreeRing, FreeRingError, Message, PoolAdd, PoolLayout};
-use shm_driver_common::bus::{BusInterface, DeviceHandle, WeakDevice};
+use shm_contract::{FreeRing, FreeRingError, PoolLayout};
+use shm_driver_common::bus::{BusInterface, DeviceHandle, PoolRequest, RegionHandle};
 use shm_driver_common::ffi::{guard, str_from_c};
 use shm_driver_common::log::{LogType, INFO};
 use shm_driver_common::plugin_constructor;
-use shm_driver_common::session::{Region, RegionPool, Session};
 
 static LOG: LogType = LogType::new("mempool.shm", "mempool_shm");
 
@@ -87,21 +85,22 @@ fn init() {
 plugin_constructor!(MEMPOOL_SHM_CONSTRUCTOR, init);
 
 /// One pool in a region. Lives behind `rte_mempool.pool_data` from `alloc` to `free`.
-/// Immutable after `alloc` except for `populated`, so the hot path takes no lock.
+/// Immutable after `alloc` except for `populated`, so the hot path takes no lock: what
+/// enqueue and dequeue need (the free ring, the layout, the base) is fetched from the
+/// bus plugin once, in `alloc`; the bus is called again only to announce (populate)
+/// and to withdraw (free) the pool.
 struct RegionMempool {
-    region: Arc<Region>,
-    device: WeakDevice,
-    /// Name of the device, for messages after it is gone.
+    /// Name of the device, for messages.
     device_name: String,
     id: u32,
-    /// Where the pool's bytes start in the heap (to give them back).
-    heap_offset: u64,
     ring: FreeRing<'static>,
     layout: PoolLayout,
     base: *mut u8,
     /// Objects placed so far by `populate`.
     populated: std::sync::atomic::AtomicU32,
     name: String,
+    /// Keeps the mapping alive for `ring` and `base` (last: dropped after them).
+    region: RegionHandle,
 }
 
 // SAFETY: `base` points into the region kept alive by `region`; everything else is Sync.
@@ -150,34 +149,32 @@ fn mempool_name(mp: *const sys::rte_mempool) -> String {
 
 /// Which device's region a new pool goes to: the one named by `pool_config` (the net
 /// driver's internal pools), else the first attached device with room.
-fn choose_device(bus: &'static BusInterface, mp: *const sys::rte_mempool, bytes: u64) -> Result<DeviceHandle, String> {
+fn choose_device(bus: &'static BusInterface, mp: *const sys::rte_mempool, bytes: u64) -> Result<(DeviceHandle, RegionHandle), String> {
     // SAFETY: reading a plain field of a live mempool.
     let config = unsafe { (*mp).pool_config };
     if !config.is_null() {
         // The net driver names its device by EAL's device pointer; the bus only compares it.
-        return bus
-            .device_by_rte(config as *const sys::rte_device)
-            .ok_or_else(|| "pool_config does not name a sock: device".to_string());
+        let device =
+            bus.device_by_rte(config as *const sys::rte_device).ok_or("pool_config does not name a sock: device")?;
+        let region = device.region().ok_or("its device is not attached to a proxy")?;
+        return Ok((device, region));
     }
-    let attached: Vec<DeviceHandle> = bus.devices().into_iter().filter(|d| d.session().is_some()).collect();
+    let attached: Vec<(DeviceHandle, RegionHandle)> =
+        bus.devices().into_iter().filter_map(|d| d.region().map(|r| (d, r))).collect();
     if attached.is_empty() {
         return Err("no sock: device is attached, so there is no shared region to place it in".into());
     }
-    for dev in &attached {
-        if let Some(session) = dev.session() {
-            if session.region.heap_largest_free(4096) >= bytes {
-                return Ok(dev.clone());
-            }
-        }
+    let (size, free, name) = {
+        let (dev, region) = &attached[0];
+        (region.len() as u64, region.largest_free(4096), dev.info().map(|i| i.name().to_string()).unwrap_or_default())
+    };
+    if let Some(found) = attached.into_iter().find(|(_, region)| region.largest_free(4096) >= bytes) {
+        return Ok(found);
     }
-    let dev = &attached[0];
-    let region = dev.session().map(|s| s.region.clone());
-    let (size, free) = region.map(|r| (r.len() as u64, r.heap_largest_free(4096))).unwrap_or((0, 0));
     Err(format!(
-        "it needs {} MiB but the region of sock:{} ({} MiB) has {} MiB free; \
+        "it needs {} MiB but the region of sock:{name} ({} MiB) has {} MiB free; \
          ask for a smaller pool (testpmd: --total-num-mbufs=N) or a larger region (devarg region_size=..., capped by the proxy)",
         bytes.div_ceil(1 << 20),
-        dev.name(),
         size >> 20,
         free >> 20
     ))
@@ -285,53 +282,33 @@ fn alloc(mp: *mut sys::rte_mempool, name: &str) -> Result<RegionMempool, String>
         ));
     }
     let stride = header + elt + trailer;
-    let PoolFootprint { ring_entries, objects_start, bytes } = PoolFootprint::new(count, stride)?;
-    let device = choose_device(bus, mp, bytes)?;
-    let session = device.session().ok_or("its device is not attached to a proxy")?;
-    let region = session.region.clone();
-    let id = region.free_pool_id().ok_or("the region already holds the most pools it can")?;
-    let heap_offset = region.heap_alloc(bytes, 4096).ok_or_else(|| {
-        format!(
-            "it needs {} MiB but the region of sock:{} has {} MiB free; ask for a smaller pool \
-             (testpmd: --total-num-mbufs=N) or a larger region (devarg region_size=...)",
-            bytes.div_ceil(1 << 20),
-            device.name(),
-            region.heap_largest_free(4096) >> 20
-        )
-    })?;
-    let release = |why: String| {
-        region.heap_free(heap_offset);
+    let PoolFootprint { bytes, .. } = PoolFootprint::new(count, stride)?;
+    let (device, region) = choose_device(bus, mp, bytes)?;
+    let device_name = device.info().map(|i| i.name().to_string()).unwrap_or_default();
+    // The bus plugin places it (id, heap bytes, layout checked against the other pools).
+    let request = PoolRequest { mempool: mp as u64, count, stride, header_size: header, mbuf_size: mbuf_size as u16, data_room };
+    let record = region.place_pool(&request).map_err(|e| e.to_string())?;
+    let give_back = |why: String| {
+        if let Err(e) = region.remove_pool(record.pool_id) {
+            LOG.warning(format_args!("sock:{device_name}: pool '{name}': {e}"));
+        }
         why
     };
-    let request = PoolAdd {
-        pool_id: id,
-        ring_offset: heap_offset as u32,
-        ring_entries,
-        first_mbuf_offset: (heap_offset + objects_start) as u32 + header,
-        stride,
-        count,
-        mbuf_size: mbuf_size as u16,
-        data_room,
-    };
-    // The same validation the proxy applies: if it fails here, it is our bug.
-    let layout = request
-        .validate(&region.layout, &region.pool_layouts())
-        .map_err(|e| release(format!("its layout is invalid: {e}")))?;
-    // SAFETY: the Arc<Region> stored in the pool keeps the mapping alive for the view.
+    // Our own copy of its layout, checked by the contract's rules against the region's
+    // (the bus checked it against the other pools).
+    let layout = record.pool_add().validate(&region.layout, &[]).map_err(|e| give_back(format!("its layout is invalid: {e}")))?;
+    // SAFETY: the RegionHandle stored in the pool keeps the mapping alive for the view.
     let mem = unsafe { region.mem_static() };
-    let ring = FreeRing::init(&mem, heap_offset as u32, ring_entries).map_err(|e| release(format!("free ring: {e}")))?;
-    region.add_pool(RegionPool { id, layout, mempool: mp as usize });
+    let ring = FreeRing::init(&mem, layout.ring_offset(), layout.ring_entries()).map_err(|e| give_back(format!("free ring: {e}")))?;
     Ok(RegionMempool {
         base: region.base(),
-        region,
-        device: device.downgrade(),
-        device_name: device.name().to_string(),
-        id,
-        heap_offset,
+        device_name,
+        id: record.pool_id,
         ring,
         layout,
         populated: std::sync::atomic::AtomicU32::new(0),
         name: name.to_string(),
+        region,
     })
 }
 
@@ -346,15 +323,10 @@ unsafe extern "C" fn pool_free(mp: *mut sys::rte_mempool) {
             (*mp).__bindgen_anon_1.pool_data = std::ptr::null_mut();
             Box::from_raw(data)
         };
-        if let Some(session) = current_session(&pool) {
-            if session.is_alive() {
-                if let Err(e) = session.transact(&Message::PoolDel { pool_id: pool.id }) {
-                    LOG.warning(format_args!("sock:{}: pool '{}': the proxy did not release it: {e}", pool.device_name, pool.name));
-                }
-            }
+        // The proxy forgets it (if a live session uses the region), the region frees it.
+        if let Err(e) = pool.region.remove_pool(pool.id) {
+            LOG.warning(format_args!("sock:{}: pool '{}': {e}", pool.device_name, pool.name));
         }
-        pool.region.remove_pool(pool.id);
-        pool.region.heap_free(pool.heap_offset);
     })
 }
 
@@ -429,34 +401,19 @@ unsafe extern "C" fn pool_populate(
     })
 }
 
-/// The session that serves the pool's region now: its device's, or, once that device
-/// was removed and its socket probed again with the same region (see `bus_shm`), the new
-/// device's.
-fn current_session(pool: &RegionMempool) -> Option<Arc<Session>> {
-    let device = pool
-        .device
-        .upgrade()
-        .or_else(|| BusInterface::find().ok()?.devices().into_iter().find(|d| d.name() == pool.device_name))?;
-    device.session().filter(|s| Arc::ptr_eq(&s.region, &pool.region))
-}
-
+/// Tells the proxy that serves the pool's region now about the pool: its device's, or,
+/// once that device was removed and its socket probed again with the same region (see
+/// `bus_shm`), the new device's.
 fn announce(pool: &RegionMempool) -> Result<(), String> {
-    let session = current_session(pool).ok_or("the device is gone")?;
-    let request = Message::PoolAdd(pool.layout.to_pool_add());
-    match session.transact(&request) {
-        Ok(Message::PoolAck { pool_id }) if pool_id == pool.id => {
-            LOG.info(format_args!(
-                "sock:{}: pool '{}' ({} mbufs of {} bytes data room) placed in the shared region",
-                pool.device_name,
-                pool.name,
-                pool.layout.count(),
-                pool.layout.data_room()
-            ));
-            Ok(())
-        }
-        Ok(other) => Err(format!("the proxy answered {} to the pool announcement", other.kind())),
-        Err(e) => Err(format!("the proxy did not accept the pool: {e}")),
-    }
+    pool.region.announce_pool(pool.id).map_err(|e| e.to_string())?;
+    LOG.info(format_args!(
+        "sock:{}: pool '{}' ({} mbufs of {} bytes data room) placed in the shared region",
+        pool.device_name,
+        pool.name,
+        pool.layout.count(),
+        pool.layout.data_room()
+    ));
+    Ok(())
 }
 
 unsafe extern "C" fn pool_enqueue(mp: *mut sys::rte_mempool, objs: *const *mut c_void, n: c_uint) -> c_int {
@@ -594,6 +551,7 @@ unsafe extern "C" fn pool_get_count(mp: *const sys::rte_mempool) -> c_uint {
 mod tests {
     use super::*;
     use shm_contract::layout::{RegionFlags, RegionLayout};
+    use shm_contract::PoolAdd;
     use shm_contract::mem::HeapMem;
 
     /// A pool of `count` buffers whose free ring has `count.next_power_of_two()` cells,

@@ -94,17 +94,17 @@ pub unsafe extern "C" fn rte_pmd_shm_get_region_info(port_id: u16, info: *mut rt
             Ok(p) => p,
             Err(rc) => return rc,
         };
-        let Some(session) = port.session() else { return -libc::ENOTCONN };
-        let region = &session.region;
+        let Some(attachment) = port.attachment() else { return -libc::ENOTCONN };
+        let region = &attachment.region;
         let out = rte_pmd_shm_region_info {
             size: region.len() as u64,
             base: region.base() as *mut c_void,
             heap_size: region.layout.heap().size as u64,
-            hugepages: region.hugepages as u32,
+            hugepages: region.hugepages() as u32,
             rx_ring_entries: region.layout.rx_ring().entries,
             tx_ring_entries: region.layout.tx_ring().entries,
-            proxy_port_id: session.proxy.port_id,
-            proxy_queue_id: session.proxy.queue_id,
+            proxy_port_id: attachment.proxy.port_id,
+            proxy_queue_id: attachment.proxy.queue_id,
         };
         // SAFETY: the caller gives room for one struct; checked non-null above.
         unsafe { info.write(out) };

@@ -15,20 +15,20 @@ mod ops;
 mod rxtx;
 mod xstats;
 
+use std::ffi::c_int;
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::ffi::c_int;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use dpdk_sys as sys;
-use shm_driver_common::bus::{lock, BusInterface, DeviceEvent, DeviceEventRecord, DevicePtr, DriverInterface, WeakDevice};
-use shm_driver_common::device::ShmDevice;
+use shm_contract::proto::QUEUE_FLAG_RX_WAKEUP;
+use shm_driver_common::bus::{
+    lock, BusInterface, DeviceEvent, DeviceEventRecord, DeviceHandle, DeviceInfo, DriverInterface, Handle, ProxyRecord,
+    QueueStartRequest, RegionHandle,
+};
 use shm_driver_common::ffi::guard;
 use shm_driver_common::log::{LogType, INFO};
 use shm_driver_common::plugin_constructor;
-use shm_contract::proto::QUEUE_FLAG_RX_WAKEUP;
-use shm_contract::Message;
-use shm_driver_common::session::Session;
 
 pub(crate) static LOG: LogType = LogType::new("pmd.net.shm", "net_shm");
 
@@ -79,36 +79,75 @@ fn init() {
                 Err(e) => LOG.error(format_args!("the sock bus refused the net_shm driver: {e}")),
             }
         }
-        // The bus of another copy (`-d` plus the installed plugins) serves, with its own
-        // net driver.
-        Err(e @ shm_driver_common::bus::BusLookupError::Refused(shm_driver_common::bus::InterfaceError::OtherBuild { .. })) => {
-            LOG.notice(format_args!("this copy of librte_net_shm.so stays inactive: {e}"))
-        }
         Err(e) => LOG.error(format_args!("cannot register the net_shm driver: {e}")),
     }
 }
 plugin_constructor!(NET_SHM_CONSTRUCTOR, init);
 
+/// The ports of this driver by the serial number of their device
+/// (`DeviceInfo::serial`), from probe until close: how the bus's calls about a device
+/// find its port.
+static PORTS: Mutex<Vec<(u64, Arc<Port>)>> = Mutex::new(Vec::new());
+
+fn port_of(serial: u64) -> Option<Arc<Port>> {
+    lock(&PORTS).iter().find(|(s, _)| *s == serial).map(|(_, p)| p.clone())
+}
+
 /// This driver's state for one ethdev. The ethdev's `process_private` holds one strong
-/// reference from probe until close.
+/// reference from probe until close, and so does [`PORTS`].
 pub(crate) struct Port {
-    pub device: WeakDevice,
     pub name: String,
     pub port_id: u16,
     pub eth_dev: *mut sys::rte_eth_dev,
+    /// EAL's device of the port's `sock:` device (owned by the vdev bus); only compared
+    /// and handed to DPDK (as `pool_config`, which names the device to the mempool ops).
+    pub rte: *mut sys::rte_device,
+    /// The device's `DeviceInfo::serial`.
+    pub serial: u64,
     pub state: Mutex<PortState>,
     pub link_down_events: AtomicU64,
 }
 
-// SAFETY: `eth_dev` points into DPDK's static array of ethdevs; mutable state is behind
-// the mutex.
+/// What a port has of its device while it is attached: the device (whose session with
+/// the proxy the bus plugin runs), the region of that session (fetched once: the queues
+/// keep what they need of it), and what the proxy said at the handshake.
+#[derive(Clone)]
+pub(crate) struct Attachment {
+    pub device: DeviceHandle,
+    pub region: Arc<RegionHandle>,
+    pub proxy: ProxyRecord,
+}
+
+impl Attachment {
+    fn info(&self) -> Option<DeviceInfo> {
+        self.device.info()
+    }
+
+    pub(crate) fn is_alive(&self) -> bool {
+        self.info().is_some_and(|i| i.alive != 0)
+    }
+
+    /// The link as the proxy reports it (down while the connection is lost).
+    pub(crate) fn link(&self) -> (bool, u32) {
+        self.info().map_or((false, 0), |i| (i.link_up != 0, i.link_speed_mbps))
+    }
+
+    /// The queue pairs the socket offers and the region holds rings for.
+    pub(crate) fn offered_pairs(&self) -> u16 {
+        (self.proxy.queue_pairs as u32).min(self.region.layout.queue_pairs()).max(1) as u16
+    }
+}
+
+// SAFETY: `eth_dev` points into DPDK's static array of ethdevs and `rte` is only
+// compared and passed to DPDK; mutable state is behind the mutex.
 unsafe impl Send for Port {}
 // SAFETY: as above.
 unsafe impl Sync for Port {}
 
 #[derive(Default)]
 pub(crate) struct PortState {
-    pub session: Option<Arc<Session>>,
+    /// From probe until close.
+    pub attachment: Option<Attachment>,
     /// The rx queues by queue id (= queue pair), as set up.
     pub rxq: Vec<Option<Arc<rxtx::RxQueue>>>,
     /// The tx queues by queue id (= queue pair), as set up.
@@ -202,20 +241,19 @@ impl Port {
         unsafe { ((*dev).process_private as *const Port).as_ref() }
     }
 
-    pub(crate) fn session(&self) -> Option<Arc<Session>> {
+    pub(crate) fn attachment(&self) -> Option<Attachment> {
         let state = lock(&self.state);
-        state.session.clone()
+        state.attachment.clone()
     }
 
     /// Publishes the link as DPDK sees it and returns whether it changed.
     pub(crate) fn update_link(&self) -> bool {
-        let (started, session) = {
+        let (up, speed) = {
             let state = lock(&self.state);
-            (state.started, state.session.clone())
-        };
-        let (up, speed) = match &session {
-            Some(s) if started => s.link(),
-            _ => (false, 0),
+            match &state.attachment {
+                Some(a) if state.started => a.link(),
+                _ => (false, 0),
+            }
         };
         let mut link = sys::rte_eth_link { link_speed: if up { speed } else { sys::RTE_ETH_SPEED_NUM_NONE }, ..Default::default() };
         // link_duplex, link_autoneg, link_status are bitfields.
@@ -227,54 +265,64 @@ impl Port {
     }
 }
 
-unsafe extern "C" fn probe_entry(dev: DevicePtr) -> c_int {
+/// The device behind a handle the bus passed for this call.
+fn device_info(device: Handle) -> Option<DeviceInfo> {
+    let bus = BUS.get()?;
+    let mut info = DeviceInfo::empty();
+    // SAFETY: a checked table; `info` is ours to fill; the bus looks the handle up.
+    (unsafe { (bus.device_info)(device, &mut info) } == 0).then_some(info)
+}
+
+unsafe extern "C" fn probe_entry(dev: Handle) -> c_int {
     guard(&LOG, "probe", -libc::EIO, || {
-        // SAFETY: the bus passes a device it holds for the call.
-        let Some(device) = (unsafe { dev.as_ref() }) else { return -libc::EINVAL };
-        match probe(dev, device) {
+        let Some(info) = device_info(dev) else { return -libc::EINVAL };
+        match probe(dev, &info) {
             Ok(()) => 0,
             Err(e) => {
-                LOG.error(format_args!("sock:{}: {e}", device.name()));
+                LOG.error(format_args!("sock:{}: {e}", info.name()));
                 -libc::EIO
             }
         }
     })
 }
 
-unsafe extern "C" fn remove_entry(dev: DevicePtr) -> c_int {
+unsafe extern "C" fn remove_entry(dev: Handle) -> c_int {
     guard(&LOG, "remove", -libc::EIO, || {
-        // SAFETY: the bus passes a device it holds for the call.
-        let Some(device) = (unsafe { dev.as_ref() }) else { return -libc::EINVAL };
-        match remove(device) {
+        let Some(info) = device_info(dev) else { return -libc::EINVAL };
+        match remove(&info) {
             Ok(()) => 0,
             Err(e) => {
-                LOG.warning(format_args!("sock:{}: remove: {e}", device.name()));
+                LOG.warning(format_args!("sock:{}: remove: {e}", info.name()));
                 -libc::EIO
             }
         }
     })
 }
 
-unsafe extern "C" fn event_entry(dev: DevicePtr, event: DeviceEventRecord) {
+unsafe extern "C" fn event_entry(dev: Handle, event: DeviceEventRecord) {
     guard(&LOG, "event", (), || {
-        // SAFETY: the bus passes a device it holds for the call.
-        let (Some(device), Some(event)) = ((unsafe { dev.as_ref() }), event.event()) else { return };
-        on_event(device, event)
+        let (Some(info), Some(event)) = (device_info(dev), event.event()) else { return };
+        on_event(&info, event)
     })
 }
 
-/// `ptr` is `dev` as the bus passed it (for a weak reference to it).
-fn probe(ptr: DevicePtr, dev: &ShmDevice) -> Result<(), String> {
+/// `handle` is the device as the bus passed it (for a reference of our own to it).
+fn probe(handle: Handle, info: &DeviceInfo) -> Result<(), String> {
     let bus = BUS.get().ok_or("probed by a bus this driver did not register with")?;
-    let session = dev.session().ok_or("probed without a session")?;
-    let name = CString::new(dev.name()).map_err(|_| "device name contains NUL")?;
+    if info.attached == 0 {
+        return Err("probed without a session".into());
+    }
+    let device = bus.retain_device(handle).ok_or("the bus does not know the device it probes")?;
+    let region = Arc::new(device.region().ok_or("probed without a shared region")?);
+    let proxy = info.proxy;
+    let name = CString::new(info.name()).map_err(|_| "device name contains NUL")?;
     // SAFETY: EAL call with a valid name; returns null when the name is taken.
     let eth_dev = unsafe { sys::rte_eth_dev_allocate(name.as_ptr()) };
     if eth_dev.is_null() {
-        return Err(format!("cannot allocate an ethdev named '{}' (already used?)", dev.name()));
+        return Err(format!("cannot allocate an ethdev named '{}' (already used?)", info.name()));
     }
     // SAFETY: DPDK allocation; the ethdev frees mac_addrs with rte_free on release.
-    let mac = unsafe { sys::rte_zmalloc_socket(c"net_shm mac".as_ptr(), 6, 0, dev.numa_node()) } as *mut u8;
+    let mac = unsafe { sys::rte_zmalloc_socket(c"net_shm mac".as_ptr(), 6, 0, info.numa_node) } as *mut u8;
     if mac.is_null() {
         // SAFETY: our fresh ethdev, never published.
         unsafe { sys::rte_eth_dev_release_port(eth_dev) };
@@ -282,57 +330,63 @@ fn probe(ptr: DevicePtr, dev: &ShmDevice) -> Result<(), String> {
     }
     // SAFETY: `eth_dev` and its data are ours until probing finishes; mac has 6 bytes.
     let port_id = unsafe {
-        std::ptr::copy_nonoverlapping(session.proxy.mac.as_ptr(), mac, 6);
+        std::ptr::copy_nonoverlapping(proxy.mac.as_ptr(), mac, 6);
         let data = &mut *(*eth_dev).data;
         data.mac_addrs = mac as *mut sys::rte_ether_addr;
         data.dev_flags |= sys::RTE_ETH_DEV_INTR_LSC | sys::RTE_ETH_DEV_AUTOFILL_QUEUE_XSTATS;
-        data.numa_node = dev.numa_node();
-        data.mtu = session.proxy.mtu;
+        data.numa_node = info.numa_node;
+        data.mtu = proxy.mtu;
         data.dev_private = std::ptr::null_mut();
-        (*eth_dev).device = dev.rte_ptr();
+        (*eth_dev).device = info.rte;
         (*eth_dev).dev_ops = ops::dev_ops();
         (*eth_dev).rx_pkt_burst = Some(ops::rx_burst);
         (*eth_dev).tx_pkt_burst = Some(ops::tx_burst);
         data.port_id
     };
+    LOG.debug(format_args!(
+        "port {port_id}: proxy port {} queue {}, rx ring {} / tx ring {} entries, MTU {}, max rx frame {}",
+        proxy.port_id,
+        proxy.queue_id,
+        region.layout.rx_ring().entries,
+        region.layout.tx_ring().entries,
+        proxy.mtu,
+        proxy.max_rx_frame
+    ));
     let port = Arc::new(Port {
-        // SAFETY: the bus holds the device for this call.
-        device: unsafe { bus.downgrade(ptr) },
-        name: dev.name().to_string(),
+        name: info.name().to_string(),
         port_id,
         eth_dev,
-        state: Mutex::new(PortState { session: Some(session), ..Default::default() }),
+        rte: info.rte,
+        serial: info.serial,
+        state: Mutex::new(PortState { attachment: Some(Attachment { device, region, proxy }), ..Default::default() }),
         link_down_events: AtomicU64::new(0),
     });
     // SAFETY: stores one strong reference, taken back in dev_close.
     unsafe { (*eth_dev).process_private = Arc::into_raw(port.clone()) as *mut std::ffi::c_void };
-    dev.set_driver_data(Some(port));
+    {
+        let mut ports = lock(&PORTS);
+        ports.retain(|(s, _)| *s != info.serial);
+        ports.push((info.serial, port));
+    }
     // SAFETY: the ethdev is fully set up.
     unsafe { sys::rte_eth_dev_probing_finish(eth_dev) };
-    LOG.info(format_args!("sock:{}: ethdev port {port_id} created", dev.name()));
-    if let Some(session) = dev.session() {
-        LOG.debug(format_args!(
-            "port {port_id}: proxy port {} queue {}, rx ring {} / tx ring {} entries, MTU {}, max rx frame {}",
-            session.proxy.port_id,
-            session.proxy.queue_id,
-            session.region.layout.rx_ring().entries,
-            session.region.layout.tx_ring().entries,
-            session.proxy.mtu,
-            session.proxy.max_rx_frame
-        ));
-    }
+    LOG.info(format_args!("sock:{}: ethdev port {port_id} created", info.name()));
     Ok(())
+}
+
+/// Forgets the port of device `serial` (closed, or its device removed).
+pub(crate) fn forget_port(serial: u64) {
+    lock(&PORTS).retain(|(s, _)| *s != serial);
 }
 
 /// The bus is unplugging the device (`port detach`, exit): close the ethdev if the
 /// application has not.
-fn remove(dev: &ShmDevice) -> Result<(), String> {
-    let Some(port) = dev.driver_data::<Port>() else { return Ok(()) };
-    dev.set_driver_data(None);
+fn remove(info: &DeviceInfo) -> Result<(), String> {
+    let Some(port) = port_of(info.serial) else { return Ok(()) };
+    forget_port(info.serial);
     // SAFETY: rte_eth_devices is DPDK's static array; we only compare fields.
-    let still_ours = unsafe {
-        (*port.eth_dev).state != sys::RTE_ETH_DEV_UNUSED && std::ptr::eq((*port.eth_dev).device, dev.rte_ptr())
-    };
+    let still_ours =
+        unsafe { (*port.eth_dev).state != sys::RTE_ETH_DEV_UNUSED && std::ptr::eq((*port.eth_dev).device, info.rte) };
     if still_ours {
         // SAFETY: closing our own port; runs dev_close and releases the ethdev.
         let rc = unsafe { sys::rte_eth_dev_close(port.port_id) };
@@ -344,8 +398,8 @@ fn remove(dev: &ShmDevice) -> Result<(), String> {
 }
 
 /// News about the proxy, from the EAL interrupt thread.
-fn on_event(dev: &ShmDevice, event: DeviceEvent) {
-    let Some(port) = dev.driver_data::<Port>() else { return };
+fn on_event(info: &DeviceInfo, event: DeviceEvent) {
+    let Some(port) = port_of(info.serial) else { return };
     match event {
         DeviceEvent::ProxyLost => {
             let state = lock(&port.state);
@@ -394,7 +448,7 @@ fn reclaim(port: &Port) {
 /// the queues again (the rings restart from index 0 on both sides, as on every start).
 fn restart_after_reattach(port: &Port) {
     let state = lock(&port.state);
-    let Some(session) = state.session.clone() else { return };
+    let Some(attachment) = state.attachment.clone() else { return };
     if !state.started {
         return;
     }
@@ -404,7 +458,7 @@ fn restart_after_reattach(port: &Port) {
         if let Some(q) = &queues.tx {
             q.reset();
         }
-        match start_pair(&session, &state, pair as u16, queues) {
+        match start_pair(&attachment, &state, pair as u16, queues) {
             Ok(()) => {
                 queues.rx.gate().open();
                 if let Some(q) = &queues.tx {
@@ -426,19 +480,18 @@ fn restart_after_reattach(port: &Port) {
 /// and put behind the event fd of the application's rx queue that receives the pair
 /// (a pair of its own replaces what that fd watched, a folded one adds to it: the
 /// pairs start in order, own ones first).
-pub(crate) fn start_pair(session: &Session, state: &PortState, pair: u16, queues: &Pair) -> Result<(), String> {
+pub(crate) fn start_pair(attachment: &Attachment, state: &PortState, pair: u16, queues: &Pair) -> Result<(), String> {
     let wake = state.rx_intr.as_ref();
     let flags = if wake.is_some() { QUEUE_FLAG_RX_WAKEUP } else { 0 };
-    let request = Message::QueueStart { rx_pool_id: queues.rx.pool_id, flags, rx_depth: queues.rx.depth, queue: pair };
-    let (answer, mut fds) = session.transact_with_fds(&request).map_err(|e| e.to_string())?;
-    if answer != Message::QueueStarted {
-        return Err(format!("the proxy answered {} to QueueStart", answer.kind()));
-    }
-    match wake {
-        Some(intr) if fds.len() == 1 => intr.attach(queues.rx_queue, fds.remove(0), queues.rx_queue != pair),
-        Some(_) => Err(format!("QueueStarted came with {} descriptors, not the one wake-up socket", fds.len())),
-        None if fds.is_empty() => Ok(()),
-        None => Err(format!("QueueStarted came with {} descriptors, none asked for", fds.len())),
+    let request =
+        QueueStartRequest { queue: pair, _reserved: 0, flags, rx_pool_id: queues.rx.pool_id, rx_depth: queues.rx.depth };
+    // The bus plugin checks the answer and its descriptors (one wake-up end if asked for).
+    let fd = attachment.device.queue_start(&request).map_err(|e| e.to_string())?;
+    match (wake, fd) {
+        (Some(intr), Some(fd)) => intr.attach(queues.rx_queue, fd, queues.rx_queue != pair),
+        (None, None) => Ok(()),
+        (Some(_), None) => Err("QueueStarted came without the wake-up socket".into()),
+        (None, Some(_)) => Err("QueueStarted came with a descriptor none asked for".into()),
     }
 }
 

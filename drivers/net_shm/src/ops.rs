@@ -6,12 +6,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use dpdk_sys as sys;
-use shm_contract::{DescConsumer, DescProducer, Message};
-use shm_driver_common::bus::lock;
 use shm_contract::layout::DEFAULT_RING_ENTRIES;
+use shm_contract::{DescConsumer, DescProducer};
+use shm_driver_common::bus::{lock, PoolRecord, RegionHandle};
 use shm_driver_common::errno_text;
 use shm_driver_common::ffi::guard;
-use shm_driver_common::session::{Region, Session};
 
 use crate::intr::RxInterrupt;
 use crate::offload;
@@ -107,12 +106,12 @@ unsafe extern "C" fn dev_configure(dev: *mut sys::rte_eth_dev) -> c_int {
 
 unsafe extern "C" fn dev_infos_get(dev: *mut sys::rte_eth_dev, info: *mut sys::rte_eth_dev_info) -> c_int {
     with_port("dev_infos_get", dev, |port| {
-        let (max_frame, rx_entries, tx_entries, pairs) = match port.session() {
-            Some(s) => (
-                s.proxy.max_rx_frame,
-                s.region.layout.rx_ring().entries,
-                s.region.layout.tx_ring().entries,
-                offered_pairs(&s),
+        let (max_frame, rx_entries, tx_entries, pairs) = match &lock(&port.state).attachment {
+            Some(a) => (
+                a.proxy.max_rx_frame,
+                a.region.layout.rx_ring().entries,
+                a.region.layout.tx_ring().entries,
+                a.offered_pairs(),
             ),
             None => (1518, DEFAULT_RING_ENTRIES, DEFAULT_RING_ENTRIES, 1),
         };
@@ -165,7 +164,7 @@ unsafe extern "C" fn link_update(dev: *mut sys::rte_eth_dev, _wait: c_int) -> c_
 unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
     with_port("dev_start", dev, |port| {
         let mut state = lock(&port.state);
-        let Some(session) = state.session.clone().filter(|s| s.is_alive()) else {
+        let Some(attachment) = state.attachment.clone().filter(|a| a.is_alive()) else {
             LOG.error(format_args!("port {}: cannot start: not connected to the proxy", port.port_id));
             return -libc::ENOTCONN;
         };
@@ -222,7 +221,7 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
         if wants_rx_intr && state.rx_intr.is_none() {
             // One event descriptor per rx queue the socket offers, made once: the
             // application's epoll registrations outlive restarts and reconfigurations.
-            let offered = state.session.as_ref().map_or(1, |s| offered_pairs(s));
+            let offered = attachment.offered_pairs();
             match RxInterrupt::new(offered) {
                 Ok(intr) => {
                     // SAFETY: our ethdev; the handle lives until close, which clears this.
@@ -236,11 +235,11 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
             }
         }
         for (pair, queues) in pairs.iter().enumerate() {
-            if let Err(e) = crate::start_pair(&session, &state, pair as u16, queues) {
+            if let Err(e) = crate::start_pair(&attachment, &state, pair as u16, queues) {
                 LOG.error(format_args!("port {}: cannot start queue {pair}: {e}", port.port_id));
                 // The pairs started before it are stopped again: the port is not started.
                 for earlier in 0..pair as u16 {
-                    let _ = session.transact(&Message::QueueStop { queue: earlier });
+                    let _ = attachment.device.queue_stop(earlier);
                 }
                 return -libc::EIO;
             }
@@ -278,11 +277,6 @@ unsafe extern "C" fn dev_start(dev: *mut sys::rte_eth_dev) -> c_int {
     })
 }
 
-/// The queue pairs the socket offers and the region holds rings for.
-pub(crate) fn offered_pairs(s: &Session) -> u16 {
-    (s.proxy.queue_pairs as u32).min(s.region.layout.queue_pairs()).max(1) as u16
-}
-
 unsafe extern "C" fn dev_stop(dev: *mut sys::rte_eth_dev) -> c_int {
     with_port("dev_stop", dev, |port| stop(port, dev))
 }
@@ -299,10 +293,11 @@ fn stop(port: &Port, dev: *mut sys::rte_eth_dev) -> c_int {
     txqs.for_each(|q| q.gate().stop());
     for pair in 0..state.pairs {
         let mut proxy_stopped = false;
-        if let Some(session) = state.session.clone().filter(|s| s.is_alive()) {
-            match session.transact(&Message::QueueStop { queue: pair }) {
-                Ok(Message::QueueStopped) => proxy_stopped = true,
-                Ok(other) => LOG.warning(format_args!("port {}: the proxy answered {} to QueueStop", port.port_id, other.kind())),
+        if let Some(attachment) = &state.attachment {
+            match attachment.device.queue_stop(pair) {
+                Ok(()) => proxy_stopped = true,
+                // Not connected: nothing was asked.
+                Err(e) if e.errno == -libc::ENOTCONN => {}
                 Err(e) => LOG.warning(format_args!("port {}: stopping the proxy's queue {pair}: {e}", port.port_id)),
             }
         }
@@ -311,7 +306,7 @@ fn stop(port: &Port, dev: *mut sys::rte_eth_dev) -> c_int {
             _ => state.folded.get(pair as usize).and_then(Option::as_ref),
         };
         if let Some(rxq) = rxq {
-            if proxy_stopped || state.session.as_ref().is_none_or(|s| !s.is_alive()) {
+            if proxy_stopped || state.attachment.as_ref().is_none_or(|a| !a.is_alive()) {
                 // SAFETY: our queue is stopped and the proxy no longer produces.
                 let freed = unsafe { rxq.drain() };
                 if freed > 0 {
@@ -378,13 +373,11 @@ unsafe extern "C" fn dev_close(dev: *mut sys::rte_eth_dev) -> c_int {
             }
             // A closed port ends its session now, not when the device is detached: the
             // proxy frees the queue for the next guest (or for `port attach` again).
-            if let Some(session) = state.session.take() {
-                session.close();
+            if let Some(attachment) = state.attachment.take() {
+                attachment.device.close_session();
             }
         }
-        if let Some(device) = port.device.upgrade() {
-            device.set_driver_data(None);
-        }
+        crate::forget_port(port.serial);
         LOG.info(format_args!("sock:{}: port {} closed", port.name, port.port_id));
         0
     })
@@ -430,15 +423,14 @@ unsafe extern "C" fn rx_queue_setup(
 ) -> c_int {
     with_port("rx_queue_setup", dev, |port| {
         let mut state = lock(&port.state);
-        let Some(session) = state.session.clone() else { return -libc::ENOTCONN };
-        let region = session.region.clone();
+        let Some(region) = state.attachment.as_ref().map(|a| a.region.clone()) else { return -libc::ENOTCONN };
         let Some((area, _)) = region.layout.rings_of(queue as u32) else {
             LOG.error(format_args!("port {}: rx queue {queue}: the proxy offers {} queue pair(s)", port.port_id, region.layout.queue_pairs()));
             return -libc::EINVAL;
         };
-        let (pool, mempool, own) = match region.pool_of_mempool(mp as usize) {
+        let (pool, mempool, own) = match region.pool_of_mempool(mp) {
             Some(pool) => (pool, mp, None),
-            None => match internal_pool(port, &session, mp, queue, nb_desc, socket) {
+            None => match internal_pool(port, &region, mp, queue, nb_desc, socket) {
                 Ok((pool, owned)) => (pool, owned.0, Some(owned)),
                 Err(e) => {
                     LOG.error(format_args!("port {}: rx queue: {e}", port.port_id));
@@ -446,7 +438,16 @@ unsafe extern "C" fn rx_queue_setup(
                 }
             },
         };
-        // SAFETY: the queue keeps an Arc<Region>, so the view stays valid.
+        // Our own copy of the pool's layout, checked against the region's by the
+        // contract's rules: every offset the proxy sends is checked against it.
+        let pool_layout = match pool.pool_add().validate(&region.layout, &[]) {
+            Ok(layout) => layout,
+            Err(e) => {
+                LOG.error(format_args!("port {}: rx queue {queue}: the pool's layout is invalid: {e}", port.port_id));
+                return -libc::EINVAL;
+            }
+        };
+        // SAFETY: the queue keeps the region handle, so the view stays valid.
         let mem = unsafe { region.mem_static() };
         let ring = match DescConsumer::new(&mem, area) {
             Ok(r) => r,
@@ -458,8 +459,8 @@ unsafe extern "C" fn rx_queue_setup(
         // SAFETY: our ethdev's configured data; `conf` is ethdev's (never null) for this call.
         let offloads = unsafe { (*(*dev).data).dev_conf.rxmode.offloads | conf.as_ref().map_or(0, |c| c.offloads) };
         let conf = RxQueueConf {
-            pool: pool.layout,
-            pool_id: pool.id,
+            pool: pool_layout,
+            pool_id: pool.pool_id,
             depth: nb_desc as u32,
             mempool,
             port_id: port.port_id,
@@ -477,16 +478,15 @@ unsafe extern "C" fn rx_queue_setup(
 /// (another device's region, or private memory). Rx stays zero-copy into it.
 fn internal_pool(
     port: &Port,
-    session: &Arc<Session>,
+    region: &RegionHandle,
     app_pool: *mut sys::rte_mempool,
     queue: u16,
     nb_desc: u16,
     socket: c_uint,
-) -> Result<(shm_driver_common::session::RegionPool, OwnedMempool), String> {
-    let device = port.device.upgrade().ok_or("device gone")?;
+) -> Result<(PoolRecord, OwnedMempool), String> {
     // SAFETY: the application's pool is a live pktmbuf pool (ethdev checked it).
     let data_room = unsafe { sys::rte_pktmbuf_data_room_size(app_pool) };
-    let count = (session.region.layout.rx_ring().entries * 2 + nb_desc as u32 + 1024).max(2048);
+    let count = (region.layout.rx_ring().entries * 2 + nb_desc as u32 + 1024).max(2048);
     // Queue 0's keeps the name it had before ports had several queues.
     let name = if queue == 0 { format!("shm_rx_{}", port.port_id) } else { format!("shm_rx_{}_{queue}", port.port_id) };
     let name = CString::new(name).map_err(|_| "bad name")?;
@@ -506,7 +506,7 @@ fn internal_pool(
             return Err(format!("cannot create pool {:?}: {}", name, errno_text(sys::dpdk_sys_errno())));
         }
         let owned = OwnedMempool(mp);
-        if sys::rte_mempool_set_ops_byname(mp, c"shm".as_ptr(), device.rte_ptr() as *mut c_void) != 0 {
+        if sys::rte_mempool_set_ops_byname(mp, c"shm".as_ptr(), port.rte as *mut c_void) != 0 {
             return Err("mempool ops 'shm' not registered (load librte_mempool_shm.so)".into());
         }
         let mut private = sys::rte_pktmbuf_pool_private { mbuf_data_room_size: data_room, mbuf_priv_size: 0, flags: 0 };
@@ -515,7 +515,7 @@ fn internal_pool(
             return Err(format!("cannot place {count} mbufs in the region of sock:{}", port.name));
         }
         sys::rte_mempool_obj_iter(mp, Some(sys::rte_pktmbuf_init), std::ptr::null_mut());
-        let pool = session.region.pool_of_mempool(mp as usize).ok_or("the new pool is not in the region")?;
+        let pool = region.pool_of_mempool(mp).ok_or("the new pool is not in the region")?;
         LOG.notice(format_args!(
             "port {}: the application's rx pool is not in this port's shared region; \
              receiving into an internal pool of {count} mbufs there (still zero-copy)",
@@ -534,13 +534,12 @@ unsafe extern "C" fn tx_queue_setup(
 ) -> c_int {
     with_port("tx_queue_setup", dev, |port| {
         let mut state = lock(&port.state);
-        let Some(session) = state.session.clone() else { return -libc::ENOTCONN };
-        let region: Arc<Region> = session.region.clone();
+        let Some(region) = state.attachment.as_ref().map(|a| a.region.clone()) else { return -libc::ENOTCONN };
         let Some((_, area)) = region.layout.rings_of(queue as u32) else {
             LOG.error(format_args!("port {}: tx queue {queue}: the proxy offers {} queue pair(s)", port.port_id, region.layout.queue_pairs()));
             return -libc::EINVAL;
         };
-        // SAFETY: the queue keeps an Arc<Region>.
+        // SAFETY: the queue keeps the region handle.
         let mem = unsafe { region.mem_static() };
         let ring = match DescProducer::new(&mem, area) {
             Ok(r) => r,
@@ -656,7 +655,7 @@ unsafe extern "C" fn accept_rx_mode(dev: *mut sys::rte_eth_dev) -> c_int {
 
 unsafe extern "C" fn mtu_set(dev: *mut sys::rte_eth_dev, mtu: u16) -> c_int {
     with_port("mtu_set", dev, |port| {
-        let max_frame = port.session().map_or(1518, |s| s.proxy.max_rx_frame);
+        let max_frame = lock(&port.state).attachment.as_ref().map_or(1518, |a| a.proxy.max_rx_frame);
         let overhead = sys::RTE_ETHER_HDR_LEN + sys::RTE_ETHER_CRC_LEN;
         if mtu as u32 + overhead > max_frame {
             LOG.error(format_args!("port {}: MTU {mtu} exceeds the proxy's largest frame ({max_frame})", port.port_id));

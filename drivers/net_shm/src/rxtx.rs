@@ -27,7 +27,7 @@ use shm_contract::handover::PollGate;
 use shm_contract::layout::RingArea;
 use shm_contract::wake;
 use shm_contract::{Desc, DescConsumer, DescFlags, DescProducer, PoolLayout, StatusBlock};
-use shm_driver_common::session::Region;
+use shm_driver_common::bus::RegionHandle;
 
 use crate::offload;
 
@@ -70,8 +70,9 @@ pub struct RxRings {
 pub struct RxQueue {
     ring: PollGate<RxRings>,
     area: RingArea,
-    /// Keeps the mapping alive for `ring` and `base`.
-    region: Arc<Region>,
+    /// Keeps the mapping alive for `ring` and `base` (one reference to the bus plugin's
+    /// region, shared with the folded queues; the burst never calls through it).
+    region: Arc<RegionHandle>,
     base: *mut u8,
     /// The pool the proxy fills NIC rx from: every offset it sends must be one of its mbufs.
     pool: PoolLayout,
@@ -117,7 +118,7 @@ pub struct RxQueueConf {
 
 impl RxQueue {
     pub fn new(
-        region: Arc<Region>,
+        region: Arc<RegionHandle>,
         area: RingArea,
         ring: DescConsumer<'static>,
         conf: RxQueueConf,
@@ -152,7 +153,7 @@ impl RxQueue {
     /// queue's pool.
     pub fn folded_queue(&self, pair: u32) -> Result<RxQueue, String> {
         let (area, _) = self.region.layout.rings_of(pair).ok_or_else(|| format!("the region has no queue pair {pair}"))?;
-        // SAFETY: the new queue keeps an Arc<Region>, so the view stays valid.
+        // SAFETY: the new queue keeps the region handle, so the view stays valid.
         let mem = unsafe { self.region.mem_static() };
         let ring = DescConsumer::new(&mem, area).map_err(|e| format!("rx ring {pair}: {e}"))?;
         let conf = RxQueueConf {
@@ -439,8 +440,12 @@ unsafe fn drop_mbuf(m: *mut sys::rte_mbuf) {
 pub struct TxQueue {
     ring: PollGate<DescProducer<'static>>,
     area: RingArea,
-    region: Arc<Region>,
+    /// Keeps the mapping alive for `ring` and `base`.
+    region: Arc<RegionHandle>,
+    /// Where the region is mapped and its length: a packet whose header lies in
+    /// `base..base + len` is one of the region's.
     base: *mut u8,
+    len: usize,
     /// Where copies of foreign mbufs are allocated (the port's rx pool, in the region).
     pub copy_pool: std::sync::atomic::AtomicPtr<sys::rte_mempool>,
     pub stats: QueueStats,
@@ -452,11 +457,12 @@ unsafe impl Send for TxQueue {}
 unsafe impl Sync for TxQueue {}
 
 impl TxQueue {
-    pub fn new(region: Arc<Region>, area: RingArea, ring: DescProducer<'static>) -> TxQueue {
+    pub fn new(region: Arc<RegionHandle>, area: RingArea, ring: DescProducer<'static>) -> TxQueue {
         TxQueue {
             ring: PollGate::new(ring),
             area,
             base: region.base(),
+            len: region.len(),
             region,
             copy_pool: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
             stats: QueueStats::default(),
@@ -475,14 +481,16 @@ impl TxQueue {
     /// # Safety
     /// The proxy is gone (not consuming).
     pub unsafe fn reclaim_unsent(&self) -> u32 {
-        let pools = self.region.pools();
+        // The region's pools, each layout checked again here before it is used.
+        let pools: Vec<PoolLayout> =
+            self.region.pools().iter().filter_map(|p| p.pool_add().validate(&self.region.layout, &[]).ok()).collect();
         // SAFETY: the region outlives self (the queue holds it).
         let mem = unsafe { self.region.mem_static() };
         self.ring.quiesce(|ring| {
             let mut freed = 0;
             let _ = ring.unconsumed(|d| {
                 // Our own descriptors, but in shared memory: free only what names a buffer.
-                if pools.iter().any(|p| p.layout.buffer_index(d.offset).is_some()) {
+                if pools.iter().any(|p| p.buffer_index(d.offset).is_some()) {
                     // SAFETY: a segment of ours that the proxy never took; nobody else holds it.
                     unsafe { drop_mbuf(self.base.wrapping_add(d.offset as usize) as *mut sys::rte_mbuf) };
                     freed += 1;
@@ -518,7 +526,7 @@ impl TxQueue {
         // SAFETY: m is the application's valid packet.
         let single = unsafe { (*m).nb_segs } == 1;
         while !m.is_null() {
-            if !self.region.contains(m as *const u8) {
+            if (m as usize).wrapping_sub(self.base as usize) >= self.len {
                 return false;
             }
             // SAFETY: m is a valid mbuf of the application's packet.

@@ -370,6 +370,13 @@ pub struct Welcome {
     pub queue_pairs: u16,
 }
 
+impl Welcome {
+    /// Whether the region is hugepage memory.
+    pub fn hugepages(&self) -> bool {
+        self.flags.contains(RegionFlags::HUGEPAGES)
+    }
+}
+
 /// A control message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {

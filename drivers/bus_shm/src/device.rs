@@ -2,19 +2,26 @@
 //! the proxy.
 //!
 //! EAL knows the device as a virtual device (`rte_vdev_device` named `sock:<path>`, see
-//! `bus_shm`); this is the plugins' own record of it, kept in the `sock` bus registry.
+//! the crate doc); this is the plugins' own record of it, kept in the `sock` bus
+//! registry. Only this plugin's code touches it: the other plugins see a
+//! `shm_driver_common::bus::DeviceInfo` copied from it.
 
-use std::any::Any;
 use std::ffi::CString;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dpdk_sys as sys;
 
-use crate::bus::{lock, DriverInterface};
-use crate::devargs::DevArgs;
+use shm_driver_common::bus::{lock, DriverInterface};
+use shm_driver_common::devargs::DevArgs;
 use crate::session::Session;
 
+/// The next device record's serial number.
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
 pub struct ShmDevice {
+    /// Unique in the process for the record's life (`DeviceInfo::serial`).
+    serial: u64,
     /// EAL's device (owned by the vdev bus, valid until the device is removed, which
     /// takes this record off the registry first). Only compared and handed to DPDK.
     rte: *mut sys::rte_device,
@@ -23,8 +30,6 @@ pub struct ShmDevice {
     pub args: DevArgs,
     driver: Mutex<Option<&'static DriverInterface>>,
     session: Mutex<Option<Arc<Session>>>,
-    /// The driver's own state for this device (the net driver keeps its port here).
-    driver_data: Mutex<Option<Arc<dyn Any + Send + Sync>>>,
 }
 
 // SAFETY: `rte` is only compared and passed to DPDK, never dereferenced here; other state
@@ -37,13 +42,17 @@ impl ShmDevice {
     /// A record for `name` (the socket path) and EAL's device `rte` that carries it.
     pub fn new(name: &str, args: DevArgs, rte: *mut sys::rte_device) -> Arc<ShmDevice> {
         Arc::new(ShmDevice {
+            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
             rte,
             name: CString::new(name).unwrap_or_default(),
             args,
             driver: Mutex::new(None),
             session: Mutex::new(None),
-            driver_data: Mutex::new(None),
         })
+    }
+
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     pub fn name(&self) -> &str {
@@ -76,18 +85,5 @@ impl ShmDevice {
 
     pub fn set_session(&self, session: Option<Arc<Session>>) -> Option<Arc<Session>> {
         std::mem::replace(&mut *lock(&self.session), session)
-    }
-
-    pub fn driver_data<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
-        lock(&self.driver_data).clone().and_then(|d| d.downcast::<T>().ok())
-    }
-
-    /// Whether the driver still has state for this device (a net port that is not closed).
-    pub fn has_driver_data(&self) -> bool {
-        lock(&self.driver_data).is_some()
-    }
-
-    pub fn set_driver_data(&self, data: Option<Arc<dyn Any + Send + Sync>>) {
-        *lock(&self.driver_data) = data;
     }
 }

@@ -15,14 +15,16 @@ use shm_contract::client::{self, ClientError, Listener, RequestIds, Unsolicited}
 use shm_contract::mem::Mapping;
 use shm_contract::proto::transport::send_message;
 use shm_contract::proto::{Hello, HELLO_FLAG_REATTACH, PROTOCOL_VERSION_MIN};
-use shm_contract::{Message, PoolLayout, RegionLayout, SharedMem, PROTOCOL_VERSION};
+use shm_contract::client::PoolFootprint;
+use shm_contract::{Message, PoolAdd, PoolLayout, RegionLayout, SharedMem, PROTOCOL_VERSION};
+use shm_driver_common::bus::{PoolRecord, PoolRequest, RegionView};
 
-use crate::bus::{lock, DeviceEvent};
+use shm_driver_common::bus::{lock, DeviceEvent};
 use crate::device::ShmDevice;
 use crate::heap::HeapAllocator;
-use crate::log::LogType;
+use shm_driver_common::log::LogType;
 
-pub use shm_contract::client::ProxyInfo;
+use shm_contract::proto::Welcome;
 
 /// Why a session call failed: the client core's errors.
 pub type SessionError = ClientError;
@@ -48,23 +50,20 @@ pub struct RegionPool {
     pub id: u32,
     pub layout: PoolLayout,
     /// The `rte_mempool` in this process, as an address (only compared, never followed here).
-    pub mempool: usize,
+    pub mempool: u64,
+    /// Where the pool's bytes start in the heap (to give them back).
+    pub heap_offset: u64,
+}
+
+impl RegionPool {
+    pub fn record(&self) -> PoolRecord {
+        PoolRecord::of(&self.layout.to_pool_add(), self.mempool)
+    }
 }
 
 impl Region {
     pub fn mem(&self) -> SharedMem<'_> {
         self.mapping.mem()
-    }
-
-    /// The region as a `'static` view, for data-path objects that also hold an
-    /// `Arc<Region>` keeping the mapping alive.
-    ///
-    /// # Safety
-    /// The caller keeps an `Arc<Region>` for as long as it uses the returned view.
-    pub unsafe fn mem_static(&self) -> SharedMem<'static> {
-        // SAFETY: the mapping is valid for its whole length until `self` drops, which the
-        // caller prevents by holding an Arc.
-        unsafe { SharedMem::from_raw(self.mapping.as_ptr(), self.mapping.len()) }
     }
 
     pub fn base(&self) -> *mut u8 {
@@ -73,17 +72,6 @@ impl Region {
 
     pub fn len(&self) -> usize {
         self.mapping.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.mapping.len() == 0
-    }
-
-    /// Whether `ptr` points inside the region.
-    #[inline]
-    pub fn contains(&self, ptr: *const u8) -> bool {
-        let base = self.mapping.as_ptr() as usize;
-        (ptr as usize).wrapping_sub(base) < self.mapping.len()
     }
 
     pub fn heap_alloc(&self, len: u64, align: u64) -> Option<u64> {
@@ -98,33 +86,72 @@ impl Region {
         lock(&self.heap).largest_free(align)
     }
 
-    /// A pool id not used by another live pool of this region.
-    pub fn free_pool_id(&self) -> Option<u32> {
-        let pools = lock(&self.pools);
-        (0..shm_contract::pool::MAX_POOLS).find(|id| pools.iter().all(|p| p.id != *id))
-    }
-
-    /// The layouts of the other pools, which a new pool must not overlap.
-    pub fn pool_layouts(&self) -> Vec<PoolLayout> {
-        lock(&self.pools).iter().map(|p| p.layout).collect()
-    }
-
-    pub fn add_pool(&self, pool: RegionPool) {
-        lock(&self.pools).push(pool);
-    }
-
-    pub fn remove_pool(&self, id: u32) {
-        lock(&self.pools).retain(|p| p.id != id);
-    }
-
     /// Every pool placed in this region.
     pub fn pools(&self) -> Vec<RegionPool> {
         lock(&self.pools).clone()
     }
 
-    /// The pool of this region owned by `mempool`, if any.
-    pub fn pool_of_mempool(&self, mempool: usize) -> Option<RegionPool> {
-        lock(&self.pools).iter().find(|p| p.mempool == mempool).cloned()
+    /// The region as the other plugins see it.
+    pub fn view(&self) -> RegionView {
+        RegionView::of(self.base(), &self.layout, self.hugepages)
+    }
+
+    /// Places a pool of `request`'s geometry in the heap: a free id, its bytes (free
+    /// ring, then the objects), its layout validated as the proxy will validate it
+    /// (against the region and the other pools), recorded. Errors: an errno and why.
+    pub fn place_pool(&self, request: &PoolRequest, device_name: &str) -> Result<PoolRecord, (i32, String)> {
+        let PoolFootprint { ring_entries, objects_start, bytes } =
+            PoolFootprint::new(request.count, request.stride).map_err(|e| (-libc::EINVAL, e))?;
+        // One lock for the id, the bytes and the record: two pools placed at once get
+        // different ids.
+        let mut pools = lock(&self.pools);
+        let id = (0..shm_contract::pool::MAX_POOLS)
+            .find(|id| pools.iter().all(|p| p.id != *id))
+            .ok_or((-libc::ENOSPC, "the region already holds the most pools it can".to_string()))?;
+        let heap_offset = self.heap_alloc(bytes, 4096).ok_or_else(|| {
+            (
+                -libc::ENOSPC,
+                format!(
+                    "it needs {} MiB but the region of sock:{device_name} has {} MiB free; ask for a smaller pool \
+                     (testpmd: --total-num-mbufs=N) or a larger region (devarg region_size=...)",
+                    bytes.div_ceil(1 << 20),
+                    self.heap_largest_free(4096) >> 20
+                ),
+            )
+        })?;
+        let add = PoolAdd {
+            pool_id: id,
+            ring_offset: heap_offset as u32,
+            ring_entries,
+            first_mbuf_offset: (heap_offset + objects_start) as u32 + request.header_size,
+            stride: request.stride,
+            count: request.count,
+            mbuf_size: request.mbuf_size,
+            data_room: request.data_room,
+        };
+        // The same validation the proxy applies: if it fails here, it is our bug.
+        let others: Vec<PoolLayout> = pools.iter().map(|p| p.layout).collect();
+        let layout = match add.validate(&self.layout, &others) {
+            Ok(layout) => layout,
+            Err(e) => {
+                self.heap_free(heap_offset);
+                return Err((-libc::EINVAL, format!("its layout is invalid: {e}")));
+            }
+        };
+        let pool = RegionPool { id, layout, mempool: request.mempool, heap_offset };
+        let record = pool.record();
+        pools.push(pool);
+        Ok(record)
+    }
+
+    /// Forgets pool `id` and frees its bytes; false if there is no such pool.
+    pub fn forget_pool(&self, id: u32) -> bool {
+        let mut pools = lock(&self.pools);
+        let Some(at) = pools.iter().position(|p| p.id == id) else { return false };
+        let pool = pools.remove(at);
+        drop(pools);
+        self.heap_free(pool.heap_offset);
+        true
     }
 }
 
@@ -150,7 +177,8 @@ pub struct Session {
     /// the ids of the current connection's requests.
     control: Mutex<RequestIds>,
     pub region: Arc<Region>,
-    pub proxy: ProxyInfo,
+    /// What the proxy said at the handshake.
+    pub proxy: Welcome,
     alive: AtomicBool,
     link_up: AtomicBool,
     link_speed: AtomicU32,
@@ -197,7 +225,7 @@ impl Session {
         let mut attached = None;
         if let Some(region) = earlier {
             match attach_region(path, dev.args.proxy_uid, &hello, &region, dev.args.timeout) {
-                Ok(RegionAttached { socket, welcome, info, ids }) => {
+                Ok(RegionAttached { socket, welcome: info, ids }) => {
                     log.info(format_args!(
                         "sock:{}: attached to proxy port {} queue {} with the region of the earlier session on this \
                          socket ({} MiB, its {} pool(s) of this process stay zero-copy), protocol {}",
@@ -206,9 +234,9 @@ impl Session {
                         info.queue_id,
                         region.len() >> 20,
                         region.pools().len(),
-                        info.protocol_version
+                        info.version
                     ));
-                    attached = Some((socket, welcome.link_up, welcome.link_speed_mbps, info, region, ids));
+                    attached = Some((socket, info.link_up, info.link_speed_mbps, info, region, ids));
                 }
                 // A proxy that is not there or refuses us outright refuses a new region too.
                 Err(e @ (SessionError::Connect(_) | SessionError::UntrustedServer(_))) => return Err(e),
@@ -223,10 +251,10 @@ impl Session {
             Some(a) => a,
             None => {
                 // The server is verified (SO_PEERCRED) before the Hello: never a word to an impostor.
-                let client::Attached { socket, welcome, info: proxy, fds } =
+                let client::Attached { socket, welcome: proxy, fds } =
                     client::attach(path, dev.args.proxy_uid, &hello, &[], dev.args.timeout)?;
-                let (region_size, hugepages) = (proxy.region_size, proxy.hugepages);
-                let region = Region::new(client::map_region(&welcome, fds)?, hugepages);
+                let (region_size, hugepages) = (proxy.region_size, proxy.hugepages());
+                let region = Region::new(client::map_region(&proxy, fds)?, hugepages);
                 log.info(format_args!(
                     "sock:{}: attached to proxy port {} queue {}: region {} MiB on {}, protocol {}",
                     dev.name(),
@@ -234,9 +262,9 @@ impl Session {
                     proxy.queue_id,
                     region_size >> 20,
                     if hugepages { format!("{} KiB hugepages", region.layout.page_size() >> 10) } else { "normal 4 KiB pages".into() },
-                    proxy.protocol_version
+                    proxy.version
                 ));
-                (socket, welcome.link_up, welcome.link_speed_mbps, proxy, Arc::new(region), RequestIds::default())
+                (socket, proxy.link_up, proxy.link_speed_mbps, proxy, Arc::new(region), RequestIds::default())
             }
         };
         let session = Arc::new_cyclic(|me| Session {
@@ -286,10 +314,6 @@ impl Session {
 
     pub fn link(&self) -> (bool, u32) {
         (self.is_alive() && self.link_up.load(Ordering::Relaxed), self.link_speed.load(Ordering::Relaxed))
-    }
-
-    pub fn device_name(&self) -> &str {
-        &self.device_name
     }
 
     /// Sends `request` and waits for its answer, handling unsolicited messages that arrive
@@ -421,7 +445,7 @@ impl Session {
     /// One reattach attempt: a new connection, a `Hello` that hands our region back,
     /// our pools announced again. Installs the connection only when all of it worked.
     fn reattach(self: &Arc<Self>) -> Result<(), SessionError> {
-        let RegionAttached { socket, welcome, info, ids } =
+        let RegionAttached { socket, welcome: info, ids } =
             attach_region(Path::new(&self.device_name), self.proxy_uid, &self.hello, &self.region, self.timeout)?;
         if (info.mac, info.mtu, info.port_id, info.queue_id) != (self.proxy.mac, self.proxy.mtu, self.proxy.port_id, self.proxy.queue_id) {
             self.log.warning(format_args!(
@@ -442,8 +466,8 @@ impl Session {
             let mut control = lock(&self.control);
             *lock(&self.socket) = Arc::new(socket);
             *control = ids;
-            self.link_up.store(welcome.link_up, Ordering::Relaxed);
-            self.link_speed.store(welcome.link_speed_mbps, Ordering::Relaxed);
+            self.link_up.store(info.link_up, Ordering::Relaxed);
+            self.link_speed.store(info.link_speed_mbps, Ordering::Relaxed);
             if self.closed.load(Ordering::Acquire) {
                 return Err(SessionError::Closed);
             }
@@ -456,7 +480,7 @@ impl Session {
     fn notify(&self, event: DeviceEvent) {
         let Some(dev) = self.device.upgrade() else { return };
         if let Some(driver) = dev.driver() {
-            driver.notify(&dev, event);
+            crate::notify_driver(driver, &dev, event);
         }
     }
 
@@ -526,8 +550,7 @@ const RECONNECT_PERIOD: Duration = Duration::from_millis(100);
 /// A connection to a proxy that took a region of ours back.
 struct RegionAttached {
     socket: OwnedFd,
-    welcome: shm_contract::proto::Welcome,
-    info: ProxyInfo,
+    welcome: Welcome,
     /// The ids the connection used so far (one per pool announced).
     ids: RequestIds,
 }
@@ -547,7 +570,7 @@ fn attach_region(path: &Path, proxy_uid: Option<u32>, base: &Hello, region: &Reg
     };
     // The server is verified (SO_PEERCRED) before the Hello that hands over our
     // region's memfd.
-    let client::Attached { socket, welcome, info, fds } = client::attach(path, proxy_uid, &hello, &[region.memfd.as_fd()], timeout)?;
+    let client::Attached { socket, welcome, fds } = client::attach(path, proxy_uid, &hello, &[region.memfd.as_fd()], timeout)?;
     drop(fds);
     // The proxy wrote the header again: it must describe the layout our queues and
     // pools already use.
@@ -562,7 +585,7 @@ fn attach_region(path: &Path, proxy_uid: Option<u32>, base: &Hello, region: &Reg
             (other, _) => return Err(SessionError::Protocol(format!("expected PoolAck, got {}", other.kind()))),
         }
     }
-    Ok(RegionAttached { socket, welcome, info, ids })
+    Ok(RegionAttached { socket, welcome, ids })
 }
 
 /// The session's handling of what arrives besides answers.
@@ -604,7 +627,7 @@ fn program_name() -> String {
 pub fn use_shared_mempool_ops(log: &LogType) {
     const OPS: &CStr = c"shm";
     // SAFETY: reads the name of the current platform ops, a static C string or null.
-    let current = unsafe { crate::ffi::str_from_c(sys::rte_mbuf_platform_mempool_ops()) };
+    let current = unsafe { shm_driver_common::ffi::str_from_c(sys::rte_mbuf_platform_mempool_ops()) };
     if current.as_deref() == Some("shm") {
         return;
     }
@@ -620,7 +643,7 @@ pub fn use_shared_mempool_ops(log: &LogType) {
     if rc != 0 {
         log.warning(format_args!(
             "cannot make 'shm' the platform mempool ops ({}); pools will use {:?}",
-            crate::errno_text(-rc),
+            shm_driver_common::errno_text(-rc),
             current
         ));
     }
@@ -632,7 +655,7 @@ fn mempool_ops_registered(name: &str) -> bool {
     unsafe {
         let table = std::ptr::addr_of!(sys::rte_mempool_ops_table);
         let count = ((*table).num_ops as usize).min((*table).ops.len());
-        (0..count).any(|i| crate::ffi::str_from_c((*table).ops[i].name.as_ptr()).as_deref() == Some(name))
+        (0..count).any(|i| shm_driver_common::ffi::str_from_c((*table).ops[i].name.as_ptr()).as_deref() == Some(name))
     }
 }
 
@@ -641,9 +664,7 @@ struct SocketWatch {
     handle: *mut sys::rte_intr_handle,
     /// One strong reference to the session, owned by the registration.
     arg: *const Session,
-    /// The callback exactly as registered. Each plugin links its own copy of this crate,
-    /// so `socket_event_trampoline` has one address per plugin; EAL unregisters by
-    /// address, and a session opened by the bus plugin may be closed by the net plugin.
+    /// The callback exactly as registered (EAL unregisters by address).
     callback: unsafe extern "C" fn(*mut c_void),
 }
 
@@ -672,7 +693,7 @@ impl SocketWatch {
             if rc != 0 {
                 drop(Arc::from_raw(arg));
                 sys::rte_intr_instance_free(handle);
-                return Err(crate::errno_text(-rc));
+                return Err(shm_driver_common::errno_text(-rc));
             }
             Ok(SocketWatch { handle, arg, callback })
         }
@@ -715,7 +736,7 @@ impl SocketWatch {
                 (*self.arg).log.warning(format_args!(
                     "sock:{}: cannot unregister the control socket from EAL ({}); keeping it",
                     (*self.arg).device_name,
-                    crate::errno_text(-rc)
+                    shm_driver_common::errno_text(-rc)
                 ));
             }
         }

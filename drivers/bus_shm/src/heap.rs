@@ -61,6 +61,7 @@ impl HeapAllocator {
         best
     }
 
+    #[cfg(test)]
     pub fn capacity(&self) -> u64 {
         self.end - self.start
     }
