@@ -86,20 +86,35 @@ fn dgram_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Reads every pending datagram on a wake-up socket (non-blocking).
+/// Datagrams one `recvmmsg` call reads while draining a wake-up socket. The proxy sends
+/// at most one per request, so one call empties the socket almost always.
+const DRAIN_BATCH: usize = 8;
+
+/// Reads (and discards) every pending datagram on a wake-up socket, non-blocking: one
+/// `recvmmsg` per [`DRAIN_BATCH`] datagrams, and none after a call that found fewer (a
+/// wait pays one system call here, not one per datagram and one more for `EAGAIN`).
 fn drain_socket(listen: BorrowedFd<'_>) -> usize {
     let mut n = 0;
-    let mut buf = [0u8; 8];
     loop {
-        // SAFETY: recv into a buffer of the given size, on a descriptor we borrow.
-        let rc = unsafe { libc::recv(listen.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        // No buffers: a datagram is consumed whole whatever its length (MSG_TRUNC).
+        // SAFETY: mmsghdr is plain old data; all-zero is a header with no name, no
+        // buffers and no control data.
+        let mut msgs: [libc::mmsghdr; DRAIN_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: recvmmsg into DRAIN_BATCH headers that point at nothing, on a
+        // descriptor we borrow; MSG_DONTWAIT: never blocks, whatever the file's flags.
+        let rc = unsafe {
+            libc::recvmmsg(listen.as_raw_fd(), msgs.as_mut_ptr(), DRAIN_BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+        };
         if rc < 0 {
             if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                 continue;
             }
             return n;
         }
-        n += 1;
+        n += rc as usize;
+        if (rc as usize) < DRAIN_BATCH {
+            return n;
+        }
     }
 }
 
@@ -170,6 +185,9 @@ impl Waker {
 pub struct WakeListener {
     epoll: OwnedFd,
     self_wake: OwnedFd,
+    /// Set after each write to `self_wake`: [`drain`](WakeListener::drain) reads the
+    /// eventfd only then, so a wait woken by the proxy pays no read of it.
+    self_woken: std::sync::atomic::AtomicBool,
     /// The ends the proxy handed over with the latest `QueueStarted`(s).
     current: Vec<OwnedFd>,
 }
@@ -201,7 +219,7 @@ impl WakeListener {
         // SAFETY: as above.
         let self_wake = unsafe { OwnedFd::from_raw_fd(efd) };
         epoll_ctl(epoll.as_fd(), libc::EPOLL_CTL_ADD, self_wake.as_fd())?;
-        Ok(WakeListener { epoll, self_wake, current: Vec::new() })
+        Ok(WakeListener { epoll, self_wake, self_woken: false.into(), current: Vec::new() })
     }
 
     /// The descriptor to wait on (readable once woken); the same for the listener's life.
@@ -250,9 +268,14 @@ impl WakeListener {
     /// Reads every pending wake-up (the proxy's and our own); returns how many came
     /// from the proxy.
     pub fn drain(&self) -> usize {
-        let mut counter = [0u8; 8];
-        // SAFETY: read of 8 bytes from our non-blocking eventfd.
-        unsafe { libc::read(self.self_wake.as_raw_fd(), counter.as_mut_ptr().cast(), counter.len()) };
+        // A write not yet flagged is read at the next drain (its wait ends at once, one
+        // spurious turn); the flag is cleared before the read, so no flagged write is
+        // left unread.
+        if self.self_woken.swap(false, Ordering::Acquire) {
+            let mut counter = [0u8; 8];
+            // SAFETY: read of 8 bytes from our non-blocking eventfd.
+            unsafe { libc::read(self.self_wake.as_raw_fd(), counter.as_mut_ptr().cast(), counter.len()) };
+        }
         self.current.iter().map(|c| drain_socket(c.as_fd())).sum()
     }
 
@@ -261,7 +284,11 @@ impl WakeListener {
     pub fn wake_self(&self) -> bool {
         let one = 1u64.to_ne_bytes();
         // SAFETY: write of 8 bytes to our non-blocking eventfd.
-        unsafe { libc::write(self.self_wake.as_raw_fd(), one.as_ptr().cast(), one.len()) == 8 }
+        let written = unsafe { libc::write(self.self_wake.as_raw_fd(), one.as_ptr().cast(), one.len()) == 8 };
+        // Flagged after the write (see `drain`); also when the write failed because the
+        // counter is full, which leaves it readable.
+        self.self_woken.store(true, Ordering::Release);
+        written
     }
 }
 
@@ -338,6 +365,24 @@ mod tests {
         assert!(listener.attach_also(OwnedFd::from(std::fs::File::open("/dev/null").unwrap())).is_err(), "checked as attach");
         listener.detach();
         assert!(!listener.is_attached());
+    }
+
+    #[test]
+    fn drain_reads_more_than_a_batch_and_every_wake_up_of_our_own() {
+        let (waker, end) = Waker::pair().unwrap();
+        let mut listener = WakeListener::new().unwrap();
+        listener.attach(end).unwrap();
+        let sent = (0..DRAIN_BATCH * 3).take_while(|_| waker.wake()).count();
+        assert!(sent > DRAIN_BATCH, "only {sent} datagrams queued (net.unix.max_dgram_qlen)");
+        assert!(listener.wake_self() && listener.wake_self());
+        assert_eq!(listener.drain(), sent);
+        assert!(!readable(listener.fd()), "the socket and the eventfd are both drained");
+        assert!(listener.wake_self());
+        assert_eq!(listener.drain(), 0);
+        assert!(!readable(listener.fd()));
+        assert!(waker.wake());
+        assert_eq!(listener.drain(), 1, "a drain without a wake-up of our own");
+        assert!(!readable(listener.fd()));
     }
 
     #[test]

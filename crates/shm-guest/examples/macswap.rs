@@ -3,8 +3,8 @@
 //! the benchmark (`scripts/bench.sh`).
 //!
 //! ```text
-//! macswap <socket> [--wait=poll|async|hybrid] [--seconds S] [--buffers N]
-//!         [--max-share PERCENT] [--max-spin MICROSECONDS]
+//! macswap <socket> [--wait=poll|async|hybrid|block|hybrid-block] [--seconds S] [--buffers N]
+//!         [--max-share PERCENT] [--max-spin MICROSECONDS] [--one-way]
 //! ```
 //!
 //! * `poll`: busy polling on the calling thread (one CPU at 100 %, lowest latency).
@@ -14,16 +14,21 @@
 //! * `hybrid`: the same, waiting as `AsyncGuest` does by default: it polls the empty
 //!   ring for a short, adaptive time before it sleeps. `--max-share` and `--max-spin`
 //!   set its `SpinPolicy` (default `SpinPolicy::default()`).
+//! * `block`, `hybrid-block`: as `async` and `hybrid`, on a plain thread without tokio
+//!   (`Guest::wait_rx_hybrid`, which sleeps in `poll(2)`): what the runtime adds.
 //!
 //! Every second it prints `macswap: pps=<forwarded per second> cpu=<percent of one CPU>`,
 //! and at the end `macswap: packets=N tx_full_drops=N cpu_ms=N wall_ms=N wait=... spin_caught=N
 //! spin_slept=N spun_then_slept=N` (the waits that ended while polling, asleep, and
-//! asleep after polling).
+//! asleep after polling). `--one-way` (under the proxy's latency probe) also prints
+//! how long after the probe sent them the packets reached the guest (`one_way
+//! after_sleep` for bursts received right after a sleep, `one_way awake` for the
+//! others: the wake-up's part of the round trip).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use shm_guest::{AsyncGuest, Buffer, Config, Error, Guest, SpinPolicy};
+use shm_guest::{AdaptiveSpin, AsyncGuest, Buffer, Config, Error, Guest, SpinPolicy};
 
 mod common;
 use common::{cpu_time, stop_on_signals, stopped};
@@ -44,6 +49,7 @@ struct Meter {
     packets: u64,
     dropped: u64,
     deadline: Option<Instant>,
+    one_way: Option<OneWay>,
 }
 
 impl Meter {
@@ -59,6 +65,7 @@ impl Meter {
             packets: 0,
             dropped: 0,
             deadline: seconds.map(|s| now + Duration::from_secs_f64(s)),
+            one_way: None,
         }
     }
 
@@ -79,9 +86,69 @@ impl Meter {
     }
 }
 
+/// With `--one-way`: how long after the probe stamped them the packets were in the
+/// guest's hands, kept apart for bursts received right after a sleep and the others.
+struct OneWay {
+    start_tsc: u64,
+    start: Instant,
+    /// TSC ticks from the probe's stamp to the receive: after a sleep, and not.
+    after_sleep: Vec<u64>,
+    awake: Vec<u64>,
+}
+
+/// Bytes 14..22 of a probe frame (crates/bench/src/probe.rs): its magic; 30..38: the
+/// TSC at which the probe sent it.
+const PROBE_MAGIC: &[u8; 8] = b"DPDKLAT1";
+
+fn tsc() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: rdtsc has no preconditions on x86_64.
+    return unsafe { core::arch::x86_64::_rdtsc() };
+    #[cfg(not(target_arch = "x86_64"))]
+    return 0;
+}
+
+impl OneWay {
+    fn new() -> OneWay {
+        OneWay { start_tsc: tsc(), start: Instant::now(), after_sleep: Vec::with_capacity(1 << 22), awake: Vec::with_capacity(1 << 22) }
+    }
+
+    fn record(&mut self, burst: &[Buffer], after_sleep: bool) {
+        let now = tsc();
+        for b in burst {
+            if b.len() >= 38 && &b[14..22] == PROBE_MAGIC {
+                let stamp = u64::from_le_bytes(b[30..38].try_into().unwrap_or([0; 8]));
+                let v = if after_sleep { &mut self.after_sleep } else { &mut self.awake };
+                if v.len() < v.capacity() {
+                    v.push(now.wrapping_sub(stamp));
+                }
+            }
+        }
+    }
+
+    fn report(&mut self) {
+        let ns_per_tick = self.start.elapsed().as_nanos() as f64 / tsc().wrapping_sub(self.start_tsc).max(1) as f64;
+        for (name, v) in [("after_sleep", &mut self.after_sleep), ("awake", &mut self.awake)] {
+            v.sort_unstable();
+            let q = |f: f64| v.get(((v.len() as f64 * f) as usize).min(v.len().saturating_sub(1))).map_or(0.0, |t| *t as f64 * ns_per_tick / 1000.0);
+            println!(
+                "macswap: one_way {name} n={} p10_us={:.2} p50_us={:.2} p90_us={:.2} p99_us={:.2}",
+                v.len(),
+                q(0.1),
+                q(0.5),
+                q(0.9),
+                q(0.99)
+            );
+        }
+    }
+}
+
 /// Swaps the MACs of a burst and sends it; what the tx ring has no room for is dropped
 /// (the buffers go back to the pool), as testpmd does without its retry option.
-fn swap_and_send(guest: &mut Guest, burst: &mut Vec<Buffer>, meter: &mut Meter) -> Result<(), Error> {
+fn swap_and_send(guest: &mut Guest, burst: &mut Vec<Buffer>, meter: &mut Meter, after_sleep: bool) -> Result<(), Error> {
+    if let Some(o) = &mut meter.one_way {
+        o.record(burst, after_sleep);
+    }
     for b in burst.iter_mut() {
         if b.len() >= 12 {
             let (dst, src) = b.split_at_mut(6);
@@ -104,7 +171,7 @@ fn run_poll(guest: &mut Guest, meter: &mut Meter) -> Result<(), Error> {
             return Ok(());
         }
         if guest.recv_burst(&mut burst, BURST)? > 0 {
-            swap_and_send(guest, &mut burst, meter)?;
+            swap_and_send(guest, &mut burst, meter, false)?;
         }
     }
 }
@@ -121,10 +188,12 @@ fn run_async(guest: Guest, meter: &mut Meter, policy: SpinPolicy) -> Result<(Gue
         let mut burst = Vec::with_capacity(BURST);
         while meter.keep_going() {
             // Wakes at least every 200 ms to print and to notice the deadline.
+            let slept = ag.spin().slept();
             match tokio::time::timeout(Duration::from_millis(200), ag.recv_burst(&mut burst, BURST)).await {
                 Ok(r) => {
                     r?;
-                    swap_and_send(ag.guest_mut(), &mut burst, meter)?;
+                    let after_sleep = ag.spin().slept() != slept;
+                    swap_and_send(ag.guest_mut(), &mut burst, meter, after_sleep)?;
                 }
                 Err(_elapsed) => {}
             }
@@ -135,18 +204,39 @@ fn run_async(guest: Guest, meter: &mut Meter, policy: SpinPolicy) -> Result<(Gue
     })
 }
 
+/// The blocking waits of a plain thread: `Guest::wait_rx_hybrid` (`poll(2)` on the
+/// wake-up listener), without tokio.
+fn run_blocking(guest: &mut Guest, meter: &mut Meter, policy: SpinPolicy) -> Result<[u64; 3], Error> {
+    let mut spin = AdaptiveSpin::new(policy);
+    let mut burst = Vec::with_capacity(BURST);
+    let mut slept = 0;
+    while meter.keep_going() {
+        if guest.recv_burst(&mut burst, BURST)? > 0 {
+            let after_sleep = spin.slept() != slept;
+            slept = spin.slept();
+            swap_and_send(guest, &mut burst, meter, after_sleep)?;
+        } else {
+            // Wakes at least every 200 ms to print and to notice the deadline.
+            guest.wait_rx_hybrid(&mut spin, Some(Duration::from_millis(200)))?;
+        }
+    }
+    Ok([spin.caught_spinning(), spin.slept(), spin.spun_then_slept()])
+}
+
 fn main() -> ExitCode {
-    let usage = "usage: macswap <socket> [--wait=poll|async|hybrid] [--seconds S] [--buffers N] \
-                 [--max-share PERCENT] [--max-spin MICROSECONDS]";
+    let usage = "usage: macswap <socket> [--wait=poll|async|hybrid|block|hybrid-block] [--seconds S] [--buffers N] \
+                 [--max-share PERCENT] [--max-spin MICROSECONDS] [--one-way]";
     let mut socket = None;
     let mut seconds = None;
     let mut buffers = 8192u32;
     let mut wait = "poll".to_string();
     let mut policy = SpinPolicy::default();
     let mut bad = false;
+    let mut one_way = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--one-way" => one_way = true,
             "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()),
             "--buffers" => buffers = args.next().and_then(|v| v.parse().ok()).unwrap_or(0),
             "--max-share" => match args.next().and_then(|v| v.parse().ok()).filter(|p| *p <= 100) {
@@ -165,7 +255,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let (Some(socket), true, false) = (socket, ["poll", "async", "hybrid"].contains(&wait.as_str()), bad) else {
+    let (Some(socket), true, false) = (socket, ["poll", "async", "hybrid", "block", "hybrid-block"].contains(&wait.as_str()), bad) else {
         eprintln!("{usage}");
         return ExitCode::from(2);
     };
@@ -180,10 +270,13 @@ fn main() -> ExitCode {
     };
     println!("macswap: attached, {} buffers, wait={wait}", guest.pool().capacity());
     let mut meter = Meter::new(seconds);
+    meter.one_way = one_way.then(OneWay::new);
     let mut spin = [0; 3];
     let result = match wait.as_str() {
         "async" => run_async(guest, &mut meter, SpinPolicy::SLEEP_AT_ONCE).map(|(_, c)| spin = c),
         "hybrid" => run_async(guest, &mut meter, policy).map(|(_, c)| spin = c),
+        "block" => run_blocking(&mut guest, &mut meter, SpinPolicy::SLEEP_AT_ONCE).map(|c| spin = c),
+        "hybrid-block" => run_blocking(&mut guest, &mut meter, policy).map(|c| spin = c),
         _ => run_poll(&mut guest, &mut meter),
     };
     let wall_ms = meter.start.elapsed().as_millis();
@@ -196,6 +289,9 @@ fn main() -> ExitCode {
         spin[1],
         spin[2]
     );
+    if let Some(o) = &mut meter.one_way {
+        o.report();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
