@@ -509,9 +509,13 @@ cpu_mhz() { awk -F: '/^cpu MHz/ { printf "%.0f", $2; exit }' /proc/cpuinfo; }
 # in ns (target/release/cpu-pingpong, 300 ms); "null" if it cannot say. Every packet
 # between two processes crosses that way; on a VM it changes with where the hypervisor
 # puts the vCPUs, so every run records it next to its rate.
+# At real-time priority where allowed (root): a CPU also running other tasks (builds,
+# another test's busy poller) would otherwise preempt a side mid-ping and report 300+ ns
+# for CPUs that share a core (seen: 309-419 ns, then 77-79 ns with chrt, back to back).
 cpu_rtt() {
-    local v
-    v=$(timeout 10 target/release/cpu-pingpong "$HOST_CPU" "$GUEST_CPU" 300 2>/dev/null | sed -n 's/^PINGPONG rtt_ns=//p')
+    local v rt=()
+    ! chrt -f 1 true 2>/dev/null || rt=(chrt -f 1)
+    v=$(timeout 10 "${rt[@]}" target/release/cpu-pingpong "$HOST_CPU" "$GUEST_CPU" 300 2>/dev/null | sed -n 's/^PINGPONG rtt_ns=//p')
     echo "${v:-null}"
 }
 
