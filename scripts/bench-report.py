@@ -109,16 +109,68 @@ def ratios(points):
     return out
 
 
+# A CPU-to-CPU round trip (cpu-pingpong) below this means the two vCPUs share a core
+# or its cache ("near": 70-90 ns on the VMs we measure on); at or above it they do not
+# ("far": 300-800 ns). A packet crosses between the CPUs at least twice per round
+# trip, so runs of the two placements are not compared with each other.
+NEAR_RTT_NS = 200
+PLACEMENTS = ["near", "far", "mixed", "unknown"]
+PLACEMENT_TEXT = {
+    "near": f"near (CPU round trip < {NEAR_RTT_NS} ns)",
+    "far": f"far (CPU round trip >= {NEAR_RTT_NS} ns)",
+    "mixed": "changed during the run",
+    "unknown": "CPU round trip not recorded",
+}
+
+
+def placement(r):
+    """near / far from the CPU round trip measured before and after the run; mixed if
+    the two disagree (the hypervisor moved a vCPU meanwhile); unknown if not measured."""
+    known = [v for v in (r.get("cpu_rtt_ns"), r.get("cpu_rtt_after_ns")) if v is not None]
+    if not known:
+        return "unknown"
+    near = [v < NEAR_RTT_NS for v in known]
+    return "near" if all(near) else "far" if not any(near) else "mixed"
+
+
+def rtt_text(r):
+    b, a = r.get("cpu_rtt_ns"), r.get("cpu_rtt_after_ns")
+    return f"{b if b is not None else '?'}/{a if a is not None else '?'}"
+
+
 def latency_points(rows):
+    """One point per contender, rate and placement of the runs (see `placement`): a
+    run whose packets crossed between CPUs sharing a core is not the same measurement
+    as one whose packets crossed between cores. Skipped and failed runs have no
+    placement of their own: they count with every placement of their contender and
+    rate, or stand alone (placement unknown) if none ran."""
     out = []
+    lat = [r for r in rows if r["kind"] == "lat"]
+    items = []
+    for r in lat:
+        if r["rate_item"] not in items:
+            items.append(r["rate_item"])
+    contenders = []
+    for r in lat:
+        if r["contender"] not in contenders:
+            contenders.append(r["contender"])
     keys = []
-    for r in rows:
-        if r["kind"] == "lat" and (r["contender"], r["rate_item"]) not in keys:
-            keys.append((r["contender"], r["rate_item"]))
-    for c, item in keys:
-        runs = [r for r in rows if r["kind"] == "lat" and r["contender"] == c and r["rate_item"] == item]
-        ok = [r for r in runs if r["status"] == "ok" and r.get("p50_ns") is not None]
-        p = {"contender": c, "rate_item": item, "reps": len(runs), "reps_ok": len(ok)}
+    for item in items:
+        measured = {placement(r) for r in lat if r["rate_item"] == item and r["status"] == "ok" and r.get("p50_ns") is not None}
+        for where in [w for w in PLACEMENTS if w in measured] or ["unknown"]:
+            for c in contenders:
+                if any(r["contender"] == c and r["rate_item"] == item for r in lat):
+                    keys.append((c, item, where))
+    for c, item, where in keys:
+        all_runs = [r for r in lat if r["contender"] == c and r["rate_item"] == item]
+        good = [r for r in all_runs if r["status"] == "ok" and r.get("p50_ns") is not None]
+        ok = [r for r in good if placement(r) == where]
+        if not ok and good:
+            continue  # this contender ran at this rate, but not under this placement
+        runs = ok + [r for r in all_runs if r not in good]
+        p = {"contender": c, "rate_item": item, "placement": where, "reps": len(runs), "reps_ok": len(ok),
+             # (p50 µs, CPU round trip before, after) of each run of this point.
+             "runs_rtt": [(r["p50_ns"] / 1e3, r.get("cpu_rtt_ns"), r.get("cpu_rtt_after_ns")) for r in ok]}
         if not ok:
             p["status"] = "skipped" if {r["status"] for r in runs} == {"skip"} else "failed"
             p["why"] = "; ".join(sorted({r.get("why", "") for r in runs if r.get("why")}))
@@ -138,6 +190,23 @@ def latency_points(rows):
             p[f"{q}_us_min"] = min(vals) if vals else None
             p[f"{q}_us_max"] = max(vals) if vals else None
         out.append(p)
+    return out
+
+
+def latency_pairs(lat):
+    """(rate, placement, ours p50, memif-copy p50) where both were measured under the
+    same placement, or one of them was (the other None): the like-with-like comparison."""
+    out = []
+    for p in lat:
+        if p["contender"] != "ours" or not p.get("p50_us"):
+            continue
+        memif = next((q for q in lat if q["contender"] == "memif-copy" and q["rate_item"] == p["rate_item"]
+                      and q["placement"] == p["placement"] and q.get("p50_us")), None)
+        out.append((p["rate_item"], p["placement"], p["p50_us"], memif["p50_us"] if memif else None))
+    for q in lat:
+        if q["contender"] == "memif-copy" and q.get("p50_us") and not any(
+                item == q["rate_item"] and where == q["placement"] for item, where, _, _ in out):
+            out.append((q["rate_item"], q["placement"], None, q["p50_us"]))
     return out
 
 
@@ -193,17 +262,40 @@ def markdown(meta, points, rat, lat, chart_name):
         L.append("")
         L.append("### Round-trip latency (probe -> guest macswap -> probe, 64 B)")
         L.append("")
-        L.append("| contender | offered | achieved | p50 µs | p99 µs | p99.9 µs | p99 spread | max µs | lost % | port full % | probe held % |")
-        L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        L.append("Rows by placement of the two vCPUs, from the CPU-to-CPU round trip (`cpu-pingpong`) "
+                 f"measured before and after each run: near below {NEAR_RTT_NS} ns (they share a core or "
+                 "its cache), far at or above; compare rows of one placement.")
+        L.append("")
+        L.append("| contender | offered | placement: CPU round trip ns before/after, per run | achieved | p50 µs | p99 µs | p99.9 µs | p99 spread | max µs | lost % | port full % | probe held % |")
+        L.append("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for p in lat:
             name = LABEL.get(p["contender"], p["contender"])
+            known = [(b, a) for _, b, a in p["runs_rtt"] if b is not None or a is not None]
+            where = p["placement"] + (": " + ", ".join(f"{b if b is not None else '?'}/{a if a is not None else '?'}"
+                                                        for b, a in known) if known else "")
             if p["status"] in ("skipped", "failed"):
-                L.append(f"| {name} | {p['rate_item']} | {p['status']}: {p.get('why') or 'see logs'} | | | | | | | | |")
+                L.append(f"| {name} | {p['rate_item']} | {where} | {p['status']}: {p.get('why') or 'see logs'} | | | | | | | | |")
                 continue
             item = p["rate_item"] + (f" = {rate_text(p['rate_pps'])}" if p["rate_item"].endswith("%") else "")
-            L.append(f"| {name} | {item} | {rate_text(p['achieved_pps'])} | {fmt(p['p50_us'])} | {fmt(p['p99_us'])} "
+            reps = f" ({p['reps_ok']}/{p['reps']} reps)" if p["status"] == "partial" else ""
+            L.append(f"| {name} | {item} | {where} | {rate_text(p['achieved_pps'])}{reps} | {fmt(p['p50_us'])} | {fmt(p['p99_us'])} "
                      f"| {fmt(p['p999_us'])} | {fmt(p['p99_us_min'])}..{fmt(p['p99_us_max'])} | {fmt(p['max_us'], 0)} "
                      f"| {fmt(p['lost_pct'], 3)} | {fmt(p['port_full_pct'], 1)} | {fmt(p['probe_held_pct'], 1)} |")
+        runs = [p for p in lat if p["runs_rtt"]]
+        if runs:
+            L.append("")
+            L.append("p50 per run, µs (CPU round trip in ns before / after the run): " + "; ".join(
+                f"{p['contender']} {p['rate_item']} {p['placement']}: "
+                + ", ".join(f"{v:.2f} ({b if b is not None else '?'}/{a if a is not None else '?'})" for v, b, a in p["runs_rtt"])
+                for p in runs))
+        pairs = latency_pairs(lat)
+        if pairs:
+            L.append("")
+            L.append("| offered | placement | ours p50 µs | memif copy p50 µs | ours / memif copy |")
+            L.append("| ---: | --- | ---: | ---: | ---: |")
+            for item, where, ours, memif in pairs:
+                L.append(f"| {item} | {PLACEMENT_TEXT[where]} | {fmt(ours)} | {fmt(memif)} "
+                         f"| {fmt(ours / memif if ours is not None and memif else None)} |")
         held = [p for p in lat if (p.get("probe_held_pct") or 0) >= 1]
         if held:
             L.append("")
@@ -294,7 +386,7 @@ def chart(path, points, lat):
             bars = ax.bar([i + (k - 1) * w for i in range(len(shown))], ys, w, label=label)
             ax.bar_label(bars, labels=[plain(y) for y in ys], fontsize=7, padding=2)
         ax.set_xticks(range(len(shown)))
-        ax.set_xticklabels([f"{LABEL.get(p['contender'], p['contender'])}\noffered {p['rate_item']}"
+        ax.set_xticklabels([f"{LABEL.get(p['contender'], p['contender'])}\noffered {p['rate_item']}, {p['placement']}"
                             + (f" = {rate_text(p['rate_pps'])}pps" if p['rate_item'].endswith('%') else "")
                             + f"\nachieved {rate_text(p['achieved_pps'])}pps" for p in shown], fontsize=8)
         log_axis(ax)

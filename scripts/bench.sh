@@ -42,7 +42,9 @@
 # host CPU and macswap on the guest CPU joined by two rte_rings).
 # Latency: a probe on the host side sends timestamped 64-byte frames at a fixed rate
 # through the guest and back (dpdk-io-proxy --bench-latency; dpdk-latency-probe with a
-# memif server) and reports p50/p99/p99.9 round-trip times.
+# memif server) and reports p50/p99/p99.9 round-trip times. Every run, throughput and
+# latency, records the CPU-to-CPU round trip before and after it (cpu-pingpong); the
+# report splits the latency rows by it (near: the vCPUs share a core or its cache).
 #
 # Process hygiene: every process is started with setsid (its own process group),
 # bounded by timeout, with its own --file-prefix, and is stopped by its own process
@@ -507,9 +509,13 @@ cpu_mhz() { awk -F: '/^cpu MHz/ { printf "%.0f", $2; exit }' /proc/cpuinfo; }
 # in ns (target/release/cpu-pingpong, 300 ms); "null" if it cannot say. Every packet
 # between two processes crosses that way; on a VM it changes with where the hypervisor
 # puts the vCPUs, so every run records it next to its rate.
+# At real-time priority where allowed (root): a CPU also running other tasks (builds,
+# another test's busy poller) would otherwise preempt a side mid-ping and report 300+ ns
+# for CPUs that share a core (seen: 309-419 ns, then 77-79 ns with chrt, back to back).
 cpu_rtt() {
-    local v
-    v=$(timeout 10 target/release/cpu-pingpong "$HOST_CPU" "$GUEST_CPU" 300 2>/dev/null | sed -n 's/^PINGPONG rtt_ns=//p')
+    local v rt=()
+    ! chrt -f 1 true 2>/dev/null || rt=(chrt -f 1)
+    v=$(timeout 10 "${rt[@]}" target/release/cpu-pingpong "$HOST_CPU" "$GUEST_CPU" 300 2>/dev/null | sed -n 's/^PINGPONG rtt_ns=//p')
     echo "${v:-null}"
 }
 
@@ -735,7 +741,12 @@ run_latency() {     # run_latency NAME RATE-ITEM
         return
     fi
     wait_until_idle
-    say "latency $name at $rate pps ($item, rep $rep/$reps): ${warmup}+${lat_seconds} s"
+    # The CPU round trip before and after, as for throughput: a packet's round trip
+    # crosses between the two CPUs at least twice, so the vCPUs' placement decides
+    # much of it (the report splits the rows by it).
+    local rtt_before rtt_after
+    rtt_before=$(cpu_rtt)
+    say "latency $name at $rate pps ($item, rep $rep/$reps): ${warmup}+${lat_seconds} s (CPU round trip ${rtt_before} ns)"
     rm -f "$host_log" "$guest_log"
     guest_limit=$((warmup + lat_seconds + 70)) host_limit=$((warmup + lat_seconds + 110))
     start_pair "$name" "$size" lat || return 0
@@ -745,6 +756,7 @@ run_latency() {     # run_latency NAME RATE-ITEM
         line=$(grep -a -m1 '^LATENCY ' "$host_log")
     fi
     stop_pair "$name"
+    rtt_after=$(cpu_rtt)
     if [ -z "$line" ]; then
         fail_with_log lat "$name" "$size" "no LATENCY line from the probe" "$host_log" ",\"rate_item\":\"$item\""
         printf 'bench: guest log:\n' >&2
@@ -755,7 +767,7 @@ run_latency() {     # run_latency NAME RATE-ITEM
     local json
     json=$(printf '%s\n' "${line#LATENCY }" | tr ' ' '\n' | awk -F= '
         NF == 2 { v = ($2 == "-") ? "null" : $2; printf ",\"%s\":%s", $1, v }')
-    record "{\"kind\":\"lat\",\"contender\":\"$name\",\"size\":$size,\"rep\":$rep,\"rate_item\":\"$item\",\"status\":\"ok\"$json}"
+    record "{\"kind\":\"lat\",\"contender\":\"$name\",\"size\":$size,\"rep\":$rep,\"rate_item\":\"$item\",\"status\":\"ok\"$json,\"cpu_rtt_ns\":$rtt_before,\"cpu_rtt_after_ns\":$rtt_after}"
 }
 
 # --------------------------------------------------------------------------------------

@@ -128,6 +128,9 @@ pub struct Report {
     pub behind: u64,
     /// Frames that were not probe frames, or were sent before/after the window.
     pub other: u64,
+    /// Times the probe was polled while its window ran: the rounds of the loop that
+    /// polls it (for the proxy's `--bench-latency`, the data loop's rounds).
+    pub window_polls: u64,
     pub hist_ns: Histogram,
 }
 
@@ -140,7 +143,7 @@ impl fmt::Display for Report {
             f,
             "LATENCY complete={} rate_pps={:.0} size={} window_s={} sent={} received={} lost={} lost_pct={:.3} \
              tx_full={} behind={} other={} achieved_pps={:.0} min_ns={} p50_ns={} p90_ns={} p99_ns={} p999_ns={} \
-             max_ns={} mean_ns={}",
+             max_ns={} mean_ns={} round_ns={}",
             self.complete as u8,
             self.spec.rate,
             self.spec.size,
@@ -160,6 +163,8 @@ impl fmt::Display for Report {
             q(0.999),
             self.hist_ns.max().map_or("-".to_string(), |v| v.to_string()),
             self.hist_ns.mean().map_or("-".to_string(), |v| v.to_string()),
+            // The mean time between two polls of the probe, i.e. one round of its loop.
+            if self.window_polls > 0 { format!("{:.0}", secs * 1e9 / self.window_polls as f64) } else { "-".into() },
         )
     }
 }
@@ -183,6 +188,7 @@ pub struct Probe {
     tx_full: u64,
     behind: u64,
     other: u64,
+    window_polls: u64,
     hist: Histogram,
     done: bool,
     reported: bool,
@@ -230,6 +236,7 @@ impl Probe {
             tx_full: 0,
             behind: 0,
             other: 0,
+            window_polls: 0,
             hist: Histogram::new(),
             done: false,
             reported: false,
@@ -306,6 +313,7 @@ impl Probe {
 
     fn send(&mut self, now: u64) {
         let in_window = self.window.is_some_and(|(s, e, _)| now >= s && now < e);
+        self.window_polls += in_window as u64;
         let want = if self.spec.rate > 0.0 {
             let due = ((now - self.start) as f64 / self.hz * self.spec.rate) as u64;
             let mut backlog = due.saturating_sub(self.offered);
@@ -365,6 +373,7 @@ impl Probe {
             tx_full: self.tx_full,
             behind: self.behind,
             other: self.other,
+            window_polls: self.window_polls,
             hist_ns: self.hist.clone(),
         }
     }
@@ -437,11 +446,12 @@ mod tests {
             tx_full: 0,
             behind: 0,
             other: 1,
+            window_polls: 4000,
             hist_ns: hist,
         };
         let line = r.to_string();
         assert!(line.starts_with("LATENCY complete=1 rate_pps=1000 size=64 window_s=2 sent=4 received=3 lost=1 lost_pct=25.000"), "{line}");
         // p50: the middle of the 8 ns wide bucket holding 2000.
-        assert!(line.contains(" achieved_pps=2 min_ns=1000 p50_ns=2004 ") && line.ends_with(" max_ns=3000 mean_ns=2000"), "{line}");
+        assert!(line.contains(" achieved_pps=2 min_ns=1000 p50_ns=2004 ") && line.ends_with(" max_ns=3000 mean_ns=2000 round_ns=500000"), "{line}");
     }
 }
