@@ -10,13 +10,9 @@
 //! the hostile client did and, where the rule says so, disconnected it; that its
 //! warnings are rate-limited, and that the good guest lost nothing and was never
 //! penalized (its socket's `tx_dropped`, `rx_dropped`, `invalid`, `penalty_polls` stay 0) and kept forwarding at no
-//! less than `HOSTILE_MIN_RATIO` (default 0.5; issue 16's goal is 0.8) of its rate
-//! without the attack
-//! (`HOSTILE_AROUND_MIN_RATIO` for a case without an attack loop, whose measurement
-//! cannot cancel the VM's rate steps, and `HOSTILE_CONTROL_MIN_RATIO` for the cases
-//! whose cost lands on the proxy's control thread: see each floor's comment). A table
-//! of every case's numbers, the ratio and how it was measured included, is printed
-//! (run with `--nocapture` to see it).
+//! less than 0.8 of its rate without the attack (issue 16; `MIN_RATIO`, one floor for
+//! every class). A table of every case's numbers, the ratio and how it was measured
+//! included, is printed (run with `--nocapture` to see it).
 //!
 //! How the ratio is measured: on this 2-vCPU VM the good guest's own rate moves 2x with
 //! where the hypervisor puts the vCPUs, in steps, at any time; one window before a case
@@ -35,19 +31,36 @@
 //! windows before it and four after. The table's `method` column says which, with the
 //! lowest and highest pair ratio.
 //!
-//! Why the ratio measures the proxy and not the machine: on a 2-core machine the proxy
-//! and the good guest are pinned one to each CPU and poll without pause, so a hostile
-//! client that spun on a CPU would take time from one of them that no proxy could give
-//! back. The hostile writers therefore run at nice 19 ([`lowest_priority_for_this_thread`])
-//! and sleep between their bursts (hundreds of microseconds); what they publish stays
-//! in their ring (republishing a full ring of hostile chains is one index store), so
-//! the proxy finds hostile work in every round, and the cases that keep a ring full say
-//! how often the writer found it drained. What the good guest loses is then what the
-//! proxy's data loop spends on the hostile guest: its per-round bounds (docs/threat-model.md).
-//! (The clients of the control-plane cases, which send messages and pass descriptors,
-//! run at normal priority but spend their time waiting for the proxy's answers and in
-//! the kernel; what they cost the good guest is the proxy's control thread, which shares
-//! the data loop's CPU here.)
+//! What the ratio means: what the proxy lets one tenant's attack cost another tenant.
+//! On a 2-core machine the proxy's data loop and the good guest are pinned one to each
+//! CPU and poll without pause, so any CPU time the attacker's own process uses is taken
+//! from one of them, whatever the proxy does; a multi-tenant host bounds that with the
+//! tenant's CPU limit (a container's cgroup `cpu.max`), and so does this harness:
+//! - The data-plane attackers need almost no CPU (republishing a ring full of hostile
+//!   chains is one index store): they run at nice 19
+//!   ([`lowest_priority_for_this_thread`]) and sleep between bursts (hundreds of
+//!   microseconds); what they publish stays in their ring, so the proxy finds hostile
+//!   work in every round, and the cases that keep a ring full say how often the writer
+//!   found it drained. What the good guest loses is what the data loop spends on the
+//!   hostile guest: its per-round bounds (docs/threat-model.md, R3).
+//! - The control-plane attackers (`Expect::control_plane`: messages, passed
+//!   descriptors, queue flapping, a huge pool) need CPU of their own for every message
+//!   (at nice 19 beside two pollers they would hardly run): their thread runs in a
+//!   cgroup limited to `ATTACKER_CPU_QUOTA` per `ATTACKER_CPU_PERIOD` (10% of one CPU,
+//!   `e2e_tests::cgroup`; the test fails if it cannot make one). Unlimited, the
+//!   attacker alone (against a sink of this test, no proxy) cost the good guest half
+//!   its rate on the 2-vCPU VM. Under the limit the attacker costs at most 10% of one of
+//!   the two CPUs, and what the good guest loses beyond that is what the proxy spends
+//!   for the attacker's uid: its control thread, its descriptor reaper and the port
+//!   restarts its queue starts cause, each charged to the uid's budget (R4: 5% of a CPU
+//!   on average, a 400 ms burst). The reference case "the same refused peer on a sink"
+//!   shows the attacker's own share (held to no floor).
+//!
+//! Measured on the shared 2-vCPU VM (other agents' builds running, load 4-7, the good
+//! guest at 1-9 Mpps instead of 14-24 on a quiet machine), runs of 2026-12-07 11:41-12:10:
+//! docs/threat-model.md has the tables. A ratio measured on a busy machine is noisy
+//! (single windows swing 0.1x-5x); `HOSTILE_MIN_RATIO` overrides the floor for one run,
+//! never to make a noisy run pass.
 //!
 //! Exact outcomes: each case says what the proxy's counters must show after it (`Want`:
 //! the change of a counter of the hostile socket, the good one, the allowlist socket or
@@ -1044,9 +1057,9 @@ fn case_reattach_foreign_fd(c: &Ctx<'_>) -> Seen {
 /// test (the attacker) ran and waited, each CPU's softirq and steal time, and the
 /// proxy's own account. The good guest loses what its CPU and the data loop's give to
 /// others: the proxy's control thread and reaper share the data loop's CPU. The
-/// attacker runs at nice 0 (at nice 19 it would hardly run beside two pinned pollers,
-/// and a control-plane attack needs CPU of its own, unlike a ring index store): what
-/// its own process costs the machine is shown by the sink case.
+/// attacker runs at nice 0 under the tenant's CPU limit (`ATTACKER_CPU_QUOTA`; how often
+/// the limit held it back is in the note): what its own process costs the machine is
+/// shown by the sink case.
 fn with_cpu_report(c: &Ctx<'_>, run: fn(&Ctx<'_>) -> Seen) -> Seen {
     let guest = e2e_tests::cpu::pid_with_arg(&format!("sock:{}", c.good.display())).unwrap_or(0);
     let procs = [("proxy", c.proxy_pid), ("guest", guest), ("test", std::process::id())];
