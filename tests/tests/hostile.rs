@@ -27,8 +27,10 @@
 //! pair cancels, a step or a burst of a neighbour's work spoils one or two pairs, not
 //! the median. The hostile guest stays attached in the "off" windows (an idle guest,
 //! polled like one): the difference is what the attack itself costs. A case with no attack loop (a few messages or writes, one after the
-//! other) is measured over its whole time against the mean of the medians of four
-//! windows before it and four after. The table's `method` column says which, with the
+//! other) is measured over its whole time against the median of four windows before it
+//! and against that of four after, the better of the two (a step of the VM's rate
+//! between them leaves the case at one side's level; a loss the attack caused shows
+//! against both). The table's `method` column says which, with the
 //! lowest and highest pair ratio.
 //!
 //! What the ratio means: what the proxy lets one tenant's attack cost another tenant.
@@ -2073,8 +2075,8 @@ fn case_app_name(c: &Ctx<'_>) -> Seen {
 
 /// The good guest's rate during a case against its rate without the attack.
 struct Measured {
-    /// Without the attack: the median of the "off" windows, or the mean of the
-    /// medians of the windows before and after the case.
+    /// Without the attack: the median of the "off" windows, or the median of the
+    /// windows before or after the case (whichever the case's rate is closer to).
     base: f64,
     /// With it: the median of the "on" windows, or over the whole case.
     rate: f64,
@@ -2237,8 +2239,10 @@ fn hostile_guests_do_not_disturb_a_good_one() {
         //   hostile guest's attach, which restarts net_null's port) and its checks
         //   after the attack are in no window.
         // - around: an attack of a few messages or writes, no loop to pause. The case's
-        //   whole time (set-up included, at least CASE_TIME) against the mean of the
-        //   medians of the windows before and after it.
+        //   whole time (set-up included, at least CASE_TIME) against the median of the
+        //   windows before it and against that of the windows after it, the better of
+        //   the two (one step of the VM's rate between them cancels; a loss shows on
+        //   both sides).
         // (An attack that ended within MIN_PAIRS pairs, a request flood cut at once, is
         // measured as one without a loop.)
         let m = match &paired {
@@ -2261,9 +2265,14 @@ fn hostile_guests_do_not_disturb_a_good_one() {
                 }
             }
             _ => {
+                // Against each side on its own, the better of the two: a step of the
+                // VM's rate between the windows before and after (2x, at any moment)
+                // leaves the case's rate at the level of one of them, while a loss the
+                // attack caused shows against both.
                 let after: Vec<f64> = (0..4).map(|_| b.window_rate(WINDOW, &mut None)).collect();
-                let base = (median(&before) + median(&after)) / 2.0;
-                Measured { base, rate, ratio: rate / base.max(1.0), method: format!("around {:.0}/{:.0}", median(&before), median(&after)) }
+                let (b0, a0) = (median(&before).max(1.0), median(&after).max(1.0));
+                let base = if rate / b0 >= rate / a0 { b0 } else { a0 };
+                Measured { base, rate, ratio: rate / base, method: format!("around {b0:.0}/{a0:.0}") }
             }
         };
         let floor = min_ratio;
