@@ -647,6 +647,25 @@ mod tests {
     }
 
     #[test]
+    fn what_closing_costs_is_owed_by_the_descriptor_s_uid() {
+        let _serial = serial();
+        start().unwrap();
+        const OWNER: u32 = 4545;
+        let _ = take_cpu_owed();
+        let closed = CLOSED.load(Ordering::Relaxed);
+        // A connected pair with a message queued: its close has some work to do.
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        a.send(&[0u8; 512]).unwrap();
+        drop(PeerFd::new(a.into(), OWNER));
+        drop(PeerFd::new(b.into(), OWNER));
+        wait_until("both closed", Duration::from_secs(5), || CLOSED.load(Ordering::Relaxed) >= closed + 2);
+        let owed = take_cpu_owed();
+        assert!(owed.iter().any(|(uid, _)| *uid == OWNER), "nothing owed by {OWNER}: {owed:?}");
+        assert!(!take_cpu_owed().iter().any(|(uid, _)| *uid == OWNER), "taken once");
+        assert!(stats_text().contains("reaper_cpu_ms="));
+    }
+
+    #[test]
     fn a_lingering_socket_blocks_its_closer_unless_disarmed() {
         // Serial: run beside the FUSE wedge test, the first close below was seen to end
         // after 3-99 ms instead of the linger second (2 of 20 runs; cause not found).
