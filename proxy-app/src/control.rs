@@ -107,6 +107,23 @@ pub struct Control {
     /// too, on this thread's time and charged to nobody.
     housekeeping_period: Duration,
     last_housekeeping: Option<Instant>,
+    /// Port restarts for rx-queue switches, and what they cost other guests.
+    restarts: RestartStats,
+}
+
+/// Port restarts made to switch an rx queue's pool (devices without runtime rx-queue
+/// setup), shown in `show stats` (`port_restarts`, `restart_outage_ms`,
+/// `restart_longest_us`).
+#[derive(Debug, Default, Clone, Copy)]
+struct RestartStats {
+    count: u64,
+    /// The time other started queues of the restarted ports went unserved, in all.
+    outage: Duration,
+    /// The longest such outage.
+    longest: Duration,
+    /// What was charged for them to the budgets of the uids whose queue starts and
+    /// stops made them (budget.rs): the outage, on top of the CPU time.
+    charged: Duration,
 }
 
 impl Control {
@@ -139,6 +156,7 @@ impl Control {
             round: 0,
             housekeeping_period: HOUSEKEEPING_PERIOD,
             last_housekeeping: None,
+            restarts: RestartStats::default(),
         };
         // Every port gets as many queues as the whole file names for it, before its
         // first socket is made.
@@ -234,14 +252,27 @@ impl Control {
     }
 
     /// Points NIC rx queue (port, queue) at `pool`, pausing the port when the device
-    /// cannot switch a queue while running.
-    fn switch_rx_pool(&mut self, port: u16, queue: u16, pool: &PktPool) -> Result<(), String> {
+    /// cannot switch a queue while running. Returns how long the port's other started
+    /// queues went unserved for it (zero when none was started, or nothing paused).
+    fn switch_rx_pool(&mut self, port: u16, queue: u16, pool: &PktPool) -> Result<Duration, String> {
         let runtime = self.ports.get(&port).map(|n| n.runtime_rx_setup).ok_or("no such port")?;
         if runtime {
             // Only this queue must be left alone meanwhile: the caller has already taken
             // it out of the published configuration.
-            return self.ports[&port].setup_rx_queue(queue, pool);
+            return self.ports[&port].setup_rx_queue(queue, pool).map(|_| Duration::ZERO);
         }
+        // The queues the restart pauses: every started one of the port (the caller's
+        // own is already out of the published configuration).
+        let others = self
+            .endpoints
+            .iter()
+            .filter(|ep| ep.port == port)
+            .filter_map(|ep| ep.guest())
+            .map(|g| g.started().count())
+            .sum::<usize>();
+        // From before the loop lets go of the port's queues until it has taken them up
+        // again: an upper bound of their outage (both handshakes included).
+        let t = Instant::now();
         self.paused_ports.insert(port);
         self.publish();
         let nic = self.ports.get_mut(&port).ok_or("no such port")?;
@@ -249,7 +280,11 @@ impl Control {
         let restarted = nic.start();
         self.paused_ports.remove(&port);
         self.publish();
-        result.and(restarted)
+        let outage = if others > 0 { t.elapsed() } else { Duration::ZERO };
+        self.restarts.count += 1;
+        self.restarts.outage += outage;
+        self.restarts.longest = self.restarts.longest.max(outage);
+        result.and(restarted).map(|_| outage)
     }
 
     /// The control loop; returns when asked to quit.
@@ -282,6 +317,10 @@ impl Control {
         // where it went over, until the budget has refilled: what it sends waits in the
         // kernel meanwhile.
         let now = Instant::now();
+        // What the reaper spent closing each uid's descriptors, on this thread's CPU.
+        for (uid, spent) in reaper::take_cpu_owed() {
+            self.budgets.charge(uid, spent, now);
+        }
         for ep in self.endpoints.iter_mut() {
             if ep.listener_held_for.is_some_and(|uid| self.budgets.allows(uid, now)) {
                 ep.listener_held_for = None;

@@ -33,7 +33,7 @@
 //! data loop never depend on it). A descriptor that finds the queue full is left open
 //! and counted (`leaked`), never closed on the spot.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::thread::JoinHandleExt;
@@ -79,6 +79,13 @@ static CLOSED: AtomicU64 = AtomicU64::new(0);
 static LEAKED: AtomicU64 = AtomicU64::new(0);
 static SLOWEST_US: AtomicU64 = AtomicU64::new(0);
 static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+/// CPU time the reaper threads spent closing descriptors, in ns (all uids).
+static CPU_NS: AtomicU64 = AtomicU64::new(0);
+/// CPU time spent on each uid's descriptors that its budget has not been charged for
+/// yet (the control thread takes it: [`take_cpu_owed`]). The reaper runs on the
+/// control thread's CPU, so what a close costs is charged like the control thread's
+/// own work for that uid (control/budget.rs).
+static CPU_OWED: Mutex<Option<HashMap<u32, Duration>>> = Mutex::new(None);
 /// Uids whose descriptor's close never ended (see the module's text).
 static WEDGED_UIDS: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
 static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -160,7 +167,9 @@ fn spawn_worker(incoming: Arc<Mutex<Receiver<Item>>>) -> Result<Arc<Worker>, Str
                 if let Some(watchdog) = WATCHDOG.get() {
                     watchdog.unpark();
                 }
+                let cpu0 = os::thread_cpu_time();
                 drop(fd);
+                owe(owner, os::thread_cpu_time().saturating_sub(cpu0));
                 me.busy_since_us.store(0, Ordering::SeqCst);
                 SLOWEST_US.fetch_max(now_us() - t, Ordering::Relaxed);
                 CLOSED.fetch_add(1, Ordering::Relaxed);
@@ -250,6 +259,20 @@ pub fn start() -> Result<(), String> {
     Ok(())
 }
 
+/// Adds `spent` to what uid `owner` owes its budget.
+fn owe(owner: u32, spent: Duration) {
+    CPU_NS.fetch_add(spent.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    let mut owed = CPU_OWED.lock().unwrap_or_else(|e| e.into_inner());
+    *owed.get_or_insert_with(HashMap::new).entry(owner).or_default() += spent;
+}
+
+/// The CPU time the reaper spent on each uid's descriptors since the last call, to be
+/// charged to the uids' budgets (one entry per uid whose descriptors were closed).
+pub fn take_cpu_owed() -> Vec<(u32, Duration)> {
+    let mut owed = CPU_OWED.lock().unwrap_or_else(|e| e.into_inner());
+    owed.as_mut().map(|m| m.drain().collect()).unwrap_or_default()
+}
+
 /// Hands `fd`, which came from (a peer running as) uid `owner`, to the reaper to be
 /// closed there.
 pub fn discard(fd: OwnedFd, owner: u32) {
@@ -284,16 +307,18 @@ pub fn pending() -> usize {
     PENDING.load(Ordering::Acquire)
 }
 
-/// `reaper_pending=.. reaper_closed=.. reaper_leaked=.. reaper_slowest_us=.. reaper_interrupts=.. reaper_wedged_uids=..`
+/// `reaper_pending=.. reaper_closed=.. reaper_leaked=.. reaper_slowest_us=.. reaper_interrupts=.. reaper_wedged_uids=.. reaper_cpu_ms=..`
 pub fn stats_text() -> String {
     format!(
-        "reaper_pending={} reaper_closed={} reaper_leaked={} reaper_slowest_us={} reaper_interrupts={} reaper_wedged_uids={}",
+        "reaper_pending={} reaper_closed={} reaper_leaked={} reaper_slowest_us={} reaper_interrupts={} reaper_wedged_uids={} \
+         reaper_cpu_ms={}",
         PENDING.load(Ordering::Relaxed),
         CLOSED.load(Ordering::Relaxed),
         LEAKED.load(Ordering::Relaxed),
         SLOWEST_US.load(Ordering::Relaxed),
         INTERRUPTS.load(Ordering::Relaxed),
-        wedged_count()
+        wedged_count(),
+        CPU_NS.load(Ordering::Relaxed) / 1_000_000
     )
 }
 
@@ -619,6 +644,25 @@ mod tests {
         let chunk = vec![0u8; 1 << 16];
         while client.write(&chunk).is_ok() {}
         (client.into(), server)
+    }
+
+    #[test]
+    fn what_closing_costs_is_owed_by_the_descriptor_s_uid() {
+        let _serial = serial();
+        start().unwrap();
+        const OWNER: u32 = 4545;
+        let _ = take_cpu_owed();
+        let closed = CLOSED.load(Ordering::Relaxed);
+        // A connected pair with a message queued: its close has some work to do.
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        a.send(&[0u8; 512]).unwrap();
+        drop(PeerFd::new(a.into(), OWNER));
+        drop(PeerFd::new(b.into(), OWNER));
+        wait_until("both closed", Duration::from_secs(5), || CLOSED.load(Ordering::Relaxed) >= closed + 2);
+        let owed = take_cpu_owed();
+        assert!(owed.iter().any(|(uid, _)| *uid == OWNER), "nothing owed by {OWNER}: {owed:?}");
+        assert!(!take_cpu_owed().iter().any(|(uid, _)| *uid == OWNER), "taken once");
+        assert!(stats_text().contains("reaper_cpu_ms="));
     }
 
     #[test]

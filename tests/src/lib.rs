@@ -501,6 +501,7 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+pub mod cgroup;
 pub mod cpu;
 pub mod hostile;
 pub mod packet;

@@ -10,13 +10,9 @@
 //! the hostile client did and, where the rule says so, disconnected it; that its
 //! warnings are rate-limited, and that the good guest lost nothing and was never
 //! penalized (its socket's `tx_dropped`, `rx_dropped`, `invalid`, `penalty_polls` stay 0) and kept forwarding at no
-//! less than `HOSTILE_MIN_RATIO` (default 0.5; issue 16's goal is 0.8) of its rate
-//! without the attack
-//! (`HOSTILE_AROUND_MIN_RATIO` for a case without an attack loop, whose measurement
-//! cannot cancel the VM's rate steps, and `HOSTILE_CONTROL_MIN_RATIO` for the cases
-//! whose cost lands on the proxy's control thread: see each floor's comment). A table
-//! of every case's numbers, the ratio and how it was measured included, is printed
-//! (run with `--nocapture` to see it).
+//! less than 0.8 of its rate without the attack (issue 16; `MIN_RATIO`, one floor for
+//! every class). A table of every case's numbers, the ratio and how it was measured
+//! included, is printed (run with `--nocapture` to see it).
 //!
 //! How the ratio is measured: on this 2-vCPU VM the good guest's own rate moves 2x with
 //! where the hypervisor puts the vCPUs, in steps, at any time; one window before a case
@@ -31,23 +27,46 @@
 //! pair cancels, a step or a burst of a neighbour's work spoils one or two pairs, not
 //! the median. The hostile guest stays attached in the "off" windows (an idle guest,
 //! polled like one): the difference is what the attack itself costs. A case with no attack loop (a few messages or writes, one after the
-//! other) is measured over its whole time against the mean of the medians of four
-//! windows before it and four after. The table's `method` column says which, with the
+//! other) is measured over its whole time against the median of four windows before it
+//! and against that of four after, the better of the two (a step of the VM's rate
+//! between them leaves the case at one side's level; a loss the attack caused shows
+//! against both). The table's `method` column says which, with the
 //! lowest and highest pair ratio.
 //!
-//! Why the ratio measures the proxy and not the machine: on a 2-core machine the proxy
-//! and the good guest are pinned one to each CPU and poll without pause, so a hostile
-//! client that spun on a CPU would take time from one of them that no proxy could give
-//! back. The hostile writers therefore run at nice 19 ([`lowest_priority_for_this_thread`])
-//! and sleep between their bursts (hundreds of microseconds); what they publish stays
-//! in their ring (republishing a full ring of hostile chains is one index store), so
-//! the proxy finds hostile work in every round, and the cases that keep a ring full say
-//! how often the writer found it drained. What the good guest loses is then what the
-//! proxy's data loop spends on the hostile guest: its per-round bounds (docs/threat-model.md).
-//! (The clients of the control-plane cases, which send messages and pass descriptors,
-//! run at normal priority but spend their time waiting for the proxy's answers and in
-//! the kernel; what they cost the good guest is the proxy's control thread, which shares
-//! the data loop's CPU here.)
+//! What the ratio means: what the proxy lets one tenant's attack cost another tenant.
+//! On a 2-core machine the proxy's data loop and the good guest are pinned one to each
+//! CPU and poll without pause, so any CPU time the attacker's own process uses is taken
+//! from one of them, whatever the proxy does; a multi-tenant host bounds that with the
+//! tenant's CPU limit (a container's cgroup `cpu.max`), and so does this harness:
+//! - The data-plane attackers need almost no CPU (republishing a ring full of hostile
+//!   chains is one index store): they run at nice 19
+//!   ([`lowest_priority_for_this_thread`]) and sleep between bursts (hundreds of
+//!   microseconds); what they publish stays in their ring, so the proxy finds hostile
+//!   work in every round, and the cases that keep a ring full say how often the writer
+//!   found it drained. What the good guest loses is what the data loop spends on the
+//!   hostile guest: its per-round bounds (docs/threat-model.md, R3).
+//! - The control-plane attackers (`Expect::control_plane`: messages, passed
+//!   descriptors, queue flapping, a huge pool) need CPU of their own for every message
+//!   (at nice 19 beside two pollers they would hardly run): their thread runs in a
+//!   cgroup limited to `ATTACKER_CPU_QUOTA` per `ATTACKER_CPU_PERIOD` (10% of one CPU,
+//!   `e2e_tests::cgroup`; the test fails if it cannot make one). Unlimited, the
+//!   attacker alone (against a sink of this test, no proxy) cost the good guest half
+//!   its rate on the 2-vCPU VM. Under the limit the attacker costs at most 10% of one of
+//!   the two CPUs, and what the good guest loses beyond that is what the proxy spends
+//!   for the attacker's uid: its control thread, its descriptor reaper and the port
+//!   restarts its queue starts cause, each charged to the uid's budget (R4: 5% of a CPU
+//!   on average, a 400 ms burst). The reference case "the same refused peer on a sink"
+//!   shows the attacker's own share (held to no floor).
+//!
+//! Measured on the shared 2-vCPU VM (other agents' builds and tests running), full runs
+//! of 2026-12-07 12:09 and 12:19 (docs/threat-model.md has the numbers): every
+//! data-plane class met 0.8; at 12:19, with the good guest near a quiet machine's rate,
+//! four descriptor classes did not (0.55-0.79): the uid's budget bounds its average
+//! share of the control thread, not what an attacker that alternates takes while it
+//! attacks. A deliberately weakened proxy (no budget, no start limit, slow restarts)
+//! read 0.05 for queue flapping. A ratio measured on a busy machine is noisy
+//! (single windows swing 0.1x-5x); `HOSTILE_MIN_RATIO` overrides the floor for one run,
+//! never to make a noisy run pass.
 //!
 //! Exact outcomes: each case says what the proxy's counters must show after it (`Want`:
 //! the change of a counter of the hostile socket, the good one, the allowlist socket or
@@ -83,47 +102,35 @@ use shm_contract::{Desc, DescFlags, Message, PoolAdd, RefuseCode, RegionFlags};
 /// Each case lasts at least this long (the good guest's rate is measured over it).
 const CASE_TIME: Duration = Duration::from_secs(2);
 
-/// The floor for the good guest's rate during a case measured in paired windows (its
-/// attack is a loop the harness pauses and resumes). Issue 16's goal is 0.8, and with
-/// the proxy's penalty every data-plane class met it in the full run of 2026-12-07
-/// 09:01 (lowest 0.83: free ring positions rewritten, chains of 63+1 with a duplicate
-/// and the free ring poisoned); but in the runs of 09:08 and 09:19, on a machine so
-/// busy that the good guest forwarded 0.4-2 Mpps instead of its 10-22, single 100 ms
-/// windows swung 0.1x-15x and the median of 16 pairs still read 0.70 for the cheapest
-/// class (chains whose 64th descriptor names no buffer: the scan finds it, nothing is
-/// claimed) and 0.57 for random words, which read 0.90-0.99 in the four other runs. The
-/// test fails below this floor; `HOSTILE_MIN_RATIO=0.8` holds a run on a quiet machine
-/// to the goal. For scale: before the penalty, chains with a duplicate read 0.65-0.71
-/// with this same measurement, and with a deliberately weakened proxy (2048
-/// descriptors per poll, no backoff) 0.49.
+/// Issue 16's floor for the good guest's rate under every hostile class: the test
+/// fails when a case's ratio (module docs: how it is measured, what it means) is below
+/// it. `HOSTILE_MIN_RATIO` overrides it for a run (never to make a noisy one pass: a
+/// ratio measured on a busy machine is noise, see docs/threat-model.md).
+const MIN_RATIO: f64 = 0.8;
+
 fn min_ratio() -> f64 {
-    std::env::var("HOSTILE_MIN_RATIO").ok().and_then(|v| v.parse().ok()).unwrap_or(0.5)
+    std::env::var("HOSTILE_MIN_RATIO").ok().and_then(|v| v.parse().ok()).unwrap_or(MIN_RATIO)
 }
 
-/// The floor for a case without an attack loop (a few messages or writes, then checks),
-/// measured over its whole time against windows before and after it. What such an
-/// attack costs the proxy is microseconds (a few descriptors, a handshake), but that
-/// comparison cannot cancel a step of this VM's vCPU placement (2x, at any moment): in
-/// the run of 2026-12-07 09:01 "misaligned offsets" (6 descriptors) read 0.63 with the
-/// windows before it at 1.8 Mpps and those after at 4.8 Mpps. The table prints every
-/// ratio.
-fn around_min_ratio() -> f64 {
-    std::env::var("HOSTILE_AROUND_MIN_RATIO").ok().and_then(|v| v.parse().ok()).unwrap_or(0.5)
-}
+/// The CPU time the attacker of a control-plane case may use, per `ATTACKER_CPU_PERIOD`
+/// (10% of one CPU), as a multi-tenant host limits a tenant's container (cgroup
+/// `cpu.max`): module docs, "What the ratio means".
+const ATTACKER_CPU_QUOTA: Duration = Duration::from_millis(1);
+const ATTACKER_CPU_PERIOD: Duration = Duration::from_millis(10);
 
-/// The floor for cases whose cost lands on the proxy's control thread (system calls,
-/// memory for a region, port restarts) rather than on its data loop. On a 2-core
-/// machine the control thread shares the data loop's CPU (the other one is the good
-/// guest's), so what such a case costs the good guest is the control thread's CPU
-/// time, not the data loop's per-round bounds; measured 0.45-0.66x in the run of
-/// 2026-12-07. Each uid's share of the control thread is now bounded (budget.rs: 5% of
-/// a CPU, a 400 ms burst; each case prints the CPU time it cost), but one region's
-/// allocation is not split, and the attacker's own process costs the machine what no
-/// proxy can give back (the sink case measures it). Until the control thread has a CPU
-/// of its own, these cases are held to this lower floor and the table shows their real
-/// ratio.
-fn control_plane_min_ratio() -> f64 {
-    std::env::var("HOSTILE_CONTROL_MIN_RATIO").ok().and_then(|v| v.parse().ok()).unwrap_or(0.3)
+/// The attacker's CPU limit (a cgroup made at the start of the test).
+static ATTACKER_CPU: std::sync::OnceLock<e2e_tests::cgroup::CpuLimit> = std::sync::OnceLock::new();
+
+fn attacker_cpu() -> &'static e2e_tests::cgroup::CpuLimit {
+    ATTACKER_CPU.get_or_init(|| {
+        e2e_tests::cgroup::CpuLimit::create("e2e-hostile-attacker", ATTACKER_CPU_QUOTA, ATTACKER_CPU_PERIOD).unwrap_or_else(|e| {
+            panic!(
+                "the hostile harness limits its control-plane attackers' CPU with a cgroup (as a host limits a \
+                 tenant) and could not make one: {e}; it needs root and the cpu controller (cgroup v1 `cpu`, or v2 \
+                 with cpu available to this process's cgroup)"
+            )
+        })
+    })
 }
 
 /// The good guest's rate is measured in windows this long, alternately with the attack
@@ -473,7 +480,9 @@ struct Expect {
     fd_attack: bool,
     /// `unwanted_fds` must grow (descriptors passed where the protocol has none).
     unwanted_fds: bool,
-    /// The attack's cost lands on the control thread: held to `control_plane_min_ratio`.
+    /// The attack's cost lands on the control thread: its attacker needs CPU time of
+    /// its own for every message, and runs under the tenant's CPU limit
+    /// (`ATTACKER_CPU_QUOTA`; module docs).
     control_plane: bool,
     /// A reference, not an attack on the proxy: the same attacker against a sink of
     /// this test, to show what the attack costs the machine by itself. Its ratio is
@@ -1054,19 +1063,26 @@ fn case_reattach_foreign_fd(c: &Ctx<'_>) -> Seen {
 /// test (the attacker) ran and waited, each CPU's softirq and steal time, and the
 /// proxy's own account. The good guest loses what its CPU and the data loop's give to
 /// others: the proxy's control thread and reaper share the data loop's CPU. The
-/// attacker runs at nice 0 (at nice 19 it would hardly run beside two pinned pollers,
-/// and a control-plane attack needs CPU of its own, unlike a ring index store): what
-/// its own process costs the machine is shown by the sink case.
+/// attacker runs at nice 0 under the tenant's CPU limit (`ATTACKER_CPU_QUOTA`; how often
+/// the limit held it back is in the note): what its own process costs the machine is
+/// shown by the sink case.
 fn with_cpu_report(c: &Ctx<'_>, run: fn(&Ctx<'_>) -> Seen) -> Seen {
     let guest = e2e_tests::cpu::pid_with_arg(&format!("sock:{}", c.good.display())).unwrap_or(0);
     let procs = [("proxy", c.proxy_pid), ("guest", guest), ("test", std::process::id())];
     let budget0 = budget_counters(c);
+    let throttled0 = ATTACKER_CPU.get().map(|l| l.throttled());
     let before = e2e_tests::cpu::CpuSnapshot::take(&procs);
     let mut seen = run(c);
     let cpu = e2e_tests::cpu::CpuSnapshot::take(&procs).report_since(&before);
     let budget1 = budget_counters(c);
     let d: Vec<String> = budget1.iter().zip(&budget0).map(|((k, a), (_, b))| format!("{k} {}", a.saturating_sub(*b))).collect();
-    seen.note = format!("{}; {cpu}; proxy counted: {}", seen.note, d.join(", "));
+    let limited = match (throttled0, ATTACKER_CPU.get().map(|l| (l.throttled(), l.share()))) {
+        (Some((n0, t0)), Some(((n1, t1), share))) => {
+            format!("attacker limited to {:.0}% of a CPU: held back in {} periods, {} ms", share * 100.0, n1 - n0, (t1 - t0).as_millis())
+        }
+        _ => "attacker not limited".to_string(),
+    };
+    seen.note = format!("{}; {cpu}; {limited}; proxy counted: {}", seen.note, d.join(", "));
     seen
 }
 
@@ -1101,32 +1117,55 @@ fn case_queue_flapping(c: &Ctx<'_>) -> Seen {
 fn queue_flapping(c: &Ctx<'_>) -> Seen {
     // Stops and starts its queue as fast as the proxy answers. On a device without
     // runtime queue setup (net_null) every switch restarts the port, pausing the good
-    // guest's queue too; the proxy must not let one guest do that without bound: after
-    // a burst, starts beyond 10 per second are refused.
+    // guest's queue too; the proxy must not let one guest do that without bound: each
+    // restart costs the flapper's uid the outage it caused the port's other queues
+    // (charged to its control-thread budget, which then holds its messages back), and
+    // after a burst, starts beyond 10 per second are refused.
+    let budget0 = budget_counters(c);
     let mut g = ready(c);
     let (mut ok, mut refused, mut other_reason) = (0u32, 0u32, None);
+    // Switches of the NIC queue: a start done, or a stop of a started queue (a stop
+    // after a refused start has nothing to stop).
+    let (mut started, mut switches) = (true, 0u64);
     while attacking() {
         for msg in [Message::QueueStop { queue: 0 }, Message::QueueStart { rx_pool_id: 0, flags: 0, rx_depth: 0, queue: 0 }] {
+            let start = matches!(msg, Message::QueueStart { .. });
             match g.request(&msg) {
                 Ok(Message::Refuse { code: RefuseCode::BadRequest, reason }) if reason.contains("queue starts per second") => refused += 1,
                 Ok(Message::Refuse { code, reason }) => {
                     refused += 1;
                     other_reason = Some(format!("{code}: {reason}"));
                 }
-                Ok(_) => ok += 1,
+                Ok(_) => {
+                    ok += 1;
+                    if start || started {
+                        switches += 1;
+                    }
+                    started = start;
+                }
                 Err(_) => break,
             }
         }
     }
+    let held_back = budget_counters(c).iter().zip(&budget0).find(|((k, _), _)| *k == "budget_over").map_or(0, |((_, a), (_, b))| a - b);
     // Each refused start is a bad request, and only those.
     expect_exact("bad_requests", refused as u64);
-    let problem = match (refused, other_reason) {
-        (0, _) => Some("no queue start was refused".to_string()),
-        (_, Some(r)) => Some(format!("a start refused for another reason: {r}")),
+    // Every switch restarted the port (and the attach's start, and maybe the detach's
+    // stop at the end), each charged to the flapper's uid for the good
+    // guest's outage.
+    expect(Scope::Global, &["port_restarts"], switches + 1, switches + 2);
+    expect(Scope::Global, &["restarts_charged_ms"], 1, u64::MAX);
+    let problem = match (refused, held_back, other_reason) {
+        (0, 0, _) => Some("neither the budget nor the start rate held the flapper back".to_string()),
+        (_, _, Some(r)) => Some(format!("a start refused for another reason: {r}")),
         _ => None,
     };
     let peer = g.peer(Duration::from_millis(200));
-    Seen { problem, disconnected: open_or_closed(&peer), note: format!("{ok} queue stops/starts done, {refused} refused") }
+    Seen {
+        problem,
+        disconnected: open_or_closed(&peer),
+        note: format!("{ok} queue stops/starts answered ({switches} port restarts), {refused} refused, the uid over its budget {held_back} times"),
+    }
 }
 
 fn case_huge_pool(c: &Ctx<'_>) -> Seen {
@@ -1551,6 +1590,11 @@ impl RefusingSink {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = thread::spawn(move || {
+            // The proxy's stand-in: not under the attacker's CPU limit, which the
+            // attacker's thread that starts this one is under.
+            if let Some(limit) = ATTACKER_CPU.get() {
+                limit.leave().unwrap_or_else(|e| panic!("the sink left the attacker's CPU limit: {e}"));
+            }
             // Where the proxy's control thread runs.
             // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity on
             // this thread.
@@ -2035,8 +2079,8 @@ fn case_app_name(c: &Ctx<'_>) -> Seen {
 
 /// The good guest's rate during a case against its rate without the attack.
 struct Measured {
-    /// Without the attack: the median of the "off" windows, or the mean of the
-    /// medians of the windows before and after the case.
+    /// Without the attack: the median of the "off" windows, or the median of the
+    /// windows before or after the case (whichever the case's rate is closer to).
     base: f64,
     /// With it: the median of the "on" windows, or over the whole case.
     rate: f64,
@@ -2089,7 +2133,7 @@ fn cases() -> Vec<Case> {
         Case { name: "huge pool (proxy memory)", run: case_huge_pool, expect: Expect { bad_requests: true, disconnected: Some(false), control_plane: true, ..Expect::default() } },
         Case { name: "hole punched in the region, no hugepage free", run: case_punched_region, expect: cut },
         Case { name: "rx wake-ups abused", run: case_wakeup_abuse, expect: Expect { disconnected: Some(false), ..Expect::default() } },
-        Case { name: "queue stop/start flapping", run: case_queue_flapping, expect: Expect { bad_requests: true, disconnected: Some(false), control_plane: true, ..Expect::default() } },
+        Case { name: "queue stop/start flapping", run: case_queue_flapping, expect: Expect { disconnected: Some(false), control_plane: true, ..Expect::default() } },
         // Passed descriptors (issue 16 item 2): see FdProbe.
         Case { name: "fds: lingering TCP socket with every message", run: case_fds_lingering_tcp, expect: fds },
         Case { name: "fds: lingering sockets from a refused peer", run: case_fds_refused_peer, expect: Expect { fd_attack: true, disconnected: Some(true), control_plane: true, ..Expect::default() } },
@@ -2113,7 +2157,8 @@ fn cases() -> Vec<Case> {
 #[test]
 fn hostile_guests_do_not_disturb_a_good_one() {
     let mut b = Bench::start();
-    let data_ratio = min_ratio();
+    let min_ratio = min_ratio();
+    let limit = attacker_cpu();
     let only = std::env::var("HOSTILE_CASES").ok();
     let mut failures = Vec::new();
     let mut table = vec![format!(
@@ -2140,7 +2185,12 @@ fn hostile_guests_do_not_disturb_a_good_one() {
         // The case runs on its own thread; here, the good guest's rate is measured in
         // windows with its attack paused and running (and the descriptor probes run).
         let (seen, paired) = thread::scope(|sc| {
-            let attack = sc.spawn(|| (case.run)(&ctx));
+            let attack = sc.spawn(|| {
+                if case.expect.control_plane || case.expect.reference {
+                    limit.enter().unwrap_or_else(|e| panic!("the attacker's CPU limit: {e}"));
+                }
+                (case.run)(&ctx)
+            });
             let paired = b.paired_windows(&|| attack.is_finished(), &mut fd_probe);
             while !attack.is_finished() {
                 b.pass(Duration::from_millis(5), &mut fd_probe);
@@ -2193,8 +2243,10 @@ fn hostile_guests_do_not_disturb_a_good_one() {
         //   hostile guest's attach, which restarts net_null's port) and its checks
         //   after the attack are in no window.
         // - around: an attack of a few messages or writes, no loop to pause. The case's
-        //   whole time (set-up included, at least CASE_TIME) against the mean of the
-        //   medians of the windows before and after it.
+        //   whole time (set-up included, at least CASE_TIME) against the median of the
+        //   windows before it and against that of the windows after it, the better of
+        //   the two (one step of the VM's rate between them cancels; a loss shows on
+        //   both sides).
         // (An attack that ended within MIN_PAIRS pairs, a request flood cut at once, is
         // measured as one without a loop.)
         let m = match &paired {
@@ -2217,18 +2269,17 @@ fn hostile_guests_do_not_disturb_a_good_one() {
                 }
             }
             _ => {
+                // Against each side on its own, the better of the two: a step of the
+                // VM's rate between the windows before and after (2x, at any moment)
+                // leaves the case's rate at the level of one of them, while a loss the
+                // attack caused shows against both.
                 let after: Vec<f64> = (0..4).map(|_| b.window_rate(WINDOW, &mut None)).collect();
-                let base = (median(&before) + median(&after)) / 2.0;
-                Measured { base, rate, ratio: rate / base.max(1.0), method: format!("around {:.0}/{:.0}", median(&before), median(&after)) }
+                let (b0, a0) = (median(&before).max(1.0), median(&after).max(1.0));
+                let base = if rate / b0 >= rate / a0 { b0 } else { a0 };
+                Measured { base, rate, ratio: rate / base, method: format!("around {b0:.0}/{a0:.0}") }
             }
         };
-        let floor = if case.expect.control_plane {
-            control_plane_min_ratio()
-        } else if m.method.starts_with("paired") {
-            data_ratio
-        } else {
-            around_min_ratio()
-        };
+        let floor = min_ratio;
         if !case.expect.reference && (m.ratio < floor || m.rate <= 0.0) {
             errs.push(format!("good guest at {:.2}x of its rate ({:.0}/s against {:.0}/s, {}), below {floor}", m.ratio, m.rate, m.base, m.method));
         }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dpdk::Port;
 use shm_contract::proto::transport::send_message;
@@ -198,10 +198,15 @@ impl Control {
             q.set_pool(*id, Some(p.guest_pool()));
         }
         let q = Arc::new(q);
-        if let Err(e) = self.switch_rx_pool(port, queue, &nic_pool) {
-            let parking = self.ports[&port].parking_pool();
-            let _ = self.switch_rx_pool(port, queue, &parking);
-            return Err((RefuseCode::Internal, e));
+        match self.switch_rx_pool(port, queue, &nic_pool) {
+            Ok(outage) => self.charge_outage(idx, outage),
+            Err(e) => {
+                let parking = self.ports[&port].parking_pool();
+                if let Ok(outage) = self.switch_rx_pool(port, queue, &parking) {
+                    self.charge_outage(idx, outage);
+                }
+                return Err((RefuseCode::Internal, e));
+            }
         }
         if let Some(slot) = self.guest_mut(idx).and_then(|g| g.queues.get_mut(pair as usize)) {
             *slot = Some(q);
@@ -214,6 +219,20 @@ impl Control {
         };
         log_info!("{}: queue started{which}", self.endpoints[idx].path.display());
         Ok(guest_end)
+    }
+
+    /// Charges the uid of the peer on socket `idx` for a port restart its queue start or
+    /// stop made: the time the port's other started queues went unserved (R4 in
+    /// docs/threat-model.md), on top of the CPU time its message cost. Every other guest
+    /// of the port loses that time, so a uid's restarts cost each of them at most its
+    /// budget's rate (5%), however cheap a restart is for this thread.
+    pub(super) fn charge_outage(&mut self, idx: usize, outage: Duration) {
+        if outage.is_zero() {
+            return;
+        }
+        let Some(owner) = self.endpoints[idx].conn.as_ref().map(|c| c.fd.owner()) else { return };
+        self.budgets.charge(owner, outage, Instant::now());
+        self.restarts.charged += outage;
     }
 
     /// Stops every started queue pair of the guest.
@@ -235,8 +254,9 @@ impl Control {
         self.publish();
         if let Some(nic) = self.ports.get(&port) {
             let parking = nic.parking_pool();
-            if let Err(e) = self.switch_rx_pool(port, queue, &parking) {
-                log_warn!("{}: {e}", self.endpoints[idx].path.display());
+            match self.switch_rx_pool(port, queue, &parking) {
+                Ok(outage) => self.charge_outage(idx, outage),
+                Err(e) => log_warn!("{}: {e}", self.endpoints[idx].path.display()),
             }
             let _ = Port(port).tx_done_cleanup(queue);
         }
