@@ -278,9 +278,16 @@ impl ExtPool {
                 spec.cache,
                 std::mem::size_of::<sys::rte_pktmbuf_pool_private>() as c_uint,
                 spec.socket,
-                // No spreading over memory channels: the headers stay a fixed stride
-                // apart, so an index is computed from an address.
-                sys::RTE_MEMPOOL_F_NO_SPREAD,
+                // No spreading over memory channels, and no skipping to the next page
+                // where a header would cross a page boundary: the headers stay a fixed
+                // stride apart, so an index is computed from an address. (With page
+                // boundaries respected, a zone that does not start at a multiple of the
+                // stride from a page boundary split the headers into two runs, which
+                // cost the data loop a run search per packet. Devices never read or
+                // write a header, only the buffer at `buf_iova`, which `init_header`
+                // sets from the caller's address: the headers need no IOVA-contiguous
+                // memory.)
+                sys::RTE_MEMPOOL_F_NO_SPREAD | sys::RTE_MEMPOOL_F_NO_IOVA_CONTIG,
             )
         };
         if mp.is_null() {
