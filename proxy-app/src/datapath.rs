@@ -1,5 +1,9 @@
 //! The data path: one polling loop that moves packets between NIC queues and guests'
-//! descriptor rings. No allocation, no syscall and no lock happens here.
+//! descriptor rings. While it polls it allocates nothing and takes no lock; its only
+//! system calls are the rx wake-ups it sends to a guest that asked for one before it
+//! slept (one non-blocking send per sleeping queue that packets arrived for:
+//! `shm_contract::wake`) and, when the control thread published a new configuration,
+//! the acknowledgement below. (Reading the clock for a penalised queue is a vDSO call.)
 //!
 //! The control thread changes what the loop polls by publishing a new [`PlaneConfig`]
 //! and waiting until the loop has picked it up (it reports the version it runs). Each
