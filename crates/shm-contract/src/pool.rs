@@ -27,6 +27,11 @@ pub const MIN_DATA_ROOM: u32 = 64;
 pub const MAX_FREE_RING_ENTRIES: u32 = 1 << 26;
 
 /// A guest's announcement of a pool (the body of the `PoolAdd` message).
+///
+/// `#[repr(C)]` (28 bytes, no padding): the guest plugins pass it between them inside
+/// their versioned interface (`shm_driver_common::bus::PoolRecord`), so a change of its
+/// fields is a change of that interface too. On the wire it is encoded field by field.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PoolAdd {
     /// Pool number, below [`MAX_POOLS`], unique in the region.

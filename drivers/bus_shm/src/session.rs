@@ -57,7 +57,7 @@ pub struct RegionPool {
 
 impl RegionPool {
     pub fn record(&self) -> PoolRecord {
-        PoolRecord::of(&self.layout.to_pool_add(), self.mempool)
+        PoolRecord { pool: self.layout.to_pool_add(), mempool: self.mempool }
     }
 }
 

@@ -405,59 +405,16 @@ pub struct PoolRequest {
     pub data_room: u16,
 }
 
-/// A pool placed in a region: the contract's `PoolAdd` fields and the mempool that
-/// owns it (`pool_place`, `pool_at`).
+/// A pool placed in a region: the contract's announcement of it (`PoolAdd`, itself
+/// `#[repr(C)]`: its fields are part of this interface) and the mempool that owns it
+/// (`pool_place`, `pool_at`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolRecord {
-    /// Pool number, unique in the region.
-    pub pool_id: u32,
-    /// Region offset of the free ring.
-    pub ring_offset: u32,
-    /// Cells of the free ring.
-    pub ring_entries: u32,
-    /// Region offset of the first object's `rte_mbuf`.
-    pub first_mbuf_offset: u32,
-    /// Distance between consecutive mbufs.
-    pub stride: u32,
-    /// Objects.
-    pub count: u32,
-    /// `rte_mbuf` plus private area.
-    pub mbuf_size: u16,
-    /// Data room of each mbuf.
-    pub data_room: u16,
+    /// What a guest announces to the proxy; the receiver validates it against its layout.
+    pub pool: PoolAdd,
     /// The owning `rte_mempool`'s address (as in [`PoolRequest::mempool`]).
     pub mempool: u64,
-}
-
-impl PoolRecord {
-    pub fn of(add: &PoolAdd, mempool: u64) -> PoolRecord {
-        PoolRecord {
-            pool_id: add.pool_id,
-            ring_offset: add.ring_offset,
-            ring_entries: add.ring_entries,
-            first_mbuf_offset: add.first_mbuf_offset,
-            stride: add.stride,
-            count: add.count,
-            mbuf_size: add.mbuf_size,
-            data_room: add.data_room,
-            mempool,
-        }
-    }
-
-    /// The announcement of this pool; the receiver validates it against its layout.
-    pub fn pool_add(&self) -> PoolAdd {
-        PoolAdd {
-            pool_id: self.pool_id,
-            ring_offset: self.ring_offset,
-            ring_entries: self.ring_entries,
-            first_mbuf_offset: self.first_mbuf_offset,
-            stride: self.stride,
-            count: self.count,
-            mbuf_size: self.mbuf_size,
-            data_room: self.data_room,
-        }
-    }
 }
 
 /// `queue_start`'s request: the contract's `QueueStart`.

@@ -289,21 +289,21 @@ fn alloc(mp: *mut sys::rte_mempool, name: &str) -> Result<RegionMempool, String>
     let request = PoolRequest { mempool: mp as u64, count, stride, header_size: header, mbuf_size: mbuf_size as u16, data_room };
     let record = region.place_pool(&request).map_err(|e| e.to_string())?;
     let give_back = |why: String| {
-        if let Err(e) = region.remove_pool(record.pool_id) {
+        if let Err(e) = region.remove_pool(record.pool.pool_id) {
             LOG.warning(format_args!("sock:{device_name}: pool '{name}': {e}"));
         }
         why
     };
     // Our own copy of its layout, checked by the contract's rules against the region's
     // (the bus checked it against the other pools).
-    let layout = record.pool_add().validate(&region.layout, &[]).map_err(|e| give_back(format!("its layout is invalid: {e}")))?;
+    let layout = record.pool.validate(&region.layout, &[]).map_err(|e| give_back(format!("its layout is invalid: {e}")))?;
     // SAFETY: the RegionHandle stored in the pool keeps the mapping alive for the view.
     let mem = unsafe { region.mem_static() };
     let ring = FreeRing::init(&mem, layout.ring_offset(), layout.ring_entries()).map_err(|e| give_back(format!("free ring: {e}")))?;
     Ok(RegionMempool {
         base: region.base(),
         device_name,
-        id: record.pool_id,
+        id: record.pool.pool_id,
         ring,
         layout,
         populated: std::sync::atomic::AtomicU32::new(0),

@@ -440,7 +440,7 @@ unsafe extern "C" fn rx_queue_setup(
         };
         // Our own copy of the pool's layout, checked against the region's by the
         // contract's rules: every offset the proxy sends is checked against it.
-        let pool_layout = match pool.pool_add().validate(&region.layout, &[]) {
+        let pool_layout = match pool.pool.validate(&region.layout, &[]) {
             Ok(layout) => layout,
             Err(e) => {
                 LOG.error(format_args!("port {}: rx queue {queue}: the pool's layout is invalid: {e}", port.port_id));
@@ -460,7 +460,7 @@ unsafe extern "C" fn rx_queue_setup(
         let offloads = unsafe { (*(*dev).data).dev_conf.rxmode.offloads | conf.as_ref().map_or(0, |c| c.offloads) };
         let conf = RxQueueConf {
             pool: pool_layout,
-            pool_id: pool.pool_id,
+            pool_id: pool.pool.pool_id,
             depth: nb_desc as u32,
             mempool,
             port_id: port.port_id,

@@ -483,7 +483,7 @@ impl TxQueue {
     pub unsafe fn reclaim_unsent(&self) -> u32 {
         // The region's pools, each layout checked again here before it is used.
         let pools: Vec<PoolLayout> =
-            self.region.pools().iter().filter_map(|p| p.pool_add().validate(&self.region.layout, &[]).ok()).collect();
+            self.region.pools().iter().filter_map(|p| p.pool.validate(&self.region.layout, &[]).ok()).collect();
         // SAFETY: the region outlives self (the queue holds it).
         let mem = unsafe { self.region.mem_static() };
         self.ring.quiesce(|ring| {
