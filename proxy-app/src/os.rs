@@ -56,19 +56,16 @@ pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 
 /// A new unix `SOCK_SEQPACKET` socket (close-on-exec; non-blocking if asked).
 pub fn seqpacket_socket(nonblocking: bool) -> io::Result<OwnedFd> {
-    let flags = libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
-    // SAFETY: socket(2) with constant arguments.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    unix_socket(libc::SOCK_SEQPACKET, nonblocking)
 }
 
 /// A unix stream socket (close-on-exec), non-blocking or not.
 pub fn stream_socket(nonblocking: bool) -> io::Result<OwnedFd> {
-    let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    unix_socket(libc::SOCK_STREAM, nonblocking)
+}
+
+fn unix_socket(kind: libc::c_int, nonblocking: bool) -> io::Result<OwnedFd> {
+    let flags = kind | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     // SAFETY: socket(2) with constant arguments.
     let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
     if fd < 0 {
