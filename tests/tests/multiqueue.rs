@@ -83,6 +83,25 @@ fn xstat(out: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no xstat {name} in the guest's output:\n{out}"))
 }
 
+/// Lets testpmd `g` forward for `time`, prints its xstats and stops its port, waits
+/// until the proxy saw both queue pairs of `sock` stop and printed its (then final)
+/// counters, and ends testpmd: its exit code and output, and the proxy's output.
+fn forward_then_stop_both_pairs(mut g: Proc, proxy: &mut Proc, sock: &Path, time: Duration) -> (Option<i32>, String, String) {
+    g.send("start");
+    std::thread::sleep(time);
+    g.send("stop");
+    g.send("show port xstats 0");
+    g.send("port stop 0");
+    wait_or_dump(&g, "tx_copied_packets", 20);
+    wait_until_or_dump(proxy, "both pairs stopped", 20, |t| t.matches("queue stopped (pair").count() >= 2);
+    // The guest's port is stopped: the proxy's counters are final.
+    proxy.send("show stats");
+    wait_until_or_dump(proxy, "stats", 10, |t| t.lines().any(|l| l.starts_with(&format!("socket={} ", sock.display()))));
+    g.send("quit");
+    let (code, gout) = g.wait(Duration::from_secs(20));
+    (code, gout, proxy.out.text())
+}
+
 #[test]
 fn testpmd_forwards_on_two_queue_pairs_of_one_socket_with_two_lcores() {
     let s = Scratch::new("mq");
@@ -102,19 +121,7 @@ fn testpmd_forwards_on_two_queue_pairs_of_one_socket_with_two_lcores() {
     assert!(attach.contains("queue started (pair 0: port 0 queue 0)"), "{attach}");
     assert!(attach.contains("queue started (pair 1: port 0 queue 1)"), "{attach}");
     g.send("show config fwd");
-    g.send("start");
-    std::thread::sleep(Duration::from_secs(5));
-    g.send("stop");
-    g.send("show port xstats 0");
-    g.send("port stop 0");
-    wait_or_dump(&g, "tx_copied_packets", 20);
-    wait_until_or_dump(&proxy, "both pairs stopped", 20, |t| t.matches("queue stopped (pair").count() >= 2);
-    // The guest's port is stopped: the proxy's counters are final.
-    proxy.send("show stats");
-    wait_until_or_dump(&proxy, "stats", 10, |t| t.lines().any(|l| l.starts_with(&format!("socket={} ", sock.display()))));
-    g.send("quit");
-    let (_, gout) = g.wait(Duration::from_secs(20));
-    let out = proxy.out.text();
+    let (_, gout, out) = forward_then_stop_both_pairs(g, &mut proxy, &sock, Duration::from_secs(5));
     let pairs: Vec<HashMap<String, String>> =
         (0..2).map(|k| last_line(&out, &format!("pair={k} of={} ", sock.display()))).collect();
     let total = last_line(&out, &format!("socket={} ", sock.display()));
@@ -237,21 +244,10 @@ fn fewer_rx_than_tx_queues_receive_every_pair_on_the_rx_queues_there_are() {
     let s = Scratch::new("mqneq");
     let sock = s.path("mq/sock");
     let mut proxy = null_proxy_on_queues(&s, &sock, "0,1");
-    let mut g = testpmd_lcores(&s, &sock, "mq12", 1, &["-i", "--forward-mode=macswap", "--rxq=1", "--txq=2", "--total-num-mbufs=16384"]);
+    let g = testpmd_lcores(&s, &sock, "mq12", 1, &["-i", "--forward-mode=macswap", "--rxq=1", "--txq=2", "--total-num-mbufs=16384"]);
     wait_or_dump(&g, "Checking link statuses", 30);
     wait_until_or_dump(&proxy, "both pairs started", 30, |t| t.matches("queue started (pair").count() >= 2);
-    g.send("start");
-    std::thread::sleep(Duration::from_secs(3));
-    g.send("stop");
-    g.send("show port xstats 0");
-    g.send("port stop 0");
-    wait_or_dump(&g, "tx_copied_packets", 20);
-    wait_until_or_dump(&proxy, "both pairs stopped", 20, |t| t.matches("queue stopped (pair").count() >= 2);
-    proxy.send("show stats");
-    wait_until_or_dump(&proxy, "stats", 10, |t| t.lines().any(|l| l.starts_with(&format!("socket={} ", sock.display()))));
-    g.send("quit");
-    let (gcode, gout) = g.wait(Duration::from_secs(20));
-    let out = proxy.out.text();
+    let (gcode, gout, out) = forward_then_stop_both_pairs(g, &mut proxy, &sock, Duration::from_secs(3));
     assert_eq!(gcode, Some(0), "{gout}");
     assert!(gout.contains("1 rx and 2 tx queues"), "{gout}");
     let pairs: Vec<HashMap<String, String>> = (0..2).map(|k| last_line(&out, &format!("pair={k} of={} ", sock.display()))).collect();
