@@ -437,3 +437,58 @@ fn a_reconnecting_testpmd_never_hands_its_region_to_an_impostor() {
     assert_eq!(code, Some(0), "{out}");
     let _ = g.interrupt(Duration::from_secs(20));
 }
+
+/// A second peer on a socket that a guest holds is refused as busy; who holds it (the
+/// guest's name and pid) is told to a peer of the same user only, never to another user
+/// (whose process, perhaps in a container, has no business knowing the proxy's pids).
+/// The proxy's log names both.
+#[test]
+fn a_busy_socket_names_its_guest_only_to_the_same_user() {
+    assert!(is_root(), "this test creates users and runs processes as them (CI runs as root)");
+    let guest = ensure_user(GUEST_USER);
+    let other = ensure_user(OTHER_USER);
+    let plugins = PluginDir::new();
+    let s = Scratch::new("access-busy");
+    std::fs::set_permissions(&s.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = s.path("shared/sock");
+    let mut proxy = start_proxy(
+        &s,
+        &ProxyConfig {
+            eal: vec!["--vdev".into(), "net_null0".into()],
+            commands: vec![format!("socket {} port 0 queue 0 mode 0666", sock.display())],
+            extra: vec!["--allow-uid".into(), format!("{GUEST_USER},{OTHER_USER}")],
+            netns: None,
+        },
+    );
+    proxy.out.wait_contains("IO_PROXY: ready", Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", proxy.out.text()));
+    let holder = guest_as(&s, &plugins.0, &sock, guest, "holder");
+    proxy.out.wait_contains("queue started", Duration::from_secs(60)).unwrap_or_else(|e| {
+        panic!("{e}\n--- proxy ---\n{}\n--- guest ---\n{}", proxy.out.text(), holder.out.text())
+    });
+    let holder_pid = holder.pid();
+
+    // Another user: told that the socket is busy, not by whom.
+    let stranger = guest_as(&s, &plugins.0, &sock, other, "stranger");
+    stranger.out.wait_contains("refused us", Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", stranger.out.text()));
+    let stranger_pid = stranger.pid();
+    let (_, sout) = stranger.interrupt(Duration::from_secs(10));
+    assert!(sout.contains("Busy") && sout.contains("another user's guest holds it"), "{sout}");
+    assert!(!sout.contains(&format!("pid {holder_pid}")) && !sout.contains("dpdk-testpmd"), "the holder named to another user: {sout}");
+    let log = format!("refused a second guest (pid {stranger_pid} uid {}): busy, pid {holder_pid} holds it", other.0);
+    proxy.out.wait_contains(&log, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}\n{}", proxy.out.text()));
+
+    // The same user: told which of its processes holds the socket.
+    let sibling = guest_as(&s, &plugins.0, &sock, guest, "sibling");
+    sibling.out.wait_contains("refused us", Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", sibling.out.text()));
+    let (_, bout) = sibling.interrupt(Duration::from_secs(10));
+    assert!(bout.contains("Busy") && bout.contains(&format!("(pid {holder_pid}) of the same user holds it")), "{bout}");
+
+    let stats = proxy_socket_stats(&query_stats(&mut proxy), &sock);
+    assert_eq!(counter(&stats, "guests_served"), 1, "{stats:?}");
+    assert_eq!(counter(&stats, "refused"), 2, "{stats:?}");
+    let (_, hout) = holder.interrupt(Duration::from_secs(20));
+    assert!(testpmd_counter(&testpmd_port_stats(&hout, 0), "TX-packets") > 0, "the holder was disturbed: {hout}");
+    proxy.send("quit");
+    let (code, out) = proxy.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{out}");
+}

@@ -234,11 +234,19 @@ impl Control {
             return Some(peer_uid);
         }
         if let Some(current) = &ep.conn {
-            let who = current.guest().map_or("a connecting guest".to_string(), |g| format!("guest '{}'", g.app));
-            let reason = format!("{} is busy: {who} (pid {}) holds it", ep.path.display(), current.pid);
+            // Who holds the socket is told only to that guest's own user: the name and
+            // pid of another user's process (a pid of the proxy's namespace, for a peer
+            // in a container) are not the second peer's to know. The log names both.
+            let reason = if current.fd.owner() == peer_uid && peer_uid != u32::MAX {
+                let who = current.guest().map_or("a connecting guest".to_string(), |g| format!("guest '{}'", g.app));
+                format!("{} is busy: {who} (pid {}) of the same user holds it", ep.path.display(), current.pid)
+            } else {
+                format!("{} is busy: another user's guest holds it", ep.path.display())
+            };
+            let holder = current.pid;
             let _ = send_message(fd.as_fd(), &Message::refuse(RefuseCode::Busy, &reason), 0, &[]);
             bump(&ep.stats.refused);
-            self.warn_peer(idx, &format!("refused a second guest (pid {pid}): busy"));
+            self.warn_peer(idx, &format!("refused a second guest (pid {pid} uid {peer_uid}): busy, pid {holder} holds it"));
             return Some(peer_uid);
         }
         ep.conn = Some(Conn::new(fd, pid));
