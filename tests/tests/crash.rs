@@ -289,3 +289,89 @@ fn without_reconnect_the_guest_stays_down() {
     let (code, out) = proxy.wait(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{out}");
 }
+
+/// Bytes waiting unread in the unix sockets of process `pid` (`ss`'s Recv-Q).
+fn unread_in_sockets_of(pid: u32) -> u64 {
+    let out = std::process::Command::new("ss").args(["-x", "-H", "-n", "-p"]).output().expect("ss");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let owner = format!("pid={pid},");
+    // Netid State Recv-Q Send-Q Local Port Peer Port Process
+    text.lines().filter(|l| l.contains(&owner)).filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()).sum()
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in its stat line).
+fn all_threads_stopped(pid: u32) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    tasks.flatten().all(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // "pid (comm) S ...": the state follows the last ')'.
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("T")
+    })
+}
+
+/// The proxy dies while the guest application starts its port: the plugin's queue
+/// start is waiting for its answer (holding the port's state), the loss is noticed on
+/// that same thread. The start must fail with an error, not hang the application; the
+/// guest then reconnects to the next proxy by itself, and starts its port there.
+#[test]
+fn a_proxy_lost_during_a_port_start_fails_the_start_and_the_guest_carries_on() {
+    let s = Scratch::new("loststart");
+    let sock = s.path("q0/sock");
+    let proxy = start_null_proxy(&s, &sock);
+    let mut g = macswap_guest(&s, &sock, "guest", true);
+    wait_or_dump(&g, "Checking link statuses", 60);
+    g.send("port stop 0");
+    wait_or_dump(&proxy, "queue stopped", 30);
+    // The proxy stands still: the queue start sent next waits in its socket.
+    proxy.signal(libc::SIGSTOP);
+    let t0 = Instant::now();
+    while !all_threads_stopped(proxy.pid()) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the proxy did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let from = g.out.text().len();
+    g.send("port start 0");
+    let t0 = Instant::now();
+    while unread_in_sockets_of(proxy.pid()) == 0 {
+        if t0.elapsed() > Duration::from_secs(10) {
+            let ss = std::process::Command::new("ss").args(["-x", "-a", "-n", "-p"]).output().expect("ss");
+            panic!(
+                "the guest's queue start never reached the proxy's socket (pid {})\n{}\n{}",
+                proxy.pid(),
+                String::from_utf8_lossy(&ss.stdout),
+                g.out.text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy.kill_group();
+    let (_, _) = proxy.wait(Duration::from_secs(10));
+    // The start fails at once (the connection is closed), the application lives on.
+    wait_after(&g, from, "proxy connection lost", 10).unwrap_or_else(|e| panic!("{e}\n{}", g.out.text()));
+    wait_after(&g, from, "Fail to start port 0", 10).unwrap_or_else(|e| panic!("the port start hung: {e}\n{}", g.out.text()));
+    let from = g.out.text().len();
+    g.send("show port info 0");
+    wait_after(&g, from, "Link status: down", 10).unwrap_or_else(|e| panic!("{e}\n{}", g.out.text()));
+    // A new proxy: the guest reattaches by itself and starts its port there.
+    let mut proxy = start_null_proxy(&s, &sock);
+    wait_or_dump(&proxy, "reattached its region", 30);
+    wait_count(&g, "reattached to the proxy", 1, 10);
+    g.send("port start 0");
+    wait_or_dump(&proxy, "queue started", 30);
+    g.send("start");
+    let t0 = Instant::now();
+    let mut rx = 0;
+    while t0.elapsed() < Duration::from_secs(10) && rx <= 10_000 {
+        std::thread::sleep(Duration::from_millis(100));
+        rx = counter(&proxy_socket_stats(&query_stats(&mut proxy), &sock), "rx_packets");
+    }
+    assert!(rx > 10_000, "no traffic after the port was started on the new proxy\n{}", proxy.out.text());
+    g.send("stop");
+    wait_or_dump(&g, "Forward statistics for port 0", 20);
+    g.send("quit");
+    let (code, gout) = g.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{gout}");
+    proxy.send("quit");
+    let (code, out) = proxy.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{out}");
+}

@@ -435,8 +435,7 @@ fn call_driver(dev: &Arc<ShmDevice>, call: impl FnOnce(Handle) -> c_int) -> c_in
     rc
 }
 
-/// Tells the device's driver about `event` (from the session: the interrupt thread or
-/// the reconnect thread).
+/// Tells the device's driver about `event` (from the session's event thread).
 pub(crate) fn notify_driver(driver: &'static DriverInterface, dev: &Arc<ShmDevice>, event: DeviceEvent) {
     call_driver(dev, |handle| {
         // SAFETY: a checked driver table; the handle is valid for the call.

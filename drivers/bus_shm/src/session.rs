@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{mpsc, Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
 use dpdk_sys as sys;
@@ -189,7 +189,53 @@ pub struct Session {
     /// Our interrupt handle while a deferred unregistration is pending; freed by
     /// `release_after_unregister` (EAL passes that callback its own copy of the handle).
     deferred_handle: std::sync::atomic::AtomicPtr<sys::rte_intr_handle>,
+    /// What the driver is told goes through the device's event thread (see
+    /// [`EventThread`]); `None` if that thread could not be started.
+    events: Option<mpsc::Sender<Delivery>>,
     log: &'static LogType,
+}
+
+/// An event for the driver, and whom to tell when the driver has handled it.
+struct Delivery {
+    event: DeviceEvent,
+    done: Option<mpsc::SyncSender<()>>,
+}
+
+/// The thread that tells the device's driver what happened to the proxy, in order.
+///
+/// Never the thread that noticed it: that may be the application's, inside a request
+/// of the driver that holds the driver's port state (a queue start whose answer never
+/// comes because the proxy died), or the interrupt thread holding the exchange lock
+/// such a request waits for; the driver's handlers take that port state, so telling
+/// the driver there would deadlock. This thread holds no lock of the session; the
+/// driver's request in progress ends (answered, failed or timed out) and lets it on.
+/// It ends when the session is dropped (its sender with it).
+struct EventThread;
+
+impl EventThread {
+    fn start(dev: &Arc<ShmDevice>) -> io::Result<mpsc::Sender<Delivery>> {
+        let (tx, rx) = mpsc::channel::<Delivery>();
+        let device = Arc::downgrade(dev);
+        std::thread::Builder::new().name("shm-events".into()).spawn(move || {
+            for Delivery { event, done } in rx {
+                if let Some(dev) = device.upgrade() {
+                    deliver(&dev, event);
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+        })?;
+        Ok(tx)
+    }
+}
+
+/// Calls the driver's event handler, if a driver has the device.
+fn deliver(dev: &Arc<ShmDevice>, event: DeviceEvent) {
+    if let Some(driver) = dev.driver() {
+        // A panic must not take the application down, nor end the event thread.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crate::notify_driver(driver, dev, event)));
+    }
 }
 
 impl fmt::Debug for Session {
@@ -267,6 +313,15 @@ impl Session {
                 (socket, proxy.link_up, proxy.link_speed_mbps, proxy, Arc::new(region), RequestIds::default())
             }
         };
+        let events = EventThread::start(dev)
+            .map_err(|e| {
+                log.error(format_args!(
+                    "sock:{}: cannot start the device's event thread ({e}); the proxy's news reaches the driver on \
+                     the thread that notices it",
+                    dev.name()
+                ))
+            })
+            .ok();
         let session = Arc::new_cyclic(|me| Session {
             socket: Mutex::new(Arc::new(socket)),
             me: me.clone(),
@@ -288,6 +343,7 @@ impl Session {
             device_name: dev.name().to_string(),
             watch: Mutex::new(None),
             deferred_handle: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+            events,
             log,
         });
         session.watch_socket();
@@ -400,7 +456,7 @@ impl Session {
         // Take back what the rings still hold (the new proxy zeroes them): the driver
         // waits there until the application's threads acknowledge that they left any
         // burst that began before the loss.
-        self.notify(DeviceEvent::Reclaim);
+        self.notify_and_wait(DeviceEvent::Reclaim);
         let mut last_complaint = String::new();
         let mut attempts = 0u64;
         while !self.closed.load(Ordering::Acquire) && self.device.strong_count() > 0 {
@@ -477,11 +533,33 @@ impl Session {
         Ok(())
     }
 
+    /// Tells the driver `event` from the event thread, without waiting.
     fn notify(&self, event: DeviceEvent) {
-        let Some(dev) = self.device.upgrade() else { return };
-        if let Some(driver) = dev.driver() {
-            crate::notify_driver(driver, &dev, event);
+        self.send_event(event, None);
+    }
+
+    /// Tells the driver `event` from the event thread, after what was told before, and
+    /// waits until it has handled it. Only from a thread that holds no lock of the
+    /// session or the driver (the reconnect thread).
+    fn notify_and_wait(&self, event: DeviceEvent) {
+        let (done, handled) = mpsc::sync_channel(1);
+        if self.send_event(event, Some(done)) {
+            let _ = handled.recv();
         }
+    }
+
+    /// Whether the event went to the event thread; if there is none, it is handled
+    /// here and now.
+    fn send_event(&self, event: DeviceEvent, done: Option<mpsc::SyncSender<()>>) -> bool {
+        if let Some(events) = &self.events {
+            if events.send(Delivery { event, done }).is_ok() {
+                return true;
+            }
+        }
+        if let Some(dev) = self.device.upgrade() {
+            deliver(&dev, event);
+        }
+        false
     }
 
     /// Ends the session: says goodbye if the proxy is still there, stops watching the

@@ -136,7 +136,9 @@ impl Handle {
     }
 }
 
-/// What happened to a device's proxy, told to its driver from the EAL interrupt thread.
+/// What happened to a device's proxy, told to its driver in order from the bus's event
+/// thread for the device, which holds no lock of the session: the driver's handler may
+/// take its port state while a request of the driver holding it is still in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceEvent {
     /// The proxy closed the connection or died: link down, the data path must stop.

@@ -397,14 +397,15 @@ fn remove(info: &DeviceInfo) -> Result<(), String> {
     Ok(())
 }
 
-/// News about the proxy, from the EAL interrupt thread.
+/// News about the proxy, from the bus's event thread for the device (which holds no lock
+/// of the session: a request of ours that holds the port state ends and lets it on).
 fn on_event(info: &DeviceInfo, event: DeviceEvent) {
     let Some(port) = port_of(info.serial) else { return };
     match event {
         DeviceEvent::ProxyLost => {
             let state = lock(&port.state);
-            // From the interrupt thread: close the queues, do not wait for a burst in
-            // progress (the reconnect thread's `Reclaim` waits for it).
+            // Close the queues, do not wait for a burst in progress (`Reclaim`, told
+            // next, waits for it).
             let (rx, tx) = state.all_queues();
             rx.for_each(|q| q.gate().close());
             tx.for_each(|q| q.gate().close());
@@ -415,7 +416,7 @@ fn on_event(info: &DeviceInfo, event: DeviceEvent) {
         DeviceEvent::Link { .. } => {}
     }
     if port.update_link() {
-        // SAFETY: our live ethdev; LSC callbacks are meant to run from the interrupt thread.
+        // SAFETY: our live ethdev; the application's LSC callbacks run on a control thread (the event thread).
         unsafe {
             sys::rte_eth_dev_callback_process(port.eth_dev, sys::RTE_ETH_EVENT_INTR_LSC, std::ptr::null_mut());
         }
@@ -429,8 +430,8 @@ fn on_event(info: &DeviceInfo, event: DeviceEvent) {
 /// stay out of the pool (see docs/architecture.md, "Reconnecting").
 fn reclaim(port: &Port) {
     let state = lock(&port.state);
-    // Each queue's gate waits for a burst that began before the loss to leave (from the
-    // reconnect thread, never the interrupt thread).
+    // Each queue's gate waits for a burst that began before the loss to leave (the
+    // reconnect thread waits for this, never the interrupt thread).
     // SAFETY: the proxy is gone: it neither produces nor consumes any more.
     let (rx, tx) = unsafe {
         let (rxqs, txqs) = state.all_queues();

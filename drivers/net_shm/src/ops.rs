@@ -1,5 +1,5 @@
 //! `eth_dev_ops`: the ethdev control path, called by the application's threads (and the
-//! interrupt thread for link events). Each entry point catches panics.
+//! bus's event thread for the proxy's news). Each entry point catches panics.
 
 use std::ffi::{c_int, c_uint, c_void, CString};
 use std::sync::atomic::Ordering;
