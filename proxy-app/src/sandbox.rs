@@ -345,14 +345,23 @@ const CLONE_NEW_NAMESPACES: u32 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWUSER
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWNET) as u32;
+/// The socket families the proxy makes sockets of after start-up: unix (guests,
+/// telemetry, EAL's multi-process channel), netlink (the tap driver's link events and
+/// EAL's hotplug monitor), XDP (the af_xdp driver makes its sockets when a port starts).
+/// Internet and packet sockets are made, if at all, while EAL probes (tap's and pcap's
+/// interface ioctls), before the filter: after it, a compromised proxy cannot open a
+/// connection to the network.
+const SOCKET_FAMILIES: [c_int; 3] = [libc::AF_UNIX, libc::AF_NETLINK, libc::AF_XDP];
 /// The terminal ioctl that pushes bytes into a terminal's input: the proxy may share a
 /// terminal with root's shell.
 const TIOCSTI: u32 = 0x5412;
 
 /// The BPF program: the architecture must be x86-64, the number not x32; `clone` with a
 /// namespace flag and `ioctl(TIOCSTI)` fail with EPERM, `clone3` (whose flags live in
-/// memory a filter cannot read) with ENOSYS, so that glibc makes threads with `clone`;
-/// then the number must be in `ALLOWED`; anything else gets `miss`.
+/// memory a filter cannot read) with ENOSYS, so that glibc makes threads with `clone`,
+/// `socket` of a family not in `SOCKET_FAMILIES` with EAFNOSUPPORT (the driver that
+/// tried says so, the proxy goes on); then the number must be in `ALLOWED`; anything
+/// else gets `miss`.
 fn program(miss: u32) -> Vec<libc::sock_filter> {
     use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
     let errno = |e: c_int| libc::SECCOMP_RET_ERRNO | (e as u32 & libc::SECCOMP_RET_DATA);
@@ -377,6 +386,14 @@ fn program(miss: u32) -> Vec<libc::sock_filter> {
         stmt(BPF_LD | BPF_W | BPF_ABS, DATA_ARG1_LOW),
         jump(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 0, 1),
         stmt(BPF_RET | BPF_K, errno(libc::EPERM)),
+        stmt(BPF_LD | BPF_W | BPF_ABS, DATA_NR),
+        // socket: only the families in SOCKET_FAMILIES (each equal jumps to the reload).
+        jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_socket as u32, 0, 5),
+        stmt(BPF_LD | BPF_W | BPF_ABS, DATA_ARG0_LOW),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, SOCKET_FAMILIES[0] as u32, 3, 0),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, SOCKET_FAMILIES[1] as u32, 2, 0),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, SOCKET_FAMILIES[2] as u32, 1, 0),
+        stmt(BPF_RET | BPF_K, errno(libc::EAFNOSUPPORT)),
         stmt(BPF_LD | BPF_W | BPF_ABS, DATA_NR),
     ];
     // One test per allowed call: equal jumps to the ALLOW at the end.
@@ -639,6 +656,24 @@ mod tests {
             _ => -1,
         };
         assert_eq!(child_errno_under(&kill, thread), 0);
+    }
+
+    #[test]
+    fn sockets_of_unix_netlink_and_xdp_only() {
+        let kill = Filter::new(SeccompMode::Kill);
+        fn made(family: c_int, kind: c_int, protocol: c_int) -> libc::c_long {
+            // SAFETY: socket(2) with integer arguments; the child exits right after.
+            let fd = unsafe { libc::syscall(libc::SYS_socket, family, kind | libc::SOCK_CLOEXEC, protocol) };
+            fd.min(0)
+        }
+        assert_eq!(child_errno_under(&kill, || made(libc::AF_INET, libc::SOCK_STREAM, 0)), libc::EAFNOSUPPORT);
+        assert_eq!(child_errno_under(&kill, || made(libc::AF_INET6, libc::SOCK_DGRAM, 0)), libc::EAFNOSUPPORT);
+        assert_eq!(child_errno_under(&kill, || made(libc::AF_PACKET, libc::SOCK_RAW, 0)), libc::EAFNOSUPPORT);
+        assert_eq!(child_errno_under(&kill, || made(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0)), 0);
+        assert_eq!(child_errno_under(&kill, || made(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)), 0);
+        // AF_XDP passes the filter; the kernel may still refuse it (no CAP_NET_RAW here
+        // is fine: the filter's answer would be EAFNOSUPPORT).
+        assert_ne!(child_errno_under(&kill, || made(libc::AF_XDP, libc::SOCK_RAW, 0)), libc::EAFNOSUPPORT);
     }
 
     #[test]
