@@ -42,25 +42,18 @@ impl NicPort {
                 port.0, info.max_rx_queues, info.max_tx_queues
             ));
         }
-        let mut conf = sys::rte_eth_conf::default();
-        if queues > 1 && info.flow_type_rss_offloads != 0 {
-            // Spread traffic over the guests' queues by RSS, as the RFC's demo does.
-            conf.rxmode.mq_mode = sys::RTE_ETH_MQ_RX_RSS;
-            conf.rx_adv_conf.rss_conf.rss_hf = (sys::RTE_ETH_RSS_IP as u64
-                | sys::RTE_ETH_RSS_TCP as u64
-                | sys::RTE_ETH_RSS_UDP as u64)
-                & info.flow_type_rss_offloads;
-        }
-        if info.rx_offload_capa & sys::RTE_ETH_RX_OFFLOAD_SCATTER as u64 != 0 {
-            // Jumbo frames arrive as chains of guest buffers.
-            conf.rxmode.offloads |= sys::RTE_ETH_RX_OFFLOAD_SCATTER as u64;
-        }
-        if info.tx_offload_capa & sys::RTE_ETH_TX_OFFLOAD_MULTI_SEGS as u64 != 0 {
-            conf.txmode.offloads |= sys::RTE_ETH_TX_OFFLOAD_MULTI_SEGS as u64;
-        }
-        port.configure(queues, queues, &conf).map_err(err)?;
+        port.configure(queues, queues, &port_conf(&info, queues, mtu)).map_err(err)?;
         if let Some(mtu) = mtu {
-            port.set_mtu(mtu).map_err(|e| format!("port {} ({name}): cannot set MTU {mtu}: {e}", port.0))?;
+            // ethdev recorded the MTU with the configuration; a device with an MTU of its
+            // own (a NIC's frame size register, a tap's kernel interface) is told as well.
+            // One without that operation (net_pcap, net_ring, net_null) keeps the recorded
+            // MTU, which the proxy enforces on what guests send (TxLimits).
+            match port.set_mtu(mtu) {
+                Err(e) if e.errno != libc::ENOTSUP => {
+                    return Err(format!("port {} ({name}): cannot set MTU {mtu}: {e}", port.0));
+                }
+                _ => {}
+            }
         }
         let (rx_desc, tx_desc) = port.adjust_desc(NB_DESC, NB_DESC).map_err(err)?;
         let socket = port.socket_id();
@@ -151,5 +144,59 @@ impl NicPort {
         let _ = self.stop();
         let _ = self.port.close();
         // The parking pool drops after the port is closed.
+    }
+}
+
+/// The configuration a port starts with: RSS over its queues where it has more than one,
+/// rx scatter and multi-segment tx where the device offers them, and the MTU the
+/// operator asked for (ethdev checks it against the device's largest frame and records
+/// it, on devices without an MTU operation too; 0 leaves ethdev's default, 1500).
+fn port_conf(info: &sys::rte_eth_dev_info, queues: u16, mtu: Option<u16>) -> sys::rte_eth_conf {
+    let mut conf = sys::rte_eth_conf::default();
+    if queues > 1 && info.flow_type_rss_offloads != 0 {
+        // Spread traffic over the guests' queues by RSS, as the RFC's demo does.
+        conf.rxmode.mq_mode = sys::RTE_ETH_MQ_RX_RSS;
+        conf.rx_adv_conf.rss_conf.rss_hf = (sys::RTE_ETH_RSS_IP as u64
+            | sys::RTE_ETH_RSS_TCP as u64
+            | sys::RTE_ETH_RSS_UDP as u64)
+            & info.flow_type_rss_offloads;
+    }
+    if info.rx_offload_capa & sys::RTE_ETH_RX_OFFLOAD_SCATTER as u64 != 0 {
+        // Jumbo frames arrive as chains of guest buffers.
+        conf.rxmode.offloads |= sys::RTE_ETH_RX_OFFLOAD_SCATTER as u64;
+    }
+    if info.tx_offload_capa & sys::RTE_ETH_TX_OFFLOAD_MULTI_SEGS as u64 != 0 {
+        conf.txmode.offloads |= sys::RTE_ETH_TX_OFFLOAD_MULTI_SEGS as u64;
+    }
+    conf.rxmode.mtu = mtu.map_or(0, u32::from);
+    conf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mtu_asked_for_goes_into_the_configuration() {
+        let info = sys::rte_eth_dev_info {
+            rx_offload_capa: sys::RTE_ETH_RX_OFFLOAD_SCATTER as u64,
+            tx_offload_capa: sys::RTE_ETH_TX_OFFLOAD_MULTI_SEGS as u64,
+            flow_type_rss_offloads: sys::RTE_ETH_RSS_IP as u64,
+            ..Default::default()
+        };
+        let jumbo = port_conf(&info, 1, Some(9000));
+        assert_eq!(jumbo.rxmode.mtu, 9000);
+        assert_eq!(jumbo.rxmode.offloads, sys::RTE_ETH_RX_OFFLOAD_SCATTER as u64);
+        assert_eq!(jumbo.txmode.offloads, sys::RTE_ETH_TX_OFFLOAD_MULTI_SEGS as u64);
+        assert_eq!(jumbo.rxmode.mq_mode, sys::RTE_ETH_MQ_RX_NONE, "one queue: no RSS");
+        // No --mtu: ethdev's default (0 asks for it).
+        let plain = port_conf(&sys::rte_eth_dev_info::default(), 2, None);
+        assert_eq!(plain.rxmode.mtu, 0);
+        assert_eq!((plain.rxmode.offloads, plain.txmode.offloads), (0, 0), "offloads only where offered");
+        assert_eq!(plain.rxmode.mq_mode, sys::RTE_ETH_MQ_RX_NONE, "no RSS where the device has none");
+        let rss = port_conf(&info, 2, Some(1500));
+        assert_eq!(rss.rxmode.mq_mode, sys::RTE_ETH_MQ_RX_RSS);
+        assert_eq!(rss.rx_adv_conf.rss_conf.rss_hf, sys::RTE_ETH_RSS_IP as u64);
+        assert_eq!(rss.rxmode.mtu, 1500);
     }
 }

@@ -568,6 +568,11 @@ pub struct PcapProxy {
 /// `net_pcap` port replays them and writes what it sends to `out.pcap`, and waits until
 /// it is ready.
 pub fn start_pcap_proxy(s: &Scratch, packets: &[Vec<u8>]) -> PcapProxy {
+    start_pcap_proxy_with(s, packets, &[])
+}
+
+/// [`start_pcap_proxy`] with more options for the proxy (`--mtu 9000`, ...).
+pub fn start_pcap_proxy_with(s: &Scratch, packets: &[Vec<u8>], options: &[&str]) -> PcapProxy {
     let input = s.path("in.pcap");
     let output = s.path("out.pcap");
     pcap::write(&input, packets);
@@ -577,7 +582,7 @@ pub fn start_pcap_proxy(s: &Scratch, packets: &[Vec<u8>]) -> PcapProxy {
         &ProxyConfig {
             eal: vec!["--vdev".into(), format!("net_pcap0,rx_pcap={},tx_pcap={}", input.display(), output.display())],
             commands: vec![format!("socket {} port 0 queue 0", sock.display())],
-            extra: vec!["--stats-period".into(), "1".into()],
+            extra: ["--stats-period", "1"].iter().chain(options).map(|o| o.to_string()).collect(),
             netns: None,
         },
     );

@@ -102,6 +102,124 @@ fn pcap_macswap_is_byte_for_byte() {
     assert!(gout.contains("placed in the shared region"), "the guest pool must live in shared memory\n{gout}");
 }
 
+/// Data bytes of one of testpmd's default mbufs (`--mbuf-size` 2176, less the headroom):
+/// a frame reaches testpmd, and goes back, in one segment per this many bytes.
+const TESTPMD_SEGMENT: usize = 2048;
+
+/// Frames of `sizes` enter the proxy's `net_pcap` port, started with `--mtu <mtu>`; an
+/// unmodified testpmd (macswap) sends each back as it got it, in as many segments. The
+/// port takes frames of at most `limit` bytes (the MTU, the Ethernet header and two
+/// VLAN tags; net_pcap has no MTU of its own, so this is the proxy's check alone).
+/// Exactly the frames within the limit reach the wire, whole and in order (so traffic
+/// after a refused frame still flows); the proxy counts the others as `tx_refused`
+/// (none invalid); testpmd received every frame in the segments expected and sent each.
+fn frames_beyond_the_limit_are_refused(tag: &str, mtu: u16, limit: usize, sizes: &[usize]) {
+    let s = Scratch::new(tag);
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d ^ mtu as u64);
+    let packets: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let mut p: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            p[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, i as u8]);
+            p[6..12].copy_from_slice(&[0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]);
+            p[12..14].copy_from_slice(&[0x88, 0xb5]);
+            p
+        })
+        .collect();
+    let fits: Vec<&Vec<u8>> = packets.iter().filter(|p| p.len() <= limit).collect();
+    let (good, bad) = (fits.len() as u64, (packets.len() - fits.len()) as u64);
+    assert!(good > 0 && bad > 0, "the sizes must have frames on both sides of {limit}");
+    let PcapProxy { mut proxy, sock, output } = start_pcap_proxy_with(&s, &packets, &["--mtu", &mtu.to_string()]);
+    let ptext = proxy.out.text();
+    assert!(ptext.contains(&format!("MTU {mtu}, ")) && ptext.contains(&format!(" and {limit} bytes a frame")), "{ptext}");
+    // --no-flush-rx: the capture is replayed the moment the guest's queue starts, and
+    // stays in testpmd's ring until forwarding starts.
+    let mut g = guest(&s, &sock, "guest", &["-i", "--forward-mode=macswap", "--total-num-mbufs=4096", "--no-flush-rx"]);
+    wait_or_dump(&g, "Checking link statuses", 30);
+    wait_or_dump(&proxy, "queue started", 30);
+    // Verbose: testpmd prints each packet it receives, with its length and segments.
+    g.send("set verbose 1");
+    g.send("start");
+    let n = packets.len() as u64;
+    let done = proxy.out.wait_for("every frame sent, refused or dropped", Duration::from_secs(30), |t| {
+        let stats = proxy_socket_stats(t, &sock);
+        ["tx_packets", "tx_refused", "tx_invalid", "tx_dropped"].iter().map(|k| shown_counter(&stats, k)).sum::<u64>() >= n
+    });
+    g.send("stop");
+    let stopped = g.out.wait_contains("Forward statistics for port 0", Duration::from_secs(20));
+    // The proxy first: a guest that leaves restarts its port, and net_pcap then opens
+    // its output afresh.
+    proxy.send("show stats");
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.send("quit");
+    let (pcode, pout) = proxy.wait(Duration::from_secs(20));
+    let gtext = g.out.text();
+    g.send("quit");
+    let _ = g.wait(Duration::from_secs(30));
+    let report = format!("--- testpmd ---\n{gtext}\n--- proxy ---\n{pout}");
+    done.unwrap_or_else(|e| panic!("{e}\n{report}"));
+    stopped.unwrap_or_else(|e| panic!("{e}\n{report}"));
+    assert_eq!(pcode, Some(0), "{report}");
+    // The guest's view: every frame received in the segments its length makes, and
+    // every frame handed to its port (the proxy's refusal is not the guest's error).
+    let mut seen: Vec<(usize, usize)> = gtext
+        .lines()
+        .filter_map(|l| {
+            let len = l.split(" - length=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+            let segs = l.split(" - nb_segs=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+            Some((len, segs))
+        })
+        .collect();
+    let mut expected: Vec<(usize, usize)> = sizes.iter().map(|&len| (len, len.div_ceil(TESTPMD_SEGMENT))).collect();
+    seen.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(seen, expected, "testpmd's received frames (length, segments)\n{report}");
+    let fwd = testpmd_port_stats(&gtext, 0);
+    assert_eq!(testpmd_counter(&fwd, "RX-packets"), n, "{report}");
+    assert_eq!(testpmd_counter(&fwd, "TX-packets"), n, "{report}");
+    assert_eq!(testpmd_counter(&fwd, "TX-dropped"), 0, "{report}");
+    // The proxy's view: the frames within the limit sent, the others refused.
+    let stats = proxy_socket_stats(&pout, &sock);
+    assert_eq!(counter(&stats, "rx_packets"), n, "{stats:?}");
+    assert_eq!(counter(&stats, "tx_packets"), good, "{stats:?}");
+    assert_eq!(counter(&stats, "tx_bytes"), fits.iter().map(|p| p.len() as u64).sum::<u64>(), "{stats:?}");
+    assert_eq!(counter(&stats, "tx_refused"), bad, "{stats:?}");
+    assert_eq!(counter(&stats, "tx_dropped"), 0, "{stats:?}");
+    assert_eq!(counter(&stats, "tx_invalid"), 0, "{stats:?}");
+    assert_eq!(counter(&stats, "invalid"), 0, "{stats:?}");
+    // The wire: exactly those frames, in order, each whole (its input with MACs swapped).
+    let got = pcap::read(&output).unwrap();
+    let lengths: Vec<usize> = got.iter().map(|p| p.len()).collect();
+    assert_eq!(lengths, fits.iter().map(|p| p.len()).collect::<Vec<_>>(), "frames on the wire\n{report}");
+    for (i, (back, sent)) in got.iter().zip(&fits).enumerate() {
+        assert!(*back == macswapped(sent), "frame {i} on the wire ({} bytes) is not its input with MACs swapped", back.len());
+    }
+    eprintln!(
+        "{tag}: --mtu {mtu}: {good} frame(s) of at most {limit} bytes on the wire, {bad} refused (tx_refused={}); testpmd rx/tx {}/{}; frames (length, segments) {expected:?}",
+        counter(&stats, "tx_refused"),
+        testpmd_counter(&fwd, "RX-packets"),
+        testpmd_counter(&fwd, "TX-packets")
+    );
+}
+
+/// `--mtu 1500`: frames of 1522 bytes pass; one byte more is refused, in one segment
+/// (1523) or in a chain (2049 = 2048 + 1, 3000, 9000 in five), and the frames after
+/// each refused one go out.
+#[test]
+fn frames_beyond_an_mtu_of_1500_are_refused() {
+    let sizes = [1522, 64, 1523, 1000, 1522, 3000, 60, 2049, 1514, 1518, 9000, 1522, 1521, 128];
+    frames_beyond_the_limit_are_refused("mtu1500", 1500, 1522, &sizes);
+}
+
+/// `--mtu 9000`: jumbo frames of 9000 and 9022 bytes in five segments pass whole; 9023
+/// (five segments) and 12000 (six) are refused.
+#[test]
+fn jumbo_frames_pass_whole_within_an_mtu_of_9000() {
+    let sizes = [9000, 64, 9022, 9023, 1500, 9000, 12000, 2049, 9000];
+    frames_beyond_the_limit_are_refused("mtu9000", 9000, 9022, &sizes);
+}
+
 #[test]
 fn tap_ping_is_answered_by_an_icmpecho_guest() {
     assert!(is_root(), "this test needs root for a network namespace and a tap device (CI runs as root)");
