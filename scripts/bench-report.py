@@ -22,6 +22,7 @@ LABEL = {
     "ours": "ours (dpdk-io-proxy + plugins)",
     "memif-copy": "memif copy",
     "memif-zc": "memif zero-copy",
+    "memif-copy-fwd": "memif copy, probe behind a ring NIC the host forwards (as ours)",
     "vhost-user": "vhost-user + virtio-user",
 }
 BEGIN = "<!-- bench-results:begin (written by scripts/bench.sh; edit the script, not this) -->"
@@ -194,19 +195,22 @@ def latency_points(rows):
 
 
 def latency_pairs(lat):
-    """(rate, placement, ours p50, memif-copy p50) where both were measured under the
-    same placement, or one of them was (the other None): the like-with-like comparison."""
+    """(rate, placement, ours p50, memif-copy p50, memif-copy-fwd p50) where they were
+    measured under the same placement (None where one was not): the like-with-like
+    comparison."""
     out = []
-    for p in lat:
-        if p["contender"] != "ours" or not p.get("p50_us"):
-            continue
-        memif = next((q for q in lat if q["contender"] == "memif-copy" and q["rate_item"] == p["rate_item"]
-                      and q["placement"] == p["placement"] and q.get("p50_us")), None)
-        out.append((p["rate_item"], p["placement"], p["p50_us"], memif["p50_us"] if memif else None))
+
+    def p50(contender, item, where):
+        q = next((q for q in lat if q["contender"] == contender and q["rate_item"] == item
+                  and q["placement"] == where and q.get("p50_us")), None)
+        return q["p50_us"] if q else None
+
     for q in lat:
-        if q["contender"] == "memif-copy" and q.get("p50_us") and not any(
-                item == q["rate_item"] and where == q["placement"] for item, where, _, _ in out):
-            out.append((q["rate_item"], q["placement"], None, q["p50_us"]))
+        if q["contender"] in ("ours", "memif-copy", "memif-copy-fwd") and q.get("p50_us") and not any(
+                item == q["rate_item"] and where == q["placement"] for item, where, _, _, _ in out):
+            item, where = q["rate_item"], q["placement"]
+            out.append((item, where, p50("ours", item, where), p50("memif-copy", item, where),
+                        p50("memif-copy-fwd", item, where)))
     return out
 
 
@@ -291,11 +295,20 @@ def markdown(meta, points, rat, lat, chart_name):
         pairs = latency_pairs(lat)
         if pairs:
             L.append("")
-            L.append("| offered | placement | ours p50 µs | memif copy p50 µs | ours / memif copy |")
-            L.append("| ---: | --- | ---: | ---: | ---: |")
-            for item, where, ours, memif in pairs:
-                L.append(f"| {item} | {PLACEMENT_TEXT[where]} | {fmt(ours)} | {fmt(memif)} "
-                         f"| {fmt(ours / memif if ours is not None and memif else None)} |")
+            fwd_cols = any(fwd is not None for _, _, _, _, fwd in pairs)
+            head = "| offered | placement | ours p50 µs | memif copy p50 µs | ours / memif copy |"
+            rule = "| ---: | --- | ---: | ---: | ---: |"
+            if fwd_cols:
+                head += " memif copy behind a ring NIC p50 µs | ours / that |"
+                rule += " ---: | ---: |"
+            L.append(head)
+            L.append(rule)
+            for item, where, ours, memif, fwd in pairs:
+                row = (f"| {item} | {PLACEMENT_TEXT[where]} | {fmt(ours)} | {fmt(memif)} "
+                       f"| {fmt(ours / memif if ours is not None and memif else None)} |")
+                if fwd_cols:
+                    row += f" {fmt(fwd)} | {fmt(ours / fwd if ours is not None and fwd else None)} |"
+                L.append(row)
         held = [p for p in lat if (p.get("probe_held_pct") or 0) >= 1]
         if held:
             L.append("")

@@ -15,7 +15,9 @@
 #   --sizes A,B,...    frame sizes in bytes, 60..9000 (default 64,512,1518,9000)
 #   --only A,B,...     contenders (default all): limit pipeline ours memif-copy memif-zc
 #                      vhost-user (old names: same-process = limit, shm-proxy = ours)
-#   --latency LIST     latency contenders (default ours,memif-copy; 'none' to skip)
+#   --latency LIST     latency contenders (default ours,memif-copy; 'none' to skip;
+#                      also memif-zc, and memif-copy-fwd: memif copy with the probe
+#                      behind a ring NIC that the host side forwards, as ours has it)
 #   --lat-rates LIST   offered rates (default 100k,max,90%): packets per second (k/M
 #                      suffix); max: as fast as the probe can (saturation); N%: N % of
 #                      the rate that contender's 'max' run achieved in this repetition
@@ -27,6 +29,11 @@
 #   --no-docs          do not rewrite the results section of docs/benchmarks.md
 #   --wait-idle N      before each run, wait up to N s for both CPUs to be quiet
 #                      (default 0: do not wait; the other% column shows interference)
+#   --rt-pollers       latency runs: once started, the two polling threads (the host
+#                      side's main thread, the guest's forwarding lcore) run at real-time
+#                      priority (chrt -f 1), so that other work on the CPUs (builds)
+#                      does not preempt them; the kernel's RT throttling still leaves
+#                      5 % of each CPU to the rest
 #   --no-rust-guest    skip the rows of the DPDK-free Rust guest (scripts/bench-rust-guest.sh:
 #                      busy polling, tokio async and hybrid waiting, at full load, 100 kpps
 #                      and idle, with the guest's CPU use and latency; about 8 min with
@@ -59,7 +66,7 @@ PYTHON=${PYTHON:-/usr/bin/python3}
 HOST_CPU=0
 GUEST_CPU=1
 ALL_CONTENDERS=(limit pipeline ours memif-copy memif-zc vhost-user)
-LAT_CONTENDERS=(ours memif-copy memif-zc)
+LAT_CONTENDERS=(ours memif-copy memif-zc memif-copy-fwd)
 # Frames longer than a default mbuf's data room (2048 B) need chains or bigger buffers.
 DATA_ROOM=2048
 JUMBO_MBUF=9344 # 9216 B of data + 128 B headroom
@@ -76,6 +83,7 @@ out="bench-out"
 wait_idle=0
 docs=yes
 rust_guest=yes
+rt_pollers=no
 
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 2; }
 say() { printf 'bench: %s\n' "$*" >&2; }
@@ -104,6 +112,7 @@ parse_args() {
             --no-docs) docs=no; shift ;;
             --wait-idle) wait_idle=${2:?}; shift 2 ;;
             --no-rust-guest) rust_guest=no; shift ;;
+            --rt-pollers) rt_pollers=yes; shift ;;
             -h|--help) usage; exit 0 ;;
             *) die "unknown argument '$1' (see --help)" ;;
         esac
@@ -296,13 +305,15 @@ host_testpmd() {    # host_testpmd PREFIX SIZE IPC-VDEV [MTU-OPTS...]
         -- --forward-mode=io --stats-period 1 "${big[@]}")
 }
 
-# The latency probe as the host side: dpdk-latency-probe owning the IPC port.
-host_probe() {      # host_probe PREFIX IPC-VDEV SPEC
+# The latency probe as the host side: dpdk-latency-probe owning the IPC port, or with
+# --forward behind a ring NIC that its loop forwards to the IPC port.
+host_probe() {      # host_probe PREFIX IPC-VDEV SPEC [PROBE-OPTS...]
     local prefix=$1 vdev=$2 spec=$3 bin=target/release/dpdk-latency-probe
+    shift 3
     [ -x "$bin" ] || { skip="dpdk-latency-probe not built, skipped"; return; }
     started_prefixes+=("$prefix")
     host_cmd=(taskset -c "$HOST_CPU" "$bin" --lcores "0@$HOST_CPU" --no-pci
-        --file-prefix "$prefix" --vdev "$vdev" -- "$spec")
+        --file-prefix "$prefix" --vdev "$vdev" -- "$spec" "$@")
 }
 
 # The limit: what one core reaches with no IPC at all. One testpmd, two net_null ports
@@ -344,13 +355,13 @@ contender_pipeline() {
 # memif: the host is the server (it owns the shared regions and must be up before the
 # client connects); the guest is the client. Socket on the file system
 # (socket-abstract=no) so it lives in our private directory. Both on hugepages.
-memif_contender() {  # memif_contender NAME SIZE CLIENT-EXTRA [latency SPEC]
+memif_contender() {  # memif_contender NAME SIZE CLIENT-EXTRA [latency SPEC [PROBE-OPTS...]]
     local name=$1 size=$2 extra=$3 sock="$tmp/$1-$2-$rep${4:+-lat}/memif.sock"
     rm -rf "$(dirname "$sock")"      # fresh each run, as for ours (contender_ours)
     mkdir -p "$(dirname "$sock")"
     local vdev="net_memif0,role=server,socket=$sock,socket-abstract=no"
     if [ "${4:-}" = latency ]; then
-        host_probe "$run_id-$name-lat-h$rep" "$vdev" "$5"
+        host_probe "$run_id-$name-lat-h$rep" "$vdev" "$5" "${@:6}"
         host_ready=(probe_sending "$sock" "$host_log")
     else
         host_testpmd "$run_id-$name-$size-h$rep" "$size" "$vdev"
@@ -366,6 +377,13 @@ memif_contender() {  # memif_contender NAME SIZE CLIENT-EXTRA [latency SPEC]
 contender_memif-copy() { memif_contender memif-copy "$1" "" "${@:2}"; }
 # zero-copy=yes: the client's own mbufs are the shared buffers (the server still copies).
 contender_memif-zc() { memif_contender memif-zc "$1" ",zero-copy=yes" "${@:2}"; }
+# Latency only: memif copy with the probe behind a ring NIC, forwarded to the memif port
+# by the probe's own loop (dpdk-latency-probe --forward), as the proxy forwards between
+# its ring NIC and the guest: the same hops on the host side as ours.
+contender_memif-copy-fwd() {
+    [ "${2:-}" = latency ] || { skip="latency only (its throughput is memif-copy's)"; return; }
+    memif_contender memif-copy-fwd "$1" "" latency "$3" --forward
+}
 
 # vhost-user: the host's net_vhost is the backend (creates the socket), the guest is
 # virtio-user. virtio-user shares its memory with the backend by file descriptor, which
@@ -501,6 +519,31 @@ worker_ticks() {    # worker_ticks DPDK-PID
         fi
     done
     echo 0
+}
+
+# rt_pollers: real-time priority for the two polling threads of the pair just started
+# (--rt-pollers): the host side's main thread (the proxy's data loop and probe, or
+# dpdk-latency-probe) and the guest testpmd's forwarding lcore, once it exists.
+rt_pollers() {
+    local host guest t i tid=""
+    host=$(dpdk_pid_of "$host_pid") || host=""
+    for i in $(seq 150); do
+        guest=$(dpdk_pid_of "$guest_pid") || guest=""
+        if [ -n "$guest" ]; then
+            for t in /proc/"$guest"/task/*; do
+                [ "$(cat "$t/comm" 2>/dev/null)" = rte-worker-1 ] && tid=${t##*/}
+            done
+        fi
+        [ -z "$tid" ] || break
+        alive "$guest_pid" || break
+        sleep 0.2
+    done
+    [ -z "$host" ] || chrt -f -p 1 "$host" || say "chrt of the host side ($host) failed"
+    if [ -n "$tid" ]; then
+        chrt -f -p 1 "$tid" || say "chrt of the guest's forwarding lcore ($tid) failed"
+    else
+        say "no forwarding lcore (rte-worker-1) in the guest to give real-time priority"
+    fi
 }
 
 cpu_mhz() { awk -F: '/^cpu MHz/ { printf "%.0f", $2; exit }' /proc/cpuinfo; }
@@ -750,6 +793,7 @@ run_latency() {     # run_latency NAME RATE-ITEM
     rm -f "$host_log" "$guest_log"
     guest_limit=$((warmup + lat_seconds + 70)) host_limit=$((warmup + lat_seconds + 110))
     start_pair "$name" "$size" lat || return 0
+    [ "$rt_pollers" = no ] || rt_pollers
     local line=""
     # The probe starts its clock at the first reply: start-up, warm-up, window, grace.
     if poll_interval=1 wait_for $((30 + warmup + lat_seconds + 10)) "$host_pid" grep -q '^LATENCY ' "$host_log"; then
@@ -764,9 +808,17 @@ run_latency() {     # run_latency NAME RATE-ITEM
         return
     fi
     # "LATENCY k=v k=v ..." to JSON ("-": no value).
-    local json
+    local json stages who
     json=$(printf '%s\n' "${line#LATENCY }" | tr ' ' '\n' | awk -F= '
         NF == 2 { v = ($2 == "-") ? "null" : $2; printf ",\"%s\":%s", $1, v }')
+    # A diagnostic build (feature stage-stamps) says where the round trip went: the
+    # proxy's stages after the probe's line, the guest PMD's when its port stopped.
+    for who in proxy guest; do
+        local log=$host_log
+        [ $who = proxy ] || log=$guest_log
+        stages=$(grep -a -m1 "^STAGES who=$who " "$log" 2>/dev/null || true)
+        [ -z "$stages" ] || { say "$stages"; json+=",\"stages_$who\":\"${stages#STAGES who=$who }\""; }
+    done
     record "{\"kind\":\"lat\",\"contender\":\"$name\",\"size\":$size,\"rep\":$rep,\"rate_item\":\"$item\",\"status\":\"ok\"$json,\"cpu_rtt_ns\":$rtt_before,\"cpu_rtt_after_ns\":$rtt_after}"
 }
 

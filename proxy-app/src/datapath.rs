@@ -571,7 +571,13 @@ impl LoopQueue {
         }
         if want > 0 && self.rxq.rx_burst(burst, want as u16) > 0 {
             busy = true;
+            #[cfg(feature = "stage-stamps")]
+            let stamps = crate::stages::Stamps::of(burst);
+            #[cfg(feature = "stage-stamps")]
+            stamps.record(latency_stages::Stage::ProxyNicRx);
             self.deliver_to_guest(burst);
+            #[cfg(feature = "stage-stamps")]
+            stamps.record(latency_stages::Stage::ProxyDelivered);
         }
         busy |= self.send_to_nic(burst);
         // Invalid input from the free ring shows in the pools' counters (NIC rx took
@@ -781,8 +787,14 @@ impl LoopQueue {
         if burst.is_empty() {
             return true;
         }
+        #[cfg(feature = "stage-stamps")]
+        let stamps = crate::stages::Stamps::of(burst);
+        #[cfg(feature = "stage-stamps")]
+        stamps.record(latency_stages::Stage::ProxyTxTaken);
         let count = burst.len();
         let sent = self.txq.tx_burst(burst);
+        #[cfg(feature = "stage-stamps")]
+        stamps.record(latency_stages::Stage::ProxyNicTx);
         if sent < count {
             // What the NIC did not take goes back to the guest's free ring.
             let unsent_bytes: u64 = burst.as_slice().iter().map(|m| m.pkt_len() as u64).sum();
@@ -983,12 +995,13 @@ impl Plane {
 
     /// The polling loop; returns after `request_stop`.
     pub fn run(&self) {
-        self.run_with(|| ());
+        self.run_with(|_| ());
     }
 
     /// The polling loop, calling `extra` once per round: the latency probe of the
-    /// benchmark mode (`--bench-latency`) shares the data loop's lcore this way.
-    pub fn run_with(&self, mut extra: impl FnMut()) {
+    /// benchmark mode (`--bench-latency`) shares the data loop's lcore this way, and
+    /// sees through the [`RoundView`] which pool the NIC's receive queue fills.
+    pub fn run_with(&self, mut extra: impl FnMut(&RoundView<'_>)) {
         self.running.store(true, Ordering::SeqCst);
         let mut burst = MbufBurst::<BURST>::new();
         let mut rota: Rota<LoopQueue> = Rota::new();
@@ -1022,7 +1035,7 @@ impl Plane {
                 self.drain_idle(&mut idle[idle_next], &mut burst);
                 idle_next += 1;
             }
-            extra();
+            extra(&RoundView { rota: &rota });
         }
         let none = PlaneConfig { version: u64::MAX, active: Vec::new(), idle: Vec::new() };
         let mut polled = rota.take_all();
@@ -1124,6 +1137,26 @@ trait Heat {
 impl Heat for LoopQueue {
     fn empty_polls(&mut self) -> &mut u32 {
         &mut self.empty_polls
+    }
+}
+
+/// What [`Plane::run_with`]'s per-round hook may look at: the queues the loop serves.
+pub struct RoundView<'a> {
+    rota: &'a Rota<LoopQueue>,
+}
+
+impl RoundView<'_> {
+    /// The pool that NIC queue (`port`, `queue`) receives into while the loop serves a
+    /// guest on it (the guest's pool, whose buffers the loop hands over without a copy);
+    /// None while no guest is served there. Valid for this round: the loop holds the
+    /// queue, so the pool stays.
+    pub fn rx_pool(&self, port: u16, queue: u16) -> Option<&dpdk::PktPool> {
+        self.rota
+            .hot
+            .iter()
+            .chain(self.rota.cold.iter())
+            .find(|p| p.q.port == port && p.q.queue == queue)
+            .map(|p| p.state.rx_pool.pool.pkt_pool())
     }
 }
 
@@ -1232,7 +1265,7 @@ mod tests {
         let looping = {
             let (plane, rounds) = (plane.clone(), rounds.clone());
             std::thread::spawn(move || {
-                plane.run_with(|| {
+                plane.run_with(|_| {
                     rounds.fetch_add(1, Ordering::Relaxed);
                 })
             })

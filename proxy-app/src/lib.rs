@@ -21,6 +21,8 @@ pub mod shadow;
 pub mod shown;
 pub mod sizing;
 pub mod sockpath;
+#[cfg(feature = "stage-stamps")]
+mod stages;
 pub mod telemetry;
 
 /// Logs a line to stderr, prefixed `IO_PROXY: ` (and `<6>` for journald, see

@@ -340,7 +340,7 @@ fn main() -> ExitCode {
         Some(spec) => match bench::ring_pair_probe(spec) {
             Ok((nic, probe)) => {
                 log_info!("bench: port {} ({}) is a ring pair to the latency probe", nic.0, nic.name());
-                Some(probe)
+                Some((nic, probe))
             }
             Err(e) => {
                 eprintln!("{}dpdk-io-proxy: --bench-latency: {e}", proxy_app::journal_level(proxy_app::LOG_ERR));
@@ -422,8 +422,10 @@ fn main() -> ExitCode {
     };
     // The data loop runs here until the control thread asks it to stop.
     let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match probe.as_mut() {
-        Some(p) => plane.run_with(|| {
-            p.poll();
+        // The probe writes its frames into the guest's buffers, as a NIC's DMA would:
+        // the proxy hands them over without a copy.
+        Some((nic, p)) => plane.run_with(|view| {
+            p.poll_filling(view.rx_pool(nic.0, 0));
         }),
         None => plane.run(),
     }));
@@ -438,7 +440,7 @@ fn main() -> ExitCode {
         }
         Err(_) => false,
     };
-    if let Some(p) = probe.take() {
+    if let Some((_, p)) = probe.take() {
         if !p.done() {
             // Stopped before the window ended: what there is (complete=0).
             println!("{}", p.report());

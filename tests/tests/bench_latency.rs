@@ -78,8 +78,13 @@ fn bench_latency_probe_through_a_macswap_guest() {
     let (min, p50, p99, max) =
         (number(&f, "min_ns", line), number(&f, "p50_ns", line), number(&f, "p99_ns", line), number(&f, "max_ns", line));
     assert!(min > 0.0 && min <= p50 && p50 <= p99 && p99 <= max, "{line}");
-    // The ring NIC's buffers are the probe's: the proxy copies each frame in.
+    // While the guest is served, the probe writes its frames into the guest's buffers,
+    // as a NIC's DMA would, and the proxy hands them over without a copy: only frames
+    // sent before the guest came (in the probe's own buffers, still in the ring NIC
+    // then) are copied, none of the window's.
     let stats = proxy_socket_stats(&out, &sock);
-    assert!(counter(&stats, "copies") >= received as u64, "{stats:?}\n{line}");
+    let (copies, delivered) = (counter(&stats, "copies"), counter(&stats, "rx_packets"));
+    assert!(delivered >= received as u64, "{stats:?}\n{line}");
+    assert!(copies <= delivered - received as u64, "{stats:?}\n{line}");
     assert_eq!(counter(&stats, "invalid"), 0, "{stats:?}");
 }

@@ -15,14 +15,11 @@ use std::time::Duration;
 
 use dpdk::{sys, Mbuf, MbufBurst, PktPool, Port, RxQueue, TxQueue};
 
+use latency_stages::{frame, Stage, STAGES};
+
 use crate::hist::Histogram;
 
 pub const BURST: usize = 32;
-/// Ethertype of probe frames: IEEE local experimental.
-const ETHERTYPE: u16 = 0x88b5;
-const MAGIC: u64 = u64::from_le_bytes(*b"DPDKLAT1");
-/// Bytes of a probe frame that carry something: Ethernet header, magic, seq, tsc.
-const HEADER: usize = 14 + 24;
 /// The most packets the probe catches up with after it was held up (descheduled); the
 /// rest of the backlog is skipped (counted in `behind`), not sent as one huge burst.
 const MAX_BACKLOG: u64 = 1024;
@@ -194,6 +191,9 @@ pub struct Probe {
     reported: bool,
     /// The probe's queues; None only while it drops (before the port closes).
     queues: Option<(RxQueue, TxQueue)>,
+    /// The bursts of every round, kept: a fresh one per round would be zeroed each time.
+    rx: MbufBurst<BURST>,
+    tx: MbufBurst<BURST>,
 }
 
 impl Probe {
@@ -241,6 +241,8 @@ impl Probe {
             done: false,
             reported: false,
             queues: Some(queues),
+            rx: MbufBurst::new(),
+            tx: MbufBurst::new(),
         })
     }
 
@@ -256,6 +258,14 @@ impl Probe {
     /// stdout once, when the probe finishes. Returns false once finished.
     #[inline]
     pub fn poll(&mut self) -> bool {
+        self.poll_filling(None)
+    }
+
+    /// [`poll`](Self::poll), with the frames sent written into buffers of `fill` when
+    /// it has some: the pool a NIC's receive queue fills, as the NIC's DMA would (the
+    /// proxy's `--bench-latency`: the guest's pool). The probe's own pool otherwise.
+    #[inline]
+    pub fn poll_filling(&mut self, fill: Option<&PktPool>) -> bool {
         self.receive();
         let now = tsc();
         if self.done {
@@ -268,30 +278,35 @@ impl Probe {
                     self.reported = true;
                     // Once per run, at the end: the only I/O the probe does.
                     println!("{}", self.report());
+                    // A diagnostic build of the proxy (feature stage-stamps) recorded
+                    // its stages in this process too: where the round trip went.
+                    if STAGES.count(Stage::ProxyNicRx) > 0 {
+                        println!("{}", STAGES.report("proxy", self.hz));
+                    }
                 }
                 return false;
             }
         }
-        self.send(now);
+        self.send(now, fill);
         true
     }
 
     fn receive(&mut self) {
         let Some((rxq, _)) = &mut self.queues else { return };
-        let mut burst = MbufBurst::<BURST>::new();
-        if rxq.rx_burst(&mut burst, BURST as u16) == 0 {
+        if rxq.rx_burst(&mut self.rx, BURST as u16) == 0 {
             return;
         }
         // The arrival time: after the burst returned, so its own cost is not hidden.
         let now = tsc();
-        for m in burst.drain() {
+        for m in self.rx.drain() {
             let fields = probe_fields(&m);
             // Freed here (for a shadow mbuf this returns the buffer to its guest).
             drop(m);
-            let Some((_seq, sent_at)) = fields else {
+            let Some(fields) = fields else {
                 self.other += 1;
                 continue;
             };
+            let sent_at = fields.tsc;
             let window = match self.window {
                 Some(w) => w,
                 None => {
@@ -305,13 +320,16 @@ impl Probe {
             if sent_at >= window.0 && sent_at < window.1 && sent_at <= now {
                 self.received += 1;
                 self.hist.record(((now - sent_at) as f64 * self.ns_per_cycle) as u64);
+                if fields.flags & frame::IN_WINDOW != 0 {
+                    STAGES.record(Stage::ProbeRx, sent_at, now);
+                }
             } else {
                 self.other += 1;
             }
         }
     }
 
-    fn send(&mut self, now: u64) {
+    fn send(&mut self, now: u64, fill: Option<&PktPool>) {
         let in_window = self.window.is_some_and(|(s, e, _)| now >= s && now < e);
         self.window_polls += in_window as u64;
         let want = if self.spec.rate > 0.0 {
@@ -336,8 +354,9 @@ impl Probe {
             return;
         }
         let (Some(pool), Some((_, txq))) = (&self.pool, &mut self.queues) else { return };
-        let mut burst = MbufBurst::<BURST>::new();
-        if burst.alloc_from(pool, want) == 0 {
+        let burst = &mut self.tx;
+        // The NIC's pool first (it may have run dry: the guest holds its buffers).
+        if fill.is_none_or(|f| burst.alloc_from(f, want) == 0) && burst.alloc_from(pool, want) == 0 {
             // Pool empty: everything is in flight or queued. Offered, not sent.
             self.offered += want as u64;
             if in_window {
@@ -347,16 +366,19 @@ impl Probe {
         }
         // The send time: as close to the burst as the frames allow.
         let stamp = tsc();
+        // Frames sent inside the window say so, for the stages recorded on the way.
+        let flags = if self.window.is_some_and(|(s, e, _)| stamp >= s && stamp < e) { frame::IN_WINDOW } else { 0 };
         for m in burst.as_mut_slice() {
-            let frame = probe_frame(&self.src, self.seq, stamp);
+            let frame = frame::write(PROBE_DST, self.src, frame::Fields { seq: self.seq, tsc: stamp, flags });
             self.seq += 1;
             // The data room (2 KiB) holds `size` (<= 2000) bytes.
             if m.extend(self.spec.size).is_ok() {
                 m.write(0, &frame);
             }
         }
-        // What the port does not take is freed with the burst.
-        let took = txq.tx_burst(&mut burst);
+        // What the port does not take is freed.
+        let took = txq.tx_burst(burst);
+        burst.clear();
         self.offered += want as u64;
         if in_window {
             self.sent += took as u64;
@@ -379,28 +401,17 @@ impl Probe {
     }
 }
 
-/// The first bytes of a probe frame: addresses, our ethertype, magic, sequence number
-/// and send TSC.
-fn probe_frame(src: &[u8; 6], seq: u64, now: u64) -> [u8; HEADER] {
-    let mut frame = [0u8; HEADER];
-    frame[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
-    frame[6..12].copy_from_slice(src);
-    frame[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
-    frame[14..22].copy_from_slice(&MAGIC.to_le_bytes());
-    frame[22..30].copy_from_slice(&seq.to_le_bytes());
-    frame[30..38].copy_from_slice(&now.to_le_bytes());
-    frame
-}
+/// Where probe frames go (the guest swaps it with the source).
+const PROBE_DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
-/// The sequence number and send TSC of a probe frame, copied out of `m` (its bytes
-/// were written by a guest: copied, never referenced); None for any other frame.
-fn probe_fields(m: &Mbuf) -> Option<(u64, u64)> {
-    let mut frame = [0u8; HEADER];
-    if m.read(0, &mut frame) < HEADER {
+/// The fields of a probe frame, copied out of `m` (its bytes were written by a guest:
+/// copied, never referenced); None for any other frame.
+fn probe_fields(m: &Mbuf) -> Option<frame::Fields> {
+    let mut bytes = [0u8; frame::HEADER];
+    if m.read(0, &mut bytes) < frame::HEADER {
         return None;
     }
-    let word = |at: usize| u64::from_le_bytes(frame[at..at + 8].try_into().unwrap_or([0; 8]));
-    (frame[12..14] == ETHERTYPE.to_be_bytes() && word(14) == MAGIC).then(|| (word(22), word(30)))
+    frame::parse(&bytes)
 }
 
 impl Drop for Probe {

@@ -13,6 +13,8 @@ mod intr;
 mod offload;
 mod ops;
 mod rxtx;
+#[cfg(feature = "stage-stamps")]
+mod stages;
 mod xstats;
 
 use std::ffi::c_int;

@@ -73,14 +73,29 @@ pub(crate) unsafe extern "C" fn rx_burst(q: *mut c_void, pkts: *mut *mut sys::rt
     guard(&LOG, "rx_burst", 0, || {
         // SAFETY: `q` is the RxQueue that rx_queue_setup stored; its Arc lives in the port
         // state until release, which DPDK never does while a burst runs.
-        unsafe { (*(q as *const RxQueue)).burst(pkts, n) }
+        let got = unsafe { (*(q as *const RxQueue)).burst(pkts, n) };
+        #[cfg(feature = "stage-stamps")]
+        crate::stages::count_poll();
+        #[cfg(feature = "stage-stamps")]
+        // SAFETY: the burst filled `got` valid mbufs, now the application's thread's.
+        unsafe { crate::stages::Stamps::of(pkts, got as usize) }.record(latency_stages::Stage::GuestRx);
+        got
     })
 }
 
 pub(crate) unsafe extern "C" fn tx_burst(q: *mut c_void, pkts: *mut *mut sys::rte_mbuf, n: u16) -> u16 {
     guard(&LOG, "tx_burst", 0, || {
+        // Read before the burst: after it the proxy owns the buffers.
+        #[cfg(feature = "stage-stamps")]
+        // SAFETY: the application's `n` valid mbufs, not handed over yet.
+        let stamps = unsafe { crate::stages::Stamps::of(pkts, n as usize) };
+        #[cfg(feature = "stage-stamps")]
+        stamps.record(latency_stages::Stage::GuestTx);
         // SAFETY: as for rx_burst, with the TxQueue of tx_queue_setup.
-        unsafe { (*(q as *const TxQueue)).burst(pkts, n) }
+        let sent = unsafe { (*(q as *const TxQueue)).burst(pkts, n) };
+        #[cfg(feature = "stage-stamps")]
+        stamps.record(latency_stages::Stage::GuestTxPublished);
+        sent
     })
 }
 
@@ -286,6 +301,8 @@ fn stop(port: &Port, dev: *mut sys::rte_eth_dev) -> c_int {
     if !state.started {
         return 0;
     }
+    #[cfg(feature = "stage-stamps")]
+    crate::stages::report();
     // No burst runs past this (the application should not poll a stopping port; one
     // that does finds the queues closed).
     let (rxqs, txqs) = state.all_queues();
