@@ -603,7 +603,8 @@ record() { printf '%s\n' "$1" >> "$raw"; }
 fail_with_log() {   # fail_with_log KIND NAME SIZE WHAT LOG [EXTRA-JSON]
     local kind=$1 name=$2 size=$3 what=$4 log=$5
     failures+=("$kind $name/$size rep $rep: $what")
-    record "{\"kind\":\"$kind\",\"contender\":\"$name\",\"size\":$size,\"rep\":$rep,\"status\":\"fail\",\"why\":\"${what//\"/}\"${6:-}}"
+    # A latency run's record names its rate (run_latency sets fail_extra), wherever it failed.
+    record "{\"kind\":\"$kind\",\"contender\":\"$name\",\"size\":$size,\"rep\":$rep,\"status\":\"fail\",\"why\":\"${what//\"/}\"${6:-${fail_extra:-}}}"
     {
         printf '\nbench: %s %s (%s bytes, rep %s): %s\n' "$kind" "$name" "$size" "$rep" "$what"
         printf 'bench: last lines of %s (periodic statistics left out):\n' "$log"
@@ -776,6 +777,7 @@ run_latency() {     # run_latency NAME RATE-ITEM
         return
     fi
     local spec="$rate,size=$size,warmup=$warmup,seconds=$lat_seconds"
+    local fail_extra=",\"rate_item\":\"$item\""
     host_cmd=() host_ready=(true) guest_cmd=() skip="" nports=1
     "contender_$name" "$size" latency "$spec"
     if [ -n "$skip" ]; then

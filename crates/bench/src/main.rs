@@ -154,7 +154,8 @@ fn forward_to(peer: Port, spec: Spec, eal: dpdk::Eal) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!("dpdk-latency-probe: port {} ({}) started behind {}; sending", peer.0, peer.name(), nic.name());
+    // "started; sending": what scripts/bench.sh waits for.
+    eprintln!("dpdk-latency-probe: port {} ({}) behind {}: started; sending", peer.0, peer.name(), nic.name());
     let mut burst = MbufBurst::<FORWARD_BURST>::new();
     // The proxy's order: NIC rx to the peer, the peer's packets to NIC tx, the probe.
     while !QUIT.load(Ordering::Relaxed) {
