@@ -28,6 +28,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use latency_stages::{frame, tsc};
 use shm_guest::{AdaptiveSpin, AsyncGuest, Buffer, Config, Error, Guest, SpinPolicy};
 
 mod common;
@@ -96,18 +97,6 @@ struct OneWay {
     awake: Vec<u64>,
 }
 
-/// Bytes 14..22 of a probe frame (crates/bench/src/probe.rs): its magic; 30..38: the
-/// TSC at which the probe sent it.
-const PROBE_MAGIC: &[u8; 8] = b"DPDKLAT1";
-
-fn tsc() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: rdtsc has no preconditions on x86_64.
-    return unsafe { core::arch::x86_64::_rdtsc() };
-    #[cfg(not(target_arch = "x86_64"))]
-    return 0;
-}
-
 impl OneWay {
     fn new() -> OneWay {
         OneWay { start_tsc: tsc(), start: Instant::now(), after_sleep: Vec::with_capacity(1 << 22), awake: Vec::with_capacity(1 << 22) }
@@ -116,8 +105,12 @@ impl OneWay {
     fn record(&mut self, burst: &[Buffer], after_sleep: bool) {
         let now = tsc();
         for b in burst {
-            if b.len() >= 38 && &b[14..22] == PROBE_MAGIC {
-                let stamp = u64::from_le_bytes(b[30..38].try_into().unwrap_or([0; 8]));
+            let mut head = [0u8; frame::HEADER];
+            if b.len() < frame::HEADER {
+                continue;
+            }
+            head.copy_from_slice(&b[..frame::HEADER]);
+            if let Some(stamp) = frame::parse(&head).map(|f| f.tsc) {
                 let v = if after_sleep { &mut self.after_sleep } else { &mut self.awake };
                 if v.len() < v.capacity() {
                     v.push(now.wrapping_sub(stamp));
