@@ -1126,6 +1126,7 @@ fn budget_counters(c: &Ctx<'_>) -> Vec<(&'static str, u64)> {
     vec![
         ("control_cpu_ms", value("control_cpu_ms=")),
         ("budget_charged_ms", value("budget_charged_ms=")),
+        ("budget_suspect_ms", value("budget_suspect_ms=")),
         ("budget_over", value("budget_over=")),
         ("deferred", value("deferred=")),
     ]

@@ -17,11 +17,26 @@
 //! its region, pools and queue start is 1 to 200 ms (a region's pages are allocated and
 //! zeroed here, about 0.35 ms per MiB of 4 KiB pages: 180 ms for the default 512 MiB),
 //! so a guest that reconnects a few times, or 64 small guests attached one after the
-//! other (scripts/bench-scale.sh), are never held back; the rate bounds what one user's steady stream of requests may take from
-//! the data loop's CPU. One event can cost more than the whole burst (a region of
-//! `--max-region-size`, 2 GiB: about 0.7 s): the debt is capped at `MAX_WAIT` of
-//! refill, so the uid's next message (that guest's first pool) waits at most that
-//! long, within a guest's answer timeout (5 s by default).
+//! other (scripts/bench-scale.sh), are never held back; the rate bounds what one user's
+//! steady stream of requests may take from the data loop's CPU. One event can cost more
+//! than the whole burst (a region of `--max-region-size`, 2 GiB: about 0.7 s): the debt
+//! is capped at `MAX_WAIT` of refill, so the uid's next message (that guest's first
+//! pool) waits at most that long, within a guest's answer timeout (5 s by default).
+//!
+//! That bucket bounds a uid's average; an attacker that alternates (attacks for 100 ms,
+//! rests for 100 ms) spends the 400 ms burst while it attacks and takes 40% of the data
+//! loop's CPU in those moments. So what no legitimate guest does is charged a second
+//! time, to a small "suspect" bucket of the uid (`SUSPECT_PER_SEC`, `SUSPECT_BURST`,
+//! debt capped at `SUSPECT_MAX_WAIT`), and the uid is served only while both balances
+//! are above zero: an event that ended in a refusal, a bad request or unwanted
+//! descriptors (the socket's `refused`, `bad_requests`, `unwanted_fds` grew), a
+//! session that ended without ever starting a queue (all it cost, from its accept on:
+//! a guest attaches to run a queue, an attacker to make the proxy work), and the port
+//! restarts of a guest that stops its queue while it stays attached (flapping). An
+//! attacker thus pays at once, at 2% of a CPU, while an attach that runs a queue, and a
+//! guest that reconnects to run it again, is charged to the big bucket only. The suspect
+//! debt is small (250 ms of refill) so that the uid's legitimate connections (a probe, a
+//! guest's retry) wait at most that long behind it.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -32,6 +47,13 @@ pub(super) const CPU_PER_SEC: Duration = Duration::from_millis(50);
 pub(super) const CPU_BURST: Duration = Duration::from_millis(400);
 /// The longest a uid in debt waits: its debt is capped at this much refill.
 pub(super) const MAX_WAIT: Duration = Duration::from_secs(2);
+/// What a uid may spend on what no legitimate guest does (module docs), per second
+/// (2% of a CPU) ...
+pub(super) const SUSPECT_PER_SEC: Duration = Duration::from_millis(20);
+/// ... and at once: a few refused connections or a guest that gave up in its set-up.
+pub(super) const SUSPECT_BURST: Duration = Duration::from_millis(10);
+/// The longest a uid in suspect debt waits.
+pub(super) const SUSPECT_MAX_WAIT: Duration = Duration::from_millis(250);
 /// The control loop wakes up for a uid whose budget refills no more often than this.
 pub(super) const MIN_WAKEUP: Duration = Duration::from_millis(10);
 
@@ -43,45 +65,30 @@ struct Bucket {
     over: bool,
 }
 
-/// The budgets of the uids that used the control thread lately.
-pub(super) struct UidBudgets {
+/// One token bucket per uid, all with the same rate, burst and debt cap.
+struct Buckets {
     rate_ns_per_sec: i64,
     burst_ns: i64,
     /// The lowest balance (a negative number of ns).
     floor_ns: i64,
-    buckets: HashMap<u32, Bucket>,
-    /// How many times a uid went over its budget.
-    pub(super) times_over: u64,
-    /// All the CPU time charged to peers.
-    pub(super) charged: Duration,
-    /// False: every uid may always be served (charges are still counted).
-    limits: bool,
+    map: HashMap<u32, Bucket>,
 }
 
-impl UidBudgets {
-    pub(super) fn new(per_sec: Duration, burst: Duration, max_wait: Duration) -> UidBudgets {
+impl Buckets {
+    fn new(per_sec: Duration, burst: Duration, max_wait: Duration) -> Buckets {
         let rate_ns_per_sec = per_sec.as_nanos() as i64;
-        UidBudgets {
+        Buckets {
             rate_ns_per_sec,
             burst_ns: burst.as_nanos() as i64,
             floor_ns: -((rate_ns_per_sec as i128 * max_wait.as_nanos() as i128 / 1_000_000_000) as i64),
-            buckets: HashMap::new(),
-            times_over: 0,
-            charged: Duration::ZERO,
-            limits: true,
+            map: HashMap::new(),
         }
-    }
-
-    /// Budgets that hold nobody back (the control plane's fuzzing harness).
-    #[cfg_attr(not(feature = "fuzzing"), allow(dead_code))]
-    pub(super) fn unlimited() -> UidBudgets {
-        UidBudgets { limits: false, ..UidBudgets::new(CPU_PER_SEC, CPU_BURST, MAX_WAIT) }
     }
 
     /// The uid's bucket, refilled up to `now`.
     fn refilled(&mut self, uid: u32, now: Instant) -> &mut Bucket {
         let (rate, burst) = (self.rate_ns_per_sec, self.burst_ns);
-        let b = self.buckets.entry(uid).or_insert(Bucket { balance_ns: burst, at: now, over: false });
+        let b = self.map.entry(uid).or_insert(Bucket { balance_ns: burst, at: now, over: false });
         let elapsed = now.saturating_duration_since(b.at).as_nanos().min(u128::from(u32::MAX) * 1_000_000_000) as i64;
         // elapsed (ns) x rate (ns per s) / 1e9, without overflow for any elapsed time.
         let refill = (elapsed as i128 * rate as i128 / 1_000_000_000) as i64;
@@ -93,22 +100,102 @@ impl UidBudgets {
         b
     }
 
-    /// Whether uid's events may be served now (it is not in debt).
-    pub(super) fn allows(&mut self, uid: u32, now: Instant) -> bool {
-        if !self.limits || !self.buckets.contains_key(&uid) {
-            return true;
+    fn allows(&mut self, uid: u32, now: Instant) -> bool {
+        !self.map.contains_key(&uid) || self.refilled(uid, now).balance_ns >= 0
+    }
+
+    /// Charges `spent`; whether that put the uid over (it was not in debt before).
+    fn charge(&mut self, uid: u32, spent: Duration, now: Instant) -> bool {
+        let floor = self.floor_ns;
+        let b = self.refilled(uid, now);
+        b.balance_ns = b.balance_ns.saturating_sub(spent.as_nanos().min(i64::MAX as u128) as i64).max(floor);
+        let went_over = b.balance_ns < 0 && !b.over;
+        if went_over {
+            b.over = true;
         }
-        self.refilled(uid, now).balance_ns >= 0
+        went_over
+    }
+
+    /// When each uid in debt may be served again.
+    fn refills(&self) -> impl Iterator<Item = (u32, Instant)> + '_ {
+        self.map.iter().filter(|(_, b)| b.balance_ns < 0).map(|(&uid, b)| {
+            let ns = (-b.balance_ns) as u128 * 1_000_000_000 / self.rate_ns_per_sec.max(1) as u128;
+            (uid, b.at + Duration::from_nanos(ns.min(u64::MAX as u128) as u64))
+        })
+    }
+
+    fn forget_idle(&mut self, now: Instant) {
+        let uids: Vec<u32> = self.map.keys().copied().collect();
+        for uid in uids {
+            if self.refilled(uid, now).balance_ns >= self.burst_ns {
+                self.map.remove(&uid);
+            }
+        }
+    }
+}
+
+/// The budgets of the uids that used the control thread lately: each uid's CPU bucket
+/// and its suspect bucket (module docs).
+pub(super) struct UidBudgets {
+    cpu: Buckets,
+    suspect: Buckets,
+    /// How many times a uid went over one of its budgets.
+    pub(super) times_over: u64,
+    /// All the CPU time charged to peers.
+    pub(super) charged: Duration,
+    /// What of it was charged to the suspect buckets too.
+    pub(super) suspect_charged: Duration,
+    /// False: every uid may always be served (charges are still counted).
+    limits: bool,
+}
+
+impl UidBudgets {
+    /// CPU buckets of `per_sec`, `burst`, `max_wait`; suspect buckets of the defaults.
+    pub(super) fn new(per_sec: Duration, burst: Duration, max_wait: Duration) -> UidBudgets {
+        UidBudgets::with_suspect(per_sec, burst, max_wait, (SUSPECT_PER_SEC, SUSPECT_BURST, SUSPECT_MAX_WAIT))
+    }
+
+    /// With suspect buckets of (per second, burst, longest wait).
+    pub(super) fn with_suspect(
+        per_sec: Duration,
+        burst: Duration,
+        max_wait: Duration,
+        suspect: (Duration, Duration, Duration),
+    ) -> UidBudgets {
+        UidBudgets {
+            cpu: Buckets::new(per_sec, burst, max_wait),
+            suspect: Buckets::new(suspect.0, suspect.1, suspect.2),
+            times_over: 0,
+            charged: Duration::ZERO,
+            suspect_charged: Duration::ZERO,
+            limits: true,
+        }
+    }
+
+    /// Budgets that hold nobody back (the control plane's fuzzing harness).
+    #[cfg_attr(not(feature = "fuzzing"), allow(dead_code))]
+    pub(super) fn unlimited() -> UidBudgets {
+        UidBudgets { limits: false, ..UidBudgets::new(CPU_PER_SEC, CPU_BURST, MAX_WAIT) }
+    }
+
+    /// Whether uid's events may be served now (it is in debt in neither bucket).
+    pub(super) fn allows(&mut self, uid: u32, now: Instant) -> bool {
+        !self.limits || (self.cpu.allows(uid, now) && self.suspect.allows(uid, now))
     }
 
     /// Charges `spent` of control-thread CPU time to uid.
     pub(super) fn charge(&mut self, uid: u32, spent: Duration, now: Instant) {
         self.charged += spent;
-        let floor = self.floor_ns;
-        let b = self.refilled(uid, now);
-        b.balance_ns = b.balance_ns.saturating_sub(spent.as_nanos().min(i64::MAX as u128) as i64).max(floor);
-        if b.balance_ns < 0 && !b.over {
-            b.over = true;
+        if self.cpu.charge(uid, spent, now) {
+            self.times_over += 1;
+        }
+    }
+
+    /// Charges `spent`, already charged with [`charge`](Self::charge), to uid's suspect
+    /// bucket too: it went on something no legitimate guest does (module docs).
+    pub(super) fn charge_suspect(&mut self, uid: u32, spent: Duration, now: Instant) {
+        self.suspect_charged += spent;
+        if self.suspect.charge(uid, spent, now) {
             self.times_over += 1;
         }
     }
@@ -118,31 +205,28 @@ impl UidBudgets {
         if !self.limits {
             return None;
         }
-        self.buckets
-            .values()
-            .filter(|b| b.balance_ns < 0)
-            .map(|b| {
-                let ns = (-b.balance_ns) as u128 * 1_000_000_000 / self.rate_ns_per_sec.max(1) as u128;
-                let due = b.at + Duration::from_nanos(ns.min(u64::MAX as u128) as u64);
-                due.saturating_duration_since(now)
-            })
-            .min()
+        // A uid in debt in both waits for the later of its two refills.
+        let mut due: HashMap<u32, Instant> = HashMap::new();
+        for (uid, at) in self.cpu.refills().chain(self.suspect.refills()) {
+            let d = due.entry(uid).or_insert(at);
+            *d = (*d).max(at);
+        }
+        due.values().map(|at| at.saturating_duration_since(now)).min()
     }
 
     /// Uids in debt now.
     pub(super) fn over_now(&self) -> usize {
-        self.buckets.values().filter(|b| b.balance_ns < 0).count()
+        let mut uids: Vec<u32> = self.cpu.refills().chain(self.suspect.refills()).map(|(uid, _)| uid).collect();
+        uids.sort_unstable();
+        uids.dedup();
+        uids.len()
     }
 
-    /// Forgets the uids whose budget is full again (a new bucket would be the same):
-    /// the map holds only users that were busy lately.
+    /// Forgets the uids whose budgets are full again (a new bucket would be the same):
+    /// the maps hold only users that were busy lately.
     pub(super) fn forget_idle(&mut self, now: Instant) {
-        let uids: Vec<u32> = self.buckets.keys().copied().collect();
-        for uid in uids {
-            if self.refilled(uid, now).balance_ns >= self.burst_ns {
-                self.buckets.remove(&uid);
-            }
-        }
+        self.cpu.forget_idle(now);
+        self.suspect.forget_idle(now);
     }
 }
 
@@ -255,8 +339,72 @@ mod tests {
         b.charge(1, 10 * MS, t);
         b.charge(2, 200 * MS, t);
         b.forget_idle(t + Duration::from_millis(500));
-        assert_eq!(b.buckets.len(), 1, "uid 2 still has 150 ms to get back");
+        assert_eq!(b.cpu.map.len(), 1, "uid 2 still has 150 ms to get back");
         b.forget_idle(t + Duration::from_secs(2));
-        assert!(b.buckets.is_empty());
+        assert!(b.cpu.map.is_empty());
+    }
+
+    #[test]
+    fn a_suspect_charge_holds_the_uid_back_at_once_and_briefly() {
+        let mut b = UidBudgets::new(CPU_PER_SEC, CPU_BURST, MAX_WAIT);
+        let t = Instant::now();
+        // A 180 ms attach that then ran its queue: the big bucket only.
+        b.charge(1, 180 * MS, t);
+        assert!(b.allows(1, t));
+        // Refusals: a few fit the suspect burst, then the uid waits, however much more
+        // it made the proxy spend, at most SUSPECT_MAX_WAIT.
+        for _ in 0..9 {
+            b.charge(1, MS, t);
+            b.charge_suspect(1, MS, t);
+        }
+        assert!(b.allows(1, t));
+        b.charge(1, 50 * MS, t);
+        b.charge_suspect(1, 50 * MS, t);
+        assert!(!b.allows(1, t));
+        assert!(b.allows(2, t), "another uid is not held back");
+        assert_eq!(b.next_refill(t), Some(SUSPECT_MAX_WAIT));
+        assert!(b.allows(1, t + SUSPECT_MAX_WAIT));
+        assert_eq!(b.times_over, 1);
+        assert_eq!(b.suspect_charged, 59 * MS);
+        assert_eq!(b.charged, 239 * MS);
+    }
+
+    #[test]
+    fn a_uid_in_debt_in_both_buckets_waits_for_both() {
+        let mut b = UidBudgets::new(CPU_PER_SEC, CPU_BURST, MAX_WAIT);
+        let t = Instant::now();
+        // 50 ms of CPU debt (1 s of refill) and the suspect floor (250 ms).
+        b.charge(1, 450 * MS, t);
+        b.charge_suspect(1, 450 * MS, t);
+        assert_eq!(b.over_now(), 1);
+        assert_eq!(b.next_refill(t), Some(Duration::from_secs(1)));
+        assert!(!b.allows(1, t + SUSPECT_MAX_WAIT));
+        assert!(b.allows(1, t + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_attacker_that_alternates_gets_the_suspect_rate_while_it_attacks() {
+        // Attacks (1 ms refusals, as fast as it is served) for 100 ms, rests for 100
+        // ms, for 4 s: after the first window, it gets about the suspect rate in each
+        // attack window (2 ms of 100), not the CPU bucket's burst.
+        let mut b = UidBudgets::new(CPU_PER_SEC, CPU_BURST, MAX_WAIT);
+        let t0 = Instant::now();
+        let mut per_window = Vec::new();
+        for w in 0..20u32 {
+            let start = t0 + w * 200 * MS;
+            let mut used = Duration::ZERO;
+            let mut t = start;
+            while t < start + 100 * MS {
+                if b.allows(3, t) {
+                    b.charge(3, MS, t);
+                    b.charge_suspect(3, MS, t);
+                    used += MS;
+                }
+                t += 100 * Duration::from_micros(1);
+            }
+            per_window.push(used);
+        }
+        assert!(per_window[0] <= 13 * MS, "{per_window:?}");
+        assert!(per_window[1..].iter().all(|&u| u <= 5 * MS), "{per_window:?}");
     }
 }

@@ -230,8 +230,12 @@ impl Control {
         if outage.is_zero() {
             return;
         }
-        let Some(owner) = self.endpoints[idx].conn.as_ref().map(|c| c.fd.owner()) else { return };
-        self.budgets.charge(owner, outage, Instant::now());
+        let Some((owner, flapping)) = self.endpoints[idx].conn.as_ref().map(|c| (c.fd.owner(), c.stopped)) else { return };
+        let now = Instant::now();
+        self.budgets.charge(owner, outage, now);
+        if flapping {
+            self.budgets.charge_suspect(owner, outage, now);
+        }
         self.restarts.charged += outage;
     }
 
@@ -279,6 +283,7 @@ impl Control {
         self.queue_stop_all(idx);
         let ep = &mut self.endpoints[idx];
         let Some(conn) = ep.conn.take() else { return };
+        ep.ended_unran = (!conn.ran && !conn.guest().is_some_and(|g| g.running())).then_some(conn.cost);
         if say_goodbye {
             let _ = send_message(conn.fd.as_fd(), &Message::Goodbye, 0, &[]);
         }

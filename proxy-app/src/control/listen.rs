@@ -5,6 +5,7 @@
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -113,9 +114,20 @@ pub(super) struct Endpoint {
     /// Times the control thread put off this socket's peers for their uid's budget: a
     /// connection left unread, or the listener held.
     pub(super) deferred: u64,
+    /// Set by `disconnect` when the session it ended never ran a queue: what its
+    /// events had cost, for the uid's suspect budget (`Control::charge_event`).
+    pub(super) ended_unran: Option<Duration>,
 }
 
 impl Endpoint {
+    /// What no legitimate peer makes the socket count: refusals, bad requests and
+    /// unwanted descriptors (an event that moves it is charged to the uid's suspect
+    /// budget, budget.rs).
+    pub(super) fn suspect_count(&self) -> u64 {
+        let st = &self.stats;
+        st.refused.load(Ordering::Relaxed) + st.bad_requests.load(Ordering::Relaxed) + st.unwanted_fds.load(Ordering::Relaxed)
+    }
+
     /// The socket's counters: the control thread's and every queue pair's, added up.
     pub(super) fn totals(&self) -> SocketStats {
         let total = SocketStats::default();
@@ -178,6 +190,7 @@ impl Control {
             queue_starts: StartBudget::new(),
             listener_held_for: None,
             deferred: 0,
+            ended_unran: None,
         });
         Ok(())
     }
@@ -186,10 +199,22 @@ impl Control {
     /// uid (budget.rs); when that puts the uid over its budget, the listener is held
     /// until the uid may be served again.
     pub(super) fn accept(&mut self, idx: usize) {
+        let suspect0 = self.endpoints[idx].suspect_count();
+        let had_conn = self.endpoints[idx].conn.is_some();
         let t0 = os::thread_cpu_time();
         let Some(uid) = self.accept_one(idx) else { return };
         let now = Instant::now();
-        self.budgets.charge(uid, os::thread_cpu_time().saturating_sub(t0), now);
+        let spent = os::thread_cpu_time().saturating_sub(t0);
+        self.budgets.charge(uid, spent, now);
+        if had_conn || self.endpoints[idx].conn.is_none() {
+            // Refused (busy, not allowed): the socket's connection is not this peer's.
+            if self.endpoints[idx].suspect_count() != suspect0 {
+                self.budgets.charge_suspect(uid, spent, now);
+            }
+        } else {
+            self.endpoints[idx].ended_unran = None;
+            self.charge_event(idx, uid, spent, suspect0, now);
+        }
         if !self.budgets.allows(uid, now) {
             let ep = &mut self.endpoints[idx];
             ep.listener_held_for = Some(uid);

@@ -160,7 +160,7 @@ impl Control {
         let in_nic: u64 = self.quarantine.iter().map(|l| l.in_nic()).sum::<u64>()
             + deleting.iter().map(|d| u64::from(d.pool.in_nic())).sum::<u64>();
         s += &format!(
-            "unclaimed={} mempools={} quarantined={} deleting={} quarantined_in_nic={} {} budget_over={} budget_uids_held={} budget_charged_ms={} control_cpu_ms={} port_restarts={} restart_outage_ms={} restart_longest_us={} restarts_charged_ms={}\n",
+            "unclaimed={} mempools={} quarantined={} deleting={} quarantined_in_nic={} {} budget_over={} budget_uids_held={} budget_charged_ms={} budget_suspect_ms={} control_cpu_ms={} port_restarts={} restart_outage_ms={} restart_longest_us={} restarts_charged_ms={}\n",
             self.plane.unclaimed.load(Ordering::Relaxed),
             mempool_count(),
             self.quarantine.len(),
@@ -170,6 +170,7 @@ impl Control {
             self.budgets.times_over,
             self.budgets.over_now(),
             self.budgets.charged.as_millis(),
+            self.budgets.suspect_charged.as_millis(),
             // `show stats` runs on the control thread: its own CPU time.
             crate::os::thread_cpu_time().as_millis(),
             self.restarts.count,

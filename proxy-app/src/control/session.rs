@@ -68,12 +68,29 @@ pub(super) struct Conn {
     /// An answer could not be sent (the guest does not read its socket): the
     /// connection is shut down and detached at the next look at it.
     pub(super) unanswerable: std::cell::Cell<bool>,
+    /// The control-thread CPU time its accept and messages cost so far (budget.rs).
+    pub(super) cost: Duration,
+    /// A queue of it ran: it came to do what guests come for. A session that ends
+    /// without is charged to its uid's suspect budget (budget.rs).
+    pub(super) ran: bool,
+    /// It stopped a queue while it stayed attached: the port restarts of its stops and
+    /// starts from then on are charged to its uid's suspect budget too (flapping).
+    pub(super) stopped: bool,
 }
 
 impl Conn {
     /// A connection the access check let in.
     pub(super) fn new(fd: PeerFd, pid: i32) -> Conn {
-        Conn { fd, since: Instant::now(), pid, session: Session::AwaitingHello, unanswerable: Default::default() }
+        Conn {
+            fd,
+            since: Instant::now(),
+            pid,
+            session: Session::AwaitingHello,
+            unanswerable: Default::default(),
+            cost: Duration::ZERO,
+            ran: false,
+            stopped: false,
+        }
     }
 
     /// The guest, once the handshake is done.
@@ -123,12 +140,41 @@ impl Control {
                 self.endpoints[idx].deferred += 1;
                 return;
             }
+            let suspect0 = self.endpoints[idx].suspect_count();
+            self.endpoints[idx].ended_unran = None;
             let t0 = os::thread_cpu_time();
             let more = self.service_one(idx);
-            self.budgets.charge(owner, os::thread_cpu_time().saturating_sub(t0), Instant::now());
+            let spent = os::thread_cpu_time().saturating_sub(t0);
+            let now = Instant::now();
+            self.budgets.charge(owner, spent, now);
+            self.charge_event(idx, owner, spent, suspect0, now);
             if !more {
                 return;
             }
+        }
+    }
+
+    /// After an event of the connection on socket `idx` (its accept or a message) that
+    /// cost `spent`, already charged to `owner`'s CPU budget: adds it to the
+    /// connection's cost, and charges the uid's suspect budget (budget.rs) with it when
+    /// it ended in a refusal, a bad request or unwanted descriptors (`suspect0`: the
+    /// socket's count of those before it), and with all the session cost when this
+    /// event ended a session that never ran a queue.
+    pub(super) fn charge_event(&mut self, idx: usize, owner: u32, spent: Duration, suspect0: u64, now: Instant) {
+        let ep = &mut self.endpoints[idx];
+        let refused = ep.suspect_count() != suspect0;
+        if let Some(c) = ep.conn.as_mut() {
+            c.cost += spent;
+            c.ran |= c.guest().is_some_and(|g| g.running());
+        }
+        let suspect = match ep.ended_unran.take() {
+            // Ended in this event (`disconnect` left what it had cost before).
+            Some(before) => before + spent,
+            None if refused => spent,
+            None => Duration::ZERO,
+        };
+        if !suspect.is_zero() {
+            self.budgets.charge_suspect(owner, suspect, now);
         }
     }
 
@@ -344,6 +390,11 @@ impl Control {
             self.warn_peer(idx, &format!("cannot stop the queue: {reason}"));
             self.reply(idx, &Message::refuse(RefuseCode::BadRequest, &reason), id);
             return;
+        }
+        // A guest that stops its queue and stays is flapping from here on, unless it
+        // only does so once or twice (the suspect burst covers that; budget.rs).
+        if let Some(c) = self.endpoints[idx].conn.as_mut() {
+            c.stopped |= c.guest().is_some_and(|g| g.running());
         }
         self.queue_stop(idx, queue);
         self.reply(idx, &Message::QueueStopped, id);
