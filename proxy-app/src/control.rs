@@ -322,7 +322,7 @@ impl Control {
             self.budgets.charge(uid, spent, now);
         }
         for ep in self.endpoints.iter_mut() {
-            if ep.listener_held_for.is_some_and(|uid| self.budgets.allows(uid, now)) {
+            if ep.listener_held_for.is_some_and(|uid| self.budgets.allows_new(uid, now)) {
                 ep.listener_held_for = None;
             }
         }
@@ -332,7 +332,7 @@ impl Control {
                 owners.push((i, false));
             }
             if let Some(c) = &ep.conn {
-                if (peers_welcome || !c.fd.passes()) && self.budgets.allows(c.fd.owner(), now) {
+                if (peers_welcome || !c.fd.passes()) && self.budgets.serves(c, now) {
                     fds.push(pollfd(c.fd.as_fd().as_raw_fd()));
                     owners.push((i, true));
                 }

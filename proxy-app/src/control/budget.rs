@@ -58,8 +58,13 @@ pub(super) const SUSPECT_MAX_WAIT: Duration = Duration::from_millis(250);
 pub(super) const MIN_WAKEUP: Duration = Duration::from_millis(10);
 
 struct Bucket {
-    /// ns of CPU time the uid may still use; below zero, it is in debt.
+    /// ns of CPU time the uid may still use; below zero, it is in debt (no further
+    /// than the floor: what its connections wait for).
     balance_ns: i64,
+    /// The same without the floor: what the uid really owes. A new session of the uid
+    /// starts only once it owes nothing, so that one event costlier than the floor is
+    /// paid in full before the uid can make another.
+    owed_ns: i64,
     at: Instant,
     /// In debt since its last charge (counted once per time it went over).
     over: bool,
@@ -67,6 +72,9 @@ struct Bucket {
 
 /// One token bucket per uid, all with the same rate, burst and debt cap.
 struct Buckets {
+    /// The debt beyond the floor is owed too (`Bucket::owed_ns`); otherwise it is
+    /// forgiven.
+    pays_in_full: bool,
     rate_ns_per_sec: i64,
     burst_ns: i64,
     /// The lowest balance (a negative number of ns).
@@ -75,9 +83,10 @@ struct Buckets {
 }
 
 impl Buckets {
-    fn new(per_sec: Duration, burst: Duration, max_wait: Duration) -> Buckets {
+    fn new(per_sec: Duration, burst: Duration, max_wait: Duration, pays_in_full: bool) -> Buckets {
         let rate_ns_per_sec = per_sec.as_nanos() as i64;
         Buckets {
+            pays_in_full,
             rate_ns_per_sec,
             burst_ns: burst.as_nanos() as i64,
             floor_ns: -((rate_ns_per_sec as i128 * max_wait.as_nanos() as i128 / 1_000_000_000) as i64),
@@ -88,11 +97,12 @@ impl Buckets {
     /// The uid's bucket, refilled up to `now`.
     fn refilled(&mut self, uid: u32, now: Instant) -> &mut Bucket {
         let (rate, burst) = (self.rate_ns_per_sec, self.burst_ns);
-        let b = self.map.entry(uid).or_insert(Bucket { balance_ns: burst, at: now, over: false });
+        let b = self.map.entry(uid).or_insert(Bucket { balance_ns: burst, owed_ns: burst, at: now, over: false });
         let elapsed = now.saturating_duration_since(b.at).as_nanos().min(u128::from(u32::MAX) * 1_000_000_000) as i64;
         // elapsed (ns) x rate (ns per s) / 1e9, without overflow for any elapsed time.
         let refill = (elapsed as i128 * rate as i128 / 1_000_000_000) as i64;
         b.balance_ns = b.balance_ns.saturating_add(refill).min(burst);
+        b.owed_ns = b.owed_ns.saturating_add(refill).min(burst);
         b.at = now;
         if b.balance_ns >= 0 {
             b.over = false;
@@ -104,11 +114,17 @@ impl Buckets {
         !self.map.contains_key(&uid) || self.refilled(uid, now).balance_ns >= 0
     }
 
+    fn owes_nothing(&mut self, uid: u32, now: Instant) -> bool {
+        !self.map.contains_key(&uid) || self.refilled(uid, now).owed_ns >= 0
+    }
+
     /// Charges `spent`; whether that put the uid over (it was not in debt before).
     fn charge(&mut self, uid: u32, spent: Duration, now: Instant) -> bool {
-        let floor = self.floor_ns;
+        let (floor, pays_in_full) = (self.floor_ns, self.pays_in_full);
         let b = self.refilled(uid, now);
-        b.balance_ns = b.balance_ns.saturating_sub(spent.as_nanos().min(i64::MAX as u128) as i64).max(floor);
+        let spent_ns = spent.as_nanos().min(i64::MAX as u128) as i64;
+        b.balance_ns = b.balance_ns.saturating_sub(spent_ns).max(floor);
+        b.owed_ns = if pays_in_full { b.owed_ns.saturating_sub(spent_ns) } else { b.balance_ns };
         let went_over = b.balance_ns < 0 && !b.over;
         if went_over {
             b.over = true;
@@ -116,18 +132,20 @@ impl Buckets {
         went_over
     }
 
-    /// When each uid in debt may be served again.
+    /// When each uid in debt may be served again, and when it owes nothing.
     fn refills(&self) -> impl Iterator<Item = (u32, Instant)> + '_ {
-        self.map.iter().filter(|(_, b)| b.balance_ns < 0).map(|(&uid, b)| {
-            let ns = (-b.balance_ns) as u128 * 1_000_000_000 / self.rate_ns_per_sec.max(1) as u128;
-            (uid, b.at + Duration::from_nanos(ns.min(u64::MAX as u128) as u64))
-        })
+        self.map.iter().flat_map(|(&uid, b)| [b.balance_ns, b.owed_ns].map(|ns| (uid, b.at, ns))).filter(|&(_, _, ns)| ns < 0).map(
+            |(uid, at, ns)| {
+                let ns = (-ns) as u128 * 1_000_000_000 / self.rate_ns_per_sec.max(1) as u128;
+                (uid, at + Duration::from_nanos(ns.min(u64::MAX as u128) as u64))
+            },
+        )
     }
 
     fn forget_idle(&mut self, now: Instant) {
         let uids: Vec<u32> = self.map.keys().copied().collect();
         for uid in uids {
-            if self.refilled(uid, now).balance_ns >= self.burst_ns {
+            if self.refilled(uid, now).owed_ns >= self.burst_ns {
                 self.map.remove(&uid);
             }
         }
@@ -163,8 +181,10 @@ impl UidBudgets {
         suspect: (Duration, Duration, Duration),
     ) -> UidBudgets {
         UidBudgets {
-            cpu: Buckets::new(per_sec, burst, max_wait),
-            suspect: Buckets::new(suspect.0, suspect.1, suspect.2),
+            cpu: Buckets::new(per_sec, burst, max_wait, true),
+            // A suspect charge can be a whole session's cost (a 2 GiB region); the CPU
+            // bucket has that paid in full, this one only puts the uid off briefly.
+            suspect: Buckets::new(suspect.0, suspect.1, suspect.2, false),
             times_over: 0,
             charged: Duration::ZERO,
             suspect_charged: Duration::ZERO,
@@ -181,6 +201,12 @@ impl UidBudgets {
     /// Whether uid's events may be served now (it is in debt in neither bucket).
     pub(super) fn allows(&mut self, uid: u32, now: Instant) -> bool {
         !self.limits || (self.cpu.allows(uid, now) && self.suspect.allows(uid, now))
+    }
+
+    /// Whether a new session of uid may begin now (a connection accepted, its Hello
+    /// read): it owes nothing in either bucket, its debt beyond the floors included.
+    pub(super) fn allows_new(&mut self, uid: u32, now: Instant) -> bool {
+        !self.limits || (self.cpu.owes_nothing(uid, now) && self.suspect.owes_nothing(uid, now))
     }
 
     /// Charges `spent` of control-thread CPU time to uid.
@@ -205,16 +231,12 @@ impl UidBudgets {
         if !self.limits {
             return None;
         }
-        // A uid in debt in both waits for the later of its two refills.
-        let mut due: HashMap<u32, Instant> = HashMap::new();
-        for (uid, at) in self.cpu.refills().chain(self.suspect.refills()) {
-            let d = due.entry(uid).or_insert(at);
-            *d = (*d).max(at);
-        }
-        due.values().map(|at| at.saturating_duration_since(now)).min()
+        // The first of them: a uid in debt in both, or owing more than its floor, is
+        // looked at again then and waits on.
+        self.cpu.refills().chain(self.suspect.refills()).map(|(_, at)| at.saturating_duration_since(now)).min()
     }
 
-    /// Uids in debt now.
+    /// Uids in debt now (or owing more than their debt).
     pub(super) fn over_now(&self) -> usize {
         let mut uids: Vec<u32> = self.cpu.refills().chain(self.suspect.refills()).map(|(uid, _)| uid).collect();
         uids.sort_unstable();
@@ -307,6 +329,28 @@ mod tests {
         assert!(!b.allows(3, t));
         assert_eq!(b.next_refill(t), Some(MAX_WAIT));
         assert!(b.allows(3, t + MAX_WAIT));
+        // Its next session waits until the whole 300 ms of debt is paid (6 s).
+        assert!(!b.allows_new(3, t + MAX_WAIT));
+        assert!(!b.allows_new(3, t + Duration::from_millis(5999)));
+        assert!(b.allows_new(3, t + Duration::from_secs(6)));
+        assert!(b.allows_new(4, t), "another uid is not held back");
+    }
+
+    #[test]
+    fn a_uid_that_repeats_a_huge_event_pays_for_it_in_full() {
+        // 2 GiB regions (700 ms each), one after the other, a new session as soon as
+        // one may begin: over 60 s, no more than the burst and the rate.
+        let mut b = UidBudgets::new(CPU_PER_SEC, CPU_BURST, MAX_WAIT);
+        let t0 = Instant::now();
+        let (mut t, mut used) = (t0, Duration::ZERO);
+        while t < t0 + Duration::from_secs(60) {
+            if b.allows_new(5, t) {
+                b.charge(5, 700 * MS, t);
+                used += 700 * MS;
+            }
+            t += 10 * MS;
+        }
+        assert!(used <= CPU_BURST + 60 * CPU_PER_SEC + 700 * MS, "{used:?}");
     }
 
     #[test]
@@ -377,7 +421,7 @@ mod tests {
         b.charge(1, 450 * MS, t);
         b.charge_suspect(1, 450 * MS, t);
         assert_eq!(b.over_now(), 1);
-        assert_eq!(b.next_refill(t), Some(Duration::from_secs(1)));
+        assert_eq!(b.next_refill(t), Some(SUSPECT_MAX_WAIT));
         assert!(!b.allows(1, t + SUSPECT_MAX_WAIT));
         assert!(b.allows(1, t + Duration::from_secs(1)));
     }

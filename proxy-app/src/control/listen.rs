@@ -215,7 +215,7 @@ impl Control {
             self.endpoints[idx].ended_unran = None;
             self.charge_event(idx, uid, spent, suspect0, now);
         }
-        if !self.budgets.allows(uid, now) {
+        if !self.budgets.allows_new(uid, now) {
             let ep = &mut self.endpoints[idx];
             ep.listener_held_for = Some(uid);
             ep.deferred += 1;

@@ -63,6 +63,10 @@ pub(super) struct Conn {
     /// descriptors, released in the closer's context.
     pub(super) fd: PeerFd,
     pub(super) since: Instant,
+    /// Where its Hello timeout counts from: its accept, or the last time it was held
+    /// back for its uid's budget (a session waits for the budget, not against its
+    /// timeout).
+    hello_clock: Instant,
     pub(super) pid: i32,
     pub(super) session: Session,
     /// An answer could not be sent (the guest does not read its socket): the
@@ -84,6 +88,7 @@ impl Conn {
         Conn {
             fd,
             since: Instant::now(),
+            hello_clock: Instant::now(),
             pid,
             session: Session::AwaitingHello,
             unanswerable: Default::default(),
@@ -135,8 +140,9 @@ impl Control {
     /// budget has refilled (the poll loop leaves the connection out meanwhile).
     pub(super) fn service_conn(&mut self, idx: usize) {
         loop {
-            let Some(owner) = self.endpoints[idx].conn.as_ref().map(|c| c.fd.owner()) else { return };
-            if !self.budgets.allows(owner, Instant::now()) {
+            let Some(conn) = self.endpoints[idx].conn.as_ref() else { return };
+            let owner = conn.fd.owner();
+            if !self.budgets.serves(conn, Instant::now()) {
                 self.endpoints[idx].deferred += 1;
                 return;
             }
@@ -590,6 +596,11 @@ impl Control {
     /// not said Hello in time goes; a guest that broke its ring or lost its region's
     /// pages goes; invalid input is reported (rate-limited); parked buffers are retried.
     pub(super) fn check_session(&mut self, idx: usize, now: Instant) {
+        if let Some(c) = self.endpoints[idx].conn.as_mut() {
+            if c.guest().is_none() && !self.budgets.allows_new(c.fd.owner(), now) {
+                c.hello_clock = now;
+            }
+        }
         let ep = &self.endpoints[idx];
         let Some(conn) = &ep.conn else { return };
         if conn.unanswerable.get() {
@@ -598,7 +609,7 @@ impl Control {
             return;
         }
         let Some(guest) = conn.guest() else {
-            if now.duration_since(conn.since) > HELLO_TIMEOUT {
+            if now.duration_since(conn.hello_clock) > HELLO_TIMEOUT {
                 bump(&ep.stats.refused);
                 self.warn_peer(idx, "no Hello within 5 s; disconnected");
                 self.disconnect(idx, "no Hello within 5 s", false);
@@ -622,12 +633,10 @@ impl Control {
                 .started()
                 .find_map(|q| Invalid::from_u32(q.first_invalid.load(Ordering::Relaxed)))
                 .map_or("a free-ring entry named no buffer of its pool, or one the proxy held", |k| k.describe());
-            log_warn!(
-                "{}: guest '{}': {} invalid descriptors/buffers dropped so far (first: {first})",
-                ep.path.display(),
-                guest.app,
-                total
-            );
+            // Rate-limited per socket, not per guest: a peer that reconnects after each
+            // bad packet must not get a line per connection.
+            let text = format!("guest '{}': {} invalid descriptors/buffers dropped so far (first: {first})", guest.app, total);
+            self.warn_peer(idx, &text);
             if let Some(g) = self.guest_mut(idx) {
                 g.invalid_reported = total;
                 g.last_invalid_log = Some(now);
@@ -647,6 +656,19 @@ impl Control {
             let reason = "the guest corrupted a ring index";
             self.reply(idx, &Message::refuse(RefuseCode::BadRequest, reason), 0);
             self.disconnect(idx, reason, false);
+        }
+    }
+}
+
+impl super::budget::UidBudgets {
+    /// Whether the connection `c` may be read now: an attached guest's while its uid is
+    /// not in debt, a session still before its handshake only once its uid owes
+    /// nothing (budget.rs).
+    pub(super) fn serves(&mut self, c: &Conn, now: Instant) -> bool {
+        if c.guest().is_some() {
+            self.allows(c.fd.owner(), now)
+        } else {
+            self.allows_new(c.fd.owner(), now)
         }
     }
 }
