@@ -317,9 +317,13 @@ impl Control {
         // where it went over, until the budget has refilled: what it sends waits in the
         // kernel meanwhile.
         let now = Instant::now();
-        // What the reaper spent closing each uid's descriptors, on this thread's CPU.
+        // What the reaper spent closing each uid's descriptors, on this thread's CPU:
+        // descriptors a peer passed where they were not wanted, or that were refused,
+        // and the connections that carried them (a reattaching guest's adopted region
+        // is not among them until it leaves): suspect too (budget.rs).
         for (uid, spent) in reaper::take_cpu_owed() {
             self.budgets.charge(uid, spent, now);
+            self.budgets.charge_suspect(uid, spent, now);
         }
         for ep in self.endpoints.iter_mut() {
             if ep.listener_held_for.is_some_and(|uid| self.budgets.allows_new(uid, now)) {
