@@ -590,6 +590,33 @@ pub fn start_pcap_proxy_with(s: &Scratch, packets: &[Vec<u8>], options: &[&str])
     PcapProxy { proxy, sock, output }
 }
 
+/// What [`quit_proxy_then_testpmd`] collected.
+pub struct Ended {
+    /// The proxy's exit code.
+    pub proxy_code: Option<i32>,
+    /// Everything the proxy printed, its counters last.
+    pub proxy_out: String,
+    /// Everything the interactive testpmd printed before it was told to quit.
+    pub testpmd_out: String,
+    /// Both outputs, for failure messages.
+    pub report: String,
+}
+
+/// Ends a proxy and its interactive testpmd guest: the proxy first, after one more
+/// `show stats` (a guest that leaves makes the proxy restart its port, and `net_pcap`
+/// then opens its output capture afresh), then testpmd (`quit`).
+pub fn quit_proxy_then_testpmd(mut proxy: Proc, mut testpmd: Proc) -> Ended {
+    proxy.send("show stats");
+    thread::sleep(Duration::from_millis(300));
+    proxy.send("quit");
+    let (proxy_code, proxy_out) = proxy.wait(Duration::from_secs(20));
+    let testpmd_out = testpmd.out.text();
+    testpmd.send("quit");
+    let _ = testpmd.wait(Duration::from_secs(30));
+    let report = format!("--- testpmd ---\n{testpmd_out}\n--- proxy ---\n{proxy_out}");
+    Ended { proxy_code, proxy_out, testpmd_out, report }
+}
+
 /// The number after `key=` on the last line of `out` that starts with `prefix` (the
 /// summary line of an example or a test program).
 pub fn summary(out: &str, prefix: &str, key: &str) -> u64 {

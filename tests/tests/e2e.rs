@@ -130,7 +130,7 @@ fn frames_beyond_the_limit_are_refused(tag: &str, mtu: u16, limit: usize, sizes:
     let fits: Vec<&Vec<u8>> = packets.iter().filter(|p| p.len() <= limit).collect();
     let (good, bad) = (fits.len() as u64, (packets.len() - fits.len()) as u64);
     assert!(good > 0 && bad > 0, "the sizes must have frames on both sides of {limit}");
-    let PcapProxy { mut proxy, sock, output } = start_pcap_proxy_with(&s, &packets, &["--mtu", &mtu.to_string()]);
+    let PcapProxy { proxy, sock, output } = start_pcap_proxy_with(&s, &packets, &["--mtu", &mtu.to_string()]);
     let ptext = proxy.out.text();
     assert!(ptext.contains(&format!("MTU {mtu}, ")) && ptext.contains(&format!(" and {limit} bytes a frame")), "{ptext}");
     // --no-flush-rx: the capture is replayed the moment the guest's queue starts, and
@@ -148,16 +148,7 @@ fn frames_beyond_the_limit_are_refused(tag: &str, mtu: u16, limit: usize, sizes:
     });
     g.send("stop");
     let stopped = g.out.wait_contains("Forward statistics for port 0", Duration::from_secs(20));
-    // The proxy first: a guest that leaves restarts its port, and net_pcap then opens
-    // its output afresh.
-    proxy.send("show stats");
-    std::thread::sleep(Duration::from_millis(300));
-    proxy.send("quit");
-    let (pcode, pout) = proxy.wait(Duration::from_secs(20));
-    let gtext = g.out.text();
-    g.send("quit");
-    let _ = g.wait(Duration::from_secs(30));
-    let report = format!("--- testpmd ---\n{gtext}\n--- proxy ---\n{pout}");
+    let Ended { proxy_code: pcode, proxy_out: pout, testpmd_out: gtext, report } = quit_proxy_then_testpmd(proxy, g);
     done.unwrap_or_else(|e| panic!("{e}\n{report}"));
     stopped.unwrap_or_else(|e| panic!("{e}\n{report}"));
     assert_eq!(pcode, Some(0), "{report}");

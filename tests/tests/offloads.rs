@@ -7,6 +7,7 @@
 //!
 //! Run one at a time (`--test-threads=1`).
 
+use std::path::Path;
 use std::time::Duration;
 
 use e2e_tests::packet::{ip_cksum_ok, l4_cksum_ok, tcp4, udp4};
@@ -14,6 +15,31 @@ use e2e_tests::*;
 
 fn count(text: &str, needle: &str) -> usize {
     text.matches(needle).count()
+}
+
+/// An interactive testpmd on `sock` (`args` after `-i`), its port stopped once it came
+/// up: offloads are configured on a stopped port, and starting it again starts the
+/// proxy's queue, which replays the capture into the ring (kept there by --no-flush-rx).
+fn stopped_testpmd(s: &Scratch, sock: &Path, args: &[&str]) -> Proc {
+    let testpmd_args = ["-i"].iter().chain(args).chain(&["--no-flush-rx", "--total-num-mbufs=4096"]).map(|a| a.to_string()).collect();
+    let mut g = start_testpmd(s, &GuestConfig { socket: sock, devargs: "region_size=64M", memory_mb: 64, testpmd_args, name: "guest" });
+    wait_or_dump(&g, "Checking link statuses", 30);
+    g.send("port stop 0");
+    wait_or_dump(&g, "Stopping ports", 20);
+    g
+}
+
+/// Starts the port of [`stopped_testpmd`] again, verbose (testpmd prints each packet it
+/// receives, with its flags), and forwarding; then waits until the proxy has sent `n`
+/// packets (or says why it did not).
+fn forward_replay(g: &mut Proc, proxy: &Proc, sock: &Path, n: u64) -> Result<(), String> {
+    g.send("set verbose 1");
+    g.send("port start 0");
+    wait_until_or_dump(proxy, "second queue start", 20, |t| count(t, "queue started") >= 2);
+    g.send("start");
+    proxy.out.wait_for("every packet forwarded", Duration::from_secs(30), |t| {
+        shown_counter(&proxy_socket_stats(t, sock), "tx_packets") >= n
+    })
 }
 
 #[test]
@@ -44,45 +70,17 @@ fn testpmd_csum_engine_sees_rx_checksum_flags_and_gets_tx_checksums_done() {
         packets.push(p);
     }
     let n = packets.len() as u64;
-    let PcapProxy { mut proxy, sock, output } = start_pcap_proxy(&s, &packets);
-    let mut g = start_testpmd(
-        &s,
-        &GuestConfig {
-            socket: &sock,
-            devargs: "region_size=64M",
-            memory_mb: 64,
-            testpmd_args: ["-i", "--forward-mode=csum", "--enable-rx-cksum", "--no-flush-rx", "--total-num-mbufs=4096"]
-                .map(String::from)
-                .to_vec(),
-            name: "guest",
-        },
-    );
-    wait_or_dump(&g, "Checking link statuses", 30);
-    // tx checksums are configured on a stopped port; starting it again starts the proxy's
-    // queue, which replays the capture into the ring (kept there by --no-flush-rx).
-    g.send("port stop 0");
-    wait_or_dump(&g, "Stopping ports", 20);
+    let PcapProxy { proxy, sock, output } = start_pcap_proxy(&s, &packets);
+    // tx checksums are configured on a stopped port.
+    let mut g = stopped_testpmd(&s, &sock, &["--forward-mode=csum", "--enable-rx-cksum"]);
     for proto in ["ip", "udp", "tcp"] {
         g.send(&format!("csum set {proto} hw 0"));
     }
     wait_until_or_dump(&g, "csum set", 20, |t| count(t, "checksum offload is hw") >= 3);
-    g.send("set verbose 1");
-    g.send("port start 0");
-    wait_until_or_dump(&proxy, "second queue start", 20, |t| count(t, "queue started") >= 2);
-    g.send("start");
-    let done = proxy.out.wait_for("every packet forwarded", Duration::from_secs(30), |t| {
-        shown_counter(&proxy_socket_stats(t, &sock), "tx_packets") >= n
-    });
+    let done = forward_replay(&mut g, &proxy, &sock, n);
     g.send("stop");
     wait_or_dump(&g, "Bad-ipcsum", 20);
-    proxy.send("show stats");
-    std::thread::sleep(Duration::from_millis(300));
-    proxy.send("quit");
-    let (pcode, pout) = proxy.wait(Duration::from_secs(20));
-    let gtext = g.out.text();
-    g.send("quit");
-    let _ = g.wait(Duration::from_secs(30));
-    let report = format!("--- testpmd ---\n{gtext}\n--- proxy ---\n{pout}");
+    let Ended { proxy_code: pcode, proxy_out: pout, testpmd_out: gtext, report } = quit_proxy_then_testpmd(proxy, g);
     done.unwrap_or_else(|e| panic!("{e}\n{report}"));
     assert_eq!(pcode, Some(0), "{report}");
     assert!(!gtext.contains("doesn't match"), "{report}");
@@ -148,39 +146,14 @@ fn testpmd_sees_vlan_tags_stripped_and_gets_its_tag_inserted() {
         }
     }
     let n = packets.len() as u64;
-    let PcapProxy { mut proxy, sock, output } = start_pcap_proxy(&s, &packets);
-    let mut g = start_testpmd(
-        &s,
-        &GuestConfig {
-            socket: &sock,
-            devargs: "region_size=64M",
-            memory_mb: 64,
-            testpmd_args: ["-i", "--forward-mode=macswap", "--enable-hw-vlan-strip", "--no-flush-rx", "--total-num-mbufs=4096"]
-                .map(String::from)
-                .to_vec(),
-            name: "guest",
-        },
-    );
-    wait_or_dump(&g, "Checking link statuses", 30);
-    // tx_vlan needs a stopped port; starting it again replays the capture (see above).
-    g.send("port stop 0");
-    wait_or_dump(&g, "Stopping ports", 20);
+    let PcapProxy { proxy, sock, output } = start_pcap_proxy(&s, &packets);
+    // tx_vlan needs a stopped port.
+    let mut g = stopped_testpmd(&s, &sock, &["--forward-mode=macswap", "--enable-hw-vlan-strip"]);
     g.send("tx_vlan set 0 7");
-    g.send("set verbose 1");
-    g.send("port start 0");
-    wait_until_or_dump(&proxy, "second queue start", 20, |t| count(t, "queue started") >= 2);
-    g.send("start");
-    let done = proxy.out.wait_for("every packet forwarded", Duration::from_secs(30), |t| {
-        shown_counter(&proxy_socket_stats(t, &sock), "tx_packets") >= n
-    });
+    let done = forward_replay(&mut g, &proxy, &sock, n);
     g.send("stop");
     wait_or_dump(&g, "Forward statistics for port 0", 20);
-    proxy.send("quit");
-    let (pcode, pout) = proxy.wait(Duration::from_secs(20));
-    let gtext = g.out.text();
-    g.send("quit");
-    let _ = g.wait(Duration::from_secs(30));
-    let report = format!("--- testpmd ---\n{gtext}\n--- proxy ---\n{pout}");
+    let Ended { proxy_code: pcode, testpmd_out: gtext, report, .. } = quit_proxy_then_testpmd(proxy, g);
     done.unwrap_or_else(|e| panic!("{e}\n{report}"));
     assert_eq!(pcode, Some(0), "{report}");
     // What testpmd saw: the 20 tagged frames arrived stripped, their tag in vlan_tci.
