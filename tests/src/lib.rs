@@ -590,6 +590,15 @@ pub fn start_pcap_proxy_with(s: &Scratch, packets: &[Vec<u8>], options: &[&str])
     PcapProxy { proxy, sock, output }
 }
 
+/// Ends the proxy (`quit`) and fails the test unless it exits with 0 within 20 s;
+/// returns its output.
+pub fn quit_proxy(mut proxy: Proc) -> String {
+    proxy.send("quit");
+    let (code, out) = proxy.wait(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{out}");
+    out
+}
+
 /// What [`quit_proxy_then_testpmd`] collected.
 pub struct Ended {
     /// The proxy's exit code.

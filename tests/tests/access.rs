@@ -161,9 +161,7 @@ fn an_unprivileged_guest_forwards_and_other_users_are_refused() {
     let (_, gout) = g.interrupt(Duration::from_secs(20));
     let fwd = testpmd_port_stats(&gout, 0);
     assert!(testpmd_counter(&fwd, "TX-packets") > 10_000, "{gout}");
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
     assert!(!private.exists() && !open.exists(), "sockets removed on quit");
 }
 
@@ -253,9 +251,7 @@ fn the_proxy_refuses_socket_paths_that_another_user_could_change() {
     let out = Command::new("rm").args(["-f"]).arg(sticky.join("sock")).uid(guest.0).gid(guest.1).output().unwrap();
     assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(sticky.join("sock").exists());
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
     assert!(!sticky.join("sock").exists() && !good.exists() && !s.path("good").exists(), "removed on quit");
 }
 
@@ -429,12 +425,10 @@ fn a_reconnecting_testpmd_never_hands_its_region_to_an_impostor() {
     assert!(!iout.contains("impostor: connection"), "a refused guest connected to the impostor: {iout}");
     // The administrator closes the directory again; the real proxy comes back.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710)).unwrap();
-    let mut proxy = start_proxy(&s, &cfg);
+    let proxy = start_proxy(&s, &cfg);
     wait_or_dump(&proxy, "reattached its region", 30);
     wait_or_dump(&g, "reattached to the proxy", 30);
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
     let _ = g.interrupt(Duration::from_secs(20));
 }
 
@@ -488,7 +482,5 @@ fn a_busy_socket_names_its_guest_only_to_the_same_user() {
     assert_eq!(counter(&stats, "refused"), 2, "{stats:?}");
     let (_, hout) = holder.interrupt(Duration::from_secs(20));
     assert!(testpmd_counter(&testpmd_port_stats(&hout, 0), "TX-packets") > 0, "the holder was disturbed: {hout}");
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
 }

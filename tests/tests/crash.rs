@@ -177,9 +177,7 @@ fn fifty_guest_kills_under_load_leak_nothing() {
         rss_seen.iter().max().unwrap(),
     );
     assert!(max_first_traffic < Duration::from_secs(1), "a guest waited {max_first_traffic:?} for traffic");
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    let out = quit_proxy(proxy);
     assert_eq!(counter(&proxy_socket_stats(&out, &sock), "guests_served"), kills as u64 + 1);
 }
 
@@ -254,9 +252,7 @@ fn a_killed_proxy_is_replaced_and_the_guest_reconnects_by_itself() {
     let (_, gout) = g.wait(Duration::from_secs(20));
     let fwd = testpmd_port_stats(&gout, 0);
     assert!(testpmd_counter(&fwd, "TX-packets") > 10_000, "{gout}");
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
 }
 
 /// With `reconnect=0` a guest whose proxy died stays down: a new proxy sees no guest.
@@ -285,9 +281,7 @@ fn without_reconnect_the_guest_stays_down() {
     assert_eq!(counter(&proxy_socket_stats(&stats, &sock), "guests_served"), 0, "{stats}");
     assert!(!g.out.text().contains("reattached"), "{}", g.out.text());
     let _ = g.interrupt(Duration::from_secs(20));
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
 }
 
 /// Bytes waiting unread in the unix sockets of process `pid` (`ss`'s Recv-Q).
@@ -371,7 +365,5 @@ fn a_proxy_lost_during_a_port_start_fails_the_start_and_the_guest_carries_on() {
     g.send("quit");
     let (code, gout) = g.wait(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{gout}");
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
 }

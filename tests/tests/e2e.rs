@@ -307,16 +307,14 @@ fn two_guests_share_a_null_port_and_counters_agree() {
         assert_eq!(xstat("tx_copied_packets"), 0, "guest {i} copied packets");
         assert_eq!(xstat("rx_invalid_descriptors"), 0, "guest {i} saw invalid descriptors");
     }
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
 }
 
 #[test]
 fn a_killed_guest_is_reclaimed_and_the_next_one_served() {
     let s = Scratch::new("kill");
     let sock = s.path("q0/sock");
-    let mut proxy = start_proxy(
+    let proxy = start_proxy(
         &s,
         &ProxyConfig {
             eal: vec!["--vdev".into(), "net_null0".into()],
@@ -345,9 +343,7 @@ fn a_killed_guest_is_reclaimed_and_the_next_one_served() {
     let (_, gout) = second.interrupt(Duration::from_secs(20));
     let fwd = testpmd_port_stats(&gout, 0);
     assert!(testpmd_counter(&fwd, "TX-packets") > 10_000, "{gout}");
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    let out = quit_proxy(proxy);
     assert_eq!(counter(&proxy_socket_stats(&out, &sock), "invalid"), 0);
 }
 

@@ -143,6 +143,31 @@ fn leave_pool1_buffers_in_the_nic(proxy: &mut Proc, sock: &Path, g: &mut Attache
 /// A guest leaves while the NIC holds buffers it sent: its pools and region are
 /// quarantined, the buffers come back into them (never into a newer pool), the quarantine
 /// is released, and the next guest on the socket sees nothing of it.
+/// What [`pool1_in_the_nic`] set up.
+struct PoolInNic {
+    proxy: Proc,
+    g: Attached,
+    /// Pool 1's buffers (offsets).
+    pool1: Vec<u32>,
+    /// The proxy's mempools before the guest came.
+    baseline: u64,
+}
+
+/// A guest of a `net_ring` proxy on `sock` with two pools: pool 0 feeds rx (all its
+/// buffers in the free ring: received packets are copied into it); pool 1's buffers are
+/// the guest's, to send, and the NIC now holds some of them
+/// ([`leave_pool1_buffers_in_the_nic`]).
+fn pool1_in_the_nic(s: &Scratch, sock: &Path) -> PoolInNic {
+    let mut proxy = ring_proxy(s, sock);
+    let baseline = must(&stats(&mut proxy, sock).1, "mempools");
+    let mut g = Attached::attach(sock, &hello(REGION, RING)).expect("attach");
+    g.add_pool(1024, 0).expect("pool 0");
+    let pool1 = add_second_pool(&mut g, 512);
+    g.start().expect("queue start");
+    leave_pool1_buffers_in_the_nic(&mut proxy, sock, &mut g, &pool1);
+    PoolInNic { proxy, g, pool1, baseline }
+}
+
 #[test]
 fn a_guest_that_leaves_with_buffers_in_the_nic_is_quarantined_until_they_come_back() {
     let s = Scratch::new("lifetime_leave");
@@ -218,15 +243,7 @@ fn a_guest_that_leaves_with_buffers_in_the_nic_is_quarantined_until_they_come_ba
 fn a_pool_delete_is_answered_once_the_nic_gave_its_buffers_back() {
     let s = Scratch::new("lifetime_pool_del");
     let sock = s.path("ring.sock");
-    let mut proxy = ring_proxy(&s, &sock);
-    let baseline = must(&stats(&mut proxy, &sock).1, "mempools");
-    let mut g = Attached::attach(&sock, &hello(REGION, RING)).expect("attach");
-    // Pool 0 feeds rx (all its buffers in the free ring: received packets are copied
-    // into it); pool 1's buffers are the guest's, to send.
-    g.add_pool(1024, 0).expect("pool 0");
-    let pool1 = add_second_pool(&mut g, 512);
-    g.start().expect("queue start");
-    leave_pool1_buffers_in_the_nic(&mut proxy, &sock, &mut g, &pool1);
+    let PoolInNic { mut proxy, mut g, pool1, baseline } = pool1_in_the_nic(&s, &sock);
     let (st, last) = stats(&mut proxy, &sock);
     assert_eq!(must(&last, "mempools"), baseline + 2);
     let delivered = must(&st, "rx_packets");
@@ -280,13 +297,7 @@ fn a_pool_delete_is_answered_once_the_nic_gave_its_buffers_back() {
 fn a_pool_delete_whose_buffers_stay_in_the_nic_is_refused_after_a_bound_and_freed_later() {
     let s = Scratch::new("lifetime_pool_del_late");
     let sock = s.path("ring.sock");
-    let mut proxy = ring_proxy(&s, &sock);
-    let baseline = must(&stats(&mut proxy, &sock).1, "mempools");
-    let mut g = Attached::attach(&sock, &hello(REGION, RING)).expect("attach");
-    g.add_pool(1024, 0).expect("pool 0");
-    let pool1 = add_second_pool(&mut g, 512);
-    g.start().expect("queue start");
-    leave_pool1_buffers_in_the_nic(&mut proxy, &sock, &mut g, &pool1);
+    let PoolInNic { mut proxy, mut g, baseline, .. } = pool1_in_the_nic(&s, &sock);
     match g.request(&Message::QueueStop { queue: 0 }) {
         Ok(Message::QueueStopped) => {}
         other => panic!("QueueStop answered {other:?}"),

@@ -30,14 +30,6 @@ fn null_proxy_on_queues(s: &Scratch, sock: &Path, queues: &str) -> Proc {
     proxy
 }
 
-/// Quits the proxy, which must exit with 0; its output.
-fn quit_proxy(mut proxy: Proc) -> String {
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
-    out
-}
-
 /// testpmd with a main lcore and `forwarding` more, all on the guest's CPU (they share
 /// it: the point is two forwarding threads on two queues, not speed).
 fn testpmd_lcores(scratch: &Scratch, socket: &Path, name: &str, forwarding: usize, args: &[&str]) -> Proc {

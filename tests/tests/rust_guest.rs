@@ -228,9 +228,7 @@ fn rust_counter_counts_exactly_what_the_proxy_delivered() {
     }
     assert_eq!(counter(&stats, "invalid"), 0, "{stats:?}");
     assert!(proxy.out.text().contains("detached: the guest said goodbye"), "{}", proxy.out.text());
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
 }
 
 #[test]
@@ -267,9 +265,7 @@ fn a_killed_rust_guest_is_reclaimed_and_the_socket_serves_again() {
     assert_eq!(counter(&last, "guests_served"), 2, "{last:?}");
     assert_eq!(counter(&last, "invalid"), 0, "{last:?}");
     assert_eq!(mempools(&proxy.out.text()), baseline);
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
 }
 
 /// Runs `f` on a thread that has entered network namespace `ns` (`setns` moves only
@@ -461,7 +457,7 @@ fn hugepages_free() -> u64 {
 fn rust_guests_get_regions_that_fit_their_pools_and_a_fair_share_of_hugepages() {
     let s = Scratch::new("rs-sizing");
     let socks: Vec<PathBuf> = (0..3).map(|q| s.path(&format!("q{q}/sock"))).collect();
-    let mut proxy = start_proxy(
+    let proxy = start_proxy(
         &s,
         &ProxyConfig {
             // no-rx: the guests' queues receive nothing; what is measured is the region.
@@ -506,7 +502,5 @@ fn rust_guests_get_regions_that_fit_their_pools_and_a_fair_share_of_hugepages() 
         assert_eq!(code, Some(0), "{out}");
     }
     wait_until_or_dump(&proxy, "three goodbyes", 10, |t| t.matches("the guest said goodbye").count() == 3);
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
 }

@@ -107,9 +107,7 @@ fn dumpcap_starts_and_stops_ten_times_under_traffic_without_a_guest() {
     let cycles = capture_cycles(&s, &mut proxy);
     assert_eq!(cycles, CAPTURE_CYCLES);
     eprintln!("capture cycles without a guest: {cycles}");
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
 }
 
 #[test]
@@ -141,9 +139,7 @@ fn dumpcap_starts_and_stops_ten_times_while_a_guest_forwards() {
     assert_eq!(gcode, Some(0), "{gout}");
     let forwarded = testpmd_port_stats(&gout, 0);
     assert!(testpmd_counter(&forwarded, "TX-packets") > 0, "{gout}");
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
 }
 
 #[test]
@@ -324,9 +320,7 @@ fn sighup_applies_the_difference_and_refuses_a_bad_file() {
     g.send("quit");
     let (gcode, gout) = g.wait(Duration::from_secs(20));
     assert_eq!(gcode, Some(0), "{gout}");
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
 }
 
 #[test]

@@ -73,7 +73,7 @@ fn forward_for(g: &mut Proc, secs: u64) {
 fn testpmd_port_commands_reattach_and_leave_the_proxy_healthy() {
     let s = Scratch::new("portcmds");
     let sock = s.path("q0/sock");
-    let mut proxy = null_proxy(&s, 1, &[(sock.clone(), 0, 0)]);
+    let proxy = null_proxy(&s, 1, &[(sock.clone(), 0, 0)]);
     let dev = format!("sock:{}", sock.display());
     let mut g = guest_with(&s, &sock, "guest", 32, "region_size=64M", &["-i", "--forward-mode=macswap", "--total-num-mbufs=4096"]);
     wait_until_or_dump(&g, "link check", 30, |t| t.contains("Checking link statuses"));
@@ -129,9 +129,7 @@ fn testpmd_port_commands_reattach_and_leave_the_proxy_healthy() {
     std::thread::sleep(Duration::from_secs(1));
     let (_, nout) = next.interrupt(Duration::from_secs(20));
     assert!(testpmd_counter(&testpmd_port_stats(&nout, 0), "TX-packets") > 1000, "{nout}");
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    let out = quit_proxy(proxy);
     let stats = proxy_socket_stats(&out, &sock);
     assert_eq!(counter(&stats, "guests_served"), 4, "{stats:?}");
     assert_eq!(counter(&stats, "invalid"), 0, "{stats:?}");
@@ -144,7 +142,7 @@ fn four_guests_share_two_ports_with_two_queues_each() {
     let s = Scratch::new("rfc4");
     let sockets: Vec<(std::path::PathBuf, u16, u16)> =
         [(0, 0), (0, 1), (1, 0), (1, 1)].iter().map(|&(p, q)| (s.path(&format!("socket_{p}_{q}/sock")), p, q)).collect();
-    let mut proxy = null_proxy(&s, 2, &sockets);
+    let proxy = null_proxy(&s, 2, &sockets);
     let guests: Vec<Proc> = sockets
         .iter()
         .enumerate()
@@ -164,9 +162,7 @@ fn four_guests_share_two_ports_with_two_queues_each() {
         let fwd = testpmd_port_stats(&out, 0);
         assert!(testpmd_counter(&fwd, "TX-packets") > 1000, "guest {i} forwarded too little: {fwd:?}\n{out}");
     }
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    let out = quit_proxy(proxy);
     for (path, port, queue) in &sockets {
         let stats = proxy_socket_stats(&out, path);
         assert_eq!(stats.get("port").map(String::as_str), Some(port.to_string().as_str()), "{stats:?}");
@@ -244,7 +240,7 @@ fn private_pool_packets_are_copied_and_counted_not_rejected() {
 fn a_guest_failing_after_probe_exits_without_a_panic() {
     let s = Scratch::new("early-exit");
     let sock = s.path("q0/sock");
-    let mut proxy = null_proxy(&s, 1, &[(sock.clone(), 0, 0)]);
+    let proxy = null_proxy(&s, 1, &[(sock.clone(), 0, 0)]);
     for round in 0..3 {
         let g = guest_with(&s, &sock, &format!("guest{round}"), 4, "region_size=32M", &["--forward-mode=macswap"]);
         let (code, out) = g.wait(Duration::from_secs(30));
@@ -254,7 +250,5 @@ fn a_guest_failing_after_probe_exits_without_a_panic() {
         assert_eq!(code, Some(1), "testpmd exits with its own error code\n{out}");
     }
     wait_until_or_dump(&proxy, "three goodbyes", 10, |t| count(t, "detached") >= 3);
-    proxy.send("quit");
-    let (code, out) = proxy.wait(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "{out}");
+    quit_proxy(proxy);
 }
