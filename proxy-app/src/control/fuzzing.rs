@@ -35,7 +35,9 @@
 //! digest to stderr.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +46,7 @@ use shm_contract::mem::{create_region_memfd, Mapping};
 use shm_contract::mpmc::FreeRing;
 use shm_contract::pool::MAX_POOLS;
 use shm_contract::proto::transport::{connect_to_proxy, recv_message_and_fds, send_message, Received, TransportError};
-use shm_contract::proto::{Hello, HELLO_FLAG_REATTACH, QUEUE_FLAG_RX_WAKEUP};
+use shm_contract::proto::{Hello, MessageKind, HELLO_FLAG_REATTACH, QUEUE_FLAG_RX_WAKEUP};
 use shm_contract::{Desc, DescProducer, Message, PoolAdd, PROTOCOL_VERSION};
 
 use super::listen::StartBudget;
@@ -72,6 +74,31 @@ const REAPER_BACKLOG: usize = 64;
 /// Ring entries of the first guest.
 const FIRST_RING_ENTRIES: u32 = 256;
 
+/// How far inputs get (`PROXY_FUZZ_STATS=1` prints these when the process exits):
+/// inputs run; inputs in which a guest got a Welcome (a new connection's handshake),
+/// a PoolAck, a QueueStarted; inputs that began by attaching the first guest again
+/// (the input before had ended its session).
+static INPUTS: AtomicU64 = AtomicU64::new(0);
+static WELCOMED: AtomicU64 = AtomicU64::new(0);
+static POOL_ACKED: AtomicU64 = AtomicU64::new(0);
+static QUEUE_STARTED: AtomicU64 = AtomicU64::new(0);
+static REATTACHED: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn print_stats() {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let inputs = get(&INPUTS).max(1);
+    let share = |c: &AtomicU64| format!("{} ({:.1} %)", get(c), get(c) as f64 * 100.0 / inputs as f64);
+    eprintln!(
+        "proxy-app session fuzzer: {} inputs; a Welcome in {}, a PoolAck in {}, a QueueStarted in {}; the first guest \
+         attached again before {}",
+        get(&INPUTS),
+        share(&WELCOMED),
+        share(&POOL_ACKED),
+        share(&QUEUE_STARTED),
+        share(&REATTACHED)
+    );
+}
+
 /// The proxy under test and what it must come back to after each input.
 pub struct Harness {
     ctl: Control,
@@ -88,6 +115,9 @@ pub struct Harness {
     /// The attached guest the next input starts with, once made, and its region's
     /// bytes after the Welcome.
     first: Option<(Conn, Vec<u8>)>,
+    /// The current input made a connection of its own (its close, or the connection
+    /// itself in the listen backlog, may still be ahead of the proxy at its end).
+    connected: bool,
 }
 
 /// What `PROXY_FUZZ_OUTCOMES` asks for.
@@ -101,17 +131,26 @@ enum OutcomeMode {
 /// A digest of what one input made the proxy do, as the guest and `show stats` see it:
 /// every answer (its kind and fields, a refusal's code; not a refusal's text, which may
 /// name a mempool by its serial number) and descriptors received, in order, and what
-/// the socket's counters gained.
-struct Outcome(std::hash::DefaultHasher);
+/// the socket's counters gained. Also the kinds of answer seen (not in the digest), for
+/// `PROXY_FUZZ_STATS`.
+struct Outcome(std::hash::DefaultHasher, u32);
 
 impl Outcome {
     fn new() -> Outcome {
         // Fixed keys: the same events give the same digest in every process.
-        Outcome(std::hash::DefaultHasher::new())
+        Outcome(std::hash::DefaultHasher::new(), 0)
     }
 
     fn add(&mut self, what: impl std::hash::Hash) {
         what.hash(&mut self.0);
+    }
+
+    fn saw(&mut self, kind: MessageKind) {
+        self.1 |= 1 << (kind as u32 % 32);
+    }
+
+    fn seen(&self, kind: MessageKind) -> bool {
+        self.1 & 1 << (kind as u32 % 32) != 0
     }
 
     fn digest(&self) -> u64 {
@@ -166,8 +205,10 @@ struct Conn {
 
 /// A region the proxy handed over: its memfd, mapped (and its layout read from its
 /// header) when the guest first touches it, as mapping it costs a page fault per page.
+/// The harness reads and writes the whole region (its snapshot) through the memfd, the
+/// same pages as the mapping: one system call instead of a volatile copy of each word.
 struct Region {
-    memfd: OwnedFd,
+    memfd: std::fs::File,
     size: usize,
     /// `None` until first touched; then the mapping, or `None` if it failed.
     mapped: Option<Option<(Mapping, RegionLayout)>>,
@@ -249,12 +290,17 @@ impl Harness {
         ctl.budgets = super::budget::UidBudgets::unlimited();
         ctl.housekeeping_period = Duration::ZERO;
         let mempools = crate::control::reports::mempool_count();
+        if std::env::var_os("PROXY_FUZZ_STATS").is_some() {
+            // SAFETY: registers a function without arguments that only reads atomics;
+            // libFuzzer ends with exit(), which runs it.
+            unsafe { libc::atexit(print_stats) };
+        }
         let outcomes = match std::env::var("PROXY_FUZZ_OUTCOMES").as_deref() {
             Ok("check") => OutcomeMode::Check,
             Ok("print") => OutcomeMode::Print,
             _ => OutcomeMode::Off,
         };
-        Harness { ctl, _eal: eal, path, mempools, outcome: Outcome::new(), outcomes, previous: Vec::new(), first: None }
+        Harness { ctl, _eal: eal, path, mempools, outcome: Outcome::new(), outcomes, previous: Vec::new(), first: None, connected: false }
     }
 
     /// Runs one guest's whole session from `data` (the guest may connect more than
@@ -285,10 +331,14 @@ impl Harness {
         let mut input = Input(data);
         let (mut first, snapshot) = match self.first.take() {
             Some(f) => f,
-            None => self.attach_first(),
+            None => {
+                REATTACHED.fetch_add(1, Ordering::Relaxed);
+                self.attach_first()
+            }
         };
         // The same request ids in every input.
         first.next_id = 1;
+        self.connected = false;
         let mut conns = vec![first];
         for _ in 0..MAX_STEPS {
             if input.is_empty() {
@@ -301,6 +351,16 @@ impl Harness {
             }
         }
         self.end_input(conns, snapshot);
+        INPUTS.fetch_add(1, Ordering::Relaxed);
+        for (kind, count) in [
+            (MessageKind::Welcome, &WELCOMED),
+            (MessageKind::PoolAck, &POOL_ACKED),
+            (MessageKind::QueueStarted, &QUEUE_STARTED),
+        ] {
+            if self.outcome.seen(kind) {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let gained: Vec<u64> = self.counters().iter().zip(before).map(|(now, was)| now - was).collect();
         self.outcome.add(gained);
         self.outcome.digest()
@@ -333,12 +393,14 @@ impl Harness {
         for _ in 0..4 {
             self.ctl.poll_once(0);
             drain_answers(&mut c, &mut seen);
+            if c.region.is_some() {
+                break;
+            }
         }
         assert_eq!(self.ctl.endpoints[0].state(), State::Attached, "the first guest was not attached");
-        let (map, _) = region_of(&mut c).expect("the first guest's region");
-        let mem = map.mem();
-        let mut snapshot = vec![0u8; mem.len()];
-        mem.read_bytes(0, &mut snapshot).expect("the region's bytes");
+        let region = c.region.as_ref().expect("the first guest's region");
+        let mut snapshot = vec![0u8; region.size];
+        region.memfd.read_exact_at(&mut snapshot, 0).expect("the region's bytes");
         (c, snapshot)
     }
 
@@ -357,13 +419,14 @@ impl Harness {
         }
         // The others are closed now: the proxy sees it at its next look. It accepts one
         // connection per look: connections made late in the input, and closed at once,
-        // may still wait in the listener's backlog, and would be the next input's.
+        // may still wait in the listener's backlog, and would be the next input's. An
+        // input that made none needs one look (for what the first guest sent last).
         for round in 0..16 {
             self.ctl.poll_once(0);
             if let Some(c) = &mut first {
                 drain_answers(c, &mut self.outcome);
             }
-            if round >= 1 && !self.backlog() {
+            if !self.connected || (round >= 1 && !self.backlog()) {
                 break;
             }
         }
@@ -435,8 +498,16 @@ impl Harness {
         if c.closed || !guest.pools.is_empty() || !guest.deleting.is_empty() || guest.running() {
             return false;
         }
-        let Some((map, _)) = region_of(c) else { return false };
-        map.mem().write_bytes(0, snapshot).is_ok()
+        let Some(region) = c.region.as_mut() else { return false };
+        if region.memfd.write_all_at(snapshot, 0).is_err() {
+            return false;
+        }
+        // A view that failed (its header read while broken) is made again, from the
+        // header as it is now, when next touched.
+        if matches!(region.mapped, Some(None)) {
+            region.mapped = None;
+        }
+        true
     }
 
     fn step(&mut self, input: &mut Input<'_>, conns: &mut Vec<Conn>) {
@@ -445,6 +516,7 @@ impl Harness {
             if conns.len() < MAX_CONNS {
                 // As a guest connects: checking that the server is the proxy (us).
                 if let Ok(sock) = connect_to_proxy(&self.path, Some(self.ctl.opts.runs_as)) {
+                    self.connected = true;
                     conns.push(Conn { sock, region: None, next_id: 1, first: false, closed: false });
                 }
             }
@@ -686,10 +758,13 @@ fn drain_answers(c: &mut Conn, outcome: &mut Outcome) {
             Ok((m, id)) => outcome.add((*id, format!("{m:?}"), fds.len())),
             Err(_) => {}
         }
+        if let Ok((m, _)) = &message {
+            outcome.saw(m.kind());
+        }
         match message {
             Ok((Message::Welcome(w), _)) => {
                 if let (Some(memfd), Ok(size)) = (fds.into_iter().next(), usize::try_from(w.region_size)) {
-                    c.region = Some(Region { memfd, size, mapped: None });
+                    c.region = Some(Region { memfd: memfd.into(), size, mapped: None });
                 }
             }
             Ok(_) => {}
