@@ -226,8 +226,10 @@ pub struct TxLimits {
     pub max_frame: u32,
 }
 
+/// Two VLAN tags: what a frame may carry beyond the MTU and the Ethernet header.
+const VLAN_TAGS_LEN: u32 = 2 * 4;
 /// Ethernet header and two VLAN tags: what a frame may carry beyond the MTU.
-const L2_OVERHEAD: u32 = 14 + 2 * 4;
+const L2_OVERHEAD: u32 = 14 + VLAN_TAGS_LEN;
 /// The CRC a NIC appends (counted in `max_rx_pktlen`, not in a packet's length).
 const CRC_LEN: u32 = 4;
 
@@ -252,6 +254,15 @@ impl TxLimits {
             max_frame = max_frame.min(mtu as u32 + L2_OVERHEAD);
         }
         TxLimits { max_segs: max_segs.max(1), max_frame }
+    }
+
+    /// The largest frame guests are told of (`Welcome::max_rx_frame`, their port's
+    /// `max_rx_pktlen`: Ethernet header, payload and CRC, no VLAN tag, as ethdev counts
+    /// it): the MTU a guest may then set stays within what [`TxLimits::admit`] lets
+    /// through with two VLAN tags, so its frames are refused at its own `mtu_set`
+    /// rather than dropped here. (`u32::MAX`-ish when no limit is stated.)
+    pub fn announced_max_frame(&self) -> u32 {
+        self.max_frame.saturating_sub(VLAN_TAGS_LEN).saturating_add(CRC_LEN)
     }
 
     /// Whether a valid packet of `segs` segments and `len` bytes may go to the port
@@ -1298,7 +1309,13 @@ mod tests {
         let nic = TxLimits::of(&info(8, true, 9728, 9702), None);
         assert_eq!(nic, TxLimits { max_segs: 8, max_frame: 9724 });
         // The operator set an MTU of 1500: Ethernet header and two VLAN tags more.
-        assert_eq!(TxLimits::of(&info(8, true, 9728, 9702), Some(1500)).max_frame, 1522);
+        let mtu1500 = TxLimits::of(&info(8, true, 9728, 9702), Some(1500));
+        assert_eq!(mtu1500.max_frame, 1522);
+        // Guests are told 1518 (their MTU up to 1500): a 1500-byte payload with two
+        // VLAN tags is the largest frame they may send, and it is admitted.
+        assert_eq!(mtu1500.announced_max_frame(), 1518);
+        assert!(mtu1500.admit(1, 1500 + L2_OVERHEAD) && !mtu1500.admit(1, 1500 + L2_OVERHEAD + 1));
+        assert_eq!(nic.announced_max_frame(), 9728 - 4 - 8 + 4);
         // The device's segment limit.
         assert_eq!(TxLimits::of(&info(40, false, 9728, 9702), None).max_segs, 40);
         // Zero means "not stated".

@@ -75,6 +75,7 @@ impl NicPort {
             let _ = e;
         }
         let mtu_now = port.mtu().unwrap_or(1500);
+        let tx_limits = TxLimits::of(&info, mtu);
         let mac = port.mac().map_err(err)?;
         Ok(NicPort {
             port,
@@ -83,8 +84,8 @@ impl NicPort {
             rx_desc,
             mac,
             mtu: mtu_now,
-            max_rx_frame: info.max_rx_pktlen,
-            tx_limits: TxLimits::of(&info, mtu),
+            max_rx_frame: info.max_rx_pktlen.min(tx_limits.announced_max_frame()),
+            tx_limits,
             socket,
             device: port.device().ok(),
             runtime_rx_setup: info.dev_capa & sys::RTE_ETH_DEV_CAPA_RUNTIME_RX_QUEUE_SETUP as u64 != 0,

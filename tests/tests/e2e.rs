@@ -138,6 +138,20 @@ fn frames_beyond_the_limit_are_refused(tag: &str, mtu: u16, limit: usize, sizes:
     let mut g = guest(&s, &sock, "guest", &["-i", "--forward-mode=macswap", "--total-num-mbufs=4096", "--no-flush-rx"]);
     wait_or_dump(&g, "Checking link statuses", 30);
     wait_or_dump(&proxy, "queue started", 30);
+    // The guest is told the frame the MTU makes (header and CRC, no VLAN tag): an MTU
+    // above the proxy's is refused at the guest's own port, not dropped by the proxy.
+    let from = g.out.text().len();
+    g.send("show port info 0");
+    let told = format!("Maximum configurable length of RX packet: {}", mtu as usize + 18);
+    g.out
+        .wait_for(&told, Duration::from_secs(10), |t| t[from..].contains(&told))
+        .unwrap_or_else(|e| panic!("{e}\n{}", g.out.text()));
+    let from = g.out.text().len();
+    g.send(&format!("port config mtu 0 {}", mtu + 1));
+    let refused = format!("MTU ({}) > device max MTU ({mtu})", mtu + 1);
+    g.out
+        .wait_for(&refused, Duration::from_secs(10), |t| t[from..].contains(&refused))
+        .unwrap_or_else(|e| panic!("{e}\n{}", g.out.text()));
     // Verbose: testpmd prints each packet it receives, with its length and segments.
     g.send("set verbose 1");
     g.send("start");
