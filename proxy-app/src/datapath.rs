@@ -826,12 +826,13 @@ struct TxChain<'p> {
 impl<'p> TxSink for TxChain<'p> {
     type Seg = (&'p GuestPool, u32);
 
-    #[inline]
+    #[inline(always)]
     fn find(&self, offset: u32) -> Option<(Self::Seg, u16)> {
         find_buffer(self.pools, offset).map(|(p, idx)| ((p, idx), p.ctx.layout.data_room()))
     }
 
-    #[inline]
+    // Always inlined, as `take_segment` that calls it: the work on each packet.
+    #[inline(always)]
     fn claim(&mut self, (pool, idx): Self::Seg, d: &Desc) -> bool {
         let Some(mut m) = pool.pool.take(idx) else {
             return false;
