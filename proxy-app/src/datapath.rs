@@ -476,6 +476,18 @@ fn pools_invalid(pools: &Pools) -> u64 {
     pools.iter().flatten().map(|p| p.ctx.invalid.load(Ordering::Relaxed)).fold(0, u64::wrapping_add)
 }
 
+/// At the end of a queue's poll, in one pass over its pools: what [`pools_invalid`]
+/// returns, and each pool's free-ring retries refilled for the next round
+/// ([`ShadowCtx::new_round`](crate::shadow::ShadowCtx::new_round)): the operations until
+/// this queue's next poll (NIC frees, the next poll's own) share them.
+#[inline]
+fn end_poll(pools: &Pools) -> u64 {
+    pools.iter().flatten().fold(0, |sum, p| {
+        p.ctx.new_round();
+        sum.wrapping_add(p.ctx.invalid.load(Ordering::Relaxed))
+    })
+}
+
 /// For how long a guest queue is not polled after polls that met invalid input
 /// (`PENALTY_FIRST`): each faulty poll doubles the penalty, up to `PENALTY_MAX`, until the
 /// guest was polled without one for `PENALTY_MAX` after its penalty ended. (A reset after
@@ -556,9 +568,6 @@ impl LoopQueue {
             bump(&self.q.stats.penalty_polls, 1);
             return true;
         }
-        for p in self.pools.iter().flatten() {
-            p.ctx.new_round();
-        }
         // Take from the NIC only what the guest has room for: the rest waits in the NIC
         // (which counts it as missed when full) instead of costing buffers here.
         // A full burst needs room for chains too (a 9000-byte frame is about 5 buffers).
@@ -593,7 +602,7 @@ impl LoopQueue {
         busy |= self.send_to_nic(burst);
         // Invalid input from the free ring shows in the pools' counters (NIC rx took
         // buffers from it, buffers went back; or the control thread met some).
-        let free_invalid = pools_invalid(&self.pools);
+        let free_invalid = end_poll(&self.pools);
         let faulty = std::mem::take(&mut self.tx_faulty) || free_invalid != self.free_invalid_seen;
         self.free_invalid_seen = free_invalid;
         self.state.penalty.after_poll(faulty, Instant::now);
@@ -618,16 +627,21 @@ impl LoopQueue {
             }
         };
         let rx_mp = rx_pool.pool.pkt_pool().as_ptr();
-        let (mut slot, mut delivered, mut bytes, mut dropped, mut copies) = (0u32, 0u64, 0u64, 0u64, 0u64);
+        // Each packet is either delivered or dropped: the delivered are counted at the end.
+        let received_count = burst.len() as u64;
+        let (mut slot, mut bytes, mut dropped, mut copies) = (0u32, 0u64, 0u64, 0u64);
         for received in burst.drain() {
+            // Every packet needs a slot: checked first, so that between the packet's
+            // checks below and its release nothing but loads happens.
+            if !room_for(ring, &mut free, slot, 1) {
+                // Dropping it returns its buffers to the guest's free ring.
+                dropped += 1;
+                continue;
+            }
             if received.nb_segs() == 1 && received.pool() == rx_mp {
-                // The usual case, one segment of the guest's pool: its index is computed
-                // once, and only the header's first cache line is read.
-                if !room_for(ring, &mut free, slot, 1) {
-                    // Dropping it returns its buffer to the guest's free ring.
-                    dropped += 1;
-                    continue;
-                }
+                // The usual case, one segment of the guest's pool (in the free slot just
+                // checked): its index is computed once, and only the header's first cache
+                // line is read.
                 let (flags, vlan_tci, rss_hash) = rx_metadata(&received);
                 let (data_off, data_len) = (received.data_off(), received.data_len());
                 // The slot is free, so nothing fails between the release and the write.
@@ -636,7 +650,6 @@ impl LoopQueue {
                         let offset = rx_pool.ctx.layout.buffer_offset(idx);
                         ring.write(slot, &Desc { offset, data_off, data_len, flags, vlan_tci, rss_hash });
                         slot += 1;
-                        delivered += 1;
                         bytes += data_len as u64;
                     }
                     Err(m) => {
@@ -708,7 +721,6 @@ impl LoopQueue {
                     drop(seg);
                 }
             }
-            delivered += 1;
         }
         if slot > 0 {
             ring.publish(slot);
@@ -719,7 +731,7 @@ impl LoopQueue {
                 }
             }
         }
-        bump(&q.stats.rx_packets, delivered);
+        bump(&q.stats.rx_packets, received_count - dropped);
         bump(&q.stats.rx_bytes, bytes);
         bump(&q.stats.rx_dropped, dropped);
         bump(&q.stats.copies, copies);
@@ -837,12 +849,13 @@ struct TxChain<'p> {
 impl<'p> TxSink for TxChain<'p> {
     type Seg = (&'p GuestPool, u32);
 
-    #[inline]
+    #[inline(always)]
     fn find(&self, offset: u32) -> Option<(Self::Seg, u16)> {
         find_buffer(self.pools, offset).map(|(p, idx)| ((p, idx), p.ctx.layout.data_room()))
     }
 
-    #[inline]
+    // Always inlined, as `take_segment` that calls it: the work on each packet.
+    #[inline(always)]
     fn claim(&mut self, (pool, idx): Self::Seg, d: &Desc) -> bool {
         let Some(mut m) = pool.pool.take(idx) else {
             return false;

@@ -182,6 +182,37 @@ impl ExtState {
 pub struct ExtPool {
     pool: PktPool,
     state: Arc<ExtState>,
+    /// The state's index when the headers lie at one stride (the usual case), copied
+    /// out of it: the data loop's `take` and `release` compute an index or an address
+    /// from these plain fields instead of going through the `OnceLock` and the match.
+    stride: Option<Stride>,
+}
+
+/// Headers `0..count` at `base + (index << shift)` ([`AddrIndex::Strided`]).
+#[derive(Clone, Copy)]
+struct Stride {
+    base: usize,
+    shift: u32,
+    count: u32,
+}
+
+impl Stride {
+    /// The index of the header at `addr`, if that is exactly one of them.
+    #[inline(always)]
+    fn index_of(&self, addr: usize) -> Option<u32> {
+        let from_base = addr.wrapping_sub(self.base);
+        let idx = from_base >> self.shift;
+        if from_base & ((1usize << self.shift) - 1) != 0 || idx >= self.count as usize {
+            return None;
+        }
+        Some(idx as u32)
+    }
+
+    /// The header address of buffer `idx`, if there is such a buffer.
+    #[inline(always)]
+    fn header(&self, idx: u32) -> Option<usize> {
+        (idx < self.count).then(|| self.base + ((idx as usize) << self.shift))
+    }
 }
 
 /// The ops name, once registered.
@@ -334,11 +365,15 @@ impl ExtPool {
             return Err(Error::new("rte_mempool_obj_iter", libc::EFAULT));
         }
         let by_addr = AddrIndex::of(&headers);
+        let stride = match by_addr {
+            AddrIndex::Strided { base, shift } => Some(Stride { base, shift, count }),
+            _ => None,
+        };
         // Headers first: `hold` hands out nothing before the address index is set.
         let _ = state.headers.set(headers.into_boxed_slice());
         let _ = state.by_addr.set(by_addr);
         state.populating.store(false, Ordering::Release);
-        Ok(ExtPool { pool, state })
+        Ok(ExtPool { pool, state, stride })
     }
 
     /// The mempool, for rx queues ([`crate::Port::rx_queue_setup_pool`]) and identity.
@@ -370,17 +405,26 @@ impl ExtPool {
 
     /// Index of the buffer whose header is at `addr` (a [`crate::Segment`]'s address),
     /// if that is one of this pool's.
-    #[inline]
+    #[inline(always)]
     pub fn index_of_addr(&self, addr: *const sys::rte_mbuf) -> Option<u32> {
-        self.state.index_of_addr(addr as usize)
+        match &self.stride {
+            Some(stride) => stride.index_of(addr as usize),
+            None => self.state.index_of_addr(addr as usize),
+        }
     }
 
     /// Takes buffer `idx` for this process: its mbuf, owned by the caller, or `None` if
     /// it is held here already (or there is no such buffer). The caller answers for the
     /// buffer not being in the free list (it takes what the other side handed over).
-    #[inline]
+    #[inline(always)]
     pub fn take(&self, idx: u32) -> Option<Mbuf> {
-        let addr = self.state.hold(idx)?;
+        let addr = match &self.stride {
+            Some(stride) => {
+                let addr = stride.header(idx)?;
+                self.state.marks.take_single(idx).then_some(addr)?
+            }
+            None => self.state.hold(idx)?,
+        };
         // SAFETY: `addr` is the header of buffer `idx`, an mbuf of this mempool made in
         // `new` (reference count 1, direct, unlinked whenever it is outside), and the
         // mempool is freed only with the last PktPool reference, which the caller's
@@ -392,7 +436,7 @@ impl ExtPool {
     /// Lets go of a single-segment mbuf of this pool without freeing it: its buffer is
     /// outside this process's hands again (handed to the other side, or a take undone).
     /// Returns its index, or hands `m` back if it is not one of this pool's, or chained.
-    #[inline]
+    #[inline(always)]
     pub fn release(&self, m: Mbuf) -> Result<u32, Mbuf> {
         let Some(idx) = self.index_of_addr(m.as_ptr()) else {
             return Err(m);
@@ -678,6 +722,25 @@ mod tests {
         assert_eq!(strided_runs(&[0x10000, 0x20000, 0x50000]).map(|(_, r)| r.len()), Some(2));
         let far: Vec<usize> = (0..=MAX_RUNS).flat_map(|i| [0x100000 * (i + 1), 0x100000 * (i + 1) + 0x100]).collect();
         assert_eq!(strided_runs(&far), None, "more runs than MAX_RUNS");
+    }
+
+    /// The copy `take` and `release` use agrees with the state's strided index on every
+    /// address around the pool: headers only, below `count`, aligned.
+    #[test]
+    fn the_strided_copy_maps_as_the_state_does() {
+        let headers: Vec<usize> = (0..6).map(|i| 0x40000 + (i << 8)).collect();
+        let index = AddrIndex::of(&headers);
+        let AddrIndex::Strided { base, shift } = index else { panic!("one stride expected") };
+        let stride = Stride { base, shift, count: 6 };
+        let st = state(6, index);
+        for addr in (0x40000 - 0x400)..(0x40000 + 0x800) {
+            assert_eq!(stride.index_of(addr), st.index_of_addr(addr), "address {addr:#x}");
+        }
+        for idx in 0..8 {
+            assert_eq!(stride.header(idx), st.header(idx), "index {idx}");
+        }
+        assert_eq!(stride.index_of(0), None);
+        assert_eq!(stride.index_of(usize::MAX), None);
     }
 
     #[test]

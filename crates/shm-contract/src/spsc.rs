@@ -284,8 +284,10 @@ impl<'a> DescProducer<'a> {
         debug_assert!(i < self.cached_free(), "write beyond free slots");
         let slot = (self.local_prod.wrapping_add(i) & self.mask) as usize * 2;
         let [w0, w1] = d.to_words();
-        self.slots[slot].store(w0, Relaxed);
+        // The second word first: its index checked against the slice proves the first's
+        // (one bounds check, not two). Nothing orders the two before `publish`.
         self.slots[slot + 1].store(w1, Relaxed);
+        self.slots[slot].store(w0, Relaxed);
     }
 
     /// Starts fetching, for writing, the cache lines of the next `n` free slots, so
@@ -353,19 +355,31 @@ impl<'a> DescProducer<'a> {
 const DESCS_PER_LINE: u32 = 64 / Desc::SIZE as u32;
 
 /// Calls `hint` once per cache line of the `n` slots from index `from` on (wrapping
-/// around the ring, at most one lap).
+/// around the ring, at most one lap): on the first slot, then on each line's first
+/// slot. Called with every burst, so it walks the lines, not the slots: two runs (up to
+/// the ring's end, then from its start) of one hint per line, no index masked or
+/// checked per line.
 #[inline]
 fn prefetch_lines(slots: &[AtomicU64], from: u32, mask: u32, n: u32, mut hint: impl FnMut(*const AtomicU64)) {
-    let n = n.min(mask + 1);
-    let mut i = 0;
-    while i < n {
-        let slot = from.wrapping_add(i) & mask;
-        if let Some(word) = slots.get(slot as usize * 2) {
-            hint(word);
-        }
-        // On to the first slot of the next line.
-        i += DESCS_PER_LINE - (slot & (DESCS_PER_LINE - 1));
+    // Within the slice whatever `mask` says (the ring's invariant makes them agree).
+    let entries = (mask as usize + 1).min(slots.len() / 2);
+    let n = (n as usize).min(entries);
+    if n == 0 {
+        return;
     }
+    let first = (from & mask) as usize;
+    let to_end = n.min(entries.saturating_sub(first));
+    let mut run = |start: usize, end: usize| {
+        let mut slot = start;
+        while slot < end {
+            // A hint is sound on any address (`prefetch`); this one is a slot of the ring.
+            hint(slots.as_ptr().wrapping_add(slot * 2));
+            // On to the first slot of the next line.
+            slot = (slot | (DESCS_PER_LINE as usize - 1)) + 1;
+        }
+    };
+    run(first, first + to_end);
+    run(0, n - to_end);
 }
 
 /// The consumer's view of a descriptor ring.
@@ -476,7 +490,9 @@ impl<'a> DescConsumer<'a> {
     pub fn read(&self, i: u32) -> Desc {
         debug_assert!(i < self.cached_available(), "read beyond available");
         let slot = (self.local_cons.wrapping_add(i) & self.mask) as usize * 2;
-        Desc::from_words(self.slots[slot].load(Relaxed), self.slots[slot + 1].load(Relaxed))
+        // The second word first: one bounds check for both (as in `DescProducer::write`).
+        let w1 = self.slots[slot + 1].load(Relaxed);
+        Desc::from_words(self.slots[slot].load(Relaxed), w1)
     }
 
     /// Gives the next `n` read slots back to the producer. `n` must not exceed

@@ -273,9 +273,34 @@ impl RxQueue {
         let mut out = 0usize;
         let mut bytes = 0u64;
         let mut errors = 0u64;
+        let (port, offloads) = (self.port_id, self.offloads);
+        let wants_offload = offload::rx_wants(offloads);
         while out < n as usize && used < avail {
-            // One packet: its first descriptor and every NEXT one after it.
             let first = used;
+            let d = ring.read(first);
+            if !d.flags.contains(DescFlags::NEXT) {
+                // The usual packet: one descriptor, so no chain to walk and nothing to
+                // link; the filled header is the whole packet (one segment, pkt_len).
+                used = first + 1;
+                let Some(m) = self.mbuf_of(&d) else {
+                    // Names no buffer of ours: nothing to give back.
+                    errors += 1;
+                    continue;
+                };
+                // SAFETY: an mbuf of our rx pool the proxy passed to us (as below); room for n pointers, out < n.
+                unsafe {
+                    fill_rx_mbuf(m, &d, port);
+                    *pkts.add(out) = m;
+                }
+                if wants_offload {
+                    // SAFETY: a complete packet of ours, not yet handed to the application.
+                    unsafe { offload::rx_offload(m, offloads) };
+                }
+                bytes += d.data_len as u64;
+                out += 1;
+                continue;
+            }
+            // A chain: its first descriptor and every NEXT one after it.
             let mut head: *mut sys::rte_mbuf = std::ptr::null_mut();
             let mut prev: *mut sys::rte_mbuf = std::ptr::null_mut();
             let mut pkt_len = 0u32;
@@ -305,7 +330,7 @@ impl RxQueue {
                         // SAFETY: `m` is an mbuf of our rx pool inside the mapped region,
                         // owned by this process now that the proxy passed it to us; we
                         // write our own header fields as a NIC PMD does.
-                        unsafe { fill_rx_mbuf(m, &d, self.port_id) };
+                        unsafe { fill_rx_mbuf(m, &d, port) };
                         pkt_len += d.data_len as u32;
                         if head.is_null() {
                             head = m;
@@ -351,9 +376,9 @@ impl RxQueue {
                 (*head).nb_segs = chain.segs() as u16;
                 *pkts.add(out) = head;
             }
-            if offload::rx_wants(self.offloads) {
+            if wants_offload {
                 // SAFETY: a complete packet of ours, not yet handed to the application.
-                unsafe { offload::rx_offload(head, self.offloads) };
+                unsafe { offload::rx_offload(head, offloads) };
             }
             bytes += pkt_len as u64;
             out += 1;
@@ -540,6 +565,32 @@ impl TxQueue {
         true
     }
 
+    /// A packet that cannot be handed over as it is (not in the region, indirect or
+    /// shared): copied into a region mbuf, and freed. The copy, if there was a buffer
+    /// for it and it fits in `room` ring slots; None if the packet is dropped. Out of
+    /// line: it is rare, and the burst's loop keeps its registers.
+    ///
+    /// # Safety
+    /// `m` is a valid packet that the caller owns (and gives up here).
+    #[cold]
+    #[inline(never)]
+    unsafe fn copy_into_region(&self, m: *mut sys::rte_mbuf, room: u32) -> Option<*mut sys::rte_mbuf> {
+        let pool = self.copy_pool.load(Relaxed);
+        // SAFETY: m is the caller's valid mbuf; pool is a live pktmbuf pool or null.
+        let copy = if pool.is_null() { std::ptr::null_mut() } else { unsafe { sys::rte_pktmbuf_copy(m, pool, 0, u32::MAX) } };
+        // SAFETY: the caller's packet, ours to free either way.
+        unsafe { sys::rte_pktmbuf_free(m) };
+        // SAFETY: `copy` is checked non-null first; then it is our fresh, valid copy.
+        if copy.is_null() || !self.zero_copy_ok(copy) || unsafe { (*copy).nb_segs } as u32 > room {
+            if !copy.is_null() {
+                // SAFETY: our own fresh copy.
+                unsafe { sys::rte_pktmbuf_free(copy) };
+            }
+            return None;
+        }
+        Some(copy)
+    }
+
     /// # Safety
     /// `pkts` holds `n` valid mbufs owned by the caller; called by the polling thread.
     #[inline]
@@ -569,6 +620,7 @@ impl TxQueue {
         let mut bytes = 0u64;
         let mut copies = 0u64;
         let mut dropped = 0u64;
+        let base = self.base as usize;
         while sent < n as usize {
             // SAFETY: the caller gave us n valid mbufs.
             let mut m = unsafe { *pkts.add(sent) };
@@ -585,27 +637,20 @@ impl TxQueue {
                     break;
                 }
             }
+            // The application handed us the packet: from here on it is ours.
+            sent += 1;
             if !self.zero_copy_ok(m) {
-                let pool = self.copy_pool.load(Relaxed);
-                // SAFETY: m is the caller's valid mbuf; pool is a live pktmbuf pool or null.
-                let copy = if pool.is_null() { std::ptr::null_mut() } else { unsafe { sys::rte_pktmbuf_copy(m, pool, 0, u32::MAX) } };
-                // The application handed us the packet: it is ours to free either way.
-                // SAFETY: valid mbuf owned by us now.
-                unsafe { sys::rte_pktmbuf_free(m) };
-                sent += 1;
-                // SAFETY: `copy` is checked non-null first; then it is our fresh, valid copy.
-                if copy.is_null() || !self.zero_copy_ok(copy) || unsafe { (*copy).nb_segs } as u32 > free - slot {
-                    if !copy.is_null() {
-                        // SAFETY: our own fresh copy.
-                        unsafe { sys::rte_pktmbuf_free(copy) };
+                // SAFETY: m is the caller's valid mbuf, ours now.
+                match unsafe { self.copy_into_region(m, free - slot) } {
+                    Some(copy) => {
+                        copies += 1;
+                        m = copy;
                     }
-                    dropped += 1;
-                    continue;
+                    None => {
+                        dropped += 1;
+                        continue;
+                    }
                 }
-                copies += 1;
-                m = copy;
-            } else {
-                sent += 1;
             }
             // SAFETY: m is a valid packet of ours now (the application's direct, unshared
             // region packet, or our copy).
@@ -623,38 +668,42 @@ impl TxQueue {
                 bytes += (*m).pkt_len as u64;
                 // Still set only when the tag did not fit in the headroom: the proxy's
                 // NIC is asked to insert it.
-                let vlan = (*m).ol_flags & sys::RTE_MBUF_F_TX_VLAN != 0;
-                let single = (*m).nb_segs == 1;
+                let vlan = if (*m).ol_flags & sys::RTE_MBUF_F_TX_VLAN != 0 { DescFlags::VLAN } else { DescFlags::empty() };
+                let vlan_tci = (*m).vlan_tci;
+                if (*m).nb_segs == 1 {
+                    // The usual packet: one descriptor. A one-segment mbuf has next == NULL
+                    // (DPDK's mbuf invariant), which is also the pool's for a free mbuf:
+                    // nothing to unlink, and the header's second cache line stays untouched.
+                    let desc = Desc {
+                        offset: (m as usize - base) as u32,
+                        data_off: (*m).data_off,
+                        data_len: (*m).data_len,
+                        flags: vlan,
+                        vlan_tci,
+                        rss_hash: 0,
+                    };
+                    ring.write(slot, &desc);
+                    slot += 1;
+                    continue;
+                }
                 let mut seg = m;
                 while !seg.is_null() {
-                    // A one-segment mbuf has next == NULL (DPDK's mbuf invariant): not
-                    // reading it keeps the header's second cache line out of the burst.
-                    let next = if single { std::ptr::null_mut() } else { (*seg).next };
-                    let mut flags = DescFlags::empty();
-                    if !next.is_null() {
-                        flags |= DescFlags::NEXT;
-                    }
-                    if vlan {
-                        flags |= DescFlags::VLAN;
-                    }
-                    ring.write(
-                        slot,
-                        &Desc {
-                            offset: (seg as usize - self.base as usize) as u32,
-                            data_off: (*seg).data_off,
-                            data_len: (*seg).data_len,
-                            flags,
-                            vlan_tci: (*m).vlan_tci,
-                            rss_hash: 0,
-                        },
-                    );
+                    let next = (*seg).next;
+                    let flags = if next.is_null() { vlan } else { vlan | DescFlags::NEXT };
+                    let desc = Desc {
+                        offset: (seg as usize - base) as u32,
+                        data_off: (*seg).data_off,
+                        data_len: (*seg).data_len,
+                        flags,
+                        vlan_tci,
+                        rss_hash: 0,
+                    };
+                    ring.write(slot, &desc);
                     slot += 1;
                     // Keep the pool's invariant for when the proxy frees it back:
                     // next is null and nb_segs 1 for a free mbuf.
-                    if !next.is_null() || seg != m {
-                        (*seg).next = std::ptr::null_mut();
-                        (*seg).nb_segs = 1;
-                    }
+                    (*seg).next = std::ptr::null_mut();
+                    (*seg).nb_segs = 1;
                     seg = next;
                 }
             }
