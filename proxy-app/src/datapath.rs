@@ -226,10 +226,10 @@ pub struct TxLimits {
     pub max_frame: u32,
 }
 
-/// Two VLAN tags: what a frame may carry beyond the MTU and the Ethernet header.
-const VLAN_TAGS_LEN: u32 = 2 * 4;
 /// Ethernet header and two VLAN tags: what a frame may carry beyond the MTU.
-const L2_OVERHEAD: u32 = 14 + VLAN_TAGS_LEN;
+const L2_OVERHEAD: u32 = 14 + 2 * 4;
+/// What ethdev counts beyond the MTU in `max_rx_pktlen`: Ethernet header and CRC.
+const ETHER_HDR_AND_CRC_LEN: u32 = 14 + CRC_LEN;
 /// The CRC a NIC appends (counted in `max_rx_pktlen`, not in a packet's length).
 const CRC_LEN: u32 = 4;
 
@@ -257,12 +257,21 @@ impl TxLimits {
     }
 
     /// The largest frame guests are told of (`Welcome::max_rx_frame`, their port's
-    /// `max_rx_pktlen`: Ethernet header, payload and CRC, no VLAN tag, as ethdev counts
-    /// it): the MTU a guest may then set stays within what [`TxLimits::admit`] lets
-    /// through with two VLAN tags, so its frames are refused at its own `mtu_set`
-    /// rather than dropped here. (`u32::MAX`-ish when no limit is stated.)
-    pub fn announced_max_frame(&self) -> u32 {
-        self.max_frame.saturating_sub(VLAN_TAGS_LEN).saturating_add(CRC_LEN)
+    /// `max_rx_pktlen`, from which ethdev derives their largest MTU as 18 bytes less:
+    /// Ethernet header and CRC): the device's own `max_rx_pktlen`, lowered to the MTU's
+    /// frame where the device states a largest MTU or the operator set one, so that a
+    /// guest cannot set an MTU above the port's (its frames would be refused here) and
+    /// can set the port's (1500 on a 1500 port, as Open vSwitch does).
+    pub fn announced_frame(info: &sys::rte_eth_dev_info, mtu_set: Option<u16>) -> u32 {
+        let mtu_frame = |mtu: u16| mtu as u32 + ETHER_HDR_AND_CRC_LEN;
+        let mut frame = if info.max_rx_pktlen == 0 { u32::MAX } else { info.max_rx_pktlen };
+        if info.max_mtu != 0 && info.max_mtu != u16::MAX {
+            frame = frame.min(mtu_frame(info.max_mtu));
+        }
+        if let Some(mtu) = mtu_set {
+            frame = frame.min(mtu_frame(mtu));
+        }
+        frame
     }
 
     /// Whether a valid packet of `segs` segments and `len` bytes may go to the port
@@ -1326,9 +1335,13 @@ mod tests {
         assert_eq!(mtu1500.max_frame, 1522);
         // Guests are told 1518 (their MTU up to 1500): a 1500-byte payload with two
         // VLAN tags is the largest frame they may send, and it is admitted.
-        assert_eq!(mtu1500.announced_max_frame(), 1518);
+        assert_eq!(TxLimits::announced_frame(&info(8, true, 9728, 9702), Some(1500)), 1518);
         assert!(mtu1500.admit(1, 1500 + L2_OVERHEAD) && !mtu1500.admit(1, 1500 + L2_OVERHEAD + 1));
-        assert_eq!(nic.announced_max_frame(), 9728 - 4 - 8 + 4);
+        // Without --mtu: the device's largest MTU's frame, or its max_rx_pktlen (tap:
+        // 1522, no largest MTU stated; its guests may set 1504, Open vSwitch sets 1500).
+        assert_eq!(TxLimits::announced_frame(&info(8, true, 9728, 9702), None), 9720);
+        assert_eq!(TxLimits::announced_frame(&info(8, true, 1522, u16::MAX), None), 1522);
+        assert_eq!(TxLimits::announced_frame(&info(0, true, 0, 0), None), u32::MAX);
         // The device's segment limit.
         assert_eq!(TxLimits::of(&info(40, false, 9728, 9702), None).max_segs, 40);
         // Zero means "not stated".

@@ -84,7 +84,7 @@ impl NicPort {
             rx_desc,
             mac,
             mtu: mtu_now,
-            max_rx_frame: info.max_rx_pktlen.min(tx_limits.announced_max_frame()),
+            max_rx_frame: TxLimits::announced_frame(&info, mtu),
             tx_limits,
             socket,
             device: port.device().ok(),
