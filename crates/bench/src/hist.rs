@@ -2,13 +2,12 @@
 //! operations and never allocates, so it can run in a polling loop; percentiles are
 //! exact to within one bucket, 1/128 (0.8 %) of the value.
 
-/// Sub-buckets per power of two (2^SUB_BITS): the relative precision.
-const SUB_BITS: u32 = 7;
-const SUB: u64 = 1 << SUB_BITS;
-/// Values up to 2^MAX_EXP ns (about 18 minutes) are kept apart; larger ones share the
-/// last bucket.
-const MAX_EXP: u32 = 40;
-const BUCKETS: usize = ((MAX_EXP - SUB_BITS + 2) as usize) * SUB as usize;
+use latency_stages::LogLinear;
+
+/// 2^7 buckets per power of two (the relative precision, 0.8 %); values up to 2^40 ns
+/// (about 18 minutes) are kept apart, larger ones share the last bucket.
+const BUCKETING: LogLinear = LogLinear::new(7, 40);
+const BUCKETS: usize = BUCKETING.buckets();
 
 #[derive(Clone)]
 pub struct Histogram {
@@ -25,30 +24,6 @@ impl Default for Histogram {
     }
 }
 
-/// The bucket of `v`: values below SUB each have their own; above, each power of two
-/// is split into SUB equal parts.
-fn index(v: u64) -> usize {
-    if v < SUB {
-        return v as usize;
-    }
-    let exp = (63 - v.leading_zeros()).min(MAX_EXP); // >= SUB_BITS
-    let v = v.min((1u64 << (MAX_EXP + 1)) - 1);
-    let mantissa = (v >> (exp - SUB_BITS)) & (SUB - 1);
-    ((exp - SUB_BITS + 1) as u64 * SUB + mantissa) as usize
-}
-
-/// The smallest value of bucket `i` and the bucket's width.
-fn bounds(i: usize) -> (u64, u64) {
-    let i = i as u64;
-    if i < SUB {
-        return (i, 1);
-    }
-    let exp = (i / SUB) as u32 + SUB_BITS - 1;
-    let mantissa = i % SUB;
-    let width = 1u64 << (exp - SUB_BITS);
-    ((SUB + mantissa) * width, width)
-}
-
 impl Histogram {
     pub fn new() -> Histogram {
         Histogram { counts: Box::new([0; BUCKETS]), total: 0, sum: 0, min: u64::MAX, max: 0 }
@@ -56,7 +31,7 @@ impl Histogram {
 
     #[inline]
     pub fn record(&mut self, v: u64) {
-        self.counts[index(v)] += 1;
+        self.counts[BUCKETING.index(v)] += 1;
         self.total += 1;
         self.sum += v as u128;
         self.min = self.min.min(v);
@@ -91,7 +66,7 @@ impl Histogram {
         for (i, &c) in self.counts.iter().enumerate() {
             seen += c;
             if seen >= rank {
-                let (low, width) = bounds(i);
+                let (low, width) = BUCKETING.bounds(i);
                 return Some((low + width / 2).clamp(self.min, self.max));
             }
         }
@@ -102,22 +77,6 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_cover_values_in_order_and_within_precision() {
-        let mut last = 0;
-        for v in (0..100_000u64).chain([1 << 20, (1 << 20) + 12345, 1 << 39, u64::MAX / 3]) {
-            let i = index(v);
-            assert!(i < BUCKETS, "{v}");
-            assert!(i >= last || v > 100_000, "index not monotonic at {v}");
-            last = i;
-            let (low, width) = bounds(i);
-            if v < 1 << (MAX_EXP + 1) {
-                assert!(low <= v && v < low + width, "{v} not in [{low}, {})", low + width);
-                assert!(width == 1 || width * SUB <= low, "bucket of {v} too wide: {width}");
-            }
-        }
-    }
 
     #[test]
     fn quantiles_of_a_uniform_sample() {

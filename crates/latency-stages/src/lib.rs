@@ -122,33 +122,61 @@ impl Stage {
     }
 }
 
-/// Sub-buckets per power of two (2^SUB_BITS): 3 % precision.
-const SUB_BITS: u32 = 5;
-const SUB: u64 = 1 << SUB_BITS;
-/// Values up to 2^MAX_EXP cycles (tens of milliseconds) are kept apart.
-const MAX_EXP: u32 = 26;
-const BUCKETS: usize = ((MAX_EXP - SUB_BITS + 2) as usize) * SUB as usize;
-
-fn index(v: u64) -> usize {
-    if v < SUB {
-        return v as usize;
-    }
-    let exp = (63 - v.leading_zeros()).min(MAX_EXP);
-    let v = v.min((1u64 << (MAX_EXP + 1)) - 1);
-    let mantissa = (v >> (exp - SUB_BITS)) & (SUB - 1);
-    ((exp - SUB_BITS + 1) as u64 * SUB + mantissa) as usize
+/// Log-linear buckets of integer values (this crate's stage histograms and the
+/// benchmark's, `bench::hist`): values below 2^`sub_bits` each have their own bucket;
+/// above, each power of two up to 2^`max_exp` is split into 2^`sub_bits` equal parts
+/// (a relative precision of 2^-`sub_bits`), and larger values share the last bucket.
+/// Finding a bucket is a few integer operations: fit for a polling loop.
+#[derive(Clone, Copy, Debug)]
+pub struct LogLinear {
+    sub_bits: u32,
+    max_exp: u32,
 }
 
-/// The smallest value of bucket `i` and the bucket's width.
-fn bounds(i: usize) -> (u64, u64) {
-    let i = i as u64;
-    if i < SUB {
-        return (i, 1);
+impl LogLinear {
+    pub const fn new(sub_bits: u32, max_exp: u32) -> LogLinear {
+        assert!(sub_bits >= 1 && sub_bits < max_exp && max_exp < 63);
+        LogLinear { sub_bits, max_exp }
     }
-    let exp = (i / SUB) as u32 + SUB_BITS - 1;
-    let width = 1u64 << (exp - SUB_BITS);
-    ((SUB + i % SUB) * width, width)
+
+    const fn sub(self) -> u64 {
+        1 << self.sub_bits
+    }
+
+    /// How many buckets there are.
+    pub const fn buckets(self) -> usize {
+        ((self.max_exp - self.sub_bits + 2) as usize) * self.sub() as usize
+    }
+
+    /// The bucket of `v`.
+    #[inline]
+    pub fn index(self, v: u64) -> usize {
+        let sub = self.sub();
+        if v < sub {
+            return v as usize;
+        }
+        let exp = (63 - v.leading_zeros()).min(self.max_exp); // >= sub_bits
+        let v = v.min((1u64 << (self.max_exp + 1)) - 1);
+        let mantissa = (v >> (exp - self.sub_bits)) & (sub - 1);
+        ((exp - self.sub_bits + 1) as u64 * sub + mantissa) as usize
+    }
+
+    /// The smallest value of bucket `i` and the bucket's width.
+    pub fn bounds(self, i: usize) -> (u64, u64) {
+        let (i, sub) = (i as u64, self.sub());
+        if i < sub {
+            return (i, 1);
+        }
+        let exp = (i / sub) as u32 + self.sub_bits - 1;
+        let width = 1u64 << (exp - self.sub_bits);
+        ((sub + i % sub) * width, width)
+    }
 }
+
+/// The stages' buckets: 2^5 per power of two (3 % precision), values up to 2^26 cycles
+/// (tens of milliseconds) kept apart.
+const BUCKETING: LogLinear = LogLinear::new(5, 26);
+const BUCKETS: usize = BUCKETING.buckets();
 
 /// One stage's histogram of cycles. Written by one thread (a plain load and store per
 /// counter: no locked instruction), read when the report is printed.
@@ -184,7 +212,7 @@ impl Hist {
         for (i, c) in self.counts.iter().enumerate() {
             seen += c.load(Relaxed);
             if seen >= rank {
-                let (low, width) = bounds(i);
+                let (low, width) = BUCKETING.bounds(i);
                 return Some((low + width / 2).max(self.min.load(Relaxed)));
             }
         }
@@ -220,7 +248,7 @@ impl Stages {
             bump(&h.negative);
             return;
         };
-        bump(&h.counts[index(v)]);
+        bump(&h.counts[BUCKETING.index(v)]);
         bump(&h.total);
         if v < h.min.load(Relaxed) {
             h.min.store(v, Relaxed);
@@ -299,13 +327,22 @@ mod tests {
     }
 
     #[test]
-    fn buckets_hold_their_values() {
-        for v in (0..50_000u64).chain([1 << 20, (1 << 26) + 5]) {
-            let i = index(v);
-            assert!(i < BUCKETS, "{v}");
-            let (low, width) = bounds(i);
-            assert!(low <= v && v < low + width, "{v} not in [{low}, {})", low + width);
-            assert!(width == 1 || width * SUB <= low, "bucket of {v} too wide");
+    fn buckets_hold_their_values_in_order_within_their_precision() {
+        // This crate's buckets and the benchmark's (bench::hist).
+        for (sub_bits, max_exp) in [(5, 26), (7, 40)] {
+            let b = LogLinear::new(sub_bits, max_exp);
+            let mut last = 0;
+            for v in (0..100_000u64).chain([1 << 20, (1 << 20) + 12345, (1 << max_exp) + 5, 1 << 39, u64::MAX / 3]) {
+                let i = b.index(v);
+                assert!(i < b.buckets(), "{v}");
+                assert!(i >= last || v > 100_000, "index not monotonic at {v}");
+                last = i;
+                let (low, width) = b.bounds(i);
+                if v < 1 << (max_exp + 1) {
+                    assert!(low <= v && v < low + width, "{v} not in [{low}, {})", low + width);
+                    assert!(width == 1 || width << sub_bits <= low, "bucket of {v} too wide: {width}");
+                }
+            }
         }
     }
 
