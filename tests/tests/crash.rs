@@ -293,13 +293,11 @@ fn unread_in_sockets_of(pid: u32) -> u64 {
     text.lines().filter(|l| l.contains(&owner)).filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()).sum()
 }
 
-/// Whether every thread of process `pid` is stopped (state `T` in its stat line).
+/// Whether every thread of process `pid` is stopped (`State: T (stopped)`).
 fn all_threads_stopped(pid: u32) -> bool {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
-    tasks.flatten().all(|t| {
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        // "pid (comm) S ...": the state follows the last ')'.
-        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("T")
+    tasks.flatten().filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok()).all(|tid| {
+        task_status(pid, tid).get("State").is_some_and(|state| state.starts_with('T'))
     })
 }
 

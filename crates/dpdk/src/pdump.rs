@@ -519,9 +519,9 @@ impl Tap {
                 made += 1;
             }
         }
+        let (objs, n) = (copies.as_ptr() as *const *mut c_void, made as u32);
         // SAFETY: the ring is live (MP/MC, as the client checked); `made` pointers.
-        let queued =
-            unsafe { sys::rte_ring_enqueue_burst(self.ring, copies.as_ptr() as *const *mut c_void, made as u32, null_mut()) } as usize;
+        let queued = unsafe { sys::rte_ring_enqueue_burst(self.ring, objs, n, null_mut()) } as usize;
         for &c in &copies[queued..made] {
             // SAFETY: copies the ring did not take are still ours.
             unsafe { free_uncached(c, self.mp) };

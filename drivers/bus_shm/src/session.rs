@@ -190,7 +190,7 @@ pub struct Session {
     /// `release_after_unregister` (EAL passes that callback its own copy of the handle).
     deferred_handle: std::sync::atomic::AtomicPtr<sys::rte_intr_handle>,
     /// What the driver is told goes through the device's event thread (see
-    /// [`EventThread`]); `None` if that thread could not be started.
+    /// [`start_event_thread`]); `None` if that thread could not be started.
     events: Option<mpsc::Sender<Delivery>>,
     log: &'static LogType,
 }
@@ -201,7 +201,8 @@ struct Delivery {
     done: Option<mpsc::SyncSender<()>>,
 }
 
-/// The thread that tells the device's driver what happened to the proxy, in order.
+/// Starts the thread that tells the device's driver what happened to the proxy, in
+/// order; what the session sends it goes there.
 ///
 /// Never the thread that noticed it: that may be the application's, inside a request
 /// of the driver that holds the driver's port state (a queue start whose answer never
@@ -210,24 +211,20 @@ struct Delivery {
 /// the driver there would deadlock. This thread holds no lock of the session; the
 /// driver's request in progress ends (answered, failed or timed out) and lets it on.
 /// It ends when the session is dropped (its sender with it).
-struct EventThread;
-
-impl EventThread {
-    fn start(dev: &Arc<ShmDevice>) -> io::Result<mpsc::Sender<Delivery>> {
-        let (tx, rx) = mpsc::channel::<Delivery>();
-        let device = Arc::downgrade(dev);
-        std::thread::Builder::new().name("shm-events".into()).spawn(move || {
-            for Delivery { event, done } in rx {
-                if let Some(dev) = device.upgrade() {
-                    deliver(&dev, event);
-                }
-                if let Some(done) = done {
-                    let _ = done.send(());
-                }
+fn start_event_thread(dev: &Arc<ShmDevice>) -> io::Result<mpsc::Sender<Delivery>> {
+    let (tx, rx) = mpsc::channel::<Delivery>();
+    let device = Arc::downgrade(dev);
+    std::thread::Builder::new().name("shm-events".into()).spawn(move || {
+        for Delivery { event, done } in rx {
+            if let Some(dev) = device.upgrade() {
+                deliver(&dev, event);
             }
-        })?;
-        Ok(tx)
-    }
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+        }
+    })?;
+    Ok(tx)
 }
 
 /// Calls the driver's event handler, if a driver has the device.
@@ -313,7 +310,7 @@ impl Session {
                 (socket, proxy.link_up, proxy.link_speed_mbps, proxy, Arc::new(region), RequestIds::default())
             }
         };
-        let events = EventThread::start(dev)
+        let events = start_event_thread(dev)
             .map_err(|e| {
                 log.error(format_args!(
                     "sock:{}: cannot start the device's event thread ({e}); the proxy's news reaches the driver on \

@@ -386,9 +386,9 @@ pub(crate) fn forget_port(serial: u64) {
 fn remove(info: &DeviceInfo) -> Result<(), String> {
     let Some(port) = port_of(info.serial) else { return Ok(()) };
     forget_port(info.serial);
-    // SAFETY: rte_eth_devices is DPDK's static array; we only compare fields.
-    let still_ours =
-        unsafe { (*port.eth_dev).state != sys::RTE_ETH_DEV_UNUSED && std::ptr::eq((*port.eth_dev).device, info.rte) };
+    // SAFETY: rte_eth_devices is DPDK's static array; we only read two fields.
+    let (state, device) = unsafe { ((*port.eth_dev).state, (*port.eth_dev).device) };
+    let still_ours = state != sys::RTE_ETH_DEV_UNUSED && std::ptr::eq(device, info.rte);
     if still_ours {
         // SAFETY: closing our own port; runs dev_close and releases the ethdev.
         let rc = unsafe { sys::rte_eth_dev_close(port.port_id) };
