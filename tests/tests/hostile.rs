@@ -1155,8 +1155,11 @@ fn with_cpu_report(c: &Ctx<'_>, run: fn(&Ctx<'_>) -> Seen) -> Seen {
 /// sockets).
 fn budget_counters(c: &Ctx<'_>) -> Vec<(&'static str, u64)> {
     let text = admin_answer(c, "show stats");
+    // Summed over the lines that carry it; a key on no line fails.
     let value = |key: &str| -> u64 {
-        text.split_whitespace().filter_map(|kv| kv.strip_prefix(key)).filter_map(|v| v.parse::<u64>().ok()).sum()
+        let values: Vec<u64> = text.split_whitespace().filter_map(|kv| kv.strip_prefix(key)).map(|v| v.parse::<u64>().unwrap_or_else(|_| panic!("{key}{v}"))).collect();
+        assert!(!values.is_empty(), "show stats has no {key}: {text}");
+        values.iter().sum()
     };
     vec![
         ("control_cpu_ms", value("control_cpu_ms=")),
@@ -1261,6 +1264,7 @@ fn queue_flapping(c: &Ctx<'_>) -> Seen {
     // after a burst, starts beyond 10 per second are refused.
     let budget0 = budget_counters(c);
     let mut g = ready(c);
+    let flapping0 = budget_counters(c);
     let (mut ok, mut refused, mut other_reason) = (0u32, 0u32, None);
     // Switches of the NIC queue: a start done, or a stop of a started queue (a stop
     // after a refused start has nothing to stop).
@@ -1285,7 +1289,15 @@ fn queue_flapping(c: &Ctx<'_>) -> Seen {
             }
         }
     }
-    let held_back = budget_counters(c).iter().zip(&budget0).find(|((k, _), _)| *k == "budget_over").map_or(0, |((_, a), (_, b))| a - b);
+    let budget1 = budget_counters(c);
+    let grew = |from: &[(&str, u64)], key: &str| -> u64 {
+        let at = |list: &[(&str, u64)]| list.iter().find(|(k, _)| *k == key).map(|&(_, v)| v).unwrap_or_else(|| panic!("no counter {key}"));
+        at(&budget1) - at(from)
+    };
+    let held_back = grew(&budget0, "budget_over");
+    // From its first stop of the running queue on, everything the flapper costs is
+    // charged to its suspect budget too (all but that first message's share before it).
+    let (charged, suspect) = (grew(&flapping0, "budget_charged_ms"), grew(&flapping0, "budget_suspect_ms"));
     // Each refused start is a bad request, and only those.
     expect_exact("bad_requests", refused as u64);
     // Every switch restarted the port (and the attach's start, and maybe the detach's
@@ -1296,13 +1308,14 @@ fn queue_flapping(c: &Ctx<'_>) -> Seen {
     let problem = match (refused, held_back, other_reason) {
         (0, 0, _) => Some("neither the budget nor the start rate held the flapper back".to_string()),
         (_, _, Some(r)) => Some(format!("a start refused for another reason: {r}")),
+        _ if suspect * 10 < charged * 9 => Some(format!("of the {charged} ms the flapper cost, only {suspect} ms went to its suspect budget")),
         _ => None,
     };
     let peer = g.peer(Duration::from_millis(200));
     Seen {
         problem,
         disconnected: open_or_closed(&peer),
-        note: format!("{ok} queue stops/starts answered ({switches} port restarts), {refused} refused, the uid over its budget {held_back} times"),
+        note: format!("{ok} queue stops/starts answered ({switches} port restarts), {refused} refused, the uid over its budget {held_back} times, {suspect} of {charged} ms charged as suspect"),
     }
 }
 

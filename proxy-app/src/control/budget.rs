@@ -32,7 +32,8 @@
 //! descriptors (the socket's `refused`, `bad_requests`, `unwanted_fds` grew), a
 //! session that ended without ever starting a queue (all it cost, from its accept on:
 //! a guest attaches to run a queue, an attacker to make the proxy work), and the port
-//! restarts of a guest that stops its queue while it stays attached (flapping). An
+//! restarts and messages of a guest that stopped a running queue while it stayed
+//! attached (flapping: stops of stopped queues cost it too, though they are answered). An
 //! attacker thus pays at once, at 2% of a CPU, while an attach that runs a queue, and a
 //! guest that reconnects to run it again, is charged to the big bucket only. The suspect
 //! debt is small (250 ms of refill) so that the uid's legitimate connections (a probe, a

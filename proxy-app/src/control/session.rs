@@ -77,8 +77,10 @@ pub(super) struct Conn {
     /// A queue of it ran: it came to do what guests come for. A session that ends
     /// without is charged to its uid's suspect budget (budget.rs).
     pub(super) ran: bool,
-    /// It stopped a queue while it stayed attached: the port restarts of its stops and
-    /// starts from then on are charged to its uid's suspect budget too (flapping).
+    /// It stopped a queue while it stayed attached: from then on the port restarts of
+    /// its stops and starts, and every message it sends, are charged to its uid's
+    /// suspect budget too (flapping; a guest that stops and starts once or twice stays
+    /// within that budget's burst).
     pub(super) stopped: bool,
 }
 
@@ -164,19 +166,22 @@ impl Control {
     /// cost `spent`, already charged to `owner`'s CPU budget: adds it to the
     /// connection's cost, and charges the uid's suspect budget (budget.rs) with it when
     /// it ended in a refusal, a bad request or unwanted descriptors (`suspect0`: the
-    /// socket's count of those before it), and with all the session cost when this
-    /// event ended a session that never ran a queue.
+    /// socket's count of those before it) or came from a guest that is flapping its
+    /// queue (`Conn::stopped`: its stops of queues already stopped and its refused
+    /// starts alike), and with all the session cost when this event ended a session
+    /// that never ran a queue.
     pub(super) fn charge_event(&mut self, idx: usize, owner: u32, spent: Duration, suspect0: u64, now: Instant) {
         let ep = &mut self.endpoints[idx];
-        let refused = ep.suspect_count() != suspect0;
+        let mut suspect_event = ep.suspect_count() != suspect0;
         if let Some(c) = ep.conn.as_mut() {
             c.cost += spent;
             c.ran |= c.guest().is_some_and(|g| g.running());
+            suspect_event |= c.stopped;
         }
         let suspect = match ep.ended_unran.take() {
             // Ended in this event (`disconnect` left what it had cost before).
             Some(before) => before + spent,
-            None if refused => spent,
+            None if suspect_event => spent,
             None => Duration::ZERO,
         };
         if !suspect.is_zero() {
