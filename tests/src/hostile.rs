@@ -183,11 +183,13 @@ pub struct Attached {
 }
 
 impl Attached {
-    /// Connects, handshakes and maps the region.
+    /// Connects, handshakes, maps the region and allocates it (as every guest does: the
+    /// proxy refuses pools over pages that are not allocated).
     pub fn attach(path: &Path, hello: &Hello) -> Result<Attached, String> {
         let sock = connect(path).map_err(|e| format!("connect: {e}"))?;
         let (welcome, memfd) = handshake(&sock, hello)?;
         let map = Mapping::map(memfd.as_fd(), welcome.region_size as usize).map_err(|e| format!("mmap: {e}"))?;
+        shm_contract::mem::allocate_region(memfd.as_fd(), welcome.region_size).map_err(|e| format!("allocate: {e}"))?;
         let layout = RegionLayout::read_header(&map.mem()).map_err(|e| format!("header: {e}"))?;
         Ok(Attached {
             sock,
@@ -205,6 +207,11 @@ impl Attached {
 
     pub fn mem(&self) -> SharedMem<'_> {
         self.map.mem()
+    }
+
+    /// The region's memfd.
+    pub fn memfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self._memfd.as_fd()
     }
 
     /// Sends a request and waits for its answer (link news skipped).
