@@ -32,7 +32,8 @@
 //! attack loop of its own (a few messages or writes, one after the other) is run again
 //! and again on fresh connections, each run one burst ([`repeated`], `Expect::repeat`),
 //! and paired the same way. Three stay one-shot (the punched region, which stops the
-//! proxy; the huge pool, a 2 GiB region after which the uid waits seconds; the forged
+//! proxy; the huge pool, whose attacker process allocates a 2 GiB region and exits, and
+//! whose region the proxy then frees in steps, seconds in all; the forged
 //! name, whose guest the harness keeps attached): measured over their whole time against
 //! the median of four windows before and against that of four after, the better of the
 //! two (a step of the VM's rate between them leaves the case at one side's level; a loss
@@ -2311,9 +2312,8 @@ fn cases() -> Vec<Case> {
         Case { name: "request flood, answers never read", run: case_request_flood, expect: Expect { bad_requests: true, disconnected: Some(true), ..Expect::default() } },
         Case::repeat("bad pools and requests", case_bad_pools, Expect { bad_requests: true, disconnected: Some(false), ..Expect::default() }),
         Case::repeat("reattach with a foreign fd", case_reattach_foreign_fd, handshake),
-        // One-shot, measured around: each run of it is a 2 GiB region (700 ms of the
-        // control thread; the uid then waits 14 s for its next session) or stops the
-        // proxy (SIGSTOP) while all hugepages are taken.
+        // One-shot, measured around: each run of it stops the proxy (SIGSTOP) while all
+        // hugepages are taken.
         Case { name: "hole punched in the region, no hugepage free", run: case_punched_region, expect: cut },
         Case { name: "rx wake-ups abused", run: case_wakeup_abuse, expect: Expect { disconnected: Some(false), ..Expect::default() } },
         Case { name: "queue stop/start flapping", run: case_queue_flapping, expect: Expect { disconnected: Some(false), control_plane: true, ..Expect::default() } },
@@ -2334,10 +2334,10 @@ fn cases() -> Vec<Case> {
         Case::repeat("rx consumer index backwards in the window", case_rx_cons_backwards, cut),
         // Names shown escaped (issue 16, item 6).
         Case { name: "application name that forges a stats line", run: case_app_name, expect: Expect { disconnected: Some(false), ..Expect::default() } },
-        // Last: its 2 GiB region leaves the test's uid (every attacker's) owing the
-        // control thread about 0.8 s beyond its burst, which the proxy has paid in full
-        // before that uid's next new session (budget.rs): about 15 s during which any
-        // later case's new connections would wait.
+        // Last, one-shot, measured around: a 2 GiB region that the attacker's process
+        // allocates (about 6 s under its CPU limit) and leaves to the proxy, which frees
+        // it in steps (about 5 s), charged to the test's uid (every attacker's): about
+        // 0.33 s of its 0.4 s burst, which a later case would start without.
         Case { name: "huge pool (proxy memory)", run: case_huge_pool, expect: Expect { bad_requests: true, disconnected: Some(false), control_plane: true, ..Expect::default() } },
     ]
 }
