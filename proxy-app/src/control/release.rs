@@ -113,13 +113,22 @@ impl Releases {
         self.waiting.len()
     }
 
-    /// How long the control loop may sleep before the next step is due (`None`: no
-    /// region waits).
+    /// How long the control loop may sleep before it should look here again: when the
+    /// next step is due for a region ready to be freed, every [`PERIOD`] while a region
+    /// waits for its process to exit, `None` while every waiting region is still held
+    /// elsewhere (the quarantine, looked at by housekeeping anyway) or none waits.
     pub(super) fn next_step(&self, now: Instant) -> Option<Duration> {
-        if self.waiting.is_empty() {
-            return None;
+        let free = self.waiting.iter().filter(|r| Arc::strong_count(&r.region) == 1);
+        let (mut any, mut ready) = (false, false);
+        for r in free {
+            any = true;
+            ready |= r.exited;
         }
-        Some(self.last_step.map_or(Duration::ZERO, |t| (t + PERIOD).saturating_duration_since(now)))
+        match (any, ready) {
+            (_, true) => Some(self.last_step.map_or(Duration::ZERO, |t| (t + PERIOD).saturating_duration_since(now))),
+            (true, false) => Some(PERIOD),
+            (false, false) => None,
+        }
     }
 
     /// One round (housekeeping): regions whose guest's process lived on past the grace
@@ -242,6 +251,9 @@ mod tests {
         let t = Instant::now();
         releases.push(region, UID, Some(exited_pidfd()), t, &mut budgets);
         assert_eq!(releases.waiting(), 1);
+        // The loop looks again within a period; once a step was taken, when the next
+        // is due.
+        assert_eq!(releases.next_step(t), Some(PERIOD));
         let mut freed_after = Vec::new();
         for k in 0..4u32 {
             // A round sooner than PERIOD after a step frees nothing.
@@ -254,6 +266,7 @@ mod tests {
         assert!(freed_after.windows(2).all(|w| w[1] == w[0] + CHUNK), "{freed_after:?}");
         assert_eq!(freed_after[3], SIZE);
         assert_eq!(releases.waiting(), 0);
+        assert_eq!(releases.next_step(t), None);
         assert_eq!(releases.stats.paced, 1);
         assert_eq!(releases.stats.freed_bytes, SIZE);
         // Every step was charged to the departed guest's uid.
@@ -297,6 +310,8 @@ mod tests {
         releases.step(t + EXIT_GRACE * 2, &mut budgets);
         assert_eq!(allocated_bytes(guests_fd.as_fd()).unwrap(), SIZE);
         assert_eq!(releases.waiting(), 1);
+        // Nothing to wake the loop for while it is held.
+        assert_eq!(releases.next_step(t + EXIT_GRACE * 2), None);
         drop(quarantined);
         // Its uid in debt: it waits for the refill.
         budgets.charge(UID, super::super::budget::CPU_BURST * 2, t + EXIT_GRACE * 2);
