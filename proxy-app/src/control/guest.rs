@@ -336,7 +336,7 @@ impl Control {
             }
             // The region is freed a step at a time once nothing holds it and the
             // guest's process has exited, or left to that process (release.rs).
-            self.releases.push(guest.region, conn.fd.owner(), conn.pidfd, Instant::now(), &mut self.budgets);
+            self.releases.push(guest.region, conn.fd.owner(), conn.pidfd, Instant::now());
         }
     }
 

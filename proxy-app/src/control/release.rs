@@ -28,7 +28,7 @@
 //! page does. A region without a pidfd (a peer in another pid namespace, whose pid the
 //! kernel does not give) is closed at once too: nobody can tell whether its process
 //! still uses it. At most [`MAX_RELEASING`] regions wait here; past that a departed
-//! region is closed at once (its cost then charged to its uid).
+//! region is closed at once, as part of the detach.
 //!
 //! Known gap: a process that exited may have passed the memfd on (a forked child that
 //! still maps it, another process it sent the descriptor to); punching then zeroes
@@ -97,16 +97,17 @@ pub(super) struct Releases {
 
 impl Releases {
     /// Takes the region of a guest of `uid` that left (`pidfd`: its process's), or
-    /// closes it at once when it cannot be freed in steps (module docs). Everything else
-    /// of the proxy may still hold it (the quarantine): it waits for them.
-    pub(super) fn push(&mut self, region: Arc<GuestRegion>, uid: u32, pidfd: Option<OwnedFd>, now: Instant, budgets: &mut UidBudgets) {
+    /// closes it at once when it cannot be freed in steps (module docs): that close is
+    /// part of the detach, charged with the event that ended the session. Everything
+    /// else of the proxy may still hold it (the quarantine): it waits for them.
+    pub(super) fn push(&mut self, region: Arc<GuestRegion>, uid: u32, pidfd: Option<OwnedFd>, now: Instant) {
         match pidfd {
             Some(pidfd) if !region.hugepages && self.waiting.len() < MAX_RELEASING => {
                 self.waiting.push(Releasing { region, uid, pidfd, since: now, freed: 0, exited: false });
             }
             _ => {
                 self.stats.closed_at_once += 1;
-                self.close(region, uid, now, budgets);
+                drop(region);
             }
         }
     }
@@ -203,7 +204,8 @@ impl Releases {
         self.waiting.clear();
     }
 
-    /// Closes `region` now, charging what that took to `uid`.
+    /// Closes `region` now (outside any event of its guest's: the guest left), charging
+    /// what that took to `uid`.
     fn close(&mut self, region: Arc<GuestRegion>, uid: u32, now: Instant, budgets: &mut UidBudgets) {
         let t0 = os::thread_cpu_time();
         drop(region);
@@ -252,7 +254,7 @@ mod tests {
         let mut budgets = budgets();
         let mut releases = Releases::default();
         let t = Instant::now();
-        releases.push(region, UID, Some(exited_pidfd()), t, &mut budgets);
+        releases.push(region, UID, Some(exited_pidfd()), t);
         assert_eq!(releases.waiting(), 1);
         // The loop looks again within a period; once a step was taken, when the next
         // is due.
@@ -285,7 +287,7 @@ mod tests {
         let t = Instant::now();
         // This test's own process stands for a guest that lives on after it left.
         let alive = os::pidfd_open(std::process::id() as i32).unwrap();
-        releases.push(region, UID, Some(alive), t, &mut budgets);
+        releases.push(region, UID, Some(alive), t);
         let mut now = t;
         while now < t + EXIT_GRACE {
             releases.step(now, &mut budgets);
@@ -308,7 +310,7 @@ mod tests {
         let t = Instant::now();
         // The quarantine (a pool) still holds it.
         let quarantined = region.clone();
-        releases.push(region, UID, Some(exited_pidfd()), t, &mut budgets);
+        releases.push(region, UID, Some(exited_pidfd()), t);
         releases.step(t, &mut budgets);
         releases.step(t + EXIT_GRACE * 2, &mut budgets);
         assert_eq!(allocated_bytes(guests_fd.as_fd()).unwrap(), SIZE);
@@ -329,9 +331,8 @@ mod tests {
     #[test]
     fn without_a_pidfd_a_region_is_closed_at_once() {
         let (region, guests_fd) = departed_region();
-        let mut budgets = budgets();
         let mut releases = Releases::default();
-        releases.push(region, UID, None, Instant::now(), &mut budgets);
+        releases.push(region, UID, None, Instant::now());
         assert_eq!((releases.waiting(), releases.stats.closed_at_once), (0, 1));
         assert_eq!(allocated_bytes(guests_fd.as_fd()).unwrap(), SIZE);
     }
