@@ -42,6 +42,7 @@ mod budget;
 pub mod fuzzing;
 mod guest;
 mod listen;
+mod release;
 mod reload;
 mod reports;
 mod session;
@@ -109,6 +110,8 @@ pub struct Control {
     last_housekeeping: Option<Instant>,
     /// Port restarts for rx-queue switches, and what they cost other guests.
     restarts: RestartStats,
+    /// Departed guests' regions, freed a step at a time (release.rs).
+    releases: release::Releases,
 }
 
 /// Port restarts made to switch an rx queue's pool (devices without runtime rx-queue
@@ -157,6 +160,7 @@ impl Control {
             housekeeping_period: HOUSEKEEPING_PERIOD,
             last_housekeeping: None,
             restarts: RestartStats::default(),
+            releases: release::Releases::default(),
         };
         // Every port gets as many queues as the whole file names for it, before its
         // first socket is made.
@@ -353,6 +357,11 @@ impl Control {
             Some(wait) => timeout_ms.min(wait.max(budget::MIN_WAKEUP).as_millis().min(i32::MAX as u128) as i32),
             None => timeout_ms,
         };
+        // And for the next step of freeing a departed guest's region (release.rs).
+        let timeout_ms = match self.releases.next_step(now) {
+            Some(wait) => timeout_ms.min(wait.max(HOUSEKEEPING_PERIOD).as_millis().min(i32::MAX as u128) as i32),
+            None => timeout_ms,
+        };
         let n = os::poll(&mut fds, timeout_ms).unwrap_or(0);
         if n > 0 {
             // Served from a rotating start: peers of one uid take turns at its budget.
@@ -492,6 +501,7 @@ impl Control {
             self.check_session(idx, now);
         }
         self.sweep_quarantine(now);
+        self.releases.step(now, &mut self.budgets);
         if now.duration_since(self.last_link_check) >= Duration::from_millis(500) {
             self.last_link_check = now;
             self.check_links();
@@ -559,6 +569,7 @@ impl Control {
                 l.app
             );
         }
+        self.releases.close_all();
         for ep in &self.endpoints {
             ep.file.remove();
         }

@@ -490,6 +490,29 @@ pub fn group_id(name: &str) -> Option<u32> {
     lookup_id(Db::Group, name).map(|(gid, _)| gid)
 }
 
+/// A pidfd of process `pid` (`pidfd_open(2)`): it stays bound to that process, so
+/// asking it later whether the process exited ([`process_exited`]) cannot be fooled by
+/// the pid's reuse, as `/proc/<pid>` could.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    if pid <= 0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: plain syscall with integer arguments; the result is checked.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pidfd_open returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as c_int) })
+}
+
+/// Whether the process of `pidfd` has exited (its pidfd polls readable), without
+/// waiting.
+pub fn process_exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut fds = [libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+    poll(&mut fds, 0).is_ok_and(|n| n > 0 && fds[0].revents & (libc::POLLIN | libc::POLLHUP) != 0)
+}
+
 /// The CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): what the
 /// control thread charges to the peer whose event it handled.
 pub fn thread_cpu_time() -> std::time::Duration {

@@ -1,11 +1,14 @@
 //! The shared region of one guest: a sealed memfd (hugepages when the system has them),
-//! mapped here, laid out and initialised by the proxy before the guest sees it.
+//! mapped here, laid out and initialised by the proxy before the guest sees it. The
+//! proxy writes only the header and rings; the rest of a region of normal pages is
+//! the guest's to allocate (`shm_contract::mem::create_region_memfd`), checked before
+//! a pool is accepted in it ([`GuestRegion::check_allocated`]).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use dpdk::{Device, ExtMem};
 use shm_contract::layout::StatusBlock;
-use shm_contract::mem::{create_region_memfd, inspect_region_fd, Mapping, RegionBacking};
+use shm_contract::mem::{allocated_bytes, create_region_memfd, inspect_region_fd, is_fully_allocated, punch_hole, Mapping, RegionBacking};
 use shm_contract::{DescRing, RegionFlags, RegionLayout, SharedMem};
 
 /// What a guest asked for, already bounded by the proxy's limits.
@@ -78,6 +81,42 @@ impl GuestRegion {
         Ok(GuestRegion { memfd, extmem: None, mapping, layout, hugepages: backing.hugepages })
     }
 
+    /// Whether the guest allocated its region (see `shm_contract::client::map_region`),
+    /// so that the proxy's accesses to a pool in it (its free ring, its buffers'
+    /// headers) can never allocate a page: never on the proxy's CPU nor in its memory,
+    /// and never fail for lack of memory. Otherwise the reason of the refusal, which
+    /// says what to do. A hugetlb region was allocated whole by the proxy
+    /// (`create_region_memfd`; an adopted one by the proxy before it).
+    pub fn check_allocated(&self) -> Result<(), String> {
+        if self.hugepages {
+            return Ok(());
+        }
+        let size = self.mapping.len() as u64;
+        match is_fully_allocated(self.memfd.as_fd(), size) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!(
+                "the region is not allocated ({} of its {} bytes are): a guest allocates its whole region after \
+                 mapping it (fallocate of the region memfd, as shm_contract::client::map_region does) before it \
+                 announces a pool",
+                allocated_bytes(self.memfd.as_fd()).unwrap_or(0),
+                size
+            )),
+            Err(e) => Err(format!("cannot tell whether the region is allocated: {e}")),
+        }
+    }
+
+    /// Frees the pages of `[offset, offset + len)` (a hole punched in the memfd): for a
+    /// region whose guest is gone, its memory freed a step at a time (control/release.rs).
+    pub fn punch(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        punch_hole(self.memfd.as_fd(), offset, len)
+    }
+
+    /// Unregisters the region as external memory (and its DMA mapping) before its
+    /// pages are freed: nothing may DMA into pages that are gone.
+    pub fn unregister_dma(&mut self) {
+        drop(self.extmem.take());
+    }
+
     /// Registers the region as external memory and DMA-maps it for `device`, so that a
     /// physical NIC (VFIO; IOVA is always VA, see main.rs) can DMA into guest buffers.
     /// Virtual devices need neither; their "not supported" answers are fine.
@@ -138,5 +177,27 @@ impl GuestRegion {
     /// proxy refuses IOVA as physical addresses: docs/threat-model.md, "Least privilege").
     pub fn iova_of(&self, addr: *const u8) -> u64 {
         addr as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shm_contract::mem::allocate_region;
+
+    #[test]
+    fn a_pool_is_refused_until_the_guest_allocated_its_region() {
+        let req = RegionRequest { size: 4 << 20, rx_entries: 256, tx_entries: 256, queue_pairs: 1, try_hugepages: false };
+        let region = GuestRegion::create("check-allocated", &req).unwrap();
+        // The proxy wrote the header and rings: those pages alone are allocated.
+        let written = allocated_bytes(region.memfd.as_fd()).unwrap();
+        assert!(written > 0 && written < req.size, "{written}");
+        let reason = region.check_allocated().unwrap_err();
+        assert!(reason.contains("the region is not allocated") && reason.contains("fallocate"), "{reason}");
+        allocate_region(region.memfd.as_fd(), req.size).unwrap();
+        region.check_allocated().unwrap();
+        // A page given back: refused again.
+        punch_hole(region.memfd.as_fd(), req.size - 4096, 4096).unwrap();
+        assert!(region.check_allocated().is_err());
     }
 }

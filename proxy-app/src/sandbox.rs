@@ -310,6 +310,9 @@ pub const ALLOWED: &[(&str, i64)] = &[
     ("getresuid", libc::SYS_getresuid),
     ("getresgid", libc::SYS_getresgid),
     ("getrandom", libc::SYS_getrandom),
+    // A pidfd of each guest's process, taken at accept: a departed guest's region is
+    // freed in steps only once its process has exited (control/release.rs).
+    ("pidfd_open", libc::SYS_pidfd_open),
     ("uname", libc::SYS_uname),
     ("getrlimit", libc::SYS_getrlimit),
     ("prlimit64", libc::SYS_prlimit64),

@@ -183,8 +183,16 @@ pub struct Attached {
 }
 
 impl Attached {
-    /// Connects, handshakes and maps the region.
+    /// Connects, handshakes, maps the region and allocates it (as every guest does: the
+    /// proxy refuses pools in a region that is not allocated).
     pub fn attach(path: &Path, hello: &Hello) -> Result<Attached, String> {
+        let g = Attached::attach_unallocated(path, hello)?;
+        shm_contract::mem::allocate_region(g.memfd(), g.welcome.region_size).map_err(|e| format!("allocate: {e}"))?;
+        Ok(g)
+    }
+
+    /// As [`attach`](Self::attach), without allocating the region.
+    pub fn attach_unallocated(path: &Path, hello: &Hello) -> Result<Attached, String> {
         let sock = connect(path).map_err(|e| format!("connect: {e}"))?;
         let (welcome, memfd) = handshake(&sock, hello)?;
         let map = Mapping::map(memfd.as_fd(), welcome.region_size as usize).map_err(|e| format!("mmap: {e}"))?;
@@ -205,6 +213,11 @@ impl Attached {
 
     pub fn mem(&self) -> SharedMem<'_> {
         self.map.mem()
+    }
+
+    /// The region's memfd.
+    pub fn memfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self._memfd.as_fd()
     }
 
     /// Sends a request and waits for its answer (link news skipped).

@@ -4,7 +4,8 @@
 //!
 //! * [`attach`]: connect (the server checked with `SO_PEERCRED` first), handshake,
 //!   and the [`Welcome`], which both kinds of guest keep as it is;
-//! * [`map_region`]: the region memfd checked (sealed, its size), mapped, its header
+//! * [`map_region`]: the region memfd checked (sealed, its size), mapped, allocated (the
+//!   guest's memory, on the guest's CPU), its header
 //!   validated against the `Welcome` (page size too); [`check_reattached`] for a region
 //!   handed back to a new proxy;
 //! * [`transact`] and [`read_unsolicited`]: the request/answer exchange, with the
@@ -23,7 +24,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::layout::RegionLayout;
-use crate::mem::{check_region_fd, Mapping, SharedMem};
+use crate::mem::{allocate_region, check_region_fd, Mapping, SharedMem};
 use crate::mpmc::FreeRing;
 use crate::proto::transport::{
     connect_to_proxy, handshake, recv_message, send_message, ConnectError, HandshakeError, TransportError,
@@ -151,6 +152,12 @@ pub struct MappedRegion {
 /// Maps the region that came with `welcome` (exactly one descriptor): the memfd must be
 /// sealed against shrinking and as large as announced (a truncated file would make our
 /// accesses fault), the header valid and its page size the `Welcome`'s.
+///
+/// The region's memory is the guest's to allocate: the proxy sends it with only its
+/// header and rings allocated, and refuses pools over pages that are not. So every page
+/// is allocated here, once it is mapped ([`allocate_region`]): zeroed on this process's
+/// CPU and charged to its memory cgroup (a container's memory limit counts its region).
+/// If the memory is not there, this fails with an error that says so.
 pub fn map_region(welcome: &Welcome, mut fds: Vec<OwnedFd>) -> Result<MappedRegion, ClientError> {
     if fds.len() != 1 {
         return Err(ClientError::Protocol(format!("Welcome carried {} file descriptors, expected 1", fds.len())));
@@ -159,6 +166,13 @@ pub fn map_region(welcome: &Welcome, mut fds: Vec<OwnedFd>) -> Result<MappedRegi
     check_region_fd(memfd.as_fd(), welcome.region_size).map_err(|e| ClientError::Region(e.to_string()))?;
     let len = usize::try_from(welcome.region_size).map_err(|_| ClientError::Region("too large for this machine".into()))?;
     let mapping = Mapping::map(memfd.as_fd(), len).map_err(|e| ClientError::Region(format!("mmap: {e}")))?;
+    allocate_region(memfd.as_fd(), welcome.region_size).map_err(|e| {
+        ClientError::Region(format!(
+            "cannot allocate the {} MiB region ({e}): this process's memory limit (its container's) or the \
+             machine's shared memory does not hold it; ask for a smaller region or raise the limit",
+            welcome.region_size >> 20
+        ))
+    })?;
     let layout = read_layout(&mapping.mem(), welcome)?;
     Ok(MappedRegion { mapping, memfd, layout })
 }

@@ -431,10 +431,18 @@ pub const REGION_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | 
 
 /// Creates the memfd that backs a region: hugetlb if `try_hugepages` and the
 /// system can reserve them, normal shared memory otherwise; sized to a page
-/// multiple, fully preallocated (so no access can fault for lack of memory while
-/// the pages stay), and sealed with [`REGION_SEALS`]. Seals do not stop a peer
-/// from punching holes: map it with [`Mapping::map_guarded`] where that peer is
-/// not trusted.
+/// multiple and sealed with [`REGION_SEALS`]. Seals do not stop a peer from
+/// punching holes: map it with [`Mapping::map_guarded`] where that peer is not
+/// trusted.
+///
+/// Who allocates the pages: a hugetlb file is allocated here, whole (a hugepage is
+/// reserved when it is allocated, from the pool the operator sized for the guests:
+/// allocated now, no access can fail for lack of one later, and reserving them is
+/// cheap, no zeroing of 4 KiB pages). A file of normal pages is not: the guest
+/// allocates it ([`allocate_region`], in `client::map_region`) on its own CPU and in
+/// its own memory cgroup; the creator touches only the pages it writes (header and
+/// rings), and checks that the guest allocated it ([`is_fully_allocated`]) before it
+/// relies on more.
 pub fn create_region_memfd(
     name: &str,
     size: u64,
@@ -454,7 +462,7 @@ pub fn create_region_memfd(
                 // Any failure (no hugepages reserved, no sealing support on this
                 // kernel, a different hugepage size than meminfo said) falls back
                 // to normal pages: the fd is dropped, i.e. closed.
-                if let Ok(fd) = create_sealed_memfd(&cname, rounded, libc::MFD_HUGETLB) {
+                if let Ok(fd) = create_sealed_memfd(&cname, rounded, libc::MFD_HUGETLB, true) {
                     if fd_block_size(fd.as_fd()).ok() == Some(hugepage) {
                         return Ok((
                             fd,
@@ -473,7 +481,7 @@ pub fn create_region_memfd(
     let rounded = round_up(size, page)
         .filter(|&s| s <= MAX_REGION_SIZE)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region size too large"))?;
-    let fd = create_sealed_memfd(&cname, rounded, 0)?;
+    let fd = create_sealed_memfd(&cname, rounded, 0, false)?;
     Ok((
         fd,
         RegionBacking {
@@ -534,7 +542,7 @@ fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     Ok(unsafe { st.assume_init() })
 }
 
-fn create_sealed_memfd(name: &CString, size: u64, extra_flags: libc::c_uint) -> io::Result<OwnedFd> {
+fn create_sealed_memfd(name: &CString, size: u64, extra_flags: libc::c_uint, allocate: bool) -> io::Result<OwnedFd> {
     let flags = extra_flags | libc::MFD_ALLOW_SEALING | libc::MFD_CLOEXEC;
     // SAFETY: `name` is a valid NUL-terminated string.
     let raw = unsafe { libc::memfd_create(name.as_ptr(), flags) };
@@ -549,23 +557,74 @@ fn create_sealed_memfd(name: &CString, size: u64, extra_flags: libc::c_uint) -> 
     if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    loop {
-        // SAFETY: plain syscall on a descriptor we own. Preallocating every page
-        // now means no access to the region can fault for lack of memory later.
-        let rc = unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, len) };
-        if rc == 0 {
-            break;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
+    if allocate {
+        fallocate(fd.as_fd(), 0, 0, size)?;
     }
     // SAFETY: plain fcntl on a descriptor we own.
     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, REGION_SEALS) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(fd)
+}
+
+/// `fallocate(2)` of `len` bytes at `offset` with `mode`, retried when interrupted.
+fn fallocate(fd: BorrowedFd<'_>, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    let too_large = || io::Error::new(io::ErrorKind::InvalidInput, "range too large");
+    let offset = libc::off_t::try_from(offset).map_err(|_| too_large())?;
+    let len = libc::off_t::try_from(len).map_err(|_| too_large())?;
+    loop {
+        // SAFETY: plain syscall on a borrowed descriptor; no memory is passed.
+        if unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset, len) } == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Allocates every page of a region memfd of `len` bytes (a guest does this right
+/// after it mapped the region it was sent: see [`create_region_memfd`]), so that no
+/// access to it can fault for lack of memory later, and so that the proxy accepts
+/// pools in it ([`is_fully_allocated`]). The pages are zeroed on the caller's CPU and
+/// charged to the caller's memory cgroup. Already allocated pages (a hugetlb region,
+/// a region handed back on reattach) cost nothing again.
+///
+/// Fails with the kernel's error when the memory is not there: `ENOMEM` (the
+/// caller's memory limit, or the machine's memory), `ENOSPC` (shared memory or
+/// hugepages exhausted).
+pub fn allocate_region(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    fallocate(fd, 0, 0, len)
+}
+
+/// Whether every page of the `size`-byte file `fd` is allocated memory (the file's
+/// blocks, `st_blocks`, cover its size): reading or writing any of it cannot allocate a
+/// page, neither on the caller's account nor for lack of memory.
+///
+/// Why the whole file and not a range with `lseek(SEEK_HOLE)`: shmem reports a page
+/// that `fallocate` allocated but nobody wrote yet as a hole (it is not "uptodate"),
+/// so a guest's freshly allocated region would read as all holes. `st_blocks` counts
+/// every allocated page, written or not, swapped out or not; it is one `fstat`.
+/// hugetlbfs does not count blocks the same way: a hugetlb region is allocated whole
+/// when it is created, and is not asked.
+pub fn is_fully_allocated(fd: BorrowedFd<'_>, size: u64) -> io::Result<bool> {
+    Ok(allocated_bytes(fd)? >= size)
+}
+
+/// Frees the pages of `[offset, offset + len)` of `fd` (`fallocate` with
+/// `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`): the file keeps its size and its
+/// seals, the range reads as zeros afterwards (a mapping of it gets fresh pages when
+/// touched). What freeing a region's memory in steps takes, rather than all of it at
+/// the last close.
+pub fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+}
+
+/// Bytes of memory a file holds (`st_blocks` in 512-byte units): what its allocated
+/// pages take.
+pub fn allocated_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(u64::try_from(fstat(fd)?.st_blocks).unwrap_or(0) * 512)
 }
 
 /// Why a received region fd is not acceptable.
@@ -790,7 +849,7 @@ mod tests {
     }
 
     #[test]
-    fn region_memfd_is_sealed_preallocated_and_mappable() {
+    fn region_memfd_is_sealed_and_mappable() {
         let (fd, backing) = create_region_memfd("shm-contract-test", 100_000, false).unwrap();
         assert!(!backing.hugepages);
         assert_eq!(backing.size % backing.page_size, 0);
@@ -816,11 +875,46 @@ mod tests {
     }
 
     #[test]
+    fn a_region_of_normal_pages_is_allocated_by_its_user_and_freed_in_steps() {
+        let (fd, backing) = create_region_memfd("alloc-test", 4 << 20, false).unwrap();
+        assert!(!backing.hugepages);
+        // Created with no page allocated: the proxy does not allocate a guest's memory.
+        assert_eq!(allocated_bytes(fd.as_fd()).unwrap(), 0);
+        assert!(!is_fully_allocated(fd.as_fd(), backing.size).unwrap());
+        // Touching a page allocates that page alone.
+        let map = Mapping::map(fd.as_fd(), backing.size as usize).unwrap();
+        map.mem().atomic_u64(8192).unwrap().store(1, Ordering::Relaxed);
+        assert_eq!(allocated_bytes(fd.as_fd()).unwrap(), 4096);
+        assert!(!is_fully_allocated(fd.as_fd(), backing.size).unwrap());
+        // The guest allocates all of it: allocated, though never written (a range
+        // query with SEEK_HOLE would call the unwritten pages holes).
+        allocate_region(fd.as_fd(), backing.size).unwrap();
+        assert_eq!(allocated_bytes(fd.as_fd()).unwrap(), backing.size);
+        assert!(is_fully_allocated(fd.as_fd(), backing.size).unwrap());
+        // SAFETY: plain syscall on a descriptor we own.
+        let hole = unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_HOLE) };
+        assert!(hole < backing.size as i64, "shmem calls fallocated, unwritten pages holes: {hole}");
+        assert_eq!(map.mem().atomic_u64(8192).unwrap().load(Ordering::Relaxed), 1, "allocating keeps the contents");
+        // Freed a MiB at a time: each step frees its range, the size and seals stay.
+        punch_hole(fd.as_fd(), 0, 1 << 20).unwrap();
+        assert_eq!(allocated_bytes(fd.as_fd()).unwrap(), backing.size - (1 << 20));
+        assert!(!is_fully_allocated(fd.as_fd(), backing.size).unwrap());
+        assert_eq!(map.mem().atomic_u64(8192).unwrap().load(Ordering::Relaxed), 0, "a punched range reads as zeros");
+        check_region_fd(fd.as_fd(), backing.size).unwrap();
+        assert!(allocate_region(fd.as_fd(), backing.size + 4096).is_err(), "sealed against growing");
+    }
+
+    #[test]
     fn hugepage_request_always_yields_a_usable_region() {
         // Whether or not this machine has hugepages reserved, the call succeeds
         // and says what it got.
         let (fd, backing) = create_region_memfd("shm-contract-huge", 1 << 20, true).unwrap();
         assert_eq!(backing.size % backing.page_size, 0);
+        // Allocated whole when it is hugetlb; allocating it again costs nothing.
+        if backing.hugepages {
+            assert!(is_fully_allocated(fd.as_fd(), backing.size).unwrap_or(true));
+        }
+        allocate_region(fd.as_fd(), backing.size).unwrap();
         check_region_fd(fd.as_fd(), backing.size).unwrap();
     }
 

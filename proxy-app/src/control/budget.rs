@@ -14,14 +14,18 @@
 //! the data loop do not wait for it.
 //!
 //! The burst covers what well-behaved guests of one user cost at once: an attach with
-//! its region, pools and queue start is 1 to 200 ms (a region's pages are allocated and
-//! zeroed here, about 0.35 ms per MiB of 4 KiB pages: 180 ms for the default 512 MiB),
+//! its region, pools and queue start is 1 to 200 ms (a region of normal pages is the
+//! guest's to allocate, region.rs; a hugetlb region is allocated and zeroed here, and a
+//! region of 4 KiB pages was too, about 0.35 ms per MiB: 180 ms for the default 512 MiB),
 //! so a guest that reconnects a few times, or 64 small guests attached one after the
 //! other (scripts/bench-scale.sh), are never held back; the rate bounds what one user's
 //! steady stream of requests may take from the data loop's CPU. One event can cost more
-//! than the whole burst (a region of `--max-region-size`, 2 GiB: about 0.7 s): the debt
+//! than the whole burst (a large hugetlb region; a 2 GiB region of 4 KiB pages took
+//! about 0.7 s when the proxy allocated it): the debt
 //! is capped at `MAX_WAIT` of refill, so the uid's next message (that guest's first
 //! pool) waits at most that long, within a guest's answer timeout (5 s by default).
+//! Freeing a departed guest's region is charged to its uid too, a step at a time, and
+//! only while the uid is not in debt (release.rs).
 //!
 //! That bucket bounds a uid's average; an attacker that alternates (attacks for 100 ms,
 //! rests for 100 ms) spends the 400 ms burst while it attacks and takes 40% of the data

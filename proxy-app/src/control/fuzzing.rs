@@ -764,6 +764,8 @@ fn drain_answers(c: &mut Conn, outcome: &mut Outcome) {
         match message {
             Ok((Message::Welcome(w), _)) => {
                 if let (Some(memfd), Ok(size)) = (fds.into_iter().next(), usize::try_from(w.region_size)) {
+                    // As every guest does, or the proxy refuses its pools (region.rs).
+                    let _ = shm_contract::mem::allocate_region(memfd.as_fd(), w.region_size);
                     c.region = Some(Region { memfd: memfd.into(), size, mapped: None });
                 }
             }

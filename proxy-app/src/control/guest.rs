@@ -82,6 +82,9 @@ impl Control {
             ));
         }
         let layout = add.validate(&guest.region.layout, &others).map_err(|e| e.to_string())?;
+        // Last, the one check that asks the kernel: the proxy never allocates a guest's
+        // memory by touching it (region.rs).
+        guest.region.check_allocated().map_err(|e| format!("pool {}: {e}", add.pool_id))?;
         let pool = ShadowPool::new(&guest.region, layout, &format!("iop_sh{serial}"), socket)?;
         for q in guest.started() {
             q.set_pool(add.pool_id, Some(pool.guest_pool()));
@@ -303,8 +306,7 @@ impl Control {
             let st = &ep.stats;
             let pool_invalid: u64 = guest.pools.iter().map(|(_, p)| p.ctx.invalid.load(Ordering::Relaxed)).sum();
             st.invalid.store(st.invalid.load(Ordering::Relaxed) + pool_invalid, Ordering::Relaxed);
-            // Pools (their mempools) go first, then the region is unmapped with the
-            // last reference; but not while the NIC holds buffers of them (freeing one
+            // Pools (their mempools) go first, then the region (below); but not while the NIC holds buffers of them (freeing one
             // writes into its mempool): then they wait in the quarantine. Either way they
             // no longer touch the guest's free rings.
             let pools: Vec<ShadowPool> =
@@ -332,7 +334,9 @@ impl Control {
                 );
                 self.quarantine.push(leftover);
             }
-            drop(guest.region);
+            // The region is freed a step at a time once nothing holds it and the
+            // guest's process has exited, or left to that process (release.rs).
+            self.releases.push(guest.region, conn.fd.owner(), conn.pidfd, Instant::now());
         }
     }
 

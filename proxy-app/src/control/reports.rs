@@ -160,7 +160,7 @@ impl Control {
         let in_nic: u64 = self.quarantine.iter().map(|l| l.in_nic()).sum::<u64>()
             + deleting.iter().map(|d| u64::from(d.pool.in_nic())).sum::<u64>();
         s += &format!(
-            "unclaimed={} mempools={} quarantined={} deleting={} quarantined_in_nic={} {} budget_over={} budget_uids_held={} budget_charged_ms={} budget_suspect_ms={} control_cpu_ms={} port_restarts={} restart_outage_ms={} restart_longest_us={} restarts_charged_ms={}\n",
+            "unclaimed={} mempools={} quarantined={} deleting={} quarantined_in_nic={} {} budget_over={} budget_uids_held={} budget_charged_ms={} budget_suspect_ms={} control_cpu_ms={} port_restarts={} restart_outage_ms={} restart_longest_us={} restarts_charged_ms={} regions_releasing={} regions_released_paced={} regions_left_to_guest={} regions_closed_at_once={} release_freed_mib={} release_charged_ms={}\n",
             self.plane.unclaimed.load(Ordering::Relaxed),
             mempool_count(),
             self.quarantine.len(),
@@ -176,7 +176,13 @@ impl Control {
             self.restarts.count,
             self.restarts.outage.as_millis(),
             self.restarts.longest.as_micros(),
-            self.restarts.charged.as_millis()
+            self.restarts.charged.as_millis(),
+            self.releases.waiting(),
+            self.releases.stats.paced,
+            self.releases.stats.left_to_guest,
+            self.releases.stats.closed_at_once,
+            self.releases.stats.freed_bytes >> 20,
+            self.releases.stats.charged.as_millis()
         );
         s
     }

@@ -14,7 +14,7 @@
 //! (`on_<message>`); each handler's comment names its transition. Teardown (back to
 //! `Listening`) is `disconnect` in guest.rs. docs/architecture.md draws the machine.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,6 +68,11 @@ pub(super) struct Conn {
     /// timeout).
     hello_clock: Instant,
     pub(super) pid: i32,
+    /// A pidfd of the peer's process (`pid`), taken at accept while the process is
+    /// surely the peer (a pid can be reused once it exits): tells, after the guest left,
+    /// whether its process has exited (control/release.rs). `None` when the kernel gave
+    /// no pid (another pid namespace) or no pidfd.
+    pub(super) pidfd: Option<OwnedFd>,
     pub(super) session: Session,
     /// An answer could not be sent (the guest does not read its socket): the
     /// connection is shut down and detached at the next look at it.
@@ -92,6 +97,7 @@ impl Conn {
             since: Instant::now(),
             hello_clock: Instant::now(),
             pid,
+            pidfd: crate::os::pidfd_open(pid).ok(),
             session: Session::AwaitingHello,
             unanswerable: Default::default(),
             cost: Duration::ZERO,
