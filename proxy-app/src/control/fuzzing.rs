@@ -79,7 +79,7 @@ const FIRST_READS_EVERY: u32 = 8;
 /// A step that opens a connection, says Goodbye or hangs up is taken one time in this
 /// many (its next byte is 1 modulo this: not 0, the fuzzer's favourite filler and what
 /// an input that ran out reads), else it does nothing: with one in 16 steps of each
-/// kind, nearly every input of a few dozen steps ended its session and opened
+/// kind, half the inputs ended the first guest's session and each opened 2.3
 /// connections, which cost the kernel more than all its messages (docs/threat-model.md,
 /// "Fuzzing"). They stay reachable, and a guest with no connection still opens one.
 const COSTLY_ONE_IN: u8 = 8;
