@@ -168,7 +168,8 @@ pub(super) struct UidBudgets {
     pub(super) charged: Duration,
     /// What of it was charged to the suspect buckets too.
     pub(super) suspect_charged: Duration,
-    /// False: every uid may always be served (charges are still counted).
+    /// False: every uid may always be served, and the control thread's CPU clock is
+    /// not read ([`UidBudgets::clock`]): every event is charged zero.
     limits: bool,
 }
 
@@ -201,6 +202,17 @@ impl UidBudgets {
     #[cfg_attr(not(feature = "fuzzing"), allow(dead_code))]
     pub(super) fn unlimited() -> UidBudgets {
         UidBudgets { limits: false, ..UidBudgets::new(CPU_PER_SEC, CPU_BURST, MAX_WAIT) }
+    }
+
+    /// The control thread's CPU time, read around each event to charge it
+    /// (`CLOCK_THREAD_CPUTIME_ID`, a system call that takes a lock of the scheduler);
+    /// zero, unread, when the budgets limit nobody.
+    pub(super) fn clock(&self) -> Duration {
+        if self.limits {
+            crate::os::thread_cpu_time()
+        } else {
+            Duration::ZERO
+        }
     }
 
     /// Whether uid's events may be served now (it is in debt in neither bucket).
@@ -379,6 +391,9 @@ mod tests {
         assert!(b.allows(1, t));
         assert_eq!(b.next_refill(t), None);
         assert_eq!(b.charged, Duration::from_secs(10));
+        // Their clock is not read; limiting budgets read this thread's, which has run.
+        assert_eq!(b.clock(), Duration::ZERO);
+        assert!(UidBudgets::new(100 * MS, 300 * MS, Duration::from_secs(2)).clock() > Duration::ZERO);
     }
 
     #[test]

@@ -201,10 +201,10 @@ impl Control {
     pub(super) fn accept(&mut self, idx: usize) {
         let suspect0 = self.endpoints[idx].suspect_count();
         let had_conn = self.endpoints[idx].conn.is_some();
-        let t0 = os::thread_cpu_time();
+        let t0 = self.budgets.clock();
         let Some(uid) = self.accept_one(idx) else { return };
         let now = Instant::now();
-        let spent = os::thread_cpu_time().saturating_sub(t0);
+        let spent = self.budgets.clock().saturating_sub(t0);
         self.budgets.charge(uid, spent, now);
         if had_conn || self.endpoints[idx].conn.is_none() {
             // Refused (busy, not allowed): the socket's connection is not this peer's.

@@ -156,9 +156,9 @@ impl Control {
             }
             let suspect0 = self.endpoints[idx].suspect_count();
             self.endpoints[idx].ended_unran = None;
-            let t0 = os::thread_cpu_time();
+            let t0 = self.budgets.clock();
             let more = self.service_one(idx);
-            let spent = os::thread_cpu_time().saturating_sub(t0);
+            let spent = self.budgets.clock().saturating_sub(t0);
             let now = Instant::now();
             self.budgets.charge(owner, spent, now);
             self.charge_event(idx, owner, spent, suspect0, now);
