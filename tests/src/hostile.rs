@@ -138,6 +138,22 @@ pub fn wait_closed(fd: &OwnedFd, timeout: Duration) -> Peer {
     }
 }
 
+/// A valid pool of 512 buffers of 2304 bytes at the start of the heap `heap_offset`
+/// (its free ring first, its buffers 8 KiB in): what a guest of an 8 MiB region would
+/// announce.
+pub fn small_pool(pool_id: u32, heap_offset: u32) -> shm_contract::PoolAdd {
+    shm_contract::PoolAdd {
+        pool_id,
+        ring_offset: heap_offset,
+        ring_entries: 512,
+        first_mbuf_offset: heap_offset + 8192,
+        stride: 2304,
+        count: 512,
+        mbuf_size: 128,
+        data_room: 2176,
+    }
+}
+
 /// The `Hello` an honest guest would send.
 pub fn hello(region_size: u64, ring_entries: u32) -> Hello {
     Hello {

@@ -1003,16 +1003,7 @@ fn case_bad_pools(c: &Ctx<'_>) -> Seen {
     // refusal is one bad request; the guest stays.
     let mut g = Attached::attach(c.bad, &hello(8 << 20, 256)).unwrap();
     let heap = g.layout.heap();
-    let good = PoolAdd {
-        pool_id: 1,
-        ring_offset: heap.offset,
-        ring_entries: 512,
-        first_mbuf_offset: heap.offset + 8192,
-        stride: 2304,
-        count: 512,
-        mbuf_size: 128,
-        data_room: 2176,
-    };
+    let good = small_pool(1, heap.offset);
     let bad: Vec<(PoolAdd, String)> = vec![
         (PoolAdd { pool_id: 77, ..good }, "pool: id 77 not below 4".into()),
         (PoolAdd { count: 0, ..good }, "pool: no objects".into()),

@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use e2e_tests::hostile::{hello, Attached, Peer};
+use e2e_tests::hostile::{hello, small_pool, Attached, Peer};
 use shm_contract::{Message, PoolAdd};
 
 /// The region: the proxy's largest (`--max-region-size`, 2 GiB by default).
@@ -38,16 +38,7 @@ fn main() {
         }
     };
     let heap = g.layout.heap();
-    let small = PoolAdd {
-        pool_id: 1,
-        ring_offset: heap.offset,
-        ring_entries: 512,
-        first_mbuf_offset: heap.offset + 8192,
-        stride: 2304,
-        count: 512,
-        mbuf_size: 128,
-        data_room: 2176,
-    };
+    let small = small_pool(1, heap.offset);
     let unallocated = g.request(&Message::PoolAdd(small));
     let t = Instant::now();
     if let Err(e) = shm_contract::mem::allocate_region(g.memfd(), g.welcome.region_size) {
