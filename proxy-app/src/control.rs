@@ -353,15 +353,10 @@ impl Control {
         // Wake up when the first uid held back may be served again, but not sooner than
         // `budget::MIN_WAKEUP`: a round costs this thread too, and one per message
         // would cost more than the messages (the uid is then served a batch at a time).
-        let timeout_ms = match self.budgets.next_refill(now) {
-            Some(wait) => timeout_ms.min(wait.max(budget::MIN_WAKEUP).as_millis().min(i32::MAX as u128) as i32),
-            None => timeout_ms,
-        };
-        // And for the next step of freeing a departed guest's region (release.rs).
-        let timeout_ms = match self.releases.next_step(now) {
-            Some(wait) => timeout_ms.min(wait.max(HOUSEKEEPING_PERIOD).as_millis().min(i32::MAX as u128) as i32),
-            None => timeout_ms,
-        };
+        let timeout_ms = wake_for(timeout_ms, self.budgets.next_refill(now), budget::MIN_WAKEUP);
+        // And for the next step of freeing a departed guest's region (release.rs), which
+        // housekeeping takes: not sooner than its period.
+        let timeout_ms = wake_for(timeout_ms, self.releases.next_step(now), HOUSEKEEPING_PERIOD);
         let n = os::poll(&mut fds, timeout_ms).unwrap_or(0);
         if n > 0 {
             // Served from a rotating start: peers of one uid take turns at its budget.
@@ -590,6 +585,14 @@ fn bump(counter: &std::sync::atomic::AtomicU64) {
     counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
+/// The poll timeout `timeout_ms`, shortened to wake up after `wait` if there is one,
+/// but not sooner than `not_before`.
+fn wake_for(timeout_ms: i32, wait: Option<Duration>, not_before: Duration) -> i32 {
+    match wait {
+        Some(wait) => timeout_ms.min(wait.max(not_before).as_millis().min(i32::MAX as u128) as i32),
+        None => timeout_ms,
+    }
+}
 
 fn pollfd(fd: RawFd) -> libc::pollfd {
     libc::pollfd { fd, events: libc::POLLIN, revents: 0 }

@@ -1142,19 +1142,23 @@ fn with_cpu_report(c: &Ctx<'_>, run: fn(&Ctx<'_>) -> Seen) -> Seen {
 /// sockets).
 fn budget_counters(c: &Ctx<'_>) -> Vec<(&'static str, u64)> {
     let text = admin_answer(c, "show stats");
-    // Summed over the lines that carry it; a key on no line fails.
-    let value = |key: &str| -> u64 {
-        let values: Vec<u64> = text.split_whitespace().filter_map(|kv| kv.strip_prefix(key)).map(|v| v.parse::<u64>().unwrap_or_else(|_| panic!("{key}{v}"))).collect();
-        assert!(!values.is_empty(), "show stats has no {key}: {text}");
-        values.iter().sum()
-    };
-    vec![
-        ("control_cpu_ms", value("control_cpu_ms=")),
-        ("budget_charged_ms", value("budget_charged_ms=")),
-        ("budget_suspect_ms", value("budget_suspect_ms=")),
-        ("budget_over", value("budget_over=")),
-        ("deferred", value("deferred=")),
-    ]
+    ["control_cpu_ms", "budget_charged_ms", "budget_suspect_ms", "budget_over", "deferred"]
+        .into_iter()
+        .map(|key| (key, stats_value(&text, key)))
+        .collect()
+}
+
+/// Counter `key` of a `show stats` answer, summed over the lines that carry it; a key on
+/// no line, or a value that is no number, fails.
+fn stats_value(text: &str, key: &str) -> u64 {
+    let key = format!("{key}=");
+    let values: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|kv| kv.strip_prefix(key.as_str()))
+        .map(|v| v.parse::<u64>().unwrap_or_else(|_| panic!("{key}{v}")))
+        .collect();
+    assert!(!values.is_empty(), "show stats has no {key}: {text}");
+    values.iter().sum()
 }
 
 /// The proxy's answer to `command` on its admin socket (empty if it gave none).
@@ -1393,9 +1397,7 @@ fn huge_pool(c: &Ctx<'_>) -> Seen {
 
 /// A counter of the proxy's global `show stats` line (asked on its admin socket).
 fn global_counter(c: &Ctx<'_>, key: &str) -> u64 {
-    let text = admin_answer(c, "show stats");
-    let key = format!("{key}=");
-    text.split_whitespace().filter_map(|kv| kv.strip_prefix(key.as_str())).filter_map(|v| v.parse::<u64>().ok()).sum()
+    stats_value(&admin_answer(c, "show stats"), key)
 }
 
 fn case_punched_region(c: &Ctx<'_>) -> Seen {

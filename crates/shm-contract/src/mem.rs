@@ -462,7 +462,7 @@ pub fn create_region_memfd(
                 // Any failure (no hugepages reserved, no sealing support on this
                 // kernel, a different hugepage size than meminfo said) falls back
                 // to normal pages: the fd is dropped, i.e. closed.
-                if let Ok(fd) = create_sealed_memfd(&cname, rounded, libc::MFD_HUGETLB, true) {
+                if let Ok(fd) = create_sealed_memfd(&cname, rounded, libc::MFD_HUGETLB) {
                     if fd_block_size(fd.as_fd()).ok() == Some(hugepage) {
                         return Ok((
                             fd,
@@ -481,7 +481,7 @@ pub fn create_region_memfd(
     let rounded = round_up(size, page)
         .filter(|&s| s <= MAX_REGION_SIZE)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region size too large"))?;
-    let fd = create_sealed_memfd(&cname, rounded, 0, false)?;
+    let fd = create_sealed_memfd(&cname, rounded, 0)?;
     Ok((
         fd,
         RegionBacking {
@@ -542,7 +542,10 @@ fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     Ok(unsafe { st.assume_init() })
 }
 
-fn create_sealed_memfd(name: &CString, size: u64, extra_flags: libc::c_uint, allocate: bool) -> io::Result<OwnedFd> {
+/// A memfd of `size` bytes, sealed; a hugetlb one (`MFD_HUGETLB` in `extra_flags`) is
+/// allocated whole here, one of normal pages is left to its guest
+/// ([`create_region_memfd`]).
+fn create_sealed_memfd(name: &CString, size: u64, extra_flags: libc::c_uint) -> io::Result<OwnedFd> {
     let flags = extra_flags | libc::MFD_ALLOW_SEALING | libc::MFD_CLOEXEC;
     // SAFETY: `name` is a valid NUL-terminated string.
     let raw = unsafe { libc::memfd_create(name.as_ptr(), flags) };
@@ -557,7 +560,7 @@ fn create_sealed_memfd(name: &CString, size: u64, extra_flags: libc::c_uint, all
     if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    if allocate {
+    if extra_flags & libc::MFD_HUGETLB != 0 {
         fallocate(fd.as_fd(), 0, 0, size)?;
     }
     // SAFETY: plain fcntl on a descriptor we own.

@@ -306,9 +306,10 @@ impl Control {
             let st = &ep.stats;
             let pool_invalid: u64 = guest.pools.iter().map(|(_, p)| p.ctx.invalid.load(Ordering::Relaxed)).sum();
             st.invalid.store(st.invalid.load(Ordering::Relaxed) + pool_invalid, Ordering::Relaxed);
-            // Pools (their mempools) go first, then the region (below); but not while the NIC holds buffers of them (freeing one
-            // writes into its mempool): then they wait in the quarantine. Either way they
-            // no longer touch the guest's free rings.
+            // Pools (their mempools) go first, then the region (below); but not while
+            // the NIC holds buffers of them (freeing one writes into its mempool): then
+            // they wait in the quarantine. Either way they no longer touch the guest's
+            // free rings.
             let pools: Vec<ShadowPool> =
                 guest.pools.into_iter().map(|(_, p)| p).chain(guest.deleting.into_iter().map(|d| d.pool)).collect();
             for p in &pools {
