@@ -79,7 +79,8 @@ pub(super) struct ReleaseStats {
     pub(super) paced: u64,
     /// Regions closed while their guest's process lived (its exit frees them).
     pub(super) left_to_guest: u64,
-    /// Regions closed at once: hugetlb, no pidfd, or too many waiting.
+    /// Regions closed at once: hugetlb, no pidfd, too many waiting, or a step that
+    /// could not free its range.
     pub(super) closed_at_once: u64,
     /// Bytes freed in steps.
     pub(super) freed_bytes: u64,
@@ -167,7 +168,7 @@ impl Releases {
             return;
         };
         self.last_step = Some(now);
-        let t0 = os::thread_cpu_time();
+        let t0 = budgets.clock();
         let r = &mut self.waiting[k];
         if r.freed == 0 {
             // Nothing may DMA into pages that go.
@@ -175,28 +176,27 @@ impl Releases {
                 region.unregister_dma();
             }
         }
+        let uid = r.uid;
         let size = r.region.len() as u64;
         let len = CHUNK.min(size - r.freed);
+        // Freed to the end, it is closed (which frees nothing more); a punch that
+        // failed closes it at once.
         match r.region.punch(r.freed, len) {
             Ok(()) => {
                 r.freed += len;
                 self.stats.freed_bytes += len;
+                if r.freed >= size {
+                    drop(self.waiting.remove(k));
+                    self.stats.paced += 1;
+                }
             }
             Err(e) => {
                 crate::log_warn!("cannot free a departed guest's region in steps ({e}): it is closed at once");
-                r.freed = size;
+                drop(self.waiting.remove(k));
+                self.stats.closed_at_once += 1;
             }
         }
-        let done = r.freed >= size;
-        let uid = r.uid;
-        if done {
-            let r = self.waiting.remove(k);
-            self.stats.paced += 1;
-            drop(r);
-        }
-        let spent = os::thread_cpu_time().saturating_sub(t0);
-        budgets.charge(uid, spent, now);
-        self.stats.charged += spent;
+        self.charge(uid, t0, now, budgets);
     }
 
     /// Closes every waiting region at once (the proxy is shutting down).
@@ -207,9 +207,15 @@ impl Releases {
     /// Closes `region` now (outside any event of its guest's: the guest left), charging
     /// what that took to `uid`.
     fn close(&mut self, region: Arc<GuestRegion>, uid: u32, now: Instant, budgets: &mut UidBudgets) {
-        let t0 = os::thread_cpu_time();
+        let t0 = budgets.clock();
         drop(region);
-        let spent = os::thread_cpu_time().saturating_sub(t0);
+        self.charge(uid, t0, now, budgets);
+    }
+
+    /// Charges `uid` (and `stats.charged`) with the control thread's CPU time since
+    /// `t0` (read from `budgets.clock()`, as every event's charge is).
+    fn charge(&mut self, uid: u32, t0: Duration, now: Instant, budgets: &mut UidBudgets) {
+        let spent = budgets.clock().saturating_sub(t0);
         budgets.charge(uid, spent, now);
         self.stats.charged += spent;
     }
